@@ -1,0 +1,28 @@
+# Two entry points: `make finetune` (the main job) and `make test`. Both set up .venv on first use.
+# CPU build of PyTorch by default; for a GPU, install your platform's torch into .venv first (see README).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+TORCH ?= torch==2.13.0
+
+.PHONY: setup finetune test clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+# Re-installs only when pyproject.toml changes.
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q --disable-pip-version-check $$($(BIN)/python -c "import torch" 2>/dev/null || echo "$(TORCH)")
+	$(BIN)/pip install -q --disable-pip-version-check -e ".[demo,dev]"
+	touch $@
+
+setup: $(VENV)/.installed
+
+finetune: setup
+	$(BIN)/accelerate launch scripts/finetune.py $(ARGS)
+
+test: setup
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV)

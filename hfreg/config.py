@@ -1,0 +1,112 @@
+"""`RegularizationConfig`: one regularization spec for any transformer."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import asdict, dataclass, fields
+
+# The canonical knobs, in the order tables show them.
+KNOBS = ("attention", "hidden", "embedding", "activation", "classifier", "drop_path", "layerdrop")
+DROP_PATH_SCHEDULES = ("linear", "uniform")
+DROP_PATH_MODES = ("per_sample", "per_batch")
+CONFIG_NAME = "hfreg_config.json"
+# Key under which the spec is recorded inside a transformers config.
+CONFIG_ATTR = "hfreg"
+
+
+def check_rate(name: str, value) -> None:
+    """Raise a one-line ValueError unless ``value`` is None or a float in [0, 1)."""
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"`{name}` must be a float in [0, 1) or None, got {value!r} ({type(value).__name__})")
+    if not (0.0 <= float(value) < 1.0) or math.isnan(value):
+        raise ValueError(f"`{name}` must be a float in [0, 1) or None, got {value!r}")
+
+
+def check_choice(name: str, value, choices: tuple) -> None:
+    if value not in choices:
+        raise ValueError(f"`{name}` must be one of {list(choices)}, got {value!r}")
+
+
+@dataclass
+class RegularizationConfig:
+    """Where and how strongly a transformer is regularized.
+
+    Every knob is a rate in [0, 1) or ``None``; ``None`` leaves that knob as the model has it.
+
+    Args:
+        attention: dropout on attention probabilities, in every self- and cross-attention module.
+        hidden: dropout on the output of every residual branch (attention, cross-attention, MLP),
+            just before it joins the residual stream. Injected where the architecture has none.
+        embedding: dropout on the embedding output.
+        activation: dropout after the MLP activation.
+        classifier: dropout in classification heads, hard-coded ones included.
+        drop_path: stochastic depth (Huang et al., 2016, "Deep Networks with Stochastic Depth") on
+            every residual branch, with inverted scaling. The rate of layer i of L is
+            ``drop_path * i / (L - 1)`` under the ``"linear"`` schedule (DeiT/timm), ``drop_path``
+            everywhere under ``"uniform"``.
+        layerdrop: probability of skipping a whole layer per batch (Fan et al., 2019, "Reducing
+            Transformer Depth on Demand with Structured Dropout").
+        drop_path_schedule: ``"linear"`` or ``"uniform"``.
+        drop_path_mode: ``"per_sample"`` (one draw per example) or ``"per_batch"`` (one per batch).
+    """
+
+    attention: float | None = None
+    hidden: float | None = None
+    embedding: float | None = None
+    activation: float | None = None
+    classifier: float | None = None
+    drop_path: float | None = None
+    layerdrop: float | None = None
+    drop_path_schedule: str = "linear"
+    drop_path_mode: str = "per_sample"
+
+    def __post_init__(self):
+        for knob in KNOBS:
+            value = getattr(self, knob)
+            check_rate(knob, value)
+            if value is not None:
+                setattr(self, knob, float(value))
+        check_choice("drop_path_schedule", self.drop_path_schedule, DROP_PATH_SCHEDULES)
+        check_choice("drop_path_mode", self.drop_path_mode, DROP_PATH_MODES)
+
+    @classmethod
+    def zero(cls, **options) -> "RegularizationConfig":
+        """The zero-dropout pretraining setting: every knob 0.0."""
+        return cls(**{knob: 0.0 for knob in KNOBS}, **options)
+
+    def knobs(self) -> dict[str, float]:
+        """The knobs that are set (not None)."""
+        return {k: getattr(self, k) for k in KNOBS if getattr(self, k) is not None}
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "RegularizationConfig":
+        if not isinstance(data, dict):
+            raise ValueError(f"a regularization spec must be a mapping, got {type(data).__name__}")
+        allowed = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - allowed)
+        if unknown:
+            raise ValueError(f"unknown regularization option(s) {unknown}; allowed: {sorted(allowed)}")
+        return cls(**data)
+
+    def save_pretrained(self, save_directory: str | os.PathLike) -> str:
+        os.makedirs(save_directory, exist_ok=True)
+        path = os.path.join(save_directory, CONFIG_NAME)
+        with open(path, "w") as f:
+            json.dump(self.to_dict(), f, indent=2, sort_keys=True)
+            f.write("\n")
+        return path
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike) -> "RegularizationConfig":
+        """Load from a directory holding ``hfreg_config.json`` or from a JSON file."""
+        if os.path.isdir(path):
+            path = os.path.join(path, CONFIG_NAME)
+        with open(path) as f:
+            return cls.from_dict(json.load(f))

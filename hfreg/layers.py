@@ -1,0 +1,63 @@
+"""Drop-path (stochastic depth) as a function/module pair, and its depth schedule.
+
+Stochastic depth: Huang et al., 2016, "Deep Networks with Stochastic Depth" (arXiv:1603.09382).
+The linear-over-depth schedule follows DeiT (Touvron et al., 2021) and timm.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .config import DROP_PATH_MODES, DROP_PATH_SCHEDULES, check_choice, check_rate
+
+
+def drop_path(x: torch.Tensor, drop_prob: float = 0.0, training: bool = False, mode: str = "per_sample",
+              batch_size: int | None = None) -> torch.Tensor:
+    """Zero whole residual branches with probability ``drop_prob``; scale the kept ones by 1/(1-p).
+
+    Args:
+        x: branch output, batch first.
+        mode: ``"per_sample"`` draws one keep/drop per example, ``"per_batch"`` one for the batch.
+        batch_size: the true batch size when ``x`` folds extra rows into dim 0 (OPT flattens tokens,
+            Swin folds windows) — rows ``b * k ... (b + 1) * k - 1`` then share example ``b``'s draw.
+    """
+    if drop_prob == 0.0 or not training:
+        return x
+    keep = 1.0 - drop_prob
+    if mode == "per_batch":
+        return x * (x.new_empty(()).bernoulli_(keep) / keep)
+    rows = x.shape[0]
+    batch = batch_size if batch_size and rows % batch_size == 0 else rows
+    mask = x.new_empty((batch,) + (1,) * (x.ndim - 1)).bernoulli_(keep).div_(keep)
+    if batch != rows:
+        mask = mask.repeat_interleave(rows // batch, dim=0)
+    return x * mask
+
+
+class DropPath(nn.Module):
+    """Drop paths (stochastic depth) per sample, for use on a residual branch."""
+
+    def __init__(self, drop_prob: float = 0.0, mode: str = "per_sample"):
+        super().__init__()
+        check_rate("drop_prob", drop_prob)
+        check_choice("mode", mode, DROP_PATH_MODES)
+        self.drop_prob = float(drop_prob)
+        self.mode = mode
+
+    def forward(self, x):
+        return drop_path(x, self.drop_prob, self.training, self.mode)
+
+    def extra_repr(self):
+        return f"drop_prob={round(self.drop_prob, 3):0.3f}, mode={self.mode}"
+
+
+def drop_path_rates(drop_path_rate: float, depth: int, schedule: str = "linear") -> list[float]:
+    """Per-layer rates: ``rate * i / (depth - 1)`` for layer i under ``"linear"``, ``rate`` under ``"uniform"``."""
+    check_rate("drop_path_rate", drop_path_rate)
+    check_choice("schedule", schedule, DROP_PATH_SCHEDULES)
+    if schedule == "uniform":
+        return [float(drop_path_rate)] * depth
+    if depth == 1:
+        return [float(drop_path_rate)]
+    return [drop_path_rate * i / (depth - 1) for i in range(depth)]

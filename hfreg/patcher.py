@@ -1,0 +1,360 @@
+"""Rewire one `RegularizationConfig` into a transformers model: live (`patch_model`) or by config (`patch_config`).
+
+The mechanism, the same for every architecture:
+  * native sites an architecture already has (nn.Dropout, float attributes, config keys read in forward) are
+    set to the spec's rate for `attention`, `embedding`, `activation`, `classifier` and `layerdrop`;
+  * `hidden` and `drop_path` are owned by hfreg: native residual dropout and drop-path are zeroed and one
+    forward hook at the end of every residual branch applies both, so every branch gets exactly one of each;
+  * where an architecture has no native site for a knob, a hook injects it (stack input for `embedding`,
+    activation modules for `activation`, head Linear inputs for `classifier`, layer hooks for `layerdrop`).
+Hooks and attribute changes never touch parameters, so `state_dict` keys and values stay as they were.
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .architectures import CONFIG_KEYS
+from .config import CONFIG_ATTR, KNOBS, RegularizationConfig
+from .layers import drop_path, drop_path_rates
+from .sites import Site, Structure, analyze
+
+_STATE = "_hfreg_patch"
+# knobs hfreg applies itself at branch ends, after zeroing the native sites
+_OWNED = ("hidden", "drop_path")
+
+
+def _unwrap(model) -> nn.Module:
+    """The transformers model inside a PEFT wrapper; refuse DDP/FSDP-wrapped and non-transformer models."""
+    if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)) or type(model).__name__ in (
+            "FullyShardedDataParallel", "FSDPModule"):
+        raise ValueError(f"cannot patch a {type(model).__name__}-wrapped model: patch before `accelerator.prepare`")
+    if hasattr(model, "get_base_model") and callable(model.get_base_model):
+        model = model.get_base_model()
+    if not isinstance(model, nn.Module) or not hasattr(model, "config") or not hasattr(model.config, "to_dict"):
+        raise ValueError(f"expected a transformers PreTrainedModel (an nn.Module with a `.config`), "
+                         f"got {type(model).__name__}")
+    return model
+
+
+class _Hook:
+    """Base of every hook hfreg registers, so `unpatch_model` can find and remove exactly those."""
+
+
+def _map_first(output, fn):
+    if isinstance(output, torch.Tensor):
+        return fn(output)
+    if isinstance(output, tuple) and output and isinstance(output[0], torch.Tensor):
+        return (fn(output[0]),) + tuple(output[1:])
+    return output
+
+
+def _hidden_arg(args, kwargs):
+    if args and isinstance(args[0], torch.Tensor):
+        return args[0]
+    return kwargs.get("hidden_states")
+
+
+class _LayerState:
+    """Per-layer rates shared by a layer's hooks; ``call`` indexes the virtual layer of a shared layer."""
+
+    def __init__(self, hidden, drop_path_rates, layerdrop, embedding, mode):
+        self.hidden, self.rates, self.layerdrop, self.embedding, self.mode = (
+            hidden, drop_path_rates, layerdrop, embedding, mode)
+        self.call, self.batch, self.skip = -1, None, None
+
+
+class _LayerPre(_Hook):
+    def __init__(self, state):
+        self.s = state
+
+    def __call__(self, module, args, kwargs):
+        s = self.s
+        s.call = (s.call + 1) % len(s.rates)
+        hs = _hidden_arg(args, kwargs)
+        if hs is None:
+            return None
+        s.batch = hs.shape[0]
+        if not module.training:
+            return None
+        if s.embedding and s.call == 0:
+            hs = F.dropout(hs, s.embedding, True)
+            if args and isinstance(args[0], torch.Tensor):
+                args = (hs,) + tuple(args[1:])
+            else:
+                kwargs = {**kwargs, "hidden_states": hs}
+        if s.layerdrop and torch.rand(()) < s.layerdrop:
+            s.skip = hs
+        return args, kwargs
+
+
+class _LayerPost(_Hook):
+    def __init__(self, state):
+        self.s = state
+
+    def __call__(self, module, args, kwargs, output):
+        skipped, self.s.skip = self.s.skip, None
+        if skipped is None:
+            return None
+        return _map_first(output, lambda _: skipped)
+
+
+class _Branch(_Hook):
+    def __init__(self, state):
+        self.s = state
+
+    def __call__(self, module, args, output):
+        if not module.training:
+            return None
+        s = self.s
+        rate = s.rates[max(s.call, 0)]
+
+        def regularize(x):
+            if s.hidden:
+                x = F.dropout(x, s.hidden, True)
+            if rate:
+                x = drop_path(x, rate, True, s.mode, s.batch)
+            return x
+
+        return _map_first(output, regularize)
+
+
+class _ResetCalls(_Hook):
+    def __init__(self, states):
+        self.states = states
+
+    def __call__(self, module, args):
+        for s in self.states:
+            s.call = -1
+
+
+class _OutputDropout(_Hook):
+    def __init__(self, p):
+        self.p = p
+
+    def __call__(self, module, args, output):
+        return F.dropout(output, self.p, True) if module.training else None
+
+
+class _InputDropout(_Hook):
+    def __init__(self, p):
+        self.p = p
+
+    def __call__(self, module, args):
+        if not module.training or not args:
+            return None
+        return (F.dropout(args[0], self.p, True),) + tuple(args[1:])
+
+
+class _PatchState:
+    def __init__(self, reg, restores, injected, owned):
+        self.reg, self.restores, self.injected, self.owned = reg, restores, injected, owned
+
+
+def _warn(knob, rate, model, why):
+    if rate:
+        warnings.warn(f"hfreg: `{knob}`={rate} cannot apply to {getattr(model.config, 'model_type', None)} "
+                      f"({type(model).__name__}): {why}", UserWarning, stacklevel=3)
+
+
+def patch_model(model, reg: RegularizationConfig | dict | None = None):
+    """Apply ``reg`` to ``model`` in place and return it. With no ``reg``, apply the spec recorded in its config.
+
+    Patching again first restores the original, so patching twice equals patching once. Patch before
+    `accelerator.prepare` / DDP; under PEFT, patch before or after `get_peft_model`.
+    """
+    outer = model
+    model = _unwrap(model)
+    if reg is None:
+        recorded = getattr(model.config, CONFIG_ATTR, None)
+        if recorded is None:
+            raise ValueError(f"no regularization spec given and none recorded in the config of "
+                             f"{type(model).__name__} (see `patch_config`)")
+        reg = RegularizationConfig.from_dict(dict(recorded))
+    elif isinstance(reg, dict):
+        reg = RegularizationConfig.from_dict(reg)
+    elif not isinstance(reg, RegularizationConfig):
+        raise ValueError(f"`reg` must be a RegularizationConfig, a dict or None, got {type(reg).__name__}")
+    unpatch_model(model)
+    struct = analyze(model)
+    knobs = reg.knobs()
+    restores: list[tuple[object, str, object]] = []
+
+    def assign(owner, attr, value):
+        restores.append((owner, attr, getattr(owner, attr)))
+        setattr(owner, attr, value)
+
+    # native sites: set for the spec's knob, or zero where hfreg owns the knob
+    for n in struct.natives:
+        if n.kind in knobs:
+            assign(n.owner, n.attr, 0.0 if n.kind in _OWNED else knobs[n.kind])
+    # decisions about injecting look at live sites only: a dead attribute regularizes nothing
+    natives_by = {k: [n for n in struct.natives if n.kind == k and not n.dead] for k in KNOBS}
+
+    injected: list[Site] = []
+    _inject_layers(model, struct, reg, knobs, natives_by, injected)
+    _inject_elsewhere(model, struct, knobs, natives_by, injected)
+    for knob, rate in knobs.items():
+        if knob == "attention" and not natives_by["attention"]:
+            _warn(knob, rate, model, "it has no attention-probability dropout site")
+
+    had = hasattr(model.config, CONFIG_ATTR)
+    restores.append((model.config, CONFIG_ATTR, getattr(model.config, CONFIG_ATTR) if had else _MISSING))
+    setattr(model.config, CONFIG_ATTR, reg.to_dict())
+    object.__setattr__(model, _STATE, _PatchState(reg, restores, injected, tuple(k for k in _OWNED if k in knobs)))
+    return outer
+
+
+_MISSING = object()
+
+
+def _inject_layers(model, struct: Structure, reg, knobs, natives_by, injected):
+    if not struct.layers:
+        for knob in ("hidden", "drop_path", "layerdrop", "embedding", "activation"):
+            if knob in knobs and (knob in _OWNED or not natives_by[knob]):
+                _warn(knob, knobs[knob], model, "no transformer layer stack was found")
+        return
+    hidden = knobs.get("hidden") or 0.0
+    native_layerdrop = bool(natives_by["layerdrop"])
+    layerdrop = 0.0 if native_layerdrop else (knobs.get("layerdrop") or 0.0)
+    embedding = 0.0 if natives_by["embedding"] else (knobs.get("embedding") or 0.0)
+    activation = knobs.get("activation") if not natives_by["activation"] else None
+    states = []
+    for tower in struct.towers:
+        depth = tower[0].depth
+        rates = drop_path_rates(knobs.get("drop_path") or 0.0, depth, reg.drop_path_schedule)
+        for pos, layer in enumerate(tower):
+            own = rates[layer.index:layer.index + layer.calls]
+            emb = embedding if pos == 0 else 0.0
+            s = _LayerState(hidden, own, layerdrop, emb, reg.drop_path_mode)
+            states.append(s)
+            for i, rate in enumerate(own):
+                idx = layer.index + i
+                if "hidden" in knobs:
+                    injected += [Site(p, "hidden", hidden, idx, "injected") for p, _ in layer.branches]
+                if "drop_path" in knobs:
+                    injected += [Site(p, "drop_path", rate, idx, "injected") for p, _ in layer.branches]
+                if "layerdrop" in knobs and not native_layerdrop:
+                    injected.append(Site(layer.path, "layerdrop", layerdrop, idx, "injected"))
+            if "embedding" in knobs and not natives_by["embedding"] and pos == 0:
+                injected.append(Site(layer.path + ".<input>", "embedding", embedding, None, "injected"))
+            needs_pre = emb or layerdrop or any(own) or hidden
+            if needs_pre:
+                layer.module.register_forward_pre_hook(_LayerPre(s), with_kwargs=True)
+            if layerdrop:
+                layer.module.register_forward_hook(_LayerPost(s), with_kwargs=True)
+            if hidden or any(own):
+                for _, branch in layer.branches:
+                    branch.register_forward_hook(_Branch(s))
+            if activation is not None:
+                for path, act in layer.activations:
+                    injected.append(Site(path, "activation", activation, layer.index, "injected"))
+                    if activation:
+                        act.register_forward_hook(_OutputDropout(activation))
+    if any(layer.calls > 1 for layer in struct.layers):
+        model.register_forward_pre_hook(_ResetCalls(states))
+    for knob in ("hidden", "drop_path"):
+        if knob in knobs and not any(layer.branches for layer in struct.layers):
+            _warn(knob, knobs[knob], model, "no residual branch was found in its layers")
+    if activation is not None and not any(layer.activations for layer in struct.layers):
+        _warn("activation", activation, model, "no activation module was found in its layers")
+
+
+def _inject_elsewhere(model, struct: Structure, knobs, natives_by, injected):
+    rate = knobs.get("classifier")
+    if rate is None or natives_by["classifier"]:
+        return
+    if not struct.head_linears:
+        _warn("classifier", rate, model, "it has no classification head")
+        return
+    for path, linear in struct.head_linears:
+        injected.append(Site(path + ".<input>", "classifier", rate, None, "injected"))
+        if rate:
+            linear.register_forward_pre_hook(_InputDropout(rate))
+
+
+def unpatch_model(model):
+    """Remove every hook hfreg added and restore every rate it changed; return the model."""
+    outer = model
+    model = _unwrap(model)
+    state = model.__dict__.pop(_STATE, None)
+    if state is None:
+        return outer
+    for module in model.modules():
+        for hooks in (module._forward_hooks, module._forward_pre_hooks):
+            for key in [k for k, h in hooks.items() if isinstance(h, _Hook)]:
+                del hooks[key]
+                module._forward_hooks_with_kwargs.pop(key, None)
+                module._forward_pre_hooks_with_kwargs.pop(key, None)
+                module._forward_hooks_always_called.pop(key, None)
+    for owner, attr, old in reversed(state.restores):
+        if old is _MISSING:
+            delattr(owner, attr)
+        else:
+            setattr(owner, attr, old)
+    return outer
+
+
+def is_patched(model) -> bool:
+    return _STATE in _unwrap(model).__dict__
+
+
+def inspect_model(model) -> list[Site]:
+    """Every site where a knob acts, with the rate in force now and its layer index (None outside layers)."""
+    model = _unwrap(model)
+    state = model.__dict__.get(_STATE)
+    owned = state.owned if state else ()
+    sites = [Site(n.path, n.kind, n.rate, n.layer, n.source) for n in analyze(model).natives
+             if not n.dead and n.kind not in owned]
+    if state:
+        sites += state.injected
+    return sites
+
+
+def patch_config(config, reg: RegularizationConfig | dict):
+    """A new config with each knob's native keys set where the family has them and the whole spec recorded.
+
+    Models built from it honour the native keys in plain transformers; `patch_model(model)` (or
+    `hfreg.from_pretrained`) then applies the rest of the spec exactly.
+    """
+    if isinstance(reg, dict):
+        reg = RegularizationConfig.from_dict(reg)
+    if not isinstance(reg, RegularizationConfig):
+        raise ValueError(f"`reg` must be a RegularizationConfig or a dict, got {type(reg).__name__}")
+    if not hasattr(config, "to_dict"):
+        raise ValueError(f"expected a transformers PretrainedConfig, got {type(config).__name__}")
+    config = copy.deepcopy(config)
+    for cfg in _config_tree(config):
+        for knob, rate in reg.knobs().items():
+            for key in CONFIG_KEYS[knob]:
+                if hasattr(cfg, key) and not isinstance(getattr(cfg, key), bool):
+                    setattr(cfg, key, rate)
+    setattr(config, CONFIG_ATTR, reg.to_dict())
+    return config
+
+
+def _config_tree(config):
+    yield config
+    for value in vars(config).values():
+        if hasattr(value, "to_dict") and hasattr(value, "model_type"):
+            yield from _config_tree(value)
+
+
+def from_pretrained(pretrained_model_name_or_path, reg: RegularizationConfig | dict | None = None,
+                    auto_class=None, **kwargs):
+    """Load a model and apply ``reg`` (or the spec recorded in its config) in one call."""
+    from transformers import AutoConfig, AutoModel
+
+    auto_class = auto_class or AutoModel
+    config = kwargs.pop("config", None) or AutoConfig.from_pretrained(pretrained_model_name_or_path)
+    if reg is not None:
+        config = patch_config(config, reg)
+    model = auto_class.from_pretrained(pretrained_model_name_or_path, config=config, **kwargs)
+    if getattr(model.config, CONFIG_ATTR, None) is not None:
+        patch_model(model)
+    return model

@@ -1,0 +1,207 @@
+"""Find where a model regularizes: its layer stacks, residual branches and native dropout sites.
+
+One generic walk over the module tree, steered by the tables in `architectures.py`.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from dataclasses import dataclass, field
+
+from torch import nn
+
+from .architectures import GENERIC_BRANCHES, GENERIC_RULES, architecture
+
+_ACTIVATION = re.compile(r".*(GELU|Gelu|ReLU|Relu|SiLU|Silu|Swish|Activation|Tanh|Mish|Sigmoid).*")
+_ATTENTION_PATH = re.compile(r"(^|\.)(self_?attn|self_attention|attn|attention|encoder_attn|cross_?attn|crossattention)\b")
+
+
+@dataclass(frozen=True)
+class Site:
+    """One place where a knob acts: ``path`` (module path; ``path:attr`` for a float attribute,
+    ``config.key`` for a rate read from the config in forward), ``kind`` (knob), ``rate``, ``layer``."""
+
+    path: str
+    kind: str
+    rate: float
+    layer: int | None = None
+    source: str = "module"  # module | attribute | config | injected
+
+
+@dataclass
+class NativeSite:
+    owner: object  # the nn.Dropout (attr "p"), the module holding a float, or the config
+    attr: str
+    path: str
+    key: str  # "OwnerClass.attribute"
+    kind: str
+    layer: int | None
+    dead: bool
+    source: str
+
+    @property
+    def rate(self) -> float:
+        return float(getattr(self.owner, self.attr))
+
+
+@dataclass
+class Layer:
+    module: nn.Module
+    path: str
+    index: int  # position in its tower (first virtual index for a shared layer)
+    depth: int  # layers in the tower
+    calls: int = 1  # times forward runs it (weight-shared layers run several times)
+    branches: list[tuple[str, nn.Module]] = field(default_factory=list)
+    activations: list[tuple[str, nn.Module]] = field(default_factory=list)
+
+
+@dataclass
+class Structure:
+    model: nn.Module
+    model_type: str | None
+    layers: list[Layer]
+    towers: list[list[Layer]]
+    natives: list[NativeSite]
+    head_linears: list[tuple[str, nn.Module]]
+    has_head: bool
+
+
+def _resolve(block: nn.Module, pattern: str) -> list[tuple[str, nn.Module]]:
+    if "*" not in pattern:
+        try:
+            return [(pattern, block.get_submodule(pattern))]
+        except AttributeError:
+            return []
+    return [(n, m) for n, m in block.named_modules() if n and fnmatch.fnmatchcase(n, pattern)
+            and n.count(".") == pattern.count(".")]
+
+
+def find_branches(block: nn.Module, model_type: str | None) -> list[tuple[str, nn.Module]]:
+    """Branch-end modules of one layer, in forward order."""
+    arch = architecture(model_type)
+    if "branches" in arch:
+        return [hit for pattern in arch["branches"] for hit in _resolve(block, pattern)]
+    found = []
+    for candidates in GENERIC_BRANCHES:
+        for name in candidates:
+            hit = _resolve(block, name)
+            if hit:
+                found += hit
+                break
+    return found
+
+
+def _activations(block: nn.Module) -> list[tuple[str, nn.Module]]:
+    acts, seen = [], set()
+    for name, mod in block.named_modules():
+        if (name and not list(mod.children()) and not list(mod.parameters(recurse=False))
+                and _ACTIVATION.fullmatch(type(mod).__name__) and not _ATTENTION_PATH.search(name)
+                and id(mod) not in seen):
+            seen.add(id(mod))
+            acts.append((name, mod))
+    return acts
+
+
+def _stack_key(path: str) -> str:
+    return re.sub(r"\.\d+(?=\.|$)", ".*", path)
+
+
+def analyze(model: nn.Module) -> Structure:
+    """Walk ``model`` (a transformers PreTrainedModel) once and describe its regularization structure."""
+    config = model.config
+    model_type = getattr(config, "model_type", None)
+    arch = architecture(model_type)
+
+    # 1. layer stacks: ModuleLists whose layers have residual branches; stacks that differ only by an index
+    #    (Swin / ConvNeXt stages) chain into one tower, so depth schedules run over the whole tower.
+    stacks: dict[str, list[tuple[str, nn.Module]]] = {}
+    claimed: list[str] = []
+    for path, mod in model.named_modules():
+        if not isinstance(mod, (nn.ModuleList, nn.Sequential)) or len(mod) == 0:
+            continue
+        if any(path.startswith(c + ".") for c in claimed):
+            continue
+        if not find_branches(mod[0], model_type):
+            continue
+        claimed.append(path)
+        stacks.setdefault(_stack_key(path), []).extend((f"{path}.{i}", m) for i, m in enumerate(mod))
+    towers: list[list[Layer]] = []
+    for members in stacks.values():
+        shared = arch.get("shared_depth")
+        depth = len(members)
+        calls = 1
+        if shared:
+            depth = int(getattr(config, shared))
+            calls = max(1, depth // len(members))
+        tower = []
+        for i, (path, mod) in enumerate(members):
+            layer = Layer(mod, path, i * calls, depth, calls, find_branches(mod, model_type), _activations(mod))
+            layer.branches = [(f"{path}.{n}", m) for n, m in layer.branches]
+            layer.activations = [(f"{path}.{n}", m) for n, m in layer.activations]
+            tower.append(layer)
+        towers.append(tower)
+    layers = [layer for tower in towers for layer in tower]
+    layer_of = {layer.path: layer for layer in layers}
+
+    # 2. where the base model ends and heads begin
+    #    Heads sit outside `base_model`; a task model without one (CLIPForImageClassification) has its head
+    #    in the top-level children that hold no layer stack.
+    base = getattr(model, "base_model", model)
+    base_path = next((n for n, m in model.named_modules() if m is base), "")
+    if base_path:
+        head_roots = [n for n, _ in model.named_children() if n != base_path]
+    elif "For" in type(model).__name__:
+        head_roots = [n for n, _ in model.named_children() if not any(p.startswith(n + ".") for p in layer_of)]
+    else:
+        head_roots = []
+
+    def where(path: str) -> tuple[str, int | None]:
+        parts = path.split(".")
+        for i in range(len(parts), 0, -1):
+            hit = layer_of.get(".".join(parts[:i]))
+            if hit is not None:
+                return "block", hit.index
+        if parts[0] in head_roots:
+            return "head", None
+        return "base", None
+
+    rules = tuple(arch.get("rules", ())) + GENERIC_RULES
+    dead = set(arch.get("dead", ()))
+    dead |= {k for k, flag in arch.get("dead_unless", {}).items() if not getattr(config, flag, False)}
+
+    def classify(key: str, loc: str) -> str:
+        for pattern, knob in rules:
+            if re.fullmatch(pattern, key):
+                return knob
+        return {"block": "hidden", "base": "embedding", "head": "classifier"}[loc]
+
+    # 3. native sites: nn.Dropout children and float "*drop*" attributes
+    natives: list[NativeSite] = []
+    head_linears: list[tuple[str, nn.Module]] = []
+    has_head = False
+    for path, mod in model.named_modules():
+        if "lora_" in path or getattr(mod, "_hfreg_owned", False):
+            continue  # adapters' own dropout (PEFT) is theirs to set
+        owner_cls = type(mod).__name__
+        loc, layer = where(path)
+        if loc == "head":
+            has_head = True
+            if isinstance(mod, nn.Linear):
+                head_linears.append((path, mod))
+        for name, child in mod._modules.items():
+            if isinstance(child, nn.modules.dropout._DropoutNd) and "lora_" not in name:
+                cpath = f"{path}.{name}" if path else name
+                key = f"{owner_cls}.{name}"
+                natives.append(NativeSite(child, "p", cpath, key, classify(key, loc), layer, key in dead, "module"))
+        if isinstance(mod, nn.modules.dropout._DropoutNd):
+            continue
+        for attr, value in vars(mod).items():
+            if "drop" in attr and isinstance(value, (float, int)) and not isinstance(value, bool):
+                key = f"{owner_cls}.{attr}"
+                natives.append(NativeSite(mod, attr, f"{path}:{attr}", key, classify(key, loc), layer, key in dead,
+                                          "attribute"))
+    for key, knob in arch.get("forward_config", {}).items():
+        if hasattr(config, key):
+            natives.append(NativeSite(config, key, f"config.{key}", f"config.{key}", knob, None, False, "config"))
+    return Structure(model, model_type, layers, towers, natives, head_linears, has_head)

@@ -1,0 +1,138 @@
+"""Tiny random configs for every covered architecture (2 layers, width 32): no hub, no weights."""
+
+from transformers import AutoConfig
+
+_TEXT = dict(vocab_size=128, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+             max_position_embeddings=64)
+_DECODER = dict(_TEXT, num_key_value_heads=2, pad_token_id=0)
+_SEQ2SEQ = dict(vocab_size=128, d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
+                decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64, max_position_embeddings=64,
+                pad_token_id=1, bos_token_id=0, eos_token_id=2, decoder_start_token_id=2)
+_VISION = dict(image_size=32, patch_size=8, num_channels=3, hidden_size=32, num_hidden_layers=2,
+               num_attention_heads=4, intermediate_size=64)
+_MOE = dict(num_local_experts=4, num_experts_per_tok=2)
+
+# model_type -> keyword arguments of AutoConfig.for_model
+TINY = {
+    "bert": _TEXT, "roberta": dict(_TEXT, pad_token_id=1), "electra": dict(_TEXT, embedding_size=32),
+    "xlm-roberta": dict(_TEXT, pad_token_id=1), "mpnet": dict(_TEXT, pad_token_id=1),
+    "deberta": dict(_TEXT, type_vocab_size=0), "deberta-v2": dict(_TEXT, type_vocab_size=0),
+    "albert": dict(_TEXT, embedding_size=16),
+    "distilbert": dict(vocab_size=128, dim=32, n_layers=2, n_heads=4, hidden_dim=64, max_position_embeddings=64),
+    "modernbert": dict(_TEXT, pad_token_id=0, global_attn_every_n_layers=2, local_attention=16),
+    "gpt2": dict(vocab_size=128, n_embd=32, n_layer=2, n_head=4, n_positions=64, pad_token_id=0),
+    "gpt_neo": dict(vocab_size=128, hidden_size=32, num_layers=2, num_heads=4, attention_types=[[["global", "local"], 1]],
+                    max_position_embeddings=64, window_size=16, pad_token_id=0),
+    "gpt_neox": dict(_TEXT, pad_token_id=0),
+    "gptj": dict(vocab_size=128, n_embd=32, n_layer=2, n_head=4, n_positions=64, rotary_dim=4, pad_token_id=0),
+    "opt": dict(vocab_size=128, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, ffn_dim=64,
+                max_position_embeddings=64, word_embed_proj_dim=32, pad_token_id=1),
+    "bloom": dict(vocab_size=128, hidden_size=32, n_layer=2, n_head=4, pad_token_id=0),
+    "falcon": dict(vocab_size=128, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, pad_token_id=0),
+    "llama": _DECODER, "mistral": _DECODER, "qwen2": _DECODER, "qwen3": dict(_DECODER, head_dim=8),
+    "mixtral": dict(_DECODER, **_MOE),
+    "qwen2_moe": dict(_DECODER, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32,
+                      shared_expert_intermediate_size=32),
+    "gemma": dict(_DECODER, head_dim=8), "gemma2": dict(_DECODER, head_dim=8),
+    "gemma3_text": dict(_DECODER, head_dim=8),
+    "phi": dict(_TEXT, pad_token_id=0), "phi3": dict(_DECODER, pad_token_id=0),
+    "stablelm": dict(_DECODER, pad_token_id=0), "olmo": dict(_DECODER, pad_token_id=0),
+    "olmo2": dict(_DECODER, pad_token_id=0), "starcoder2": dict(_DECODER, pad_token_id=0),
+    "t5": dict(vocab_size=128, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_decoder_layers=2, num_heads=4,
+               pad_token_id=0, decoder_start_token_id=0),
+    "bart": _SEQ2SEQ, "mbart": _SEQ2SEQ, "pegasus": dict(_SEQ2SEQ, pad_token_id=0, decoder_start_token_id=0),
+    "whisper": dict(vocab_size=128, d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
+                    decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64, num_mel_bins=8,
+                    max_source_positions=16, max_target_positions=32, pad_token_id=0, decoder_start_token_id=1,
+                    bos_token_id=1, eos_token_id=2, suppress_tokens=[], begin_suppress_tokens=[]),
+    "vit": _VISION, "deit": _VISION, "beit": dict(_VISION, vocab_size=32),
+    "dinov2": _VISION,
+    "swin": dict(image_size=32, patch_size=4, num_channels=3, embed_dim=16, depths=[1, 1], num_heads=[2, 2],
+                 window_size=4),
+    "convnext": dict(image_size=32, num_channels=3, hidden_sizes=[16, 32], depths=[1, 1], num_stages=2),
+    "wav2vec2": dict(vocab_size=32, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+                     conv_dim=(16, 16), conv_stride=(5, 2), conv_kernel=(10, 3), num_conv_pos_embeddings=16,
+                     num_conv_pos_embedding_groups=4, mask_time_prob=0.0, mask_feature_prob=0.0),
+    "clip": dict(text_config=dict(vocab_size=128, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                  intermediate_size=64, max_position_embeddings=64),
+                 vision_config=dict(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2,
+                                    num_attention_heads=4, intermediate_size=64), projection_dim=16),
+    "siglip": dict(text_config=dict(vocab_size=128, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                    intermediate_size=64, max_position_embeddings=64),
+                   vision_config=dict(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2,
+                                      num_attention_heads=4, intermediate_size=64)),
+}
+
+
+def tiny_config(model_type: str, **overrides):
+    cfg = AutoConfig.for_model(model_type, **{**TINY[model_type], **overrides})
+    cfg._attn_implementation = "eager"
+    return cfg
+
+VISION = {"vit", "deit", "beit", "dinov2", "swin", "convnext"}
+AUDIO = {"wav2vec2", "whisper"}
+DUAL = {"clip", "siglip"}
+SEQ2SEQ = {"t5", "bart", "mbart", "pegasus"}
+
+
+def head_class(model_type: str):
+    """The classification-head Auto class for an architecture."""
+    import transformers as T
+
+    if model_type in VISION or model_type in DUAL:
+        return T.AutoModelForImageClassification
+    if model_type in AUDIO:
+        return T.AutoModelForAudioClassification
+    if model_type == "pegasus":  # Pegasus has no sequence-classification head
+        return T.AutoModelForCausalLM
+    return T.AutoModelForSequenceClassification
+
+
+def build(model_type: str, head: bool = False, **overrides):
+    """A tiny random model in eval mode: the base model, or its classification head model (3 labels)."""
+    from transformers import AutoModel
+
+    cfg = tiny_config(model_type, **overrides)
+    if not head:
+        return AutoModel.from_config(cfg).eval()
+    cfg.num_labels = 3
+    cls = head_class(model_type)
+    if model_type == "deit":  # two image-classification classes share DeiTConfig
+        cfg.architectures = ["DeiTForImageClassification"]
+    return cls.from_config(cfg).eval()
+
+
+def make_inputs(model_type: str, config, batch: int = 2, head: bool = False) -> dict:
+    """Deterministic inputs for a tiny model of ``model_type``."""
+    import torch
+
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(3, 100, (batch, 8), generator=g)
+    pixels = torch.randn(batch, 3, 32, 32, generator=g)
+    if model_type in VISION:
+        return {"pixel_values": pixels}
+    if model_type == "wav2vec2":
+        return {"input_values": torch.randn(batch, 400, generator=g)}
+    if model_type == "whisper":
+        feats = {"input_features": torch.randn(batch, 8, 32, generator=g)}
+        return feats if head else {**feats, "decoder_input_ids": ids[:, :4]}
+    if model_type in DUAL:
+        return {"pixel_values": pixels} if head else {"input_ids": ids, "pixel_values": pixels}
+    if model_type in SEQ2SEQ and not head:
+        return {"input_ids": ids, "decoder_input_ids": ids[:, :4]}
+    if model_type == "t5" and head:
+        ids[:, -1] = 1  # eos token, required by T5's classification head
+    if model_type in ("bart", "mbart") and head:
+        ids[:, -1] = 2
+    return {"input_ids": ids}
+
+
+def first_tensor(output):
+    """The first tensor of a model output (last_hidden_state or logits)."""
+    import torch
+
+    values = output.values() if hasattr(output, "values") else output
+    for v in values:
+        if isinstance(v, torch.Tensor):
+            return v
+    raise ValueError("output holds no tensor")
