@@ -12,7 +12,7 @@ $(BIN)/python:
 
 # Re-installs only when pyproject.toml changes.
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install -q --disable-pip-version-check $$($(BIN)/python -c "import torch" 2>/dev/null || echo "$(TORCH)")
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q --disable-pip-version-check "$(TORCH)"
 	$(BIN)/pip install -q --disable-pip-version-check -e ".[demo,dev]"
 	touch $@
 

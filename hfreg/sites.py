@@ -185,15 +185,15 @@ def analyze(model: nn.Module) -> Structure:
             continue  # adapters' own dropout (PEFT) is theirs to set
         owner_cls = type(mod).__name__
         loc, layer = where(path)
-        if loc == "head":
+        if loc == "head" and path:
             has_head = True
             if isinstance(mod, nn.Linear):
                 head_linears.append((path, mod))
         for name, child in mod._modules.items():
             if isinstance(child, nn.modules.dropout._DropoutNd) and "lora_" not in name:
                 cpath = f"{path}.{name}" if path else name
-                key = f"{owner_cls}.{name}"
-                natives.append(NativeSite(child, "p", cpath, key, classify(key, loc), layer, key in dead, "module"))
+                key, (cloc, clayer) = f"{owner_cls}.{name}", where(cpath)
+                natives.append(NativeSite(child, "p", cpath, key, classify(key, cloc), clayer, key in dead, "module"))
         if isinstance(mod, nn.modules.dropout._DropoutNd):
             continue
         for attr, value in vars(mod).items():

@@ -63,13 +63,22 @@ TINY = {
                                       num_attention_heads=4, intermediate_size=64)),
 }
 
+# Architectures outside the covered list, with no entry in hfreg's tables: the generic path must handle them.
+GENERIC = {
+    "camembert": dict(_TEXT, pad_token_id=1), "ernie": _TEXT, "data2vec-text": dict(_TEXT, pad_token_id=1),
+    "granite": _DECODER, "qwen3_moe": dict(_DECODER, head_dim=8, num_experts=4, num_experts_per_tok=2,
+                                          moe_intermediate_size=32),
+    "vit_msn": _VISION,
+}
+TINY.update(GENERIC)
+
 
 def tiny_config(model_type: str, **overrides):
     cfg = AutoConfig.for_model(model_type, **{**TINY[model_type], **overrides})
     cfg._attn_implementation = "eager"
     return cfg
 
-VISION = {"vit", "deit", "beit", "dinov2", "swin", "convnext"}
+VISION = {"vit", "deit", "beit", "dinov2", "swin", "convnext", "vit_msn"}
 AUDIO = {"wav2vec2", "whisper"}
 DUAL = {"clip", "siglip"}
 SEQ2SEQ = {"t5", "bart", "mbart", "pegasus"}
@@ -83,7 +92,7 @@ def head_class(model_type: str):
         return T.AutoModelForImageClassification
     if model_type in AUDIO:
         return T.AutoModelForAudioClassification
-    if model_type == "pegasus":  # Pegasus has no sequence-classification head
+    if model_type in ("pegasus", "granite"):  # no sequence-classification head: take the LM head
         return T.AutoModelForCausalLM
     return T.AutoModelForSequenceClassification
 

@@ -1,0 +1,242 @@
+"""The patcher's invariants, on every covered architecture and on architectures hfreg has no entry for."""
+
+import warnings
+
+import pytest
+import torch
+from transformers import AutoConfig, AutoModel
+
+import hfreg
+from hfreg import KNOBS, RegularizationConfig as Reg
+from hfreg.architectures import ARCHITECTURES
+from tiny_models import GENERIC, TINY, build, first_tensor, head_class, make_inputs
+
+COVERED = [m for m in TINY if m not in GENERIC]
+CASES = [(m, head) for m in TINY for head in (False, True)]
+FULL = Reg(attention=0.3, hidden=0.3, embedding=0.3, activation=0.3, classifier=0.3, drop_path=0.3, layerdrop=0.3)
+
+
+def knobs_for(model_type, head):
+    skip = {"attention"} if model_type == "convnext" else set()
+    if not head:
+        skip.add("classifier")
+    return [k for k in KNOBS if k not in skip]
+
+
+def forward(model, inputs, train, seed=1):
+    model.train(train)
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        return first_tensor(model(**inputs)).clone()
+
+
+def only(knob, rate=0.5):
+    return Reg(**{**Reg.zero().knobs(), knob: rate})
+
+
+def patch_quietly(model, reg):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return hfreg.patch_model(model, reg)
+
+
+def test_coverage_list_is_complete():
+    assert len(COVERED) == 46
+    assert not set(GENERIC) & set(ARCHITECTURES), "generic-path architectures must have no table entry"
+
+
+@pytest.mark.parametrize("model_type,head", CASES)
+def test_eval_bit_identical_and_state_dict_unchanged(model_type, head):
+    model = build(model_type, head)
+    inputs = make_inputs(model_type, model.config, head=head)
+    before, state = forward(model, inputs, False), {k: v.clone() for k, v in model.state_dict().items()}
+    patch_quietly(model, FULL)
+    assert torch.equal(forward(model, inputs, False), before)
+    after = model.state_dict()
+    assert list(after) == list(state)
+    assert all(torch.equal(after[k], v) for k, v in state.items())
+
+
+@pytest.mark.parametrize("model_type,head", CASES)
+def test_zero_spec_is_deterministic(model_type, head):
+    model = build(model_type, head)
+    inputs = make_inputs(model_type, model.config, head=head)
+    hfreg.patch_model(model, Reg.zero())
+    assert torch.equal(forward(model, inputs, True, seed=1), forward(model, inputs, True, seed=2))
+
+
+@pytest.mark.parametrize("model_type,head", CASES)
+def test_each_knob_alone_is_stochastic_and_reproducible(model_type, head):
+    model = build(model_type, head, **({"alibi": True} if model_type == "falcon" else {}))
+    inputs = make_inputs(model_type, model.config, head=head)
+    for knob in knobs_for(model_type, head):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # an applicable knob must not warn
+            hfreg.patch_model(model, only(knob))
+        first = forward(model, inputs, True, seed=1)
+        assert torch.equal(first, forward(model, inputs, True, seed=1)), f"{knob} not reproducible"
+        assert any(not torch.equal(first, forward(model, inputs, True, seed=s)) for s in range(2, 12)), \
+            f"{knob} does not act on {model_type}"
+
+
+@pytest.mark.parametrize("model_type,head", CASES)
+def test_unpatch_restores_exactly_and_patching_twice_equals_once(model_type, head):
+    model = build(model_type, head)
+    inputs = make_inputs(model_type, model.config, head=head)
+    train0, eval0 = forward(model, inputs, True), forward(model, inputs, False)
+    own_hooks = [(dict(m._forward_hooks), dict(m._forward_pre_hooks)) for m in model.modules()]
+    patch_quietly(model, FULL)
+    once = forward(model, inputs, True)
+    patch_quietly(model, FULL)
+    assert torch.equal(forward(model, inputs, True), once)
+    hfreg.unpatch_model(model)
+    assert not hfreg.is_patched(model)
+    assert torch.equal(forward(model, inputs, True), train0)
+    assert torch.equal(forward(model, inputs, False), eval0)
+    assert not hasattr(model.config, "hfreg")
+    assert [(dict(m._forward_hooks), dict(m._forward_pre_hooks)) for m in model.modules()] == own_hooks
+
+
+@pytest.mark.parametrize("model_type,head", CASES)
+def test_inspect_reports_rates_in_force(model_type, head):
+    model = build(model_type, head, **({"alibi": True} if model_type == "falcon" else {}))
+    rates = {k: round(0.11 + 0.01 * i, 2) for i, k in enumerate(KNOBS)}
+    patch_quietly(model, Reg(**rates))
+    sites = hfreg.inspect_model(model)
+    for knob in knobs_for(model_type, head):
+        mine = [s for s in sites if s.kind == knob]
+        assert mine, f"no {knob} site reported"
+        if knob == "drop_path":
+            depths = {s.layer for s in mine}
+            deepest = max(depths)
+            assert {round(s.rate, 6) for s in mine if s.layer == deepest} == {rates[knob]}
+            assert all(s.rate <= rates[knob] + 1e-9 for s in mine)
+        else:
+            assert {round(s.rate, 6) for s in mine} == {rates[knob]}, knob
+
+
+def test_inspect_unpatched_bert_sees_native_rates():
+    model = build("bert", hidden_dropout_prob=0.2, attention_probs_dropout_prob=0.05)
+    sites = hfreg.inspect_model(model)
+    attention = [s for s in sites if s.kind == "attention"]
+    assert [(s.layer, s.rate) for s in attention] == [(0, 0.05), (1, 0.05)]
+    assert {s.rate for s in sites if s.kind in ("hidden", "embedding")} == {0.2}
+    assert len([s for s in sites if s.kind == "hidden"]) == 4  # two branches x two layers
+
+
+def test_linear_drop_path_schedule_and_uniform():
+    model = build("llama", num_hidden_layers=5)
+    hfreg.patch_model(model, Reg(drop_path=0.2))
+    per_layer = {s.layer: s.rate for s in hfreg.inspect_model(model) if s.kind == "drop_path"}
+    assert per_layer == pytest.approx({0: 0.0, 1: 0.05, 2: 0.1, 3: 0.15, 4: 0.2})
+    hfreg.patch_model(model, Reg(drop_path=0.2, drop_path_schedule="uniform"))
+    assert {s.rate for s in hfreg.inspect_model(model) if s.kind == "drop_path"} == {0.2}
+
+
+def test_hidden_injected_on_both_branches_of_one_branch_architectures():
+    for model_type in ("distilbert", "stablelm", "llama"):
+        model = build(model_type)
+        hfreg.patch_model(model, Reg(hidden=0.1))
+        per_layer = [s for s in hfreg.inspect_model(model) if s.kind == "hidden" and s.layer == 0]
+        assert len(per_layer) == 2, model_type
+
+
+def test_albert_shared_layer_gets_per_depth_rates():
+    model = build("albert", num_hidden_layers=4)
+    hfreg.patch_model(model, Reg(drop_path=0.3))
+    rates = sorted((s.layer, s.rate) for s in hfreg.inspect_model(model) if s.kind == "drop_path")
+    assert [layer for layer, _ in rates[::2]] == [0, 1, 2, 3]
+    assert rates[-1][1] == pytest.approx(0.3)
+
+
+def test_falcon_rotary_attention_warns_naming_knob_and_architecture():
+    model = build("falcon")
+    with pytest.warns(UserWarning, match="`attention`=0.2 cannot apply to falcon"):
+        hfreg.patch_model(model, Reg(attention=0.2))
+
+
+def test_classifier_on_base_model_warns():
+    with pytest.warns(UserWarning, match="`classifier`=0.1 cannot apply to llama .*no classification head"):
+        hfreg.patch_model(build("llama"), Reg(classifier=0.1))
+
+
+def test_hardcoded_head_dropout_is_a_classifier_site():
+    from transformers import AutoModelForTokenClassification
+    from tiny_models import tiny_config
+
+    model = AutoModelForTokenClassification.from_config(tiny_config("llama"))
+    assert [s.rate for s in hfreg.inspect_model(model) if s.kind == "classifier"] == [0.1]
+    hfreg.patch_model(model, Reg(classifier=0.0))
+    assert [s.rate for s in hfreg.inspect_model(model) if s.kind == "classifier"] == [0.0]
+
+
+def test_config_read_in_forward_is_rewired():
+    model = build("falcon", hidden_dropout=0.3)
+    inputs = make_inputs("falcon", model.config)
+    hfreg.patch_model(model, Reg.zero())
+    assert model.config.hidden_dropout == 0.0
+    assert torch.equal(forward(model, inputs, True, 1), forward(model, inputs, True, 2))
+    hfreg.unpatch_model(model)
+    assert model.config.hidden_dropout == 0.3
+
+
+@pytest.mark.parametrize("model_type", ["bert", "llama", "t5", "swin", "gpt2", "clip", "bart"])
+def test_patch_config_round_trip_matches_live_patch(model_type, tmp_path):
+    head = model_type not in ("clip", "t5", "bart")
+    reg = Reg(attention=0.15, hidden=0.1, embedding=0.05, activation=0.05, drop_path=0.1, layerdrop=0.1,
+              classifier=0.2 if head else None)
+    live = build(model_type, head)
+    config = hfreg.patch_config(live.config, reg)
+    assert config is not live.config and not hasattr(live.config, "hfreg")
+    config.save_pretrained(tmp_path)
+    loaded = AutoConfig.from_pretrained(tmp_path)
+    assert loaded.hfreg == reg.to_dict()
+    loaded._attn_implementation = "eager"  # not saved; sdpa would draw its dropout masks differently
+    rebuilt = (head_class(model_type) if head else AutoModel).from_config(loaded)
+    rebuilt.load_state_dict(live.state_dict())
+    hfreg.patch_model(live, reg)
+    hfreg.patch_model(rebuilt)  # the spec recorded in the config
+    inputs = make_inputs(model_type, live.config, head=head)
+    for seed in (1, 2):
+        assert torch.equal(forward(live, inputs, True, seed), forward(rebuilt, inputs, True, seed))
+
+
+def test_plain_transformers_honours_native_keys():
+    config = hfreg.patch_config(build("bert", head=True).config, Reg(attention=0.15, hidden=0.25, classifier=0.3))
+    model = type(build("bert", head=True))(config)
+    assert model.bert.encoder.layer[0].attention.self.dropout.p == 0.15
+    assert model.bert.encoder.layer[1].output.dropout.p == 0.25
+    assert config.classifier_dropout == 0.3
+    gpt2 = hfreg.patch_config(build("gpt2").config, Reg(attention=0.1, hidden=0.2, embedding=0.3))
+    assert (gpt2.attn_pdrop, gpt2.resid_pdrop, gpt2.embd_pdrop) == (0.1, 0.2, 0.3)
+    clip = hfreg.patch_config(build("clip").config, Reg(attention=0.2))
+    assert clip.text_config.attention_dropout == clip.vision_config.attention_dropout == 0.2
+
+
+def test_from_pretrained_loads_a_patched_model_in_one_call(tmp_path):
+    model = build("llama")
+    model.save_pretrained(tmp_path)
+    loaded = hfreg.from_pretrained(tmp_path, Reg(hidden=0.1))
+    assert hfreg.is_patched(loaded)
+    assert {s.rate for s in hfreg.inspect_model(loaded) if s.kind == "hidden"} == {0.1}
+    loaded.save_pretrained(tmp_path / "again")
+    again = hfreg.from_pretrained(tmp_path / "again")
+    assert again.config.hfreg == Reg(hidden=0.1).to_dict() and hfreg.is_patched(again)
+
+
+def test_patch_model_without_spec_or_record_fails():
+    with pytest.raises(ValueError, match="no regularization spec given and none recorded"):
+        hfreg.patch_model(build("bert"))
+
+
+@pytest.mark.parametrize("bad", [torch.nn.Linear(2, 2), "bert", 3])
+def test_not_a_transformer(bad):
+    with pytest.raises(ValueError, match="expected a transformers PreTrainedModel"):
+        hfreg.patch_model(bad, Reg(hidden=0.1))
+
+
+def test_bad_spec_types():
+    with pytest.raises(ValueError, match="`reg` must be"):
+        hfreg.patch_model(build("bert"), 0.1)
+    with pytest.raises(ValueError, match="`hidden` must be a float"):
+        hfreg.patch_model(build("bert"), {"hidden": 2})
