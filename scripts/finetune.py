@@ -16,7 +16,7 @@ import argparse
 import os
 import sys
 
-DEFAULTS = dict(learning_rate=1e-4, num_train_epochs=8, per_device_train_batch_size=16)
+DEFAULTS = dict(learning_rate=2e-4, num_train_epochs=6, per_device_train_batch_size=16)
 
 
 def parse_args(argv=None):
@@ -31,7 +31,7 @@ def parse_args(argv=None):
     p.add_argument("--label_column", default=None, help="label column (strings or integers)")
     p.add_argument("--presets", default="pretrain-zero,checkpoint,classic,drop-path,heavy,weight-decay",
                    help="preset names (configs/presets/*.toml) or .toml paths, comma-separated")
-    p.add_argument("--train_sizes", default="64,256", help="training-subset sizes, comma-separated")
+    p.add_argument("--train_sizes", default="32,64", help="training-subset sizes, comma-separated")
     p.add_argument("--seeds", default="0,1", help="seeds, comma-separated")
     p.add_argument("--num_train_epochs", type=int, default=DEFAULTS["num_train_epochs"])
     p.add_argument("--learning_rate", type=float, default=DEFAULTS["learning_rate"])

@@ -1,0 +1,183 @@
+"""`hfreg` command line: inspect, compare, patch, report."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import warnings
+
+from .config import KNOBS, RegularizationConfig
+
+MODELS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "models")
+
+
+def _shipped() -> list[str]:
+    return sorted(f[:-5] for f in os.listdir(MODELS_DIR) if f.endswith(".json")) if os.path.isdir(MODELS_DIR) else []
+
+
+def load_config(ref: str):
+    """A transformers config from a local dir, a config.json, a shipped published config, or a hub id."""
+    from transformers import AutoConfig
+
+    if os.path.isfile(ref):
+        with open(ref) as f:
+            data = json.load(f)
+    elif os.path.isdir(ref):
+        if not os.path.isfile(os.path.join(ref, "config.json")):
+            raise ValueError(f"{ref!r} is a directory without a config.json")
+        return AutoConfig.from_pretrained(ref)
+    elif os.path.isfile(os.path.join(MODELS_DIR, ref.replace("/", "--") + ".json")):
+        with open(os.path.join(MODELS_DIR, ref.replace("/", "--") + ".json")) as f:
+            data = json.load(f)
+    else:
+        try:
+            return AutoConfig.from_pretrained(ref)
+        except Exception:
+            raise ValueError(f"cannot find a config for {ref!r}: not a file, not a directory, not one of the "
+                             f"shipped configs {_shipped()}, and not reachable on the hub") from None
+    if "model_type" not in data:
+        raise ValueError(f"{ref!r} has no model_type; not a transformers config")
+    data = dict(data)
+    return AutoConfig.for_model(data.pop("model_type"), **data)
+
+
+def knob_rates(config) -> dict[str, str]:
+    """Canonical knob -> the rate(s) a config sets, by building the model on the meta device and inspecting it."""
+    import torch
+    from transformers import AutoModel
+
+    from .patcher import inspect_model
+
+    with torch.device("meta"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = AutoModel.from_config(config)
+    sites = inspect_model(model)
+    out = {}
+    for knob in KNOBS:
+        rates = sorted({round(s.rate, 4) for s in sites if s.kind == knob})
+        if not rates:
+            out[knob] = "-"
+        elif len(rates) > 2:  # a depth schedule: show its range
+            out[knob] = f"{rates[0]:g}..{rates[-1]:g}"
+        else:
+            out[knob] = "/".join(f"{r:g}" for r in rates)
+    return out
+
+
+def _table(rows: list[list[str]]) -> str:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def cmd_inspect(args):
+    from .patcher import inspect_model
+
+    config = load_config(args.model)
+    import torch
+    from transformers import AutoModel
+
+    with torch.device("meta"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = AutoModel.from_config(config)
+    rows = [["path", "kind", "rate", "layer", "source"]]
+    for s in inspect_model(model):
+        rows.append([s.path, s.kind, f"{s.rate:g}", "-" if s.layer is None else str(s.layer), s.source])
+    print(_table(rows))
+
+
+def cmd_compare(args):
+    columns = [(ref, knob_rates(load_config(ref))) for ref in args.models]
+    rows = [["knob"] + [os.path.basename(ref.rstrip("/")) for ref, _ in columns]]
+    for knob in KNOBS:
+        rows.append([knob] + [rates[knob] for _, rates in columns])
+    print(_table(rows))
+
+
+def cmd_patch(args):
+    from .patcher import patch_config
+
+    reg = RegularizationConfig(**{k: getattr(args, k) for k in KNOBS}, drop_path_schedule=args.drop_path_schedule,
+                               drop_path_mode=args.drop_path_mode)
+    config = patch_config(load_config(args.model), reg)
+    if os.path.exists(args.output_dir) and os.listdir(args.output_dir):
+        raise ValueError(f"output directory {args.output_dir!r} exists and is not empty")
+    if os.path.isdir(args.model) and any(f.endswith((".safetensors", ".bin")) for f in os.listdir(args.model)):
+        from transformers import AutoModel
+
+        from .patcher import from_pretrained
+
+        model = from_pretrained(args.model, reg, auto_class=_auto_class(config) or AutoModel)
+        model.save_pretrained(args.output_dir)
+    else:
+        config.save_pretrained(args.output_dir)
+    reg.save_pretrained(args.output_dir)
+    print(f"wrote {args.output_dir}: config.json (native keys set, spec recorded), hfreg_config.json")
+
+
+def _auto_class(config):
+    import transformers
+
+    for arch in getattr(config, "architectures", None) or []:
+        cls = getattr(transformers, arch, None)
+        if cls is not None:
+            return cls
+    return None
+
+
+def cmd_report(args):
+    from .report import report
+
+    print(report(args.output_dir, make_plots=not args.no_plots))
+
+
+def _rate(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a float in [0, 1), got {text!r}") from None
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"must be a float in [0, 1), got {text!r}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="hfreg", description="Where and how strongly transformers regularize; "
+                                                          "one spec to change it.")
+    sub = p.add_subparsers(dest="command", required=True)
+    s = sub.add_parser("inspect", help="every dropout / drop-path / LayerDrop site of a model: path, kind, rate, layer")
+    s.add_argument("model", help="model dir, config.json, shipped config name, or hub id")
+    s.set_defaults(func=cmd_inspect)
+    s = sub.add_parser("compare", help="the canonical knobs of several configs or models, side by side")
+    s.add_argument("models", nargs="+")
+    s.set_defaults(func=cmd_compare)
+    s = sub.add_parser("patch", help="write a patched config (and weights, given a model dir)")
+    s.add_argument("model")
+    s.add_argument("-o", "--output_dir", required=True)
+    for knob in KNOBS:
+        s.add_argument(f"--{knob}", type=_rate, default=None)
+    s.add_argument("--drop_path_schedule", default="linear")
+    s.add_argument("--drop_path_mode", default="per_sample")
+    s.set_defaults(func=cmd_patch)
+    s = sub.add_parser("report", help="rebuild the comparison table, summary files and plots from runs.jsonl")
+    s.add_argument("output_dir")
+    s.add_argument("--no_plots", action="store_true")
+    s.set_defaults(func=cmd_report)
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except (ValueError, OSError) as e:
+        print(f"hfreg: error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,85 @@
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from hfreg.cli import MODELS_DIR, knob_rates, load_config, main
+
+HFREG = os.path.join(os.path.dirname(sys.executable), "hfreg")
+
+# Published dropout values of the shipped configs (from each checkpoint's config.json).
+PUBLISHED = {
+    "bert-base-uncased": {"attention": "0.1", "hidden": "0.1", "embedding": "0.1"},
+    "roberta-base": {"attention": "0.1", "hidden": "0.1"},
+    "gpt2": {"attention": "0.1", "hidden": "0.1", "embedding": "0.1"},
+    "meta-llama/Meta-Llama-3-8B": {"attention": "0", "hidden": "-", "drop_path": "-"},
+    "mistralai/Mistral-7B-v0.1": {"attention": "0", "hidden": "-"},
+    "microsoft/phi-2": {"attention": "0", "hidden": "0.1", "embedding": "0"},
+    "t5-base": {"attention": "0.1", "hidden": "0.1", "activation": "0.1"},
+    "facebook/bart-base": {"attention": "0.1", "hidden": "0.1", "activation": "0.1", "layerdrop": "0"},
+    "google/vit-base-patch16-224": {"attention": "0", "hidden": "0"},
+    "microsoft/swin-tiny-patch4-window7-224": {"drop_path": "0.0091..0.1"},
+    "facebook/dinov2-base": {"hidden": "-", "drop_path": "-"},
+}
+
+
+def test_shipped_configs_load():
+    names = sorted(f[:-5].replace("--", "/") for f in os.listdir(MODELS_DIR))
+    assert len(names) >= 15
+    for name in names:
+        assert load_config(name).model_type
+
+
+@pytest.mark.parametrize("name", sorted(PUBLISHED))
+def test_compare_reports_published_values(name):
+    rates = knob_rates(load_config(name))
+    for knob, value in PUBLISHED[name].items():
+        assert rates[knob] == value, (name, knob, rates)
+
+
+def test_compare_table(capsys):
+    assert main(["compare", "bert-base-uncased", "meta-llama/Meta-Llama-3-8B"]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[0].split() == ["knob", "bert-base-uncased", "Meta-Llama-3-8B"]
+    assert out.splitlines()[2].split() == ["attention", "0.1", "0"]
+
+
+def test_inspect_lists_every_site(capsys):
+    assert main(["inspect", "bert-base-uncased"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["path", "kind", "rate", "layer", "source"]
+    assert sum(" attention " in x for x in lines) == 12
+
+
+def test_patch_writes_config_and_weights(tmp_path):
+    from tiny_models import build
+
+    src = tmp_path / "src"
+    build("llama").save_pretrained(src)
+    assert main(["patch", str(src), "--hidden", "0.1", "--attention", "0.05", "-o", str(tmp_path / "out")]) == 0
+    config = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert config["attention_dropout"] == 0.05 and config["hfreg"]["hidden"] == 0.1
+    assert any(f.endswith(".safetensors") for f in os.listdir(tmp_path / "out"))
+    assert main(["patch", "gpt2", "--hidden", "0.2", "-o", str(tmp_path / "cfg")]) == 0
+    assert json.loads((tmp_path / "cfg" / "config.json").read_text())["resid_pdrop"] == 0.2
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["patch", "gpt2", "--hidden", "1.5", "-o", "x"], "must be a float in [0, 1), got '1.5'"),
+    (["inspect", "no/such-model-anywhere"], "cannot find a config for 'no/such-model-anywhere'"),
+    (["report", "/nonexistent/dir"], "no finished runs"),
+    (["patch", "gpt2", "--drop_path_schedule", "cosine", "-o", "x"], "`drop_path_schedule` must be one of"),
+])
+def test_user_errors_exit_nonzero_without_traceback(argv, message, tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run([HFREG, *argv], capture_output=True, text=True, cwd=tmp_path, env=env)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    assert message in proc.stderr.strip().splitlines()[-1]  # one error line (argparse puts usage above it)
+
+
+def test_help():
+    proc = subprocess.run([HFREG, "--help"], capture_output=True, text=True)
+    assert proc.returncode == 0 and "inspect" in proc.stdout and "compare" in proc.stdout

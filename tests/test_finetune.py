@@ -1,0 +1,219 @@
+"""The fine-tuning comparison: data handling, resume, summaries, and the script end to end on a tiny model."""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from hfreg import experiment, report
+from hfreg.presets import DEFAULT_PRESETS, load_preset
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPT = os.path.join(ROOT, "scripts", "finetune.py")
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("finetune", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def tiny_classifier(tmp_path_factory, minilm_path):
+    """A 2-layer, width-32 BERT with the real MiniLM tokenizer, saved like a hub checkpoint."""
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    path = tmp_path_factory.mktemp("tiny-bert")
+    tok = AutoTokenizer.from_pretrained(minilm_path)
+    config = BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                        intermediate_size=64, max_position_embeddings=64)
+    BertModel(config).save_pretrained(path)
+    tok.save_pretrained(path)
+    return str(path)
+
+
+@pytest.fixture
+def csv_data(tmp_path):
+    from hfreg.synthetic import make_split
+
+    for split, n, seed in (("train", 120, 1), ("validation", 40, 2)):
+        d = make_split(n, seed)
+        names = ["neg", "pos"]
+        lines = ["review,sentiment"] + [f"\"{t}\",{names[y]}" for t, y in zip(d["text"], d["label"])]
+        (tmp_path / f"{split}.csv").write_text("\n".join(lines) + "\n")
+    return tmp_path
+
+
+def args_for(model, data, out, *extra):
+    return ["--model_name_or_path", model, "--train_file", str(data / "train.csv"),
+            "--validation_file", str(data / "validation.csv"), "--presets", "pretrain-zero,classic",
+            "--train_sizes", "16,32", "--seeds", "0,1", "--num_train_epochs", "2", "--output_dir", str(out),
+            "--no_plots", *extra]
+
+
+def test_presets_load_and_validate(tmp_path):
+    for name in DEFAULT_PRESETS:
+        assert load_preset(name).name == name
+    assert load_preset("pretrain-zero").reg.knobs() == {k: 0.0 for k in load_preset("pretrain-zero").reg.knobs()}
+    assert load_preset("checkpoint").reg.knobs() == {}
+    assert load_preset("weight-decay").weight_decay == 0.1
+    with pytest.raises(ValueError, match="unknown preset 'nope'"):
+        load_preset("nope")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("hidden = 1.5\n")
+    with pytest.raises(ValueError, match="`hidden` must be a float in \\[0, 1\\)"):
+        load_preset(str(bad))
+
+
+def test_stratified_subsample_is_seeded_and_keeps_proportions():
+    labels = np.array([0] * 75 + [1] * 25)
+    a, b = experiment.stratified_indices(labels, 20, 3), experiment.stratified_indices(labels, 20, 3)
+    assert np.array_equal(a, b) and len(set(a)) == 20
+    assert (labels[a] == 1).sum() == 5
+    assert not np.array_equal(a, experiment.stratified_indices(labels, 20, 4))
+    with pytest.raises(ValueError, match="train size 101 is larger than the training split \\(100"):
+        experiment.stratified_indices(labels, 101, 0)
+
+
+def test_detect_columns():
+    assert experiment.detect_columns(["text", "label"]) == (("text",), "label")
+    assert experiment.detect_columns(["sentence1", "sentence2", "label", "idx"]) == (("sentence1", "sentence2"), "label")
+    assert experiment.detect_columns(["review", "y"], label_column="y") == (("review",), "y")
+    with pytest.raises(ValueError, match="--text_column 'body' is not a column"):
+        experiment.detect_columns(["text", "label"], text_column="body")
+    with pytest.raises(ValueError, match="no label column found"):
+        experiment.detect_columns(["text", "stars"])
+
+
+def test_append_survives_a_torn_last_line(tmp_path):
+    experiment.append_run(tmp_path, {"preset": "a", "train_size": 1, "seed": 0, "epochs": []})
+    with open(tmp_path / "runs.jsonl", "a") as f:
+        f.write('{"preset": "b", "train_si')  # a kill -9 in the middle of a write
+    assert [r["preset"] for r in experiment.read_runs(tmp_path)] == ["a"]
+    experiment.append_run(tmp_path, {"preset": "c", "train_size": 1, "seed": 0, "epochs": []})
+    lines = (tmp_path / "runs.jsonl").read_text().splitlines()
+    assert [json.loads(x)["preset"] for x in lines] == ["a", "c"]
+
+
+def _run(preset, seed, losses, train_losses):
+    return {"preset": preset, "train_size": 8, "seed": seed,
+            "epochs": [{"epoch": i + 1, "eval_loss": v, "train_loss": t, "eval_accuracy": 1 - v, "train_accuracy": 1}
+                       for i, (v, t) in enumerate(zip(losses, train_losses))]}
+
+
+def test_summary_pairs_by_seed():
+    runs = [_run("pretrain-zero", 0, [0.6, 0.5, 0.7], [0.5, 0.3, 0.1]), _run("pretrain-zero", 1, [0.6, 0.4, 0.8], [0.5, 0.2, 0.1]),
+            _run("classic", 0, [0.6, 0.5, 0.5], [0.5, 0.4, 0.3]), _run("classic", 1, [0.6, 0.4, 0.6], [0.5, 0.3, 0.2])]
+    recs = {r["preset"]: r for r in report.summarize(runs)}
+    zero, classic = recs["pretrain-zero"], recs["classic"]
+    assert zero["best_epoch"] == 2 and zero["degradation"] == pytest.approx(0.3)
+    assert zero["gap_final"] == pytest.approx(0.65)
+    assert classic["delta_final_eval_loss"] == pytest.approx(-0.2)
+    assert classic["delta_final_eval_loss_ci95"] == pytest.approx(0.0)
+    assert "delta_final_eval_loss" not in zero
+    assert report.mean_ci([1.0, 3.0]) == pytest.approx((2.0, 12.706 * 1.0))
+    assert "| 8 | classic | 2 |" in report.table(list(recs.values()))
+
+
+def test_script_end_to_end_and_resume(tiny_classifier, csv_data, tmp_path, capsys):
+    finetune = load_script()
+    out = tmp_path / "out"
+    assert finetune.main(args_for(tiny_classifier, csv_data, out)) == 0
+    runs = experiment.read_runs(out)
+    assert {(r["preset"], r["train_size"], r["seed"]) for r in runs} == {
+        (p, n, s) for p in ("pretrain-zero", "classic") for n in (16, 32) for s in (0, 1)}
+    for r in runs:
+        assert len(r["epochs"]) == 2
+        e = r["epochs"][-1]
+        assert e["eval_examples"] == 40
+        assert {"train_loss", "train_accuracy", "eval_loss", "eval_accuracy", "running_loss", "eval_f1"} <= set(e)
+    summary = json.loads((out / "summary.json").read_text())
+    assert {(s["preset"], s["train_size"]) for s in summary} == {(p, n) for p in ("pretrain-zero", "classic")
+                                                                  for n in (16, 32)}
+    assert (out / "summary.csv").read_text().startswith("preset,train_size")
+    # zero-dropout runs are deterministic: the same seed gives the same numbers again
+    rerun = tmp_path / "rerun"
+    finetune.main(args_for(tiny_classifier, csv_data, rerun, "--presets", "pretrain-zero", "--train_sizes", "16",
+                           "--seeds", "0"))
+    first = next(r for r in runs if (r["preset"], r["train_size"], r["seed"]) == ("pretrain-zero", 16, 0))
+    assert experiment.read_runs(rerun)[0]["epochs"] == first["epochs"]
+    # resume: nothing left to do, nothing appended
+    capsys.readouterr()
+    finetune.main(args_for(tiny_classifier, csv_data, out))
+    assert "8 runs, 8 already done" in capsys.readouterr().out
+    assert len(experiment.read_runs(out)) == 8
+
+
+def test_report_rebuilds_plots(tiny_classifier, csv_data, tmp_path):
+    finetune = load_script()
+    out = tmp_path / "out"
+    finetune.main(args_for(tiny_classifier, csv_data, out, "--seeds", "0"))
+    os.remove(out / "summary.json")
+    from hfreg.cli import main as cli
+
+    assert cli(["report", str(out)]) == 0
+    assert (out / "summary.json").exists()
+    assert (out / "learning_curves.png").stat().st_size > 1000 and (out / "gap_vs_size.png").stat().st_size > 1000
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--train_sizes", "1000"], "train size 1000 is larger than the training split"),
+    (["--presets", "pretrain-zero,nope"], "unknown preset 'nope'"),
+    (["--label_column", "stars"], "--label_column 'stars' is not a column"),
+    (["--text_column", "body"], "--text_column 'body' is not a column"),
+    (["--seeds", "a,b"], "--seeds must be comma-separated integers"),
+])
+def test_bad_input_one_line_nothing_written(tiny_classifier, csv_data, tmp_path, extra, message):
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, SCRIPT, *args_for(tiny_classifier, csv_data, out), *extra],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert message in proc.stderr and "Traceback" not in proc.stderr
+    assert not (out / "runs.jsonl").exists()
+
+
+def test_bad_data_files(tiny_classifier, csv_data, tmp_path):
+    finetune = load_script()
+    one_class = tmp_path / "one.csv"
+    one_class.write_text("text,label\nfine film,1\ngood film,1\n")
+    empty = tmp_path / "empty.csv"
+    empty.write_text("text,label\n")
+    cases = [(["--train_file", str(tmp_path / "missing.csv")], "does not exist"),
+             (["--train_file", str(one_class), "--validation_file", str(one_class), "--train_sizes", "1"],
+              "has only one class"),
+             (["--train_file", str(csv_data / "train.csv"), "--validation_file", str(empty)], "split is empty"),
+             (["--train_file", str(tmp_path / "x.txt")], "does not exist")]
+    for extra, message in cases:
+        argv = args_for(tiny_classifier, csv_data, tmp_path / "out") + extra
+        with pytest.raises(ValueError, match=message):
+            finetune.main(argv)
+    assert not (tmp_path / "out" / "runs.jsonl").exists()
+
+
+def test_model_that_cannot_classify(csv_data, tmp_path):
+    from tiny_models import build
+
+    path = tmp_path / "vision"
+    build("vit").save_pretrained(path)
+    with pytest.raises(ValueError):
+        load_script().main(args_for(str(path), csv_data, tmp_path / "out"))
+    assert not (tmp_path / "out" / "runs.jsonl").exists()
+
+
+@pytest.mark.slow
+def test_two_process_cpu_run(tiny_classifier, csv_data, tmp_path):
+    """A 2-process gloo run: every validation example counted once, distinct masks per rank."""
+    out = tmp_path / "ddp"
+    cmd = [os.path.join(os.path.dirname(sys.executable), "accelerate"), "launch", "--multi_gpu", "--cpu",
+           "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+           SCRIPT, *args_for(tiny_classifier, csv_data, out, "--presets", "drop-path", "--train_sizes", "32",
+                             "--seeds", "0")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    runs = experiment.read_runs(out)
+    assert len(runs) == 1 and all(e["eval_examples"] == 40 for e in runs[0]["epochs"])
