@@ -21,7 +21,7 @@ from .patcher import patch_model
 DATA_EXTENSIONS = {"csv": "csv", "json": "json", "jsonl": "json", "parquet": "parquet"}
 TEXT_CANDIDATES = (("sentence1", "sentence2"), ("question", "sentence"), ("premise", "hypothesis"), ("text",),
                    ("sentence",), ("review",), ("content",))
-LABEL_CANDIDATES = ("label", "labels", "class", "target")
+LABEL_CANDIDATES = ("label", "labels", "class", "target", "sentiment", "category")
 
 
 # ----------------------------------------------------------------------------------------------- data
@@ -29,8 +29,15 @@ def load_raw(dataset_name=None, dataset_config_name=None, train_file=None, valid
     """A DatasetDict with ``train`` and ``validation``; the built-in synthetic set when nothing is given."""
     from datasets import DatasetDict, load_dataset
 
+    def load(*args, **kwargs):
+        try:
+            return load_dataset(*args, **kwargs)
+        except Exception as e:  # datasets raises many types; the user needs the first line of the reason
+            what = dataset_name or ", ".join(sorted(set(kwargs.get("data_files", {}).values())))
+            raise ValueError(f"cannot load {what}: {str(e).strip().splitlines()[0]}") from None
+
     if dataset_name:
-        raw = load_dataset(dataset_name, dataset_config_name)
+        raw = load(dataset_name, dataset_config_name)
     elif train_file:
         files = {"train": train_file}
         if validation_file:
@@ -46,7 +53,7 @@ def load_raw(dataset_name=None, dataset_config_name=None, train_file=None, valid
             kinds.add(DATA_EXTENSIONS[ext])
         if len(kinds) > 1:
             raise ValueError(f"--train_file and --validation_file must have the same format, got {sorted(kinds)}")
-        raw = load_dataset(kinds.pop(), data_files=files)
+        raw = load(kinds.pop(), data_files=files)
     else:
         from .synthetic import make_dataset
 

@@ -38,7 +38,7 @@ def make_split(n: int, seed: int, noise: float = 0.1) -> dict[str, list]:
     return {"text": texts, "label": labels}
 
 
-def make_dataset(train_size: int = 1024, validation_size: int = 160):
+def make_dataset(train_size: int = 1024, validation_size: int = 128):
     """The default data set as a `datasets.DatasetDict` with ``train`` and ``validation`` splits."""
     from datasets import Dataset, DatasetDict
 

@@ -16,7 +16,7 @@ import argparse
 import os
 import sys
 
-DEFAULTS = dict(learning_rate=2e-4, num_train_epochs=6, per_device_train_batch_size=16)
+DEFAULTS = dict(learning_rate=2e-4, num_train_epochs=5, per_device_train_batch_size=16)
 
 
 def parse_args(argv=None):

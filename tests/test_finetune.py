@@ -182,12 +182,13 @@ def test_bad_data_files(tiny_classifier, csv_data, tmp_path):
     one_class = tmp_path / "one.csv"
     one_class.write_text("text,label\nfine film,1\ngood film,1\n")
     empty = tmp_path / "empty.csv"
-    empty.write_text("text,label\n")
+    empty.write_text("review,sentiment\n")
     cases = [(["--train_file", str(tmp_path / "missing.csv")], "does not exist"),
              (["--train_file", str(one_class), "--validation_file", str(one_class), "--train_sizes", "1"],
               "has only one class"),
-             (["--train_file", str(csv_data / "train.csv"), "--validation_file", str(empty)], "split is empty"),
-             (["--train_file", str(tmp_path / "x.txt")], "does not exist")]
+             (["--train_file", str(csv_data / "train.csv"), "--validation_file", str(empty)], "cannot load .*empty.csv.*no data"),
+             (["--train_file", str(tmp_path / "x.txt")], "does not exist"),
+             (["--train_file", str(csv_data / "train.csv"), "--validation_file", str(one_class)], "cannot load")]
     for extra, message in cases:
         argv = args_for(tiny_classifier, csv_data, tmp_path / "out") + extra
         with pytest.raises(ValueError, match=message):
