@@ -22,7 +22,7 @@ finetune: setup
 	$(BIN)/accelerate launch scripts/finetune.py $(ARGS)
 
 test: setup
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -m "slow or not slow" $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV)

@@ -45,6 +45,7 @@ def parse_args(argv=None):
     p.add_argument("--with_tracking", action="store_true", help="log through Accelerate's trackers")
     p.add_argument("--report_to", default="all", help="tracker(s) for --with_tracking, e.g. tensorboard")
     p.add_argument("--no_plots", action="store_true")
+    p.add_argument("--cpu", action="store_true", help="run on CPU processes (gloo) even where a GPU exists")
     args = p.parse_args(argv)
 
     def ints(flag, text):
@@ -106,7 +107,7 @@ def main(argv=None) -> int:
 
     # find_unused_parameters: LayerDrop skips whole layers, whose parameters then get no gradient
     ddp = DistributedDataParallelKwargs(find_unused_parameters=any(p.reg.layerdrop for p in presets))
-    accelerator = Accelerator(log_with=args.report_to if args.with_tracking else None,
+    accelerator = Accelerator(cpu=args.cpu, log_with=args.report_to if args.with_tracking else None,
                               project_dir=args.output_dir, kwargs_handlers=[ddp])
     hf_logging.set_verbosity_error()
     tokenizer = AutoTokenizer.from_pretrained(model_path)

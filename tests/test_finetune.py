@@ -210,10 +210,10 @@ def test_model_that_cannot_classify(csv_data, tmp_path):
 def test_two_process_cpu_run(tiny_classifier, csv_data, tmp_path):
     """A 2-process gloo run: every validation example counted once, distinct masks per rank."""
     out = tmp_path / "ddp"
-    cmd = [os.path.join(os.path.dirname(sys.executable), "accelerate"), "launch", "--multi_gpu", "--cpu",
+    cmd = [os.path.join(os.path.dirname(sys.executable), "accelerate"), "launch", "--multi_gpu",
            "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
            SCRIPT, *args_for(tiny_classifier, csv_data, out, "--presets", "drop-path", "--train_sizes", "32",
-                             "--seeds", "0")]
+                             "--seeds", "0", "--cpu")]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     runs = experiment.read_runs(out)
