@@ -171,6 +171,28 @@ def _collate(pad_id):
     return collate
 
 
+class LengthGroupedBatches(torch.utils.data.Sampler):
+    """Random batches of similar length: shuffle, sort within windows of 50 batches, shuffle the batches.
+
+    Padding shrinks while each epoch still sees a fresh random order (the HF Trainer's `group_by_length` idea)."""
+
+    def __init__(self, lengths, batch_size, generator, window=50):
+        self.lengths, self.batch_size, self.generator, self.window = list(lengths), batch_size, generator, window
+
+    def __len__(self):
+        return math.ceil(len(self.lengths) / self.batch_size)
+
+    def __iter__(self):
+        order = torch.randperm(len(self.lengths), generator=self.generator).tolist()
+        span = self.batch_size * self.window
+        batches = []
+        for start in range(0, len(order), span):
+            chunk = sorted(order[start:start + span], key=lambda i: self.lengths[i])
+            batches += [chunk[i:i + self.batch_size] for i in range(0, len(chunk), self.batch_size)]
+        for b in torch.randperm(len(batches), generator=self.generator).tolist():
+            yield batches[b]
+
+
 def eval_loader(enc: Encoded, indices, batch_size, pad_id):
     """Examples sorted by length, so each batch pads little."""
     order = sorted(indices, key=lambda j: len(enc.input_ids[j]))
@@ -246,8 +268,10 @@ def run(accelerator, base_model, preset, data, train_size, seed, args, evaluator
         log(f"  note: {w.message}")
     pad_id = args.pad_token_id
     gen = torch.Generator().manual_seed(seed)
-    train_dl = torch.utils.data.DataLoader(_Subset(data["train"], indices), batch_size=args.per_device_train_batch_size,
-                                           shuffle=True, generator=gen, collate_fn=_collate(pad_id))
+    lengths = [len(data["train"].input_ids[j]) for j in indices]
+    train_dl = torch.utils.data.DataLoader(
+        _Subset(data["train"], indices), collate_fn=_collate(pad_id),
+        batch_sampler=LengthGroupedBatches(lengths, args.per_device_train_batch_size, gen))
     fit_dl = eval_loader(data["train"], indices, args.per_device_eval_batch_size, pad_id)
     val_dl = eval_loader(data["validation"], range(len(data["validation"])), args.per_device_eval_batch_size, pad_id)
     optimizer = torch.optim.AdamW(param_groups(model, preset.weight_decay), lr=args.learning_rate)

@@ -218,3 +218,33 @@ def test_two_process_cpu_run(tiny_classifier, csv_data, tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     runs = experiment.read_runs(out)
     assert len(runs) == 1 and all(e["eval_examples"] == 40 for e in runs[0]["epochs"])
+
+
+def test_with_tracking_logs_through_accelerate(tiny_classifier, csv_data, tmp_path):
+    pytest.importorskip("tensorboard")
+    out = tmp_path / "tracked"
+    load_script().main(args_for(tiny_classifier, csv_data, out, "--seeds", "0", "--train_sizes", "16",
+                                "--with_tracking", "--report_to", "tensorboard"))
+    assert any("events.out.tfevents" in f for _, _, files in os.walk(out) for f in files)
+
+
+@pytest.mark.slow
+def test_kill_9_loses_at_most_the_run_in_progress(tiny_classifier, csv_data, tmp_path):
+    import signal
+    import time
+
+    out = tmp_path / "killed"
+    argv = [sys.executable, SCRIPT, *args_for(tiny_classifier, csv_data, out, "--num_train_epochs", "6")]
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while len(experiment.read_runs(out)) < 2 and time.time() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    survived = experiment.read_runs(out)
+    assert 2 <= len(survived) < 8
+    subprocess.run(argv, check=True, capture_output=True)
+    runs = experiment.read_runs(out)
+    keys = [(r["preset"], r["train_size"], r["seed"]) for r in runs]
+    assert len(keys) == len(set(keys)) == 8
+    assert runs[: len(survived)] == survived

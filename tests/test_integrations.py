@@ -1,0 +1,110 @@
+"""hfreg with the tools people train with: HF Trainer, PEFT LoRA, gradient checkpointing, torch.compile, DDP."""
+
+import warnings
+
+import pytest
+import torch
+
+import hfreg
+from hfreg import RegularizationConfig as Reg
+from tiny_models import build, first_tensor, make_inputs
+
+SPEC = Reg(attention=0.1, hidden=0.2, drop_path=0.2, classifier=0.1)
+
+
+def train_logits(model, inputs, seed):
+    model.train()
+    torch.manual_seed(seed)
+    return first_tensor(model(**inputs))
+
+
+def test_hf_trainer_trains_a_patched_model(tmp_path):
+    from datasets import Dataset
+    from transformers import Trainer, TrainingArguments
+
+    model = hfreg.patch_model(build("llama", head=True), SPEC)
+    ids = torch.randint(3, 100, (16, 8), generator=torch.Generator().manual_seed(0))
+    data = Dataset.from_dict({"input_ids": ids.tolist(), "labels": [i % 3 for i in range(16)]})
+    args = TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=4, num_train_epochs=1,
+                             report_to=[], save_strategy="no", use_cpu=True, logging_strategy="no")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    Trainer(model=model, args=args, train_dataset=data).train()
+    assert hfreg.is_patched(model)
+    assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items())
+    model.save_pretrained(tmp_path / "saved")
+    reloaded = hfreg.from_pretrained(tmp_path / "saved", auto_class=type(model))
+    assert {s.kind for s in hfreg.inspect_model(reloaded)} >= {"hidden", "drop_path", "attention"}
+
+
+@pytest.mark.parametrize("order", ["patch_then_peft", "peft_then_patch"])
+def test_peft_lora(order):
+    peft = pytest.importorskip("peft")
+    model = build("llama", head=True)
+    lora = peft.LoraConfig(r=4, target_modules=["q_proj", "v_proj"], lora_dropout=0.05, task_type="SEQ_CLS")
+    if order == "patch_then_peft":
+        model = peft.get_peft_model(hfreg.patch_model(model, SPEC), lora)
+    else:
+        model = hfreg.patch_model(peft.get_peft_model(model, lora), SPEC)
+    inputs = make_inputs("llama", model.config, head=True)
+    sites = hfreg.inspect_model(model)
+    assert {s.rate for s in sites if s.kind == "hidden"} == {0.2}
+    assert not any("lora" in s.path for s in sites), "LoRA's own dropout belongs to PEFT"
+    a, b = train_logits(model, inputs, 1), train_logits(model, inputs, 2)
+    assert not torch.equal(a, b) and torch.equal(a, train_logits(model, inputs, 1))
+    loss = first_tensor(model(**inputs)).sum()
+    loss.backward()
+    assert any(p.grad is not None for n, p in model.named_parameters() if "lora_" in n)
+    hfreg.unpatch_model(model)
+    assert not hfreg.is_patched(model)
+
+
+@pytest.mark.parametrize("model_type", ["bert", "llama"])
+def test_gradient_checkpointing_gives_the_same_gradients(model_type):
+    """Checkpointing replays torch's RNG, so the recomputed forward sees the same dropout masks."""
+    grads = []
+    for checkpointing in (False, True):
+        torch.manual_seed(0)
+        model = hfreg.patch_model(build(model_type, head=True), SPEC)
+        if checkpointing:
+            enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+            enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        inputs = make_inputs(model_type, model.config, head=True)
+        train_logits(model, inputs, 7).sum().backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys()
+    for name in grads[0]:
+        torch.testing.assert_close(grads[0][name], grads[1][name], msg=name)
+
+
+def test_torch_compile():
+    model = hfreg.patch_model(build("llama", head=True), Reg(hidden=0.2, drop_path=0.2))
+    inputs = make_inputs("llama", model.config, head=True)
+    with torch.no_grad():
+        eager = first_tensor(model.eval()(**inputs))
+    compiled = torch.compile(model, backend="eager")
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert torch.equal(first_tensor(compiled.eval()(**inputs)), eager)
+        compiled.train()
+        torch.manual_seed(3)
+        a = first_tensor(compiled(**inputs))
+        torch.manual_seed(4)
+        assert not torch.equal(a, first_tensor(compiled(**inputs)))
+
+
+def test_ddp_wrapped_model_is_refused():
+    model = build("bert")
+    wrapped = torch.nn.DataParallel(model)
+    with pytest.raises(ValueError, match="patch before `accelerator.prepare`"):
+        hfreg.patch_model(wrapped, SPEC)
+
+
+def test_deepcopy_of_a_patched_model_is_independent():
+    import copy
+
+    model = hfreg.patch_model(build("bert", head=True), SPEC)
+    clone = copy.deepcopy(model)
+    hfreg.unpatch_model(clone)
+    assert hfreg.is_patched(model) and not hfreg.is_patched(clone)
+    inputs = make_inputs("bert", model.config, head=True)
+    assert not torch.equal(train_logits(model, inputs, 1), train_logits(model, inputs, 2))
