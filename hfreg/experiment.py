@@ -274,7 +274,9 @@ def run(accelerator, base_model, preset, data, train_size, seed, args, evaluator
         batch_sampler=LengthGroupedBatches(lengths, args.per_device_train_batch_size, gen))
     fit_dl = eval_loader(data["train"], indices, args.per_device_eval_batch_size, pad_id)
     val_dl = eval_loader(data["validation"], range(len(data["validation"])), args.per_device_eval_batch_size, pad_id)
-    optimizer = torch.optim.AdamW(param_groups(model, preset.weight_decay), lr=args.learning_rate)
+    # the fused AdamW kernel (CPU and CUDA) is several times faster than the per-tensor loop on the embedding matrix
+    fused = accelerator.device.type in ("cpu", "cuda")
+    optimizer = torch.optim.AdamW(param_groups(model, preset.weight_decay), lr=args.learning_rate, fused=fused)
     steps = args.num_train_epochs * math.ceil(len(train_dl) / accelerator.num_processes)
     scheduler = get_scheduler(args.lr_scheduler_type, optimizer, num_warmup_steps=int(args.warmup_ratio * steps),
                               num_training_steps=steps)

@@ -248,3 +248,22 @@ def test_kill_9_loses_at_most_the_run_in_progress(tiny_classifier, csv_data, tmp
     keys = [(r["preset"], r["train_size"], r["seed"]) for r in runs]
     assert len(keys) == len(set(keys)) == 8
     assert runs[: len(survived)] == survived
+
+
+def test_decoder_llm_without_pad_token(tmp_path, csv_data, minilm_path):
+    """A Llama-style classifier whose tokenizer has no pad token: padding falls back to EOS."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaModel
+
+    path = tmp_path / "tiny-llama"
+    tok = AutoTokenizer.from_pretrained(minilm_path)
+    tok.eos_token = "[SEP]"
+    tok.pad_token = None
+    config = LlamaConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                         num_key_value_heads=2, intermediate_size=64, max_position_embeddings=64)
+    LlamaModel(config).save_pretrained(path)
+    tok.save_pretrained(path)
+    assert AutoTokenizer.from_pretrained(path).pad_token is None
+    out = tmp_path / "out"
+    assert load_script().main(args_for(str(path), csv_data, out, "--presets", "drop-path", "--seeds", "0")) == 0
+    runs = experiment.read_runs(out)
+    assert len(runs) == 2 and all(len(r["epochs"]) == 2 for r in runs)
