@@ -10,10 +10,10 @@ TORCH ?= torch==2.13.0
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-# Re-installs only when pyproject.toml changes.
-$(VENV)/.installed: pyproject.toml | $(BIN)/python
+# Re-installs only when pyproject.toml or constraints.txt change; torch is pinned separately (GPU builds differ).
+$(VENV)/.installed: pyproject.toml constraints.txt | $(BIN)/python
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q --disable-pip-version-check "$(TORCH)"
-	$(BIN)/pip install -q --disable-pip-version-check -e ".[demo,dev]"
+	$(BIN)/pip install -q --disable-pip-version-check -c constraints.txt -e ".[demo,dev]"
 	touch $@
 
 setup: $(VENV)/.installed
