@@ -66,8 +66,11 @@ def test_gradient_checkpointing_gives_the_same_gradients(model_type):
         torch.manual_seed(0)
         model = hfreg.patch_model(build(model_type, head=True), SPEC)
         if checkpointing:
-            enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
-            enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.24
+                model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+            else:
+                model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            assert getattr(model, "is_activation_checkpointing", None) or model.is_gradient_checkpointing
         inputs = make_inputs(model_type, model.config, head=True)
         train_logits(model, inputs, 7).sum().backward()
         grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
