@@ -32,6 +32,9 @@ def hfreg_sweep(args, data_dir, out, precision):
             "--num_train_epochs", str(args.epochs), "--learning_rate", str(args.lr),
             "--per_device_train_batch_size", str(args.batch), "--output_dir", out, "--no_plots",
             "--mixed_precision", precision]
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)  # the state is a singleton; each sweep sets its own
     t = time.perf_counter()
     finetune.main(argv)
     return time.perf_counter() - t
