@@ -109,9 +109,13 @@ def plot(output_dir: str, runs: list[dict], records: list[dict]) -> list[str]:
     presets = list(dict.fromkeys(r["preset"] for r in runs))
     sizes = sorted({r["train_size"] for r in runs})
     curves = os.path.join(output_dir, "learning_curves.png")
-    fig, axes = plt.subplots(1, len(presets), figsize=(3.2 * len(presets), 3.2), sharey=True, squeeze=False)
+    cols = min(3, len(presets))
+    rows = math.ceil(len(presets) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 3.0 * rows), sharey=True, squeeze=False)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for ax, preset in zip(axes[0], presets):
+    for ax in axes.flat[len(presets):]:
+        ax.set_visible(False)
+    for ax, preset in zip(axes.flat, presets):
         for i, size in enumerate(sizes):
             group = [r for r in runs if r["preset"] == preset and r["train_size"] == size]
             if not group:
@@ -124,8 +128,9 @@ def plot(output_dir: str, runs: list[dict], records: list[dict]) -> list[str]:
                         label=f"n={size} {'train' if key == 'train_loss' else 'val'}")
         ax.set_title(preset)
         ax.set_xlabel("epoch")
-    axes[0][0].set_ylabel("loss (eval mode)")
-    axes[0][-1].legend(fontsize=7)
+    for row in axes:
+        row[0].set_ylabel("loss (eval mode)")
+    axes.flat[0].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(curves, dpi=110)
     plt.close(fig)
