@@ -25,6 +25,7 @@ from .layers import drop_path, drop_path_rates
 from .sites import Site, Structure, analyze
 
 _STATE = "_hfreg_patch"
+_MISSING = object()  # marks an attribute that did not exist before patching
 # knobs hfreg applies itself at branch ends, after zeroing the native sites
 _OWNED = ("hidden", "drop_path")
 
@@ -199,18 +200,14 @@ def patch_model(model, reg: RegularizationConfig | dict | None = None):
     injected: list[Site] = []
     _inject_layers(model, struct, reg, knobs, natives_by, injected)
     _inject_elsewhere(model, struct, knobs, natives_by, injected)
-    for knob, rate in knobs.items():
-        if knob == "attention" and not natives_by["attention"]:
-            _warn(knob, rate, model, "it has no attention-probability dropout site")
+    if "attention" in knobs and not natives_by["attention"]:
+        _warn("attention", knobs["attention"], model, "it has no attention-probability dropout site")
 
     had = hasattr(model.config, CONFIG_ATTR)
     restores.append((model.config, CONFIG_ATTR, getattr(model.config, CONFIG_ATTR) if had else _MISSING))
     setattr(model.config, CONFIG_ATTR, reg.to_dict())
     object.__setattr__(model, _STATE, _PatchState(reg, restores, injected, tuple(k for k in _OWNED if k in knobs)))
     return outer
-
-
-_MISSING = object()
 
 
 def _inject_layers(model, struct: Structure, reg, knobs, natives_by, injected):
@@ -243,8 +240,7 @@ def _inject_layers(model, struct: Structure, reg, knobs, natives_by, injected):
                     injected.append(Site(layer.path, "layerdrop", layerdrop, idx, "injected"))
             if "embedding" in knobs and not natives_by["embedding"] and pos == 0:
                 injected.append(Site(layer.path + ".<input>", "embedding", embedding, None, "injected"))
-            needs_pre = emb or layerdrop or any(own) or hidden
-            if needs_pre:
+            if emb or layerdrop or any(own):  # batch size for drop-path, input for embedding dropout / LayerDrop
                 layer.module.register_forward_pre_hook(_LayerPre(s), with_kwargs=True)
             if layerdrop:
                 layer.module.register_forward_hook(_LayerPost(s), with_kwargs=True)
