@@ -43,17 +43,21 @@ def load_config(ref: str):
     return AutoConfig.for_model(data.pop("model_type"), **data)
 
 
-def knob_rates(config) -> dict[str, str]:
-    """Canonical knob -> the rate(s) a config sets, by building the model on the meta device and inspecting it."""
+def _meta_model(config):
+    """The base model of ``config`` on the meta device: its structure and rates, no memory for weights."""
     import torch
     from transformers import AutoModel
 
-    from .patcher import inspect_model
-
     with torch.device("meta"), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        model = AutoModel.from_config(config)
-    sites = inspect_model(model)
+        return AutoModel.from_config(config)
+
+
+def knob_rates(config) -> dict[str, str]:
+    """Canonical knob -> the rate(s) in force for a config, read off its model built on the meta device."""
+    from .patcher import inspect_model
+
+    sites = inspect_model(_meta_model(config))
     out = {}
     for knob in KNOBS:
         rates = sorted({round(s.rate, 4) for s in sites if s.kind == knob})
@@ -76,15 +80,8 @@ def _table(rows: list[list[str]]) -> str:
 def cmd_inspect(args):
     from .patcher import inspect_model
 
-    config = load_config(args.model)
-    import torch
-    from transformers import AutoModel
-
-    with torch.device("meta"), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        model = AutoModel.from_config(config)
     rows = [["path", "kind", "rate", "layer", "source"]]
-    for s in inspect_model(model):
+    for s in inspect_model(_meta_model(load_config(args.model))):
         rows.append([s.path, s.kind, f"{s.rate:g}", "-" if s.layer is None else str(s.layer), s.source])
     print(_table(rows))
 
