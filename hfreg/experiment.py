@@ -122,12 +122,16 @@ def encode(raw, tokenizer, text_columns, label_column, max_length):
     return out, [str(v) for v in values]
 
 
-def stratified_indices(labels: np.ndarray, size: int, seed: int) -> np.ndarray:
-    """A seeded subsample of ``size`` indices with the class proportions of ``labels``."""
-    if size > len(labels):
-        raise ValueError(f"train size {size} is larger than the training split ({len(labels)} examples)")
+def check_train_size(size: int, available: int) -> None:
+    if size > available:
+        raise ValueError(f"train size {size} is larger than the training split ({available} examples)")
     if size < 1:
         raise ValueError(f"train sizes must be positive, got {size}")
+
+
+def stratified_indices(labels: np.ndarray, size: int, seed: int) -> np.ndarray:
+    """A seeded subsample of ``size`` indices with the class proportions of ``labels``."""
+    check_train_size(size, len(labels))
     rng = np.random.RandomState(seed)
     classes, counts = np.unique(labels, return_counts=True)
     quota = np.floor(counts / counts.sum() * size).astype(int)

@@ -115,9 +115,8 @@ def main(argv=None) -> int:
                                                            args.label_column)
     if args.max_eval_samples:
         raw["validation"] = raw["validation"].select(range(min(args.max_eval_samples, len(raw["validation"]))))
-    for size in args.train_sizes:
-        if size > len(raw["train"]):
-            raise ValueError(f"train size {size} is larger than the training split ({len(raw['train'])} examples)")
+    for size in args.train_sizes:  # before anything is written
+        experiment.check_train_size(size, len(raw["train"]))
 
     # find_unused_parameters: LayerDrop skips whole layers, whose parameters then get no gradient
     ddp = DistributedDataParallelKwargs(find_unused_parameters=any(p.reg.layerdrop for p in presets))
