@@ -18,8 +18,9 @@ $(VENV)/.installed: pyproject.toml constraints.txt | $(BIN)/python
 
 setup: $(VENV)/.installed
 
+# -q: on a user error the script's one-line message stands alone, without the launcher's own traceback.
 finetune: setup
-	$(BIN)/accelerate launch scripts/finetune.py $(ARGS)
+	$(BIN)/accelerate launch -q scripts/finetune.py $(ARGS)
 
 test: setup
 	$(BIN)/python -m pytest -q -m "slow or not slow" $(PYTEST_ARGS)

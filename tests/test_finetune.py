@@ -177,6 +177,18 @@ def test_bad_input_one_line_nothing_written(tiny_classifier, csv_data, tmp_path,
     assert not (out / "runs.jsonl").exists()
 
 
+def test_bad_input_under_accelerate_launch(tiny_classifier, csv_data, tmp_path):
+    """`make finetune` launches with `accelerate launch -q`: the script's one line, no launcher traceback."""
+    out = tmp_path / "out"
+    cmd = [os.path.join(os.path.dirname(sys.executable), "accelerate"), "launch", "-q", "--num_processes", "1",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", SCRIPT,
+           *args_for(tiny_classifier, csv_data, out, "--presets", "nope")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    assert "unknown preset 'nope'" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (out / "runs.jsonl").exists()
+
+
 def test_bad_data_files(tiny_classifier, csv_data, tmp_path):
     finetune = load_script()
     one_class = tmp_path / "one.csv"
