@@ -220,7 +220,7 @@ def test_model_that_cannot_classify(csv_data, tmp_path):
 
 @pytest.mark.slow
 def test_two_process_cpu_run(tiny_classifier, csv_data, tmp_path):
-    """A 2-process gloo run: every validation example counted once, distinct masks per rank."""
+    """A 2-process gloo run of the script: every validation example counted once."""
     out = tmp_path / "ddp"
     cmd = [os.path.join(os.path.dirname(sys.executable), "accelerate"), "launch", "--multi_gpu",
            "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
@@ -230,6 +230,20 @@ def test_two_process_cpu_run(tiny_classifier, csv_data, tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     runs = experiment.read_runs(out)
     assert len(runs) == 1 and all(e["eval_examples"] == 40 for e in runs[0]["epochs"])
+
+
+@pytest.mark.slow
+def test_two_process_ranks_draw_distinct_masks(tmp_path):
+    """Each rank of a 2-process run draws its drop-path masks from its own generator state."""
+    out = tmp_path / "draws.json"
+    cmd = [os.path.join(os.path.dirname(sys.executable), "accelerate"), "launch", "--multi_gpu",
+           "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+           os.path.join(ROOT, "tests", "ddp_masks.py"), str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    pairs = json.loads(out.read_text())
+    assert len(pairs) >= 4  # 2 layers x 2 branches, per training step
+    assert all(rank0 != rank1 for rank0, rank1 in pairs)
 
 
 def test_with_tracking_logs_through_accelerate(tiny_classifier, csv_data, tmp_path):
