@@ -8,7 +8,7 @@ import os
 import sys
 import warnings
 
-from .config import KNOBS, RegularizationConfig
+from .config import KNOBS, RegularizationConfig, check_rate
 
 MODELS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "models")
 
@@ -21,6 +21,7 @@ def load_config(ref: str):
     """A transformers config from a local dir, a config.json, a shipped published config, or a hub id."""
     from transformers import AutoConfig
 
+    shipped = os.path.join(MODELS_DIR, ref.replace("/", "--") + ".json")
     if os.path.isfile(ref):
         with open(ref) as f:
             data = json.load(f)
@@ -28,8 +29,8 @@ def load_config(ref: str):
         if not os.path.isfile(os.path.join(ref, "config.json")):
             raise ValueError(f"{ref!r} is a directory without a config.json")
         return AutoConfig.from_pretrained(ref)
-    elif os.path.isfile(os.path.join(MODELS_DIR, ref.replace("/", "--") + ".json")):
-        with open(os.path.join(MODELS_DIR, ref.replace("/", "--") + ".json")) as f:
+    elif os.path.isfile(shipped):
+        with open(shipped) as f:
             data = json.load(f)
     else:
         try:
@@ -134,10 +135,9 @@ def cmd_report(args):
 def _rate(text):
     try:
         value = float(text)
+        check_rate("rate", value)
     except ValueError:
         raise argparse.ArgumentTypeError(f"must be a float in [0, 1), got {text!r}") from None
-    if not 0.0 <= value < 1.0:
-        raise argparse.ArgumentTypeError(f"must be a float in [0, 1), got {text!r}")
     return value
 
 

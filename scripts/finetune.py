@@ -16,6 +16,8 @@ import argparse
 import os
 import sys
 
+from hfreg.presets import DEFAULT_PRESETS
+
 DEFAULTS = dict(learning_rate=2e-4, num_train_epochs=5, per_device_train_batch_size=16)
 
 
@@ -29,7 +31,7 @@ def parse_args(argv=None):
     p.add_argument("--validation_file", default=None, help="same format as --train_file")
     p.add_argument("--text_column", default=None, help="text column, or two comma-separated for sentence pairs")
     p.add_argument("--label_column", default=None, help="label column (strings or integers)")
-    p.add_argument("--presets", default="pretrain-zero,checkpoint,classic,drop-path,heavy,weight-decay",
+    p.add_argument("--presets", default=",".join(DEFAULT_PRESETS),
                    help="preset names (configs/presets/*.toml) or .toml paths, comma-separated")
     p.add_argument("--train_sizes", default="32,64", help="training-subset sizes, comma-separated")
     p.add_argument("--seeds", default="0,1", help="seeds, comma-separated")
