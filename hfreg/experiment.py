@@ -222,10 +222,10 @@ def reset_head(model: nn.Module, seed: int):
     base = getattr(model, "base_model", model)
     gen = torch.Generator().manual_seed(seed)
     std = getattr(model.config, "initializer_range", 0.02)
-    for name, child in model.named_children():
+    for child in model.children():
         if child is base:
             continue
-        for m in child.modules() if isinstance(child, nn.Module) else ():
+        for m in child.modules():
             if isinstance(m, nn.Linear):
                 with torch.no_grad():
                     m.weight.copy_(torch.randn(m.weight.shape, generator=gen) * std)
