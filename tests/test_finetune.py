@@ -49,6 +49,14 @@ def csv_data(tmp_path):
     return tmp_path
 
 
+def launch(script, *args, num_processes=2, quiet=False):
+    """Run ``script`` under `accelerate launch` on CPU processes (gloo when there are several)."""
+    cmd = [os.path.join(os.path.dirname(sys.executable), "accelerate"), "launch", *(["-q"] if quiet else []),
+           *(["--multi_gpu"] if num_processes > 1 else []), "--num_processes", str(num_processes),
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", script, *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+
+
 def args_for(model, data, out, *extra):
     return ["--model_name_or_path", model, "--train_file", str(data / "train.csv"),
             "--validation_file", str(data / "validation.csv"), "--presets", "pretrain-zero,classic",
@@ -180,10 +188,8 @@ def test_bad_input_one_line_nothing_written(tiny_classifier, csv_data, tmp_path,
 def test_bad_input_under_accelerate_launch(tiny_classifier, csv_data, tmp_path):
     """`make finetune` launches with `accelerate launch -q`: the script's one line, no launcher traceback."""
     out = tmp_path / "out"
-    cmd = [os.path.join(os.path.dirname(sys.executable), "accelerate"), "launch", "-q", "--num_processes", "1",
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", SCRIPT,
-           *args_for(tiny_classifier, csv_data, out, "--presets", "nope")]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    proc = launch(SCRIPT, *args_for(tiny_classifier, csv_data, out, "--presets", "nope"), num_processes=1,
+                  quiet=True)
     assert proc.returncode != 0
     assert "unknown preset 'nope'" in proc.stderr and "Traceback" not in proc.stderr
     assert not (out / "runs.jsonl").exists()
@@ -222,11 +228,8 @@ def test_model_that_cannot_classify(csv_data, tmp_path):
 def test_two_process_cpu_run(tiny_classifier, csv_data, tmp_path):
     """A 2-process gloo run of the script: every validation example counted once."""
     out = tmp_path / "ddp"
-    cmd = [os.path.join(os.path.dirname(sys.executable), "accelerate"), "launch", "--multi_gpu",
-           "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-           SCRIPT, *args_for(tiny_classifier, csv_data, out, "--presets", "drop-path", "--train_sizes", "32",
-                             "--seeds", "0", "--cpu")]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    proc = launch(SCRIPT, *args_for(tiny_classifier, csv_data, out, "--presets", "drop-path", "--train_sizes", "32",
+                                    "--seeds", "0", "--cpu"))
     assert proc.returncode == 0, proc.stderr[-2000:]
     runs = experiment.read_runs(out)
     assert len(runs) == 1 and all(e["eval_examples"] == 40 for e in runs[0]["epochs"])
@@ -236,10 +239,7 @@ def test_two_process_cpu_run(tiny_classifier, csv_data, tmp_path):
 def test_two_process_ranks_draw_distinct_masks(tmp_path):
     """Each rank of a 2-process run draws its drop-path masks from its own generator state."""
     out = tmp_path / "draws.json"
-    cmd = [os.path.join(os.path.dirname(sys.executable), "accelerate"), "launch", "--multi_gpu",
-           "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-           os.path.join(ROOT, "tests", "ddp_masks.py"), str(out)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    proc = launch(os.path.join(ROOT, "tests", "ddp_masks.py"), str(out))
     assert proc.returncode == 0, proc.stderr[-2000:]
     pairs = json.loads(out.read_text())
     assert len(pairs) >= 4  # 2 layers x 2 branches, per training step
