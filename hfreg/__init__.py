@@ -1,23 +1,26 @@
-"""hfreg: one regularization spec for any Hugging Face transformer."""
+"""hfreg: one regularization spec for any Hugging Face transformer.
+
+The library is this package's top level (config, layers, sites, patcher); `hfreg.finetune` is the harness that
+measures overfitting under it. Names that need torch load on first use, so `hfreg.config` and the harness's
+torch-free parts (records, report) import quickly.
+"""
+
+from importlib import import_module
 
 from .config import KNOBS, RegularizationConfig
-from .layers import DropPath, drop_path, drop_path_rates
-from .patcher import from_pretrained, inspect_model, is_patched, patch_config, patch_model, unpatch_model
-from .sites import Site
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "KNOBS",
-    "DropPath",
-    "RegularizationConfig",
-    "Site",
-    "drop_path",
-    "drop_path_rates",
-    "from_pretrained",
-    "inspect_model",
-    "is_patched",
-    "patch_config",
-    "patch_model",
-    "unpatch_model",
-]
+_LAZY = {
+    "DropPath": "layers", "drop_path": "layers", "drop_path_rates": "layers", "Site": "sites",
+    "from_pretrained": "patcher", "inspect_model": "patcher", "is_patched": "patcher", "patch_config": "patcher",
+    "patch_model": "patcher", "unpatch_model": "patcher",
+}
+
+__all__ = ["KNOBS", "RegularizationConfig", *sorted(_LAZY)]
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        return getattr(import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module 'hfreg' has no attribute {name!r}")

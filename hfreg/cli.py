@@ -9,19 +9,18 @@ import sys
 import warnings
 
 from .config import KNOBS, RegularizationConfig, check_rate
-
-MODELS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "models")
+from .resources import shipped, shipped_names
 
 
 def _shipped() -> list[str]:
-    return sorted(f[:-5] for f in os.listdir(MODELS_DIR) if f.endswith(".json")) if os.path.isdir(MODELS_DIR) else []
+    return [name.replace("--", "/") for name in shipped_names("models", ".json")]
 
 
 def load_config(ref: str):
     """A transformers config from a local dir, a config.json, a shipped published config, or a hub id."""
     from transformers import AutoConfig
 
-    shipped = os.path.join(MODELS_DIR, ref.replace("/", "--") + ".json")
+    published = shipped("models", ref.replace("/", "--") + ".json")
     if os.path.isfile(ref):
         with open(ref) as f:
             data = json.load(f)
@@ -29,9 +28,8 @@ def load_config(ref: str):
         if not os.path.isfile(os.path.join(ref, "config.json")):
             raise ValueError(f"{ref!r} is a directory without a config.json")
         return AutoConfig.from_pretrained(ref)
-    elif os.path.isfile(shipped):
-        with open(shipped) as f:
-            data = json.load(f)
+    elif published is not None:
+        data = json.loads(published.read_text())
     else:
         try:
             return AutoConfig.from_pretrained(ref)
@@ -127,7 +125,7 @@ def _auto_class(config):
 
 
 def cmd_report(args):
-    from .report import report
+    from .finetune.report import report
 
     print(report(args.output_dir, make_plots=not args.no_plots))
 

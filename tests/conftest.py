@@ -38,3 +38,30 @@ def _quiet_transformers():
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*token_id must be.*")
         yield
+
+
+@pytest.fixture(scope="module")
+def tiny_classifier(tmp_path_factory, minilm_path):
+    """A 2-layer, width-32 BERT with the real MiniLM tokenizer, saved like a hub checkpoint."""
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    path = tmp_path_factory.mktemp("tiny-bert")
+    tok = AutoTokenizer.from_pretrained(minilm_path)
+    config = BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                        intermediate_size=64, max_position_embeddings=64)
+    BertModel(config).save_pretrained(path)
+    tok.save_pretrained(path)
+    return str(path)
+
+
+@pytest.fixture
+def csv_data(tmp_path):
+    """Small train / validation CSVs of the synthetic task, with string labels and a non-default text column."""
+    from hfreg.finetune.synthetic import make_split
+
+    for split, n, seed in (("train", 120, 1), ("validation", 40, 2)):
+        d = make_split(n, seed)
+        names = ["neg", "pos"]
+        lines = ["review,sentiment"] + [f"\"{t}\",{names[y]}" for t, y in zip(d["text"], d["label"])]
+        (tmp_path / f"{split}.csv").write_text("\n".join(lines) + "\n")
+    return tmp_path

@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from hfreg.cli import MODELS_DIR, knob_rates, load_config, main
+from hfreg.cli import _shipped, knob_rates, load_config, main
 
 HFREG = os.path.join(os.path.dirname(sys.executable), "hfreg")
 
@@ -26,7 +26,7 @@ PUBLISHED = {
 
 
 def test_shipped_configs_load():
-    names = sorted(f[:-5].replace("--", "/") for f in os.listdir(MODELS_DIR))
+    names = _shipped()
     assert len(names) >= 15
     for name in names:
         assert load_config(name).model_type

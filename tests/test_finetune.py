@@ -1,6 +1,5 @@
 """The fine-tuning comparison: data handling, resume, summaries, and the script end to end on a tiny model."""
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -9,59 +8,11 @@ import sys
 import numpy as np
 import pytest
 
-from hfreg import experiment, report
-from hfreg.presets import DEFAULT_PRESETS, load_preset
+from hfreg.finetune import data as ftdata
+from hfreg.finetune import records, report
+from hfreg.finetune.presets import DEFAULT_PRESETS, load_preset
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SCRIPT = os.path.join(ROOT, "scripts", "finetune.py")
-
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("finetune", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-@pytest.fixture(scope="module")
-def tiny_classifier(tmp_path_factory, minilm_path):
-    """A 2-layer, width-32 BERT with the real MiniLM tokenizer, saved like a hub checkpoint."""
-    from transformers import AutoTokenizer, BertConfig, BertModel
-
-    path = tmp_path_factory.mktemp("tiny-bert")
-    tok = AutoTokenizer.from_pretrained(minilm_path)
-    config = BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                        intermediate_size=64, max_position_embeddings=64)
-    BertModel(config).save_pretrained(path)
-    tok.save_pretrained(path)
-    return str(path)
-
-
-@pytest.fixture
-def csv_data(tmp_path):
-    from hfreg.synthetic import make_split
-
-    for split, n, seed in (("train", 120, 1), ("validation", 40, 2)):
-        d = make_split(n, seed)
-        names = ["neg", "pos"]
-        lines = ["review,sentiment"] + [f"\"{t}\",{names[y]}" for t, y in zip(d["text"], d["label"])]
-        (tmp_path / f"{split}.csv").write_text("\n".join(lines) + "\n")
-    return tmp_path
-
-
-def launch(script, *args, num_processes=2, quiet=False):
-    """Run ``script`` under `accelerate launch` on CPU processes (gloo when there are several)."""
-    cmd = [os.path.join(os.path.dirname(sys.executable), "accelerate"), "launch", *(["-q"] if quiet else []),
-           *(["--multi_gpu"] if num_processes > 1 else []), "--num_processes", str(num_processes),
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", script, *args]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-
-
-def args_for(model, data, out, *extra):
-    return ["--model_name_or_path", model, "--train_file", str(data / "train.csv"),
-            "--validation_file", str(data / "validation.csv"), "--presets", "pretrain-zero,classic",
-            "--train_sizes", "16,32", "--seeds", "0,1", "--num_train_epochs", "2", "--output_dir", str(out),
-            "--no_plots", *extra]
+from harness import ROOT, SCRIPT, args_for, launch, load_script
 
 
 def test_presets_load_and_validate(tmp_path):
@@ -80,30 +31,30 @@ def test_presets_load_and_validate(tmp_path):
 
 def test_stratified_subsample_is_seeded_and_keeps_proportions():
     labels = np.array([0] * 75 + [1] * 25)
-    a, b = experiment.stratified_indices(labels, 20, 3), experiment.stratified_indices(labels, 20, 3)
+    a, b = ftdata.stratified_indices(labels, 20, 3), ftdata.stratified_indices(labels, 20, 3)
     assert np.array_equal(a, b) and len(set(a)) == 20
     assert (labels[a] == 1).sum() == 5
-    assert not np.array_equal(a, experiment.stratified_indices(labels, 20, 4))
+    assert not np.array_equal(a, ftdata.stratified_indices(labels, 20, 4))
     with pytest.raises(ValueError, match="train size 101 is larger than the training split \\(100"):
-        experiment.stratified_indices(labels, 101, 0)
+        ftdata.stratified_indices(labels, 101, 0)
 
 
 def test_detect_columns():
-    assert experiment.detect_columns(["text", "label"]) == (("text",), "label")
-    assert experiment.detect_columns(["sentence1", "sentence2", "label", "idx"]) == (("sentence1", "sentence2"), "label")
-    assert experiment.detect_columns(["review", "y"], label_column="y") == (("review",), "y")
+    assert ftdata.detect_columns(["text", "label"]) == (("text",), "label")
+    assert ftdata.detect_columns(["sentence1", "sentence2", "label", "idx"]) == (("sentence1", "sentence2"), "label")
+    assert ftdata.detect_columns(["review", "y"], label_column="y") == (("review",), "y")
     with pytest.raises(ValueError, match="--text_column 'body' is not a column"):
-        experiment.detect_columns(["text", "label"], text_column="body")
+        ftdata.detect_columns(["text", "label"], text_column="body")
     with pytest.raises(ValueError, match="no label column found"):
-        experiment.detect_columns(["text", "stars"])
+        ftdata.detect_columns(["text", "stars"])
 
 
 def test_append_survives_a_torn_last_line(tmp_path):
-    experiment.append_run(tmp_path, {"preset": "a", "train_size": 1, "seed": 0, "epochs": []})
+    records.append_run(tmp_path, {"preset": "a", "train_size": 1, "seed": 0, "epochs": []})
     with open(tmp_path / "runs.jsonl", "a") as f:
         f.write('{"preset": "b", "train_si')  # a kill -9 in the middle of a write
-    assert [r["preset"] for r in experiment.read_runs(tmp_path)] == ["a"]
-    experiment.append_run(tmp_path, {"preset": "c", "train_size": 1, "seed": 0, "epochs": []})
+    assert [r["preset"] for r in records.read_runs(tmp_path)] == ["a"]
+    records.append_run(tmp_path, {"preset": "c", "train_size": 1, "seed": 0, "epochs": []})
     lines = (tmp_path / "runs.jsonl").read_text().splitlines()
     assert [json.loads(x)["preset"] for x in lines] == ["a", "c"]
 
@@ -132,7 +83,7 @@ def test_script_end_to_end_and_resume(tiny_classifier, csv_data, tmp_path, capsy
     finetune = load_script()
     out = tmp_path / "out"
     assert finetune.main(args_for(tiny_classifier, csv_data, out)) == 0
-    runs = experiment.read_runs(out)
+    runs = records.read_runs(out)
     assert {(r["preset"], r["train_size"], r["seed"]) for r in runs} == {
         (p, n, s) for p in ("pretrain-zero", "classic") for n in (16, 32) for s in (0, 1)}
     for r in runs:
@@ -143,18 +94,18 @@ def test_script_end_to_end_and_resume(tiny_classifier, csv_data, tmp_path, capsy
     summary = json.loads((out / "summary.json").read_text())
     assert {(s["preset"], s["train_size"]) for s in summary} == {(p, n) for p in ("pretrain-zero", "classic")
                                                                   for n in (16, 32)}
-    assert (out / "summary.csv").read_text().startswith("preset,train_size")
+    assert (out / "summary.csv").read_text().startswith("experiment,preset,train_size")
     # zero-dropout runs are deterministic: the same seed gives the same numbers again
     rerun = tmp_path / "rerun"
     finetune.main(args_for(tiny_classifier, csv_data, rerun, "--presets", "pretrain-zero", "--train_sizes", "16",
                            "--seeds", "0"))
     first = next(r for r in runs if (r["preset"], r["train_size"], r["seed"]) == ("pretrain-zero", 16, 0))
-    assert experiment.read_runs(rerun)[0]["epochs"] == first["epochs"]
+    assert records.read_runs(rerun)[0]["epochs"] == first["epochs"]
     # resume: nothing left to do, nothing appended
     capsys.readouterr()
     finetune.main(args_for(tiny_classifier, csv_data, out))
     assert "8 runs, 8 already done" in capsys.readouterr().out
-    assert len(experiment.read_runs(out)) == 8
+    assert len(records.read_runs(out)) == 8
 
 
 def test_report_rebuilds_plots(tiny_classifier, csv_data, tmp_path):
@@ -224,56 +175,12 @@ def test_model_that_cannot_classify(csv_data, tmp_path):
     assert not (tmp_path / "out" / "runs.jsonl").exists()
 
 
-@pytest.mark.slow
-def test_two_process_cpu_run(tiny_classifier, csv_data, tmp_path):
-    """A 2-process gloo run of the script: every validation example counted once."""
-    out = tmp_path / "ddp"
-    proc = launch(SCRIPT, *args_for(tiny_classifier, csv_data, out, "--presets", "drop-path", "--train_sizes", "32",
-                                    "--seeds", "0", "--cpu"))
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    runs = experiment.read_runs(out)
-    assert len(runs) == 1 and all(e["eval_examples"] == 40 for e in runs[0]["epochs"])
-
-
-@pytest.mark.slow
-def test_two_process_ranks_draw_distinct_masks(tmp_path):
-    """Each rank of a 2-process run draws its drop-path masks from its own generator state."""
-    out = tmp_path / "draws.json"
-    proc = launch(os.path.join(ROOT, "tests", "ddp_masks.py"), str(out))
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    pairs = json.loads(out.read_text())
-    assert len(pairs) >= 4  # 2 layers x 2 branches, per training step
-    assert all(rank0 != rank1 for rank0, rank1 in pairs)
-
-
 def test_with_tracking_logs_through_accelerate(tiny_classifier, csv_data, tmp_path):
     pytest.importorskip("tensorboard")
     out = tmp_path / "tracked"
     load_script().main(args_for(tiny_classifier, csv_data, out, "--seeds", "0", "--train_sizes", "16",
                                 "--with_tracking", "--report_to", "tensorboard"))
     assert any("events.out.tfevents" in f for _, _, files in os.walk(out) for f in files)
-
-
-@pytest.mark.slow
-def test_kill_9_loses_at_most_the_run_in_progress(tiny_classifier, csv_data, tmp_path):
-    import signal
-    import time
-
-    out = tmp_path / "killed"
-    argv = [sys.executable, SCRIPT, *args_for(tiny_classifier, csv_data, out, "--num_train_epochs", "6")]
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    while len(experiment.read_runs(out)) < 2 and time.time() < deadline:
-        time.sleep(0.2)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    survived = experiment.read_runs(out)
-    assert 2 <= len(survived) < 8
-    subprocess.run(argv, check=True, capture_output=True)
-    runs = experiment.read_runs(out)
-    keys = [(r["preset"], r["train_size"], r["seed"]) for r in runs]
-    assert len(keys) == len(set(keys)) == 8
-    assert runs[: len(survived)] == survived
 
 
 def test_decoder_llm_without_pad_token(tmp_path, csv_data, minilm_path):
@@ -291,5 +198,5 @@ def test_decoder_llm_without_pad_token(tmp_path, csv_data, minilm_path):
     assert AutoTokenizer.from_pretrained(path).pad_token is None
     out = tmp_path / "out"
     assert load_script().main(args_for(str(path), csv_data, out, "--presets", "drop-path", "--seeds", "0")) == 0
-    runs = experiment.read_runs(out)
+    runs = records.read_runs(out)
     assert len(runs) == 2 and all(len(r["epochs"]) == 2 for r in runs)

@@ -8,8 +8,8 @@ import math
 import os
 from collections import defaultdict
 
-from .experiment import read_runs
 from .presets import BASELINE
+from .records import DEFAULT_EXPERIMENT, read_runs
 
 # two-sided 95% Student-t quantiles by degrees of freedom (beyond 30: normal)
 _T95 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
@@ -40,16 +40,25 @@ def run_metrics(run: dict) -> dict:
             "gap_at_best": best["eval_loss"] - best["train_loss"], "gap_final": final["eval_loss"] - final["train_loss"]}
 
 
+def experiment_of(run: dict) -> str:
+    return run.get("experiment", {}).get("name", DEFAULT_EXPERIMENT)
+
+
 def summarize(runs: list[dict]) -> list[dict]:
-    """One record per preset x train size: mean and 95% interval over seeds, and the paired difference from
-    the zero-dropout baseline (same seeds) for final validation loss, final accuracy and final gap."""
+    """One record per experiment x preset x train size: mean and 95% interval over seeds, and the paired
+    difference from the zero-dropout baseline (same seeds) for final validation loss, accuracy and gap."""
+    experiments = list(dict.fromkeys(experiment_of(r) for r in runs))
+    return [rec for name in experiments for rec in _summarize([r for r in runs if experiment_of(r) == name], name)]
+
+
+def _summarize(runs: list[dict], experiment: str) -> list[dict]:
     by = defaultdict(dict)
     for r in runs:
         by[(r["preset"], r["train_size"])][r["seed"]] = run_metrics(r)
     order = list(dict.fromkeys(r["preset"] for r in runs))
     records = []
     for (preset, size), seeds in sorted(by.items(), key=lambda kv: (kv[0][1], order.index(kv[0][0]))):
-        rec = {"preset": preset, "train_size": size, "seeds": sorted(seeds)}
+        rec = {"experiment": experiment, "preset": preset, "train_size": size, "seeds": sorted(seeds)}
         for m in METRICS:
             rec[m], rec[m + "_ci95"] = mean_ci([seeds[s][m] for s in sorted(seeds)])
         base = by.get((BASELINE, size), {})
@@ -98,7 +107,7 @@ def write_summary(output_dir: str, records: list[dict]) -> None:
     os.replace(tmp, os.path.join(output_dir, "summary.csv"))
 
 
-def plot(output_dir: str, runs: list[dict], records: list[dict]) -> list[str]:
+def plot(output_dir: str, runs: list[dict], records: list[dict], suffix: str = "") -> list[str]:
     """Learning curves per preset (train vs validation loss, eval mode, mean over seeds) and gap vs size."""
     import matplotlib
 
@@ -108,7 +117,7 @@ def plot(output_dir: str, runs: list[dict], records: list[dict]) -> list[str]:
     paths = []
     presets = list(dict.fromkeys(r["preset"] for r in runs))
     sizes = sorted({r["train_size"] for r in runs})
-    curves = os.path.join(output_dir, "learning_curves.png")
+    curves = os.path.join(output_dir, f"learning_curves{suffix}.png")
     cols = min(3, len(presets))
     rows = math.ceil(len(presets) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 3.0 * rows), sharey=True, squeeze=False)
@@ -136,7 +145,7 @@ def plot(output_dir: str, runs: list[dict], records: list[dict]) -> list[str]:
     plt.close(fig)
     paths.append(curves)
 
-    gap = os.path.join(output_dir, "gap_vs_size.png")
+    gap = os.path.join(output_dir, f"gap_vs_size{suffix}.png")
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
     for preset in presets:
         recs = sorted((r for r in records if r["preset"] == preset), key=lambda r: r["train_size"])
@@ -155,12 +164,21 @@ def plot(output_dir: str, runs: list[dict], records: list[dict]) -> list[str]:
 
 
 def report(output_dir: str, make_plots: bool = True) -> str:
-    """Rebuild summary.json, summary.csv, the plots and the table from ``output_dir/runs.jsonl``."""
-    runs = read_runs(output_dir)
+    """Rebuild summary.json, summary.csv, the plots and the table from ``output_dir/runs.jsonl``.
+
+    Each experiment in the directory gets its own table (and, beside the default one, its own plot files)."""
+    runs, duplicates = read_runs(output_dir, with_duplicates=True)
     if not runs:
         raise ValueError(f"no finished runs in {os.path.join(output_dir, 'runs.jsonl')}")
     records = summarize(runs)
     write_summary(output_dir, records)
-    if make_plots:
-        plot(output_dir, runs, records)
-    return table(records)
+    out = []
+    for name in dict.fromkeys(experiment_of(r) for r in runs):
+        mine = [r for r in records if r["experiment"] == name]
+        if make_plots:
+            plot(output_dir, [r for r in runs if experiment_of(r) == name], mine,
+                 suffix="" if name == DEFAULT_EXPERIMENT else f"-{name}")
+        out.append(("" if name == DEFAULT_EXPERIMENT else f"experiment {name}:\n") + table(mine))
+    if duplicates:
+        out.append(f"note: {duplicates} duplicate record(s) in runs.jsonl were counted once")
+    return "\n\n".join(out)

@@ -1,0 +1,251 @@
+"""Data of the overfitting comparison: loading, column detection, tokenizing once, subsets, loaders."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+DATA_EXTENSIONS = {"csv": "csv", "json": "json", "jsonl": "json", "parquet": "parquet"}
+TEXT_CANDIDATES = (("sentence1", "sentence2"), ("question", "sentence"), ("premise", "hypothesis"), ("text",),
+                   ("sentence",), ("review",), ("content",))
+LABEL_CANDIDATES = ("label", "labels", "class", "target", "sentiment", "category")
+
+
+# ----------------------------------------------------------------------------------------------- data
+def load_raw(dataset_name=None, dataset_config_name=None, train_file=None, validation_file=None, test_file=None):
+    """A DatasetDict with ``train``, ``validation`` and, where the data has one, ``test``; the built-in synthetic
+    set when nothing is given. A hub data set without validation split uses its test split for validation."""
+    from datasets import DatasetDict, load_dataset
+
+    def load(*args, **kwargs):
+        try:
+            return load_dataset(*args, **kwargs)
+        except Exception as e:  # datasets raises many types; the user needs the first line of the reason
+            what = dataset_name or ", ".join(sorted(set(kwargs.get("data_files", {}).values())))
+            raise ValueError(f"cannot load {what}: {str(e).strip().splitlines()[0]}") from None
+
+    if dataset_name:
+        raw = load(dataset_name, dataset_config_name)
+    elif train_file:
+        files = {"train": train_file}
+        files.update({k: v for k, v in (("validation", validation_file), ("test", test_file)) if v})
+        kinds = set()
+        for split, path in files.items():
+            if not os.path.isfile(path):
+                raise ValueError(f"--{split}_file {path!r} does not exist")
+            ext = path.rsplit(".", 1)[-1].lower()
+            if ext not in DATA_EXTENSIONS:
+                raise ValueError(f"--{split}_file {path!r}: unsupported extension .{ext}; "
+                                 f"use one of {sorted(DATA_EXTENSIONS)}")
+            kinds.add(DATA_EXTENSIONS[ext])
+        if len(kinds) > 1:
+            raise ValueError(f"--train_file, --validation_file and --test_file must have the same format, "
+                             f"got {sorted(kinds)}")
+        raw = load(kinds.pop(), data_files=files)
+    else:
+        from .synthetic import make_dataset
+
+        raw = make_dataset()
+    if "validation" not in raw:
+        if "test" not in raw:
+            raise ValueError("the data has no validation split: give --validation_file "
+                             "(or a dataset with a 'validation' or 'test' split)")
+        raw = DatasetDict(train=raw["train"], validation=raw["test"])
+    splits = [s for s in ("train", "validation", "test") if s in raw]
+    for split in splits:
+        if len(raw[split]) == 0:
+            raise ValueError(f"the {split} split is empty")
+    return DatasetDict({s: raw[s] for s in splits})
+
+
+def detect_columns(columns, text_column=None, label_column=None) -> tuple[tuple[str, ...], str]:
+    columns = list(columns)
+    if label_column is None:
+        label_column = next((c for c in LABEL_CANDIDATES if c in columns), None)
+        if label_column is None:
+            raise ValueError(f"no label column found among {columns}; name it with --label_column")
+    elif label_column not in columns:
+        raise ValueError(f"--label_column {label_column!r} is not a column; columns: {columns}")
+    if text_column:
+        texts = tuple(t.strip() for t in text_column.split(","))
+        if len(texts) > 2:
+            raise ValueError(f"--text_column takes one column or two (a sentence pair), got {text_column!r}")
+        for t in texts:
+            if t not in columns:
+                raise ValueError(f"--text_column {t!r} is not a column; columns: {columns}")
+    else:
+        texts = next((c for c in TEXT_CANDIDATES if all(x in columns for x in c)), None)
+        if texts is None:
+            raise ValueError(f"no text column found among {columns}; name it with --text_column")
+    return texts, label_column
+
+
+def content_hash(raw, text_columns, label_column) -> str:
+    """sha256 of the columns a run reads, split by split: the same data, wherever it was loaded from."""
+    h = hashlib.sha256()
+    for split in sorted(raw):
+        h.update(split.encode() + b"\0")
+        for column in (*text_columns, label_column):
+            h.update(json.dumps(raw[split].data.column(column).to_pylist()).encode() + b"\0")
+    return h.hexdigest()
+
+
+@dataclass
+class Encoded:
+    """A tokenized split: token ids per example and integer labels."""
+
+    input_ids: list
+    labels: np.ndarray
+    token_type_ids: list | None = None
+
+    def __len__(self):
+        return len(self.labels)
+
+
+def _unlabelled(values) -> bool:
+    """A split whose labels are all missing or negative (GLUE's hidden test labels are -1)."""
+    return all(v is None or (isinstance(v, (int, float)) and v < 0) for v in values)
+
+
+def encode(raw, tokenizer, text_columns, label_column, max_length):
+    """Tokenize every split once; map labels (strings or integers) to 0..K-1, the classes of the training split.
+    A test split without labels is dropped. Returns (splits, label names)."""
+    labels = {s: list(raw[s][label_column]) for s in raw}
+    if "test" in labels and _unlabelled(labels["test"]):
+        del labels["test"]
+    values = sorted(set(labels["train"]), key=str)
+    if any(v is None for v in values):
+        raise ValueError(f"label column {label_column!r} has missing values")
+    if len(values) < 2:
+        raise ValueError(f"label column {label_column!r} has only one class ({values[0]!r}); need at least two")
+    for split in labels:
+        unseen = sorted(set(labels[split]) - set(values), key=str)
+        if unseen:
+            raise ValueError(f"the {split} split has label(s) {unseen[:5]} that the training split does not have "
+                             f"(its classes: {values[:10]})")
+    to_id = {v: i for i, v in enumerate(values)}
+    out = {}
+    for split in labels:
+        ds = raw[split]
+        texts = [list(ds[c]) for c in text_columns]
+        enc = tokenizer(*texts, truncation=True, max_length=max_length)
+        out[split] = Encoded(enc["input_ids"], np.array([to_id[v] for v in labels[split]]), enc.get("token_type_ids"))
+    return out, [str(v) for v in values]
+
+
+ROLES = ("auto", "validation", "validation-half", "train-pool")
+
+
+@dataclass(frozen=True)
+class Roles:
+    """Which examples play which part. Training subsets are drawn from ``pool`` (indices into the train split);
+    the evaluation point is chosen on ``selection``; ``test`` only reports. Each is (split name, indices)."""
+
+    pool: np.ndarray
+    selection: tuple
+    test: tuple
+    description: str
+
+
+def assign_roles(data: dict, mode: str = "auto", split_seed: int = 0, selection_size: int = 512) -> Roles:
+    """Three roles that never share an example, fixed across presets and seeds (``split_seed`` alone decides).
+
+    validation       select on the validation split, report on the test split (needs one)
+    validation-half  a stratified half of the validation split selects, the other half reports
+    train-pool       ``selection_size`` examples of the training split, never trained on, select; the test
+                     split (else the validation split) reports
+    auto             validation when there is a labelled test split, else validation-half
+    """
+    if mode not in ROLES:
+        raise ValueError(f"--roles must be one of {list(ROLES)}, got {mode!r}")
+    if mode == "auto":
+        mode = "validation" if "test" in data else "validation-half"
+    train = np.arange(len(data["train"]))
+    if mode == "validation":
+        if "test" not in data:
+            raise ValueError("--roles validation needs a labelled test split: give --test_file")
+        val, test = np.arange(len(data["validation"])), np.arange(len(data["test"]))
+        return Roles(train, ("validation", val), ("test", test),
+                     f"selection = validation split ({len(val)}), test = test split ({len(test)})")
+    if mode == "validation-half":
+        labels = data["validation"].labels
+        classes, counts = np.unique(labels, return_counts=True)
+        if counts.min() < 2:
+            raise ValueError(f"the validation split is too small to be halved stratified: class "
+                             f"{int(classes[counts.argmin()])} has {counts.min()} example(s), each needs 2")
+        sel = stratified_indices(labels, len(labels) // 2, split_seed)
+        test = np.setdiff1d(np.arange(len(labels)), sel)
+        return Roles(train, ("validation", sel), ("validation", test),
+                     f"selection = a stratified half of the validation split ({len(sel)}, seed {split_seed}), "
+                     f"test = the other half ({len(test)})")
+    labels = data["train"].labels
+    n_classes = len(np.unique(labels))
+    if not n_classes <= selection_size < len(labels):
+        raise ValueError(f"--selection_size must be at least the number of classes ({n_classes}) and smaller than "
+                         f"the training split ({len(labels)}), got {selection_size}")
+    sel = stratified_indices(labels, selection_size, split_seed)
+    test_split = "test" if "test" in data else "validation"
+    test = np.arange(len(data[test_split]))
+    return Roles(np.setdiff1d(train, sel), ("train", sel), (test_split, test),
+                 f"selection = {len(sel)} training examples outside every subset (seed {split_seed}), "
+                 f"test = {test_split} split ({len(test)})")
+
+
+def subset_indices(data: dict, roles: Roles, size: int, seed: int) -> np.ndarray:
+    """The seeded, stratified training subset of ``size`` examples, drawn from the training pool."""
+    return roles.pool[stratified_indices(data["train"].labels[roles.pool], size, seed)]
+
+
+def check_train_size(size: int, available: int) -> None:
+    if size > available:
+        raise ValueError(f"train size {size} is larger than the training split ({available} examples)")
+    if size < 1:
+        raise ValueError(f"train sizes must be positive, got {size}")
+
+
+def stratified_indices(labels: np.ndarray, size: int, seed: int) -> np.ndarray:
+    """A seeded subsample of ``size`` indices with the class proportions of ``labels``."""
+    check_train_size(size, len(labels))
+    rng = np.random.RandomState(seed)
+    classes, counts = np.unique(labels, return_counts=True)
+    quota = np.floor(counts / counts.sum() * size).astype(int)
+    for i in np.argsort(-(counts / counts.sum() * size - quota))[: size - quota.sum()]:
+        quota[i] += 1
+    picked = [rng.choice(np.flatnonzero(labels == c), q, replace=False) for c, q in zip(classes, quota)]
+    return np.sort(np.concatenate(picked))
+
+
+class _Subset(torch.utils.data.Dataset):
+    def __init__(self, enc: Encoded, indices):
+        self.enc, self.indices = enc, list(indices)
+
+    def __len__(self):
+        return len(self.indices)
+
+    def __getitem__(self, i):
+        j = self.indices[i]
+        item = {"input_ids": self.enc.input_ids[j], "labels": int(self.enc.labels[j])}
+        if self.enc.token_type_ids is not None:
+            item["token_type_ids"] = self.enc.token_type_ids[j]
+        return item
+
+
+def train_loader(enc: Encoded, indices, batch_size: int, seed: int, collate):
+    """Seeded random batches of similar length (transformers' length grouping): less padding, fresh order."""
+    from transformers.trainer_pt_utils import LengthGroupedSampler
+
+    lengths = [len(enc.input_ids[j]) for j in indices]
+    sampler = LengthGroupedSampler(batch_size, lengths=lengths, generator=torch.Generator().manual_seed(seed))
+    return torch.utils.data.DataLoader(_Subset(enc, indices), batch_size=batch_size, sampler=sampler,
+                                       collate_fn=collate)
+
+
+def eval_loader(enc: Encoded, indices, batch_size: int, collate):
+    """Examples sorted by length, so each batch pads little."""
+    order = sorted(indices, key=lambda j: len(enc.input_ids[j]))
+    return torch.utils.data.DataLoader(_Subset(enc, order), batch_size=batch_size, collate_fn=collate)

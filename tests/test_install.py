@@ -1,0 +1,50 @@
+"""hfreg installed from a wheel, not from this checkout: presets, published configs and the harness all work."""
+
+import glob
+import os
+import subprocess
+import sys
+import sysconfig
+
+import pytest
+
+from harness import ROOT
+
+
+@pytest.mark.slow
+def test_wheel_installs_and_runs_outside_the_checkout(tmp_path, tiny_classifier, csv_data):
+    dist = tmp_path / "dist"
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(dist),
+                    ROOT], check=True, capture_output=True)
+    wheel = glob.glob(str(dist / "hfreg-*.whl"))[0]
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    bin_ = venv / "bin"
+    site = subprocess.run([bin_ / "python", "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    # dependencies come from the test environment's site-packages (a plain path entry: its editable hfreg
+    # finder is not run, so `import hfreg` can only find the wheel's copy)
+    with open(os.path.join(site, "deps.pth"), "w") as f:
+        f.write(sysconfig.get_paths()["purelib"] + "\n")
+    subprocess.run([bin_ / "python", "-m", "pip", "install", "-q", "--no-deps", "--no-index", wheel], check=True,
+                   capture_output=True)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+
+    def run(*cmd):
+        proc = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, cwd=tmp_path, env=env)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        return proc.stdout
+
+    where = run(bin_ / "python", "-c", "import hfreg; print(hfreg.__file__)")
+    assert where.startswith(site), where
+    table = run(bin_ / "hfreg", "compare", "bert-base-uncased", "gpt2")
+    assert table.splitlines()[0].split() == ["knob", "bert-base-uncased", "gpt2"]
+    names = run(bin_ / "python", "-c", "from hfreg.finetune.presets import available, load_preset; "
+                                       "print(' '.join(load_preset(n).name for n in available()))").split()
+    assert {"pretrain-zero", "checkpoint", "classic", "drop-path", "heavy", "weight-decay"} <= set(names)
+    out = tmp_path / "out"
+    run(bin_ / "python", "-m", "hfreg.finetune", "--model_name_or_path", tiny_classifier,
+        "--train_file", csv_data / "train.csv", "--validation_file", csv_data / "validation.csv",
+        "--presets", "classic", "--train_sizes", "16", "--seeds", "0", "--num_train_epochs", "1",
+        "--output_dir", out, "--no_plots")
+    assert len((out / "runs.jsonl").read_text().splitlines()) == 1

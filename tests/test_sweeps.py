@@ -1,0 +1,200 @@
+"""Sweeps over several processes: run-parallel grids, data-parallel runs, experiment identity, safe resume."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from harness import ROOT, SCRIPT, args_for, launch, launch_cmd, load_script
+from hfreg.finetune import records
+
+GRID = 8  # args_for: 2 presets x 2 sizes x 2 seeds
+
+
+def comparable(runs):
+    """Records keyed by run, without what may differ between two executions of the same run."""
+    return {records.run_key(r): {k: v for k, v in r.items() if k not in ("seconds", "provenance")} for r in runs}
+
+
+@pytest.mark.slow
+def test_two_processes_share_the_grid_and_match_one_process(tiny_classifier, csv_data, tmp_path):
+    """Run-parallel: a 2-process launch, without --cpu on a machine without a GPU, becomes one gloo group that
+    splits the grid (no run twice, batch unchanged) and gives the records of a 1-process launch."""
+    one, two = tmp_path / "one", tmp_path / "two"
+    proc = launch(SCRIPT, *args_for(tiny_classifier, csv_data, one), num_processes=1)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    proc = launch(SCRIPT, *args_for(tiny_classifier, csv_data, two), num_processes=2)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "2 process(es)" in proc.stdout
+    lines = (two / "runs.jsonl").read_text().splitlines()
+    assert len(lines) == GRID  # nothing appended twice
+    # both ranks trained: every run once, spread over the two
+    assert {line.split("]")[0] for line in proc.stdout.splitlines() if "] run preset=" in line} == {
+        "[rank 0", "[rank 1"}
+    assert proc.stdout.count("] run preset=") == GRID
+    a, b = comparable(records.read_runs(one)), comparable(records.read_runs(two))
+    assert a == b and len(a) == GRID
+    assert next(iter(b.values()))["experiment"]["settings"]["train_batch_size"] == 16
+
+
+@pytest.mark.slow
+def test_data_parallel_run_counts_every_example_once(tiny_classifier, csv_data, tmp_path):
+    out = tmp_path / "ddp"
+    proc = launch(SCRIPT, *args_for(tiny_classifier, csv_data, out, "--presets", "drop-path", "--train_sizes", "32",
+                                    "--seeds", "0", "--parallel", "data"))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    runs = records.read_runs(out)
+    assert len(runs) == 1 and all(e["eval_examples"] == 40 for e in runs[0]["epochs"])
+    assert runs[0]["experiment"]["settings"]["parallel"] == "data"
+
+
+@pytest.mark.slow
+def test_data_parallel_batch_must_split_evenly(tiny_classifier, csv_data, tmp_path):
+    out = tmp_path / "odd"
+    proc = launch(SCRIPT, *args_for(tiny_classifier, csv_data, out, "--parallel", "data", "--train_batch_size", "15"),
+                  quiet=True)
+    assert proc.returncode != 0
+    # the script's one line; torchrun then adds a failure report of its own, which -q does not silence
+    assert "error: --parallel data splits each batch across 2 processes: --train_batch_size 15" in proc.stderr
+    assert not (out / "runs.jsonl").exists()
+
+
+@pytest.mark.slow
+def test_data_parallel_ranks_draw_distinct_masks(tmp_path):
+    """Each rank of a data-parallel run draws its drop-path masks from its own generator state."""
+    out = tmp_path / "draws.json"
+    proc = launch(os.path.join(ROOT, "tests", "ddp_masks.py"), str(out))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    pairs = json.loads(out.read_text())
+    assert len(pairs) >= 4  # 2 layers x 2 branches, per training step
+    assert all(rank0 != rank1 for rank0, rank1 in pairs)
+
+
+def _wait_for(predicate, timeout=300):
+    deadline = time.time() + timeout
+    while not predicate():
+        if time.time() > deadline:
+            raise TimeoutError
+        time.sleep(0.1)
+
+
+@pytest.mark.slow
+def test_kill_9_of_one_rank_then_resume_gives_each_run_once(tiny_classifier, csv_data, tmp_path):
+    out = tmp_path / "killed"
+    argv = args_for(tiny_classifier, csv_data, out, "--num_train_epochs", "8")
+    proc = subprocess.Popen(launch_cmd(SCRIPT, *argv), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    claims = out / records.CLAIMS_DIR
+
+    def run_in_progress():
+        if len(records.read_runs(out)) < 1 or not claims.is_dir():
+            return False
+        return any(claims.iterdir())
+
+    _wait_for(run_in_progress)
+    victim = json.loads(next(claims.glob("*.json")).read_text())["pid"]
+    os.kill(victim, signal.SIGKILL)
+    proc.wait(timeout=120)
+    survived = records.read_runs(out)
+    assert 1 <= len(survived) < GRID
+    proc = launch(SCRIPT, *argv, num_processes=2)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert f"{GRID} runs, {len(survived)} already done" in proc.stdout
+    lines = (out / "runs.jsonl").read_text().splitlines()
+    keys = [records.run_key(json.loads(x)) for x in lines]
+    assert len(keys) == len(set(keys)) == GRID
+    assert records.read_runs(out)[: len(survived)] == survived
+
+
+@pytest.mark.slow
+def test_two_independent_launches_share_one_directory(tiny_classifier, csv_data, tmp_path):
+    out = tmp_path / "shared"
+    argv = [sys.executable, "-m", "hfreg.finetune", *args_for(tiny_classifier, csv_data, out,
+                                                              "--num_train_epochs", "6")]
+    procs = [subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True) for _ in range(2)]
+    outputs = [p.communicate(timeout=600)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs)
+    lines = (out / "runs.jsonl").read_text().splitlines()
+    assert len(lines) == GRID
+    assert sum(o.count("run preset=") for o in outputs) == GRID  # no run trained twice either
+
+
+def test_changed_settings_are_refused_unless_named_apart(tiny_classifier, csv_data, tmp_path, capsys):
+    finetune = load_script()
+    out = tmp_path / "out"
+    small = ("--presets", "pretrain-zero", "--train_sizes", "16", "--seeds", "0")
+    assert finetune.main(args_for(tiny_classifier, csv_data, out, *small)) == 0
+    before = (out / "runs.jsonl").read_text()
+    with pytest.raises(ValueError, match="learning_rate=0.0002 in the recorded runs, 0.0001 now"):
+        finetune.main(args_for(tiny_classifier, csv_data, out, *small, "--learning_rate", "1e-4"))
+    edited = tmp_path / "pretrain-zero.toml"
+    edited.write_text("hidden = 0.2\n")
+    with pytest.raises(ValueError, match="preset 'pretrain-zero' has changed: .*hidden=0.0 recorded, 0.2 now"):
+        finetune.main(args_for(tiny_classifier, csv_data, out, *small[2:], "--presets", str(edited)))
+    assert (out / "runs.jsonl").read_text() == before
+    capsys.readouterr()
+    assert finetune.main(args_for(tiny_classifier, csv_data, out, *small, "--learning_rate", "1e-4",
+                                  "--experiment", "lr1e-4")) == 0
+    assert "experiment lr1e-4:" in capsys.readouterr().out
+    runs = records.read_runs(out)
+    assert [(r["experiment"]["name"], r["experiment"]["settings"]["learning_rate"]) for r in runs] == [
+        ("default", 2e-4), ("lr1e-4", 1e-4)]
+
+
+def test_a_duplicated_record_is_counted_once(tiny_classifier, csv_data, tmp_path):
+    from hfreg.finetune import report
+
+    out = tmp_path / "out"
+    load_script().main(args_for(tiny_classifier, csv_data, out, "--train_sizes", "16", "--seeds", "0"))
+    path = out / "runs.jsonl"
+    first = path.read_text().splitlines()[0]
+    with open(path, "a") as f:
+        f.write(first + "\n")
+    runs, duplicates = records.read_runs(out, with_duplicates=True)
+    assert len(runs) == 2 and duplicates == 1
+    assert all(r["seeds"] == [0] for r in report.summarize(runs))
+    assert "1 duplicate record(s) in runs.jsonl were counted once" in report.report(str(out), make_plots=False)
+    assert not records.append_run(str(out), json.loads(first))  # a finished run is never appended again
+
+
+@pytest.mark.parametrize("kind", ["file", "read-only"])
+def test_unusable_output_dir_is_one_line(tiny_classifier, csv_data, tmp_path, kind):
+    if kind == "file":
+        out = tmp_path / "taken"
+        out.write_text("not a directory")
+        message = "exists and is not a directory"
+    else:
+        if os.geteuid() == 0:
+            pytest.skip("root writes anywhere")
+        ro = tmp_path / "ro"
+        ro.mkdir()
+        ro.chmod(0o500)
+        out = ro / "out"
+        message = "is not writable"
+    proc = subprocess.run([sys.executable, SCRIPT, *args_for(tiny_classifier, csv_data, out)],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert message in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_report_does_not_import_torch(tiny_classifier, csv_data, tmp_path):
+    out = tmp_path / "out"
+    load_script().main(args_for(tiny_classifier, csv_data, out, "--train_sizes", "16", "--seeds", "0"))
+    code = ("import sys; from hfreg.cli import main; rc = main(['report', sys.argv[1], '--no_plots']); "
+            "assert 'torch' not in sys.modules, 'torch imported'; sys.exit(rc)")
+    proc = subprocess.run([sys.executable, "-c", code, str(out)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "| 16 | classic | 1 |" in proc.stdout
+
+
+def test_progress_line_estimates_from_measured_runs():
+    from hfreg.finetune.sweep import progress_line
+
+    done = [{"experiment": {"name": "default"}, "preset": "p", "preset_config": None, "train_size": 100, "seed": 0,
+             "seconds": 60.0}]
+    grid = [("default", "p", records.digest(None), n, s) for n in (100, 50) for s in (0, 1)]
+    # left: one run of 100 (60 s) and two of 50 (scaled: 30 s each) = 120 s over 2 processes
+    assert progress_line(done, grid, 2) == "grid: 1/4 runs done, 3 left, ETA 1m00s (2 process(es))"
