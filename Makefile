@@ -19,8 +19,10 @@ $(VENV)/.installed: pyproject.toml constraints.txt | $(BIN)/python
 setup: $(VENV)/.installed
 
 # -q: on a user error the script's one-line message stands alone, without the launcher's own traceback.
+# accelerate gives a process one CPU thread unless told; one process, every core (a GPU ignores it).
+THREADS ?= $(shell nproc 2>/dev/null || echo 1)
 finetune: setup
-	$(BIN)/accelerate launch -q scripts/finetune.py $(ARGS)
+	$(BIN)/accelerate launch -q --num_processes 1 --num_cpu_threads_per_process $(THREADS) scripts/finetune.py $(ARGS)
 
 test: setup
 	$(BIN)/python -m pytest -q -m "slow or not slow" $(PYTEST_ARGS)

@@ -28,7 +28,10 @@ def hfreg_sweep(args, data_dir, out, precision):
             "--presets", args.presets, "--train_sizes", args.train_sizes, "--seeds", args.seeds,
             "--num_train_epochs", str(args.epochs), "--learning_rate", str(args.lr),
             "--train_batch_size", str(args.batch), "--output_dir", out, "--no_plots",
-            "--mixed_precision", precision]
+            "--mixed_precision", precision,
+            # the Trainer's work: per epoch, the whole training subset and the validation set (here: selection
+            # and test halves of it)
+            "--evals_per_epoch", "1", "--max_train_eval_samples", "0", "--roles", "validation-half"]
     from accelerate.state import AcceleratorState
 
     AcceleratorState._reset_state(reset_partial_state=True)  # the state is a singleton; each sweep sets its own

@@ -48,8 +48,9 @@ def main(out_file):
     splits = {"train": split(64), "validation": split(16)}
     settings = training.Settings(learning_rate=1e-3, num_train_epochs=1, train_batch_size=16, eval_batch_size=16,
                                  warmup_ratio=0.0, parallel="data")
-    training.train(accelerator, model, load_preset("drop-path"), splits, 32, 0, settings, training.Evaluator(),
-                   collate, log=lambda *_: None)
+    roles = data.Roles(np.arange(64), ("validation", np.arange(8)), ("validation", np.arange(8, 16)), "halves")
+    training.train(accelerator, model, load_preset("drop-path"), splits, roles, 32, 0, settings, collate,
+                   log=lambda *_: None)
     ranks = gather_object([draws])
     if accelerator.is_main_process:
         with open(out_file, "w") as f:

@@ -2,6 +2,7 @@
 
 import glob
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -13,9 +14,12 @@ from harness import ROOT
 
 @pytest.mark.slow
 def test_wheel_installs_and_runs_outside_the_checkout(tmp_path, tiny_classifier, csv_data):
-    dist = tmp_path / "dist"
+    dist, src = tmp_path / "dist", tmp_path / "src"
+    # build from a copy: no build/ left in the checkout, and nothing stale from an earlier build in the wheel
+    shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(".venv", ".git", "build", "runs", "docs", "*.egg-info",
+                                                             "__pycache__"))
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(dist),
-                    ROOT], check=True, capture_output=True)
+                    str(src)], check=True, capture_output=True)
     wheel = glob.glob(str(dist / "hfreg-*.whl"))[0]
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)

@@ -43,7 +43,7 @@ def test_finetune_on_real_sst2_sample(shared_data, tmp_path):
     import subprocess
     import sys
 
-    from hfreg.finetune.records import read_runs
+    from hfreg.finetune.records import load_predictions as read_predictions, read_runs
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     sst2 = os.path.join(shared_data, "sst2")
@@ -55,5 +55,7 @@ def test_finetune_on_real_sst2_sample(shared_data, tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     runs = read_runs(tmp_path)
     assert [r["preset"] for r in runs] == ["pretrain-zero", "drop-path"]
-    assert all(e["eval_examples"] == 64 for r in runs for e in r["epochs"])
+    for r in runs:  # validation capped at 64, halved into selection and test
+        arrays = read_predictions(tmp_path, r)
+        assert arrays["selection_logits"].shape[1:] == arrays["test_logits"].shape[1:] == (32, 2)
     assert "| 32 | drop-path | 1 |" in proc.stdout

@@ -245,7 +245,11 @@ def train_loader(enc: Encoded, indices, batch_size: int, seed: int, collate):
                                        collate_fn=collate)
 
 
-def eval_loader(enc: Encoded, indices, batch_size: int, collate):
-    """Examples sorted by length, so each batch pads little."""
-    order = sorted(indices, key=lambda j: len(enc.input_ids[j]))
+def by_length(enc: Encoded, indices) -> list[int]:
+    """``indices`` sorted by token count, so that evaluation batches pad little."""
+    return sorted((int(j) for j in indices), key=lambda j: len(enc.input_ids[j]))
+
+
+def eval_loader(enc: Encoded, order, batch_size: int, collate):
+    """The examples ``order`` (see `by_length`) in that order, in batches of ``batch_size``."""
     return torch.utils.data.DataLoader(_Subset(enc, order), batch_size=batch_size, collate_fn=collate)

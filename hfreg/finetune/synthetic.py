@@ -38,9 +38,11 @@ def make_split(n: int, seed: int, noise: float = 0.1) -> dict[str, list]:
     return {"text": texts, "label": labels}
 
 
-def make_dataset(train_size: int = 1024, validation_size: int = 128):
-    """The default data set as a `datasets.DatasetDict` with ``train`` and ``validation`` splits."""
+def make_dataset(train_size: int = 1024, validation_size: int = 48, test_size: int = 96):
+    """The default data set as a `datasets.DatasetDict` with ``train``, ``validation`` and ``test`` splits (the
+    same noise in each: a model that fits the flipped training labels is confidently wrong on flipped test ones)."""
     from datasets import Dataset, DatasetDict
 
     return DatasetDict(train=Dataset.from_dict(make_split(train_size, seed=1)),
-                       validation=Dataset.from_dict(make_split(validation_size, seed=2)))
+                       validation=Dataset.from_dict(make_split(validation_size, seed=2)),
+                       test=Dataset.from_dict(make_split(test_size, seed=3)))

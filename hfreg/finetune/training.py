@@ -17,13 +17,13 @@ import time
 import warnings
 from dataclasses import dataclass
 
+import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from .. import metrics
 from ..patcher import patch_model
-from .data import eval_loader, stratified_indices, train_loader
+from .data import by_length, eval_loader, stratified_indices, subset_indices, train_loader
+from .scores import point_metrics
 
 PARALLEL_MODES = ("run", "data")
 
@@ -37,6 +37,8 @@ class Settings:
     train_batch_size: int  # global: examples per optimizer step, whatever the process count
     eval_batch_size: int = 256
     gradient_accumulation_steps: int = 1
+    evals_per_epoch: int = 2
+    train_eval_samples: int | None = 256  # train_* metrics on at most this many examples of the subset
     lr_scheduler_type: str = "linear"
     warmup_ratio: float = 0.1
     parallel: str = "run"
@@ -71,43 +73,42 @@ def reset_head(model: nn.Module, seed: int):
                         m.bias.zero_()
 
 
-class Evaluator:
-    def __init__(self):
-        self.accuracy, self.f1 = metrics.load("accuracy"), metrics.load("f1")
-
-    @torch.inference_mode()
-    def __call__(self, accelerator, model, loader, gather: bool, autocast) -> dict:
-        model.eval()
-        losses, preds, refs = [], [], []
-        for batch in loader:
-            batch = {k: v.to(accelerator.device) for k, v in batch.items()}
-            labels = batch.pop("labels")
-            with autocast():
-                logits = model(**batch).logits.float()
-            loss = F.cross_entropy(logits, labels, reduction="none")
-            pred = logits.argmax(-1)
-            if gather:
-                loss, pred, labels = accelerator.gather_for_metrics((loss, pred, labels))
-            losses.append(loss.cpu())
-            preds.append(pred.cpu())
-            refs.append(labels.cpu())
-        losses, preds, refs = torch.cat(losses), torch.cat(preds).numpy(), torch.cat(refs).numpy()
-        return {"loss": losses.mean().item(),
-                "accuracy": self.accuracy.compute(predictions=preds, references=refs)["accuracy"],
-                "f1": self.f1.compute(predictions=preds, references=refs)["f1"],
-                "examples": int(len(refs))}
+@torch.inference_mode()
+def predict(accelerator, model, loader, gather: bool) -> np.ndarray:
+    """Logits (float32, on the CPU) of every example of ``loader``, in the loader's order, in eval mode."""
+    model.eval()
+    out = []
+    for batch in loader:
+        batch = {k: v.to(accelerator.device) for k, v in batch.items() if k != "labels"}
+        with accelerator.autocast():
+            logits = model(**batch).logits.float()
+        if gather:
+            logits = accelerator.gather_for_metrics(logits)
+        out.append(logits.cpu())
+    return torch.cat(out).numpy()
 
 
-def train(accelerator, base_model, preset, data, train_size: int, seed: int, settings: Settings, evaluator,
-          collate, log=print, tick=lambda: None) -> dict:
-    """Fine-tune a fresh copy of ``base_model`` under ``preset``; evaluate both sets every epoch in eval mode.
+def eval_steps(steps_per_epoch: int, epochs: int, evals_per_epoch: int) -> list[int]:
+    """Optimizer steps after which to evaluate: ``evals_per_epoch`` evenly spaced points in every epoch (at most
+    one per step), the last at the epoch's end."""
+    k = min(evals_per_epoch, steps_per_epoch)
+    within = sorted({math.ceil(steps_per_epoch * i / k) for i in range(1, k + 1)})
+    return [e * steps_per_epoch + s for e in range(epochs) for s in within]
 
+
+def train(accelerator, base_model, preset, data, roles, train_size: int, seed: int, settings: Settings, collate,
+          log=print, tick=lambda: None) -> tuple[dict, dict]:
+    """Fine-tune a fresh copy of ``base_model`` under ``preset`` on a subset of the training pool.
+
+    At every evaluation point the training subset, the selection split and the test split are evaluated in eval
+    mode. Returns (the run's record fields, its predictions: selection and test logits at every point, with
+    their labels and example indices). The test split is only ever evaluated: nothing in here reads its results.
     ``tick`` is called every optimizer step (the sweep keeps its claim on the run alive with it)."""
     from accelerate.utils import set_seed
     from transformers import get_scheduler
 
     data_parallel = settings.parallel == "data"
-    indices = stratified_indices(data["train"].labels, train_size, seed)
+    indices = subset_indices(data, roles, train_size, seed)
     # data mode: each rank draws its own dropout masks; run mode: the seed alone decides, on any rank
     set_seed(seed, device_specific=data_parallel)
     model = copy.deepcopy(base_model)
@@ -119,59 +120,85 @@ def train(accelerator, base_model, preset, data, train_size: int, seed: int, set
         log(f"  note: {w.message}")
     micro = settings.train_batch_size // settings.gradient_accumulation_steps  # global examples per backward
     train_dl = train_loader(data["train"], indices, micro, seed, collate)
-    fit_dl = eval_loader(data["train"], indices, settings.eval_batch_size, collate)
-    val_dl = eval_loader(data["validation"], range(len(data["validation"])), settings.eval_batch_size, collate)
+    fit = indices
+    if settings.train_eval_samples and len(indices) > settings.train_eval_samples:  # evaluation dominates run time
+        fit = indices[stratified_indices(data["train"].labels[indices], settings.train_eval_samples, seed)]
+    views = {"train": ("train", fit), "selection": roles.selection, "test": roles.test}
+    orders = {name: by_length(data[split], idx) for name, (split, idx) in views.items()}
+    eval_dls = [eval_loader(data[views[name][0]], orders[name], settings.eval_batch_size, collate) for name in views]
     # the fused AdamW kernel (CPU and CUDA) is several times faster than the per-tensor loop on the embedding matrix
     fused = accelerator.device.type in ("cpu", "cuda")
     optimizer = torch.optim.AdamW(param_groups(model, preset.weight_decay), lr=settings.learning_rate, fused=fused)
-    steps = settings.num_train_epochs * math.ceil(len(indices) / settings.train_batch_size)
+    steps_per_epoch = math.ceil(len(indices) / settings.train_batch_size)
+    steps = settings.num_train_epochs * steps_per_epoch
+    at = set(eval_steps(steps_per_epoch, settings.num_train_epochs, settings.evals_per_epoch))
     scheduler = get_scheduler(settings.lr_scheduler_type, optimizer,
                               num_warmup_steps=int(settings.warmup_ratio * steps), num_training_steps=steps)
     scaler = None
     if data_parallel:  # batches are split across ranks (split_batches), optimizer and scheduler wrapped
-        model, optimizer, train_dl, fit_dl, val_dl, scheduler = accelerator.prepare(
-            model, optimizer, train_dl, fit_dl, val_dl, scheduler)
+        model, optimizer, train_dl, scheduler, *eval_dls = accelerator.prepare(
+            model, optimizer, train_dl, scheduler, *eval_dls)
         backward, no_sync = accelerator.backward, accelerator.no_sync
     else:
         model.to(accelerator.device)
         scaler = torch.amp.GradScaler(accelerator.device.type) if accelerator.mixed_precision == "fp16" else None
         backward = (lambda loss: scaler.scale(loss).backward()) if scaler else (lambda loss: loss.backward())
         no_sync = lambda m: contextlib.nullcontext()  # noqa: E731
+    labels = {name: data[split].labels[np.asarray(orders[name], dtype=int)] for name, (split, _) in views.items()}
     accum = settings.gradient_accumulation_steps
-    epochs, started = [], time.time()
+    points, logits = [], {"selection": [], "test": []}
+    step, eval_time, started = 0, 0.0, time.time()
+    total, count = torch.zeros((), device=accelerator.device), torch.zeros((), device=accelerator.device)
     for epoch in range(settings.num_train_epochs):
         model.train()
-        total, count = torch.zeros((), device=accelerator.device), torch.zeros((), device=accelerator.device)
         for i, batch in enumerate(train_dl):
             batch = {k: v.to(accelerator.device) for k, v in batch.items()}
             last = (i + 1) % accum == 0 or i + 1 == len(train_dl)
             with (contextlib.nullcontext() if last else no_sync(model)), accelerator.autocast():
                 loss = model(**batch).loss
             backward(loss / accum)
-            if last:
-                if scaler is None:
-                    optimizer.step()
-                else:
-                    scaler.step(optimizer)
-                    scaler.update()
-                scheduler.step()
-                optimizer.zero_grad()
-                tick()
             total += loss.detach() * len(batch["labels"])
             count += len(batch["labels"])
-        if data_parallel:
-            total, count = accelerator.reduce(total, "sum"), accelerator.reduce(count, "sum")
-        running = (total / count).item()
-        fit = evaluator(accelerator, model, fit_dl, data_parallel, accelerator.autocast)
-        val = evaluator(accelerator, model, val_dl, data_parallel, accelerator.autocast)
-        record = {"epoch": epoch + 1, "running_loss": running,
-                  "train_loss": fit["loss"], "train_accuracy": fit["accuracy"], "train_f1": fit["f1"],
-                  "eval_loss": val["loss"], "eval_accuracy": val["accuracy"], "eval_f1": val["f1"],
-                  "eval_examples": val["examples"]}
-        epochs.append(record)
-        log(f"  {preset.name} n={train_size} seed={seed} epoch {epoch + 1}/{settings.num_train_epochs}: "
-            f"running {running:.3f} | train {fit['loss']:.3f} acc {fit['accuracy']:.3f} | "
-            f"val {val['loss']:.3f} acc {val['accuracy']:.3f}")
+            if not last:
+                continue
+            if scaler is None:
+                optimizer.step()
+            else:
+                scaler.step(optimizer)
+                scaler.update()
+            scheduler.step()
+            optimizer.zero_grad()
+            step += 1
+            tick()
+            if step not in at:
+                continue
+            t0 = time.time()
+            if data_parallel:
+                total, count = accelerator.reduce(total, "sum"), accelerator.reduce(count, "sum")
+            running = (total / count).item()
+            out = dict(zip(views, (predict(accelerator, model, dl, data_parallel) for dl in eval_dls)))
+            point = {"step": step, "epoch": round(step / steps_per_epoch, 4), "running_loss": running,
+                     **point_metrics(*((out[n], labels[n]) for n in views))}
+            points.append(point)
+            for name in logits:
+                logits[name].append(out[name])
+            total.zero_(), count.zero_()
+            model.train()
+            eval_time += time.time() - t0
+            log(f"  {preset.name} n={train_size} seed={seed} step {step}/{steps} (epoch {point['epoch']:g}): "
+                f"train {point['train_loss']:.3f} acc {point['train_accuracy']:.3f} | selection "
+                f"{point['selection_loss']:.3f} acc {point['selection_accuracy']:.3f}")
+    seconds = time.time() - started
     if data_parallel:
         accelerator.free_memory()
-    return {"seconds": round(time.time() - started, 2), "epochs": epochs}
+    # early stopping: the point with the lowest selection loss (the first of equals)
+    selected = min(points, key=lambda p: p["selection_loss"])["step"]
+    majority = float(np.bincount(labels["selection"]).max() / len(labels["selection"]))
+    record = {"evals": points, "selected_step": selected, "steps": steps, "learning_rate": settings.learning_rate,
+              "selection_majority": majority, "seconds": round(seconds, 2), "eval_seconds": round(eval_time, 2)}
+    predictions = {"steps": np.array([p["step"] for p in points])}
+    for name in logits:
+        predictions[f"{name}_logits"] = np.stack(logits[name])
+        predictions[f"{name}_labels"] = labels[name]
+        predictions[f"{name}_index"] = np.asarray(orders[name], dtype=int)
+    return record, predictions

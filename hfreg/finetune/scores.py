@@ -1,0 +1,87 @@
+"""Metrics of a classifier's logits, in numpy (no torch): what every evaluation point records and what
+`hfreg report` recomputes from the stored predictions.
+
+Calibration separates a model that got *worse* from one that got *more confident*: NLL rises in both cases,
+accuracy only in the first; temperature scaling (Guo et al., 2017, "On Calibration of Modern Neural Networks")
+fits one temperature on the selection split and removes the overconfidence part of the test NLL.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+ECE_BINS = 15  # equal-width bins of top-class confidence over [0, 1], as in Guo et al. (2017)
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(axis=-1, keepdims=True)
+    return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
+
+
+def nll(logits: np.ndarray, labels: np.ndarray) -> float:
+    """Mean negative log-likelihood of the labels (cross-entropy), in nats."""
+    return float(-log_softmax(logits)[np.arange(len(labels)), labels].mean())
+
+
+def accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
+    return float((logits.argmax(-1) == labels).mean())
+
+
+def macro_f1(logits: np.ndarray, labels: np.ndarray) -> float:
+    """F1 averaged over the classes present in predictions or labels (scikit-learn's ``average="macro"``)."""
+    pred = logits.argmax(-1)
+    scores = []
+    for c in np.union1d(pred, labels):
+        tp = np.sum((pred == c) & (labels == c))
+        denom = np.sum(pred == c) + np.sum(labels == c)
+        scores.append(2 * tp / denom if denom else 0.0)
+    return float(np.mean(scores))
+
+
+def brier(logits: np.ndarray, labels: np.ndarray) -> float:
+    """Mean over examples of the squared distance between the probability vector and the one-hot label."""
+    p = np.exp(log_softmax(logits))
+    onehot = np.eye(logits.shape[-1])[labels]
+    return float(((p - onehot) ** 2).sum(-1).mean())
+
+
+def ece(logits: np.ndarray, labels: np.ndarray, bins: int = ECE_BINS) -> float:
+    """Expected calibration error: |accuracy - confidence| per confidence bin, weighted by the bin's share."""
+    p = np.exp(log_softmax(logits))
+    conf, correct = p.max(-1), (p.argmax(-1) == labels)
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    which = np.clip(np.searchsorted(edges, conf, side="left") - 1, 0, bins - 1)  # bins (lo, hi]; 0 joins the first
+    total = 0.0
+    for b in range(bins):
+        inside = which == b
+        if inside.any():
+            total += inside.mean() * abs(correct[inside].mean() - conf[inside].mean())
+    return float(total)
+
+
+def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
+    """The temperature T > 0 that minimizes NLL(logits / T) (searched over log T in [-4, 4])."""
+    from scipy.optimize import minimize_scalar
+
+    result = minimize_scalar(lambda log_t: nll(logits / np.exp(log_t), labels), bounds=(-4.0, 4.0),
+                             method="bounded", options={"xatol": 1e-5})
+    return float(np.exp(result.x))
+
+
+def evaluate(logits: np.ndarray, labels: np.ndarray, calibration: bool = True) -> dict:
+    """loss (NLL), accuracy, macro-F1 and, with ``calibration``, ECE and Brier score."""
+    out = {"loss": nll(logits, labels), "accuracy": accuracy(logits, labels), "f1": macro_f1(logits, labels)}
+    if calibration:
+        out.update(ece=ece(logits, labels), brier=brier(logits, labels))
+    return out
+
+
+def point_metrics(fit: tuple, selection: tuple, test: tuple) -> dict:
+    """Everything one evaluation point records, from (logits, labels) of the training subset, selection and test
+    splits: ``train_*``, ``selection_*``, ``test_*``, the selection-fitted ``temperature`` and ``test_nll_ts``."""
+    out = {f"train_{k}": v for k, v in evaluate(*fit, calibration=False).items()}
+    out.update({f"selection_{k}": v for k, v in evaluate(*selection).items()})
+    out.update({f"test_{k}": v for k, v in evaluate(*test).items()})
+    t = fit_temperature(*selection)
+    out.update(temperature=t, test_nll_ts=nll(test[0] / t, test[1]))
+    return out
