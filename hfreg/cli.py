@@ -157,7 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--drop_path_schedule", default="linear")
     s.add_argument("--drop_path_mode", default="per_sample")
     s.set_defaults(func=cmd_patch)
-    s = sub.add_parser("report", help="rebuild the comparison table, summary files and plots from runs.jsonl")
+    s = sub.add_parser("report", help="rebuild findings.md, the summary files and plots from runs.jsonl")
     s.add_argument("output_dir")
     s.add_argument("--no_plots", action="store_true")
     s.set_defaults(func=cmd_report)

@@ -311,9 +311,17 @@ def main(argv=None) -> int:
             return queue.claim(grid, check=refuse_other_settings)
         from accelerate.utils import broadcast_object_list
 
-        box = [queue.claim(grid, check=refuse_other_settings) if accelerator.is_main_process else None]
-        broadcast_object_list(box)  # data mode: every rank trains the run the main process claimed
-        return box[0]
+        box = [None]
+        if accelerator.is_main_process:  # data mode: every rank trains the run the main process claimed
+            try:
+                box[0] = (queue.claim(grid, check=refuse_other_settings), None)
+            except ValueError as e:  # every rank stops with it, none waits for a run that never comes
+                box[0] = (None, str(e))
+        broadcast_object_list(box)
+        key, error = box[0]
+        if error:
+            raise ValueError(error)
+        return key
 
     while (key := next_run()) is not None:
         preset, size, seed, lr = by_key[key]
