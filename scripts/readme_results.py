@@ -19,11 +19,16 @@ def main() -> int:
         text = f.read()
     for name in re.findall(r"<!-- findings:([\w.-]+) -->", text):
         path = os.path.join(ROOT, "docs", "results", name, "findings.md")
-        if not os.path.isfile(path):
-            print(f"readme_results.py: error: {path} does not exist; run `hfreg report` first", file=sys.stderr)
+        runs = os.path.join(os.path.dirname(path), "runs.jsonl")
+        if not os.path.isfile(runs):
+            body = f"No finished runs in `docs/results/{name}` yet."
+        elif not os.path.isfile(path) or os.path.getmtime(path) < os.path.getmtime(runs):
+            print(f"readme_results.py: error: {path} is missing or older than runs.jsonl; run `hfreg report` "
+                  f"first", file=sys.stderr)
             return 2
-        with open(path) as f:
-            body = f.read().replace("## Findings", f"#### Findings: {name}", 1).strip()
+        else:
+            with open(path) as f:
+                body = f.read().replace("## Findings", f"#### Findings: {name}", 1).strip()
         text = re.sub(rf"<!-- findings:{name} -->.*?<!-- /findings:{name} -->",
                       lambda _: f"<!-- findings:{name} -->\n{body}\n<!-- /findings:{name} -->", text, flags=re.S)
     with open(readme, "w") as f:
