@@ -41,9 +41,14 @@ def digest(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def experiment_of(record: dict) -> str:
+    """The name of the experiment a run record belongs to."""
+    return record.get("experiment", {}).get("name", DEFAULT_EXPERIMENT)
+
+
 def run_key(record: dict) -> tuple:
     """What makes a run unique: experiment, preset (name and contents), training-set size, seed, learning rate."""
-    return (record.get("experiment", {}).get("name", DEFAULT_EXPERIMENT), record["preset"],
+    return (experiment_of(record), record["preset"],
             digest(record.get("preset_config")), int(record["train_size"]), int(record["seed"]),
             record.get("learning_rate"))
 
@@ -85,10 +90,9 @@ def read_runs(output_dir: str, with_duplicates: bool = False):
 def experiment_conflict(runs: list[dict], name: str, settings: dict, presets: dict[str, dict]) -> str | None:
     """Why records of experiment ``name`` cannot be continued under ``settings`` and ``presets``, or None."""
     for r in runs:
-        exp = r.get("experiment", {})
-        if exp.get("name", DEFAULT_EXPERIMENT) != name:
+        if experiment_of(r) != name:
             continue
-        old = exp.get("settings", {})
+        old = r.get("experiment", {}).get("settings", {})
         diff = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
         if diff:
             k = diff[0]

@@ -18,7 +18,7 @@ from collections import defaultdict
 
 from . import stats
 from .presets import BASELINE
-from .records import DEFAULT_EXPERIMENT, read_runs
+from .records import DEFAULT_EXPERIMENT, experiment_of, read_runs
 
 COMPARISONS = {"early": "early-stopped", "fixed": "fixed budget"}
 # metric -> +1 where higher is better, -1 where lower is better
@@ -31,10 +31,6 @@ NAMES = {"test_accuracy": "test accuracy", "test_f1": "test macro-F1", "test_los
 # underfit: the best selection point is near chance: within 0.02 of the majority-class rate, or its loss
 # within 5% of ln K (a uniform prediction)
 NEAR_CHANCE_ACCURACY, NEAR_CHANCE_LOSS = 0.02, 0.95
-
-
-def experiment_of(run: dict) -> str:
-    return run.get("experiment", {}).get("name", DEFAULT_EXPERIMENT)
 
 
 def run_values(run: dict) -> dict:

@@ -295,7 +295,11 @@ def main(argv=None) -> int:
               for n in sorted(args.train_sizes, reverse=True) for s in args.seeds for lr in args.learning_rates
               for p in presets}
     grid = list(by_key)
-    mine = [r for r in read_runs(args.output_dir) if run_key(r) in by_key]
+
+    def grid_runs():  # this grid's finished runs, whichever process or launch made them
+        return [r for r in read_runs(args.output_dir) if run_key(r) in by_key]
+
+    mine = grid_runs()
     n_proc = accelerator.num_processes
     accelerator.print(
         f"hfreg: {model_name} | {len(roles.pool)} training-pool examples, {len(label_names)} classes | "
@@ -342,12 +346,12 @@ def main(argv=None) -> int:
         if args.parallel == "run" or accelerator.is_main_process:
             queue.finish(key, record, predictions)
         if accelerator.is_main_process:
-            mine = [r for r in read_runs(args.output_dir) if run_key(r) in by_key]
+            mine = grid_runs()
             accelerator.print(progress_line(mine, grid, n_proc), flush=True)
             _track(accelerator, args, mine, logged)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        mine = [r for r in read_runs(args.output_dir) if run_key(r) in by_key]
+        mine = grid_runs()
         _track(accelerator, args, mine, logged)
         accelerator.print(report.report(args.output_dir, make_plots=not args.no_plots))
         accelerator.print(f"results in {args.output_dir}: runs.jsonl, predictions/, summary.json, summary.csv, "
