@@ -1,0 +1,86 @@
+"""The maintenance scripts: comparing one grid recorded twice, and copying findings into the README."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from harness import ROOT
+
+sys.path.insert(0, os.path.join(ROOT, "scripts"))
+import compare_runs  # noqa: E402
+
+
+def record(preset, seed, accs, selected=2, settings=None):
+    evals = [{"step": i + 1, "test_accuracy": a, "test_loss": 1 - a} for i, a in enumerate(accs)]
+    return {"experiment": {"name": "default", "settings": settings or {}}, "preset": preset, "preset_config": {},
+            "train_size": 64, "seed": seed, "learning_rate": 2e-4, "evals": evals, "selected_step": selected}
+
+
+def write_runs(path, records):
+    os.makedirs(path, exist_ok=True)
+    with open(os.path.join(path, "runs.jsonl"), "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in records)
+
+
+def test_compare_runs_pairs_by_run_whatever_the_settings(tmp_path):
+    write_runs(tmp_path / "a", [record("zero", 0, [0.6, 0.7], settings={"torch": "2.13"}),
+                                record("zero", 1, [0.6, 0.8]), record("drop", 0, [0.6, 0.7]),
+                                record("drop", 5, [0.5, 0.5])])  # seed 5 has no partner
+    write_runs(tmp_path / "b", [record("zero", 0, [0.6, 0.70001], settings={"torch": "2.11"}),
+                                record("zero", 1, [0.6, 0.8]), record("drop", 0, [0.6, 0.75], selected=1)])
+    rows = {r[0]: r for r in compare_runs.compare(str(tmp_path / "a"), str(tmp_path / "b"), tol=1e-4)}
+    assert rows["zero"][1:3] == [2, 2] and rows["zero"][5] == 2
+    assert rows["drop"][1:3] == [1, 0] and rows["drop"][3] == pytest.approx(0.05) and rows["drop"][5] == 0
+    rows = {r[0]: r for r in compare_runs.compare(str(tmp_path / "a"), str(tmp_path / "b"), tol=1e-6)}
+    assert rows["zero"][2] == 1
+
+
+def test_compare_runs_user_errors_are_one_line(tmp_path):
+    write_runs(tmp_path / "a", [record("zero", 0, [0.6])])
+    write_runs(tmp_path / "b", [record("zero", 1, [0.6])])
+    for args, words in [([str(tmp_path / "a"), str(tmp_path / "missing")], "holds no runs.jsonl"),
+                        ([str(tmp_path / "a"), str(tmp_path / "b")], "share no run")]:
+        out = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "compare_runs.py"), *args],
+                             capture_output=True, text=True)
+        assert out.returncode == 2 and words in out.stderr and "Traceback" not in out.stderr
+
+
+def test_readme_results_copies_findings_between_markers(tmp_path):
+    os.makedirs(tmp_path / "scripts")
+    shutil.copy(os.path.join(ROOT, "scripts", "readme_results.py"), tmp_path / "scripts")
+    readme = tmp_path / "README.md"
+    readme.write_text("top\n<!-- findings:x -->\nold\n<!-- /findings:x -->\n"
+                      "<!-- findings:y -->\nold\n<!-- /findings:y -->\nend\n")
+    write_runs(tmp_path / "docs" / "results" / "x", [])
+    (tmp_path / "docs" / "results" / "x" / "findings.md").write_text("## Findings\n\nfrom the tool\n")
+    run = [sys.executable, str(tmp_path / "scripts" / "readme_results.py")]
+    assert subprocess.run(run).returncode == 0
+    text = readme.read_text()
+    assert "#### Findings: x\n\nfrom the tool\n<!-- /findings:x -->" in text
+    assert "No finished runs in `docs/results/y` yet." in text and "old" not in text and text.endswith("end\n")
+    # findings older than the runs they summarize are refused, and the README is left as it was
+    os.utime(tmp_path / "docs" / "results" / "x" / "findings.md", (1, 1))
+    out = subprocess.run(run, capture_output=True, text=True)
+    assert out.returncode == 2 and "older than runs.jsonl" in out.stderr and readme.read_text() == text
+
+
+@pytest.mark.parametrize("name", sorted(os.listdir(os.path.join(ROOT, "docs", "results"))))
+def test_committed_findings_are_what_the_report_derives(tmp_path, name):
+    """Every committed findings.md is `hfreg report`'s output for the committed records, and the README quotes it."""
+    results = os.path.join(ROOT, "docs", "results", name)
+    shutil.copy(os.path.join(results, "runs.jsonl"), tmp_path)
+    shutil.copytree(os.path.join(results, "predictions"), tmp_path / "predictions")
+    out = subprocess.run([sys.executable, "-m", "hfreg.cli", "report", "--no_plots", str(tmp_path)],
+                         capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    with open(os.path.join(results, "findings.md")) as f:
+        committed = f.read()
+    assert (tmp_path / "findings.md").read_text() == committed
+    with open(os.path.join(ROOT, "README.md")) as f:
+        readme = f.read()
+    if f"<!-- findings:{name} -->" in readme:
+        assert committed.replace("## Findings", f"#### Findings: {name}", 1).strip() in readme
