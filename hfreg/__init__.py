@@ -7,17 +7,18 @@ torch-free parts (records, report) import quickly.
 
 from importlib import import_module
 
-from .config import KNOBS, RegularizationConfig
+from .config import KNOBS, RegularizationConfig, Schedule
 
 __version__ = "0.1.0"
 
 _LAZY = {
     "DropPath": "layers", "drop_path": "layers", "drop_path_rates": "layers", "Site": "sites",
     "from_pretrained": "patcher", "inspect_model": "patcher", "is_patched": "patcher", "patch_config": "patcher",
-    "patch_model": "patcher", "unpatch_model": "patcher",
+    "patch_model": "patcher", "unpatch_model": "patcher", "set_rate_factors": "patcher",
+    "RateScheduler": "schedule", "rate_scheduler_callback": "schedule",
 }
 
-__all__ = ["KNOBS", "RegularizationConfig", *sorted(_LAZY)]
+__all__ = ["KNOBS", "RegularizationConfig", "Schedule", *sorted(_LAZY)]
 
 
 def __getattr__(name):

@@ -11,6 +11,9 @@ from dataclasses import asdict, dataclass, fields
 KNOBS = ("attention", "hidden", "embedding", "activation", "classifier", "drop_path", "layerdrop")
 DROP_PATH_SCHEDULES = ("linear", "uniform")
 DROP_PATH_MODES = ("per_sample", "per_batch")
+SCHEDULES = ("constant", "early", "late", "linear")
+DIRECTIONS = ("down", "up")
+ALL_KNOBS = "all"  # a schedule for every knob the spec sets
 CONFIG_NAME = "hfreg_config.json"
 # Key under which the spec is recorded inside a transformers config.
 CONFIG_ATTR = "hfreg"
@@ -29,6 +32,60 @@ def check_rate(name: str, value) -> None:
 def check_choice(name: str, value, choices: tuple) -> None:
     if value not in choices:
         raise ValueError(f"`{name}` must be one of {list(choices)}, got {value!r}")
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """How a knob's rate moves over training, as a factor on the spec's rate (Liu et al., 2023, "Dropout Reduces
+    Underfitting": early dropout helps underfitting models, late dropout / stochastic depth overfitting ones).
+
+    Args:
+        kind: ``"constant"`` (the rate throughout), ``"early"`` (the rate until ``cutoff``, then 0), ``"late"``
+            (0 until ``cutoff``, then the rate) or ``"linear"`` (a ramp that ends at ``cutoff``).
+        cutoff: an int is a number of optimizer steps; a float in [0, 1] a fraction of training.
+        direction: for ``"linear"`` only: ``"down"`` goes from the rate to 0 (the paper's linear early dropout),
+            ``"up"`` from 0 to the rate (a warm-up).
+    """
+
+    kind: str = "constant"
+    cutoff: int | float = 0.5
+    direction: str = "down"
+
+    def __post_init__(self):
+        check_choice("schedule kind", self.kind, SCHEDULES)
+        check_choice("schedule direction", self.direction, DIRECTIONS)
+        c = self.cutoff
+        if isinstance(c, bool) or not isinstance(c, (int, float)) or c < 0 or (isinstance(c, float) and not c <= 1):
+            raise ValueError(f"schedule `cutoff` must be an int >= 0 (steps) or a float in [0, 1] (a fraction of "
+                             f"training), got {c!r}")
+
+    def cutoff_step(self, total_steps: int) -> int:
+        return self.cutoff if isinstance(self.cutoff, int) else round(self.cutoff * total_steps)
+
+    def factor(self, step: int, total_steps: int) -> float:
+        """The multiplier on the rate after ``step`` optimizer steps of ``total_steps``."""
+        cut = self.cutoff_step(total_steps)
+        if self.kind == "constant":
+            return 1.0
+        if self.kind == "early":
+            return 1.0 if step < cut else 0.0
+        if self.kind == "late":
+            return 0.0 if step < cut else 1.0
+        ramp = min(step / cut, 1.0) if cut > 0 else 1.0  # linear: 0 -> 1 over [0, cut]
+        return ramp if self.direction == "up" else 1.0 - ramp
+
+    @classmethod
+    def from_dict(cls, data) -> "Schedule":
+        if isinstance(data, Schedule):
+            return data
+        if isinstance(data, str):
+            return cls(kind=data)
+        if not isinstance(data, dict):
+            raise ValueError(f"a schedule must be a kind {list(SCHEDULES)} or a mapping, got {data!r}")
+        unknown = sorted(set(data) - {f.name for f in fields(cls)})
+        if unknown:
+            raise ValueError(f"unknown schedule option(s) {unknown}; allowed: {[f.name for f in fields(cls)]}")
+        return cls(**data)
 
 
 @dataclass
@@ -52,6 +109,8 @@ class RegularizationConfig:
             Transformer Depth on Demand with Structured Dropout").
         drop_path_schedule: ``"linear"`` or ``"uniform"``.
         drop_path_mode: ``"per_sample"`` (one draw per example) or ``"per_batch"`` (one per batch).
+        schedule: rate schedules over training, ``{knob: Schedule}``; the key ``"all"`` covers every knob without
+            one of its own. A `RateScheduler` drives them (see `hfreg.schedule`); without one the rates stay put.
     """
 
     attention: float | None = None
@@ -63,6 +122,7 @@ class RegularizationConfig:
     layerdrop: float | None = None
     drop_path_schedule: str = "linear"
     drop_path_mode: str = "per_sample"
+    schedule: dict | None = None
 
     def __post_init__(self):
         for knob in KNOBS:
@@ -72,6 +132,17 @@ class RegularizationConfig:
                 setattr(self, knob, float(value))
         check_choice("drop_path_schedule", self.drop_path_schedule, DROP_PATH_SCHEDULES)
         check_choice("drop_path_mode", self.drop_path_mode, DROP_PATH_MODES)
+        if self.schedule is not None:
+            if not isinstance(self.schedule, dict):
+                raise ValueError(f"`schedule` must be a mapping of knob to schedule, got {self.schedule!r}")
+            for key in self.schedule:
+                check_choice("schedule key", key, (*KNOBS, ALL_KNOBS))
+            self.schedule = {k: Schedule.from_dict(v) for k, v in self.schedule.items()} or None
+
+    def schedule_for(self, knob: str) -> Schedule:
+        """The schedule in force for ``knob`` (constant where none is given)."""
+        sched = self.schedule or {}
+        return sched.get(knob) or sched.get(ALL_KNOBS) or Schedule()
 
     @classmethod
     def zero(cls, **options) -> "RegularizationConfig":
@@ -83,7 +154,10 @@ class RegularizationConfig:
         return {k: getattr(self, k) for k in KNOBS if getattr(self, k) is not None}
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        data = asdict(self)
+        if self.schedule is None:  # absent rather than null: specs without schedules read as they always did
+            del data["schedule"]
+        return data
 
     @classmethod
     def from_dict(cls, data: dict) -> "RegularizationConfig":

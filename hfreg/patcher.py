@@ -153,8 +153,13 @@ class _InputDropout(_Hook):
 
 
 class _PatchState:
-    def __init__(self, reg, restores, injected, owned):
-        self.reg, self.restores, self.injected, self.owned = reg, restores, injected, owned
+    """What a patch changed (``restores``, oldest first), the sites it injected at their base rates, and every
+    rate holder it put a knob's rate in (``live``: owner, attribute, knob, base rate), which `set_rate_factors`
+    rescales during training."""
+
+    def __init__(self, reg, restores, injected, owned, live):
+        self.reg, self.restores, self.injected, self.owned, self.live = reg, restores, injected, owned, live
+        self.factors = {k: 1.0 for k in KNOBS}
 
 
 def _warn(knob, rate, model, why):
@@ -185,6 +190,7 @@ def patch_model(model, reg: RegularizationConfig | dict | None = None):
     struct = analyze(model)
     knobs = reg.knobs()
     restores: list[tuple[object, str, object]] = []
+    live: list[tuple[object, str, str, object]] = []
 
     def assign(owner, attr, value):
         restores.append((owner, attr, getattr(owner, attr)))
@@ -194,23 +200,26 @@ def patch_model(model, reg: RegularizationConfig | dict | None = None):
     for n in struct.natives:
         if n.kind in knobs:
             assign(n.owner, n.attr, 0.0 if n.kind in _OWNED else knobs[n.kind])
+            if n.kind not in _OWNED:
+                live.append((n.owner, n.attr, n.kind, knobs[n.kind]))
     # decisions about injecting look at live sites only: a dead attribute regularizes nothing
     natives_by = {k: [n for n in struct.natives if n.kind == k and not n.dead] for k in KNOBS}
 
     injected: list[Site] = []
-    _inject_layers(model, struct, reg, knobs, natives_by, injected)
-    _inject_elsewhere(model, struct, knobs, natives_by, injected)
+    _inject_layers(model, struct, reg, knobs, natives_by, injected, live)
+    _inject_elsewhere(model, struct, knobs, natives_by, injected, live)
     if "attention" in knobs and not natives_by["attention"]:
         _warn("attention", knobs["attention"], model, "it has no attention-probability dropout site")
 
     had = hasattr(model.config, CONFIG_ATTR)
     restores.append((model.config, CONFIG_ATTR, getattr(model.config, CONFIG_ATTR) if had else _MISSING))
     setattr(model.config, CONFIG_ATTR, reg.to_dict())
-    object.__setattr__(model, _STATE, _PatchState(reg, restores, injected, tuple(k for k in _OWNED if k in knobs)))
+    object.__setattr__(model, _STATE, _PatchState(reg, restores, injected, tuple(k for k in _OWNED if k in knobs),
+                                                   live))
     return outer
 
 
-def _inject_layers(model, struct: Structure, reg, knobs, natives_by, injected):
+def _inject_layers(model, struct: Structure, reg, knobs, natives_by, injected, live):
     if not struct.layers:
         for knob in ("hidden", "drop_path", "layerdrop", "embedding", "activation"):
             if knob in knobs and (knob in _OWNED or not natives_by[knob]):
@@ -230,6 +239,8 @@ def _inject_layers(model, struct: Structure, reg, knobs, natives_by, injected):
             emb = embedding if pos == 0 else 0.0
             s = _LayerState(hidden, own, layerdrop, emb, reg.drop_path_mode)
             states.append(s)
+            live += [(s, "hidden", "hidden", hidden), (s, "rates", "drop_path", tuple(own)),
+                     (s, "layerdrop", "layerdrop", layerdrop), (s, "embedding", "embedding", emb)]
             for i, rate in enumerate(own):
                 idx = layer.index + i
                 if "hidden" in knobs:
@@ -251,7 +262,9 @@ def _inject_layers(model, struct: Structure, reg, knobs, natives_by, injected):
                 for path, act in layer.activations:
                     injected.append(Site(path, "activation", activation, layer.index, "injected"))
                     if activation:
-                        act.register_forward_hook(_OutputDropout(activation))
+                        hook = _OutputDropout(activation)
+                        act.register_forward_hook(hook)
+                        live.append((hook, "p", "activation", activation))
     if any(layer.calls > 1 for layer in struct.layers):
         model.register_forward_pre_hook(_ResetCalls(states))
     for knob in ("hidden", "drop_path"):
@@ -261,7 +274,7 @@ def _inject_layers(model, struct: Structure, reg, knobs, natives_by, injected):
         _warn("activation", activation, model, "no activation module was found in its layers")
 
 
-def _inject_elsewhere(model, struct: Structure, knobs, natives_by, injected):
+def _inject_elsewhere(model, struct: Structure, knobs, natives_by, injected, live):
     rate = knobs.get("classifier")
     if rate is None or natives_by["classifier"]:
         return
@@ -271,7 +284,9 @@ def _inject_elsewhere(model, struct: Structure, knobs, natives_by, injected):
     for path, linear in struct.head_linears:
         injected.append(Site(path + ".<input>", "classifier", rate, None, "injected"))
         if rate:
-            linear.register_forward_pre_hook(_InputDropout(rate))
+            hook = _InputDropout(rate)
+            linear.register_forward_pre_hook(hook)
+            live.append((hook, "p", "classifier", rate))
 
 
 def unpatch_model(model):
@@ -308,8 +323,28 @@ def inspect_model(model) -> list[Site]:
     sites = [Site(n.path, n.kind, n.rate, n.layer, n.source) for n in analyze(model).natives
              if not n.dead and n.kind not in owned]
     if state:
-        sites += state.injected
+        sites += [Site(s.path, s.kind, s.rate * state.factors[s.kind], s.layer, s.source) for s in state.injected]
     return sites
+
+
+def set_rate_factors(model, factors: dict[str, float]) -> None:
+    """Put ``factor × the patched rate`` in force for each knob of ``factors`` (e.g. ``{"hidden": 0.0}``), at every
+    site the patch set or injected; the other knobs keep theirs. `unpatch_model` still restores the original.
+    This is what `hfreg.RateScheduler` calls once per optimizer step."""
+    model = _unwrap(model)
+    state = model.__dict__.get(_STATE)
+    if state is None:
+        raise ValueError(f"{type(model).__name__} is not patched: `patch_model` it first")
+    for knob, f in factors.items():
+        if knob not in KNOBS:
+            raise ValueError(f"unknown knob {knob!r}; allowed: {list(KNOBS)}")
+        if isinstance(f, bool) or not isinstance(f, (int, float)) or not 0.0 <= f <= 1.0:
+            raise ValueError(f"the factor for `{knob}` must be a float in [0, 1], got {f!r}")
+    for owner, attr, knob, base in state.live:
+        if knob in factors:
+            f = float(factors[knob])
+            setattr(owner, attr, [r * f for r in base] if isinstance(base, tuple) else base * f)
+    state.factors.update({k: float(f) for k, f in factors.items()})
 
 
 def patch_config(config, reg: RegularizationConfig | dict):

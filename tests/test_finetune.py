@@ -98,6 +98,24 @@ def test_script_end_to_end_and_resume(tiny_classifier, csv_data, tmp_path, capsy
     assert len(records.read_runs(out)) == 8
 
 
+def test_scheduled_presets_record_the_rates_in_force(tiny_classifier, csv_data, tmp_path):
+    out = tmp_path / "out"
+    assert load_script().main(args_for(tiny_classifier, csv_data, out, "--presets",
+                                       "classic,early-dropout,late-drop-path", "--train_sizes", "32", "--seeds", "0",
+                                       "--num_train_epochs", "5", "--train_batch_size", "8")) == 0
+    runs = {r["preset"]: r for r in records.read_runs(out)}
+    for p in runs["classic"]["evals"]:
+        assert p["rates"] == {"attention": 0.1, "hidden": 0.1, "embedding": 0.0, "activation": 0.0,
+                              "classifier": 0.1, "drop_path": 0.0, "layerdrop": 0.0}
+    steps = runs["early-dropout"]["steps"]
+    assert steps == 20
+    for p in runs["early-dropout"]["evals"]:  # the rate in force after each step: on before 20% of steps, then off
+        assert p["rates"]["hidden"] == (0.1 if p["step"] < 0.2 * steps else 0.0), p["step"]
+    for p in runs["late-drop-path"]["evals"]:
+        assert p["rates"]["drop_path"] == (0.0 if p["step"] < 0.2 * steps else 0.1), p["step"]
+        assert p["rates"]["hidden"] == 0.0
+
+
 def test_report_rebuilds_plots(tiny_classifier, csv_data, tmp_path):
     finetune = load_script()
     out = tmp_path / "out"

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from ..patcher import patch_model
+from ..schedule import RateScheduler
 from .data import by_length, eval_loader, stratified_indices, subset_indices, train_loader
 from .scores import point_metrics
 
@@ -131,6 +132,7 @@ def train(accelerator, base_model, preset, data, roles, train_size: int, seed: i
     optimizer = torch.optim.AdamW(param_groups(model, preset.weight_decay), lr=settings.learning_rate, fused=fused)
     steps_per_epoch = math.ceil(len(indices) / settings.train_batch_size)
     steps = settings.num_train_epochs * steps_per_epoch
+    rates = RateScheduler(model, steps)  # the preset's rate schedules (constant where it has none); before prepare
     at = set(eval_steps(steps_per_epoch, settings.num_train_epochs, settings.evals_per_epoch))
     scheduler = get_scheduler(settings.lr_scheduler_type, optimizer,
                               num_warmup_steps=int(settings.warmup_ratio * steps), num_training_steps=steps)
@@ -167,6 +169,7 @@ def train(accelerator, base_model, preset, data, roles, train_size: int, seed: i
                 scaler.step(optimizer)
                 scaler.update()
             scheduler.step()
+            rates.step()
             optimizer.zero_grad()
             step += 1
             tick()
@@ -178,7 +181,7 @@ def train(accelerator, base_model, preset, data, roles, train_size: int, seed: i
             running = (total / count).item()
             out = dict(zip(views, (predict(accelerator, model, dl, data_parallel) for dl in eval_dls)))
             point = {"step": step, "epoch": round(step / steps_per_epoch, 4), "running_loss": running,
-                     **point_metrics(*((out[n], labels[n]) for n in views))}
+                     "rates": rates.rates(), **point_metrics(*((out[n], labels[n]) for n in views))}
             points.append(point)
             for name in logits:
                 logits[name].append(out[name])
