@@ -1,4 +1,4 @@
-"""`hfreg` command line: inspect, compare, patch, report."""
+"""`hfreg` command line: inspect, compare, probe, patch, report."""
 
 from __future__ import annotations
 
@@ -124,6 +124,37 @@ def _auto_class(config):
     return None
 
 
+def cmd_probe(args):
+    from transformers import AutoModel
+
+    from .probing import probe, small_twin
+
+    config = load_config(args.model)
+    twin = config if args.full else small_twin(config)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model = AutoModel.from_config(twin)
+    except Exception as e:  # transformers raises many types for configs it cannot build
+        raise ValueError(f"cannot build {args.model!r}: {str(e).splitlines()[0]}") from None
+    results = probe(model, rate=args.rate)
+    what = "the model as configured" if args.full else "a small twin (same architecture and code path, 2 layers, " \
+                                                       "width 64, random weights)"
+    print(f"{args.model}: each site turned on alone at {args.rate:g}, all else off, on {what}; "
+          f"acts = the training-mode output changes")
+    rows = [["path", "kind", "source", "rate", "acts", "note"]]
+    for r in results:
+        note = r.note or ("dead: forward never reads it" if r.dead else
+                          "" if r.acts else "reported as a site, but has no effect on this input")
+        rows.append([r.path, r.kind, r.source, "-" if r.source == "hfreg" else f"{r.rate:g}",
+                     "yes" if r.acts else "no", note])
+    print(_table(rows))
+    sites = [r for r in results if r.source != "hfreg"]
+    print(f"{len(sites)} native sites: {sum(r.acts for r in sites)} act, {sum(r.dead for r in sites)} dead as "
+          f"expected, {sum(not r.acts and not r.dead for r in sites)} without effect; knobs through hfreg that act: "
+          f"{', '.join(r.kind for r in results if r.source == 'hfreg' and r.acts) or 'none'}")
+
+
 def cmd_report(args):
     from .finetune.report import report
 
@@ -157,6 +188,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--drop_path_schedule", default="linear")
     s.add_argument("--drop_path_mode", default="per_sample")
     s.set_defaults(func=cmd_patch)
+    s = sub.add_parser("probe", help="whether each site and knob actually changes training: dead knobs show up")
+    s.add_argument("model", help="model dir, config.json, shipped config name, or hub id")
+    s.add_argument("--full", action="store_true", help="build the model as configured, not a small twin")
+    s.add_argument("--rate", type=_rate, default=0.5, help="the rate each site is turned on at (default 0.5)")
+    s.set_defaults(func=cmd_probe)
     s = sub.add_parser("report", help="rebuild findings.md, the summary files and plots from runs.jsonl")
     s.add_argument("output_dir")
     s.add_argument("--no_plots", action="store_true")

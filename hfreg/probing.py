@@ -1,0 +1,238 @@
+"""Which knobs act: a dropout-off switch that proves itself, and a probe of every site.
+
+`disable_dropout(model)` applies the all-zero spec and checks that two training-mode passes with different seeds
+are bit-identical; if not, it raises naming the modules that still drew random numbers. `probe(model)` turns each
+site on alone and reports whether the training-mode output changes, so dead attributes and ignored rates show up.
+For a published config too large to run here, `small_twin(config)` keeps the architecture and code path with two
+layers and a narrow width.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import warnings
+from dataclasses import dataclass
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from .config import KNOBS, RegularizationConfig
+from .patcher import _unwrap, patch_model
+from .sites import analyze
+
+# aten ops that draw random numbers; attention kernels are caught by a non-zero `dropout_p` argument instead
+_RANDOM = ("bernoulli", "rand", "normal_", "dropout", "multinomial", "uniform", "exponential", "cauchy", "geometric",
+           "poisson")
+
+
+class _RandomOps(TorchDispatchMode):
+    """Record ``(module path, aten op)`` for every random op run inside, naming the innermost module."""
+
+    def __init__(self):
+        super().__init__()
+        self.stack, self.seen = [], []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        op = func._schema.name.split("::")[-1]
+        random = any(w in op for w in _RANDOM) and "native_layer_norm" not in op
+        for i, a in enumerate(func._schema.arguments):
+            if a.name == "dropout_p":
+                random = bool(args[i] if i < len(args) else kwargs.get("dropout_p", 0.0))
+        if random and (not self.seen or self.seen[-1] != (self.stack[-1] if self.stack else "<model>", op)):
+            self.seen.append((self.stack[-1] if self.stack else "<model>", op))
+        return func(*args, **kwargs)
+
+    @contextlib.contextmanager
+    def tracking(self, model):
+        """Name modules by hooks on each one: first in before, last out after, so a random draw in one of the
+        module's own hooks is put on that module."""
+        def pre(name):
+            return lambda module, args: self.stack.append(name)
+
+        def post(module, args, output):
+            if self.stack:
+                self.stack.pop()
+
+        handles = []
+        for name, module in model.named_modules():
+            handles.append(module.register_forward_pre_hook(pre(name or "<model>"), prepend=True))
+            handles.append(module.register_forward_hook(post, always_call=True))
+        try:
+            with self:
+                yield self
+        finally:
+            for h in handles:
+                h.remove()
+
+
+def probe_inputs(model, batch: int = 2, length: int = 8) -> dict:
+    """A small deterministic input batch for ``model``, from its main input name and config."""
+    model = _unwrap(model)
+    cfg, name = model.config, getattr(model, "main_input_name", "input_ids")
+    g = torch.Generator().manual_seed(0)
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    text_cfg = getattr(cfg, "text_config", None) or cfg
+    vocab = getattr(text_cfg, "vocab_size", None) or 100
+    ids = torch.randint(min(3, vocab - 1), min(vocab, 100), (batch, length), generator=g)
+    if name == "pixel_values":
+        vision = getattr(cfg, "vision_config", None) or cfg
+        size = getattr(vision, "image_size", 32)
+        size = size if isinstance(size, int) else size[0]
+        inputs = {"pixel_values": torch.randn(batch, getattr(vision, "num_channels", 3), size, size, generator=g)}
+        if hasattr(cfg, "text_config"):  # dual encoders take both
+            inputs["input_ids"] = ids
+    elif name == "input_values":
+        inputs = {"input_values": torch.randn(batch, 1600, generator=g)}
+    elif name == "input_features":
+        frames = 2 * getattr(cfg, "max_source_positions", 1500)
+        inputs = {"input_features": torch.randn(batch, getattr(cfg, "num_mel_bins", 80), frames, generator=g)}
+    elif name == "input_ids":
+        inputs = {"input_ids": ids}
+    else:
+        raise ValueError(f"cannot make probe inputs for {type(model).__name__} (main input {name!r}); pass inputs=")
+    if getattr(cfg, "is_encoder_decoder", False) and "decoder_input_ids" not in inputs:
+        inputs["decoder_input_ids"] = ids[:, :4]
+    return {k: v.to(device) for k, v in inputs.items()}
+
+
+def _train_output(model, inputs, seed):
+    model.train()
+    devices = [torch.cuda.current_device()] if any(v.is_cuda for v in inputs.values()) else []
+    with torch.random.fork_rng(devices=devices), torch.no_grad():
+        torch.manual_seed(seed)
+        out = model(**inputs)
+    values = out.values() if hasattr(out, "values") else out
+    return [v.detach().clone() for v in values if isinstance(v, torch.Tensor)]
+
+
+def _same(a, b):
+    return len(a) == len(b) and all(torch.equal(x, y) for x, y in zip(a, b))
+
+
+def disable_dropout(model, inputs: dict | None = None):
+    """Turn every dropout-like knob off (the all-zero spec) and prove it: two training-mode passes with different
+    seeds must be bit-identical. Raises RuntimeError naming the modules that still draw random numbers otherwise.
+    Returns the model, patched (``unpatch_model`` undoes it)."""
+    inner = _unwrap(model)
+    was_training = inner.training
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        patch_model(model, RegularizationConfig.zero())
+    inputs = inputs if inputs is not None else probe_inputs(inner)
+    try:
+        first = _train_output(model, inputs, 0)
+        if not _same(first, _train_output(model, inputs, 1)):
+            with _RandomOps().tracking(inner) as ops:
+                _train_output(model, inputs, 1)
+            where = ", ".join(f"{path} ({op})" for path, op in ops.seen[:8]) or \
+                "no torch random op: the randomness comes from outside torch (e.g. numpy)"
+            raise RuntimeError(f"hfreg: training is still random after disable_dropout on "
+                               f"{type(inner).__name__}: {where}")
+    finally:
+        inner.train(was_training)
+    return model
+
+
+@dataclass(frozen=True)
+class Probe:
+    """Whether turning one native site on (or, for ``source="hfreg"``, one whole knob through `patch_model`) changes
+    training-mode output."""
+
+    path: str  # the site's path; "*" for a whole knob
+    kind: str
+    source: str  # module | attribute | config, or hfreg
+    rate: float  # the rate the model had there before probing
+    acts: bool
+    dead: bool = False  # what the static analysis expected: a site it knows forward never reads
+    note: str = ""  # for a knob: why it cannot apply, as patch_model warned
+
+
+def probe(model, inputs: dict | None = None, rate: float = 0.5) -> list[Probe]:
+    """Turn each native site on alone at ``rate`` (every other site off), then each knob through hfreg, and report
+    whether the training-mode output changes. Works on a copy: ``model`` is left as it was."""
+    model = copy.deepcopy(_unwrap(model))
+    inputs = inputs if inputs is not None else probe_inputs(model)
+    natives = analyze(model).natives
+    published = {(id(n.owner), n.attr): n.rate for n in natives}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        patch_model(model, RegularizationConfig.zero())
+    base = _train_output(model, inputs, 0)
+    if not _same(base, _train_output(model, inputs, 1)):
+        raise RuntimeError(f"hfreg: {type(model).__name__} trains randomly with every knob off; "
+                           f"`disable_dropout` names what still draws random numbers")
+    results = []
+    for n in natives:
+        old = getattr(n.owner, n.attr)
+        setattr(n.owner, n.attr, rate)
+        try:
+            acts = not _same(base, _train_output(model, inputs, 1))
+        except Exception:  # a rate the forward cannot take is a site that does not work
+            acts = False
+        setattr(n.owner, n.attr, old)
+        results.append(Probe(n.path, n.kind, n.source, published[(id(n.owner), n.attr)], acts, n.dead))
+    for knob in KNOBS:
+        spec = RegularizationConfig(**{**RegularizationConfig.zero().knobs(), knob: rate})
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            patch_model(model, spec)
+        acts = not _same(base, _train_output(model, inputs, 1))
+        note = "; ".join(str(w.message).split(": ", 2)[-1] for w in caught)
+        results.append(Probe("*", knob, "hfreg", 0.0, acts, note=note))
+    return results
+
+
+# config fields that set depth and width, shrunk for a small twin
+_DEPTH = ("num_hidden_layers", "n_layer", "n_layers", "num_layers", "encoder_layers", "decoder_layers",
+          "num_decoder_layers")
+_WIDTH = ("hidden_size", "d_model", "n_embd", "dim")
+_HEADS = ("num_attention_heads", "n_head", "n_heads", "num_heads", "encoder_attention_heads",
+          "decoder_attention_heads")
+_FFN = ("intermediate_size", "ffn_dim", "d_ff", "encoder_ffn_dim", "decoder_ffn_dim", "n_inner", "hidden_dim",
+        "moe_intermediate_size", "shared_expert_intermediate_size")
+
+
+def small_twin(config, layers: int = 2, width: int = 64, heads: int = 4):
+    """A copy of ``config`` with ``layers`` layers, width ``width`` and ``heads`` heads: the same architecture and
+    code path (attention implementation, rates, layer types), cheap enough to run on a CPU."""
+    config = copy.deepcopy(config)
+
+    def shrink(cfg):
+        d = vars(cfg)
+        for k in _DEPTH:
+            if isinstance(d.get(k), int) and d[k] > layers:
+                setattr(cfg, k, layers)
+        for k in _WIDTH:
+            if isinstance(d.get(k), int) and d[k] > width:
+                setattr(cfg, k, width)
+        for k in _HEADS:
+            if isinstance(d.get(k), int) and d[k] > heads:
+                setattr(cfg, k, heads)
+        if isinstance(d.get("num_key_value_heads"), int):
+            cfg.num_key_value_heads = min(cfg.num_key_value_heads, heads // 2 or 1)
+        for k in ("head_dim", "d_kv"):
+            if isinstance(d.get(k), int):
+                setattr(cfg, k, width // heads)
+        for k in _FFN:
+            if isinstance(d.get(k), int) and d[k] > 2 * width:
+                setattr(cfg, k, 2 * width)
+        for k in ("num_local_experts", "num_experts"):
+            if isinstance(d.get(k), int):
+                setattr(cfg, k, min(d[k], 4))
+        if isinstance(d.get("num_experts_per_tok"), int):
+            cfg.num_experts_per_tok = min(cfg.num_experts_per_tok, 2)
+        if isinstance(d.get("rotary_dim"), int):
+            cfg.rotary_dim = min(cfg.rotary_dim, width // heads)
+        if isinstance(d.get("layer_types"), list):
+            cfg.layer_types = cfg.layer_types[:layers]
+        for k in ("depths",):  # staged vision models: one block per stage
+            if isinstance(d.get(k), list):
+                setattr(cfg, k, [1] * len(d[k]))
+        for value in d.values():
+            if hasattr(value, "to_dict") and hasattr(value, "model_type"):
+                shrink(value)
+
+    shrink(config)
+    return config

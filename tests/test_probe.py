@@ -1,0 +1,97 @@
+"""disable_dropout proves itself; probe finds the sites that act, on every architecture and published config."""
+
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+from transformers import AutoModel
+
+import hfreg
+from hfreg.cli import _shipped, load_config, main
+from tiny_models import TINY, build, first_tensor, make_inputs
+
+CASES = [(m, head) for m in TINY for head in (False, True)]
+# native sites hfreg lists that do nothing on these models, and why (the probe is how they were found)
+KNOWN_INERT = {
+    ("falcon", "config.attention_dropout"): "read only on the alibi path; the default rotary path passes 0.0",
+    ("pegasus", "encoder_attn:dropout"): "the causal-LM head model has no encoder, so cross-attention never runs",
+    ("siglip", "vision_model.head.attention:dropout"): "image classification pools without the attention head",
+}
+
+
+def known_inert(model_type, path):
+    return any(mt == model_type and path.endswith(suffix) for mt, suffix in KNOWN_INERT)
+
+
+@pytest.mark.parametrize("model_type,head", CASES)
+def test_disable_dropout_proves_itself_everywhere(model_type, head):
+    model = build(model_type, head, layerdrop=0.3) if model_type in ("bart", "wav2vec2") else build(model_type, head)
+    inputs = make_inputs(model_type, model.config, head=head)
+    assert hfreg.disable_dropout(model, inputs) is model and hfreg.is_patched(model)
+    assert not model.training  # the caller's mode is kept
+    model.train()
+    torch.manual_seed(1)
+    a = first_tensor(model(**inputs))
+    torch.manual_seed(2)
+    assert torch.equal(a, first_tensor(model(**inputs)))
+
+
+def test_disable_dropout_names_what_still_draws_random_numbers():
+    model = build("bert")
+    # randomness hfreg does not know about: a foreign hook that always drops
+    model.encoder.layer[1].output.register_forward_hook(lambda m, a, out: F.dropout(out, 0.3, True))
+    with pytest.raises(RuntimeError, match=r"encoder\.layer\.1\.output \(bernoulli") as e:
+        hfreg.disable_dropout(model)
+    assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("model_type,head", CASES)
+def test_probe_every_site(model_type, head):
+    model = build(model_type, head, **({"alibi": True} if model_type == "falcon" else {}))
+    inputs = make_inputs(model_type, model.config, head=head)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    results = hfreg.probe(model, inputs)
+    assert not hfreg.is_patched(model) and all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    natives = [r for r in results if r.source != "hfreg"]
+    for r in natives:
+        if r.dead:
+            assert not r.acts, f"{r.path} is flagged dead but acts"
+        elif not known_inert(model_type, r.path):
+            assert r.acts, f"{r.path} ({r.kind}) is listed as a site but does nothing"
+    assert {r.path for r in natives if not r.dead} == {
+        s.path for s in hfreg.inspect_model(model) if s.source != "injected"}
+    knobs = {r.kind: r for r in results if r.source == "hfreg"}
+    for knob, r in knobs.items():
+        assert r.acts != bool(r.note), f"{knob}: acts={r.acts}, note={r.note!r}"  # a knob that cannot act says so
+
+
+def test_probe_finds_falcons_inert_attention_on_its_default_path():
+    results = hfreg.probe(build("falcon"), make_inputs("falcon", build("falcon").config))
+    inert = [r for r in results if r.source != "hfreg" and not r.acts and not r.dead]
+    assert [r.path for r in inert] == ["config.attention_dropout"]
+    attention = next(r for r in results if r.source == "hfreg" and r.kind == "attention")
+    assert not attention.acts and "attention" in attention.note
+
+
+@pytest.mark.parametrize("name", _shipped())
+def test_probe_small_twins_of_published_configs(name):
+    config = load_config(name)
+    twin = hfreg.small_twin(config)
+    assert type(twin) is type(config) and getattr(twin, "model_type") == config.model_type
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = AutoModel.from_config(twin)
+    assert sum(p.numel() for p in model.parameters()) < 20_000_000
+    results = hfreg.probe(model)
+    assert all(r.acts for r in results if r.source != "hfreg" and not r.dead)
+    assert {r.kind for r in results if r.source == "hfreg" and r.acts} == set(hfreg.KNOBS) - {"classifier"}
+
+
+def test_probe_cli(capsys):
+    assert main(["probe", "gpt2"]) == 0
+    out = capsys.readouterr().out
+    assert "small twin" in out and "h.0.attn.attn_dropout" in out and "knobs through hfreg that act" in out
+    assert main(["probe", "no/such-model-anywhere"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("hfreg: error: cannot find a config") and err.count("\n") == 1
