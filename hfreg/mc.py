@@ -1,0 +1,114 @@
+"""MC-dropout: uncertainty from dropout at inference (Gal & Ghahramani, 2016, "Dropout as a Bayesian
+Approximation").
+
+Inside `mc_dropout(model)` the model is in eval mode except where a dropout site is in force (the sites
+`inspect_model` lists): `nn.Dropout` modules and modules reading a float rate switch to training mode, hfreg's own
+hooks sample while their modules stay in eval mode; normalization and everything else stay in eval mode. On exit every module's mode is
+as before. `mc_predict` averages K such passes, batched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import warnings
+from dataclasses import dataclass
+
+import torch
+
+from .patcher import _STATE, SAMPLE_FLAG, _unwrap, inspect_model
+
+# LayerDrop skips whole layers: a different model per pass, not dropout sampling; opt in with knobs=
+MC_KNOBS = ("attention", "hidden", "embedding", "activation", "classifier", "drop_path")
+
+
+def _sampling_modules(model, knobs):
+    """The modules to put in training mode (native sites: dropout modules and modules reading a float rate), the
+    modules whose hfreg hooks must sample (injected sites: their module itself stays in eval mode, which matters
+    for a branch that ends in a normalization layer), and the sites nothing can turn on."""
+    modules = dict(model.named_modules())
+    native, hooked, unreachable = {}, {}, []
+    for s in inspect_model(model):
+        if s.kind not in knobs or not s.rate:
+            continue
+        path = s.path.split(":")[0].removesuffix(".<input>")
+        if s.source == "config" or path not in modules:  # a config rate read in forward: the reader is unknown
+            unreachable.append(s.path)
+        else:
+            (hooked if s.source == "injected" else native)[path] = modules[path]
+    return list(native.values()), list(hooked.values()), unreachable
+
+
+@contextlib.contextmanager
+def mc_dropout(model, knobs=MC_KNOBS):
+    """Sample the dropout sites of ``knobs`` in force while everything else runs in eval mode."""
+    for k in knobs:
+        if k not in (*MC_KNOBS, "layerdrop"):
+            raise ValueError(f"unknown knob {k!r}; allowed: {[*MC_KNOBS, 'layerdrop']}")
+    inner = _unwrap(model)
+    modes = [(m, m.training) for m in inner.modules()]
+    native, hooked, unreachable = _sampling_modules(inner, knobs)
+    if unreachable:
+        warnings.warn(f"hfreg: mc_dropout cannot sample {', '.join(unreachable)} (a rate read from the config in "
+                      f"forward); patch the model with hfreg so that its own hooks carry that knob", UserWarning,
+                      stacklevel=3)
+    if not native and not hooked:
+        warnings.warn(f"hfreg: {type(inner).__name__} has no dropout site in force for {list(knobs)}: every MC "
+                      f"sample equals the eval output", UserWarning, stacklevel=3)
+    inner.eval()
+    for m in native:
+        m.training = True  # this module only: its children stay in eval mode
+    for m in hooked:
+        setattr(m, SAMPLE_FLAG, True)
+    try:
+        yield model
+    finally:
+        for m in hooked:
+            m.__dict__.pop(SAMPLE_FLAG, None)
+        for m, mode in modes:
+            m.training = mode
+
+
+@dataclass
+class MCPrediction:
+    probs: torch.Tensor  # (batch, classes): the mean of the samples' probabilities
+    entropy: torch.Tensor  # (batch,): predictive entropy of ``probs``, in nats
+    mutual_information: torch.Tensor  # (batch,): entropy minus the mean entropy of the samples (epistemic part)
+    samples: torch.Tensor  # (samples, batch, classes): each pass's probabilities
+
+
+def _entropy(p):
+    return -(p * torch.log(p.clamp_min(1e-12))).sum(-1)
+
+
+@torch.no_grad()
+def mc_predict(model, inputs: dict, samples: int = 16, chunk: int | None = None, knobs=MC_KNOBS) -> MCPrediction:
+    """``samples`` MC-dropout passes over ``inputs`` (a batch for ``model(**inputs)``, whose output has
+    ``.logits``). Passes run ``chunk`` at a time (default: all at once) as one batch of repeated inputs; with
+    per-batch drop-path they run one at a time, so that samples stay independent."""
+    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
+        raise ValueError(f"`samples` must be an int >= 1, got {samples!r}")
+    if chunk is not None and (isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1):
+        raise ValueError(f"`chunk` must be an int >= 1 or None, got {chunk!r}")
+    state = _unwrap(model).__dict__.get(_STATE)
+    if state is not None and state.reg.drop_path and state.reg.drop_path_mode == "per_batch":
+        chunk = 1  # one draw per batch would be shared by every repeated sample
+    chunk = min(chunk or samples, samples)
+    batch = next(v.shape[0] for v in inputs.values() if isinstance(v, torch.Tensor))
+    probs = []
+    with mc_dropout(model, knobs):
+        for start in range(0, samples, chunk):
+            k = min(chunk, samples - start)
+            repeated = {n: v.repeat(k, *[1] * (v.dim() - 1)) if isinstance(v, torch.Tensor) and v.dim() and
+                        v.shape[0] == batch else v for n, v in inputs.items()}
+            logits = model(**repeated).logits.float()
+            probs.append(torch.softmax(logits, -1).view(k, batch, -1))
+    every = torch.cat(probs)
+    mean = every.mean(0)
+    entropy = _entropy(mean)
+    return MCPrediction(mean, entropy, entropy - _entropy(every).mean(0), every)
+
+
+def mc_log_probs(prediction: MCPrediction) -> torch.Tensor:
+    """log of the mean probabilities: logits for any metric that takes logits (softmax gives back ``probs``)."""
+    return torch.log(prediction.probs.clamp_min(math.ulp(0.0)))
