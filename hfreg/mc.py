@@ -19,7 +19,7 @@ import torch
 from .patcher import _STATE, SAMPLE_FLAG, _unwrap, inspect_model
 
 # LayerDrop skips whole layers: a different model per pass, not dropout sampling; opt in with knobs=
-MC_KNOBS = ("attention", "hidden", "embedding", "activation", "classifier", "drop_path")
+MC_KNOBS = ("attention", "hidden", "embedding", "activation", "classifier", "drop_path", "adapter")
 
 
 def _sampling_modules(model, knobs):

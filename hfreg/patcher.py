@@ -283,6 +283,7 @@ def _inject_layers(model, struct: Structure, reg, knobs, natives_by, injected, l
 
 
 def _inject_elsewhere(model, struct: Structure, knobs, natives_by, injected, live):
+    _inject_adapters(model, struct, knobs, natives_by, injected, live)
     rate = knobs.get("classifier")
     if rate is None or natives_by["classifier"]:
         return
@@ -295,6 +296,22 @@ def _inject_elsewhere(model, struct: Structure, knobs, natives_by, injected, liv
             hook = _InputDropout(rate)
             linear.register_forward_pre_hook(hook)
             live.append((hook, "p", "classifier", rate))
+
+
+def _inject_adapters(model, struct: Structure, knobs, natives_by, injected, live):
+    """`adapter` dropout where a PEFT adapter has none: a hook on its identity, i.e. on the adapter's input only."""
+    rate = knobs.get("adapter")
+    if rate is None:
+        return
+    if not struct.adapter_slots and not natives_by["adapter"]:
+        _warn("adapter", rate, model, "it has no PEFT adapter with a dropout slot (LoRA's `lora_dropout`)")
+        return
+    for path, identity, layer in struct.adapter_slots:
+        injected.append(Site(path, "adapter", rate, layer, "injected"))
+        if rate:
+            hook = _OutputDropout(rate)
+            identity.register_forward_hook(hook)
+            live.append((hook, "p", "adapter", rate))
 
 
 def unpatch_model(model):

@@ -65,6 +65,7 @@ class Structure:
     natives: list[NativeSite]
     head_linears: list[tuple[str, nn.Module]]
     has_head: bool
+    adapter_slots: list[tuple[str, nn.Module, int | None]] = field(default_factory=list)  # PEFT identities
 
 
 def _resolve(block: nn.Module, pattern: str) -> list[tuple[str, nn.Module]]:
@@ -180,9 +181,19 @@ def analyze(model: nn.Module) -> Structure:
     natives: list[NativeSite] = []
     head_linears: list[tuple[str, nn.Module]] = []
     has_head = False
+    adapter_slots: list[tuple[str, nn.Module, int | None]] = []
     for path, mod in model.named_modules():
+        if path.endswith(".lora_dropout") and isinstance(mod, nn.ModuleDict):
+            # PEFT keeps one module per adapter: nn.Dropout, or nn.Identity when the adapter has no dropout
+            for name, child in mod.items():
+                cpath, clayer = f"{path}.{name}", where(path)[1]
+                if isinstance(child, nn.modules.dropout._DropoutNd):
+                    natives.append(NativeSite(child, "p", cpath, "lora_dropout", "adapter", clayer, False, "module"))
+                elif isinstance(child, nn.Identity):
+                    adapter_slots.append((cpath, child, clayer))
+            continue
         if "lora_" in path or getattr(mod, "_hfreg_owned", False):
-            continue  # adapters' own dropout (PEFT) is theirs to set
+            continue  # the rest of an adapter holds no dropout of the model's own
         owner_cls = type(mod).__name__
         loc, layer = where(path)
         if loc == "head" and path:
@@ -204,4 +215,4 @@ def analyze(model: nn.Module) -> Structure:
     for key, knob in arch.get("forward_config", {}).items():
         if hasattr(config, key):
             natives.append(NativeSite(config, key, f"config.{key}", f"config.{key}", knob, None, False, "config"))
-    return Structure(model, model_type, layers, towers, natives, head_linears, has_head)
+    return Structure(model, model_type, layers, towers, natives, head_linears, has_head, adapter_slots)

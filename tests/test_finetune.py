@@ -232,3 +232,37 @@ def test_decoder_llm_without_pad_token(tmp_path, csv_data, minilm_path):
     assert load_script().main(args_for(str(path), csv_data, out, "--presets", "drop-path", "--seeds", "0")) == 0
     runs = records.read_runs(out)
     assert len(runs) == 2 and all(len(r["evals"]) == r["steps"] for r in runs)
+
+
+@pytest.mark.parametrize("model_kind", ["tiny-llama", "minilm"])
+def test_peft_lora_fine_tuning(tmp_path, csv_data, minilm_path, tiny_classifier, model_kind):
+    """--peft lora on a decoder LLM and on the real MiniLM: the records say so, and `adapter` acts."""
+    pytest.importorskip("peft")
+    from transformers import AutoTokenizer, LlamaConfig, LlamaModel
+
+    path = tiny_classifier
+    if model_kind == "tiny-llama":
+        path = tmp_path / "tiny-llama"
+        tok = AutoTokenizer.from_pretrained(minilm_path)
+        config = LlamaConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                             num_key_value_heads=2, intermediate_size=64, max_position_embeddings=64)
+        LlamaModel(config).save_pretrained(path)
+        tok.save_pretrained(path)
+    elif model_kind == "minilm":
+        path = minilm_path
+    out = tmp_path / "out"
+    assert load_script().main(args_for(str(path), csv_data, out, "--presets", "pretrain-zero,adapter-dropout",
+                                       "--train_sizes", "16", "--seeds", "0", "--peft", "lora", "--lora_r", "4",
+                                       "--max_eval_samples", "16")) == 0
+    runs = {r["preset"]: r for r in records.read_runs(out)}
+    assert runs["pretrain-zero"]["experiment"]["settings"]["lora"] == {"r": 4, "lora_alpha": 32,
+                                                                      "target_modules": "all-linear"}
+    assert all(p["rates"]["adapter"] == 0.1 for p in runs["adapter-dropout"]["evals"])
+    assert runs["pretrain-zero"]["evals"][-1]["train_loss"] != runs["adapter-dropout"]["evals"][-1]["train_loss"]
+
+
+def test_peft_bad_input(tiny_classifier, csv_data, tmp_path):
+    out = tmp_path / "out"
+    with pytest.raises(ValueError, match="--lora_r must be a positive integer, got 0"):
+        load_script().main(args_for(tiny_classifier, csv_data, out, "--peft", "lora", "--lora_r", "0"))
+    assert not out.exists()

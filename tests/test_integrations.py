@@ -48,7 +48,8 @@ def test_peft_lora(order):
     inputs = make_inputs("llama", model.config, head=True)
     sites = hfreg.inspect_model(model)
     assert {s.rate for s in sites if s.kind == "hidden"} == {0.2}
-    assert not any("lora" in s.path for s in sites), "LoRA's own dropout belongs to PEFT"
+    # with `adapter` unset, LoRA's own dropout is listed as PEFT set it, and left alone
+    assert {(s.kind, s.rate) for s in sites if "lora" in s.path} == {("adapter", 0.05)}
     a, b = train_logits(model, inputs, 1), train_logits(model, inputs, 2)
     assert not torch.equal(a, b) and torch.equal(a, train_logits(model, inputs, 1))
     loss = first_tensor(model(**inputs)).sum()
@@ -56,6 +57,59 @@ def test_peft_lora(order):
     assert any(p.grad is not None for n, p in model.named_parameters() if "lora_" in n)
     hfreg.unpatch_model(model)
     assert not hfreg.is_patched(model)
+
+
+def lora_model(model_type, dropout, **kwargs):
+    peft = pytest.importorskip("peft")
+    # init_lora_weights=False: LoRA's B starts random, so the adapter path (and its dropout) shows in the output
+    lora = peft.LoraConfig(r=4, lora_dropout=dropout, task_type="SEQ_CLS", init_lora_weights=False, **kwargs)
+    return peft.get_peft_model(build(model_type, head=True), lora)
+
+
+@pytest.mark.parametrize("dropout,source", [(0.05, "module"), (0.0, "injected")])
+def test_adapter_knob_sets_or_injects_lora_dropout(dropout, source):
+    model = lora_model("llama", dropout, target_modules=["q_proj", "v_proj"])
+    inputs = make_inputs("llama", model.config, head=True)
+    model.eval()
+    with torch.no_grad():
+        eval0 = first_tensor(model(**inputs)).clone()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    hfreg.patch_model(model, Reg(**{**Reg.zero().knobs(), "adapter": 0.3}))
+    sites = [s for s in hfreg.inspect_model(model) if s.kind == "adapter"]
+    assert len(sites) == 2 * model.config.num_hidden_layers and {(s.rate, s.source) for s in sites} == {(0.3, source)}
+    a, b = train_logits(model, inputs, 1), train_logits(model, inputs, 2)
+    assert not torch.equal(a, b) and torch.equal(a, train_logits(model, inputs, 1))  # the adapter alone acts
+    model.eval()
+    with torch.no_grad():
+        assert torch.equal(first_tensor(model(**inputs)), eval0)
+    assert list(model.state_dict()) == list(state)
+    hfreg.disable_dropout(model, inputs)  # adapter dropout included in the all-zero spec
+    hfreg.unpatch_model(model)
+    rates = {type(m).__name__ + str(getattr(m, "p", "")) for n, m in model.named_modules()
+             if n.endswith("lora_dropout.default")}
+    assert rates == ({"Dropout0.05"} if dropout else {"Identity"})
+    assert all(not isinstance(h, hfreg.patcher._Hook) for m in model.modules() for h in m._forward_hooks.values())
+
+
+def test_adapter_knob_warns_without_an_adapter():
+    with pytest.warns(UserWarning, match="`adapter`=0.1 cannot apply to llama .* no PEFT adapter"):
+        hfreg.patch_model(build("llama", head=True), Reg(adapter=0.1))
+
+
+def test_adapter_knob_on_the_real_minilm(minilm_path):
+    peft = pytest.importorskip("peft")
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    model = AutoModelForSequenceClassification.from_pretrained(minilm_path, num_labels=2)
+    model = peft.get_peft_model(model, peft.LoraConfig(r=8, lora_alpha=16, target_modules="all-linear",
+                                                       task_type="SEQ_CLS", init_lora_weights=False))
+    inputs = dict(AutoTokenizer.from_pretrained(minilm_path)(["a fine film", "dull"], padding=True,
+                                                             return_tensors="pt"))
+    hfreg.patch_model(model, Reg(**{**Reg.zero().knobs(), "adapter": 0.2}))
+    sites = [s for s in hfreg.inspect_model(model) if s.kind == "adapter"]
+    assert sites and all(s.source == "injected" and s.rate == 0.2 for s in sites)
+    assert {s.layer for s in sites} - {None} == set(range(model.config.num_hidden_layers))  # None: pooler
+    assert not torch.equal(train_logits(model, inputs, 1), train_logits(model, inputs, 2))
 
 
 @pytest.mark.parametrize("model_type", ["bert", "llama"])

@@ -18,6 +18,7 @@ FULL = Reg(attention=0.3, hidden=0.3, embedding=0.3, activation=0.3, classifier=
 
 def knobs_for(model_type, head):
     skip = {"attention"} if model_type == "convnext" else set()
+    skip.add("adapter")  # PEFT adapters only: tests/test_integrations.py
     if not head:
         skip.add("classifier")
     return [k for k in KNOBS if k not in skip]

@@ -85,7 +85,7 @@ def test_probe_small_twins_of_published_configs(name):
     assert sum(p.numel() for p in model.parameters()) < 20_000_000
     results = hfreg.probe(model)
     assert all(r.acts for r in results if r.source != "hfreg" and not r.dead)
-    assert {r.kind for r in results if r.source == "hfreg" and r.acts} == set(hfreg.KNOBS) - {"classifier"}
+    assert {r.kind for r in results if r.source == "hfreg" and r.acts} == set(hfreg.KNOBS) - {"classifier", "adapter"}
 
 
 def test_probe_cli(capsys):

