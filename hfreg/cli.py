@@ -52,21 +52,22 @@ def _meta_model(config):
         return AutoModel.from_config(config)
 
 
+def knob_summary(sites, knob: str) -> str:
+    """The rate(s) of one knob among ``sites``: "-", one rate, two, or the range of a depth schedule."""
+    rates = sorted({round(s.rate, 4) for s in sites if s.kind == knob})
+    if not rates:
+        return "-"
+    if len(rates) > 2:
+        return f"{rates[0]:g}..{rates[-1]:g}"
+    return "/".join(f"{r:g}" for r in rates)
+
+
 def knob_rates(config) -> dict[str, str]:
     """Canonical knob -> the rate(s) in force for a config, read off its model built on the meta device."""
     from .patcher import inspect_model
 
     sites = inspect_model(_meta_model(config))
-    out = {}
-    for knob in KNOBS:
-        rates = sorted({round(s.rate, 4) for s in sites if s.kind == knob})
-        if not rates:
-            out[knob] = "-"
-        elif len(rates) > 2:  # a depth schedule: show its range
-            out[knob] = f"{rates[0]:g}..{rates[-1]:g}"
-        else:
-            out[knob] = "/".join(f"{r:g}" for r in rates)
-    return out
+    return {knob: knob_summary(sites, knob) for knob in KNOBS}
 
 
 def _table(rows: list[list[str]]) -> str:
@@ -79,18 +80,70 @@ def _table(rows: list[list[str]]) -> str:
 def cmd_inspect(args):
     from .patcher import inspect_model
 
+    sites = inspect_model(_meta_model(load_config(args.model)))
     rows = [["path", "kind", "rate", "layer", "source"]]
-    for s in inspect_model(_meta_model(load_config(args.model))):
+    for s in sites:
         rows.append([s.path, s.kind, f"{s.rate:g}", "-" if s.layer is None else str(s.layer), s.source])
     print(_table(rows))
+    if args.plot:
+        plot_profiles([(args.model, sites)], args.plot)
 
 
 def cmd_compare(args):
-    columns = [(ref, knob_rates(load_config(ref))) for ref in args.models]
-    rows = [["knob"] + [os.path.basename(ref.rstrip("/")) for ref, _ in columns]]
+    from .patcher import inspect_model
+
+    models = [(ref, inspect_model(_meta_model(load_config(ref)))) for ref in args.models]
+    rows = [["knob"] + [os.path.basename(ref.rstrip("/")) for ref, _ in models]]
     for knob in KNOBS:
-        rows.append([knob] + [rates[knob] for _, rates in columns])
+        rows.append([knob] + [knob_summary(sites, knob) for _, sites in models])
     print(_table(rows))
+    if args.plot:
+        plot_profiles(models, args.plot)
+
+
+def depth_profile(sites) -> tuple:
+    """(knobs × columns matrix of the highest rate in force, NaN where the knob has no site; column labels): one
+    column per layer index, then one for sites outside the layers (embeddings, heads)."""
+    import numpy as np
+
+    depth = max((s.layer for s in sites if s.layer is not None), default=-1) + 1
+    grid = np.full((len(KNOBS), depth + 1), np.nan)
+    for s in sites:
+        row, col = KNOBS.index(s.kind), depth if s.layer is None else s.layer
+        grid[row, col] = s.rate if np.isnan(grid[row, col]) else max(grid[row, col], s.rate)
+    return grid, [str(i) for i in range(depth)] + ["out"]
+
+
+def plot_profiles(models, path: str) -> None:
+    """Small multiples, one heatmap per model: each knob's rate in force against layer depth."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    import numpy as np
+
+    profiles = [(ref, *depth_profile(sites)) for ref, sites in models]
+    top = max([float(np.nanmax(g, initial=0.0)) for _, g, _ in profiles] + [0.1])
+    cmap = matplotlib.colormaps["viridis"].with_extremes(bad="#dddddd")  # grey: no site for that knob there
+    fig, axes = plt.subplots(1, len(profiles), figsize=(1.5 + 3.2 * len(profiles), 3.2), squeeze=False)
+    for ax, (ref, grid, labels) in zip(axes[0], profiles):
+        image = ax.imshow(np.ma.masked_invalid(grid), aspect="auto", cmap=cmap, vmin=0, vmax=top,
+                          interpolation="nearest")
+        ax.set_title(os.path.basename(ref.rstrip("/")), fontsize=9)
+        ax.set_yticks(range(len(KNOBS)), KNOBS if ax is axes[0][0] else [""] * len(KNOBS), fontsize=8)
+        step = max(1, len(labels) // 8)
+        ticks = list(range(0, len(labels) - 1, step)) + [len(labels) - 1]
+        ax.set_xticks(ticks, [labels[i] for i in ticks], fontsize=7)
+    fig.supxlabel("layer (out: outside the layers, e.g. embeddings and heads; grey: no site)", fontsize=8)
+    fig.colorbar(image, ax=axes[0].tolist(), label="rate in force")
+    try:
+        fig.savefig(path, dpi=120)
+    except OSError as e:
+        raise ValueError(f"cannot write the plot to {path!r}: {e.strerror or e}") from None
+    finally:
+        plt.close(fig)
+    print(f"wrote {path}")
 
 
 def cmd_patch(args):
@@ -176,9 +229,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     s = sub.add_parser("inspect", help="every dropout / drop-path / LayerDrop site of a model: path, kind, rate, layer")
     s.add_argument("model", help="model dir, config.json, shipped config name, or hub id")
+    s.add_argument("--plot", metavar="FILE.png", help="also draw each knob's rate against layer depth")
     s.set_defaults(func=cmd_inspect)
     s = sub.add_parser("compare", help="the canonical knobs of several configs or models, side by side")
     s.add_argument("models", nargs="+")
+    s.add_argument("--plot", metavar="FILE.png", help="also draw, per model, each knob's rate against layer depth")
     s.set_defaults(func=cmd_compare)
     s = sub.add_parser("patch", help="write a patched config (and weights, given a model dir)")
     s.add_argument("model")

@@ -5,6 +5,7 @@ import sys
 
 import pytest
 
+import hfreg
 from hfreg.cli import _shipped, knob_rates, load_config, main
 
 HFREG = os.path.join(os.path.dirname(sys.executable), "hfreg")
@@ -83,3 +84,25 @@ def test_user_errors_exit_nonzero_without_traceback(argv, message, tmp_path):
 def test_help():
     proc = subprocess.run([HFREG, "--help"], capture_output=True, text=True)
     assert proc.returncode == 0 and "inspect" in proc.stdout and "compare" in proc.stdout
+
+
+def test_compare_and_inspect_plot_rates_against_depth(tmp_path, capsys):
+    import math
+
+    from hfreg.cli import depth_profile
+    from hfreg.sites import Site
+
+    grid, labels = depth_profile([Site("a", "hidden", 0.1, 0), Site("b", "hidden", 0.2, 1), Site("c", "attention", 0.0, 1),
+                                  Site("d", "embedding", 0.3, None)])
+    assert labels == ["0", "1", "out"] and grid.shape == (len(hfreg.KNOBS), 3)
+    row = hfreg.KNOBS.index
+    assert list(grid[row("hidden")][:2]) == [0.1, 0.2] and grid[row("attention")][1] == 0.0
+    assert math.isnan(grid[row("attention")][0]) and grid[row("embedding")][2] == 0.3  # NaN: no site there
+    png = tmp_path / "cmp.png"
+    assert main(["compare", "bert-base-uncased", "microsoft/swin-tiny-patch4-window7-224", "--plot", str(png)]) == 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert main(["inspect", "gpt2", "--plot", str(tmp_path / "one.png")]) == 0 and (tmp_path / "one.png").exists()
+    capsys.readouterr()
+    assert main(["compare", "gpt2", "--plot", str(tmp_path / "missing" / "x.png")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("hfreg: error: cannot write the plot to") and err.count("\n") == 1
