@@ -261,6 +261,15 @@ def test_peft_lora_fine_tuning(tmp_path, csv_data, minilm_path, tiny_classifier,
     assert runs["pretrain-zero"]["evals"][-1]["train_loss"] != runs["adapter-dropout"]["evals"][-1]["train_loss"]
 
 
+def test_schedule_cutoff_beyond_training_is_refused_before_anything_is_written(tiny_classifier, csv_data, tmp_path):
+    preset = tmp_path / "late.toml"
+    preset.write_text('hidden = 0.1\nschedule = { all = { kind = "late", cutoff = 500 } }\n')
+    out = tmp_path / "out"
+    with pytest.raises(ValueError, match="cutoff of 500 steps is beyond training"):
+        load_script().main(args_for(tiny_classifier, csv_data, out, "--presets", str(preset)))
+    assert not out.exists()
+
+
 def test_peft_bad_input(tiny_classifier, csv_data, tmp_path):
     out = tmp_path / "out"
     with pytest.raises(ValueError, match="--lora_r must be a positive integer, got 0"):

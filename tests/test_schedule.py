@@ -134,7 +134,8 @@ def test_rate_scheduler_errors():
         hfreg.RateScheduler(model, 10)
     hfreg.patch_model(model, Reg(hidden=0.1))
     for kwargs, words in [({"total_steps": 0}, "total_steps"), ({"total_steps": 5, "cutoff": 2}, "need `schedule`"),
-                          ({"total_steps": 5, "schedule": "never"}, "schedule kind")]:
+                          ({"total_steps": 5, "schedule": "never"}, "schedule kind"),
+                          ({"total_steps": 5, "schedule": "early", "cutoff": 6}, "cutoff of 6 steps is beyond training")]:
         with pytest.raises(ValueError, match=words):
             hfreg.RateScheduler(model, **kwargs)
     with pytest.raises(ValueError, match="factor"):

@@ -266,6 +266,12 @@ def main(argv=None) -> int:
     roles = data_mod.assign_roles(data, args.roles, args.split_seed, args.selection_size)
     for size in args.train_sizes:  # before anything is written
         data_mod.check_train_size(size, len(roles.pool))
+        steps = args.num_train_epochs * math.ceil(size / args.train_batch_size)
+        for p in presets:
+            for knob, s in (p.reg.schedule or {}).items():
+                if s.kind != "constant" and isinstance(s.cutoff, int) and s.cutoff > steps:
+                    raise ValueError(f"preset {p.name}: the `{knob}` schedule's cutoff of {s.cutoff} steps is beyond "
+                                     f"training ({steps} steps at train size {size}); use a fraction in [0, 1]")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
