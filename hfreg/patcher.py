@@ -70,7 +70,17 @@ def _hidden_arg(args, kwargs):
 
 
 class _LayerState:
-    """Per-layer rates shared by a layer's hooks; ``call`` indexes the virtual layer of a shared layer."""
+    """Per-layer state shared by a layer's hooks. The protocol, per forward of the layer:
+
+    * `_ResetCalls` (model pre-hook, weight-shared layers only) sets ``call = -1`` for every layer;
+    * `_LayerPre` (layer pre-hook) advances ``call`` (the virtual layer of a shared layer), sets ``batch`` from
+      the hidden states, applies ``embedding`` dropout to the first layer's input and, under ``layerdrop``, sets
+      ``skip`` to the input to return instead of the layer's output;
+    * `_Branch` (hook at each residual branch end) reads ``hidden``, ``rates[call]``, ``mode`` and ``batch``;
+    * `_LayerPost` (layer hook) reads and clears ``skip``.
+
+    ``hidden``, ``rates``, ``layerdrop`` and ``embedding`` are the rates in force (`set_rate_factors` moves them).
+    """
 
     def __init__(self, hidden, drop_path_rates, layerdrop, embedding, mode):
         self.hidden, self.rates, self.layerdrop, self.embedding, self.mode = (
@@ -161,13 +171,28 @@ class _InputDropout(_Hook):
 
 
 class _PatchState:
-    """What a patch changed (``restores``, oldest first), the sites it injected at their base rates, and every
-    rate holder it put a knob's rate in (``live``: owner, attribute, knob, base rate), which `set_rate_factors`
-    rescales during training."""
+    """Everything a patch did, recorded as it goes so that `unpatch_model` can undo a patch that failed halfway:
+    ``restores`` (owner, attribute, old value; oldest first), ``handles`` of the hooks it registered, the sites it
+    injected at their base rates, and every rate holder it put a knob's rate in (``live``: owner, attribute, knob,
+    base rate), which `set_rate_factors` rescales during training."""
 
-    def __init__(self, reg, restores, injected, owned, live):
-        self.reg, self.restores, self.injected, self.owned, self.live = reg, restores, injected, owned, live
+    def __init__(self, reg):
+        self.reg = reg
+        self.owned = tuple(k for k in _OWNED if k in reg.knobs())
+        self.restores: list[tuple[object, str, object]] = []
+        self.handles: list = []
+        self.injected: list[Site] = []
+        self.live: list[tuple[object, str, str, object]] = []
         self.factors = {k: 1.0 for k in KNOBS}
+
+    def assign(self, owner, attr, value):
+        self.restores.append((owner, attr, getattr(owner, attr) if hasattr(owner, attr) else _MISSING))
+        setattr(owner, attr, value)
+
+    def hook(self, module, hook, pre=False, **kwargs):
+        register = module.register_forward_pre_hook if pre else module.register_forward_hook
+        self.handles.append(register(hook, **kwargs))
+        return hook
 
 
 def _warn(knob, rate, model, why):
@@ -197,42 +222,41 @@ def patch_model(model, reg: RegularizationConfig | dict | None = None):
     unpatch_model(model)
     struct = analyze(model)
     knobs = reg.knobs()
-    restores: list[tuple[object, str, object]] = []
-    live: list[tuple[object, str, str, object]] = []
-
-    def assign(owner, attr, value):
-        restores.append((owner, attr, getattr(owner, attr)))
-        setattr(owner, attr, value)
-
-    # native sites: set for the spec's knob, or zero where hfreg owns the knob
-    for n in struct.natives:
-        if n.kind in knobs:
-            assign(n.owner, n.attr, 0.0 if n.kind in _OWNED else knobs[n.kind])
-            if n.kind not in _OWNED:
-                live.append((n.owner, n.attr, n.kind, knobs[n.kind]))
-    # decisions about injecting look at live sites only: a dead attribute regularizes nothing
-    natives_by = {k: [n for n in struct.natives if n.kind == k and not n.dead] for k in KNOBS}
-
-    injected: list[Site] = []
-    _inject_layers(model, struct, reg, knobs, natives_by, injected, live)
-    _inject_elsewhere(model, struct, knobs, natives_by, injected, live)
-    if "attention" in knobs and not natives_by["attention"]:
-        _warn("attention", knobs["attention"], model, "it has no attention-probability dropout site")
-
-    had = hasattr(model.config, CONFIG_ATTR)
-    restores.append((model.config, CONFIG_ATTR, getattr(model.config, CONFIG_ATTR) if had else _MISSING))
-    setattr(model.config, CONFIG_ATTR, reg.to_dict())
-    object.__setattr__(model, _STATE, _PatchState(reg, restores, injected, tuple(k for k in _OWNED if k in knobs),
-                                                   live))
+    state = _PatchState(reg)
+    object.__setattr__(model, _STATE, state)  # before the first change: a failure below is undone in full
+    try:
+        # native sites: set for the spec's knob, or zero where hfreg owns the knob
+        for n in struct.natives:
+            if n.kind in knobs:
+                state.assign(n.owner, n.attr, 0.0 if n.kind in _OWNED else knobs[n.kind])
+                if n.kind not in _OWNED:
+                    state.live.append((n.owner, n.attr, n.kind, knobs[n.kind]))
+        # decisions about injecting look at live sites only: a dead attribute regularizes nothing
+        natives_by = {k: [n for n in struct.natives if n.kind == k and not n.dead] for k in KNOBS}
+        state.injected += _inject_layers(model, struct, reg, knobs, natives_by, state)
+        state.injected += _inject_classifier(model, struct, knobs, natives_by, state)
+        state.injected += _inject_adapters(model, struct, knobs, natives_by, state)
+        if "attention" in knobs and not natives_by["attention"]:
+            _warn("attention", knobs["attention"], model, "it has no attention-probability dropout site")
+        state.assign(model.config, CONFIG_ATTR, reg.to_dict())
+    except BaseException:
+        unpatch_model(model)
+        raise
     return outer
 
 
-def _inject_layers(model, struct: Structure, reg, knobs, natives_by, injected, live):
+# knobs that act through the layer stack (hooks on layers, branches and activations)
+_LAYER_KNOBS = ("hidden", "drop_path", "layerdrop", "embedding", "activation")
+
+
+def _inject_layers(model, struct: Structure, reg, knobs, natives_by, state: _PatchState) -> list[Site]:
+    """Hooks on each layer and its branch ends and activations; returns the sites they add."""
+    injected: list[Site] = []
     if not struct.layers:
-        for knob in ("hidden", "drop_path", "layerdrop", "embedding", "activation"):
+        for knob in _LAYER_KNOBS:
             if knob in knobs and (knob in _OWNED or not natives_by[knob]):
                 _warn(knob, knobs[knob], model, "no transformer layer stack was found")
-        return
+        return injected
     hidden = knobs.get("hidden") or 0.0
     native_layerdrop = bool(natives_by["layerdrop"])
     layerdrop = 0.0 if native_layerdrop else (knobs.get("layerdrop") or 0.0)
@@ -247,8 +271,8 @@ def _inject_layers(model, struct: Structure, reg, knobs, natives_by, injected, l
             emb = embedding if pos == 0 else 0.0
             s = _LayerState(hidden, own, layerdrop, emb, reg.drop_path_mode)
             states.append(s)
-            live += [(s, "hidden", "hidden", hidden), (s, "rates", "drop_path", tuple(own)),
-                     (s, "layerdrop", "layerdrop", layerdrop), (s, "embedding", "embedding", emb)]
+            state.live += [(s, "hidden", "hidden", hidden), (s, "rates", "drop_path", tuple(own)),
+                           (s, "layerdrop", "layerdrop", layerdrop), (s, "embedding", "embedding", emb)]
             for i, rate in enumerate(own):
                 idx = layer.index + i
                 if "hidden" in knobs:
@@ -260,58 +284,56 @@ def _inject_layers(model, struct: Structure, reg, knobs, natives_by, injected, l
             if "embedding" in knobs and not natives_by["embedding"] and pos == 0:
                 injected.append(Site(layer.path + ".<input>", "embedding", embedding, None, "injected"))
             if emb or layerdrop or any(own):  # batch size for drop-path, input for embedding dropout / LayerDrop
-                layer.module.register_forward_pre_hook(_LayerPre(s), with_kwargs=True)
+                state.hook(layer.module, _LayerPre(s), pre=True, with_kwargs=True)
             if layerdrop:
-                layer.module.register_forward_hook(_LayerPost(s), with_kwargs=True)
+                state.hook(layer.module, _LayerPost(s), with_kwargs=True)
             if hidden or any(own):
                 for _, branch in layer.branches:
-                    branch.register_forward_hook(_Branch(s))
+                    state.hook(branch, _Branch(s))
             if activation is not None:
                 for path, act in layer.activations:
                     injected.append(Site(path, "activation", activation, layer.index, "injected"))
                     if activation:
-                        hook = _OutputDropout(activation)
-                        act.register_forward_hook(hook)
-                        live.append((hook, "p", "activation", activation))
+                        hook = state.hook(act, _OutputDropout(activation))
+                        state.live.append((hook, "p", "activation", activation))
     if any(layer.calls > 1 for layer in struct.layers):
-        model.register_forward_pre_hook(_ResetCalls(states))
+        state.hook(model, _ResetCalls(states), pre=True)
     for knob in ("hidden", "drop_path"):
         if knob in knobs and not any(layer.branches for layer in struct.layers):
             _warn(knob, knobs[knob], model, "no residual branch was found in its layers")
     if activation is not None and not any(layer.activations for layer in struct.layers):
         _warn("activation", activation, model, "no activation module was found in its layers")
+    return injected
 
 
-def _inject_elsewhere(model, struct: Structure, knobs, natives_by, injected, live):
-    _inject_adapters(model, struct, knobs, natives_by, injected, live)
+def _inject_classifier(model, struct: Structure, knobs, natives_by, state: _PatchState) -> list[Site]:
+    """`classifier` dropout where a head has none: on the input of the head's Linear layers."""
     rate = knobs.get("classifier")
     if rate is None or natives_by["classifier"]:
-        return
+        return []
     if not struct.head_linears:
         _warn("classifier", rate, model, "it has no classification head")
-        return
-    for path, linear in struct.head_linears:
-        injected.append(Site(path + ".<input>", "classifier", rate, None, "injected"))
+        return []
+    for _, linear in struct.head_linears:
         if rate:
-            hook = _InputDropout(rate)
-            linear.register_forward_pre_hook(hook)
-            live.append((hook, "p", "classifier", rate))
+            hook = state.hook(linear, _InputDropout(rate), pre=True)
+            state.live.append((hook, "p", "classifier", rate))
+    return [Site(path + ".<input>", "classifier", rate, None, "injected") for path, _ in struct.head_linears]
 
 
-def _inject_adapters(model, struct: Structure, knobs, natives_by, injected, live):
+def _inject_adapters(model, struct: Structure, knobs, natives_by, state: _PatchState) -> list[Site]:
     """`adapter` dropout where a PEFT adapter has none: a hook on its identity, i.e. on the adapter's input only."""
     rate = knobs.get("adapter")
     if rate is None:
-        return
+        return []
     if not struct.adapter_slots and not natives_by["adapter"]:
         _warn("adapter", rate, model, "it has no PEFT adapter with a dropout slot (LoRA's `lora_dropout`)")
-        return
-    for path, identity, layer in struct.adapter_slots:
-        injected.append(Site(path, "adapter", rate, layer, "injected"))
+        return []
+    for _, identity, _ in struct.adapter_slots:
         if rate:
-            hook = _OutputDropout(rate)
-            identity.register_forward_hook(hook)
-            live.append((hook, "p", "adapter", rate))
+            hook = state.hook(identity, _OutputDropout(rate))
+            state.live.append((hook, "p", "adapter", rate))
+    return [Site(path, "adapter", rate, layer, "injected") for path, _, layer in struct.adapter_slots]
 
 
 def unpatch_model(model):
@@ -321,13 +343,8 @@ def unpatch_model(model):
     state = model.__dict__.pop(_STATE, None)
     if state is None:
         return outer
-    for module in model.modules():
-        for hooks in (module._forward_hooks, module._forward_pre_hooks):
-            for key in [k for k, h in hooks.items() if isinstance(h, _Hook)]:
-                del hooks[key]
-                module._forward_hooks_with_kwargs.pop(key, None)
-                module._forward_pre_hooks_with_kwargs.pop(key, None)
-                module._forward_hooks_always_called.pop(key, None)
+    for handle in state.handles:
+        handle.remove()
     for owner, attr, old in reversed(state.restores):
         if old is _MISSING:
             delattr(owner, attr)

@@ -58,14 +58,17 @@ class Layer:
 
 @dataclass
 class Structure:
-    model: nn.Module
-    model_type: str | None
-    layers: list[Layer]
+    """What `analyze` finds: the layer towers, the native sites, the head's Linear layers and PEFT adapters'
+    dropout slots (identities where an adapter has no dropout)."""
+
     towers: list[list[Layer]]
     natives: list[NativeSite]
     head_linears: list[tuple[str, nn.Module]]
-    has_head: bool
-    adapter_slots: list[tuple[str, nn.Module, int | None]] = field(default_factory=list)  # PEFT identities
+    adapter_slots: list[tuple[str, nn.Module, int | None]]
+
+    @property
+    def layers(self) -> list[Layer]:
+        return [layer for tower in self.towers for layer in tower]
 
 
 def _resolve(block: nn.Module, pattern: str) -> list[tuple[str, nn.Module]]:
@@ -109,13 +112,20 @@ def _stack_key(path: str) -> str:
 
 
 def analyze(model: nn.Module) -> Structure:
-    """Walk ``model`` (a transformers PreTrainedModel) once and describe its regularization structure."""
-    config = model.config
-    model_type = getattr(config, "model_type", None)
-    arch = architecture(model_type)
+    """Walk ``model`` (a transformers PreTrainedModel) and describe its regularization structure, in three phases:
+    layer towers, then where heads begin, then native sites (which need both to classify what they find)."""
+    arch = architecture(getattr(model.config, "model_type", None))
+    towers = _towers(model, arch)
+    layer_of = {layer.path: layer for tower in towers for layer in tower}
+    head_roots = _head_roots(model, layer_of)
+    natives, head_linears, adapter_slots = _native_sites(model, arch, layer_of, head_roots)
+    return Structure(towers, natives, head_linears, adapter_slots)
 
-    # 1. layer stacks: ModuleLists whose layers have residual branches; stacks that differ only by an index
-    #    (Swin / ConvNeXt stages) chain into one tower, so depth schedules run over the whole tower.
+
+def _towers(model: nn.Module, arch: dict) -> list[list[Layer]]:
+    """Layer stacks: ModuleLists whose layers have residual branches; stacks that differ only by an index (Swin,
+    ConvNeXt stages) chain into one tower, so that depth schedules run over the whole tower."""
+    model_type = getattr(model.config, "model_type", None)
     stacks: dict[str, list[tuple[str, nn.Module]]] = {}
     claimed: list[str] = []
     for path, mod in model.named_modules():
@@ -130,10 +140,9 @@ def analyze(model: nn.Module) -> Structure:
     towers: list[list[Layer]] = []
     for members in stacks.values():
         shared = arch.get("shared_depth")
-        depth = len(members)
-        calls = 1
-        if shared:
-            depth = int(getattr(config, shared))
+        depth, calls = len(members), 1
+        if shared:  # one layer run several times (ALBERT): each call is a virtual layer of its own
+            depth = int(getattr(model.config, shared))
             calls = max(1, depth // len(members))
         tower = []
         for i, (path, mod) in enumerate(members):
@@ -142,20 +151,25 @@ def analyze(model: nn.Module) -> Structure:
             layer.activations = [(f"{path}.{n}", m) for n, m in layer.activations]
             tower.append(layer)
         towers.append(tower)
-    layers = [layer for tower in towers for layer in tower]
-    layer_of = {layer.path: layer for layer in layers}
+    return towers
 
-    # 2. where the base model ends and heads begin
-    #    Heads sit outside `base_model`; a task model without one (CLIPForImageClassification) has its head
-    #    in the top-level children that hold no layer stack.
+
+def _head_roots(model: nn.Module, layer_of: dict) -> list[str]:
+    """Top-level children that are heads. Heads sit outside `base_model`; a task model without one
+    (CLIPForImageClassification) has its head in the top-level children that hold no layer stack."""
     base = getattr(model, "base_model", model)
     base_path = next((n for n, m in model.named_modules() if m is base), "")
     if base_path:
-        head_roots = [n for n, _ in model.named_children() if n != base_path]
-    elif "For" in type(model).__name__:
-        head_roots = [n for n, _ in model.named_children() if not any(p.startswith(n + ".") for p in layer_of)]
-    else:
-        head_roots = []
+        return [n for n, _ in model.named_children() if n != base_path]
+    if "For" in type(model).__name__:
+        return [n for n, _ in model.named_children() if not any(p.startswith(n + ".") for p in layer_of)]
+    return []
+
+
+def _native_sites(model: nn.Module, arch: dict, layer_of: dict, head_roots: list[str]):
+    """nn.Dropout children and float ``*drop*`` attributes, classified by the architecture's rules and then by
+    where they sit; rates read from the config in forward; the head's Linear layers; PEFT adapters' slots."""
+    config = model.config
 
     def where(path: str) -> tuple[str, int | None]:
         parts = path.split(".")
@@ -177,10 +191,8 @@ def analyze(model: nn.Module) -> Structure:
                 return knob
         return {"block": "hidden", "base": "embedding", "head": "classifier"}[loc]
 
-    # 3. native sites: nn.Dropout children and float "*drop*" attributes
     natives: list[NativeSite] = []
     head_linears: list[tuple[str, nn.Module]] = []
-    has_head = False
     adapter_slots: list[tuple[str, nn.Module, int | None]] = []
     for path, mod in model.named_modules():
         if path.endswith(".lora_dropout") and isinstance(mod, nn.ModuleDict):
@@ -192,14 +204,12 @@ def analyze(model: nn.Module) -> Structure:
                 elif isinstance(child, nn.Identity):
                     adapter_slots.append((cpath, child, clayer))
             continue
-        if "lora_" in path or getattr(mod, "_hfreg_owned", False):
+        if "lora_" in path:
             continue  # the rest of an adapter holds no dropout of the model's own
         owner_cls = type(mod).__name__
         loc, layer = where(path)
-        if loc == "head" and path:
-            has_head = True
-            if isinstance(mod, nn.Linear):
-                head_linears.append((path, mod))
+        if loc == "head" and path and isinstance(mod, nn.Linear):
+            head_linears.append((path, mod))
         for name, child in mod._modules.items():
             if isinstance(child, nn.modules.dropout._DropoutNd) and "lora_" not in name:
                 cpath = f"{path}.{name}" if path else name
@@ -215,4 +225,4 @@ def analyze(model: nn.Module) -> Structure:
     for key, knob in arch.get("forward_config", {}).items():
         if hasattr(config, key):
             natives.append(NativeSite(config, key, f"config.{key}", f"config.{key}", knob, None, False, "config"))
-    return Structure(model, model_type, layers, towers, natives, head_linears, has_head, adapter_slots)
+    return natives, head_linears, adapter_slots

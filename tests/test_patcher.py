@@ -241,3 +241,20 @@ def test_bad_spec_types():
         hfreg.patch_model(build("bert"), 0.1)
     with pytest.raises(ValueError, match="`hidden` must be a float"):
         hfreg.patch_model(build("bert"), {"hidden": 2})
+
+
+def test_a_patch_that_fails_halfway_is_undone(monkeypatch):
+    model = build("bert", head=True)
+    inputs = make_inputs("bert", model.config, head=True)
+    train0 = forward(model, inputs, True)
+    hooks0 = [(dict(m._forward_hooks), dict(m._forward_pre_hooks)) for m in model.modules()]
+
+    def boom(*args):
+        raise RuntimeError("injection failed")
+
+    monkeypatch.setattr(hfreg.patcher, "_inject_classifier", boom)  # after natives and layer hooks are in place
+    with pytest.raises(RuntimeError, match="injection failed"):
+        hfreg.patch_model(model, FULL)
+    assert not hfreg.is_patched(model) and not hasattr(model.config, "hfreg")
+    assert [(dict(m._forward_hooks), dict(m._forward_pre_hooks)) for m in model.modules()] == hooks0
+    assert torch.equal(forward(model, inputs, True), train0)
