@@ -252,6 +252,8 @@ def test_a_patch_that_fails_halfway_is_undone(monkeypatch):
     def boom(*args):
         raise RuntimeError("injection failed")
 
+    import hfreg.patcher
+
     monkeypatch.setattr(hfreg.patcher, "_inject_classifier", boom)  # after natives and layer hooks are in place
     with pytest.raises(RuntimeError, match="injection failed"):
         hfreg.patch_model(model, FULL)
