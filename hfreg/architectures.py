@@ -11,6 +11,10 @@ model -> ``embedding``, outside the base model (a head) -> ``classifier``.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
+from .config import KNOBS
+
 # (pattern on "OwnerClass.attribute", knob), tried in order after an architecture's own patterns.
 GENERIC_RULES: tuple[tuple[str, str], ...] = (
     (r".*DropPath\.drop_prob", "drop_path"),
@@ -29,34 +33,47 @@ GENERIC_BRANCHES: tuple[tuple[str, ...], ...] = (
     ("output.dropout", "mlp", "feed_forward", "ffn", "fc2"),  # MLP
 )
 
-# Architecture exceptions. Keys:
-#   branches: branch-end modules inside a layer ("*" matches one path component), replacing GENERIC_BRANCHES
-#   rules:    classification patterns tried before GENERIC_RULES
-#   dead:     sites that exist but that forward never reads
-#   dead_unless: {site: config flag} — dead unless that config flag is truthy
-#   forward_config: {config key: knob} — rates read from `self.config` inside forward
-#   shared_depth: config key giving the depth of a stack whose one layer is reused (weight sharing)
-ARCHITECTURES: dict[str, dict] = {
-    "albert": dict(branches=("attention.output_dropout", "ffn_output"), dead=("AlbertLayer.dropout",),
+
+@dataclass(frozen=True)
+class Arch:
+    """One architecture's exceptions; a misspelt field or an unknown knob fails at import."""
+
+    branches: tuple[str, ...] = ()  # branch-end modules inside a layer ("*": one path component); replaces
+    #                                 GENERIC_BRANCHES when given
+    rules: tuple[tuple[str, str], ...] = ()  # classification patterns tried before GENERIC_RULES
+    dead: tuple[str, ...] = ()  # sites that exist but that forward never reads
+    dead_unless: dict[str, str] = field(default_factory=dict)  # {site: config flag}: dead unless it is truthy
+    forward_config: dict[str, str] = field(default_factory=dict)  # {config key: knob}: rates read from
+    #                                 `self.config` in forward, where the source scan cannot tell the knob
+    shared_depth: str | None = None  # config key giving the depth of a stack whose one layer is reused
+
+    def __post_init__(self):
+        knobs = [k for _, k in self.rules] + list(self.forward_config.values())
+        unknown = sorted(set(knobs) - set(KNOBS))
+        if unknown:
+            raise ValueError(f"unknown knob(s) {unknown} in an architecture entry; allowed: {list(KNOBS)}")
+
+
+ARCHITECTURES: dict[str, Arch] = {
+    "albert": Arch(branches=("attention.output_dropout", "ffn_output"), dead=("AlbertLayer.dropout",),
                    shared_depth="num_hidden_layers"),
     # the residual is added inside BloomAttention / BloomMLP: the branch ends at their output projection
-    "bloom": dict(branches=("self_attention.dense", "mlp.dense_4h_to_h"), dead=("BloomBlock.hidden_dropout",)),
-    "convnext": dict(branches=("pwconv2",)),
-    "falcon": dict(forward_config={"hidden_dropout": "hidden", "attention_dropout": "hidden"},
+    "bloom": Arch(branches=("self_attention.dense", "mlp.dense_4h_to_h"), dead=("BloomBlock.hidden_dropout",)),
+    "convnext": Arch(branches=("pwconv2",)),
+    "falcon": Arch(forward_config={"hidden_dropout": "hidden", "attention_dropout": "hidden"},
                    dead=("FalconDecoderLayer.hidden_dropout", "FalconMLP.hidden_dropout",
                          "FalconAttention.hidden_dropout"),
                    dead_unless={"FalconAttention.attention_dropout": "alibi"}),
     # sandwich norms: scaling the sublayer output would be undone by its post-norm
-    "gemma2": dict(branches=("post_attention_layernorm", "post_feedforward_layernorm")),
-    "gemma3_text": dict(branches=("post_attention_layernorm", "post_feedforward_layernorm")),
-    "olmo2": dict(branches=("post_attention_layernorm", "post_feedforward_layernorm")),
-    "gpt_neox": dict(branches=("post_attention_dropout", "post_mlp_dropout")),
-    "modernbert": dict(rules=((r"ModernBertMLP\.drop", "activation"),)),
-    "mpnet": dict(branches=("attention.dropout", "output.dropout"), rules=((r"MPNetAttention\.dropout", "hidden"),)),
-    "opt": dict(dead=("OPTDecoder.dropout",)),
-    "t5": dict(branches=("layer.*.dropout",),
+    "gemma2": Arch(branches=("post_attention_layernorm", "post_feedforward_layernorm")),
+    "gemma3_text": Arch(branches=("post_attention_layernorm", "post_feedforward_layernorm")),
+    "olmo2": Arch(branches=("post_attention_layernorm", "post_feedforward_layernorm")),
+    "gpt_neox": Arch(branches=("post_attention_dropout", "post_mlp_dropout")),
+    "modernbert": Arch(rules=((r"ModernBertMLP\.drop", "activation"),)),
+    "mpnet": Arch(branches=("attention.dropout", "output.dropout"), rules=((r"MPNetAttention\.dropout", "hidden"),)),
+    "opt": Arch(dead=("OPTDecoder.dropout",)),
+    "t5": Arch(branches=("layer.*.dropout",),
                rules=((r"T5Layer\w*\.dropout", "hidden"), (r"T5Dense\w*\.dropout", "activation"))),
-    "wav2vec2": dict(forward_config={"layerdrop": "layerdrop"}),
 }
 
 # Config keys per knob, for `patch_config`. A key listed under several knobs belongs to the first; the
@@ -71,8 +88,9 @@ CONFIG_KEYS: dict[str, tuple[str, ...]] = {
                    "pooler_dropout", "summary_first_dropout", "summary_last_dropout", "final_dropout"),
     "drop_path": ("drop_path_rate",),
     "layerdrop": ("layerdrop", "encoder_layerdrop", "decoder_layerdrop"),
+    "adapter": (),  # PEFT adapters' dropout lives in the adapter's config, not the model's
 }
 
 
-def architecture(model_type: str | None) -> dict:
-    return ARCHITECTURES.get(model_type or "", {})
+def architecture(model_type: str | None) -> Arch:
+    return ARCHITECTURES.get(model_type or "", Arch())

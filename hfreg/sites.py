@@ -6,15 +6,36 @@ One generic walk over the module tree, steered by the tables in `architectures.p
 from __future__ import annotations
 
 import fnmatch
+import functools
+import inspect
 import re
 from dataclasses import dataclass, field
 
 from torch import nn
 
-from .architectures import GENERIC_BRANCHES, GENERIC_RULES, architecture
+from .architectures import GENERIC_BRANCHES, GENERIC_RULES, Arch, architecture
 
 _ACTIVATION = re.compile(r".*(GELU|Gelu|ReLU|Relu|SiLU|Silu|Swish|Activation|Tanh|Mish|Sigmoid).*")
 _ATTENTION_PATH = re.compile(r"(^|\.)(self_?attn|self_attention|attn|attention|encoder_attn|cross_?attn|crossattention)\b")
+
+
+# a rate read from the module's config inside forward: `self.config.<...drop...>`
+_CONFIG_READ = re.compile(r"self\.config\.(\w*drop\w*)\b")
+
+
+@functools.lru_cache(maxsize=None)
+def config_reads(cls: type) -> tuple[str, ...]:
+    """Config keys with "drop" in their name that the ``forward`` of ``cls`` (or of a class it inherits it from)
+    reads from ``self.config``, found in its source code."""
+    keys: set[str] = set()
+    for klass in cls.__mro__:
+        if klass is nn.Module or not issubclass(klass, nn.Module) or "forward" not in vars(klass):
+            continue
+        try:
+            keys.update(_CONFIG_READ.findall(inspect.getsource(vars(klass)["forward"])))
+        except (OSError, TypeError):  # no source (compiled, generated): nothing to learn
+            continue
+    return tuple(sorted(keys))
 
 
 @dataclass(frozen=True)
@@ -84,8 +105,8 @@ def _resolve(block: nn.Module, pattern: str) -> list[tuple[str, nn.Module]]:
 def find_branches(block: nn.Module, model_type: str | None) -> list[tuple[str, nn.Module]]:
     """Branch-end modules of one layer, in forward order."""
     arch = architecture(model_type)
-    if "branches" in arch:
-        return [hit for pattern in arch["branches"] for hit in _resolve(block, pattern)]
+    if arch.branches:
+        return [hit for pattern in arch.branches for hit in _resolve(block, pattern)]
     found = []
     for candidates in GENERIC_BRANCHES:
         for name in candidates:
@@ -122,7 +143,7 @@ def analyze(model: nn.Module) -> Structure:
     return Structure(towers, natives, head_linears, adapter_slots)
 
 
-def _towers(model: nn.Module, arch: dict) -> list[list[Layer]]:
+def _towers(model: nn.Module, arch: Arch) -> list[list[Layer]]:
     """Layer stacks: ModuleLists whose layers have residual branches; stacks that differ only by an index (Swin,
     ConvNeXt stages) chain into one tower, so that depth schedules run over the whole tower."""
     model_type = getattr(model.config, "model_type", None)
@@ -139,7 +160,7 @@ def _towers(model: nn.Module, arch: dict) -> list[list[Layer]]:
         stacks.setdefault(_stack_key(path), []).extend((f"{path}.{i}", m) for i, m in enumerate(mod))
     towers: list[list[Layer]] = []
     for members in stacks.values():
-        shared = arch.get("shared_depth")
+        shared = arch.shared_depth
         depth, calls = len(members), 1
         if shared:  # one layer run several times (ALBERT): each call is a virtual layer of its own
             depth = int(getattr(model.config, shared))
@@ -166,7 +187,7 @@ def _head_roots(model: nn.Module, layer_of: dict) -> list[str]:
     return []
 
 
-def _native_sites(model: nn.Module, arch: dict, layer_of: dict, head_roots: list[str]):
+def _native_sites(model: nn.Module, arch: Arch, layer_of: dict, head_roots: list[str]):
     """nn.Dropout children and float ``*drop*`` attributes, classified by the architecture's rules and then by
     where they sit; rates read from the config in forward; the head's Linear layers; PEFT adapters' slots."""
     config = model.config
@@ -181,9 +202,9 @@ def _native_sites(model: nn.Module, arch: dict, layer_of: dict, head_roots: list
             return "head", None
         return "base", None
 
-    rules = tuple(arch.get("rules", ())) + GENERIC_RULES
-    dead = set(arch.get("dead", ()))
-    dead |= {k for k, flag in arch.get("dead_unless", {}).items() if not getattr(config, flag, False)}
+    rules = arch.rules + GENERIC_RULES
+    dead = set(arch.dead)
+    dead |= {k for k, flag in arch.dead_unless.items() if not getattr(config, flag, False)}
 
     def classify(key: str, loc: str) -> str:
         for pattern, knob in rules:
@@ -222,7 +243,22 @@ def _native_sites(model: nn.Module, arch: dict, layer_of: dict, head_roots: list
                 key = f"{owner_cls}.{attr}"
                 natives.append(NativeSite(mod, attr, f"{path}:{attr}", key, classify(key, loc), layer, key in dead,
                                           "attribute"))
-    for key, knob in arch.get("forward_config", {}).items():
+    # rates read from a config in forward: the table says which knob where the name and place cannot; the rest
+    # are found in the forward code of the model's own module classes
+    seen = set()
+    for key, knob in arch.forward_config.items():
         if hasattr(config, key):
+            seen.add((id(config), key))
             natives.append(NativeSite(config, key, f"config.{key}", f"config.{key}", knob, None, False, "config"))
+    for path, mod in model.named_modules():
+        cfg = getattr(mod, "config", None)
+        for key in config_reads(type(mod)) if cfg is not None else ():
+            value = getattr(cfg, key, None)
+            if (id(cfg), key) in seen or isinstance(value, bool) or not isinstance(value, (int, float)):
+                continue
+            seen.add((id(cfg), key))
+            name = f"config.{key}" if cfg is config else f"{path}.config.{key}"
+            loc, _ = where(path)
+            natives.append(NativeSite(cfg, key, name, f"config.{key}", classify(f"config.{key}", loc), None, False,
+                                      "config"))
     return natives, head_linears, adapter_slots

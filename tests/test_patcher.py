@@ -260,3 +260,23 @@ def test_a_patch_that_fails_halfway_is_undone(monkeypatch):
     assert not hfreg.is_patched(model) and not hasattr(model.config, "hfreg")
     assert [(dict(m._forward_hooks), dict(m._forward_pre_hooks)) for m in model.modules()] == hooks0
     assert torch.equal(forward(model, inputs, True), train0)
+
+
+def test_config_rates_read_in_forward_are_found_in_the_source():
+    from hfreg.sites import analyze, config_reads
+    from transformers.models.hubert.modeling_hubert import HubertEncoder
+
+    assert "layerdrop" in config_reads(HubertEncoder)
+    model = build("hubert", layerdrop=0.4)
+    [site] = [n for n in analyze(model).natives if n.source == "config"]
+    assert (site.path, site.kind, site.rate) == ("config.layerdrop", "layerdrop", 0.4)
+    assert "hubert" not in ARCHITECTURES
+
+
+def test_architecture_entries_are_typed():
+    from hfreg.architectures import Arch
+
+    with pytest.raises(TypeError):
+        Arch(brnaches=("mlp",))
+    with pytest.raises(ValueError, match="unknown knob"):
+        Arch(forward_config={"layerdrop": "layer_drop"})

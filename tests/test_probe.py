@@ -14,7 +14,7 @@ from tiny_models import TINY, build, first_tensor, make_inputs
 CASES = [(m, head) for m in TINY for head in (False, True)]
 # native sites hfreg lists that do nothing on these models, and why (the probe is how they were found)
 KNOWN_INERT = {
-    ("falcon", "config.attention_dropout"): "read only on the alibi path; the default rotary path passes 0.0",
+    ("falcon", "config.attention_dropout"): "residual dropout after attention, read only when parallel_attn is off",
     ("pegasus", "encoder_attn:dropout"): "the causal-LM head model has no encoder, so cross-attention never runs",
     ("siglip", "vision_model.head.attention:dropout"): "image classification pools without the attention head",
 }

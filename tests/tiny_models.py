@@ -11,6 +11,9 @@ _SEQ2SEQ = dict(vocab_size=128, d_model=32, encoder_layers=2, decoder_layers=2, 
 _VISION = dict(image_size=32, patch_size=8, num_channels=3, hidden_size=32, num_hidden_layers=2,
                num_attention_heads=4, intermediate_size=64)
 _MOE = dict(num_local_experts=4, num_experts_per_tok=2)
+_SPEECH = dict(vocab_size=32, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+               conv_dim=(16, 16), conv_stride=(5, 2), conv_kernel=(10, 3), num_conv_pos_embeddings=16,
+               num_conv_pos_embedding_groups=4, mask_time_prob=0.0, mask_feature_prob=0.0)
 
 # model_type -> keyword arguments of AutoConfig.for_model
 TINY = {
@@ -50,9 +53,7 @@ TINY = {
     "swin": dict(image_size=32, patch_size=4, num_channels=3, embed_dim=16, depths=[1, 1], num_heads=[2, 2],
                  window_size=4),
     "convnext": dict(image_size=32, num_channels=3, hidden_sizes=[16, 32], depths=[1, 1], num_stages=2),
-    "wav2vec2": dict(vocab_size=32, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
-                     conv_dim=(16, 16), conv_stride=(5, 2), conv_kernel=(10, 3), num_conv_pos_embeddings=16,
-                     num_conv_pos_embedding_groups=4, mask_time_prob=0.0, mask_feature_prob=0.0),
+    "wav2vec2": _SPEECH,
     "clip": dict(text_config=dict(vocab_size=128, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                                   intermediate_size=64, max_position_embeddings=64),
                  vision_config=dict(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2,
@@ -69,6 +70,9 @@ GENERIC = {
     "granite": _DECODER, "qwen3_moe": dict(_DECODER, head_dim=8, num_experts=4, num_experts_per_tok=2,
                                           moe_intermediate_size=32),
     "vit_msn": _VISION,
+    # speech encoders that read `self.config.layerdrop` in forward, found by the source scan
+    "hubert": _SPEECH, "data2vec-audio": _SPEECH, "unispeech": _SPEECH, "unispeech-sat": _SPEECH,
+    "sew": dict(_SPEECH, squeeze_factor=2),
 }
 TINY.update(GENERIC)
 
@@ -79,7 +83,8 @@ def tiny_config(model_type: str, **overrides):
     return cfg
 
 VISION = {"vit", "deit", "beit", "dinov2", "swin", "convnext", "vit_msn"}
-AUDIO = {"wav2vec2", "whisper"}
+SPEECH = {"wav2vec2", "hubert", "data2vec-audio", "unispeech", "unispeech-sat", "sew"}
+AUDIO = SPEECH | {"whisper"}
 DUAL = {"clip", "siglip"}
 SEQ2SEQ = {"t5", "bart", "mbart", "pegasus"}
 
@@ -120,7 +125,7 @@ def make_inputs(model_type: str, config, batch: int = 2, head: bool = False) -> 
     pixels = torch.randn(batch, 3, 32, 32, generator=g)
     if model_type in VISION:
         return {"pixel_values": pixels}
-    if model_type == "wav2vec2":
+    if model_type in SPEECH:
         return {"input_values": torch.randn(batch, 400, generator=g)}
     if model_type == "whisper":
         feats = {"input_features": torch.randn(batch, 8, 32, generator=g)}
