@@ -35,3 +35,13 @@ def test_bad_choices(field, value):
 def test_unknown_keys():
     with pytest.raises(ValueError, match="unknown regularization option.*dropout"):
         RegularizationConfig.from_dict({"dropout": 0.1})
+
+
+def test_patch_config_records_an_adapter_spec(tmp_path):
+    from transformers import BertConfig
+
+    import hfreg
+
+    cfg = hfreg.patch_config(BertConfig(), RegularizationConfig(hidden=0.2, adapter=0.1))
+    assert cfg.hfreg["adapter"] == 0.1 and cfg.hidden_dropout_prob == 0.2
+    assert "adapter" not in RegularizationConfig(hidden=0.2).to_dict()  # unset: absent, as in older specs
