@@ -18,6 +18,7 @@ import warnings
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from .architectures import CONFIG_KEYS
 from .config import CONFIG_ATTR, KNOBS, RegularizationConfig
@@ -170,6 +171,47 @@ class _InputDropout(_Hook):
         return (F.dropout(args[0], self.p, True),) + tuple(args[1:])
 
 
+class _SdpaDropout(TorchFunctionMode):
+    """Inside one attention module: give PyTorch's fused attention a dropout rate where the model passes none."""
+
+    def __init__(self, p):
+        super().__init__()
+        self.p = p
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is F.scaled_dot_product_attention:
+            if len(args) > 4:  # dropout_p passed by position
+                args = (*args[:4], args[4] or self.p, *args[5:])
+            elif not kwargs.get("dropout_p"):
+                kwargs = {**kwargs, "dropout_p": self.p}
+        return func(*args, **kwargs)
+
+
+class _AttentionEnter(_Hook):
+    """Pre-hook of an attention module: in training, run its forward under `_SdpaDropout`."""
+
+    def __init__(self, p):
+        self.p, self.modes = p, []
+
+    def __call__(self, module, args):
+        if self.p and _sampling(module):
+            mode = _SdpaDropout(self.p)
+            mode.__enter__()
+            self.modes.append(mode)
+
+
+class _AttentionExit(_Hook):
+    """Hook of the same module, called even when its forward raises: leave the mode its pre-hook entered."""
+
+    def __init__(self, enter: _AttentionEnter):
+        self.enter = enter
+
+    def __call__(self, module, args, output):
+        if self.enter.modes:
+            self.enter.modes.pop().__exit__(None, None, None)
+
+
 class _PatchState:
     """Everything a patch did, recorded as it goes so that `unpatch_model` can undo a patch that failed halfway:
     ``restores`` (owner, attribute, old value; oldest first), ``handles`` of the hooks it registered, the sites it
@@ -236,8 +278,7 @@ def patch_model(model, reg: RegularizationConfig | dict | None = None):
         state.injected += _inject_layers(model, struct, reg, knobs, natives_by, state)
         state.injected += _inject_classifier(model, struct, knobs, natives_by, state)
         state.injected += _inject_adapters(model, struct, knobs, natives_by, state)
-        if "attention" in knobs and not natives_by["attention"]:
-            _warn("attention", knobs["attention"], model, "it has no attention-probability dropout site")
+        state.injected += _inject_attention(model, struct, knobs, natives_by, state)
         state.assign(model.config, CONFIG_ATTR, reg.to_dict())
     except BaseException:
         unpatch_model(model)
@@ -319,6 +360,30 @@ def _inject_classifier(model, struct: Structure, knobs, natives_by, state: _Patc
             hook = state.hook(linear, _InputDropout(rate), pre=True)
             state.live.append((hook, "p", "classifier", rate))
     return [Site(path + ".<input>", "classifier", rate, None, "injected") for path, _ in struct.head_linears]
+
+
+def _inject_attention(model, struct: Structure, knobs, natives_by, state: _PatchState) -> list[Site]:
+    """`attention` where a model has no attention-probability dropout (e.g. a hard-coded ``dropout_p=0.0``): the
+    rate is handed to PyTorch's `scaled_dot_product_attention` called inside each attention module. Only under the
+    sdpa attention implementation; an eager softmax offers nothing to hand it to."""
+    rate = knobs.get("attention")
+    if rate is None or natives_by["attention"]:
+        return []
+    modules = [(path, m, layer.index) for layer in struct.layers for path, m in layer.attentions]
+    impl = getattr(model.config, "_attn_implementation", None)
+    if not modules or impl != "sdpa":
+        why = "it has no attention-probability dropout site"
+        if modules:
+            why += (f", and its attention implementation is {impl!r}: hfreg injects one only into PyTorch's "
+                    f"scaled_dot_product_attention (attn_implementation='sdpa')")
+        _warn("attention", rate, model, why)
+        return []
+    for _, module, _ in modules:
+        if rate:
+            enter = state.hook(module, _AttentionEnter(rate), pre=True)
+            state.hook(module, _AttentionExit(enter), always_call=True)
+            state.live.append((enter, "p", "attention", rate))
+    return [Site(path, "attention", rate, index, "injected") for path, _, index in modules]
 
 
 def _inject_adapters(model, struct: Structure, knobs, natives_by, state: _PatchState) -> list[Site]:

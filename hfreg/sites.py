@@ -75,6 +75,7 @@ class Layer:
     calls: int = 1  # times forward runs it (weight-shared layers run several times)
     branches: list[tuple[str, nn.Module]] = field(default_factory=list)
     activations: list[tuple[str, nn.Module]] = field(default_factory=list)
+    attentions: list[tuple[str, nn.Module]] = field(default_factory=list)  # outermost attention modules
 
 
 @dataclass
@@ -128,6 +129,19 @@ def _activations(block: nn.Module) -> list[tuple[str, nn.Module]]:
     return acts
 
 
+_ATTENTION_NAME = re.compile(r"self_?attn|self_attention|attn|attention|encoder_attn|cross_?attn|crossattention")
+
+
+def _attentions(block: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The outermost modules of a layer named like attention (``self_attn``, ``attention``, ``crossattention``…)."""
+    found: list[tuple[str, nn.Module]] = []
+    for name, mod in block.named_modules():
+        if name and _ATTENTION_NAME.fullmatch(name.rsplit(".", 1)[-1]) and list(mod.children()) \
+                and not any(name.startswith(f + ".") for f, _ in found):
+            found.append((name, mod))
+    return found
+
+
 def _stack_key(path: str) -> str:
     return re.sub(r"\.\d+(?=\.|$)", ".*", path)
 
@@ -170,6 +184,7 @@ def _towers(model: nn.Module, arch: Arch) -> list[list[Layer]]:
             layer = Layer(mod, path, i * calls, depth, calls, find_branches(mod, model_type), _activations(mod))
             layer.branches = [(f"{path}.{n}", m) for n, m in layer.branches]
             layer.activations = [(f"{path}.{n}", m) for n, m in layer.activations]
+            layer.attentions = [(f"{path}.{n}", m) for n, m in _attentions(mod)]
             tower.append(layer)
         towers.append(tower)
     return towers

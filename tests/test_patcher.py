@@ -151,9 +151,33 @@ def test_albert_shared_layer_gets_per_depth_rates():
 
 
 def test_falcon_rotary_attention_warns_naming_knob_and_architecture():
-    model = build("falcon")
-    with pytest.warns(UserWarning, match="`attention`=0.2 cannot apply to falcon"):
+    model = build("falcon")  # eager attention: a softmax with no dropout, nothing to hand a rate to
+    with pytest.warns(UserWarning, match="`attention`=0.2 cannot apply to falcon .* implementation is 'eager'"):
         hfreg.patch_model(model, Reg(attention=0.2))
+
+
+def test_attention_injected_into_sdpa_where_the_model_hard_codes_zero():
+    """Falcon's rotary path calls scaled_dot_product_attention with dropout_p=0.0: hfreg hands it the rate."""
+    model = build("falcon", head=True)
+    model.config._attn_implementation = "sdpa"  # transformers' default; the tiny models run eager
+    inputs = make_inputs("falcon", model.config, head=True)
+    eval0, train0 = forward(model, inputs, False), forward(model, inputs, True)
+    hooks0 = [(dict(m._forward_hooks), dict(m._forward_pre_hooks)) for m in model.modules()]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        hfreg.patch_model(model, only("attention"))
+    sites = [s for s in hfreg.inspect_model(model) if s.kind == "attention"]
+    assert [(s.path, s.source) for s in sites] == [(f"transformer.h.{i}.self_attention", "injected") for i in (0, 1)]
+    first = forward(model, inputs, True, seed=1)
+    assert torch.equal(first, forward(model, inputs, True, seed=1))
+    assert not torch.equal(first, forward(model, inputs, True, seed=2))
+    assert torch.equal(forward(model, inputs, False), eval0)
+    assert torch._C._len_torch_function_stack() == 0  # every mode entered was left
+    with hfreg.mc_dropout(model):
+        assert not torch.equal(forward(model, inputs, False, seed=1), forward(model, inputs, False, seed=2))
+    hfreg.unpatch_model(model)
+    assert torch.equal(forward(model, inputs, True), train0)
+    assert [(dict(m._forward_hooks), dict(m._forward_pre_hooks)) for m in model.modules()] == hooks0
 
 
 def test_classifier_on_base_model_warns():
