@@ -22,6 +22,7 @@ GENERIC_RULES: tuple[tuple[str, str], ...] = (
     (r".*\.(activation_dropout|intermediate_dropout)", "activation"),
     (r".*\.(attn_dropout|attention_dropout|attn_pdrop)", "attention"),
     (r".*Attention\.dropout", "attention"),  # BertSelfAttention, T5Attention, BartAttention, CLIPAttention, ...
+    (r".*Attention\.dropout_prob", "attention"),  # ViT relatives passing it to the attention function: YOLOS, DPT
     (r".*\.pos_dropout", "embedding"),  # DeBERTa relative-position embeddings
 )
 

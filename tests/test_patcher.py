@@ -304,3 +304,9 @@ def test_architecture_entries_are_typed():
         Arch(brnaches=("mlp",))
     with pytest.raises(ValueError, match="unknown knob"):
         Arch(forward_config={"layerdrop": "layer_drop"})
+
+
+def test_attention_probability_dropout_named_dropout_prob_is_attention():
+    sites = {s.path: s.kind for s in hfreg.inspect_model(build("yolos"))}
+    assert sites["encoder.layer.0.attention.attention:dropout_prob"] == "attention"
+    assert sites["encoder.layer.0.attention.output.dropout"] == "hidden"

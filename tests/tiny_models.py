@@ -73,6 +73,8 @@ GENERIC = {
     # speech encoders that read `self.config.layerdrop` in forward, found by the source scan
     "hubert": _SPEECH, "data2vec-audio": _SPEECH, "unispeech": _SPEECH, "unispeech-sat": _SPEECH,
     "sew": dict(_SPEECH, squeeze_factor=2),
+    # attention-probability dropout in a float named `dropout_prob`
+    "yolos": dict(_VISION, image_size=[32, 32], num_detection_tokens=4),
 }
 TINY.update(GENERIC)
 
@@ -82,7 +84,7 @@ def tiny_config(model_type: str, **overrides):
     cfg._attn_implementation = "eager"
     return cfg
 
-VISION = {"vit", "deit", "beit", "dinov2", "swin", "convnext", "vit_msn"}
+VISION = {"vit", "deit", "beit", "dinov2", "swin", "convnext", "vit_msn", "yolos"}
 SPEECH = {"wav2vec2", "hubert", "data2vec-audio", "unispeech", "unispeech-sat", "sew"}
 AUDIO = SPEECH | {"whisper"}
 DUAL = {"clip", "siglip"}
@@ -93,12 +95,14 @@ def head_class(model_type: str):
     """The classification-head Auto class for an architecture."""
     import transformers as T
 
-    if model_type in VISION or model_type in DUAL:
+    if model_type in VISION - {"yolos"} or model_type in DUAL:
         return T.AutoModelForImageClassification
     if model_type in AUDIO:
         return T.AutoModelForAudioClassification
     if model_type in ("pegasus", "granite"):  # no sequence-classification head: take the LM head
         return T.AutoModelForCausalLM
+    if model_type == "yolos":  # a detector: class logits per detection token
+        return T.AutoModelForObjectDetection
     return T.AutoModelForSequenceClassification
 
 
