@@ -42,7 +42,7 @@ class Arch:
     branches: tuple[str, ...] = ()  # branch-end modules inside a layer ("*": one path component); replaces
     #                                 GENERIC_BRANCHES when given
     rules: tuple[tuple[str, str], ...] = ()  # classification patterns tried before GENERIC_RULES
-    dead: tuple[str, ...] = ()  # sites that exist but that forward never reads
+    dead: tuple[str, ...] = ()  # sites that exist but that forward never reads, where the source scan cannot tell
     dead_unless: dict[str, str] = field(default_factory=dict)  # {site: config flag}: dead unless it is truthy
     forward_config: dict[str, str] = field(default_factory=dict)  # {config key: knob}: rates read from
     #                                 `self.config` in forward, where the source scan cannot tell the knob
@@ -56,14 +56,13 @@ class Arch:
 
 
 ARCHITECTURES: dict[str, Arch] = {
-    "albert": Arch(branches=("attention.output_dropout", "ffn_output"), dead=("AlbertLayer.dropout",),
-                   shared_depth="num_hidden_layers"),
+    "albert": Arch(branches=("attention.output_dropout", "ffn_output"), shared_depth="num_hidden_layers"),
     # the residual is added inside BloomAttention / BloomMLP: the branch ends at their output projection
-    "bloom": Arch(branches=("self_attention.dense", "mlp.dense_4h_to_h"), dead=("BloomBlock.hidden_dropout",)),
+    "bloom": Arch(branches=("self_attention.dense", "mlp.dense_4h_to_h")),
     "convnext": Arch(branches=("pwconv2",)),
-    "falcon": Arch(forward_config={"hidden_dropout": "hidden", "attention_dropout": "hidden"},
-                   dead=("FalconDecoderLayer.hidden_dropout", "FalconMLP.hidden_dropout",
-                         "FalconAttention.hidden_dropout"),
+    # config.attention_dropout is residual dropout after attention; the attention-probability module is used
+    # only on the ALiBi path
+    "falcon": Arch(forward_config={"attention_dropout": "hidden"},
                    dead_unless={"FalconAttention.attention_dropout": "alibi"}),
     # sandwich norms: scaling the sublayer output would be undone by its post-norm
     "gemma2": Arch(branches=("post_attention_layernorm", "post_feedforward_layernorm")),
@@ -72,7 +71,6 @@ ARCHITECTURES: dict[str, Arch] = {
     "gpt_neox": Arch(branches=("post_attention_dropout", "post_mlp_dropout")),
     "modernbert": Arch(rules=((r"ModernBertMLP\.drop", "activation"),)),
     "mpnet": Arch(branches=("attention.dropout", "output.dropout"), rules=((r"MPNetAttention\.dropout", "hidden"),)),
-    "opt": Arch(dead=("OPTDecoder.dropout",)),
     "t5": Arch(branches=("layer.*.dropout",),
                rules=((r"T5Layer\w*\.dropout", "hidden"), (r"T5Dense\w*\.dropout", "activation"))),
 }

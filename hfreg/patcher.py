@@ -304,6 +304,12 @@ def _inject_layers(model, struct: Structure, reg, knobs, natives_by, state: _Pat
     embedding = 0.0 if natives_by["embedding"] else (knobs.get("embedding") or 0.0)
     activation = knobs.get("activation") if not natives_by["activation"] else None
     states = []
+    parallel = any(layer.parallel for layer in struct.layers)
+    if parallel and (layerdrop or embedding):  # no module of the layer's own to skip, or whose input to drop
+        for knob, rate in (("layerdrop", layerdrop), ("embedding", embedding)):
+            _warn(knob, rate, model, "its layers are parallel per-index lists joined in forward: no layer module "
+                                     "to skip or to take the input of")
+        layerdrop = embedding = 0.0
     for tower in struct.towers:
         depth = tower[0].depth
         rates = drop_path_rates(knobs.get("drop_path") or 0.0, depth, reg.drop_path_schedule)

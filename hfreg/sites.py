@@ -29,13 +29,35 @@ def config_reads(cls: type) -> tuple[str, ...]:
     reads from ``self.config``, found in its source code."""
     keys: set[str] = set()
     for klass in cls.__mro__:
-        if klass is nn.Module or not issubclass(klass, nn.Module) or "forward" not in vars(klass):
+        if klass is object or klass.__module__.startswith("torch.") or "forward" not in vars(klass):
             continue
         try:
             keys.update(_CONFIG_READ.findall(inspect.getsource(vars(klass)["forward"])))
         except (OSError, TypeError):  # no source (compiled, generated): nothing to learn
             continue
     return tuple(sorted(keys))
+
+
+@functools.lru_cache(maxsize=None)
+def _method_sources(cls: type) -> str:
+    """The source of every method of ``cls`` and the classes it inherits from, ``__init__`` left out."""
+    parts = []
+    for klass in cls.__mro__:
+        if klass is object or klass.__module__.startswith("torch."):  # the model's classes and mixins only
+            continue
+        for name, fn in vars(klass).items():
+            if name != "__init__" and inspect.isfunction(fn):
+                try:
+                    parts.append(inspect.getsource(fn))
+                except (OSError, TypeError):
+                    return ""  # source missing: assume everything is read
+    return "\n".join(parts)
+
+
+def never_read(cls: type, attr: str) -> bool:
+    """Whether no method of ``cls`` but ``__init__`` mentions ``self.<attr>``: a rate set and never used."""
+    source = _method_sources(cls)
+    return bool(source) and re.search(rf"\bself\.{re.escape(attr)}\b", source) is None
 
 
 @dataclass(frozen=True)
@@ -76,6 +98,10 @@ class Layer:
     branches: list[tuple[str, nn.Module]] = field(default_factory=list)
     activations: list[tuple[str, nn.Module]] = field(default_factory=list)
     attentions: list[tuple[str, nn.Module]] = field(default_factory=list)  # outermost attention modules
+    # a layer made of the i-th entries of parallel lists (``attentions[i]``, ``ffns[i]``), joined in the model's
+    # forward: it has branches but no module of its own to skip or to feed (``module`` is its first branch)
+    parallel: bool = False
+    members: tuple[str, ...] = ()  # for a parallel layer: the paths of its entries
 
 
 @dataclass
@@ -118,12 +144,15 @@ def find_branches(block: nn.Module, model_type: str | None) -> list[tuple[str, n
     return found
 
 
-def _activations(block: nn.Module) -> list[tuple[str, nn.Module]]:
+def _activations(block: nn.Module, repeated: frozenset = frozenset()) -> list[tuple[str, nn.Module]]:
+    """Parameter-free activation modules of a layer. Modules found at several paths are left out: one object used
+    in every layer is often a module-level singleton (XLM's ``gelu``), shared with every other model in the
+    process, and a hook on it would act on them too."""
     acts, seen = [], set()
     for name, mod in block.named_modules():
         if (name and not list(mod.children()) and not list(mod.parameters(recurse=False))
                 and _ACTIVATION.fullmatch(type(mod).__name__) and not _ATTENTION_PATH.search(name)
-                and id(mod) not in seen):
+                and id(mod) not in seen and id(mod) not in repeated):
             seen.add(id(mod))
             acts.append((name, mod))
     return acts
@@ -151,7 +180,7 @@ def analyze(model: nn.Module) -> Structure:
     layer towers, then where heads begin, then native sites (which need both to classify what they find)."""
     arch = architecture(getattr(model.config, "model_type", None))
     towers = _towers(model, arch)
-    layer_of = {layer.path: layer for tower in towers for layer in tower}
+    layer_of = {path: layer for tower in towers for layer in tower for path in (layer.path, *layer.members)}
     head_roots = _head_roots(model, layer_of)
     natives, head_linears, adapter_slots = _native_sites(model, arch, layer_of, head_roots)
     return Structure(towers, natives, head_linears, adapter_slots)
@@ -161,6 +190,10 @@ def _towers(model: nn.Module, arch: Arch) -> list[list[Layer]]:
     """Layer stacks: ModuleLists whose layers have residual branches; stacks that differ only by an index (Swin,
     ConvNeXt stages) chain into one tower, so that depth schedules run over the whole tower."""
     model_type = getattr(model.config, "model_type", None)
+    paths: dict[int, int] = {}
+    for _, mod in model.named_modules(remove_duplicate=False):
+        paths[id(mod)] = paths.get(id(mod), 0) + 1
+    repeated = frozenset(k for k, n in paths.items() if n > 1)
     stacks: dict[str, list[tuple[str, nn.Module]]] = {}
     claimed: list[str] = []
     for path, mod in model.named_modules():
@@ -181,11 +214,42 @@ def _towers(model: nn.Module, arch: Arch) -> list[list[Layer]]:
             calls = max(1, depth // len(members))
         tower = []
         for i, (path, mod) in enumerate(members):
-            layer = Layer(mod, path, i * calls, depth, calls, find_branches(mod, model_type), _activations(mod))
+            layer = Layer(mod, path, i * calls, depth, calls, find_branches(mod, model_type),
+                          _activations(mod, repeated))
             layer.branches = [(f"{path}.{n}", m) for n, m in layer.branches]
             layer.activations = [(f"{path}.{n}", m) for n, m in layer.activations]
             layer.attentions = [(f"{path}.{n}", m) for n, m in _attentions(mod)]
             tower.append(layer)
+        towers.append(tower)
+    towers += _parallel_towers(model, claimed, repeated)
+    return towers
+
+
+_BRANCH_LIST = re.compile(r".*(Attention|FFN|FeedForward|MLP|Mlp)")
+
+
+def _parallel_towers(model: nn.Module, claimed: list[str], repeated: frozenset) -> list[list[Layer]]:
+    """Layers held as parallel per-index lists under one parent (XLM, FlauBERT: ``attentions``, ``layer_norm1``,
+    ``ffns``, ``layer_norm2``), the residual adds written in the parent's forward. The branch ends are the
+    entries of the lists whose modules are attention or feed-forward blocks: their outputs join the stream."""
+    towers = []
+    for parent_path, parent in model.named_modules():
+        if any(parent_path == c or parent_path.startswith(c + ".") for c in claimed):
+            continue
+        lists = [(n, m) for n, m in parent.named_children() if isinstance(m, nn.ModuleList) and len(m)]
+        branch_lists = [(n, m) for n, m in lists if all(_BRANCH_LIST.fullmatch(type(x).__name__) for x in m)]
+        if len(branch_lists) < 2 or len({len(m) for _, m in branch_lists}) != 1:
+            continue
+        prefix = f"{parent_path}." if parent_path else ""
+        depth = len(branch_lists[0][1])
+        tower = []
+        for i in range(depth):
+            branches = [(f"{prefix}{n}.{i}", m[i]) for n, m in branch_lists]
+            acts = [(f"{p}.{a}", am) for p, b in branches for a, am in _activations(b, repeated)]
+            attn = [(p, b) for p, b in branches if "Attention" in type(b).__name__]
+            tower.append(Layer(branches[0][1], branches[0][0], i, depth, 1, branches, acts, attn, parallel=True,
+                               members=tuple(p for p, _ in branches)))
+        claimed += [f"{prefix}{n}" for n, _ in branch_lists]
         towers.append(tower)
     return towers
 
@@ -250,13 +314,15 @@ def _native_sites(model: nn.Module, arch: Arch, layer_of: dict, head_roots: list
             if isinstance(child, nn.modules.dropout._DropoutNd) and "lora_" not in name:
                 cpath = f"{path}.{name}" if path else name
                 key, (cloc, clayer) = f"{owner_cls}.{name}", where(cpath)
-                natives.append(NativeSite(child, "p", cpath, key, classify(key, cloc), clayer, key in dead, "module"))
+                unread = key in dead or never_read(type(mod), name)
+                natives.append(NativeSite(child, "p", cpath, key, classify(key, cloc), clayer, unread, "module"))
         if isinstance(mod, nn.modules.dropout._DropoutNd):
             continue
         for attr, value in vars(mod).items():
             if "drop" in attr and isinstance(value, (float, int)) and not isinstance(value, bool):
                 key = f"{owner_cls}.{attr}"
-                natives.append(NativeSite(mod, attr, f"{path}:{attr}", key, classify(key, loc), layer, key in dead,
+                unread = key in dead or never_read(type(mod), attr)
+                natives.append(NativeSite(mod, attr, f"{path}:{attr}", key, classify(key, loc), layer, unread,
                                           "attribute"))
     # rates read from a config in forward: the table says which knob where the name and place cannot; the rest
     # are found in the forward code of the model's own module classes

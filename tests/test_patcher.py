@@ -19,6 +19,10 @@ FULL = Reg(attention=0.3, hidden=0.3, embedding=0.3, activation=0.3, classifier=
 def knobs_for(model_type, head):
     skip = {"attention"} if model_type == "convnext" else set()
     skip.add("adapter")  # PEFT adapters only: tests/test_integrations.py
+    if model_type == "xlm":  # parallel per-index lists: no layer module to skip (it warns; FlauBERT has its own)
+        skip.add("layerdrop")
+    if model_type in ("xlm", "flaubert"):  # their activation is one module-level `gelu` for all models: it warns
+        skip.add("activation")
     if not head:
         skip.add("classifier")
     return [k for k in KNOBS if k not in skip]
@@ -310,3 +314,17 @@ def test_attention_probability_dropout_named_dropout_prob_is_attention():
     sites = {s.path: s.kind for s in hfreg.inspect_model(build("yolos"))}
     assert sites["encoder.layer.0.attention.attention:dropout_prob"] == "attention"
     assert sites["encoder.layer.0.attention.output.dropout"] == "hidden"
+
+
+def test_parallel_per_index_lists_form_layers():
+    import hfreg.sites
+
+    model = build("xlm", head=True)
+    layers = [layer for tower in hfreg.sites.analyze(model).towers for layer in tower]
+    assert [(layer.path, [p for p, _ in layer.branches]) for layer in layers] == [
+        (f"transformer.attentions.{i}", [f"transformer.attentions.{i}", f"transformer.ffns.{i}"]) for i in (0, 1)]
+    kinds = {s.path: s.kind for s in hfreg.inspect_model(model)}
+    assert kinds["transformer.ffns.0:dropout"] == "hidden" and kinds["transformer.attentions.0:dropout"] == "attention"
+    assert "transformer:attention_dropout" not in kinds  # set in __init__, read nowhere: found dead by the scan
+    with pytest.warns(UserWarning, match="`layerdrop`=0.2 cannot apply to xlm .* parallel per-index lists"):
+        hfreg.patch_model(model, Reg(layerdrop=0.2))

@@ -73,6 +73,9 @@ GENERIC = {
     # speech encoders that read `self.config.layerdrop` in forward, found by the source scan
     "hubert": _SPEECH, "data2vec-audio": _SPEECH, "unispeech": _SPEECH, "unispeech-sat": _SPEECH,
     "sew": dict(_SPEECH, squeeze_factor=2),
+    # layers as parallel per-index lists (attentions[i], ffns[i]) joined in the model's forward
+    "xlm": dict(vocab_size=128, emb_dim=32, n_layers=2, n_heads=4, max_position_embeddings=64),
+    "flaubert": dict(vocab_size=128, emb_dim=32, n_layers=2, n_heads=4, max_position_embeddings=64),
     # attention-probability dropout in a float named `dropout_prob`
     "yolos": dict(_VISION, image_size=[32, 32], num_detection_tokens=4),
 }
