@@ -84,7 +84,7 @@ def probe_inputs(model, batch: int = 2, length: int = 8) -> dict:
         if hasattr(cfg, "text_config"):  # dual encoders take both
             inputs["input_ids"] = ids
     elif name == "input_values":
-        inputs = {"input_values": torch.randn(batch, 1600, generator=g)}
+        inputs = {"input_values": torch.randn(batch, 16000, generator=g)}  # 1 s: room for SpecAugment masks
     elif name == "input_features":
         frames = 2 * getattr(cfg, "max_source_positions", 1500)
         inputs = {"input_features": torch.randn(batch, getattr(cfg, "num_mel_bins", 80), frames, generator=g)}

@@ -1,0 +1,218 @@
+"""Which transformers model types pass the patcher's invariants, built as small twins from their default configs.
+
+    .venv/bin/python benchmarks/coverage.py --output docs/coverage.md [--limit N] [--types bert,gpt2]
+
+For every model type transformers knows: its default config shrunk by `hfreg.small_twin` (2 layers, width 64),
+the base model (`AutoModel`), inputs from `hfreg.probe_inputs`. A type counts as buildable when the unpatched
+twin runs in eval and train mode with finite outputs and an eval output that does not depend on the seed. The
+invariants, each on a fresh twin where it matters:
+  eval      eval output bit-identical under a spec setting every knob (0.3)
+  keys      state_dict keys and values unchanged by that patch
+  zero      `disable_dropout` passes: the all-zero spec makes training deterministic
+  knob:X    knob X alone at 0.5 changes training output (reproducibly), or warns that it cannot apply
+  unpatch   `unpatch_model` gives back the unpatched training output and hooks
+Near-zero initialisations are not re-drawn and BatchNorm is not special-cased: a type failing for such reasons
+fails here. Each type runs under a time limit; a type over it counts as not buildable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import os
+import signal
+import sys
+import time
+import warnings
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import hfreg  # noqa: E402
+from hfreg import KNOBS, RegularizationConfig as Reg  # noqa: E402
+
+KNOBS_CHECKED = tuple(k for k in KNOBS if k not in ("classifier", "adapter"))  # base models, no adapters
+
+
+class Timeout(Exception):
+    pass
+
+
+def _alarm(signum, frame):
+    raise Timeout()
+
+
+def outputs(model, inputs, train, seed):
+    model.train(train)
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        out = model(**inputs)
+    values = out.values() if hasattr(out, "values") else out
+    return [v.detach().clone() for v in values if isinstance(v, torch.Tensor) and v.is_floating_point()]
+
+
+def train_out(model, inputs, seed):
+    return outputs(model, inputs, True, seed)
+
+
+def eval_out(model, inputs, seed=0):
+    return outputs(model, inputs, False, seed)
+
+
+def same(a, b):
+    return len(a) == len(b) and all(x.shape == y.shape and torch.equal(x, y) for x, y in zip(a, b))
+
+
+def build(model_type):
+    from transformers import AutoConfig, AutoModel
+
+    import transformers
+
+    config = hfreg.small_twin(AutoConfig.for_model(model_type))
+    torch.manual_seed(0)
+    try:
+        return AutoModel.from_config(config)
+    except ValueError:  # a sub-model config (`…TextConfig`) that AutoModel does not map: its class by name
+        cls = getattr(transformers, type(config).__name__.replace("Config", "Model"), None)
+        if cls is None:
+            raise
+        return cls(config)
+
+
+def check(model_type) -> tuple[str, list[str], str]:
+    """(status, failed checks, note): status is "pass" (every knob acts), "warns" (every invariant holds; some
+    knobs cannot act and say so at patch time), "fail" or "unbuildable"."""
+    try:
+        model = build(model_type)
+        inputs = hfreg.probe_inputs(model)
+        t1 = train_out(model, inputs, 1)  # first: train passes move BatchNorm statistics, eval ones do not
+        e1, e2 = eval_out(model, inputs, 0), eval_out(model, inputs, 1)
+        if not e1 or not same(e1, e2) or not all(torch.isfinite(x).all() for x in e1 + t1):
+            return "unbuildable", [], "eval output empty, not finite or seed-dependent"
+    except Timeout:
+        raise
+    except Exception as e:  # anything a default config or generic input cannot do
+        return "unbuildable", [], f"{type(e).__name__}: {str(e).splitlines()[0][:90] if str(e) else ''}"
+    failed, warned = [], []
+    try:
+        full = Reg(**{k: 0.3 for k in KNOBS_CHECKED})
+        state = {k: v.clone() for k, v in model.state_dict().items()}
+        hooks = [(dict(m._forward_hooks), dict(m._forward_pre_hooks)) for m in model.modules()]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            hfreg.patch_model(model, full)
+        if not same(eval_out(model, inputs, 0), e1):
+            failed.append("eval")
+        after = model.state_dict()
+        if list(after) != list(state) or any(not torch.equal(after[k], v) for k, v in state.items()):
+            failed.append("keys")
+        hfreg.unpatch_model(model)
+        if not same(train_out(model, inputs, 1), t1) or hooks != [
+                (dict(m._forward_hooks), dict(m._forward_pre_hooks)) for m in model.modules()]:
+            failed.append("unpatch")
+        try:
+            hfreg.disable_dropout(model, inputs)
+        except RuntimeError:
+            failed.append("zero")
+        for knob in KNOBS_CHECKED:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                hfreg.patch_model(model, Reg(**{**Reg.zero().knobs(), knob: 0.5}))
+            first = train_out(model, inputs, 1)
+            acts = same(first, train_out(model, inputs, 1)) and any(
+                not same(first, train_out(model, inputs, s)) for s in range(2, 6))
+            if caught:
+                warned.append(knob)
+            elif not acts:
+                failed.append(f"knob:{knob}")
+        hfreg.unpatch_model(model)
+    except Timeout:
+        raise
+    except Exception as e:
+        failed.append(f"error ({type(e).__name__})")
+    status = "fail" if failed else "warns" if warned else "pass"
+    return status, failed, ("warns: " + ", ".join(warned)) if warned else ""
+
+
+def main(argv=None) -> int:
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--output", default="docs/coverage.md")
+    p.add_argument("--types", default=None, help="comma-separated model types (default: all)")
+    p.add_argument("--limit", type=int, default=None, help="only the first N types")
+    p.add_argument("--seconds", type=int, default=60, help="time limit per type")
+    args = p.parse_args(argv)
+    types = args.types.split(",") if args.types else sorted(CONFIG_MAPPING_NAMES)
+    types = types[:args.limit] if args.limit else types
+    torch.set_num_threads(1)
+    signal.signal(signal.SIGALRM, _alarm)
+    rows, started = [], time.time()
+    logging_off()
+    for i, model_type in enumerate(types):
+        signal.alarm(args.seconds)
+        try:
+            status, failed, note = check(model_type)
+        except Timeout:
+            status, failed, note = "unbuildable", [], f"over {args.seconds} s"
+        finally:
+            signal.alarm(0)
+        rows.append((model_type, status, failed, note))
+        print(f"[{i + 1}/{len(types)}] {model_type}: {status} {' '.join(failed)} {note}", flush=True)
+    write(args.output, rows, time.time() - started)
+    return 0
+
+
+def logging_off():
+    from transformers.utils import logging
+
+    logging.set_verbosity_error()
+    warnings.filterwarnings("ignore")
+
+
+def write(path, rows, seconds):
+    import platform
+
+    import transformers
+
+    counts = collections.Counter(status for _, status, _, _ in rows)
+    buildable = counts["pass"] + counts["warns"] + counts["fail"]
+    by_check = collections.Counter(c for _, _, failed, _ in rows for c in failed)
+    lines = [
+        "# Patcher coverage over transformers model types",
+        "",
+        f"`benchmarks/coverage.py` on transformers {transformers.__version__}, torch {torch.__version__}, "
+        f"{platform.machine()}, {seconds / 60:.0f} min. Each type: its default config as a small twin "
+        f"(`hfreg.small_twin`), the base model, inputs from `hfreg.probe_inputs`; the invariants are listed in "
+        f"the script's docstring.",
+        "",
+        f"**{counts['pass'] + counts['warns']} of {buildable} buildable types pass every invariant** "
+        f"({100 * (counts['pass'] + counts['warns']) / max(buildable, 1):.0f}%): {counts['pass']} with every "
+        f"knob acting, {counts['warns']} where some knobs cannot act and warn at patch time (listed below); "
+        f"{counts['fail']} fail at least one. {counts['unbuildable']} of {len(rows)} types could not be built or "
+        f"fed generically.",
+        "",
+        "| failing check | types |",
+        "|---|---|",
+        *[f"| {c} | {n} |" for c, n in by_check.most_common()],
+        "",
+        "Types that fail a check or where a knob cannot act:",
+        "",
+        "| type | status | failing checks | note |",
+        "|---|---|---|---|",
+        *[f"| {t} | {s} | {' '.join(f)} | {n} |" for t, s, f, n in rows if s in ("fail", "warns")],
+        "",
+        "Every knob acts: " + ", ".join(t for t, s, _, _ in rows if s == "pass") + ".",
+        "",
+        "Not buildable here:",
+        "",
+        *[f"- {t}: {n}" for t, s, f, n in rows if s == "unbuildable"],
+        "",
+    ]
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with open(path, "w") as f:
+        f.write("\n".join(lines))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
