@@ -16,10 +16,11 @@ from dataclasses import dataclass
 
 import torch
 
+from .config import KNOBS
 from .patcher import _STATE, SAMPLE_FLAG, _unwrap, inspect_model
 
 # LayerDrop skips whole layers: a different model per pass, not dropout sampling; opt in with knobs=
-MC_KNOBS = ("attention", "hidden", "embedding", "activation", "classifier", "drop_path", "adapter")
+MC_KNOBS = tuple(k for k in KNOBS if k != "layerdrop")
 
 
 def _sampling_modules(model, knobs):
@@ -43,8 +44,8 @@ def _sampling_modules(model, knobs):
 def mc_dropout(model, knobs=MC_KNOBS):
     """Sample the dropout sites of ``knobs`` in force while everything else runs in eval mode."""
     for k in knobs:
-        if k not in (*MC_KNOBS, "layerdrop"):
-            raise ValueError(f"unknown knob {k!r}; allowed: {[*MC_KNOBS, 'layerdrop']}")
+        if k not in KNOBS:
+            raise ValueError(f"unknown knob {k!r}; allowed: {list(KNOBS)}")
     inner = _unwrap(model)
     modes = [(m, m.training) for m in inner.modules()]
     native, hooked, unreachable = _sampling_modules(inner, knobs)
