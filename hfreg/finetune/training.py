@@ -77,35 +77,24 @@ def reset_head(model: nn.Module, seed: int):
 
 
 @torch.inference_mode()
-def predict(accelerator, model, loader, gather: bool) -> np.ndarray:
-    """Logits (float32, on the CPU) of every example of ``loader``, in the loader's order, in eval mode."""
-    model.eval()
-    out = []
-    for batch in loader:
-        batch = {k: v.to(accelerator.device) for k, v in batch.items() if k != "labels"}
-        with accelerator.autocast():
-            logits = model(**batch).logits.float()
-        if gather:
-            logits = accelerator.gather_for_metrics(logits)
-        out.append(logits.cpu())
-    return torch.cat(out).numpy()
-
-
-@torch.inference_mode()
-def predict_mc(accelerator, model, loader, gather: bool, samples: int) -> np.ndarray:
-    """Log mean probabilities over ``samples`` MC-dropout passes (usable as logits), in the loader's order."""
+def predict(accelerator, model, loader, gather: bool, mc_samples: int = 0) -> np.ndarray:
+    """Logits (float32, on the CPU) of every example of ``loader``, in the loader's order, in eval mode; with
+    ``mc_samples``, the log mean probabilities of that many MC-dropout passes (usable as logits) instead."""
     from ..mc import mc_log_probs, mc_predict
 
+    model.eval()
     out = []
     for batch in loader:
         batch = {k: v.to(accelerator.device) for k, v in batch.items() if k != "labels"}
         with accelerator.autocast(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # a preset without dropout: MC equals the eval pass, said in the README
-            logp = mc_log_probs(mc_predict(accelerator.unwrap_model(model), batch, samples))
+            if mc_samples:
+                warnings.simplefilter("ignore")  # a preset without dropout: MC is the eval pass, said in the README
+                logits = mc_log_probs(mc_predict(accelerator.unwrap_model(model), batch, mc_samples))
+            else:
+                logits = model(**batch).logits.float()
         if gather:
-            logp = accelerator.gather_for_metrics(logp)
-        out.append(logp.cpu())
-    model.eval()
+            logits = accelerator.gather_for_metrics(logits)
+        out.append(logits.cpu())
     return torch.cat(out).numpy()
 
 
@@ -209,7 +198,7 @@ def train(accelerator, base_model, preset, data, roles, train_size: int, seed: i
             if settings.mc_samples:
                 for n, dl in zip(views, eval_dls):
                     if n != "train":
-                        mc = predict_mc(accelerator, model, dl, data_parallel, settings.mc_samples)
+                        mc = predict(accelerator, model, dl, data_parallel, settings.mc_samples)
                         point.update({f"mc_{n}_{k}": v for k, v in evaluate(mc, labels[n]).items()})
             points.append(point)
             for name in logits:
