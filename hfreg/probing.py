@@ -18,7 +18,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from .config import KNOBS, RegularizationConfig
-from .patcher import _unwrap, patch_model
+from .patcher import _config_tree, _unwrap, patch_model
 from .sites import analyze
 
 # aten ops that draw random numbers; attention kernels are caught by a non-zero `dropout_p` argument instead
@@ -227,12 +227,9 @@ def small_twin(config, layers: int = 2, width: int = 64, heads: int = 4):
             cfg.rotary_dim = min(cfg.rotary_dim, width // heads)
         if isinstance(d.get("layer_types"), list):
             cfg.layer_types = cfg.layer_types[:layers]
-        for k in ("depths",):  # staged vision models: one block per stage
-            if isinstance(d.get(k), list):
-                setattr(cfg, k, [1] * len(d[k]))
-        for value in d.values():
-            if hasattr(value, "to_dict") and hasattr(value, "model_type"):
-                shrink(value)
+        if isinstance(d.get("depths"), list):  # staged vision models: one block per stage
+            cfg.depths = [1] * len(cfg.depths)
 
-    shrink(config)
+    for cfg in _config_tree(config):  # nested sub-configs (text, vision) too
+        shrink(cfg)
     return config
