@@ -16,11 +16,17 @@ from torch import nn
 from .architectures import GENERIC_BRANCHES, GENERIC_RULES, Arch, architecture
 
 _ACTIVATION = re.compile(r".*(GELU|Gelu|ReLU|Relu|SiLU|Silu|Swish|Activation|Tanh|Mish|Sigmoid).*")
-_ATTENTION_PATH = re.compile(r"(^|\.)(self_?attn|self_attention|attn|attention|encoder_attn|cross_?attn|crossattention)\b")
+_ATTENTION_NAME = re.compile(r"self_?attn|self_attention|attn|attention|encoder_attn|cross_?attn|crossattention")
+_ATTENTION_PATH = re.compile(rf"(^|\.)({_ATTENTION_NAME.pattern})\b")
 
 
 # a rate read from the module's config inside forward: `self.config.<...drop...>`
 _CONFIG_READ = re.compile(r"self\.config\.(\w*drop\w*)\b")
+
+
+def _model_classes(cls: type) -> list[type]:
+    """``cls`` and the classes it inherits from (mixins included), torch's own left out."""
+    return [k for k in cls.__mro__ if k is not object and not k.__module__.startswith("torch.")]
 
 
 @functools.lru_cache(maxsize=None)
@@ -28,8 +34,8 @@ def config_reads(cls: type) -> tuple[str, ...]:
     """Config keys with "drop" in their name that the ``forward`` of ``cls`` (or of a class it inherits it from)
     reads from ``self.config``, found in its source code."""
     keys: set[str] = set()
-    for klass in cls.__mro__:
-        if klass is object or klass.__module__.startswith("torch.") or "forward" not in vars(klass):
+    for klass in _model_classes(cls):
+        if "forward" not in vars(klass):
             continue
         try:
             keys.update(_CONFIG_READ.findall(inspect.getsource(vars(klass)["forward"])))
@@ -42,9 +48,7 @@ def config_reads(cls: type) -> tuple[str, ...]:
 def _method_sources(cls: type) -> str:
     """The source of every method of ``cls`` and the classes it inherits from, ``__init__`` left out."""
     parts = []
-    for klass in cls.__mro__:
-        if klass is object or klass.__module__.startswith("torch."):  # the model's classes and mixins only
-            continue
+    for klass in _model_classes(cls):
         for name, fn in vars(klass).items():
             if name != "__init__" and inspect.isfunction(fn):
                 try:
@@ -156,9 +160,6 @@ def _activations(block: nn.Module, repeated: frozenset = frozenset()) -> list[tu
             seen.add(id(mod))
             acts.append((name, mod))
     return acts
-
-
-_ATTENTION_NAME = re.compile(r"self_?attn|self_attention|attn|attention|encoder_attn|cross_?attn|crossattention")
 
 
 def _attentions(block: nn.Module) -> list[tuple[str, nn.Module]]:
