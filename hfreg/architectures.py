@@ -55,6 +55,10 @@ class Arch:
             raise ValueError(f"unknown knob(s) {unknown} in an architecture entry; allowed: {list(KNOBS)}")
 
 
+# T5 and its relatives (MT5, UMT5, LongT5): each sub-layer of a block ends its residual branch with its dropout
+_T5 = Arch(branches=("layer.*.dropout",),
+           rules=((r"\w*T5Layer\w*\.dropout", "hidden"), (r"\w*T5Dense\w*\.dropout", "activation")))
+
 ARCHITECTURES: dict[str, Arch] = {
     "albert": Arch(branches=("attention.output_dropout", "ffn_output"), shared_depth="num_hidden_layers"),
     # the residual is added inside BloomAttention / BloomMLP: the branch ends at their output projection
@@ -71,8 +75,7 @@ ARCHITECTURES: dict[str, Arch] = {
     "gpt_neox": Arch(branches=("post_attention_dropout", "post_mlp_dropout")),
     "modernbert": Arch(rules=((r"ModernBertMLP\.drop", "activation"),)),
     "mpnet": Arch(branches=("attention.dropout", "output.dropout"), rules=((r"MPNetAttention\.dropout", "hidden"),)),
-    "t5": Arch(branches=("layer.*.dropout",),
-               rules=((r"T5Layer\w*\.dropout", "hidden"), (r"T5Dense\w*\.dropout", "activation"))),
+    "t5": _T5, "mt5": _T5, "umt5": _T5, "longt5": _T5,
 }
 
 # Config keys per knob, for `patch_config`. A key listed under several knobs belongs to the first; the

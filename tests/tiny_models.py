@@ -43,6 +43,12 @@ TINY = {
     "olmo2": dict(_DECODER, pad_token_id=0), "starcoder2": dict(_DECODER, pad_token_id=0),
     "t5": dict(vocab_size=128, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_decoder_layers=2, num_heads=4,
                pad_token_id=0, decoder_start_token_id=0),
+    "mt5": dict(vocab_size=128, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_decoder_layers=2, num_heads=4,
+                pad_token_id=0, decoder_start_token_id=0),
+    "umt5": dict(vocab_size=128, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_decoder_layers=2, num_heads=4,
+                 pad_token_id=0, decoder_start_token_id=0),
+    "longt5": dict(vocab_size=128, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_decoder_layers=2, num_heads=4,
+                   pad_token_id=0, decoder_start_token_id=0),
     "bart": _SEQ2SEQ, "mbart": _SEQ2SEQ, "pegasus": dict(_SEQ2SEQ, pad_token_id=0, decoder_start_token_id=0),
     "whisper": dict(vocab_size=128, d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
                     decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64, num_mel_bins=8,
@@ -91,7 +97,7 @@ VISION = {"vit", "deit", "beit", "dinov2", "swin", "convnext", "vit_msn", "yolos
 SPEECH = {"wav2vec2", "hubert", "data2vec-audio", "unispeech", "unispeech-sat", "sew"}
 AUDIO = SPEECH | {"whisper"}
 DUAL = {"clip", "siglip"}
-SEQ2SEQ = {"t5", "bart", "mbart", "pegasus"}
+SEQ2SEQ = {"t5", "mt5", "umt5", "longt5", "bart", "mbart", "pegasus"}
 
 
 def head_class(model_type: str):
@@ -104,6 +110,8 @@ def head_class(model_type: str):
         return T.AutoModelForAudioClassification
     if model_type in ("pegasus", "granite"):  # no sequence-classification head: take the LM head
         return T.AutoModelForCausalLM
+    if model_type == "longt5":  # no sequence-classification head: take the seq2seq LM head
+        return T.AutoModelForSeq2SeqLM
     if model_type == "yolos":  # a detector: class logits per detection token
         return T.AutoModelForObjectDetection
     return T.AutoModelForSequenceClassification
@@ -139,9 +147,9 @@ def make_inputs(model_type: str, config, batch: int = 2, head: bool = False) -> 
         return feats if head else {**feats, "decoder_input_ids": ids[:, :4]}
     if model_type in DUAL:
         return {"pixel_values": pixels} if head else {"input_ids": ids, "pixel_values": pixels}
-    if model_type in SEQ2SEQ and not head:
+    if model_type in SEQ2SEQ and (not head or model_type == "longt5"):
         return {"input_ids": ids, "decoder_input_ids": ids[:, :4]}
-    if model_type == "t5" and head:
+    if model_type in ("t5", "mt5", "umt5", "longt5") and head:
         ids[:, -1] = 1  # eos token, required by T5's classification head
     if model_type in ("bart", "mbart") and head:
         ids[:, -1] = 2
