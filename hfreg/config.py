@@ -61,6 +61,12 @@ class Schedule:
             raise ValueError(f"schedule `cutoff` must be an int >= 0 (steps) or a float in [0, 1] (a fraction of "
                              f"training), got {c!r}")
 
+    def check_within(self, total_steps: int, where: str) -> None:
+        """One-line ValueError if a cutoff given in steps lies beyond ``total_steps``; ``where`` names it."""
+        if self.kind != "constant" and isinstance(self.cutoff, int) and self.cutoff > total_steps:
+            raise ValueError(f"{where} schedule's cutoff of {self.cutoff} steps is beyond training ({total_steps} "
+                             f"steps); give at most {total_steps}, or a fraction in [0, 1]")
+
     def cutoff_step(self, total_steps: int) -> int:
         return self.cutoff if isinstance(self.cutoff, int) else round(self.cutoff * total_steps)
 

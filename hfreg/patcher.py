@@ -231,9 +231,12 @@ class _PatchState:
         self.restores.append((owner, attr, getattr(owner, attr) if hasattr(owner, attr) else _MISSING))
         setattr(owner, attr, value)
 
-    def hook(self, module, hook, pre=False, **kwargs):
+    def hook(self, module, hook, pre=False, knob=None, **kwargs):
+        """Register ``hook``; with ``knob``, its rate ``hook.p`` is one that `set_rate_factors` moves."""
         register = module.register_forward_pre_hook if pre else module.register_forward_hook
         self.handles.append(register(hook, **kwargs))
+        if knob is not None:
+            self.live.append((hook, "p", knob, hook.p))
         return hook
 
 
@@ -341,8 +344,7 @@ def _inject_layers(model, struct: Structure, reg, knobs, natives_by, state: _Pat
                 for path, act in layer.activations:
                     injected.append(Site(path, "activation", activation, layer.index, "injected"))
                     if activation:
-                        hook = state.hook(act, _OutputDropout(activation))
-                        state.live.append((hook, "p", "activation", activation))
+                        state.hook(act, _OutputDropout(activation), knob="activation")
     if any(layer.calls > 1 for layer in struct.layers):
         state.hook(model, _ResetCalls(states), pre=True)
     for knob in ("hidden", "drop_path"):
@@ -363,8 +365,7 @@ def _inject_classifier(model, struct: Structure, knobs, natives_by, state: _Patc
         return []
     for _, linear in struct.head_linears:
         if rate:
-            hook = state.hook(linear, _InputDropout(rate), pre=True)
-            state.live.append((hook, "p", "classifier", rate))
+            state.hook(linear, _InputDropout(rate), pre=True, knob="classifier")
     return [Site(path + ".<input>", "classifier", rate, None, "injected") for path, _ in struct.head_linears]
 
 
@@ -386,9 +387,8 @@ def _inject_attention(model, struct: Structure, knobs, natives_by, state: _Patch
         return []
     for _, module, _ in modules:
         if rate:
-            enter = state.hook(module, _AttentionEnter(rate), pre=True)
+            enter = state.hook(module, _AttentionEnter(rate), pre=True, knob="attention")
             state.hook(module, _AttentionExit(enter), always_call=True)
-            state.live.append((enter, "p", "attention", rate))
     return [Site(path, "attention", rate, index, "injected") for path, _, index in modules]
 
 
@@ -402,8 +402,7 @@ def _inject_adapters(model, struct: Structure, knobs, natives_by, state: _PatchS
         return []
     for _, identity, _ in struct.adapter_slots:
         if rate:
-            hook = state.hook(identity, _OutputDropout(rate))
-            state.live.append((hook, "p", "adapter", rate))
+            state.hook(identity, _OutputDropout(rate), knob="adapter")
     return [Site(path, "adapter", rate, layer, "injected") for path, _, layer in struct.adapter_slots]
 
 

@@ -44,9 +44,7 @@ class RateScheduler:
         else:
             self.schedules = {k: reg.schedule_for(k) for k in reg.knobs()}
         for knob, s in self.schedules.items():
-            if s.kind != "constant" and isinstance(s.cutoff, int) and s.cutoff > total_steps:
-                raise ValueError(f"the `{knob}` schedule's cutoff of {s.cutoff} steps is beyond training "
-                                 f"({total_steps} steps); give at most {total_steps}, or a fraction in [0, 1]")
+            s.check_within(total_steps, f"the `{knob}`")
         self.model, self.total_steps, self.last_step = model, total_steps, 0
         self._apply()
 

@@ -269,9 +269,7 @@ def main(argv=None) -> int:
         steps = args.num_train_epochs * math.ceil(size / args.train_batch_size)
         for p in presets:
             for knob, s in (p.reg.schedule or {}).items():
-                if s.kind != "constant" and isinstance(s.cutoff, int) and s.cutoff > steps:
-                    raise ValueError(f"preset {p.name}: the `{knob}` schedule's cutoff of {s.cutoff} steps is beyond "
-                                     f"training ({steps} steps at train size {size}); use a fraction in [0, 1]")
+                s.check_within(steps, f"preset {p.name} at train size {size}: the `{knob}`")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
