@@ -22,7 +22,6 @@ GENERIC_RULES: tuple[tuple[str, str], ...] = (
     (r".*\.(activation_dropout|intermediate_dropout)", "activation"),
     (r".*\.(attn_dropout|attention_dropout|attn_pdrop)", "attention"),
     (r".*Attention\.dropout", "attention"),  # BertSelfAttention, T5Attention, BartAttention, CLIPAttention, ...
-    (r".*Attention\.dropout_prob", "attention"),  # ViT relatives passing it to the attention function: YOLOS, DPT
     (r".*\.pos_dropout", "embedding"),  # DeBERTa relative-position embeddings
 )
 
@@ -73,7 +72,6 @@ ARCHITECTURES: dict[str, Arch] = {
     "gemma3_text": Arch(branches=("post_attention_layernorm", "post_feedforward_layernorm")),
     "olmo2": Arch(branches=("post_attention_layernorm", "post_feedforward_layernorm")),
     "gpt_neox": Arch(branches=("post_attention_dropout", "post_mlp_dropout")),
-    "modernbert": Arch(rules=((r"ModernBertMLP\.drop", "activation"),)),
     "mpnet": Arch(branches=("attention.dropout", "output.dropout"), rules=((r"MPNetAttention\.dropout", "hidden"),)),
     "t5": _T5, "mt5": _T5, "umt5": _T5, "longt5": _T5,
 }
@@ -96,3 +94,16 @@ CONFIG_KEYS: dict[str, tuple[str, ...]] = {
 
 def architecture(model_type: str | None) -> Arch:
     return ARCHITECTURES.get(model_type or "", Arch())
+
+
+# Training-time noise that is not dropout and that no knob governs: {config key: (what it draws, value that
+# switches it off)}. The spec leaves it as the model has it; `disable_dropout` switches it off as well.
+NOISE_KEYS: dict[str, tuple[str, object]] = {
+    "mask_time_prob": ("SpecAugment time masks", 0.0),  # speech encoders (wav2vec2 family)
+    "mask_feature_prob": ("SpecAugment feature masks", 0.0),
+    "router_jitter_noise": ("MoE router jitter", 0.0),
+    "input_jitter_noise": ("MoE input jitter", 0.0),
+    "pos_embed_shift": ("patch-coordinate shift", None),  # DINOv3's RoPE augmentation
+    "pos_embed_jitter": ("patch-coordinate jitter", None),
+    "pos_embed_rescale": ("patch-coordinate rescale", None),
+}

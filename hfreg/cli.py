@@ -81,9 +81,10 @@ def cmd_inspect(args):
     from .patcher import inspect_model
 
     sites = inspect_model(_meta_model(load_config(args.model)))
-    rows = [["path", "kind", "rate", "layer", "source"]]
+    rows = [["path", "kind", "rate", "layer", "source", "config key"]]
     for s in sites:
-        rows.append([s.path, s.kind, f"{s.rate:g}", "-" if s.layer is None else str(s.layer), s.source])
+        rows.append([s.path, s.kind, f"{s.rate:g}", "-" if s.layer is None else str(s.layer), s.source,
+                     s.origin or "-"])
     print(_table(rows))
     if args.plot:
         plot_profiles([(args.model, sites)], args.plot)

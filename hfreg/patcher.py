@@ -23,6 +23,7 @@ from torch.overrides import TorchFunctionMode
 from .architectures import CONFIG_KEYS
 from .config import CONFIG_ATTR, KNOBS, RegularizationConfig
 from .layers import drop_path, drop_path_rates
+from .provenance import config_tree
 from .sites import Site, Structure, analyze
 
 _STATE = "_hfreg_patch"
@@ -432,7 +433,7 @@ def inspect_model(model) -> list[Site]:
     model = _unwrap(model)
     state = model.__dict__.get(_STATE)
     owned = state.owned if state else ()
-    sites = [Site(n.path, n.kind, n.rate, n.layer, n.source) for n in analyze(model).natives
+    sites = [Site(n.path, n.kind, n.rate, n.layer, n.source, n.origin) for n in analyze(model).natives
              if not n.dead and n.kind not in owned]
     if state:
         sites += [Site(s.path, s.kind, s.rate * state.factors[s.kind], s.layer, s.source) for s in state.injected]
@@ -472,20 +473,13 @@ def patch_config(config, reg: RegularizationConfig | dict):
     if not hasattr(config, "to_dict"):
         raise ValueError(f"expected a transformers PretrainedConfig, got {type(config).__name__}")
     config = copy.deepcopy(config)
-    for cfg in _config_tree(config):
+    for _, cfg in config_tree(config):
         for knob, rate in reg.knobs().items():
             for key in CONFIG_KEYS[knob]:
                 if hasattr(cfg, key) and not isinstance(getattr(cfg, key), bool):
                     setattr(cfg, key, rate)
     setattr(config, CONFIG_ATTR, reg.to_dict())
     return config
-
-
-def _config_tree(config):
-    yield config
-    for value in vars(config).values():
-        if hasattr(value, "to_dict") and hasattr(value, "model_type"):
-            yield from _config_tree(value)
 
 
 def from_pretrained(pretrained_model_name_or_path, reg: RegularizationConfig | dict | None = None,

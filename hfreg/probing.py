@@ -1,6 +1,6 @@
 """Which knobs act: a dropout-off switch that proves itself, and a probe of every site.
 
-`disable_dropout(model)` applies the all-zero spec and checks that two training-mode passes with different seeds
+`disable_dropout(model)` applies the all-zero spec, switches off training noise that is not dropout, and checks that two training-mode passes with different seeds
 are bit-identical; if not, it raises naming the modules that still drew random numbers. `probe(model)` turns each
 site on alone and reports whether the training-mode output changes, so dead attributes and ignored rates show up.
 For a published config too large to run here, `small_twin(config)` keeps the architecture and code path with two
@@ -18,7 +18,9 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from .config import KNOBS, RegularizationConfig
-from .patcher import _config_tree, _unwrap, patch_model
+from .architectures import NOISE_KEYS
+from .patcher import _STATE, _unwrap, patch_model
+from .provenance import config_sources, config_tree
 from .sites import analyze
 
 # aten ops that draw random numbers; attention kernels are caught by a non-zero `dropout_p` argument instead
@@ -111,15 +113,32 @@ def _same(a, b):
     return len(a) == len(b) and all(torch.equal(x, y) for x, y in zip(a, b))
 
 
-def disable_dropout(model, inputs: dict | None = None):
-    """Turn every dropout-like knob off (the all-zero spec) and prove it: two training-mode passes with different
-    seeds must be bit-identical. Raises RuntimeError naming the modules that still draw random numbers otherwise.
-    Returns the model, patched (``unpatch_model`` undoes it)."""
+def _switch_off_noise(model) -> None:
+    """Set each `NOISE_KEYS` key in the config tree, and each module attribute built from one, to its off value,
+    through the patch state so that `unpatch_model` restores them."""
+    state = model.__dict__[_STATE]
+    sources = config_sources(model)  # before the config changes
+    for _, cfg in config_tree(model.config):
+        for key, (_, off) in NOISE_KEYS.items():
+            if key in vars(cfg) and getattr(cfg, key) not in (off, None):
+                state.assign(cfg, key, off)
+    for (path, attr), (_, key) in sources.items():
+        if key in NOISE_KEYS:
+            state.assign(model.get_submodule(path), attr, NOISE_KEYS[key][1])
+
+
+def disable_dropout(model, inputs: dict | None = None, noise: bool = True):
+    """Turn every dropout-like knob off (the all-zero spec) and, with ``noise``, the training noise no knob governs
+    (`NOISE_KEYS`: SpecAugment masks, MoE jitter...), and prove it: two training-mode passes with different seeds
+    must be bit-identical. Raises RuntimeError naming the modules that still draw random numbers otherwise.
+    Returns the model, patched (``unpatch_model`` undoes it, noise included)."""
     inner = _unwrap(model)
     was_training = inner.training
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         patch_model(model, RegularizationConfig.zero())
+    if noise:
+        _switch_off_noise(inner)
     inputs = inputs if inputs is not None else probe_inputs(inner)
     try:
         first = _train_output(model, inputs, 0)
@@ -230,6 +249,6 @@ def small_twin(config, layers: int = 2, width: int = 64, heads: int = 4):
         if isinstance(d.get("depths"), list):  # staged vision models: one block per stage
             cfg.depths = [1] * len(cfg.depths)
 
-    for cfg in _config_tree(config):  # nested sub-configs (text, vision) too
+    for _, cfg in config_tree(config):  # nested sub-configs (text, vision) too
         shrink(cfg)
     return config

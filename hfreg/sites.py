@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
-from .architectures import GENERIC_BRANCHES, GENERIC_RULES, Arch, architecture
+from .architectures import CONFIG_KEYS, GENERIC_BRANCHES, GENERIC_RULES, Arch, architecture
+from .provenance import config_sources
 
 _ACTIVATION = re.compile(r".*(GELU|Gelu|ReLU|Relu|SiLU|Silu|Swish|Activation|Tanh|Mish|Sigmoid).*")
 _ATTENTION_NAME = re.compile(r"self_?attn|self_attention|attn|attention|encoder_attn|cross_?attn|crossattention")
@@ -67,13 +68,14 @@ def never_read(cls: type, attr: str) -> bool:
 @dataclass(frozen=True)
 class Site:
     """One place where a knob acts: ``path`` (module path; ``path:attr`` for a float attribute,
-    ``config.key`` for a rate read from the config in forward), ``kind`` (knob), ``rate``, ``layer``."""
+    ``config.key`` for a rate read from the config in forward), ``kind`` (knob), ``rate``, ``layer``, ``origin``."""
 
     path: str
     kind: str
     rate: float
     layer: int | None = None
     source: str = "module"  # module | attribute | config | injected
+    origin: str = ""  # the config key the model built the rate from ("" if none: a constant, or injected)
 
 
 @dataclass
@@ -86,7 +88,7 @@ class NativeSite:
     layer: int | None
     dead: bool
     source: str
-
+    origin: str = ""  # the config key the rate was built from, where building the model shows one
     @property
     def rate(self) -> float:
         return float(getattr(self.owner, self.attr))
@@ -226,6 +228,10 @@ def _towers(model: nn.Module, arch: Arch) -> list[list[Layer]]:
     return towers
 
 
+# config keys whose name tells the knob of a rate built from them; `hidden` keys ("dropout", "hidden_dropout_prob")
+# feed embeddings, residual branches and heads alike, so where the rate sits decides instead
+_KEY_KNOB = {key: knob for knob, keys in reversed(CONFIG_KEYS.items()) if knob != "hidden" for key in keys}
+
 _BRANCH_LIST = re.compile(r".*(Attention|FFN|FeedForward|MLP|Mlp)")
 
 
@@ -285,11 +291,19 @@ def _native_sites(model: nn.Module, arch: Arch, layer_of: dict, head_roots: list
     rules = arch.rules + GENERIC_RULES
     dead = set(arch.dead)
     dead |= {k for k, flag in arch.dead_unless.items() if not getattr(config, flag, False)}
+    sources = config_sources(model)
 
-    def classify(key: str, loc: str) -> str:
+    def classify(key: str, loc: str, source: str | None, module: bool = False) -> str:
+        """The table's and the name rules' knob, else the knob of the config key ``source`` the rate comes from,
+        else the knob of where it sits."""
         for pattern, knob in rules:
             if re.fullmatch(pattern, key):
                 return knob
+        knob = _KEY_KNOB.get(source)
+        # an attention key means attention-probability dropout only for a rate handed to the attention function;
+        # an nn.Dropout built from it may sit on the attention block's output (ModernBERT's out_drop)
+        if knob and not (knob == "attention" and module):
+            return knob
         return {"block": "hidden", "base": "embedding", "head": "classifier"}[loc]
 
     natives: list[NativeSite] = []
@@ -316,22 +330,26 @@ def _native_sites(model: nn.Module, arch: Arch, layer_of: dict, head_roots: list
                 cpath = f"{path}.{name}" if path else name
                 key, (cloc, clayer) = f"{owner_cls}.{name}", where(cpath)
                 unread = key in dead or never_read(type(mod), name)
-                natives.append(NativeSite(child, "p", cpath, key, classify(key, cloc), clayer, unread, "module"))
+                origin = sources.get((cpath, "p"), ("", ""))[1]
+                natives.append(NativeSite(child, "p", cpath, key, classify(key, cloc, origin, True), clayer, unread,
+                                          "module", origin))
         if isinstance(mod, nn.modules.dropout._DropoutNd):
             continue
         for attr, value in vars(mod).items():
             if "drop" in attr and isinstance(value, (float, int)) and not isinstance(value, bool):
                 key = f"{owner_cls}.{attr}"
                 unread = key in dead or never_read(type(mod), attr)
-                natives.append(NativeSite(mod, attr, f"{path}:{attr}", key, classify(key, loc), layer, unread,
-                                          "attribute"))
+                origin = sources.get((path, attr), ("", ""))[1]
+                natives.append(NativeSite(mod, attr, f"{path}:{attr}", key, classify(key, loc, origin), layer,
+                                          unread, "attribute", origin))
     # rates read from a config in forward: the table says which knob where the name and place cannot; the rest
     # are found in the forward code of the model's own module classes
     seen = set()
     for key, knob in arch.forward_config.items():
         if hasattr(config, key):
             seen.add((id(config), key))
-            natives.append(NativeSite(config, key, f"config.{key}", f"config.{key}", knob, None, False, "config"))
+            natives.append(NativeSite(config, key, f"config.{key}", f"config.{key}", knob, None, False, "config",
+                                      key))
     for path, mod in model.named_modules():
         cfg = getattr(mod, "config", None)
         for key in config_reads(type(mod)) if cfg is not None else ():
@@ -341,6 +359,6 @@ def _native_sites(model: nn.Module, arch: Arch, layer_of: dict, head_roots: list
             seen.add((id(cfg), key))
             name = f"config.{key}" if cfg is config else f"{path}.config.{key}"
             loc, _ = where(path)
-            natives.append(NativeSite(cfg, key, name, f"config.{key}", classify(f"config.{key}", loc), None, False,
-                                      "config"))
+            natives.append(NativeSite(cfg, key, name, f"config.{key}", classify(f"config.{key}", loc, key), None, False,
+                                      "config", key))
     return natives, head_linears, adapter_slots

@@ -1,5 +1,6 @@
 """The patcher's invariants, on every covered architecture and on architectures hfreg has no entry for."""
 
+import re
 import warnings
 
 import pytest
@@ -311,9 +312,49 @@ def test_architecture_entries_are_typed():
 
 
 def test_attention_probability_dropout_named_dropout_prob_is_attention():
-    sites = {s.path: s.kind for s in hfreg.inspect_model(build("yolos"))}
-    assert sites["encoder.layer.0.attention.attention:dropout_prob"] == "attention"
-    assert sites["encoder.layer.0.attention.output.dropout"] == "hidden"
+    # no name rule knows `dropout_prob`: the model, built with a sentinel in each rate key, shows where it came from
+    from hfreg.architectures import GENERIC_RULES
+
+    assert not any(re.fullmatch(p, "YolosSelfAttention.dropout_prob") for p, _ in GENERIC_RULES)
+    sites = {s.path: s for s in hfreg.inspect_model(build("yolos"))}
+    site = sites["encoder.layer.0.attention.attention:dropout_prob"]
+    assert (site.kind, site.origin) == ("attention", "attention_probs_dropout_prob")
+    assert (sites["encoder.layer.0.attention.output.dropout"].kind,
+            sites["encoder.layer.0.attention.output.dropout"].origin) == ("hidden", "hidden_dropout_prob")
+
+
+def test_config_sources_name_the_key_each_rate_was_built_from():
+    from hfreg.provenance import config_sources
+
+    sources = config_sources(build("bert", attention_probs_dropout_prob=0.1, hidden_dropout_prob=0.1))
+    assert sources[("encoder.layer.1.attention.self.dropout", "p")] == ("", "attention_probs_dropout_prob")
+    assert sources[("embeddings.dropout", "p")] == ("", "hidden_dropout_prob")  # equal rates told apart
+    # a module attribute copied from a noise key (MoE router jitter) is found too
+    sources = config_sources(AutoModel.from_config(hfreg.small_twin(AutoConfig.for_model("switch_transformers"))))
+    assert sources[("encoder.block.1.layer.1.mlp.router", "jitter_noise")] == ("", "router_jitter_noise")
+
+
+def test_modernbert_needs_no_entry_its_mlp_dropout_key_names_the_knob():
+    assert "modernbert" not in ARCHITECTURES
+    sites = {s.path: s for s in hfreg.inspect_model(build("modernbert", mlp_dropout=0.1, attention_dropout=0.1))}
+    assert (sites["layers.0.mlp.drop"].kind, sites["layers.0.mlp.drop"].origin) == ("activation", "mlp_dropout")
+    assert sites["layers.0.attn:attention_dropout"].kind == "attention"
+    # an nn.Dropout built from the attention key on the attention block's output is residual dropout
+    out = next(s for s in hfreg.sites.analyze(build("modernbert", attention_dropout=0.1)).natives
+               if s.path == "layers.0.attn.out_drop")
+    assert (out.kind, out.origin) == ("hidden", "attention_dropout")
+
+
+def test_config_sources_of_a_class_that_needs_more_than_its_config_is_empty():
+    from hfreg.provenance import config_sources
+
+    class NeedsMore(type(build("bert"))):
+        def __init__(self, config, extra):
+            super().__init__(config)
+
+    model = NeedsMore(build("bert").config, extra=1)
+    assert config_sources(model) == {}
+    assert {s.kind for s in hfreg.inspect_model(model)} >= {"attention", "hidden"}  # the name rules still decide
 
 
 def test_parallel_per_index_lists_form_layers():

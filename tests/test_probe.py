@@ -5,7 +5,7 @@ import warnings
 import pytest
 import torch
 import torch.nn.functional as F
-from transformers import AutoModel
+from transformers import AutoConfig, AutoModel
 
 import hfreg
 from hfreg.cli import _shipped, load_config, main
@@ -44,6 +44,25 @@ def test_disable_dropout_names_what_still_draws_random_numbers():
     with pytest.raises(RuntimeError, match=r"encoder\.layer\.1\.output \(bernoulli") as e:
         hfreg.disable_dropout(model)
     assert "\n" not in str(e.value)
+
+
+def test_disable_dropout_switches_off_training_noise_and_unpatch_restores_it():
+    # SpecAugment masks are drawn with numpy: no torch op to name, yet training is random until they are off
+    model = build("hubert", mask_time_prob=0.5, mask_time_length=2)
+    inputs = make_inputs("hubert", model.config)
+    with pytest.raises(RuntimeError, match="no torch random op"):
+        hfreg.disable_dropout(model, inputs, noise=False)
+    hfreg.disable_dropout(model, inputs)
+    assert model.config.mask_time_prob == 0.0
+    hfreg.unpatch_model(model)
+    assert model.config.mask_time_prob == 0.5
+    # MoE router jitter lives in a module attribute copied from the config at build time: found by provenance
+    model = AutoModel.from_config(hfreg.small_twin(AutoConfig.for_model("switch_transformers")))
+    router = model.encoder.block[1].layer[1].mlp.router
+    hfreg.disable_dropout(model, hfreg.probe_inputs(model))
+    assert router.jitter_noise == 0.0 and model.config.router_jitter_noise == 0.0
+    hfreg.unpatch_model(model)
+    assert router.jitter_noise == model.config.router_jitter_noise == 0.01
 
 
 @pytest.mark.parametrize("model_type,head", CASES)

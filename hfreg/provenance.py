@@ -1,0 +1,90 @@
+"""Which config key a module's rate came from, learnt by building the model rather than read from names.
+
+A copy of the model's config gets a distinct sentinel value in every rate-like key (its name says "drop", or it
+is one of `NOISE_KEYS`), in every nested sub-config; the model class is built from it on the meta device (no
+memory for weights) and each ``nn.Dropout``'s ``p`` and each float attribute found holding a sentinel names the
+key it was built from. `sites` classifies by it; `probing.disable_dropout` switches training noise off with it.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import warnings
+
+import torch
+from torch import nn
+
+from .architectures import NOISE_KEYS
+
+_FIRST, _STEP = 0.0113, 0.0037  # sentinels 0.0113, 0.015, ...: rates no config uses by chance
+
+
+def config_tree(config, prefix=""):
+    """``(path, config)`` for ``config`` and every sub-config nested in it (text, vision, audio...)."""
+    yield prefix, config
+    for name, value in vars(config).items():
+        if hasattr(value, "to_dict") and hasattr(value, "model_type"):
+            yield from config_tree(value, f"{prefix}{name}.")
+
+
+def rate_keys(config) -> list[tuple[str, str]]:
+    """``(sub-config path, key)`` of every numeric rate-like key in ``config``'s tree."""
+    found = []
+    for path, cfg in config_tree(config):
+        for key, value in vars(cfg).items():
+            if ("drop" in key or key in NOISE_KEYS) and isinstance(value, (int, float)) \
+                    and not isinstance(value, bool):
+                found.append((path, key))
+    return found
+
+
+def _holders(model: nn.Module):
+    """``(module path, attribute, value)`` of each dropout module's ``p`` and each numeric attribute."""
+    for path, mod in model.named_modules():
+        if isinstance(mod, nn.modules.dropout._DropoutNd):
+            yield path, "p", mod.p
+            continue
+        for attr, value in vars(mod).items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and not attr.startswith("_"):
+                yield path, attr, value
+
+
+_CACHE: dict[tuple[type, str], dict] = {}
+
+
+def _sources(cls: type, config) -> dict[tuple[str, str], tuple[str, str]]:
+    keys = rate_keys(config)
+    if not keys:
+        return {}
+    twin = copy.deepcopy(config)
+    sentinel = {}
+    for i, (path, key) in enumerate(keys):
+        value = round(_FIRST + _STEP * i, 6)
+        cfg = functools.reduce(getattr, [p for p in path.split(".") if p], twin)
+        setattr(cfg, key, value)
+        sentinel[value] = (path.rstrip("."), key)
+    try:
+        with torch.device("meta"), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            built = cls(twin)
+    except Exception:  # a class that cannot be built from its config alone: nothing learnt, names decide
+        return {}
+    found = {}
+    for path, attr, value in _holders(built):
+        hit = sentinel.get(round(float(value), 6))
+        if hit is not None:
+            found[(path, attr)] = hit
+    return found
+
+
+def config_sources(model: nn.Module) -> dict[tuple[str, str], tuple[str, str]]:
+    """``{(module path, attribute): (sub-config path, config key)}`` for each rate holder of ``model`` that its
+    class builds from a config key (``attribute`` is ``"p"`` for an ``nn.Dropout``). Empty where the class cannot
+    be built from the config alone."""
+    key = (type(model), model.config.to_json_string(use_diff=False))
+    if key not in _CACHE:
+        if len(_CACHE) >= 64:
+            _CACHE.pop(next(iter(_CACHE)))
+        _CACHE[key] = _sources(type(model), model.config)
+    return _CACHE[key]
