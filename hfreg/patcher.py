@@ -303,18 +303,24 @@ def _inject_layers(model, struct: Structure, reg, knobs, natives_by, state: _Pat
                 _warn(knob, knobs[knob], model, "no transformer layer stack was found")
         return injected
     hidden = knobs.get("hidden") or 0.0
-    native_layerdrop = bool(natives_by["layerdrop"])
-    layerdrop = 0.0 if native_layerdrop else (knobs.get("layerdrop") or 0.0)
-    embedding = 0.0 if natives_by["embedding"] else (knobs.get("embedding") or 0.0)
-    activation = knobs.get("activation") if not natives_by["activation"] else None
-    states = []
-    parallel = any(layer.parallel for layer in struct.layers)
-    if parallel and (layerdrop or embedding):  # no module of the layer's own to skip, or whose input to drop
-        for knob, rate in (("layerdrop", layerdrop), ("embedding", embedding)):
-            _warn(knob, rate, model, "its layers are parallel per-index lists joined in forward: no layer module "
-                                     "to skip or to take the input of")
-        layerdrop = embedding = 0.0
-    for tower in struct.towers:
+    # a tower with a native site for a knob keeps it; the others (a language model beside a vision tower that has
+    # embedding dropout) get the knob injected
+    native = {k: {t for n in natives_by[k] for t in n.towers} for k in ("layerdrop", "embedding", "activation")}
+    states, warned = [], set()
+    for t, tower in enumerate(struct.towers):
+        layerdrop = 0.0 if t in native["layerdrop"] else (knobs.get("layerdrop") or 0.0)
+        embedding = 0.0 if t in native["embedding"] else (knobs.get("embedding") or 0.0)
+        activation = knobs.get("activation") if t not in native["activation"] else None
+        if tower[0].parallel and (layerdrop or embedding):  # no module of the layer's own to skip or to feed
+            for knob, rate in (("layerdrop", layerdrop), ("embedding", embedding)):
+                if rate and knob not in warned:
+                    warned.add(knob)
+                    _warn(knob, rate, model, "its layers are parallel per-index lists joined in forward: no layer "
+                                             "module to skip or to take the input of")
+            layerdrop = embedding = 0.0
+        if activation is not None and not any(layer.activations for layer in tower):
+            where = f" of {tower[0].path.rsplit('.', 1)[0]}" if len(struct.towers) > 1 else ""
+            _warn("activation", activation, model, f"no activation module was found in the layers{where}")
         depth = tower[0].depth
         rates = drop_path_rates(knobs.get("drop_path") or 0.0, depth, reg.drop_path_schedule)
         for pos, layer in enumerate(tower):
@@ -330,9 +336,9 @@ def _inject_layers(model, struct: Structure, reg, knobs, natives_by, state: _Pat
                     injected += [Site(p, "hidden", hidden, idx, "injected") for p, _ in layer.branches]
                 if "drop_path" in knobs:
                     injected += [Site(p, "drop_path", rate, idx, "injected") for p, _ in layer.branches]
-                if "layerdrop" in knobs and not native_layerdrop:
+                if "layerdrop" in knobs and t not in native["layerdrop"]:
                     injected.append(Site(layer.path, "layerdrop", layerdrop, idx, "injected"))
-            if "embedding" in knobs and not natives_by["embedding"] and pos == 0:
+            if "embedding" in knobs and t not in native["embedding"] and pos == 0:
                 injected.append(Site(layer.path + ".<input>", "embedding", embedding, None, "injected"))
             if emb or layerdrop or any(own):  # batch size for drop-path, input for embedding dropout / LayerDrop
                 state.hook(layer.module, _LayerPre(s), pre=True, with_kwargs=True)
@@ -351,8 +357,6 @@ def _inject_layers(model, struct: Structure, reg, knobs, natives_by, state: _Pat
     for knob in ("hidden", "drop_path"):
         if knob in knobs and not any(layer.branches for layer in struct.layers):
             _warn(knob, knobs[knob], model, "no residual branch was found in its layers")
-    if activation is not None and not any(layer.activations for layer in struct.layers):
-        _warn("activation", activation, model, "no activation module was found in its layers")
     return injected
 
 
@@ -375,9 +379,13 @@ def _inject_attention(model, struct: Structure, knobs, natives_by, state: _Patch
     rate is handed to PyTorch's `scaled_dot_product_attention` called inside each attention module. Only under the
     sdpa attention implementation; an eager softmax offers nothing to hand it to."""
     rate = knobs.get("attention")
-    if rate is None or natives_by["attention"]:
+    native = {t for n in natives_by["attention"] for t in n.towers}
+    if rate is None or len(native) == len(struct.towers) and natives_by["attention"]:
         return []
-    modules = [(path, m, layer.index) for layer in struct.layers for path, m in layer.attentions]
+    modules = [(path, m, layer.index) for t, tower in enumerate(struct.towers) if t not in native
+               for layer in tower for path, m in layer.attentions]
+    if not modules and natives_by["attention"]:  # the towers without a site have no attention to hand it to
+        return []
     impl = getattr(model.config, "_attn_implementation", None)
     if not modules or impl != "sdpa":
         why = "it has no attention-probability dropout site"

@@ -89,6 +89,8 @@ class NativeSite:
     dead: bool
     source: str
     origin: str = ""  # the config key the rate was built from, where building the model shows one
+    module_path: str = ""  # the module that holds the rate, or reads it from its config
+    towers: tuple[int, ...] = ()  # the layer towers it regularizes (see `_towers_of`); () for a head
     @property
     def rate(self) -> float:
         return float(getattr(self.owner, self.attr))
@@ -186,7 +188,29 @@ def analyze(model: nn.Module) -> Structure:
     layer_of = {path: layer for tower in towers for layer in tower for path in (layer.path, *layer.members)}
     head_roots = _head_roots(model, layer_of)
     natives, head_linears, adapter_slots = _native_sites(model, arch, layer_of, head_roots)
+    for n in natives:  # the module holding the rate, or reading it from its config
+        n.towers = () if n.module_path.split(".")[0] in head_roots else _towers_of(n.module_path, towers)
     return Structure(towers, natives, head_linears, adapter_slots)
+
+
+def _towers_of(path: str, towers: list[list[Layer]]) -> tuple[int, ...]:
+    """The towers a site at ``path`` (or read by the module at ``path``) belongs to: the one holding it, else
+    those whose stack shares the longest path prefix with it (``vision_tower.embeddings.dropout`` belongs to the
+    stack ``vision_tower.encoder.layer``, a model-level ``drop`` to every stack under the model)."""
+    parts = path.split(".") if path else []
+    best, hits = -1, []
+    for t, tower in enumerate(towers):
+        for layer in tower:
+            for p in (layer.path, *layer.members):
+                if path == p or path.startswith(p + "."):
+                    return (t,)
+        stack = tower[0].path.split(".")[:-1]
+        shared = next((i for i, (a, b) in enumerate(zip(parts, stack)) if a != b), min(len(parts), len(stack)))
+        if shared > best:
+            best, hits = shared, [t]
+        elif shared == best:
+            hits.append(t)
+    return tuple(hits)
 
 
 def _towers(model: nn.Module, arch: Arch) -> list[list[Layer]]:
@@ -332,7 +356,7 @@ def _native_sites(model: nn.Module, arch: Arch, layer_of: dict, head_roots: list
                 unread = key in dead or never_read(type(mod), name)
                 origin = sources.get((cpath, "p"), ("", ""))[1]
                 natives.append(NativeSite(child, "p", cpath, key, classify(key, cloc, origin, True), clayer, unread,
-                                          "module", origin))
+                                          "module", origin, cpath))
         if isinstance(mod, nn.modules.dropout._DropoutNd):
             continue
         for attr, value in vars(mod).items():
@@ -341,7 +365,7 @@ def _native_sites(model: nn.Module, arch: Arch, layer_of: dict, head_roots: list
                 unread = key in dead or never_read(type(mod), attr)
                 origin = sources.get((path, attr), ("", ""))[1]
                 natives.append(NativeSite(mod, attr, f"{path}:{attr}", key, classify(key, loc, origin), layer,
-                                          unread, "attribute", origin))
+                                          unread, "attribute", origin, path))
     # rates read from a config in forward: the table says which knob where the name and place cannot; the rest
     # are found in the forward code of the model's own module classes
     seen = set()
@@ -360,5 +384,5 @@ def _native_sites(model: nn.Module, arch: Arch, layer_of: dict, head_roots: list
             name = f"config.{key}" if cfg is config else f"{path}.config.{key}"
             loc, _ = where(path)
             natives.append(NativeSite(cfg, key, name, f"config.{key}", classify(f"config.{key}", loc, key), None, False,
-                                      "config", key))
+                                      "config", key, path))
     return natives, head_linears, adapter_slots

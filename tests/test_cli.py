@@ -50,8 +50,9 @@ def test_compare_table(capsys):
 def test_inspect_lists_every_site(capsys):
     assert main(["inspect", "bert-base-uncased"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].split() == ["path", "kind", "rate", "layer", "source"]
-    assert sum(" attention " in x for x in lines) == 12
+    assert lines[0].split() == ["path", "kind", "rate", "layer", "source", "config", "key"]
+    attention = [x.split() for x in lines if " attention " in x]
+    assert len(attention) == 12 and {row[-1] for row in attention} == {"attention_probs_dropout_prob"}
 
 
 def test_patch_writes_config_and_weights(tmp_path):

@@ -369,3 +369,39 @@ def test_parallel_per_index_lists_form_layers():
     assert "transformer:attention_dropout" not in kinds  # set in __init__, read nowhere: found dead by the scan
     with pytest.warns(UserWarning, match="`layerdrop`=0.2 cannot apply to xlm .* parallel per-index lists"):
         hfreg.patch_model(model, Reg(layerdrop=0.2))
+
+
+def test_each_tower_gets_a_knob_its_own_native_sites_do_not_cover():
+    # InternVL: the vision tower has embedding dropout of its own, the language model none
+    model = AutoModel.from_config(hfreg.small_twin(AutoConfig.for_model("internvl")))
+    struct = hfreg.sites.analyze(model)
+    [emb] = [n for n in struct.natives if n.kind == "embedding"]
+    assert emb.path == "vision_tower.embeddings.dropout"
+    assert [struct.towers[t][0].path for t in emb.towers] == ["vision_tower.encoder.layer.0"]
+    hfreg.patch_model(model, Reg(embedding=0.5))
+    sites = {s.path: s for s in hfreg.inspect_model(model) if s.kind == "embedding"}
+    assert sites.keys() == {"vision_tower.embeddings.dropout", "language_model.layers.0.<input>"}
+    inputs = hfreg.probe_inputs(model)  # text only: the language model's injected dropout is what acts
+    model.train()
+    outs = []
+    for seed in (1, 1, 2):
+        torch.manual_seed(seed)
+        outs.append(model(**inputs).last_hidden_state)
+    assert torch.equal(outs[0], outs[1]) and not torch.equal(outs[0], outs[2])
+
+
+def test_sites_outside_layers_belong_to_the_tower_of_the_nearest_stack():
+    from hfreg.sites import _towers_of
+
+    model = AutoModel.from_config(hfreg.small_twin(AutoConfig.for_model("internvl")))
+    towers = hfreg.sites.analyze(model).towers
+    assert _towers_of("", towers) == (0, 1)  # a model-level site: every stack under the model
+    assert _towers_of("language_model.norm", towers) == (1,)
+
+
+def test_a_tower_without_activation_modules_warns_by_name():
+    # LFM2-VL: the vision tower has activation modules, the LFM2 language model calls its activation as a function
+    model = AutoModel.from_config(hfreg.small_twin(AutoConfig.for_model("lfm2_vl")))
+    with pytest.warns(UserWarning, match=r"`activation`=0.2 cannot apply .* layers of language_model\.layers"):
+        hfreg.patch_model(model, Reg(activation=0.2))
+    assert any(s.kind == "activation" and s.path.startswith("vision_tower.") for s in hfreg.inspect_model(model))
