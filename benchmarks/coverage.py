@@ -11,11 +11,11 @@ invariants, each on a fresh twin where it matters:
   zero      `disable_dropout` passes: the all-zero spec makes training deterministic
   knob:X    knob X alone at 0.5 changes training output (reproducibly), or warns that it cannot apply
   unpatch   `unpatch_model` gives back the unpatched training output and hooks
-Near-zero initialisations (an `initializer_range` of 1e-10, layer scales of 1e-6) are set to a usual scale, as
-dropout on a branch whose output is ~0 cannot be seen; BatchNorm is not special-cased. Passes are seeded (torch,
-numpy, random); `zero` passes two different seeds after `disable_dropout`, which also switches off the training
-noise it knows (`hfreg.architectures.NOISE_KEYS`); other noise fails it. Each type runs under a time limit; a
-type over it counts as not buildable.
+Near-zero initialisations (an `initializer_range` of 1e-10, layer scales of 1e-6) are set to a usual scale by
+`small_twin`, as dropout on a branch whose output is ~0 cannot be seen; BatchNorm is not special-cased. Passes
+are seeded (torch, numpy, random); `zero` passes two different seeds after `disable_dropout`, which also
+switches off the training noise it knows (`hfreg.architectures.NOISE_KEYS`); other noise fails it. Each type
+runs under a time limit; a type over it counts as not buildable.
 """
 
 from __future__ import annotations
@@ -35,7 +35,6 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import hfreg  # noqa: E402
 from hfreg import KNOBS, RegularizationConfig as Reg  # noqa: E402
-from hfreg.provenance import config_tree  # noqa: E402
 
 KNOBS_CHECKED = tuple(k for k in KNOBS if k not in ("classifier", "adapter"))  # base models, no adapters
 
@@ -77,11 +76,6 @@ def build(model_type):
     import transformers
 
     config = hfreg.small_twin(AutoConfig.for_model(model_type))
-    for _, cfg in config_tree(config):  # near-zero initialisations hide any dropout: drawn at a usual scale
-        for key, usual in (("initializer_range", 0.02), ("layer_scale_init_value", 0.1), ("layerscale_value", 0.1)):
-            value = vars(cfg).get(key)
-            if isinstance(value, float) and 0 < value < usual / 100:
-                setattr(cfg, key, usual)
     torch.manual_seed(0)
     try:
         return AutoModel.from_config(config)

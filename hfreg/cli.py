@@ -198,14 +198,17 @@ def cmd_probe(args):
           f"acts = the training-mode output changes")
     rows = [["path", "kind", "source", "rate", "acts", "note"]]
     for r in results:
-        note = r.note or ("dead: forward never reads it" if r.dead else
-                          "" if r.acts else "reported as a site, but has no effect on this input")
+        note = r.note or ("dead: forward never reads it" if r.dead else "" if r.acts else
+                          "runs without effect: inspect leaves it out" if r.exercised else
+                          "not reached by this input (proves nothing)")
         rows.append([r.path, r.kind, r.source, "-" if r.source == "hfreg" else f"{r.rate:g}",
                      "yes" if r.acts else "no", note])
     print(_table(rows))
     sites = [r for r in results if r.source != "hfreg"]
     print(f"{len(sites)} native sites: {sum(r.acts for r in sites)} act, {sum(r.dead for r in sites)} dead as "
-          f"expected, {sum(not r.acts and not r.dead for r in sites)} without effect; knobs through hfreg that act: "
+          f"expected, {sum(not r.acts and not r.dead and r.exercised for r in sites)} without effect, "
+          f"{sum(not r.acts and not r.dead and not r.exercised for r in sites)} not reached; "
+          f"knobs through hfreg that act: "
           f"{', '.join(r.kind for r in results if r.source == 'hfreg' and r.acts) or 'none'}")
 
 

@@ -436,13 +436,23 @@ def is_patched(model) -> bool:
     return _STATE in _unwrap(model).__dict__
 
 
-def inspect_model(model) -> list[Site]:
-    """Every site where a knob acts, with the rate in force now and its layer index (None outside layers)."""
+def inspect_model(model, verify: bool = True) -> list[Site]:
+    """Every site where a knob acts, with the rate in force now and its layer index (None outside layers).
+
+    Native sites that forward never reads are left out; with ``verify``, so are those that a training-mode forward
+    of a small twin of the model shows to change nothing (`hfreg.probing.inert_sites`: Falcon's
+    ``config.attention_dropout`` under ``parallel_attn``, a causal LM's unused cross-attention)."""
     model = _unwrap(model)
     state = model.__dict__.get(_STATE)
     owned = state.owned if state else ()
+    inert = frozenset()
+    if verify:
+        from .probing import inert_sites
+        from .sites import _stack_key
+
+        inert = inert_sites(model)
     sites = [Site(n.path, n.kind, n.rate, n.layer, n.source, n.origin) for n in analyze(model).natives
-             if not n.dead and n.kind not in owned]
+             if not n.dead and n.kind not in owned and (not inert or _stack_key(n.path) not in inert)]
     if state:
         sites += [Site(s.path, s.kind, s.rate * state.factors[s.kind], s.layer, s.source) for s in state.injected]
     return sites

@@ -1,8 +1,9 @@
 """Which knobs act: a dropout-off switch that proves itself, and a probe of every site.
 
-`disable_dropout(model)` applies the all-zero spec, switches off training noise that is not dropout, and checks that two training-mode passes with different seeds
-are bit-identical; if not, it raises naming the modules that still drew random numbers. `probe(model)` turns each
-site on alone and reports whether the training-mode output changes, so dead attributes and ignored rates show up.
+`disable_dropout(model)` applies the all-zero spec, switches off training noise that is not dropout, and checks
+that two training-mode passes with different seeds are bit-identical; if not, it raises naming the modules that
+still drew random numbers. `probe(model)` turns each site on alone and reports whether the training-mode output
+changes, so dead attributes and ignored rates show up; `inert_sites` runs it on a small twin for `inspect_model`.
 For a published config too large to run here, `small_twin(config)` keeps the architecture and code path with two
 layers and a narrow width.
 """
@@ -21,7 +22,7 @@ from .config import KNOBS, RegularizationConfig
 from .architectures import NOISE_KEYS
 from .patcher import _STATE, _unwrap, patch_model
 from .provenance import config_sources, config_tree
-from .sites import analyze
+from .sites import _stack_key, analyze
 
 # aten ops that draw random numbers; attention kernels are caught by a non-zero `dropout_p` argument instead
 _RANDOM = ("bernoulli", "rand", "normal_", "dropout", "multinomial", "uniform", "exponential", "cauchy", "geometric",
@@ -166,18 +167,39 @@ class Probe:
     acts: bool
     dead: bool = False  # what the static analysis expected: a site it knows forward never reads
     note: str = ""  # for a knob: why it cannot apply, as patch_model warned
+    # the module holding (or reading) the rate ran, or a layer around it ran and passed it by: with ``acts`` False,
+    # the site is inert; a site in a part the inputs never reach (a vision tower fed text) proves nothing
+    exercised: bool = True
 
 
-def probe(model, inputs: dict | None = None, rate: float = 0.5) -> list[Probe]:
-    """Turn each native site on alone at ``rate`` (every other site off), then each knob through hfreg, and report
-    whether the training-mode output changes. Works on a copy: ``model`` is left as it was."""
+def _called(model, inputs) -> set[str]:
+    """Paths of the modules a training-mode forward runs ("" for the model)."""
+    called: set[str] = set()
+    handles = [m.register_forward_pre_hook(lambda mod, args, name=name: called.add(name))
+               for name, m in model.named_modules()]
+    try:
+        _train_output(model, inputs, 0)
+    finally:
+        for h in handles:
+            h.remove()
+    return called
+
+
+def probe(model, inputs: dict | None = None, rate: float = 0.5, knobs: bool = True) -> list[Probe]:
+    """Turn each native site on alone at ``rate`` (every other site and the training noise off), then, with
+    ``knobs``, each knob through hfreg, and report whether the training-mode output changes. Works on a copy:
+    ``model`` is left as it was."""
     model = copy.deepcopy(_unwrap(model))
     inputs = inputs if inputs is not None else probe_inputs(model)
-    natives = analyze(model).natives
+    struct = analyze(model)
+    natives = struct.natives
+    called = _called(model, inputs)
+    ran_layers = [p for layer in struct.layers for p in (layer.path, *layer.members) if p in called]
     published = {(id(n.owner), n.attr): n.rate for n in natives}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         patch_model(model, RegularizationConfig.zero())
+    _switch_off_noise(model)
     base = _train_output(model, inputs, 0)
     if not _same(base, _train_output(model, inputs, 1)):
         raise RuntimeError(f"hfreg: {type(model).__name__} trains randomly with every knob off; "
@@ -191,8 +213,10 @@ def probe(model, inputs: dict | None = None, rate: float = 0.5) -> list[Probe]:
         except Exception:  # a rate the forward cannot take is a site that does not work
             acts = False
         setattr(n.owner, n.attr, old)
-        results.append(Probe(n.path, n.kind, n.source, published[(id(n.owner), n.attr)], acts, n.dead))
-    for knob in KNOBS:
+        exercised = n.module_path in called or any(n.module_path.startswith(p + ".") for p in ran_layers)
+        results.append(Probe(n.path, n.kind, n.source, published[(id(n.owner), n.attr)], acts, n.dead,
+                             exercised=exercised))
+    for knob in KNOBS if knobs else ():
         spec = RegularizationConfig(**{**RegularizationConfig.zero().knobs(), knob: rate})
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -201,6 +225,36 @@ def probe(model, inputs: dict | None = None, rate: float = 0.5) -> list[Probe]:
         note = "; ".join(str(w.message).split(": ", 2)[-1] for w in caught)
         results.append(Probe("*", knob, "hfreg", 0.0, acts, note=note))
     return results
+
+
+_INERT: dict[tuple[type, str], frozenset[str]] = {}
+
+
+def inert_sites(model) -> frozenset[str]:
+    """Native sites of ``model`` that change nothing in training: the sites of a small twin of its class and config
+    (`small_twin`) that `probe` finds exercised yet without effect, as path patterns with layer indices as ``*``
+    (``h.*.attn:dropout``).
+    Empty where no twin can be built and run: nothing is then claimed inert. Cached per class and config."""
+    inner = _unwrap(model)
+    key = (type(inner), inner.config.to_json_string(use_diff=False))
+    if key not in _INERT:
+        if len(_INERT) >= 64:
+            _INERT.pop(next(iter(_INERT)))
+        _INERT[key] = _inert(type(inner), inner.config)
+    return _INERT[key]
+
+
+def _inert(cls, config) -> frozenset[str]:
+    try:
+        with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.manual_seed(0)
+            twin = cls(small_twin(config))
+            results = probe(twin, knobs=False)
+    except Exception:  # no twin to run (a class that needs more than its config, inputs no generic batch fits)
+        return frozenset()
+    acting = {_stack_key(r.path) for r in results if r.acts or not r.exercised}
+    return frozenset(_stack_key(r.path) for r in results if not r.acts) - acting
 
 
 # config fields that set depth and width, shrunk for a small twin
@@ -215,7 +269,8 @@ _FFN = ("intermediate_size", "ffn_dim", "d_ff", "encoder_ffn_dim", "decoder_ffn_
 
 def small_twin(config, layers: int = 2, width: int = 64, heads: int = 4):
     """A copy of ``config`` with ``layers`` layers, width ``width`` and ``heads`` heads: the same architecture and
-    code path (attention implementation, rates, layer types), cheap enough to run on a CPU."""
+    code path (attention implementation, rates, layer types), cheap enough to run on a CPU. Near-zero
+    initialisation scales are raised to usual ones, so that a dropout's effect shows in the output."""
     config = copy.deepcopy(config)
 
     def shrink(cfg):
@@ -248,6 +303,10 @@ def small_twin(config, layers: int = 2, width: int = 64, heads: int = 4):
             cfg.layer_types = cfg.layer_types[:layers]
         if isinstance(d.get("depths"), list):  # staged vision models: one block per stage
             cfg.depths = [1] * len(cfg.depths)
+        # near-zero initialisations (BLIP's 1e-10, layer scales of 1e-6) hide any dropout: a usual scale instead
+        for k, usual in (("initializer_range", 0.02), ("layer_scale_init_value", 0.1), ("layerscale_value", 0.1)):
+            if isinstance(d.get(k), float) and 0 < d[k] < usual / 100:
+                setattr(cfg, k, usual)
 
     for _, cfg in config_tree(config):  # nested sub-configs (text, vision) too
         shrink(cfg)

@@ -177,7 +177,7 @@ def _attentions(block: nn.Module) -> list[tuple[str, nn.Module]]:
 
 
 def _stack_key(path: str) -> str:
-    return re.sub(r"\.\d+(?=\.|$)", ".*", path)
+    return re.sub(r"\.\d+(?=[.:]|$)", ".*", path)
 
 
 def analyze(model: nn.Module) -> Structure:
