@@ -42,6 +42,7 @@ class Arch:
     #                                 GENERIC_BRANCHES when given
     rules: tuple[tuple[str, str], ...] = ()  # classification patterns tried before GENERIC_RULES
     dead: tuple[str, ...] = ()  # sites that exist but that forward never reads, where the source scan cannot tell
+    broken: tuple[str, ...] = ()  # sites whose own code fails when on: held at 0, the knob injected instead
     dead_unless: dict[str, str] = field(default_factory=dict)  # {site: config flag}: dead unless it is truthy
     forward_config: dict[str, str] = field(default_factory=dict)  # {config key: knob}: rates read from
     #                                 `self.config` in forward, where the source scan cannot tell the knob
@@ -72,6 +73,8 @@ ARCHITECTURES: dict[str, Arch] = {
     "gemma3_text": Arch(branches=("post_attention_layernorm", "post_feedforward_layernorm")),
     "olmo2": Arch(branches=("post_attention_layernorm", "post_feedforward_layernorm")),
     "gpt_neox": Arch(branches=("post_attention_dropout", "post_mlp_dropout")),
+    # transformers' encoder LayerDrop sets the hidden states to None when it skips a layer, and forward fails
+    "pegasus_x": Arch(broken=("PegasusXEncoder.layerdrop",)),
     "mpnet": Arch(branches=("attention.dropout", "output.dropout"), rules=((r"MPNetAttention\.dropout", "hidden"),)),
     "t5": _T5, "mt5": _T5, "umt5": _T5, "longt5": _T5,
 }

@@ -60,8 +60,9 @@ def _sampling(module) -> bool:
 def _map_first(output, fn):
     if isinstance(output, torch.Tensor):
         return fn(output)
-    if isinstance(output, tuple) and output and isinstance(output[0], torch.Tensor):
-        return (fn(output[0]),) + tuple(output[1:])
+    if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
+        first = [fn(output[0]), *output[1:]]
+        return first if isinstance(output, list) else tuple(first)  # OpenAI GPT's blocks return lists
     return output
 
 
@@ -271,11 +272,12 @@ def patch_model(model, reg: RegularizationConfig | dict | None = None):
     state = _PatchState(reg)
     object.__setattr__(model, _STATE, state)  # before the first change: a failure below is undone in full
     try:
-        # native sites: set for the spec's knob, or zero where hfreg owns the knob
+        # native sites: set for the spec's knob, or zero where hfreg owns the knob or the site is dead (unread, or
+        # broken when on)
         for n in struct.natives:
             if n.kind in knobs:
-                state.assign(n.owner, n.attr, 0.0 if n.kind in _OWNED else knobs[n.kind])
-                if n.kind not in _OWNED:
+                state.assign(n.owner, n.attr, 0.0 if n.kind in _OWNED or n.dead else knobs[n.kind])
+                if n.kind not in _OWNED and not n.dead:
                     state.live.append((n.owner, n.attr, n.kind, knobs[n.kind]))
         # decisions about injecting look at live sites only: a dead attribute regularizes nothing
         natives_by = {k: [n for n in struct.natives if n.kind == k and not n.dead] for k in KNOBS}

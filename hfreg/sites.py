@@ -196,7 +196,8 @@ def analyze(model: nn.Module) -> Structure:
 def _towers_of(path: str, towers: list[list[Layer]]) -> tuple[int, ...]:
     """The towers a site at ``path`` (or read by the module at ``path``) belongs to: the one holding it, else
     those whose stack shares the longest path prefix with it (``vision_tower.embeddings.dropout`` belongs to the
-    stack ``vision_tower.encoder.layer``, a model-level ``drop`` to every stack under the model)."""
+    stack ``vision_tower.encoder.layer``, a model-level ``drop`` to every stack under the model, BERT's
+    ``embeddings.dropout`` to its one stack)."""
     parts = path.split(".") if path else []
     best, hits = -1, []
     for t, tower in enumerate(towers):
@@ -210,6 +211,8 @@ def _towers_of(path: str, towers: list[list[Layer]]) -> tuple[int, ...]:
             best, hits = shared, [t]
         elif shared == best:
             hits.append(t)
+    if best == 0 and len(towers) > 1 and len(parts) > 1:
+        return ()  # inside a part of a composite model that has no stack of its own (an audio tokenizer's LSTM)
     return tuple(hits)
 
 
@@ -313,7 +316,7 @@ def _native_sites(model: nn.Module, arch: Arch, layer_of: dict, head_roots: list
         return "base", None
 
     rules = arch.rules + GENERIC_RULES
-    dead = set(arch.dead)
+    dead = set(arch.dead) | set(arch.broken)  # a broken site is treated as dead, and held at 0 by the patch
     dead |= {k for k, flag in arch.dead_unless.items() if not getattr(config, flag, False)}
     sources = config_sources(model)
 
