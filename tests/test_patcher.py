@@ -405,3 +405,35 @@ def test_a_tower_without_activation_modules_warns_by_name():
     with pytest.warns(UserWarning, match=r"`activation`=0.2 cannot apply .* layers of language_model\.layers"):
         hfreg.patch_model(model, Reg(activation=0.2))
     assert any(s.kind == "activation" and s.path.startswith("vision_tower.") for s in hfreg.inspect_model(model))
+
+
+def _twin(model_type):
+    torch.manual_seed(0)
+    return AutoModel.from_config(hfreg.small_twin(AutoConfig.for_model(model_type)))
+
+
+def _train_varies(model, inputs):
+    model.train()
+    outs = []
+    for seed in (1, 1, 2):
+        torch.manual_seed(seed)
+        outs.append(first_tensor(model(**inputs)))
+    return torch.equal(outs[0], outs[1]) and not torch.equal(outs[0], outs[2])
+
+
+def test_layerdrop_skips_layers_that_return_lists():
+    model = _twin("openai-gpt")  # its blocks return [hidden_states, ...]
+    hfreg.patch_model(model, Reg(layerdrop=0.5))
+    assert _train_varies(model, hfreg.probe_inputs(model))
+
+
+def test_a_broken_native_site_is_held_at_zero_and_the_knob_injected():
+    # PegasusX's own encoder LayerDrop sets the states to None when it skips: at 0.5 its forward would fail
+    model = _twin("pegasus_x")
+    inputs = hfreg.probe_inputs(model)
+    hfreg.patch_model(model, Reg(layerdrop=0.5))
+    assert model.encoder.layerdrop == 0.0 and model.decoder.layerdrop == 0.5
+    assert "encoder.layers.0" in {s.path for s in hfreg.inspect_model(model) if s.kind == "layerdrop"}
+    assert _train_varies(model, inputs)
+    hfreg.unpatch_model(model)
+    assert model.encoder.layerdrop == model.config.encoder_layerdrop
