@@ -79,11 +79,31 @@ def build(model_type):
     torch.manual_seed(0)
     try:
         return AutoModel.from_config(config)
-    except ValueError:  # a sub-model config (`…TextConfig`) that AutoModel does not map: its class by name
-        cls = getattr(transformers, type(config).__name__.replace("Config", "Model"), None)
+    except ValueError:  # a sub-model config (`…TextConfig`) that AutoModel does not map: the model class of its
+        cls = _model_class(type(config))  # modeling module built for exactly that config class
         if cls is None:
             raise
         return cls(config)
+
+
+def _model_class(config_class):
+    """The model class of ``config_class``'s modeling module whose ``config_class`` it is: the one named like the
+    config (``FooTextConfig`` -> ``FooTextModel``) if there is one, else the first such class that is not a head."""
+    import importlib
+    import inspect
+
+    from transformers import PreTrainedModel
+
+    module = config_class.__module__.replace(".configuration_", ".modeling_")
+    try:
+        mod = importlib.import_module(module)
+    except ImportError:
+        return None
+    classes = [c for _, c in inspect.getmembers(mod, inspect.isclass) if issubclass(c, PreTrainedModel)
+               and c.__module__ == mod.__name__ and getattr(c, "config_class", None) is config_class]
+    named = config_class.__name__.replace("Config", "Model")
+    ranked = sorted(classes, key=lambda c: (c.__name__ != named, "For" in c.__name__, "PreTrained" in c.__name__))
+    return ranked[0] if ranked else None
 
 
 def check(model_type) -> tuple[str, list[str], str]:

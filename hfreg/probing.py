@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import inspect
 import warnings
 from dataclasses import dataclass
 
@@ -97,12 +98,15 @@ def probe_inputs(model, batch: int = 2, length: int = 8) -> dict:
         raise ValueError(f"cannot make probe inputs for {type(model).__name__} (main input {name!r}); pass inputs=")
     if getattr(cfg, "is_encoder_decoder", False) and "decoder_input_ids" not in inputs:
         inputs["decoder_input_ids"] = ids[:, :4]
-    return {k: v.to(device) for k, v in inputs.items()}
+    inputs = {k: v.to(device) for k, v in inputs.items()}
+    if "use_cache" in inspect.signature(model.forward).parameters:
+        inputs["use_cache"] = False  # one training-style pass: no cache to build (hybrid SSM caches refuse it)
+    return inputs
 
 
 def _train_output(model, inputs, seed):
     model.train()
-    devices = [torch.cuda.current_device()] if any(v.is_cuda for v in inputs.values()) else []
+    devices = [torch.cuda.current_device()] if any(getattr(v, "is_cuda", False) for v in inputs.values()) else []
     with torch.random.fork_rng(devices=devices), torch.no_grad():
         torch.manual_seed(seed)
         out = model(**inputs)
