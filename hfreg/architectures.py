@@ -28,7 +28,8 @@ GENERIC_RULES: tuple[tuple[str, str], ...] = (
 # Where residual branches end inside one layer: for each branch, candidates tried in order (first present
 # wins). The branch's output is taken just before it joins the residual stream.
 GENERIC_BRANCHES: tuple[tuple[str, ...], ...] = (
-    ("attention.output.dropout", "self_attn", "self_attention", "attn", "attention"),  # self-attention
+    ("attention.output.dropout", "self_attn", "self_attention", "attn", "attention", "mixer"),  # self-attention;
+    #                                          state-space blocks (Mamba, Nemotron-H) mix tokens in a `mixer`
     ("crossattention.output.dropout", "encoder_attn", "cross_attn", "crossattention"),  # cross-attention
     ("output.dropout", "mlp", "feed_forward", "ffn", "fc2"),  # MLP
 )

@@ -303,8 +303,14 @@ def small_twin(config, layers: int = 2, width: int = 64, heads: int = 4):
             cfg.num_experts_per_tok = min(cfg.num_experts_per_tok, 2)
         if isinstance(d.get("rotary_dim"), int):
             cfg.rotary_dim = min(cfg.rotary_dim, width // heads)
-        if isinstance(d.get("layer_types"), list):
-            cfg.layer_types = cfg.layer_types[:layers]
+        if isinstance(d.get("layer_types"), list):  # the first layers, and one of each kind the model has
+            kinds = list(dict.fromkeys(cfg.layer_types))
+            first = cfg.layer_types[:layers]
+            cfg.layer_types = first + [k for k in kinds if k not in first]
+            if len(cfg.layer_types) > layers:
+                for k in _DEPTH:
+                    if isinstance(d.get(k), int) and d[k] == layers:
+                        setattr(cfg, k, len(cfg.layer_types))
         if isinstance(d.get("depths"), list):  # staged vision models: one block per stage
             cfg.depths = [1] * len(cfg.depths)
         # near-zero initialisations (BLIP's 1e-10, layer scales of 1e-6) hide any dropout: a usual scale instead

@@ -155,12 +155,17 @@ def find_branches(block: nn.Module, model_type: str | None) -> list[tuple[str, n
 def _activations(block: nn.Module, repeated: frozenset = frozenset()) -> list[tuple[str, nn.Module]]:
     """Parameter-free activation modules of a layer. Modules found at several paths are left out: one object used
     in every layer is often a module-level singleton (XLM's ``gelu``), shared with every other model in the
-    process, and a hook on it would act on them too."""
+    process, and a hook on it would act on them too. So are modules their owner never calls (Mamba's mixer builds
+    ``self.act`` and applies the activation as a function)."""
     acts, seen = [], set()
     for name, mod in block.named_modules():
+        parent, _, attr = name.rpartition(".")
+        owner = block.get_submodule(parent) if name else None
         if (name and not list(mod.children()) and not list(mod.parameters(recurse=False))
                 and _ACTIVATION.fullmatch(type(mod).__name__) and not _ATTENTION_PATH.search(name)
-                and id(mod) not in seen and id(mod) not in repeated):
+                and id(mod) not in seen and id(mod) not in repeated
+                and (isinstance(owner, (nn.ModuleList, nn.Sequential, nn.ModuleDict))
+                     or not never_read(type(owner), attr))):
             seen.add(id(mod))
             acts.append((name, mod))
     return acts

@@ -413,12 +413,14 @@ def _twin(model_type):
 
 
 def _train_varies(model, inputs):
+    """Training output reproducible under a seed and different under some other seed (LayerDrop over two layers
+    draws one of four patterns)."""
     model.train()
     outs = []
-    for seed in (1, 1, 2):
+    for seed in (1, 1, 2, 3, 4, 5):
         torch.manual_seed(seed)
         outs.append(first_tensor(model(**inputs)))
-    return torch.equal(outs[0], outs[1]) and not torch.equal(outs[0], outs[2])
+    return torch.equal(outs[0], outs[1]) and any(not torch.equal(outs[0], o) for o in outs[2:])
 
 
 def test_layerdrop_skips_layers_that_return_lists():
@@ -437,3 +439,16 @@ def test_a_broken_native_site_is_held_at_zero_and_the_knob_injected():
     assert _train_varies(model, inputs)
     hfreg.unpatch_model(model)
     assert model.encoder.layerdrop == model.config.encoder_layerdrop
+
+
+def test_state_space_blocks_have_their_mixer_as_branch_end_and_an_uncalled_activation_warns():
+    model = _twin("mamba")
+    [layer, _] = hfreg.sites.analyze(model).layers
+    assert [p for p, _ in layer.branches] == ["layers.0.mixer"]
+    assert layer.activations == []  # MambaMixer builds `act` but applies its activation as a function
+    inputs = hfreg.probe_inputs(model)
+    for knob in ("hidden", "drop_path", "layerdrop"):
+        hfreg.patch_model(model, Reg(**{knob: 0.5}))
+        assert _train_varies(model, inputs), knob
+    with pytest.warns(UserWarning, match="`activation`=0.2 cannot apply to mamba"):
+        hfreg.patch_model(model, Reg(activation=0.2))

@@ -116,6 +116,15 @@ def test_probe_small_twins_of_published_configs(name):
     assert {r.kind for r in results if r.source == "hfreg" and r.acts} == set(hfreg.KNOBS) - {"classifier", "adapter"}
 
 
+def test_small_twin_keeps_each_layer_kind_and_a_visible_initialisation():
+    twin = hfreg.small_twin(AutoConfig.for_model("gemma3_text"))  # five sliding-window layers, then a global one
+    assert twin.layer_types == ["sliding_attention", "sliding_attention", "full_attention"]
+    assert twin.num_hidden_layers == 3
+    blip = AutoConfig.for_model("blip")
+    assert blip.vision_config.initializer_range == 1e-10  # dropout on ~0 branch outputs would not show
+    assert hfreg.small_twin(blip).vision_config.initializer_range == 0.02
+
+
 def test_probe_cli(capsys):
     assert main(["probe", "gpt2"]) == 0
     out = capsys.readouterr().out
