@@ -178,11 +178,12 @@ class _SdpaDropout(TorchFunctionMode):
 
     def __init__(self, p):
         super().__init__()
-        self.p = p
+        self.p, self.calls = p, 0
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         if func is F.scaled_dot_product_attention:
+            self.calls += 1
             if len(args) > 4:  # dropout_p passed by position
                 args = (*args[:4], args[4] or self.p, *args[5:])
             elif not kwargs.get("dropout_p"):
@@ -204,14 +205,21 @@ class _AttentionEnter(_Hook):
 
 
 class _AttentionExit(_Hook):
-    """Hook of the same module, called even when its forward raises: leave the mode its pre-hook entered."""
+    """Hook of the same module, called even when its forward raises: leave the mode its pre-hook entered. A module
+    that ran without calling `scaled_dot_product_attention` (linear attention, a recurrent mixer) gets nothing:
+    said once per module class and patch (``told``), at its first such forward, since only running it tells."""
 
-    def __init__(self, enter: _AttentionEnter):
-        self.enter = enter
+    def __init__(self, enter: _AttentionEnter, told: set):
+        self.enter, self.told = enter, told
 
     def __call__(self, module, args, output):
         if self.enter.modes:
-            self.enter.modes.pop().__exit__(None, None, None)
+            mode = self.enter.modes.pop()
+            mode.__exit__(None, None, None)
+            if not mode.calls and type(module) not in self.told:
+                self.told.add(type(module))
+                warnings.warn(f"hfreg: `attention`={mode.p} cannot apply to {type(module).__name__}: it computed "
+                              f"attention without scaled_dot_product_attention, where hfreg injects it", UserWarning)
 
 
 class _PatchState:
@@ -396,10 +404,11 @@ def _inject_attention(model, struct: Structure, knobs, natives_by, state: _Patch
                     f"scaled_dot_product_attention (attn_implementation='sdpa')")
         _warn("attention", rate, model, why)
         return []
+    told: set = set()
     for _, module, _ in modules:
         if rate:
             enter = state.hook(module, _AttentionEnter(rate), pre=True, knob="attention")
-            state.hook(module, _AttentionExit(enter), always_call=True)
+            state.hook(module, _AttentionExit(enter, told), always_call=True)
     return [Site(path, "attention", rate, index, "injected") for path, _, index in modules]
 
 

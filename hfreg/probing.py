@@ -22,7 +22,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from .config import KNOBS, RegularizationConfig
 from .architectures import NOISE_KEYS
 from .patcher import _STATE, _unwrap, patch_model
-from .provenance import config_sources, config_tree
+from .provenance import config_sources, config_tree, per_config
 from .sites import _stack_key, analyze
 
 # aten ops that draw random numbers; attention kernels are caught by a non-zero `dropout_p` argument instead
@@ -237,15 +237,9 @@ _INERT: dict[tuple[type, str], frozenset[str]] = {}
 def inert_sites(model) -> frozenset[str]:
     """Native sites of ``model`` that change nothing in training: the sites of a small twin of its class and config
     (`small_twin`) that `probe` finds exercised yet without effect, as path patterns with layer indices as ``*``
-    (``h.*.attn:dropout``).
-    Empty where no twin can be built and run: nothing is then claimed inert. Cached per class and config."""
-    inner = _unwrap(model)
-    key = (type(inner), inner.config.to_json_string(use_diff=False))
-    if key not in _INERT:
-        if len(_INERT) >= 64:
-            _INERT.pop(next(iter(_INERT)))
-        _INERT[key] = _inert(type(inner), inner.config)
-    return _INERT[key]
+    (``h.*.attn:dropout``). Empty where no twin can be built and run: nothing is then claimed inert. Cached per
+    class and config."""
+    return per_config(_INERT, _unwrap(model), _inert)
 
 
 def _inert(cls, config) -> frozenset[str]:

@@ -82,9 +82,15 @@ def config_sources(model: nn.Module) -> dict[tuple[str, str], tuple[str, str]]:
     """``{(module path, attribute): (sub-config path, config key)}`` for each rate holder of ``model`` that its
     class builds from a config key (``attribute`` is ``"p"`` for an ``nn.Dropout``). Empty where the class cannot
     be built from the config alone."""
+    return per_config(_CACHE, model, _sources)
+
+
+def per_config(cache: dict, model: nn.Module, compute):
+    """``compute(type(model), model.config)``, kept in ``cache`` per class and config (the 64 newest): what
+    building a model of that class from that config shows does not change while the config does not."""
     key = (type(model), model.config.to_json_string(use_diff=False))
-    if key not in _CACHE:
-        if len(_CACHE) >= 64:
-            _CACHE.pop(next(iter(_CACHE)))
-        _CACHE[key] = _sources(type(model), model.config)
-    return _CACHE[key]
+    if key not in cache:
+        if len(cache) >= 64:
+            cache.pop(next(iter(cache)))
+        cache[key] = compute(type(model), model.config)
+    return cache[key]

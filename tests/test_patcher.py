@@ -452,3 +452,20 @@ def test_state_space_blocks_have_their_mixer_as_branch_end_and_an_uncalled_activ
         assert _train_varies(model, inputs), knob
     with pytest.warns(UserWarning, match="`activation`=0.2 cannot apply to mamba"):
         hfreg.patch_model(model, Reg(activation=0.2))
+
+
+def test_attention_injected_where_no_sdpa_runs_says_so_at_the_first_forward():
+    # a hybrid whose layers are all linear attention: the modules are named like attention but compute none
+    config = hfreg.small_twin(AutoConfig.for_model("bailing_hybrid"))
+    config.layer_types, config.num_hidden_layers = ["linear_attention"] * 2, 2
+    model = AutoModel.from_config(config)
+    hfreg.patch_model(model, Reg(attention=0.3))
+    inputs = hfreg.probe_inputs(model)
+    model.train()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model(**inputs)
+        model(**inputs)
+    assert [str(w.message) for w in caught] == ["hfreg: `attention`=0.3 cannot apply to BailingHybridDeltaAttention: "
+                                                "it computed attention without scaled_dot_product_attention, where "
+                                                "hfreg injects it"]
