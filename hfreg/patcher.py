@@ -123,7 +123,8 @@ class _LayerPost(_Hook):
         skipped, self.s.skip = self.s.skip, None
         if skipped is None:
             return None
-        return _map_first(output, lambda _: skipped)
+        # a layer that changes the shape (the first block of a Hiera or Swin stage) cannot be skipped
+        return _map_first(output, lambda out: skipped if out.shape == skipped.shape else out)
 
 
 class _Branch(_Hook):

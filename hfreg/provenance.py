@@ -62,7 +62,10 @@ def _sources(cls: type, config) -> dict[tuple[str, str], tuple[str, str]]:
     for i, (path, key) in enumerate(keys):
         value = round(_FIRST + _STEP * i, 6)
         cfg = functools.reduce(getattr, [p for p in path.split(".") if p], twin)
-        setattr(cfg, key, value)
+        try:
+            setattr(cfg, key, value)
+        except Exception:  # a strict config whose field takes no float (MPT's int `attn_pdrop`): no sentinel there
+            continue
         sentinel[value] = (path.rstrip("."), key)
     try:
         with torch.device("meta"), warnings.catch_warnings():
