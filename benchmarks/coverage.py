@@ -12,7 +12,8 @@ invariants, each on a fresh twin where it matters:
   knob:X    knob X alone at 0.5 changes training output (reproducibly), or warns that it cannot apply
   unpatch   `unpatch_model` gives back the unpatched training output and hooks
 Near-zero initialisations (an `initializer_range` of 1e-10, layer scales of 1e-6) are set to a usual scale by
-`small_twin`, as dropout on a branch whose output is ~0 cannot be seen; BatchNorm is not special-cased. Passes
+`small_twin`, and weights initialised to exactly zero (zero-init residual branches, gates) are drawn from
+N(0, 0.02), as a trained checkpoint has them: dropout on a branch whose output is ~0 cannot be seen; BatchNorm is not special-cased. Passes
 are seeded (torch, numpy, random); `zero` passes two different seeds after `disable_dropout`, which also
 switches off the training noise it knows (`hfreg.architectures.NOISE_KEYS`); other noise fails it. Each type
 runs under a time limit; a type over it counts as not buildable.
@@ -73,17 +74,20 @@ def same(a, b):
 def build(model_type):
     from transformers import AutoConfig, AutoModel
 
-    import transformers
-
     config = hfreg.small_twin(AutoConfig.for_model(model_type))
     torch.manual_seed(0)
     try:
-        return AutoModel.from_config(config)
+        model = AutoModel.from_config(config)
     except ValueError:  # a sub-model config (`…TextConfig`) that AutoModel does not map: the model class of its
         cls = _model_class(type(config))  # modeling module built for exactly that config class
         if cls is None:
             raise
-        return cls(config)
+        model = cls(config)
+    with torch.no_grad():  # zero-initialised branch outputs and gates (NeoMME): drawn as a checkpoint would have them
+        for name, p in model.named_parameters():
+            if not name.endswith("bias") and p.is_floating_point() and p.numel() > 1 and not p.any():
+                p.normal_(0.0, 0.02)
+    return model
 
 
 def _model_class(config_class):

@@ -24,7 +24,7 @@ from .architectures import CONFIG_KEYS
 from .config import CONFIG_ATTR, KNOBS, RegularizationConfig
 from .layers import drop_path, drop_path_rates
 from .provenance import config_tree
-from .sites import Site, Structure, analyze
+from .sites import Site, Structure, _stack_key, analyze
 
 _STATE = "_hfreg_patch"
 _MISSING = object()  # marks an attribute that did not exist before patching
@@ -288,8 +288,12 @@ def patch_model(model, reg: RegularizationConfig | dict | None = None):
                 state.assign(n.owner, n.attr, 0.0 if n.kind in _OWNED or n.dead else knobs[n.kind])
                 if n.kind not in _OWNED and not n.dead:
                     state.live.append((n.owner, n.attr, n.kind, knobs[n.kind]))
-        # decisions about injecting look at live sites only: a dead attribute regularizes nothing
-        natives_by = {k: [n for n in struct.natives if n.kind == k and not n.dead] for k in KNOBS}
+        # decisions about injecting look at live sites only: a dead attribute, or one a small twin shows to run
+        # without effect (SAM's vision attention under sdpa), regularizes nothing. Inert sites still get the rate:
+        # an input the twin's lacks may reach them (a causal LM's cross-attention given encoder states)
+        inert = _inert(model)
+        natives_by = {k: [n for n in struct.natives if n.kind == k and not n.dead and _stack_key(n.path) not in inert]
+                      for k in KNOBS}
         state.injected += _inject_layers(model, struct, reg, knobs, natives_by, state)
         state.injected += _inject_classifier(model, struct, knobs, natives_by, state)
         state.injected += _inject_adapters(model, struct, knobs, natives_by, state)
@@ -444,6 +448,12 @@ def unpatch_model(model):
     return outer
 
 
+def _inert(model) -> frozenset[str]:
+    from .probing import inert_sites  # probing builds on the patcher
+
+    return inert_sites(model)
+
+
 def is_patched(model) -> bool:
     return _STATE in _unwrap(model).__dict__
 
@@ -457,12 +467,7 @@ def inspect_model(model, verify: bool = True) -> list[Site]:
     model = _unwrap(model)
     state = model.__dict__.get(_STATE)
     owned = state.owned if state else ()
-    inert = frozenset()
-    if verify:
-        from .probing import inert_sites
-        from .sites import _stack_key
-
-        inert = inert_sites(model)
+    inert = _inert(model) if verify else frozenset()
     sites = [Site(n.path, n.kind, n.rate, n.layer, n.source, n.origin) for n in analyze(model).natives
              if not n.dead and n.kind not in owned and (not inert or _stack_key(n.path) not in inert)]
     if state:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import inspect
+import math
 import warnings
 from dataclasses import dataclass
 
@@ -22,7 +23,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from .config import KNOBS, RegularizationConfig
 from .architectures import NOISE_KEYS
 from .patcher import _STATE, _unwrap, patch_model
-from .provenance import config_sources, config_tree, per_config
+from .provenance import config_sources, config_tree, per_config, with_rates
 from .sites import _stack_key, analyze
 
 # aten ops that draw random numbers; attention kernels are caught by a non-zero `dropout_p` argument instead
@@ -88,7 +89,10 @@ def probe_inputs(model, batch: int = 2, length: int = 8) -> dict:
         if hasattr(cfg, "text_config"):  # dual encoders take both
             inputs["input_ids"] = ids
     elif name == "input_values":
-        inputs = {"input_values": torch.randn(batch, 16000, generator=g)}  # 1 s: room for SpecAugment masks
+        # ~50 frames after the convolutional feature extractor (1 s of 16 kHz audio for wav2vec2's strides): room
+        # for SpecAugment masks, and no quadratic attention over thousands of frames in a narrow test config
+        stride = math.prod(getattr(cfg, "conv_stride", None) or (320,))
+        inputs = {"input_values": torch.randn(batch, 50 * stride, generator=g)}
     elif name == "input_features":
         frames = 2 * getattr(cfg, "max_source_positions", 1500)
         inputs = {"input_features": torch.randn(batch, getattr(cfg, "num_mel_bins", 80), frames, generator=g)}
@@ -232,6 +236,7 @@ def probe(model, inputs: dict | None = None, rate: float = 0.5, knobs: bool = Tr
 
 
 _INERT: dict[tuple[type, str], frozenset[str]] = {}
+_TWIN_RUNNING: list = []  # while a twin is probed, its own patches decide from reading the code alone
 
 
 def inert_sites(model) -> frozenset[str]:
@@ -239,6 +244,8 @@ def inert_sites(model) -> frozenset[str]:
     (`small_twin`) that `probe` finds exercised yet without effect, as path patterns with layer indices as ``*``
     (``h.*.attn:dropout``). Empty where no twin can be built and run: nothing is then claimed inert. Cached per
     class and config."""
+    if _TWIN_RUNNING:
+        return frozenset()
     return per_config(_INERT, _unwrap(model), _inert)
 
 
@@ -247,8 +254,13 @@ def _inert(cls, config) -> frozenset[str]:
         with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             torch.manual_seed(0)
-            twin = cls(small_twin(config))
-            results = probe(twin, knobs=False)
+            # every rate non-zero, so that each site the model can have exists (not an Identity for a 0.0)
+            twin = cls(with_rates(small_twin(config), lambda i: 0.1)[0])
+            _TWIN_RUNNING.append(cls)
+            try:
+                results = probe(twin, knobs=False)
+            finally:
+                _TWIN_RUNNING.pop()
     except Exception:  # no twin to run (a class that needs more than its config, inputs no generic batch fits)
         return frozenset()
     acting = {_stack_key(r.path) for r in results if r.acts or not r.exercised}
@@ -305,6 +317,8 @@ def small_twin(config, layers: int = 2, width: int = 64, heads: int = 4):
                 for k in _DEPTH:
                     if isinstance(d.get(k), int) and d[k] == layers:
                         setattr(cfg, k, len(cfg.layer_types))
+        if isinstance(d.get("conv_dim"), (list, tuple)):  # speech encoders' convolutional feature extractor
+            cfg.conv_dim = type(d["conv_dim"])(min(c, width) for c in d["conv_dim"])
         if isinstance(d.get("depths"), list):  # staged vision models: one block per stage
             cfg.depths = [1] * len(cfg.depths)
         # near-zero initialisations (BLIP's 1e-10, layer scales of 1e-6) hide any dropout: a usual scale instead

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from .architectures import NOISE_KEYS
+from .config import CONFIG_ATTR
 
 _FIRST, _STEP = 0.0113, 0.0037  # sentinels 0.0113, 0.015, ...: rates no config uses by chance
 
@@ -39,6 +40,21 @@ def rate_keys(config) -> list[tuple[str, str]]:
     return found
 
 
+def with_rates(config, rate):
+    """A copy of ``config`` with each rate key set to ``rate(i)`` for the i-th key, and the ``{(value):
+    (sub-config path, key)}`` of those it took (a strict config may refuse a float in an int field)."""
+    config = copy.deepcopy(config)
+    taken = {}
+    for i, (path, key) in enumerate(rate_keys(config)):
+        cfg = functools.reduce(getattr, [p for p in path.split(".") if p], config)
+        try:
+            setattr(cfg, key, rate(i))
+        except Exception:  # MPT's int-typed `attn_pdrop`: left as it is
+            continue
+        taken[rate(i)] = (path.rstrip("."), key)
+    return config, taken
+
+
 def _holders(model: nn.Module):
     """``(module path, attribute, value)`` of each dropout module's ``p`` and each numeric attribute."""
     for path, mod in model.named_modules():
@@ -54,19 +70,9 @@ _CACHE: dict[tuple[type, str], dict] = {}
 
 
 def _sources(cls: type, config) -> dict[tuple[str, str], tuple[str, str]]:
-    keys = rate_keys(config)
-    if not keys:
+    twin, sentinel = with_rates(config, lambda i: round(_FIRST + _STEP * i, 6))
+    if not sentinel:
         return {}
-    twin = copy.deepcopy(config)
-    sentinel = {}
-    for i, (path, key) in enumerate(keys):
-        value = round(_FIRST + _STEP * i, 6)
-        cfg = functools.reduce(getattr, [p for p in path.split(".") if p], twin)
-        try:
-            setattr(cfg, key, value)
-        except Exception:  # a strict config whose field takes no float (MPT's int `attn_pdrop`): no sentinel there
-            continue
-        sentinel[value] = (path.rstrip("."), key)
     try:
         with torch.device("meta"), warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -89,9 +95,11 @@ def config_sources(model: nn.Module) -> dict[tuple[str, str], tuple[str, str]]:
 
 
 def per_config(cache: dict, model: nn.Module, compute):
-    """``compute(type(model), model.config)``, kept in ``cache`` per class and config (the 64 newest): what
-    building a model of that class from that config shows does not change while the config does not."""
-    key = (type(model), model.config.to_json_string(use_diff=False))
+    """``compute(type(model), model.config)``, kept in ``cache`` per class and config up to its rates (the 64
+    newest): ``compute`` must not depend on the rates (it builds with rates of its own)."""
+    shape, _ = with_rates(model.config, lambda i: 0.0)
+    vars(shape).pop(CONFIG_ATTR, None)  # the spec a patch records
+    key = (type(model), shape.to_json_string(use_diff=False))
     if key not in cache:
         if len(cache) >= 64:
             cache.pop(next(iter(cache)))
