@@ -147,14 +147,16 @@ def check(model_type) -> tuple[str, list[str], str]:
         except RuntimeError:
             failed.append("zero")
         for knob in KNOBS_CHECKED:
-            with warnings.catch_warnings(record=True) as caught:
+            with warnings.catch_warnings(record=True) as caught:  # at patch time, or at the first forward
                 warnings.simplefilter("always")
                 hfreg.patch_model(model, Reg(**{**Reg.zero().knobs(), knob: 0.5}))
-            first = train_out(model, inputs, 1)
+                first = train_out(model, inputs, 1)
+            caught = [w for w in caught if str(w.message).startswith("hfreg:")]
             acts = same(first, train_out(model, inputs, 1)) and any(
                 not same(first, train_out(model, inputs, s)) for s in range(2, 6))
             if caught:
-                warned.append(knob)
+                # the patch-time warning says why: "...cannot apply to <type> (<Class>): <why>"
+                warned.append(f"{knob} ({str(caught[0].message).split('): ', 1)[-1]})")
             elif not acts:
                 failed.append(f"knob:{knob}")
         hfreg.unpatch_model(model)
@@ -163,7 +165,7 @@ def check(model_type) -> tuple[str, list[str], str]:
     except Exception as e:
         failed.append(f"error ({type(e).__name__})")
     status = "fail" if failed else "warns" if warned else "pass"
-    return status, failed, ("warns: " + ", ".join(warned)) if warned else ""
+    return status, failed, ("warns: " + "; ".join(warned)) if warned else ""
 
 
 def main(argv=None) -> int:

@@ -84,3 +84,19 @@ def test_committed_findings_are_what_the_report_derives(tmp_path, name):
         readme = f.read()
     if f"<!-- findings:{name} -->" in readme:
         assert committed.replace("## Findings", f"#### Findings: {name}", 1).strip() in readme
+
+
+def test_readme_quotes_the_committed_coverage_measurement():
+    """The README's coverage figures are those `benchmarks/coverage.py` wrote to docs/coverage.md."""
+    import re
+
+    with open(os.path.join(ROOT, "docs", "coverage.md")) as f:
+        measured = f.read()
+    with open(os.path.join(ROOT, "README.md")) as f:
+        readme = f.read()
+    passing, buildable = re.search(r"\*\*(\d+) of (\d+) buildable types pass every invariant\*\*", measured).groups()
+    acting, warning, failing = re.search(r"(\d+) with every knob acting, (\d+) where some knobs cannot act and warn "
+                                         r"at patch time \(listed below\); (\d+) fail", measured).groups()
+    assert f"**{passing} of them" in readme and f"{buildable} types build and run" in readme
+    assert f"{acting} with every knob acting, {warning} where some knobs cannot act" in readme
+    assert f"{failing} fail at least one" in readme
