@@ -1,6 +1,10 @@
 """Which transformers model types pass the patcher's invariants, built as small twins from their default configs.
 
     .venv/bin/python benchmarks/coverage.py --output docs/coverage.md [--limit N] [--types bert,gpt2]
+    # on two cores: two shards at once, then one table
+    .venv/bin/python benchmarks/coverage.py --shard 0/2 --output /tmp/a & \
+    .venv/bin/python benchmarks/coverage.py --shard 1/2 --output /tmp/b; wait
+    .venv/bin/python benchmarks/coverage.py --merge /tmp/a.json /tmp/b.json --output docs/coverage.md
 
 For every model type transformers knows: its default config shrunk by `hfreg.small_twin` (2 layers, width 64),
 the base model (`AutoModel`), inputs from `hfreg.probe_inputs`. A type counts as buildable when the unpatched
@@ -23,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import json
 import os
 import random
 import signal
@@ -40,7 +45,7 @@ from hfreg import KNOBS, RegularizationConfig as Reg  # noqa: E402
 KNOBS_CHECKED = tuple(k for k in KNOBS if k not in ("classifier", "adapter"))  # base models, no adapters
 
 
-class Timeout(Exception):
+class Timeout(BaseException):  # not an Exception: library code catching those must not swallow it
     pass
 
 
@@ -176,9 +181,19 @@ def main(argv=None) -> int:
     p.add_argument("--types", default=None, help="comma-separated model types (default: all)")
     p.add_argument("--limit", type=int, default=None, help="only the first N types")
     p.add_argument("--seconds", type=int, default=60, help="time limit per type")
+    p.add_argument("--shard", default="0/1", help="i/n: every n-th type from the i-th, its rows to OUTPUT.json; "
+                                                  "run n shards at once, then --merge their .json files")
+    p.add_argument("--merge", nargs="+", default=None, help="shards' .json rows to write as one OUTPUT")
     args = p.parse_args(argv)
     types = args.types.split(",") if args.types else sorted(CONFIG_MAPPING_NAMES)
     types = types[:args.limit] if args.limit else types
+    if args.merge:
+        shards = [json.load(open(path)) for path in args.merge]
+        rows = sorted((tuple(r) for shard in shards for r in shard["rows"]), key=lambda r: types.index(r[0]))
+        write(args.output, rows, max(s["seconds"] for s in shards), len(types))
+        return 0
+    i, n = (int(x) for x in args.shard.split("/"))
+    types = types[i::n]
     torch.set_num_threads(1)
     signal.signal(signal.SIGALRM, _alarm)
     rows, started = [], time.time()
@@ -193,7 +208,11 @@ def main(argv=None) -> int:
             signal.alarm(0)
         rows.append((model_type, status, failed, note))
         print(f"[{i + 1}/{len(types)}] {model_type}: {status} {' '.join(failed)} {note}", flush=True)
-        write(args.output, rows, time.time() - started, len(types))  # as it goes: a stopped run keeps its rows
+        if n > 1:
+            with open(args.output + ".json", "w") as f:
+                json.dump({"rows": rows, "seconds": time.time() - started}, f)
+        else:
+            write(args.output, rows, time.time() - started, len(types))  # as it goes: a stopped run keeps its rows
     return 0
 
 
