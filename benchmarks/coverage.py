@@ -242,7 +242,7 @@ def write(path, rows, seconds, total):
         f"the script's docstring.",
         "",
         f"**{counts['pass'] + counts['warns']} of {buildable} buildable types pass every invariant** "
-        f"({100 * (counts['pass'] + counts['warns']) / max(buildable, 1):.0f}%): {counts['pass']} with every "
+        f"({100 * (counts['pass'] + counts['warns']) / max(buildable, 1):.1f}%): {counts['pass']} with every "
         f"knob acting, {counts['warns']} where some knobs cannot act and warn at patch time (listed below); "
         f"{counts['fail']} fail at least one. {counts['unbuildable']} of {len(rows)} types could not be built or "
         f"fed generically.",
