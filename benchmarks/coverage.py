@@ -15,6 +15,9 @@ invariants, each on a fresh twin where it matters:
   zero      `disable_dropout` passes: the all-zero spec makes training deterministic
   knob:X    knob X alone at 0.5 changes training output (reproducibly), or warns that it cannot apply
   unpatch   `unpatch_model` gives back the unpatched training output and hooks
+  keeps:X   knob X alone at 0.5 acts, by `inspect_model`, in every layer (and every site outside layers) where
+            the unpatched model's X acted, and where none of X acts after the patch (it warned), every native site
+            of X is as it was
 Near-zero initialisations (an `initializer_range` of 1e-10, layer scales of 1e-6) are set to a usual scale by
 `small_twin`, and weights initialised to exactly zero (zero-init residual branches, gates) are drawn from
 N(0, 0.02), as a trained checkpoint has them: dropout on a branch whose output is ~0 cannot be seen; BatchNorm is not special-cased. Passes
@@ -115,6 +118,21 @@ def _model_class(config_class):
     return ranked[0] if ranked else None
 
 
+def keeps(before, after, knob) -> bool:
+    """The invariant of a knob patched at a rate > 0, from `inspect_model` before and after: it acts in at least
+    the places it acted before (counted per layer: one hook at a block's branch end may replace two native sites of
+    that block), and where it cannot act at all, the model's own sites of it keep their rates."""
+    was = {s.path: s.rate for s in before if s.kind == knob}
+    now = [s for s in after if s.kind == knob]
+    if not any(s.rate for s in now):
+        return {s.path: s.rate for s in now if s.path in was} == was
+
+    def places(sites):
+        return {s.path if s.layer is None else s.layer for s in sites if s.rate}
+
+    return places(now) >= places(s for s in before if s.kind == knob)
+
+
 def check(model_type) -> tuple[str, list[str], str]:
     """(status, failed checks, note): status is "pass" (every knob acts), "warns" (every invariant holds; some
     knobs cannot act and say so at patch time), "fail" or "unbuildable"."""
@@ -151,11 +169,15 @@ def check(model_type) -> tuple[str, list[str], str]:
             hfreg.disable_dropout(model, inputs)
         except RuntimeError:
             failed.append("zero")
+        hfreg.unpatch_model(model)
+        native = hfreg.inspect_model(model)
         for knob in KNOBS_CHECKED:
             with warnings.catch_warnings(record=True) as caught:  # at patch time, or at the first forward
                 warnings.simplefilter("always")
                 hfreg.patch_model(model, Reg(**{**Reg.zero().knobs(), knob: 0.5}))
                 first = train_out(model, inputs, 1)
+            if not keeps(native, hfreg.inspect_model(model), knob):
+                failed.append(f"keeps:{knob}")
             caught = [w for w in caught if str(w.message).startswith("hfreg:")]
             acts = same(first, train_out(model, inputs, 1)) and any(
                 not same(first, train_out(model, inputs, s)) for s in range(2, 6))

@@ -33,6 +33,10 @@ GENERIC_BRANCHES: tuple[tuple[str, ...], ...] = (
     ("crossattention.output.dropout", "encoder_attn", "cross_attn", "crossattention"),  # cross-attention
     ("output.dropout", "mlp", "feed_forward", "ffn", "fc2"),  # MLP
 )
+# Where a layer has none of those, its stochastic-depth modules (timm's ``x = shortcut + self.drop_path(x)``, also
+# an identity where the rate is 0) mark where its branches join the residual stream: residual blocks of
+# convolutional stages (ConvNeXt V2, PoolFormer, DINOv3-ConvNeXt) become layers.
+FALLBACK_BRANCHES = "drop_path*"
 
 
 @dataclass(frozen=True)
@@ -48,6 +52,7 @@ class Arch:
     forward_config: dict[str, str] = field(default_factory=dict)  # {config key: knob}: rates read from
     #                                 `self.config` in forward, where the source scan cannot tell the knob
     shared_depth: str | None = None  # config key giving the depth of a stack whose one layer is reused
+    unwritable: tuple[str, ...] = ()  # config keys `patch_config` must leave alone: the model refuses them
 
     def __post_init__(self):
         knobs = [k for _, k in self.rules] + list(self.forward_config.values())
@@ -65,6 +70,8 @@ ARCHITECTURES: dict[str, Arch] = {
     # the residual is added inside BloomAttention / BloomMLP: the branch ends at their output projection
     "bloom": Arch(branches=("self_attention.dense", "mlp.dense_4h_to_h")),
     "convnext": Arch(branches=("pwconv2",)),
+    # DiffLlamaAttention raises at build time when config.attention_dropout > 0; set live, the rate acts
+    "diffllama": Arch(unwritable=("attention_dropout",)),
     # config.attention_dropout is residual dropout after attention; the attention-probability module is used
     # only on the ALiBi path
     "falcon": Arch(forward_config={"attention_dropout": "hidden"},

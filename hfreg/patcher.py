@@ -20,7 +20,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from .architectures import CONFIG_KEYS
+from huggingface_hub.errors import StrictDataclassError
+
+from .architectures import CONFIG_KEYS, architecture
 from .config import CONFIG_ATTR, KNOBS, RegularizationConfig
 from .layers import drop_path, drop_path_rates
 from .provenance import config_tree
@@ -231,7 +233,7 @@ class _PatchState:
 
     def __init__(self, reg):
         self.reg = reg
-        self.owned = tuple(k for k in _OWNED if k in reg.knobs())
+        self.replaced: set[str] = set()  # native `hidden` / `drop_path` sites zeroed for hfreg's branch hooks
         self.restores: list[tuple[object, str, object]] = []
         self.handles: list = []
         self.injected: list[Site] = []
@@ -281,28 +283,52 @@ def patch_model(model, reg: RegularizationConfig | dict | None = None):
     state = _PatchState(reg)
     object.__setattr__(model, _STATE, state)  # before the first change: a failure below is undone in full
     try:
-        # native sites: set for the spec's knob, or zero where hfreg owns the knob or the site is dead (unread, or
-        # broken when on)
-        for n in struct.natives:
-            if n.kind in knobs:
-                state.assign(n.owner, n.attr, 0.0 if n.kind in _OWNED or n.dead else knobs[n.kind])
-                if n.kind not in _OWNED and not n.dead:
-                    state.live.append((n.owner, n.attr, n.kind, knobs[n.kind]))
         # decisions about injecting look at live sites only: a dead attribute, or one a small twin shows to run
         # without effect (SAM's vision attention under sdpa), regularizes nothing. Inert sites still get the rate:
         # an input the twin's lacks may reach them (a causal LM's cross-attention given encoder states)
         inert = _inert(model)
         natives_by = {k: [n for n in struct.natives if n.kind == k and not n.dead and _stack_key(n.path) not in inert]
                       for k in KNOBS}
+        # native residual dropout and drop-path inside a tower with branch hooks give way to hfreg's hooks; the
+        # others (a backbone whose stack is not found) act where they are, so the knob still acts
+        hooked = {t for t, tower in enumerate(struct.towers) if any(layer.branches for layer in tower)}
+        state.replaced = {n.path for n in struct.natives if n.kind in _OWNED and set(n.towers) & hooked}
+        for k in _OWNED:
+            natives_by[k] = [n for n in natives_by[k] if n.path not in state.replaced]
         state.injected += _inject_layers(model, struct, reg, knobs, natives_by, state)
         state.injected += _inject_classifier(model, struct, knobs, natives_by, state)
         state.injected += _inject_adapters(model, struct, knobs, natives_by, state)
         state.injected += _inject_attention(model, struct, knobs, natives_by, state)
+        _set_natives(struct, reg, knobs, natives_by, state)
         state.assign(model.config, CONFIG_ATTR, reg.to_dict())
     except BaseException:
         unpatch_model(model)
         raise
     return outer
+
+
+def _set_natives(struct: Structure, reg, knobs, natives_by, state: _PatchState) -> None:
+    """Put each knob's rate in its native sites: zero where hfreg's hooks replace them or the site is dead (unread,
+    or broken when on); sites of `hidden` and `drop_path` that no hook replaces act in place."""
+    # drop-path sites acting in place take the depth schedule over their own order, as layers 1..N of N: the
+    # first layer's rate is 0 under the linear schedule, and transformers builds no site there (an identity)
+    own = [n.path for n in struct.natives if n.kind == "drop_path" and n.path not in state.replaced and not n.dead]
+    depth = dict(zip(own, drop_path_rates(knobs.get("drop_path") or 0.0, len(own) + 1, reg.drop_path_schedule)[1:]))
+    acting = {s.kind for s in state.injected} | {k for k, sites in natives_by.items() if k in KNOBS and sites}
+    # a knob that cannot act anywhere (it warned) leaves its sites as they were: a request it cannot honour must
+    # not undo the model's own regularization
+    refused = {k for k, rate in knobs.items() if rate and k not in acting}
+    for n in struct.natives:
+        if n.kind not in knobs or n.kind in refused:
+            continue
+        rate = knobs[n.kind]
+        if n.path in state.replaced or n.dead:
+            rate = 0.0
+        elif n.kind == "drop_path":
+            rate = depth[n.path]
+        state.assign(n.owner, n.attr, rate)
+        if n.path not in state.replaced and not n.dead:
+            state.live.append((n.owner, n.attr, n.kind, rate))
 
 
 # knobs that act through the layer stack (hooks on layers, branches and activations)
@@ -314,7 +340,7 @@ def _inject_layers(model, struct: Structure, reg, knobs, natives_by, state: _Pat
     injected: list[Site] = []
     if not struct.layers:
         for knob in _LAYER_KNOBS:
-            if knob in knobs and (knob in _OWNED or not natives_by[knob]):
+            if knob in knobs and not natives_by[knob]:
                 _warn(knob, knobs[knob], model, "no transformer layer stack was found")
         return injected
     hidden = knobs.get("hidden") or 0.0
@@ -370,7 +396,7 @@ def _inject_layers(model, struct: Structure, reg, knobs, natives_by, state: _Pat
     if any(layer.calls > 1 for layer in struct.layers):
         state.hook(model, _ResetCalls(states), pre=True)
     for knob in ("hidden", "drop_path"):
-        if knob in knobs and not any(layer.branches for layer in struct.layers):
+        if knob in knobs and not natives_by[knob] and not any(layer.branches for layer in struct.layers):
             _warn(knob, knobs[knob], model, "no residual branch was found in its layers")
     return injected
 
@@ -404,6 +430,10 @@ def _inject_attention(model, struct: Structure, knobs, natives_by, state: _Patch
     impl = getattr(model.config, "_attn_implementation", None)
     if not modules or impl != "sdpa":
         why = "it has no attention-probability dropout site"
+        if natives_by["attention"]:  # it acts in the other towers: name those where it cannot
+            stacks = sorted({tower[0].path.rsplit(".", 1)[0] for t, tower in enumerate(struct.towers)
+                             if t not in native and any(layer.attentions for layer in tower)})
+            why = f"the attention of {', '.join(stacks)} has no attention-probability dropout site"
         if modules:
             why += (f", and its attention implementation is {impl!r}: hfreg injects one only into PyTorch's "
                     f"scaled_dot_product_attention (attn_implementation='sdpa')")
@@ -466,10 +496,10 @@ def inspect_model(model, verify: bool = True) -> list[Site]:
     ``config.attention_dropout`` under ``parallel_attn``, a causal LM's unused cross-attention)."""
     model = _unwrap(model)
     state = model.__dict__.get(_STATE)
-    owned = state.owned if state else ()
+    replaced = state.replaced if state else ()
     inert = _inert(model) if verify else frozenset()
     sites = [Site(n.path, n.kind, n.rate, n.layer, n.source, n.origin) for n in analyze(model).natives
-             if not n.dead and n.kind not in owned and (not inert or _stack_key(n.path) not in inert)]
+             if not n.dead and n.path not in replaced and (not inert or _stack_key(n.path) not in inert)]
     if state:
         sites += [Site(s.path, s.kind, s.rate * state.factors[s.kind], s.layer, s.source) for s in state.injected]
     return sites
@@ -509,10 +539,20 @@ def patch_config(config, reg: RegularizationConfig | dict):
         raise ValueError(f"expected a transformers PretrainedConfig, got {type(config).__name__}")
     config = copy.deepcopy(config)
     for _, cfg in config_tree(config):
+        unwritable = architecture(getattr(cfg, "model_type", None)).unwritable
         for knob, rate in reg.knobs().items():
             for key in CONFIG_KEYS[knob]:
-                if hasattr(cfg, key) and not isinstance(getattr(cfg, key), bool):
-                    setattr(cfg, key, rate)
+                if not hasattr(cfg, key) or isinstance(getattr(cfg, key), bool):
+                    continue
+                why = "its model refuses a non-zero value when built" if key in unwritable and rate else None
+                if why is None:
+                    try:  # a strict config validates on assignment (LeViT's int `drop_path_rate`, CvT's list)
+                        setattr(cfg, key, rate)
+                    except (TypeError, ValueError, StrictDataclassError) as e:
+                        why = f"the config class does not take {rate!r} there ({str(e).splitlines()[-1].strip()})"
+                if why:
+                    warnings.warn(f"hfreg: `{knob}`={rate} not written to {type(cfg).__name__}.{key}: {why}; "
+                                  f"`patch_model` on the built model applies it", UserWarning, stacklevel=2)
     setattr(config, CONFIG_ATTR, reg.to_dict())
     return config
 

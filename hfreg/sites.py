@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
-from .architectures import CONFIG_KEYS, GENERIC_BRANCHES, GENERIC_RULES, Arch, architecture
+from .architectures import CONFIG_KEYS, FALLBACK_BRANCHES, GENERIC_BRANCHES, GENERIC_RULES, Arch, architecture
 from .provenance import config_sources
 
 _ACTIVATION = re.compile(r".*(GELU|Gelu|ReLU|Relu|SiLU|Silu|Swish|Activation|Tanh|Mish|Sigmoid).*")
@@ -149,7 +149,7 @@ def find_branches(block: nn.Module, model_type: str | None) -> list[tuple[str, n
             if hit:
                 found += hit
                 break
-    return found
+    return found or _resolve(block, FALLBACK_BRANCHES)
 
 
 def _activations(block: nn.Module, repeated: frozenset = frozenset()) -> list[tuple[str, nn.Module]]:

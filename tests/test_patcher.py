@@ -10,7 +10,7 @@ from transformers import AutoConfig, AutoModel
 import hfreg
 from hfreg import KNOBS, RegularizationConfig as Reg
 from hfreg.architectures import ARCHITECTURES
-from tiny_models import GENERIC, TINY, build, first_tensor, head_class, make_inputs
+from tiny_models import CONVOLUTIONAL, GENERIC, TINY, build, first_tensor, head_class, make_inputs
 
 COVERED = [m for m in TINY if m not in GENERIC]
 CASES = [(m, head) for m in TINY for head in (False, True)]
@@ -18,7 +18,7 @@ FULL = Reg(attention=0.3, hidden=0.3, embedding=0.3, activation=0.3, classifier=
 
 
 def knobs_for(model_type, head):
-    skip = {"attention"} if model_type == "convnext" else set()
+    skip = {"attention"} if model_type in CONVOLUTIONAL else set()
     skip.add("adapter")  # PEFT adapters only: tests/test_integrations.py
     if model_type == "xlm":  # parallel per-index lists: no layer module to skip (it warns; FlauBERT has its own)
         skip.add("layerdrop")
@@ -469,3 +469,91 @@ def test_attention_injected_where_no_sdpa_runs_says_so_at_the_first_forward():
     assert [str(w.message) for w in caught] == ["hfreg: `attention`=0.3 cannot apply to BailingHybridDeltaAttention: "
                                                 "it computed attention without scaled_dot_product_attention, where "
                                                 "hfreg injects it"]
+
+
+def _keeps():
+    """The invariant `benchmarks/coverage.py` checks on every model type, shared with the tests."""
+    import importlib.util
+    import os
+
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks", "coverage.py")
+    spec = importlib.util.spec_from_file_location("hfreg_coverage", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.keeps
+
+
+@pytest.mark.parametrize("model_type", list(TINY))
+def test_a_knob_never_leaves_fewer_acting_sites_nor_undoes_the_models_own(model_type):
+    keeps = _keeps()
+    model = build(model_type, True)
+    native = hfreg.inspect_model(model)
+    for knob in [k for k in KNOBS if k != "adapter"]:
+        patch_quietly(model, only(knob))
+        assert keeps(native, hfreg.inspect_model(model), knob), knob
+
+
+def test_convolutional_residual_blocks_are_layers_for_stochastic_depth():
+    """ConvNeXt V2's blocks end their branch in a `drop_path` module: hfreg's depth schedule runs over them."""
+    model = build("convnextv2", drop_path_rate=0.1)
+    native = {s.path: s.rate for s in hfreg.inspect_model(model)}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        hfreg.patch_model(model, Reg(drop_path=0.3))
+    sites = [(s.path, s.layer, round(s.rate, 6)) for s in hfreg.inspect_model(model) if s.kind == "drop_path"]
+    assert sites == [("encoder.stages.0.layers.0.drop_path", 0, 0.0), ("encoder.stages.1.layers.0.drop_path", 1, 0.15),
+                     ("encoder.stages.1.layers.1.drop_path", 2, 0.3)]
+    hfreg.unpatch_model(model)
+    assert {s.path: s.rate for s in hfreg.inspect_model(model)} == native
+
+
+def test_native_drop_path_acts_in_place_where_no_layer_stack_is_found(monkeypatch):
+    """Without a stack to hook, the model's own drop-path sites take the knob (layers 1..N of N): the request is
+    honoured, never turned into zero."""
+    import hfreg.sites
+
+    monkeypatch.setattr(hfreg.sites, "FALLBACK_BRANCHES", "no-such-module")
+    model = build("convnextv2", drop_path_rate=0.1)
+    assert not hfreg.sites.analyze(model).towers
+    inputs = make_inputs("convnextv2", model.config)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        hfreg.patch_model(model, Reg(drop_path=0.3))
+    sites = [(s.path, round(s.rate, 6)) for s in hfreg.inspect_model(model) if s.kind == "drop_path"]
+    assert sites == [("encoder.stages.1.layers.0.drop_path:drop_prob", 0.15),
+                     ("encoder.stages.1.layers.1.drop_path:drop_prob", 0.3)]
+    first = forward(model, inputs, True, seed=1)
+    assert any(not torch.equal(first, forward(model, inputs, True, seed=s)) for s in range(2, 8))
+    hfreg.set_rate_factors(model, {"drop_path": 0.5})  # the sites in place are live for schedules
+    assert [round(s.rate, 6) for s in hfreg.inspect_model(model) if s.kind == "drop_path"] == [0.075, 0.15]
+    hfreg.patch_model(model, Reg.zero())
+    assert torch.equal(forward(model, inputs, True, seed=1), forward(model, inputs, True, seed=2))
+
+
+def test_a_knob_that_cannot_apply_leaves_the_models_own_sites_as_they_were():
+    """Falcon under eager attention: `attention` cannot act, so its (rotary-path-dead) attention dropout keeps the
+    model's rate instead of being zeroed by a request for more."""
+    model = build("falcon", attention_dropout=0.1)
+    before = [m.attention_dropout.p for m in model.h.modules() if hasattr(m, "attention_dropout")
+              and isinstance(m.attention_dropout, torch.nn.Dropout)]
+    assert before == [0.1, 0.1]
+    with pytest.warns(UserWarning, match="`attention`=0.3 cannot apply to falcon"):
+        hfreg.patch_model(model, Reg(attention=0.3))
+    assert [m.attention_dropout.p for m in model.h.modules() if hasattr(m, "attention_dropout")
+            and isinstance(m.attention_dropout, torch.nn.Dropout)] == before
+    hfreg.patch_model(model, Reg.zero())  # zero always applies: training deterministic
+    assert {m.attention_dropout.p for m in model.h.modules() if isinstance(getattr(m, "attention_dropout", None),
+                                                                           torch.nn.Dropout)} == {0.0}
+
+
+@pytest.mark.parametrize("model_type,key", [("levit", "drop_path_rate"), ("cvt", "drop_path_rate"),
+                                            ("diffllama", "attention_dropout")])
+def test_patch_config_writes_only_what_the_config_class_accepts(model_type, key, tmp_path):
+    config = AutoConfig.for_model(model_type)
+    original = getattr(config, key)
+    with pytest.warns(UserWarning, match=rf"not written to \w+Config\.{key}"):
+        patched = hfreg.patch_config(config, Reg(attention=0.2, drop_path=0.2))
+    assert getattr(patched, key) == original
+    patched.save_pretrained(tmp_path)
+    loaded = AutoConfig.from_pretrained(tmp_path)
+    assert loaded.hfreg == Reg(attention=0.2, drop_path=0.2).to_dict()

@@ -84,6 +84,11 @@ GENERIC = {
     "flaubert": dict(vocab_size=128, emb_dim=32, n_layers=2, n_heads=4, max_position_embeddings=64),
     # attention-probability dropout in a float named `dropout_prob`
     "yolos": dict(_VISION, image_size=[32, 32], num_detection_tokens=4),
+    # convolutional residual blocks whose branches end in a `drop_path` module (an identity at rate 0)
+    "convnextv2": dict(image_size=32, num_channels=3, hidden_sizes=[16, 32], depths=[1, 2], num_stages=2,
+                       drop_path_rate=0.1),
+    "poolformer": dict(num_channels=3, hidden_sizes=[16, 32], depths=[1, 2], num_encoder_blocks=2,
+                       patch_sizes=[7, 3], strides=[4, 2], padding=[2, 1], pool_size=3, drop_path_rate=0.1),
 }
 TINY.update(GENERIC)
 
@@ -93,7 +98,8 @@ def tiny_config(model_type: str, **overrides):
     cfg._attn_implementation = "eager"
     return cfg
 
-VISION = {"vit", "deit", "beit", "dinov2", "swin", "convnext", "vit_msn", "yolos"}
+CONVOLUTIONAL = {"convnext", "convnextv2", "poolformer"}  # no attention
+VISION = {"vit", "deit", "beit", "dinov2", "swin", "vit_msn", "yolos"} | CONVOLUTIONAL
 SPEECH = {"wav2vec2", "hubert", "data2vec-audio", "unispeech", "unispeech-sat", "sew"}
 AUDIO = SPEECH | {"whisper"}
 DUAL = {"clip", "siglip"}
