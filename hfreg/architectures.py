@@ -28,10 +28,11 @@ GENERIC_RULES: tuple[tuple[str, str], ...] = (
 # Where residual branches end inside one layer: for each branch, candidates tried in order (first present
 # wins). The branch's output is taken just before it joins the residual stream.
 GENERIC_BRANCHES: tuple[tuple[str, ...], ...] = (
-    ("attention.output.dropout", "self_attn", "self_attention", "attn", "attention", "mixer"),  # self-attention;
-    #                                          state-space blocks (Mamba, Nemotron-H) mix tokens in a `mixer`
+    ("attention.output.dropout", "self_attn", "self_attention", "attn", "attention", "mixer", "temporal_block"),
+    #     self-attention; state-space blocks (Mamba, Nemotron-H) mix tokens in a `mixer`, Griffin (RecurrentGemma)
+    #     in a `temporal_block`
     ("crossattention.output.dropout", "encoder_attn", "cross_attn", "crossattention"),  # cross-attention
-    ("output.dropout", "mlp", "feed_forward", "ffn", "fc2"),  # MLP
+    ("output.dropout", "mlp", "feed_forward", "ffn", "fc2", "mlp_block"),  # MLP
 )
 # Where a layer has none of those, its stochastic-depth modules (timm's ``x = shortcut + self.drop_path(x)``, also
 # an identity where the rate is 0) mark where its branches join the residual stream: residual blocks of

@@ -3,8 +3,10 @@
 The mechanism, the same for every architecture:
   * native sites an architecture already has (nn.Dropout, float attributes, config keys read in forward) are
     set to the spec's rate for `attention`, `embedding`, `activation`, `classifier` and `layerdrop`;
-  * `hidden` and `drop_path` are owned by hfreg: native residual dropout and drop-path are zeroed and one
-    forward hook at the end of every residual branch applies both, so every branch gets exactly one of each;
+  * `hidden` and `drop_path` are owned by hfreg: in a tower whose residual branches it hooks, native residual
+    dropout and drop-path are zeroed and one forward hook at the end of every branch applies both, so every
+    branch gets exactly one of each; native sites outside such towers take the rate in place;
+  * a knob that cannot act anywhere warns and leaves the model's own sites of it as they were;
   * where an architecture has no native site for a knob, a hook injects it (stack input for `embedding`,
     activation modules for `activation`, head Linear inputs for `classifier`, layer hooks for `layerdrop`).
 Hooks and attribute changes never touch parameters, so `state_dict` keys and values stay as they were.
@@ -118,15 +120,29 @@ class _LayerPre(_Hook):
 
 
 class _LayerPost(_Hook):
-    def __init__(self, state):
-        self.s = state
+    """Returns the layer's input instead of its output when `_LayerPre` drew a skip. A layer that changes the shape
+    (the first block of a Hiera or BiT stage) cannot be skipped: it runs, said once per class and patch
+    (``told``), at its first refused skip, since only running it shows the shapes."""
+
+    def __init__(self, state, told: set):
+        self.s, self.told = state, told
 
     def __call__(self, module, args, kwargs, output):
         skipped, self.s.skip = self.s.skip, None
         if skipped is None:
             return None
-        # a layer that changes the shape (the first block of a Hiera or Swin stage) cannot be skipped
-        return _map_first(output, lambda out: skipped if out.shape == skipped.shape else out)
+
+        def skip(out):
+            if out.shape == skipped.shape:
+                return skipped
+            if type(module) not in self.told:
+                self.told.add(type(module))
+                warnings.warn(f"hfreg: `layerdrop`={self.s.layerdrop} cannot skip {type(module).__name__} layers "
+                              f"that change the hidden states' shape (a stage's first block), so those always run",
+                              UserWarning)
+            return out
+
+        return _map_first(output, skip)
 
 
 class _Branch(_Hook):
@@ -347,7 +363,7 @@ def _inject_layers(model, struct: Structure, reg, knobs, natives_by, state: _Pat
     # a tower with a native site for a knob keeps it; the others (a language model beside a vision tower that has
     # embedding dropout) get the knob injected
     native = {k: {t for n in natives_by[k] for t in n.towers} for k in ("layerdrop", "embedding", "activation")}
-    states, warned = [], set()
+    states, warned, told = [], set(), set()
     for t, tower in enumerate(struct.towers):
         layerdrop = 0.0 if t in native["layerdrop"] else (knobs.get("layerdrop") or 0.0)
         embedding = 0.0 if t in native["embedding"] else (knobs.get("embedding") or 0.0)
@@ -384,7 +400,7 @@ def _inject_layers(model, struct: Structure, reg, knobs, natives_by, state: _Pat
             if emb or layerdrop or any(own):  # batch size for drop-path, input for embedding dropout / LayerDrop
                 state.hook(layer.module, _LayerPre(s), pre=True, with_kwargs=True)
             if layerdrop:
-                state.hook(layer.module, _LayerPost(s), with_kwargs=True)
+                state.hook(layer.module, _LayerPost(s, told), with_kwargs=True)
             if hidden or any(own):
                 for _, branch in layer.branches:
                     state.hook(branch, _Branch(s))

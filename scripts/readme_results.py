@@ -3,7 +3,9 @@ exactly what `hfreg report` derived from the committed runs and nothing else.
 
     .venv/bin/hfreg report docs/results/sst2 && .venv/bin/python scripts/readme_results.py
 
-README.md holds, per data set, a block `<!-- findings:NAME -->` ... `<!-- /findings:NAME -->`.
+README.md holds, per data set, a block `<!-- findings:NAME -->` ... `<!-- /findings:NAME -->`, and one block
+`<!-- pooled -->` ... `<!-- /pooled -->` for `docs/results/pooled.md` (its answer and overall table, written by
+`hfreg report docs/results/sst2 docs/results/rt-polarity --out docs/results`).
 """
 
 import os
@@ -31,9 +33,25 @@ def main() -> int:
                 body = f.read().replace("## Findings", f"#### Findings: {name}", 1).strip()
         text = re.sub(rf"<!-- findings:{name} -->.*?<!-- /findings:{name} -->",
                       lambda _: f"<!-- findings:{name} -->\n{body}\n<!-- /findings:{name} -->", text, flags=re.S)
+    if "<!-- pooled -->" in text:
+        path = os.path.join(ROOT, "docs", "results", "pooled.md")
+        if not os.path.isfile(path):
+            print(f"readme_results.py: error: {path} is missing; run `hfreg report ... --out docs/results` first",
+                  file=sys.stderr)
+            return 2
+        text = re.sub(r"<!-- pooled -->.*?<!-- /pooled -->",
+                      lambda _: f"<!-- pooled -->\n{pooled_overview(path)}\n<!-- /pooled -->", text, flags=re.S)
     with open(readme, "w") as f:
         f.write(text)
     return 0
+
+
+def pooled_overview(path: str) -> str:
+    """pooled.md up to its per-size tables: the method, the answer and the table over all cells."""
+    with open(path) as f:
+        body = f.read()
+    body = body.split("\n### n=", 1)[0].strip()
+    return body.replace("## Pooled", "#### Pooled", 1).replace("### All cells", "##### All cells", 1)
 
 
 if __name__ == "__main__":

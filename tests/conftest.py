@@ -34,6 +34,19 @@ def tiny():
 
 
 @pytest.fixture(autouse=True)
+def _fresh_accelerate_state():
+    """Each test builds its Accelerator anew: accelerate keeps one process-wide state, and a precision chosen by
+    one test (a Trainer's fp32, the harness's bf16 where the CPU has bf16 units) must not refuse the next's."""
+    yield
+    import sys
+
+    if "accelerate.state" in sys.modules:
+        from accelerate.state import AcceleratorState
+
+        AcceleratorState._reset_state(reset_partial_state=True)
+
+
+@pytest.fixture(autouse=True)
 def _quiet_transformers():
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*token_id must be.*")

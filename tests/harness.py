@@ -29,5 +29,6 @@ def launch(script, *args, num_processes=2, quiet=False):
 def args_for(model, data, out, *extra):
     return ["--model_name_or_path", model, "--train_file", str(data / "train.csv"),
             "--validation_file", str(data / "validation.csv"), "--presets", "pretrain-zero,classic",
-            "--train_sizes", "16,32", "--seeds", "0,1", "--num_train_epochs", "2", "--output_dir", str(out),
+            "--train_sizes", "16,32", "--seeds", "0,1", "--num_train_epochs", "2", "--min_steps", "0",
+            "--output_dir", str(out),
             "--no_plots", *extra]

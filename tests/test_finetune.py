@@ -148,6 +148,88 @@ def test_report_rebuilds_plots(tiny_classifier, csv_data, tmp_path):
     assert (out / "learning_curves.png").stat().st_size > 1000 and (out / "gap_vs_size.png").stat().st_size > 1000
 
 
+def test_rate_sweep_min_steps_and_code_identity(tiny_classifier, csv_data, tmp_path):
+    """`--rates` expands into one preset per rate, recorded as such; `--min_steps` stretches small subsets (with the
+    evaluation points of the nominal epochs); records carry the code identity; the report speaks of the rates."""
+    import json
+
+    out = tmp_path / "out"
+    load_script().main(args_for(tiny_classifier, csv_data, out, "--presets", "pretrain-zero", "--rates",
+                                "hidden=0,0.1,0.3", "--train_sizes", "16", "--seeds", "0,1", "--min_steps", "12",
+                                "--train_batch_size", "8"))
+    runs = [json.loads(line) for line in (out / "runs.jsonl").read_text().splitlines()]
+    assert sorted({r["preset"] for r in runs}) == ["hidden=0.1", "hidden=0.3", "pretrain-zero"]
+    point = next(r for r in runs if r["preset"] == "hidden=0.3")
+    assert point["preset_config"]["sweep"] == {"family": "hidden", "value": 0.3}
+    assert point["preset_config"]["hidden"] == 0.3 and point["preset_config"]["attention"] == 0.0
+    # 16 examples at batch 8: 2 steps an epoch, 2 epochs = 4 steps, stretched to 12 (6 epochs); 2 x 2 points
+    assert point["steps"] == 12 and [p["step"] for p in point["evals"]] == [3, 6, 9, 12]
+    assert point["experiment"]["settings"]["min_steps"] == 12
+    assert point["provenance"]["code"].startswith(("git:", "sha256:"))
+    findings = (out / "findings.md").read_text()
+    assert "Rate sweep `hidden` (the knob alone; test accuracy, early-stopped):" in findings
+    assert "- n=16: equivalent to none at" in findings and "not worse than the best:" in findings
+    report.report(str(out))
+    assert (out / "dose_response.png").stat().st_size > 1000
+
+
+def test_auto_seeds_run_in_stages_and_stop_decided_cells(tiny_classifier, csv_data, tmp_path):
+    """`--seeds auto`: stages of --seed_stage seeds; a cell whose verdicts are all decided at a look gets no more
+    seeds (a copy of the baseline under another name is equivalent at once), an undecided one does; the report's
+    level is alpha spent over the looks; a restart resumes without duplicates."""
+    same = tmp_path / "same.toml"
+    same.write_text(open(os.path.join(ROOT, "configs", "presets", "pretrain-zero.toml")).read())
+    out = tmp_path / "out"
+    margins = {"test_accuracy": 0.001, "test_loss": 0.001}
+    argv = args_for(tiny_classifier, csv_data, out, "--presets", f"pretrain-zero,{same},heavy", "--seeds", "auto",
+                    "--seed_stage", "2", "--max_seeds", "4", "--train_sizes", "16",
+                    "--margin", "test_accuracy=0.001,test_loss=0.001")
+    load_script().main(argv)
+    runs = records.read_runs(str(out))
+    seeds = {p: sorted(r["seed"] for r in runs if r["preset"] == p) for p in ("pretrain-zero", "same", "heavy")}
+    assert runs[0]["experiment"]["settings"]["seeds"] == {"rule": "auto", "max_seeds": 4, "stage": 2}
+    assert seeds["same"] == [0, 1] and seeds["pretrain-zero"] == [0, 1, 2, 3][:len(max(seeds.values(), key=len))]
+    first = {r["preset"]: r for r in report.summarize([r for r in runs if r["seed"] < 2], margins=margins)}
+    assert first["same"]["delta_early_test_accuracy"]["verdict"] == "equivalent" and report.decided(first["same"])
+    assert seeds["heavy"] == ([0, 1] if report.decided(first["heavy"]) else [0, 1, 2, 3])
+    final = {r["preset"]: r for r in report.summarize(runs, margins=margins)}
+    assert final["heavy"]["delta_early_test_accuracy"]["alpha"] == pytest.approx(0.05 / 2)
+    assert "spent evenly over the 2 looks" in (out / "findings.md").read_text()
+    load_script().main(argv)  # a restart: nothing new, nothing twice
+    assert len(records.read_runs(str(out))) == len(runs)
+
+
+def test_dose_response_names_the_best_rate_and_those_not_worse():
+    import sys
+
+    sys.path.insert(0, os.path.dirname(__file__))
+    from test_protocol import _run
+
+    from hfreg.finetune import report
+
+    def cell(preset, value, shift, k):
+        noise = [0.004 * ((s * 7 + k) % 5 - 2) for s in range(8)]  # differs between presets
+        return [{**_run(preset, s, [0.5, 0.4], [0.7 + shift + noise[s]] * 2, [0.5, 0.5]),
+                 "preset_config": {"sweep": {"family": "hidden", "value": value}} if value else {}}
+                for s in range(8)]
+
+    runs = cell("pretrain-zero", 0, 0.0, 0) + cell("hidden=0.1", 0.1, 0.03, 1) + cell("hidden=0.2", 0.2, 0.031, 2)
+    runs += cell("hidden=0.5", 0.5, -0.1, 3)
+    sweeps = report.sweep_points(runs)
+    assert sweeps == {"hidden": {"pretrain-zero": 0.0, "hidden=0.1": 0.1, "hidden=0.2": 0.2, "hidden=0.5": 0.5}}
+    (row,) = report.dose_response(report.summarize(runs), sweeps["hidden"])
+    assert row["best"] == 0.2 and row["not_worse_than_best"] == [0.1, 0.2]
+    assert row["better"] == [0.1, 0.2] and row["worse"] == [0.5]
+
+
+def test_rates_errors_are_one_line(tiny_classifier, csv_data, tmp_path):
+    for spec, message in (("hidden", "--rates expects KNOB=r1,r2,... or PRESET\\*f1,f2,..."),
+                          ("nope=0.1", "unknown knob 'nope'"), ("classic*20", "must be a float in \\[0, 1\\)")):
+        with pytest.raises(ValueError, match=message):
+            load_script().main(args_for(tiny_classifier, csv_data, tmp_path / "out", "--rates", spec))
+        assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize("extra,message", [
     (["--train_sizes", "1000"], "train size 1000 is larger than the training split"),
     (["--presets", "pretrain-zero,nope"], "unknown preset 'nope'"),

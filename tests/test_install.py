@@ -50,5 +50,5 @@ def test_wheel_installs_and_runs_outside_the_checkout(tmp_path, tiny_classifier,
     run(bin_ / "python", "-m", "hfreg.finetune", "--model_name_or_path", tiny_classifier,
         "--train_file", csv_data / "train.csv", "--validation_file", csv_data / "validation.csv",
         "--presets", "classic", "--train_sizes", "16", "--seeds", "0", "--num_train_epochs", "1",
-        "--output_dir", out, "--no_plots")
+        "--min_steps", "0", "--output_dir", out, "--no_plots")
     assert len((out / "runs.jsonl").read_text().splitlines()) == 1

@@ -50,7 +50,7 @@ def test_finetune_on_real_sst2_sample(shared_data, tmp_path):
     cmd = [sys.executable, os.path.join(root, "scripts", "finetune.py"), "--train_file", f"{sst2}/train.csv",
            "--validation_file", f"{sst2}/validation.csv", "--presets", "pretrain-zero,drop-path",
            "--train_sizes", "32", "--seeds", "0", "--num_train_epochs", "2", "--max_eval_samples", "64",
-           "--output_dir", str(tmp_path), "--no_plots"]
+           "--min_steps", "0", "--output_dir", str(tmp_path), "--no_plots"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-2000:]
     runs = read_runs(tmp_path)

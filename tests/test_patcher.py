@@ -557,3 +557,18 @@ def test_patch_config_writes_only_what_the_config_class_accepts(model_type, key,
     patched.save_pretrained(tmp_path)
     loaded = AutoConfig.from_pretrained(tmp_path)
     assert loaded.hfreg == Reg(attention=0.2, drop_path=0.2).to_dict()
+
+
+def test_layerdrop_says_when_a_layer_that_changes_the_shape_cannot_be_skipped():
+    """BiT's blocks end in a `drop_path` module, so they are layers; the first block of a stage changes the shape
+    and cannot be skipped: LayerDrop says so at the first refused skip, and skips the blocks it can."""
+    from transformers import AutoConfig, AutoModel
+
+    config = AutoConfig.for_model("bit", depths=[1, 2], hidden_sizes=[128, 256], embedding_size=64,
+                                  layer_type="bottleneck")
+    model = AutoModel.from_config(config).eval()
+    inputs = {"pixel_values": torch.randn(2, 3, 32, 32)}
+    hfreg.patch_model(model, only("layerdrop", 0.9))
+    with pytest.warns(UserWarning, match="`layerdrop`=0.9 cannot skip BitBottleneckLayer layers that change"):
+        outs = [forward(model, inputs, True, seed=s) for s in range(6)]
+    assert any(not torch.equal(outs[0], o) for o in outs[1:])  # the second block of stage 2 is skipped at times

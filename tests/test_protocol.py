@@ -74,7 +74,51 @@ def test_verdicts_follow_the_interval():
     assert stats.verdict(0.01, 0.03, higher_is_better=True) == "better"
     assert stats.verdict(0.01, 0.03, higher_is_better=False) == "worse"
     assert stats.verdict(-0.03, -0.01, higher_is_better=False) == "better"
-    assert stats.verdict(-0.01, 0.03, higher_is_better=True) == "no detectable difference"
+    assert stats.verdict(-0.01, 0.03, higher_is_better=True) == "inconclusive"
+    assert stats.verdict(-0.01, 0.03, True, eq=(-0.005, 0.015), margin=0.02) == "equivalent"
+    assert stats.verdict(-0.01, 0.03, True, eq=(-0.005, 0.025), margin=0.02) == "inconclusive"
+    # a difference excluded from zero stays a difference, even inside the margin
+    assert stats.verdict(0.001, 0.003, True, eq=(0.0015, 0.0025), margin=0.02) == "better"
+
+
+def test_tost_matches_two_one_sided_scipy_tests_and_the_interval():
+    d = np.array([0.004, -0.003, 0.006, 0.001, -0.002, 0.003, 0.0, 0.002])
+    lower = sps.ttest_1samp(d, -0.01, alternative="greater").pvalue
+    upper = sps.ttest_1samp(d, 0.01, alternative="less").pvalue
+    assert stats.tost_p(d, 0.01) == pytest.approx(max(lower, upper))
+    # TOST at alpha rejects exactly when the (1 - 2 alpha) interval lies inside the margin
+    lo, hi = stats.interval(d, 1 - 2 * 0.05)
+    assert (stats.tost_p(d, 0.01) < 0.05) == (-0.01 < lo and hi < 0.01)
+
+
+def test_random_effects_against_a_hand_computation():
+    y, v = np.array([0.01, -0.02, 0.03, 0.0]), np.array([1e-4, 2e-4, 1e-4, 4e-4])
+    w = 1 / v
+    fixed = (w * y).sum() / w.sum()
+    q = (w * (y - fixed) ** 2).sum()
+    tau2 = max(0.0, (q - 3) / (w.sum() - (w ** 2).sum() / w.sum()))
+    ws = 1 / (v + tau2)
+    mu = (ws * y).sum() / ws.sum()
+    se = np.sqrt(max(1.0, (ws * (y - mu) ** 2).sum() / 3) / ws.sum())
+    out = stats.random_effects(y, v)
+    assert out["delta"] == pytest.approx(mu) and out["tau"] == pytest.approx(np.sqrt(tau2))
+    assert out["ci"] == pytest.approx([mu - sps.t.ppf(0.975, 3) * se, mu + sps.t.ppf(0.975, 3) * se])
+    assert out["i2"] == pytest.approx(max(0.0, (q - 3) / q))
+    # identical cells: no heterogeneity, and the interval shrinks with the cells' own variance
+    same = stats.random_effects([0.01] * 5, [1e-6] * 5)
+    assert same["i2"] == 0 and same["tau"] == 0 and same["ci"][0] < 0.01 < same["ci"][1]
+
+
+def test_random_effects_interval_keeps_its_level_with_few_cells():
+    """Over 2,000 simulated pools of 4 heterogeneous cells with true mean 0, the 95% interval misses at most ~5%."""
+    rng = np.random.default_rng(0)
+    misses = 0
+    for _ in range(2000):
+        v = rng.uniform(1e-5, 4e-4, 4)
+        y = rng.normal(0, 0.01, 4) + rng.normal(0, np.sqrt(v))
+        lo, hi = stats.random_effects(y, v)["ci"]
+        misses += not lo <= 0 <= hi
+    assert misses / 2000 <= 0.065
 
 
 # ------------------------------------------------------------------------------------------------ roles
@@ -136,28 +180,41 @@ def test_unseen_test_labels_are_refused(tiny_classifier, csv_data, tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------ the report
-def _run(preset, seed, selection, test_acc, test_loss, lr=1e-4, train_loss=0.1):
+def _run(preset, seed, selection, test_acc, test_loss, lr=1e-4, train_loss=0.1, selection_acc=None, train_acc=0.9,
+         size=8, nll_ts=None):
+    selection_acc = selection_acc or [0.9] * len(selection)
+    nll_ts = nll_ts or test_loss
     evals = [{"step": i + 1, "epoch": (i + 1) / 2, "train_loss": train_loss, "selection_loss": s,
-              "selection_accuracy": 0.9, "test_accuracy": a, "test_f1": a, "test_loss": t, "test_nll_ts": t,
-              "test_ece": 0.1, "test_brier": 0.2}
-             for i, (s, a, t) in enumerate(zip(selection, test_acc, test_loss))]
+              "selection_accuracy": sa, "selection_f1": sa, "test_accuracy": a, "test_f1": a, "test_loss": t,
+              "test_nll_ts": ts, "test_ece": 0.1, "test_brier": 0.2, "train_accuracy": train_acc}
+             for i, (s, sa, a, t, ts) in enumerate(zip(selection, selection_acc, test_acc, test_loss, nll_ts))]
     return {"experiment": {"name": "default", "settings": {"labels": ["0", "1"]}}, "preset": preset,
-            "train_size": 8, "seed": seed, "learning_rate": lr, "selection_majority": 0.5, "evals": evals,
+            "train_size": size, "seed": seed, "learning_rate": lr, "selection_majority": 0.5, "evals": evals,
             "selected_step": min(evals, key=lambda p: p["selection_loss"])["step"]}
 
 
 def test_early_stopped_comparison_uses_the_selection_optimum():
     # the selection loss is lowest at step 2, the test loss at step 3: early stopping must report step 2
-    v = report.run_values(_run("classic", 0, [0.6, 0.4, 0.5], [0.7, 0.8, 0.9], [0.6, 0.5, 0.3]))
+    v = report.run_values(_run("classic", 0, [0.6, 0.4, 0.5], [0.7, 0.8, 0.9], [0.6, 0.5, 0.3]), "loss")
     assert v["early"]["test_accuracy"] == 0.8 and v["early"]["test_loss"] == 0.5
     assert v["fixed"]["test_accuracy"] == 0.9 and v["fixed"]["degradation"] == pytest.approx(-0.2)
+
+
+def test_select_by_accuracy_takes_the_earliest_of_equal_points():
+    run = _run("classic", 0, [0.6, 0.4, 0.5, 0.7], [0.7, 0.8, 0.9, 0.95], [0.6, 0.5, 0.3, 0.2],
+               selection_acc=[0.7, 0.8, 0.85, 0.85])
+    assert report.selected_point(run, "accuracy")["step"] == 3  # 0.85 first at step 3, again at step 4
+    assert report.selected_point(run, "loss")["step"] == 2
+    assert report.run_values(run, "accuracy")["early"]["test_accuracy"] == 0.9
+    with pytest.raises(ValueError, match="select_by must be one of .*got 'nll'"):
+        report.summarize([run], "nll")
 
 
 def test_learning_rate_is_chosen_per_preset_on_the_selection_split():
     runs = [_run("classic", s, [0.5, 0.4], [0.8, 0.8], [0.5, 0.5], lr=1e-4) for s in range(3)]
     runs += [_run("classic", s, [0.5, 0.3], [0.6, 0.6], [0.9, 0.9], lr=2e-4) for s in range(3)]
     runs += [_run("pretrain-zero", s, [0.5, 0.4], [0.7, 0.7], [0.6, 0.6], lr=1e-4) for s in range(3)]
-    cells = {r["preset"]: r for r in report.summarize(runs)}
+    cells = {r["preset"]: r for r in report.summarize(runs, "loss")}
     # 2e-4 wins on selection loss although its test accuracy is worse: test plays no part in the choice
     assert cells["classic"]["learning_rate"] == 2e-4
     assert cells["classic"]["early_test_accuracy"] == pytest.approx(0.6)
@@ -165,13 +222,119 @@ def test_learning_rate_is_chosen_per_preset_on_the_selection_split():
 
 def test_findings_state_verdicts_from_the_numbers():
     gains = [0.10, 0.12, 0.11, 0.13, 0.12]
-    runs = [_run("pretrain-zero", s, [0.5, 0.4], [0.6, 0.6], [0.7, 0.7]) for s in range(5)]
-    runs += [_run("classic", s, [0.5, 0.4], [0.6 + g, 0.6 + g], [0.7, 0.7 + (s - 2) * 0.1])
+    runs = [_run("pretrain-zero", s, [0.5, 0.4, 0.45], [0.6] * 3, [0.7] * 3) for s in range(5)]
+    runs += [_run("classic", s, [0.5, 0.4, 0.45], [0.6 + g] * 3, [0.7, 0.7, 0.7 + (s - 2) * 0.1])
              for s, g in enumerate(gains)]
-    recs = report.summarize(runs)
+    recs = report.summarize(runs, "loss")
     classic = next(r for r in recs if r["preset"] == "classic")
     assert classic["delta_early_test_accuracy"]["verdict"] == "better"
-    assert classic["delta_early_test_loss"]["verdict"] == "no detectable difference"
+    assert classic["delta_early_test_loss"]["verdict"] == "equivalent"  # every seed's Δ NLL early is 0
+    assert classic["delta_fixed_test_loss"]["verdict"] == "inconclusive"  # -0.2 .. +0.2 around 0 at the end
     text = report.findings(recs)
-    assert "`classic` at 8: better test accuracy early-stopped (Δ +0.116" in text
-    assert "Of 4 verdicts, 2 say better, 0 worse, 2 no detectable difference." in text
+    assert "`classic` at 8: better in test accuracy early-stopped (Δ +0.116" in text
+    assert "Of 4 verdicts, 2 say better, 0 worse, 1 equivalent, 1 inconclusive." in text
+    assert "Margins: test accuracy ±0.02, test NLL ±0.02." in text
+
+
+def _cell(preset, deltas, size=8, base=0.7):
+    """Runs of one preset whose test accuracy differs from the baseline's by ``deltas`` per seed."""
+    return [_run(preset, s, [0.5, 0.4], [base + d] * 2, [0.5, 0.5], size=size) for s, d in enumerate(deltas)]
+
+
+def test_four_verdicts_on_hand_made_records():
+    rng = np.random.default_rng(1)
+    runs = _cell("pretrain-zero", [0.0] * 12)
+    runs += _cell("classic", rng.normal(0.0, 0.004, 12))  # equivalent: tight around 0
+    runs += _cell("heavy", rng.normal(-0.05, 0.01, 12))  # a known difference
+    runs += _cell("drop-path", rng.normal(0.0, 0.06, 12))  # inconclusive: too noisy for either
+    cells = {r["preset"]: r["delta_early_test_accuracy"] for r in report.summarize(runs)
+             if r["preset"] != "pretrain-zero"}
+    assert [cells[p]["verdict"] for p in ("classic", "heavy", "drop-path")] == ["equivalent", "worse",
+                                                                                "inconclusive"]
+    assert {d["margin"] for d in cells.values()} == {0.02}
+    # a tighter declared margin turns the equivalent cell inconclusive
+    tight = {r["preset"]: r for r in report.summarize(runs, margins={"test_accuracy": 0.002})}
+    assert tight["classic"]["delta_early_test_accuracy"]["verdict"] == "inconclusive"
+    with pytest.raises(ValueError, match="no margin for 'accuracy'"):
+        report.summarize(runs, margins={"accuracy": 0.01})
+    with pytest.raises(ValueError, match="margin for test_loss must be a positive number, got -1"):
+        report.summarize(runs, margins={"test_loss": -1})
+
+
+def test_pooling_decides_what_single_cells_cannot():
+    """Six cells of a small harm (about -0.015, paired SD 0.03, 10 seeds each): every cell alone is inconclusive,
+    the pooled interval excludes zero."""
+    z = np.random.default_rng(3).normal(size=10)
+    z = (z - z.mean()) / z.std(ddof=1)  # exactly mean 0, SD 1
+    records = []
+    for i, size in enumerate((8, 16, 32, 64, 128, 256)):
+        harm = -0.012 - 0.001 * i
+        runs = _cell("pretrain-zero", [0.0] * 10, size=size) + _cell("classic", harm + 0.03 * z, size=size)
+        records += report.summarize(runs)
+    cells = [r["delta_early_test_accuracy"]["verdict"] for r in records if r["preset"] == "classic"]
+    assert cells == ["inconclusive"] * 6
+    rows = report.pooled(records)
+    overall = next(r for r in rows if r["scope"] == "all" and r["comparison"] == "early"
+                   and r["metric"] == "test_accuracy")
+    assert overall["verdict"] == "worse" and overall["cells"] == 6 and overall["seeds"] == 60
+    assert overall["ci"][1] < 0 and 0 <= overall["i2"] <= 1
+    assert {r["scope"] for r in rows} == {"all", "n=8", "n=16", "n=32", "n=64", "n=128", "n=256"}
+
+
+def test_report_pools_several_directories_into_out(tmp_path):
+    import json
+
+    dirs = []
+    for name, shift in (("a", 0.0), ("b", 0.001)):
+        d = tmp_path / name
+        d.mkdir()
+        runs = _cell("pretrain-zero", [0.0] * 6) + _cell("classic", [shift + 0.002 * (s % 3 - 1) for s in range(6)])
+        (d / "runs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in runs))
+        dirs.append(str(d))
+    with pytest.raises(ValueError, match="2 result directories need --out DIR"):
+        report.report_many(dirs, make_plots=False)
+    text = report.report_many(dirs, str(tmp_path / "pooled"), make_plots=False)
+    rows = json.loads((tmp_path / "pooled" / "pooled.json").read_text())
+    overall = next(r for r in rows if r["scope"] == "all" and r["comparison"] == "fixed"
+                   and r["metric"] == "test_accuracy")
+    assert overall["preset"] == "classic" and overall["cells"] == 2 and overall["verdict"] == "equivalent"
+    assert {"preset", "comparison", "metric", "scope", "delta", "ci", "i2", "verdict"} <= set(overall)
+    assert "`classic`: equivalent in test accuracy early-stopped" in text
+    assert (tmp_path / "a" / "findings.md").exists() and (tmp_path / "b" / "summary.json").exists()
+    summary = json.loads((tmp_path / "a" / "summary.json").read_text())
+    d = next(r for r in summary if r["preset"] == "classic")["delta_fixed_test_accuracy"]
+    assert d["verdict"] in stats.VERDICTS and d["margin"] == 0.02 and len(d["deltas"]) == 6
+
+
+def test_regimes_are_named_from_what_the_runs_measured():
+    # memorises (train accuracy 1), test NLL rises after the selected point while accuracy holds: overconfident
+    runs = [_run("pretrain-zero", s, [0.5, 0.4, 0.45], [0.8, 0.8, 0.8 + 0.001 * s], [0.5, 0.5, 0.7 + 0.01 * s],
+                 train_acc=1.0, nll_ts=[0.5, 0.5, 0.45 + 0.01 * s]) for s in range(5)]
+    # test accuracy falls after the selected point beyond noise: overfits
+    runs += [_run("classic", s, [0.5, 0.4, 0.45], [0.8, 0.8, 0.7 - 0.01 * s], [0.5, 0.5, 0.6], train_acc=0.95)
+             for s in range(5)]
+    cells = {r["preset"]: r["regime"] for r in report.summarize(runs, "loss")}
+    assert cells == {"pretrain-zero": ["memorises", "overconfident"], "classic": ["overfits"]}
+
+
+def test_staged_seeds_keep_false_verdicts_at_alpha_and_end_equivalent():
+    """`--seeds auto`'s rule, simulated (2,000 sequential experiments each, the paired SD measured on SST-2 with
+    selection by accuracy): looking after every 5 seeds up to 40 at alpha / looks, a true Δ of 0 gets a false
+    better/worse verdict at most alpha of the time, and most experiments with |Δ| <= margin/2 end equivalent."""
+    rng = np.random.default_rng(0)
+    sd, margin, stage, max_seeds = 0.025, 0.02, 5, 40
+    alpha = stats.ALPHA / stats.looks(max_seeds, stage)
+
+    def experiment(delta):
+        d = rng.normal(delta, sd, max_seeds)
+        for n in range(stage, max_seeds + 1, stage):
+            verdict = stats.judge(d[:n], margin, True, 1, alpha)["verdict"]
+            if verdict != "inconclusive":
+                return verdict, n
+        return "inconclusive", max_seeds
+
+    null = [experiment(0.0)[0] for _ in range(2000)]
+    assert sum(v in ("better", "worse") for v in null) / 2000 <= stats.ALPHA
+    near = [experiment(rng.uniform(-margin / 2, margin / 2)) for _ in range(2000)]
+    assert sum(v == "equivalent" for v, _ in near) / 2000 > 0.5
+    assert np.mean([n for _, n in near]) < max_seeds  # stopping early saves seeds

@@ -68,7 +68,8 @@ def test_readme_results_copies_findings_between_markers(tmp_path):
     assert out.returncode == 2 and "older than runs.jsonl" in out.stderr and readme.read_text() == text
 
 
-@pytest.mark.parametrize("name", sorted(os.listdir(os.path.join(ROOT, "docs", "results"))))
+@pytest.mark.parametrize("name", sorted(d for d in os.listdir(os.path.join(ROOT, "docs", "results"))
+                                         if os.path.isfile(os.path.join(ROOT, "docs", "results", d, "runs.jsonl"))))
 def test_committed_findings_are_what_the_report_derives(tmp_path, name):
     """Every committed findings.md is `hfreg report`'s output for the committed records, and the README quotes it."""
     results = os.path.join(ROOT, "docs", "results", name)
@@ -84,6 +85,26 @@ def test_committed_findings_are_what_the_report_derives(tmp_path, name):
         readme = f.read()
     if f"<!-- findings:{name} -->" in readme:
         assert committed.replace("## Findings", f"#### Findings: {name}", 1).strip() in readme
+
+
+def test_readme_quotes_the_committed_pooled_answer(tmp_path):
+    """docs/results/pooled.md is what `hfreg report` pools from the committed grids, and the README quotes its
+    answer and overall table."""
+    for name in ("sst2", "rt-polarity"):
+        (tmp_path / name).mkdir()
+        shutil.copy(os.path.join(ROOT, "docs", "results", name, "runs.jsonl"), tmp_path / name)
+    out = subprocess.run([sys.executable, "-m", "hfreg.cli", "report", "--no_plots", str(tmp_path / "sst2"),
+                          str(tmp_path / "rt-polarity"), "--out", str(tmp_path)], capture_output=True, text=True,
+                         cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    with open(os.path.join(ROOT, "docs", "results", "pooled.md")) as f:
+        committed = f.read()
+    assert (tmp_path / "pooled.md").read_text().replace(str(tmp_path) + "/", "docs/results/") == committed
+    sys.path.insert(0, os.path.join(ROOT, "scripts"))
+    from readme_results import pooled_overview
+
+    with open(os.path.join(ROOT, "README.md")) as f:
+        assert pooled_overview(os.path.join(ROOT, "docs", "results", "pooled.md")) in f.read()
 
 
 def test_readme_quotes_the_committed_coverage_measurement():

