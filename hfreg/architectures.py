@@ -34,10 +34,11 @@ GENERIC_BRANCHES: tuple[tuple[str, ...], ...] = (
     ("crossattention.output.dropout", "encoder_attn", "cross_attn", "crossattention"),  # cross-attention
     ("output.dropout", "mlp", "feed_forward", "ffn", "fc2", "mlp_block"),  # MLP
 )
-# Where a layer has none of those, its stochastic-depth modules (timm's ``x = shortcut + self.drop_path(x)``, also
-# an identity where the rate is 0) mark where its branches join the residual stream: residual blocks of
-# convolutional stages (ConvNeXt V2, PoolFormer, DINOv3-ConvNeXt) become layers.
-FALLBACK_BRANCHES = "drop_path*"
+# Where a layer has none of those, tried in order: its stochastic-depth modules (timm's ``x = shortcut +
+# self.drop_path(x)``, also an identity where the rate is 0) mark where its branches join the residual stream, so
+# residual blocks of convolutional stages (ConvNeXt V2, PoolFormer, DINOv3-ConvNeXt, BiT) become layers; else a
+# block's one `layer` (ResNet, RegNet: ``x = self.layer(x); x += shortcut``), a module that runs (not a list).
+FALLBACK_BRANCHES = ("drop_path*", "layer")
 
 
 @dataclass(frozen=True)

@@ -149,7 +149,11 @@ def find_branches(block: nn.Module, model_type: str | None) -> list[tuple[str, n
             if hit:
                 found += hit
                 break
-    return found or _resolve(block, FALLBACK_BRANCHES)
+    for pattern in () if found else FALLBACK_BRANCHES:
+        found = [(n, m) for n, m in _resolve(block, pattern) if not isinstance(m, (nn.ModuleList, nn.ModuleDict))]
+        if found:
+            break
+    return found
 
 
 def _activations(block: nn.Module, repeated: frozenset = frozenset()) -> list[tuple[str, nn.Module]]:

@@ -512,7 +512,7 @@ def test_native_drop_path_acts_in_place_where_no_layer_stack_is_found(monkeypatc
     honoured, never turned into zero."""
     import hfreg.sites
 
-    monkeypatch.setattr(hfreg.sites, "FALLBACK_BRANCHES", "no-such-module")
+    monkeypatch.setattr(hfreg.sites, "FALLBACK_BRANCHES", ())
     model = build("convnextv2", drop_path_rate=0.1)
     assert not hfreg.sites.analyze(model).towers
     inputs = make_inputs("convnextv2", model.config)

@@ -202,3 +202,12 @@ def test_progress_line_estimates_from_measured_runs():
     grid = [("default", "p", records.digest(None), n, s, 1e-4) for n in (100, 50) for s in (0, 1)]
     # left: one run of 100 (60 s) and two of 50 (scaled: 30 s each) = 120 s over 2 processes
     assert progress_line(done, grid, 2) == "grid: 1/4 runs done, 3 left, ETA 1m00s (2 process(es))"
+
+
+def test_run_mode_across_machines_is_refused_in_one_line(tiny_classifier, csv_data, tmp_path, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    with pytest.raises(ValueError, match=r"run mode across several machines \(4 processes, 2 on this one\) .* "
+                                         r"use --backend ray"):
+        load_script().main(args_for(tiny_classifier, csv_data, tmp_path / "out"))
+    assert not (tmp_path / "out").exists()

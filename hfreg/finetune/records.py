@@ -1,15 +1,14 @@
 """Run records: what defines an experiment, the append-only ``runs.jsonl``, and the work queue of a sweep.
 
-Every process of every launch that writes into one ``--output_dir`` (ranks of one launch, several machines,
-or independent launches started side by side) takes its runs from one queue kept in that directory:
+Every process of every launch on one machine that writes into one ``--output_dir`` (ranks of one launch, or
+independent launches started side by side) takes its runs from one queue kept in that directory; several machines
+share a grid through Ray instead (`cluster`, whose one driver is the only writer):
 
 * a lock file, held with POSIX ``lockf`` around every read-modify-write. The kernel drops the lock when its
-  holder dies (even under kill -9), so no stale lock can block a resume; ``lockf`` (not ``flock``) because it is
-  the kind NFS and other shared file systems propagate between machines, which is what lets ranks on several
-  machines share one ``--output_dir``;
-* one claim file per run in progress, naming its owner (host, pid) and touched as the run advances. A claim is
-  live while its process runs (same host) or while it keeps being touched (another host); a dead rank's run is
-  therefore claimed again by the next process that asks, and nobody else's;
+  holder dies (even under kill -9), so no stale lock can block a resume;
+* one claim file per run in progress, naming its owner (host, pid). A claim is live while its process runs; a dead
+  rank's run is therefore claimed again by the next process that asks, and nobody else's. A claim from another
+  host is taken as live (no process there can be asked): a run-mode launch across machines is refused;
 * ``runs.jsonl``: a finished run is appended as one line under the lock, checked first against the records so
   that it is never written twice, then fsynced. A crash mid-write leaves at most a torn last line, which readers
   skip and the next writer trims. Readers still drop duplicates (keeping the first), and say how many.
@@ -24,15 +23,12 @@ import hashlib
 import json
 import os
 import socket
-import time
+import zipfile
 
 RUNS_FILE = "runs.jsonl"
 LOCK_FILE = ".hfreg.lock"
 CLAIMS_DIR = ".claims"
 PREDICTIONS_DIR = "predictions"
-# A claim from another host counts as dead when untouched this long; owners touch theirs every TOUCH_EVERY s.
-CLAIM_STALE_S = 600.0
-TOUCH_EVERY_S = 30.0
 DEFAULT_EXPERIMENT = "default"
 # how a run's early-stopping point (and a preset's learning rate) is chosen on the selection split: the key of an
 # evaluation point and +1 where higher wins; ties go to the earliest point
@@ -198,6 +194,29 @@ def append_run(output_dir: str, record: dict, predictions: dict | None = None) -
         return True
 
 
+def compact(arrays: dict) -> dict:
+    """Predictions as stored: each ``*_logits`` (points x examples x K, float32) becomes ``*_logit_diffs``, the
+    logits minus the first class's, without that column, in float16 (stored as its two byte planes: [low, high]
+    bytes, little-endian) — the softmax depends on differences only, so
+    argmax and probabilities come back unchanged up to float16 rounding, at (K-1)/(2K) of the bytes (a quarter for
+    two classes); labels, indices and steps take the smallest unsigned type that holds them."""
+    import numpy as np
+
+    out = {}
+    for name, value in arrays.items():
+        value = np.asarray(value)
+        if name.endswith("_logits"):
+            value = value.astype(np.float32)
+            diffs = (value[..., 1:] - value[..., :1]).astype("<f2").view(np.uint8)
+            # the low and the high bytes apart: the high ones (sign, exponent) compress several times better
+            out[name[: -len("_logits")] + "_logit_diffs"] = np.stack([diffs[..., 0::2], diffs[..., 1::2]])
+        elif value.dtype.kind in "iu" and value.size and value.min() >= 0:  # labels, indices, steps: the
+            out[name] = value.astype(np.min_scalar_type(int(value.max())))  # smallest unsigned type that holds them
+        else:
+            out[name] = value
+    return out
+
+
 def _save_predictions(output_dir: str, key: tuple, arrays: dict) -> str:
     import numpy as np
 
@@ -205,7 +224,11 @@ def _save_predictions(output_dir: str, key: tuple, arrays: dict) -> str:
     path = os.path.join(output_dir, rel)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path + ".tmp", "wb") as f:
-        np.savez_compressed(f, **arrays)
+        # an .npz that `numpy.load` reads, its members LZMA-compressed (smaller than savez_compressed's deflate)
+        with zipfile.ZipFile(f, "w", compression=zipfile.ZIP_LZMA) as zf:
+            for name, value in compact(arrays).items():
+                with zf.open(name + ".npy", "w", force_zip64=True) as member:
+                    np.lib.format.write_array(member, np.asarray(value), allow_pickle=False)
         f.flush()
         os.fsync(f.fileno())
     os.replace(path + ".tmp", path)
@@ -214,11 +237,21 @@ def _save_predictions(output_dir: str, key: tuple, arrays: dict) -> str:
 
 def load_predictions(output_dir: str, record: dict) -> dict:
     """The arrays stored with a run: ``steps``, and for ``selection`` and ``test``: ``*_logits`` (points x
-    examples x classes), ``*_labels`` and ``*_index`` (the examples' rows in their split)."""
+    examples x classes, float32), ``*_labels`` and ``*_index`` (the examples' rows in their split). Reads both
+    layouts: full float32 logits (records made before `compact`) and float16 differences, which come back as
+    logits whose first column is 0."""
     import numpy as np
 
     with np.load(os.path.join(output_dir, record["predictions"])) as f:
-        return {k: f[k] for k in f.files}
+        arrays = {k: f[k].astype(np.int64) if f[k].dtype.kind in "iu" else f[k] for k in f.files}
+    for name in [k for k in arrays if k.endswith("_logit_diffs")]:
+        planes = arrays.pop(name).astype(np.uint8)
+        raw = np.empty(planes.shape[1:-1] + (2 * planes.shape[-1],), np.uint8)
+        raw[..., 0::2], raw[..., 1::2] = planes
+        diffs = raw.view("<f2").astype(np.float32)
+        arrays[name[: -len("_logit_diffs")] + "_logits"] = np.concatenate(
+            [np.zeros(diffs.shape[:-1] + (1,), np.float32), diffs], axis=-1)
+    return arrays
 
 
 class WorkQueue:
@@ -228,7 +261,6 @@ class WorkQueue:
         self.output_dir = output_dir
         self.claims = os.path.join(output_dir, CLAIMS_DIR)
         self.owner = {"host": socket.gethostname(), "pid": os.getpid()}
-        self._touched = {}
         os.makedirs(self.claims, exist_ok=True)
 
     def _claim_path(self, key: tuple) -> str:
@@ -238,11 +270,10 @@ class WorkQueue:
         try:
             with open(path) as f:
                 owner = json.load(f)
-            age = time.time() - os.path.getmtime(path)
         except (OSError, json.JSONDecodeError):
             return False
         if owner.get("host") != self.owner["host"]:
-            return age < CLAIM_STALE_S
+            return True
         try:
             os.kill(int(owner["pid"]), 0)
         except ProcessLookupError:
@@ -266,17 +297,8 @@ class WorkQueue:
                 with open(path + ".tmp", "w") as f:
                     json.dump(self.owner, f)
                 os.replace(path + ".tmp", path)
-                self._touched[key] = time.time()
                 return key
         return None
-
-    def touch(self, key: tuple) -> None:
-        """Keep the claim on ``key`` alive; cheap enough to call every training step."""
-        now = time.time()
-        if now - self._touched.get(key, 0.0) >= TOUCH_EVERY_S:
-            with contextlib.suppress(OSError):
-                os.utime(self._claim_path(key))
-            self._touched[key] = now
 
     def finish(self, key: tuple, record: dict, predictions: dict | None = None) -> bool:
         """Record a finished run and drop its claim; False when another process had recorded it already."""
@@ -287,4 +309,3 @@ class WorkQueue:
     def release(self, key: tuple) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.remove(self._claim_path(key))
-        self._touched.pop(key, None)

@@ -420,6 +420,10 @@ def _margins_line(records: list[dict]) -> str:
     return ", ".join(f"{NAMES[m]} ±{margins[m]:g}" for m in VERDICT_METRICS if m in margins)
 
 
+def _copies(n: int) -> str:
+    return f" ({n} near-cop{'ies' if n > 1 else 'y'} of the baseline left out)" if n else ""
+
+
 def findings(records: list[dict], settings: dict | None = None, codes: list[str] | None = None,
              sweeps: dict | None = None) -> str:
     """findings.md for one experiment: the verdict table and its plain-word reading, derived from the numbers."""
@@ -476,7 +480,7 @@ def findings(records: list[dict], settings: dict | None = None, codes: list[str]
             continue
         s, copies = pw["seeds"], pw["near_copies"]
         lines += ["", f"Power ({COMPARISONS[comp]}): the median paired SD of Δ test accuracy is "
-                      f"{pw['paired_sd']:.4f}{f' ({copies} near-copies of the baseline left out)' if copies else ''}. "
+                      f"{pw['paired_sd']:.4f}{_copies(copies)}. "
                       f"Detecting Δ = 0.02 with 80% power needs {s['0.02']['alpha_0.05']} seeds at α = 0.05 "
                       f"({s['0.02']['alpha_corrected']} at the corrected α = 0.05/{pw['family_size']}); Δ = 0.01 "
                       f"needs {s['0.01']['alpha_0.05']} ({s['0.01']['alpha_corrected']}); showing equivalence "

@@ -21,8 +21,8 @@ import sys
 import time
 
 from .data import ROLES
-from .records import DEFAULT_EXPERIMENT, DEFAULT_SELECT_BY, SELECT_BY, WorkQueue, check_output_dir, code_identity, \
-    digest, experiment_conflict, experiment_of, margins_arg, read_runs, run_key
+from .records import DEFAULT_EXPERIMENT, DEFAULT_SELECT_BY, SELECT_BY, WorkQueue, append_run, check_output_dir, \
+    code_identity, digest, experiment_conflict, experiment_of, margins_arg, read_runs, run_key
 from .training import PARALLEL_MODES
 
 DEFAULTS = dict(learning_rate=2e-4, num_train_epochs=4, train_batch_size=16)
@@ -94,6 +94,16 @@ def parse_args(argv=None):
     p.add_argument("--max_length", type=int, default=128)
     p.add_argument("--max_eval_samples", type=int, default=None,
                    help="cap the validation and test splits (faster sweeps)")
+    p.add_argument("--backend", default="local", choices=("local", "ray"),
+                   help="local: this launch's processes share the grid through --output_dir; ray: one driver "
+                        "submits every run to a Ray cluster (pip install \"hfreg[ray]\")")
+    p.add_argument("--ray_address", default=None,
+                   help="with --backend ray: HOST:PORT of a running cluster's head (default: start a local one)")
+    p.add_argument("--run_cpus", type=float, default=1.0, help="with --backend ray: CPUs each run asks for")
+    p.add_argument("--run_gpus", type=float, default=0.0,
+                   help="with --backend ray: GPUs each run asks for; a fraction (0.25) packs runs onto one GPU")
+    p.add_argument("--run_retries", type=int, default=2,
+                   help="with --backend ray: how often a run whose worker process died is tried again")
     p.add_argument("--parallel", default="run", choices=PARALLEL_MODES,
                    help="run: each run whole on one process, runs shared out (default); data: each run "
                         "spread over all processes (DDP/FSDP), for models too big or slow for one device")
@@ -137,6 +147,14 @@ def parse_args(argv=None):
         raise ValueError(f"--learning_rates must be comma-separated numbers, got {rates!r}") from None
     if not args.learning_rates or not all(r > 0 for r in args.learning_rates):
         raise ValueError(f"--learning_rates must be positive numbers, got {rates!r}")
+    if args.backend == "ray":
+        if args.parallel != "run":
+            raise ValueError("--backend ray runs each run whole on one worker: it takes --parallel run")
+        if not args.run_cpus > 0 or args.run_gpus < 0 or args.run_retries < 0:
+            raise ValueError(f"--run_cpus must be > 0, --run_gpus and --run_retries >= 0, got {args.run_cpus:g}, "
+                             f"{args.run_gpus:g} and {args.run_retries}")
+    elif args.ray_address:
+        raise ValueError("--ray_address needs --backend ray")
     if args.min_steps < 0:
         raise ValueError(f"--min_steps must be >= 0, got {args.min_steps}")
     for flag in ("num_train_epochs", "train_batch_size", "gradient_accumulation_steps", "evals_per_epoch",
@@ -206,6 +224,11 @@ def make_accelerator(args, find_unused_parameters: bool):
     from accelerate.utils import DistributedDataParallelKwargs, InitProcessGroupKwargs
 
     launched = int(os.environ.get("WORLD_SIZE", "1"))
+    here = int(os.environ.get("LOCAL_WORLD_SIZE", launched))
+    if args.parallel == "run" and launched > here:
+        raise ValueError(f"run mode across several machines ({launched} processes, {here} on this one) is not "
+                         f"shared through --output_dir: use --backend ray for several machines, or --parallel data "
+                         f"for one large model per run")
     # Without cpu=True, a multi-process launch on a machine with no accelerator leaves every process alone,
     # each running the whole grid; with it they join one gloo group.
     cpu = args.cpu or (launched > 1 and not torch.accelerator.is_available())
@@ -255,6 +278,15 @@ def progress_line(done: list[dict], grid: list[tuple], num_processes: int) -> st
 def main(argv=None) -> int:
     args = parse_args(argv)
     check_output_dir(args.output_dir)
+    if args.backend == "ray":  # joined (or started) before anything is read or written: its errors come first
+        from . import cluster
+
+        with cluster.connect(args.ray_address, args.run_cpus, args.run_gpus) as ray:
+            return _main(args, ray)
+    return _main(args, None)
+
+
+def _main(args, ray) -> int:
     import warnings
 
     import torch
@@ -291,6 +323,12 @@ def main(argv=None) -> int:
 
     accelerator = make_accelerator(args, find_unused_parameters=any(p.reg.layerdrop for p in presets))
     check_batch(args, accelerator.num_processes)
+    if args.backend == "ray" and accelerator.num_processes > 1:
+        raise ValueError(f"--backend ray is one driver process, launched {accelerator.num_processes} times: run it "
+                         f"as one process (the cluster spreads the runs)")
+    # a Ray cluster's GPU workers run bf16 where the driver may have no GPU to ask
+    precision = "bf16" if args.backend == "ray" and args.run_gpus > 0 and args.mixed_precision == "auto" \
+        else accelerator.mixed_precision
     hf_logging.set_verbosity_error()
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     data, label_names = data_mod.encode(raw, tokenizer, text_columns, label_column, args.max_length)
@@ -334,7 +372,7 @@ def main(argv=None) -> int:
         "num_train_epochs": args.num_train_epochs, "train_batch_size": args.train_batch_size,
         "lr_scheduler_type": args.lr_scheduler_type, "warmup_ratio": args.warmup_ratio,
         "evals_per_epoch": args.evals_per_epoch, "max_train_eval_samples": args.max_train_eval_samples,
-        "precision": accelerator.mixed_precision, "parallel": args.parallel,
+        "precision": precision, "parallel": args.parallel,
         **({"mc_samples": args.mc_samples} if args.mc_samples else {}),  # absent when off: older records match
         **({"min_steps": args.min_steps} if args.min_steps else {}),
         **({"seeds": {"rule": "auto", "max_seeds": args.max_seeds, "stage": args.seed_stage}}
@@ -380,7 +418,7 @@ def main(argv=None) -> int:
         f"hfreg: {model_name} | {len(roles.pool)} training-pool examples, {len(label_names)} classes | "
         f"{len(grid)} runs{' in the first stage' if args.auto_seeds else ''}, {len(mine)} already done | "
         f"{n_proc} process(es) on {accelerator.device}, "
-        f"parallel={args.parallel}, batch {args.train_batch_size}, mixed precision {accelerator.mixed_precision}\n"
+        f"parallel={args.parallel}, batch {args.train_batch_size}, mixed precision {precision}\n"
         f"data roles ({args.roles}): training subsets from the training pool; {roles.description}", flush=True)
     rank_tag = f"[rank {accelerator.process_index}] " if n_proc > 1 and args.parallel == "run" else ""
     log = print if args.parallel == "run" else accelerator.print
@@ -403,8 +441,29 @@ def main(argv=None) -> int:
             raise ValueError(error)
         return key
 
+    def make_record(preset, size, seed, result):
+        return {"experiment": experiment, "preset": preset.name, "preset_config": contents[preset.name],
+                "train_size": size, "seed": seed, **result,
+                "provenance": {"data": args.dataset_name or args.train_file or "synthetic", "code": code,
+                               "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}}
+
     def run_grid():
         nonlocal mine
+        if runner is not None:  # Ray: this driver submits what is left and writes what comes back
+            finished = {run_key(r) for r in grid_runs()}
+
+            def finish(key, result, predictions):
+                nonlocal mine
+                preset, size, seed, _ = by_key[key]
+                append_run(args.output_dir, make_record(preset, size, seed, result), predictions)
+                mine = grid_runs()
+                print(f"done preset={preset.name} train_size={size} seed={seed}", flush=True)
+                print(progress_line(mine, grid, max(1, int(cluster_cpus // args.run_cpus))), flush=True)
+                _track(accelerator, args, mine, logged)
+
+            runner.run({k: by_key[k] for k in grid if k not in finished},
+                       lambda lr: dataclasses.replace(settings, learning_rate=lr), finish)
+            return
         while True:
             while (key := next_run()) is not None:
                 preset, size, seed, lr = by_key[key]
@@ -413,16 +472,12 @@ def main(argv=None) -> int:
                 try:
                     result, predictions = train(accelerator, base_model, preset, data, roles, size, seed,
                                                 dataclasses.replace(settings, learning_rate=lr), collate,
-                                                log=lambda line: log(rank_tag + line, flush=True),
-                                                tick=lambda: queue.touch(key))
+                                                log=lambda line: log(rank_tag + line, flush=True))
                 except BaseException:
                     if accelerator.is_main_process or args.parallel == "run":
                         queue.release(key)
                     raise
-                record = {"experiment": experiment, "preset": preset.name, "preset_config": contents[preset.name],
-                          "train_size": size, "seed": seed, **result,
-                          "provenance": {"data": args.dataset_name or args.train_file or "synthetic", "code": code,
-                                         "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}}
+                record = make_record(preset, size, seed, result)
                 if args.parallel == "run" or accelerator.is_main_process:
                     queue.finish(key, record, predictions)
                 if accelerator.is_main_process:
@@ -435,6 +490,13 @@ def main(argv=None) -> int:
                 return
             time.sleep(2)
 
+    runner, cluster_cpus = None, 0.0
+    if ray is not None:
+        from . import cluster
+
+        cluster_cpus = ray.cluster_resources().get("CPU", 1.0)
+        runner = cluster.Runner(ray, {"model": base_model, "data": data, "roles": roles, "collate": collate},
+                                args.run_cpus, args.run_gpus, args.run_retries, precision)
     run_grid()
     done = args.seeds[:stage]
     while args.auto_seeds and len(done) < len(args.seeds):

@@ -116,13 +116,12 @@ def eval_steps(steps_per_epoch: int, epochs: int, evals_per_epoch: int, points: 
 
 
 def train(accelerator, base_model, preset, data, roles, train_size: int, seed: int, settings: Settings, collate,
-          log=print, tick=lambda: None) -> tuple[dict, dict]:
+          log=print) -> tuple[dict, dict]:
     """Fine-tune a fresh copy of ``base_model`` under ``preset`` on a subset of the training pool.
 
     At every evaluation point the training subset, the selection split and the test split are evaluated in eval
     mode. Returns (the run's record fields, its predictions: selection and test logits at every point, with
-    their labels and example indices). The test split is only ever evaluated: nothing in here reads its results.
-    ``tick`` is called every optimizer step (the sweep keeps its claim on the run alive with it)."""
+    their labels and example indices). The test split is only ever evaluated: nothing in here reads its results."""
     from accelerate.utils import set_seed
     from transformers import get_scheduler
 
@@ -198,7 +197,6 @@ def train(accelerator, base_model, preset, data, roles, train_size: int, seed: i
             rates.step()
             optimizer.zero_grad()
             step += 1
-            tick()
             if step not in at:
                 continue
             t0 = time.time()

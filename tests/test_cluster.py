@@ -1,0 +1,139 @@
+"""`--backend ray` on a real local Ray cluster (a head started with 2 CPUs for this module): the same records as the
+local backend, one writer, lost workers retried, a killed driver resumed, and one-line errors before training."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from harness import args_for, load_script
+from hfreg.finetune import records
+
+ray = pytest.importorskip("ray")
+RAY = os.path.join(os.path.dirname(sys.executable), "ray")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def head(tmp_path_factory):
+    """A Ray head node with 2 CPUs, the address drivers join; stopped (with its workers) after the module."""
+    port = _free_port()
+    temp = tmp_path_factory.mktemp("ray")
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    subprocess.run([RAY, "start", "--head", f"--port={port}", "--num-cpus=2", "--num-gpus=0",
+                    "--include-dashboard=false", f"--temp-dir={temp}", "--disable-usage-stats"],
+                   check=True, capture_output=True, env=env, timeout=180)
+    yield f"127.0.0.1:{port}"
+    subprocess.run([RAY, "stop", "--force"], capture_output=True, timeout=120)
+
+
+def ray_args(model, data, out, address, *extra):
+    return args_for(model, data, out, "--backend", "ray", "--ray_address", address, "--mixed_precision", "no",
+                    *extra)
+
+
+def _strip(run: dict) -> dict:
+    """What a run computed: everything but wall times and when it finished."""
+    return {k: v for k, v in run.items() if k not in ("seconds", "eval_seconds", "provenance")}
+
+
+def test_records_equal_the_local_backends(tiny_classifier, csv_data, tmp_path, head):
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a Ray run with --run_cpus 1 trains on one thread: fp32 sums alike
+    try:
+        load_script().main(args_for(tiny_classifier, csv_data, tmp_path / "local", "--mixed_precision", "no"))
+    finally:
+        torch.set_num_threads(threads)
+    load_script().main(ray_args(tiny_classifier, csv_data, tmp_path / "ray", head, "--run_cpus", "1"))
+    local, remote = records.read_runs(tmp_path / "local"), records.read_runs(tmp_path / "ray")
+    key = records.run_key
+    assert len(local) == len(remote) == 8 and {key(r) for r in local} == {key(r) for r in remote}
+    by_key = {key(r): r for r in remote}
+    for r in local:
+        assert _strip(r) == _strip(by_key[key(r)])
+        a, b = records.load_predictions(tmp_path / "local", r), records.load_predictions(tmp_path / "ray", by_key[key(r)])
+        assert all(np.array_equal(a[k], b[k]) for k in a)
+    assert not (tmp_path / "ray" / ".claims").exists() or not os.listdir(tmp_path / "ray" / ".claims")
+
+
+def _workers():
+    import psutil
+
+    found = []
+    for p in psutil.process_iter(["cmdline"]):
+        cmd = " ".join(p.info["cmdline"] or [])
+        if "ray::_train_task" in cmd:
+            found.append(p)
+    return found
+
+
+def test_a_killed_worker_is_retried_and_nothing_is_lost_or_doubled(tiny_classifier, csv_data, tmp_path, head):
+    out = tmp_path / "out"
+    argv = [sys.executable, "-m", "hfreg.finetune", *ray_args(tiny_classifier, csv_data, out, head,
+                                                              "--num_train_epochs", "6")]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    victim, deadline = None, time.time() + 240
+    while victim is None and time.time() < deadline and proc.poll() is None:
+        busy = _workers()
+        if busy:
+            victim = busy[0]
+            time.sleep(1.0)  # mid-run
+            victim.send_signal(signal.SIGKILL)
+        time.sleep(0.2)
+    stdout, stderr = proc.communicate(timeout=600)
+    assert victim is not None, "no Ray worker was seen running a task"
+    assert proc.returncode == 0, stderr[-2000:]
+    keys = [records.run_key(json.loads(x)) for x in (out / "runs.jsonl").read_text().splitlines()]
+    assert len(keys) == len(set(keys)) == 8
+
+
+def test_a_killed_driver_resumes_where_it_stopped(tiny_classifier, csv_data, tmp_path, head):
+    out = tmp_path / "out"
+    argv = [sys.executable, "-m", "hfreg.finetune", *ray_args(tiny_classifier, csv_data, out, head,
+                                                              "--num_train_epochs", "6")]
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if (out / "runs.jsonl").exists() and (out / "runs.jsonl").read_text().count("\n") >= 2:
+            break
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    survived = records.read_runs(out)
+    assert 1 <= len(survived) < 8
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert f"8 runs, {len(survived)} already done" in done.stdout
+    keys = [records.run_key(json.loads(x)) for x in (out / "runs.jsonl").read_text().splitlines()]
+    assert len(keys) == len(set(keys)) == 8
+    for r in records.read_runs(out):  # every record has its predictions, whole
+        assert records.load_predictions(out, r)["test_logits"].shape[0] == len(r["evals"])
+
+
+@pytest.mark.parametrize("extra,message", [
+    (("--ray_address", "127.0.0.1:1"), "--ray_address '127.0.0.1:1': no Ray cluster answers there"),
+    (("--run_cpus", "64"), "a run asks for 64 CPU(s) and 0 GPU(s) (--run_cpus, --run_gpus), but the largest node of "
+                           "the Ray cluster has 2 CPU(s) and 0 GPU(s)"),
+    (("--run_gpus", "0.5"), "a run asks for 1 CPU(s) and 0.5 GPU(s)"),
+])
+def test_cluster_errors_are_one_line_before_any_training(tiny_classifier, csv_data, tmp_path, head, extra, message):
+    out = tmp_path / "out"
+    argv = [sys.executable, "-m", "hfreg.finetune", *ray_args(tiny_classifier, csv_data, out, head), *extra]
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert message in proc.stderr, proc.stderr
+    assert "run preset=" not in proc.stdout and not (out / "runs.jsonl").exists()
