@@ -87,6 +87,9 @@ ARCHITECTURES: dict[str, Arch] = {
     "pegasus_x": Arch(broken=("PegasusXEncoder.layerdrop",)),
     "mpnet": Arch(branches=("attention.dropout", "output.dropout"), rules=((r"MPNetAttention\.dropout", "hidden"),)),
     "t5": _T5, "mt5": _T5, "umt5": _T5, "longt5": _T5,
+    # the residual is added inside the attention's post_attention and the feed-forward block: the branches end at
+    # the attention's output dropout and at the second linear layer (ff.dropout also follows the activation)
+    "xlnet": Arch(branches=("rel_attn.dropout", "ff.layer_2")),
 }
 
 # Config keys per knob, for `patch_config`. A key listed under several knobs belongs to the first; the

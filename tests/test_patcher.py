@@ -572,3 +572,31 @@ def test_layerdrop_says_when_a_layer_that_changes_the_shape_cannot_be_skipped():
     with pytest.warns(UserWarning, match="`layerdrop`=0.9 cannot skip BitBottleneckLayer layers that change"):
         outs = [forward(model, inputs, True, seed=s) for s in range(6)]
     assert any(not torch.equal(outs[0], o) for o in outs[1:])  # the second block of stage 2 is skipped at times
+
+
+def test_resnet_blocks_are_layers_with_their_one_layer_as_branch():
+    """ResNet's bottleneck adds its shortcut after `self.layer`: hidden dropout and drop-path act there, eval and
+    weights stay exact, unpatch restores the original. (Training passes move BatchNorm's running statistics, so
+    eval is compared before any.)"""
+    from transformers import AutoConfig, AutoModel
+
+    config = AutoConfig.for_model("resnet", depths=[1, 2], hidden_sizes=[32, 64], embedding_size=16)
+    model = AutoModel.from_config(config).eval()
+    inputs = {"pixel_values": torch.randn(2, 3, 32, 32)}
+    train0 = forward(model, inputs, True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # attention: none in a CNN
+        hfreg.patch_model(model, FULL)
+    assert torch.equal(forward(model, inputs, False), forward(hfreg.unpatch_model(model), inputs, False))
+    for knob in ("hidden", "drop_path"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            hfreg.patch_model(model, only(knob, 0.5))
+        sites = [s.path for s in hfreg.inspect_model(model) if s.kind == knob]
+        assert sites == ["encoder.stages.0.layers.0.layer", "encoder.stages.1.layers.0.layer",
+                         "encoder.stages.1.layers.1.layer"]
+        first = forward(model, inputs, True, seed=1)
+        assert torch.equal(first, forward(model, inputs, True, seed=1))
+        assert any(not torch.equal(first, forward(model, inputs, True, seed=s)) for s in range(2, 6))
+    hfreg.unpatch_model(model)
+    assert torch.equal(forward(model, inputs, True), train0)

@@ -26,9 +26,10 @@ def test_two_processes_share_the_grid_and_match_one_process(tiny_classifier, csv
     """Run-parallel: a 2-process launch, without --cpu on a machine without a GPU, becomes one gloo group that
     splits the grid (no run twice, batch unchanged) and gives the records of a 1-process launch."""
     one, two = tmp_path / "one", tmp_path / "two"
-    proc = launch(SCRIPT, *args_for(tiny_classifier, csv_data, one), num_processes=1)
+    proc = launch(SCRIPT, *args_for(tiny_classifier, csv_data, one, "--threads", "1"), num_processes=1)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    proc = launch(SCRIPT, *args_for(tiny_classifier, csv_data, two), num_processes=2)
+    assert "1 process(es) on cpu (1 thread(s) each)" in proc.stdout
+    proc = launch(SCRIPT, *args_for(tiny_classifier, csv_data, two, "--threads", "1"), num_processes=2)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "2 process(es)" in proc.stdout
     lines = (two / "runs.jsonl").read_text().splitlines()
@@ -211,3 +212,17 @@ def test_run_mode_across_machines_is_refused_in_one_line(tiny_classifier, csv_da
                                          r"use --backend ray"):
         load_script().main(args_for(tiny_classifier, csv_data, tmp_path / "out"))
     assert not (tmp_path / "out").exists()
+
+
+def test_a_single_process_uses_every_core_however_launched(tiny_classifier, csv_data, tmp_path):
+    """`accelerate launch` hands each process one thread by default; a single CPU process takes every core it may
+    use instead, and says so; `--threads` is the explicit choice."""
+    allowed = len(os.sched_getaffinity(0))
+    out = tmp_path / "out"
+    small = ("--presets", "pretrain-zero", "--train_sizes", "16", "--seeds", "0")
+    proc = launch(SCRIPT, *args_for(tiny_classifier, csv_data, out, *small), num_processes=1)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert f"1 process(es) on cpu ({allowed} thread(s) each)" in proc.stdout
+    proc = launch(SCRIPT, *args_for(tiny_classifier, csv_data, tmp_path / "one", *small, "--threads", "1"),
+                  num_processes=1)
+    assert "1 process(es) on cpu (1 thread(s) each)" in proc.stdout

@@ -114,6 +114,10 @@ def parse_args(argv=None):
     p.add_argument("--with_tracking", action="store_true", help="log through Accelerate's trackers")
     p.add_argument("--report_to", default="all", help="tracker(s) for --with_tracking, e.g. tensorboard")
     p.add_argument("--no_plots", action="store_true")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads per process (default: every core this process may use, shared among the "
+                        "launch's processes on this machine; under `accelerate launch` its one-thread default is "
+                        "not taken as a choice)")
     p.add_argument("--cpu", action="store_true", help="run on CPU processes (gloo) even where a GPU exists")
     p.add_argument("--mixed_precision", default="auto", choices=("auto", "no", "bf16", "fp16"),
                    help="autocast precision; auto = bf16 where the hardware runs it natively (CUDA with bf16, "
@@ -155,6 +159,8 @@ def parse_args(argv=None):
                              f"{args.run_gpus:g} and {args.run_retries}")
     elif args.ray_address:
         raise ValueError("--ray_address needs --backend ray")
+    if args.threads is not None and args.threads < 1:
+        raise ValueError(f"--threads must be a positive integer, got {args.threads}")
     if args.min_steps < 0:
         raise ValueError(f"--min_steps must be >= 0, got {args.min_steps}")
     for flag in ("num_train_epochs", "train_batch_size", "gradient_accumulation_steps", "evals_per_epoch",
@@ -246,6 +252,20 @@ def make_accelerator(args, find_unused_parameters: bool):
     return accelerator
 
 
+def cpu_threads(requested: int | None, local_processes: int, device: str) -> int:
+    """Set and return this process's torch CPU threads: ``requested`` (``--threads``) when given; on a CPU, every
+    core the process may use, divided among the launch's processes on this machine — unless OMP_NUM_THREADS was
+    set by the user (not by `accelerate launch`, whose default of one thread a process is no choice)."""
+    import torch
+
+    if requested:
+        torch.set_num_threads(requested)
+    elif device == "cpu" and ("OMP_NUM_THREADS" not in os.environ or "ACCELERATE_DYNAMO_BACKEND" in os.environ):
+        allowed = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        torch.set_num_threads(max(1, allowed // max(1, local_processes)))
+    return torch.get_num_threads()
+
+
 def check_batch(args, num_processes: int) -> None:
     micro = args.train_batch_size // args.gradient_accumulation_steps
     if args.parallel == "data" and micro % num_processes:
@@ -326,6 +346,8 @@ def _main(args, ray) -> int:
     if args.backend == "ray" and accelerator.num_processes > 1:
         raise ValueError(f"--backend ray is one driver process, launched {accelerator.num_processes} times: run it "
                          f"as one process (the cluster spreads the runs)")
+    threads = cpu_threads(args.threads, int(os.environ.get("LOCAL_WORLD_SIZE", accelerator.num_processes)),
+                          accelerator.device.type)
     # a Ray cluster's GPU workers run bf16 where the driver may have no GPU to ask
     precision = "bf16" if args.backend == "ray" and args.run_gpus > 0 and args.mixed_precision == "auto" \
         else accelerator.mixed_precision
@@ -417,7 +439,8 @@ def _main(args, ray) -> int:
     accelerator.print(
         f"hfreg: {model_name} | {len(roles.pool)} training-pool examples, {len(label_names)} classes | "
         f"{len(grid)} runs{' in the first stage' if args.auto_seeds else ''}, {len(mine)} already done | "
-        f"{n_proc} process(es) on {accelerator.device}, "
+        f"{n_proc} process(es) on {accelerator.device}"
+        f"{f' ({threads} thread(s) each)' if accelerator.device.type == 'cpu' else ''}, "
         f"parallel={args.parallel}, batch {args.train_batch_size}, mixed precision {precision}\n"
         f"data roles ({args.roles}): training subsets from the training pool; {roles.description}", flush=True)
     rank_tag = f"[rank {accelerator.process_index}] " if n_proc > 1 and args.parallel == "run" else ""
