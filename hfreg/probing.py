@@ -246,7 +246,7 @@ def inert_sites(model) -> frozenset[str]:
     class and config."""
     if _TWIN_RUNNING:
         return frozenset()
-    return per_config(_INERT, _unwrap(model), _inert)
+    return per_config(_INERT, _unwrap(model), _inert, "inert", encode=sorted, decode=frozenset)
 
 
 def _inert(cls, config) -> frozenset[str]:

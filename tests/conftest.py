@@ -33,6 +33,20 @@ def tiny():
     return tiny_models.build
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _private_verdict_cache(tmp_path_factory):
+    """The suite's twin verdicts go to a cache of its own, shared by its processes, never the user's."""
+    import os
+
+    old = os.environ.get("HFREG_CACHE")
+    os.environ["HFREG_CACHE"] = str(tmp_path_factory.mktemp("hfreg-cache"))
+    yield
+    if old is None:
+        os.environ.pop("HFREG_CACHE", None)
+    else:
+        os.environ["HFREG_CACHE"] = old
+
+
 @pytest.fixture(autouse=True)
 def _fresh_accelerate_state():
     """Each test builds its Accelerator anew: accelerate keeps one process-wide state, and a precision chosen by

@@ -132,3 +132,35 @@ def test_probe_cli(capsys):
     assert main(["probe", "no/such-model-anywhere"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("hfreg: error: cannot find a config") and err.count("\n") == 1
+
+
+def test_twin_verdicts_and_provenance_are_cached_on_disk_across_processes(tmp_path):
+    """The first patch of a structure builds and probes a small twin and builds the class on the meta device; a
+    later process reads both verdicts from the disk cache and builds neither. `HFREG_CACHE=off` turns it off; a
+    torn file is computed again."""
+    import os
+    import subprocess
+    import sys
+
+    cache = tmp_path / "cache"
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    patch = ("import sys; sys.path.insert(0, 'tests'); import hfreg, hfreg.probing as p, hfreg.provenance as q; "
+             "from tiny_models import build; {before}hfreg.patch_model(build('bert'), hfreg.RegularizationConfig("
+             "hidden=0.1)); print('patched')")
+    boom = "p._inert = q._sources = lambda *a: sys.exit('computed again'); "
+
+    def run(before, cache_dir):
+        env = {**os.environ, "HFREG_CACHE": str(cache_dir)}
+        return subprocess.run([sys.executable, "-c", patch.format(before=before)], capture_output=True, text=True,
+                              cwd=root, env=env, timeout=300)
+
+    assert run("", cache).returncode == 0
+    files = sorted(f.name.split("-")[0] for f in cache.iterdir())
+    assert files == ["inert", "sources"]
+    warm = run(boom, cache)
+    assert warm.returncode == 0 and "patched" in warm.stdout, warm.stderr
+    assert "computed again" in run(boom, "off").stderr
+    for f in cache.iterdir():
+        f.write_text("[[1, 2")  # torn
+    cold = run(boom, cache)
+    assert cold.returncode != 0 and "computed again" in cold.stderr
