@@ -52,9 +52,9 @@ def test_records_equal_the_local_backends(tiny_classifier, csv_data, tmp_path, h
     import torch
 
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # a Ray run with --run_cpus 1 trains on one thread: fp32 sums alike
-    try:
-        load_script().main(args_for(tiny_classifier, csv_data, tmp_path / "local", "--mixed_precision", "no"))
+    try:  # a Ray run with --run_cpus 1 trains on one thread: fp32 sums alike
+        load_script().main(args_for(tiny_classifier, csv_data, tmp_path / "local", "--mixed_precision", "no",
+                                    "--threads", "1"))
     finally:
         torch.set_num_threads(threads)
     load_script().main(ray_args(tiny_classifier, csv_data, tmp_path / "ray", head, "--run_cpus", "1"))
