@@ -330,7 +330,7 @@ def _set_natives(struct: Structure, reg, knobs, natives_by, state: _PatchState) 
     # first layer's rate is 0 under the linear schedule, and transformers builds no site there (an identity)
     own = [n.path for n in struct.natives if n.kind == "drop_path" and n.path not in state.replaced and not n.dead]
     depth = dict(zip(own, drop_path_rates(knobs.get("drop_path") or 0.0, len(own) + 1, reg.drop_path_schedule)[1:]))
-    acting = {s.kind for s in state.injected} | {k for k, sites in natives_by.items() if k in KNOBS and sites}
+    acting = {s.kind for s in state.injected} | {k for k, sites in natives_by.items() if sites}
     # a knob that cannot act anywhere (it warned) leaves its sites as they were: a request it cannot honour must
     # not undo the model's own regularization
     refused = {k for k, rate in knobs.items() if rate and k not in acting}

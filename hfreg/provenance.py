@@ -8,6 +8,7 @@ key it was built from. `sites` classifies by it; `probing.disable_dropout` switc
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import warnings
@@ -172,6 +173,7 @@ def _write(path: str | None, value) -> None:
 
     if path is None:
         return
+    tmp = None
     try:
         os.makedirs(os.path.dirname(path), exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".tmp")
@@ -179,4 +181,6 @@ def _write(path: str | None, value) -> None:
             json.dump(value, f)
         os.replace(tmp, path)
     except OSError:
-        pass
+        if tmp is not None:  # no half-written file left behind
+            with contextlib.suppress(OSError):
+                os.remove(tmp)

@@ -1,5 +1,6 @@
 """The patcher's invariants, on every covered architecture and on architectures hfreg has no entry for."""
 
+import functools
 import re
 import warnings
 
@@ -471,6 +472,7 @@ def test_attention_injected_where_no_sdpa_runs_says_so_at_the_first_forward():
                                                 "hfreg injects it"]
 
 
+@functools.cache
 def _keeps():
     """The invariant `benchmarks/coverage.py` checks on every model type, shared with the tests."""
     import importlib.util

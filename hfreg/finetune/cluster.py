@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import socket
-import time
 
 _WORKER: dict = {}  # per Ray worker process: the Accelerator its runs share (accelerate keeps one state a process)
 
@@ -89,13 +88,12 @@ class Runner:
         self.payload = ray.put(payload)  # once: every task reads the same copy
         self.task = ray.remote(num_cpus=run_cpus, num_gpus=run_gpus, max_retries=retries)(_train_task)
 
-    def run(self, jobs: dict, settings_for, finish, log=print) -> None:
+    def run(self, jobs: dict, settings_for, finish) -> None:
         """``jobs``: {key: (preset, size, seed, lr)}; ``settings_for(lr)`` gives each run's `Settings`."""
         pending = {}
         for key, (preset, size, seed, lr) in jobs.items():
             ref = self.task.remote(self.payload, preset, size, seed, settings_for(lr), self.precision, self.threads)
             pending[ref] = key
-        started = time.time()
         while pending:
             done, _ = self.ray.wait(list(pending), num_returns=1)
             key = pending.pop(done[0])
@@ -105,5 +103,4 @@ class Runner:
                 for ref in pending:
                     self.ray.cancel(ref, force=True)
                 raise e.as_instanceof_cause() from None
-            finish(key, result, predictions)
-            log(f"ray: {len(jobs) - len(pending)}/{len(jobs)} runs back, {time.time() - started:.0f} s")
+            finish(key, result, predictions)  # the driver's progress line says how far the grid is

