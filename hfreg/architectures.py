@@ -105,6 +105,8 @@ CONFIG_KEYS: dict[str, tuple[str, ...]] = {
     "drop_path": ("drop_path_rate",),
     "layerdrop": ("layerdrop", "encoder_layerdrop", "decoder_layerdrop"),
     "adapter": (),  # PEFT adapters' dropout lives in the adapter's config, not the model's
+    "heads": (), "mixout": (),  # no model has them natively
+    "embedding_noise": (),  # transformers' NEFTune is a `TrainingArguments` option, not a config key
 }
 
 

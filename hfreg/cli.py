@@ -8,7 +8,7 @@ import os
 import sys
 import warnings
 
-from .config import KNOBS, RegularizationConfig, check_rate
+from .config import KNOBS, SCALES, RegularizationConfig, check_rate, check_scale
 from .resources import shipped, shipped_names
 
 
@@ -232,6 +232,15 @@ def _rate(text):
     return value
 
 
+def _scale(text):
+    try:
+        value = float(text)
+        check_scale("scale", value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a finite float >= 0, got {text!r}") from None
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="hfreg", description="Where and how strongly transformers regularize; "
                                                           "one spec to change it.")
@@ -248,7 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("model")
     s.add_argument("-o", "--output_dir", required=True)
     for knob in KNOBS:
-        s.add_argument(f"--{knob}", type=_rate, default=None)
+        s.add_argument(f"--{knob}", type=_scale if knob in SCALES else _rate, default=None)
     s.add_argument("--drop_path_schedule", default="linear")
     s.add_argument("--drop_path_mode", default="per_sample")
     s.set_defaults(func=cmd_patch)

@@ -8,9 +8,12 @@ import os
 from dataclasses import asdict, dataclass, fields
 
 # The canonical knobs, in the order tables show them.
-KNOBS = ("attention", "hidden", "embedding", "activation", "classifier", "drop_path", "layerdrop", "adapter")
+KNOBS = ("attention", "hidden", "embedding", "activation", "classifier", "drop_path", "layerdrop", "adapter", "heads",
+         "mixout", "embedding_noise")
+# knobs whose value is a noise scale >= 0, not a probability in [0, 1)
+SCALES = ("embedding_noise",)
 # knobs added after the first release: left out of `to_dict` while None, so older specs and records read alike
-_NEWER = ("adapter", "schedule")
+_NEWER = ("adapter", "heads", "mixout", "embedding_noise", "mixout_modules", "schedule")
 DROP_PATH_SCHEDULES = ("linear", "uniform")
 DROP_PATH_MODES = ("per_sample", "per_batch")
 SCHEDULES = ("constant", "early", "late", "linear")
@@ -29,6 +32,19 @@ def check_rate(name: str, value) -> None:
         raise ValueError(f"`{name}` must be a float in [0, 1) or None, got {value!r} ({type(value).__name__})")
     if not (0.0 <= float(value) < 1.0) or math.isnan(value):
         raise ValueError(f"`{name}` must be a float in [0, 1) or None, got {value!r}")
+
+
+def check_scale(name: str, value) -> None:
+    """Raise a one-line ValueError unless ``value`` is None or a finite float >= 0."""
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= float(value) < math.inf:
+        raise ValueError(f"`{name}` must be a finite float >= 0 or None, got {value!r}")
+
+
+def check_knob(name: str, value) -> None:
+    """`check_scale` for the knobs in `SCALES`, `check_rate` for the others."""
+    (check_scale if name in SCALES else check_rate)(name, value)
 
 
 def check_choice(name: str, value, choices: tuple) -> None:
@@ -100,7 +116,8 @@ class Schedule:
 class RegularizationConfig:
     """Where and how strongly a transformer is regularized.
 
-    Every knob is a rate in [0, 1) or ``None``; ``None`` leaves that knob as the model has it.
+    Every knob is a rate in [0, 1) (``embedding_noise``: a scale >= 0) or ``None``; ``None`` leaves that knob as
+    the model has it.
 
     Args:
         attention: dropout on attention probabilities, in every self- and cross-attention module.
@@ -117,6 +134,19 @@ class RegularizationConfig:
             Transformer Depth on Demand with Structured Dropout").
         adapter: dropout on the input of PEFT adapters (LoRA and its relatives' ``lora_dropout``): set where the
             adapter has a dropout module, injected where it has none (``lora_dropout=0`` builds an identity).
+        heads: DropHead (Zhou et al., 2020, "Scheduled DropHead"): whole attention heads dropped per example, the
+            kept ones scaled by 1/(1-p), at the input of each attention module's output projection (the
+            concatenated heads).
+        mixout: Mixout (Lee et al., 2020, "Mixout: Effective Regularization to Finetune Large-scale Pretrained
+            Language Models"): each weight of the chosen layers replaced, with probability p, by its value at patch
+            time (the pretrained one when patched before training), rescaled so that its expectation is the
+            current weight.
+        embedding_noise: NEFTune (Jain et al., 2023, "NEFTune: Noisy Embeddings Improve Instruction Finetuning"):
+            uniform noise in ``[-a, a]``, ``a = embedding_noise / sqrt(L * d)``, added to the input embeddings (L
+            tokens of width d). A scale (the paper's alpha: 5, 10, 15), not a probability.
+        mixout_modules: where Mixout acts: glob patterns on module paths (``["*.attention.*"]``); ``None`` means
+            every Linear (and convolution) weight inside the transformer layers, the head excluded, as in the
+            paper.
         drop_path_schedule: ``"linear"`` or ``"uniform"``.
         drop_path_mode: ``"per_sample"`` (one draw per example) or ``"per_batch"`` (one per batch).
         schedule: rate schedules over training, ``{knob: Schedule}``; the key ``"all"`` covers every knob without
@@ -131,6 +161,10 @@ class RegularizationConfig:
     drop_path: float | None = None
     layerdrop: float | None = None
     adapter: float | None = None
+    heads: float | None = None
+    mixout: float | None = None
+    embedding_noise: float | None = None
+    mixout_modules: list[str] | None = None
     drop_path_schedule: str = "linear"
     drop_path_mode: str = "per_sample"
     schedule: dict | None = None
@@ -138,9 +172,16 @@ class RegularizationConfig:
     def __post_init__(self):
         for knob in KNOBS:
             value = getattr(self, knob)
-            check_rate(knob, value)
+            check_knob(knob, value)
             if value is not None:
                 setattr(self, knob, float(value))
+        if self.mixout_modules is not None:
+            mods = self.mixout_modules
+            if isinstance(mods, str) or not isinstance(mods, (list, tuple)) or not mods \
+                    or not all(isinstance(m, str) and m for m in mods):
+                raise ValueError(f"`mixout_modules` must be a non-empty list of module-path patterns or None, "
+                                 f"got {mods!r}")
+            self.mixout_modules = list(mods)
         check_choice("drop_path_schedule", self.drop_path_schedule, DROP_PATH_SCHEDULES)
         check_choice("drop_path_mode", self.drop_path_mode, DROP_PATH_MODES)
         if self.schedule is not None:

@@ -1,10 +1,20 @@
-"""Drop-path (stochastic depth) as a function/module pair, and its depth schedule.
+"""The regularizers hfreg injects, as plain functions on tensors (the patcher's hooks call them), and drop-path's
+depth schedule.
 
-Stochastic depth: Huang et al., 2016, "Deep Networks with Stochastic Depth" (arXiv:1603.09382).
-The linear-over-depth schedule follows DeiT (Touvron et al., 2021) and timm.
+* drop-path / stochastic depth: Huang et al., 2016, "Deep Networks with Stochastic Depth" (arXiv:1603.09382); the
+  linear-over-depth schedule follows DeiT (Touvron et al., 2021) and timm;
+* DropHead: Zhou et al., 2020, "Scheduled DropHead: A Regularization Method for Transformer Models"
+  (arXiv:2004.13342);
+* Mixout: Lee et al., 2020, "Mixout: Effective Regularization to Finetune Large-scale Pretrained Language Models"
+  (arXiv:1909.11299);
+* NEFTune: Jain et al., 2023, "NEFTune: Noisy Embeddings Improve Instruction Finetuning" (arXiv:2310.05914).
+
+Each is the identity outside training, and keeps the expectation of its input (NEFTune's noise has mean zero).
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import nn
@@ -61,3 +71,35 @@ def drop_path_rates(drop_path_rate: float, depth: int, schedule: str = "linear")
     if depth == 1:
         return [float(drop_path_rate)]
     return [drop_path_rate * i / (depth - 1) for i in range(depth)]
+
+
+def drop_head(x: torch.Tensor, p: float, heads: int, training: bool = False) -> torch.Tensor:
+    """Zero whole attention heads of ``x`` (the concatenated heads, ``(batch, ..., heads * head_dim)``) with
+    probability ``p``, one draw per row of dim 0 and head; scale the kept ones by 1/(1-p)."""
+    if p == 0.0 or not training:
+        return x
+    if x.shape[-1] % heads:
+        raise ValueError(f"drop_head: the last dimension ({x.shape[-1]}) is not a multiple of heads={heads}")
+    keep = 1.0 - p
+    mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 2) + (heads, 1)).bernoulli_(keep).div_(keep)
+    return (x.unflatten(-1, (heads, -1)) * mask).flatten(-2)
+
+
+def mixout(weight: torch.Tensor, target: torch.Tensor, p: float, training: bool = False) -> torch.Tensor:
+    """Mixout: each entry of ``weight`` replaced by the one of ``target`` with probability ``p``, as
+    ``target + keep * (weight - target) / (1 - p)``, so that its expectation is ``weight``; gradients reach
+    ``weight`` through the kept entries. With a zero ``target`` this is DropConnect."""
+    if p == 0.0 or not training:
+        return weight
+    keep = torch.empty_like(weight).bernoulli_(1.0 - p)
+    return torch.addcmul(target, keep, weight - target, value=1.0 / (1.0 - p))
+
+
+def embedding_noise(x: torch.Tensor, alpha: float, training: bool = False) -> torch.Tensor:
+    """NEFTune: add uniform noise in ``[-a, a]`` with ``a = alpha / sqrt(L * d)`` to embeddings ``x`` of shape
+    ``(batch, L, d)`` (for other shapes, L * d is every dimension but the first), as transformers'
+    ``neftune_noise_alpha`` does."""
+    if alpha == 0.0 or not training:
+        return x
+    bound = alpha / math.sqrt(x[0].numel())
+    return x + torch.empty_like(x).uniform_(-bound, bound)

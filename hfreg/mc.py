@@ -19,8 +19,9 @@ import torch
 from .config import KNOBS
 from .patcher import _STATE, SAMPLE_FLAG, _unwrap, inspect_model
 
-# LayerDrop skips whole layers: a different model per pass, not dropout sampling; opt in with knobs=
-MC_KNOBS = tuple(k for k in KNOBS if k != "layerdrop")
+# LayerDrop skips whole layers, Mixout mixes in the pretrained weights and NEFTune adds noise: not dropout
+# sampling; opt in with knobs=
+MC_KNOBS = tuple(k for k in KNOBS if k not in ("layerdrop", "mixout", "embedding_noise"))
 
 
 def _sampling_modules(model, knobs):

@@ -8,13 +8,17 @@ The mechanism, the same for every architecture:
     branch gets exactly one of each; native sites outside such towers take the rate in place;
   * a knob that cannot act anywhere warns and leaves the model's own sites of it as they were;
   * where an architecture has no native site for a knob, a hook injects it (stack input for `embedding`,
-    activation modules for `activation`, head Linear inputs for `classifier`, layer hooks for `layerdrop`).
+    activation modules for `activation`, head Linear inputs for `classifier`, layer hooks for `layerdrop`);
+  * the knobs no model has natively are hooks too: `heads` on the input of each attention module's output
+    projection, `mixout` on the weighted modules of the layers (the mixed weight shadows the parameter for one
+    forward), `embedding_noise` on the input embeddings' output.
 Hooks and attribute changes never touch parameters, so `state_dict` keys and values stay as they were.
 """
 
 from __future__ import annotations
 
 import copy
+import fnmatch
 import warnings
 
 import torch
@@ -26,7 +30,7 @@ from huggingface_hub.errors import StrictDataclassError
 
 from .architectures import CONFIG_KEYS, architecture
 from .config import CONFIG_ATTR, KNOBS, RegularizationConfig
-from .layers import drop_path, drop_path_rates
+from .layers import drop_head, drop_path, drop_path_rates, embedding_noise, mixout
 from .provenance import config_tree
 from .sites import Site, Structure, _stack_key, analyze
 
@@ -192,6 +196,57 @@ class _InputDropout(_Hook):
         return (F.dropout(args[0], self.p, True),) + tuple(args[1:])
 
 
+class _DropHead(_Hook):
+    """Pre-hook of an attention module's output projection: DropHead on its input, the concatenated heads."""
+
+    def __init__(self, p, heads):
+        self.p, self.heads = p, heads
+
+    def __call__(self, module, args):
+        if not self.p or not _sampling(module) or not args:
+            return None
+        return (drop_head(args[0], self.p, self.heads, True),) + tuple(args[1:])
+
+
+class _MixoutEnter(_Hook):
+    """Pre-hook of a weighted module: for this forward, a mixed weight in the instance ``__dict__`` shadows the
+    parameter (attribute lookup finds it before `nn.Module.__getattr__`), so `state_dict` and the optimizer see the
+    parameter alone, and gradients reach it through the mix. ``target`` is the weight at patch time."""
+
+    def __init__(self, p, target):
+        self.p, self.target = p, target
+
+    def __call__(self, module, args):
+        if self.p and _sampling(module):
+            module.__dict__["weight"] = mixout(module._parameters["weight"], self.target, self.p, True)
+
+
+class _MixoutExit(_Hook):
+    """Hook of the same module, called even when its forward raises: the parameter shows through again."""
+
+    def __call__(self, module, args, output):
+        module.__dict__.pop("weight", None)
+
+
+class _EmbeddingNoise(_Hook):
+    """NEFTune on an embedding module's output, or (``pre``) on the hidden states a tower's first layer takes."""
+
+    def __init__(self, p, pre=False):
+        self.p, self.pre = p, pre  # p: NEFTune's alpha, named as the rates are so that `set_rate_factors` moves it
+
+    def __call__(self, module, args, *rest):
+        if not self.p or not _sampling(module):
+            return None
+        if not self.pre:
+            return _map_first(rest[-1], lambda x: embedding_noise(x, self.p, True))
+        kwargs = rest[0]
+        if args and isinstance(args[0], torch.Tensor):
+            return (embedding_noise(args[0], self.p, True), *args[1:]), kwargs
+        if isinstance(kwargs.get("hidden_states"), torch.Tensor):
+            return args, {**kwargs, "hidden_states": embedding_noise(kwargs["hidden_states"], self.p, True)}
+        return None
+
+
 class _SdpaDropout(TorchFunctionMode):
     """Inside one attention module: give PyTorch's fused attention a dropout rate where the model passes none."""
 
@@ -315,6 +370,9 @@ def patch_model(model, reg: RegularizationConfig | dict | None = None):
         state.injected += _inject_classifier(model, struct, knobs, natives_by, state)
         state.injected += _inject_adapters(model, struct, knobs, natives_by, state)
         state.injected += _inject_attention(model, struct, knobs, natives_by, state)
+        state.injected += _inject_heads(model, struct, knobs, state)
+        state.injected += _inject_mixout(model, struct, reg, knobs, state)
+        state.injected += _inject_embedding_noise(model, struct, knobs, state)
         _set_natives(struct, reg, knobs, natives_by, state)
         state.assign(model.config, CONFIG_ATTR, reg.to_dict())
     except BaseException:
@@ -475,6 +533,129 @@ def _inject_adapters(model, struct: Structure, knobs, natives_by, state: _PatchS
         if rate:
             state.hook(identity, _OutputDropout(rate), knob="adapter")
     return [Site(path, "adapter", rate, layer, "injected") for path, _, layer in struct.adapter_slots]
+
+
+# where attention modules keep their head count; the config's keys after them
+_HEAD_ATTRS = ("num_heads", "num_attention_heads", "n_head", "n_heads", "attention_heads", "n_heads_q")
+
+
+def _is_weighted(module) -> bool:
+    """A module whose ``weight`` parameter is one matrix (or kernel) of a linear map: Linear, transformers'
+    Conv1D (GPT-2), convolutions."""
+    return isinstance(module, (nn.Linear, nn.modules.conv._ConvNd)) or type(module).__name__ == "Conv1D"
+
+
+def _output_projection(attention: nn.Module) -> tuple[str, nn.Module, int] | None:
+    """(relative path, module, input width) of an attention module's output projection: its last weighted module,
+    PEFT adapters' own layers left out and a wrapped base layer hooked through its wrapper."""
+    found = None
+    for name, m in attention.named_modules():
+        if "lora_" in name or not _is_weighted(m) or isinstance(m, nn.modules.conv._ConvNd):
+            continue
+        width = m.weight.shape[0] if type(m).__name__ == "Conv1D" else m.weight.shape[-1]
+        if name.endswith("base_layer"):
+            name = name.removesuffix(".base_layer")
+            m = attention.get_submodule(name)
+        found = (name, m, width)
+    return found
+
+
+def _head_count(attention: nn.Module, config) -> int | None:
+    for m in attention.modules():
+        for attr in _HEAD_ATTRS:
+            v = m.__dict__.get(attr)
+            if isinstance(v, int) and not isinstance(v, bool) and v > 0:
+                return v
+    for cfg in (getattr(attention, "config", None), config):
+        for attr in _HEAD_ATTRS + ("encoder_attention_heads",):
+            v = getattr(cfg, attr, None) if cfg is not None else None
+            if isinstance(v, int) and not isinstance(v, bool) and v > 0:
+                return v
+    return None
+
+
+def _inject_heads(model, struct: Structure, knobs, state: _PatchState) -> list[Site]:
+    """`heads` (DropHead) at the input of each attention module's output projection, split by the head count."""
+    rate = knobs.get("heads")
+    if rate is None:
+        return []
+    found, missed = [], []
+    for layer in struct.layers:
+        for path, attention in layer.attentions:
+            proj, heads = _output_projection(attention), _head_count(attention, model.config)
+            if proj is None or heads is None or proj[2] % heads:
+                missed.append(path)
+                continue
+            found.append((f"{path}.{proj[0]}" if proj[0] else path, proj[1], heads, layer.index))
+    if not found:
+        why = "no attention module with an output projection and a head count was found in its layers"
+        _warn("heads", rate, model, why)
+        return []
+    if missed:
+        _warn("heads", rate, model, f"the attention of {len(missed)} module(s) (first: {missed[0]}) has no output "
+                                    f"projection that splits into its heads")
+    for _, module, heads, _ in found:
+        if rate:
+            state.hook(module, _DropHead(rate, heads), pre=True, knob="heads")
+    return [Site(path + ".<input>", "heads", rate, index, "injected") for path, _, _, index in found]
+
+
+def _inject_mixout(model, struct: Structure, reg, knobs, state: _PatchState) -> list[Site]:
+    """`mixout` on the weight of every weighted module of the layers (or of those ``reg.mixout_modules`` names),
+    trainable ones only: a frozen weight stays at its target, so mixing it changes nothing."""
+    rate = knobs.get("mixout")
+    if rate is None:
+        return []
+    layer_of = {p: layer.index for layer in struct.layers for p in (layer.path, *layer.members)}
+    chosen = []
+    for name, m in model.named_modules():
+        if not _is_weighted(m) or "lora_" in name or not isinstance(m._parameters.get("weight"), nn.Parameter)                 or not m.weight.requires_grad:
+            continue
+        root = next((p for p in layer_of if name.startswith(p + ".")), None)
+        if reg.mixout_modules is not None:
+            if any(fnmatch.fnmatchcase(name, pat) for pat in reg.mixout_modules):
+                chosen.append((name, m, layer_of.get(root)))
+        elif root is not None:
+            chosen.append((name, m, layer_of[root]))
+    if not chosen:
+        where = (f"no trainable weighted module matches mixout_modules={reg.mixout_modules}"
+                 if reg.mixout_modules is not None else "no trainable Linear or convolution was found in its layers")
+        _warn("mixout", rate, model, where)
+        return []
+    if rate:
+        exit_hook = _MixoutExit()
+        for _, m, _ in chosen:
+            state.hook(m, _MixoutEnter(rate, m.weight.detach().clone()), pre=True, knob="mixout")
+            state.hook(m, exit_hook, always_call=True)
+    return [Site(name, "mixout", rate, index, "injected") for name, _, index in chosen]
+
+
+def _inject_embedding_noise(model, struct: Structure, knobs, state: _PatchState) -> list[Site]:
+    """`embedding_noise` (NEFTune) on the output of the model's input embeddings and of every module that shares
+    their weight: BART's and T5's encoder and decoder run their own ``embed_tokens`` tied to ``shared`` (a hook on
+    ``get_input_embeddings()`` alone, as in transformers' `Trainer`, never fires there). A model without input
+    embeddings (speech, convolutional and two-tower models) gets it on the input of each tower's first layer."""
+    alpha = knobs.get("embedding_noise")
+    if alpha is None:
+        return []
+    try:
+        emb = model.get_input_embeddings()
+    except (NotImplementedError, AttributeError):
+        emb = None
+    weight = getattr(emb, "weight", None) if isinstance(emb, nn.Module) else None
+    found = [(n, m, False) for n, m in model.named_modules()
+             if m is emb or (weight is not None and getattr(m, "weight", None) is weight and not _is_weighted(m))]
+    if not found:
+        found = [(tower[0].path + ".<input>", tower[0].module, True) for tower in struct.towers
+                 if not tower[0].parallel and tower[0].calls == 1]
+    if not found:
+        _warn("embedding_noise", alpha, model, "it has neither input embeddings (`get_input_embeddings`) nor a "
+                                               "layer stack whose input could take it")
+        return []
+    for _, m, pre in found:
+        if alpha:
+            state.hook(m, _EmbeddingNoise(alpha, pre), pre=pre, with_kwargs=pre, knob="embedding_noise")
+    return [Site(n, "embedding_noise", alpha, None, "injected") for n, _, _ in found]
 
 
 def unpatch_model(model):

@@ -118,6 +118,23 @@ def _train_output(model, inputs, seed):
     return [v.detach().clone() for v in values if isinstance(v, torch.Tensor)]
 
 
+def _mixes(model, inputs) -> bool:
+    """Whether two seeds give different training outputs once the trainable weights have moved away from their
+    values at patch time, as training moves them (restored afterwards)."""
+    params = [p for p in model.parameters() if p.requires_grad and p.is_floating_point()]
+    saved = [p.detach().clone() for p in params]
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    with torch.no_grad():
+        for p in params:
+            p.add_(torch.randn(p.shape, generator=gen).to(p) * 0.05)
+    try:
+        return not _same(_train_output(model, inputs, 1), _train_output(model, inputs, 2))
+    finally:
+        with torch.no_grad():
+            for p, old in zip(params, saved):
+                p.copy_(old)
+
+
 def _same(a, b):
     return len(a) == len(b) and all(torch.equal(x, y) for x, y in zip(a, b))
 
@@ -229,7 +246,10 @@ def probe(model, inputs: dict | None = None, rate: float = 0.5, knobs: bool = Tr
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             patch_model(model, spec)
-        acts = not _same(base, _train_output(model, inputs, 1))
+        if knob == "mixout":  # a weight mixed with its own value at patch time is unchanged: move the weights first
+            acts = _mixes(model, inputs)
+        else:
+            acts = not _same(base, _train_output(model, inputs, 1))
         note = "; ".join(str(w.message).split(": ", 2)[-1] for w in caught)
         results.append(Probe("*", knob, "hfreg", 0.0, acts, note=note))
     return results

@@ -17,7 +17,8 @@ from .architectures import CONFIG_KEYS, FALLBACK_BRANCHES, GENERIC_BRANCHES, GEN
 from .provenance import config_sources
 
 _ACTIVATION = re.compile(r".*(GELU|Gelu|ReLU|Relu|SiLU|Silu|Swish|Activation|Tanh|Mish|Sigmoid).*")
-_ATTENTION_NAME = re.compile(r"self_?attn|self_attention|attn|attention|encoder_attn|cross_?attn|crossattention")
+_ATTENTION_NAME = re.compile(r"self_?attn|self_attention|attn|attention|encoder_attn|cross_?attn|crossattention"
+                             r"|SelfAttention|EncDecAttention")  # the last two: T5 and its relatives
 _ATTENTION_PATH = re.compile(rf"(^|\.)({_ATTENTION_NAME.pattern})\b")
 
 

@@ -4,10 +4,12 @@ import pickle
 import pytest
 
 from hfreg import KNOBS, RegularizationConfig
+from hfreg.config import SCALES
 
 
 def test_round_trip(tmp_path):
-    reg = RegularizationConfig(attention=0.1, hidden=0.2, drop_path=0.05, drop_path_schedule="uniform")
+    reg = RegularizationConfig(attention=0.1, hidden=0.2, drop_path=0.05, drop_path_schedule="uniform", heads=0.1,
+                               mixout=0.7, embedding_noise=5, mixout_modules=["*.attention.*"])
     reg.save_pretrained(tmp_path)
     assert RegularizationConfig.from_pretrained(tmp_path) == reg
     assert RegularizationConfig.from_pretrained(tmp_path / "hfreg_config.json").to_dict() == reg.to_dict()
@@ -19,11 +21,29 @@ def test_zero_sets_every_knob():
     assert RegularizationConfig().knobs() == {}
 
 
-@pytest.mark.parametrize("knob", KNOBS)
+@pytest.mark.parametrize("knob", [k for k in KNOBS if k not in SCALES])
 @pytest.mark.parametrize("bad", [-0.01, 1.0, 1.5, "0.1", True, float("nan")])
 def test_bad_rates_name_the_value(knob, bad):
     with pytest.raises(ValueError, match=f"`{knob}` must be a float in \\[0, 1\\)"):
         RegularizationConfig(**{knob: bad})
+
+
+@pytest.mark.parametrize("bad", [-0.01, float("inf"), "5", True, float("nan")])
+def test_bad_scales_name_the_value(bad):
+    with pytest.raises(ValueError, match="`embedding_noise` must be a finite float >= 0"):
+        RegularizationConfig(embedding_noise=bad)
+    assert RegularizationConfig(embedding_noise=15).embedding_noise == 15.0
+
+
+@pytest.mark.parametrize("bad", ["*.attention.*", [], [""], [3]])
+def test_bad_mixout_modules(bad):
+    with pytest.raises(ValueError, match="`mixout_modules` must be a non-empty list of module-path patterns"):
+        RegularizationConfig(mixout=0.1, mixout_modules=bad)
+
+
+def test_newer_knobs_absent_from_older_specs():
+    assert set(RegularizationConfig(hidden=0.1).to_dict()) & {"heads", "mixout", "embedding_noise",
+                                                               "mixout_modules"} == set()
 
 
 @pytest.mark.parametrize("field,value", [("drop_path_schedule", "cosine"), ("drop_path_mode", "per_token")])

@@ -15,11 +15,12 @@ from tiny_models import CONVOLUTIONAL, GENERIC, TINY, build, first_tensor, head_
 
 COVERED = [m for m in TINY if m not in GENERIC]
 CASES = [(m, head) for m in TINY for head in (False, True)]
-FULL = Reg(attention=0.3, hidden=0.3, embedding=0.3, activation=0.3, classifier=0.3, drop_path=0.3, layerdrop=0.3)
+FULL = Reg(attention=0.3, hidden=0.3, embedding=0.3, activation=0.3, classifier=0.3, drop_path=0.3, layerdrop=0.3,
+           heads=0.3, mixout=0.3, embedding_noise=5.0)
 
 
 def knobs_for(model_type, head):
-    skip = {"attention"} if model_type in CONVOLUTIONAL else set()
+    skip = {"attention", "heads"} if model_type in CONVOLUTIONAL else set()
     skip.add("adapter")  # PEFT adapters only: tests/test_integrations.py
     if model_type == "xlm":  # parallel per-index lists: no layer module to skip (it warns; FlauBERT has its own)
         skip.add("layerdrop")
@@ -28,6 +29,15 @@ def knobs_for(model_type, head):
     if not head:
         skip.add("classifier")
     return [k for k in KNOBS if k not in skip]
+
+
+def move_weights(model, seed=0):
+    """Move every trainable weight away from its value at patch time, as training would: Mixout mixes the two."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad and p.is_floating_point():
+                p.add_(torch.randn(p.shape, generator=gen, dtype=p.dtype) * 0.05)
 
 
 def forward(model, inputs, train, seed=1):
@@ -80,6 +90,8 @@ def test_each_knob_alone_is_stochastic_and_reproducible(model_type, head):
         with warnings.catch_warnings():
             warnings.simplefilter("error")  # an applicable knob must not warn
             hfreg.patch_model(model, only(knob))
+        if knob == "mixout":  # mixing a weight with itself changes nothing: train first
+            move_weights(model)
         first = forward(model, inputs, True, seed=1)
         assert torch.equal(first, forward(model, inputs, True, seed=1)), f"{knob} not reproducible"
         assert any(not torch.equal(first, forward(model, inputs, True, seed=s)) for s in range(2, 12)), \
