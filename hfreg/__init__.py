@@ -12,7 +12,9 @@ from .config import KNOBS, RegularizationConfig, Schedule
 __version__ = "0.1.0"
 
 _LAZY = {
-    "DropPath": "layers", "drop_path": "layers", "drop_path_rates": "layers", "Site": "sites",
+    "DropPath": "layers", "drop_path": "layers", "drop_path_rates": "layers", "drop_head": "layers",
+    "mixout": "layers", "embedding_noise": "layers", "Site": "sites", "rdrop_loss": "rdrop",
+    "rdrop_objective": "rdrop",
     "from_pretrained": "patcher", "inspect_model": "patcher", "is_patched": "patcher", "patch_config": "patcher",
     "patch_model": "patcher", "unpatch_model": "patcher", "set_rate_factors": "patcher",
     "RateScheduler": "schedule", "rate_scheduler_callback": "schedule",

@@ -1,4 +1,5 @@
-"""Regularization presets: short commented TOML files, the `RegularizationConfig` fields plus `weight_decay`.
+"""Regularization presets: short commented TOML files, the `RegularizationConfig` fields plus the training-loop
+methods: `weight_decay`, `rdrop` (R-Drop's alpha), `llrd` (layer-wise learning-rate decay), `reinit_layers`.
 
 The shipped ones live in the top-level `configs/presets/`, installed as the package data `hfreg.configs`."""
 
@@ -17,6 +18,9 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 BASELINE = "pretrain-zero"
+# the training-loop methods a preset may set, and their values when off; None in a preset: the grid's flag
+METHODS = ("rdrop", "llrd", "reinit_layers")
+NO_METHODS = {"rdrop": 0.0, "llrd": 1.0, "reinit_layers": 0}
 
 
 @dataclass(frozen=True)
@@ -25,11 +29,30 @@ class Preset:
     reg: RegularizationConfig
     weight_decay: float = 0.0
     sweep: dict | None = None  # a point of a rate sweep: {"family": knob or preset, "value": rate or factor}
+    rdrop: float | None = None
+    llrd: float | None = None
+    reinit_layers: int | None = None
 
     def contents(self) -> dict:
         """What defines the preset, as recorded with every run."""
         sweep = {"sweep": self.sweep} if self.sweep else {}  # absent for ordinary presets: older records match
-        return {**self.reg.to_dict(), "weight_decay": self.weight_decay, **sweep}
+        own = {m: getattr(self, m) for m in METHODS if getattr(self, m) is not None}
+        return {**self.reg.to_dict(), "weight_decay": self.weight_decay, **own, **sweep}
+
+    def methods(self, settings) -> dict:
+        """The training-loop methods in force: the preset's own, else the grid's (`Settings`)."""
+        grid = {"rdrop": settings.rdrop_alpha, "llrd": settings.llrd, "reinit_layers": settings.reinit_layers}
+        return {m: grid[m] if getattr(self, m) is None else getattr(self, m) for m in METHODS}
+
+
+def check_methods(where: str, rdrop=None, llrd=None, reinit_layers=None) -> None:
+    """One-line ValueError naming ``where`` unless each method's value is None or allowed."""
+    for name, value, ok, allowed in (
+            ("rdrop", rdrop, lambda v: v >= 0, "a float >= 0"),
+            ("llrd", llrd, lambda v: 0 < v <= 1, "a float in (0, 1]"),
+            ("reinit_layers", reinit_layers, lambda v: v >= 0 and float(v).is_integer(), "an int >= 0")):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or not ok(value)):
+            raise ValueError(f"{where}: `{name}` must be {allowed}, got {value!r}")
 
 
 def sweep_presets(spec: str) -> list[Preset]:
@@ -53,17 +76,18 @@ def sweep_presets(spec: str) -> list[Preset]:
             if head not in KNOBS:
                 raise ValueError(f"--rates {spec!r}: unknown knob {head!r}; allowed: {list(KNOBS)}")
             fields = {**base.reg.to_dict(), head: v}
-            name, wd = f"{head}={v:g}", base.weight_decay
+            name, wd, methods = f"{head}={v:g}", base.weight_decay, base
         else:
             preset = load_preset(head)
             fields = preset.reg.to_dict()
             fields.update({k: fields[k] * v for k in KNOBS if isinstance(fields.get(k), (int, float))})
-            name, wd = f"{preset.name}*{v:g}", preset.weight_decay
+            name, wd, methods = f"{preset.name}*{v:g}", preset.weight_decay, preset
         try:
             reg = RegularizationConfig.from_dict(fields)
         except ValueError as e:
             raise ValueError(f"--rates {spec!r} at {v:g}: {e}") from None
-        point = Preset(name, reg, wd, {"family": head, "value": v})
+        point = Preset(name, reg, wd, {"family": head, "value": v},
+                       **{m: getattr(methods, m) for m in METHODS})
         if {**point.contents(), "sweep": None} != {**base.contents(), "sweep": None}:
             out.append(point)
     return out
@@ -92,9 +116,12 @@ def load_preset(name_or_path: str) -> Preset:
     weight_decay = data.pop("weight_decay", 0.0)
     if isinstance(weight_decay, bool) or not isinstance(weight_decay, (int, float)) or weight_decay < 0:
         raise ValueError(f"preset {name_or_path}: `weight_decay` must be a float >= 0, got {weight_decay!r}")
+    methods = {m: data.pop(m) for m in METHODS if m in data}
+    check_methods(f"preset {name_or_path}", **methods)
+    methods = {m: int(v) if m == "reinit_layers" else float(v) for m, v in methods.items()}
     try:
         reg = RegularizationConfig.from_dict(data)
     except ValueError as e:
         raise ValueError(f"preset {name_or_path}: {e}") from None
     name = os.path.basename(name_or_path)[:-5] if name_or_path.endswith(".toml") else name_or_path
-    return Preset(name, reg, float(weight_decay))
+    return Preset(name, reg, float(weight_decay), **methods)

@@ -68,6 +68,15 @@ def parse_args(argv=None):
     p.add_argument("--margin", type=margins_arg, default={}, metavar="METRIC=VALUE[,...]",
                    help="equivalence margins for the verdicts, e.g. test_accuracy=0.01 (defaults: 0.02)")
     p.add_argument("--learning_rate", type=float, default=DEFAULTS["learning_rate"])
+    p.add_argument("--rdrop_alpha", type=float, default=0.0,
+                   help="R-Drop (Liang et al., 2021) for every preset that sets no `rdrop` of its own: two dropout "
+                        "passes per batch, cross-entropy on both plus alpha x symmetric KL (doubles the forward)")
+    p.add_argument("--llrd", type=float, default=1.0,
+                   help="layer-wise learning-rate decay for presets without their own `llrd`: layer i of L trains "
+                        "at lr * llrd^(L-1-i), embeddings at lr * llrd^L (e.g. 0.9; 1: off)")
+    p.add_argument("--reinit_layers", type=int, default=0,
+                   help="re-initialise the top k layers (and a pooler) before training, for presets without their "
+                        "own `reinit_layers` (Zhang et al., 2021)")
     p.add_argument("--learning_rates", default=None,
                    help="several rates, comma-separated: each preset runs at each, and its rate is chosen on the "
                         "selection split (so no preset is judged at a rate tuned for another)")
@@ -163,6 +172,9 @@ def parse_args(argv=None):
         raise ValueError(f"--threads must be a positive integer, got {args.threads}")
     if args.min_steps < 0:
         raise ValueError(f"--min_steps must be >= 0, got {args.min_steps}")
+    if not args.rdrop_alpha >= 0 or not 0 < args.llrd <= 1 or args.reinit_layers < 0:
+        raise ValueError(f"--rdrop_alpha must be >= 0, --llrd in (0, 1] and --reinit_layers >= 0, got "
+                         f"{args.rdrop_alpha:g}, {args.llrd:g} and {args.reinit_layers}")
     for flag in ("num_train_epochs", "train_batch_size", "gradient_accumulation_steps", "evals_per_epoch",
                  "per_device_eval_batch_size", "max_length"):
         if getattr(args, flag) < 1:
@@ -361,7 +373,8 @@ def _main(args, ray) -> int:
                         evals_per_epoch=args.evals_per_epoch, train_eval_samples=args.max_train_eval_samples or None,
                         mc_samples=args.mc_samples, lora=lora_settings(args),
                         lr_scheduler_type=args.lr_scheduler_type,
-                        warmup_ratio=args.warmup_ratio, parallel=args.parallel, min_steps=args.min_steps)
+                        warmup_ratio=args.warmup_ratio, parallel=args.parallel, min_steps=args.min_steps,
+                        rdrop_alpha=args.rdrop_alpha, llrd=args.llrd, reinit_layers=args.reinit_layers)
     for size in args.train_sizes:  # before anything is written
         data_mod.check_train_size(size, len(roles.pool))
         per_epoch = math.ceil(size / args.train_batch_size)
@@ -397,6 +410,8 @@ def _main(args, ray) -> int:
         "precision": precision, "parallel": args.parallel,
         **({"mc_samples": args.mc_samples} if args.mc_samples else {}),  # absent when off: older records match
         **({"min_steps": args.min_steps} if args.min_steps else {}),
+        **{k: v for k, v in (("rdrop_alpha", args.rdrop_alpha), ("llrd", args.llrd),
+                             ("reinit_layers", args.reinit_layers)) if v != {"llrd": 1.0}.get(k, 0)},
         **({"seeds": {"rule": "auto", "max_seeds": args.max_seeds, "stage": args.seed_stage}}
            if args.auto_seeds else {}),
         **({"lora": lora_settings(args)} if args.peft == "lora" else {}),

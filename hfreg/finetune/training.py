@@ -22,7 +22,9 @@ import torch
 from torch import nn
 
 from ..patcher import patch_model
+from ..rdrop import rdrop_loss
 from ..schedule import RateScheduler
+from .presets import NO_METHODS
 from .data import by_length, eval_loader, stratified_indices, subset_indices, train_loader
 from .scores import evaluate, point_metrics
 
@@ -46,23 +48,86 @@ class Settings:
     mc_samples: int = 0  # > 0: also MC-dropout metrics (mc_selection_*, mc_test_*) at every evaluation point
     lora: dict | None = None  # LoRA fine-tuning: `peft.LoraConfig` arguments (r, lora_alpha, target_modules)
     min_steps: int = 0  # a small subset trains more epochs, until at least this many optimizer steps
+    # training-loop methods for every preset that does not set its own (`Preset.rdrop`, `.llrd`, `.reinit_layers`)
+    rdrop_alpha: float = 0.0  # R-Drop's alpha (0: off)
+    llrd: float = 1.0  # layer-wise learning-rate decay: layer i of L trains at lr * llrd ** (L - 1 - i)
+    reinit_layers: int = 0  # re-initialise the top k layers of every tower (and a pooler) before training
 
     def epochs(self, steps_per_epoch: int) -> int:
         """Epochs to train: ``num_train_epochs``, or more where that gives fewer than ``min_steps`` steps."""
         return max(self.num_train_epochs, math.ceil(self.min_steps / steps_per_epoch))
 
 
-def param_groups(model: nn.Module, weight_decay: float):
-    """AdamW groups: decay on weight matrices only, never on biases or normalization parameters."""
+def param_groups(model: nn.Module, weight_decay: float, llrd: float = 1.0, lr: float | None = None):
+    """AdamW groups: decay on weight matrices only, never on biases or normalization parameters. With ``llrd`` < 1
+    (layer-wise learning-rate decay: Howard & Ruder, 2018; Zhang et al., 2021, "Revisiting Few-sample BERT
+    Fine-tuning") layer i of a tower of L trains at ``lr * llrd ** (L - 1 - i)``, what comes before the stacks in
+    the model (embeddings) at ``lr * llrd ** L``, what comes after (pooler, final norm, head) at ``lr``."""
     norm_types = (nn.LayerNorm, nn.GroupNorm, nn.BatchNorm1d)
     no_decay = set()
     for module in model.modules():
         for name, p in module.named_parameters(recurse=False):
             if name.endswith("bias") or isinstance(module, norm_types) or "norm" in type(module).__name__.lower():
                 no_decay.add(id(p))
-    params = [p for p in model.parameters() if p.requires_grad]
-    return [{"params": [p for p in params if id(p) not in no_decay], "weight_decay": weight_decay},
-            {"params": [p for p in params if id(p) in no_decay], "weight_decay": 0.0}]
+    scale = _depth_scales(model, llrd) if llrd != 1.0 else {}
+    groups: dict[tuple, list] = {}
+    for p in model.parameters():
+        if p.requires_grad:
+            groups.setdefault((id(p) in no_decay, scale.get(id(p), 1.0)), []).append(p)
+    out = []
+    for (exempt, factor), params in sorted(groups.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+        group = {"params": params, "weight_decay": 0.0 if exempt else weight_decay}
+        if scale:
+            group["lr"] = lr * factor
+        out.append(group)
+    return out
+
+
+def _depth_scales(model: nn.Module, llrd: float) -> dict[int, float]:
+    """{id(parameter): learning-rate factor} under layer-wise decay, for the parameters below the top."""
+    from ..sites import analyze
+
+    base = getattr(model, "base_model", model)
+    struct = analyze(base)
+    if not struct.layers:
+        raise ValueError(f"--llrd needs a layer stack, and none was found in {type(base).__name__}")
+    factor, first = {}, None
+    for layer in struct.layers:
+        depth = layer.depth
+        for p in layer.module.parameters():
+            factor[id(p)] = llrd ** (depth - 1 - layer.index)
+    order = [id(p) for p in model.parameters()]
+    first = min(order.index(i) for i in factor)
+    bottom = llrd ** max(layer.depth for layer in struct.layers)
+    for i in order[:first]:  # registered before the first layer: embeddings
+        factor.setdefault(i, bottom)
+    return factor
+
+
+def reinit_top_layers(model: nn.Module, k: int) -> list[str]:
+    """Re-initialise the top ``k`` layers of every tower, and a ``pooler`` where the model has one, with the
+    model's own initialisation (Zhang et al., 2021: the top layers of a pretrained encoder are specialised to the
+    pretraining task). Returns the paths re-initialised."""
+    from ..sites import analyze
+
+    base = getattr(model, "base_model", model)
+    struct = analyze(base)
+    if not struct.layers:
+        raise ValueError(f"--reinit_layers needs a layer stack, and none was found in {type(base).__name__}")
+    chosen = [(layer.path, layer.module) for tower in struct.towers for layer in tower[-k:]]
+    pooler = getattr(base, "pooler", None)
+    if isinstance(pooler, nn.Module):
+        chosen.append(("pooler", pooler))
+    init = getattr(base, "_init_weights", None)
+    if init is None:
+        raise ValueError(f"--reinit_layers: {type(base).__name__} has no `_init_weights` to re-initialise with")
+    with torch.no_grad():
+        for _, module in chosen:
+            for sub in module.modules():
+                for p in sub.parameters(recurse=False):
+                    p._is_hf_initialized = False  # transformers' init functions skip loaded weights
+                init(sub)
+    return [path for path, _ in chosen]
 
 
 def reset_head(model: nn.Module, seed: int):
@@ -135,6 +200,8 @@ def train(accelerator, base_model, preset, data, roles, train_size: int, seed: i
         from peft import LoraConfig, get_peft_model
 
         model = get_peft_model(model, LoraConfig(**settings.lora, lora_dropout=0.0, task_type="SEQ_CLS"))
+    methods = preset.methods(settings)
+    reinit = reinit_top_layers(model, methods["reinit_layers"]) if methods["reinit_layers"] else []
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         patch_model(model, preset.reg)
@@ -150,7 +217,9 @@ def train(accelerator, base_model, preset, data, roles, train_size: int, seed: i
     eval_dls = [eval_loader(data[views[name][0]], orders[name], settings.eval_batch_size, collate) for name in views]
     # the fused AdamW kernel (CPU and CUDA) is several times faster than the per-tensor loop on the embedding matrix
     fused = accelerator.device.type in ("cpu", "cuda")
-    optimizer = torch.optim.AdamW(param_groups(model, preset.weight_decay), lr=settings.learning_rate, fused=fused)
+    groups = param_groups(model, preset.weight_decay, methods["llrd"], settings.learning_rate)
+    optimizer = torch.optim.AdamW(groups, lr=settings.learning_rate, fused=fused)
+    alpha = methods["rdrop"]
     steps_per_epoch = math.ceil(len(indices) / settings.train_batch_size)
     epochs = settings.epochs(steps_per_epoch)
     steps = epochs * steps_per_epoch
@@ -182,7 +251,7 @@ def train(accelerator, base_model, preset, data, roles, train_size: int, seed: i
             batch = {k: v.to(accelerator.device) for k, v in batch.items()}
             last = (i + 1) % accum == 0 or i + 1 == len(train_dl)
             with (contextlib.nullcontext() if last else no_sync(model)), accelerator.autocast():
-                loss = model(**batch).loss
+                loss = rdrop_loss(model, batch, alpha)[0] if alpha else model(**batch).loss
             backward(loss / accum)
             total += loss.detach() * len(batch["labels"])
             count += len(batch["labels"])
@@ -226,7 +295,11 @@ def train(accelerator, base_model, preset, data, roles, train_size: int, seed: i
     # early stopping: the point with the lowest selection loss (the first of equals)
     selected = min(points, key=lambda p: p["selection_loss"])["step"]
     majority = float(np.bincount(labels["selection"]).max() / len(labels["selection"]))
-    record = {"evals": points, "selected_step": selected, "steps": steps, "learning_rate": settings.learning_rate,
+    extra = {"methods": methods, "forward_passes": 2 if alpha else 1} if methods != NO_METHODS else {}
+    if reinit:
+        extra["reinitialised"] = reinit
+    record = {**extra, "evals": points, "selected_step": selected, "steps": steps,
+              "learning_rate": settings.learning_rate,
               "selection_majority": majority, "seconds": round(seconds, 2), "eval_seconds": round(eval_time, 2)}
     predictions = {"steps": np.array([p["step"] for p in points])}
     for name in logits:
