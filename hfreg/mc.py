@@ -17,7 +17,8 @@ from dataclasses import dataclass
 import torch
 
 from .config import KNOBS
-from .patcher import _STATE, SAMPLE_FLAG, _unwrap, inspect_model
+from .apply import SAMPLE_FLAG, patch_state, unwrap
+from .patcher import inspect_model
 
 # LayerDrop skips whole layers, Mixout mixes in the pretrained weights and NEFTune adds noise: not dropout
 # sampling; opt in with knobs=
@@ -47,7 +48,7 @@ def mc_dropout(model, knobs=MC_KNOBS):
     for k in knobs:
         if k not in KNOBS:
             raise ValueError(f"unknown knob {k!r}; allowed: {list(KNOBS)}")
-    inner = _unwrap(model)
+    inner = unwrap(model)
     modes = [(m, m.training) for m in inner.modules()]
     native, hooked, unreachable = _sampling_modules(inner, knobs)
     if unreachable:
@@ -92,7 +93,7 @@ def mc_predict(model, inputs: dict, samples: int = 16, chunk: int | None = None,
         raise ValueError(f"`samples` must be an int >= 1, got {samples!r}")
     if chunk is not None and (isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1):
         raise ValueError(f"`chunk` must be an int >= 1 or None, got {chunk!r}")
-    state = _unwrap(model).__dict__.get(_STATE)
+    state = patch_state(model)
     if state is not None and state.reg.drop_path and state.reg.drop_path_mode == "per_batch":
         chunk = 1  # one draw per batch would be shared by every repeated sample
     chunk = min(chunk or samples, samples)

@@ -22,9 +22,9 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from .config import KNOBS, RegularizationConfig
 from .architectures import NOISE_KEYS
-from .patcher import _STATE, _unwrap, patch_model
+from .apply import apply_spec, patch_state, unwrap
 from .provenance import config_sources, config_tree, per_config, with_rates
-from .sites import _stack_key, analyze
+from .sites import stack_key, analyze
 
 # aten ops that draw random numbers; attention kernels are caught by a non-zero `dropout_p` argument instead
 _RANDOM = ("bernoulli", "rand", "normal_", "dropout", "multinomial", "uniform", "exponential", "cauchy", "geometric",
@@ -74,7 +74,7 @@ class _RandomOps(TorchDispatchMode):
 
 def probe_inputs(model, batch: int = 2, length: int = 8) -> dict:
     """A small deterministic input batch for ``model``, from its main input name and config."""
-    model = _unwrap(model)
+    model = unwrap(model)
     cfg, name = model.config, getattr(model, "main_input_name", "input_ids")
     g = torch.Generator().manual_seed(0)
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
@@ -142,7 +142,7 @@ def _same(a, b):
 def _switch_off_noise(model) -> None:
     """Set each `NOISE_KEYS` key in the config tree, and each module attribute built from one, to its off value,
     through the patch state so that `unpatch_model` restores them."""
-    state = model.__dict__[_STATE]
+    state = patch_state(model, required=True)
     sources = config_sources(model)  # before the config changes
     for _, cfg in config_tree(model.config):
         for key, (_, off) in NOISE_KEYS.items():
@@ -158,11 +158,11 @@ def disable_dropout(model, inputs: dict | None = None, noise: bool = True):
     (`NOISE_KEYS`: SpecAugment masks, MoE jitter...), and prove it: two training-mode passes with different seeds
     must be bit-identical. Raises RuntimeError naming the modules that still draw random numbers otherwise.
     Returns the model, patched (``unpatch_model`` undoes it, noise included)."""
-    inner = _unwrap(model)
+    inner = unwrap(model)
     was_training = inner.training
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        patch_model(model, RegularizationConfig.zero())
+        apply_spec(inner, RegularizationConfig.zero(), inert_sites(inner))
     if noise:
         _switch_off_noise(inner)
     inputs = inputs if inputs is not None else probe_inputs(inner)
@@ -214,7 +214,10 @@ def probe(model, inputs: dict | None = None, rate: float = 0.5, knobs: bool = Tr
     """Turn each native site on alone at ``rate`` (every other site and the training noise off), then, with
     ``knobs``, each knob through hfreg, and report whether the training-mode output changes. Works on a copy:
     ``model`` is left as it was."""
-    model = copy.deepcopy(_unwrap(model))
+    # the knobs act as `patch_model` would apply them: past the sites a twin shows inert (the twin itself is
+    # probed without knobs, so this never re-enters)
+    inert = inert_sites(model) if knobs else frozenset()
+    model = copy.deepcopy(unwrap(model))
     inputs = inputs if inputs is not None else probe_inputs(model)
     struct = analyze(model)
     natives = struct.natives
@@ -223,7 +226,7 @@ def probe(model, inputs: dict | None = None, rate: float = 0.5, knobs: bool = Tr
     published = {(id(n.owner), n.attr): n.rate for n in natives}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        patch_model(model, RegularizationConfig.zero())
+        apply_spec(model, RegularizationConfig.zero(), inert)
     _switch_off_noise(model)
     base = _train_output(model, inputs, 0)
     if not _same(base, _train_output(model, inputs, 1)):
@@ -245,7 +248,7 @@ def probe(model, inputs: dict | None = None, rate: float = 0.5, knobs: bool = Tr
         spec = RegularizationConfig(**{**RegularizationConfig.zero().knobs(), knob: rate})
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            patch_model(model, spec)
+            apply_spec(model, spec, inert)
         if knob == "mixout":  # a weight mixed with its own value at patch time is unchanged: move the weights first
             acts = _mixes(model, inputs)
         else:
@@ -256,7 +259,6 @@ def probe(model, inputs: dict | None = None, rate: float = 0.5, knobs: bool = Tr
 
 
 _INERT: dict[tuple[type, str], frozenset[str]] = {}
-_TWIN_RUNNING: list = []  # while a twin is probed, its own patches decide from reading the code alone
 
 
 def inert_sites(model) -> frozenset[str]:
@@ -264,9 +266,7 @@ def inert_sites(model) -> frozenset[str]:
     (`small_twin`) that `probe` finds exercised yet without effect, as path patterns with layer indices as ``*``
     (``h.*.attn:dropout``). Empty where no twin can be built and run: nothing is then claimed inert. Cached per
     class and config."""
-    if _TWIN_RUNNING:
-        return frozenset()
-    return per_config(_INERT, _unwrap(model), _inert, "inert", encode=sorted, decode=frozenset)
+    return per_config(_INERT, unwrap(model), _inert, "inert", encode=sorted, decode=frozenset)
 
 
 def _inert(cls, config) -> frozenset[str]:
@@ -276,15 +276,11 @@ def _inert(cls, config) -> frozenset[str]:
             torch.manual_seed(0)
             # every rate non-zero, so that each site the model can have exists (not an Identity for a 0.0)
             twin = cls(with_rates(small_twin(config), lambda i: 0.1)[0])
-            _TWIN_RUNNING.append(cls)
-            try:
-                results = probe(twin, knobs=False)
-            finally:
-                _TWIN_RUNNING.pop()
+            results = probe(twin, knobs=False)  # without knobs: its patches need no twin of their own
     except Exception:  # no twin to run (a class that needs more than its config, inputs no generic batch fits)
         return frozenset()
-    acting = {_stack_key(r.path) for r in results if r.acts or not r.exercised}
-    return frozenset(_stack_key(r.path) for r in results if not r.acts) - acting
+    acting = {stack_key(r.path) for r in results if r.acts or not r.exercised}
+    return frozenset(stack_key(r.path) for r in results if not r.acts) - acting
 
 
 # config fields that set depth and width, shrunk for a small twin

@@ -13,7 +13,7 @@ its shape. Parameters are never touched, eval mode stays the identity and `unpat
 from __future__ import annotations
 
 from .config import KNOBS, RegularizationConfig, Schedule
-from .patcher import _STATE, _unwrap, set_rate_factors
+from .apply import patch_state, set_rate_factors
 
 
 class RateScheduler:
@@ -28,10 +28,7 @@ class RateScheduler:
 
     def __init__(self, model, total_steps: int, schedule: str | None = None, cutoff: int | float | None = None,
                  direction: str | None = None):
-        inner = _unwrap(model)
-        state = inner.__dict__.get(_STATE)
-        if state is None:
-            raise ValueError(f"{type(inner).__name__} is not patched: `patch_model` it before making a RateScheduler")
+        state = patch_state(model, required=True)
         if isinstance(total_steps, bool) or not isinstance(total_steps, int) or total_steps < 1:
             raise ValueError(f"`total_steps` must be an int >= 1, got {total_steps!r}")
         reg: RegularizationConfig = state.reg
@@ -54,7 +51,7 @@ class RateScheduler:
 
     def rates(self) -> dict[str, float]:
         """Each knob's nominal rate in force now (for drop-path, the deepest layer's under the linear profile)."""
-        reg = _unwrap(self.model).__dict__[_STATE].reg
+        reg = patch_state(self.model, required=True).reg
         return {k: getattr(reg, k) * f for k, f in self.factors().items()}
 
     def step(self) -> None:

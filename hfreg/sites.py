@@ -186,7 +186,7 @@ def _attentions(block: nn.Module) -> list[tuple[str, nn.Module]]:
     return found
 
 
-def _stack_key(path: str) -> str:
+def stack_key(path: str) -> str:
     return re.sub(r"\.\d+(?=[.:]|$)", ".*", path)
 
 
@@ -244,7 +244,7 @@ def _towers(model: nn.Module, arch: Arch) -> list[list[Layer]]:
         if not find_branches(mod[0], model_type):
             continue
         claimed.append(path)
-        stacks.setdefault(_stack_key(path), []).extend((f"{path}.{i}", m) for i, m in enumerate(mod))
+        stacks.setdefault(stack_key(path), []).extend((f"{path}.{i}", m) for i, m in enumerate(mod))
     towers: list[list[Layer]] = []
     for members in stacks.values():
         shared = arch.shared_depth

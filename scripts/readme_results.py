@@ -5,9 +5,12 @@ exactly what `hfreg report` derived from the committed runs and nothing else.
 
 README.md holds, per data set, a block `<!-- findings:NAME -->` ... `<!-- /findings:NAME -->`, and one block
 `<!-- pooled -->` ... `<!-- /pooled -->` for `docs/results/pooled.md` (its answer and overall table, written by
-`hfreg report docs/results/sst2 docs/results/rt-polarity --out docs/results`).
+`hfreg report docs/results/sst2 docs/results/rt-polarity --out docs/results`). A block `<!-- methods:NAME -->`
+... `<!-- /methods:NAME -->` gets a table of each preset of `docs/results/NAME/summary.json` beside the paper its
+preset file cites and the verdicts the report wrote there.
 """
 
+import json
 import os
 import re
 import sys
@@ -33,6 +36,11 @@ def main() -> int:
                 body = f.read().replace("## Findings", f"#### Findings: {name}", 1).strip()
         text = re.sub(rf"<!-- findings:{name} -->.*?<!-- /findings:{name} -->",
                       lambda _: f"<!-- findings:{name} -->\n{body}\n<!-- /findings:{name} -->", text, flags=re.S)
+    for name in re.findall(r"<!-- methods:([\w.-]+) -->", text):
+        summary = os.path.join(ROOT, "docs", "results", name, "summary.json")
+        body = methods_table(summary) if os.path.isfile(summary) else f"No summary in `docs/results/{name}` yet."
+        text = re.sub(rf"<!-- methods:{name} -->.*?<!-- /methods:{name} -->",
+                      lambda _: f"<!-- methods:{name} -->\n{body}\n<!-- /methods:{name} -->", text, flags=re.S)
     if "<!-- pooled -->" in text:
         path = os.path.join(ROOT, "docs", "results", "pooled.md")
         if not os.path.isfile(path):
@@ -52,6 +60,44 @@ def pooled_overview(path: str) -> str:
         body = f.read()
     body = body.split("\n### n=", 1)[0].strip()
     return body.replace("## Pooled", "#### Pooled", 1).replace("### All cells", "##### All cells", 1)
+
+
+_CITATION = re.compile(r"\b([A-Z][\w-]+(?: & [A-Z][\w-]+| et al\.),(?: [A-Za-z]+)? \d{4})")
+
+
+def _source(preset: str) -> str:
+    """The first paper a shipped preset's comment cites (``Lee et al., ICLR 2020``), or a dash."""
+    path = os.path.join(ROOT, "configs", "presets", f"{preset}.toml")
+    if not os.path.isfile(path):
+        return "-"
+    with open(path) as f:
+        comment = " ".join(line.lstrip("# ").strip() for line in f if line.startswith("#"))
+    found = _CITATION.search(comment)
+    return found.group(1) if found else "-"
+
+
+def _delta(row: dict, key: str) -> str:
+    d = row.get(f"delta_{key}")
+    if not d:
+        return "-"
+    lo, hi = d["ci_adjusted"]
+    return f"{d['mean']:+.3f} [{lo:+.3f}, {hi:+.3f}] {d['verdict']}"
+
+
+def methods_table(summary_path: str) -> str:
+    """Per preset of a summary: the paper its preset file cites, seeds, and Δ test accuracy against the baseline
+    (early-stopped and at the fixed budget) with the simultaneous interval and the verdict, as the report wrote
+    them."""
+    with open(summary_path) as f:
+        rows = json.load(f)
+    lines = ["| size | preset | from | seeds | Δ test acc, early-stopped | Δ test acc, fixed budget |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    for row in rows:
+        if row.get("delta_early_test_accuracy") or row.get("delta_fixed_test_accuracy"):
+            lines.append(f"| {row['train_size']} | `{row['preset']}` | {_source(row['preset'])} | "
+                         f"{len(row['seeds']) if isinstance(row['seeds'], list) else row['seeds']} | "
+                         f"{_delta(row, 'early_test_accuracy')} | {_delta(row, 'fixed_test_accuracy')} |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -52,3 +52,23 @@ def test_wheel_installs_and_runs_outside_the_checkout(tmp_path, tiny_classifier,
         "--presets", "classic", "--train_sizes", "16", "--seeds", "0", "--num_train_epochs", "1",
         "--min_steps", "0", "--output_dir", out, "--no_plots")
     assert len((out / "runs.jsonl").read_text().splitlines()) == 1
+
+
+def test_no_import_circle_and_no_private_names_across_modules():
+    """The layers import downwards only (sites -> apply -> probing -> patcher -> schedule, mc), and no module reads
+    another's private names: the patch state goes through `patch_state`."""
+    import ast
+
+    package = os.path.join(ROOT, "hfreg")
+    imports: dict[str, set[str]] = {}
+    for path in glob.glob(os.path.join(package, "**", "*.py"), recursive=True):
+        module = os.path.relpath(path, package)[:-3].replace(os.sep, ".")
+        for node in ast.walk(ast.parse(open(path).read())):
+            if isinstance(node, ast.ImportFrom) and node.level:
+                base = module.split(".")[:-node.level] + ([node.module] if node.module else [])
+                target = ".".join(base)
+                imports.setdefault(module, set()).add(target)
+                private = [a.name for a in node.names if a.name.startswith("_") and not a.name.startswith("__")]
+                assert not private, f"{module} imports private {private} from {target}"
+    assert "patcher" not in imports.get("probing", set()) and "patcher" not in imports.get("apply", set())
+    assert "probing" not in imports.get("apply", set())

@@ -88,7 +88,7 @@ def test_adapter_knob_sets_or_injects_lora_dropout(dropout, source):
     rates = {type(m).__name__ + str(getattr(m, "p", "")) for n, m in model.named_modules()
              if n.endswith("lora_dropout.default")}
     assert rates == ({"Dropout0.05"} if dropout else {"Identity"})
-    assert all(not isinstance(h, hfreg.patcher._Hook) for m in model.modules() for h in m._forward_hooks.values())
+    assert all(not isinstance(h, hfreg.apply._Hook) for m in model.modules() for h in m._forward_hooks.values())
 
 
 def test_adapter_knob_warns_without_an_adapter():

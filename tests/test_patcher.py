@@ -294,9 +294,9 @@ def test_a_patch_that_fails_halfway_is_undone(monkeypatch):
     def boom(*args):
         raise RuntimeError("injection failed")
 
-    import hfreg.patcher
+    import hfreg.apply
 
-    monkeypatch.setattr(hfreg.patcher, "_inject_classifier", boom)  # after natives and layer hooks are in place
+    monkeypatch.setattr(hfreg.apply, "_inject_classifier", boom)  # after natives and layer hooks are in place
     with pytest.raises(RuntimeError, match="injection failed"):
         hfreg.patch_model(model, FULL)
     assert not hfreg.is_patched(model) and not hasattr(model.config, "hfreg")

@@ -87,6 +87,21 @@ def test_committed_findings_are_what_the_report_derives(tmp_path, name):
         assert committed.replace("## Findings", f"#### Findings: {name}", 1).strip() in readme
 
 
+def test_readme_methods_tables_are_built_from_the_committed_summaries():
+    """Each `<!-- methods:NAME -->` table in the README is what scripts/readme_results.py builds from
+    docs/results/NAME/summary.json: the verdicts the report wrote, beside the paper each preset file cites."""
+    import re
+
+    sys.path.insert(0, os.path.join(ROOT, "scripts"))
+    from readme_results import _source, methods_table
+
+    with open(os.path.join(ROOT, "README.md")) as f:
+        readme = f.read()
+    for name, body in re.findall(r"<!-- methods:([\w.-]+) -->\n(.*?)\n<!-- /methods:", readme, flags=re.S):
+        assert body == methods_table(os.path.join(ROOT, "docs", "results", name, "summary.json"))
+    assert _source("mixout") == "Lee et al., ICLR 2020" and _source("strong-baseline") == "Zhang et al., ICLR 2021"
+
+
 def test_readme_quotes_the_committed_pooled_answer(tmp_path):
     """docs/results/pooled.md is what `hfreg report` pools from the committed grids, and the README quotes its
     answer and overall table."""
