@@ -24,7 +24,9 @@ THREADS ?= $(shell nproc 2>/dev/null || echo 1)
 finetune: setup
 	$(BIN)/accelerate launch -q --num_processes 1 --num_cpu_threads_per_process $(THREADS) scripts/finetune.py $(ARGS)
 
+# ruff first (configured in pyproject.toml): a lint failure fails the suite
 test: setup
+	$(BIN)/ruff check hfreg scripts benchmarks tests configs
 	$(BIN)/python -m pytest -q -m "slow or not slow" $(PYTEST_ARGS)
 
 clean:

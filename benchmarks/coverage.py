@@ -20,10 +20,10 @@ invariants, each on a fresh twin where it matters:
             of X is as it was
 Near-zero initialisations (an `initializer_range` of 1e-10, layer scales of 1e-6) are set to a usual scale by
 `small_twin`, and weights initialised to exactly zero (zero-init residual branches, gates) are drawn from
-N(0, 0.02), as a trained checkpoint has them: dropout on a branch whose output is ~0 cannot be seen; BatchNorm is not special-cased. Passes
-are seeded (torch, numpy, random); `zero` passes two different seeds after `disable_dropout`, which also
-switches off the training noise it knows (`hfreg.architectures.NOISE_KEYS`); other noise fails it. Each type
-runs under a time limit; a type over it counts as not buildable.
+N(0, 0.02), as a trained checkpoint has them: dropout on a branch whose output is ~0 cannot be seen; BatchNorm
+is not special-cased. Passes are seeded (torch, numpy, random); `zero` passes two different seeds after
+`disable_dropout`, which also switches off the training noise it knows (`hfreg.architectures.NOISE_KEYS`); other
+noise fails it. Each type runs under a time limit; a type over it counts as not buildable.
 """
 
 from __future__ import annotations
@@ -43,7 +43,8 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import hfreg  # noqa: E402
-from hfreg import KNOBS, RegularizationConfig as Reg  # noqa: E402
+from hfreg import KNOBS  # noqa: E402
+from hfreg import RegularizationConfig as Reg
 
 KNOBS_CHECKED = tuple(k for k in KNOBS if k not in ("classifier", "adapter"))  # base models, no adapters
 

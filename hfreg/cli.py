@@ -121,7 +121,6 @@ def plot_profiles(models, path: str) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
     import numpy as np
 
     profiles = [(ref, *depth_profile(sites)) for ref, sites in models]
@@ -245,7 +244,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="hfreg", description="Where and how strongly transformers regularize; "
                                                           "one spec to change it.")
     sub = p.add_subparsers(dest="command", required=True)
-    s = sub.add_parser("inspect", help="every dropout / drop-path / LayerDrop site of a model: path, kind, rate, layer")
+    s = sub.add_parser("inspect", help="every dropout / drop-path / LayerDrop site of a model: path, kind, rate, "
+                                       "layer")
     s.add_argument("model", help="model dir, config.json, shipped config name, or hub id")
     s.add_argument("--plot", metavar="FILE.png", help="also draw each knob's rate against layer depth")
     s.set_defaults(func=cmd_inspect)

@@ -3,8 +3,8 @@ Approximation").
 
 Inside `mc_dropout(model)` the model is in eval mode except where a dropout site is in force (the sites
 `inspect_model` lists): `nn.Dropout` modules and modules reading a float rate switch to training mode, hfreg's own
-hooks sample while their modules stay in eval mode; normalization and everything else stay in eval mode. On exit every module's mode is
-as before. `mc_predict` averages K such passes, batched.
+hooks sample while their modules stay in eval mode; normalization and everything else stay in eval mode. On exit
+every module's mode is as before. `mc_predict` averages K such passes, batched.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .config import KNOBS
 from .apply import SAMPLE_FLAG, patch_state, unwrap
+from .config import KNOBS
 from .patcher import inspect_model
 
 # LayerDrop skips whole layers, Mixout mixes in the pretrained weights and NEFTune adds noise: not dropout

@@ -12,8 +12,16 @@ import warnings
 
 from huggingface_hub.errors import StrictDataclassError
 
-from .apply import (PatchState, apply_spec, is_patched, native_sites, patch_state, set_rate_factors,
-                    unpatch_model, unwrap)
+from .apply import (
+    PatchState,
+    apply_spec,
+    is_patched,
+    native_sites,
+    patch_state,
+    set_rate_factors,
+    unpatch_model,
+    unwrap,
+)
 from .architectures import CONFIG_KEYS, architecture
 from .config import CONFIG_ATTR, RegularizationConfig
 from .probing import inert_sites

@@ -20,11 +20,11 @@ from dataclasses import dataclass
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from .config import KNOBS, RegularizationConfig
-from .architectures import NOISE_KEYS
 from .apply import apply_spec, patch_state, unwrap
+from .architectures import NOISE_KEYS
+from .config import KNOBS, RegularizationConfig
 from .provenance import config_sources, config_tree, per_config, with_rates
-from .sites import stack_key, analyze
+from .sites import analyze, stack_key
 
 # aten ops that draw random numbers; attention kernels are caught by a non-zero `dropout_p` argument instead
 _RANDOM = ("bernoulli", "rand", "normal_", "dropout", "multinomial", "uniform", "exponential", "cauchy", "geometric",

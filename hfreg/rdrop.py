@@ -21,7 +21,8 @@ import torch.nn.functional as F
 IGNORE_INDEX = -100  # transformers' label for positions without a target
 
 
-def rdrop_objective(logits_a: torch.Tensor, logits_b: torch.Tensor, labels: torch.Tensor, alpha: float) -> torch.Tensor:
+def rdrop_objective(logits_a: torch.Tensor, logits_b: torch.Tensor, labels: torch.Tensor,
+                    alpha: float) -> torch.Tensor:
     """``(CE_a + CE_b) / 2 + alpha * (KL(P_a‖P_b) + KL(P_b‖P_a)) / 2`` for classification logits ``(..., classes)``
     and integer labels ``(...)`` (sequence or token classification; positions labelled -100 left out), each term a
     mean over the labelled positions."""

@@ -1,7 +1,7 @@
 """Rate schedules over training: `RateScheduler` moves the rates a patch put in force, one call per optimizer step.
 
     patch_model(model, RegularizationConfig(hidden=0.1, drop_path=0.1, schedule={"all": "early"}))
-    scheduler = RateScheduler(model, total_steps)      # or RateScheduler(model, total_steps, schedule="late", cutoff=0.3)
+    scheduler = RateScheduler(model, total_steps)  # or RateScheduler(model, total_steps, schedule="late", cutoff=0.3)
     for batch in loader:
         ...; optimizer.step(); scheduler.step()
 
@@ -12,8 +12,8 @@ its shape. Parameters are never touched, eval mode stays the identity and `unpat
 
 from __future__ import annotations
 
-from .config import KNOBS, RegularizationConfig, Schedule
 from .apply import patch_state, set_rate_factors
+from .config import KNOBS, RegularizationConfig, Schedule
 
 
 class RateScheduler:

@@ -396,6 +396,6 @@ def _native_sites(model: nn.Module, arch: Arch, layer_of: dict, head_roots: list
             seen.add((id(cfg), key))
             name = f"config.{key}" if cfg is config else f"{path}.config.{key}"
             loc, _ = where(path)
-            natives.append(NativeSite(cfg, key, name, f"config.{key}", classify(f"config.{key}", loc, key), None, False,
-                                      "config", key, path))
+            natives.append(NativeSite(cfg, key, name, f"config.{key}", classify(f"config.{key}", loc, key), None,
+                                      False, "config", key, path))
     return natives, head_linears, adapter_slots

@@ -44,7 +44,9 @@ def main(out_file):
     model = BertForSequenceClassification(config)
     rng = np.random.default_rng(0)
     # one length for every example: both ranks consume their generators identically, so only seeding can differ
-    split = lambda n: data.Encoded(rng.integers(1, 100, (n, 12)).tolist(), rng.integers(0, 2, n))
+    def split(n):
+        return data.Encoded(rng.integers(1, 100, (n, 12)).tolist(), rng.integers(0, 2, n))
+
     splits = {"train": split(64), "validation": split(16)}
     settings = training.Settings(learning_rate=1e-3, num_train_epochs=1, train_batch_size=16, eval_batch_size=16,
                                  warmup_ratio=0.0, parallel="data")

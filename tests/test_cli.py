@@ -93,8 +93,8 @@ def test_compare_and_inspect_plot_rates_against_depth(tmp_path, capsys):
     from hfreg.cli import depth_profile
     from hfreg.sites import Site
 
-    grid, labels = depth_profile([Site("a", "hidden", 0.1, 0), Site("b", "hidden", 0.2, 1), Site("c", "attention", 0.0, 1),
-                                  Site("d", "embedding", 0.3, None)])
+    grid, labels = depth_profile([Site("a", "hidden", 0.1, 0), Site("b", "hidden", 0.2, 1),
+                                  Site("c", "attention", 0.0, 1), Site("d", "embedding", 0.3, None)])
     assert labels == ["0", "1", "out"] and grid.shape == (len(hfreg.KNOBS), 3)
     row = hfreg.KNOBS.index
     assert list(grid[row("hidden")][:2]) == [0.1, 0.2] and grid[row("attention")][1] == 0.0

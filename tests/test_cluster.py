@@ -11,8 +11,8 @@ import time
 
 import numpy as np
 import pytest
-
 from harness import args_for, load_script
+
 from hfreg.finetune import records
 
 ray = pytest.importorskip("ray")
@@ -64,7 +64,8 @@ def test_records_equal_the_local_backends(tiny_classifier, csv_data, tmp_path, h
     by_key = {key(r): r for r in remote}
     for r in local:
         assert _strip(r) == _strip(by_key[key(r)])
-        a, b = records.load_predictions(tmp_path / "local", r), records.load_predictions(tmp_path / "ray", by_key[key(r)])
+        a = records.load_predictions(tmp_path / "local", r)
+        b = records.load_predictions(tmp_path / "ray", by_key[key(r)])
         assert all(np.array_equal(a[k], b[k]) for k in a)
     assert not (tmp_path / "ray" / ".claims").exists() or not os.listdir(tmp_path / "ray" / ".claims")
 

@@ -7,12 +7,11 @@ import sys
 
 import numpy as np
 import pytest
+from harness import ROOT, SCRIPT, args_for, launch, load_script
 
 from hfreg.finetune import data as ftdata
 from hfreg.finetune import records, report
 from hfreg.finetune.presets import available, load_preset
-
-from harness import ROOT, SCRIPT, args_for, launch, load_script
 
 
 def test_presets_load_and_validate(tmp_path):
@@ -275,7 +274,8 @@ def test_bad_data_files(tiny_classifier, csv_data, tmp_path):
     cases = [(["--train_file", str(tmp_path / "missing.csv")], "does not exist"),
              (["--train_file", str(one_class), "--validation_file", str(one_class), "--train_sizes", "1"],
               "has only one class"),
-             (["--train_file", str(csv_data / "train.csv"), "--validation_file", str(empty)], "cannot load .*empty.csv.*no data"),
+             (["--train_file", str(csv_data / "train.csv"), "--validation_file", str(empty)],
+              "cannot load .*empty.csv.*no data"),
              (["--train_file", str(tmp_path / "x.txt")], "does not exist"),
              (["--train_file", str(csv_data / "train.csv"), "--validation_file", str(one_class)], "cannot load")]
     for extra, message in cases:

@@ -8,7 +8,6 @@ import sys
 import sysconfig
 
 import pytest
-
 from harness import ROOT
 
 

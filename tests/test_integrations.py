@@ -4,10 +4,10 @@ import warnings
 
 import pytest
 import torch
+from tiny_models import build, first_tensor, make_inputs
 
 import hfreg
 from hfreg import RegularizationConfig as Reg
-from tiny_models import build, first_tensor, make_inputs
 
 SPEC = Reg(attention=0.1, hidden=0.2, drop_path=0.2, classifier=0.1)
 

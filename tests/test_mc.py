@@ -4,10 +4,10 @@ import warnings
 
 import pytest
 import torch
+from tiny_models import TINY, build, first_tensor, make_inputs
 
 import hfreg
 from hfreg import RegularizationConfig as Reg
-from tiny_models import TINY, build, first_tensor, make_inputs
 
 CASES = [(m, head) for m in TINY for head in (False, True)]
 SPEC = dict(attention=0.3, hidden=0.3, embedding=0.3, activation=0.3, classifier=0.3, drop_path=0.3)

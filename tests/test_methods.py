@@ -6,14 +6,14 @@ import os
 import pytest
 import torch
 import torch.nn.functional as F
+from harness import SCRIPT, args_for, launch, load_script
+from tiny_models import build, make_inputs
 
 import hfreg
 from hfreg import RegularizationConfig as Reg
 from hfreg.finetune import records
 from hfreg.finetune.presets import load_preset
 from hfreg.finetune.training import param_groups, reinit_top_layers
-from harness import SCRIPT, args_for, launch, load_script
-from tiny_models import build, make_inputs
 
 
 def test_rdrop_objective():

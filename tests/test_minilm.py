@@ -43,7 +43,8 @@ def test_finetune_on_real_sst2_sample(shared_data, tmp_path):
     import subprocess
     import sys
 
-    from hfreg.finetune.records import load_predictions as read_predictions, read_runs
+    from hfreg.finetune.records import load_predictions as read_predictions
+    from hfreg.finetune.records import read_runs
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     sst2 = os.path.join(shared_data, "sst2")

@@ -6,12 +6,13 @@ import warnings
 
 import pytest
 import torch
+from tiny_models import CONVOLUTIONAL, GENERIC, TINY, build, first_tensor, head_class, make_inputs
 from transformers import AutoConfig, AutoModel
 
 import hfreg
-from hfreg import KNOBS, RegularizationConfig as Reg
+from hfreg import KNOBS
+from hfreg import RegularizationConfig as Reg
 from hfreg.architectures import ARCHITECTURES
-from tiny_models import CONVOLUTIONAL, GENERIC, TINY, build, first_tensor, head_class, make_inputs
 
 COVERED = [m for m in TINY if m not in GENERIC]
 CASES = [(m, head) for m in TINY for head in (False, True)]
@@ -204,8 +205,8 @@ def test_classifier_on_base_model_warns():
 
 
 def test_hardcoded_head_dropout_is_a_classifier_site():
-    from transformers import AutoModelForTokenClassification
     from tiny_models import tiny_config
+    from transformers import AutoModelForTokenClassification
 
     model = AutoModelForTokenClassification.from_config(tiny_config("llama"))
     assert [s.rate for s in hfreg.inspect_model(model) if s.kind == "classifier"] == [0.1]
@@ -305,8 +306,9 @@ def test_a_patch_that_fails_halfway_is_undone(monkeypatch):
 
 
 def test_config_rates_read_in_forward_are_found_in_the_source():
-    from hfreg.sites import analyze, config_reads
     from transformers.models.hubert.modeling_hubert import HubertEncoder
+
+    from hfreg.sites import analyze, config_reads
 
     assert "layerdrop" in config_reads(HubertEncoder)
     model = build("hubert", layerdrop=0.4)

@@ -5,11 +5,11 @@ import warnings
 import pytest
 import torch
 import torch.nn.functional as F
+from tiny_models import TINY, build, first_tensor, make_inputs
 from transformers import AutoConfig, AutoModel
 
 import hfreg
 from hfreg.cli import _shipped, load_config, main
-from tiny_models import TINY, build, first_tensor, make_inputs
 
 CASES = [(m, head) for m in TINY for head in (False, True)]
 # native sites that do nothing on these models although forward reads them, and why: `inspect_model` must leave

@@ -8,11 +8,11 @@ import weakref
 
 import pytest
 import torch
+from tiny_models import build, first_tensor, make_inputs
 
 import hfreg
 from hfreg import RegularizationConfig as Reg
 from hfreg.layers import drop_head, embedding_noise, mixout
-from tiny_models import build, first_tensor, make_inputs
 
 
 def test_functions_are_identity_in_eval_and_at_zero():

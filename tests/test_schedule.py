@@ -6,10 +6,11 @@ import warnings
 
 import pytest
 import torch
+from tiny_models import TINY, build, first_tensor, make_inputs
 
 import hfreg
-from hfreg import RegularizationConfig as Reg, Schedule
-from tiny_models import TINY, build, first_tensor, make_inputs
+from hfreg import RegularizationConfig as Reg
+from hfreg import Schedule
 
 CASES = [(m, head) for m in TINY for head in (False, True)]
 FULL = dict(attention=0.3, hidden=0.3, embedding=0.3, activation=0.3, classifier=0.3, drop_path=0.3, layerdrop=0.3)
@@ -135,7 +136,8 @@ def test_rate_scheduler_errors():
     hfreg.patch_model(model, Reg(hidden=0.1))
     for kwargs, words in [({"total_steps": 0}, "total_steps"), ({"total_steps": 5, "cutoff": 2}, "need `schedule`"),
                           ({"total_steps": 5, "schedule": "never"}, "schedule kind"),
-                          ({"total_steps": 5, "schedule": "early", "cutoff": 6}, "cutoff of 6 steps is beyond training")]:
+                          ({"total_steps": 5, "schedule": "early", "cutoff": 6},
+                           "cutoff of 6 steps is beyond training")]:
         with pytest.raises(ValueError, match=words):
             hfreg.RateScheduler(model, **kwargs)
     with pytest.raises(ValueError, match="factor"):

@@ -7,7 +7,6 @@ import subprocess
 import sys
 
 import pytest
-
 from harness import ROOT
 
 sys.path.insert(0, os.path.join(ROOT, "scripts"))

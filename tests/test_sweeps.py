@@ -9,8 +9,8 @@ import sys
 import time
 
 import pytest
-
 from harness import ROOT, SCRIPT, args_for, launch, launch_cmd, load_script
+
 from hfreg.finetune import records
 
 GRID = 8  # args_for: 2 presets x 2 sizes x 2 seeds
@@ -18,7 +18,8 @@ GRID = 8  # args_for: 2 presets x 2 sizes x 2 seeds
 
 def comparable(runs):
     """Records keyed by run, without what may differ between two executions of the same run."""
-    return {records.run_key(r): {k: v for k, v in r.items() if k not in ("seconds", "eval_seconds", "provenance")} for r in runs}
+    skip = ("seconds", "eval_seconds", "provenance")
+    return {records.run_key(r): {k: v for k, v in r.items() if k not in skip} for r in runs}
 
 
 @pytest.mark.slow

@@ -20,8 +20,8 @@ import os
 import statistics
 from collections import defaultdict
 
-from . import stats
 from ..config import KNOBS as KNOB_NAMES
+from . import stats
 from .presets import BASELINE
 from .records import DEFAULT_EXPERIMENT, DEFAULT_SELECT_BY, SELECT_BY, experiment_of, read_runs
 
@@ -444,10 +444,10 @@ def findings(records: list[dict], settings: dict | None = None, codes: list[str]
     lines += [f"Each preset against `{BASELINE}`, paired by seed, on the test split; early-stopped = each run at "
               f"its best selection-split {select_by} (ties: the earliest point), fixed budget = its final step. Δ "
               f"is preset − baseline with its simultaneous {level} interval (Bonferroni over the {fam} comparisons "
-              f"of each column). Margins: {_margins_text(_margins_of(records))}. **better** / **worse**: the interval excludes "
-              f"0; equiv. (equivalent): the TOST interval (1 − 2α/{fam}) lies inside the margin; inconcl. "
-              f"(inconclusive): neither. Underfit = runs whose selected point is near chance; regime = what the "
-              f"cell's runs measured (see the README).", "", table(records), ""]
+              f"of each column). Margins: {_margins_text(_margins_of(records))}. **better** / **worse**: the "
+              f"interval excludes 0; equiv. (equivalent): the TOST interval (1 − 2α/{fam}) lies inside the margin; "
+              f"inconcl. (inconclusive): neither. Underfit = runs whose selected point is near chance; regime = what "
+              f"the cell's runs measured (see the README).", "", table(records), ""]
     words = []
     for r in records:
         if r["preset"] == BASELINE:

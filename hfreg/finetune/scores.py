@@ -29,7 +29,12 @@ def accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
 
 def macro_f1(logits: np.ndarray, labels: np.ndarray) -> float:
     """F1 averaged over the classes present in predictions or labels (scikit-learn's ``average="macro"``)."""
-    pred = logits.argmax(-1)
+    return f1_of_predictions(logits.argmax(-1), labels)
+
+
+def f1_of_predictions(pred: np.ndarray, labels: np.ndarray) -> float:
+    """`macro_f1` of predicted class ids; the one implementation, which `hfreg.metrics.load("f1")` also runs."""
+    pred, labels = np.asarray(pred), np.asarray(labels)
     scores = []
     for c in np.union1d(pred, labels):
         tp = np.sum((pred == c) & (labels == c))

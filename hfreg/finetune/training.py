@@ -24,8 +24,8 @@ from torch import nn
 from ..patcher import patch_model
 from ..rdrop import rdrop_loss
 from ..schedule import RateScheduler
-from .presets import NO_METHODS
 from .data import by_length, eval_loader, stratified_indices, subset_indices, train_loader
+from .presets import NO_METHODS
 from .scores import evaluate, point_metrics
 
 PARALLEL_MODES = ("run", "data")
