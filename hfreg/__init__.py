@@ -1,11 +1,13 @@
 """hfreg: one regularization spec for any Hugging Face transformer.
 
-The library is this package's top level (config, layers, sites, patcher); `hfreg.finetune` is the harness that
-measures overfitting under it. Names that need torch load on first use, so `hfreg.config` and the harness's
-torch-free parts (records, report) import quickly.
+The library is this package's top level (config, layers, sites, apply, probing, patcher); `hfreg.finetune` is the
+harness that measures overfitting under it. Names that need torch load on first use, so `hfreg.config` and the
+harness's torch-free parts (records, report) import quickly; static tools see them through the `TYPE_CHECKING`
+imports below.
 """
 
 from importlib import import_module
+from typing import TYPE_CHECKING
 
 from .config import KNOBS, RegularizationConfig, Schedule
 
@@ -14,16 +16,43 @@ __version__ = "0.1.0"
 _LAZY = {
     "DropPath": "layers", "drop_path": "layers", "drop_path_rates": "layers", "drop_head": "layers",
     "mixout": "layers", "embedding_noise": "layers", "Site": "sites", "rdrop_loss": "rdrop",
-    "rdrop_objective": "rdrop",
+    "rdrop_objective": "rdrop", "NOISE_KEYS": "architectures",
     "from_pretrained": "patcher", "inspect_model": "patcher", "is_patched": "patcher", "patch_config": "patcher",
     "patch_model": "patcher", "unpatch_model": "patcher", "set_rate_factors": "patcher", "patch_state": "patcher",
     "PatchState": "patcher",
     "RateScheduler": "schedule", "rate_scheduler_callback": "schedule",
-    "mc_dropout": "mc", "mc_predict": "mc",
+    "mc_dropout": "mc", "mc_predict": "mc", "MCPrediction": "mc",
     "disable_dropout": "probing", "probe": "probing", "probe_inputs": "probing", "small_twin": "probing",
+    "Probe": "probing",
 }
 
-__all__ = ["KNOBS", "RegularizationConfig", "Schedule", *sorted(_LAZY)]
+if TYPE_CHECKING:
+    from .architectures import NOISE_KEYS
+    from .layers import DropPath, drop_head, drop_path, drop_path_rates, embedding_noise, mixout
+    from .mc import MCPrediction, mc_dropout, mc_predict
+    from .patcher import (
+        PatchState,
+        from_pretrained,
+        inspect_model,
+        is_patched,
+        patch_config,
+        patch_model,
+        patch_state,
+        set_rate_factors,
+        unpatch_model,
+    )
+    from .probing import Probe, disable_dropout, probe, probe_inputs, small_twin
+    from .rdrop import rdrop_loss, rdrop_objective
+    from .schedule import RateScheduler, rate_scheduler_callback
+    from .sites import Site
+
+__all__ = [
+    "KNOBS", "NOISE_KEYS", "DropPath", "MCPrediction", "PatchState", "Probe", "RateScheduler", "RegularizationConfig",
+    "Schedule", "Site", "disable_dropout", "drop_head", "drop_path", "drop_path_rates", "embedding_noise",
+    "from_pretrained", "inspect_model", "is_patched", "mc_dropout", "mc_predict", "mixout", "patch_config",
+    "patch_model", "patch_state", "probe", "probe_inputs", "rate_scheduler_callback", "rdrop_loss",
+    "rdrop_objective", "set_rate_factors", "small_twin", "unpatch_model",
+]
 
 
 def __getattr__(name):

@@ -71,3 +71,17 @@ def test_no_import_circle_and_no_private_names_across_modules():
                 assert not private, f"{module} imports private {private} from {target}"
     assert "patcher" not in imports.get("probing", set()) and "patcher" not in imports.get("apply", set())
     assert "probing" not in imports.get("apply", set())
+
+
+def test_public_names_are_static_and_all_resolve():
+    """`hfreg.__all__` is a literal list (IDEs and static tools read it), names every lazy export, and each one
+    resolves."""
+    import ast
+
+    import hfreg
+
+    tree = ast.parse(open(os.path.join(ROOT, "hfreg", "__init__.py")).read())
+    [node] = [n for n in tree.body if isinstance(n, ast.Assign) and n.targets[0].id == "__all__"]
+    listed = ast.literal_eval(node.value)
+    assert sorted(listed) == sorted(set(hfreg._LAZY) | {"KNOBS", "RegularizationConfig", "Schedule"})
+    assert all(getattr(hfreg, name) is not None for name in listed)
