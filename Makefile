@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 TORCH ?= torch==2.13.0
 
-.PHONY: setup finetune test clean
+.PHONY: setup finetune test docs clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,10 @@ finetune: setup
 test: setup
 	$(BIN)/ruff check hfreg scripts benchmarks tests configs
 	$(BIN)/python -m pytest -q -m "slow or not slow" $(PYTEST_ARGS)
+
+# the documentation site (docs/ and the docstrings) into site/; strict: a broken link or reference fails
+docs: setup
+	$(BIN)/mkdocs build --strict
 
 clean:
 	rm -rf $(VENV)

@@ -672,6 +672,7 @@ def patch_state(model, required: bool = False) -> PatchState | None:
 
 
 def is_patched(model) -> bool:
+    """Whether ``model`` (or the transformers model inside a PEFT wrapper) carries an hfreg patch."""
     return _STATE in unwrap(model).__dict__
 
 

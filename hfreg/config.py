@@ -151,6 +151,20 @@ class RegularizationConfig:
         drop_path_mode: ``"per_sample"`` (one draw per example) or ``"per_batch"`` (one per batch).
         schedule: rate schedules over training, ``{knob: Schedule}``; the key ``"all"`` covers every knob without
             one of its own. A `RateScheduler` drives them (see `hfreg.schedule`); without one the rates stay put.
+
+    Raises:
+        ValueError: a rate outside [0, 1), a negative or infinite scale, an unknown choice or schedule key.
+
+    Example:
+        >>> from hfreg import RegularizationConfig
+        >>> reg = RegularizationConfig(hidden=0.1, mixout=0.7, schedule={"all": "early"})
+        >>> reg.knobs()
+        {'hidden': 0.1, 'mixout': 0.7}
+        >>> RegularizationConfig.from_dict(reg.to_dict()) == reg
+        True
+        >>> RegularizationConfig(hidden=1.5)
+        Traceback (most recent call last):
+        ValueError: `hidden` must be a float in [0, 1) or None, got 1.5
     """
 
     attention: float | None = None

@@ -75,7 +75,20 @@ def drop_path_rates(drop_path_rate: float, depth: int, schedule: str = "linear")
 
 def drop_head(x: torch.Tensor, p: float, heads: int, training: bool = False) -> torch.Tensor:
     """Zero whole attention heads of ``x`` (the concatenated heads, ``(batch, ..., heads * head_dim)``) with
-    probability ``p``, one draw per row of dim 0 and head; scale the kept ones by 1/(1-p)."""
+    probability ``p``, one draw per row of dim 0 and head; scale the kept ones by 1/(1-p).
+
+    Raises:
+        ValueError: the last dimension of ``x`` is not a multiple of ``heads``.
+
+    Example:
+        >>> import torch
+        >>> _ = torch.manual_seed(4)
+        >>> y = drop_head(torch.ones(1, 3, 4), p=0.5, heads=2, training=True)  # 2 heads of width 2, 3 tokens
+        >>> y[0]
+        tensor([[2., 2., 0., 0.],
+                [2., 2., 0., 0.],
+                [2., 2., 0., 0.]])
+    """
     if p == 0.0 or not training:
         return x
     if x.shape[-1] % heads:
@@ -88,7 +101,14 @@ def drop_head(x: torch.Tensor, p: float, heads: int, training: bool = False) -> 
 def mixout(weight: torch.Tensor, target: torch.Tensor, p: float, training: bool = False) -> torch.Tensor:
     """Mixout: each entry of ``weight`` replaced by the one of ``target`` with probability ``p``, as
     ``target + keep * (weight - target) / (1 - p)``, so that its expectation is ``weight``; gradients reach
-    ``weight`` through the kept entries. With a zero ``target`` this is DropConnect."""
+    ``weight`` through the kept entries. With a zero ``target`` this is DropConnect.
+
+    Example:
+        >>> import torch
+        >>> _ = torch.manual_seed(0)
+        >>> mixout(torch.full((2, 3), 2.0), torch.ones(2, 3), p=0.5, training=True)  # 1: the target; 3: kept
+        tensor([[...]])
+    """
     if p == 0.0 or not training:
         return weight
     keep = torch.empty_like(weight).bernoulli_(1.0 - p)

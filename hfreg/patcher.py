@@ -37,6 +37,28 @@ def patch_model(model, reg: RegularizationConfig | dict | None = None):
 
     Patching again first restores the original, so patching twice equals patching once. Patch before
     `accelerator.prepare` / DDP; under PEFT, patch before or after `get_peft_model`.
+
+    Args:
+        model: a transformers model, or a PEFT model around one.
+        reg: the spec (a `RegularizationConfig` or its dict); None applies the one recorded in the model's config.
+
+    Returns:
+        ``model``, patched in place.
+
+    Raises:
+        ValueError: a wrapped (DDP/FSDP) or non-transformers model, a bad spec, or no spec given or recorded.
+
+    Example:
+        >>> import hfreg
+        >>> from transformers import LlamaConfig, LlamaModel
+        >>> model = LlamaModel(LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        ...                                num_attention_heads=4, num_key_value_heads=2, vocab_size=100))
+        >>> _ = hfreg.patch_model(model, hfreg.RegularizationConfig(hidden=0.1, drop_path=0.2))
+        >>> sorted({(s.kind, s.layer, s.rate) for s in hfreg.inspect_model(model) if s.kind == "drop_path"})
+        [('drop_path', 0, 0.0), ('drop_path', 1, 0.2)]
+        >>> _ = hfreg.unpatch_model(model)
+        >>> hfreg.is_patched(model)
+        False
     """
     outer = model
     model = unwrap(model)

@@ -22,8 +22,10 @@ class RateScheduler:
     Args:
         model: a model patched with `patch_model`.
         total_steps: optimizer steps in the whole training run (fractions of training resolve against it).
-        schedule, cutoff, direction: one schedule for every knob of the spec in force, overriding the spec's own
-            (``schedule="early", cutoff=0.5``). Without them, the schedules recorded in the spec apply.
+        schedule: one schedule kind for every knob of the spec in force, overriding the spec's own
+            (``schedule="early", cutoff=0.5``). Without it, the schedules recorded in the spec apply.
+        cutoff: that schedule's cutoff (see `Schedule`).
+        direction: that schedule's direction (see `Schedule`).
     """
 
     def __init__(self, model, total_steps: int, schedule: str | None = None, cutoff: int | float | None = None,

@@ -1,5 +1,5 @@
-"""Copy each `docs/results/<data set>/findings.md` into README.md between its markers, so that the README states
-exactly what `hfreg report` derived from the committed runs and nothing else.
+"""Copy each `docs/results/<data set>/findings.md` into README.md and docs/results.md between its markers, so that
+those pages state exactly what `hfreg report` derived from the committed runs and nothing else.
 
     .venv/bin/hfreg report docs/results/sst2 && .venv/bin/python scripts/readme_results.py
 
@@ -18,10 +18,27 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+# the pages that quote the tool's outputs between markers
+PAGES = ("README.md", os.path.join("docs", "results.md"))
+
+
 def main() -> int:
-    readme = os.path.join(ROOT, "README.md")
-    with open(readme) as f:
-        text = f.read()
+    texts = {}
+    for page in PAGES:  # every page rebuilt before any is written: an error leaves them all as they were
+        path = os.path.join(ROOT, page)
+        if os.path.isfile(path):
+            with open(path) as f:
+                texts[path] = fill(f.read())
+            if texts[path] is None:
+                return 2
+    for path, text in texts.items():
+        with open(path, "w") as f:
+            f.write(text)
+    return 0
+
+
+def fill(text: str) -> str | None:
+    """``text`` with every marked block replaced by what the tool wrote; None (said on stderr) on an error."""
     for name in re.findall(r"<!-- findings:([\w.-]+) -->", text):
         path = os.path.join(ROOT, "docs", "results", name, "findings.md")
         runs = os.path.join(os.path.dirname(path), "runs.jsonl")
@@ -30,7 +47,7 @@ def main() -> int:
         elif not os.path.isfile(path) or os.path.getmtime(path) < os.path.getmtime(runs):
             print(f"readme_results.py: error: {path} is missing or older than runs.jsonl; run `hfreg report` "
                   f"first", file=sys.stderr)
-            return 2
+            return None
         else:
             with open(path) as f:
                 body = f.read().replace("## Findings", f"#### Findings: {name}", 1).strip()
@@ -46,12 +63,10 @@ def main() -> int:
         if not os.path.isfile(path):
             print(f"readme_results.py: error: {path} is missing; run `hfreg report ... --out docs/results` first",
                   file=sys.stderr)
-            return 2
+            return None
         text = re.sub(r"<!-- pooled -->.*?<!-- /pooled -->",
                       lambda _: f"<!-- pooled -->\n{pooled_overview(path)}\n<!-- /pooled -->", text, flags=re.S)
-    with open(readme, "w") as f:
-        f.write(text)
-    return 0
+    return text
 
 
 def pooled_overview(path: str) -> str:
@@ -80,8 +95,9 @@ def _delta(row: dict, key: str) -> str:
     d = row.get(f"delta_{key}")
     if not d:
         return "-"
-    lo, hi = d["ci_adjusted"]
-    return f"{d['mean']:+.3f} [{lo:+.3f}, {hi:+.3f}] {d['verdict']}"
+    lo, hi = d.get("ci_adjusted") or (None, None)
+    interval = "[-, -]" if lo is None else f"[{lo:+.3f}, {hi:+.3f}]"  # one seed: no interval yet
+    return f"{d['mean']:+.3f} {interval} {d['verdict']}"
 
 
 def methods_table(summary_path: str) -> str:

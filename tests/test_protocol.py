@@ -83,6 +83,13 @@ def test_verdicts_follow_the_interval():
     assert stats.verdict(0.001, 0.003, True, eq=(0.0015, 0.0025), margin=0.02) == "better"
 
 
+def test_identical_differences_decide_only_where_the_sign_test_does():
+    """Two seeds each one test example worse: a zero-width interval, and no verdict; ten such seeds decide."""
+    assert stats.judge([-0.002, -0.002], 0.02, True, m=6)["verdict"] == "inconclusive"
+    assert stats.judge([-0.002] * 10, 0.02, True, m=6)["verdict"] == "worse"  # 2 * 0.5**10 < 0.05 / 6
+    assert stats.judge([0.0, 0.0], 0.02, True, m=6)["verdict"] == "equivalent"  # the same predictions
+
+
 def test_tost_matches_two_one_sided_scipy_tests_and_the_interval():
     d = np.array([0.004, -0.003, 0.006, 0.001, -0.002, 0.003, 0.0, 0.002])
     lower = sps.ttest_1samp(d, -0.01, alternative="greater").pvalue

@@ -99,11 +99,18 @@ def verdict(lo: float, hi: float, higher_is_better: bool, eq: tuple[float, float
 def judge(deltas, margin: float, higher_is_better: bool, m: int = 1, alpha: float = ALPHA) -> dict:
     """The four-way verdict of paired ``deltas`` (preset - baseline) in a family of ``m`` comparisons at
     family-wise ``alpha``: the simultaneous interval (1 - alpha/m), the equivalence interval (1 - 2 alpha/m) and
-    the verdict against +-``margin``."""
+    the verdict against +-``margin``.
+
+    Identical non-zero differences (a discrete metric, few seeds: two runs each one test example apart) give a
+    zero-width interval that proves nothing by itself; they decide only where the exact sign test does, i.e. where
+    ``2 * 0.5 ** n`` is at most ``alpha / m``."""
     ci = list(interval(deltas, 1 - alpha / m))
     eq = list(interval(deltas, 1 - 2 * alpha / m))
-    return {"ci_adjusted": ci, "ci_equivalence": eq,
-            "verdict": verdict(*ci, higher_is_better=higher_is_better, eq=eq, margin=margin)}
+    decision = verdict(*ci, higher_is_better=higher_is_better, eq=eq, margin=margin)
+    d = np.asarray(deltas, dtype=float)
+    if len(d) >= 2 and paired(d)["sd"] == 0 and d.mean() != 0 and 2 * 0.5 ** len(d) > alpha / m:
+        decision = "inconclusive"
+    return {"ci_adjusted": ci, "ci_equivalence": eq, "verdict": decision}
 
 
 def looks(max_seeds: int, stage: int) -> int:
