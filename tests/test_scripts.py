@@ -95,8 +95,12 @@ def test_readme_methods_tables_are_built_from_the_committed_summaries():
     sys.path.insert(0, os.path.join(ROOT, "scripts"))
     from readme_results import _source, methods_table
 
-    with open(os.path.join(ROOT, "docs", "results.md")) as f:
-        readme = f.read()
+    pages = []
+    for page in ("README.md", os.path.join("docs", "results.md")):
+        with open(os.path.join(ROOT, page)) as f:
+            pages.append(f.read())
+    readme = "\n".join(pages)
+    assert readme.count("<!-- methods:methods-sst2 -->") == 2
     for name, body in re.findall(r"<!-- methods:([\w.-]+) -->\n(.*?)\n<!-- /methods:", readme, flags=re.S):
         summary = os.path.join(ROOT, "docs", "results", name, "summary.json")
         expected = methods_table(summary) if os.path.isfile(summary) else f"No summary in `docs/results/{name}` yet."

@@ -201,7 +201,8 @@ def test_progress_line_estimates_from_measured_runs():
 
     done = [{"experiment": {"name": "default"}, "preset": "p", "preset_config": None, "train_size": 100, "seed": 0,
              "learning_rate": 1e-4, "seconds": 60.0}]
-    grid = [("default", "p", records.digest(None), n, s, 1e-4) for n in (100, 50) for s in (0, 1)]
+    grid = [records.RunKey("default", "p", records.digest(None), n, s, 1e-4) for n in (100, 50) for s in (0, 1)]
+    assert grid[0] == ("default", "p", records.digest(None), 100, 0, 1e-4)  # a tuple: older digests hold
     # left: one run of 100 (60 s) and two of 50 (scaled: 30 s each) = 120 s over 2 processes
     assert progress_line(done, grid, 2) == "grid: 1/4 runs done, 3 left, ETA 1m00s (2 process(es))"
 

@@ -24,6 +24,7 @@ import json
 import os
 import socket
 import zipfile
+from typing import NamedTuple
 
 RUNS_FILE = "runs.jsonl"
 LOCK_FILE = ".hfreg.lock"
@@ -87,11 +88,22 @@ def experiment_of(record: dict) -> str:
     return record.get("experiment", {}).get("name", DEFAULT_EXPERIMENT)
 
 
-def run_key(record: dict) -> tuple:
-    """What makes a run unique: experiment, preset (name and contents), training-set size, seed, learning rate."""
-    return (experiment_of(record), record["preset"],
-            digest(record.get("preset_config")), int(record["train_size"]), int(record["seed"]),
-            record.get("learning_rate"))
+class RunKey(NamedTuple):
+    """What makes a run unique. A tuple, so that keys made before it existed (and their digests, which name the
+    prediction files) stay the same."""
+
+    experiment: str
+    preset: str
+    contents: str  # digest of the preset's contents
+    train_size: int
+    seed: int
+    learning_rate: float | None
+
+
+def run_key(record: dict) -> RunKey:
+    """The `RunKey` of a record."""
+    return RunKey(experiment_of(record), record["preset"], digest(record.get("preset_config")),
+                  int(record["train_size"]), int(record["seed"]), record.get("learning_rate"))
 
 
 def check_output_dir(path: str) -> None:

@@ -25,6 +25,7 @@ from .records import (
     DEFAULT_EXPERIMENT,
     DEFAULT_SELECT_BY,
     SELECT_BY,
+    RunKey,
     WorkQueue,
     append_run,
     check_output_dir,
@@ -306,7 +307,7 @@ def _duration(seconds: float) -> str:
     return f"{seconds // 60}m{seconds % 60:02d}s"
 
 
-def progress_line(done: list[dict], grid: list[tuple], num_processes: int) -> str:
+def progress_line(done: list[dict], grid: list[RunKey], num_processes: int) -> str:
     """Runs done and left, and an ETA from the measured run times (per training-set size, else scaled)."""
     finished = {run_key(r) for r in done}
     left = [k for k in grid if k not in finished]
@@ -318,7 +319,7 @@ def progress_line(done: list[dict], grid: list[tuple], num_processes: int) -> st
         per_size.setdefault(r["train_size"], []).append(r["seconds"])
     mean = {n: sum(v) / len(v) for n, v in per_size.items()}
     per_example = sum(mean[n] / n for n in mean) / len(mean)
-    eta = sum(mean.get(k[3], per_example * k[3]) for k in left) / num_processes  # k[3]: the training-set size
+    eta = sum(mean.get(k.train_size, per_example * k.train_size) for k in left) / num_processes
     return f"{line}, ETA {_duration(eta)} ({num_processes} process(es))"
 
 
@@ -453,7 +454,7 @@ def _main(args, ray) -> int:
 
     # longest runs first, so that no rank is left with a long run while the others idle
     def plan(cells, seeds):
-        return {(args.experiment, p.name, digest(contents[p.name]), n, s, lr): (p, n, s, lr)
+        return {RunKey(args.experiment, p.name, digest(contents[p.name]), n, s, lr): (p, n, s, lr)
                 for n in sorted(args.train_sizes, reverse=True) for s in seeds for lr in args.learning_rates
                 for p in presets if (p.name, n) in cells}
 
