@@ -334,7 +334,33 @@ def main(argv=None) -> int:
     return _main(args, None)
 
 
+@dataclasses.dataclass
+class Experiment:
+    """What a grid runs on, built once per launch: the accelerator, the presets and their recorded contents, the
+    training settings, the loaded model and encoded data, and the experiment record every run carries."""
+
+    accelerator: object
+    presets: list
+    contents: dict
+    settings: object
+    base_model: object
+    data: dict
+    roles: object
+    collate: object
+    label_names: list
+    model_name: str
+    record: dict  # {"name", "settings"}: what a resume must match
+    code: dict
+    precision: str
+    threads: int | None
+
+
 def _main(args, ray) -> int:
+    return run_grid(args, build_experiment(args, ray), ray)
+
+
+def build_experiment(args, ray) -> Experiment:
+    """Load presets, data, tokenizer and model, check every input and make the accelerator; nothing is written."""
     import warnings
 
     import torch
@@ -346,7 +372,7 @@ def _main(args, ray) -> int:
     from . import data as data_mod
     from . import report
     from .presets import BASELINE, load_preset, sweep_presets
-    from .training import Settings, train
+    from .training import Settings
 
     presets = [load_preset(p.strip()) for p in dict.fromkeys(args.presets.split(",")) if p.strip()]
     presets += [p for spec in args.rates for p in sweep_presets(spec)]
@@ -436,6 +462,20 @@ def _main(args, ray) -> int:
                      "torch": torch.__version__.split("+")[0]}}}
     contents = {p.name: p.contents() for p in presets}
     code = code_identity()
+    return Experiment(accelerator, presets, contents, settings, base_model, data, roles, collate, label_names,
+                      model_name, experiment, code, precision, threads)
+
+
+def run_grid(args, exp: Experiment, ray) -> int:
+    """Train every run of the grid not yet recorded (in stages under ``--seeds auto``), then report."""
+    from . import report
+    from .presets import BASELINE
+    from .training import train
+
+    accelerator, presets, contents, settings = exp.accelerator, exp.presets, exp.contents, exp.settings
+    base_model, data, roles, collate = exp.base_model, exp.data, exp.roles, exp.collate
+    label_names, model_name, experiment, code = exp.label_names, exp.model_name, exp.record, exp.code
+    precision, threads = exp.precision, exp.threads
 
     def refuse_other_settings(runs):
         why = experiment_conflict(runs, args.experiment, experiment["settings"], contents)
