@@ -187,8 +187,8 @@ class Probe:
 
     path: str  # the site's path; "*" for a whole knob
     kind: str
-    source: str  # module | attribute | config, or hfreg
     rate: float  # the rate the model had there before probing
+    source: str  # module | attribute | config, or hfreg (the fields shared with `Site`, in its order)
     acts: bool
     dead: bool = False  # what the static analysis expected: a site it knows forward never reads
     note: str = ""  # for a knob: why it cannot apply, as patch_model warned
@@ -242,7 +242,7 @@ def probe(model, inputs: dict | None = None, rate: float = 0.5, knobs: bool = Tr
             acts = False
         setattr(n.owner, n.attr, old)
         exercised = n.module_path in called or any(n.module_path.startswith(p + ".") for p in ran_layers)
-        results.append(Probe(n.path, n.kind, n.source, published[(id(n.owner), n.attr)], acts, n.dead,
+        results.append(Probe(n.path, n.kind, published[(id(n.owner), n.attr)], n.source, acts, n.dead,
                              exercised=exercised))
     for knob in KNOBS if knobs else ():
         spec = RegularizationConfig(**{**RegularizationConfig.zero().knobs(), knob: rate})
@@ -254,7 +254,7 @@ def probe(model, inputs: dict | None = None, rate: float = 0.5, knobs: bool = Tr
         else:
             acts = not _same(base, _train_output(model, inputs, 1))
         note = "; ".join(str(w.message).split(": ", 2)[-1] for w in caught)
-        results.append(Probe("*", knob, "hfreg", 0.0, acts, note=note))
+        results.append(Probe("*", knob, 0.0, "hfreg", acts, note=note))
     return results
 
 

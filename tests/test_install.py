@@ -85,3 +85,13 @@ def test_public_names_are_static_and_all_resolve():
     listed = ast.literal_eval(node.value)
     assert sorted(listed) == sorted(set(hfreg._LAZY) | {"KNOBS", "RegularizationConfig", "Schedule"})
     assert all(getattr(hfreg, name) is not None for name in listed)
+
+
+def test_site_and_probe_share_their_fields_in_one_order():
+    from dataclasses import fields
+
+    import hfreg
+
+    site, probe = [f.name for f in fields(hfreg.Site)], [f.name for f in fields(hfreg.Probe)]
+    shared = [f for f in site if f in probe]
+    assert shared == ["path", "kind", "rate", "source"] and probe[:len(shared)] == shared
