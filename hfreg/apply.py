@@ -645,7 +645,15 @@ def _inject_embedding_noise(model, struct: Structure, knobs, state: PatchState) 
 
 
 def unpatch_model(model):
-    """Remove every hook hfreg added and restore every rate it changed; return the model."""
+    """Remove every hook hfreg added and restore every rate it changed (and release what the patch held, such as
+    Mixout's targets).
+
+    Args:
+        model: a model, patched or not (a PEFT wrapper is looked through).
+
+    Returns:
+        ``model``, as it was before `patch_model`; an unpatched model is returned unchanged.
+    """
     outer = model
     model = unwrap(model)
     state = model.__dict__.pop(_STATE, None)
@@ -692,7 +700,15 @@ def native_sites(model, inert: frozenset[str] = frozenset()) -> list[Site]:
 def set_rate_factors(model, factors: dict[str, float]) -> None:
     """Put ``factor × the patched rate`` in force for each knob of ``factors`` (e.g. ``{"hidden": 0.0}``), at every
     site the patch set or injected; the other knobs keep theirs. `unpatch_model` still restores the original.
-    This is what `hfreg.RateScheduler` calls once per optimizer step."""
+    This is what `hfreg.RateScheduler` calls once per optimizer step.
+
+    Args:
+        model: a patched model.
+        factors: ``{knob: factor}``, each factor in [0, 1].
+
+    Raises:
+        ValueError: the model is not patched, a knob is unknown, or a factor lies outside [0, 1].
+    """
     state = patch_state(model, required=True)
     for knob, f in factors.items():
         if knob not in KNOBS:

@@ -74,6 +74,8 @@ def mc_dropout(model, knobs=MC_KNOBS):
 
 @dataclass
 class MCPrediction:
+    """What `mc_predict` returns: the predictive distribution of K MC-dropout passes and its uncertainty."""
+
     probs: torch.Tensor  # (batch, classes): the mean of the samples' probabilities
     entropy: torch.Tensor  # (batch,): predictive entropy of ``probs``, in nats
     mutual_information: torch.Tensor  # (batch,): entropy minus the mean entropy of the samples (epistemic part)
@@ -88,7 +90,22 @@ def _entropy(p):
 def mc_predict(model, inputs: dict, samples: int = 16, chunk: int | None = None, knobs=MC_KNOBS) -> MCPrediction:
     """``samples`` MC-dropout passes over ``inputs`` (a batch for ``model(**inputs)``, whose output has
     ``.logits``). Passes run ``chunk`` at a time (default: all at once) as one batch of repeated inputs; with
-    per-batch drop-path they run one at a time, so that samples stay independent."""
+    per-batch drop-path they run one at a time, so that samples stay independent.
+
+    Args:
+        model: a model with dropout sites in force (patched by hfreg or not).
+        inputs: one batch, as ``model(**inputs)`` takes it.
+        samples: MC passes (>= 1).
+        chunk: passes per forward; None runs them all in one.
+        knobs: the knobs that sample (default every dropout knob; LayerDrop, Mixout and NEFTune only when named).
+
+    Returns:
+        An `MCPrediction`: mean probabilities, predictive entropy, mutual information and each pass's
+        probabilities.
+
+    Raises:
+        ValueError: a bad ``samples``, ``chunk`` or knob name.
+    """
     if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
         raise ValueError(f"`samples` must be an int >= 1, got {samples!r}")
     if chunk is not None and (isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1):

@@ -91,6 +91,17 @@ def patch_config(config, reg: RegularizationConfig | dict):
 
     Models built from it honour the native keys in plain transformers; `patch_model(model)` (or
     `hfreg.from_pretrained`) then applies the rest of the spec exactly.
+
+    Args:
+        config: a transformers `PretrainedConfig` (nested sub-configs are written too).
+        reg: the spec.
+
+    Returns:
+        A patched copy; ``config`` itself is unchanged. A key the config class will not take, or the model refuses
+        when built, is left as it was, with a warning naming knob and key.
+
+    Raises:
+        ValueError: ``reg`` is not a spec, or ``config`` is not a transformers config.
     """
     if isinstance(reg, dict):
         reg = RegularizationConfig.from_dict(reg)
@@ -120,7 +131,17 @@ def patch_config(config, reg: RegularizationConfig | dict):
 
 def from_pretrained(pretrained_model_name_or_path, reg: RegularizationConfig | dict | None = None,
                     auto_class=None, **kwargs):
-    """Load a model and apply ``reg`` (or the spec recorded in its config) in one call."""
+    """Load a model and apply ``reg`` (or the spec recorded in its config) in one call.
+
+    Args:
+        pretrained_model_name_or_path: a hub id or a local directory, as transformers takes it.
+        reg: the spec to apply; None applies the one recorded in the checkpoint's config, if any.
+        auto_class: the transformers auto class to load with (default `AutoModel`).
+        **kwargs: passed to ``auto_class.from_pretrained``.
+
+    Returns:
+        The loaded model, patched where a spec was given or recorded.
+    """
     from transformers import AutoConfig, AutoModel
 
     auto_class = auto_class or AutoModel

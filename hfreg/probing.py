@@ -213,7 +213,20 @@ def _called(model, inputs) -> set[str]:
 def probe(model, inputs: dict | None = None, rate: float = 0.5, knobs: bool = True) -> list[Probe]:
     """Turn each native site on alone at ``rate`` (every other site and the training noise off), then, with
     ``knobs``, each knob through hfreg, and report whether the training-mode output changes. Works on a copy:
-    ``model`` is left as it was."""
+    ``model`` is left as it was.
+
+    Args:
+        model: the model to probe (a small twin, from `small_twin`, for a large one).
+        inputs: one batch for ``model(**inputs)``; None builds a generic one (`probe_inputs`).
+        rate: the rate each site or knob is turned on at.
+        knobs: also probe each knob of the spec as `patch_model` applies it.
+
+    Returns:
+        One `Probe` per native site, then (with ``knobs``) one per knob with path ``"*"``.
+
+    Raises:
+        RuntimeError: the model trains randomly with every knob off (`disable_dropout` names what draws).
+    """
     # the knobs act as `patch_model` would apply them: past the sites a twin shows inert (the twin itself is
     # probed without knobs, so this never re-enters)
     inert = inert_sites(model) if knobs else frozenset()
