@@ -222,22 +222,22 @@ def cmd_report(args):
     print(pooled)
 
 
-def _rate(text):
-    try:
-        value = float(text)
-        check_rate("rate", value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a float in [0, 1), got {text!r}") from None
-    return value
+def _number(check, allowed: str):
+    """An argparse type: a float that ``check`` accepts, else a usage error saying what is ``allowed``."""
+
+    def parse(text):
+        try:
+            value = float(text)
+            check("value", value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {allowed}, got {text!r}") from None
+        return value
+
+    return parse
 
 
-def _scale(text):
-    try:
-        value = float(text)
-        check_scale("scale", value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a finite float >= 0, got {text!r}") from None
-    return value
+_rate = _number(check_rate, "a float in [0, 1)")
+_scale = _number(check_scale, "a finite float >= 0")
 
 
 def build_parser() -> argparse.ArgumentParser:
