@@ -21,6 +21,8 @@ BASELINE = "pretrain-zero"
 # the training-loop methods a preset may set, and their values when off; None in a preset: the grid's flag
 METHODS = ("rdrop", "llrd", "reinit_layers")
 NO_METHODS = {"rdrop": 0.0, "llrd": 1.0, "reinit_layers": 0}
+# the harness flag (and `Settings` field) that sets each method for the whole grid
+METHOD_FLAGS = {"rdrop_alpha": "rdrop", "llrd": "llrd", "reinit_layers": "reinit_layers"}
 
 
 @dataclass(frozen=True)
@@ -41,7 +43,7 @@ class Preset:
 
     def methods(self, settings) -> dict:
         """The training-loop methods in force: the preset's own, else the grid's (`Settings`)."""
-        grid = {"rdrop": settings.rdrop_alpha, "llrd": settings.llrd, "reinit_layers": settings.reinit_layers}
+        grid = {method: getattr(settings, flag) for flag, method in METHOD_FLAGS.items()}
         return {m: grid[m] if getattr(self, m) is None else getattr(self, m) for m in METHODS}
 
 

@@ -371,7 +371,7 @@ def build_experiment(args, ray) -> Experiment:
     from .. import __version__
     from . import data as data_mod
     from . import report
-    from .presets import BASELINE, load_preset, sweep_presets
+    from .presets import BASELINE, METHOD_FLAGS, NO_METHODS, load_preset, sweep_presets
     from .training import Settings
 
     presets = [load_preset(p.strip()) for p in dict.fromkeys(args.presets.split(",")) if p.strip()]
@@ -453,8 +453,8 @@ def build_experiment(args, ray) -> Experiment:
         "precision": precision, "parallel": args.parallel,
         **({"mc_samples": args.mc_samples} if args.mc_samples else {}),  # absent when off: older records match
         **({"min_steps": args.min_steps} if args.min_steps else {}),
-        **{k: v for k, v in (("rdrop_alpha", args.rdrop_alpha), ("llrd", args.llrd),
-                             ("reinit_layers", args.reinit_layers)) if v != {"llrd": 1.0}.get(k, 0)},
+        **{flag: getattr(args, flag) for flag, method in METHOD_FLAGS.items()  # absent when off
+           if getattr(args, flag) != NO_METHODS[method]},
         **({"seeds": {"rule": "auto", "max_seeds": args.max_seeds, "stage": args.seed_stage}}
            if args.auto_seeds else {}),
         **({"lora": lora_settings(args)} if args.peft == "lora" else {}),

@@ -85,17 +85,11 @@ def param_groups(model: nn.Module, weight_decay: float, llrd: float = 1.0, lr: f
 
 def _depth_scales(model: nn.Module, llrd: float) -> dict[int, float]:
     """{id(parameter): learning-rate factor} under layer-wise decay, for the parameters below the top."""
-    from ..sites import analyze
-
-    base = getattr(model, "base_model", model)
-    struct = analyze(base)
-    if not struct.layers:
-        raise ValueError(f"--llrd needs a layer stack, and none was found in {type(base).__name__}")
-    factor, first = {}, None
+    _, struct = _stacks(model, "--llrd")
+    factor = {}
     for layer in struct.layers:
-        depth = layer.depth
         for p in layer.module.parameters():
-            factor[id(p)] = llrd ** (depth - 1 - layer.index)
+            factor[id(p)] = llrd ** (layer.depth - 1 - layer.index)
     order = [id(p) for p in model.parameters()]
     first = min(order.index(i) for i in factor)
     bottom = llrd ** max(layer.depth for layer in struct.layers)
@@ -104,16 +98,22 @@ def _depth_scales(model: nn.Module, llrd: float) -> dict[int, float]:
     return factor
 
 
-def reinit_top_layers(model: nn.Module, k: int) -> list[str]:
-    """Re-initialise the top ``k`` layers of every tower, and a ``pooler`` where the model has one, with the
-    model's own initialisation (Zhang et al., 2021: the top layers of a pretrained encoder are specialised to the
-    pretraining task). Returns the paths re-initialised."""
+def _stacks(model: nn.Module, flag: str):
+    """The base model inside a classifier and its structure; a one-line error naming ``flag`` without layers."""
     from ..sites import analyze
 
     base = getattr(model, "base_model", model)
     struct = analyze(base)
     if not struct.layers:
-        raise ValueError(f"--reinit_layers needs a layer stack, and none was found in {type(base).__name__}")
+        raise ValueError(f"{flag} needs a layer stack, and none was found in {type(base).__name__}")
+    return base, struct
+
+
+def reinit_top_layers(model: nn.Module, k: int) -> list[str]:
+    """Re-initialise the top ``k`` layers of every tower, and a ``pooler`` where the model has one, with the
+    model's own initialisation (Zhang et al., 2021: the top layers of a pretrained encoder are specialised to the
+    pretraining task). Returns the paths re-initialised."""
+    base, struct = _stacks(model, "--reinit_layers")
     chosen = [(layer.path, layer.module) for tower in struct.towers for layer in tower[-k:]]
     pooler = getattr(base, "pooler", None)
     if isinstance(pooler, nn.Module):
