@@ -175,7 +175,7 @@ def check(model_type) -> tuple[str, list[str], str]:
         for knob in KNOBS_CHECKED:
             with warnings.catch_warnings(record=True) as caught:  # at patch time, or at the first forward
                 warnings.simplefilter("always")
-                hfreg.patch_model(model, Reg(**{**Reg.zero().knobs(), knob: 0.5}))
+                hfreg.patch_model(model, Reg(**{**Reg.zero().knob_values(), knob: 0.5}))
                 first = train_out(model, inputs, 1)
             if not keeps(native, hfreg.inspect_model(model), knob):
                 failed.append(f"keeps:{knob}")

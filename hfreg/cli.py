@@ -84,7 +84,7 @@ def cmd_inspect(args):
     rows = [["path", "kind", "rate", "layer", "source", "config key"]]
     for s in sites:
         rows.append([s.path, s.kind, f"{s.rate:g}", "-" if s.layer is None else str(s.layer), s.source,
-                     s.origin or "-"])
+                     s.config_key or "-"])
     print(_table(rows))
     if args.plot:
         plot_profiles([(args.model, sites)], args.plot)
@@ -149,7 +149,7 @@ def plot_profiles(models, path: str) -> None:
 def cmd_patch(args):
     from .patcher import patch_config
 
-    reg = RegularizationConfig(**{k: getattr(args, k) for k in KNOBS}, drop_path_schedule=args.drop_path_schedule,
+    reg = RegularizationConfig(**{k: getattr(args, k) for k in KNOBS}, drop_path_profile=args.drop_path_profile,
                                drop_path_mode=args.drop_path_mode)
     config = patch_config(load_config(args.model), reg)
     if os.path.exists(args.output_dir) and os.listdir(args.output_dir):
@@ -157,9 +157,9 @@ def cmd_patch(args):
     if os.path.isdir(args.model) and any(f.endswith((".safetensors", ".bin")) for f in os.listdir(args.model)):
         from transformers import AutoModel
 
-        from .patcher import from_pretrained
+        from .patcher import load_regularized
 
-        model = from_pretrained(args.model, reg, auto_class=_auto_class(config) or AutoModel)
+        model = load_regularized(args.model, reg, auto_class=_auto_class(config) or AutoModel)
         model.save_pretrained(args.output_dir)
     else:
         config.save_pretrained(args.output_dir)
@@ -258,7 +258,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-o", "--output_dir", required=True)
     for knob in KNOBS:
         s.add_argument(f"--{knob}", type=_scale if knob in SCALES else _rate, default=None)
-    s.add_argument("--drop_path_schedule", default="linear")
+    s.add_argument("--drop_path_profile", "--drop_path_schedule", default="linear",  # the second: its earlier name
+                   help="drop-path rates over depth: linear or uniform")
     s.add_argument("--drop_path_mode", default="per_sample")
     s.set_defaults(func=cmd_patch)
     s = sub.add_parser("probe", help="whether each site and knob actually changes training: dead knobs show up")

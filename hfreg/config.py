@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import math
 import os
+import warnings
 from dataclasses import asdict, dataclass, fields
+from functools import wraps
 
 # The canonical knobs, in the order tables show them.
 KNOBS = ("attention", "hidden", "embedding", "activation", "classifier", "drop_path", "layerdrop", "adapter", "heads",
@@ -14,7 +16,9 @@ KNOBS = ("attention", "hidden", "embedding", "activation", "classifier", "drop_p
 SCALES = ("embedding_noise",)
 # knobs added after the first release: left out of `to_dict` while None, so older specs and records read alike
 _NEWER = ("adapter", "heads", "mixout", "embedding_noise", "mixout_modules", "schedule")
-DROP_PATH_SCHEDULES = ("linear", "uniform")
+DROP_PATH_PROFILES = ("linear", "uniform")  # how drop-path rates vary over depth
+# spec keys renamed since they were first written: files and records with the earlier name load unchanged
+RENAMED = {"drop_path_schedule": "drop_path_profile"}
 DROP_PATH_MODES = ("per_sample", "per_batch")
 SCHEDULES = ("constant", "early", "late", "linear")
 DIRECTIONS = ("down", "up")
@@ -50,6 +54,11 @@ def check_knob(name: str, value) -> None:
 def check_choice(name: str, value, choices: tuple) -> None:
     if value not in choices:
         raise ValueError(f"`{name}` must be one of {list(choices)}, got {value!r}")
+
+
+def deprecated(old: str, new: str, stacklevel: int = 3) -> None:
+    """Warn once per call site that ``old`` is now called ``new`` (the old name still works)."""
+    warnings.warn(f"hfreg: `{old}` is deprecated, use `{new}`", FutureWarning, stacklevel=stacklevel)
 
 
 @dataclass(frozen=True)
@@ -147,7 +156,9 @@ class RegularizationConfig:
         mixout_modules: where Mixout acts: glob patterns on module paths (``["*.attention.*"]``); ``None`` means
             every Linear (and convolution) weight inside the transformer layers, the head excluded, as in the
             paper.
-        drop_path_schedule: ``"linear"`` or ``"uniform"``.
+        drop_path_profile: how drop-path rates vary over depth: ``"linear"`` (layer i of L gets
+            ``drop_path * i / (L - 1)``) or ``"uniform"`` (every layer ``drop_path``). Formerly
+            ``drop_path_schedule``, still accepted with a FutureWarning.
         drop_path_mode: ``"per_sample"`` (one draw per example) or ``"per_batch"`` (one per batch).
         schedule: rate schedules over training, ``{knob: Schedule}``; the key ``"all"`` covers every knob without
             one of its own. A `RateScheduler` drives them (see `hfreg.schedule`); without one the rates stay put.
@@ -158,7 +169,7 @@ class RegularizationConfig:
     Example:
         >>> from hfreg import RegularizationConfig
         >>> reg = RegularizationConfig(hidden=0.1, mixout=0.7, schedule={"all": "early"})
-        >>> reg.knobs()
+        >>> reg.knob_values()
         {'hidden': 0.1, 'mixout': 0.7}
         >>> RegularizationConfig.from_dict(reg.to_dict()) == reg
         True
@@ -179,7 +190,7 @@ class RegularizationConfig:
     mixout: float | None = None
     embedding_noise: float | None = None
     mixout_modules: list[str] | None = None
-    drop_path_schedule: str = "linear"
+    drop_path_profile: str = "linear"
     drop_path_mode: str = "per_sample"
     schedule: dict | None = None
 
@@ -196,7 +207,7 @@ class RegularizationConfig:
                 raise ValueError(f"`mixout_modules` must be a non-empty list of module-path patterns or None, "
                                  f"got {mods!r}")
             self.mixout_modules = list(mods)
-        check_choice("drop_path_schedule", self.drop_path_schedule, DROP_PATH_SCHEDULES)
+        check_choice("drop_path_profile", self.drop_path_profile, DROP_PATH_PROFILES)
         check_choice("drop_path_mode", self.drop_path_mode, DROP_PATH_MODES)
         if self.schedule is not None:
             if not isinstance(self.schedule, dict):
@@ -215,9 +226,14 @@ class RegularizationConfig:
         """The zero-dropout pretraining setting: every knob 0.0."""
         return cls(**{knob: 0.0 for knob in KNOBS}, **options)
 
-    def knobs(self) -> dict[str, float]:
-        """The knobs that are set (not None)."""
+    def knob_values(self) -> dict[str, float]:
+        """The knobs that are set (not None), with their values."""
         return {k: getattr(self, k) for k in KNOBS if getattr(self, k) is not None}
+
+    def knobs(self) -> dict[str, float]:
+        """Deprecated name of `knob_values` (a knob is a name: see `KNOBS`)."""
+        deprecated("RegularizationConfig.knobs()", "RegularizationConfig.knob_values()")
+        return self.knob_values()
 
     def to_dict(self) -> dict:
         data = asdict(self)
@@ -230,6 +246,7 @@ class RegularizationConfig:
     def from_dict(cls, data: dict) -> "RegularizationConfig":
         if not isinstance(data, dict):
             raise ValueError(f"a regularization spec must be a mapping, got {type(data).__name__}")
+        data = {RENAMED.get(k, k): v for k, v in data.items()}
         allowed = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - allowed)
         if unknown:
@@ -251,3 +268,25 @@ class RegularizationConfig:
             path = os.path.join(path, CONFIG_NAME)
         with open(path) as f:
             return cls.from_dict(json.load(f))
+
+
+
+def _renamed_init(init):
+    @wraps(init)
+    def __init__(self, *args, drop_path_schedule=None, **kwargs):
+        if drop_path_schedule is not None:  # the earlier name of drop_path_profile
+            deprecated("drop_path_schedule", "drop_path_profile")
+            kwargs.setdefault("drop_path_profile", drop_path_schedule)
+        init(self, *args, **kwargs)
+
+    return __init__
+
+
+def _drop_path_schedule(self) -> str:
+    deprecated("RegularizationConfig.drop_path_schedule", "RegularizationConfig.drop_path_profile")
+    return self.drop_path_profile
+
+
+# the earlier name still works, to pass and to read; not a field, so `to_dict` and `dataclasses.replace` ignore it
+RegularizationConfig.__init__ = _renamed_init(RegularizationConfig.__init__)
+RegularizationConfig.drop_path_schedule = property(_drop_path_schedule)

@@ -19,7 +19,7 @@ import math
 import torch
 from torch import nn
 
-from .config import DROP_PATH_MODES, DROP_PATH_SCHEDULES, check_choice, check_rate
+from .config import DROP_PATH_MODES, DROP_PATH_PROFILES, check_choice, check_rate, deprecated
 
 
 def drop_path(x: torch.Tensor, drop_prob: float = 0.0, training: bool = False, mode: str = "per_sample",
@@ -62,11 +62,32 @@ class DropPath(nn.Module):
         return f"drop_prob={round(self.drop_prob, 3):0.3f}, mode={self.mode}"
 
 
-def drop_path_rates(drop_path_rate: float, depth: int, schedule: str = "linear") -> list[float]:
-    """Per-layer rates: ``rate * i / (depth - 1)`` for layer i under ``"linear"``, ``rate`` under ``"uniform"``."""
+def drop_path_rates(drop_path_rate: float, depth: int, profile: str = "linear", *, schedule: str | None = None
+                    ) -> list[float]:
+    """Per-layer drop-path rates over a stack of ``depth`` layers.
+
+    Args:
+        drop_path_rate: the rate of the deepest layer (of every layer under ``"uniform"``).
+        depth: the number of layers.
+        profile: ``"linear"`` (layer i gets ``drop_path_rate * i / (depth - 1)``, as in Huang et al., 2016) or
+            ``"uniform"``. ``schedule=`` is its earlier name (deprecated).
+
+    Returns:
+        One rate per layer, shallowest first.
+
+    Raises:
+        ValueError: a rate outside [0, 1) or an unknown profile.
+
+    Example:
+        >>> drop_path_rates(0.2, 3)
+        [0.0, 0.1, 0.2]
+    """
+    if schedule is not None:
+        deprecated("drop_path_rates(schedule=)", "drop_path_rates(profile=)")
+        profile = schedule
     check_rate("drop_path_rate", drop_path_rate)
-    check_choice("schedule", schedule, DROP_PATH_SCHEDULES)
-    if schedule == "uniform":
+    check_choice("profile", profile, DROP_PATH_PROFILES)
+    if profile == "uniform":
         return [float(drop_path_rate)] * depth
     if depth == 1:
         return [float(drop_path_rate)]

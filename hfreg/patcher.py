@@ -23,13 +23,13 @@ from .apply import (
     unwrap,
 )
 from .architectures import CONFIG_KEYS, architecture
-from .config import CONFIG_ATTR, RegularizationConfig
+from .config import CONFIG_ATTR, RegularizationConfig, deprecated
 from .probing import inert_sites
 from .provenance import config_tree
 from .sites import Site
 
-__all__ = ["PatchState", "from_pretrained", "inspect_model", "is_patched", "patch_config", "patch_model",
-           "patch_state", "set_rate_factors", "unpatch_model"]
+__all__ = ["PatchState", "from_pretrained", "inspect_model", "is_patched", "load_regularized", "patch_config",
+           "patch_model", "patch_state", "set_rate_factors", "unpatch_model"]
 
 
 def patch_model(model, reg: RegularizationConfig | dict | None = None):
@@ -90,7 +90,7 @@ def patch_config(config, reg: RegularizationConfig | dict):
     """A new config with each knob's native keys set where the family has them and the whole spec recorded.
 
     Models built from it honour the native keys in plain transformers; `patch_model(model)` (or
-    `hfreg.from_pretrained`) then applies the rest of the spec exactly.
+    `load_regularized`) then applies the rest of the spec exactly.
 
     Args:
         config: a transformers `PretrainedConfig` (nested sub-configs are written too).
@@ -112,7 +112,7 @@ def patch_config(config, reg: RegularizationConfig | dict):
     config = copy.deepcopy(config)
     for _, cfg in config_tree(config):
         unwritable = architecture(getattr(cfg, "model_type", None)).unwritable
-        for knob, rate in reg.knobs().items():
+        for knob, rate in reg.knob_values().items():
             for key in CONFIG_KEYS[knob]:
                 if not hasattr(cfg, key) or isinstance(getattr(cfg, key), bool):
                     continue
@@ -129,9 +129,11 @@ def patch_config(config, reg: RegularizationConfig | dict):
     return config
 
 
-def from_pretrained(pretrained_model_name_or_path, reg: RegularizationConfig | dict | None = None,
-                    auto_class=None, **kwargs):
+def load_regularized(pretrained_model_name_or_path, reg: RegularizationConfig | dict | None = None,
+                     auto_class=None, **kwargs):
     """Load a model and apply ``reg`` (or the spec recorded in its config) in one call.
+
+    (`RegularizationConfig.from_pretrained` loads a spec alone; this loads a model.)
 
     Args:
         pretrained_model_name_or_path: a hub id or a local directory, as transformers takes it.
@@ -152,3 +154,9 @@ def from_pretrained(pretrained_model_name_or_path, reg: RegularizationConfig | d
     if getattr(model.config, CONFIG_ATTR, None) is not None:
         patch_model(model)
     return model
+
+
+def from_pretrained(*args, **kwargs):
+    """Deprecated name of `load_regularized` (a FutureWarning; `RegularizationConfig.from_pretrained` loads a spec)."""
+    deprecated("hfreg.from_pretrained", "hfreg.load_regularized")
+    return load_regularized(*args, **kwargs)

@@ -22,7 +22,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from .apply import apply_spec, patch_state, unwrap
 from .architectures import NOISE_KEYS
-from .config import KNOBS, RegularizationConfig
+from .config import KNOBS, RegularizationConfig, deprecated
 from .provenance import config_sources, config_tree, per_config, with_rates
 from .sites import analyze, stack_key
 
@@ -210,26 +210,30 @@ def _called(model, inputs) -> set[str]:
     return called
 
 
-def probe(model, inputs: dict | None = None, rate: float = 0.5, knobs: bool = True) -> list[Probe]:
+def probe(model, inputs: dict | None = None, rate: float = 0.5, patched: bool = True, *, knobs: bool | None = None
+          ) -> list[Probe]:
     """Turn each native site on alone at ``rate`` (every other site and the training noise off), then, with
-    ``knobs``, each knob through hfreg, and report whether the training-mode output changes. Works on a copy:
-    ``model`` is left as it was.
+    ``patched``, each knob through `patch_model`, and report whether the training-mode output changes. Works on a
+    copy: ``model`` is left as it was.
 
     Args:
         model: the model to probe (a small twin, from `small_twin`, for a large one).
         inputs: one batch for ``model(**inputs)``; None builds a generic one (`probe_inputs`).
         rate: the rate each site or knob is turned on at.
-        knobs: also probe each knob of the spec as `patch_model` applies it.
+        patched: also probe each knob as `patch_model` applies it. ``knobs=`` is its earlier name (deprecated).
 
     Returns:
-        One `Probe` per native site, then (with ``knobs``) one per knob with path ``"*"``.
+        One `Probe` per native site, then (with ``patched``) one per knob with path ``"*"``.
 
     Raises:
         RuntimeError: the model trains randomly with every knob off (`disable_dropout` names what draws).
     """
+    if knobs is not None:
+        deprecated("probe(knobs=)", "probe(patched=)")
+        patched = knobs
     # the knobs act as `patch_model` would apply them: past the sites a twin shows inert (the twin itself is
-    # probed without knobs, so this never re-enters)
-    inert = inert_sites(model) if knobs else frozenset()
+    # probed unpatched, so this never re-enters)
+    inert = inert_sites(model) if patched else frozenset()
     model = copy.deepcopy(unwrap(model))
     inputs = inputs if inputs is not None else probe_inputs(model)
     struct = analyze(model)
@@ -257,8 +261,8 @@ def probe(model, inputs: dict | None = None, rate: float = 0.5, knobs: bool = Tr
         exercised = n.module_path in called or any(n.module_path.startswith(p + ".") for p in ran_layers)
         results.append(Probe(n.path, n.kind, published[(id(n.owner), n.attr)], n.source, acts, n.dead,
                              exercised=exercised))
-    for knob in KNOBS if knobs else ():
-        spec = RegularizationConfig(**{**RegularizationConfig.zero().knobs(), knob: rate})
+    for knob in KNOBS if patched else ():
+        spec = RegularizationConfig(**{**RegularizationConfig.zero().knob_values(), knob: rate})
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             apply_spec(model, spec, inert)
@@ -289,7 +293,7 @@ def _inert(cls, config) -> frozenset[str]:
             torch.manual_seed(0)
             # every rate non-zero, so that each site the model can have exists (not an Identity for a 0.0)
             twin = cls(with_rates(small_twin(config), lambda i: 0.1)[0])
-            results = probe(twin, knobs=False)  # without knobs: its patches need no twin of their own
+            results = probe(twin, patched=False)  # unpatched: its patches need no twin of their own
     except Exception:  # no twin to run (a class that needs more than its config, inputs no generic batch fits)
         return frozenset()
     acting = {stack_key(r.path) for r in results if r.acts or not r.exercised}

@@ -1,7 +1,7 @@
 """Rate schedules over training: `RateScheduler` moves the rates a patch put in force, one call per optimizer step.
 
     patch_model(model, RegularizationConfig(hidden=0.1, drop_path=0.1, schedule={"all": "early"}))
-    scheduler = RateScheduler(model, total_steps)  # or RateScheduler(model, total_steps, schedule="late", cutoff=0.3)
+    scheduler = RateScheduler(model, total_steps)  # or RateScheduler(model, total_steps, kind="late", cutoff=0.3)
     for batch in loader:
         ...; optimizer.step(); scheduler.step()
 
@@ -13,7 +13,7 @@ its shape. Parameters are never touched, eval mode stays the identity and `unpat
 from __future__ import annotations
 
 from .apply import patch_state, set_rate_factors
-from .config import KNOBS, RegularizationConfig, Schedule
+from .config import KNOBS, RegularizationConfig, Schedule, deprecated
 
 
 class RateScheduler:
@@ -22,26 +22,45 @@ class RateScheduler:
     Args:
         model: a model patched with `patch_model`.
         total_steps: optimizer steps in the whole training run (fractions of training resolve against it).
-        schedule: one schedule kind for every knob of the spec in force, overriding the spec's own
-            (``schedule="early", cutoff=0.5``). Without it, the schedules recorded in the spec apply.
+        kind: one `Schedule` kind for every knob of the spec in force, overriding the spec's own
+            (``kind="early", cutoff=0.5``). Without it, the schedules recorded in the spec apply. ``schedule=`` is
+            its earlier name (deprecated).
         cutoff: that schedule's cutoff (see `Schedule`).
         direction: that schedule's direction (see `Schedule`).
+
+    Raises:
+        ValueError: the model is not patched, ``total_steps`` is not a positive int, ``cutoff`` or ``direction``
+            come without ``kind``, or a cutoff in steps lies beyond ``total_steps``.
+
+    Example:
+        >>> import hfreg, transformers
+        >>> model = transformers.BertModel(transformers.BertConfig(hidden_size=32, num_hidden_layers=2,
+        ...                                num_attention_heads=2, intermediate_size=64))
+        >>> _ = hfreg.patch_model(model, hfreg.RegularizationConfig(hidden=0.1, attention=0.1))
+        >>> scheduler = hfreg.RateScheduler(model, total_steps=100, kind="early", cutoff=0.5)
+        >>> for _ in range(60):
+        ...     scheduler.step()
+        >>> scheduler.rates()
+        {'attention': 0.0, 'hidden': 0.0}
     """
 
-    def __init__(self, model, total_steps: int, schedule: str | None = None, cutoff: int | float | None = None,
-                 direction: str | None = None):
+    def __init__(self, model, total_steps: int, kind: str | None = None, cutoff: int | float | None = None,
+                 direction: str | None = None, *, schedule: str | None = None):
+        if schedule is not None:
+            deprecated("RateScheduler(schedule=)", "RateScheduler(kind=)")
+            kind = schedule
         state = patch_state(model, required=True)
         if isinstance(total_steps, bool) or not isinstance(total_steps, int) or total_steps < 1:
             raise ValueError(f"`total_steps` must be an int >= 1, got {total_steps!r}")
         reg: RegularizationConfig = state.reg
-        if schedule is None and (cutoff is not None or direction is not None):
-            raise ValueError("`cutoff` and `direction` need `schedule` (e.g. schedule='early', cutoff=0.5)")
-        if schedule is not None:
+        if kind is None and (cutoff is not None or direction is not None):
+            raise ValueError("`cutoff` and `direction` need `kind` (e.g. kind='early', cutoff=0.5)")
+        if kind is not None:
             options = {k: v for k, v in (("cutoff", cutoff), ("direction", direction)) if v is not None}
-            one = Schedule(kind=schedule, **options)
-            self.schedules = {k: one for k in reg.knobs()}
+            one = Schedule(kind=kind, **options)
+            self.schedules = {k: one for k in reg.knob_values()}
         else:
-            self.schedules = {k: reg.schedule_for(k) for k in reg.knobs()}
+            self.schedules = {k: reg.schedule_for(k) for k in reg.knob_values()}
         for knob, s in self.schedules.items():
             s.check_within(total_steps, f"the `{knob}`")
         self.model, self.total_steps, self.last_step = model, total_steps, 0
@@ -78,7 +97,7 @@ class RateScheduler:
 
 def rate_scheduler_callback(**schedule):
     """A `transformers.TrainerCallback` that makes a `RateScheduler` when training begins (total steps from the
-    Trainer) and steps it after every optimizer step. ``schedule`` is passed on (``schedule="late", cutoff=0.3``)."""
+    Trainer) and steps it after every optimizer step. The keywords are passed on (``kind="late", cutoff=0.3``)."""
     from transformers import TrainerCallback
 
     class RateSchedulerCallback(TrainerCallback):

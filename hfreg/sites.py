@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from torch import nn
 
 from .architectures import CONFIG_KEYS, FALLBACK_BRANCHES, GENERIC_BRANCHES, GENERIC_RULES, Arch, architecture
+from .config import deprecated
 from .provenance import config_sources
 
 _ACTIVATION = re.compile(r".*(GELU|Gelu|ReLU|Relu|SiLU|Silu|Swish|Activation|Tanh|Mish|Sigmoid).*")
@@ -68,15 +69,31 @@ def never_read(cls: type, attr: str) -> bool:
 
 @dataclass(frozen=True)
 class Site:
-    """One place where a knob acts: ``path`` (module path; ``path:attr`` for a float attribute,
-    ``config.key`` for a rate read from the config in forward), ``kind`` (knob), ``rate``, ``layer``, ``origin``."""
+    """One place where a knob acts.
+
+    Attributes:
+        path: the module path; ``path:attr`` for a float attribute, ``config.key`` for a rate read from the config
+            in forward.
+        kind: the knob (see `KNOBS`).
+        rate: the rate in force.
+        layer: the layer index along its stack, None outside the layers.
+        source: how the rate is held: ``"module"`` (an ``nn.Dropout``), ``"attribute"`` (a float read in forward),
+            ``"config"`` (read from the config in forward) or ``"injected"`` (an hfreg hook).
+        config_key: the config key the model built the rate from ("" if none: a constant, or injected). Read as
+            ``origin``, its earlier name, with a FutureWarning.
+    """
 
     path: str
     kind: str
     rate: float
     layer: int | None = None
     source: str = "module"  # module | attribute | config | injected
-    origin: str = ""  # the config key the model built the rate from ("" if none: a constant, or injected)
+    config_key: str = ""
+
+    @property
+    def origin(self) -> str:
+        deprecated("Site.origin", "Site.config_key")
+        return self.config_key
 
 
 @dataclass
@@ -89,7 +106,7 @@ class NativeSite:
     layer: int | None
     dead: bool
     source: str
-    origin: str = ""  # the config key the rate was built from, where building the model shows one
+    config_key: str = ""  # the config key the rate was built from, where building the model shows one
     module_path: str = ""  # the module that holds the rate, or reads it from its config
     towers: tuple[int, ...] = ()  # the layer towers it regularizes (see `_towers_of`); () for a head
     @property
@@ -367,18 +384,18 @@ def _native_sites(model: nn.Module, arch: Arch, layer_of: dict, head_roots: list
                 cpath = f"{path}.{name}" if path else name
                 key, (cloc, clayer) = f"{owner_cls}.{name}", where(cpath)
                 unread = key in dead or never_read(type(mod), name)
-                origin = sources.get((cpath, "p"), ("", ""))[1]
-                natives.append(NativeSite(child, "p", cpath, key, classify(key, cloc, origin, True), clayer, unread,
-                                          "module", origin, cpath))
+                config_key = sources.get((cpath, "p"), ("", ""))[1]
+                natives.append(NativeSite(child, "p", cpath, key, classify(key, cloc, config_key, True), clayer,
+                                          unread, "module", config_key, cpath))
         if isinstance(mod, nn.modules.dropout._DropoutNd):
             continue
         for attr, value in vars(mod).items():
             if "drop" in attr and isinstance(value, (float, int)) and not isinstance(value, bool):
                 key = f"{owner_cls}.{attr}"
                 unread = key in dead or never_read(type(mod), attr)
-                origin = sources.get((path, attr), ("", ""))[1]
-                natives.append(NativeSite(mod, attr, f"{path}:{attr}", key, classify(key, loc, origin), layer,
-                                          unread, "attribute", origin, path))
+                config_key = sources.get((path, attr), ("", ""))[1]
+                natives.append(NativeSite(mod, attr, f"{path}:{attr}", key, classify(key, loc, config_key), layer,
+                                          unread, "attribute", config_key, path))
     # rates read from a config in forward: the table says which knob where the name and place cannot; the rest
     # are found in the forward code of the model's own module classes
     seen = set()

@@ -72,7 +72,7 @@ def test_patch_writes_config_and_weights(tmp_path):
     (["patch", "gpt2", "--hidden", "1.5", "-o", "x"], "must be a float in [0, 1), got '1.5'"),
     (["inspect", "no/such-model-anywhere"], "cannot find a config for 'no/such-model-anywhere'"),
     (["report", "/nonexistent/dir"], "no finished runs"),
-    (["patch", "gpt2", "--drop_path_schedule", "cosine", "-o", "x"], "`drop_path_schedule` must be one of"),
+    (["patch", "gpt2", "--drop_path_profile", "cosine", "-o", "x"], "`drop_path_profile` must be one of"),
 ])
 def test_user_errors_exit_nonzero_without_traceback(argv, message, tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}

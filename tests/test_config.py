@@ -8,7 +8,7 @@ from hfreg.config import SCALES
 
 
 def test_round_trip(tmp_path):
-    reg = RegularizationConfig(attention=0.1, hidden=0.2, drop_path=0.05, drop_path_schedule="uniform", heads=0.1,
+    reg = RegularizationConfig(attention=0.1, hidden=0.2, drop_path=0.05, drop_path_profile="uniform", heads=0.1,
                                mixout=0.7, embedding_noise=5, mixout_modules=["*.attention.*"])
     reg.save_pretrained(tmp_path)
     assert RegularizationConfig.from_pretrained(tmp_path) == reg
@@ -17,8 +17,8 @@ def test_round_trip(tmp_path):
 
 
 def test_zero_sets_every_knob():
-    assert RegularizationConfig.zero().knobs() == {k: 0.0 for k in KNOBS}
-    assert RegularizationConfig().knobs() == {}
+    assert RegularizationConfig.zero().knob_values() == {k: 0.0 for k in KNOBS}
+    assert RegularizationConfig().knob_values() == {}
 
 
 @pytest.mark.parametrize("knob", [k for k in KNOBS if k not in SCALES])
@@ -46,7 +46,7 @@ def test_newer_knobs_absent_from_older_specs():
                                                                "mixout_modules"} == set()
 
 
-@pytest.mark.parametrize("field,value", [("drop_path_schedule", "cosine"), ("drop_path_mode", "per_token")])
+@pytest.mark.parametrize("field,value", [("drop_path_profile", "cosine"), ("drop_path_mode", "per_token")])
 def test_bad_choices(field, value):
     with pytest.raises(ValueError, match=f"`{field}` must be one of .*'{value}'"):
         RegularizationConfig(**{field: value})

@@ -32,7 +32,7 @@ def test_hf_trainer_trains_a_patched_model(tmp_path):
     assert hfreg.is_patched(model)
     assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items())
     model.save_pretrained(tmp_path / "saved")
-    reloaded = hfreg.from_pretrained(tmp_path / "saved", auto_class=type(model))
+    reloaded = hfreg.load_regularized(tmp_path / "saved", auto_class=type(model))
     assert {s.kind for s in hfreg.inspect_model(reloaded)} >= {"hidden", "drop_path", "attention"}
 
 
@@ -74,7 +74,7 @@ def test_adapter_knob_sets_or_injects_lora_dropout(dropout, source):
     with torch.no_grad():
         eval0 = first_tensor(model(**inputs)).clone()
     state = {k: v.clone() for k, v in model.state_dict().items()}
-    hfreg.patch_model(model, Reg(**{**Reg.zero().knobs(), "adapter": 0.3}))
+    hfreg.patch_model(model, Reg(**{**Reg.zero().knob_values(), "adapter": 0.3}))
     sites = [s for s in hfreg.inspect_model(model) if s.kind == "adapter"]
     assert len(sites) == 2 * model.config.num_hidden_layers and {(s.rate, s.source) for s in sites} == {(0.3, source)}
     a, b = train_logits(model, inputs, 1), train_logits(model, inputs, 2)
@@ -105,7 +105,7 @@ def test_adapter_knob_on_the_real_minilm(minilm_path):
                                                        task_type="SEQ_CLS", init_lora_weights=False))
     inputs = dict(AutoTokenizer.from_pretrained(minilm_path)(["a fine film", "dull"], padding=True,
                                                              return_tensors="pt"))
-    hfreg.patch_model(model, Reg(**{**Reg.zero().knobs(), "adapter": 0.2}))
+    hfreg.patch_model(model, Reg(**{**Reg.zero().knob_values(), "adapter": 0.2}))
     sites = [s for s in hfreg.inspect_model(model) if s.kind == "adapter"]
     assert sites and all(s.source == "injected" and s.rate == 0.2 for s in sites)
     assert {s.layer for s in sites} - {None} == set(range(model.config.num_hidden_layers))  # None: pooler

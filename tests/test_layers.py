@@ -47,5 +47,5 @@ class TestDropPath:
 def test_rates_linear_and_uniform():
     assert drop_path_rates(0.2, 5) == pytest.approx([0.0, 0.05, 0.1, 0.15, 0.2])
     assert drop_path_rates(0.2, 3, "uniform") == [0.2, 0.2, 0.2]
-    with pytest.raises(ValueError, match="schedule"):
+    with pytest.raises(ValueError, match="`profile` must be one of"):
         drop_path_rates(0.2, 3, "cosine")

@@ -49,7 +49,7 @@ def forward(model, inputs, train, seed=1):
 
 
 def only(knob, rate=0.5):
-    return Reg(**{**Reg.zero().knobs(), knob: rate})
+    return Reg(**{**Reg.zero().knob_values(), knob: rate})
 
 
 def patch_quietly(model, reg):
@@ -144,12 +144,12 @@ def test_inspect_unpatched_bert_sees_native_rates():
     assert len([s for s in sites if s.kind == "hidden"]) == 4  # two branches x two layers
 
 
-def test_linear_drop_path_schedule_and_uniform():
+def test_linear_drop_path_profile_and_uniform():
     model = build("llama", num_hidden_layers=5)
     hfreg.patch_model(model, Reg(drop_path=0.2))
     per_layer = {s.layer: s.rate for s in hfreg.inspect_model(model) if s.kind == "drop_path"}
     assert per_layer == pytest.approx({0: 0.0, 1: 0.05, 2: 0.1, 3: 0.15, 4: 0.2})
-    hfreg.patch_model(model, Reg(drop_path=0.2, drop_path_schedule="uniform"))
+    hfreg.patch_model(model, Reg(drop_path=0.2, drop_path_profile="uniform"))
     assert {s.rate for s in hfreg.inspect_model(model) if s.kind == "drop_path"} == {0.2}
 
 
@@ -257,14 +257,14 @@ def test_plain_transformers_honours_native_keys():
     assert clip.text_config.attention_dropout == clip.vision_config.attention_dropout == 0.2
 
 
-def test_from_pretrained_loads_a_patched_model_in_one_call(tmp_path):
+def test_load_regularized_loads_a_patched_model_in_one_call(tmp_path):
     model = build("llama")
     model.save_pretrained(tmp_path)
-    loaded = hfreg.from_pretrained(tmp_path, Reg(hidden=0.1))
+    loaded = hfreg.load_regularized(tmp_path, Reg(hidden=0.1))
     assert hfreg.is_patched(loaded)
     assert {s.rate for s in hfreg.inspect_model(loaded) if s.kind == "hidden"} == {0.1}
     loaded.save_pretrained(tmp_path / "again")
-    again = hfreg.from_pretrained(tmp_path / "again")
+    again = hfreg.load_regularized(tmp_path / "again")
     assert again.config.hfreg == Reg(hidden=0.1).to_dict() and hfreg.is_patched(again)
 
 
@@ -333,9 +333,9 @@ def test_attention_probability_dropout_named_dropout_prob_is_attention():
     assert not any(re.fullmatch(p, "YolosSelfAttention.dropout_prob") for p, _ in GENERIC_RULES)
     sites = {s.path: s for s in hfreg.inspect_model(build("yolos"))}
     site = sites["encoder.layer.0.attention.attention:dropout_prob"]
-    assert (site.kind, site.origin) == ("attention", "attention_probs_dropout_prob")
+    assert (site.kind, site.config_key) == ("attention", "attention_probs_dropout_prob")
     assert (sites["encoder.layer.0.attention.output.dropout"].kind,
-            sites["encoder.layer.0.attention.output.dropout"].origin) == ("hidden", "hidden_dropout_prob")
+            sites["encoder.layer.0.attention.output.dropout"].config_key) == ("hidden", "hidden_dropout_prob")
 
 
 def test_config_sources_name_the_key_each_rate_was_built_from():
@@ -352,12 +352,12 @@ def test_config_sources_name_the_key_each_rate_was_built_from():
 def test_modernbert_needs_no_entry_its_mlp_dropout_key_names_the_knob():
     assert "modernbert" not in ARCHITECTURES
     sites = {s.path: s for s in hfreg.inspect_model(build("modernbert", mlp_dropout=0.1, attention_dropout=0.1))}
-    assert (sites["layers.0.mlp.drop"].kind, sites["layers.0.mlp.drop"].origin) == ("activation", "mlp_dropout")
+    assert (sites["layers.0.mlp.drop"].kind, sites["layers.0.mlp.drop"].config_key) == ("activation", "mlp_dropout")
     assert sites["layers.0.attn:attention_dropout"].kind == "attention"
     # an nn.Dropout built from the attention key on the attention block's output is residual dropout
     out = next(s for s in hfreg.sites.analyze(build("modernbert", attention_dropout=0.1)).natives
                if s.path == "layers.0.attn.out_drop")
-    assert (out.kind, out.origin) == ("hidden", "attention_dropout")
+    assert (out.kind, out.config_key) == ("hidden", "attention_dropout")
 
 
 def test_config_sources_of_a_class_that_needs_more_than_its_config_is_empty():

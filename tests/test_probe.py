@@ -88,7 +88,7 @@ def test_probe_every_site(model_type, head):
 @pytest.mark.parametrize("model_type,path", KNOWN_INERT)
 def test_inspect_leaves_out_sites_that_do_nothing(model_type, path):
     model = build(model_type, head=True)
-    probed = {r.path: r for r in hfreg.probe(model, make_inputs(model_type, model.config, head=True), knobs=False)}
+    probed = {r.path: r for r in hfreg.probe(model, make_inputs(model_type, model.config, head=True), patched=False)}
     assert probed[path].exercised and not probed[path].acts and not probed[path].dead
     assert path in {s.path for s in hfreg.inspect_model(model, verify=False)}  # what reading the code finds
     assert path not in {s.path for s in hfreg.inspect_model(model)}

@@ -65,7 +65,7 @@ def _train(model, inputs, seed):
 def test_mixout_targets_are_held_once_trained_weights_mix_and_unpatch_releases_them():
     model = build("bert", True)
     inputs = make_inputs("bert", model.config, head=True)
-    hfreg.patch_model(model, Reg(**{**Reg.zero().knobs(), "mixout": 0.9}))
+    hfreg.patch_model(model, Reg(**{**Reg.zero().knob_values(), "mixout": 0.9}))
     state = model._hfreg_patch
     enters = [h for h in state.live if h[2] == "mixout"]
     linears = [n for n, m in model.bert.encoder.named_modules() if isinstance(m, torch.nn.Linear)]

@@ -84,7 +84,7 @@ def test_invariants_hold_at_every_step(model_type, head):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         hfreg.patch_model(model, Reg(**spec))
-    scheduler = hfreg.RateScheduler(model, 4, schedule="linear", cutoff=2)
+    scheduler = hfreg.RateScheduler(model, 4, kind="linear", cutoff=2)
     for step, factor in enumerate([1.0, 0.5, 0.0, 0.0]):
         assert scheduler.factors() == {k: factor for k in spec}
         assert torch.equal(forward(model, inputs, False), eval0)
@@ -122,8 +122,8 @@ def test_late_schedule_turns_dropout_on_and_per_knob_schedules_differ():
 
 def test_drop_path_profile_keeps_its_shape():
     model = build("llama")
-    hfreg.patch_model(model, Reg(drop_path=0.4, drop_path_schedule="linear"))
-    hfreg.RateScheduler(model, 4, schedule="linear", cutoff=4).step()  # factor 0.75
+    hfreg.patch_model(model, Reg(drop_path=0.4, drop_path_profile="linear"))
+    hfreg.RateScheduler(model, 4, kind="linear", cutoff=4).step()  # factor 0.75
     rates = sorted({(s.layer, round(s.rate, 6)) for s in hfreg.inspect_model(model) if s.kind == "drop_path"})
     depth = model.config.num_hidden_layers
     assert rates == [(i, round(0.4 * 0.75 * i / (depth - 1), 6)) for i in range(depth)]
@@ -134,9 +134,9 @@ def test_rate_scheduler_errors():
     with pytest.raises(ValueError, match="not patched"):
         hfreg.RateScheduler(model, 10)
     hfreg.patch_model(model, Reg(hidden=0.1))
-    for kwargs, words in [({"total_steps": 0}, "total_steps"), ({"total_steps": 5, "cutoff": 2}, "need `schedule`"),
-                          ({"total_steps": 5, "schedule": "never"}, "schedule kind"),
-                          ({"total_steps": 5, "schedule": "early", "cutoff": 6},
+    for kwargs, words in [({"total_steps": 0}, "total_steps"), ({"total_steps": 5, "cutoff": 2}, "need `kind`"),
+                          ({"total_steps": 5, "kind": "never"}, "schedule kind"),
+                          ({"total_steps": 5, "kind": "early", "cutoff": 6},
                            "cutoff of 6 steps is beyond training")]:
         with pytest.raises(ValueError, match=words):
             hfreg.RateScheduler(model, **kwargs)
@@ -151,7 +151,7 @@ def test_trainer_callback_steps_the_schedule(tmp_path):
     from transformers import Trainer, TrainingArguments
 
     model = hfreg.patch_model(build("llama", head=True), Reg(hidden=0.2, attention=0.1))
-    callback = hfreg.rate_scheduler_callback(schedule="early", cutoff=0.5)
+    callback = hfreg.rate_scheduler_callback(kind="early", cutoff=0.5)
     ids = torch.randint(3, 100, (16, 8), generator=torch.Generator().manual_seed(0))
     data = Dataset.from_dict({"input_ids": ids.tolist(), "labels": [i % 3 for i in range(16)]})
     args = TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=4, num_train_epochs=2,
@@ -160,6 +160,14 @@ def test_trainer_callback_steps_the_schedule(tmp_path):
     assert callback.scheduler.last_step == 8 and callback.scheduler.rates() == {"hidden": 0.0, "attention": 0.0}
     assert {s.rate for s in hfreg.inspect_model(model) if s.kind in ("hidden", "attention")} == {0.0}
     # resumed training picks up the step count from the Trainer's state
-    fresh = hfreg.rate_scheduler_callback(schedule="early", cutoff=0.5)
+    fresh = hfreg.rate_scheduler_callback(kind="early", cutoff=0.5)
     fresh.on_train_begin(None, types.SimpleNamespace(max_steps=8, global_step=2), None, model=model)
     assert fresh.scheduler.rates() == {"hidden": 0.2, "attention": 0.1}
+
+
+def test_earlier_name_schedule_still_works_with_a_warning():
+    model = build("bert")
+    hfreg.patch_model(model, Reg(hidden=0.2))
+    with pytest.warns(FutureWarning, match="use `RateScheduler\\(kind=\\)`"):
+        old = hfreg.RateScheduler(model, 4, schedule="early", cutoff=2)
+    assert old.factors() == hfreg.RateScheduler(model, 4, kind="early", cutoff=2).factors()

@@ -250,6 +250,22 @@ def by_length(enc: Encoded, indices) -> list[int]:
     return sorted((int(j) for j in indices), key=lambda j: len(enc.input_ids[j]))
 
 
-def eval_loader(enc: Encoded, order, batch_size: int, collate):
-    """The examples ``order`` (see `by_length`) in that order, in batches of ``batch_size``."""
-    return torch.utils.data.DataLoader(_Subset(enc, order), batch_size=batch_size, collate_fn=collate)
+def eval_batches(lengths, batch_size: int, tokens: int = 0) -> list[list[int]]:
+    """Consecutive batches of positions ``0..len(lengths)-1`` (lengths ascending, see `by_length`): at most
+    ``batch_size`` examples, and with ``tokens`` > 0 at most that many padded tokens (examples × the batch's longest)
+    where more than one example fits. Small batches of long sequences keep activations in cache; many short ones
+    keep the matrix products large."""
+    batches, cur, longest = [], [], 0
+    for i, n in enumerate(lengths):
+        longest = max(longest, n)
+        if cur and (len(cur) == batch_size or (tokens and (len(cur) + 1) * longest > tokens)):
+            batches.append(cur)
+            cur, longest = [], n
+        cur.append(i)
+    return batches + [cur] if cur else batches
+
+
+def eval_loader(enc: Encoded, order, batch_size: int, collate, tokens: int = 0):
+    """The examples ``order`` (see `by_length`) in that order, in batches of `eval_batches`."""
+    batches = eval_batches([len(enc.input_ids[j]) for j in order], batch_size, tokens)
+    return torch.utils.data.DataLoader(_Subset(enc, order), batch_sampler=batches, collate_fn=collate)

@@ -9,7 +9,7 @@ import os
 import sys
 from dataclasses import dataclass
 
-from ..config import RegularizationConfig
+from ..config import RENAMED, RegularizationConfig
 from ..resources import shipped, shipped_names
 
 if sys.version_info >= (3, 11):
@@ -23,6 +23,9 @@ METHODS = ("rdrop", "llrd", "reinit_layers")
 NO_METHODS = {"rdrop": 0.0, "llrd": 1.0, "reinit_layers": 0}
 # the harness flag (and `Settings` field) that sets each method for the whole grid
 METHOD_FLAGS = {"rdrop_alpha": "rdrop", "llrd": "llrd", "reinit_layers": "reinit_layers"}
+
+
+_RECORDED = {new: old for old, new in RENAMED.items()}
 
 
 @dataclass(frozen=True)
@@ -39,7 +42,9 @@ class Preset:
         """What defines the preset, as recorded with every run."""
         sweep = {"sweep": self.sweep} if self.sweep else {}  # absent for ordinary presets: older records match
         own = {m: getattr(self, m) for m in METHODS if getattr(self, m) is not None}
-        return {**self.reg.to_dict(), "weight_decay": self.weight_decay, **own, **sweep}
+        # records keep the spec keys they were first written with: digests and prediction files of older runs hold
+        spec = {_RECORDED.get(k, k): v for k, v in self.reg.to_dict().items()}
+        return {**spec, "weight_decay": self.weight_decay, **own, **sweep}
 
     def methods(self, settings) -> dict:
         """The training-loop methods in force: the preset's own, else the grid's (`Settings`)."""

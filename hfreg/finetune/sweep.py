@@ -104,6 +104,8 @@ def parse_args(argv=None):
     p.add_argument("--gradient_accumulation_steps", type=int, default=1,
                    help="split each batch into this many backward passes (memory; the step is unchanged)")
     p.add_argument("--per_device_eval_batch_size", type=int, default=256)
+    p.add_argument("--eval_tokens", type=int, default=4096,
+                   help="at most this many padded tokens per evaluation batch (0: batches of the batch size only)")
     p.add_argument("--peft", default="none", choices=("none", "lora"),
                    help="fine-tune LoRA adapters (and the head) instead of every weight; `adapter` sets their dropout")
     p.add_argument("--lora_r", type=int, default=16)
@@ -186,6 +188,8 @@ def parse_args(argv=None):
         raise ValueError(f"--threads must be a positive integer, got {args.threads}")
     if args.min_steps < 0:
         raise ValueError(f"--min_steps must be >= 0, got {args.min_steps}")
+    if args.eval_tokens < 0:
+        raise ValueError(f"--eval_tokens must be >= 0 (0: no token budget), got {args.eval_tokens}")
     if not args.rdrop_alpha >= 0 or not 0 < args.llrd <= 1 or args.reinit_layers < 0:
         raise ValueError(f"--rdrop_alpha must be >= 0, --llrd in (0, 1] and --reinit_layers >= 0, got "
                          f"{args.rdrop_alpha:g}, {args.llrd:g} and {args.reinit_layers}")
@@ -411,6 +415,7 @@ def build_experiment(args, ray) -> Experiment:
     roles = data_mod.assign_roles(data, args.roles, args.split_seed, args.selection_size)
     settings = Settings(learning_rate=args.learning_rates[0], num_train_epochs=args.num_train_epochs,
                         train_batch_size=args.train_batch_size, eval_batch_size=args.per_device_eval_batch_size,
+                        eval_tokens=args.eval_tokens,
                         gradient_accumulation_steps=args.gradient_accumulation_steps,
                         evals_per_epoch=args.evals_per_epoch, train_eval_samples=args.max_train_eval_samples or None,
                         mc_samples=args.mc_samples, lora=lora_settings(args),

@@ -39,6 +39,7 @@ class Settings:
     num_train_epochs: int
     train_batch_size: int  # global: examples per optimizer step, whatever the process count
     eval_batch_size: int = 256
+    eval_tokens: int = 4096  # at most this many padded tokens per evaluation batch (0: batches of eval_batch_size)
     gradient_accumulation_steps: int = 1
     evals_per_epoch: int = 2
     train_eval_samples: int | None = 256  # train_* metrics on at most this many examples of the subset
@@ -154,17 +155,19 @@ def predict(accelerator, model, loader, gather: bool, mc_samples: int = 0) -> np
 
     model.eval()
     out = []
-    for batch in loader:
-        batch = {k: v.to(accelerator.device) for k, v in batch.items() if k != "labels"}
-        with accelerator.autocast(), warnings.catch_warnings():
+    # one autocast for all batches: its cache casts each weight to the low precision once, not once per batch
+    with accelerator.autocast(), warnings.catch_warnings():
+        if mc_samples:  # a preset without dropout: MC is the eval pass, said in the README
+            warnings.simplefilter("ignore")
+        for batch in loader:
+            batch = {k: v.to(accelerator.device) for k, v in batch.items() if k != "labels"}
             if mc_samples:
-                warnings.simplefilter("ignore")  # a preset without dropout: MC is the eval pass, said in the README
                 logits = mc_log_probs(mc_predict(accelerator.unwrap_model(model), batch, mc_samples))
             else:
                 logits = model(**batch).logits.float()
-        if gather:
-            logits = accelerator.gather_for_metrics(logits)
-        out.append(logits.cpu())
+            if gather:
+                logits = accelerator.gather_for_metrics(logits)
+            out.append(logits.cpu())
     return torch.cat(out).numpy()
 
 
@@ -214,7 +217,8 @@ def train(accelerator, base_model, preset, data, roles, train_size: int, seed: i
         fit = indices[stratified_indices(data["train"].labels[indices], settings.train_eval_samples, seed)]
     views = {"train": ("train", fit), "selection": roles.selection, "test": roles.test}
     orders = {name: by_length(data[split], idx) for name, (split, idx) in views.items()}
-    eval_dls = [eval_loader(data[views[name][0]], orders[name], settings.eval_batch_size, collate) for name in views]
+    eval_dls = [eval_loader(data[views[name][0]], orders[name], settings.eval_batch_size, collate,
+                            settings.eval_tokens) for name in views]
     # the fused AdamW kernel (CPU and CUDA) is several times faster than the per-tensor loop on the embedding matrix
     fused = accelerator.device.type in ("cpu", "cuda")
     groups = param_groups(model, preset.weight_decay, methods["llrd"], settings.learning_rate)
