@@ -241,6 +241,7 @@ def test_rates_errors_are_one_line(tiny_classifier, csv_data, tmp_path):
     (["--backend", "ray", "--parallel", "data"], "--backend ray runs each run whole on one worker"),
     (["--backend", "ray", "--run_cpus", "0"], "--run_cpus must be > 0"),
     (["--min_steps", "-1"], "--min_steps must be >= 0, got -1"),
+    (["--eval_tokens", "-5"], "--eval_tokens must be >= 0 (0: no token budget), got -5"),
     (["--seeds", "auto", "--seed_stage", "1"], "--seeds auto needs --seed_stage >= 2"),
     (["--margin", "test_accuracy=-0.1"], "the margin for test_accuracy must be a positive number"),
     (["--learning_rates", "1e-4,x"], "--learning_rates must be comma-separated numbers"),
@@ -387,3 +388,37 @@ def test_predictions_are_compact_and_both_layouts_are_read(tmp_path):
                 nll = float(-logp[np.arange(len(labels)), labels].mean())
                 assert abs(nll - point[f"{split}_loss"]) < 1e-3
     assert new <= old / 4
+
+
+def test_eval_batches_respect_the_token_budget_and_keep_order():
+    lengths = [3, 4, 4, 5, 9, 9, 20, 40]
+    batches = ftdata.eval_batches(lengths, batch_size=3, tokens=16)
+    assert [i for b in batches for i in b] == list(range(len(lengths)))
+    for b in batches:
+        assert len(b) <= 3 and (len(b) == 1 or len(b) * max(lengths[i] for i in b) <= 16)
+    assert batches[-1] == [7]  # longer than the budget: alone, never dropped
+    assert ftdata.eval_batches(lengths, batch_size=3) == [[0, 1, 2], [3, 4, 5], [6, 7]]
+
+
+def test_eval_token_budget_leaves_fp32_metrics_unchanged(tiny_classifier, csv_data, tmp_path):
+    """Token-budget evaluation batches give every recorded metric of plain batches (fp32) to 1e-5."""
+    runs = {}
+    for budget in ("0", "48"):
+        out = tmp_path / budget
+        assert load_script().main(args_for(tiny_classifier, csv_data, out, "--presets", "pretrain-zero",
+                                           "--train_sizes", "16", "--seeds", "0", "--mixed_precision", "no",
+                                           "--eval_tokens", budget)) == 0
+        runs[budget] = records.read_runs(str(out))[0]
+    a, b = runs["0"], runs["48"]
+    assert a["selected_step"] == b["selected_step"]
+    for x, y in zip(a["evals"], b["evals"]):
+        assert x.keys() == y.keys()
+        for k in x:
+            if isinstance(x[k], float):
+                assert abs(x[k] - y[k]) <= 1e-5, k
+
+
+def test_eval_tokens_default_by_precision():
+    sweep = load_script()
+    assert sweep.eval_tokens(None, "no") == sweep.EVAL_TOKENS and sweep.eval_tokens(None, "bf16") == 0
+    assert sweep.eval_tokens(0, "no") == 0 and sweep.eval_tokens(512, "bf16") == 512

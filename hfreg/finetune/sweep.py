@@ -39,6 +39,7 @@ from .records import (
 )
 from .training import PARALLEL_MODES
 
+EVAL_TOKENS = 4096
 DEFAULTS = dict(learning_rate=2e-4, num_train_epochs=4, train_batch_size=16)
 PROG = "hfreg-finetune"
 
@@ -104,8 +105,9 @@ def parse_args(argv=None):
     p.add_argument("--gradient_accumulation_steps", type=int, default=1,
                    help="split each batch into this many backward passes (memory; the step is unchanged)")
     p.add_argument("--per_device_eval_batch_size", type=int, default=256)
-    p.add_argument("--eval_tokens", type=int, default=4096,
-                   help="at most this many padded tokens per evaluation batch (0: batches of the batch size only)")
+    p.add_argument("--eval_tokens", type=int, default=None,
+                   help="at most this many padded tokens per evaluation batch (0: batches of the batch size only; "
+                        "default: 4096 in fp32, 0 under bf16/fp16, where batch shapes change the roundings)")
     p.add_argument("--peft", default="none", choices=("none", "lora"),
                    help="fine-tune LoRA adapters (and the head) instead of every weight; `adapter` sets their dropout")
     p.add_argument("--lora_r", type=int, default=16)
@@ -188,7 +190,7 @@ def parse_args(argv=None):
         raise ValueError(f"--threads must be a positive integer, got {args.threads}")
     if args.min_steps < 0:
         raise ValueError(f"--min_steps must be >= 0, got {args.min_steps}")
-    if args.eval_tokens < 0:
+    if args.eval_tokens is not None and args.eval_tokens < 0:
         raise ValueError(f"--eval_tokens must be >= 0 (0: no token budget), got {args.eval_tokens}")
     if not args.rdrop_alpha >= 0 or not 0 < args.llrd <= 1 or args.reinit_layers < 0:
         raise ValueError(f"--rdrop_alpha must be >= 0, --llrd in (0, 1] and --reinit_layers >= 0, got "
@@ -231,6 +233,12 @@ def auto_precision(cpu: bool) -> str:
     fast = getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)() or \
         getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)()
     return "bf16" if fast else "no"
+
+
+def eval_tokens(flag: int | None, precision: str) -> int:
+    """The evaluation batches' token budget: the flag's, else 4096 in fp32 (the same logits to 1e-7, 1.2x faster on a
+    CPU; benchmarks/eval_profile.py) and none in low precision, where other batch shapes round differently."""
+    return flag if flag is not None else (EVAL_TOKENS if precision == "no" else 0)
 
 
 def lora_settings(args) -> dict | None:
@@ -415,7 +423,7 @@ def build_experiment(args, ray) -> Experiment:
     roles = data_mod.assign_roles(data, args.roles, args.split_seed, args.selection_size)
     settings = Settings(learning_rate=args.learning_rates[0], num_train_epochs=args.num_train_epochs,
                         train_batch_size=args.train_batch_size, eval_batch_size=args.per_device_eval_batch_size,
-                        eval_tokens=args.eval_tokens,
+                        eval_tokens=eval_tokens(args.eval_tokens, precision),
                         gradient_accumulation_steps=args.gradient_accumulation_steps,
                         evals_per_epoch=args.evals_per_epoch, train_eval_samples=args.max_train_eval_samples or None,
                         mc_samples=args.mc_samples, lora=lora_settings(args),

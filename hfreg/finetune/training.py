@@ -39,7 +39,7 @@ class Settings:
     num_train_epochs: int
     train_batch_size: int  # global: examples per optimizer step, whatever the process count
     eval_batch_size: int = 256
-    eval_tokens: int = 4096  # at most this many padded tokens per evaluation batch (0: batches of eval_batch_size)
+    eval_tokens: int = 0  # at most this many padded tokens per evaluation batch (0: batches of eval_batch_size)
     gradient_accumulation_steps: int = 1
     evals_per_epoch: int = 2
     train_eval_samples: int | None = 256  # train_* metrics on at most this many examples of the subset
