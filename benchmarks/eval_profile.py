@@ -10,8 +10,9 @@ Printed, for fp32 and for bf16 autocast (where the CPU has bf16 dot products):
   * the model's arithmetic (2 FLOPs per linear weight per token, plus attention's two products) over the time,
     i.e. the share of that throughput an evaluation point reaches;
   * a profile by kind of work (matrix products, attention, element-wise, casts, the rest);
-  * today's batching (256 examples, autocast entered per batch) against token-budget batches (4096 padded tokens,
-    one autocast per point), interleaved, with the largest logit difference between them.
+  * the earlier harness's batching (256 examples, autocast entered per batch) against one autocast per point and
+    against token-budget batches (4096 padded tokens), interleaved, with the largest logit difference from the
+    first.
 ``--runs REV`` times one default 64-example run (pretrain-zero, seed 0) with the harness of git revision REV
 (a temporary worktree) and with this one, alternately, and compares their recorded metrics.
 """
@@ -156,34 +157,34 @@ def main():
             f, real, padded = flops(model, bl)
             print(f"  {name}: {len(bl)} batches, {real} tokens, {padded} padded ({padded / real - 1:.1%} padding), "
                   f"{f / 1e12:.2f} TFLOP")
+        variants = {"256 per batch, autocast per batch (earlier)": (old, False),
+                    "256 per batch, one autocast (bf16/fp16 now)": (old, True),
+                    "4096-token budget, one autocast (fp32 now)": (new, True)}
         for bf16 in ((False, True) if bf16_native else (False,)):
             label = "bf16 autocast" if bf16 else "fp32"
             peak = throughput(torch.bfloat16 if bf16 else torch.float32)
-            times = {"today": [], "new": []}
-            ref = evaluate(model, old[:2], bf16, False)  # warm-up
+            times, diffs = {k: [] for k in variants}, {}
+            evaluate(model, old[:2], bf16, False)  # warm-up
             for _ in range(args.repeats):
-                for key, bl, once in (("today", old, False), ("new", new, True)):
+                ref = None
+                for key, (bl, once) in variants.items():
                     t = time.perf_counter()
                     logits = evaluate(model, bl, bf16, once)
                     times[key].append(time.perf_counter() - t)
-                    if key == "today":
-                        ref = logits
-                    else:
-                        diff = (logits - ref).abs().max().item()
+                    ref = logits if ref is None else ref
+                    diffs[key] = (logits - ref).abs().max().item()
+            first = statistics.median(next(iter(times.values())))
             print(f"\n{label}: matrix-multiply throughput {peak:.0f} GFLOP/s")
-            print("| batching | s / evaluation point | GFLOP/s | share of throughput | matrix products | attention | "
-                  "element-wise | casts | the rest |")
-            print("|---" * 9 + "|")
-            for key, bl, once in (("today", old, False), ("new", new, True)):
+            print("| batching | s / evaluation point | speed-up | max abs logit diff | GFLOP/s | share of throughput "
+                  "| matrix products | attention | element-wise | casts | the rest |")
+            print("|---" * 11 + "|")
+            for key, (bl, once) in variants.items():
                 s = statistics.median(times[key])
                 shares = profile(model, bl, bf16, once)
                 total = sum(shares.values())
                 f = flops(model, bl)[0]
-                name = "256 per batch, autocast per batch" if key == "today" else "4096-token budget, one autocast"
-                print(f"| {name} | {s:.2f} | {f / s / 1e9:.0f} | {f / s / 1e9 / peak:.0%} | "
-                      + " | ".join(f"{v / total:.0%}" for v in shares.values()) + " |")
-            print(f"speed-up {statistics.median(times['today']) / statistics.median(times['new']):.2f}x; "
-                  f"largest |logit difference| {diff:.1e}")
+                print(f"| {key} | {s:.2f} | {first / s:.2f}x | {diffs[key]:.1e} | {f / s / 1e9:.0f} | "
+                      f"{f / s / 1e9 / peak:.0%} | " + " | ".join(f"{v / total:.0%}" for v in shares.values()) + " |")
     for precision in ("auto", "no") if args.runs else ():
         res = runs(args.runs, args.data, args.repeats, precision)
         print(f"\nwhole runs (64 examples, defaults, pretrain-zero seed 0, --mixed_precision {precision}), "

@@ -20,6 +20,7 @@ Hooks and attribute changes never touch parameters, so `state_dict` keys and val
 from __future__ import annotations
 
 import fnmatch
+import threading
 import warnings
 
 import torch
@@ -27,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
+from . import layers
 from .config import CONFIG_ATTR, KNOBS, RegularizationConfig
 from .layers import drop_head, drop_path, drop_path_rates, embedding_noise, mixout
 from .sites import Site, Structure, analyze, stack_key
@@ -293,6 +295,88 @@ class _AttentionExit(_Hook):
                               f"attention without scaled_dot_product_attention, where hfreg injects it", UserWarning)
 
 
+class _CpuMasks(TorchFunctionMode):
+    """During a patched model's training forward: dropout on CPU tensors with `layers.dropout` masks (16 random
+    bits per entry) instead of PyTorch's per-entry Bernoulli draws, for the model's own dropout modules and
+    functions and hfreg's alike; attention with a dropout rate computed as PyTorch's math path does (which a rate
+    forces on a CPU anyway), softmax then dropout, with such a mask. Expectations are unchanged; rates are taken to
+    1/65536. Other devices and dtypes, and in-place dropout, go to PyTorch unchanged."""
+
+    depth = threading.local()  # modes entered and not left, on this thread: one at a time is enough
+
+    def __enter__(self):
+        _CpuMasks.depth.n = getattr(_CpuMasks.depth, "n", 0) + 1
+        return super().__enter__()
+
+    def __exit__(self, *exc):
+        _CpuMasks.depth.n -= 1
+        return super().__exit__(*exc)
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is F.dropout:
+            given = {"p": 0.5, "training": True, "inplace": False, **dict(zip(_DROPOUT_ARGS, args)), **kwargs}
+            x = given["input"]
+            if given["training"] and given["p"] and not given["inplace"] and x.device.type == "cpu":
+                return layers.dropout(x, given["p"])
+        elif func is F.scaled_dot_product_attention:
+            given = {**dict(zip(_SDPA_ARGS, args)), **kwargs}
+            q = given["query"]
+            if given.get("dropout_p") and q.device.type == "cpu" and q.dtype == torch.float32 \
+                    and set(given) <= set(_SDPA_ARGS):
+                return _attention_with_dropout(**given)
+        return func(*args, **kwargs)
+
+
+_DROPOUT_ARGS = ("input", "p", "training", "inplace")
+_SDPA_ARGS = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa")
+
+
+def _attention_with_dropout(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
+                            enable_gqa=False):
+    """`F.scaled_dot_product_attention` as its math path computes it (a fully masked row gives zeros), with a
+    `layers.dropout` on the probabilities."""
+    scale = query.size(-1) ** -0.5 if scale is None else scale
+    if enable_gqa and key.size(-3) != query.size(-3):
+        repeat = query.size(-3) // key.size(-3)
+        key, value = key.repeat_interleave(repeat, -3), value.repeat_interleave(repeat, -3)
+    scores = (query * scale) @ key.transpose(-2, -1)
+    if is_causal:
+        causal = torch.ones(query.size(-2), key.size(-2), dtype=torch.bool, device=query.device).tril()
+        scores = scores.masked_fill(~causal, float("-inf"))
+    if attn_mask is not None:
+        scores = scores.masked_fill(~attn_mask, float("-inf")) if attn_mask.dtype == torch.bool else scores + attn_mask
+    probs = torch._safe_softmax(scores, -1) if hasattr(torch, "_safe_softmax") else \
+        torch.softmax(scores, -1).nan_to_num(0.0)
+    return layers.dropout(probs, dropout_p) @ value
+
+
+class _MasksEnter(_Hook):
+    """Pre-hook of the patched model, its layers and their parts: in training, with `layers.FAST_MASKS`, run the
+    forward under `_CpuMasks` unless one is running already (the parts' hooks serve gradient checkpointing, which
+    recomputes a layer's forward alone, outside the model's)."""
+
+    def __init__(self):
+        self.modes = []
+
+    def __call__(self, module, args):
+        if layers.FAST_MASKS and module.training and not getattr(_CpuMasks.depth, "n", 0):
+            mode = _CpuMasks()
+            mode.__enter__()
+            self.modes.append(mode)
+
+
+class _MasksExit(_Hook):
+    """Hook of the same model, called even when its forward raises: leave the mode its pre-hook entered."""
+
+    def __init__(self, enter: _MasksEnter):
+        self.enter = enter
+
+    def __call__(self, module, args, output):
+        if self.enter.modes:
+            self.enter.modes.pop().__exit__(None, None, None)
+
+
 class PatchState:
     """What `hfreg.patch_state(model)` returns: the spec in force (``reg``) and everything a patch did, recorded as
     it goes so that `unpatch_model` can undo a patch that failed halfway: ``restores`` (owner, attribute, old
@@ -356,6 +440,13 @@ def apply_spec(model, reg: RegularizationConfig, inert: frozenset[str] = frozens
         state.injected += _inject_heads(model, struct, knobs, state)
         state.injected += _inject_mixout(model, struct, reg, knobs, state)
         state.injected += _inject_embedding_noise(model, struct, knobs, state)
+        if any(knobs.values()):  # cheaper masks for every dropout of the training forward (no knob: none drawn)
+            # the model, each layer and its parts: gradient checkpointing recomputes a layer (or only the inside of
+            # its forward) alone, and must draw the same masks again
+            parts = [m for x in struct.layers for m in (x.module, *x.module.children())]
+            for module in [model, *{id(m): m for m in parts}.values()]:
+                enter = state.hook(module, _MasksEnter(), pre=True)
+                state.hook(module, _MasksExit(enter), always_call=True)
         _set_natives(struct, reg, knobs, natives_by, state)
         state.assign(model.config, CONFIG_ATTR, reg.to_dict())
     except BaseException:

@@ -217,8 +217,10 @@ def train(accelerator, base_model, preset, data, roles, train_size: int, seed: i
         fit = indices[stratified_indices(data["train"].labels[indices], settings.train_eval_samples, seed)]
     views = {"train": ("train", fit), "selection": roles.selection, "test": roles.test}
     orders = {name: by_length(data[split], idx) for name, (split, idx) in views.items()}
-    eval_dls = [eval_loader(data[views[name][0]], orders[name], settings.eval_batch_size, collate,
-                            settings.eval_tokens) for name in views]
+    # data mode splits each batch across ranks: batches of one size there
+    tokens = 0 if data_parallel else settings.eval_tokens
+    eval_dls = [eval_loader(data[views[name][0]], orders[name], settings.eval_batch_size, collate, tokens)
+                for name in views]
     # the fused AdamW kernel (CPU and CUDA) is several times faster than the per-tensor loop on the embedding matrix
     fused = accelerator.device.type in ("cpu", "cuda")
     groups = param_groups(model, preset.weight_decay, methods["llrd"], settings.learning_rate)
