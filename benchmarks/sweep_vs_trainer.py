@@ -4,7 +4,7 @@
 
 Same model (the packaged MiniLM-L6), data, presets, train sizes, seeds, epochs, batch size and learning rate;
 both evaluate the training subset and the validation set after every epoch. hfreg: `hfreg.finetune` (weights
-loaded once and copied per run, tokenized once, length-grouped batches, eval batches of 256 sorted by length).
+loaded once and copied per run, tokenized once, length-grouped batches, eval batches sorted by length).
 Trainer: `from_pretrained` per run, `eval_strategy="epoch"` on both sets, otherwise its defaults (fp32, then
 `bf16=True`). Both timings include loading and tokenizing the data; imports are paid before either starts.
 """
@@ -97,6 +97,7 @@ def main():
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--lr", type=float, default=2e-4)
+    p.add_argument("--fp32_only", action="store_true", help="only the fp32 rows (hfreg and Trainer)")
     args = p.parse_args()
     tmp = tempfile.mkdtemp()
     if args.data is None:
@@ -113,11 +114,14 @@ def main():
         from hfreg import metrics
 
         metrics.load("accuracy"), metrics.load("f1")
-        default = "hfreg, default (bf16 autocast where native)"
-        times = {default: hfreg_sweep(args, args.data, os.path.join(tmp, "h"), "auto"),
-                 "hfreg, fp32": hfreg_sweep(args, args.data, os.path.join(tmp, "h32"), "no"),
-                 "Trainer, defaults (fp32)": trainer_sweep(args, args.data, os.path.join(tmp, "t32"), False),
-                 "Trainer, bf16=True": trainer_sweep(args, args.data, os.path.join(tmp, "t16"), True)}
+        default = "hfreg, fp32" if args.fp32_only else "hfreg, default (bf16 autocast where native)"
+        times = {}
+        if not args.fp32_only:
+            times[default] = hfreg_sweep(args, args.data, os.path.join(tmp, "h"), "auto")
+        times["hfreg, fp32"] = hfreg_sweep(args, args.data, os.path.join(tmp, "h32"), "no")
+        times["Trainer, defaults (fp32)"] = trainer_sweep(args, args.data, os.path.join(tmp, "t32"), False)
+        if not args.fp32_only:
+            times["Trainer, bf16=True"] = trainer_sweep(args, args.data, os.path.join(tmp, "t16"), True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     base = times[default]
