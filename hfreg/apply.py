@@ -382,7 +382,19 @@ class PatchState:
     it goes so that `unpatch_model` can undo a patch that failed halfway: ``restores`` (owner, attribute, old
     value; oldest first), ``handles`` of the hooks it registered, the sites it injected at their base rates, and
     every rate holder it put a knob's rate in (``live``: owner, attribute, knob, base rate), which
-    `set_rate_factors` rescales during training."""
+    `set_rate_factors` rescales during training. Made by `patch_model`, not by hand.
+
+    Args:
+        reg: the spec the patch applies.
+
+    Example:
+        >>> import hfreg, transformers
+        >>> model = transformers.BertModel(transformers.BertConfig(hidden_size=32, num_hidden_layers=2,
+        ...                                num_attention_heads=2, intermediate_size=64))
+        >>> state = hfreg.patch_state(hfreg.patch_model(model, hfreg.RegularizationConfig(drop_path=0.1)))
+        >>> state.reg.drop_path, sorted({s.kind for s in state.injected})
+        (0.1, ['drop_path'])
+    """
 
     def __init__(self, reg):
         self.reg = reg
@@ -744,6 +756,15 @@ def unpatch_model(model):
 
     Returns:
         ``model``, as it was before `patch_model`; an unpatched model is returned unchanged.
+
+    Example:
+        >>> import hfreg, transformers
+        >>> model = transformers.BertModel(transformers.BertConfig(hidden_size=32, num_hidden_layers=2,
+        ...                                num_attention_heads=2, intermediate_size=64))
+        >>> before = {k: v.clone() for k, v in model.state_dict().items()}
+        >>> _ = hfreg.unpatch_model(hfreg.patch_model(model, hfreg.RegularizationConfig(hidden=0.3, mixout=0.5)))
+        >>> hfreg.is_patched(model), all(v.equal(before[k]) for k, v in model.state_dict().items())
+        (False, True)
     """
     outer = model
     model = unwrap(model)
@@ -761,8 +782,27 @@ def unpatch_model(model):
 
 
 def patch_state(model, required: bool = False) -> PatchState | None:
-    """The `PatchState` of a patched model (PEFT wrappers looked through), or None where it is not patched; with
-    ``required``, a one-line ValueError instead of None."""
+    """The `PatchState` of a patched model (PEFT wrappers looked through).
+
+    Args:
+        model: a model, patched or not.
+        required: raise instead of returning None.
+
+    Returns:
+        Its `PatchState`, or None where it is not patched.
+
+    Raises:
+        ValueError: ``required`` and the model is not patched.
+
+    Example:
+        >>> import hfreg, transformers
+        >>> model = transformers.BertModel(transformers.BertConfig(hidden_size=32, num_hidden_layers=2,
+        ...                                num_attention_heads=2, intermediate_size=64))
+        >>> hfreg.patch_state(model) is None
+        True
+        >>> hfreg.patch_state(hfreg.patch_model(model, hfreg.RegularizationConfig(hidden=0.1))).reg.hidden
+        0.1
+    """
     inner = unwrap(model)
     state = inner.__dict__.get(_STATE)
     if state is None and required:
@@ -771,7 +811,21 @@ def patch_state(model, required: bool = False) -> PatchState | None:
 
 
 def is_patched(model) -> bool:
-    """Whether ``model`` (or the transformers model inside a PEFT wrapper) carries an hfreg patch."""
+    """Whether ``model`` (or the transformers model inside a PEFT wrapper) carries an hfreg patch.
+
+    Args:
+        model: any model.
+
+    Returns:
+        True between `patch_model` and `unpatch_model`.
+
+    Example:
+        >>> import hfreg, transformers
+        >>> model = transformers.BertModel(transformers.BertConfig(hidden_size=32, num_hidden_layers=2,
+        ...                                num_attention_heads=2, intermediate_size=64))
+        >>> hfreg.is_patched(model), hfreg.is_patched(hfreg.patch_model(model, {"hidden": 0.1}))
+        (False, True)
+    """
     return _STATE in unwrap(model).__dict__
 
 
@@ -797,8 +851,20 @@ def set_rate_factors(model, factors: dict[str, float]) -> None:
         model: a patched model.
         factors: ``{knob: factor}``, each factor in [0, 1].
 
+    Returns:
+        None; the rates change in place.
+
     Raises:
         ValueError: the model is not patched, a knob is unknown, or a factor lies outside [0, 1].
+
+    Example:
+        >>> import hfreg, transformers
+        >>> model = transformers.BertModel(transformers.BertConfig(hidden_size=32, num_hidden_layers=2,
+        ...                                num_attention_heads=2, intermediate_size=64))
+        >>> _ = hfreg.patch_model(model, hfreg.RegularizationConfig(hidden=0.2))
+        >>> hfreg.set_rate_factors(model, {"hidden": 0.5})
+        >>> sorted({s.rate for s in hfreg.inspect_model(model, verify=False) if s.kind == "hidden"})
+        [0.1]
     """
     state = patch_state(model, required=True)
     for knob, f in factors.items():

@@ -72,6 +72,14 @@ class Schedule:
         cutoff: an int is a number of optimizer steps; a float in [0, 1] a fraction of training.
         direction: for ``"linear"`` only: ``"down"`` goes from the rate to 0 (the paper's linear early dropout),
             ``"up"`` from 0 to the rate (a warm-up).
+
+    Raises:
+        ValueError: an unknown kind or direction, or a bad cutoff.
+
+    Example:
+        >>> s = Schedule("early", cutoff=0.5)
+        >>> [s.factor(step, 10) for step in (0, 4, 5, 9)]
+        [1.0, 1.0, 0.0, 0.0]
     """
 
     kind: str = "constant"

@@ -65,9 +65,22 @@ def drop_path(x: torch.Tensor, drop_prob: float = 0.0, training: bool = False, m
 
     Args:
         x: branch output, batch first.
+        drop_prob: the probability of dropping a branch, in [0, 1).
+        training: False (eval) returns ``x`` unchanged.
         mode: ``"per_sample"`` draws one keep/drop per example, ``"per_batch"`` one for the batch.
         batch_size: the true batch size when ``x`` folds extra rows into dim 0 (OPT flattens tokens,
             Swin folds windows) — rows ``b * k ... (b + 1) * k - 1`` then share example ``b``'s draw.
+
+    Returns:
+        ``x`` with each example's branch zeroed or scaled by 1/(1-p).
+
+    Example:
+        >>> _ = torch.manual_seed(0)
+        >>> drop_path(torch.ones(4, 2), 0.5, training=True)
+        tensor([[0., 0.],
+                [0., 0.],
+                [2., 2.],
+                [0., 0.]])
     """
     if drop_prob == 0.0 or not training:
         return x
@@ -83,7 +96,19 @@ def drop_path(x: torch.Tensor, drop_prob: float = 0.0, training: bool = False, m
 
 
 class DropPath(nn.Module):
-    """Drop paths (stochastic depth) per sample, for use on a residual branch."""
+    """Drop paths (stochastic depth, Huang et al., 2016) per sample, for use on a residual branch; the identity
+    in eval mode.
+
+    Args:
+        drop_prob: the probability of dropping the branch, in [0, 1).
+        mode: ``"per_sample"`` or ``"per_batch"`` (see `drop_path`).
+
+    Example:
+        >>> DropPath(0.1)
+        DropPath(drop_prob=0.100, mode=per_sample)
+        >>> DropPath(0.1).eval()(torch.ones(2, 3)).sum().item()
+        6.0
+    """
 
     def __init__(self, drop_prob: float = 0.0, mode: str = "per_sample"):
         super().__init__()
@@ -135,6 +160,15 @@ def drop_head(x: torch.Tensor, p: float, heads: int, training: bool = False) -> 
     """Zero whole attention heads of ``x`` (the concatenated heads, ``(batch, ..., heads * head_dim)``) with
     probability ``p``, one draw per row of dim 0 and head; scale the kept ones by 1/(1-p).
 
+    Args:
+        x: attention output before its output projection.
+        p: the probability of dropping a head, in [0, 1).
+        heads: the number of heads concatenated in the last dimension.
+        training: False (eval) returns ``x`` unchanged.
+
+    Returns:
+        ``x`` with whole heads zeroed or scaled.
+
     Raises:
         ValueError: the last dimension of ``x`` is not a multiple of ``heads``.
 
@@ -161,6 +195,15 @@ def mixout(weight: torch.Tensor, target: torch.Tensor, p: float, training: bool 
     ``target + keep * (weight - target) / (1 - p)``, so that its expectation is ``weight``; gradients reach
     ``weight`` through the kept entries. With a zero ``target`` this is DropConnect.
 
+    Args:
+        weight: the current weight.
+        target: what a dropped entry takes (the weight at patch time).
+        p: the probability of replacing an entry, in [0, 1).
+        training: False (eval) returns ``weight`` unchanged.
+
+    Returns:
+        The mixed weight (a `keep_mask` on a CPU, PyTorch's Bernoulli draws elsewhere).
+
     Example:
         >>> import torch
         >>> _ = torch.manual_seed(0)
@@ -179,7 +222,21 @@ def mixout(weight: torch.Tensor, target: torch.Tensor, p: float, training: bool 
 def embedding_noise(x: torch.Tensor, alpha: float, training: bool = False) -> torch.Tensor:
     """NEFTune: add uniform noise in ``[-a, a]`` with ``a = alpha / sqrt(L * d)`` to embeddings ``x`` of shape
     ``(batch, L, d)`` (for other shapes, L * d is every dimension but the first), as transformers'
-    ``neftune_noise_alpha`` does."""
+    ``neftune_noise_alpha`` does.
+
+    Args:
+        x: input embeddings, batch first.
+        alpha: the noise scale (the paper's 5, 10, 15), >= 0.
+        training: False (eval) returns ``x`` unchanged.
+
+    Returns:
+        ``x`` plus the noise.
+
+    Example:
+        >>> y = embedding_noise(torch.zeros(1, 4, 25), alpha=5.0, training=True)  # bound 5 / sqrt(4 * 25) = 0.5
+        >>> bool(y.abs().max() <= 0.5), bool(y.abs().max() > 0)
+        (True, True)
+    """
     if alpha == 0.0 or not training:
         return x
     bound = alpha / math.sqrt(x[0].numel())

@@ -44,7 +44,29 @@ def _sampling_modules(model, knobs):
 
 @contextlib.contextmanager
 def mc_dropout(model, knobs=MC_KNOBS):
-    """Sample the dropout sites of ``knobs`` in force while everything else runs in eval mode."""
+    """A context in which the dropout sites of ``knobs`` sample while everything else runs in eval mode (MC
+    dropout, Gal and Ghahramani, 2016); on leaving, every module's mode is as it was.
+
+    Args:
+        model: a model, patched or not (native sites sample too).
+        knobs: the knobs that sample (default every dropout knob; LayerDrop, Mixout and NEFTune only when named).
+
+    Returns:
+        A context manager yielding ``model``.
+
+    Raises:
+        ValueError: an unknown knob name.
+
+    Example:
+        >>> import torch, hfreg, transformers
+        >>> model = transformers.BertModel(transformers.BertConfig(hidden_size=32, num_hidden_layers=2,
+        ...                                num_attention_heads=2, intermediate_size=64, hidden_dropout_prob=0.3))
+        >>> ids = torch.tensor([[101, 2000, 2001, 102]])
+        >>> with hfreg.mc_dropout(model.eval()):
+        ...     a, b = model(ids).last_hidden_state, model(ids).last_hidden_state
+        >>> bool((a != b).any()), model.training
+        (True, False)
+    """
     for k in knobs:
         if k not in KNOBS:
             raise ValueError(f"unknown knob {k!r}; allowed: {list(KNOBS)}")
@@ -74,7 +96,16 @@ def mc_dropout(model, knobs=MC_KNOBS):
 
 @dataclass
 class MCPrediction:
-    """What `mc_predict` returns: the predictive distribution of K MC-dropout passes and its uncertainty."""
+    """What `mc_predict` returns: the predictive distribution of K MC-dropout passes and its uncertainty.
+
+    Args:
+        probs: ``(batch, classes)``, the mean of the samples' probabilities.
+        entropy: ``(batch,)``, the predictive entropy of ``probs``, in nats.
+        mutual_information: ``(batch,)``, the entropy minus the samples' mean entropy (the epistemic part).
+        samples: ``(samples, batch, classes)``, each pass's probabilities.
+
+    Example: see `mc_predict`.
+    """
 
     probs: torch.Tensor  # (batch, classes): the mean of the samples' probabilities
     entropy: torch.Tensor  # (batch,): predictive entropy of ``probs``, in nats
@@ -105,6 +136,14 @@ def mc_predict(model, inputs: dict, samples: int = 16, chunk: int | None = None,
 
     Raises:
         ValueError: a bad ``samples``, ``chunk`` or knob name.
+
+    Example:
+        >>> import torch, hfreg, transformers
+        >>> model = transformers.BertForSequenceClassification(transformers.BertConfig(hidden_size=32,
+        ...     num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, hidden_dropout_prob=0.3))
+        >>> pred = hfreg.mc_predict(model, {"input_ids": torch.tensor([[101, 2000, 102]])}, samples=8)
+        >>> tuple(pred.probs.shape), tuple(pred.samples.shape), bool(pred.mutual_information[0] >= 0)
+        ((1, 2), (8, 1, 2), True)
     """
     if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
         raise ValueError(f"`samples` must be an int >= 1, got {samples!r}")

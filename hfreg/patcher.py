@@ -82,7 +82,22 @@ def inspect_model(model, verify: bool = True) -> list[Site]:
 
     Native sites that forward never reads are left out; with ``verify``, so are those that a training-mode forward
     of a small twin of the model shows to change nothing (`hfreg.probing.inert_sites`: Falcon's
-    ``config.attention_dropout`` under ``parallel_attn``, a causal LM's unused cross-attention)."""
+    ``config.attention_dropout`` under ``parallel_attn``, a causal LM's unused cross-attention).
+
+    Args:
+        model: a transformers model, patched or not (a PEFT wrapper is looked through).
+        verify: leave out the sites a small twin shows to be inert (builds and runs the twin once per structure).
+
+    Returns:
+        One `Site` per place a knob acts, native sites first, then those a patch injected.
+
+    Example:
+        >>> import hfreg, transformers
+        >>> model = transformers.BertModel(transformers.BertConfig(hidden_size=32, num_hidden_layers=2,
+        ...                                num_attention_heads=2, intermediate_size=64))
+        >>> sorted({(s.kind, s.source, s.config_key) for s in hfreg.inspect_model(model)})[:2]
+        [('attention', 'module', 'attention_probs_dropout_prob'), ('embedding', 'module', 'hidden_dropout_prob')]
+    """
     return native_sites(model, inert_sites(unwrap(model)) if verify else frozenset())
 
 
@@ -102,6 +117,12 @@ def patch_config(config, reg: RegularizationConfig | dict):
 
     Raises:
         ValueError: ``reg`` is not a spec, or ``config`` is not a transformers config.
+
+    Example:
+        >>> import hfreg, transformers
+        >>> config = hfreg.patch_config(transformers.BertConfig(), {"attention": 0.2, "drop_path": 0.1})
+        >>> config.attention_probs_dropout_prob, config.hfreg["drop_path"]
+        (0.2, 0.1)
     """
     if isinstance(reg, dict):
         reg = RegularizationConfig.from_dict(reg)
@@ -143,6 +164,15 @@ def load_regularized(pretrained_model_name_or_path, reg: RegularizationConfig | 
 
     Returns:
         The loaded model, patched where a spec was given or recorded.
+
+    Example:
+        >>> import tempfile, hfreg, transformers
+        >>> folder = tempfile.mkdtemp()
+        >>> transformers.BertModel(transformers.BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+        ...                        intermediate_size=64)).save_pretrained(folder)
+        >>> model = hfreg.load_regularized(folder, {"hidden": 0.2})
+        >>> hfreg.patch_state(model).reg.hidden
+        0.2
     """
     from transformers import AutoConfig, AutoModel
 

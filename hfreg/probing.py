@@ -73,7 +73,24 @@ class _RandomOps(TorchDispatchMode):
 
 
 def probe_inputs(model, batch: int = 2, length: int = 8) -> dict:
-    """A small deterministic input batch for ``model``, from its main input name and config."""
+    """A small deterministic input batch for ``model``, from its main input name and config.
+
+    Args:
+        model: a transformers model (a PEFT wrapper is looked through).
+        batch: examples in the batch.
+        length: tokens (or frames, patches) per example.
+
+    Returns:
+        A dict for ``model(**inputs)`` on the model's device, the same on every call.
+
+    Example:
+        >>> import hfreg, transformers
+        >>> model = transformers.BertModel(transformers.BertConfig(hidden_size=32, num_hidden_layers=2,
+        ...                                num_attention_heads=2, intermediate_size=64))
+        >>> inputs = hfreg.probe_inputs(model)
+        >>> tuple(inputs["input_ids"].shape), inputs["use_cache"]
+        ((2, 8), False)
+    """
     model = unwrap(model)
     cfg, name = model.config, getattr(model, "main_input_name", "input_ids")
     g = torch.Generator().manual_seed(0)
@@ -156,8 +173,27 @@ def _switch_off_noise(model) -> None:
 def disable_dropout(model, inputs: dict | None = None, noise: bool = True):
     """Turn every dropout-like knob off (the all-zero spec) and, with ``noise``, the training noise no knob governs
     (`NOISE_KEYS`: SpecAugment masks, MoE jitter...), and prove it: two training-mode passes with different seeds
-    must be bit-identical. Raises RuntimeError naming the modules that still draw random numbers otherwise.
-    Returns the model, patched (``unpatch_model`` undoes it, noise included)."""
+    must be bit-identical.
+
+    Args:
+        model: a transformers model.
+        inputs: a batch for the check; None builds one (`probe_inputs`).
+        noise: also turn off the training noise of `NOISE_KEYS`.
+
+    Returns:
+        ``model``, patched (`unpatch_model` undoes it, noise included).
+
+    Raises:
+        RuntimeError: naming the modules that still draw random numbers.
+
+    Example:
+        >>> import hfreg, transformers
+        >>> model = transformers.BertModel(transformers.BertConfig(hidden_size=32, num_hidden_layers=2,
+        ...                                num_attention_heads=2, intermediate_size=64))
+        >>> _ = hfreg.disable_dropout(model)
+        >>> {s.rate for s in hfreg.inspect_model(model, verify=False)}
+        {0.0}
+    """
     inner = unwrap(model)
     was_training = inner.training
     with warnings.catch_warnings():
@@ -183,7 +219,10 @@ def disable_dropout(model, inputs: dict | None = None, noise: bool = True):
 @dataclass(frozen=True)
 class Probe:
     """Whether turning one native site on (or, for ``source="hfreg"``, one whole knob through `patch_model`) changes
-    training-mode output."""
+    training-mode output: one row of `probe`'s answer (its fields are described beside them below).
+
+    Example: see `probe`.
+    """
 
     path: str  # the site's path; "*" for a whole knob
     kind: str
@@ -227,6 +266,14 @@ def probe(model, inputs: dict | None = None, rate: float = 0.5, patched: bool = 
 
     Raises:
         RuntimeError: the model trains randomly with every knob off (`disable_dropout` names what draws).
+
+    Example:
+        >>> import hfreg, transformers
+        >>> model = transformers.BertModel(transformers.BertConfig(hidden_size=32, num_hidden_layers=2,
+        ...                                num_attention_heads=2, intermediate_size=64))
+        >>> rows = hfreg.probe(model, patched=False)
+        >>> sorted({(r.kind, r.acts) for r in rows})
+        [('attention', True), ('embedding', True), ('hidden', True)]
     """
     if knobs is not None:
         deprecated("probe(knobs=)", "probe(patched=)")
@@ -313,7 +360,23 @@ _FFN = ("intermediate_size", "ffn_dim", "d_ff", "encoder_ffn_dim", "decoder_ffn_
 def small_twin(config, layers: int = 2, width: int = 64, heads: int = 4):
     """A copy of ``config`` with ``layers`` layers, width ``width`` and ``heads`` heads: the same architecture and
     code path (attention implementation, rates, layer types), cheap enough to run on a CPU. Near-zero
-    initialisation scales are raised to usual ones, so that a dropout's effect shows in the output."""
+    initialisation scales are raised to usual ones, so that a dropout's effect shows in the output.
+
+    Args:
+        config: a transformers config (nested sub-configs are shrunk too).
+        layers: layers per stack.
+        width: hidden width.
+        heads: attention heads.
+
+    Returns:
+        The shrunk copy; ``config`` is unchanged.
+
+    Example:
+        >>> import hfreg, transformers
+        >>> twin = hfreg.small_twin(transformers.BertConfig())  # bert-base: 12 layers of width 768
+        >>> twin.num_hidden_layers, twin.hidden_size, twin.attention_probs_dropout_prob
+        (2, 64, 0.1)
+    """
     config = copy.deepcopy(config)
 
     def shrink(cfg):

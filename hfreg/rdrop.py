@@ -27,6 +27,15 @@ def rdrop_objective(logits_a: torch.Tensor, logits_b: torch.Tensor, labels: torc
     and integer labels ``(...)`` (sequence or token classification; positions labelled -100 left out), each term a
     mean over the labelled positions.
 
+    Args:
+        logits_a: the first pass's logits.
+        logits_b: the second pass's (same shape, other dropout masks).
+        labels: the labels.
+        alpha: the weight of the symmetric KL term, >= 0.
+
+    Returns:
+        The scalar loss.
+
     Raises:
         ValueError: a negative ``alpha``, or logits and labels whose shapes do not match.
 
@@ -56,7 +65,28 @@ def rdrop_objective(logits_a: torch.Tensor, logits_b: torch.Tensor, labels: torc
 
 def rdrop_loss(model, inputs: dict, alpha: float) -> tuple[torch.Tensor, torch.Tensor]:
     """The R-Drop loss of ``model`` on one batch (a dict with ``labels``, as transformers' models take it), and the
-    first pass's logits. The model must be in training mode for its dropout to draw two different masks."""
+    first pass's logits. The model must be in training mode for its dropout to draw two different masks.
+
+    Args:
+        model: a classifier whose output has ``logits``.
+        inputs: one batch, with ``labels``.
+        alpha: the weight of the symmetric KL term, >= 0.
+
+    Returns:
+        (the loss, the first pass's logits): one forward of the doubled batch.
+
+    Raises:
+        ValueError: no ``labels`` in the batch, or a bad ``alpha``.
+
+    Example:
+        >>> import torch, hfreg, transformers
+        >>> model = transformers.BertForSequenceClassification(transformers.BertConfig(hidden_size=32,
+        ...     num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)).train()
+        >>> loss, logits = hfreg.rdrop_loss(model, {"input_ids": torch.tensor([[101, 2000, 102]]),
+        ...                                        "labels": torch.tensor([1])}, alpha=1.0)
+        >>> loss.ndim, tuple(logits.shape)
+        (0, (1, 2))
+    """
     if "labels" not in inputs:
         raise ValueError("R-Drop needs the batch's `labels`")
     labels = inputs["labels"]

@@ -97,7 +97,19 @@ class RateScheduler:
 
 def rate_scheduler_callback(**schedule):
     """A `transformers.TrainerCallback` that makes a `RateScheduler` when training begins (total steps from the
-    Trainer) and steps it after every optimizer step. The keywords are passed on (``kind="late", cutoff=0.3``)."""
+    Trainer) and steps it after every optimizer step; a resumed Trainer resumes the schedule.
+
+    Args:
+        **schedule: passed on to `RateScheduler` (``kind="late", cutoff=0.3``); none: the spec's own schedules.
+
+    Returns:
+        The callback, for ``Trainer(callbacks=[...])``.
+
+    Example:
+        >>> import hfreg
+        >>> type(hfreg.rate_scheduler_callback(kind="late", cutoff=0.3)).__name__
+        'RateSchedulerCallback'
+    """
     from transformers import TrainerCallback
 
     class RateSchedulerCallback(TrainerCallback):

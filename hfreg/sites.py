@@ -81,6 +81,14 @@ class Site:
             ``"config"`` (read from the config in forward) or ``"injected"`` (an hfreg hook).
         config_key: the config key the model built the rate from ("" if none: a constant, or injected). Read as
             ``origin``, its earlier name, with a FutureWarning.
+
+    Example:
+        >>> import hfreg, transformers
+        >>> model = transformers.BertModel(transformers.BertConfig(hidden_size=32, num_hidden_layers=2,
+        ...                                num_attention_heads=2, intermediate_size=64))
+        >>> hfreg.inspect_model(model)[1]
+        Site(path='encoder.layer.0.attention.self.dropout', kind='attention', rate=0.1, layer=0, source='module', \
+config_key='attention_probs_dropout_prob')
     """
 
     path: str
