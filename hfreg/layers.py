@@ -43,6 +43,8 @@ def keep_mask(shape, keep: float, device=None) -> tuple[torch.Tensor, float]:
         (0.9, 1.111119)
     """
     level = max(1, min(_LEVELS, round(keep * _LEVELS)))
+    if level == _LEVELS:  # keep rounds to 1 (a rate under 1/131072); int16 draws cannot compare with 2**15
+        return torch.ones(shape, dtype=torch.bool, device=device), 1.0
     n = math.prod(shape)
     words = torch.randint(-(1 << 63), (1 << 63) - 1, ((n + 3) // 4,), dtype=torch.int64, device=device)
     draws = words.view(torch.int16)[:n].view(shape)  # uniform over the 65536 int16 values
