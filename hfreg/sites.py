@@ -189,13 +189,14 @@ def _activations(block: nn.Module, repeated: frozenset = frozenset()) -> list[tu
     ``self.act`` and applies the activation as a function)."""
     acts, seen = [], set()
     for name, mod in block.named_modules():
+        # the class name first: most modules of a layer are not activations, and the rest costs more
+        if not name or not _ACTIVATION.fullmatch(type(mod).__name__) or _ATTENTION_PATH.search(name):
+            continue
+        if list(mod.children()) or list(mod.parameters(recurse=False)) or id(mod) in seen or id(mod) in repeated:
+            continue
         parent, _, attr = name.rpartition(".")
-        owner = block.get_submodule(parent) if name else None
-        if (name and not list(mod.children()) and not list(mod.parameters(recurse=False))
-                and _ACTIVATION.fullmatch(type(mod).__name__) and not _ATTENTION_PATH.search(name)
-                and id(mod) not in seen and id(mod) not in repeated
-                and (isinstance(owner, (nn.ModuleList, nn.Sequential, nn.ModuleDict))
-                     or not never_read(type(owner), attr))):
+        owner = block.get_submodule(parent)
+        if isinstance(owner, (nn.ModuleList, nn.Sequential, nn.ModuleDict)) or not never_read(type(owner), attr):
             seen.add(id(mod))
             acts.append((name, mod))
     return acts
@@ -355,6 +356,7 @@ def _native_sites(model: nn.Module, arch: Arch, layer_of: dict, head_roots: list
     dead |= {k for k, flag in arch.dead_unless.items() if not getattr(config, flag, False)}
     sources = config_sources(model)
 
+    @functools.cache  # the same key in every layer: match the rules once
     def classify(key: str, loc: str, source: str | None, module: bool = False) -> str:
         """The table's and the name rules' knob, else the knob of the config key ``source`` the rate comes from,
         else the knob of where it sits."""
@@ -384,8 +386,7 @@ def _native_sites(model: nn.Module, arch: Arch, layer_of: dict, head_roots: list
         if "lora_" in path:
             continue  # the rest of an adapter holds no dropout of the model's own
         owner_cls = type(mod).__name__
-        loc, layer = where(path)
-        if loc == "head" and path and isinstance(mod, nn.Linear):
+        if path and isinstance(mod, nn.Linear) and where(path)[0] == "head":
             head_linears.append((path, mod))
         for name, child in mod._modules.items():
             if isinstance(child, nn.modules.dropout._DropoutNd) and "lora_" not in name:
@@ -399,6 +400,7 @@ def _native_sites(model: nn.Module, arch: Arch, layer_of: dict, head_roots: list
             continue
         for attr, value in vars(mod).items():
             if "drop" in attr and isinstance(value, (float, int)) and not isinstance(value, bool):
+                loc, layer = where(path)
                 key = f"{owner_cls}.{attr}"
                 unread = key in dead or never_read(type(mod), attr)
                 config_key = sources.get((path, attr), ("", ""))[1]
