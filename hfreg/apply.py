@@ -264,35 +264,63 @@ class _SdpaDropout(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
-class _AttentionEnter(_Hook):
-    """Pre-hook of an attention module: in training, run its forward under `_SdpaDropout`."""
+class _ModeEnter(_Hook):
+    """Pre-hook that runs its module's forward under the `TorchFunctionMode` that `mode` gives (None: none)."""
 
-    def __init__(self, p):
-        self.p, self.modes = p, []
+    def __init__(self):
+        self.modes = []
+
+    def mode(self, module) -> TorchFunctionMode | None:
+        raise NotImplementedError
 
     def __call__(self, module, args):
-        if self.p and _sampling(module):
-            mode = _SdpaDropout(self.p)
+        mode = self.mode(module)
+        if mode is not None:
             mode.__enter__()
             self.modes.append(mode)
 
 
-class _AttentionExit(_Hook):
-    """Hook of the same module, called even when its forward raises: leave the mode its pre-hook entered. A module
-    that ran without calling `scaled_dot_product_attention` (linear attention, a recurrent mixer) gets nothing:
-    said once per module class and patch (``told``), at its first such forward, since only running it tells."""
+class _ModeExit(_Hook):
+    """Hook of the same module, called even when its forward raises: leave the mode its pre-hook entered."""
 
-    def __init__(self, enter: _AttentionEnter, told: set):
-        self.enter, self.told = enter, told
+    def __init__(self, enter: _ModeEnter):
+        self.enter = enter
 
     def __call__(self, module, args, output):
         if self.enter.modes:
             mode = self.enter.modes.pop()
             mode.__exit__(None, None, None)
-            if not mode.calls and type(module) not in self.told:
-                self.told.add(type(module))
-                warnings.warn(f"hfreg: `attention`={mode.p} cannot apply to {type(module).__name__}: it computed "
-                              f"attention without scaled_dot_product_attention, where hfreg injects it", UserWarning)
+            self.left(module, mode)
+
+    def left(self, module, mode) -> None:
+        """After leaving ``mode``: what it saw may be worth saying."""
+
+
+class _AttentionEnter(_ModeEnter):
+    """In training, run an attention module's forward under `_SdpaDropout`."""
+
+    def __init__(self, p):
+        super().__init__()
+        self.p = p
+
+    def mode(self, module):
+        return _SdpaDropout(self.p) if self.p and _sampling(module) else None
+
+
+class _AttentionExit(_ModeExit):
+    """A module that ran without calling `scaled_dot_product_attention` (linear attention, a recurrent mixer) gets
+    nothing: said once per module class and patch (``told``), at its first such forward, since only running it
+    tells."""
+
+    def __init__(self, enter: _AttentionEnter, told: set):
+        super().__init__(enter)
+        self.told = told
+
+    def left(self, module, mode):
+        if not mode.calls and type(module) not in self.told:
+            self.told.add(type(module))
+            warnings.warn(f"hfreg: `attention`={mode.p} cannot apply to {type(module).__name__}: it computed "
+                          f"attention without scaled_dot_product_attention, where hfreg injects it", UserWarning)
 
 
 class _CpuMasks(TorchFunctionMode):
@@ -351,30 +379,15 @@ def _attention_with_dropout(query, key, value, attn_mask=None, dropout_p=0.0, is
     return layers.dropout(probs, dropout_p) @ value
 
 
-class _MasksEnter(_Hook):
-    """Pre-hook of the patched model, its layers and their parts: in training, with `layers.FAST_MASKS`, run the
-    forward under `_CpuMasks` unless one is running already (the parts' hooks serve gradient checkpointing, which
-    recomputes a layer's forward alone, outside the model's)."""
+class _MasksEnter(_ModeEnter):
+    """In training, with `layers.FAST_MASKS`, run the forward of the patched model, a layer or a part under
+    `_CpuMasks` unless one is running already (the parts' hooks serve gradient checkpointing, which recomputes a
+    layer's forward alone, outside the model's)."""
 
-    def __init__(self):
-        self.modes = []
-
-    def __call__(self, module, args):
+    def mode(self, module):
         if layers.FAST_MASKS and module.training and not getattr(_CpuMasks.depth, "n", 0):
-            mode = _CpuMasks()
-            mode.__enter__()
-            self.modes.append(mode)
-
-
-class _MasksExit(_Hook):
-    """Hook of the same model, called even when its forward raises: leave the mode its pre-hook entered."""
-
-    def __init__(self, enter: _MasksEnter):
-        self.enter = enter
-
-    def __call__(self, module, args, output):
-        if self.enter.modes:
-            self.enter.modes.pop().__exit__(None, None, None)
+            return _CpuMasks()
+        return None
 
 
 class PatchState:
@@ -458,7 +471,7 @@ def apply_spec(model, reg: RegularizationConfig, inert: frozenset[str] = frozens
             parts = [m for x in struct.layers for m in (x.module, *x.module.children())]
             for module in [model, *{id(m): m for m in parts}.values()]:
                 enter = state.hook(module, _MasksEnter(), pre=True)
-                state.hook(module, _MasksExit(enter), always_call=True)
+                state.hook(module, _ModeExit(enter), always_call=True)
         _set_natives(struct, reg, knobs, natives_by, state)
         state.assign(model.config, CONFIG_ATTR, reg.to_dict())
     except BaseException:

@@ -278,7 +278,6 @@ class RegularizationConfig:
             return cls.from_dict(json.load(f))
 
 
-
 def _renamed_init(init):
     @wraps(init)
     def __init__(self, *args, drop_path_schedule=None, **kwargs):
