@@ -13,7 +13,8 @@ invariants, each on a fresh twin where it matters:
   eval      eval output bit-identical under a spec setting every knob (0.3)
   keys      state_dict keys and values unchanged by that patch
   zero      `disable_dropout` passes: the all-zero spec makes training deterministic
-  knob:X    knob X alone at 0.5 changes training output (reproducibly), or warns that it cannot apply
+  knob:X    knob X alone at 0.5 changes training output (reproducibly), or warns that it cannot apply; for
+            `mixout`, which mixes towards the weights at patch time, after a small step of every weight
   unpatch   `unpatch_model` gives back the unpatched training output and hooks
   keeps:X   knob X alone at 0.5 acts, by `inspect_model`, in every layer (and every site outside layers) where
             the unpatched model's X acted, and where none of X acts after the patch (it warned), every native site
@@ -64,8 +65,15 @@ def outputs(model, inputs, train, seed):
     random.seed(seed)
     with torch.no_grad():
         out = model(**inputs)
-    values = out.values() if hasattr(out, "values") else out
-    return [v.detach().clone() for v in values if isinstance(v, torch.Tensor) and v.is_floating_point()]
+    return [v.detach().clone() for v in _tensors(out) if v.is_floating_point()]
+
+
+def _tensors(out):
+    """The tensors of a model output, nested tuples included (a backbone's ``feature_maps``)."""
+    if isinstance(out, torch.Tensor):
+        return [out]
+    values = out.values() if hasattr(out, "values") else out if isinstance(out, (tuple, list)) else ()
+    return [t for v in values for t in _tensors(v)]
 
 
 def train_out(model, inputs, seed):
@@ -84,6 +92,7 @@ def build(model_type):
     from transformers import AutoConfig, AutoModel
 
     config = hfreg.small_twin(AutoConfig.for_model(model_type))
+    config.architectures = config.architectures or []  # AutoModel reads it for types with several classes (Funnel)
     torch.manual_seed(0)
     try:
         model = AutoModel.from_config(config)
@@ -119,6 +128,15 @@ def _model_class(config_class):
     return ranked[0] if ranked else None
 
 
+def moved(model) -> None:
+    """A small step of every trainable floating-point parameter, as one of training would take."""
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad and p.is_floating_point():
+                p.add_(torch.randn(p.shape, generator=g).to(p) * 1e-2)
+
+
 def keeps(before, after, knob) -> bool:
     """The invariant of a knob patched at a rate > 0, from `inspect_model` before and after: it acts in at least
     the places it acted before (counted per layer: one hook at a block's branch end may replace two native sites of
@@ -134,9 +152,9 @@ def keeps(before, after, knob) -> bool:
     return places(now) >= places(s for s in before if s.kind == knob)
 
 
-def check(model_type) -> tuple[str, list[str], str]:
-    """(status, failed checks, note): status is "pass" (every knob acts), "warns" (every invariant holds; some
-    knobs cannot act and say so at patch time), "fail" or "unbuildable"."""
+def check(model_type) -> tuple[str, list[str], str, list[str]]:
+    """(status, failed checks, note, knobs that warned): status is "pass" (every knob acts), "warns" (every
+    invariant holds; some knobs cannot act and say so at patch time), "fail" or "unbuildable"."""
     try:
         model = build(model_type)
         inputs = hfreg.probe_inputs(model)
@@ -144,12 +162,12 @@ def check(model_type) -> tuple[str, list[str], str]:
         t1 = train_out(model, inputs, 1)  # before eval: train passes move BatchNorm statistics, eval ones do not
         e1, e2 = eval_out(model, inputs, 0), eval_out(model, inputs, 1)
         if not e1 or not same(e1, e2) or not all(torch.isfinite(x).all() for x in e1 + t1):
-            return "unbuildable", [], "eval output empty, not finite or seed-dependent"
+            return "unbuildable", [], "eval output empty, not finite or seed-dependent", []
     except Timeout:
         raise
     except Exception as e:  # anything a default config or generic input cannot do
-        return "unbuildable", [], f"{type(e).__name__}: {str(e).splitlines()[0][:90] if str(e) else ''}"
-    failed, warned = [], []
+        return "unbuildable", [], f"{type(e).__name__}: {str(e).splitlines()[0][:90] if str(e) else ''}", []
+    failed, warned, knobs = [], [], []
     try:
         full = Reg(**{k: 0.3 for k in KNOBS_CHECKED})
         state = {k: v.clone() for k, v in model.state_dict().items()}
@@ -176,6 +194,9 @@ def check(model_type) -> tuple[str, list[str], str]:
             with warnings.catch_warnings(record=True) as caught:  # at patch time, or at the first forward
                 warnings.simplefilter("always")
                 hfreg.patch_model(model, Reg(**{**Reg.zero().knob_values(), knob: 0.5}))
+                if knob == "mixout":  # it mixes towards the weights at patch time: seen once training moved them
+                    weights = {k: v.clone() for k, v in model.state_dict().items()}
+                    moved(model)
                 first = train_out(model, inputs, 1)
             if not keeps(native, hfreg.inspect_model(model), knob):
                 failed.append(f"keeps:{knob}")
@@ -185,15 +206,18 @@ def check(model_type) -> tuple[str, list[str], str]:
             if caught:
                 # the patch-time warning says why: "...cannot apply to <type> (<Class>): <why>"
                 warned.append(f"{knob} ({str(caught[0].message).split('): ', 1)[-1]})")
+                knobs.append(knob)
             elif not acts:
                 failed.append(f"knob:{knob}")
+            if knob == "mixout":
+                model.load_state_dict(weights)
         hfreg.unpatch_model(model)
     except Timeout:
         raise
     except Exception as e:
         failed.append(f"error ({type(e).__name__})")
     status = "fail" if failed else "warns" if warned else "pass"
-    return status, failed, ("warns: " + "; ".join(warned)) if warned else ""
+    return status, failed, ("warns: " + "; ".join(warned)) if warned else "", knobs
 
 
 def main(argv=None) -> int:
@@ -203,7 +227,7 @@ def main(argv=None) -> int:
     p.add_argument("--output", default="docs/coverage.md")
     p.add_argument("--types", default=None, help="comma-separated model types (default: all)")
     p.add_argument("--limit", type=int, default=None, help="only the first N types")
-    p.add_argument("--seconds", type=int, default=60, help="time limit per type")
+    p.add_argument("--seconds", type=int, default=90, help="time limit per type")
     p.add_argument("--shard", default="0/1", help="i/n: every n-th type from the i-th, its rows to OUTPUT.json; "
                                                   "run n shards at once, then --merge their .json files")
     p.add_argument("--merge", nargs="+", default=None, help="shards' .json rows to write as one OUTPUT")
@@ -213,7 +237,7 @@ def main(argv=None) -> int:
     if args.merge:
         shards = [json.load(open(path)) for path in args.merge]
         rows = sorted((tuple(r) for shard in shards for r in shard["rows"]), key=lambda r: types.index(r[0]))
-        write(args.output, rows, max(s["seconds"] for s in shards), len(types))
+        write(args.output, rows, max(s["seconds"] for s in shards), len(types), shards[0]["limit"])
         return 0
     i, n = (int(x) for x in args.shard.split("/"))
     types = types[i::n]
@@ -224,18 +248,18 @@ def main(argv=None) -> int:
     for i, model_type in enumerate(types):
         signal.alarm(args.seconds)
         try:
-            status, failed, note = check(model_type)
+            status, failed, note, knobs = check(model_type)
         except Timeout:
-            status, failed, note = "unbuildable", [], f"over {args.seconds} s"
+            status, failed, note, knobs = "unbuildable", [], f"over {args.seconds} s", []
         finally:
             signal.alarm(0)
-        rows.append((model_type, status, failed, note))
+        rows.append((model_type, status, failed, note, knobs))
         print(f"[{i + 1}/{len(types)}] {model_type}: {status} {' '.join(failed)} {note}", flush=True)
         if n > 1:
             with open(args.output + ".json", "w") as f:
-                json.dump({"rows": rows, "seconds": time.time() - started}, f)
-        else:
-            write(args.output, rows, time.time() - started, len(types))  # as it goes: a stopped run keeps its rows
+                json.dump({"rows": rows, "seconds": time.time() - started, "limit": args.seconds}, f)
+        else:  # as it goes: a stopped run keeps its rows
+            write(args.output, rows, time.time() - started, len(types), args.seconds)
     return 0
 
 
@@ -246,19 +270,22 @@ def logging_off():
     warnings.filterwarnings("ignore")
 
 
-def write(path, rows, seconds, total):
+def write(path, rows, seconds, total, limit):
     import platform
 
     import transformers
 
-    counts = collections.Counter(status for _, status, _, _ in rows)
+    counts = collections.Counter(status for _, status, _, _, _ in rows)
     buildable = counts["pass"] + counts["warns"] + counts["fail"]
-    by_check = collections.Counter(c for _, _, failed, _ in rows for c in failed)
+    by_check = collections.Counter(c for _, _, failed, _, _ in rows for c in failed)
+    built = [r for r in rows if r[1] != "unbuildable"]
+    per_knob = [(k, sum(k in r[4] for r in built),
+                 sum(any(c.endswith(":" + k) for c in r[2]) for r in built)) for k in KNOBS_CHECKED]
     lines = [
         "# Patcher coverage over transformers model types",
         "",
         f"`benchmarks/coverage.py` on transformers {transformers.__version__}, torch {torch.__version__}, "
-        f"{platform.machine()}, {seconds / 60:.0f} min, {len(rows)} of {total} types"
+        f"{platform.machine()}, {seconds / 60:.0f} min, {len(rows)} of {total} types, {limit} s per type at most"
         f"{' (alphabetical, from the first)' if len(rows) < total else ''}. Each type: its default config as a "
         f"small twin "
         f"(`hfreg.small_twin`), the base model, inputs from `hfreg.probe_inputs`; the invariants are listed in "
@@ -270,6 +297,13 @@ def write(path, rows, seconds, total):
         f"{counts['fail']} fail at least one. {counts['unbuildable']} of {len(rows)} types could not be built or "
         f"fed generically.",
         "",
+        "Each knob over the buildable types: where it acts, where it cannot and warns (the note of each type below "
+        "says why), where a check of it fails.",
+        "",
+        "| knob | acts | warns | fails |",
+        "|---|---|---|---|",
+        *[f"| `{k}` | {buildable - w - f} | {w} | {f} |" for k, w, f in per_knob],
+        "",
         "| failing check | types |",
         "|---|---|",
         *[f"| {c} | {n} |" for c, n in by_check.most_common()],
@@ -278,13 +312,13 @@ def write(path, rows, seconds, total):
         "",
         "| type | status | failing checks | note |",
         "|---|---|---|---|",
-        *[f"| {t} | {s} | {' '.join(f)} | {n} |" for t, s, f, n in rows if s in ("fail", "warns")],
+        *[f"| {t} | {s} | {' '.join(f)} | {n} |" for t, s, f, n, _ in rows if s in ("fail", "warns")],
         "",
-        "Every knob acts: " + ", ".join(t for t, s, _, _ in rows if s == "pass") + ".",
+        "Every knob acts: " + ", ".join(t for t, s, _, _, _ in rows if s == "pass") + ".",
         "",
         "Not buildable here:",
         "",
-        *[f"- {t}: {n}" for t, s, f, n in rows if s == "unbuildable"],
+        *[f"- {t}: {n}" for t, s, f, n, _ in rows if s == "unbuildable"],
         "",
     ]
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)

@@ -30,7 +30,7 @@ from torch.overrides import TorchFunctionMode
 
 from . import layers
 from .config import CONFIG_ATTR, KNOBS, RegularizationConfig
-from .layers import drop_head, drop_path, drop_path_rates, embedding_noise, mixout
+from .layers import drop_head, drop_path_mask, drop_path_rates, embedding_noise, mixout
 from .sites import Site, Structure, analyze, stack_key
 
 _STATE = "_hfreg_patch"
@@ -149,8 +149,13 @@ class _LayerPost(_Hook):
 
 
 class _Branch(_Hook):
-    def __init__(self, state):
-        self.s = state
+    """Hook at a branch end: hidden dropout and drop-path on its output. One instance serves every part of a
+    branch summed from several modules (GraniteMoeHybrid's experts and shared MLP): the first part's call draws the
+    drop-path mask, the others' reuse it. Counting calls, not forwards, keeps the draws where they were when
+    gradient checkpointing reruns a layer's forward without its hooks on the layer."""
+
+    def __init__(self, state, parts: int = 1):
+        self.s, self.parts, self.calls, self.mask = state, parts, 0, None
 
     def __call__(self, module, args, output):
         if not _sampling(module):
@@ -162,10 +167,35 @@ class _Branch(_Hook):
             if s.hidden:
                 x = F.dropout(x, s.hidden, True)
             if rate:
-                x = drop_path(x, rate, True, s.mode, s.batch)
+                if self.calls % self.parts == 0:
+                    self.mask = drop_path_mask(x, rate, s.mode, s.batch)
+                self.calls += 1
+                x = x * self.mask
             return x
 
         return _map_first(output, regularize)
+
+
+class _ParallelDraw(_Hook):
+    """LayerDrop for a layer made of the i-th entries of parallel lists (XLM): the pre-hook of its first entry draws
+    whether the layer is skipped in this forward; `_ParallelSkip` hooks then make its branches add nothing (zeros)
+    and its norms pass their input through, so the residual stream goes past the layer unchanged."""
+
+    def __init__(self, p):
+        self.p, self.skipped = p, False
+
+    def __call__(self, module, args):
+        self.skipped = bool(self.p and _sampling(module) and torch.rand(()) < self.p)
+
+
+class _ParallelSkip(_Hook):
+    def __init__(self, draw: _ParallelDraw, norm: bool):
+        self.draw, self.norm = draw, norm
+
+    def __call__(self, module, args, output):
+        if not self.draw.skipped:
+            return None
+        return args[0] if self.norm else _map_first(output, torch.zeros_like)
 
 
 class _ResetCalls(_Hook):
@@ -516,7 +546,7 @@ def _inject_layers(model, struct: Structure, reg, knobs, natives_by, state: Patc
     if not struct.layers:
         for knob in _LAYER_KNOBS:
             if knob in knobs and not natives_by[knob]:
-                _warn(knob, knobs[knob], model, "no transformer layer stack was found")
+                _warn(knob, knobs[knob], model, "no stack of residual layers was found")
         return injected
     hidden = knobs.get("hidden") or 0.0
     # a tower with a native site for a knob keeps it; the others (a language model beside a vision tower that has
@@ -527,13 +557,17 @@ def _inject_layers(model, struct: Structure, reg, knobs, natives_by, state: Patc
         layerdrop = 0.0 if t in native["layerdrop"] else (knobs.get("layerdrop") or 0.0)
         embedding = 0.0 if t in native["embedding"] else (knobs.get("embedding") or 0.0)
         activation = knobs.get("activation") if t not in native["activation"] else None
-        if tower[0].parallel and (layerdrop or embedding):  # no module of the layer's own to skip or to feed
-            for knob, rate in (("layerdrop", layerdrop), ("embedding", embedding)):
-                if rate and knob not in warned:
-                    warned.add(knob)
-                    _warn(knob, rate, model, "its layers are parallel per-index lists joined in forward: no layer "
-                                             "module to skip or to take the input of")
-            layerdrop = embedding = 0.0
+        if tower[0].parallel:  # no module of the layer's own to feed; skipped through its entries' hooks
+            if embedding and "embedding" not in warned:
+                warned.add("embedding")
+                _warn("embedding", embedding, model, "its layers are parallel per-index lists joined in forward: "
+                                                     "no layer module to take the input of")
+            if layerdrop and not tower[0].skippable and "layerdrop" not in warned:
+                warned.add("layerdrop")
+                _warn("layerdrop", layerdrop, model, "its layers are parallel per-index lists joined in forward, "
+                                                     "beside per-index lists that are neither branches nor norms")
+            embedding = 0.0
+            layerdrop = layerdrop if tower[0].skippable else 0.0
         if activation is not None and not any(layer.activations for layer in tower):
             where = f" of {tower[0].path.rsplit('.', 1)[0]}" if len(struct.towers) > 1 else ""
             _warn("activation", activation, model, f"no activation module was found in the layers{where}")
@@ -542,27 +576,37 @@ def _inject_layers(model, struct: Structure, reg, knobs, natives_by, state: Patc
         for pos, layer in enumerate(tower):
             own = rates[layer.index:layer.index + layer.calls]
             emb = embedding if pos == 0 else 0.0
-            s = _LayerState(hidden, own, layerdrop, emb, reg.drop_path_mode)
+            skip = layerdrop if layer.skippable else 0.0
+            whole = 0.0 if layer.parallel else skip  # a parallel layer is skipped through its entries' hooks
+            s = _LayerState(hidden, own, whole, emb, reg.drop_path_mode)
             states.append(s)
             state.live += [(s, "hidden", "hidden", hidden), (s, "rates", "drop_path", tuple(own)),
-                           (s, "layerdrop", "layerdrop", layerdrop), (s, "embedding", "embedding", emb)]
+                           (s, "layerdrop", "layerdrop", whole), (s, "embedding", "embedding", emb)]
             for i, rate in enumerate(own):
                 idx = layer.index + i
                 if "hidden" in knobs:
                     injected += [Site(p, "hidden", hidden, idx, "injected") for p, _ in layer.branches]
                 if "drop_path" in knobs:
                     injected += [Site(p, "drop_path", rate, idx, "injected") for p, _ in layer.branches]
-                if "layerdrop" in knobs and t not in native["layerdrop"]:
+                if "layerdrop" in knobs and t not in native["layerdrop"] and layer.skippable:
                     injected.append(Site(layer.path, "layerdrop", layerdrop, idx, "injected"))
             if "embedding" in knobs and t not in native["embedding"] and pos == 0:
                 injected.append(Site(layer.path + ".<input>", "embedding", embedding, None, "injected"))
-            if emb or layerdrop or any(own):  # batch size for drop-path, input for embedding dropout / LayerDrop
+            if layer.parallel and skip:
+                draw = state.hook(layer.module, _ParallelDraw(skip), pre=True, knob="layerdrop")
+                for _, part in layer.branches:
+                    state.hook(part, _ParallelSkip(draw, norm=False))
+                for _, norm in layer.norms:
+                    state.hook(norm, _ParallelSkip(draw, norm=True))
+            if emb or whole or any(own):  # batch size for drop-path, input for embedding dropout / LayerDrop
                 state.hook(layer.module, _LayerPre(s), pre=True, with_kwargs=True)
-            if layerdrop:
+            if whole:
                 state.hook(layer.module, _LayerPost(s, told), with_kwargs=True)
             if hidden or any(own):
-                for _, branch in layer.branches:
-                    state.hook(branch, _Branch(s))
+                for group in layer.branch_groups():
+                    hook = _Branch(s, len(group))  # one per branch: its parts share the drop-path draw
+                    for _, part in group:
+                        state.hook(part, hook)
             if activation is not None:
                 for path, act in layer.activations:
                     injected.append(Site(path, "activation", activation, layer.index, "injected"))

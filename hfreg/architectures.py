@@ -23,30 +23,37 @@ GENERIC_RULES: tuple[tuple[str, str], ...] = (
     (r".*\.(attn_dropout|attention_dropout|attn_pdrop)", "attention"),
     (r".*Attention\.dropout", "attention"),  # BertSelfAttention, T5Attention, BartAttention, CLIPAttention, ...
     (r".*\.pos_dropout", "embedding"),  # DeBERTa relative-position embeddings
+    (r".*Dense(Gated)?ActDense\.dropout", "activation"),  # T5's family: dropout after the MLP's activation
 )
 
 # Where residual branches end inside one layer: for each branch, candidates tried in order (first present
 # wins). The branch's output is taken just before it joins the residual stream.
 GENERIC_BRANCHES: tuple[tuple[str, ...], ...] = (
-    ("attention.output.dropout", "self_attn", "self_attention", "attn", "attention", "mixer", "temporal_block"),
+    ("attention.output.dropout", "self_attn", "self_attention", "attn", "attention", "mixer", "temporal_block",
+     "mamba"),
     #     self-attention; state-space blocks (Mamba, Nemotron-H) mix tokens in a `mixer`, Griffin (RecurrentGemma)
-    #     in a `temporal_block`
+    #     in a `temporal_block`, the SSM layers of hybrids (Bamba, Jamba, Zamba) in a `mamba`
     ("crossattention.output.dropout", "encoder_attn", "cross_attn", "crossattention"),  # cross-attention
     ("output.dropout", "mlp", "feed_forward", "ffn", "fc2", "mlp_block"),  # MLP
 )
 # Where a layer has none of those, tried in order: its stochastic-depth modules (timm's ``x = shortcut +
 # self.drop_path(x)``, also an identity where the rate is 0) mark where its branches join the residual stream, so
 # residual blocks of convolutional stages (ConvNeXt V2, PoolFormer, DINOv3-ConvNeXt, BiT) become layers; else a
-# block's one `layer` (ResNet, RegNet: ``x = self.layer(x); x += shortcut``), a module that runs (not a list).
-FALLBACK_BRANCHES = ("drop_path*", "layer")
+# block's one `layer` (ResNet, RegNet: ``x = self.layer(x); x += shortcut``), a module that runs (not a list);
+# else the sub-layers of a block held in a list `layer`, each ending its branch in a dropout (T5 and its family:
+# MT5, UMT5, LongT5, Switch Transformers, Pop2Piano).
+FALLBACK_BRANCHES = ("drop_path*", "layer", "layer.*.dropout")
 
 
 @dataclass(frozen=True)
 class Arch:
     """One architecture's exceptions; a misspelt field or an unknown knob fails at import."""
 
-    branches: tuple[str, ...] = ()  # branch-end modules inside a layer ("*": one path component); replaces
-    #                                 GENERIC_BRANCHES when given
+    branches: tuple[str, ...] = ()  # branch-end modules inside a layer ("*": one path component; "a+b": modules
+    #                                 whose outputs are summed into one branch, one drop-path draw for all);
+    #                                 replaces GENERIC_BRANCHES when given
+    residual_flag: str | None = None  # attribute of a layer, false where the layer adds no residual (its branch
+    #                                   is the main path): such layers get no branch hooks and are never skipped
     rules: tuple[tuple[str, str], ...] = ()  # classification patterns tried before GENERIC_RULES
     dead: tuple[str, ...] = ()  # sites that exist but that forward never reads, where the source scan cannot tell
     broken: tuple[str, ...] = ()  # sites whose own code fails when on: held at 0, the knob injected instead
@@ -55,6 +62,7 @@ class Arch:
     #                                 `self.config` in forward, where the source scan cannot tell the knob
     shared_depth: str | None = None  # config key giving the depth of a stack whose one layer is reused
     unwritable: tuple[str, ...] = ()  # config keys `patch_config` must leave alone: the model refuses them
+    not_dropout: tuple[str, ...] = ()  # float "drop" attributes that scale the output in eval too: not a rate
 
     def __post_init__(self):
         knobs = [k for _, k in self.rules] + list(self.forward_config.values())
@@ -63,15 +71,26 @@ class Arch:
             raise ValueError(f"unknown knob(s) {unknown} in an architecture entry; allowed: {list(KNOBS)}")
 
 
-# T5 and its relatives (MT5, UMT5, LongT5): each sub-layer of a block ends its residual branch with its dropout
-_T5 = Arch(branches=("layer.*.dropout",),
-           rules=((r"\w*T5Layer\w*\.dropout", "hidden"), (r"\w*T5Dense\w*\.dropout", "activation")))
-
 ARCHITECTURES: dict[str, Arch] = {
     "albert": Arch(branches=("attention.output_dropout", "ffn_output"), shared_depth="num_hidden_layers"),
     # the residual is added inside BloomAttention / BloomMLP: the branch ends at their output projection
     "bloom": Arch(branches=("self_attention.dense", "mlp.dense_4h_to_h")),
     "convnext": Arch(branches=("pwconv2",)),
+    # EfficientNet's blocks (and ALIGN's vision tower) add the residual after `projection.dropout`, which only
+    # residual blocks call; its rate grows with depth from drop_connect_rate but is element-wise: hidden dropout
+    "efficientnet": Arch(branches=("projection.dropout",), residual_flag="projection.apply_dropout"),
+    "align_vision_model": Arch(branches=("projection.dropout",), residual_flag="projection.apply_dropout"),
+    # post-LN inside the blocks: the branches end at the dropouts before each residual add and norm
+    "funnel": Arch(branches=("attention.hidden_dropout", "ffn.dropout")),
+    # attention and SSM side by side, their outputs summed into one branch
+    "falcon_h1": Arch(branches=("self_attn+mamba", "feed_forward")),
+    # the MLP branch is the routed experts' output plus the shared MLP's
+    "granitemoehybrid": Arch(branches=("mamba", "self_attn", "block_sparse_moe+shared_mlp")),
+    # `hidden + module(hidden) * mask`: the residual layer's drop_rate is per-sample drop-path
+    "levit": Arch(branches=("module",), rules=((r"LevitResidualLayer\.drop_rate", "drop_path"),)),
+    "mobilenet_v2": Arch(branches=("reduce_1x1",), residual_flag="use_residual"),
+    # the classifier multiplies by (1 - hidden_dropout_prob) in eval and training alike
+    "pp_lcnet": Arch(not_dropout=("PPLCNetForImageClassification.hidden_dropout_prob",)),
     # DiffLlamaAttention raises at build time when config.attention_dropout > 0; set live, the rate acts
     "diffllama": Arch(unwritable=("attention_dropout",)),
     # config.attention_dropout is residual dropout after attention; the attention-probability module is used
@@ -86,7 +105,6 @@ ARCHITECTURES: dict[str, Arch] = {
     # transformers' encoder LayerDrop sets the hidden states to None when it skips a layer, and forward fails
     "pegasus_x": Arch(broken=("PegasusXEncoder.layerdrop",)),
     "mpnet": Arch(branches=("attention.dropout", "output.dropout"), rules=((r"MPNetAttention\.dropout", "hidden"),)),
-    "t5": _T5, "mt5": _T5, "umt5": _T5, "longt5": _T5,
     # the residual is added inside the attention's post_attention and the feed-forward block: the branches end at
     # the attention's output dropout and at the second linear layer (ff.dropout also follows the activation)
     "xlnet": Arch(branches=("rel_attn.dropout", "ff.layer_2")),

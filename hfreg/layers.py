@@ -86,15 +86,37 @@ def drop_path(x: torch.Tensor, drop_prob: float = 0.0, training: bool = False, m
     """
     if drop_prob == 0.0 or not training:
         return x
+    return x * drop_path_mask(x, drop_prob, mode, batch_size)
+
+
+def drop_path_mask(x: torch.Tensor, drop_prob: float, mode: str = "per_sample", batch_size: int | None = None
+                   ) -> torch.Tensor:
+    """The scaled keep mask `drop_path` multiplies ``x`` by: 0 or 1/(1-p), broadcastable to ``x``. Several
+    modules whose outputs are summed into one branch take the same mask.
+
+    Args:
+        x: branch output, batch first (its shape, dtype and device are used).
+        drop_prob: the probability of dropping a branch, in [0, 1).
+        mode: ``"per_sample"`` or ``"per_batch"``.
+        batch_size: the true batch size when ``x`` folds extra rows into dim 0 (see `drop_path`).
+
+    Returns:
+        A tensor of shape ``(rows, 1, ..., 1)`` (``()`` per batch).
+
+    Example:
+        >>> _ = torch.manual_seed(0)
+        >>> drop_path_mask(torch.ones(4, 2), 0.5).flatten()
+        tensor([0., 0., 2., 0.])
+    """
     keep = 1.0 - drop_prob
     if mode == "per_batch":
-        return x * (x.new_empty(()).bernoulli_(keep) / keep)
+        return x.new_empty(()).bernoulli_(keep) / keep
     rows = x.shape[0]
     batch = batch_size if batch_size and rows % batch_size == 0 else rows
     mask = x.new_empty((batch,) + (1,) * (x.ndim - 1)).bernoulli_(keep).div_(keep)
     if batch != rows:
         mask = mask.repeat_interleave(rows // batch, dim=0)
-    return x * mask
+    return mask
 
 
 class DropPath(nn.Module):

@@ -381,6 +381,11 @@ def small_twin(config, layers: int = 2, width: int = 64, heads: int = 4):
 
     def shrink(cfg):
         d = vars(cfg)
+        # sizes tied to the width: kept tied (Bamba, GraniteMoeHybrid: the SSM heads span expand * hidden;
+        # EfficientNet: the last convolution's 1280 * width_coefficient channels are `hidden_dim`)
+        ssm_tied = all(isinstance(d.get(k), int) for k in ("mamba_n_heads", "mamba_d_head", "mamba_expand",
+                                                           "hidden_size")) \
+            and d["mamba_n_heads"] * d["mamba_d_head"] == d["mamba_expand"] * d["hidden_size"]
         for k in _DEPTH:
             if isinstance(d.get(k), int) and d[k] > layers:
                 setattr(cfg, k, layers)
@@ -413,6 +418,12 @@ def small_twin(config, layers: int = 2, width: int = 64, heads: int = 4):
                 for k in _DEPTH:
                     if isinstance(d.get(k), int) and d[k] == layers:
                         setattr(cfg, k, len(cfg.layer_types))
+        if ssm_tied:
+            cfg.mamba_n_heads = min(cfg.mamba_n_heads, heads)
+            cfg.mamba_d_head = cfg.mamba_expand * cfg.hidden_size // cfg.mamba_n_heads
+        if isinstance(d.get("width_coefficient"), float) and isinstance(d.get("hidden_dim"), int):
+            cfg.width_coefficient = cfg.hidden_dim / 1280
+            cfg.depth_coefficient = min(d.get("depth_coefficient", 1.0), 1.0)
         if isinstance(d.get("conv_dim"), (list, tuple)):  # speech encoders' convolutional feature extractor
             cfg.conv_dim = type(d["conv_dim"])(min(c, width) for c in d["conv_dim"])
         if isinstance(d.get("depths"), list):  # staged vision models: one block per stage

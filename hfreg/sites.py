@@ -136,6 +136,16 @@ class Layer:
     # forward: it has branches but no module of its own to skip or to feed (``module`` is its first branch)
     parallel: bool = False
     members: tuple[str, ...] = ()  # for a parallel layer: the paths of its entries
+    # LayerDrop may skip it: not where the layer adds no residual (MobileNetV2's stage heads), nor a parallel layer
+    # whose per-index lists are not all branches and norms
+    skippable: bool = True
+    groups: tuple[int, ...] = ()  # per branch: the branch it is part of (parts summed into one branch share one)
+    norms: list[tuple[str, nn.Module]] = field(default_factory=list)  # a parallel layer's per-index norms
+
+    def branch_groups(self) -> list[list[tuple[str, nn.Module]]]:
+        """The branch ends grouped by branch (each its own group unless the architecture sums several)."""
+        ids = self.groups or tuple(range(len(self.branches)))
+        return [[b for b, j in zip(self.branches, ids) if j == g] for g in dict.fromkeys(ids)]
 
 
 @dataclass
@@ -165,9 +175,16 @@ def _resolve(block: nn.Module, pattern: str) -> list[tuple[str, nn.Module]]:
 
 def find_branches(block: nn.Module, model_type: str | None) -> list[tuple[str, nn.Module]]:
     """Branch-end modules of one layer, in forward order."""
+    return [hit for group in _branch_groups(block, model_type) for hit in group]
+
+
+def _branch_groups(block: nn.Module, model_type: str | None) -> list[list[tuple[str, nn.Module]]]:
+    """Branch-end modules of one layer, in forward order, grouped by branch: a group of several modules is one
+    branch summed from their outputs (an architecture's ``"a+b"``)."""
     arch = architecture(model_type)
     if arch.branches:
-        return [hit for pattern in arch.branches for hit in _resolve(block, pattern)]
+        groups = [[hit for part in pattern.split("+") for hit in _resolve(block, part)] for pattern in arch.branches]
+        return [g for g in groups if g]
     found = []
     for candidates in GENERIC_BRANCHES:
         for name in candidates:
@@ -179,7 +196,7 @@ def find_branches(block: nn.Module, model_type: str | None) -> list[tuple[str, n
         found = [(n, m) for n, m in _resolve(block, pattern) if not isinstance(m, (nn.ModuleList, nn.ModuleDict))]
         if found:
             break
-    return found
+    return [[hit] for hit in found]
 
 
 def _activations(block: nn.Module, repeated: frozenset = frozenset()) -> list[tuple[str, nn.Module]]:
@@ -220,12 +237,14 @@ def analyze(model: nn.Module) -> Structure:
     """Walk ``model`` (a transformers PreTrainedModel) and describe its regularization structure, in three phases:
     layer towers, then where heads begin, then native sites (which need both to classify what they find)."""
     arch = architecture(getattr(model.config, "model_type", None))
-    towers = _towers(model, arch)
+    unused: set[str] = set()
+    towers = _towers(model, arch, unused)
     layer_of = {path: layer for tower in towers for layer in tower for path in (layer.path, *layer.members)}
     head_roots = _head_roots(model, layer_of)
     natives, head_linears, adapter_slots = _native_sites(model, arch, layer_of, head_roots)
     for n in natives:  # the module holding the rate, or reading it from its config
         n.towers = () if n.module_path.split(".")[0] in head_roots else _towers_of(n.module_path, towers)
+        n.dead = n.dead or n.path in unused
     return Structure(towers, natives, head_linears, adapter_slots)
 
 
@@ -252,9 +271,16 @@ def _towers_of(path: str, towers: list[list[Layer]]) -> tuple[int, ...]:
     return tuple(hits)
 
 
-def _towers(model: nn.Module, arch: Arch) -> list[list[Layer]]:
+def _attribute(obj, path: str):
+    for part in path.split("."):
+        obj = getattr(obj, part, None)
+    return obj
+
+
+def _towers(model: nn.Module, arch: Arch, unused: set[str]) -> list[list[Layer]]:
     """Layer stacks: ModuleLists whose layers have residual branches; stacks that differ only by an index (Swin,
-    ConvNeXt stages) chain into one tower, so that depth schedules run over the whole tower."""
+    ConvNeXt stages) chain into one tower, so that depth schedules run over the whole tower. Adds to ``unused``
+    the dropout modules that layers without a residual (by the architecture's flag) never call."""
     model_type = getattr(model.config, "model_type", None)
     paths: dict[int, int] = {}
     for _, mod in model.named_modules(remove_duplicate=False):
@@ -280,8 +306,19 @@ def _towers(model: nn.Module, arch: Arch) -> list[list[Layer]]:
             calls = max(1, depth // len(members))
         tower = []
         for i, (path, mod) in enumerate(members):
-            layer = Layer(mod, path, i * calls, depth, calls, find_branches(mod, model_type),
-                          _activations(mod, repeated))
+            groups = _branch_groups(mod, model_type)
+            # a layer whose architecture says it adds no residual: its "branch" is the main path
+            # a layer with no residual: by the architecture's flag, or (where the table names the branch ends) one
+            # that has none of them (LeViT's subsampling attention between its residual layers)
+            residual = (arch.residual_flag is None or bool(_attribute(mod, arch.residual_flag))) \
+                and (bool(groups) or not arch.branches)
+            if not residual:  # a dropout ending the branch guards the residual add: without one, never called
+                unused.update(f"{path}.{n}" for g in groups for n, m in g
+                              if isinstance(m, nn.modules.dropout._DropoutNd))
+                groups = []
+            layer = Layer(mod, path, i * calls, depth, calls, [hit for g in groups for hit in g],
+                          _activations(mod, repeated), skippable=residual,
+                          groups=tuple(j for j, g in enumerate(groups) for _ in g))
             layer.branches = [(f"{path}.{n}", m) for n, m in layer.branches]
             layer.activations = [(f"{path}.{n}", m) for n, m in layer.activations]
             layer.attentions = [(f"{path}.{n}", m) for n, m in _attentions(mod)]
@@ -312,13 +349,19 @@ def _parallel_towers(model: nn.Module, claimed: list[str], repeated: frozenset) 
             continue
         prefix = f"{parent_path}." if parent_path else ""
         depth = len(branch_lists[0][1])
+        # the other lists of that length: each index's norms (a skipped layer passes through them), or else
+        # something unknown, and then no layer can be skipped
+        others = [(n, m) for n, m in lists if len(m) == depth and (n, m) not in branch_lists]
+        norm_lists = others if all("Norm" in type(x).__name__ for _, m in others for x in m) else None
         tower = []
         for i in range(depth):
             branches = [(f"{prefix}{n}.{i}", m[i]) for n, m in branch_lists]
             acts = [(f"{p}.{a}", am) for p, b in branches for a, am in _activations(b, repeated)]
             attn = [(p, b) for p, b in branches if "Attention" in type(b).__name__]
+            norms = [(f"{prefix}{n}.{i}", m[i]) for n, m in norm_lists] if norm_lists is not None else None
             tower.append(Layer(branches[0][1], branches[0][0], i, depth, 1, branches, acts, attn, parallel=True,
-                               members=tuple(p for p, _ in branches)))
+                               members=tuple(p for p, _ in branches), skippable=norms is not None,
+                               norms=norms or []))
         claimed += [f"{prefix}{n}" for n, _ in branch_lists]
         towers.append(tower)
     return towers
@@ -402,6 +445,8 @@ def _native_sites(model: nn.Module, arch: Arch, layer_of: dict, head_roots: list
             if "drop" in attr and isinstance(value, (float, int)) and not isinstance(value, bool):
                 loc, layer = where(path)
                 key = f"{owner_cls}.{attr}"
+                if key in arch.not_dropout:
+                    continue
                 unread = key in dead or never_read(type(mod), attr)
                 config_key = sources.get((path, attr), ("", ""))[1]
                 natives.append(NativeSite(mod, attr, f"{path}:{attr}", key, classify(key, loc, config_key), layer,

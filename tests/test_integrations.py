@@ -112,9 +112,10 @@ def test_adapter_knob_on_the_real_minilm(minilm_path):
     assert not torch.equal(train_logits(model, inputs, 1), train_logits(model, inputs, 2))
 
 
-@pytest.mark.parametrize("model_type", ["bert", "llama"])
+@pytest.mark.parametrize("model_type", ["bert", "llama", "granitemoehybrid"])
 def test_gradient_checkpointing_gives_the_same_gradients(model_type):
-    """Checkpointing replays torch's RNG, so the recomputed forward sees the same dropout masks."""
+    """Checkpointing replays torch's RNG, so the recomputed forward sees the same dropout masks (GraniteMoeHybrid:
+    also a drop-path draw shared by two parts of one branch)."""
     grads = []
     for checkpointing in (False, True):
         torch.manual_seed(0)

@@ -7,9 +7,10 @@ import warnings
 import pytest
 import torch
 from tiny_models import CONVOLUTIONAL, GENERIC, TINY, build, first_tensor, head_class, make_inputs
-from transformers import AutoConfig, AutoModel
+from transformers import AutoConfig, AutoModel, AutoModelForImageClassification
 
 import hfreg
+import hfreg.sites
 from hfreg import KNOBS
 from hfreg import RegularizationConfig as Reg
 from hfreg.architectures import ARCHITECTURES
@@ -20,13 +21,19 @@ FULL = Reg(attention=0.3, hidden=0.3, embedding=0.3, activation=0.3, classifier=
            heads=0.3, mixout=0.3, embedding_noise=5.0)
 
 
+# knobs that cannot act on an architecture, and warn so (tested to act everywhere else)
+CANNOT = {
+    "xlm": {"activation"}, "flaubert": {"activation"},  # one module-level `gelu` shared by every model
+    # no attention-probability dropout, eager attention without a head projection, Hardswish as a class hfreg's
+    # activation names do not match
+    "levit": {"attention", "heads", "activation"},
+}
+
+
 def knobs_for(model_type, head):
     skip = {"attention", "heads"} if model_type in CONVOLUTIONAL else set()
     skip.add("adapter")  # PEFT adapters only: tests/test_integrations.py
-    if model_type == "xlm":  # parallel per-index lists: no layer module to skip (it warns; FlauBERT has its own)
-        skip.add("layerdrop")
-    if model_type in ("xlm", "flaubert"):  # their activation is one module-level `gelu` for all models: it warns
-        skip.add("activation")
+    skip |= CANNOT.get(model_type, set())
     if not head:
         skip.add("classifier")
     return [k for k in KNOBS if k not in skip]
@@ -59,7 +66,7 @@ def patch_quietly(model, reg):
 
 
 def test_coverage_list_is_complete():
-    assert len(COVERED) == 49
+    assert len(COVERED) == 54
     assert not set(GENERIC) & set(ARCHITECTURES), "generic-path architectures must have no table entry"
 
 
@@ -126,11 +133,12 @@ def test_inspect_reports_rates_in_force(model_type, head):
     for knob in knobs_for(model_type, head):
         mine = [s for s in sites if s.kind == knob]
         assert mine, f"no {knob} site reported"
-        if knob == "drop_path":
-            depths = {s.layer for s in mine}
-            deepest = max(depths)
-            assert {round(s.rate, 6) for s in mine if s.layer == deepest} == {rates[knob]}
+        if knob == "drop_path":  # the linear profile over each tower's depth (the deepest layer: the rate)
+            depth = {p: layer.depth for layer in hfreg.sites.analyze(model).layers for p, _ in layer.branches}
+            assert all(s.rate == pytest.approx(hfreg.drop_path_rates(rates[knob], depth[s.path])[s.layer])
+                       for s in mine if s.path in depth)
             assert all(s.rate <= rates[knob] + 1e-9 for s in mine)
+            assert max(s.rate for s in mine) > rates[knob] / 2
         else:
             assert {round(s.rate, 6) for s in mine} == {rates[knob]}, knob
 
@@ -373,7 +381,6 @@ def test_config_sources_of_a_class_that_needs_more_than_its_config_is_empty():
 
 
 def test_parallel_per_index_lists_form_layers():
-    import hfreg.sites
 
     model = build("xlm", head=True)
     layers = [layer for tower in hfreg.sites.analyze(model).towers for layer in tower]
@@ -382,8 +389,33 @@ def test_parallel_per_index_lists_form_layers():
     kinds = {s.path: s.kind for s in hfreg.inspect_model(model)}
     assert kinds["transformer.ffns.0:dropout"] == "hidden" and kinds["transformer.attentions.0:dropout"] == "attention"
     assert "transformer:attention_dropout" not in kinds  # set in __init__, read nowhere: found dead by the scan
-    with pytest.warns(UserWarning, match="`layerdrop`=0.2 cannot apply to xlm .* parallel per-index lists"):
-        hfreg.patch_model(model, Reg(layerdrop=0.2))
+    assert [layer.norms and [p for p, _ in layer.norms] for layer in layers] == [
+        [f"transformer.layer_norm1.{i}", f"transformer.layer_norm2.{i}"] for i in (0, 1)]
+
+
+def test_layerdrop_skips_a_parallel_layer_whole():
+    """XLM's layer i is attentions[i], layer_norm1[i], ffns[i] and layer_norm2[i], joined in the model's forward:
+    LayerDrop skips all four at once, so a forward that skips layer 0 equals the one-layer model made of layer 1."""
+    from hfreg.apply import _ParallelDraw
+
+    model = build("xlm")
+    inputs = make_inputs("xlm", model.config)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        hfreg.patch_model(model, only("layerdrop", 0.5))  # every other rate 0: the rest of training is exact
+    draws = [h for m in model.modules() for h in m._forward_pre_hooks.values() if isinstance(h, _ParallelDraw)]
+    seen = {}
+    for seed in range(40):
+        out = forward(model, inputs, True, seed)
+        seen.setdefault(tuple(d.skipped for d in draws), out)
+    assert set(seen) == {(False, False), (True, False), (False, True), (True, True)}
+    assert torch.equal(seen[(False, False)], forward(hfreg.patch_model(model, Reg.zero()), inputs, True))
+    one = build("xlm", n_layers=1)
+    state = model.state_dict()
+    one.load_state_dict({k: state[re.sub(r"(attentions|ffns|layer_norm1|layer_norm2)\.0\.", r"\1.1.", k)]
+                         for k in one.state_dict()})
+    assert torch.equal(seen[(True, False)], forward(hfreg.patch_model(one, Reg.zero()), inputs, True))
+    assert not torch.equal(seen[(True, False)], seen[(False, True)])
 
 
 def test_each_tower_gets_a_knob_its_own_native_sites_do_not_cover():
@@ -526,7 +558,6 @@ def test_convolutional_residual_blocks_are_layers_for_stochastic_depth():
 def test_native_drop_path_acts_in_place_where_no_layer_stack_is_found(monkeypatch):
     """Without a stack to hook, the model's own drop-path sites take the knob (layers 1..N of N): the request is
     honoured, never turned into zero."""
-    import hfreg.sites
 
     monkeypatch.setattr(hfreg.sites, "FALLBACK_BRANCHES", ())
     model = build("convnextv2", drop_path_rate=0.1)
@@ -616,3 +647,94 @@ def test_resnet_blocks_are_layers_with_their_one_layer_as_branch():
         assert any(not torch.equal(first, forward(model, inputs, True, seed=s)) for s in range(2, 6))
     hfreg.unpatch_model(model)
     assert torch.equal(forward(model, inputs, True), train0)
+
+
+@pytest.mark.parametrize("model_type,branch", [("efficientnet", "projection.dropout"),
+                                               ("mobilenet_v2", "reduce_1x1")])
+def test_only_blocks_that_add_a_residual_are_regularized_or_skipped(model_type, branch):
+    """EfficientNet's and MobileNetV2's stages open with a block that adds no residual (it changes the shape): its
+    output is the main path, so hidden dropout, drop-path and LayerDrop act on the residual blocks only, over the
+    whole depth; EfficientNet's own dropout in a block without residual is never called and is not listed."""
+
+    model = build(model_type)
+    layers = hfreg.sites.analyze(model).layers
+    flag = {"efficientnet": "projection.apply_dropout", "mobilenet_v2": "use_residual"}[model_type]
+    residual = [bool(hfreg.sites._attribute(layer.module, flag)) for layer in layers]
+    assert any(residual) and not all(residual)
+    assert [layer.skippable for layer in layers] == residual
+    assert [[p for p, _ in layer.branches] for layer in layers] == [
+        [f"{layer.path}.{branch}"] if r else [] for layer, r in zip(layers, residual)]
+    if model_type == "efficientnet":
+        listed = {s.path for s in hfreg.inspect_model(model) if s.kind == "hidden"}
+        assert listed == {f"{layer.path}.projection.dropout" for layer, r in zip(layers, residual) if r}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        hfreg.patch_model(model, Reg(hidden=0.1, drop_path=0.2, layerdrop=0.1))
+    sites = hfreg.inspect_model(model)
+    skipped = [s.layer for s in sites if s.kind == "layerdrop"]
+    assert skipped == [i for i, r in enumerate(residual) if r]
+    rates = {s.layer: s.rate for s in sites if s.kind == "drop_path"}
+    assert rates[skipped[-1]] == pytest.approx(0.2 * skipped[-1] / (len(layers) - 1))
+
+
+def test_parts_summed_into_one_branch_share_one_drop_path_draw():
+    """GraniteMoeHybrid's MLP branch is the routed experts' output plus the shared MLP's: drop-path keeps or drops
+    both together, per sample (one draw), with hidden dropout off."""
+    model = build("granitemoehybrid")
+    layer = model.layers[1]
+    raw, done = {}, {}
+    for name in ("block_sparse_moe", "shared_mlp"):
+        getattr(layer, name).register_forward_hook(lambda m, a, out, n=name: raw.__setitem__(n, out.clone()))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        hfreg.patch_model(model, only("drop_path", 0.5))
+    for name in ("block_sparse_moe", "shared_mlp"):
+        getattr(layer, name).register_forward_hook(lambda m, a, out, n=name: done.__setitem__(n, out.clone()))
+    inputs = make_inputs("granitemoehybrid", model.config, batch=8)
+    scales = []
+    for seed in range(4):
+        forward(model, inputs, True, seed)
+        per = {n: (done[n] / raw[n]).flatten(1) for n in raw}
+        for n, s in per.items():  # one factor per sample: 0 (dropped) or 1 / (1 - 0.5) (kept)
+            assert torch.allclose(s, s[:, :1].expand_as(s)) and set(s[:, 0].tolist()) <= {0.0, 2.0}, n
+        assert torch.equal(per["block_sparse_moe"][:, 0], per["shared_mlp"][:, 0])
+        scales.append(per["shared_mlp"][:, 0])
+    assert len({tuple(s.tolist()) for s in scales}) > 1
+
+
+def test_levit_residual_layers_take_stochastic_depth_over_depth():
+    """LeViT's residual layer adds `module(x) * mask`: its `drop_rate` is drop-path, and hfreg's hooks on `module`
+    replace it, at the depth profile's rates; the subsampling attention between stages adds no residual and is
+    neither regularized nor skipped."""
+    model = build("levit")
+    assert {n.kind for n in hfreg.sites.analyze(model).natives if n.key == "LevitResidualLayer.drop_rate"} \
+        == {"drop_path"}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # attention, heads, activation: none LeViT has that hfreg can reach
+        hfreg.patch_model(model, Reg(drop_path=0.3, layerdrop=0.1))
+    sites = [s for s in hfreg.inspect_model(model) if s.rate]
+    assert all(s.path.endswith(".module") for s in sites if s.kind == "drop_path")
+    assert not any("Subsample" in type(model.get_submodule(s.path)).__name__ for s in sites if s.kind == "layerdrop")
+    assert not any(s.source != "injected" for s in sites)  # the native drop_rate gives way to the hooks
+    assert max(s.rate for s in sites if s.kind == "drop_path") == pytest.approx(0.3)
+
+
+def test_a_plain_convolutional_stack_says_why_knobs_of_layers_cannot_act():
+    """MobileNetV1 has no residual connection: knobs of layers warn so, and the model is left as it was."""
+    model = AutoModel.from_config(AutoConfig.for_model("mobilenet_v1", image_size=32, depth_multiplier=0.25))
+    with pytest.warns(UserWarning, match=r"`drop_path`=0.3 cannot apply to mobilenet_v1 .*no stack of residual"):
+        hfreg.patch_model(model, Reg(drop_path=0.3))
+    assert not hfreg.patch_state(model).injected
+
+
+def test_a_scale_the_model_applies_in_eval_too_is_not_a_rate():
+    """PP-LCNet's classifier multiplies by (1 - hidden_dropout_prob) in eval and training alike: no site, and the
+    patched model's eval output is the model's own."""
+    model = AutoModelForImageClassification.from_config(
+        AutoConfig.for_model("pp_lcnet", hidden_dropout_prob=0.2, num_labels=3)).eval()
+    pixels = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    before = forward(model, {"pixel_values": pixels}, False)
+    assert not any(s.path.endswith("hidden_dropout_prob") for s in hfreg.inspect_model(model))
+    patch_quietly(model, FULL)
+    assert torch.equal(forward(model, {"pixel_values": pixels}, False), before)
+    assert model.hidden_dropout_prob == 0.2

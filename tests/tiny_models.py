@@ -1,5 +1,6 @@
 """Tiny random configs for every covered architecture (2 layers, width 32): no hub, no weights."""
 
+import torch
 from transformers import AutoConfig
 
 _TEXT = dict(vocab_size=128, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
@@ -65,6 +66,20 @@ TINY = {
                                   intermediate_size=64, max_position_embeddings=64),
                  vision_config=dict(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2,
                                     num_attention_heads=4, intermediate_size=64), projection_dim=16),
+    # convolutional: EfficientNet's and MobileNetV2's residual blocks (stage heads without a residual), LeViT's
+    # residual layers between subsampling attention
+    "efficientnet": dict(image_size=64, width_coefficient=0.1, hidden_dim=128, depth_coefficient=0.5,
+                         drop_connect_rate=0.2),
+    "mobilenet_v2": dict(image_size=32, depth_multiplier=0.35),
+    "levit": dict(architectures=["LevitForImageClassification"], image_size=32, hidden_sizes=[16, 32, 48],
+                  num_attention_heads=[1, 2, 3], depths=[1, 1, 1],
+                  key_dim=[8, 8, 8], down_ops=[["Subsample", 8, 2, 4, 2, 2], ["Subsample", 8, 4, 4, 2, 2]]),
+    # post-LN blocks with their residual adds inside the attention and the feed-forward modules
+    "funnel": dict(architectures=["FunnelModel"], vocab_size=128, block_sizes=[1, 1], d_model=32, n_head=4,
+                   d_head=8, d_inner=64, num_decoder_layers=1),
+    # a state-space and an attention layer; the MLP branch sums routed experts and a shared MLP
+    "granitemoehybrid": dict(_DECODER, shared_intermediate_size=64, layer_types=["mamba", "attention"],
+                             mamba_n_heads=4, mamba_d_head=16, mamba_d_state=16, mamba_chunk_size=8, **_MOE),
     "siglip": dict(text_config=dict(vocab_size=128, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                                     intermediate_size=64, max_position_embeddings=64),
                    vision_config=dict(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2,
@@ -88,6 +103,10 @@ GENERIC = {
     # convolutional residual blocks whose branches end in a `drop_path` module (an identity at rate 0)
     "convnextv2": dict(image_size=32, num_channels=3, hidden_sizes=[16, 32], depths=[1, 2], num_stages=2,
                        drop_path_rate=0.1),
+    # T5's structure with routed experts: blocks of sub-layers in a list `layer`
+    "switch_transformers": dict(vocab_size=128, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_decoder_layers=2,
+                                num_heads=4, num_experts=2, encoder_sparse_step=1, decoder_sparse_step=1,
+                                pad_token_id=0, decoder_start_token_id=0, router_jitter_noise=0.0),
     "poolformer": dict(num_channels=3, hidden_sizes=[16, 32], depths=[1, 2], num_encoder_blocks=2,
                        patch_sizes=[7, 3], strides=[4, 2], padding=[2, 1], pool_size=3, drop_path_rate=0.1),
 }
@@ -99,12 +118,12 @@ def tiny_config(model_type: str, **overrides):
     cfg._attn_implementation = "eager"
     return cfg
 
-CONVOLUTIONAL = {"convnext", "convnextv2", "poolformer"}  # no attention
-VISION = {"vit", "deit", "beit", "dinov2", "swin", "vit_msn", "yolos"} | CONVOLUTIONAL
+CONVOLUTIONAL = {"convnext", "convnextv2", "poolformer", "efficientnet", "mobilenet_v2"}  # no attention
+VISION = {"vit", "deit", "beit", "dinov2", "swin", "vit_msn", "yolos", "levit"} | CONVOLUTIONAL
 SPEECH = {"wav2vec2", "hubert", "data2vec-audio", "unispeech", "unispeech-sat", "sew"}
 AUDIO = SPEECH | {"whisper"}
 DUAL = {"clip", "siglip"}
-SEQ2SEQ = {"t5", "mt5", "umt5", "longt5", "bart", "mbart", "pegasus"}
+SEQ2SEQ = {"t5", "mt5", "umt5", "longt5", "switch_transformers", "bart", "mbart", "pegasus"}
 
 
 def head_class(model_type: str):
@@ -115,9 +134,9 @@ def head_class(model_type: str):
         return T.AutoModelForImageClassification
     if model_type in AUDIO:
         return T.AutoModelForAudioClassification
-    if model_type in ("pegasus", "granite"):  # no sequence-classification head: take the LM head
+    if model_type in ("pegasus", "granite", "granitemoehybrid"):  # no sequence-classification head: the LM head
         return T.AutoModelForCausalLM
-    if model_type == "longt5":  # no sequence-classification head: take the seq2seq LM head
+    if model_type in ("longt5", "switch_transformers"):  # no sequence-classification head: the seq2seq LM head
         return T.AutoModelForSeq2SeqLM
     if model_type == "yolos":  # a detector: class logits per detection token
         return T.AutoModelForObjectDetection
@@ -125,26 +144,40 @@ def head_class(model_type: str):
 
 
 def build(model_type: str, head: bool = False, **overrides):
-    """A tiny random model in eval mode: the base model, or its classification head model (3 labels)."""
+    """A tiny random model in eval mode: the base model, or its classification head model (3 labels). BatchNorm's
+    running statistics are those of one batch, then frozen (batch counts too), so that training passes leave the
+    eval output as it was."""
     from transformers import AutoModel
 
     cfg = tiny_config(model_type, **overrides)
     if not head:
-        return AutoModel.from_config(cfg).eval()
-    cfg.num_labels = 3
-    cls = head_class(model_type)
-    if model_type == "deit":  # two image-classification classes share DeiTConfig
-        cfg.architectures = ["DeiTForImageClassification"]
-    return cls.from_config(cfg).eval()
+        model = AutoModel.from_config(cfg)
+    else:
+        cfg.num_labels = 3
+        if model_type == "deit":  # two image-classification classes share DeiTConfig
+            cfg.architectures = ["DeiTForImageClassification"]
+        model = head_class(model_type).from_config(cfg)
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    if norms:  # scales of one and statistics of one batch, as a trained checkpoint has them (EfficientNet draws
+        #        its scales from N(0, 0.02): activations vanish over a few blocks)
+        for m in norms:
+            if m.weight is not None:
+                torch.nn.init.ones_(m.weight)
+            m.momentum = None  # a cumulative average: after one pass, that batch's statistics
+        with torch.random.fork_rng(devices=[]), torch.no_grad():
+            model.train()(**make_inputs(model_type, model.config, head=head))
+        for m in norms:
+            m.momentum, m.num_batches_tracked = 0.0, None
+    return model.eval()
 
 
 def make_inputs(model_type: str, config, batch: int = 2, head: bool = False) -> dict:
     """Deterministic inputs for a tiny model of ``model_type``."""
-    import torch
 
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(3, 100, (batch, 8), generator=g)
-    pixels = torch.randn(batch, 3, 32, 32, generator=g)
+    size = config.image_size if isinstance(getattr(config, "image_size", None), int) else 32
+    pixels = torch.randn(batch, 3, size, size, generator=g)
     if model_type in VISION:
         return {"pixel_values": pixels}
     if model_type in SPEECH:
@@ -154,7 +187,7 @@ def make_inputs(model_type: str, config, batch: int = 2, head: bool = False) -> 
         return feats if head else {**feats, "decoder_input_ids": ids[:, :4]}
     if model_type in DUAL:
         return {"pixel_values": pixels} if head else {"input_ids": ids, "pixel_values": pixels}
-    if model_type in SEQ2SEQ and (not head or model_type == "longt5"):
+    if model_type in SEQ2SEQ and (not head or model_type in ("longt5", "switch_transformers")):
         return {"input_ids": ids, "decoder_input_ids": ids[:, :4]}
     if model_type in ("t5", "mt5", "umt5", "longt5") and head:
         ids[:, -1] = 1  # eos token, required by T5's classification head
@@ -165,7 +198,6 @@ def make_inputs(model_type: str, config, batch: int = 2, head: bool = False) -> 
 
 def first_tensor(output):
     """The first tensor of a model output (last_hidden_state or logits)."""
-    import torch
 
     values = output.values() if hasattr(output, "values") else output
     for v in values:
