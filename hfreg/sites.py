@@ -163,13 +163,46 @@ class Structure:
         return [layer for tower in self.towers for layer in tower]
 
 
-def _resolve(block: nn.Module, pattern: str) -> list[tuple[str, nn.Module]]:
+class _Tree:
+    """One walk of a model's module tree, in preorder, shared by every phase of `analyze`: what `named_modules`
+    gives, the modules found at several paths, and the subtree of any module as its own `named_modules` would
+    give it (a contiguous run of the walk)."""
+
+    def __init__(self, model: nn.Module):
+        self.walk = list(model.named_modules(remove_duplicate=False))
+        seen: set[int] = set()
+        self.repeated: set[int] = set()
+        self.named: list[tuple[str, nn.Module]] = []
+        self.at: dict[str, int] = {}
+        for i, (path, mod) in enumerate(self.walk):
+            self.at[path] = i
+            if id(mod) in seen:
+                self.repeated.add(id(mod))
+            else:
+                seen.add(id(mod))
+                self.named.append((path, mod))
+
+    def subtree(self, path: str) -> list[tuple[str, nn.Module]]:
+        start = self.at[path]
+        prefix, cut = (path + ".", len(path) + 1) if path else ("", 0)
+        out, seen = [("", self.walk[start][1])], {id(self.walk[start][1])}
+        for j in range(start + 1, len(self.walk)):
+            p, mod = self.walk[j]
+            if not p.startswith(prefix):
+                break
+            if id(mod) not in seen:
+                seen.add(id(mod))
+                out.append((p[cut:], mod))
+        return out
+
+
+def _resolve(block: nn.Module, pattern: str, named=None) -> list[tuple[str, nn.Module]]:
     if "*" not in pattern:
         try:
             return [(pattern, block.get_submodule(pattern))]
         except AttributeError:
             return []
-    return [(n, m) for n, m in block.named_modules() if n and fnmatch.fnmatchcase(n, pattern)
+    return [(n, m) for n, m in (named or block.named_modules()) if n and fnmatch.fnmatchcase(n, pattern)
             and n.count(".") == pattern.count(".")]
 
 
@@ -178,34 +211,37 @@ def find_branches(block: nn.Module, model_type: str | None) -> list[tuple[str, n
     return [hit for group in _branch_groups(block, model_type) for hit in group]
 
 
-def _branch_groups(block: nn.Module, model_type: str | None) -> list[list[tuple[str, nn.Module]]]:
+def _branch_groups(block: nn.Module, model_type: str | None, named=None) -> list[list[tuple[str, nn.Module]]]:
     """Branch-end modules of one layer, in forward order, grouped by branch: a group of several modules is one
-    branch summed from their outputs (an architecture's ``"a+b"``)."""
+    branch summed from their outputs (an architecture's ``"a+b"``). ``named``: the layer's `named_modules`, if
+    already at hand."""
     arch = architecture(model_type)
     if arch.branches:
-        groups = [[hit for part in pattern.split("+") for hit in _resolve(block, part)] for pattern in arch.branches]
+        groups = [[hit for part in pattern.split("+") for hit in _resolve(block, part, named)]
+                  for pattern in arch.branches]
         return [g for g in groups if g]
     found = []
     for candidates in GENERIC_BRANCHES:
         for name in candidates:
-            hit = _resolve(block, name)
+            hit = _resolve(block, name, named)
             if hit:
                 found += hit
                 break
     for pattern in () if found else FALLBACK_BRANCHES:
-        found = [(n, m) for n, m in _resolve(block, pattern) if not isinstance(m, (nn.ModuleList, nn.ModuleDict))]
+        found = [(n, m) for n, m in _resolve(block, pattern, named)
+                 if not isinstance(m, (nn.ModuleList, nn.ModuleDict))]
         if found:
             break
     return [[hit] for hit in found]
 
 
-def _activations(block: nn.Module, repeated: frozenset = frozenset()) -> list[tuple[str, nn.Module]]:
+def _activations(block: nn.Module, repeated=frozenset(), named=None) -> list[tuple[str, nn.Module]]:
     """Parameter-free activation modules of a layer. Modules found at several paths are left out: one object used
     in every layer is often a module-level singleton (XLM's ``gelu``), shared with every other model in the
     process, and a hook on it would act on them too. So are modules their owner never calls (Mamba's mixer builds
     ``self.act`` and applies the activation as a function)."""
     acts, seen = [], set()
-    for name, mod in block.named_modules():
+    for name, mod in named or block.named_modules():
         # the class name first: most modules of a layer are not activations, and the rest costs more
         if not name or not _ACTIVATION.fullmatch(type(mod).__name__) or _ATTENTION_PATH.search(name):
             continue
@@ -219,10 +255,10 @@ def _activations(block: nn.Module, repeated: frozenset = frozenset()) -> list[tu
     return acts
 
 
-def _attentions(block: nn.Module) -> list[tuple[str, nn.Module]]:
+def _attentions(block: nn.Module, named=None) -> list[tuple[str, nn.Module]]:
     """The outermost modules of a layer named like attention (``self_attn``, ``attention``, ``crossattention``…)."""
     found: list[tuple[str, nn.Module]] = []
-    for name, mod in block.named_modules():
+    for name, mod in named or block.named_modules():
         if name and _ATTENTION_NAME.fullmatch(name.rsplit(".", 1)[-1]) and list(mod.children()) \
                 and not any(name.startswith(f + ".") for f, _ in found):
             found.append((name, mod))
@@ -238,10 +274,11 @@ def analyze(model: nn.Module) -> Structure:
     layer towers, then where heads begin, then native sites (which need both to classify what they find)."""
     arch = architecture(getattr(model.config, "model_type", None))
     unused: set[str] = set()
-    towers = _towers(model, arch, unused)
+    tree = _Tree(model)
+    towers = _towers(model, arch, unused, tree)
     layer_of = {path: layer for tower in towers for layer in tower for path in (layer.path, *layer.members)}
-    head_roots = _head_roots(model, layer_of)
-    natives, head_linears, adapter_slots = _native_sites(model, arch, layer_of, head_roots)
+    head_roots = _head_roots(model, layer_of, tree)
+    natives, head_linears, adapter_slots = _native_sites(model, arch, layer_of, head_roots, tree)
     for n in natives:  # the module holding the rate, or reading it from its config
         n.towers = () if n.module_path.split(".")[0] in head_roots else _towers_of(n.module_path, towers)
         n.dead = n.dead or n.path in unused
@@ -277,23 +314,21 @@ def _attribute(obj, path: str):
     return obj
 
 
-def _towers(model: nn.Module, arch: Arch, unused: set[str]) -> list[list[Layer]]:
+def _towers(model: nn.Module, arch: Arch, unused: set[str], tree: _Tree) -> list[list[Layer]]:
     """Layer stacks: ModuleLists whose layers have residual branches; stacks that differ only by an index (Swin,
     ConvNeXt stages) chain into one tower, so that depth schedules run over the whole tower. Adds to ``unused``
     the dropout modules that layers without a residual (by the architecture's flag) never call."""
     model_type = getattr(model.config, "model_type", None)
-    paths: dict[int, int] = {}
-    for _, mod in model.named_modules(remove_duplicate=False):
-        paths[id(mod)] = paths.get(id(mod), 0) + 1
-    repeated = frozenset(k for k, n in paths.items() if n > 1)
+    repeated = tree.repeated
     stacks: dict[str, list[tuple[str, nn.Module]]] = {}
     claimed: list[str] = []
-    for path, mod in model.named_modules():
+    for path, mod in tree.named:
         if not isinstance(mod, (nn.ModuleList, nn.Sequential)) or len(mod) == 0:
             continue
         if any(path.startswith(c + ".") for c in claimed):
             continue
-        if not find_branches(mod[0], model_type):
+        first = f"{path}.0" if path else "0"
+        if not _branch_groups(mod[0], model_type, tree.subtree(first) if first in tree.at else None):
             continue
         claimed.append(path)
         stacks.setdefault(stack_key(path), []).extend((f"{path}.{i}", m) for i, m in enumerate(mod))
@@ -306,7 +341,8 @@ def _towers(model: nn.Module, arch: Arch, unused: set[str]) -> list[list[Layer]]
             calls = max(1, depth // len(members))
         tower = []
         for i, (path, mod) in enumerate(members):
-            groups = _branch_groups(mod, model_type)
+            named = tree.subtree(path) if path in tree.at else None
+            groups = _branch_groups(mod, model_type, named)
             # a layer whose architecture says it adds no residual: its "branch" is the main path
             # a layer with no residual: by the architecture's flag, or (where the table names the branch ends) one
             # that has none of them (LeViT's subsampling attention between its residual layers)
@@ -317,14 +353,14 @@ def _towers(model: nn.Module, arch: Arch, unused: set[str]) -> list[list[Layer]]
                               if isinstance(m, nn.modules.dropout._DropoutNd))
                 groups = []
             layer = Layer(mod, path, i * calls, depth, calls, [hit for g in groups for hit in g],
-                          _activations(mod, repeated), skippable=residual,
+                          _activations(mod, repeated, named), skippable=residual,
                           groups=tuple(j for j, g in enumerate(groups) for _ in g))
             layer.branches = [(f"{path}.{n}", m) for n, m in layer.branches]
             layer.activations = [(f"{path}.{n}", m) for n, m in layer.activations]
-            layer.attentions = [(f"{path}.{n}", m) for n, m in _attentions(mod)]
+            layer.attentions = [(f"{path}.{n}", m) for n, m in _attentions(mod, named)]
             tower.append(layer)
         towers.append(tower)
-    towers += _parallel_towers(model, claimed, repeated)
+    towers += _parallel_towers(tree, claimed, repeated)
     return towers
 
 
@@ -335,12 +371,12 @@ _KEY_KNOB = {key: knob for knob, keys in reversed(CONFIG_KEYS.items()) if knob !
 _BRANCH_LIST = re.compile(r".*(Attention|FFN|FeedForward|MLP|Mlp)")
 
 
-def _parallel_towers(model: nn.Module, claimed: list[str], repeated: frozenset) -> list[list[Layer]]:
+def _parallel_towers(tree: _Tree, claimed: list[str], repeated) -> list[list[Layer]]:
     """Layers held as parallel per-index lists under one parent (XLM, FlauBERT: ``attentions``, ``layer_norm1``,
     ``ffns``, ``layer_norm2``), the residual adds written in the parent's forward. The branch ends are the
     entries of the lists whose modules are attention or feed-forward blocks: their outputs join the stream."""
     towers = []
-    for parent_path, parent in model.named_modules():
+    for parent_path, parent in tree.named:
         if any(parent_path == c or parent_path.startswith(c + ".") for c in claimed):
             continue
         lists = [(n, m) for n, m in parent.named_children() if isinstance(m, nn.ModuleList) and len(m)]
@@ -367,11 +403,11 @@ def _parallel_towers(model: nn.Module, claimed: list[str], repeated: frozenset) 
     return towers
 
 
-def _head_roots(model: nn.Module, layer_of: dict) -> list[str]:
+def _head_roots(model: nn.Module, layer_of: dict, tree: _Tree) -> list[str]:
     """Top-level children that are heads. Heads sit outside `base_model`; a task model without one
     (CLIPForImageClassification) has its head in the top-level children that hold no layer stack."""
     base = getattr(model, "base_model", model)
-    base_path = next((n for n, m in model.named_modules() if m is base), "")
+    base_path = next((n for n, m in tree.named if m is base), "")
     if base_path:
         return [n for n, _ in model.named_children() if n != base_path]
     if "For" in type(model).__name__:
@@ -379,7 +415,7 @@ def _head_roots(model: nn.Module, layer_of: dict) -> list[str]:
     return []
 
 
-def _native_sites(model: nn.Module, arch: Arch, layer_of: dict, head_roots: list[str]):
+def _native_sites(model: nn.Module, arch: Arch, layer_of: dict, head_roots: list[str], tree: _Tree):
     """nn.Dropout children and float ``*drop*`` attributes, classified by the architecture's rules and then by
     where they sit; rates read from the config in forward; the head's Linear layers; PEFT adapters' slots."""
     config = model.config
@@ -416,7 +452,7 @@ def _native_sites(model: nn.Module, arch: Arch, layer_of: dict, head_roots: list
     natives: list[NativeSite] = []
     head_linears: list[tuple[str, nn.Module]] = []
     adapter_slots: list[tuple[str, nn.Module, int | None]] = []
-    for path, mod in model.named_modules():
+    for path, mod in tree.named:
         if path.endswith(".lora_dropout") and isinstance(mod, nn.ModuleDict):
             # PEFT keeps one module per adapter: nn.Dropout, or nn.Identity when the adapter has no dropout
             for name, child in mod.items():
@@ -459,7 +495,7 @@ def _native_sites(model: nn.Module, arch: Arch, layer_of: dict, head_roots: list
             seen.add((id(config), key))
             natives.append(NativeSite(config, key, f"config.{key}", f"config.{key}", knob, None, False, "config",
                                       key))
-    for path, mod in model.named_modules():
+    for path, mod in tree.named:
         cfg = getattr(mod, "config", None)
         for key in config_reads(type(mod)) if cfg is not None else ():
             value = getattr(cfg, key, None)
