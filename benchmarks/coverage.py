@@ -46,6 +46,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import hfreg  # noqa: E402
 from hfreg import KNOBS  # noqa: E402
 from hfreg import RegularizationConfig as Reg
+from hfreg.probing import _output_tensors  # nested outputs too (a backbone's feature maps)
 
 KNOBS_CHECKED = tuple(k for k in KNOBS if k not in ("classifier", "adapter"))  # base models, no adapters
 
@@ -65,15 +66,7 @@ def outputs(model, inputs, train, seed):
     random.seed(seed)
     with torch.no_grad():
         out = model(**inputs)
-    return [v.detach().clone() for v in _tensors(out) if v.is_floating_point()]
-
-
-def _tensors(out):
-    """The tensors of a model output, nested tuples included (a backbone's ``feature_maps``)."""
-    if isinstance(out, torch.Tensor):
-        return [out]
-    values = out.values() if hasattr(out, "values") else out if isinstance(out, (tuple, list)) else ()
-    return [t for v in values for t in _tensors(v)]
+    return [v.detach().clone() for v in _output_tensors(out) if v.is_floating_point()]
 
 
 def train_out(model, inputs, seed):

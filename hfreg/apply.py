@@ -690,10 +690,15 @@ def _is_weighted(module) -> bool:
     return isinstance(module, (nn.Linear, nn.modules.conv._ConvNd)) or type(module).__name__ == "Conv1D"
 
 
+# the names attention modules give their output projection
+_OUT_NAMES = ("o_proj", "out_proj", "c_proj", "dense", "wo", "o", "out", "proj", "to_out", "projection")
+
+
 def _output_projection(attention: nn.Module) -> tuple[str, nn.Module, int] | None:
-    """(relative path, module, input width) of an attention module's output projection: its last weighted module,
-    PEFT adapters' own layers left out and a wrapped base layer hooked through its wrapper."""
-    found = None
+    """(relative path, module, input width) of an attention module's output projection: the last weighted module
+    named like one, else its last weighted child (not one inside a sub-module of its own, such as DeepSeek V4's
+    compressor); PEFT adapters' own layers left out and a wrapped base layer hooked through its wrapper."""
+    named, child = None, None
     for name, m in attention.named_modules():
         if "lora_" in name or not _is_weighted(m) or isinstance(m, nn.modules.conv._ConvNd):
             continue
@@ -701,8 +706,21 @@ def _output_projection(attention: nn.Module) -> tuple[str, nn.Module, int] | Non
         if name.endswith("base_layer"):
             name = name.removesuffix(".base_layer")
             m = attention.get_submodule(name)
-        found = (name, m, width)
-    return found
+        last = name.rsplit(".", 1)[-1]
+        if last in _OUT_NAMES or name.endswith("output.dense"):
+            named = (name, m, width)
+        if "." not in name:
+            child = (name, m, width)
+    return named or child
+
+
+def _head_width(attention: nn.Module) -> int | None:
+    """The width of one head, where the attention module says it."""
+    for attr in ("head_dim", "attention_head_size", "head_size", "d_kv"):
+        v = attention.__dict__.get(attr)
+        if isinstance(v, int) and not isinstance(v, bool) and v > 0:
+            return v
+    return None
 
 
 def _head_count(attention: nn.Module, config) -> int | None:
@@ -724,18 +742,20 @@ def _inject_heads(model, struct: Structure, knobs, state: PatchState) -> list[Si
     rate = knobs.get("heads")
     if rate is None:
         return []
-    found, missed = [], []
-    for layer in struct.layers:
-        for path, attention in layer.attentions:
-            proj, heads = _output_projection(attention), _head_count(attention, model.config)
-            if proj is None or heads is None or proj[2] % heads:
-                missed.append(path)
-                continue
-            found.append((f"{path}.{proj[0]}" if proj[0] else path, proj[1], heads, layer.index))
+    found, missed, bare = [], [], []
+    for tower in struct.towers:
+        before = len(found)
+        for layer in tower:
+            found += _heads_of(layer, model.config, missed)
+        if len(found) == before and len(struct.towers) > 1:
+            bare.append(tower[0].path.rsplit(".", 1)[0])
     if not found:
         why = "no attention module with an output projection and a head count was found in its layers"
         _warn("heads", rate, model, why)
         return []
+    if bare:  # a tower without such attention (the SSM language model beside a vision tower)
+        _warn("heads", rate, model, f"no attention module with an output projection and a head count was found "
+                                    f"in the layers of {', '.join(bare)}")
     if missed:
         _warn("heads", rate, model, f"the attention of {len(missed)} module(s) (first: {missed[0]}) has no output "
                                     f"projection that splits into its heads")
@@ -743,6 +763,21 @@ def _inject_heads(model, struct: Structure, knobs, state: PatchState) -> list[Si
         if rate:
             state.hook(module, _DropHead(rate, heads), pre=True, knob="heads")
     return [Site(path + ".<input>", "heads", rate, index, "injected") for path, _, _, index in found]
+
+
+def _heads_of(layer, config, missed: list) -> list:
+    """(projection path, projection, head count, layer index) for each attention module of ``layer`` whose output
+    projection takes its heads side by side; the paths of the others go to ``missed``."""
+    found = []
+    for path, attention in layer.attentions:
+        proj, heads = _output_projection(attention), _head_count(attention, config)
+        width = _head_width(attention)
+        # its input must be the heads side by side: as wide as heads x head width, where that is known
+        if proj is None or heads is None or proj[2] % heads or (width and proj[2] != heads * width):
+            missed.append(path)
+            continue
+        found.append((f"{path}.{proj[0]}" if proj[0] else path, proj[1], heads, layer.index))
+    return found
 
 
 def _inject_mixout(model, struct: Structure, reg, knobs, state: PatchState) -> list[Site]:

@@ -131,8 +131,16 @@ def _train_output(model, inputs, seed):
     with torch.random.fork_rng(devices=devices), torch.no_grad():
         torch.manual_seed(seed)
         out = model(**inputs)
-    values = out.values() if hasattr(out, "values") else out
-    return [v.detach().clone() for v in values if isinstance(v, torch.Tensor)]
+    return [v.detach().clone() for v in _output_tensors(out)]
+
+
+def _output_tensors(out) -> list[torch.Tensor]:
+    """The tensors of a model output: a tensor, a ModelOutput or tuple, nested tuples included (a backbone's
+    ``feature_maps``)."""
+    if isinstance(out, torch.Tensor):
+        return [out]
+    values = out.values() if hasattr(out, "values") else out if isinstance(out, (tuple, list)) else ()
+    return [t for v in values for t in _output_tensors(v)]
 
 
 def _mixes(model, inputs) -> bool:

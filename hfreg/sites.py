@@ -19,7 +19,8 @@ from .provenance import config_sources
 
 _ACTIVATION = re.compile(r".*(GELU|Gelu|ReLU|Relu|SiLU|Silu|Swish|Activation|Tanh|Mish|Sigmoid).*")
 _ATTENTION_NAME = re.compile(r"self_?attn|self_attention|attn|attention|encoder_attn|cross_?attn|crossattention"
-                             r"|SelfAttention|EncDecAttention")  # the last two: T5 and its relatives
+                             r"|SelfAttention|EncDecAttention|LocalSelfAttention|TransientGlobalSelfAttention")
+#                              the last four: T5 and its relatives (LongT5's encoder)
 _ATTENTION_PATH = re.compile(rf"(^|\.)({_ATTENTION_NAME.pattern})\b")
 
 

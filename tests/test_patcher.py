@@ -738,3 +738,28 @@ def test_a_scale_the_model_applies_in_eval_too_is_not_a_rate():
     patch_quietly(model, FULL)
     assert torch.equal(forward(model, {"pixel_values": pixels}, False), before)
     assert model.hidden_dropout_prob == 0.2
+
+
+def test_a_backbone_returning_feature_maps_is_probed_and_inspected():
+    """A backbone's output is a tuple of feature maps inside its ModelOutput: probing compares those, so its own
+    drop-path sites act (and are listed), not taken for inert."""
+    from transformers import ConvNextV2Backbone
+
+    config = AutoConfig.for_model("convnextv2", image_size=32, num_channels=3, hidden_sizes=[16, 32], depths=[1, 2],
+                                  num_stages=2, drop_path_rate=0.1, out_features=["stage1", "stage2"])
+    backbone = ConvNextV2Backbone(config).eval()
+    results = hfreg.probe(backbone, {"pixel_values": torch.randn(2, 3, 32, 32)}, patched=False)
+    assert [(r.path, r.acts) for r in results] == [("encoder.stages.1.layers.0.drop_path:drop_prob", True),
+                                                   ("encoder.stages.1.layers.1.drop_path:drop_prob", True)]
+    assert [s.kind for s in hfreg.inspect_model(backbone)] == ["drop_path", "drop_path"]
+
+
+def test_drophead_acts_on_the_output_projection_wherever_it_is_defined():
+    """Phi-3 defines `o_proj` before `qkv_proj`: DropHead takes the projection named as an output, not the last
+    Linear of the attention module (which would drop slices of the hidden states going in)."""
+    model = build("phi3")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        hfreg.patch_model(model, only("heads", 0.3))
+    assert [s.path for s in hfreg.inspect_model(model) if s.kind == "heads"] == [
+        f"layers.{i}.self_attn.o_proj.<input>" for i in (0, 1)]
