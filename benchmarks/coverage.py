@@ -223,13 +223,16 @@ def main(argv=None) -> int:
     p.add_argument("--seconds", type=int, default=90, help="time limit per type")
     p.add_argument("--shard", default="0/1", help="i/n: every n-th type from the i-th, its rows to OUTPUT.json; "
                                                   "run n shards at once, then --merge their .json files")
-    p.add_argument("--merge", nargs="+", default=None, help="shards' .json rows to write as one OUTPUT")
+    p.add_argument("--merge", nargs="+", default=None, help="shards' .json rows to write as one OUTPUT (a later "
+                                                            "file's row for a type replaces an earlier one)")
     args = p.parse_args(argv)
     types = args.types.split(",") if args.types else sorted(CONFIG_MAPPING_NAMES)
     types = types[:args.limit] if args.limit else types
     if args.merge:
         shards = [json.load(open(path)) for path in args.merge]
-        rows = sorted((tuple(r) for shard in shards for r in shard["rows"]), key=lambda r: types.index(r[0]))
+        # a later file's row for a type replaces an earlier one: a re-run of some types updates a full run
+        rows = sorted({r[0]: tuple(r) for shard in shards for r in shard["rows"]}.values(),
+                      key=lambda r: types.index(r[0]))
         write(args.output, rows, max(s["seconds"] for s in shards), len(types), shards[0]["limit"])
         return 0
     i, n = (int(x) for x in args.shard.split("/"))

@@ -80,6 +80,8 @@ ARCHITECTURES: dict[str, Arch] = {
     # residual blocks call; its rate grows with depth from drop_connect_rate but is element-wise: hidden dropout
     "efficientnet": Arch(branches=("projection.dropout",), residual_flag="projection.apply_dropout"),
     "align_vision_model": Arch(branches=("projection.dropout",), residual_flag="projection.apply_dropout"),
+    # `id_path(x) + post_gain * res_path(x)`
+    "flava_image_codebook": Arch(branches=("res_path",)),
     # post-LN inside the blocks: the branches end at the dropouts before each residual add and norm
     "funnel": Arch(branches=("attention.hidden_dropout", "ffn.dropout")),
     # attention and SSM side by side, their outputs summed into one branch
@@ -91,6 +93,8 @@ ARCHITECTURES: dict[str, Arch] = {
     "mobilenet_v2": Arch(branches=("reduce_1x1",), residual_flag="use_residual"),
     # the classifier multiplies by (1 - hidden_dropout_prob) in eval and training alike
     "pp_lcnet": Arch(not_dropout=("PPLCNetForImageClassification.hidden_dropout_prob",)),
+    # `conv_final(conv_start(x)) + conv_down(x)`
+    "uvdoc_backbone": Arch(branches=("conv_final",)),
     # DiffLlamaAttention raises at build time when config.attention_dropout > 0; set live, the rate acts
     "diffllama": Arch(unwritable=("attention_dropout",)),
     # config.attention_dropout is residual dropout after attention; the attention-probability module is used
