@@ -20,12 +20,12 @@ from hfreg.finetune import data, training
 from hfreg.finetune.presets import load_preset
 
 draws = []
-_drop_path = apply.drop_path
+_drop_path_mask = apply.drop_path_mask
 
 
 def spy(x, *args, **kwargs):
     draws.append(hashlib.sha1(torch.get_rng_state().numpy().tobytes()).hexdigest())
-    return _drop_path(x, *args, **kwargs)
+    return _drop_path_mask(x, *args, **kwargs)
 
 
 def collate(items):
@@ -36,7 +36,7 @@ def collate(items):
 
 
 def main(out_file):
-    apply.drop_path = spy
+    apply.drop_path_mask = spy
     accelerator = Accelerator(cpu=True, dataloader_config=DataLoaderConfiguration(split_batches=True))
     config = BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                         intermediate_size=64, max_position_embeddings=64)
