@@ -21,17 +21,17 @@ import numpy as np
 warnings.filterwarnings("ignore")
 
 
-def hfreg_sweep(args, data_dir, out, precision):
+def hfreg_sweep(args, data_dir, out, precision, same_work=True):
     from hfreg.finetune import sweep
 
     argv = ["--train_file", f"{data_dir}/train.csv", "--validation_file", f"{data_dir}/validation.csv",
             "--presets", args.presets, "--train_sizes", args.train_sizes, "--seeds", args.seeds,
             "--num_train_epochs", str(args.epochs), "--learning_rate", str(args.lr),
             "--train_batch_size", str(args.batch), "--output_dir", out, "--no_plots",
-            "--mixed_precision", precision,
-            # the Trainer's work: per epoch, the whole training subset and the validation set (here: selection
-            # and test halves of it)
-            "--evals_per_epoch", "1", "--max_train_eval_samples", "0", "--roles", "validation-half"]
+            "--mixed_precision", precision]
+    if same_work:  # the Trainer's work: per epoch, the whole training subset and the validation set (here:
+        #            selection and test halves of it)
+        argv += ["--evals_per_epoch", "1", "--max_train_eval_samples", "0", "--roles", "validation-half"]
     from accelerate.state import AcceleratorState
 
     AcceleratorState._reset_state(reset_partial_state=True)  # the state is a singleton; each sweep sets its own
@@ -98,6 +98,9 @@ def main():
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--lr", type=float, default=2e-4)
     p.add_argument("--fp32_only", action="store_true", help="only the fp32 rows (hfreg and Trainer)")
+    p.add_argument("--defaults_row", action="store_true",
+                   help="also hfreg in fp32 with its own evaluation defaults (2 points per epoch, training metrics "
+                        "on at most 256 examples): what a run at the tool's defaults costs, not the same work")
     args = p.parse_args()
     tmp = tempfile.mkdtemp()
     if args.data is None:
@@ -119,6 +122,9 @@ def main():
         if not args.fp32_only:
             times[default] = hfreg_sweep(args, args.data, os.path.join(tmp, "h"), "auto")
         times["hfreg, fp32"] = hfreg_sweep(args, args.data, os.path.join(tmp, "h32"), "no")
+        if args.defaults_row:
+            times["hfreg, fp32, its own evaluation defaults"] = hfreg_sweep(
+                args, args.data, os.path.join(tmp, "hd"), "no", same_work=False)
         times["Trainer, defaults (fp32)"] = trainer_sweep(args, args.data, os.path.join(tmp, "t32"), False)
         if not args.fp32_only:
             times["Trainer, bf16=True"] = trainer_sweep(args, args.data, os.path.join(tmp, "t16"), True)

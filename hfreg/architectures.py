@@ -21,6 +21,8 @@ GENERIC_RULES: tuple[tuple[str, str], ...] = (
     (r".*\.(encoder_|decoder_)?layerdrop", "layerdrop"),
     (r".*\.(activation_dropout|intermediate_dropout)", "activation"),
     (r".*\.(attn_dropout|attention_dropout|attn_pdrop)", "attention"),
+    # T5's family: the dropout that ends an attention sub-layer (T5LayerSelfAttention) is residual dropout
+    (r".*Layer(Local|TransientGlobal)?(Self|Cross)Attention\.dropout", "hidden"),
     (r".*Attention\.dropout", "attention"),  # BertSelfAttention, T5Attention, BartAttention, CLIPAttention, ...
     (r".*\.pos_dropout", "embedding"),  # DeBERTa relative-position embeddings
     (r".*Dense(Gated)?ActDense\.dropout", "activation"),  # T5's family: dropout after the MLP's activation

@@ -781,3 +781,22 @@ def test_drophead_acts_on_the_output_projection_wherever_it_is_defined():
         hfreg.patch_model(model, only("heads", 0.3))
     assert [s.path for s in hfreg.inspect_model(model) if s.kind == "heads"] == [
         f"layers.{i}.self_attn.o_proj.<input>" for i in (0, 1)]
+
+
+def test_t5s_sub_layer_dropout_is_residual_dropout_without_a_table_entry():
+    """T5's blocks hold their sub-layers in a list `layer`, each ending its residual branch in a dropout: found by
+    the generic fallback, those dropouts are hidden (residual) dropout and give way to hfreg's branch hooks, the
+    dropout after the MLP's activation is activation dropout, and the attention-probability one stays attention."""
+    kinds = {s.path: s.kind for s in hfreg.inspect_model(build("t5"))}
+    assert kinds["encoder.block.0.layer.0.dropout"] == kinds["encoder.block.0.layer.1.dropout"] == "hidden"
+    assert kinds["decoder.block.0.layer.1.dropout"] == "hidden"  # cross-attention's
+    assert kinds["encoder.block.0.layer.1.DenseReluDense.dropout"] == "activation"
+    assert kinds["encoder.block.0.layer.0.SelfAttention:dropout"] == "attention"
+    model = hfreg.patch_model(build("t5"), Reg(attention=0.1, hidden=0.2))
+    sites = {(s.path, s.kind): s for s in hfreg.inspect_model(model)}
+    assert sites[("encoder.block.0.layer.0.dropout", "hidden")].source == "injected"
+    assert ("encoder.block.0.layer.0.dropout", "attention") not in sites
+    config = AutoConfig.for_model("roberta-prelayernorm", vocab_size=128, hidden_size=32, num_hidden_layers=2,
+                                  num_attention_heads=4, intermediate_size=64, pad_token_id=1)
+    pre = {s.path: s.kind for s in hfreg.inspect_model(AutoModel.from_config(config))}
+    assert pre["encoder.layer.0.attention.self.dropout"] == "attention"
