@@ -46,7 +46,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import hfreg  # noqa: E402
 from hfreg import KNOBS  # noqa: E402
 from hfreg import RegularizationConfig as Reg
-from hfreg.probing import _output_tensors  # nested outputs too (a backbone's feature maps)
+from hfreg.probing import _move_weights, _output_tensors  # nested outputs too (a backbone's feature maps)
 
 KNOBS_CHECKED = tuple(k for k in KNOBS if k not in ("classifier", "adapter"))  # base models, no adapters
 
@@ -121,15 +121,6 @@ def _model_class(config_class):
     return ranked[0] if ranked else None
 
 
-def moved(model) -> None:
-    """A small step of every trainable floating-point parameter, as one of training would take."""
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.requires_grad and p.is_floating_point():
-                p.add_(torch.randn(p.shape, generator=g).to(p) * 1e-2)
-
-
 def keeps(before, after, knob) -> bool:
     """The invariant of a knob patched at a rate > 0, from `inspect_model` before and after: it acts in at least
     the places it acted before (counted per layer: one hook at a block's branch end may replace two native sites of
@@ -189,7 +180,7 @@ def check(model_type) -> tuple[str, list[str], str, list[str]]:
                 hfreg.patch_model(model, Reg(**{**Reg.zero().knob_values(), knob: 0.5}))
                 if knob == "mixout":  # it mixes towards the weights at patch time: seen once training moved them
                     weights = {k: v.clone() for k, v in model.state_dict().items()}
-                    moved(model)
+                    _move_weights(model, 1e-2)  # a small step, as one of training would take
                 first = train_out(model, inputs, 1)
             if not keeps(native, hfreg.inspect_model(model), knob):
                 failed.append(f"keeps:{knob}")
@@ -275,8 +266,9 @@ def write(path, rows, seconds, total, limit):
     buildable = counts["pass"] + counts["warns"] + counts["fail"]
     by_check = collections.Counter(c for _, _, failed, _, _ in rows for c in failed)
     built = [r for r in rows if r[1] != "unbuildable"]
-    per_knob = [(k, sum(k in r[4] for r in built),
-                 sum(any(c.endswith(":" + k) for c in r[2]) for r in built)) for k in KNOBS_CHECKED]
+    per_knob = [(k, sum(k not in r[4] and not any(c.endswith(":" + k) for c in r[2]) for r in built),
+                 sum(k in r[4] for r in built), sum(any(c.endswith(":" + k) for c in r[2]) for r in built))
+                for k in KNOBS_CHECKED]
     lines = [
         "# Patcher coverage over transformers model types",
         "",
@@ -298,7 +290,7 @@ def write(path, rows, seconds, total, limit):
         "",
         "| knob | acts | warns | fails |",
         "|---|---|---|---|",
-        *[f"| `{k}` | {buildable - w - f} | {w} | {f} |" for k, w, f in per_knob],
+        *[f"| `{k}` | {a} | {w} | {f} |" for k, a, w, f in per_knob],
         "",
         "| failing check | types |",
         "|---|---|",

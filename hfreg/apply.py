@@ -567,7 +567,6 @@ def _inject_layers(model, struct: Structure, reg, knobs, natives_by, state: Patc
                 _warn("layerdrop", layerdrop, model, "its layers are parallel per-index lists joined in forward, "
                                                      "beside per-index lists that are neither branches nor norms")
             embedding = 0.0
-            layerdrop = layerdrop if tower[0].skippable else 0.0
         if activation is not None and not any(layer.activations for layer in tower):
             where = f" of {tower[0].path.rsplit('.', 1)[0]}" if len(struct.towers) > 1 else ""
             _warn("activation", activation, model, f"no activation module was found in the layers{where}")
@@ -714,27 +713,20 @@ def _output_projection(attention: nn.Module) -> tuple[str, nn.Module, int] | Non
     return named or child
 
 
+def _count(values) -> int | None:
+    """The first positive int among ``values`` (bools are not counts)."""
+    return next((v for v in values if isinstance(v, int) and not isinstance(v, bool) and v > 0), None)
+
+
 def _head_width(attention: nn.Module) -> int | None:
     """The width of one head, where the attention module says it."""
-    for attr in ("head_dim", "attention_head_size", "head_size", "d_kv"):
-        v = attention.__dict__.get(attr)
-        if isinstance(v, int) and not isinstance(v, bool) and v > 0:
-            return v
-    return None
+    return _count(attention.__dict__.get(a) for a in ("head_dim", "attention_head_size", "head_size", "d_kv"))
 
 
 def _head_count(attention: nn.Module, config) -> int | None:
-    for m in attention.modules():
-        for attr in _HEAD_ATTRS:
-            v = m.__dict__.get(attr)
-            if isinstance(v, int) and not isinstance(v, bool) and v > 0:
-                return v
-    for cfg in (getattr(attention, "config", None), config):
-        for attr in _HEAD_ATTRS + ("encoder_attention_heads",):
-            v = getattr(cfg, attr, None) if cfg is not None else None
-            if isinstance(v, int) and not isinstance(v, bool) and v > 0:
-                return v
-    return None
+    configs = [c for c in (getattr(attention, "config", None), config) if c is not None]
+    return _count([m.__dict__.get(a) for m in attention.modules() for a in _HEAD_ATTRS]
+                  + [getattr(c, a, None) for c in configs for a in _HEAD_ATTRS + ("encoder_attention_heads",)])
 
 
 def _inject_heads(model, struct: Structure, knobs, state: PatchState) -> list[Site]:

@@ -143,20 +143,27 @@ def _output_tensors(out) -> list[torch.Tensor]:
     return [t for v in values for t in _output_tensors(v)]
 
 
+def _move_weights(model, scale: float, seed: int = 0) -> list[tuple[torch.nn.Parameter, torch.Tensor]]:
+    """Move every trainable floating-point weight by seeded N(0, scale) noise, as training moves weights away from
+    their values at patch time (what Mixout mixes towards); returns (parameter, old value) pairs to put back."""
+    params = [p for p in model.parameters() if p.requires_grad and p.is_floating_point()]
+    saved = [(p, p.detach().clone()) for p in params]
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    with torch.no_grad():
+        for p in params:
+            p.add_(torch.randn(p.shape, generator=gen).to(p) * scale)
+    return saved
+
+
 def _mixes(model, inputs) -> bool:
     """Whether two seeds give different training outputs once the trainable weights have moved away from their
     values at patch time, as training moves them (restored afterwards)."""
-    params = [p for p in model.parameters() if p.requires_grad and p.is_floating_point()]
-    saved = [p.detach().clone() for p in params]
-    gen = torch.Generator(device="cpu").manual_seed(0)
-    with torch.no_grad():
-        for p in params:
-            p.add_(torch.randn(p.shape, generator=gen).to(p) * 0.05)
+    saved = _move_weights(model, 0.05)
     try:
         return not _same(_train_output(model, inputs, 1), _train_output(model, inputs, 2))
     finally:
         with torch.no_grad():
-            for p, old in zip(params, saved):
+            for p, old in saved:
                 p.copy_(old)
 
 

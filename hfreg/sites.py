@@ -328,7 +328,7 @@ def _towers(model: nn.Module, arch: Arch, unused: set[str], tree: _Tree) -> list
             continue
         if any(path.startswith(c + ".") for c in claimed):
             continue
-        first = f"{path}.0" if path else "0"
+        first = f"{path}.0" if path else "0"  # not a path where a Sequential names its entries
         if not _branch_groups(mod[0], model_type, tree.subtree(first) if first in tree.at else None):
             continue
         claimed.append(path)
@@ -344,7 +344,6 @@ def _towers(model: nn.Module, arch: Arch, unused: set[str], tree: _Tree) -> list
         for i, (path, mod) in enumerate(members):
             named = tree.subtree(path) if path in tree.at else None
             groups = _branch_groups(mod, model_type, named)
-            # a layer whose architecture says it adds no residual: its "branch" is the main path
             # a layer with no residual: by the architecture's flag, or (where the table names the branch ends) one
             # that has none of them (LeViT's subsampling attention between its residual layers)
             residual = (arch.residual_flag is None or bool(_attribute(mod, arch.residual_flag))) \

@@ -10,6 +10,7 @@ from tiny_models import CONVOLUTIONAL, GENERIC, TINY, build, first_tensor, head_
 from transformers import AutoConfig, AutoModel, AutoModelForImageClassification
 
 import hfreg
+import hfreg.probing
 import hfreg.sites
 from hfreg import KNOBS
 from hfreg import RegularizationConfig as Reg
@@ -37,15 +38,6 @@ def knobs_for(model_type, head):
     if not head:
         skip.add("classifier")
     return [k for k in KNOBS if k not in skip]
-
-
-def move_weights(model, seed=0):
-    """Move every trainable weight away from its value at patch time, as training would: Mixout mixes the two."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.requires_grad and p.is_floating_point():
-                p.add_(torch.randn(p.shape, generator=gen, dtype=p.dtype) * 0.05)
 
 
 def forward(model, inputs, train, seed=1):
@@ -99,7 +91,7 @@ def test_each_knob_alone_is_stochastic_and_reproducible(model_type, head):
             warnings.simplefilter("error")  # an applicable knob must not warn
             hfreg.patch_model(model, only(knob))
         if knob == "mixout":  # mixing a weight with itself changes nothing: train first
-            move_weights(model)
+            hfreg.probing._move_weights(model, 0.05)
         first = forward(model, inputs, True, seed=1)
         assert torch.equal(first, forward(model, inputs, True, seed=1)), f"{knob} not reproducible"
         assert any(not torch.equal(first, forward(model, inputs, True, seed=s)) for s in range(2, 12)), \
