@@ -14,7 +14,9 @@ Printed, for fp32 and for bf16 autocast (where the CPU has bf16 dot products):
     against token-budget batches (4096 padded tokens), interleaved, with the largest logit difference from the
     first.
 ``--runs REV`` times one default 64-example run (pretrain-zero, seed 0) with the harness of git revision REV
-(a temporary worktree) and with this one, alternately, and compares their recorded metrics.
+(a temporary worktree) and with this one, alternately: the whole process (start to exit), the run's own time and
+its evaluation, and compares every metric both record (a harness that evaluates the test split only where a
+selection rule can read it records fewer).
 """
 
 import argparse
@@ -131,9 +133,11 @@ def runs(rev, data_dir, repeats, precision):
                 for name, src in (("base", base), ("this", ROOT)):
                     out = Path(tmp) / f"{name}{i}"
                     env = {**os.environ, "PYTHONPATH": str(src), "HFREG_CACHE": "off"}
+                    t = time.perf_counter()
                     subprocess.run([sys.executable, "-m", "hfreg.finetune", *common, "--output_dir", str(out)],
                                    env=env, check=True, capture_output=True, cwd=tmp)
-                    result[name].append(json.loads((out / "runs.jsonl").read_text().splitlines()[-1]))
+                    record = json.loads((out / "runs.jsonl").read_text().splitlines()[-1])
+                    result[name].append({**record, "process_seconds": time.perf_counter() - t})
         finally:
             subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(base)], check=True)
     return result
@@ -189,14 +193,17 @@ def main():
         res = runs(args.runs, args.data, args.repeats, precision)
         print(f"\nwhole runs (64 examples, defaults, pretrain-zero seed 0, --mixed_precision {precision}), "
               f"{args.runs} vs this tree, {args.repeats} each:")
-        print("| harness | run (s) | of which evaluation (s) |")
-        print("|---|---|---|")
+        print("| harness | process (s) | run (s) | of which evaluation (s) | test split evaluated at |")
+        print("|---|---|---|---|---|")
         for name in res:
+            tested = sum("test_loss" in p for p in res[name][0]["evals"])
             print(f"| {args.runs if name == 'base' else 'this'} | "
+                  f"{statistics.median(r['process_seconds'] for r in res[name]):.1f} | "
                   f"{statistics.median(r['seconds'] for r in res[name]):.1f} | "
-                  f"{statistics.median(r['eval_seconds'] for r in res[name]):.1f} |")
+                  f"{statistics.median(r['eval_seconds'] for r in res[name]):.1f} | "
+                  f"{tested} of {len(res[name][0]['evals'])} points |")
         a, b = res["base"][0], res["this"][0]
-        diffs = [(abs(x[k] - y[k]), k) for x, y in zip(a["evals"], b["evals"]) for k in x
+        diffs = [(abs(x[k] - y[k]), k) for x, y in zip(a["evals"], b["evals"]) for k in x.keys() & y.keys()
                  if isinstance(x[k], float) and k != "epoch"]
         worst, key = max(diffs)
         print(f"selected steps {a['selected_step']} / {b['selected_step']}; largest metric difference {worst:.1e} "

@@ -31,7 +31,8 @@ def hfreg_sweep(args, data_dir, out, precision, same_work=True):
             "--mixed_precision", precision]
     if same_work:  # the Trainer's work: per epoch, the whole training subset and the validation set (here:
         #            selection and test halves of it)
-        argv += ["--evals_per_epoch", "1", "--max_train_eval_samples", "0", "--roles", "validation-half"]
+        argv += ["--evals_per_epoch", "1", "--max_train_eval_samples", "0", "--roles", "validation-half",
+                 "--test_every_point"]
     from accelerate.state import AcceleratorState
 
     AcceleratorState._reset_state(reset_partial_state=True)  # the state is a singleton; each sweep sets its own
@@ -100,7 +101,8 @@ def main():
     p.add_argument("--fp32_only", action="store_true", help="only the fp32 rows (hfreg and Trainer)")
     p.add_argument("--defaults_row", action="store_true",
                    help="also hfreg in fp32 with its own evaluation defaults (2 points per epoch, training metrics "
-                        "on at most 256 examples): what a run at the tool's defaults costs, not the same work")
+                        "on at most 256 examples, the test split where a selection rule can read it): what a run at the "
+                        "tool's defaults costs, not the same work")
     args = p.parse_args()
     tmp = tempfile.mkdtemp()
     if args.data is None:

@@ -70,13 +70,20 @@ def test_script_end_to_end_and_resume(tiny_classifier, csv_data, tmp_path, capsy
         # 2 epochs of 1 or 2 steps, 3 evaluations per epoch by default, at most one per step
         assert [p["step"] for p in r["evals"]] == list(range(1, r["steps"] + 1))
         for p in r["evals"]:
-            assert {"step", "epoch", "running_loss", "temperature", "test_nll_ts"} <= set(p)
-            assert {f"train_{m}" for m in metrics} | {f"{s}_{m}" for s in ("selection", "test")
-                                                      for m in metrics | {"ece", "brier"}} <= set(p)
+            assert {"step", "epoch", "running_loss", "temperature"} <= set(p)
+            assert {f"train_{m}" for m in metrics} | {f"selection_{m}" for m in metrics | {"ece", "brier"}} <= set(p)
         assert r["selected_step"] == min(r["evals"], key=lambda p: p["selection_loss"])["step"]
+        # the test split where a report can read it: the final point and each selection rule's point
+        tested = [p["step"] for p in r["evals"] if "test_loss" in p]
+        readable = {r["evals"][-1]["step"]} | {report.selected_point(r, rule)["step"] for rule in records.SELECT_BY}
+        assert set(tested) == readable
+        for p in r["evals"]:
+            assert ({f"test_{m}" for m in metrics | {"ece", "brier"}} | {"test_nll_ts"} <= set(p)) == (
+                p["step"] in readable)
         arrays = records.load_predictions(out, r)
         assert arrays["selection_logits"].shape == (len(r["evals"]), 20, 2)  # validation halved: 20 / 20
-        assert arrays["test_logits"].shape == (len(r["evals"]), 20, 2)
+        assert arrays["test_logits"].shape == (len(tested), 20, 2)
+        assert arrays["test_steps"].tolist() == tested
         assert not set(arrays["selection_index"]) & set(arrays["test_index"])
     summary = json.loads((out / "summary.json").read_text())
     assert {(s["preset"], s["train_size"]) for s in summary} == {(p, n) for p in ("pretrain-zero", "classic")
@@ -94,6 +101,27 @@ def test_script_end_to_end_and_resume(tiny_classifier, csv_data, tmp_path, capsy
     finetune.main(args_for(tiny_classifier, csv_data, out))
     assert "8 runs, 8 already done" in capsys.readouterr().out
     assert len(records.read_runs(out)) == 8
+
+
+def test_test_split_where_read_equals_every_point(tiny_classifier, csv_data, tmp_path):
+    """The test split evaluated after training from the weights kept at each rule's point gives the very numbers
+    and logits evaluated at that point, and leaves training untouched (a dropout preset: the random stream too)."""
+    finetune = load_script()
+    runs = {}
+    for name, extra in (("read", ()), ("every", ("--test_every_point",))):
+        finetune.main(args_for(tiny_classifier, csv_data, tmp_path / name, "--train_sizes", "32", "--seeds", "0",
+                               "--num_train_epochs", "4", *extra))
+        runs[name] = {r["preset"]: r for r in records.read_runs(tmp_path / name)}
+    for preset, every in runs["every"].items():
+        read = runs["read"][preset]
+        assert all("test_loss" in p for p in every["evals"])
+        assert len(every["evals"]) == 8 and sum("test_loss" in p for p in read["evals"]) < 8
+        for p, q in zip(read["evals"], every["evals"]):
+            assert p == {k: v for k, v in q.items() if k in p}  # every recorded number, bit for bit
+        assert read["selected_step"] == every["selected_step"]
+        a, b = records.load_predictions(tmp_path / "read", read), records.load_predictions(tmp_path / "every", every)
+        assert np.array_equal(a["selection_logits"], b["selection_logits"])
+        assert np.array_equal(a["test_logits"], b["test_logits"][np.isin(b["test_steps"], a["test_steps"])])
 
 
 def test_scheduled_presets_record_the_rates_in_force(tiny_classifier, csv_data, tmp_path):

@@ -266,8 +266,13 @@ def eval_batches(lengths, batch_size: int, tokens: int = 0) -> list[list[int]]:
 
 
 def eval_loader(enc: Encoded, order, batch_size: int, collate, tokens: int = 0):
-    """The examples ``order`` (see `by_length`) in that order, in batches of `eval_batches`."""
+    """The examples ``order`` (see `by_length`) in that order, in batches of `eval_batches`. Each iteration of a
+    DataLoader draws a seed from its generator: an evaluation loader has its own, so that the training's random
+    stream (its dropout masks) does not depend on how often, or on which splits, evaluation runs."""
+    own = torch.Generator()
     if not tokens:  # a plain batch size, which Accelerate can split across ranks
-        return torch.utils.data.DataLoader(_Subset(enc, order), batch_size=batch_size, collate_fn=collate)
+        return torch.utils.data.DataLoader(_Subset(enc, order), batch_size=batch_size, collate_fn=collate,
+                                           generator=own)
     batches = eval_batches([len(enc.input_ids[j]) for j in order], batch_size, tokens)
-    return torch.utils.data.DataLoader(_Subset(enc, order), batch_sampler=batches, collate_fn=collate)
+    return torch.utils.data.DataLoader(_Subset(enc, order), batch_sampler=batches, collate_fn=collate,
+                                       generator=own)

@@ -248,10 +248,11 @@ def _save_predictions(output_dir: str, key: tuple, arrays: dict) -> str:
 
 
 def load_predictions(output_dir: str, record: dict) -> dict:
-    """The arrays stored with a run: ``steps``, and for ``selection`` and ``test``: ``*_logits`` (points x
-    examples x classes, float32), ``*_labels`` and ``*_index`` (the examples' rows in their split). Reads both
-    layouts: full float32 logits (records made before `compact`) and float16 differences, which come back as
-    logits whose first column is 0."""
+    """The arrays stored with a run: ``steps`` (the evaluation points), ``test_steps`` (those where the test split
+    was evaluated; every point in records made before it was chosen), and for ``selection`` and ``test``:
+    ``*_logits`` (points x examples x classes, float32), ``*_labels`` and ``*_index`` (the examples' rows in their
+    split). Reads both layouts: full float32 logits (records made before `compact`) and float16 differences, which
+    come back as logits whose first column is 0."""
     import numpy as np
 
     with np.load(os.path.join(output_dir, record["predictions"])) as f:
@@ -263,6 +264,7 @@ def load_predictions(output_dir: str, record: dict) -> dict:
         diffs = raw.view("<f2").astype(np.float32)
         arrays[name[: -len("_logit_diffs")] + "_logits"] = np.concatenate(
             [np.zeros(diffs.shape[:-1] + (1,), np.float32), diffs], axis=-1)
+    arrays.setdefault("test_steps", arrays["steps"])
     return arrays
 
 

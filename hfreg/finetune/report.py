@@ -4,8 +4,9 @@ Every preset is compared with the zero-dropout baseline, paired by seed, on the 
   * early-stopped: each run at its evaluation point with the best selection-split score (``select_by``: accuracy,
     macro-F1 or loss; ties go to the earliest point);
   * fixed budget: each run at its final step.
-Every evaluation point of a record carries the selection and test metrics computed from that point's predictions,
-so a report under another ``select_by`` is recomputed from the records without retraining.
+Every evaluation point of a record carries the selection metrics, and the point each ``select_by`` rule picks and
+the final one carry the test metrics computed from their predictions, so a report under another ``select_by`` is
+recomputed from the records without retraining.
 Per table (one experiment, one comparison, one metric) the m preset x size comparisons form one family, judged
 four ways against a declared margin (see `stats`): better, worse, equivalent or inconclusive. `pooled` pools each
 preset's paired differences across cells (sizes, data sets) with a random-effects model.

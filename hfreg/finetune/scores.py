@@ -81,12 +81,20 @@ def evaluate(logits: np.ndarray, labels: np.ndarray, calibration: bool = True) -
     return out
 
 
-def point_metrics(fit: tuple, selection: tuple, test: tuple) -> dict:
+def point_metrics(fit: tuple, selection: tuple, test: tuple | None = None) -> dict:
     """Everything one evaluation point records, from (logits, labels) of the training subset, selection and test
-    splits: ``train_*``, ``selection_*``, ``test_*``, the selection-fitted ``temperature`` and ``test_nll_ts``."""
+    splits: ``train_*``, ``selection_*``, the selection-fitted ``temperature``, and with ``test`` its
+    `test_metrics`."""
     out = {f"train_{k}": v for k, v in evaluate(*fit, calibration=False).items()}
     out.update({f"selection_{k}": v for k, v in evaluate(*selection).items()})
-    out.update({f"test_{k}": v for k, v in evaluate(*test).items()})
-    t = fit_temperature(*selection)
-    out.update(temperature=t, test_nll_ts=nll(test[0] / t, test[1]))
+    out["temperature"] = fit_temperature(*selection)
+    if test is not None:
+        out.update(test_metrics(*test, out["temperature"]))
+    return out
+
+
+def test_metrics(logits: np.ndarray, labels: np.ndarray, temperature: float) -> dict:
+    """A point's ``test_*`` metrics and ``test_nll_ts`` (the test NLL at the selection-fitted temperature)."""
+    out = {f"test_{k}": v for k, v in evaluate(logits, labels).items()}
+    out["test_nll_ts"] = nll(logits / temperature, labels)
     return out

@@ -114,6 +114,10 @@ def parse_args(argv=None):
     p.add_argument("--lora_alpha", type=int, default=32)
     p.add_argument("--lora_target_modules", default="all-linear",
                    help="comma-separated module names, or all-linear (every linear layer but the output head)")
+    p.add_argument("--test_every_point", action="store_true",
+                   help="evaluate the test split at every evaluation point (default: at the final point and at the "
+                        "point each selection rule picks, from a CPU copy of the weights kept while it leads; "
+                        "every point anyway with --mc_samples or --parallel data)")
     p.add_argument("--mc_samples", type=int, default=0,
                    help="also evaluate selection and test by MC-dropout with this many samples (mc_* metrics)")
     p.add_argument("--lr_scheduler_type", default="linear")
@@ -426,7 +430,8 @@ def build_experiment(args, ray) -> Experiment:
                         eval_tokens=eval_tokens(args.eval_tokens, precision),
                         gradient_accumulation_steps=args.gradient_accumulation_steps,
                         evals_per_epoch=args.evals_per_epoch, train_eval_samples=args.max_train_eval_samples or None,
-                        mc_samples=args.mc_samples, lora=lora_settings(args),
+                        mc_samples=args.mc_samples, test_every_point=args.test_every_point,
+                        lora=lora_settings(args),
                         lr_scheduler_type=args.lr_scheduler_type,
                         warmup_ratio=args.warmup_ratio, parallel=args.parallel, min_steps=args.min_steps,
                         rdrop_alpha=args.rdrop_alpha, llrd=args.llrd, reinit_layers=args.reinit_layers)

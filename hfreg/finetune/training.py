@@ -26,7 +26,8 @@ from ..rdrop import rdrop_loss
 from ..schedule import RateScheduler
 from .data import by_length, eval_loader, stratified_indices, subset_indices, train_loader
 from .presets import NO_METHODS
-from .scores import evaluate, point_metrics
+from .records import SELECT_BY
+from .scores import evaluate, point_metrics, test_metrics
 
 PARALLEL_MODES = ("run", "data")
 
@@ -47,6 +48,7 @@ class Settings:
     warmup_ratio: float = 0.1
     parallel: str = "run"
     mc_samples: int = 0  # > 0: also MC-dropout metrics (mc_selection_*, mc_test_*) at every evaluation point
+    test_every_point: bool = False  # the test split at every point, not only where a selection rule can read it
     lora: dict | None = None  # LoRA fine-tuning: `peft.LoraConfig` arguments (r, lora_alpha, target_modules)
     min_steps: int = 0  # a small subset trains more epochs, until at least this many optimizer steps
     # training-loop methods for every preset that does not set its own (`Preset.rdrop`, `.llrd`, `.reinit_layers`)
@@ -183,13 +185,37 @@ def eval_steps(steps_per_epoch: int, epochs: int, evals_per_epoch: int, points: 
     return [e * steps_per_epoch + s for e in range(epochs) for s in within]
 
 
+class Leaders:
+    """Per selection rule (`SELECT_BY`), the point that leads so far, and a CPU copy of the weights there: the
+    points whose test predictions a report can read, besides the final one. A point leads a rule when its score
+    beats every earlier one (ties: the earliest), the rule by which the report selects; rules share a copy."""
+
+    def __init__(self):
+        self.best: dict[str, tuple[float, int]] = {}  # rule -> (signed score, step)
+        self.states: dict[int, dict] = {}  # step -> weights
+
+    def offer(self, point: dict, model: nn.Module | None) -> None:
+        """``model``: the weights at ``point``, copied where it leads; None where its test split is evaluated."""
+        for rule, (key, sign) in SELECT_BY.items():
+            if rule not in self.best or sign * point[key] > self.best[rule][0]:
+                self.best[rule] = (sign * point[key], point["step"])
+                if model is not None and point["step"] not in self.states:
+                    self.states[point["step"]] = {k: v.detach().to("cpu", copy=True)
+                                                  for k, v in model.state_dict().items()}
+        leading = {step for _, step in self.best.values()}
+        self.states = {step: state for step, state in self.states.items() if step in leading}
+
+
 def train(accelerator, base_model, preset, data, roles, train_size: int, seed: int, settings: Settings, collate,
           log=print) -> tuple[dict, dict]:
     """Fine-tune a fresh copy of ``base_model`` under ``preset`` on a subset of the training pool.
 
-    At every evaluation point the training subset, the selection split and the test split are evaluated in eval
-    mode. Returns (the run's record fields, its predictions: selection and test logits at every point, with
-    their labels and example indices). The test split is only ever evaluated: nothing in here reads its results."""
+    At every evaluation point the training subset and the selection split are evaluated in eval mode; the test
+    split at the final point and at each point a selection rule picks (`Leaders`: evaluated after training from a
+    copy of the weights), or at every point with ``settings.test_every_point``, under MC dropout (whose draws
+    share the training's random stream) and in data mode. Returns (the run's record fields, its predictions:
+    selection logits at every point, test logits at the points ``test_steps``, with their labels and example
+    indices). The test split is only ever evaluated: nothing in here reads its results."""
     from accelerate.utils import set_seed
     from transformers import get_scheduler
 
@@ -219,8 +245,8 @@ def train(accelerator, base_model, preset, data, roles, train_size: int, seed: i
     orders = {name: by_length(data[split], idx) for name, (split, idx) in views.items()}
     # data mode splits each batch across ranks: batches of one size there
     tokens = 0 if data_parallel else settings.eval_tokens
-    eval_dls = [eval_loader(data[views[name][0]], orders[name], settings.eval_batch_size, collate, tokens)
-                for name in views]
+    eval_dls = {name: eval_loader(data[views[name][0]], orders[name], settings.eval_batch_size, collate, tokens)
+                for name in views}
     # the fused AdamW kernel (CPU and CUDA) is several times faster than the per-tensor loop on the embedding matrix
     fused = accelerator.device.type in ("cpu", "cuda")
     groups = param_groups(model, preset.weight_decay, methods["llrd"], settings.learning_rate)
@@ -238,8 +264,9 @@ def train(accelerator, base_model, preset, data, roles, train_size: int, seed: i
                               num_warmup_steps=int(settings.warmup_ratio * steps), num_training_steps=steps)
     scaler = None
     if data_parallel:  # batches are split across ranks (split_batches), optimizer and scheduler wrapped
-        model, optimizer, train_dl, scheduler, *eval_dls = accelerator.prepare(
-            model, optimizer, train_dl, scheduler, *eval_dls)
+        model, optimizer, train_dl, scheduler, *loaders = accelerator.prepare(
+            model, optimizer, train_dl, scheduler, *eval_dls.values())
+        eval_dls = dict(zip(eval_dls, loaders))
         backward, no_sync = accelerator.backward, accelerator.no_sync
     else:
         model.to(accelerator.device)
@@ -247,6 +274,8 @@ def train(accelerator, base_model, preset, data, roles, train_size: int, seed: i
         backward = (lambda loss: scaler.scale(loss).backward()) if scaler else (lambda loss: loss.backward())
         no_sync = lambda m: contextlib.nullcontext()  # noqa: E731
     labels = {name: data[split].labels[np.asarray(orders[name], dtype=int)] for name, (split, _) in views.items()}
+    final = max(at)
+    leaders = None if settings.test_every_point or settings.mc_samples or data_parallel else Leaders()
     accum = settings.gradient_accumulation_steps
     points, logits = [], {"selection": [], "test": []}
     step, eval_time, started = 0, 0.0, time.time()
@@ -278,23 +307,36 @@ def train(accelerator, base_model, preset, data, roles, train_size: int, seed: i
             if data_parallel:
                 total, count = accelerator.reduce(total, "sum"), accelerator.reduce(count, "sum")
             running = (total / count).item()
-            out = dict(zip(views, (predict(accelerator, model, dl, data_parallel) for dl in eval_dls)))
+            names = [n for n in views if n != "test" or leaders is None or step == final]
+            out = {n: predict(accelerator, model, eval_dls[n], data_parallel) for n in names}
             point = {"step": step, "epoch": round(step / steps_per_epoch, 4), "running_loss": running,
-                     "rates": rates.rates(), **point_metrics(*((out[n], labels[n]) for n in views))}
+                     "rates": rates.rates(), **point_metrics(*((out[n], labels[n]) for n in names))}
+            if leaders is not None:
+                leaders.offer(point, None if "test" in out else model)
             if settings.mc_samples:
-                for n, dl in zip(views, eval_dls):
+                for n, dl in eval_dls.items():
                     if n != "train":
                         mc = predict(accelerator, model, dl, data_parallel, settings.mc_samples)
                         point.update({f"mc_{n}_{k}": v for k, v in evaluate(mc, labels[n]).items()})
             points.append(point)
-            for name in logits:
-                logits[name].append(out[name])
+            for name in logits.keys() & out.keys():
+                logits[name].append((step, out[name]))
             total.zero_(), count.zero_()
             model.train()
             eval_time += time.time() - t0
             log(f"  {preset.name} n={train_size} seed={seed} step {step}/{steps} (epoch {point['epoch']:g}): "
                 f"train {point['train_loss']:.3f} acc {point['train_accuracy']:.3f} | selection "
                 f"{point['selection_loss']:.3f} acc {point['selection_accuracy']:.3f}")
+    if leaders is not None:  # the test split at each rule's selected point, from the weights kept there
+        t0 = time.time()
+        by_step = {p["step"]: p for p in points}
+        for step, state in sorted(leaders.states.items()):
+            model.load_state_dict(state)  # the run's model copy ends here: nothing trains after this
+            out = predict(accelerator, model, eval_dls["test"], False)
+            by_step[step].update(test_metrics(out, labels["test"], by_step[step]["temperature"]))
+            logits["test"].append((step, out))
+        logits["test"].sort(key=lambda x: x[0])
+        eval_time += time.time() - t0
     seconds = time.time() - started
     if data_parallel:
         accelerator.free_memory()
@@ -307,9 +349,10 @@ def train(accelerator, base_model, preset, data, roles, train_size: int, seed: i
     record = {**extra, "evals": points, "selected_step": selected, "steps": steps,
               "learning_rate": settings.learning_rate,
               "selection_majority": majority, "seconds": round(seconds, 2), "eval_seconds": round(eval_time, 2)}
-    predictions = {"steps": np.array([p["step"] for p in points])}
+    predictions = {"steps": np.array([p["step"] for p in points]),
+                   "test_steps": np.array([step for step, _ in logits["test"]])}
     for name in logits:
-        predictions[f"{name}_logits"] = np.stack(logits[name])
+        predictions[f"{name}_logits"] = np.stack([x for _, x in logits[name]])
         predictions[f"{name}_labels"] = labels[name]
         predictions[f"{name}_index"] = np.asarray(orders[name], dtype=int)
     return record, predictions
