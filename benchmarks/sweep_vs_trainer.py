@@ -101,8 +101,8 @@ def main():
     p.add_argument("--fp32_only", action="store_true", help="only the fp32 rows (hfreg and Trainer)")
     p.add_argument("--defaults_row", action="store_true",
                    help="also hfreg in fp32 with its own evaluation defaults (2 points per epoch, training metrics "
-                        "on at most 256 examples, the test split where a selection rule can read it): what a run at the "
-                        "tool's defaults costs, not the same work")
+                        "on at most 256 examples, the test split where a selection rule can read it): what a run "
+                        "at the tool's defaults costs, not the same work")
     args = p.parse_args()
     tmp = tempfile.mkdtemp()
     if args.data is None:
