@@ -61,6 +61,16 @@ def _fresh_accelerate_state():
 
 
 @pytest.fixture(autouse=True)
+def _keep_torch_threads():
+    """A test may run the harness in this process with `--threads`: the next test gets the thread count back."""
+    import torch
+
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
 def _quiet_transformers():
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*token_id must be.*")

@@ -149,18 +149,24 @@ def test_twin_verdicts_and_provenance_are_cached_on_disk_across_processes(tmp_pa
              "hidden=0.1)); print('patched')")
     boom = "p._inert = q._sources = lambda *a: sys.exit('computed again'); "
 
-    def run(before, cache_dir):
+    def start(before, cache_dir):
         env = {**os.environ, "HFREG_CACHE": str(cache_dir)}
-        return subprocess.run([sys.executable, "-c", patch.format(before=before)], capture_output=True, text=True,
-                              cwd=root, env=env, timeout=300)
+        return subprocess.Popen([sys.executable, "-c", patch.format(before=before)], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, cwd=root, env=env)
+
+    def run(before, cache_dir):
+        proc = start(before, cache_dir)
+        proc.stdout_text, proc.stderr_text = proc.communicate(timeout=300)
+        return proc
 
     assert run("", cache).returncode == 0
     files = sorted(f.name.split("-")[0] for f in cache.iterdir())
     assert files == ["inert", "sources"]
-    warm = run(boom, cache)
-    assert warm.returncode == 0 and "patched" in warm.stdout, warm.stderr
-    assert "computed again" in run(boom, "off").stderr
+    warm, off = start(boom, cache), start(boom, "off")  # independent: side by side
+    (out, err), (_, off_err) = warm.communicate(timeout=300), off.communicate(timeout=300)
+    assert warm.returncode == 0 and "patched" in out, err
+    assert "computed again" in off_err
     for f in cache.iterdir():
         f.write_text("[[1, 2")  # torn
     cold = run(boom, cache)
-    assert cold.returncode != 0 and "computed again" in cold.stderr
+    assert cold.returncode != 0 and "computed again" in cold.stderr_text
