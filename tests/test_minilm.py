@@ -39,24 +39,19 @@ def test_real_checkpoint_invariants(minilm):
 
 
 @pytest.mark.slow
-def test_finetune_on_real_sst2_sample(shared_data, tmp_path):
-    import subprocess
-    import sys
-
+def test_finetune_on_real_sst2_sample(shared_data, tmp_path, capsys):
+    from hfreg.finetune import sweep
     from hfreg.finetune.records import load_predictions as read_predictions
     from hfreg.finetune.records import read_runs
 
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     sst2 = os.path.join(shared_data, "sst2")
-    cmd = [sys.executable, os.path.join(root, "scripts", "finetune.py"), "--train_file", f"{sst2}/train.csv",
-           "--validation_file", f"{sst2}/validation.csv", "--presets", "pretrain-zero,drop-path",
-           "--train_sizes", "32", "--seeds", "0", "--num_train_epochs", "2", "--max_eval_samples", "64",
-           "--min_steps", "0", "--output_dir", str(tmp_path), "--no_plots"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    argv = ["--train_file", f"{sst2}/train.csv", "--validation_file", f"{sst2}/validation.csv",
+            "--presets", "pretrain-zero,drop-path", "--train_sizes", "32", "--seeds", "0", "--num_train_epochs", "2",
+            "--max_eval_samples", "64", "--min_steps", "0", "--output_dir", str(tmp_path), "--no_plots"]
+    assert sweep.main(argv) == 0
     runs = read_runs(tmp_path)
     assert [r["preset"] for r in runs] == ["pretrain-zero", "drop-path"]
     for r in runs:  # validation capped at 64, halved into selection and test
         arrays = read_predictions(tmp_path, r)
         assert arrays["selection_logits"].shape[1:] == arrays["test_logits"].shape[1:] == (32, 2)
-    assert "| 32 | drop-path | 1 |" in proc.stdout
+    assert "| 32 | drop-path | 1 |" in capsys.readouterr().out

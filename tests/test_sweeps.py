@@ -118,7 +118,7 @@ def test_kill_9_of_one_rank_then_resume_gives_each_run_once(tiny_classifier, csv
 def test_two_independent_launches_share_one_directory(tiny_classifier, csv_data, tmp_path):
     out = tmp_path / "shared"
     argv = [sys.executable, "-m", "hfreg.finetune", *args_for(tiny_classifier, csv_data, out,
-                                                              "--num_train_epochs", "6")]
+                                                              "--num_train_epochs", "6", "--threads", "1")]
     procs = [subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True) for _ in range(2)]
     outputs = [p.communicate(timeout=600)[0] for p in procs]
     assert all(p.returncode == 0 for p in procs)
