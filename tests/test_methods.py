@@ -1,7 +1,6 @@
 """The training-loop methods: R-Drop (function, helper, transformers' Trainer, the harness), layer-wise
 learning-rate decay, re-initialising the top layers, their presets, and every knob under DDP."""
 
-import os
 
 import pytest
 import torch
@@ -162,7 +161,8 @@ def test_method_flags_bad_input(tiny_classifier, csv_data, tmp_path, extra, mess
 @pytest.mark.slow
 def test_every_knob_and_method_under_data_parallel(tiny_classifier, csv_data, tmp_path):
     """DDP over 2 CPU processes: LayerDrop and drop-path skip or scale whole branches, Mixout shadows weights,
-    R-Drop doubles the batch; no "unused parameters" failure, and the run is recorded once."""
+    R-Drop doubles the batch; no "unused parameters" failure, the run is recorded once, and every evaluated example
+    is gathered once."""
     every = tmp_path / "every.toml"
     every.write_text("attention = 0.1\nhidden = 0.1\nembedding = 0.1\nactivation = 0.1\nclassifier = 0.1\n"
                      "drop_path = 0.2\nlayerdrop = 0.3\nheads = 0.1\nmixout = 0.5\nembedding_noise = 5.0\n"
@@ -173,4 +173,6 @@ def test_every_knob_and_method_under_data_parallel(tiny_classifier, csv_data, tm
     assert proc.returncode == 0, proc.stderr[-3000:]
     runs = records.read_runs(out)
     assert [r["preset"] for r in runs] == ["every"] and runs[0]["forward_passes"] == 2
-    assert os.path.getsize(out / "runs.jsonl") > 0
+    assert runs[0]["experiment"]["settings"]["parallel"] == "data"
+    arrays = records.load_predictions(out, runs[0])  # 40 validation examples, halved: each gathered once
+    assert arrays["selection_logits"].shape[1:] == arrays["test_logits"].shape[1:] == (20, 2)

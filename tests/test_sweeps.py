@@ -43,19 +43,6 @@ def test_two_processes_share_the_grid_and_match_one_process(tiny_classifier, csv
 
 
 @pytest.mark.slow
-def test_data_parallel_run_counts_every_example_once(tiny_classifier, csv_data, tmp_path):
-    out = tmp_path / "ddp"
-    proc = launch(SCRIPT, *args_for(tiny_classifier, csv_data, out, "--presets", "drop-path", "--train_sizes", "32",
-                                    "--seeds", "0", "--parallel", "data"))
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    runs = records.read_runs(out)
-    assert len(runs) == 1
-    arrays = records.load_predictions(out, runs[0])  # 40 validation examples, halved: each gathered once
-    assert arrays["selection_logits"].shape[1:] == arrays["test_logits"].shape[1:] == (20, 2)
-    assert runs[0]["experiment"]["settings"]["parallel"] == "data"
-
-
-@pytest.mark.slow
 def test_data_parallel_batch_must_split_evenly(tiny_classifier, csv_data, tmp_path):
     out = tmp_path / "odd"
     proc = launch(SCRIPT, *args_for(tiny_classifier, csv_data, out, "--parallel", "data", "--train_batch_size", "15"),
