@@ -154,19 +154,18 @@ def test_twin_verdicts_and_provenance_are_cached_on_disk_across_processes(tmp_pa
         return subprocess.Popen([sys.executable, "-c", patch.format(before=before)], stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True, cwd=root, env=env)
 
-    def run(before, cache_dir):
-        proc = start(before, cache_dir)
-        proc.stdout_text, proc.stderr_text = proc.communicate(timeout=300)
-        return proc
+    def finish(proc):
+        out, err = proc.communicate(timeout=300)
+        return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
-    assert run("", cache).returncode == 0
+    assert finish(start("", cache)).returncode == 0
     files = sorted(f.name.split("-")[0] for f in cache.iterdir())
     assert files == ["inert", "sources"]
     warm, off = start(boom, cache), start(boom, "off")  # independent: side by side
-    (out, err), (_, off_err) = warm.communicate(timeout=300), off.communicate(timeout=300)
-    assert warm.returncode == 0 and "patched" in out, err
-    assert "computed again" in off_err
+    warm, off = finish(warm), finish(off)
+    assert warm.returncode == 0 and "patched" in warm.stdout, warm.stderr
+    assert "computed again" in off.stderr
     for f in cache.iterdir():
         f.write_text("[[1, 2")  # torn
-    cold = run(boom, cache)
-    assert cold.returncode != 0 and "computed again" in cold.stderr_text
+    cold = finish(start(boom, cache))
+    assert cold.returncode != 0 and "computed again" in cold.stderr
