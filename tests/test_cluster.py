@@ -1,6 +1,13 @@
 """`--backend ray` on a real local Ray cluster (a head started with 2 CPUs for this module): the same records as the
-local backend, one writer, lost workers retried, a killed driver resumed, and one-line errors before training."""
+local backend, one writer, lost workers retried, a killed driver resumed, one-line errors before training, and Ray's
+token authentication handled both ways.
 
+Ray keeps per-user state under the home directory (``~/.ray/auth_token``) that decides whether a head asks for a
+token; every test here runs in a home directory of its own, so the suite passes whatever the machine did before. The
+module's head is made as a user's machine makes it: a plain local ``ray.init()`` first (Ray writes the token), then
+``ray start --head`` (which therefore asks for it)."""
+
+import contextlib
 import json
 import os
 import signal
@@ -17,6 +24,7 @@ from hfreg.finetune import records
 
 ray = pytest.importorskip("ray")
 RAY = os.path.join(os.path.dirname(sys.executable), "ray")
+AUTH_VARS = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_ADDRESS")
 
 
 def _free_port() -> int:
@@ -26,16 +34,54 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def head(tmp_path_factory):
-    """A Ray head node with 2 CPUs, the address drivers join; stopped (with its workers) after the module."""
+def ray_home(tmp_path_factory):
+    """A home directory of the module's own, and none of Ray's auth variables from the caller's environment."""
+    home = tmp_path_factory.mktemp("home")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HOME", str(home))
+        mp.setenv("RAY_USAGE_STATS_ENABLED", "0")
+        for k in AUTH_VARS:
+            mp.delenv(k, raising=False)
+        yield home
+
+
+@contextlib.contextmanager
+def ray_head(temp, num_cpus=2):
+    """``ray start --head --block`` in the current environment; its address, then SIGTERM stops it and its workers
+    (and only them: no `ray stop`, which would end every Ray cluster of the machine)."""
     port = _free_port()
-    temp = tmp_path_factory.mktemp("ray")
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
-    subprocess.run([RAY, "start", "--head", f"--port={port}", "--num-cpus=2", "--num-gpus=0",
-                    "--include-dashboard=false", f"--temp-dir={temp}", "--disable-usage-stats"],
-                   check=True, capture_output=True, env=env, timeout=180)
-    yield f"127.0.0.1:{port}"
-    subprocess.run([RAY, "stop", "--force"], capture_output=True, timeout=120)
+    temp.mkdir(parents=True, exist_ok=True)
+    log = open(temp / "head.log", "w+")
+    proc = subprocess.Popen([RAY, "start", "--head", f"--port={port}", f"--num-cpus={num_cpus}", "--num-gpus=0",
+                             "--include-dashboard=false", f"--temp-dir={temp}", "--disable-usage-stats", "--block"],
+                            stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.time() + 180
+        while "will now block" not in (temp / "head.log").read_text():
+            if proc.poll() is not None or time.time() > deadline:
+                raise RuntimeError("the Ray head did not start:\n" + (temp / "head.log").read_text()[-2000:])
+            time.sleep(0.2)
+        yield f"127.0.0.1:{port}"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=120)
+        log.close()
+
+
+def _plain_ray_init() -> None:
+    """What any local Ray program does first (a bare `ray.init()`), in its own process."""
+    subprocess.run([sys.executable, "-c", "import ray; ray.init(num_cpus=1, include_dashboard=False); ray.shutdown()"],
+                   check=True, capture_output=True, timeout=180)
+
+
+@pytest.fixture(scope="module")
+def head(ray_home, tmp_path_factory):
+    """A 2-CPU head that asks for a token: a plain local `ray.init()` wrote ``~/.ray/auth_token``, then
+    ``ray start --head`` took it up (the sequence that made hfreg's driver fail)."""
+    _plain_ray_init()
+    assert (ray_home / ".ray" / "auth_token").is_file()
+    with ray_head(tmp_path_factory.mktemp("ray")) as address:
+        yield address
 
 
 def ray_args(model, data, out, address, *extra):
@@ -133,3 +179,42 @@ def test_cluster_errors_are_one_line_before_any_training(tiny_classifier, csv_da
     assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert message in proc.stderr, proc.stderr
     assert "run preset=" not in proc.stdout and not (out / "runs.jsonl").exists()
+
+
+def _run(argv, env=None):
+    return subprocess.run([sys.executable, "-m", "hfreg.finetune", *argv], capture_output=True, text=True,
+                          timeout=300, env=env)
+
+
+@pytest.mark.parametrize("token,message", [
+    (None, "uses token authentication and hfreg found no token; give the cluster's token"),
+    ("not-the-cluster-token", "uses token authentication and hfreg's token does not match; give the cluster's token"),
+])
+def test_a_cluster_asking_for_a_token_hfreg_lacks_is_one_line(tiny_classifier, csv_data, tmp_path, head, token,
+                                                               message):
+    out, other_home = tmp_path / "out", tmp_path / "home"
+    other_home.mkdir()  # no ~/.ray/auth_token there
+    env = {**os.environ, "HOME": str(other_home), **({"RAY_AUTH_TOKEN": token} if token else {})}
+    proc = _run(ray_args(tiny_classifier, csv_data, out, head), env=env)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert f"--ray_address '{head}': the Ray cluster there {message}" in proc.stderr
+    assert "run preset=" not in proc.stdout and not (out / "runs.jsonl").exists()
+
+
+def test_a_local_ray_grid_leaves_no_token_and_a_later_head_takes_it(tiny_classifier, csv_data, tmp_path, ray_home,
+                                                                     monkeypatch, tmp_path_factory):
+    """hfreg's own local cluster writes nothing under the home directory, so a head started afterwards asks for no
+    token; hfreg's driver, which now finds the module's token file in another home, joins it with that token."""
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    small = ("--presets", "pretrain-zero", "--train_sizes", "16", "--seeds", "0", "--mixed_precision", "no")
+    assert load_script().main(args_for(tiny_classifier, csv_data, tmp_path / "local", "--backend", "ray",
+                                       "--run_cpus", "1", *small)) == 0
+    assert not (home / ".ray").exists() and "RAY_AUTH_MODE" not in os.environ and "RAY_AUTH_TOKEN" not in os.environ
+    with ray_head(tmp_path_factory.mktemp("ray")) as address:  # a short path: Ray's sockets live under it
+        monkeypatch.setenv("HOME", str(ray_home))  # a token is found: the driver sends it, this head ignores it
+        assert load_script().main(args_for(tiny_classifier, csv_data, tmp_path / "joined", "--backend", "ray",
+                                           "--ray_address", address, *small)) == 0
+    assert len(records.read_runs(tmp_path / "local")) == len(records.read_runs(tmp_path / "joined")) == 1
