@@ -9,7 +9,7 @@ import pytest
 from harness import ROOT, SCRIPT, args_for, launch, load_script
 
 from hfreg.finetune import data as ftdata
-from hfreg.finetune import records, report
+from hfreg.finetune import records, report, stats
 from hfreg.finetune.presets import available, load_preset
 
 
@@ -88,7 +88,7 @@ def test_script_end_to_end_and_resume(tiny_classifier, csv_data, tmp_path, capsy
     summary = json.loads((out / "summary.json").read_text())
     assert {(s["preset"], s["train_size"]) for s in summary} == {(p, n) for p in ("pretrain-zero", "classic")
                                                                   for n in (16, 32)}
-    assert (out / "summary.csv").read_text().startswith("experiment,preset,train_size")
+    assert (out / "summary.csv").read_text().startswith("experiment,preset,against,train_size")
     assert (out / "findings.md").read_text().startswith("## Findings")
     # zero-dropout runs are deterministic: the same seed gives the same numbers again
     rerun = tmp_path / "rerun"
@@ -207,21 +207,24 @@ def test_auto_seeds_run_in_stages_and_stop_decided_cells(tiny_classifier, csv_da
     same = tmp_path / "same.toml"
     same.write_text(open(os.path.join(ROOT, "configs", "presets", "pretrain-zero.toml")).read())
     out = tmp_path / "out"
-    margins = {"test_accuracy": 0.001, "test_loss": 0.001}
+    margins = {"test_accuracy": 0.001, "test_nll_ts": 0.001}
     argv = args_for(tiny_classifier, csv_data, out, "--presets", f"pretrain-zero,{same},heavy", "--seeds", "auto",
                     "--seed_stage", "2", "--max_seeds", "4", "--train_sizes", "16",
-                    "--margin", "test_accuracy=0.001,test_loss=0.001")
+                    "--margin", "test_accuracy=0.001,test_nll_ts=0.001")
     load_script().main(argv)
     runs = records.read_runs(str(out))
     seeds = {p: sorted(r["seed"] for r in runs if r["preset"] == p) for p in ("pretrain-zero", "same", "heavy")}
     assert runs[0]["experiment"]["settings"]["seeds"] == {"rule": "auto", "max_seeds": 4, "stage": 2}
     assert seeds["same"] == [0, 1] and seeds["pretrain-zero"] == [0, 1, 2, 3][:len(max(seeds.values(), key=len))]
     first = {r["preset"]: r for r in report.summarize([r for r in runs if r["seed"] < 2], margins=margins)}
-    assert first["same"]["delta_early_test_accuracy"]["verdict"] == "equivalent" and report.decided(first["same"])
-    assert seeds["heavy"] == ([0, 1] if report.decided(first["heavy"]) else [0, 1, 2, 3])
+    assert first["same"]["delta_early_test_accuracy"]["verdict"] == "equivalent"
+    assert report.stop_reason([first["same"]], margins) == "decided"
+    assert seeds["heavy"] == ([0, 1] if report.stop_reason([first["heavy"]], margins) else [0, 1, 2, 3])
     final = {r["preset"]: r for r in report.summarize(runs, margins=margins)}
-    assert final["heavy"]["delta_early_test_accuracy"]["alpha"] == pytest.approx(0.05 / 2)
-    assert "spent evenly over the 2 looks" in (out / "findings.md").read_text()
+    d = final["heavy"]["delta_early_test_accuracy"]
+    share = report.column_alpha("early", "test_accuracy", d["m"])  # its column's share, Bonferroni
+    assert d["alpha"] == pytest.approx(stats.nominal_alpha(d["n"], share, 4, 2)) and d["alpha"] < share
+    assert "O'Brien–Fleming-type Lan–DeMets function" in (out / "findings.md").read_text()
     load_script().main(argv)  # a restart: nothing new, nothing twice
     assert len(records.read_runs(str(out))) == len(runs)
 

@@ -138,7 +138,7 @@ def test_method_presets_sweep_by_factor():
 def test_harness_runs_the_new_methods_and_records_them(tiny_classifier, csv_data, tmp_path):
     out = tmp_path / "out"
     assert load_script().main(args_for(tiny_classifier, csv_data, out, "--presets",
-                                       "pretrain-zero,rdrop,strong-baseline,mixout,drophead,neftune",
+                                       "pretrain-zero,classic,rdrop,strong-baseline,mixout,drophead,neftune",
                                        "--train_sizes", "16", "--seeds", "0", "--llrd", "0.8")) == 0
     runs = {r["preset"]: r for r in records.read_runs(out)}
     assert runs["rdrop"]["forward_passes"] == 2 and runs["rdrop"]["methods"]["rdrop"] == 1.0

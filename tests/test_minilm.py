@@ -54,4 +54,4 @@ def test_finetune_on_real_sst2_sample(shared_data, tmp_path, capsys):
     for r in runs:  # validation capped at 64, halved into selection and test
         arrays = read_predictions(tmp_path, r)
         assert arrays["selection_logits"].shape[1:] == arrays["test_logits"].shape[1:] == (32, 2)
-    assert "| 32 | drop-path | 1 |" in capsys.readouterr().out
+    assert "| 32 | `drop-path` | 1 |" in capsys.readouterr().out

@@ -79,14 +79,17 @@ def test_verdicts_follow_the_interval():
     assert stats.verdict(-0.01, 0.03, higher_is_better=True) == "inconclusive"
     assert stats.verdict(-0.01, 0.03, True, eq=(-0.005, 0.015), margin=0.02) == "equivalent"
     assert stats.verdict(-0.01, 0.03, True, eq=(-0.005, 0.025), margin=0.02) == "inconclusive"
-    # a difference excluded from zero stays a difference, even inside the margin
-    assert stats.verdict(0.001, 0.003, True, eq=(0.0015, 0.0025), margin=0.02) == "better"
+    # a difference excluded from zero whose equivalence interval lies inside the margin is trivial: one verdict
+    assert stats.verdict(0.001, 0.003, True, eq=(0.0015, 0.0025), margin=0.02) == "trivial"
+    assert stats.verdict(-0.003, -0.001, True, eq=(-0.0025, -0.0015), margin=0.02) == "trivial"
+    assert stats.verdict(0.001, 0.03, True, eq=(0.002, 0.025), margin=0.02) == "better"
 
 
 def test_identical_differences_decide_only_where_the_sign_test_does():
     """Two seeds each one test example worse: a zero-width interval, and no verdict; ten such seeds decide."""
     assert stats.judge([-0.002, -0.002], 0.02, True, m=6)["verdict"] == "inconclusive"
-    assert stats.judge([-0.002] * 10, 0.02, True, m=6)["verdict"] == "worse"  # 2 * 0.5**10 < 0.05 / 6
+    assert stats.judge([-0.002] * 10, 0.02, True, m=6)["verdict"] == "trivial"  # 2 * 0.5**10 < 0.05 / 6
+    assert stats.judge([-0.05] * 10, 0.02, True, m=6)["verdict"] == "worse"
     assert stats.judge([0.0, 0.0], 0.02, True, m=6)["verdict"] == "equivalent"  # the same predictions
 
 
@@ -237,12 +240,13 @@ def test_findings_state_verdicts_from_the_numbers():
     recs = report.summarize(runs, "loss")
     classic = next(r for r in recs if r["preset"] == "classic")
     assert classic["delta_early_test_accuracy"]["verdict"] == "better"
-    assert classic["delta_early_test_loss"]["verdict"] == "equivalent"  # every seed's Δ NLL early is 0
-    assert classic["delta_fixed_test_loss"]["verdict"] == "inconclusive"  # -0.2 .. +0.2 around 0 at the end
+    assert classic["delta_early_test_nll_ts"]["verdict"] == "equivalent"  # every seed's Δ NLL early is 0
+    assert classic["delta_fixed_test_nll_ts"]["verdict"] == "inconclusive"  # -0.2 .. +0.2 around 0 at the end
+    assert "verdict" not in classic["delta_fixed_test_loss"]  # raw NLL is calibration: no verdict
     text = report.findings(recs)
     assert "`classic` at 8: better in test accuracy early-stopped (Δ +0.116" in text
-    assert "Of 4 verdicts, 2 say better, 0 worse, 1 equivalent, 1 inconclusive." in text
-    assert "Margins: test accuracy ±0.02, test NLL ±0.02." in text
+    assert "Of 4 verdicts, 2 better, 0 worse, 0 trivial, 1 equivalent, 1 inconclusive." in text
+    assert "Margins: test accuracy ±0.02 (a difference most users would act on)" in text
 
 
 def _cell(preset, deltas, size=8, base=0.7):
@@ -250,7 +254,7 @@ def _cell(preset, deltas, size=8, base=0.7):
     return [_run(preset, s, [0.5, 0.4], [base + d] * 2, [0.5, 0.5], size=size) for s, d in enumerate(deltas)]
 
 
-def test_four_verdicts_on_hand_made_records():
+def test_verdicts_on_hand_made_records():
     rng = np.random.default_rng(1)
     runs = _cell("pretrain-zero", [0.0] * 12)
     runs += _cell("classic", rng.normal(0.0, 0.004, 12))  # equivalent: tight around 0
@@ -268,26 +272,34 @@ def test_four_verdicts_on_hand_made_records():
         report.summarize(runs, margins={"accuracy": 0.01})
     with pytest.raises(ValueError, match="margin for test_loss must be a positive number, got -1"):
         report.summarize(runs, margins={"test_loss": -1})
+    # a real but tiny difference, measured tightly: trivial, not better
+    runs += _cell("weight-decay", rng.normal(0.004, 0.0005, 12))
+    cells = {r["preset"]: r["delta_early_test_accuracy"] for r in report.summarize(runs)
+             if r["preset"] != "pretrain-zero"}
+    assert cells["weight-decay"]["verdict"] == "trivial"
 
 
 def test_pooling_decides_what_single_cells_cannot():
-    """Six cells of a small harm (about -0.015, paired SD 0.03, 10 seeds each): every cell alone is inconclusive,
-    the pooled interval excludes zero."""
+    """Six cells of a small harm (about -0.03, paired SD 0.04, 10 seeds each) on two data sets x three sizes:
+    every cell alone is inconclusive, the pooled interval excludes zero, and size is no moderator."""
     z = np.random.default_rng(3).normal(size=10)
     z = (z - z.mean()) / z.std(ddof=1)  # exactly mean 0, SD 1
     records = []
-    for i, size in enumerate((8, 16, 32, 64, 128, 256)):
-        harm = -0.012 - 0.001 * i
-        runs = _cell("pretrain-zero", [0.0] * 10, size=size) + _cell("classic", harm + 0.03 * z, size=size)
-        records += report.summarize(runs)
+    for i, (source, size) in enumerate((a, n) for a in ("a", "b") for n in (8, 64, 512)):
+        harm = -0.028 - 0.001 * i
+        runs = _cell("pretrain-zero", [0.0] * 10, size=size) + _cell("classic", harm + 0.04 * z, size=size)
+        records += [{**r, "source": source} for r in report.summarize(runs)]
     cells = [r["delta_early_test_accuracy"]["verdict"] for r in records if r["preset"] == "classic"]
     assert cells == ["inconclusive"] * 6
     rows = report.pooled(records)
     overall = next(r for r in rows if r["scope"] == "all" and r["comparison"] == "early"
                    and r["metric"] == "test_accuracy")
     assert overall["verdict"] == "worse" and overall["cells"] == 6 and overall["seeds"] == 60
-    assert overall["ci"][1] < 0 and 0 <= overall["i2"] <= 1
-    assert {r["scope"] for r in rows} == {"all", "n=8", "n=16", "n=32", "n=64", "n=128", "n=256"}
+    assert overall["ci"][1] < 0 and 0 <= overall["i2"] <= 1 and overall["method"] == "random-effects"
+    assert overall["prediction_interval"][0] <= overall["ci"][0] and not overall["moderator"]["depends_on_size"]
+    assert sum(overall["weights"].values()) == pytest.approx(1) and len(overall["weights"]) == 6
+    assert {r["scope"] for r in rows} == {"all", "n=8", "n=64", "n=512"}
+    assert {r["method"] for r in rows if r["scope"] != "all"} == {"strata"}
 
 
 def test_report_pools_several_directories_into_out(tmp_path):
@@ -304,11 +316,14 @@ def test_report_pools_several_directories_into_out(tmp_path):
         report.report_many(dirs, make_plots=False)
     text = report.report_many(dirs, str(tmp_path / "pooled"), make_plots=False)
     rows = json.loads((tmp_path / "pooled" / "pooled.json").read_text())
-    overall = next(r for r in rows if r["scope"] == "all" and r["comparison"] == "fixed"
-                   and r["metric"] == "test_accuracy")
-    assert overall["preset"] == "classic" and overall["cells"] == 2 and overall["verdict"] == "equivalent"
-    assert {"preset", "comparison", "metric", "scope", "delta", "ci", "i2", "verdict"} <= set(overall)
-    assert "`classic`: equivalent in test accuracy early-stopped" in text
+    # two data sets at one size: strata, never random effects over 2 cells
+    assert {r["scope"] for r in rows} == {"n=8"}
+    row = next(r for r in rows if r["comparison"] == "fixed" and r["metric"] == "test_accuracy")
+    assert row["preset"] == "classic" and row["cells"] == 2 and row["verdict"] == "equivalent"
+    assert row["method"] == "strata" and row["weights"] == {"a n=8": 0.5, "b n=8": 0.5}
+    assert {"preset", "against", "comparison", "metric", "scope", "delta", "ci", "df", "method", "weights",
+            "prediction_interval", "moderator", "verdict"} <= set(row)
+    assert "equivalent within ±0.02: `classic`" in text
     assert (tmp_path / "a" / "findings.md").exists() and (tmp_path / "b" / "summary.json").exists()
     summary = json.loads((tmp_path / "a" / "summary.json").read_text())
     d = next(r for r in summary if r["preset"] == "classic")["delta_fixed_test_accuracy"]
@@ -327,19 +342,18 @@ def test_regimes_are_named_from_what_the_runs_measured():
 
 
 def test_staged_seeds_keep_false_verdicts_at_alpha_and_end_equivalent():
-    """`--seeds auto`'s rule, simulated (2,000 sequential experiments each, the paired SD measured on SST-2 with
-    selection by accuracy): looking after every 5 seeds up to 40 at alpha / looks, a true Δ of 0 gets a false
-    better/worse verdict at most alpha of the time, and most experiments with |Δ| <= margin/2 end equivalent."""
+    """One verdict read at each look of a staged grid at its O'Brien-Fleming-type level (2,000 sequential
+    experiments each, the paired SD measured on SST-2): a true Δ of 0 gets a false better/worse verdict at most
+    alpha of the time, and most experiments with |Δ| <= margin/2 end equivalent, before the last look on average."""
     rng = np.random.default_rng(0)
     sd, margin, stage, max_seeds = 0.025, 0.02, 5, 40
-    alpha = stats.ALPHA / stats.looks(max_seeds, stage)
 
     def experiment(delta):
         d = rng.normal(delta, sd, max_seeds)
-        for n in range(stage, max_seeds + 1, stage):
-            verdict = stats.judge(d[:n], margin, True, 1, alpha)["verdict"]
-            if verdict != "inconclusive":
-                return verdict, n
+        for n in stats.looks(max_seeds, stage):
+            verdict = stats.judge(d[:n], margin, True, 1, stats.nominal_alpha(n, stats.ALPHA, max_seeds, stage))
+            if verdict["verdict"] != "inconclusive":
+                return verdict["verdict"], n
         return "inconclusive", max_seeds
 
     null = [experiment(0.0)[0] for _ in range(2000)]
@@ -347,4 +361,3 @@ def test_staged_seeds_keep_false_verdicts_at_alpha_and_end_equivalent():
     near = [experiment(rng.uniform(-margin / 2, margin / 2)) for _ in range(2000)]
     assert sum(v == "equivalent" for v, _ in near) / 2000 > 0.5
     assert np.mean([n for _, n in near]) < max_seeds  # stopping early saves seeds
-

@@ -179,7 +179,7 @@ def test_report_does_not_import_torch(tiny_classifier, csv_data, tmp_path):
             "assert 'torch' not in sys.modules, 'torch imported'; sys.exit(rc)")
     proc = subprocess.run([sys.executable, "-c", code, str(out)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "| 16 | classic | 1 |" in proc.stdout
+    assert "| 16 | `classic` | 1 |" in proc.stdout
 
 
 def test_progress_line_estimates_from_measured_runs():

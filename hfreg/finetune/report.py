@@ -1,42 +1,60 @@
 """Summaries, findings, tables and plots of the comparison, rebuilt from ``runs.jsonl`` alone (no torch).
 
-Every preset is compared with the zero-dropout baseline, paired by seed, on the test split, twice:
+Every preset is compared with the zero-dropout baseline, and a preset that names a control (``control`` in its
+file: `rdrop` names `classic`) with that control too, and with the control trained at the preset's compute where
+the preset costs more passes per step (the ``<control>@<k>x`` arm); paired by seed, on the test split, twice:
   * early-stopped: each run at its evaluation point with the best selection-split score (``select_by``: accuracy,
     macro-F1 or loss; ties go to the earliest point);
   * fixed budget: each run at its final step.
 Every evaluation point of a record carries the selection metrics, and the point each ``select_by`` rule picks and
 the final one carry the test metrics computed from their predictions, so a report under another ``select_by`` is
 recomputed from the records without retraining.
-Per table (one experiment, one comparison, one metric) the m preset x size comparisons form one family, judged
-four ways against a declared margin (see `stats`): better, worse, equivalent or inconclusive. `pooled` pools each
-preset's paired differences across cells (sizes, data sets) with a random-effects model.
+Verdicts (see `stats`): five outcomes, on test accuracy (the primary endpoint) and on temperature-scaled test NLL;
+raw NLL and ECE are calibration, reported without a verdict. One alpha per experiment covers every verdict it
+reports, at every look of a staged grid. `pooled` answers per training size (data sets as strata) and pools over
+sizes only where size does not moderate the effect and there are at least three cells.
 """
 
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import math
 import os
 import statistics
 from collections import defaultdict
 
+import numpy as np
+
 from ..config import KNOBS as KNOB_NAMES
 from . import stats
 from .presets import BASELINE
-from .records import DEFAULT_EXPERIMENT, DEFAULT_SELECT_BY, SELECT_BY, experiment_of, read_runs
+from .records import (
+    DEFAULT_EXPERIMENT,
+    DEFAULT_MODEL,
+    DEFAULT_SELECT_BY,
+    SELECT_BY,
+    default_model_path,
+    experiment_of,
+    load_predictions,
+    read_runs,
+)
 
 COMPARISONS = {"early": "early-stopped", "fixed": "fixed budget"}
 # metric -> +1 where higher is better, -1 where lower is better
 METRICS = {"test_accuracy": +1, "test_f1": +1, "test_loss": -1, "test_nll_ts": -1, "test_ece": -1,
            "test_brier": -1, "gap": -1, "degradation": -1}
-VERDICT_METRICS = ("test_accuracy", "test_loss")  # what findings.md states a verdict for
+VERDICT_METRICS = ("test_accuracy", "test_nll_ts")  # what findings.md states a verdict for
+# calibration: reported beside the verdicts, never judged (raw NLL also falls when only overconfidence is removed)
+CALIBRATION_METRICS = ("test_loss", "test_ece")
 NAMES = {"test_accuracy": "test accuracy", "test_f1": "test macro-F1", "test_loss": "test NLL",
          "test_nll_ts": "test NLL after temperature scaling", "test_ece": "test ECE", "test_brier": "test Brier",
          "gap": "gap (test - train loss)", "degradation": "degradation (final - early-stopped test loss)"}
 # underfit: the selected point's accuracy is within 0.02 of the majority-class rate, or the run's lowest selection
 # loss stays within 5% of ln K (a uniform prediction)
 NEAR_CHANCE_ACCURACY, NEAR_CHANCE_LOSS = 0.02, 0.95
+MEMORISED = 0.99  # final training accuracy at or above this: the run fit its data, whatever its selection loss
 
 
 def check_select_by(select_by: str) -> None:
@@ -62,13 +80,17 @@ def run_values(run: dict, select_by: str = DEFAULT_SELECT_BY) -> dict:
         out[name]["gap"] = point["test_loss"] - point["train_loss"]
     out["fixed"]["degradation"] = final["test_loss"] - early["test_loss"]
     classes = len(run["experiment"]["settings"]["labels"])
-    out["underfit"] = (early["selection_accuracy"] <= run["selection_majority"] + NEAR_CHANCE_ACCURACY
-                       or min(p["selection_loss"] for p in evals) >= NEAR_CHANCE_LOSS * math.log(classes))
+    out["final_train_accuracy"] = final.get("train_accuracy", float("nan"))
+    near_chance = (early["selection_accuracy"] <= run["selection_majority"] + NEAR_CHANCE_ACCURACY
+                   or min(p["selection_loss"] for p in evals) >= NEAR_CHANCE_LOSS * math.log(classes))
+    out["underfit"] = near_chance and not out["final_train_accuracy"] >= MEMORISED  # a fit run is not underfit
     out["selection_score"] = early[SELECT_BY[select_by][0]]
     out["selected_epoch"] = early["epoch"]
+    # the grid censors early stopping where the pick is its first or last point: the best may lie outside it
+    out["censored"] = len(evals) > 1 and early["step"] in (evals[0]["step"], final["step"])
     # after the selected point: how test accuracy, NLL and temperature-scaled NLL move by the final one
     out["after"] = {m: final[m] - early[m] for m in ("test_accuracy", "test_loss", "test_nll_ts")}
-    out["final_train_accuracy"] = final.get("train_accuracy", float("nan"))
+    out["passes"] = run.get("forward_passes", 1)  # absent in older records: one pass per step
     return out
 
 
@@ -105,7 +127,8 @@ def check_margins(margins: dict | None) -> dict:
 
 def regimes(ordered: list[dict], underfit_runs: int) -> list[str]:
     """What a cell's runs did, from what they measured (per-seed changes from the selected to the final point,
-    t-intervals at 95%): *underfit* (most runs' best selection point near chance), *memorises* (mean final
+    t-intervals at 95%): *underfit* (most runs' best selection point near chance without fitting their training
+    data), *memorises* (mean final
     training accuracy >= 0.99), *overfits* (test accuracy falls after the selected point beyond noise),
     *overconfident* (test NLL rises after it beyond noise, while accuracy and temperature-scaled NLL do not worsen
     beyond noise)."""
@@ -113,7 +136,7 @@ def regimes(ordered: list[dict], underfit_runs: int) -> list[str]:
     if underfit_runs * 2 > len(ordered):
         out.append("underfit")
     train = [v["final_train_accuracy"] for v in ordered if not math.isnan(v["final_train_accuracy"])]
-    if train and statistics.fmean(train) >= 0.99:
+    if train and statistics.fmean(train) >= MEMORISED:
         out.append("memorises")
     ci = {m: stats.paired([v["after"][m] for v in ordered])["ci95"] for m in ordered[0]["after"]}
     if ci["test_accuracy"][1] < 0:
@@ -132,191 +155,356 @@ def _summarize(runs: list[dict], experiment: str, select_by: str, margins: dict)
     for cell, group in cells.items():
         lr = _choose_rate(group, select_by)
         chosen[cell] = {r["seed"]: run_values(r, select_by) for r in group if r["learning_rate"] == lr}, lr
+    settings = runs[0]["experiment"].get("settings", {})
+    design = {k: settings["seeds"][k] for k in ("max_seeds", "stage")} \
+        if (settings.get("seeds") or {}).get("rule") == "auto" else None
+    against = controls(runs)
     records = []
     for (preset, size) in sorted(cells, key=lambda c: (c[1], order.index(c[0]))):
         seeds, lr = chosen[(preset, size)]
         ordered = [seeds[s] for s in sorted(seeds)]
-        rec = {"experiment": experiment, "preset": preset, "train_size": size, "seeds": sorted(seeds),
-               "learning_rate": lr, "select_by": select_by, "underfit_runs": sum(v["underfit"] for v in ordered),
-               "selected_epoch": statistics.fmean(v["selected_epoch"] for v in ordered)}
+        rec = {"experiment": experiment, "preset": preset, "against": BASELINE, "train_size": size,
+               "seeds": sorted(seeds), "learning_rate": lr, "select_by": select_by,
+               "underfit_runs": sum(v["underfit"] for v in ordered),
+               "censored_runs": sum(v["censored"] for v in ordered), "passes": max(v["passes"] for v in ordered),
+               "selected_epoch": statistics.fmean(v["selected_epoch"] for v in ordered), "design": design}
         rec["regime"] = regimes(ordered, rec["underfit_runs"])
         for comp in COMPARISONS:
             for m in ordered[0][comp]:
                 values = [v[comp][m] for v in ordered]
                 rec[f"{comp}_{m}"] = statistics.fmean(values)
                 rec[f"{comp}_{m}_ci95"] = list(stats.paired(values)["ci95"])
-        base = chosen.get((BASELINE, size), ({}, None))[0]
-        paired_seeds = sorted(set(seeds) & set(base))
-        if preset != BASELINE and paired_seeds:
-            rec["paired_seeds"] = paired_seeds
-            for comp in COMPARISONS:
-                for m in ordered[0][comp]:
-                    deltas = [seeds[s][comp][m] - base[s][comp][m] for s in paired_seeds]
-                    rec[f"delta_{comp}_{m}"] = {**stats.paired(deltas), "deltas": deltas}
-        records.append(rec)
-    _adjust(records, margins, family_alpha(runs[0]["experiment"].get("settings", {})))
+        rows = [rec] + [{**{k: v for k, v in rec.items() if not k.startswith("delta_")}, "against": c}
+                        for c in against.get(preset, []) if (c, size) in chosen]
+        rec["missing_controls"] = [c for c in against.get(preset, []) if (c, size) not in chosen]
+        for row in rows:
+            if row["preset"] == row["against"]:
+                continue
+            base = chosen.get((row["against"], size), ({}, None))[0]
+            paired_seeds = sorted(set(seeds) & set(base))
+            if paired_seeds:
+                row["paired_seeds"] = paired_seeds
+                for comp in COMPARISONS:
+                    for m in ordered[0][comp]:
+                        deltas = [seeds[s][comp][m] - base[s][comp][m] for s in paired_seeds]
+                        row[f"delta_{comp}_{m}"] = {**stats.paired(deltas), "deltas": deltas}
+        records += rows
+    _adjust(records, margins, design)
     return records
 
 
-def family_alpha(settings: dict) -> float:
-    """The family-wise alpha of one look at an experiment: 0.05, or 0.05 / looks for a staged grid (`--seeds
-    auto`), whose verdicts are looked at after every stage (`stats.looks`)."""
-    seeds = settings.get("seeds") or {}
-    return stats.ALPHA / stats.looks(seeds["max_seeds"], seeds["stage"]) if seeds.get("rule") == "auto" \
-        else stats.ALPHA
+def controls(runs: list[dict]) -> dict[str, list[str]]:
+    """{preset: the arms it is judged against besides the baseline}: the control its file names, and the control
+    trained at its compute (the arm whose runs say ``equal_compute_for`` it)."""
+    out = defaultdict(list)
+    for r in runs:
+        config = r.get("preset_config") or {}
+        if config.get("control") and config["control"] != BASELINE:
+            out[r["preset"]].append(config["control"])
+        for preset in r.get("equal_compute_for", []):
+            out[preset].append(r["preset"])
+    return {p: list(dict.fromkeys(c)) for p, c in out.items()}
 
 
-def decided(record: dict) -> bool:
-    """Whether every verdict of a cell (both comparisons, test accuracy and NLL) is better, worse or equivalent."""
-    keys = [f"delta_{c}_{m}" for c in COMPARISONS for m in VERDICT_METRICS]
-    return all(k in record and record[k]["verdict"] != "inconclusive" for k in keys)
+def column_alpha(comp: str, metric: str, m: int) -> float:
+    """The share of the experiment's alpha one comparison of the column (``comp``, ``metric``) gets, before looks:
+    the column's share (`stats.ALPHA_SHARES`) over its ``m`` comparisons (Bonferroni)."""
+    return stats.ALPHA * stats.ALPHA_SHARES[(comp, metric)] / max(m, 1)
 
 
-def _adjust(records: list[dict], margins: dict, alpha: float) -> None:
-    """Holm p-values, simultaneous intervals, TOST and four-way verdicts within each family (comparison x
-    metric), at family-wise ``alpha``."""
-    keys = {k for r in records for k in r if k.startswith("delta_")}
-    for key in keys:
-        metric = key.split("_", 2)[2]
-        margin = margins[metric]
-        family = [r[key] for r in records if key in r and r[key]["n"] >= 2]
-        m = len(family)
-        for d, p_holm in zip(family, stats.holm([d["p"] for d in family])):
-            d.update(m=m, p_holm=p_holm, margin=margin, p_tost=stats.tost_p(d["deltas"], margin), alpha=alpha,
-                     **stats.judge(d["deltas"], margin, METRICS[metric] > 0, m, alpha))
-        for r in records:
-            if key in r and r[key]["n"] < 2:
-                r[key].update(m=m, p_holm=float("nan"), margin=margin, p_tost=float("nan"), alpha=alpha,
-                              ci_adjusted=[float("nan")] * 2, ci_equivalence=[float("nan")] * 2,
-                              verdict="inconclusive")
+def _adjust(records: list[dict], margins: dict, design: dict | None) -> None:
+    """Per verdict column (comparison x metric): Holm p-values, the simultaneous interval and the equivalence
+    interval at the nominal level of the look each comparison is read at, and its verdict. Metrics without a
+    verdict (calibration, gap) keep their 95% interval only."""
+    for comp in COMPARISONS:
+        for metric in VERDICT_METRICS:
+            key = f"delta_{comp}_{metric}"
+            margin = margins[metric]
+            family = [r[key] for r in records if key in r]
+            m = len(family)
+            tested = [d for d in family if d["n"] >= 2]
+            for d, p_holm in zip(tested, stats.holm([d["p"] for d in tested])):
+                alpha = stats.nominal_alpha(d["n"], column_alpha(comp, metric, m), **(design or {}))
+                d.update(m=m, p_holm=p_holm, margin=margin, p_tost=stats.tost_p(d["deltas"], margin), alpha=alpha,
+                         **stats.judge(d["deltas"], margin, METRICS[metric] > 0, 1, alpha))
+            for d in family:
+                if d["n"] < 2:
+                    d.update(m=m, p_holm=float("nan"), margin=margin, p_tost=float("nan"), alpha=float("nan"),
+                             ci_adjusted=[float("nan")] * 2, ci_equivalence=[float("nan")] * 2,
+                             verdict="inconclusive")
+
+
+def stop_reason(rows: list[dict], margins: dict | None = None) -> str | None:
+    """Why a staged grid stops adding seeds to a preset x size cell, from its rows (against the baseline and its
+    controls): "decided" once every primary verdict (early-stopped test accuracy) is not inconclusive, "futile"
+    once each undecided one could not be decided even at the maximum seeds (`stats.futile`), else None."""
+    comp, metric = stats.PRIMARY
+    key = f"delta_{comp}_{metric}"
+    margin = check_margins(margins)[metric]
+    reasons = []
+    for r in rows:
+        d = r.get(key)
+        if d is None or d["n"] < 2:
+            return None
+        if d["verdict"] != "inconclusive":
+            reasons.append("decided")
+            continue
+        design = r.get("design")
+        if not design:
+            return None
+        final = stats.nominal_alpha(design["max_seeds"], column_alpha(comp, metric, d["m"]), **design)
+        if not stats.futile(d["deltas"], margin, final, design["max_seeds"]):
+            return None
+        reasons.append("futile")
+    return "decided" if reasons and set(reasons) == {"decided"} else ("futile" if reasons else None)
+
+
+MODERATOR_ALPHA = stats.ALPHA  # size moderates an arm's effect where the meta-regression slope's p is below this
+
+
+def _arm(r: dict) -> tuple[str, str]:
+    return r["preset"], r.get("against", BASELINE)
+
+
+def _cell_name(r: dict) -> str:
+    source = os.path.basename(os.path.normpath(r["source"])) if r.get("source") else r["experiment"]
+    return f"{source} n={r['train_size']}"
+
+
+def cell_variance(r: dict, key: str) -> float:
+    """The sampling variance of a cell's mean paired difference: the seeds' variance over their number, floored at
+    what the cell's test set resolves over its seeds (``resolution``: one run's per-example variance of the metric
+    over the test set's size)."""
+    d = r[key]
+    metric = key.split("_", 2)[2]
+    return stats.floored(d["sd"] ** 2 / d["n"], (r.get("resolution") or {}).get(metric, 0.0) / d["n"])
+
+
+def moderator(cells: list[dict], key: str) -> dict:
+    """Whether training size moderates an arm's effect: the between-sizes test over each size's strata estimate
+    (`stats.between_sizes`), and the slope per unit of log size (`stats.meta_regression`) for its direction."""
+    sizes = sorted({r["train_size"] for r in cells})
+    per_size = [stats.strata([r[key]["mean"] for r in cells if r["train_size"] == n],
+                             [cell_variance(r, key) for r in cells if r["train_size"] == n],
+                             [r[key]["n"] - 1 for r in cells if r["train_size"] == n]) for n in sizes]
+    test = stats.between_sizes([p["delta"] for p in per_size], [p["se"] for p in per_size])
+    slope = stats.meta_regression([r[key]["mean"] for r in cells], [cell_variance(r, key) for r in cells],
+                                  [math.log(r["train_size"]) for r in cells])
+    return {"q_between": test["q"], "df": test["df"], "p": test["p"], "slope_per_log_size": slope["slope"]}
+
+
+def pooled_alpha(records: list[dict], comp: str, metric: str, m: int) -> float:
+    """A pooled row's level: the column's share over its ``m`` rows, at the last look of the strictest staged grid
+    among the sources (a fixed grid: the share itself)."""
+    alpha = column_alpha(comp, metric, m)
+    designs = [r["design"] for r in records if r.get("design")]
+    return min([alpha] + [stats.nominal_alpha(d["max_seeds"], alpha, **d) for d in designs])
 
 
 def pooled(records: list[dict], margins: dict | None = None) -> list[dict]:
-    """Each preset's paired differences pooled across its cells (``records`` from one or several result
-    directories: every experiment x size is a cell), for both comparisons and every metric with a verdict: one row
-    over all cells (``scope`` "all") and one per training size. Random effects (`stats.random_effects`); the
-    presets of one comparison x metric x scope form one family (simultaneous level 1 - alpha/m)."""
+    """Each arm's (preset against the baseline or a control) paired differences over cells (``records`` from one or
+    several result directories: every experiment x size is a cell), per comparison and verdict metric:
+
+    * one row per training size, the data sets as fixed strata (`stats.strata`, Welch-Satterthwaite df);
+    * one row over all cells (random effects with its prediction interval, `stats.random_effects`) only where there
+      are at least 3 cells and size does not moderate the effect (`moderator`, p >= `MODERATOR_ALPHA`); each row
+      carries the moderator test, and its cells' weight shares.
+
+    Cell variances are floored (`cell_variance`). The rows of one comparison x metric share the column's alpha
+    (Bonferroni over them, look-adjusted for staged sources: `pooled_alpha`)."""
     margins = check_margins(margins)
     rows = []
-    presets = list(dict.fromkeys(r["preset"] for r in records if r["preset"] != BASELINE))
+    arms = list(dict.fromkeys(_arm(r) for r in records if r["preset"] != BASELINE))
     sizes = sorted({r["train_size"] for r in records})
     for comp in COMPARISONS:
         for metric in VERDICT_METRICS:
             key = f"delta_{comp}_{metric}"
-            for scope in ["all", *sizes]:
-                family = []
-                for preset in presets:
-                    cells = [r[key] for r in records if r["preset"] == preset and key in r and r[key]["n"] >= 2
-                             and (scope == "all" or r["train_size"] == scope)]
-                    if cells:
-                        family.append((preset, cells))
-                for preset, cells in family:
-                    pool = stats.random_effects([d["mean"] for d in cells], [d["sd"] ** 2 / d["n"] for d in cells],
-                                                alpha=stats.ALPHA / len(family))
-                    rows.append({"preset": preset, "comparison": comp, "metric": metric,
-                                 "scope": "all" if scope == "all" else f"n={scope}", "cells": pool["k"],
-                                 "seeds": sum(d["n"] for d in cells), "delta": pool["delta"],
-                                 "ci": pool["ci"], "ci_equivalence": pool["ci_equivalence"], "i2": pool["i2"],
-                                 "tau": pool["tau"], "m": len(family), "margin": margins[metric],
-                                 "verdict": stats.verdict(*pool["ci"], higher_is_better=METRICS[metric] > 0,
-                                                          eq=pool["ci_equivalence"], margin=margins[metric])})
+            planned = []
+            for arm in arms:
+                cells = [r for r in records if _arm(r) == arm and key in r and r[key]["n"] >= 2]
+                if not cells:
+                    continue
+                mod = moderator(cells, key)
+                moderated = not math.isnan(mod["p"]) and mod["p"] < MODERATOR_ALPHA
+                for size in sizes:
+                    here = [r for r in cells if r["train_size"] == size]
+                    if here:
+                        planned.append((arm, f"n={size}", "strata", here, mod, moderated))
+                if len(cells) >= 3 and not moderated:
+                    planned.append((arm, "all", "random-effects", cells, mod, moderated))
+            alpha = pooled_alpha(records, comp, metric, len(planned))
+            for (preset, against), scope, method, cells, mod, moderated in planned:
+                y = [r[key]["mean"] for r in cells]
+                v = [cell_variance(r, key) for r in cells]
+                pool = stats.strata(y, v, [r[key]["n"] - 1 for r in cells], alpha) if method == "strata" \
+                    else stats.random_effects(y, v, alpha)
+                nan = float("nan")
+                rows.append({"preset": preset, "against": against, "comparison": comp, "metric": metric,
+                             "scope": scope, "method": method, "cells": pool["k"],
+                             "seeds": sum(r[key]["n"] for r in cells), "delta": pool["delta"], "ci": pool["ci"],
+                             "ci_equivalence": pool["ci_equivalence"], "df": pool["df"],
+                             "prediction_interval": pool.get("prediction_interval", [nan, nan]),
+                             "i2": pool.get("i2", nan), "tau": pool.get("tau", nan),
+                             "weights": {_cell_name(r): w for r, w in zip(cells, pool["weights"])},
+                             "moderator": {**mod, "depends_on_size": moderated},
+                             "m": len(planned), "alpha": alpha, "margin": margins[metric],
+                             "verdict": stats.verdict(*pool["ci"], higher_is_better=METRICS[metric] > 0,
+                                                      eq=pool["ci_equivalence"], margin=margins[metric])})
     return rows
 
 
+def _label(preset: str, against: str) -> str:
+    return f"`{preset}`" if against == BASELINE else f"`{preset}` vs `{against}`"
+
+
 def pooled_table(rows: list[dict], scope: str = "all") -> str:
-    """Markdown: one line per preset, Δ accuracy and Δ NLL pooled over the cells of ``scope``, both comparisons."""
-    head = ["preset", "cells", "seeds"] + [f"Δ {NAMES[m].replace('test ', '')} ({COMPARISONS[c]})"
-                                           for c in COMPARISONS for m in VERDICT_METRICS]
+    """Markdown: one line per arm, Δ test accuracy and Δ temperature-scaled NLL over the cells of ``scope``, both
+    comparisons, with the method, degrees of freedom and the largest cell's share of the weight."""
+    head = ["arm", "cells", "seeds", "method (df)", "largest weight"] + [
+        f"Δ {NAMES[m].replace('test ', '')} ({COMPARISONS[c]})" for c in COMPARISONS for m in VERDICT_METRICS]
+    if scope == "all":
+        head.insert(5, "prediction interval (acc, early)")
     out = [head, ["---"] * len(head)]
-    for preset in dict.fromkeys(r["preset"] for r in rows):
-        mine = {(r["comparison"], r["metric"]): r for r in rows if r["preset"] == preset and r["scope"] == scope}
+    for arm in dict.fromkeys((r["preset"], r["against"]) for r in rows):
+        mine = {(r["comparison"], r["metric"]): r for r in rows if (r["preset"], r["against"]) == arm
+                and r["scope"] == scope}
         if not mine:
             continue
-        first = next(iter(mine.values()))
+        first = mine.get(("early", "test_accuracy")) or next(iter(mine.values()))
         cells = []
         for c in COMPARISONS:
             for m in VERDICT_METRICS:
                 r = mine.get((c, m))
                 cells.append("-" if r is None else f"{_num(r['delta'], sign=True)} [{_num(r['ci'][0], sign=True)}, "
-                             f"{_num(r['ci'][1], sign=True)}] I²={_num(r['i2'], 2)} {_short(r['verdict'])}")
-        out.append([preset, str(first["cells"]), str(first["seeds"]), *cells])
+                             f"{_num(r['ci'][1], sign=True)}] {_short(r['verdict'])}")
+        method = "strata" if first["method"] == "strata" else "RE"
+        line = [_label(*arm), str(first["cells"]), str(first["seeds"]), f"{method} ({first['df']:.1f})",
+                f"{max(first['weights'].values()):.2f}", *cells]
+        if scope == "all":
+            pi = first["prediction_interval"]
+            line.insert(5, f"[{_num(pi[0], sign=True)}, {_num(pi[1], sign=True)}]")
+        out.append(line)
     return "\n".join("| " + " | ".join(row) + " |" for row in out)
 
 
-def answer(rows: list[dict]) -> str:
-    """One paragraph from the overall pooled rows: per verdict, the presets that get it for test accuracy under
-    both comparisons, then those whose two comparisons disagree."""
-    overall = [r for r in rows if r["scope"] == "all" and r["metric"] == "test_accuracy"]
-    if not overall:
-        return ""
-    cells = max(r["cells"] for r in overall)
-    by_preset = defaultdict(dict)
-    for r in overall:
-        by_preset[r["preset"]][r["comparison"]] = r
-    same, mixed = defaultdict(list), []
-    for preset, comps in by_preset.items():
-        verdicts = {c: comps[c]["verdict"] for c in comps}
-        if len(set(verdicts.values())) == 1 and len(verdicts) == len(COMPARISONS):
-            same[next(iter(verdicts.values()))].append(f"`{preset}`")
+def arm_answer(rows: list[dict], preset: str, against: str) -> dict:
+    """{comparison: verdict text} for one arm's test accuracy: the all-cells verdict where there is one, else the
+    verdict at each size (marked "depends on size" where the moderator test says so)."""
+    out = {}
+    for comp in COMPARISONS:
+        mine = [r for r in rows if (r["preset"], r["against"]) == (preset, against) and r["comparison"] == comp
+                and r["metric"] == "test_accuracy"]
+        if not mine:
+            continue
+        overall = next((r for r in mine if r["scope"] == "all"), None if len(mine) > 1 else mine[0])
+        if overall:  # the all-cells row, or the one size there is
+            out[comp] = overall["verdict"]
+            continue
+        per_size = ", ".join(f"{r['verdict']} at {r['scope']}" for r in mine)
+        sizes = {r["verdict"] for r in mine}
+        if mine[0]["moderator"]["depends_on_size"]:
+            out[comp] = f"depends on size ({per_size})"
+        elif len(sizes) == 1 and len(mine) > 1:
+            out[comp] = f"{mine[0]['verdict']} at every size"
         else:
-            mixed.append(f"`{preset}` ({', '.join(f'{v} {COMPARISONS[c]}' for c, v in verdicts.items())})")
-    margin = overall[0]["margin"]
-    words = {"equivalent": f"equivalent to `{BASELINE}` within ±{margin:g}", "better": "better than it",
-             "worse": "worse than it", "inconclusive": "inconclusive"}
-    parts = [f"{words[v]}: {', '.join(same[v])}" for v in ("equivalent", "better", "worse", "inconclusive")
-             if same[v]]
-    if mixed:
-        parts.append(f"the two comparisons differ for {', '.join(mixed)}")
-    return (f"**Answer** (test accuracy pooled over up to {cells} cells, early-stopped and at a fixed budget alike): "
-            + "; ".join(parts) + ".")
+            out[comp] = f"per size: {per_size}"
+    return out
+
+
+def answer(rows: list[dict]) -> str:
+    """One paragraph from the pooled rows of test accuracy: per verdict the arms that get it under both comparisons
+    over all cells; then the arms whose answer depends on size or differs between the comparisons, in full."""
+    arms = list(dict.fromkeys((r["preset"], r["against"]) for r in rows if r["metric"] == "test_accuracy"))
+    if not arms:
+        return ""
+    margin = next(r["margin"] for r in rows if r["metric"] == "test_accuracy")
+    same, other = defaultdict(list), []
+    for arm in arms:
+        said = arm_answer(rows, *arm)
+        values = set(said.values())
+        if len(said) == len(COMPARISONS) and len(values) == 1 and next(iter(values)) in stats.VERDICTS:
+            same[next(iter(values))].append(_label(*arm))
+        else:
+            other.append(f"{_label(*arm)}: " + "; ".join(f"{COMPARISONS[c]} {v}" for c, v in said.items()))
+    words = {"equivalent": f"equivalent within ±{margin:g}", "trivial": f"different but within ±{margin:g}",
+             "better": "better", "worse": "worse", "inconclusive": "inconclusive"}
+    parts = [f"{words[v]}: {', '.join(same[v])}" for v in stats.VERDICTS if same[v]]
+    text = (f"**Answer** (test accuracy; each arm against `{BASELINE}` unless it names its control; over all cells "
+            f"where size does not moderate the effect, else per size; early-stopped and at a fixed budget alike): "
+            + ("; ".join(parts) if parts else "no arm gets one verdict over all cells under both comparisons") + ".")
+    if other:
+        text += "\n\nPer size or per comparison:\n\n" + "\n".join(f"- {o}." for o in other)
+    return text
 
 
 def pooled_text(rows: list[dict], sources: list[str]) -> str:
-    """pooled.md: the overall table, then one per training size, and the reading in words."""
+    """pooled.md: the answer, the table of each training size, the all-cells table, and the moderator tests."""
     if not rows:
         return "## Pooled\n\nNo comparison with at least two paired seeds.\n"
+    alphas = {(r["comparison"], r["metric"]): r["alpha"] for r in rows}
     lines = ["## Pooled over data sets and sizes", "",
-             f"Sources: {', '.join(f'`{s}`' for s in sources)}. Each preset's mean paired Δ (preset − "
-             f"`{BASELINE}`) per cell (data set × size), pooled by a random-effects model (DerSimonian–Laird τ², "
-             f"modified Hartung–Knapp interval, t with cells − 1 df); intervals simultaneous over the presets of "
-             f"each column (Bonferroni). Margins: {_margins_text({r['metric']: r['margin'] for r in rows})}"
-             ". **better** / **worse**: the interval excludes 0; **equivalent**: the TOST interval lies inside the "
-             "margin; otherwise inconclusive. I² = share of the spread that is between cells. Rows over few "
-             "cells are wide by design: with 2 cells the interval has 1 degree of freedom.", "",
-             answer(rows), "", "### All cells", "", pooled_table(rows), ""]
+             f"Sources: {', '.join(f'`{s}`' for s in sources)}. Each arm's mean paired Δ (preset − its control: "
+             f"`{BASELINE}`, or the control the preset names) per cell (data set × size). **Per size**, the data "
+             f"sets are fixed strata: the equal-weight mean of the cell means, its SE from the cells' variances, "
+             f"Welch–Satterthwaite df. **Over all cells** (only with ≥ 3 cells and where size does not moderate the "
+             f"effect: the between-sizes test below, p ≥ {MODERATOR_ALPHA:g}): "
+             f"random effects (DerSimonian–Laird τ², modified Hartung–Knapp interval, t with cells − 1 df) with its "
+             f"prediction interval for a new data set and size (t with cells − 2 df). Each cell's variance is "
+             f"floored at what its test set resolves (one run's per-example variance of the metric over the test "
+             f"set's size, over the cell's seeds); the largest cell's share of the weight is shown. Error control: "
+             f"α = 0.05 over every row with a verdict, shared by the columns "
+             f"({', '.join(f'{COMPARISONS[c]} {NAMES[m]} {stats.ALPHA_SHARES[(c, m)]:.0%}' for c, m in alphas)}), "
+             f"Bonferroni over a column's rows, at the last look of a staged grid (nominal levels "
+             f"{', '.join(f'{a:.2g}' for a in alphas.values())}). Margins: "
+             f"{_margins_text({r['metric']: r['margin'] for r in rows})}. Verdicts: **better** / **worse** (the "
+             f"interval excludes 0), *trivial* (it excludes 0 but the equivalence interval lies inside the margin), "
+             f"equivalent (the equivalence interval lies inside the margin, the interval contains 0), "
+             f"inconclusive. Raw NLL and ECE are calibration and get no verdict (see the findings).", "",
+             answer(rows), ""]
     for scope in dict.fromkeys(r["scope"] for r in rows if r["scope"] != "all"):
         lines += [f"### {scope}", "", pooled_table(rows, scope), ""]
-    lines += ["In words (all cells):", ""]
-    for preset in dict.fromkeys(r["preset"] for r in rows):
-        said = [f"{r['verdict']} in {NAMES[r['metric']]} {COMPARISONS[r['comparison']]} "
-                f"(Δ {_num(r['delta'], sign=True)} [{_num(r['ci'][0], sign=True)}, {_num(r['ci'][1], sign=True)}])"
-                for r in rows if r["preset"] == preset and r["scope"] == "all"]
-        lines.append(f"- `{preset}`: " + "; ".join(said) + ".")
+    if any(r["scope"] == "all" for r in rows):
+        lines += ["### All cells", "", pooled_table(rows), ""]
+    lines += ["Size as a moderator (test accuracy, early-stopped): Q_between over the sizes' strata estimates, "
+              "χ² with sizes − 1 df, and the slope of Δ per unit of log size for its direction:", ""]
+    for r in rows:
+        if r["comparison"] == "early" and r["metric"] == "test_accuracy" and r["scope"] == next(
+                x["scope"] for x in rows if (x["preset"], x["against"]) == (r["preset"], r["against"])):
+            mod = r["moderator"]
+            said = "not testable (one size)" if mod["p"] is None or math.isnan(mod["p"]) \
+                else (f"Q_between = {mod['q_between']:.1f}, p = {mod['p']:.2g} (df {mod['df']}), slope "
+                      f"{_num(mod['slope_per_log_size'], 4, sign=True)}: "
+                      + ("**depends on size**" if mod["depends_on_size"] else "no evidence that size matters"))
+            lines.append(f"- {_label(r['preset'], r['against'])}: {said}.")
     return "\n".join(lines) + "\n"
 
 
 def power(records: list[dict], margins: dict | None = None) -> dict:
-    """Per comparison (early-stopped, fixed budget), from the median paired SD of Δ test accuracy over the presets
-    that are not near-copies of the baseline (paired SD under a tenth of the family's median: a preset that changes
-    nothing the baseline does): seeds for 80% power to detect Δ = 0.01 and 0.02 (at alpha = 0.05 and at the
-    family's corrected alpha), and to show equivalence within the margin when the true Δ is 0."""
+    """Per comparison (early-stopped, fixed budget), from the median paired SD of Δ test accuracy over the arms
+    against the baseline that are not near-copies of it (paired SD under a tenth of the family's median: a preset
+    that changes nothing the baseline does): seeds for 80% power to detect Δ = 0.01 and 0.02 (at alpha = 0.05 and at
+    the level a verdict of the column is read at: its share of alpha, Bonferroni, the last look of a staged grid),
+    and to show equivalence within the margin when the true Δ is 0."""
     margin = check_margins(margins)["test_accuracy"]
     out = {}
     for comp in COMPARISONS:
-        deltas = [r[f"delta_{comp}_test_accuracy"] for r in records
-                  if r.get(f"delta_{comp}_test_accuracy", {}).get("n", 0) >= 2]
+        key = f"delta_{comp}_test_accuracy"
+        deltas = [r[key] for r in records if r.get(key, {}).get("n", 0) >= 2 and r["against"] == BASELINE]
         if not deltas:
             continue
         everyone = statistics.median(d["sd"] for d in deltas)
         kept = [d for d in deltas if d["sd"] >= 0.1 * everyone]
         sd = statistics.median(d["sd"] for d in kept) if kept else 0.0
         m = deltas[0]["m"]
-        out[comp] = {"paired_sd": sd, "family_size": m, "near_copies": len(deltas) - len(kept),
+        design = next((r["design"] for r in records if r.get("design")), None)
+        share = column_alpha(comp, "test_accuracy", m)
+        alpha = stats.nominal_alpha(design["max_seeds"], share, **design) if design else share
+        out[comp] = {"paired_sd": sd, "family_size": m, "near_copies": len(deltas) - len(kept), "alpha": alpha,
                      "seeds": {f"{delta}": {"alpha_0.05": stats.seeds_for_power(sd, delta),
-                                            "alpha_corrected": stats.seeds_for_power(sd, delta, alpha=stats.ALPHA / m)}
+                                            "alpha_corrected": stats.seeds_for_power(sd, delta, alpha=alpha)}
                                for delta in (0.01, 0.02)},
                      "equivalence": {"margin": margin,
-                                     "alpha_corrected": stats.seeds_for_equivalence(sd, margin, stats.ALPHA / m)}}
+                                     "alpha_corrected": stats.seeds_for_equivalence(sd, margin, alpha)}}
     return out
 
 
@@ -341,7 +529,8 @@ def dose_response(records: list[dict], points: dict[str, float], select: str = "
     key = f"delta_{select}_test_accuracy"
     out = []
     for size in sorted({r["train_size"] for r in records}):
-        cells = {r["preset"]: r for r in records if r["train_size"] == size and r["preset"] in points}
+        cells = {r["preset"]: r for r in records if r["train_size"] == size and r["preset"] in points
+                 and r.get("against", BASELINE) == BASELINE}
         deltas = {p: c[key] for p, c in cells.items() if key in c and c[key]["n"] >= 2}
         if not deltas:
             continue
@@ -373,7 +562,8 @@ def sweep_text(family: str, rows: list[dict]) -> list[str]:
              f"test accuracy, early-stopped):", ""]
     for r in rows:
         lines.append(f"- n={r['train_size']}: equivalent to none at {fmt(r['equivalent'])}; worse at "
-                     f"{fmt(r['worse'])}; better at {fmt(r['better'])}; inconclusive at {fmt(r['inconclusive'])}. "
+                     f"{fmt(r['worse'])}; better at {fmt(r['better'])}; trivial at {fmt(r['trivial'])}; "
+                     f"inconclusive at {fmt(r['inconclusive'])}. "
                      f"Best {unit}{r['best']:g} (Δ {r['best_delta']:+.3f}); not worse than the best: "
                      f"{fmt(r['not_worse_than_best'])}.")
     return lines + [""]
@@ -390,10 +580,12 @@ def _delta(d) -> str:
 
 
 def table(records: list[dict]) -> str:
-    """Markdown: per preset x size, test accuracy and NLL under both comparisons, deltas with their
-    simultaneous intervals and verdicts, and the regime the cell's runs showed."""
-    head = ["size", "preset", "seeds", "lr", "stop epoch", "acc (early)", "Δ acc (early)", "Δ NLL (early)",
-            "acc (fixed)", "Δ acc (fixed)", "Δ NLL (fixed)", "underfit", "regime"]
+    """Markdown: per arm x size, test accuracy under both comparisons, Δ test accuracy and Δ temperature-scaled NLL
+    with their simultaneous intervals and verdicts, raw Δ NLL and Δ ECE as calibration (95% intervals, no verdict),
+    the compute per step, and what the cell's runs showed."""
+    head = ["size", "arm", "seeds", "lr", "passes", "stop epoch", "acc (early)", "acc (fixed)"]
+    head += [f"Δ {'acc' if m == 'test_accuracy' else 'NLL-TS'} ({c})" for c in COMPARISONS for m in VERDICT_METRICS]
+    head += ["Δ NLL, Δ ECE (early)", "underfit", "censored", "regime"]
     rows = [head, ["---"] * len(head)]
     for r in records:
         cells = []
@@ -401,20 +593,25 @@ def table(records: list[dict]) -> str:
             for m in VERDICT_METRICS:
                 d = r.get(f"delta_{comp}_{m}")
                 cells.append("-" if d is None else f"{_delta(d)} {_short(d['verdict'])}")
-        rows.append([str(r["train_size"]), r["preset"], str(len(r["seeds"])), f"{r['learning_rate']:g}",
-                     _num(r["selected_epoch"], 1), _num(r["early_test_accuracy"]), cells[0], cells[1],
-                     _num(r["fixed_test_accuracy"]), cells[2], cells[3],
-                     f"{r['underfit_runs']}/{len(r['seeds'])}", ", ".join(r.get("regime", [])) or "-"])
+        calib = [r.get(f"delta_early_{m}") for m in CALIBRATION_METRICS]
+        calib = "-" if None in calib else ", ".join(_num(d["mean"], sign=True) for d in calib)
+        rows.append([str(r["train_size"]), _label(r["preset"], r.get("against", BASELINE)), str(len(r["seeds"])),
+                     f"{r['learning_rate']:g}", str(r.get("passes", 1)), _num(r["selected_epoch"], 1),
+                     _num(r["early_test_accuracy"]), _num(r["fixed_test_accuracy"]), *cells, calib,
+                     f"{r['underfit_runs']}/{len(r['seeds'])}", f"{r.get('censored_runs', 0)}/{len(r['seeds'])}",
+                     ", ".join(r.get("regime", [])) or "-"])
     return "\n".join("| " + " | ".join(row) + " |" for row in rows)
 
 
 def _short(verdict: str) -> str:
-    return {"better": "**better**", "worse": "**worse**", "equivalent": "equiv.", "inconclusive": "inconcl."}[verdict]
+    return {"better": "**better**", "worse": "**worse**", "trivial": "*trivial*", "equivalent": "equiv.",
+            "inconclusive": "inconcl."}[verdict]
 
 
 def _margins_of(records: list[dict]) -> dict:
     """{metric: margin} the records' comparisons were judged against."""
-    return {k.split("_", 2)[2]: d["margin"] for r in records for k, d in r.items() if k.startswith("delta_")}
+    return {k.split("_", 2)[2]: d["margin"] for r in records for k, d in r.items()
+            if k.startswith("delta_") and "margin" in d}
 
 
 def _margins_text(margins: dict) -> str:
@@ -425,30 +622,78 @@ def _copies(n: int) -> str:
     return f" ({n} near-cop{'ies' if n > 1 else 'y'} of the baseline left out)" if n else ""
 
 
+def margin_reasons(records: list[dict]) -> str:
+    """The declared margins with their reasons, and what this experiment's test set resolves beside them."""
+    margins = _margins_of(records)
+    sizes = sorted({r["test_examples"] for r in records if r.get("test_examples")})
+    base = [r["early_test_accuracy"] for r in records if r["preset"] == BASELINE]
+    text = [f"test accuracy ±{margins.get('test_accuracy', stats.MARGINS['test_accuracy']):g} (a difference most "
+            f"users would act on"]
+    if sizes and base:
+        p = statistics.fmean(base)
+        n = sizes[0]
+        text[0] += (f"; this test set has {n} examples: one example is {1 / n:.4f}, and one run's accuracy near "
+                    f"{p:.2f} is known to ±{1.96 * math.sqrt(p * (1 - p) / n):.3f} (95%)")
+        if 1 / n >= margins.get("test_accuracy", stats.MARGINS["test_accuracy"]):
+            text[0] += " — the margin is finer than one test example: use a larger test set or a wider margin"
+    text[0] += ")"
+    if "test_nll_ts" in margins:
+        text.append(f"{NAMES['test_nll_ts']} ±{margins['test_nll_ts']:g} nats (the same order as the accuracy "
+                    f"margin's effect on a binary NLL near 0.4; raw NLL also moves with confidence alone, so it gets "
+                    f"no verdict)")
+    return "; ".join(text)
+
+
+def baseline_text(pretrained: dict | None) -> str:
+    """What the model was pretrained with, from its own config, and what the baseline therefore means."""
+    if pretrained is None:
+        return (f"`{BASELINE}` sets every dropout knob to 0; the model's own config could not be read here, so "
+                f"whether that is its pretraining setting is not known.")
+    if not pretrained:
+        return f"This checkpoint's config has no dropout: `{BASELINE}` is its pretraining setting."
+    said = ", ".join(f"{k} {v:g}" for k, v in pretrained.items())
+    return (f"This checkpoint's config has dropout ({said}): `checkpoint` is its pretraining setting and "
+            f"`{BASELINE}` removes it, so these verdicts are about removing or changing dropout a model was "
+            f"pretrained with; a model pretrained without dropout (most recent LLMs) is not what they measured.")
+
+
 def findings(records: list[dict], settings: dict | None = None, codes: list[str] | None = None,
-             sweeps: dict | None = None) -> str:
-    """findings.md for one experiment: the verdict table and its plain-word reading, derived from the numbers."""
+             sweeps: dict | None = None, pretrained: dict | None = None) -> str:
+    """findings.md for one experiment: the verdict table and its plain-word reading, derived from the numbers.
+    ``pretrained``: the model's own dropout per knob (`pretrained_dropout`), for the baseline's description."""
     lines = ["## Findings", ""]
     if settings:
         lines += [f"Model {settings.get('model')}; data roles: {settings.get('roles')}; learning rate(s) "
                   f"{settings.get('learning_rates')}, {settings.get('num_train_epochs')} epochs"
                   f"{', at least ' + str(settings['min_steps']) + ' steps' if settings.get('min_steps') else ''}, "
                   f"batch {settings.get('train_batch_size')}, {settings.get('evals_per_epoch')} evaluations per "
-                  f"epoch.", ""]
+                  f"epoch, gradient clipping "
+                  f"{settings['max_grad_norm'] if settings.get('max_grad_norm') else 'off'}.", ""]
+    lines += [baseline_text(pretrained), ""]
     if codes and len(codes) > 1:
         lines += [f"Note: these runs were made by {len(codes)} versions of the code ({', '.join(codes)}).", ""]
     first = next((r["delta_early_test_accuracy"] for r in records if "delta_early_test_accuracy" in r), {})
-    fam, alpha = first.get("m", 0), first.get("alpha", stats.ALPHA)
-    level = f"{100 * (1 - alpha):g}%" + (f" (α = 0.05 spent evenly over the {round(stats.ALPHA / alpha)} looks of "
-                                         f"a staged grid)" if alpha < stats.ALPHA else "")
+    fam = first.get("m", 0)
+    design = next((r["design"] for r in records if r.get("design")), None)
+    looks = (f" A staged grid (`--seeds auto`, looks at {', '.join(map(str, stats.looks(**design)))} seeds): each "
+             f"column's share is spent over the looks by an O'Brien–Fleming-type Lan–DeMets function, so a verdict's "
+             f"level is that of the look it is read at; a cell stops when its primary verdicts are decided or "
+             f"cannot be by the last look (futility, non-binding); estimates from a stopped cell lean towards the "
+             f"effect that stopped it." if design else "")
     select_by = records[0].get("select_by", DEFAULT_SELECT_BY) if records else DEFAULT_SELECT_BY
-    lines += [f"Each preset against `{BASELINE}`, paired by seed, on the test split; early-stopped = each run at "
-              f"its best selection-split {select_by} (ties: the earliest point), fixed budget = its final step. Δ "
-              f"is preset − baseline with its simultaneous {level} interval (Bonferroni over the {fam} comparisons "
-              f"of each column). Margins: {_margins_text(_margins_of(records))}. **better** / **worse**: the "
-              f"interval excludes 0; equiv. (equivalent): the TOST interval (1 − 2α/{fam}) lies inside the margin; "
-              f"inconcl. (inconclusive): neither. Underfit = runs whose selected point is near chance; regime = what "
-              f"the cell's runs measured (see the README).", "", table(records), ""]
+    shares = ", ".join(f"{COMPARISONS[c]} {NAMES[m]} {a:.0%}" for (c, m), a in stats.ALPHA_SHARES.items())
+    lines += [f"Each preset against `{BASELINE}`, and a preset that names a control also against it (and against "
+              f"the control at its compute, `@kx`), paired by seed, on the test split; early-stopped = each run at "
+              f"its best selection-split {select_by} (ties: the earliest point), fixed budget = its final step. "
+              f"Error control: α = 0.05 over every verdict below, shared by the columns ({shares}), Bonferroni over "
+              f"the {fam} comparisons of a column.{looks} Margins: {margin_reasons(records)}. Verdicts: **better** / "
+              f"**worse**: the interval excludes 0 and the equivalence (TOST) interval is not inside the margin; "
+              f"*trivial*: it excludes 0 but the equivalence interval lies inside the margin; equiv. (equivalent): "
+              f"the interval contains 0 and the equivalence interval lies inside the margin; inconcl. "
+              f"(inconclusive): neither. Calibration (raw NLL, ECE) is shown without a verdict. Passes = forward/"
+              f"backward passes per optimizer step. Underfit = runs whose selected point is near chance without "
+              f"fitting their training data; censored = runs whose selected point is the first or last evaluation; "
+              f"regime = what the cell's runs measured (see the README).", "", table(records), ""]
     words = []
     for r in records:
         if r["preset"] == BASELINE:
@@ -462,16 +707,27 @@ def findings(records: list[dict], settings: dict | None = None, codes: list[str]
                 d = r.get(f"delta_{comp}_{m}")
                 if d:
                     by[d["verdict"]].append(f"{NAMES[m]} {label}" + (f" (Δ {_delta(d)})" if d["verdict"] in (
-                        "better", "worse") else ""))
+                        "better", "worse", "trivial") else ""))
         text = "; ".join(f"{v} in {', '.join(by[v])}" for v in stats.VERDICTS if by[v])
-        if r.get("regime"):
+        if r.get("regime") and r.get("against", BASELINE) == BASELINE:
             text += f" — {', '.join(r['regime'])}"
-        words.append(f"`{r['preset']}` at {r['train_size']}: {text}.")
+        cost = f" at {r['passes']}× the passes per step" if r.get("passes", 1) > 1 else ""
+        words.append(f"{_label(r['preset'], r.get('against', BASELINE))}{cost} at {r['train_size']}: {text}.")
     lines += ["In words:", ""] + [f"- {w}" for w in words] + [""]
+    missing = sorted({(r["preset"], c) for r in records for c in r.get("missing_controls", [])})
+    if missing:
+        lines += ["Missing controls: " + "; ".join(f"`{p}` is judged against `{c}`, which has no runs here"
+                                                   for p, c in missing) + ".", ""]
+    censored = [f"`{r['preset']}` at {r['train_size']} ({r['censored_runs']}/{len(r['seeds'])})" for r in records
+                if r.get("against", BASELINE) == BASELINE and r.get("censored_runs", 0) * 2 > len(r["seeds"])]
+    if censored:
+        lines += [f"Censored: in over half of the runs of {', '.join(censored)} the selected point is the first or "
+                  f"last evaluation, so early stopping may have wanted a point the grid does not have (evaluate more "
+                  f"often, or train longer).", ""]
     verdicts = [r[f"delta_{c}_{m}"]["verdict"] for r in records for c in COMPARISONS for m in VERDICT_METRICS
                 if f"delta_{c}_{m}" in r]
-    lines.append(f"Of {len(verdicts)} verdicts, {verdicts.count('better')} say better, {verdicts.count('worse')} "
-                 f"worse, {verdicts.count('equivalent')} equivalent, {verdicts.count('inconclusive')} inconclusive.")
+    lines.append(f"Of {len(verdicts)} verdicts, " + ", ".join(f"{verdicts.count(v)} {v}" for v in stats.VERDICTS)
+                 + ".")
     for family, points in (sweeps or {}).items():
         lines += [""] + sweep_text(family, dose_response(records, points))
     for comp, pw in power(records, _margins_of(records)).items():
@@ -482,7 +738,8 @@ def findings(records: list[dict], settings: dict | None = None, codes: list[str]
         lines += ["", f"Power ({COMPARISONS[comp]}): the median paired SD of Δ test accuracy is "
                       f"{pw['paired_sd']:.4f}{_copies(copies)}. "
                       f"Detecting Δ = 0.02 with 80% power needs {s['0.02']['alpha_0.05']} seeds at α = 0.05 "
-                      f"({s['0.02']['alpha_corrected']} at the corrected α = 0.05/{pw['family_size']}); Δ = 0.01 "
+                      f"({s['0.02']['alpha_corrected']} at the level its verdicts are read at, "
+                      f"{pw['alpha']:.2g}); Δ = 0.01 "
                       f"needs {s['0.01']['alpha_0.05']} ({s['0.01']['alpha_corrected']}); showing equivalence "
                       f"within ±{pw['equivalence']['margin']:g} when Δ = 0 needs about "
                       f"{pw['equivalence']['alpha_corrected']} at the corrected α."]
@@ -589,14 +846,15 @@ def plot(output_dir: str, runs: list[dict], records: list[dict], suffix: str = "
 
 
 def plot_dose_response(output_dir: str, records: list[dict], sweeps: dict, suffix: str = "") -> str:
-    """dose_response.png: per sweep (rows) Δ test accuracy, NLL and ECE (columns, early-stopped) against the rate,
-    one line per training size, with simultaneous intervals."""
+    """dose_response.png: per sweep (rows) Δ test accuracy, temperature-scaled NLL and ECE (columns, early-stopped)
+    against the rate, one line per training size, with simultaneous intervals (95% ones for ECE, which gets no
+    verdict)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    metrics = ("test_accuracy", "test_loss", "test_ece")
+    metrics = ("test_accuracy", "test_nll_ts", "test_ece")
     path = os.path.join(output_dir, f"dose_response{suffix}.png")
     fig, axes = plt.subplots(len(sweeps), 3, figsize=(11, 3.0 * len(sweeps)), squeeze=False)
     for row, (family, points) in zip(axes, sweeps.items()):
@@ -605,11 +863,13 @@ def plot_dose_response(output_dir: str, records: list[dict], sweeps: dict, suffi
                 xs, ys, lo, hi = [0.0], [0.0], [0.0], [0.0]
                 for r in records:
                     d = r.get(f"delta_early_{metric}")
-                    if r["train_size"] == size and r["preset"] in points and d and d["n"] >= 2:
+                    if r["train_size"] == size and r["preset"] in points and d and d["n"] >= 2 \
+                            and r.get("against", BASELINE) == BASELINE:
                         xs.append(points[r["preset"]])
                         ys.append(d["mean"])
-                        lo.append(d["mean"] - d["ci_adjusted"][0])
-                        hi.append(d["ci_adjusted"][1] - d["mean"])
+                        ci = d.get("ci_adjusted") or d["ci95"]  # calibration has no verdict: its 95% interval
+                        lo.append(d["mean"] - ci[0])
+                        hi.append(ci[1] - d["mean"])
                 order = sorted(range(len(xs)), key=xs.__getitem__)
                 ax.errorbar([xs[i] for i in order], [ys[i] for i in order],
                             yerr=[[lo[i] for i in order], [hi[i] for i in order]], marker="o", capsize=3,
@@ -681,10 +941,62 @@ def _runs(output_dir: str) -> tuple[list[dict], int]:
     return runs, duplicates
 
 
+def test_resolution(output_dir: str, runs: list[dict]) -> dict:
+    """{(experiment, size): {"test_examples": N, "resolution": {metric: variance}}}: what one run's test set
+    resolves, from the first baseline run's stored test predictions at its final point — the per-example variance
+    of correctness (accuracy) and of the temperature-scaled NLL, over N. Cells without stored predictions get none."""
+    from . import scores
+
+    out = {}
+    for r in runs:
+        cell = (experiment_of(r), r["train_size"])
+        if r["preset"] != BASELINE or cell in out or not r.get("predictions"):
+            continue
+        try:
+            arrays = load_predictions(output_dir, r)
+        except (OSError, KeyError, ValueError):
+            continue
+        final = list(arrays["test_steps"]).index(r["evals"][-1]["step"])
+        logits, labels = arrays["test_logits"][final], arrays["test_labels"]
+        n = len(labels)
+        losses = -scores.log_softmax(logits / r["evals"][-1]["temperature"])[np.arange(n), labels]
+        correct = (logits.argmax(-1) == labels).astype(float)
+        out[cell] = {"test_examples": n,
+                     "resolution": {"test_accuracy": float(correct.var()) / n, "test_nll_ts": float(losses.var()) / n}}
+    return out
+
+
+@functools.lru_cache(maxsize=16)
+def pretrained_dropout(model: str | None) -> dict | None:
+    """{knob: rate} of the dropout a model's own ``config.json`` sets (the config keys of
+    `hfreg.architectures.CONFIG_KEYS`; no model is built, torch is not imported), for a model found on this machine:
+    the default model or a local directory. None where no config can be read; {} where it sets no dropout."""
+    from ..architectures import CONFIG_KEYS
+
+    if not model:
+        return None
+    try:
+        path = default_model_path() if model == DEFAULT_MODEL else model
+        with open(os.path.join(path, "config.json") if os.path.isdir(path) else path) as f:
+            config = json.load(f)
+    except (OSError, ValueError):
+        return None
+    out = {}
+    for knob, keys in CONFIG_KEYS.items():
+        rate = next((config[k] for k in keys if isinstance(config.get(k), (int, float))), None)
+        if rate:
+            out[knob] = rate
+    return out
+
+
 def _report(output_dir: str, loaded: tuple[list[dict], int], make_plots: bool, select_by: str,
             margins: dict | None) -> tuple[str, list[dict]]:
     runs, duplicates = loaded
     records = summarize(runs, select_by, margins)
+    resolution = test_resolution(output_dir, runs)
+    for r in records:
+        r["source"] = output_dir
+        r.update(resolution.get((r["experiment"], r["train_size"]), {}))
     write_summary(output_dir, records)
     out = []
     for name in dict.fromkeys(experiment_of(r) for r in runs):
@@ -695,7 +1007,8 @@ def _report(output_dir: str, loaded: tuple[list[dict], int], make_plots: bool, s
         sweeps = sweep_points(theirs)
         if make_plots and sweeps:
             plot_dose_response(output_dir, mine, sweeps, suffix="" if name == DEFAULT_EXPERIMENT else f"-{name}")
-        text = findings(mine, theirs[0]["experiment"].get("settings"), code_identities(theirs), sweeps)
+        settings = theirs[0]["experiment"].get("settings") or {}
+        text = findings(mine, settings, code_identities(theirs), sweeps, pretrained_dropout(settings.get("model")))
         out.append(text if name == DEFAULT_EXPERIMENT else f"# Experiment {name}\n\n{text}")
     if duplicates:
         out.append(f"note: {duplicates} duplicate record(s) in runs.jsonl were counted once")

