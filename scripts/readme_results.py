@@ -101,16 +101,17 @@ def _delta(row: dict, key: str) -> str:
 
 
 def methods_table(summary_path: str) -> str:
-    """Per preset of a summary: the paper its preset file cites, seeds, and Δ test accuracy against the baseline
-    (early-stopped and at the fixed budget) with the simultaneous interval and the verdict, as the report wrote
-    them."""
+    """Per arm of a summary (a preset against the baseline or against the control it names): the paper its preset
+    file cites, its passes per optimizer step, seeds, and Δ test accuracy (early-stopped and at the fixed budget)
+    with the simultaneous interval and the verdict, as the report wrote them."""
     with open(summary_path) as f:
         rows = json.load(f)
-    lines = ["| size | preset | from | seeds | Δ test acc, early-stopped | Δ test acc, fixed budget |",
-             "| --- | --- | --- | --- | --- | --- |"]
+    lines = ["| size | preset | against | passes / step | from | seeds | Δ test acc, early-stopped | "
+             "Δ test acc, fixed budget |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for row in rows:
         if row.get("delta_early_test_accuracy") or row.get("delta_fixed_test_accuracy"):
-            lines.append(f"| {row['train_size']} | `{row['preset']}` | {_source(row['preset'])} | "
+            lines.append(f"| {row['train_size']} | `{row['preset']}` | `{row.get('against', 'pretrain-zero')}` | "
+                         f"{row.get('passes', 1)} | {_source(row['preset'])} | "
                          f"{len(row['seeds']) if isinstance(row['seeds'], list) else row['seeds']} | "
                          f"{_delta(row, 'early_test_accuracy')} | {_delta(row, 'fixed_test_accuracy')} |")
     return "\n".join(lines)

@@ -114,6 +114,8 @@ def test_readme_quotes_the_committed_pooled_answer(tmp_path):
     for name in ("sst2", "rt-polarity"):
         (tmp_path / name).mkdir()
         shutil.copy(os.path.join(ROOT, "docs", "results", name, "runs.jsonl"), tmp_path / name)
+        # the stored predictions give each cell's test-set resolution, the floor of its variance in the pool
+        shutil.copytree(os.path.join(ROOT, "docs", "results", name, "predictions"), tmp_path / name / "predictions")
     out = subprocess.run([sys.executable, "-m", "hfreg.cli", "report", "--no_plots", str(tmp_path / "sst2"),
                           str(tmp_path / "rt-polarity"), "--out", str(tmp_path)], capture_output=True, text=True,
                          cwd=ROOT)

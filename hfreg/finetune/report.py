@@ -177,6 +177,10 @@ def _summarize(runs: list[dict], experiment: str, select_by: str, margins: dict)
         rows = [rec] + [{**{k: v for k, v in rec.items() if not k.startswith("delta_")}, "against": c}
                         for c in against.get(preset, []) if (c, size) in chosen]
         rec["missing_controls"] = [c for c in against.get(preset, []) if (c, size) not in chosen]
+        control = next((c for c in against.get(preset, []) if "@" not in c), BASELINE)
+        theirs = [v["passes"] for v in chosen.get((control, size), ({}, None))[0].values()] or [1]
+        if rec["passes"] > max(theirs) and not any("@" in c for c in against.get(preset, [])):
+            rec["missing_controls"].append(f"{control}@{rec['passes'] // max(theirs)}x")  # no arm at its compute
         for row in rows:
             if row["preset"] == row["against"]:
                 continue
@@ -198,12 +202,32 @@ def controls(runs: list[dict]) -> dict[str, list[str]]:
     trained at its compute (the arm whose runs say ``equal_compute_for`` it)."""
     out = defaultdict(list)
     for r in runs:
-        config = r.get("preset_config") or {}
-        if config.get("control") and config["control"] != BASELINE:
-            out[r["preset"]].append(config["control"])
+        control = named_control(r["preset"], r.get("preset_config") or {})
+        if control and control != BASELINE:
+            out[r["preset"]].append(control)
         for preset in r.get("equal_compute_for", []):
             out[preset].append(r["preset"])
     return {p: list(dict.fromkeys(c)) for p, c in out.items()}
+
+
+@functools.lru_cache(maxsize=64)
+def _shipped_control(preset: str) -> tuple[str | None, dict | None]:
+    from .presets import load_preset
+
+    try:
+        shipped = load_preset(preset)
+    except ValueError:
+        return None, None
+    return shipped.control, {k: v for k, v in shipped.contents().items() if k != "control"}
+
+
+def named_control(preset: str, config: dict) -> str | None:
+    """The control a run's preset names: its record's ``preset_config.control``; for a record made before presets
+    named one, the shipped preset's of that name where the record's contents are the shipped preset's."""
+    if "control" in config:
+        return config["control"]
+    control, contents = _shipped_control(preset)
+    return control if contents == config else None
 
 
 def column_alpha(comp: str, metric: str, m: int) -> float:
@@ -429,16 +453,18 @@ def answer(rows: list[dict]) -> str:
     words = {"equivalent": f"equivalent within ±{margin:g}", "trivial": f"different but within ±{margin:g}",
              "better": "better", "worse": "worse", "inconclusive": "inconclusive"}
     parts = [f"{words[v]}: {', '.join(same[v])}" for v in stats.VERDICTS if same[v]]
-    text = (f"**Answer** (test accuracy; each arm against `{BASELINE}` unless it names its control; over all cells "
-            f"where size does not moderate the effect, else per size; early-stopped and at a fixed budget alike): "
+    text = (f"**Answer** (test accuracy; `preset` against `{BASELINE}`, `preset` vs `control` against the control "
+            f"it names; over all cells where size does not moderate the effect, else per size; early-stopped and at a "
+            f"fixed budget alike): "
             + ("; ".join(parts) if parts else "no arm gets one verdict over all cells under both comparisons") + ".")
     if other:
         text += "\n\nPer size or per comparison:\n\n" + "\n".join(f"- {o}." for o in other)
     return text
 
 
-def pooled_text(rows: list[dict], sources: list[str]) -> str:
-    """pooled.md: the answer, the table of each training size, the all-cells table, and the moderator tests."""
+def pooled_text(rows: list[dict], sources: list[str], baseline: str | None = None) -> str:
+    """pooled.md: the answer, the table of each training size, the all-cells table, and the moderator tests;
+    ``baseline`` says what the baseline means for the sources' model (`baseline_text`)."""
     if not rows:
         return "## Pooled\n\nNo comparison with at least two paired seeds.\n"
     alphas = {(r["comparison"], r["metric"]): r["alpha"] for r in rows}
@@ -459,8 +485,10 @@ def pooled_text(rows: list[dict], sources: list[str]) -> str:
              f"{_margins_text({r['metric']: r['margin'] for r in rows})}. Verdicts: **better** / **worse** (the "
              f"interval excludes 0), *trivial* (it excludes 0 but the equivalence interval lies inside the margin), "
              f"equivalent (the equivalence interval lies inside the margin, the interval contains 0), "
-             f"inconclusive. Raw NLL and ECE are calibration and get no verdict (see the findings).", "",
-             answer(rows), ""]
+             f"inconclusive. Raw NLL and ECE are calibration and get no verdict (see the findings). A row over one "
+             f"cell can be wider than that cell's findings row: the findings judge the cell on its test set, the "
+             f"pool floors its variance at what that test set resolves.", "",
+             answer(rows), ""] + ([baseline, ""] if baseline else [])
     for scope in dict.fromkeys(r["scope"] for r in rows if r["scope"] != "all"):
         lines += [f"### {scope}", "", pooled_table(rows, scope), ""]
     if any(r["scope"] == "all" for r in rows):
@@ -638,9 +666,9 @@ def margin_reasons(records: list[dict]) -> str:
             text[0] += " — the margin is finer than one test example: use a larger test set or a wider margin"
     text[0] += ")"
     if "test_nll_ts" in margins:
-        text.append(f"{NAMES['test_nll_ts']} ±{margins['test_nll_ts']:g} nats (the same order as the accuracy "
-                    f"margin's effect on a binary NLL near 0.4; raw NLL also moves with confidence alone, so it gets "
-                    f"no verdict)")
+        text.append(f"{NAMES['test_nll_ts']} ±{margins['test_nll_ts']:g} nats (a change of "
+                    f"{math.expm1(margins['test_nll_ts']):.0%} in the geometric mean likelihood of the true label; "
+                    f"raw NLL also moves with confidence alone, so it gets no verdict)")
     return "; ".join(text)
 
 
@@ -717,7 +745,8 @@ def findings(records: list[dict], settings: dict | None = None, codes: list[str]
     missing = sorted({(r["preset"], c) for r in records for c in r.get("missing_controls", [])})
     if missing:
         lines += ["Missing controls: " + "; ".join(f"`{p}` is judged against `{c}`, which has no runs here"
-                                                   for p, c in missing) + ".", ""]
+                                                   for p, c in missing) + " (a grid made now refuses a missing "
+                  "control and adds the equal-compute arm itself).", ""]
     censored = [f"`{r['preset']}` at {r['train_size']} ({r['censored_runs']}/{len(r['seeds'])})" for r in records
                 if r.get("against", BASELINE) == BASELINE and r.get("censored_runs", 0) * 2 > len(r["seeds"])]
     if censored:
@@ -921,7 +950,8 @@ def report_many(output_dirs: list[str], out: str | None = None, make_plots: bool
 
 def write_pooled(out: str, records: list[dict], sources: list[str], margins: dict | None) -> str:
     rows = pooled(records, margins)
-    text = pooled_text(rows, sources)
+    models = list(dict.fromkeys(r.get("model") for r in records if r.get("model")))
+    text = pooled_text(rows, sources, baseline_text(pretrained_dropout(models[0])) if len(models) == 1 else None)
     _atomic_write(os.path.join(out, "pooled.json"), json.dumps(_strict(rows), indent=2) + "\n")
     _atomic_write(os.path.join(out, "pooled.md"), text)
     return text
@@ -994,8 +1024,9 @@ def _report(output_dir: str, loaded: tuple[list[dict], int], make_plots: bool, s
     runs, duplicates = loaded
     records = summarize(runs, select_by, margins)
     resolution = test_resolution(output_dir, runs)
+    models = {experiment_of(r): (r["experiment"].get("settings") or {}).get("model") for r in runs}
     for r in records:
-        r["source"] = output_dir
+        r["source"], r["model"] = output_dir, models.get(r["experiment"])
         r.update(resolution.get((r["experiment"], r["train_size"]), {}))
     write_summary(output_dir, records)
     out = []
