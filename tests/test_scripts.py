@@ -145,3 +145,23 @@ def test_readme_quotes_the_committed_coverage_measurement():
     assert f"**{passing} of them" in readme and f"{buildable} types build and run" in readme
     assert f"{acting} with every knob acting, {warning} where some knobs cannot act" in readme
     assert f"{failing} fail at least one" in readme
+
+
+def test_select_by_is_compared_on_the_selection_split_alone():
+    """scripts/compare_select_by.py picks each rule's point on one half of the selection split (alternate examples)
+    and scores it on the other: a point with one confidently wrong example has the higher NLL but the better
+    accuracy, so the NLL rule reads the worse point where the accuracy rule reads the better one."""
+    import numpy as np
+
+    sys.path.insert(0, os.path.join(ROOT, "scripts"))
+    from compare_select_by import held_out
+
+    labels = np.array([0, 1] * 10)
+    onehot = labels[:, None] == np.arange(2)
+    x = np.where(onehot, 1.0, -1.0)
+    x[0] = np.where(onehot[0], -20.0, 20.0)  # 19 of 20 right, one wrong with huge confidence (fold A)
+    y = np.where(onehot, 1.0, -1.0)
+    y[1:5] = np.where(onehot[1:5], -0.1, 0.1)  # 16 of 20 right, the 4 wrong ones barely (2 in each fold)
+    out = held_out(np.stack([x, y]), labels)
+    assert out["accuracy"] == pytest.approx((1.0 + 0.9) / 2) and out["f1"] == pytest.approx(out["accuracy"], abs=0.01)
+    assert out["loss"] == pytest.approx((0.8 + 0.9) / 2)
