@@ -1,6 +1,7 @@
 """The comparison's protocol: data roles, metrics, statistics, early-stopping choice, verdicts."""
 
 import math
+import os
 
 import numpy as np
 import pytest
@@ -324,8 +325,11 @@ def test_report_pools_several_directories_into_out(tmp_path):
     assert {"preset", "against", "comparison", "metric", "scope", "delta", "ci", "df", "method", "weights",
             "prediction_interval", "moderator", "verdict"} <= set(row)
     assert "equivalent within ±0.02: `classic`" in text
-    assert (tmp_path / "a" / "findings.md").exists() and (tmp_path / "b" / "summary.json").exists()
-    summary = json.loads((tmp_path / "a" / "summary.json").read_text())
+    # with --out nothing is written outside it: each directory's report lies under OUT/<its name>
+    assert sorted(os.listdir(tmp_path / "a")) == ["runs.jsonl"]
+    pooled_dir = tmp_path / "pooled"
+    assert (pooled_dir / "a" / "findings.md").exists() and (pooled_dir / "b" / "summary.json").exists()
+    summary = json.loads((tmp_path / "pooled" / "a" / "summary.json").read_text())
     d = next(r for r in summary if r["preset"] == "classic")["delta_fixed_test_accuracy"]
     assert d["verdict"] in stats.VERDICTS and d["margin"] == 0.02 and len(d["deltas"]) == 6
 

@@ -203,3 +203,22 @@ def test_bad_margins_are_one_line_errors():
     runs = _cell("pretrain-zero", [0.0] * 3) + _cell("classic", [0.01, 0.0, -0.01])
     with pytest.raises(ValueError, match=r"^the margin for test_nll_ts must be a positive number, got 0$"):
         report.summarize(runs, margins={"test_nll_ts": 0})
+
+
+def test_a_one_seed_grid_reads_right():
+    """A first run with one seed per cell: differences, no verdicts, no division by zero."""
+    runs = _cell("pretrain-zero", [0.0]) + _cell("classic", [0.01])
+    text = report.findings(report.summarize(runs))
+    assert "One seed per cell: no verdicts" in text and "+0.010 (one seed)" in text
+    assert "Bonferroni" not in text and "/0" not in text and "Margins: ." not in text
+
+
+def test_report_with_out_writes_only_under_it(tmp_path):
+    for parent in ("x", "y"):
+        (tmp_path / parent / "same").mkdir(parents=True)
+        runs = _cell("pretrain-zero", [0.0] * 3) + _cell("classic", [0.01, 0.0, -0.01])
+        (tmp_path / parent / "same" / "runs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in runs))
+    dirs = [str(tmp_path / "x" / "same"), str(tmp_path / "y" / "same")]
+    with pytest.raises(ValueError, match="two result directories are named 'same'"):
+        report.report_many(dirs, str(tmp_path / "out"), make_plots=False)
+    assert not (tmp_path / "out").exists()

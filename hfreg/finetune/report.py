@@ -620,7 +620,8 @@ def table(records: list[dict]) -> str:
         for comp in COMPARISONS:
             for m in VERDICT_METRICS:
                 d = r.get(f"delta_{comp}_{m}")
-                cells.append("-" if d is None else f"{_delta(d)} {_short(d['verdict'])}")
+                cells.append("-" if d is None else f"{_delta(d)} {_short(d['verdict'])}" if d["n"] >= 2
+                             else f"{_num(d['mean'], sign=True)} (one seed)")
         calib = [r.get(f"delta_early_{m}") for m in CALIBRATION_METRICS]
         calib = "-" if None in calib else ", ".join(_num(d["mean"], sign=True) for d in calib)
         rows.append([str(r["train_size"]), _label(r["preset"], r.get("against", BASELINE)), str(len(r["seeds"])),
@@ -700,6 +701,11 @@ def findings(records: list[dict], settings: dict | None = None, codes: list[str]
     lines += [baseline_text(pretrained), ""]
     if codes and len(codes) > 1:
         lines += [f"Note: these runs were made by {len(codes)} versions of the code ({', '.join(codes)}).", ""]
+    if not any(d["n"] >= 2 for r in records for k, d in r.items() if k.startswith("delta_")):
+        # a first run with one seed per cell: differences only, nothing to divide an error rate over
+        return "\n".join(lines + [
+            "One seed per cell: no verdicts (a verdict needs at least two paired seeds; run more with `--seeds`, "
+            "or `--seeds auto`). The differences below are single runs.", "", table(records), ""]) + "\n"
     first = next((r["delta_early_test_accuracy"] for r in records if "delta_early_test_accuracy" in r), {})
     fam = first.get("m", 0)
     design = next((r["design"] for r in records if r.get("design")), None)
@@ -714,7 +720,8 @@ def findings(records: list[dict], settings: dict | None = None, codes: list[str]
               f"the control at its compute, `@kx`), paired by seed, on the test split; early-stopped = each run at "
               f"its best selection-split {select_by} (ties: the earliest point), fixed budget = its final step. "
               f"Error control: α = 0.05 over every verdict below, shared by the columns ({shares}), Bonferroni over "
-              f"the {fam} comparisons of a column.{looks} Margins: {margin_reasons(records)}. Verdicts: **better** / "
+              f"the {fam} comparison{'s' if fam != 1 else ''} of a column.{looks} Margins: {margin_reasons(records)}. "
+              f"Verdicts: **better** / "
               f"**worse**: the interval excludes 0 and the equivalence (TOST) interval is not inside the margin; "
               f"*trivial*: it excludes 0 but the equivalence interval lies inside the margin; equiv. (equivalent): "
               f"the interval contains 0 and the equivalence interval lies inside the margin; inconcl. "
@@ -935,14 +942,22 @@ def report(output_dir: str, make_plots: bool = True, select_by: str = DEFAULT_SE
 
 def report_many(output_dirs: list[str], out: str | None = None, make_plots: bool = True,
                 select_by: str = DEFAULT_SELECT_BY, margins: dict | None = None) -> str:
-    """`report` each of ``output_dirs``, then pool all their cells into ``out``/pooled.json and pooled.md (with
-    one directory, ``out`` defaults to it). Returns the pooled text."""
+    """`report` each of ``output_dirs``, then pool all their cells into ``out``/pooled.json and pooled.md. With
+    ``out``, nothing is written outside it: each directory's summaries, findings and plots go to
+    ``out``/<its name>/ (the directory itself where it already lies there); with one directory and no ``out``,
+    everything goes into that directory. Returns the pooled text."""
     if len(output_dirs) > 1 and not out:
         raise ValueError(f"{len(output_dirs)} result directories need --out DIR for the pooled files")
     check_select_by(select_by)
     check_margins(margins)
+    names = [os.path.basename(os.path.normpath(d)) for d in output_dirs]
+    twice = next((n for n in names if names.count(n) > 1), None)
+    if out and twice:
+        raise ValueError(f"two result directories are named {twice!r}: their reports would share "
+                         f"{os.path.join(out, twice)}; rename one or report them separately")
     loaded = {d: _runs(d) for d in output_dirs}  # every directory read and checked before anything is written
-    records = [rec for d, runs in loaded.items() for rec in _report(d, runs, make_plots, select_by, margins)[1]]
+    records = [rec for (d, runs), name in zip(loaded.items(), names)
+               for rec in _report(d, runs, make_plots, select_by, margins, os.path.join(out, name) if out else d)[1]]
     out = out or output_dirs[0]
     os.makedirs(out, exist_ok=True)
     return write_pooled(out, records, output_dirs, margins)
@@ -1020,7 +1035,9 @@ def pretrained_dropout(model: str | None) -> dict | None:
 
 
 def _report(output_dir: str, loaded: tuple[list[dict], int], make_plots: bool, select_by: str,
-            margins: dict | None) -> tuple[str, list[dict]]:
+            margins: dict | None, dest: str | None = None) -> tuple[str, list[dict]]:
+    """Summaries, findings and plots of one result directory, written to ``dest`` (default: the directory)."""
+    dest = dest or output_dir
     runs, duplicates = loaded
     records = summarize(runs, select_by, margins)
     resolution = test_resolution(output_dir, runs)
@@ -1028,21 +1045,22 @@ def _report(output_dir: str, loaded: tuple[list[dict], int], make_plots: bool, s
     for r in records:
         r["source"], r["model"] = output_dir, models.get(r["experiment"])
         r.update(resolution.get((r["experiment"], r["train_size"]), {}))
-    write_summary(output_dir, records)
+    os.makedirs(dest, exist_ok=True)
+    write_summary(dest, records)
     out = []
     for name in dict.fromkeys(experiment_of(r) for r in runs):
         mine = [r for r in records if r["experiment"] == name]
         theirs = [r for r in runs if experiment_of(r) == name]
         if make_plots:
-            plot(output_dir, theirs, mine, suffix="" if name == DEFAULT_EXPERIMENT else f"-{name}")
+            plot(dest, theirs, mine, suffix="" if name == DEFAULT_EXPERIMENT else f"-{name}")
         sweeps = sweep_points(theirs)
         if make_plots and sweeps:
-            plot_dose_response(output_dir, mine, sweeps, suffix="" if name == DEFAULT_EXPERIMENT else f"-{name}")
+            plot_dose_response(dest, mine, sweeps, suffix="" if name == DEFAULT_EXPERIMENT else f"-{name}")
         settings = theirs[0]["experiment"].get("settings") or {}
         text = findings(mine, settings, code_identities(theirs), sweeps, pretrained_dropout(settings.get("model")))
         out.append(text if name == DEFAULT_EXPERIMENT else f"# Experiment {name}\n\n{text}")
     if duplicates:
         out.append(f"note: {duplicates} duplicate record(s) in runs.jsonl were counted once")
     text = "\n".join(out)
-    _atomic_write(os.path.join(output_dir, "findings.md"), text)
+    _atomic_write(os.path.join(dest, "findings.md"), text)
     return text, records
