@@ -78,7 +78,8 @@ class Schedule:
 
     Example:
         >>> s = Schedule("early", cutoff=0.5)
-        >>> [s.factor(step, 10) for step in (0, 4, 5, 9)]
+        >>> factors = [s.factor(step, 10) for step in (0, 4, 5, 9)]
+        >>> factors
         [1.0, 1.0, 0.0, 0.0]
     """
 
