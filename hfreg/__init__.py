@@ -9,9 +9,13 @@ imports below.
 from importlib import import_module
 from typing import TYPE_CHECKING
 
+from . import unapplied
 from .config import KNOBS, RegularizationConfig, Schedule
 
 __version__ = "0.1.0"
+
+# plain `from_pretrained` of a checkpoint whose config records a spec says once that it loaded it unpatched
+unapplied.watch()
 
 _LAZY = {
     "DropPath": "layers", "drop_path": "layers", "drop_path_rates": "layers", "drop_head": "layers",
@@ -21,7 +25,7 @@ _LAZY = {
     "patch_config": "patcher",
     "patch_model": "patcher", "unpatch_model": "patcher", "set_rate_factors": "patcher", "patch_state": "patcher",
     "PatchState": "patcher",
-    "RateScheduler": "schedule", "rate_scheduler_callback": "schedule",
+    "RateScheduler": "schedule", "RateSchedulerCallback": "schedule", "rate_scheduler_callback": "schedule",
     "mc_dropout": "mc", "mc_predict": "mc", "MCPrediction": "mc",
     "disable_dropout": "probing", "probe": "probing", "probe_inputs": "probing", "small_twin": "probing",
     "Probe": "probing",
@@ -45,15 +49,15 @@ if TYPE_CHECKING:
     )
     from .probing import Probe, disable_dropout, probe, probe_inputs, small_twin
     from .rdrop import rdrop_loss, rdrop_objective
-    from .schedule import RateScheduler, rate_scheduler_callback
+    from .schedule import RateScheduler, RateSchedulerCallback, rate_scheduler_callback
     from .sites import Site
 
 __all__ = [
-    "KNOBS", "NOISE_KEYS", "DropPath", "MCPrediction", "PatchState", "Probe", "RateScheduler", "RegularizationConfig",
-    "Schedule", "Site", "disable_dropout", "drop_head", "drop_path", "drop_path_rates", "embedding_noise",
-    "from_pretrained", "inspect_model", "is_patched", "load_regularized", "mc_dropout", "mc_predict", "mixout",
-    "patch_config", "patch_model", "patch_state", "probe", "probe_inputs", "rate_scheduler_callback", "rdrop_loss",
-    "rdrop_objective", "set_rate_factors", "small_twin", "unpatch_model",
+    "KNOBS", "NOISE_KEYS", "DropPath", "MCPrediction", "PatchState", "Probe", "RateScheduler",
+    "RateSchedulerCallback", "RegularizationConfig", "Schedule", "Site", "disable_dropout", "drop_head", "drop_path",
+    "drop_path_rates", "embedding_noise", "from_pretrained", "inspect_model", "is_patched", "load_regularized",
+    "mc_dropout", "mc_predict", "mixout", "patch_config", "patch_model", "patch_state", "probe", "probe_inputs",
+    "rate_scheduler_callback", "rdrop_loss", "rdrop_objective", "set_rate_factors", "small_twin", "unpatch_model",
 ]
 
 

@@ -425,7 +425,9 @@ class PatchState:
     it goes so that `unpatch_model` can undo a patch that failed halfway: ``restores`` (owner, attribute, old
     value; oldest first), ``handles`` of the hooks it registered, the sites it injected at their base rates, and
     every rate holder it put a knob's rate in (``live``: owner, attribute, knob, base rate), which
-    `set_rate_factors` rescales during training. Made by `patch_model`, not by hand.
+    `set_rate_factors` rescales during training, and the modules whose weights Mixout mixes (``mixed``) with the
+    handles of its hooks there (``mixout_handles``), which `follow_mixout` moves. Made by `patch_model`, not by
+    hand.
 
     Args:
         reg: the spec the patch applies.
@@ -447,6 +449,8 @@ class PatchState:
         self.injected: list[Site] = []
         self.live: list[tuple[object, str, str, object]] = []
         self.factors = {k: 1.0 for k in KNOBS}
+        self.mixed: list[nn.Module] = []
+        self.mixout_handles: list = []
 
     def assign(self, owner, attr, value):
         self.restores.append((owner, attr, getattr(owner, attr) if hasattr(owner, attr) else _MISSING))
@@ -494,6 +498,8 @@ def apply_spec(model, reg: RegularizationConfig, inert: frozenset[str] = frozens
         state.injected += _inject_attention(model, struct, knobs, natives_by, state)
         state.injected += _inject_heads(model, struct, knobs, state)
         state.injected += _inject_mixout(model, struct, reg, knobs, state)
+        if knobs.get("mixout") is not None:  # weights frozen after the patch (`get_peft_model`) hand it on
+            state.hook(model, _FollowMixout(), pre=True)
         state.injected += _inject_embedding_noise(model, struct, knobs, state)
         if any(knobs.values()):  # cheaper masks for every dropout of the training forward (no knob: none drawn)
             # the model, each layer and its parts: gradient checkpointing recomputes a layer (or only the inside of
@@ -774,7 +780,9 @@ def _heads_of(layer, config, missed: list) -> list:
 
 def _inject_mixout(model, struct: Structure, reg, knobs, state: PatchState) -> list[Site]:
     """`mixout` on the weight of every weighted module of the layers (or of those ``reg.mixout_modules`` names),
-    trainable ones only: a frozen weight stays at its target, so mixing it changes nothing."""
+    trainable ones only: a frozen weight stays at its target, so mixing it changes nothing. Under PEFT that means
+    the adapters' own weights (LoRA's A and B), the base weights being frozen; `follow_mixout` moves it there when
+    the adapters come after the patch."""
     rate = knobs.get("mixout")
     if rate is None:
         return []
@@ -782,7 +790,7 @@ def _inject_mixout(model, struct: Structure, reg, knobs, state: PatchState) -> l
     chosen = []
     for name, m in model.named_modules():
         weight = m._parameters.get("weight") if _is_weighted(m) else None
-        if "lora_" in name or not isinstance(weight, nn.Parameter) or not weight.requires_grad:
+        if not isinstance(weight, nn.Parameter) or not weight.requires_grad:
             continue
         root = next((p for p in layer_of if name.startswith(p + ".")), None)
         if reg.mixout_modules is not None:
@@ -795,12 +803,54 @@ def _inject_mixout(model, struct: Structure, reg, knobs, state: PatchState) -> l
                  if reg.mixout_modules is not None else "no trainable Linear or convolution was found in its layers")
         _warn("mixout", rate, model, where)
         return []
+    state.mixed = [m for _, m, _ in chosen]
     if rate:
-        exit_hook = _MixoutExit()
+        exit_hook, first = _MixoutExit(), len(state.handles)
         for _, m, _ in chosen:
-            state.hook(m, _MixoutEnter(rate, m.weight.detach().clone()), pre=True, knob="mixout")
+            enter = state.hook(m, _MixoutEnter(rate, m.weight.detach().clone()), pre=True, knob="mixout")
+            enter.p = rate * state.factors["mixout"]  # a rate schedule in progress (`follow_mixout`)
             state.hook(m, exit_hook, always_call=True)
+        state.mixout_handles = state.handles[first:]
     return [Site(name, "mixout", rate, index, "injected") for name, _, index in chosen]
+
+
+def _frozen(module) -> bool:
+    weight = module._parameters.get("weight")
+    return not isinstance(weight, nn.Parameter) or not weight.requires_grad
+
+
+class _FollowMixout(_Hook):
+    """Model pre-hook: Mixout follows the trainable weights at each forward (`follow_mixout`)."""
+
+    def __call__(self, module, args):
+        follow_mixout(module)
+
+
+def follow_mixout(model) -> bool:
+    """Move Mixout to the weights trainable now where weights it mixes have been frozen since the patch — PEFT's
+    `get_peft_model` on a patched model freezes the base weights and adds adapters, whose weights then take Mixout
+    (their values now are the targets). Called by the patch's model pre-hook at every forward and by
+    `inspect_model`; does nothing while no mixed weight is frozen.
+
+    Args:
+        model: a model, patched or not (a PEFT wrapper is looked through).
+
+    Returns:
+        Whether Mixout moved.
+    """
+    model = unwrap(model)
+    state = patch_state(model)
+    if state is None or not any(_frozen(m) for m in state.mixed):
+        return False
+    mixout = {id(h) for h in state.mixout_handles}
+    for handle in state.mixout_handles:
+        handle.remove()
+    state.handles = [h for h in state.handles if id(h) not in mixout]
+    state.live = [e for e in state.live if not isinstance(e[0], _MixoutEnter)]  # the targets go with them
+    state.injected = [s for s in state.injected if s.kind != "mixout"]
+    state.mixed, state.mixout_handles = [], []
+    state.injected += _inject_mixout(model, analyze(model), state.reg, state.reg.knob_values(), state)
+    return True
 
 
 def _inject_embedding_noise(model, struct: Structure, knobs, state: PatchState) -> list[Site]:
@@ -917,6 +967,7 @@ def native_sites(model, inert: frozenset[str] = frozenset()) -> list[Site]:
     """Every native site in force (read by forward, not replaced by hfreg's hooks, not inert) and every site a patch
     injected, with the rate in force now."""
     model = unwrap(model)
+    follow_mixout(model)
     state = patch_state(model)
     replaced = state.replaced if state else ()
     sites = [Site(n.path, n.kind, n.rate, n.layer, n.source, n.config_key) for n in analyze(model).natives

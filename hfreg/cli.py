@@ -8,7 +8,7 @@ import os
 import sys
 import warnings
 
-from .config import KNOBS, SCALES, RegularizationConfig, check_rate, check_scale
+from .config import CONFIG_ATTR, CONFIG_NAME, KNOBS, SCALES, RegularizationConfig, check_rate, check_scale
 from .resources import shipped, shipped_names
 
 
@@ -42,14 +42,50 @@ def load_config(ref: str):
     return AutoConfig.for_model(data.pop("model_type"), **data)
 
 
-def _meta_model(config):
-    """The base model of ``config`` on the meta device: its structure and rates, no memory for weights."""
+def _meta_model(config, notes: list[str] | None = None):
+    """The model ``config`` describes, head included (`auto_class_for`), on the meta device: its structure and rates,
+    no memory for weights; patched with the spec its config records, if any, as `load_regularized` would. What the
+    patch says (a knob that cannot act) goes to ``notes``."""
     import torch
-    from transformers import AutoModel
 
+    from .patcher import auto_class_for, patch_model
+
+    try:
+        cls = auto_class_for(config)
+    except ValueError:  # architectures of remote code, or of a later transformers: the base model, said
+        from transformers import AutoModel
+
+        cls = AutoModel
+        if notes is not None:
+            notes.append(f"transformers does not know its architectures {config.architectures}: shown is the base "
+                         f"model, without a head")
     with torch.device("meta"), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return AutoModel.from_config(config)
+        model = cls.from_config(config) if cls.__name__.startswith("AutoModel") else cls(config)
+    if getattr(config, CONFIG_ATTR, None) is not None:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            patch_model(model)
+        if notes is not None:
+            notes += [str(w.message) for w in caught if issubclass(w.category, UserWarning)]
+    return model
+
+
+def spec_summary(config) -> str | None:
+    """The spec a config records, as one line (``hidden=0.1, mixout=0.7, drop_path_profile=uniform``), or None."""
+    recorded = getattr(config, CONFIG_ATTR, None)
+    if recorded is None:
+        return None
+    reg = RegularizationConfig.from_dict(dict(recorded))
+    default = RegularizationConfig()
+    parts = [f"{k}={v:g}" for k, v in reg.knob_values().items()]
+    for key in ("mixout_modules", "drop_path_profile", "drop_path_mode", "schedule"):
+        value = getattr(reg, key)
+        if value != getattr(default, key):
+            if key == "schedule":
+                value = {k: s.kind if s.kind == "constant" else f"{s.kind}@{s.cutoff}" for k, s in value.items()}
+            parts.append(f"{key}={value}")
+    return ", ".join(parts) or "no knob set"
 
 
 def knob_summary(sites, knob: str) -> str:
@@ -70,6 +106,15 @@ def knob_rates(config) -> dict[str, str]:
     return {knob: knob_summary(sites, knob) for knob in KNOBS}
 
 
+def _spec_lines(name: str, config, notes: list[str]) -> list[str]:
+    """What `inspect` and `compare` say under the table: the spec a config records, and what building or patching
+    its model said."""
+    summary = spec_summary(config)
+    lines = [] if summary is None else [f"{name}: its config records an hfreg spec, applied above as "
+                                        f"hfreg.load_regularized applies it: {summary}"]
+    return lines + [f"{name}: {note.removeprefix('hfreg: ')}" for note in notes]
+
+
 def _table(rows: list[list[str]]) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
@@ -80,12 +125,15 @@ def _table(rows: list[list[str]]) -> str:
 def cmd_inspect(args):
     from .patcher import inspect_model
 
-    sites = inspect_model(_meta_model(load_config(args.model)))
+    config, notes = load_config(args.model), []
+    sites = inspect_model(_meta_model(config, notes))
     rows = [["path", "kind", "rate", "layer", "source", "config key"]]
     for s in sites:
         rows.append([s.path, s.kind, f"{s.rate:g}", "-" if s.layer is None else str(s.layer), s.source,
                      s.config_key or "-"])
     print(_table(rows))
+    for line in _spec_lines(os.path.basename(args.model.rstrip("/")), config, notes):
+        print(line)
     if args.plot:
         plot_profiles([(args.model, sites)], args.plot)
 
@@ -93,11 +141,17 @@ def cmd_inspect(args):
 def cmd_compare(args):
     from .patcher import inspect_model
 
-    models = [(ref, inspect_model(_meta_model(load_config(ref)))) for ref in args.models]
+    models, said = [], []
+    for ref in args.models:
+        config, notes = load_config(ref), []
+        models.append((ref, inspect_model(_meta_model(config, notes))))
+        said += _spec_lines(os.path.basename(ref.rstrip("/")), config, notes)
     rows = [["knob"] + [os.path.basename(ref.rstrip("/")) for ref, _ in models]]
     for knob in KNOBS:
         rows.append([knob] + [knob_summary(sites, knob) for _, sites in models])
     print(_table(rows))
+    for line in said:
+        print(line)
     if args.plot:
         plot_profiles(models, args.plot)
 
@@ -146,35 +200,83 @@ def plot_profiles(models, path: str) -> None:
     print(f"wrote {path}")
 
 
+# files that hold a model's weights, in any format (`.bin` and `.safetensors` mark a folder as a model's)
+_WEIGHTS = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".onnx", ".gguf", ".index.json")
+# what a Trainer checkpoint holds besides the model: left out
+_TRAINING_STATE = ("optimizer.pt", "scheduler.pt", "scaler.pt", "training_args.bin", "trainer_state.json", "rng_state")
+# files that hold a tokenizer
+_TOKENIZER = {"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "vocab.txt",
+              "vocab.json", "merges.txt", "spiece.model", "tokenizer.model", "sentencepiece.bpe.model"}
+
+
+def _output_dir(args) -> str:
+    given = [d for d in (args.output, args.output_dir) if d]
+    if not given:
+        raise ValueError("no output directory: give it as `hfreg patch MODEL OUT` or `-o OUT`")
+    if len(given) == 2 and os.path.abspath(given[0]) != os.path.abspath(given[1]):
+        raise ValueError(f"two output directories, {given[0]!r} and {given[1]!r}: give one")
+    return given[0]
+
+
+def _copy_folder(src: str, out: str) -> tuple[list[str], list[str]]:
+    """Copy what a model folder holds besides its config into ``out`` (weights unchanged: a patch never changes
+    them; tokenizer, processor, generation config, model card): (copied, left out). Left out: a Trainer's training
+    state, and sub-folders that hold weights (another format's export, a sentence-transformers dense layer); hidden
+    files are skipped."""
+    import shutil
+
+    copied, left = [], []
+    for name in sorted(os.listdir(src)):
+        path, dest = os.path.join(src, name), os.path.join(out, name)
+        if name.startswith(".") or name in ("config.json", CONFIG_NAME) or os.path.exists(dest):
+            continue
+        if name.startswith(_TRAINING_STATE):
+            left.append(name)
+        elif os.path.isdir(path):
+            if any(f.endswith(_WEIGHTS) for _, _, files in os.walk(path) for f in files):
+                left.append(name + "/")
+            else:
+                shutil.copytree(path, dest)
+                copied.append(name + "/")
+        elif os.path.isfile(path):
+            shutil.copy2(path, dest)
+            copied.append(name)
+    return copied, left
+
+
 def cmd_patch(args):
     from .patcher import patch_config
 
+    out = _output_dir(args)
     reg = RegularizationConfig(**{k: getattr(args, k) for k in KNOBS}, drop_path_profile=args.drop_path_profile,
                                drop_path_mode=args.drop_path_mode)
     config = patch_config(load_config(args.model), reg)
-    if os.path.exists(args.output_dir) and os.listdir(args.output_dir):
-        raise ValueError(f"output directory {args.output_dir!r} exists and is not empty")
-    if os.path.isdir(args.model) and any(f.endswith((".safetensors", ".bin")) for f in os.listdir(args.model)):
-        from transformers import AutoModel
-
-        from .patcher import load_regularized
-
-        model = load_regularized(args.model, reg, auto_class=_auto_class(config) or AutoModel)
-        model.save_pretrained(args.output_dir)
-    else:
-        config.save_pretrained(args.output_dir)
-    reg.save_pretrained(args.output_dir)
-    print(f"wrote {args.output_dir}: config.json (native keys set, spec recorded), hfreg_config.json")
-
-
-def _auto_class(config):
-    import transformers
-
-    for arch in getattr(config, "architectures", None) or []:
-        cls = getattr(transformers, arch, None)
-        if cls is not None:
-            return cls
-    return None
+    if os.path.exists(out) and os.listdir(out):
+        raise ValueError(f"output directory {out!r} exists and is not empty")
+    notes = []
+    try:  # which knobs act, as `load_regularized` will apply them (built on the meta device: no weights read)
+        _meta_model(config, notes)
+    except Exception as e:  # transformers raises many types for configs it cannot build
+        notes.append(f"not checked which knobs act: cannot build {type(config).__name__} ({str(e).splitlines()[0]})")
+    config.save_pretrained(out)
+    reg.save_pretrained(out)
+    folder = os.path.isdir(args.model)
+    copied, left = _copy_folder(args.model, out) if folder else ([], [])
+    weights = [f for f in copied if f.endswith(_WEIGHTS)]
+    tokenizer = [f for f in copied if f in _TOKENIZER]
+    other = [f for f in copied if f not in weights and f not in tokenizer]
+    source = f"{args.model} is not a model folder" if not folder else f"{args.model} has none"
+    lines = [f"wrote {out}:",
+             "  config.json        native keys set, spec recorded (hfreg.load_regularized applies it)",
+             f"  {CONFIG_NAME}  the spec alone",
+             f"  weights            {', '.join(weights) + ' (copied unchanged)' if weights else 'none: ' + source}",
+             f"  tokenizer          {', '.join(tokenizer) if tokenizer else 'none: ' + source}"]
+    if other:
+        lines.append(f"  also copied        {', '.join(other)}")
+    if left:
+        lines.append(f"  left out           {', '.join(left)} (training state, or weights of another format or "
+                     f"module)")
+    print("\n".join(lines + [f"note: {n.removeprefix('hfreg: ')}" for n in notes]))
 
 
 def cmd_probe(args):
@@ -253,9 +355,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("models", nargs="+")
     s.add_argument("--plot", metavar="FILE.png", help="also draw, per model, each knob's rate against layer depth")
     s.set_defaults(func=cmd_compare)
-    s = sub.add_parser("patch", help="write a patched config (and weights, given a model dir)")
-    s.add_argument("model")
-    s.add_argument("-o", "--output_dir", required=True)
+    s = sub.add_parser("patch", help="write a patched model folder: config (native keys set, spec recorded), and "
+                                     "the weights, tokenizer and other files of a model dir")
+    s.add_argument("model", help="model dir, config.json, shipped config name, or hub id (the last three: a config "
+                                 "alone)")
+    s.add_argument("output", nargs="?", help="the output directory (or -o)")
+    s.add_argument("-o", "--output_dir")
     for knob in KNOBS:
         s.add_argument(f"--{knob}", type=_scale if knob in SCALES else _rate, default=None)
     s.add_argument("--drop_path_profile", "--drop_path_schedule", default="linear",  # the second: its earlier name

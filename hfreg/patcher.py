@@ -27,9 +27,10 @@ from .config import CONFIG_ATTR, RegularizationConfig, deprecated
 from .probing import inert_sites
 from .provenance import config_tree
 from .sites import Site
+from .unapplied import quiet
 
-__all__ = ["PatchState", "from_pretrained", "inspect_model", "is_patched", "load_regularized", "patch_config",
-           "patch_model", "patch_state", "set_rate_factors", "unpatch_model"]
+__all__ = ["PatchState", "auto_class_for", "from_pretrained", "inspect_model", "is_patched", "load_regularized",
+           "patch_config", "patch_model", "patch_state", "set_rate_factors", "unpatch_model"]
 
 
 def patch_model(model, reg: RegularizationConfig | dict | None = None):
@@ -95,7 +96,8 @@ def inspect_model(model, verify: bool = True) -> list[Site]:
         >>> import hfreg, transformers
         >>> model = transformers.BertModel(transformers.BertConfig(hidden_size=32, num_hidden_layers=2,
         ...                                num_attention_heads=2, intermediate_size=64))
-        >>> sorted({(s.kind, s.source, s.config_key) for s in hfreg.inspect_model(model)})[:2]
+        >>> first = sorted({(s.kind, s.source, s.config_key) for s in hfreg.inspect_model(model)})[:2]
+        >>> first
         [('attention', 'module', 'attention_probs_dropout_prob'), ('embedding', 'module', 'hidden_dropout_prob')]
     """
     return native_sites(model, inert_sites(unwrap(model)) if verify else frozenset())
@@ -150,37 +152,94 @@ def patch_config(config, reg: RegularizationConfig | dict):
     return config
 
 
+# Auto classes that map a model type to many of its classes: chosen last, after the task's own
+_BROAD = ("AutoModelForPreTraining", "AutoModelForMultimodalLM", "AutoModelForTextEncoding")
+
+
+def auto_class_for(config):
+    """The transformers class that loads the model ``config`` describes, head included: the Auto class whose
+    mapping for ``config.model_type`` holds the first class named in ``config.architectures``
+    (``BertForSequenceClassification`` -> ``AutoModelForSequenceClassification``), else that class itself;
+    `AutoModel` where the config names none.
+
+    Args:
+        config: a transformers `PretrainedConfig`.
+
+    Returns:
+        The class to call ``from_pretrained`` (or ``from_config``) on.
+
+    Raises:
+        ValueError: the config names architectures that this transformers does not know.
+
+    Example:
+        >>> import transformers
+        >>> from hfreg.patcher import auto_class_for
+        >>> auto_class_for(transformers.BertConfig(architectures=["BertForSequenceClassification"])).__name__
+        'AutoModelForSequenceClassification'
+        >>> auto_class_for(transformers.BertConfig()).__name__
+        'AutoModel'
+    """
+    import transformers
+
+    names = getattr(config, "architectures", None) or []
+    if not names:
+        return transformers.AutoModel
+    autos = sorted((n for n in dir(transformers) if n.startswith("AutoModel")),
+                   key=lambda n: (n != "AutoModel", n in _BROAD, n))
+    model_type = getattr(config, "model_type", None)
+    for arch in names:
+        for name in autos:
+            mapping = getattr(getattr(getattr(transformers, name, None), "_model_mapping", None), "_model_mapping", {})
+            held = mapping.get(model_type, ())
+            if arch == held or (not isinstance(held, str) and arch in held):
+                return getattr(transformers, name)
+        cls = getattr(transformers, arch, None)
+        if isinstance(cls, type) and hasattr(cls, "from_pretrained"):
+            return cls
+    raise ValueError(f"the config names architectures {names}, which transformers {transformers.__version__} does "
+                     f"not know; pass `auto_class=`")
+
+
 def load_regularized(pretrained_model_name_or_path, reg: RegularizationConfig | dict | None = None,
                      auto_class=None, **kwargs):
     """Load a model and apply ``reg`` (or the spec recorded in its config) in one call.
 
-    (`RegularizationConfig.from_pretrained` loads a spec alone; this loads a model.)
+    A model patched and saved with `save_pretrained` records its spec in ``config.json`` (``"hfreg"``): this loads
+    it back patched with that spec, which plain ``from_pretrained`` does not (it loads the model unpatched, and
+    says so once per process where hfreg is imported). (`RegularizationConfig.from_pretrained` loads a spec alone;
+    this loads a model.)
 
     Args:
         pretrained_model_name_or_path: a hub id or a local directory, as transformers takes it.
         reg: the spec to apply; None applies the one recorded in the checkpoint's config, if any.
-        auto_class: the transformers auto class to load with (default `AutoModel`).
+        auto_class: the transformers class to load with; default `auto_class_for` the config: the Auto class of
+            its ``architectures`` (so a classification head is kept), `AutoModel` where it names none.
         **kwargs: passed to ``auto_class.from_pretrained``.
 
     Returns:
         The loaded model, patched where a spec was given or recorded.
 
+    Raises:
+        ValueError: a bad spec, or architectures this transformers does not know (pass ``auto_class``).
+
     Example:
         >>> import tempfile, hfreg, transformers
         >>> folder = tempfile.mkdtemp()
-        >>> transformers.BertModel(transformers.BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-        ...                        intermediate_size=64)).save_pretrained(folder)
+        >>> config = transformers.BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+        ...                                  intermediate_size=64)
+        >>> transformers.BertForSequenceClassification(config).save_pretrained(folder)
         >>> model = hfreg.load_regularized(folder, {"hidden": 0.2})
-        >>> hfreg.patch_state(model).reg.hidden
-        0.2
+        >>> type(model).__name__, hfreg.patch_state(model).reg.hidden
+        ('BertForSequenceClassification', 0.2)
     """
-    from transformers import AutoConfig, AutoModel
+    from transformers import AutoConfig
 
-    auto_class = auto_class or AutoModel
     config = kwargs.pop("config", None) or AutoConfig.from_pretrained(pretrained_model_name_or_path)
+    auto_class = auto_class or auto_class_for(config)
     if reg is not None:
         config = patch_config(config, reg)
-    model = auto_class.from_pretrained(pretrained_model_name_or_path, config=config, **kwargs)
+    with quiet():
+        model = auto_class.from_pretrained(pretrained_model_name_or_path, config=config, **kwargs)
     if getattr(model.config, CONFIG_ATTR, None) is not None:
         patch_model(model)
     return model

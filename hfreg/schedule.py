@@ -5,12 +5,16 @@
     for batch in loader:
         ...; optimizer.step(); scheduler.step()
 
+    Trainer(..., callbacks=[RateSchedulerCallback()])  # the same in transformers' Trainer, rates logged as rate/<knob>
+
 Every site of a knob follows its schedule — native modules, float attributes and config keys, injected hooks,
 each layer's drop-path rate, LayerDrop — as a factor on the patched rate, so the depth profile of drop-path keeps
 its shape. Parameters are never touched, eval mode stays the identity and `unpatch_model` restores the original.
 """
 
 from __future__ import annotations
+
+from transformers import TrainerCallback
 
 from .apply import patch_state, set_rate_factors
 from .config import KNOBS, RegularizationConfig, Schedule, deprecated
@@ -95,12 +99,72 @@ class RateScheduler:
         return f"RateScheduler(step {self.last_step}/{self.total_steps}: {kinds})"
 
 
-def rate_scheduler_callback(**schedule):
-    """A `transformers.TrainerCallback` that makes a `RateScheduler` when training begins (total steps from the
-    Trainer) and steps it after every optimizer step; a resumed Trainer resumes the schedule.
+class RateSchedulerCallback(TrainerCallback):
+    """A `transformers.TrainerCallback` that drives the rate schedules of a patched model in a `Trainer`: it makes a
+    `RateScheduler` when training begins (total steps from the Trainer; a resumed Trainer resumes the schedule at
+    its step), steps it after every optimizer step, and adds the rates in force then to every log as
+    ``rate/<knob>`` (`RateScheduler.rates`), so they reach ``trainer.state.log_history`` and the loggers.
+
+    transformers runs the ``report_to`` integrations' callbacks before those passed as ``callbacks=``, so they log
+    a dict that this callback has not yet added to. To send the rates to them too, put it first:
+    ``trainer.callback_handler.callbacks.insert(0, RateSchedulerCallback(...))``.
 
     Args:
-        **schedule: passed on to `RateScheduler` (``kind="late", cutoff=0.3``); none: the spec's own schedules.
+        kind: one `Schedule` kind for every knob, as in `RateScheduler`; None: the spec's own schedules.
+        cutoff: that schedule's cutoff (see `Schedule`).
+        direction: that schedule's direction (see `Schedule`).
+        log_rates: add ``rate/<knob>`` to the logs.
+        schedule: the earlier name of ``kind`` (deprecated, as in `RateScheduler`).
+
+    Raises:
+        ValueError: an unknown kind or direction, a bad cutoff, or ``cutoff``/``direction`` without ``kind``; when
+            training begins, a model that is not patched.
+
+    Example:
+        >>> import hfreg
+        >>> callback = hfreg.RateSchedulerCallback(kind="late", cutoff=0.3)  # Trainer(..., callbacks=[callback])
+        >>> callback.scheduler is None  # made when training begins
+        True
+    """
+
+    def __init__(self, kind: str | None = None, cutoff: int | float | None = None, direction: str | None = None,
+                 *, log_rates: bool = True, schedule: str | None = None):
+        options = {k: v for k, v in (("cutoff", cutoff), ("direction", direction)) if v is not None}
+        if kind is not None or schedule is not None:
+            Schedule(kind=kind if kind is not None else schedule, **options)  # a bad one fails here, not in training
+        elif options:
+            raise ValueError("`cutoff` and `direction` need `kind` (e.g. kind='early', cutoff=0.5)")
+        self.options = {"kind": kind, "cutoff": cutoff, "direction": direction,
+                        **({"schedule": schedule} if schedule is not None else {})}
+        self.log_rates = log_rates
+        self.scheduler: RateScheduler | None = None
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        self.scheduler = RateScheduler(model, max(int(state.max_steps), 1), **self.options)
+        if state.global_step:  # resumed from a checkpoint
+            self.scheduler.load_state_dict({"last_step": state.global_step, "total_steps": state.max_steps})
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.scheduler is not None:
+            self.scheduler.step()
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not self.log_rates or self.scheduler is None or logs is None:
+            return
+        rates = {f"rate/{knob}": rate for knob, rate in self.scheduler.rates().items()}
+        last = state.log_history[-1] if state.log_history else None
+        # the Trainer has put this log in the history already (a copy, with the step): add the rates there too
+        if isinstance(last, dict) and last.get("step") == state.global_step and set(logs) <= set(last):
+            last.update(rates)
+        logs.update(rates)
+
+
+def rate_scheduler_callback(**schedule) -> RateSchedulerCallback:
+    """A `RateSchedulerCallback`: ``rate_scheduler_callback(kind="late")`` is ``RateSchedulerCallback(kind="late")``.
+
+    Args:
+        **schedule: passed on to `RateSchedulerCallback` (``kind="late", cutoff=0.3``); none: the spec's own
+            schedules.
 
     Returns:
         The callback, for ``Trainer(callbacks=[...])``.
@@ -110,18 +174,4 @@ def rate_scheduler_callback(**schedule):
         >>> type(hfreg.rate_scheduler_callback(kind="late", cutoff=0.3)).__name__
         'RateSchedulerCallback'
     """
-    from transformers import TrainerCallback
-
-    class RateSchedulerCallback(TrainerCallback):
-        def __init__(self):
-            self.scheduler = None
-
-        def on_train_begin(self, args, state, control, model=None, **kwargs):
-            self.scheduler = RateScheduler(model, max(int(state.max_steps), 1), **schedule)
-            if state.global_step:  # resumed from a checkpoint
-                self.scheduler.load_state_dict({"last_step": state.global_step, "total_steps": state.max_steps})
-
-        def on_step_end(self, args, state, control, **kwargs):
-            self.scheduler.step()
-
-    return RateSchedulerCallback()
+    return RateSchedulerCallback(**schedule)

@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 import hfreg
 from hfreg.cli import _shipped, knob_rates, load_config, main
@@ -68,11 +69,39 @@ def test_patch_writes_config_and_weights(tmp_path):
     assert json.loads((tmp_path / "cfg" / "config.json").read_text())["resid_pdrop"] == 0.2
 
 
+def test_patch_writes_a_complete_loadable_folder(tmp_path, minilm_path, capsys):
+    """The real MiniLM folder: weights copied unchanged, the tokenizer and the rest of the folder beside the patched
+    config, so `AutoTokenizer` and `load_regularized` on the output work as on the source."""
+    from safetensors.torch import load_file
+    from transformers import AutoModel, AutoTokenizer
+
+    out = tmp_path / "out"
+    assert main(["patch", str(minilm_path), str(out), "--attention", "0.2", "--mixout", "0.3"]) == 0  # OUT by position
+    said = capsys.readouterr().out
+    assert "model.safetensors (copied unchanged)" in said and "tokenizer.json" in said
+    tok, ref = AutoTokenizer.from_pretrained(out), AutoTokenizer.from_pretrained(minilm_path)
+    assert tok("hi")["input_ids"] == ref("hi")["input_ids"] and tok.unk_token_id not in tok("hi")["input_ids"]
+    weights = load_file(out / "model.safetensors")
+    assert all(torch.equal(v, load_file(os.path.join(minilm_path, "model.safetensors"))[k]) for k, v in
+               weights.items())
+    model = hfreg.load_regularized(out)
+    assert type(model).__name__ == "BertModel" and hfreg.patch_state(model).reg.mixout == 0.3
+    assert {s.rate for s in hfreg.inspect_model(model) if s.kind == "attention"} == {0.2}
+    source = AutoModel.from_pretrained(minilm_path)
+    assert all(torch.equal(v, source.state_dict()[k]) for k, v in model.state_dict().items())
+    assert json.loads((out / "hfreg_config.json").read_text())["attention"] == 0.2
+    # a folder without a tokenizer, and a config alone, say what they lack
+    assert main(["patch", "gpt2", "-o", str(tmp_path / "cfg"), "--hidden", "0.1"]) == 0
+    assert "tokenizer          none: gpt2 is not a model folder" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("argv,message", [
     (["patch", "gpt2", "--hidden", "1.5", "-o", "x"], "must be a float in [0, 1), got '1.5'"),
     (["inspect", "no/such-model-anywhere"], "cannot find a config for 'no/such-model-anywhere'"),
     (["report", "/nonexistent/dir"], "no finished runs"),
     (["patch", "gpt2", "--drop_path_profile", "cosine", "-o", "x"], "`drop_path_profile` must be one of"),
+    (["patch", "gpt2", "--hidden", "0.1"], "no output directory: give it as `hfreg patch MODEL OUT` or `-o OUT`"),
+    (["patch", "gpt2", "a", "-o", "b"], "two output directories, 'a' and 'b': give one"),
 ])
 def test_user_errors_exit_nonzero_without_traceback(argv, message, tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
@@ -107,3 +136,12 @@ def test_compare_and_inspect_plot_rates_against_depth(tmp_path, capsys):
     assert main(["compare", "gpt2", "--plot", str(tmp_path / "missing" / "x.png")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("hfreg: error: cannot write the plot to") and err.count("\n") == 1
+
+
+def test_finetune_console_script_errors_are_one_line_and_help_lists_the_flags(tmp_path):
+    """`hfreg-finetune`: an unknown flag is one line, exit 2, no usage dump; --help still prints every flag."""
+    exe = os.path.join(os.path.dirname(sys.executable), "hfreg-finetune")
+    proc = subprocess.run([exe, "--foo"], capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert proc.returncode == 2 and proc.stderr == "hfreg-finetune: error: unrecognized arguments: --foo\n"
+    proc = subprocess.run([exe, "--help"], capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert proc.returncode == 0 and "--per_device_train_batch_size" in proc.stdout and "--report_to" in proc.stdout

@@ -59,6 +59,69 @@ def test_peft_lora(order):
     assert not hfreg.is_patched(model)
 
 
+def mixout_under_lora(order):
+    """A tiny Llama classifier with LoRA on q and v and Mixout 0.5, in either order, its adapters then moved away
+    from the weights Mixout holds as targets (it mixes towards them, so before any step it changes nothing)."""
+    peft = pytest.importorskip("peft")
+    torch.manual_seed(0)  # the same model and adapters either way
+    model, reg = build("llama", head=True), Reg(mixout=0.5)
+    lora = peft.LoraConfig(r=4, target_modules=["q_proj", "v_proj"], task_type="SEQ_CLS", init_lora_weights=False)
+    if order == "patch_then_peft":
+        model = peft.get_peft_model(hfreg.patch_model(model, reg), lora)
+    else:
+        model = hfreg.patch_model(peft.get_peft_model(model, lora), reg)
+    sites = hfreg.inspect_model(model)  # patched first: Mixout moves to the adapters here (or at the next forward)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_" in name:
+                p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(1)))
+    return model, sites
+
+
+@pytest.mark.parametrize("order", ["patch_then_peft", "peft_then_patch"])
+def test_mixout_acts_on_the_lora_adapters_in_either_order(order):
+    model, sites = mixout_under_lora(order)
+    mixed = sorted(s.path for s in sites if s.kind == "mixout")
+    layers = model.config.num_hidden_layers
+    assert mixed == sorted(f"model.layers.{i}.self_attn.{m}_proj.lora_{ab}.default" for i in range(layers)
+                           for m in "qv" for ab in "AB")  # the adapters' weights, not the frozen base weights
+    inputs = make_inputs("llama", model.config, head=True)
+    a, b = train_logits(model, inputs, 1), train_logits(model, inputs, 2)
+    assert not torch.equal(a, b) and torch.equal(a, train_logits(model, inputs, 1))
+    other, _ = mixout_under_lora("peft_then_patch" if order == "patch_then_peft" else "patch_then_peft")
+    assert torch.equal(a, train_logits(other, inputs, 1))  # the same model, whichever order
+    model.eval()
+    with torch.no_grad():
+        eval_out = first_tensor(model(**inputs))
+    hfreg.set_rate_factors(model, {"mixout": 0.0})
+    assert torch.equal(train_logits(model, inputs, 1), train_logits(model, inputs, 2))
+    hfreg.set_rate_factors(model, {"mixout": 1.0})
+    train_logits(model, inputs, 1).sum().backward()
+    assert all(p.grad is not None for n, p in model.named_parameters() if "lora_" in n)
+    hfreg.unpatch_model(model)
+    assert all(not isinstance(h, hfreg.apply._Hook) for m in model.modules()
+               for h in [*m._forward_hooks.values(), *m._forward_pre_hooks.values()])
+    model.eval()
+    with torch.no_grad():
+        assert torch.equal(first_tensor(model(**inputs)), eval_out)
+
+
+def test_mixout_follows_weights_frozen_after_the_patch():
+    """Frozen after patching, at the next forward: a weight that can no longer move is no longer mixed."""
+    model = hfreg.patch_model(build("bert"), Reg(mixout=0.3))
+    before = {s.path for s in hfreg.inspect_model(model) if s.kind == "mixout"}
+    for p in model.encoder.layer[0].parameters():
+        p.requires_grad_(False)
+    model.train()(**make_inputs("bert", model.config))
+    after = {s.path for s in hfreg.patch_state(model).injected if s.kind == "mixout"}
+    assert after == {p for p in before if not p.startswith("encoder.layer.0.")} and after
+    hfreg.set_rate_factors(model, {"mixout": 0.5})
+    for p in model.encoder.layer[1].attention.parameters():
+        p.requires_grad_(False)
+    sites = [s for s in hfreg.inspect_model(model) if s.kind == "mixout"]
+    assert {s.rate for s in sites} == {0.15} and not any(".attention." in s.path for s in sites)
+
+
 def lora_model(model_type, dropout, **kwargs):
     peft = pytest.importorskip("peft")
     # init_lora_weights=False: LoRA's B starts random, so the adapter path (and its dropout) shows in the output

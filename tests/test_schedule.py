@@ -165,6 +165,52 @@ def test_trainer_callback_steps_the_schedule(tmp_path):
     assert fresh.scheduler.rates() == {"hidden": 0.2, "attention": 0.1}
 
 
+def test_rate_scheduler_callback_class_logs_the_rates_in_force(tmp_path):
+    """A real Trainer, 8 steps, a log every step: the rates follow the schedule, and each log carries them, in
+    `state.log_history` and in the logs the callbacks after it receive."""
+    from datasets import Dataset
+    from transformers import Trainer, TrainerCallback, TrainingArguments
+
+    class Seen(TrainerCallback):
+        def __init__(self):
+            self.logs = []
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            self.logs.append(dict(logs))
+
+    model = hfreg.patch_model(build("llama", head=True), Reg(hidden=0.2, drop_path=0.1, attention=0.1))
+    callback, seen = hfreg.RateSchedulerCallback(kind="linear", cutoff=4), Seen()  # 1 -> 0 over steps 0..4
+    assert isinstance(callback, TrainerCallback)
+    ids = torch.randint(3, 100, (16, 8), generator=torch.Generator().manual_seed(0))
+    data = Dataset.from_dict({"input_ids": ids.tolist(), "labels": [i % 3 for i in range(16)]})
+    args = TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=4, num_train_epochs=2,
+                             report_to=[], save_strategy="no", use_cpu=True, logging_strategy="steps",
+                             logging_steps=1)
+    trainer = Trainer(model=model, args=args, train_dataset=data, callbacks=[callback, seen])
+    trainer.train()
+    logged = {e["step"]: e for e in trainer.state.log_history if "loss" in e}
+    assert sorted(logged) == list(range(1, 9))
+    for step, entry in logged.items():  # the rates in force after that step
+        factor = max(0.0, 1 - step / 4)
+        assert entry["rate/hidden"] == pytest.approx(0.2 * factor), step
+        assert entry["rate/drop_path"] == pytest.approx(0.1 * factor) and "rate/attention" in entry
+    assert [e["rate/hidden"] for e in seen.logs if "loss" in e] == [logged[s]["rate/hidden"] for s in sorted(logged)]
+    assert {s.rate for s in hfreg.inspect_model(model) if s.kind in ("hidden", "drop_path", "attention")} == {0.0}
+    assert isinstance(hfreg.rate_scheduler_callback(kind="early"), hfreg.RateSchedulerCallback)
+    quiet = hfreg.RateSchedulerCallback(log_rates=False)
+    quiet.on_train_begin(None, types.SimpleNamespace(max_steps=8, global_step=0), None, model=model)
+    logs = {"loss": 1.0}
+    quiet.on_log(None, types.SimpleNamespace(log_history=[], global_step=0), None, logs=logs)
+    assert logs == {"loss": 1.0}
+
+
+@pytest.mark.parametrize("kwargs,words", [({"kind": "never"}, "schedule kind"), ({"cutoff": 2}, "need `kind`"),
+                                          ({"kind": "early", "cutoff": -1}, "cutoff")])
+def test_rate_scheduler_callback_refuses_a_bad_schedule_at_once(kwargs, words):
+    with pytest.raises(ValueError, match=words):
+        hfreg.RateSchedulerCallback(**kwargs)
+
+
 def test_earlier_name_schedule_still_works_with_a_warning():
     model = build("bert")
     hfreg.patch_model(model, Reg(hidden=0.2))
