@@ -2,19 +2,23 @@
 
     .venv/bin/python benchmarks/pooling_coverage.py docs/results/sst2 docs/results/rt-polarity --sims 2000
 
-For each arm against the baseline (test accuracy, early-stopped), the cells of the given directories keep their
-observed per-seed SD of the paired difference, their number of seeds and their test set's resolution (what
-`hfreg report` floors a cell's variance at). Each simulation draws the cells' true effects around a pooled mean of
-0 with between-cell SD tau (0, 0.01, 0.02), then each cell's seeds around its true effect, and pools them as
-`hfreg report` does (`report.cell_variance`'s floor, `stats.random_effects`, `stats.strata`), at nominal 95%:
+For each arm against the baseline (test accuracy, early-stopped), each cell of the given directories keeps what
+`hfreg report` measured of it from its stored predictions: the seeds' SD of the paired difference, the number of
+seeds, and its test set's terms (`stats.test_set_terms`: per seed, McNemar's variance; the examples' systematic
+part). A simulated cell follows the crossed model d_js = theta + a_j + b_s + e_js: the cell's test set is one draw
+(a_j: its mean enters every seed alike), each seed another (b_s, and e_js averaged over the test set), with the
+variances those measurements imply. Each simulation draws the cells' true effects theta around a pooled mean of 0
+with between-cell SD tau (0, 0.01, 0.02) and pools as the report does (`report.cell_parts`, `stats.strata`,
+`stats.random_effects`) at nominal 95%:
 
 * the random-effects interval over all cells, against the pooled mean (0);
 * each size's strata interval, against the mean of that size's true effects.
 
-Every configuration runs twice more with a *near-copy* cell: the first cell's per-seed SD replaced by 5.8e-5 (a
-preset that changes nothing there, as weight decay did in one published cell), once floored as the report does and
-once without the floor, to show what the floor buys. The last line is a JSON object: the smallest coverage of each
-interval with the floor, and without it on near-copy configurations.
+Every configuration runs again with a *near-copy* cell in place of its first one (a preset that changes almost
+nothing there: seed SD 5.8e-5 and 2 of the test set's examples differing per seed, as weight decay did in one
+published cell, with a true effect of 0), once with the test set's terms as the report uses them and once on the
+seeds' variance alone. The last line is a JSON object: the smallest coverage of each interval, with and without
+the test set's terms.
 """
 
 import argparse
@@ -28,46 +32,60 @@ from hfreg.finetune.presets import BASELINE
 from hfreg.finetune.records import read_runs
 
 KEY = "delta_early_test_accuracy"
-NEAR_COPY_SD = 5.8e-5
 
 
 def configurations(dirs: list[str]) -> dict[str, list[dict]]:
-    """{arm: [cell: sd, n, size, resolution]} from the records of ``dirs``."""
+    """{arm: [cell: sd, n, size, N, per_seed, examples]} from the records of ``dirs``."""
     out: dict[str, list[dict]] = {}
     for d in dirs:
         runs = read_runs(d)
         records = report.summarize(runs)
-        resolution = report.test_resolution(d, runs)
+        report.test_set_terms(d, runs, records, "accuracy")
         for r in records:
-            if r["preset"] == BASELINE or r["against"] != BASELINE or KEY not in r or r[KEY]["n"] < 2:
+            d_ = r.get(KEY)
+            if r["preset"] == BASELINE or r["against"] != BASELINE or not d_ or d_["n"] < 2 or not d_.get("test_set"):
                 continue
-            res = resolution.get((r["experiment"], r["train_size"]), {}).get("resolution", {})
-            out.setdefault(r["preset"], []).append({"sd": r[KEY]["sd"], "n": r[KEY]["n"], "size": r["train_size"],
-                                                    "resolution": res.get("test_accuracy", 0.0)})
+            out.setdefault(r["preset"], []).append({"sd": d_["sd"], "n": d_["n"], "size": r["train_size"],
+                                                    "N": r["test_examples"], **d_["test_set"]})
     return out
 
 
-def coverage(cells: list[dict], tau: float, sims: int, floor: bool, rng) -> dict:
+def near_copy(cell: dict) -> dict:
+    per_seed = 2 / cell["N"] ** 2  # two examples differ per seed
+    return {**cell, "sd": 5.8e-5, "per_seed": per_seed, "examples": 0.0, "near_copy": True}
+
+
+def draw(cell: dict, theta: float, rng) -> dict:
+    """One simulated cell: its seeds' mean differences and the report's view of them."""
+    n, N = cell["n"], cell["N"]
+    sigma_a2 = cell["examples"] * N  # examples' systematic part
+    sigma_e2 = max(cell["per_seed"] * N - sigma_a2, 0.0)  # the rest of the per-example spread
+    sigma_b2 = max(cell["sd"] ** 2 - sigma_e2 / N, 0.0)  # what the seeds add beyond the test set's noise
+    test_set = rng.normal(0, np.sqrt(sigma_a2 / N))
+    seeds = theta + test_set + rng.normal(0, np.sqrt(sigma_b2), n) + rng.normal(0, np.sqrt(sigma_e2 / N), n)
+    return {KEY: {**stats.paired(seeds), "test_set": {"per_seed": cell["per_seed"], "examples": cell["examples"]}}}
+
+
+def coverage(cells: list[dict], tau: float, sims: int, terms: bool, rng) -> dict:
     """Shares of simulations whose random-effects and strata intervals (95%) cover their targets."""
     sizes = sorted({c["size"] for c in cells})
-    hits_re, hits_strata, tested = 0, 0, 0
+    hits_re = hits_strata = tested = 0
     for _ in range(sims):
-        theta = rng.normal(0.0, tau, len(cells)) if tau > 0 else np.zeros(len(cells))
-        rows = []
-        for c, t in zip(cells, theta):
-            deltas = rng.normal(t, c["sd"], c["n"])
-            rows.append({KEY: stats.paired(deltas), "resolution": {"test_accuracy": c["resolution"] if floor else 0},
-                         "train_size": c["size"]})
-        v = [report.cell_variance(r, KEY) for r in rows]
+        theta = np.array([0.0 if c.get("near_copy") else rng.normal(0.0, tau) if tau else 0.0 for c in cells])
+        rows = [draw(c, t, rng) for c, t in zip(cells, theta)]
+        if not terms:
+            for r in rows:
+                r[KEY]["test_set"] = None
+        parts = [report.cell_parts(r, KEY) for r in rows]
         y = [r[KEY]["mean"] for r in rows]
         if len(cells) >= 3:
-            lo, hi = stats.random_effects(y, v)["ci"]
+            lo, hi = stats.random_effects(y, [a + b for a, b in parts])["ci"]
             hits_re += lo <= 0 <= hi
         for size in sizes:
             idx = [i for i, c in enumerate(cells) if c["size"] == size]
-            pool = stats.strata([y[i] for i in idx], [v[i] for i in idx], [cells[i]["n"] - 1 for i in idx])
-            target = float(np.mean(theta[idx]))
-            hits_strata += pool["ci"][0] <= target <= pool["ci"][1]
+            pool = stats.strata([y[i] for i in idx], [parts[i][0] for i in idx], [cells[i]["n"] - 1 for i in idx],
+                                fixed=[parts[i][1] for i in idx])
+            hits_strata += pool["ci"][0] <= float(np.mean(theta[idx])) <= pool["ci"][1]
             tested += 1
     return {"random_effects": hits_re / sims if len(cells) >= 3 else None, "strata": hits_strata / tested}
 
@@ -83,24 +101,24 @@ def main(argv=None) -> int:
         return 2
     configs = configurations(args.dirs)
     if not configs:
-        print("pooling_coverage.py: error: no arm with at least 2 paired seeds", file=sys.stderr)
+        print("pooling_coverage.py: error: no arm with stored predictions and at least 2 paired seeds",
+              file=sys.stderr)
         return 2
     rng = np.random.default_rng(args.seed)
-    print("| arm | cells | tau | near-copy cell | floor | random effects | strata (per size) |")
+    print("| arm | cells | tau | near-copy cell | test set's terms | random effects | strata (per size) |")
     print("|---|---|---|---|---|---|---|")
-    worst = {"random_effects": 1.0, "strata": 1.0, "random_effects_near_copy_unfloored": 1.0,
-             "strata_near_copy_unfloored": 1.0}
+    worst: dict[str, float] = {}
     for arm, cells in configs.items():
         for tau in (0.0, 0.01, 0.02):
-            near = [{**cells[0], "sd": NEAR_COPY_SD}] + cells[1:]
-            for label, these, floor in (("no", cells, True), ("yes", near, True), ("yes", near, False)):
-                cov = coverage(these, tau, args.sims, floor, rng)
-                suffix = "" if floor else "_near_copy_unfloored"
+            near = [near_copy(cells[0])] + cells[1:]
+            for label, these, terms in (("no", cells, True), ("yes", near, True), ("yes", near, False)):
+                cov = coverage(these, tau, args.sims, terms, rng)
+                suffix = "" if terms else "_seeds_only_near_copy"
                 for k in ("random_effects", "strata"):
                     if cov[k] is not None:
-                        worst[k + suffix] = min(worst[k + suffix], cov[k])
+                        worst[k + suffix] = min(worst.get(k + suffix, 1.0), cov[k])
                 re = "-" if cov["random_effects"] is None else f"{cov['random_effects']:.3f}"
-                print(f"| {arm} | {len(these)} | {tau:g} | {label} | {'yes' if floor else 'no'} | {re} | "
+                print(f"| {arm} | {len(these)} | {tau:g} | {label} | {'yes' if terms else 'no'} | {re} | "
                       f"{cov['strata']:.3f} |")
     mc_se = (0.95 * 0.05 / args.sims) ** 0.5
     print(json.dumps({**{f"min_coverage_{k}": v for k, v in worst.items()}, "nominal": 0.95, "sims": args.sims,

@@ -10,9 +10,10 @@ vectors per size and runs the rule of the harness on them: at each look the expe
 `report._adjust` (the same alpha shares, Bonferroni and O'Brien-Fleming-type boundaries), a cell stops when
 `report.stop_reason` says so, and a stopped cell keeps the differences it stopped with. Counted:
 
-* ``fwer``: the share of simulations with any better/worse verdict, in any row or column, at any look (every true
-  difference is 0, so any such verdict is false; counting every look bounds what any reading of the grid reports),
-  per experiment (a directory: the family its alpha covers); the largest over the directories given;
+* ``fwer``: the share of simulations with any better, worse or trivial verdict, in any row or column, at any look
+  (every true difference is 0, so any such verdict is false; counting every look bounds what any reading of the
+  grid reports), per experiment (a directory: the family its alpha covers); the largest over the directories
+  given. The deltas are drawn from a normal law with the observed covariance (the tests' t-intervals assume it);
 * ``stopped_before_max``: the share of (arm, size) cells that stop before `--max_seeds`;
 * ``mean_seeds``: the mean number of seeds a cell ends with.
 
@@ -56,36 +57,41 @@ def groups(dirs: list[str]) -> list[dict]:
 
 def simulate(experiment: list[dict], design: dict, margins: dict, rng) -> tuple[bool, list[int]]:
     """One simulated staged grid over one experiment (its sizes' groups, judged as one family, as the harness
-    does): whether any false better/worse verdict appeared at any look, and the seeds each cell ended with."""
+    does): whether any false difference (better, worse or trivial) appeared at any look, and the seeds each cell
+    ended with. As in the grid, a stopped preset keeps receiving seeds while a preset that names it as a control
+    (or an equal-compute arm made for it) is still open; each row reads the seeds both its arms have."""
     k = len(COLUMNS)
-    arms = [(g, i) for g in experiment for i in range(len(g["arms"]))]
     draws = {id(g): rng.multivariate_normal(np.zeros(len(g["arms"]) * k), g["cov"], size=design["max_seeds"],
                                             method="eigh")  # singular where seeds are fewer than dimensions
              for g in experiment}
-    ends = {(id(g), i): 0 for g, i in arms}
-    open_ = set(ends)
+    presets = {(id(g), p) for g in experiment for p, _ in g["arms"]}
+    seeds = dict.fromkeys(presets, 0)
+    open_ = set(presets)
     false = False
     for n in stats.looks(**design):
-        for key in open_:
-            ends[key] = n
+        needed = open_ | {(gid, against) for g in experiment for p, against in g["arms"]
+                          if (gid := id(g), p) in open_ and (gid, against) in presets}
+        for key in needed:
+            seeds[key] = n
         rows, cells = [], {}
-        for g, i in arms:
-            preset, against = g["arms"][i]
-            row = {"preset": preset, "against": against, "train_size": g["size"], "design": design}
-            for j, (c, m) in enumerate(COLUMNS):
-                deltas = draws[id(g)][: ends[(id(g), i)], i * k + j].tolist()
-                row[f"delta_{c}_{m}"] = {**stats.paired(deltas), "deltas": deltas}
-            rows.append(row)
-            cells.setdefault((id(g), preset), []).append(((id(g), i), row))
+        for g in experiment:
+            for i, (preset, against) in enumerate(g["arms"]):
+                have = min(seeds[(id(g), preset)], seeds.get((id(g), against), n))  # the baseline runs on
+                row = {"preset": preset, "against": against, "train_size": g["size"], "design": design}
+                for j, (c, m) in enumerate(COLUMNS):
+                    deltas = draws[id(g)][:have, i * k + j].tolist()
+                    row[f"delta_{c}_{m}"] = {**stats.paired(deltas), "deltas": deltas}
+                rows.append(row)
+                cells.setdefault((id(g), preset), []).append(row)
         report._adjust(rows, margins, design)
-        false = false or any(r[f"delta_{c}_{m}"]["verdict"] in ("better", "worse") for r in rows for c, m in COLUMNS)
-        for members in cells.values():
-            keys = {key for key, _ in members}
-            if keys <= open_ and report.stop_reason([row for _, row in members], margins) is not None:
-                open_ -= keys
+        false = false or any(r[f"delta_{c}_{m}"]["verdict"] in ("better", "worse", "trivial")
+                             for r in rows for c, m in COLUMNS)
+        for key, members in cells.items():
+            if key in open_ and report.stop_reason(members, margins) is not None:
+                open_.discard(key)
         if not open_:
             break
-    return false, list(ends.values())
+    return false, list(seeds.values())
 
 
 def main(argv=None) -> int:

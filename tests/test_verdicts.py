@@ -84,14 +84,40 @@ def test_strata_against_a_hand_computation():
     half = sps.t.ppf(0.975, dof) * se
     assert out["delta"] == pytest.approx(-0.01) and out["df"] == pytest.approx(dof)
     assert out["ci"] == pytest.approx([-0.01 - half, -0.01 + half]) and out["weights"] == [0.5, 0.5]
+    # a test set's part is known without seed error: it widens the interval but adds no df penalty
+    fixed = stats.strata(y, v, df, alpha=0.05, fixed=[2e-4, 0.0])
+    assert fixed["se"] == pytest.approx(math.sqrt(sum(v) + 2e-4) / 2)
+    assert fixed["df"] == pytest.approx((sum(v) + 2e-4) ** 2 / (v[0] ** 2 / 9 + v[1] ** 2 / 19))
+
+
+def test_test_set_terms_against_a_crossed_decomposition():
+    """Per-example differences d_js = a_j + b_s + e_js: `per_seed` is Var_j(d_js)/N averaged over seeds (McNemar's
+    for 0/1 correctness), `examples` recovers sigma_a^2/N, which more seeds do not shrink."""
+    rng = np.random.default_rng(0)
+    n_ex, n_seeds = 4000, 12
+    d = rng.normal(0, 0.3, (n_ex, 1)) + rng.normal(0, 0.02, (1, n_seeds)) + rng.normal(0, 0.5, (n_ex, n_seeds))
+    terms = stats.test_set_terms(d)
+    assert terms["examples"] * n_ex == pytest.approx(0.09, rel=0.1)
+    assert terms["per_seed"] == pytest.approx(d.var(axis=0, ddof=1).mean() / n_ex)
+    b, c = 30, 10  # 0/1 correctness: 30 examples only the arm gets right, 10 only its control
+    one = np.zeros((400, 1))
+    one[:b], one[b:b + c] = 1, -1
+    mcnemar = (b + c) / 400 ** 2 - ((b - c) / 400) ** 2 / 400
+    assert stats.test_set_terms(one)["per_seed"] == pytest.approx(mcnemar * 400 / 399)
+    assert stats.test_set_terms(np.zeros((50, 5))) == {"per_seed": 0.0, "examples": 0.0, "disagreements": 0}
 
 
 def test_between_sizes_and_prediction_interval_against_hand_computations():
-    y, se = np.array([-0.09, 0.0, -0.01]), np.array([0.01, 0.008, 0.009])
-    w = 1 / se ** 2
-    q = (w * (y - (w * y).sum() / w.sum()) ** 2).sum()
-    out = stats.between_sizes(y, se)
-    assert out["q"] == pytest.approx(q) and out["p"] == pytest.approx(sps.chi2.sf(q, 2)) and out["df"] == 2
+    groups = [[(-0.09, 1e-4), (-0.07, 1e-4)], [(0.0, 1e-4), (0.01, 1e-4)]]
+    w = np.full(2, 1e4)
+    q_within = sum(float((w * (np.array([m for m, _ in g]) - np.mean([m for m, _ in g])) ** 2).sum()) for g in groups)
+    tau2 = max(0.0, (q_within - 2) / (2 * (w.sum() - (w ** 2).sum() / w.sum())))
+    se2 = np.array([2 * (1e-4 + tau2) / 4] * 2)
+    mu = np.array([-0.08, 0.005])
+    q = float(((mu - mu.mean()) ** 2 / se2).sum())
+    out = stats.between_sizes(groups)
+    assert out["tau_within"] == pytest.approx(math.sqrt(tau2)) and out["q"] == pytest.approx(q)
+    assert out["p"] == pytest.approx(sps.chi2.sf(q, 1)) and out["df"] == 1
     y, v = np.array([0.01, -0.02, 0.03, 0.0]), np.array([1e-4, 2e-4, 1e-4, 4e-4])
     pool = stats.random_effects(y, v)
     se = (pool["ci"][1] - pool["delta"]) / sps.t.ppf(0.975, 3)
@@ -100,22 +126,39 @@ def test_between_sizes_and_prediction_interval_against_hand_computations():
     assert stats.random_effects([0.01, 0.02], [1e-4, 1e-4])["ci"] == [pytest.approx(float("nan"), nan_ok=True)] * 2
 
 
-def test_a_near_copy_cell_does_not_rule_the_pool():
-    """Five noisy cells and one where the preset changes nothing (paired SD 6e-5): unfloored, that cell would take
-    nearly all the weight; floored at its test set's resolution, no cell takes more than half."""
+def test_a_spread_between_data_sets_is_not_read_as_an_effect_of_size():
+    """Two data sets that differ by 0.04 at every size, the same at each size: the mixed-effects test adds that
+    spread to every size's variance and sees no moderator; the fixed-strata test would."""
+    groups = [[(-0.02 + 0.001 * i, 2e-5), (0.02 + 0.001 * i, 2e-5)] for i in range(3)]
+    assert stats.between_sizes(groups)["p"] > 0.5
+    fixed = [[(m, v) for m, v in g] for g in groups]
+    mu, se2 = [np.mean([m for m, _ in g]) for g in fixed], [sum(v for _, v in g) / 4 for g in fixed]
+    q = sum((m - np.mean(mu)) ** 2 / s2 for m, s2 in zip(mu, se2))
+    assert sps.chi2.sf(q, 2) < stats.between_sizes(groups)["p"]
+
+
+def test_a_near_copy_cell_is_weighted_by_what_its_test_set_resolves():
+    """Five noisy cells and one where the preset changes little (paired SD 6e-5 over 10 seeds, 4 of 500 test
+    examples differing per seed): its variance is at least its McNemar variance over its seeds, not its seeds'
+    spread alone, and every cell's share of the weight is reported."""
     records = []
     for i, size in enumerate((16, 64, 256)):
         for source in ("a", "b"):
             sd = 6e-5 if (source, size) == ("a", 64) else 0.03
             runs = _cell("pretrain-zero", [0.0] * 10, size) + _cell("weight-decay",
                                                                      0.01 * (i - 1) + sd * _unit(10, i), size)
-            records += [{**r, "source": source, "resolution": {"test_accuracy": 0.8 * 0.2 / 500,
-                                                               "test_nll_ts": 0.16 / 500}}
-                        for r in report.summarize(runs)]
+            for r in report.summarize(runs):
+                for key in [k for k in r if k.startswith("delta_")]:
+                    r[key]["test_set"] = {"per_seed": 4 / 500 ** 2, "examples": 1e-6, "disagreements": 40}
+                records.append({**r, "source": source})
+    near = next(r for r in records if r["source"] == "a" and r["train_size"] == 64 and r["preset"] != "pretrain-zero")
+    assert report.cell_variance(near, "delta_early_test_accuracy") == pytest.approx(4 / 500 ** 2 / 10 + 1e-6)
     overall = _row(report.pooled(records), "weight-decay", "all")
-    assert max(overall["weights"].values()) < 0.5
-    unfloored = report.pooled([{**r, "resolution": None} for r in records])
-    assert max(_row(unfloored, "weight-decay", "all")["weights"].values()) > 0.9
+    seeds_only = [{**r, **{k: {**v, "test_set": None} for k, v in r.items() if k.startswith("delta_")}}
+                  for r in records]
+    alone = _row(report.pooled(seeds_only), "weight-decay", "all")
+    assert len(overall["weights"]) == 6 and max(overall["weights"].values()) < max(alone["weights"].values())
+    assert alone["weights"]["a n=64"] > 0.99
 
 
 # ------------------------------------------------------------------------------------------------ verdicts
@@ -165,7 +208,9 @@ def test_stopping_on_the_primary_endpoint_and_for_futility():
     z = _unit(10, 3)
     assert report.stop_reason([row(0.0005 * z)]) == "decided"  # equivalent already
     assert report.stop_reason([row(-0.15 + 0.01 * z)]) == "decided"  # a large harm
-    assert report.stop_reason([row(0.02 + 0.2 * z)]) == "futile"  # SD 0.2: nothing decides by 40 seeds
+    assert report.stop_reason([row(0.02 + 0.2 * z)]) is None  # futility waits for half the seeds
+    z20 = _unit(20, 3)
+    assert report.stop_reason([row(0.02 + 0.2 * z20)]) == "futile"  # SD 0.2: nothing decides by 40 seeds
     assert report.stop_reason([row(0.01 + 0.03 * z)]) is None  # could still be decided: go on
 
 
@@ -176,25 +221,28 @@ def test_boundaries_spend_alpha_as_the_obrien_fleming_type_function_says():
     assert first[1] == pytest.approx(1.977, abs=0.01)
     levels = [stats.nominal_alpha(n, 0.05, 40, 5) for n in stats.looks(40, 5)]
     assert levels == sorted(levels) and levels[-1] < 0.05 and levels[0] < 1e-5
-    assert stats.nominal_alpha(7, 0.05, 40, 5) == stats.nominal_alpha(10, 0.05, 40, 5)  # next planned look
+    # a count between planned looks spends what its own information fraction allows: stricter than the next look
+    assert stats.nominal_alpha(7, 0.05, 40, 5) < stats.nominal_alpha(10, 0.05, 40, 5)
     assert stats.nominal_alpha(7, 0.05) == 0.05  # a fixed grid: one look
 
 
 def test_the_sequential_benchmark_keeps_the_family_wise_error(tmp_path):
-    """`benchmarks/sequential.py` on a constructed grid (4 arms, noise of the published cells' size): its last line
+    """`benchmarks/sequential.py` on a constructed grid (4 presets, one judged against its control too; noise of the
+    published cells' size): its last line
     is the JSON the docs quote, and its FWER is within Monte-Carlo error of at most 0.05."""
     rng = np.random.default_rng(0)
     runs = []
     for size in (64, 512):
         runs += _cell("pretrain-zero", [0.0] * 8, size)
-        for p in ("classic", "drop-path", "heavy", "weight-decay"):
-            runs += [_run(p, s, rng.normal(0, 0.025), size, nll_ts=0.5 + rng.normal(0, 0.03)) for s in range(8)]
+        for p in ("classic", "drop-path", "heavy", "rdrop"):  # rdrop: also against its control, classic
+            runs += [_run(p, s, rng.normal(0, 0.025), size, nll_ts=0.5 + rng.normal(0, 0.03),
+                          config={"control": "classic"} if p == "rdrop" else None) for s in range(8)]
     (tmp_path / "runs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in runs))
     proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "sequential.py"), str(tmp_path),
                            "--sims", "60"], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert {"fwer", "stopped_before_max", "mean_seeds"} <= set(out) and out["cells"] == 8
+    assert {"fwer", "stopped_before_max", "mean_seeds"} <= set(out) and out["cells"] == 8  # preset x size
     assert out["fwer"] <= 0.05 + 3 * math.sqrt(0.05 * 0.95 / 60)
     assert out["stopped_before_max"] > 0.5 and out["mean_seeds"] < 40
 

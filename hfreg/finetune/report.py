@@ -295,26 +295,30 @@ def _cell_name(r: dict) -> str:
     return f"{source} n={r['train_size']}"
 
 
-def cell_variance(r: dict, key: str) -> float:
-    """The sampling variance of a cell's mean paired difference: the seeds' variance over their number, floored at
-    what the cell's test set resolves over its seeds (``resolution``: one run's per-example variance of the metric
-    over the test set's size)."""
+def cell_parts(r: dict, key: str) -> tuple[float, float]:
+    """The sampling variance of a cell's mean paired difference, in two parts: the seeds' (their variance over
+    their number, at least what the test set resolves per seed over the seeds, `stats.test_set_terms`' ``per_seed``)
+    and the test set's examples' (``examples``: what more seeds do not shrink). Records without stored predictions
+    have the first part alone."""
     d = r[key]
-    metric = key.split("_", 2)[2]
-    return stats.floored(d["sd"] ** 2 / d["n"], (r.get("resolution") or {}).get(metric, 0.0) / d["n"])
+    terms = d.get("test_set") or {}
+    return max(d["sd"] ** 2, terms.get("per_seed", 0.0)) / d["n"], terms.get("examples", 0.0)
+
+
+def cell_variance(r: dict, key: str) -> float:
+    return sum(cell_parts(r, key))
 
 
 def moderator(cells: list[dict], key: str) -> dict:
-    """Whether training size moderates an arm's effect: the between-sizes test over each size's strata estimate
+    """Whether training size moderates an arm's effect: the mixed-effects between-sizes test over the sizes' cells
     (`stats.between_sizes`), and the slope per unit of log size (`stats.meta_regression`) for its direction."""
     sizes = sorted({r["train_size"] for r in cells})
-    per_size = [stats.strata([r[key]["mean"] for r in cells if r["train_size"] == n],
-                             [cell_variance(r, key) for r in cells if r["train_size"] == n],
-                             [r[key]["n"] - 1 for r in cells if r["train_size"] == n]) for n in sizes]
-    test = stats.between_sizes([p["delta"] for p in per_size], [p["se"] for p in per_size])
+    test = stats.between_sizes([[(r[key]["mean"], cell_variance(r, key)) for r in cells if r["train_size"] == n]
+                                for n in sizes])
     slope = stats.meta_regression([r[key]["mean"] for r in cells], [cell_variance(r, key) for r in cells],
                                   [math.log(r["train_size"]) for r in cells])
-    return {"q_between": test["q"], "df": test["df"], "p": test["p"], "slope_per_log_size": slope["slope"]}
+    return {"q_between": test["q"], "df": test["df"], "p": test["p"], "tau_within": test["tau_within"],
+            "slope_per_log_size": slope["slope"]}
 
 
 def pooled_alpha(records: list[dict], comp: str, metric: str, m: int) -> float:
@@ -334,8 +338,8 @@ def pooled(records: list[dict], margins: dict | None = None) -> list[dict]:
       are at least 3 cells and size does not moderate the effect (`moderator`, p >= `MODERATOR_ALPHA`); each row
       carries the moderator test, and its cells' weight shares.
 
-    Cell variances are floored (`cell_variance`). The rows of one comparison x metric share the column's alpha
-    (Bonferroni over them, look-adjusted for staged sources: `pooled_alpha`)."""
+    Cell variances include the test set's part (`cell_parts`). The rows of one comparison x metric share the
+    column's alpha (Bonferroni over them, look-adjusted for staged sources: `pooled_alpha`)."""
     margins = check_margins(margins)
     rows = []
     arms = list(dict.fromkeys(_arm(r) for r in records if r["preset"] != BASELINE))
@@ -359,9 +363,10 @@ def pooled(records: list[dict], margins: dict | None = None) -> list[dict]:
             alpha = pooled_alpha(records, comp, metric, len(planned))
             for (preset, against), scope, method, cells, mod, moderated in planned:
                 y = [r[key]["mean"] for r in cells]
-                v = [cell_variance(r, key) for r in cells]
-                pool = stats.strata(y, v, [r[key]["n"] - 1 for r in cells], alpha) if method == "strata" \
-                    else stats.random_effects(y, v, alpha)
+                parts = [cell_parts(r, key) for r in cells]
+                pool = stats.strata(y, [a for a, _ in parts], [r[key]["n"] - 1 for r in cells], alpha,
+                                    fixed=[b for _, b in parts]) if method == "strata" \
+                    else stats.random_effects(y, [a + b for a, b in parts], alpha)
                 nan = float("nan")
                 rows.append({"preset": preset, "against": against, "comparison": comp, "metric": metric,
                              "scope": scope, "method": method, "cells": pool["k"],
@@ -475,9 +480,11 @@ def pooled_text(rows: list[dict], sources: list[str], baseline: str | None = Non
              f"Welch–Satterthwaite df. **Over all cells** (only with ≥ 3 cells and where size does not moderate the "
              f"effect: the between-sizes test below, p ≥ {MODERATOR_ALPHA:g}): "
              f"random effects (DerSimonian–Laird τ², modified Hartung–Knapp interval, t with cells − 1 df) with its "
-             f"prediction interval for a new data set and size (t with cells − 2 df). Each cell's variance is "
-             f"floored at what its test set resolves (one run's per-example variance of the metric over the test "
-             f"set's size, over the cell's seeds); the largest cell's share of the weight is shown. Error control: "
+             f"prediction interval for a new data set and size (t with cells − 2 df). Each cell's variance adds "
+             f"what its test set contributes, from the stored predictions of both arms: the seeds' variance at "
+             f"least what the test set resolves per seed (McNemar's variance for accuracy), plus the part of each "
+             f"example's systematic difference that more seeds do not shrink; the largest cell's share of the "
+             f"weight is shown. These rows are a family of their own beside the findings'. Error control: "
              f"α = 0.05 over every row with a verdict, shared by the columns "
              f"({', '.join(f'{COMPARISONS[c]} {NAMES[m]} {stats.ALPHA_SHARES[(c, m)]:.0%}' for c, m in alphas)}), "
              f"Bonferroni over a column's rows, at the last look of a staged grid (nominal levels "
@@ -487,14 +494,15 @@ def pooled_text(rows: list[dict], sources: list[str], baseline: str | None = Non
              f"equivalent (the equivalence interval lies inside the margin, the interval contains 0), "
              f"inconclusive. Raw NLL and ECE are calibration and get no verdict (see the findings). A row over one "
              f"cell can be wider than that cell's findings row: the findings judge the cell on its test set, the "
-             f"pool floors its variance at what that test set resolves.", "",
+             f"pool also counts the test set as a draw.", "",
              answer(rows), ""] + ([baseline, ""] if baseline else [])
     for scope in dict.fromkeys(r["scope"] for r in rows if r["scope"] != "all"):
         lines += [f"### {scope}", "", pooled_table(rows, scope), ""]
     if any(r["scope"] == "all" for r in rows):
         lines += ["### All cells", "", pooled_table(rows), ""]
-    lines += ["Size as a moderator (test accuracy, early-stopped): Q_between over the sizes' strata estimates, "
-              "χ² with sizes − 1 df, and the slope of Δ per unit of log size for its direction:", ""]
+    lines += ["Size as a moderator (test accuracy, early-stopped): Q_between over the sizes' equal-weight estimates, "
+              "with the spread between data sets within a size (τ within) added to every cell's variance, χ² with "
+              "sizes − 1 df; the slope of Δ per unit of log size for its direction:", ""]
     for r in rows:
         if r["comparison"] == "early" and r["metric"] == "test_accuracy" and r["scope"] == next(
                 x["scope"] for x in rows if (x["preset"], x["against"]) == (r["preset"], r["against"])):
@@ -986,29 +994,49 @@ def _runs(output_dir: str) -> tuple[list[dict], int]:
     return runs, duplicates
 
 
-def test_resolution(output_dir: str, runs: list[dict]) -> dict:
-    """{(experiment, size): {"test_examples": N, "resolution": {metric: variance}}}: what one run's test set
-    resolves, from the first baseline run's stored test predictions at its final point — the per-example variance
-    of correctness (accuracy) and of the temperature-scaled NLL, over N. Cells without stored predictions get none."""
+def test_set_terms(output_dir: str, runs: list[dict], records: list[dict], select_by: str) -> None:
+    """Add to every comparison of ``records`` what its test set contributes to its variance (`stats.test_set_terms`,
+    under ``test_set``), from the stored test predictions of both arms' runs at the compared points (each run's
+    selected point early-stopped, its final point at the fixed budget), paired by seed; and ``test_examples``. A
+    comparison whose runs lack stored predictions is left as it is."""
     from . import scores
 
-    out = {}
-    for r in runs:
-        cell = (experiment_of(r), r["train_size"])
-        if r["preset"] != BASELINE or cell in out or not r.get("predictions"):
+    runs_at = {(experiment_of(r), r["preset"], r["train_size"], r["learning_rate"], r["seed"]): r for r in runs}
+    rate = {(r["experiment"], r["preset"], r["train_size"]): r["learning_rate"] for r in records}
+    cache: dict = {}
+
+    def per_example(run, comp):
+        if id(run) not in cache:
+            try:
+                cache[id(run)] = load_predictions(output_dir, run) if run.get("predictions") else None
+            except (OSError, KeyError, ValueError):
+                cache[id(run)] = None
+        arrays = cache[id(run)]
+        point = selected_point(run, select_by) if comp == "early" else run["evals"][-1]
+        if arrays is None or point["step"] not in list(arrays["test_steps"]):
+            return None
+        logits = arrays["test_logits"][list(arrays["test_steps"]).index(point["step"])]
+        labels = arrays["test_labels"]
+        loss = -scores.log_softmax(logits / point["temperature"])[np.arange(len(labels)), labels]
+        return {"test_accuracy": (logits.argmax(-1) == labels).astype(float), "test_nll_ts": loss}
+
+    for r in records:
+        if r["preset"] == r["against"] or not r.get("paired_seeds"):
             continue
-        try:
-            arrays = load_predictions(output_dir, r)
-        except (OSError, KeyError, ValueError):
-            continue
-        final = list(arrays["test_steps"]).index(r["evals"][-1]["step"])
-        logits, labels = arrays["test_logits"][final], arrays["test_labels"]
-        n = len(labels)
-        losses = -scores.log_softmax(logits / r["evals"][-1]["temperature"])[np.arange(n), labels]
-        correct = (logits.argmax(-1) == labels).astype(float)
-        out[cell] = {"test_examples": n,
-                     "resolution": {"test_accuracy": float(correct.var()) / n, "test_nll_ts": float(losses.var()) / n}}
-    return out
+        keys = [(r["experiment"], p, r["train_size"], rate.get((r["experiment"], p, r["train_size"])))
+                for p in (r["preset"], r["against"])]
+        for comp in COMPARISONS:
+            columns = defaultdict(list)
+            for seed in r["paired_seeds"]:
+                values = [per_example(run, comp) if run else None for run in (runs_at.get((*k, seed)) for k in keys)]
+                if None in values:
+                    break
+                for m in VERDICT_METRICS:
+                    columns[m].append(values[0][m] - values[1][m])
+            else:
+                for m, diffs in columns.items():
+                    r[f"delta_{comp}_{m}"]["test_set"] = stats.test_set_terms(np.stack(diffs, axis=1))
+                r["test_examples"] = len(diffs[0])
 
 
 @functools.lru_cache(maxsize=16)
@@ -1040,11 +1068,10 @@ def _report(output_dir: str, loaded: tuple[list[dict], int], make_plots: bool, s
     dest = dest or output_dir
     runs, duplicates = loaded
     records = summarize(runs, select_by, margins)
-    resolution = test_resolution(output_dir, runs)
+    test_set_terms(output_dir, runs, records, select_by)
     models = {experiment_of(r): (r["experiment"].get("settings") or {}).get("model") for r in runs}
     for r in records:
         r["source"], r["model"] = output_dir, models.get(r["experiment"])
-        r.update(resolution.get((r["experiment"], r["train_size"]), {}))
     os.makedirs(dest, exist_ok=True)
     write_summary(dest, records)
     out = []

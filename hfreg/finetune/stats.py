@@ -18,7 +18,8 @@ Pooling across cells: at one training size the data sets are fixed strata (`stra
 Satterthwaite df); over three or more cells a random-effects model (`random_effects`: DerSimonian-Laird tau^2, the
 modified Hartung-Knapp interval with t(k - 1), and the prediction interval for a new cell with t(k - 2)); size as a
 moderator (`between_sizes`; the slope on log size, `meta_regression`, describes its direction). Cells' variances
-are floored (`floored`) so that no cell rules a pool.
+add what the test set contributes (`test_set_terms`), so that no cell rules a pool by a variance its seeds
+alone understate.
 """
 
 from __future__ import annotations
@@ -120,9 +121,25 @@ def judge(deltas, margin: float, higher_is_better: bool, m: int = 1, alpha: floa
     eq = list(interval(deltas, 1 - 2 * alpha / m))
     decision = verdict(*ci, higher_is_better=higher_is_better, eq=eq, margin=margin)
     d = np.asarray(deltas, dtype=float)
-    if len(d) >= 2 and paired(d)["sd"] == 0 and d.mean() != 0 and 2 * 0.5 ** len(d) > alpha / m:
-        decision = "inconclusive"
+    if decision in ("better", "worse", "trivial") and len(np.unique(d)) <= 2 and sign_flip_p(d) > alpha / m:
+        # a discrete metric over few seeds (every seed one or two test examples apart): the t-interval's normal
+        # law does not hold, and the exact sign-flip test does not reject
+        decision = "equivalent" if eq[0] > -margin and eq[1] < margin and 0 in d else "inconclusive"
+        decision = "inconclusive" if decision == "equivalent" and not (ci[0] <= 0 <= ci[1]) else decision
     return {"ci_adjusted": ci, "ci_equivalence": eq, "verdict": decision}
+
+
+def sign_flip_p(deltas) -> float:
+    """The two-sided p-value of the exact sign-flip (paired permutation) test of a zero mean: the share of the
+    2^n sign patterns whose |sum| is at least the observed one (Monte Carlo over 2^16 patterns beyond n = 16)."""
+    d = np.asarray(deltas, dtype=float)
+    n = len(d)
+    observed = abs(d.sum()) - 1e-12 * max(1.0, float(np.abs(d).sum()))
+    if n <= 16:
+        signs = 1 - 2 * ((np.arange(2 ** n)[:, None] >> np.arange(n)) & 1)
+    else:
+        signs = np.random.default_rng(0).choice([-1, 1], size=(2 ** 16, n))
+    return float((np.abs(signs @ d) >= observed).mean())
 
 
 # the experiment's alpha over its verdict columns (comparison, metric); test accuracy is the primary endpoint
@@ -130,6 +147,7 @@ ALPHA_SHARES = {("early", "test_accuracy"): 0.4, ("fixed", "test_accuracy"): 0.4
                 ("early", "test_nll_ts"): 0.1, ("fixed", "test_nll_ts"): 0.1}
 PRIMARY = ("early", "test_accuracy")  # what `--seeds auto` stops on
 FUTILITY = 0.10  # stop a cell as inconclusive once the chance of any verdict by the last look falls below this
+FUTILITY_FROM = 0.5  # ... but only from this information fraction on
 
 
 def spent(t: float, alpha: float) -> float:
@@ -177,13 +195,14 @@ def _boundaries(fractions: tuple[float, ...], alpha: float) -> tuple[float, ...]
 
 def nominal_alpha(n: int, alpha: float, max_seeds: int | None = None, stage: int | None = None) -> float:
     """The two-sided nominal level of a verdict read at ``n`` seeds when the family's share is ``alpha``: ``alpha``
-    itself for a fixed grid; for a staged grid, the level of the O'Brien-Fleming-type boundary at the look ``n``
-    (a count that is not a planned look takes the next planned one's, which is stricter)."""
+    itself for a fixed grid; for a staged grid, the level of the O'Brien-Fleming-type boundary at ``n``, computed for
+    the looks actually taken — the planned ones before ``n``, then ``n`` (a count between planned looks, from a
+    missing run or a report read mid-stage, spends only the error its own information fraction allows)."""
     if not max_seeds or not stage:
         return alpha
-    planned = looks(max_seeds, stage)
-    j = next((i for i, k in enumerate(planned) if k >= n), len(planned) - 1)
-    c = _boundaries(tuple(k / max_seeds for k in planned), alpha)[j]
+    n = min(n, max_seeds)
+    taken = [k for k in looks(max_seeds, stage) if k < n] + [n]
+    c = _boundaries(tuple(k / max_seeds for k in taken), alpha)[-1]
     return float(2 * stats.norm.sf(c))
 
 
@@ -193,7 +212,7 @@ def futile(deltas, margin: float, alpha_final: float, max_seeds: int) -> bool:
     non-binding: stopping here changes no boundary, so the error spent is the same)."""
     d = np.asarray(deltas, dtype=float)
     n = len(d)
-    if n < 2 or n >= max_seeds:
+    if n < max(2, FUTILITY_FROM * max_seeds) or n >= max_seeds:  # early trends mislead: not before half the seeds
         return False
     mean, sd = float(d.mean()), float(d.std(ddof=1))
     if sd == 0:
@@ -224,10 +243,30 @@ def tost_p(deltas, margin: float) -> float:
     return float(max(lower, upper))
 
 
-def floored(variance: float, floor: float) -> float:
-    """A cell's sampling variance, at least ``floor`` (what its test set can resolve: a cell whose seeds happen to
-    agree closely still measured on a finite test set)."""
-    return max(float(variance), float(floor))
+def test_set_terms(d) -> dict:
+    """What a test set adds to the variance of a cell's mean paired difference, from the per-example differences
+    ``d`` (examples x seeds; correctness or loss of the arm minus its control's), in the crossed model
+    d_js = mu + a_j + b_s + e_js (examples j, seeds s):
+
+    * ``per_seed``: the test set's sampling variance of one seed's mean difference, Var_j(d_js) / N averaged over
+      the seeds (for accuracy, McNemar's: (b + c)/N^2 - Delta^2/N) — what the test set resolves per seed;
+    * ``examples``: sigma_a^2 / N, the part of the mean's variance that comes from each example's systematic
+      difference between the arms, (MS_examples - MS_residual) / seeds / N: the seeds do not see it and more seeds
+      do not shrink it;
+    * ``disagreements``: how many example x seed entries differ at all (0: the arm is a no-op on this test set)."""
+    d = np.asarray(d, dtype=float)
+    n_ex, n_seeds = d.shape
+    if n_ex < 2:
+        return {"per_seed": 0.0, "examples": 0.0, "disagreements": int(np.count_nonzero(d))}
+    per_seed = float(d.var(axis=0, ddof=1).mean() / n_ex)
+    examples = 0.0
+    if n_seeds >= 2:
+        rows, cols, grand = d.mean(axis=1), d.mean(axis=0), d.mean()
+        ms_rows = n_seeds * float(((rows - grand) ** 2).sum()) / (n_ex - 1)
+        resid = d - rows[:, None] - cols[None, :] + grand
+        ms_res = float((resid ** 2).sum()) / ((n_ex - 1) * (n_seeds - 1))
+        examples = max(0.0, (ms_rows - ms_res) / n_seeds) / n_ex
+    return {"per_seed": per_seed, "examples": examples, "disagreements": int(np.count_nonzero(d))}
 
 
 def random_effects(means, variances, alpha: float = ALPHA) -> dict:
@@ -265,36 +304,54 @@ def random_effects(means, variances, alpha: float = ALPHA) -> dict:
             "weights": (ws / ws.sum()).tolist()}
 
 
-def strata(means, variances, dfs, alpha: float = ALPHA) -> dict:
+def strata(means, variances, dfs, alpha: float = ALPHA, fixed=None) -> dict:
     """Data sets as fixed strata at one training size: the equal-weight mean of the cell means, SE = sqrt(sum v) / k,
-    Welch-Satterthwaite df = (sum v)^2 / sum(v^2 / df); its 1 - ``alpha`` and 1 - 2 ``alpha`` t-intervals. Each
-    cell's weight is 1/k whatever its variance."""
+    Welch-Satterthwaite df = (sum v)^2 / sum(v_seed^2 / df) where ``variances`` are the seed parts (``dfs`` their
+    degrees of freedom) and ``fixed`` optional parts known without seed error (a test set's term: infinite df); its
+    1 - ``alpha`` and 1 - 2 ``alpha`` t-intervals. Each cell's weight is 1/k whatever its variance."""
     y, v, df = (np.asarray(x, dtype=float) for x in (means, variances, dfs))
+    extra = np.zeros_like(v) if fixed is None else np.asarray(fixed, dtype=float)
     k = len(y)
-    mu, total = float(y.mean()), float(v.sum())
+    mu, total = float(y.mean()), float((v + extra).sum())
     se = math.sqrt(total) / k
-    dof = total ** 2 / float((v ** 2 / df).sum()) if total > 0 else float(df.sum())
+    denominator = float((v ** 2 / df).sum())
+    dof = total ** 2 / denominator if denominator > 0 else math.inf
 
     def ci(level):
-        half = float(stats.t.ppf(1 - (1 - level) / 2, dof)) * se
+        half = float(stats.t.ppf(1 - (1 - level) / 2, dof)) * se if dof < math.inf else \
+            float(stats.norm.ppf(1 - (1 - level) / 2)) * se
         return [mu - half, mu + half]
 
     return {"k": k, "delta": mu, "ci": ci(1 - alpha), "ci_equivalence": ci(1 - 2 * alpha), "df": dof, "se": se,
             "weights": [1.0 / k] * k}
 
 
-def between_sizes(means, ses) -> dict:
-    """The moderator test of a designed factor (training size) over its levels' estimates ``means`` with standard
-    errors ``ses`` (each size's strata estimate): Q_between = sum w (mu_g - mu_bar)^2, w = 1 / se^2, chi-square with
-    G - 1 df. Size is a factor here, not a line in log size: a harm confined to the smallest size is a step that a
-    slope in log size fits badly. ``p`` is nan with fewer than 2 sizes."""
-    y, se = np.asarray(means, dtype=float), np.asarray(ses, dtype=float)
-    g = len(y)
-    if g < 2:
-        return {"q": float("nan"), "df": 0, "p": float("nan")}
-    w = 1 / np.maximum(se, 1e-12) ** 2
-    q = float((w * (y - (w * y).sum() / w.sum()) ** 2).sum())
-    return {"q": q, "df": g - 1, "p": float(stats.chi2.sf(q, g - 1))}
+def between_sizes(groups) -> dict:
+    """The moderator test of a designed factor (training size): ``groups`` holds, per size, its cells' (mean,
+    variance) pairs. Mixed-effects subgroup test: the spread between data sets within a size, tau^2 (DerSimonian-
+    Laird, pooled over the sizes), is added to every cell's variance, so that it is not read as an effect of size;
+    each size's equal-weight estimate has SE sqrt(sum(v + tau^2)) / k; Q_between = sum w (mu_g - mu_bar)^2 with
+    w = 1 / SE^2, chi-square with G - 1 df. Size is a factor, not a line in log size: a harm confined to the
+    smallest size is a step that a slope fits badly. ``p`` is nan with fewer than 2 sizes."""
+    groups = [[(float(m), max(float(v), 1e-12)) for m, v in g] for g in groups if g]
+    q_within, dof, c = 0.0, 0, 0.0
+    for g in groups:
+        if len(g) < 2:
+            continue
+        w = np.array([1 / v for _, v in g])
+        y = np.array([m for m, _ in g])
+        q_within += float((w * (y - (w * y).sum() / w.sum()) ** 2).sum())
+        dof += len(g) - 1
+        c += float(w.sum() - (w ** 2).sum() / w.sum())
+    tau2 = max(0.0, (q_within - dof) / c) if c > 0 else 0.0
+    if len(groups) < 2:
+        return {"q": float("nan"), "df": 0, "p": float("nan"), "tau_within": math.sqrt(tau2)}
+    mu = np.array([np.mean([m for m, _ in g]) for g in groups])
+    se2 = np.array([sum(v + tau2 for _, v in g) / len(g) ** 2 for g in groups])
+    w = 1 / se2
+    q = float((w * (mu - (w * mu).sum() / w.sum()) ** 2).sum())
+    return {"q": q, "df": len(groups) - 1, "p": float(stats.chi2.sf(q, len(groups) - 1)),
+            "tau_within": math.sqrt(tau2)}
 
 
 def meta_regression(means, variances, x) -> dict:
