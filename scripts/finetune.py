@@ -1,6 +1,7 @@
-"""`accelerate launch scripts/finetune.py [flags]`: the fine-tuning comparison (see `hfreg/finetune/sweep.py`).
+"""`accelerate launch -q scripts/finetune.py [flags | config.yaml]`: the fine-tuning comparison (see
+`hfreg/finetune/sweep.py`; the flags: `hfreg/finetune/arguments.py`, or `--help`).
 
-The same program runs from an installed package as `accelerate launch -m hfreg.finetune` or `hfreg-finetune`."""
+The same program runs from an installed package as `accelerate launch -q -m hfreg.finetune` or `hfreg-finetune`."""
 
 import sys
 

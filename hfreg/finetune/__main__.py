@@ -1,4 +1,5 @@
-"""`accelerate launch -m hfreg.finetune ...` (or `python -m hfreg.finetune`, or `hfreg-finetune`)."""
+"""`accelerate launch -q -m hfreg.finetune [flags | config.yaml]` (or `python -m hfreg.finetune`, or
+`hfreg-finetune`)."""
 
 import sys
 

@@ -12,14 +12,15 @@ import torch
 
 DATA_EXTENSIONS = {"csv": "csv", "json": "json", "jsonl": "json", "parquet": "parquet"}
 TEXT_CANDIDATES = (("sentence1", "sentence2"), ("question", "sentence"), ("premise", "hypothesis"), ("text",),
-                   ("sentence",), ("review",), ("content",))
+                   ("sentence",), ("review",), ("content",), ("question1", "question2"))
 LABEL_CANDIDATES = ("label", "labels", "class", "target", "sentiment", "category")
 
 
 # ----------------------------------------------------------------------------------------------- data
 def load_raw(dataset_name=None, dataset_config_name=None, train_file=None, validation_file=None, test_file=None):
     """A DatasetDict with ``train``, ``validation`` and, where the data has one, ``test``; the built-in synthetic
-    set when nothing is given. A hub data set without validation split uses its test split for validation."""
+    set when nothing is given. A hub data set without validation split uses its test split for validation (MNLI: its
+    matched validation and test splits)."""
     from datasets import DatasetDict, load_dataset
 
     def load(*args, **kwargs):
@@ -51,6 +52,9 @@ def load_raw(dataset_name=None, dataset_config_name=None, train_file=None, valid
         from .synthetic import make_dataset
 
         raw = make_dataset()
+    if "validation" not in raw and "validation_matched" in raw:  # GLUE's MNLI: the matched splits
+        raw = DatasetDict({"train": raw["train"], "validation": raw["validation_matched"],
+                           **({"test": raw["test_matched"]} if "test_matched" in raw else {})})
     if "validation" not in raw:
         if "test" not in raw:
             raise ValueError("the data has no validation split: give --validation_file "

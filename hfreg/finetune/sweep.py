@@ -1,8 +1,9 @@
 """How much does each regularization preset change overfitting when fine-tuning on small data?
 
-    accelerate launch -m hfreg.finetune                        # embedded default: MiniLM-L6, synthetic data
-    accelerate launch --num_processes 4 -m hfreg.finetune --train_file train.csv --validation_file dev.csv \\
+    accelerate launch -q -m hfreg.finetune                     # embedded default: MiniLM-L6, synthetic data
+    accelerate launch -q --num_processes 4 -m hfreg.finetune --train_file train.csv --validation_file dev.csv \\
         --train_sizes 64,256,1024 --seeds 0,1,2 --output_dir runs/sst2
+    accelerate launch -q -m hfreg.finetune config.yaml         # the whole configuration in one args file
 
 Grid: presets x train sizes (seeded, stratified subsamples) x seeds. Each run fine-tunes a fresh copy of the
 model; every epoch both the training subset and the validation set are evaluated in eval mode. Under several
@@ -13,7 +14,7 @@ re-running resumes. The summary table, summary.json/.csv and plots follow; `hfre
 
 from __future__ import annotations
 
-import argparse
+import contextlib
 import dataclasses
 import math
 import os
@@ -21,12 +22,10 @@ import sys
 import time
 from collections import defaultdict
 
-from .data import ROLES
+from . import tracking
+from .arguments import PROG, parse
 from .records import (
-    DEFAULT_EXPERIMENT,
     DEFAULT_MODEL,
-    DEFAULT_SELECT_BY,
-    SELECT_BY,
     RunKey,
     WorkQueue,
     append_run,
@@ -36,204 +35,41 @@ from .records import (
     digest,
     experiment_conflict,
     experiment_of,
-    margins_arg,
     read_runs,
     run_key,
 )
-from .training import PARALLEL_MODES
 
 EVAL_TOKENS = 4096
-DEFAULTS = dict(learning_rate=2e-4, num_train_epochs=4, train_batch_size=16)
-PROG = "hfreg-finetune"
+# settings of a run recorded with the experiment only where they are on (their defaults are all falsy: 0, False)
+NEWER_SETTINGS = ("max_steps", "warmup_steps", "weight_decay", "label_smoothing_factor", "neftune_noise_alpha",
+                  "gradient_checkpointing")
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
-    p.add_argument("--model_name_or_path", default=None,
-                   help="any model AutoModelForSequenceClassification loads (default: the packaged MiniLM-L6)")
-    p.add_argument("--dataset_name", default=None, help="a dataset on the hub, e.g. rotten_tomatoes or glue")
-    p.add_argument("--dataset_config_name", default=None, help="its configuration, e.g. sst2")
-    p.add_argument("--train_file", default=None, help="csv, json, jsonl or parquet")
-    p.add_argument("--validation_file", default=None, help="same format as --train_file")
-    p.add_argument("--test_file", default=None, help="labelled test split, used only to report (same format)")
-    p.add_argument("--roles", default="auto", choices=ROLES,
-                   help="which examples select the evaluation point and which report: validation (select on "
-                        "validation, report on test), validation-half (a stratified half of validation each), "
-                        "train-pool (select on --selection_size training examples never trained on); auto = "
-                        "validation when a labelled test split exists, else validation-half")
-    p.add_argument("--split_seed", type=int, default=0, help="seed of the role split, fixed across runs")
-    p.add_argument("--selection_size", type=int, default=512, help="selection examples under --roles train-pool")
-    p.add_argument("--text_column", default=None, help="text column, or two comma-separated for sentence pairs")
-    p.add_argument("--label_column", default=None, help="label column (strings or integers)")
-    p.add_argument("--presets", default="pretrain-zero,classic,weight-decay",
-                   help="preset names (configs/presets/*.toml) or .toml paths, comma-separated")
-    p.add_argument("--rates", action="append", default=[], metavar="KNOB=r1,r2,... | PRESET*f1,f2,...",
-                   help="a rate sweep, added to --presets: one knob at each rate (hidden=0.05,0.1,0.2), or every "
-                        "rate of a preset scaled by each factor (classic*0.5,1,2,3); repeatable")
-    p.add_argument("--train_sizes", default="64", help="training-subset sizes, comma-separated")
-    p.add_argument("--seeds", default="0,1,2,3",
-                   help="seeds, comma-separated; or auto: stages of --seed_stage seeds, each preset x size stopping "
-                        "once its verdicts are decided, at most --max_seeds")
-    p.add_argument("--max_seeds", type=int, default=40, help="with --seeds auto: the most seeds per cell")
-    p.add_argument("--seed_stage", type=int, default=5, help="with --seeds auto: seeds added per stage")
-    p.add_argument("--num_train_epochs", type=int, default=DEFAULTS["num_train_epochs"])
-    p.add_argument("--min_steps", type=int, default=48,
-                   help="a small training subset trains more epochs, until at least this many optimizer steps "
-                        "(the evaluation points stay as many as --num_train_epochs gives; 0: off)")
-    p.add_argument("--select_by", default=DEFAULT_SELECT_BY, choices=SELECT_BY,
-                   help="selection-split metric that picks each run's early-stopping point and each preset's "
-                        "learning rate in the report (ties: the earliest point)")
-    p.add_argument("--margin", type=margins_arg, default={}, metavar="METRIC=VALUE[,...]",
-                   help="equivalence margins for the verdicts, e.g. test_accuracy=0.01 (defaults: 0.02)")
-    p.add_argument("--learning_rate", type=float, default=DEFAULTS["learning_rate"])
-    p.add_argument("--max_grad_norm", type=float, default=1.0,
-                   help="clip the gradients' global norm to this before every optimizer step, as the HF Trainer "
-                        "does by default (0: no clipping)")
-    p.add_argument("--rdrop_alpha", type=float, default=0.0,
-                   help="R-Drop (Liang et al., 2021) for every preset that sets no `rdrop` of its own: two dropout "
-                        "passes per batch, cross-entropy on both plus alpha x symmetric KL (doubles the forward)")
-    p.add_argument("--llrd", type=float, default=1.0,
-                   help="layer-wise learning-rate decay for presets without their own `llrd`: layer i of L trains "
-                        "at lr * llrd^(L-1-i), embeddings at lr * llrd^L (e.g. 0.9; 1: off)")
-    p.add_argument("--reinit_layers", type=int, default=0,
-                   help="re-initialise the top k layers (and a pooler) before training, for presets without their "
-                        "own `reinit_layers` (Zhang et al., 2021)")
-    p.add_argument("--learning_rates", default=None,
-                   help="several rates, comma-separated: each preset runs at each, and its rate is chosen on the "
-                        "selection split (so no preset is judged at a rate tuned for another)")
-    p.add_argument("--max_train_eval_samples", type=int, default=256,
-                   help="train_* metrics on a fixed stratified sample of at most this many subset examples "
-                        "(0: all of them)")
-    p.add_argument("--evals_per_epoch", type=int, default=None,
-                   help="evaluation points per epoch (default: 2, more when needed for 6 points in all)")
-    p.add_argument("--train_batch_size", type=int, default=DEFAULTS["train_batch_size"],
-                   help="examples per optimizer step, summed over processes: the same whatever their number")
-    p.add_argument("--gradient_accumulation_steps", type=int, default=1,
-                   help="split each batch into this many backward passes (memory; the step is unchanged)")
-    p.add_argument("--per_device_eval_batch_size", type=int, default=256)
-    p.add_argument("--eval_tokens", type=int, default=None,
-                   help="at most this many padded tokens per evaluation batch (0: batches of the batch size only; "
-                        "default: 4096 in fp32, 0 under bf16/fp16, where batch shapes change the roundings)")
-    p.add_argument("--peft", default="none", choices=("none", "lora"),
-                   help="fine-tune LoRA adapters (and the head) instead of every weight; `adapter` sets their dropout")
-    p.add_argument("--lora_r", type=int, default=16)
-    p.add_argument("--lora_alpha", type=int, default=32)
-    p.add_argument("--lora_target_modules", default="all-linear",
-                   help="comma-separated module names, or all-linear (every linear layer but the output head)")
-    p.add_argument("--test_every_point", action="store_true",
-                   help="evaluate the test split at every evaluation point (default: at the final point and at the "
-                        "point each selection rule picks, from a CPU copy of the weights kept while it leads; "
-                        "every point anyway with --mc_samples or --parallel data)")
-    p.add_argument("--mc_samples", type=int, default=0,
-                   help="also evaluate selection and test by MC-dropout with this many samples (mc_* metrics)")
-    p.add_argument("--lr_scheduler_type", default="linear")
-    p.add_argument("--warmup_ratio", type=float, default=0.1)
-    p.add_argument("--max_length", type=int, default=128)
-    p.add_argument("--max_eval_samples", type=int, default=None,
-                   help="cap the validation and test splits (faster sweeps)")
-    p.add_argument("--backend", default="local", choices=("local", "ray"),
-                   help="local: this launch's processes share the grid through --output_dir; ray: one driver "
-                        "submits every run to a Ray cluster (pip install \"hfreg[ray]\")")
-    p.add_argument("--ray_address", default=None,
-                   help="with --backend ray: HOST:PORT of a running cluster's head (default: start a local one)")
-    p.add_argument("--run_cpus", type=float, default=1.0, help="with --backend ray: CPUs each run asks for")
-    p.add_argument("--run_gpus", type=float, default=0.0,
-                   help="with --backend ray: GPUs each run asks for; a fraction (0.25) packs runs onto one GPU")
-    p.add_argument("--run_retries", type=int, default=2,
-                   help="with --backend ray: how often a run whose worker process died is tried again")
-    p.add_argument("--parallel", default="run", choices=PARALLEL_MODES,
-                   help="run: each run whole on one process, runs shared out (default); data: each run "
-                        "spread over all processes (DDP/FSDP), for models too big or slow for one device")
-    p.add_argument("--output_dir", default="runs/default")
-    p.add_argument("--experiment", default=DEFAULT_EXPERIMENT,
-                   help="name of this experiment in --output_dir; a directory whose runs were made under other "
-                        "settings is refused unless the new runs get a name of their own")
-    p.add_argument("--with_tracking", action="store_true", help="log through Accelerate's trackers")
-    p.add_argument("--report_to", default="all", help="tracker(s) for --with_tracking, e.g. tensorboard")
-    p.add_argument("--no_plots", action="store_true")
-    p.add_argument("--threads", type=int, default=None,
-                   help="CPU threads per process (default: every core this process may use, shared among the "
-                        "launch's processes on this machine; under `accelerate launch` its one-thread default is "
-                        "not taken as a choice)")
-    p.add_argument("--cpu", action="store_true", help="run on CPU processes (gloo) even where a GPU exists")
-    p.add_argument("--mixed_precision", default="auto", choices=("auto", "no", "bf16", "fp16"),
-                   help="autocast precision; auto = bf16 where the hardware runs it natively (CUDA with bf16, "
-                        "CPUs with AMX or AVX512-BF16), else no")
-    args = p.parse_args(argv)
+    """The command line (or one .json/.yaml args file) as one namespace: every flag of `arguments`' dataclasses
+    under its own name, with the values derived from them (`arguments.resolve`); one-line ValueError on bad input."""
+    return parse(argv, description=__doc__.split("\n\n")[0])
 
-    def ints(flag, text):
-        try:
-            values = [int(x) for x in text.split(",") if x.strip()]
-        except ValueError:
-            raise ValueError(f"--{flag} must be comma-separated integers, got {text!r}") from None
-        if not values:
-            raise ValueError(f"--{flag} is empty")
-        return list(dict.fromkeys(values))
 
-    args.train_sizes = ints("train_sizes", args.train_sizes)
-    args.auto_seeds = args.seeds.strip() == "auto"
-    if args.auto_seeds:
-        if args.seed_stage < 2 or args.max_seeds < args.seed_stage:
-            raise ValueError(f"--seeds auto needs --seed_stage >= 2 and --max_seeds >= --seed_stage, got "
-                             f"{args.seed_stage} and {args.max_seeds}")
-        args.seeds = list(range(args.max_seeds))
-    else:
-        args.seeds = ints("seeds", args.seeds)
-    if args.evals_per_epoch is None:
-        args.evals_per_epoch = max(2, math.ceil(6 / max(args.num_train_epochs, 1)))
-    rates = args.learning_rates if args.learning_rates is not None else str(args.learning_rate)
+def check_local_path(flag: str, name: str | None) -> None:
+    """One line for a model, config or tokenizer named by a local path that does not exist (a hub id has at most
+    one '/', and does not start with '/', '.' or '~')."""
+    if name is None:
+        return
+    local = name.startswith(("/", ".", "~")) or name.count("/") > 1 or os.sep != "/" and os.sep in name
+    if local and not os.path.exists(os.path.expanduser(name)):
+        raise ValueError(f"--{flag} {name!r} does not exist: give a local directory or a model id on the hub "
+                         f"(e.g. bert-base-uncased)")
+
+
+@contextlib.contextmanager
+def loading(flag: str, name: str):
+    """Loading from ``--flag NAME``: transformers' and the hub's errors (no such model, no network, no file) as
+    one line naming the flag."""
     try:
-        args.learning_rates = list(dict.fromkeys(float(x) for x in rates.split(",") if x.strip()))
-    except ValueError:
-        raise ValueError(f"--learning_rates must be comma-separated numbers, got {rates!r}") from None
-    if not args.learning_rates or not all(r > 0 for r in args.learning_rates):
-        raise ValueError(f"--learning_rates must be positive numbers, got {rates!r}")
-    if args.backend == "ray":
-        if args.parallel != "run":
-            raise ValueError("--backend ray runs each run whole on one worker: it takes --parallel run")
-        if not args.run_cpus > 0 or args.run_gpus < 0 or args.run_retries < 0:
-            raise ValueError(f"--run_cpus must be > 0, --run_gpus and --run_retries >= 0, got {args.run_cpus:g}, "
-                             f"{args.run_gpus:g} and {args.run_retries}")
-    elif args.ray_address:
-        raise ValueError("--ray_address needs --backend ray")
-    if args.threads is not None and args.threads < 1:
-        raise ValueError(f"--threads must be a positive integer, got {args.threads}")
-    if args.min_steps < 0:
-        raise ValueError(f"--min_steps must be >= 0, got {args.min_steps}")
-    if not args.max_grad_norm >= 0:
-        raise ValueError(f"--max_grad_norm must be >= 0 (0: no clipping), got {args.max_grad_norm:g}")
-    if args.eval_tokens is not None and args.eval_tokens < 0:
-        raise ValueError(f"--eval_tokens must be >= 0 (0: no token budget), got {args.eval_tokens}")
-    if not args.rdrop_alpha >= 0 or not 0 < args.llrd <= 1 or args.reinit_layers < 0:
-        raise ValueError(f"--rdrop_alpha must be >= 0, --llrd in (0, 1] and --reinit_layers >= 0, got "
-                         f"{args.rdrop_alpha:g}, {args.llrd:g} and {args.reinit_layers}")
-    for flag in ("num_train_epochs", "train_batch_size", "gradient_accumulation_steps", "evals_per_epoch",
-                 "per_device_eval_batch_size", "max_length"):
-        if getattr(args, flag) < 1:
-            raise ValueError(f"--{flag} must be a positive integer, got {getattr(args, flag)}")
-    if args.peft == "lora":
-        for flag in ("lora_r", "lora_alpha"):
-            if getattr(args, flag) < 1:
-                raise ValueError(f"--{flag} must be a positive integer, got {getattr(args, flag)}")
-        try:
-            import peft  # noqa: F401
-        except ImportError:
-            raise ValueError("--peft lora needs the package peft (pip install peft)") from None
-    if args.mc_samples < 0 or args.mc_samples == 1:
-        raise ValueError(f"--mc_samples must be 0 (off) or >= 2, got {args.mc_samples}")
-    if args.max_train_eval_samples < 0:
-        raise ValueError(f"--max_train_eval_samples must be >= 0, got {args.max_train_eval_samples}")
-    if args.train_batch_size % args.gradient_accumulation_steps:
-        raise ValueError(f"--train_batch_size {args.train_batch_size} must be a multiple of "
-                         f"--gradient_accumulation_steps {args.gradient_accumulation_steps}")
-    if args.dataset_name and args.train_file:
-        raise ValueError("give either --dataset_name or --train_file, not both")
-    for flag in ("validation_file", "test_file"):
-        if getattr(args, flag) and not args.train_file:
-            raise ValueError(f"--{flag} needs --train_file")
-    if not args.experiment or not args.experiment.replace("-", "").replace("_", "").replace(".", "").isalnum():
-        raise ValueError(f"--experiment must be a name of letters, digits, '-', '_' or '.', got {args.experiment!r}")
-    return args
+        yield
+    except (OSError, ValueError) as e:
+        raise ValueError(f"--{flag} {name!r} cannot be loaded: {str(e).strip().splitlines()[0]}") from None
 
 
 def auto_precision(cpu: bool) -> str:
@@ -285,7 +121,7 @@ def make_accelerator(args, find_unused_parameters: bool):
                 InitProcessGroupKwargs(timeout=timedelta(days=7))]
     accelerator = Accelerator(cpu=cpu, mixed_precision=precision, kwargs_handlers=handlers,
                               dataloader_config=DataLoaderConfiguration(split_batches=True),
-                              log_with=args.report_to if args.with_tracking else None, project_dir=args.output_dir)
+                              project_dir=args.output_dir)
     if accelerator.num_processes != launched:
         raise ValueError(f"{launched} processes were launched but they did not join one group "
                          f"({accelerator.distributed_type}); launch with `accelerate launch --multi_gpu` "
@@ -313,6 +149,36 @@ def check_batch(args, num_processes: int) -> None:
         raise ValueError(f"--parallel data splits each batch across {num_processes} processes: --train_batch_size "
                          f"{args.train_batch_size} / --gradient_accumulation_steps "
                          f"{args.gradient_accumulation_steps} = {micro} is not a multiple of {num_processes}")
+
+
+def clear_output_dir(output_dir: str) -> list[str]:
+    """Delete what the harness wrote into ``output_dir`` (`--overwrite_output_dir`): the runs and their
+    predictions, claims of runs in progress, summaries, findings, plots and tracking logs; nothing else. Returns
+    what went, in words."""
+    import glob
+    import shutil
+
+    from .records import CLAIMS_DIR, PREDICTIONS_DIR, RUNS_FILE, locked
+
+    if not os.path.isdir(output_dir):
+        return []
+    removed = []
+    with locked(output_dir):  # no run is appended half-way through
+        runs = read_runs(output_dir)
+        for name in (RUNS_FILE, PREDICTIONS_DIR, CLAIMS_DIR, tracking.LOGS_DIR):
+            path = os.path.join(output_dir, name)
+            if os.path.isdir(path):
+                shutil.rmtree(path)
+                removed.append(name + "/")
+            elif os.path.exists(path):
+                os.remove(path)
+                removed.append(f"{name} ({len(runs)} run(s))" if name == RUNS_FILE else name)
+    for pattern in ("summary.json", "summary.csv", "findings.md", "pooled.json", "pooled.md", "learning_curves*.png",
+                    "gap_vs_size*.png", "dose_response*.png"):
+        for path in sorted(glob.glob(os.path.join(glob.escape(output_dir), pattern))):
+            os.remove(path)
+            removed.append(os.path.basename(path))
+    return removed
 
 
 def presets_line(presets: list, arms: dict) -> str:
@@ -387,7 +253,12 @@ def build_experiment(args, ray) -> Experiment:
 
     import torch
     import transformers
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding
+    from transformers import (
+        AutoConfig,
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+        DataCollatorWithPadding,
+    )
     from transformers.utils import logging as hf_logging
 
     from .. import __version__
@@ -421,6 +292,8 @@ def build_experiment(args, ray) -> Experiment:
     report.check_margins(args.margin)
     if args.auto_seeds and BASELINE not in [p.name for p in presets]:
         raise ValueError(f"--seeds auto compares with the baseline: add {BASELINE} to --presets")
+    for flag in ("model_name_or_path", "config_name", "tokenizer_name"):  # before any data is read
+        check_local_path(flag, getattr(args, flag))
     model_path = args.model_name_or_path or default_model_path()
     raw = data_mod.load_raw(args.dataset_name, args.dataset_config_name, args.train_file, args.validation_file,
                             args.test_file)
@@ -443,8 +316,11 @@ def build_experiment(args, ray) -> Experiment:
     precision = "bf16" if args.backend == "ray" and args.run_gpus > 0 and args.mixed_precision == "auto" \
         else accelerator.mixed_precision
     hf_logging.set_verbosity_error()
-    tokenizer = AutoTokenizer.from_pretrained(model_path)
-    data, label_names = data_mod.encode(raw, tokenizer, text_columns, label_column, args.max_length)
+    remote = {"trust_remote_code": True} if args.trust_remote_code else {}
+    tokenizer_flag = "tokenizer_name" if args.tokenizer_name else "model_name_or_path"
+    with loading(tokenizer_flag, args.tokenizer_name or model_path):
+        tokenizer = AutoTokenizer.from_pretrained(args.tokenizer_name or model_path, **remote)
+    data, label_names = data_mod.encode(raw, tokenizer, text_columns, label_column, args.max_seq_length)
     roles = data_mod.assign_roles(data, args.roles, args.split_seed, args.selection_size)
     settings = Settings(learning_rate=args.learning_rates[0], num_train_epochs=args.num_train_epochs,
                         train_batch_size=args.train_batch_size, eval_batch_size=args.per_device_eval_batch_size,
@@ -456,22 +332,34 @@ def build_experiment(args, ray) -> Experiment:
                         lr_scheduler_type=args.lr_scheduler_type,
                         warmup_ratio=args.warmup_ratio, parallel=args.parallel, min_steps=args.min_steps,
                         rdrop_alpha=args.rdrop_alpha, llrd=args.llrd, reinit_layers=args.reinit_layers,
-                        max_grad_norm=args.max_grad_norm)
+                        max_grad_norm=args.max_grad_norm, max_steps=args.max_steps,
+                        warmup_steps=args.warmup_steps, weight_decay=args.weight_decay,
+                        label_smoothing_factor=args.label_smoothing_factor,
+                        neftune_noise_alpha=args.neftune_noise_alpha,
+                        gradient_checkpointing=args.gradient_checkpointing)
     for size in args.train_sizes:  # before anything is written
         data_mod.check_train_size(size, len(roles.pool))
         per_epoch = math.ceil(size / args.train_batch_size)
         for p in presets:
-            steps = settings.epochs(per_epoch, p.steps_factor) * per_epoch
+            steps = settings.total_steps(per_epoch, p.steps_factor)
             for knob, s in (p.reg.schedule or {}).items():
                 s.check_within(steps, f"preset {p.name} at train size {size}: the `{knob}`")
+    labels = dict(num_labels=len(label_names), id2label=dict(enumerate(label_names)),
+                  label2id={n: i for i, n in enumerate(label_names)})
+    if args.config_name:  # the model built from another config, its weights loaded where they fit
+        with loading("config_name", args.config_name):
+            labels = {"config": AutoConfig.from_pretrained(args.config_name, **labels, **remote)}
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            base_model = AutoModelForSequenceClassification.from_pretrained(
-                model_path, num_labels=len(label_names), id2label=dict(enumerate(label_names)),
-                label2id={n: i for i, n in enumerate(label_names)})
+            base_model = AutoModelForSequenceClassification.from_pretrained(model_path, **labels, **remote)
+    except OSError as e:  # no such model, no network, no weights
+        raise ValueError(f"--model_name_or_path {model_path!r} cannot be loaded: "
+                         f"{str(e).strip().splitlines()[0]}") from None
     except (ValueError, KeyError) as e:
         raise ValueError(f"{model_path} cannot be loaded as a sequence classifier: {str(e).splitlines()[0]}") from None
+    if args.gradient_checkpointing and not getattr(base_model, "supports_gradient_checkpointing", False):
+        raise ValueError(f"--gradient_checkpointing: {type(base_model).__name__} does not support it")
     if tokenizer.pad_token is None:  # decoder LLMs: pad with EOS, and tell the head where sequences end
         tokenizer.pad_token = tokenizer.eos_token
     base_model.config.pad_token_id = tokenizer.pad_token_id
@@ -486,7 +374,7 @@ def build_experiment(args, ray) -> Experiment:
         "data_sha256": data_mod.content_hash(raw, text_columns, label_column),
         "text_columns": list(text_columns), "label_column": label_column, "labels": label_names,
         "splits": {s: len(data[s]) for s in data}, "roles": roles.description,
-        "max_length": args.max_length, "learning_rates": args.learning_rates,
+        "max_length": args.max_seq_length, "learning_rates": args.learning_rates,
         "num_train_epochs": args.num_train_epochs, "train_batch_size": args.train_batch_size,
         "lr_scheduler_type": args.lr_scheduler_type, "warmup_ratio": args.warmup_ratio,
         "evals_per_epoch": args.evals_per_epoch, "max_train_eval_samples": args.max_train_eval_samples,
@@ -496,6 +384,9 @@ def build_experiment(args, ray) -> Experiment:
         # absent when off, as in every record made before clipping existed (those runs did not clip): such a
         # directory resumes with --max_grad_norm 0, and is refused, as other settings are, with clipping on
         **({"max_grad_norm": args.max_grad_norm} if args.max_grad_norm else {}),
+        # the HF Trainer's settings added since: absent at their defaults, so that older records match
+        **{flag: getattr(args, flag) for flag in NEWER_SETTINGS if getattr(args, flag)},
+        **({"tokenizer": args.tokenizer_name} if args.tokenizer_name else {}),
         **{flag: getattr(args, flag) for flag, method in METHOD_FLAGS.items()  # absent when off
            if getattr(args, flag) != NO_METHODS[method]},
         **({"seeds": {"rule": "auto", "max_seeds": args.max_seeds, "stage": args.seed_stage}}
@@ -528,13 +419,26 @@ def run_grid(args, exp: Experiment, ray) -> int:
                              f"{why}; use another --output_dir, or --experiment NAME to add these runs as a "
                              f"separate experiment")
 
+    if args.overwrite_output_dir:  # every input checked: the directory starts afresh, saying what goes
+        if accelerator.is_main_process:
+            removed = clear_output_dir(args.output_dir)
+            if removed:
+                print(f"--overwrite_output_dir: removed {', '.join(removed)} from {args.output_dir}", flush=True)
+        accelerator.wait_for_everyone()
     refuse_other_settings(read_runs(args.output_dir))  # early, before anything is written
     if accelerator.is_main_process:
         os.makedirs(args.output_dir, exist_ok=True)
     accelerator.wait_for_everyone()
     queue = WorkQueue(args.output_dir)
-    if args.with_tracking:
-        accelerator.init_trackers("hfreg", config={k: str(v) for k, v in vars(args).items()})
+
+    def tracker_for(preset, size, seed, lr):
+        """The tracker run of one training run, where this process logs it (the one that trains it)."""
+        if not args.report_to or not (args.parallel == "run" or accelerator.is_main_process):
+            return None
+        group = args.run_name or args.experiment
+        name = tracking.run_name(group, preset.name, size, seed, lr)
+        config = tracking.run_config(args.experiment, preset.name, contents[preset.name], size, seed, lr)
+        return tracking.RunTracker(args.report_to, args.output_dir, name, group, config)
 
     # longest runs first, so that no rank is left with a long run while the others idle
     def plan(cells, seeds):
@@ -562,7 +466,6 @@ def run_grid(args, exp: Experiment, ray) -> int:
         f"{presets_line(presets, exp.arms)}", flush=True)
     rank_tag = f"[rank {accelerator.process_index}] " if n_proc > 1 and args.parallel == "run" else ""
     log = print if args.parallel == "run" else accelerator.print
-    logged = {run_key(r) for r in mine}
 
     def next_run():
         if args.parallel == "run":
@@ -602,7 +505,11 @@ def run_grid(args, exp: Experiment, ray) -> int:
                 mine = grid_runs()
                 print(f"done preset={preset.name} train_size={size} seed={seed}", flush=True)
                 print(progress_line(mine, grid, max(1, int(cluster_cpus // args.run_cpus))), flush=True)
-                _track(accelerator, args, mine, logged)
+                tracker = tracker_for(preset, size, seed, result["learning_rate"])
+                if tracker is not None:  # a worker's run, logged by the driver as it comes back
+                    for point in result["evals"]:
+                        tracker.log(point)
+                    tracker.finish()
 
             runner.run({k: by_key[k] for k in grid if k not in finished},
                        lambda lr: dataclasses.replace(settings, learning_rate=lr), finish)
@@ -610,23 +517,30 @@ def run_grid(args, exp: Experiment, ray) -> int:
         while True:
             while (key := next_run()) is not None:
                 preset, size, seed, lr = by_key[key]
-                log(f"{rank_tag}run preset={preset.name} train_size={size} seed={seed} learning_rate={lr:g}",
-                    flush=True)
+                log(f"{rank_tag}run preset={preset.name} train_size={size} seed={seed} learning_rate={lr:g} | "
+                    f"{settings.budget(size, preset.steps_factor)}", flush=True)
+                tracker = None
                 try:
+                    tracker = tracker_for(preset, size, seed, lr)
+                    # the bar on the first process only: several processes' bars would overwrite each other
                     result, predictions = train(accelerator, base_model, preset, data, roles, size, seed,
                                                 dataclasses.replace(settings, learning_rate=lr), collate,
-                                                log=lambda line: log(rank_tag + line, flush=True))
+                                                log=lambda line: log(rank_tag + line, flush=True),
+                                                on_point=tracker.log if tracker else None,
+                                                progress=None if accelerator.is_main_process else False)
                 except BaseException:
                     if accelerator.is_main_process or args.parallel == "run":
                         queue.release(key)
                     raise
+                finally:
+                    if tracker is not None:
+                        tracker.finish()
                 record = make_record(preset, size, seed, result)
                 if args.parallel == "run" or accelerator.is_main_process:
                     queue.finish(key, record, predictions)
                 if accelerator.is_main_process:
                     mine = grid_runs()
                     accelerator.print(progress_line(mine, grid, n_proc), flush=True)
-                    _track(accelerator, args, mine, logged)
             # every run of this grid finished (a launch beside this one may still be training its last ones): a
             # staged grid decides its next stage from complete stages only
             if not args.auto_seeds or len({run_key(r) for r in grid_runs()}) == len(grid):
@@ -666,26 +580,12 @@ def run_grid(args, exp: Experiment, ray) -> int:
         run_grid()
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        mine = grid_runs()
-        _track(accelerator, args, mine, logged)
         accelerator.print(report.report(args.output_dir, make_plots=not args.no_plots, select_by=args.select_by,
                                         margins=args.margin))
         accelerator.print(f"results in {args.output_dir}: runs.jsonl, predictions/, summary.json, summary.csv, "
                           f"findings.md" + ("" if args.no_plots else ", learning_curves.png, gap_vs_size.png"))
     accelerator.end_training()
     return 0
-
-
-def _track(accelerator, args, runs: list[dict], logged: set) -> None:
-    """Log newly finished runs' curves, whichever rank or launch trained them, through the trackers."""
-    if not args.with_tracking:
-        return
-    for r in runs:
-        if run_key(r) not in logged:
-            logged.add(run_key(r))
-            tag = f"{r['preset']}/n{r['train_size']}/s{r['seed']}/lr{r['learning_rate']:g}"
-            for e in r["evals"]:
-                accelerator.log({f"{tag}/{k}": v for k, v in e.items()}, step=e["step"])
 
 
 def cli(argv=None) -> int:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import math
 import time
 import warnings
@@ -19,6 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..patcher import patch_model
@@ -56,11 +58,45 @@ class Settings:
     llrd: float = 1.0  # layer-wise learning-rate decay: layer i of L trains at lr * llrd ** (L - 1 - i)
     reinit_layers: int = 0  # re-initialise the top k layers of every tower (and a pooler) before training
     max_grad_norm: float = 1.0  # clip the gradients' global norm to this before each step (the Trainer's; 0: off)
+    # the HF Trainer's names; each off (or the presets' own) at its default
+    max_steps: int = 0  # > 0: optimizer steps per run, overriding num_train_epochs and min_steps
+    warmup_steps: int = 0  # > 0: warm-up steps, overriding warmup_ratio
+    weight_decay: float = 0.0  # AdamW weight decay for every preset whose own is 0
+    label_smoothing_factor: float = 0.0  # label smoothing of the training loss
+    neftune_noise_alpha: float = 0.0  # NEFTune's alpha (`embedding_noise`) for every preset that sets none
+    gradient_checkpointing: bool = False  # recompute activations in the backward pass
 
     def epochs(self, steps_per_epoch: int, factor: int = 1) -> int:
-        """Epochs to train: ``num_train_epochs``, or more where that gives fewer than ``min_steps`` steps; times
-        ``factor`` (a preset's `steps_factor`: an equal-compute arm trains that many times the steps)."""
+        """Epochs to train (the last one cut short where ``max_steps`` ends inside it): ``num_train_epochs``, or
+        more where that gives fewer than ``min_steps`` steps; times ``factor`` (a preset's `steps_factor`: an
+        equal-compute arm trains that many times the steps). With ``max_steps``, the epochs its steps reach."""
+        if self.max_steps:
+            return math.ceil(self.total_steps(steps_per_epoch, factor) / steps_per_epoch)
         return factor * max(self.num_train_epochs, math.ceil(self.min_steps / steps_per_epoch))
+
+    def total_steps(self, steps_per_epoch: int, factor: int = 1) -> int:
+        """Optimizer steps in a run of ``steps_per_epoch`` steps an epoch: ``max_steps`` (times ``factor``) where
+        given, else every step of `epochs`."""
+        if self.max_steps:
+            return factor * self.max_steps
+        return self.epochs(steps_per_epoch, factor) * steps_per_epoch
+
+    def stretched(self, steps_per_epoch: int, factor: int = 1) -> bool:
+        """Whether a run's steps are not those of ``num_train_epochs`` (``min_steps``, ``steps_factor`` or
+        ``max_steps``): its evaluation points are then as many as the nominal epochs give, spread over the run."""
+        return bool(self.max_steps) or self.epochs(steps_per_epoch, factor) > self.num_train_epochs
+
+    def budget(self, train_size: int, factor: int = 1) -> str:
+        """What a run of ``train_size`` examples trains, in words: ``16 examples: 48 epochs to reach 48 steps``
+        where ``min_steps`` stretches it."""
+        per_epoch = math.ceil(train_size / self.train_batch_size)
+        epochs, steps = self.epochs(per_epoch, factor), self.total_steps(per_epoch, factor)
+        times = f" ({factor}x the steps: equal compute)" if factor > 1 else ""
+        if self.max_steps:
+            return f"{train_size} examples: {steps} steps (--max_steps) in {epochs} epoch(s) of {per_epoch}{times}"
+        if epochs > factor * self.num_train_epochs:
+            return f"{train_size} examples: {epochs} epochs to reach {steps} steps (--min_steps){times}"
+        return f"{train_size} examples: {epochs} epochs, {steps} steps{times}"
 
 
 def param_groups(model: nn.Module, weight_decay: float, llrd: float = 1.0, lr: float | None = None):
@@ -175,12 +211,14 @@ def predict(accelerator, model, loader, gather: bool, mc_samples: int = 0) -> np
     return torch.cat(out).numpy()
 
 
-def eval_steps(steps_per_epoch: int, epochs: int, evals_per_epoch: int, points: int | None = None) -> list[int]:
+def eval_steps(steps_per_epoch: int, epochs: int, evals_per_epoch: int, points: int | None = None,
+               total: int | None = None) -> list[int]:
     """Optimizer steps after which to evaluate: ``evals_per_epoch`` evenly spaced points in every epoch (at most
     one per step), the last at the epoch's end. With ``points`` (a run stretched by ``min_steps``, whose evaluation
-    work should stay that of its nominal epochs): that many points evenly over all steps, the last at the end."""
+    work should stay that of its nominal epochs): that many points evenly over all steps (``total``, where
+    ``max_steps`` ends the run inside an epoch), the last at the end."""
     if points is not None:
-        total = steps_per_epoch * epochs
+        total = total or steps_per_epoch * epochs
         return sorted({math.ceil(total * i / points) for i in range(1, min(points, total) + 1)})
     k = min(evals_per_epoch, steps_per_epoch)
     within = sorted({math.ceil(steps_per_epoch * i / k) for i in range(1, k + 1)})
@@ -208,6 +246,52 @@ class Leaders:
         self.states = {step: state for step, state in self.states.items() if step in leading}
 
 
+def enable_checkpointing(model: nn.Module) -> None:
+    """Activation (gradient) checkpointing, non-reentrant (it needs no input that requires grad: LoRA's frozen
+    embeddings), under the name of the installed transformers (`activation_checkpointing_enable` since 5.x)."""
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:  # pragma: no cover - transformers before the rename
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+
+def grid_noise(reg, alpha: float):
+    """``reg`` with NEFTune's ``embedding_noise`` at the grid's ``alpha`` (``--neftune_noise_alpha``) where the
+    preset sets none, at a constant rate (a preset's ``all`` schedule is its own knobs'); else ``reg`` itself."""
+    if not alpha or reg.embedding_noise is not None:
+        return reg
+    from ..config import ALL_KNOBS, Schedule
+
+    schedule = reg.schedule
+    if schedule and ALL_KNOBS in schedule:
+        schedule = {**schedule, "embedding_noise": Schedule()}
+    return dataclasses.replace(reg, embedding_noise=float(alpha), schedule=schedule)
+
+
+def task_loss(model, batch: dict, rdrop_alpha: float = 0.0, label_smoothing: float = 0.0) -> torch.Tensor:
+    """The training loss of one batch: the model's own cross-entropy; with ``label_smoothing`` (the HF Trainer's
+    ``label_smoothing_factor``) the smoothed one, R-Drop's two cross-entropy terms included."""
+    if not label_smoothing:
+        return rdrop_loss(model, batch, rdrop_alpha)[0] if rdrop_alpha else model(**batch).loss
+    labels = batch["labels"]
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    if not rdrop_alpha:
+        logits = model(**inputs).logits
+        return F.cross_entropy(logits.float(), labels, label_smoothing=label_smoothing)
+    n = labels.shape[0]
+    twice = {k: torch.cat([v, v]) if isinstance(v, torch.Tensor) and v.ndim and v.shape[0] == n else v
+             for k, v in inputs.items()}  # one forward of the batch repeated, as `rdrop_loss` makes it
+    logits = model(**twice).logits.float()
+    a, b = logits[:n], logits[n:]
+    ce = (F.cross_entropy(a, labels, label_smoothing=label_smoothing) +
+          F.cross_entropy(b, labels, label_smoothing=label_smoothing)) / 2
+    la, lb = F.log_softmax(a, -1), F.log_softmax(b, -1)
+    kl = (F.kl_div(la, lb, log_target=True, reduction="batchmean") +
+          F.kl_div(lb, la, log_target=True, reduction="batchmean")) / 2
+    return ce + rdrop_alpha * kl
+
+
 def _clip(model: nn.Module, optimizer, scaler, max_norm: float) -> None:
     """Run mode's clipping, torch's own: the model and optimizer are not the accelerator's there, nor is the fp16
     scaler, so `accelerator.clip_grad_norm_` would clip gradients still scaled (and under a DeepSpeed launch it
@@ -218,7 +302,7 @@ def _clip(model: nn.Module, optimizer, scaler, max_norm: float) -> None:
 
 
 def train(accelerator, base_model, preset, data, roles, train_size: int, seed: int, settings: Settings, collate,
-          log=print) -> tuple[dict, dict]:
+          log=print, on_point=None, progress: bool | None = None) -> tuple[dict, dict]:
     """Fine-tune a fresh copy of ``base_model`` under ``preset`` on a subset of the training pool.
 
     At every evaluation point the training subset and the selection split are evaluated in eval mode; the test
@@ -226,8 +310,13 @@ def train(accelerator, base_model, preset, data, roles, train_size: int, seed: i
     copy of the weights), or at every point with ``settings.test_every_point``, under MC dropout (whose draws
     share the training's random stream) and in data mode. Returns (the run's record fields, its predictions:
     selection logits at every point, test logits at the points ``test_steps``, with their labels and example
-    indices). The test split is only ever evaluated: nothing in here reads its results."""
+    indices). The test split is only ever evaluated: nothing in here reads its results.
+
+    ``on_point(values)``, where given, is called as each evaluation point is measured (a tracker logs it live),
+    and after training with the test metrics of each point a selection rule picked (``{"step", "test_*"}``).
+    ``progress``: a tqdm bar of the steps with the running loss and an ETA (None: where stderr is a terminal)."""
     from accelerate.utils import set_seed
+    from tqdm.auto import tqdm
     from transformers import get_scheduler
 
     data_parallel = settings.parallel == "data"
@@ -236,6 +325,8 @@ def train(accelerator, base_model, preset, data, roles, train_size: int, seed: i
     set_seed(seed, device_specific=data_parallel)
     model = copy.deepcopy(base_model)
     reset_head(model, seed)
+    if settings.gradient_checkpointing:  # before the adapters and the patch, on the transformers model itself
+        enable_checkpointing(model)
     if settings.lora:  # adapters first, so that the patch finds them (`adapter` knob)
         from peft import LoraConfig, get_peft_model
 
@@ -244,7 +335,7 @@ def train(accelerator, base_model, preset, data, roles, train_size: int, seed: i
     reinit = reinit_top_layers(model, methods["reinit_layers"]) if methods["reinit_layers"] else []
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        patch_model(model, preset.reg)
+        patch_model(model, grid_noise(preset.reg, settings.neftune_noise_alpha))
     for w in caught:
         log(f"  note: {w.message}")
     micro = settings.train_batch_size // settings.gradient_accumulation_steps  # global examples per backward
@@ -261,20 +352,22 @@ def train(accelerator, base_model, preset, data, roles, train_size: int, seed: i
                 for name in views}
     # the fused AdamW kernel (CPU and CUDA) is several times faster than the per-tensor loop on the embedding matrix
     fused = accelerator.device.type in ("cpu", "cuda")
-    groups = param_groups(model, preset.weight_decay, methods["llrd"], settings.learning_rate)
+    # the preset's weight decay; the grid's (`--weight_decay`) where the preset's is 0
+    groups = param_groups(model, preset.weight_decay or settings.weight_decay, methods["llrd"], settings.learning_rate)
     optimizer = torch.optim.AdamW(groups, lr=settings.learning_rate, fused=fused)
     alpha = methods["rdrop"]
     steps_per_epoch = math.ceil(len(indices) / settings.train_batch_size)
     epochs = settings.epochs(steps_per_epoch, preset.steps_factor)
-    steps = epochs * steps_per_epoch
+    steps = settings.total_steps(steps_per_epoch, preset.steps_factor)
     rates = RateScheduler(model, steps)  # the preset's rate schedules (constant where it has none); before prepare
-    # stretched by min_steps or steps_factor: as many evaluation points as the nominal epochs would have
-    stretched = epochs > settings.num_train_epochs
+    # stretched by min_steps, steps_factor or max_steps: as many evaluation points as the nominal epochs would have
+    stretched = settings.stretched(steps_per_epoch, preset.steps_factor)
     at = set(eval_steps(steps_per_epoch, epochs, settings.evals_per_epoch,
                         settings.num_train_epochs * min(settings.evals_per_epoch, steps_per_epoch) if stretched
-                        else None))
-    scheduler = get_scheduler(settings.lr_scheduler_type, optimizer,
-                              num_warmup_steps=int(settings.warmup_ratio * steps), num_training_steps=steps)
+                        else None, total=steps))
+    warmup = settings.warmup_steps or int(settings.warmup_ratio * steps)
+    scheduler = get_scheduler(settings.lr_scheduler_type, optimizer, num_warmup_steps=warmup,
+                              num_training_steps=steps)
     scaler = None
     if data_parallel:  # batches are split across ranks (split_batches), optimizer and scheduler wrapped
         model, optimizer, train_dl, scheduler, *loaders = accelerator.prepare(
@@ -295,13 +388,17 @@ def train(accelerator, base_model, preset, data, roles, train_size: int, seed: i
     points, logits = [], {"selection": [], "test": []}
     step, eval_time, started = 0, 0.0, time.time()
     total, count = torch.zeros((), device=accelerator.device), torch.zeros((), device=accelerator.device)
+    smoothing = settings.label_smoothing_factor
+    bar = tqdm(total=steps, desc=f"{preset.name} n={train_size} s={seed}", unit="step", leave=False,
+               dynamic_ncols=True, disable=None if progress is None else not progress)
+    shown = 0.0
     for epoch in range(epochs):
         model.train()
         for i, batch in enumerate(train_dl):
             batch = {k: v.to(accelerator.device) for k, v in batch.items()}
             last = (i + 1) % accum == 0 or i + 1 == len(train_dl)
             with (contextlib.nullcontext() if last else no_sync(model)), accelerator.autocast():
-                loss = rdrop_loss(model, batch, alpha)[0] if alpha else model(**batch).loss
+                loss = task_loss(model, batch, alpha, smoothing)
             backward(loss / accum)
             total += loss.detach() * len(batch["labels"])
             count += len(batch["labels"])
@@ -318,6 +415,10 @@ def train(accelerator, base_model, preset, data, roles, train_size: int, seed: i
             rates.step()
             optimizer.zero_grad()
             step += 1
+            bar.update()
+            if not bar.disable and time.time() - shown > 0.5:  # the loss is read off the device twice a second
+                shown = time.time()
+                bar.set_postfix(loss=f"{(total / count).item():.4f}", refresh=False)
             if step not in at:
                 continue
             t0 = time.time()
@@ -336,21 +437,33 @@ def train(accelerator, base_model, preset, data, roles, train_size: int, seed: i
                         mc = predict(accelerator, model, dl, data_parallel, settings.mc_samples)
                         point.update({f"mc_{n}_{k}": v for k, v in evaluate(mc, labels[n]).items()})
             points.append(point)
+            if on_point is not None:
+                on_point(point)
             for name in logits.keys() & out.keys():
                 logits[name].append((step, out[name]))
             total.zero_(), count.zero_()
             model.train()
             eval_time += time.time() - t0
-            log(f"  {preset.name} n={train_size} seed={seed} step {step}/{steps} (epoch {point['epoch']:g}): "
-                f"train {point['train_loss']:.3f} acc {point['train_accuracy']:.3f} | selection "
-                f"{point['selection_loss']:.3f} acc {point['selection_accuracy']:.3f}")
+            # a bar on the terminal: the line goes above it, and the bar is drawn again below
+            with contextlib.nullcontext() if bar.disable else bar.external_write_mode():
+                log(f"  {preset.name} n={train_size} seed={seed} step {step}/{steps} (epoch {point['epoch']:g}): "
+                    f"train {point['train_loss']:.3f} acc {point['train_accuracy']:.3f} | selection "
+                    f"{point['selection_loss']:.3f} acc {point['selection_accuracy']:.3f}")
+            if step == steps:
+                break
+        if step == steps:  # --max_steps ends the run inside an epoch
+            break
+    bar.close()
     if leaders is not None:  # the test split at each rule's selected point, from the weights kept there
         t0 = time.time()
         by_step = {p["step"]: p for p in points}
         for step, state in sorted(leaders.states.items()):
             model.load_state_dict(state)  # the run's model copy ends here: nothing trains after this
             out = predict(accelerator, model, eval_dls["test"], False)
-            by_step[step].update(test_metrics(out, labels["test"], by_step[step]["temperature"]))
+            measured = test_metrics(out, labels["test"], by_step[step]["temperature"])
+            by_step[step].update(measured)
+            if on_point is not None:
+                on_point({"step": step, **measured})
             logits["test"].append((step, out))
         logits["test"].sort(key=lambda x: x[0])
         eval_time += time.time() - t0
