@@ -81,12 +81,13 @@ def test_label_smoothing_on_r_drops_two_passes():
 
 def test_max_steps_overrides_the_epochs(tiny_classifier, csv_data, tmp_path, capsys):
     run = grid(tiny_classifier, csv_data, tmp_path / "out", "--max_steps", "6")["pretrain-zero"]
-    # 16 examples at batch 4: 4 steps an epoch; 6 steps end inside the second; 2 epochs' 6 points over 6 steps
+    # 16 examples at batch 4: 4 steps an epoch; 6 steps end inside the second; 2 epochs' 8 points (at most one a
+    # step) over 6 steps: every step
     assert run["steps"] == 6 and [p["step"] for p in run["evals"]] == [1, 2, 3, 4, 5, 6]
     assert run["experiment"]["settings"]["max_steps"] == 6
     assert "16 examples: 6 steps (--max_steps) in 2 epoch(s) of 4" in capsys.readouterr().out
     long = grid(tiny_classifier, csv_data, tmp_path / "long", "--max_steps", "20")["pretrain-zero"]
-    assert long["steps"] == 20 and len(long["evals"]) == 6 and long["evals"][-1]["step"] == 20
+    assert long["steps"] == 20 and len(long["evals"]) == 8 and long["evals"][-1]["step"] == 20
 
 
 def test_warmup_steps_override_the_ratio(tiny_classifier, csv_data, tmp_path, monkeypatch):

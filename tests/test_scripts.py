@@ -165,3 +165,25 @@ def test_select_by_is_compared_on_the_selection_split_alone():
     out = held_out(np.stack([x, y]), labels)
     assert out["accuracy"] == pytest.approx((1.0 + 0.9) / 2) and out["f1"] == pytest.approx(out["accuracy"], abs=0.01)
     assert out["loss"] == pytest.approx((0.8 + 0.9) / 2)
+
+
+def test_the_decided_answer_design_is_commands_the_harness_takes(tmp_path):
+    """scripts/decided_answer.py: every grid command of the written-down design parses as the harness reads it
+    (the data folders faked as empty files), for the CPU and for one GPU, and missing data is one line."""
+    sys.path.insert(0, os.path.join(ROOT, "scripts"))
+    from decided_answer import DATA_SETS, commands, main
+
+    from hfreg.finetune.sweep import parse_args
+
+    for name in DATA_SETS:
+        (tmp_path / name).mkdir()
+        for split in ("train", "validation", "test"):
+            (tmp_path / name / f"{split}.csv").write_text("text,label\n")
+    for gpu in (False, True):
+        steps = commands(str(tmp_path), gpu, 0.05, sys.executable)
+        assert len(steps) == len(DATA_SETS) + 1 and steps[-1][2:4] == ["hfreg.cli", "report"]
+        for command in steps[:-1]:
+            args = parse_args(command[3:])
+            assert args.auto_seeds and args.max_seeds == 40 and args.train_sizes == [64, 512]
+            assert args.backend == ("ray" if gpu else "local") and len(args.learning_rates) == 3
+    assert main(["--print", "--data_dir", str(tmp_path / "nowhere")]) == 2

@@ -219,7 +219,9 @@ def eval_steps(steps_per_epoch: int, epochs: int, evals_per_epoch: int, points: 
     ``max_steps`` ends the run inside an epoch), the last at the end."""
     if points is not None:
         total = total or steps_per_epoch * epochs
-        return sorted({math.ceil(total * i / points) for i in range(1, min(points, total) + 1)})
+        if points >= total:  # more points than steps: every step, the last at the end
+            return list(range(1, total + 1))
+        return sorted({math.ceil(total * i / points) for i in range(1, points + 1)})
     k = min(evals_per_epoch, steps_per_epoch)
     within = sorted({math.ceil(steps_per_epoch * i / k) for i in range(1, k + 1)})
     return [e * steps_per_epoch + s for e in range(epochs) for s in within]
