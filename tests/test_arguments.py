@@ -207,12 +207,14 @@ def test_report_to_turns_tracking_on_and_checks_the_tracker_first(capsys, monkey
     assert "--report_to all found no tracker installed" in one_error(capsys, "--report_to", "all")
 
 
-def test_declared_hub_flags_parse_and_say_they_do_nothing_yet(capsys):
+def test_declared_hub_flags_parse_and_the_upload_ones_say_they_do_nothing_yet(capsys):
     capsys.readouterr()
     parsed = parse("--save_strategy", "best", "--push_to_hub", "--hub_model_id", "me/my-model")
     assert (parsed["save_strategy"], parsed["push_to_hub"], parsed["hub_model_id"]) == ("best", True, "me/my-model")
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "--save_strategy, --push_to_hub, --hub_model_id are accepted but not acted on" in err[0]
+    assert len(err) == 1 and "--push_to_hub, --hub_model_id are accepted but not acted on" in err[0]
+    parse("--save_strategy", "best")  # acted on: nothing to say
+    assert capsys.readouterr().err == ""
     parse()
     assert capsys.readouterr().err == ""
 

@@ -302,8 +302,9 @@ class RunArguments:
     run_name: str | None = field(default=None, metadata={
         "help": "the trackers' run names start with this instead of --experiment: NAME/PRESET/nSIZE/sSEED/lrLR"})
     save_strategy: Literal[SAVE_STRATEGIES] = field(default="no", metadata={
-        "help": "which weights of each run to save: no (none), best (at the point --select_by picks) or final (at "
-                "the last step); accepted and checked, not acted on in this version"})
+        "help": "which weights of each run to keep, with the tokenizer and a model card, in "
+                "OUTPUT_DIR/models/EXPERIMENT/PRESET/nSIZE-sSEED-lrLR/: no (none; the default, so grids do not fill "
+                "disks), best (at the point --select_by picks) or final (at the last step)"})
     push_to_hub: bool = field(default=False, metadata={
         "help": "upload the weights --save_strategy saves to the Hugging Face Hub; accepted, not acted on in this "
                 "version"})
@@ -485,6 +486,9 @@ def resolve(model: ModelArguments, data: DataArguments, comparison: ComparisonAr
     Checks what spans groups; one-line ValueError."""
     ns = argparse.Namespace(**{f.name: getattr(group, f.name) for group in (model, data, comparison, run)
                                for f in fields(group)})
+    if ns.save_strategy != "no" and ns.backend == "ray":
+        raise ValueError(f"--save_strategy {ns.save_strategy} needs --backend local: with ray, workers never write to "
+                         f"--output_dir")
     if ns.task_name:
         ns.dataset_name, ns.dataset_config_name = "glue", ns.task_name
     ns.rates = [r for item in ns.rates for r in (item if isinstance(item, list) else [item])]
@@ -544,9 +548,8 @@ def parse(argv=None, description: str | None = None) -> argparse.Namespace:
     if rest:
         raise ValueError(f"unrecognized arguments: {' '.join(rest)}")
     ns = resolve(*groups)
-    declared = [f"--{n}" for n, off in (("save_strategy", "no"), ("push_to_hub", False), ("hub_model_id", None))
-                if getattr(ns, n) != off]
+    declared = [f"--{n}" for n, off in (("push_to_hub", False), ("hub_model_id", None)) if getattr(ns, n) != off]
     if declared:
         _say(f"note: {', '.join(declared)} {'is' if len(declared) == 1 else 'are'} accepted but not acted on in "
-             f"this version: no weights are saved or uploaded")
+             f"this version: no weights are uploaded")
     return ns

@@ -26,6 +26,7 @@ from . import tracking
 from .arguments import PROG, parse
 from .records import (
     DEFAULT_MODEL,
+    SELECT_BY,
     RunKey,
     WorkQueue,
     append_run,
@@ -403,7 +404,7 @@ def build_experiment(args, ray) -> Experiment:
 
 def run_grid(args, exp: Experiment, ray) -> int:
     """Train every run of the grid not yet recorded (in stages under ``--seeds auto``), then report."""
-    from . import report
+    from . import export, report
     from .presets import BASELINE
     from .training import train
 
@@ -520,6 +521,9 @@ def run_grid(args, exp: Experiment, ray) -> int:
                 log(f"{rank_tag}run preset={preset.name} train_size={size} seed={seed} learning_rate={lr:g} | "
                     f"{settings.budget(size, preset.steps_factor)}", flush=True)
                 tracker = None
+                keeper = None if args.save_strategy == "no" else export.Keeper(
+                    args.save_strategy, SELECT_BY[args.select_by], collate.tokenizer,
+                    export.run_dir(args.output_dir, args.experiment, preset.name, size, seed, lr))
                 try:
                     tracker = tracker_for(preset, size, seed, lr)
                     # the bar on the first process only: several processes' bars would overwrite each other
@@ -527,7 +531,8 @@ def run_grid(args, exp: Experiment, ray) -> int:
                                                 dataclasses.replace(settings, learning_rate=lr), collate,
                                                 log=lambda line: log(rank_tag + line, flush=True),
                                                 on_point=tracker.log if tracker else None,
-                                                progress=None if accelerator.is_main_process else False)
+                                                progress=None if accelerator.is_main_process else False,
+                                                keep=keeper)
                 except BaseException:
                     if accelerator.is_main_process or args.parallel == "run":
                         queue.release(key)
@@ -536,6 +541,10 @@ def run_grid(args, exp: Experiment, ray) -> int:
                     if tracker is not None:
                         tracker.finish()
                 record = make_record(preset, size, seed, result)
+                if "kept_step" in result:  # this process saved the weights: the card says what they are
+                    with open(os.path.join(keeper.path, "README.md"), "w") as f:
+                        f.write(export.model_card(record, model_name, record["provenance"]["data"], args.select_by,
+                                                  args.save_strategy))
                 if args.parallel == "run" or accelerator.is_main_process:
                     queue.finish(key, record, predictions)
                 if accelerator.is_main_process:

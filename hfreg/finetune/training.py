@@ -304,7 +304,7 @@ def _clip(model: nn.Module, optimizer, scaler, max_norm: float) -> None:
 
 
 def train(accelerator, base_model, preset, data, roles, train_size: int, seed: int, settings: Settings, collate,
-          log=print, on_point=None, progress: bool | None = None) -> tuple[dict, dict]:
+          log=print, on_point=None, progress: bool | None = None, keep=None) -> tuple[dict, dict]:
     """Fine-tune a fresh copy of ``base_model`` under ``preset`` on a subset of the training pool.
 
     At every evaluation point the training subset and the selection split are evaluated in eval mode; the test
@@ -316,7 +316,9 @@ def train(accelerator, base_model, preset, data, roles, train_size: int, seed: i
 
     ``on_point(values)``, where given, is called as each evaluation point is measured (a tracker logs it live),
     and after training with the test metrics of each point a selection rule picked (``{"step", "test_*"}``).
-    ``progress``: a tqdm bar of the steps with the running loss and an ETA (None: where stderr is a terminal)."""
+    ``progress``: a tqdm bar of the steps with the running loss and an ETA (None: where stderr is a terminal).
+    ``keep`` (an `export.Keeper`, ``--save_strategy``): offered the weights at every point, it saves those of the
+    point it keeps after training, and the record says which (``kept_step``)."""
     from accelerate.utils import set_seed
     from tqdm.auto import tqdm
     from transformers import get_scheduler
@@ -433,6 +435,8 @@ def train(accelerator, base_model, preset, data, roles, train_size: int, seed: i
                      "rates": rates.rates(), **point_metrics(*((out[n], labels[n]) for n in names))}
             if leaders is not None:
                 leaders.offer(point, None if "test" in out else model)
+            if keep is not None:
+                keep.offer(point, accelerator.unwrap_model(model))
             if settings.mc_samples:
                 for n, dl in eval_dls.items():
                     if n != "train":
@@ -456,6 +460,9 @@ def train(accelerator, base_model, preset, data, roles, train_size: int, seed: i
         if step == steps:  # --max_steps ends the run inside an epoch
             break
     bar.close()
+    kept = None
+    if keep is not None and (not data_parallel or accelerator.is_main_process):  # before the leaders' weights load
+        kept = keep.save(accelerator.unwrap_model(model), points[-1]["step"])
     if leaders is not None:  # the test split at each rule's selected point, from the weights kept there
         t0 = time.time()
         by_step = {p["step"]: p for p in points}
@@ -480,6 +487,8 @@ def train(accelerator, base_model, preset, data, roles, train_size: int, seed: i
     extra["forward_passes"] = preset.passes(settings)
     if reinit:
         extra["reinitialised"] = reinit
+    if kept is not None:
+        extra["kept_step"] = kept
     record = {**extra, "evals": points, "selected_step": selected, "steps": steps,
               "learning_rate": settings.learning_rate,
               "selection_majority": majority, "seconds": round(seconds, 2), "eval_seconds": round(eval_time, 2)}

@@ -1,0 +1,86 @@
+"""The model a run chose, kept (`--save_strategy best|final`): its weights at that point, patched as the run trained
+them (the spec recorded in its config, so `hfreg.load_regularized` brings the regularization back and a plain
+`from_pretrained` loads the weights for inference), the tokenizer, and a model card that says what made it.
+
+One folder per run, ``OUTPUT_DIR/models/<experiment>/<preset>/n<size>-s<seed>-lr<lr>/``; the card is written once
+the run's record is complete (its metrics at the kept point)."""
+
+from __future__ import annotations
+
+import json
+import os
+
+SAVE_STRATEGIES = ("no", "best", "final")
+
+
+def run_dir(output_dir: str, experiment: str, preset: str, size: int, seed: int, lr: float) -> str:
+    return os.path.join(output_dir, "models", experiment, preset, f"n{size}-s{seed}-lr{lr:g}")
+
+
+class Keeper:
+    """Holds, during one run, the weights at the point ``strategy`` keeps: ``best``, the point with the best
+    selection score under ``select_by`` (ties: the earliest, as the report picks), or ``final``; then saves them
+    with ``tokenizer`` into ``path``."""
+
+    def __init__(self, strategy: str, select_by: tuple[str, int], tokenizer, path: str):
+        if strategy not in SAVE_STRATEGIES[1:]:
+            raise ValueError(f"--save_strategy must be one of {list(SAVE_STRATEGIES)}, got {strategy!r}")
+        self.strategy, (self.key, self.sign), self.tokenizer, self.path = strategy, select_by, tokenizer, path
+        self.score, self.step, self.state = None, None, None
+
+    def offer(self, point: dict, model) -> None:
+        """At each evaluation point: copy the weights (to CPU) where the point leads the selection rule."""
+        if self.strategy == "best" and (self.score is None or self.sign * point[self.key] > self.score):
+            self.score, self.step = self.sign * point[self.key], point["step"]
+            self.state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+
+    def save(self, model, final_step: int) -> int:
+        """Save the kept weights (``model`` holds the final ones) and the tokenizer; returns the kept step."""
+        step = final_step
+        if self.strategy == "best" and self.step != final_step:
+            model.load_state_dict(self.state)  # the run's copy of the model: nothing trains after this
+            step = self.step
+        os.makedirs(self.path, exist_ok=True)
+        model.save_pretrained(self.path)
+        if self.tokenizer is not None:
+            self.tokenizer.save_pretrained(self.path)
+        self.state = None
+        return step
+
+
+def model_card(record: dict, base_model: str, data: str, select_by: str, strategy: str) -> str:
+    """README.md for a kept run: what it is, how it was trained and chosen, and its metrics at the kept point."""
+    point = next(p for p in record["evals"] if p["step"] == record["kept_step"])
+    settings = record["experiment"].get("settings", {})
+    metrics = {k: point[k] for k in sorted(point) if k.startswith(("selection_", "test_", "train_"))}
+    how = (f"the evaluation point with the best selection-split {select_by} (step {point['step']} of "
+           f"{record['steps']}, epoch {point['epoch']:g})" if strategy == "best"
+           else f"the final step ({record['steps']})")
+    rows = "\n".join(f"| {k} | {v:.4f} |" for k, v in metrics.items())
+    return f"""---
+library_name: transformers
+base_model: {base_model}
+tags: [hfreg, regularization, text-classification]
+---
+
+# {record['preset']} fine-tune of {base_model}
+
+Fine-tuned by `hfreg` (the regularization comparison) on {record['train_size']} training examples of {data}
+(seed {record['seed']}, learning rate {record['learning_rate']:g}, batch {settings.get('train_batch_size')},
+{record['steps']} optimizer steps), under the regularization preset `{record['preset']}`:
+
+```json
+{json.dumps(record.get('preset_config') or {}, indent=2, sort_keys=True)}
+```
+
+Kept: {how}. Its config records the regularization spec: `hfreg.load_regularized(path)` loads it with the same
+dropout sites and rates for further training; a plain `from_pretrained` loads the same weights, which is all
+inference needs (dropout is off in eval mode).
+
+| metric at the kept point | value |
+|---|---|
+{rows}
+
+Selection and test splits: {settings.get('roles', '-')}. Whether this preset is better than the others is what the
+grid's findings say (`findings.md` beside `runs.jsonl`), not one run.
+"""

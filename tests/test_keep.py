@@ -1,0 +1,64 @@
+"""`--save_strategy`: each run's chosen model kept with its tokenizer and a model card, the weights those of the
+point the run kept (their logits are the stored predictions at that point), the regularization spec in its config."""
+
+import csv
+import json
+import os
+
+import numpy as np
+import pytest
+from harness import args_for, load_script
+
+from hfreg.finetune import records, report
+
+
+def _grid(model, data, out, *extra):
+    argv = args_for(model, data, out, "--presets", "pretrain-zero,classic", "--train_sizes", "16", "--seeds", "0",
+                    "--mixed_precision", "no", "--num_train_epochs", "3", *extra)
+    assert load_script().main(argv) == 0
+    return {r["preset"]: r for r in records.read_runs(out)}
+
+
+def test_best_keeps_the_selected_point_with_tokenizer_card_and_spec(tiny_classifier, csv_data, tmp_path):
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    import hfreg
+
+    out = tmp_path / "out"
+    runs = _grid(tiny_classifier, csv_data, out, "--save_strategy", "best")
+    for preset, run in runs.items():
+        assert run["kept_step"] == report.selected_point(run, "accuracy")["step"]
+        path = out / "models" / "default" / preset / f"n16-s0-lr{run['learning_rate']:g}"
+        card = (path / "README.md").read_text()
+        assert f"# {preset} fine-tune of" in card and "best selection-split accuracy" in card
+        assert f"step {run['kept_step']} of {run['steps']}" in card
+        config = json.loads((path / "config.json").read_text())
+        assert "hfreg" in config  # the spec travels in the config (pretrain-zero's: every knob 0)
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        assert tokenizer("hi")["input_ids"] == AutoTokenizer.from_pretrained(tiny_classifier)("hi")["input_ids"]
+        # the kept weights give the stored selection logits of the kept point
+        arrays = records.load_predictions(str(out), run)
+        stored = arrays["selection_logits"][list(arrays["steps"]).index(run["kept_step"])]
+        with open(csv_data / "validation.csv") as f:
+            texts = [row["review"] for row in csv.DictReader(f)]
+        model = hfreg.load_regularized(str(path)).eval()
+        assert type(model) is type(AutoModelForSequenceClassification.from_pretrained(path))
+        batch = tokenizer([texts[i] for i in arrays["selection_index"]], padding=True, return_tensors="pt")
+        with torch.inference_mode():
+            logits = model(**batch).logits.numpy()
+        assert np.allclose(logits[:, 1:] - logits[:, :1], stored[:, 1:] - stored[:, :1], atol=2e-2)
+
+
+def test_final_keeps_the_last_step_and_no_keeps_nothing(tiny_classifier, csv_data, tmp_path):
+    runs = _grid(tiny_classifier, csv_data, tmp_path / "final", "--save_strategy", "final")
+    assert all(r["kept_step"] == r["steps"] for r in runs.values())
+    runs = _grid(tiny_classifier, csv_data, tmp_path / "none")
+    assert not any("kept_step" in r for r in runs.values()) and not (tmp_path / "none" / "models").exists()
+
+
+def test_saving_with_ray_is_a_one_line_error(tiny_classifier, csv_data, tmp_path):
+    with pytest.raises(ValueError, match="^--save_strategy best needs --backend local"):
+        load_script().main(args_for(tiny_classifier, csv_data, tmp_path / "out", "--save_strategy", "best",
+                                    "--backend", "ray"))
+    assert not os.path.exists(tmp_path / "out")
