@@ -489,7 +489,9 @@ def apply_spec(model, reg: RegularizationConfig, inert: frozenset[str] = frozens
         # native residual dropout and drop-path inside a tower with branch hooks give way to hfreg's hooks; the
         # others (a backbone whose stack is not found) act where they are, so the knob still acts
         hooked = {t for t, tower in enumerate(struct.towers) if any(layer.branches for layer in tower)}
-        state.replaced = {n.path for n in struct.natives if n.kind in _OWNED and set(n.towers) & hooked}
+        # only for a knob the spec sets: an unset one leaves the model's own sites acting, and listed, as they are
+        state.replaced = {n.path for n in struct.natives if n.kind in _OWNED and n.kind in knobs
+                          and set(n.towers) & hooked}
         for k in _OWNED:
             natives_by[k] = [n for n in natives_by[k] if n.path not in state.replaced]
         state.injected += _inject_layers(model, struct, reg, knobs, natives_by, state)

@@ -792,3 +792,25 @@ def test_t5s_sub_layer_dropout_is_residual_dropout_without_a_table_entry():
                                   num_attention_heads=4, intermediate_size=64, pad_token_id=1)
     pre = {s.path: s.kind for s in hfreg.inspect_model(AutoModel.from_config(config))}
     assert pre["encoder.layer.0.attention.self.dropout"] == "attention"
+
+
+def test_a_knob_left_unset_keeps_its_native_sites_listed_and_acting():
+    """A spec that sets only `attention` leaves BERT's own hidden dropout (0.1) where it is: still listed by
+    `inspect_model` at its rate, still acting in training mode."""
+    from transformers import BertConfig, BertModel
+
+    model = BertModel(BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64))
+    before = sorted((s.path, s.rate) for s in hfreg.inspect_model(model) if s.kind == "hidden")
+    hfreg.patch_model(model, hfreg.RegularizationConfig(attention=0.2))
+    after = sorted((s.path, s.rate) for s in hfreg.inspect_model(model) if s.kind == "hidden")
+    assert before and after == before and all(rate == 0.1 for _, rate in after)
+    model.train()
+    x = torch.randint(0, 100, (2, 8))
+    attention_off = hfreg.RegularizationConfig(attention=0.0)
+    hfreg.unpatch_model(model)
+    hfreg.patch_model(model, attention_off)
+    torch.manual_seed(0)
+    a = model(x).last_hidden_state
+    torch.manual_seed(1)
+    b = model(x).last_hidden_state
+    assert not torch.equal(a, b)  # the hidden dropout left in place still draws
