@@ -207,16 +207,14 @@ def test_report_to_turns_tracking_on_and_checks_the_tracker_first(capsys, monkey
     assert "--report_to all found no tracker installed" in one_error(capsys, "--report_to", "all")
 
 
-def test_declared_hub_flags_parse_and_the_upload_ones_say_they_do_nothing_yet(capsys):
+def test_hub_flags_parse_and_push_needs_a_kept_model_and_a_repository(capsys):
     capsys.readouterr()
     parsed = parse("--save_strategy", "best", "--push_to_hub", "--hub_model_id", "me/my-model")
     assert (parsed["save_strategy"], parsed["push_to_hub"], parsed["hub_model_id"]) == ("best", True, "me/my-model")
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "--push_to_hub, --hub_model_id are accepted but not acted on" in err[0]
-    parse("--save_strategy", "best")  # acted on: nothing to say
     assert capsys.readouterr().err == ""
-    parse()
-    assert capsys.readouterr().err == ""
+    for argv in (["--push_to_hub", "--hub_model_id", "me/m"], ["--push_to_hub", "--save_strategy", "best"]):
+        with pytest.raises(ValueError, match="^--push_to_hub uploads the models --save_strategy keeps"):
+            parse(*argv)
 
 
 def test_a_missing_model_path_is_one_line_before_anything_is_read(capsys, tmp_path):

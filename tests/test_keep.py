@@ -62,3 +62,44 @@ def test_saving_with_ray_is_a_one_line_error(tiny_classifier, csv_data, tmp_path
         load_script().main(args_for(tiny_classifier, csv_data, tmp_path / "out", "--save_strategy", "best",
                                     "--backend", "ray"))
     assert not os.path.exists(tmp_path / "out")
+
+
+class _Hub:
+    """The one thing faked: the Hub's API (no network here). Records what would be created and uploaded."""
+
+    def __init__(self, fail=False):
+        self.calls, self.fail = [], fail
+
+    def create_repo(self, repo_id, exist_ok=False):
+        if self.fail:
+            raise ConnectionError("Could not resolve host: huggingface.co")
+        self.calls.append(("create", repo_id))
+
+    def upload_folder(self, folder_path, repo_id, commit_message):
+        self.calls.append(("upload", repo_id, sorted(os.listdir(folder_path))))
+
+
+def test_push_uploads_each_presets_best_kept_run(tiny_classifier, csv_data, tmp_path, monkeypatch):
+    import huggingface_hub
+
+    from hfreg.finetune import export
+
+    hub = _Hub()
+    monkeypatch.setattr(huggingface_hub, "HfApi", lambda: hub)
+    out = tmp_path / "out"
+    argv = args_for(tiny_classifier, csv_data, out, "--presets", "pretrain-zero,classic", "--train_sizes", "16",
+                    "--seeds", "0,1", "--mixed_precision", "no", "--save_strategy", "best", "--push_to_hub",
+                    "--hub_model_id", "me/sst", "--no_plots")
+    assert load_script().main(argv) == 0
+    runs = records.read_runs(out)
+    best = export.best_runs(runs, ("selection_accuracy", 1))
+    uploads = {c[1]: c[2] for c in hub.calls if c[0] == "upload"}
+    assert set(uploads) == {"me/sst-pretrain-zero", "me/sst-classic"}
+    for files in uploads.values():
+        assert {"README.md", "config.json", "model.safetensors", "tokenizer_config.json"} <= set(files)
+    for preset, run in best.items():  # the best kept point's selection score, no better one among the others
+        score = next(p for p in run["evals"] if p["step"] == run["kept_step"])["selection_accuracy"]
+        assert all(next(p for p in r["evals"] if p["step"] == r["kept_step"])["selection_accuracy"] <= score
+                   for r in runs if r["preset"] == preset)
+    with pytest.raises(ValueError, match=r"^--push_to_hub: could not upload to 'me/sst-classic' \(Could not resolve"):
+        export.push_best(str(out), [best["classic"]], ("selection_accuracy", 1), "me/sst", api=_Hub(fail=True))

@@ -306,11 +306,11 @@ class RunArguments:
                 "OUTPUT_DIR/models/EXPERIMENT/PRESET/nSIZE-sSEED-lrLR/: no (none; the default, so grids do not fill "
                 "disks), best (at the point --select_by picks) or final (at the last step)"})
     push_to_hub: bool = field(default=False, metadata={
-        "help": "upload the weights --save_strategy saves to the Hugging Face Hub; accepted, not acted on in this "
-                "version"})
+        "help": "after the grid, upload each preset's best kept run (chosen on the selection split) to the Hugging "
+                "Face Hub as HUB_MODEL_ID-PRESET; needs --save_strategy and --hub_model_id"})
     hub_model_id: str | None = field(default=None, metadata={
-        "help": "the Hub repository --push_to_hub uploads to (NAME or NAMESPACE/NAME); accepted, not acted on in "
-                "this version"})
+        "help": "the Hub repository name --push_to_hub uploads to, each preset's as NAME-PRESET (NAME or "
+                "NAMESPACE/NAME)"})
 
     def __post_init__(self):
         if self.train_batch_size is not None and self.per_device_train_batch_size is not None:
@@ -486,6 +486,9 @@ def resolve(model: ModelArguments, data: DataArguments, comparison: ComparisonAr
     Checks what spans groups; one-line ValueError."""
     ns = argparse.Namespace(**{f.name: getattr(group, f.name) for group in (model, data, comparison, run)
                                for f in fields(group)})
+    if ns.push_to_hub and (ns.save_strategy == "no" or not ns.hub_model_id):
+        raise ValueError(f"--push_to_hub uploads the models --save_strategy keeps, to --hub_model_id: give both "
+                         f"(got --save_strategy {ns.save_strategy}, --hub_model_id {ns.hub_model_id})")
     if ns.save_strategy != "no" and ns.backend == "ray":
         raise ValueError(f"--save_strategy {ns.save_strategy} needs --backend local: with ray, workers never write to "
                          f"--output_dir")
@@ -548,8 +551,4 @@ def parse(argv=None, description: str | None = None) -> argparse.Namespace:
     if rest:
         raise ValueError(f"unrecognized arguments: {' '.join(rest)}")
     ns = resolve(*groups)
-    declared = [f"--{n}" for n, off in (("push_to_hub", False), ("hub_model_id", None)) if getattr(ns, n) != off]
-    if declared:
-        _say(f"note: {', '.join(declared)} {'is' if len(declared) == 1 else 'are'} accepted but not acted on in "
-             f"this version: no weights are uploaded")
     return ns

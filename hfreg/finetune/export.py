@@ -84,3 +84,45 @@ inference needs (dropout is off in eval mode).
 Selection and test splits: {settings.get('roles', '-')}. Whether this preset is better than the others is what the
 grid's findings say (`findings.md` beside `runs.jsonl`), not one run.
 """
+
+
+def best_runs(runs: list[dict], select_by: tuple[str, int]) -> dict[str, dict]:
+    """{preset: its kept run with the best selection score at the kept point} (ties: the earliest seed): the test
+    split plays no part in the choice."""
+    key, sign = select_by
+    best: dict[str, dict] = {}
+    for r in sorted(runs, key=lambda r: (r["seed"], r["train_size"], r["learning_rate"])):
+        if "kept_step" not in r:
+            continue
+        score = sign * next(p for p in r["evals"] if p["step"] == r["kept_step"])[key]
+        if r["preset"] not in best or score > best[r["preset"]][0]:
+            best[r["preset"]] = (score, r)
+    return {p: r for p, (_, r) in best.items()}
+
+
+def push_best(output_dir: str, runs: list[dict], select_by: tuple[str, int], hub_model_id: str, api=None,
+              log=print) -> list[str]:
+    """Upload each preset's best kept run (`best_runs`) to the Hub repository ``<hub_model_id>-<preset>`` (created
+    where missing, private by the Hub's default for the account); returns the repositories. Without a network or a
+    token, one-line ValueError."""
+    if api is None:
+        from huggingface_hub import HfApi
+
+        api = HfApi()
+    pushed = []
+    for preset, run in best_runs(runs, select_by).items():
+        repo = f"{hub_model_id}-{preset.replace('@', '-at-').replace('*', 'x').replace('=', '-')}"
+        folder = run_dir(output_dir, run["experiment"]["name"], preset, run["train_size"], run["seed"],
+                         run["learning_rate"])
+        try:
+            api.create_repo(repo, exist_ok=True)
+            api.upload_folder(folder_path=folder, repo_id=repo,
+                              commit_message=f"hfreg: {preset}, n={run['train_size']}, seed {run['seed']}")
+        except Exception as e:  # noqa: BLE001 - network, auth and Hub errors all end the same way for the user
+            reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise ValueError(f"--push_to_hub: could not upload to {repo!r} ({reason}); the models stay in "
+                             f"{os.path.join(output_dir, 'models')} (log in with `hf auth login`, or drop "
+                             f"--push_to_hub)") from None
+        log(f"pushed {preset} (n={run['train_size']}, seed {run['seed']}) to {repo}")
+        pushed.append(repo)
+    return pushed

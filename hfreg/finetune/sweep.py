@@ -593,6 +593,8 @@ def run_grid(args, exp: Experiment, ray) -> int:
                                         margins=args.margin))
         accelerator.print(f"results in {args.output_dir}: runs.jsonl, predictions/, summary.json, summary.csv, "
                           f"findings.md" + ("" if args.no_plots else ", learning_curves.png, gap_vs_size.png"))
+        if args.push_to_hub:  # each preset's best kept run, chosen on the selection split
+            export.push_best(args.output_dir, grid_runs(), SELECT_BY[args.select_by], args.hub_model_id)
     accelerator.end_training()
     return 0
 
