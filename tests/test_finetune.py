@@ -227,6 +227,10 @@ def test_auto_seeds_run_in_stages_and_stop_decided_cells(tiny_classifier, csv_da
     assert "O'Brien–Fleming-type Lan–DeMets function" in (out / "findings.md").read_text()
     load_script().main(argv)  # a restart: nothing new, nothing twice
     assert len(records.read_runs(str(out))) == len(runs)
+    # the margins it stopped on are recorded; a report under others says so
+    assert runs[0]["experiment"]["settings"]["margins"] == {"test_accuracy": 0.001, "test_nll_ts": 0.001}
+    assert "margins differ from those the grid stopped on" in report.report(str(out), make_plots=False)
+    assert "margins differ" not in report.report(str(out), make_plots=False, margins=margins)
 
 
 def test_dose_response_names_the_best_rate_and_those_not_worse():

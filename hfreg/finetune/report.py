@@ -723,6 +723,11 @@ def findings(records: list[dict], settings: dict | None = None, codes: list[str]
              f"cannot be by the last look (futility, non-binding); estimates from a stopped cell lean towards the "
              f"effect that stopped it." if design else "")
     select_by = records[0].get("select_by", DEFAULT_SELECT_BY) if records else DEFAULT_SELECT_BY
+    stopped_on = check_margins((settings or {}).get("margins")) if design else None
+    if stopped_on is not None and any(stopped_on[m] != _margins_of(records).get(m, stopped_on[m])
+                                      for m in VERDICT_METRICS):
+        looks += (f" This report's margins differ from those the grid stopped on "
+                  f"({_margins_text(stopped_on)}): its stopping decisions were made on those.")
     shares = ", ".join(f"{COMPARISONS[c]} {NAMES[m]} {a:.0%}" for (c, m), a in stats.ALPHA_SHARES.items())
     lines += [f"Each preset against `{BASELINE}`, and a preset that names a control also against it (and against "
               f"the control at its compute, `@kx`), paired by seed, on the test split; early-stopped = each run at "

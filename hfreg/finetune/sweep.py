@@ -392,6 +392,8 @@ def build_experiment(args, ray) -> Experiment:
            if getattr(args, flag) != NO_METHODS[method]},
         **({"seeds": {"rule": "auto", "max_seeds": args.max_seeds, "stage": args.seed_stage}}
            if args.auto_seeds else {}),
+        # a staged grid stops on its margins: they are part of what it did (absent when the defaults: older match)
+        **({"margins": dict(sorted(args.margin.items()))} if args.auto_seeds and args.margin else {}),
         **({"lora": lora_settings(args)} if args.peft == "lora" else {}),
         "versions": {"hfreg": __version__, "transformers": transformers.__version__,
                      "torch": torch.__version__.split("+")[0]}}}
