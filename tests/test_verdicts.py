@@ -270,3 +270,12 @@ def test_report_with_out_writes_only_under_it(tmp_path):
     with pytest.raises(ValueError, match="two result directories are named 'same'"):
         report.report_many(dirs, str(tmp_path / "out"), make_plots=False)
     assert not (tmp_path / "out").exists()
+
+
+def test_the_findings_header_names_the_training_settings_a_grid_set():
+    runs = _cell("pretrain-zero", [0.0] * 3) + _cell("classic", [0.01, 0.0, -0.01])
+    settings = {"model": "m", "roles": "r", "learning_rates": [1e-4], "num_train_epochs": 3, "train_batch_size": 16,
+                "evals_per_epoch": 4, "max_grad_norm": 1.0, "max_steps": 60, "label_smoothing_factor": 0.1}
+    header = report.findings(report.summarize(runs), settings).splitlines()[2]
+    assert header.endswith("gradient clipping 1.0, 60 optimizer steps a run (--max_steps), label smoothing 0.1.")
+    assert "NEFTune" not in header and "warm-up" not in header  # not set: not said

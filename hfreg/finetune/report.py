@@ -54,6 +54,12 @@ NAMES = {"test_accuracy": "test accuracy", "test_f1": "test macro-F1", "test_los
 # underfit: the selected point's accuracy is within 0.02 of the majority-class rate, or the run's lowest selection
 # loss stays within 5% of ln K (a uniform prediction)
 NEAR_CHANCE_ACCURACY, NEAR_CHANCE_LOSS = 0.02, 0.95
+# training settings a grid records only when set, as the findings header names them
+RUN_SETTINGS = (("max_steps", "{} optimizer steps a run (--max_steps)"), ("warmup_steps", "{} warm-up steps"),
+                ("weight_decay", "weight decay {} for presets without their own"),
+                ("label_smoothing_factor", "label smoothing {}"),
+                ("neftune_noise_alpha", "NEFTune noise α = {} for presets without their own"),
+                ("gradient_checkpointing", "gradient checkpointing"), ("tokenizer", "tokenizer {}"))
 MEMORISED = 0.99  # final training accuracy at or above this: the run fit its data, whatever its selection loss
 
 
@@ -705,7 +711,9 @@ def findings(records: list[dict], settings: dict | None = None, codes: list[str]
                   f"{', at least ' + str(settings['min_steps']) + ' steps' if settings.get('min_steps') else ''}, "
                   f"batch {settings.get('train_batch_size')}, {settings.get('evals_per_epoch')} evaluations per "
                   f"epoch, gradient clipping "
-                  f"{settings['max_grad_norm'] if settings.get('max_grad_norm') else 'off'}.", ""]
+                  f"{settings['max_grad_norm'] if settings.get('max_grad_norm') else 'off'}"
+                  + "".join(f", {text.format(settings[key])}" for key, text in RUN_SETTINGS if settings.get(key))
+                  + ".", ""]
     lines += [baseline_text(pretrained), ""]
     if codes and len(codes) > 1:
         lines += [f"Note: these runs were made by {len(codes)} versions of the code ({', '.join(codes)}).", ""]
