@@ -1030,8 +1030,8 @@ def test_set_terms(output_dir: str, runs: list[dict], records: list[dict], selec
             return None
         logits = arrays["test_logits"][list(arrays["test_steps"]).index(point["step"])]
         labels = arrays["test_labels"]
-        loss = -scores.log_softmax(logits / point["temperature"])[np.arange(len(labels)), labels]
-        return {"test_accuracy": (logits.argmax(-1) == labels).astype(float), "test_nll_ts": loss}
+        return {"test_accuracy": (logits.argmax(-1) == labels).astype(float),
+                "test_nll_ts": scores.losses(logits / point["temperature"], labels)}
 
     for r in records:
         if r["preset"] == r["against"] or not r.get("paired_seeds"):

@@ -18,9 +18,14 @@ def log_softmax(logits: np.ndarray) -> np.ndarray:
     return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
 
 
+def losses(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Each example's negative log-likelihood of its label, in nats."""
+    return -log_softmax(logits)[np.arange(len(labels)), labels]
+
+
 def nll(logits: np.ndarray, labels: np.ndarray) -> float:
     """Mean negative log-likelihood of the labels (cross-entropy), in nats."""
-    return float(-log_softmax(logits)[np.arange(len(labels)), labels].mean())
+    return float(losses(logits, labels).mean())
 
 
 def accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
