@@ -19,14 +19,17 @@ def _grid(model, data, out, *extra):
     return {r["preset"]: r for r in records.read_runs(out)}
 
 
-def test_best_keeps_the_selected_point_with_tokenizer_card_and_spec(tiny_classifier, csv_data, tmp_path):
+# by default the run's copies of each rule's leading weights serve; with --test_every_point it keeps none, and the
+# keeper copies its own
+@pytest.mark.parametrize("extra", [(), ("--test_every_point",)])
+def test_best_keeps_the_selected_point_with_tokenizer_card_and_spec(tiny_classifier, csv_data, tmp_path, extra):
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     import hfreg
 
     out = tmp_path / "out"
-    runs = _grid(tiny_classifier, csv_data, out, "--save_strategy", "best")
+    runs = _grid(tiny_classifier, csv_data, out, "--save_strategy", "best", *extra)
     for preset, run in runs.items():
         assert run["kept_step"] == report.selected_point(run, "accuracy")["step"]
         path = out / "models" / "default" / preset / f"n16-s0-lr{run['learning_rate']:g}"

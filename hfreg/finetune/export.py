@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import os
 
+from .records import SELECT_BY
+
 SAVE_STRATEGIES = ("no", "best", "final")
 
 
@@ -19,13 +21,15 @@ def run_dir(output_dir: str, experiment: str, preset: str, size: int, seed: int,
 
 class Keeper:
     """Holds, during one run, the weights at the point ``strategy`` keeps: ``best``, the point with the best
-    selection score under ``select_by`` (ties: the earliest, as the report picks), or ``final``; then saves them
-    with ``tokenizer`` into ``path``."""
+    selection score under the rule ``select_by`` (ties: the earliest, as the report picks), or ``final``; then saves
+    them with ``tokenizer`` into ``path``. Where the run's `training.Leaders` already copies each rule's leading
+    weights, the keeper adopts its copy instead of making its own (`adopt`)."""
 
-    def __init__(self, strategy: str, select_by: tuple[str, int], tokenizer, path: str):
+    def __init__(self, strategy: str, select_by: str, tokenizer, path: str):
         if strategy not in SAVE_STRATEGIES[1:]:
             raise ValueError(f"--save_strategy must be one of {list(SAVE_STRATEGIES)}, got {strategy!r}")
-        self.strategy, (self.key, self.sign), self.tokenizer, self.path = strategy, select_by, tokenizer, path
+        self.strategy, self.rule, self.tokenizer, self.path = strategy, select_by, tokenizer, path
+        self.key, self.sign = SELECT_BY[select_by]
         self.score, self.step, self.state = None, None, None
 
     def offer(self, point: dict, model) -> None:
@@ -33,6 +37,13 @@ class Keeper:
         if self.strategy == "best" and (self.score is None or self.sign * point[self.key] > self.score):
             self.score, self.step = self.sign * point[self.key], point["step"]
             self.state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+
+    def adopt(self, leaders) -> None:
+        """Take the rule's leading point and its weights from ``leaders`` (a `training.Leaders`): it keeps a copy
+        wherever the point is not the final one, which needs none."""
+        if self.strategy == "best":
+            self.step = leaders.best[self.rule][1]
+            self.state = leaders.states.get(self.step)
 
     def save(self, model, final_step: int) -> int:
         """Save the kept weights (``model`` holds the final ones) and the tokenizer; returns the kept step."""

@@ -524,7 +524,7 @@ def run_grid(args, exp: Experiment, ray) -> int:
                     f"{settings.budget(size, preset.steps_factor)}", flush=True)
                 tracker = None
                 keeper = None if args.save_strategy == "no" else export.Keeper(
-                    args.save_strategy, SELECT_BY[args.select_by], collate.tokenizer,
+                    args.save_strategy, args.select_by, collate.tokenizer,
                     export.run_dir(args.output_dir, args.experiment, preset.name, size, seed, lr))
                 try:
                     tracker = tracker_for(preset, size, seed, lr)

@@ -435,7 +435,7 @@ def train(accelerator, base_model, preset, data, roles, train_size: int, seed: i
                      "rates": rates.rates(), **point_metrics(*((out[n], labels[n]) for n in names))}
             if leaders is not None:
                 leaders.offer(point, None if "test" in out else model)
-            if keep is not None:
+            if keep is not None and leaders is None:  # with leaders, their copy of the rule's weights serves
                 keep.offer(point, accelerator.unwrap_model(model))
             if settings.mc_samples:
                 for n, dl in eval_dls.items():
@@ -462,6 +462,8 @@ def train(accelerator, base_model, preset, data, roles, train_size: int, seed: i
     bar.close()
     kept = None
     if keep is not None and (not data_parallel or accelerator.is_main_process):  # before the leaders' weights load
+        if leaders is not None:
+            keep.adopt(leaders)
         kept = keep.save(accelerator.unwrap_model(model), points[-1]["step"])
     if leaders is not None:  # the test split at each rule's selected point, from the weights kept there
         t0 = time.time()
