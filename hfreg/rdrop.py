@@ -22,7 +22,7 @@ IGNORE_INDEX = -100  # transformers' label for positions without a target
 
 
 def rdrop_objective(logits_a: torch.Tensor, logits_b: torch.Tensor, labels: torch.Tensor,
-                    alpha: float) -> torch.Tensor:
+                    alpha: float, label_smoothing: float = 0.0) -> torch.Tensor:
     """``(CE_a + CE_b) / 2 + alpha * (KL(P_a‖P_b) + KL(P_b‖P_a)) / 2`` for classification logits ``(..., classes)``
     and integer labels ``(...)`` (sequence or token classification; positions labelled -100 left out), each term a
     mean over the labelled positions.
@@ -32,6 +32,7 @@ def rdrop_objective(logits_a: torch.Tensor, logits_b: torch.Tensor, labels: torc
         logits_b: the second pass's (same shape, other dropout masks).
         labels: the labels.
         alpha: the weight of the symmetric KL term, >= 0.
+        label_smoothing: label smoothing of both cross-entropy terms (the HF Trainer's ``label_smoothing_factor``).
 
     Returns:
         The scalar loss.
@@ -54,7 +55,8 @@ def rdrop_objective(logits_a: torch.Tensor, logits_b: torch.Tensor, labels: torc
     keep = labels.reshape(-1) != IGNORE_INDEX
     a, b, y = logits_a.reshape(-1, classes)[keep].float(), logits_b.reshape(-1, classes)[keep].float(), \
         labels.reshape(-1)[keep]
-    ce = (F.cross_entropy(a, y) + F.cross_entropy(b, y)) / 2
+    ce = (F.cross_entropy(a, y, label_smoothing=label_smoothing) +
+          F.cross_entropy(b, y, label_smoothing=label_smoothing)) / 2
     if not alpha:
         return ce
     la, lb = F.log_softmax(a, -1), F.log_softmax(b, -1)
@@ -63,7 +65,7 @@ def rdrop_objective(logits_a: torch.Tensor, logits_b: torch.Tensor, labels: torc
     return ce + alpha * kl
 
 
-def rdrop_loss(model, inputs: dict, alpha: float) -> tuple[torch.Tensor, torch.Tensor]:
+def rdrop_loss(model, inputs: dict, alpha: float, label_smoothing: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
     """The R-Drop loss of ``model`` on one batch (a dict with ``labels``, as transformers' models take it), and the
     first pass's logits. The model must be in training mode for its dropout to draw two different masks.
 
@@ -71,6 +73,7 @@ def rdrop_loss(model, inputs: dict, alpha: float) -> tuple[torch.Tensor, torch.T
         model: a classifier whose output has ``logits``.
         inputs: one batch, with ``labels``.
         alpha: the weight of the symmetric KL term, >= 0.
+        label_smoothing: label smoothing of both cross-entropy terms.
 
     Returns:
         (the loss, the first pass's logits): one forward of the doubled batch.
@@ -94,4 +97,4 @@ def rdrop_loss(model, inputs: dict, alpha: float) -> tuple[torch.Tensor, torch.T
     twice = {k: torch.cat([v, v]) if isinstance(v, torch.Tensor) and v.ndim and v.shape[0] == n else v
              for k, v in inputs.items() if k != "labels"}
     logits = model(**twice).logits
-    return rdrop_objective(logits[:n], logits[n:], labels, alpha), logits[:n]
+    return rdrop_objective(logits[:n], logits[n:], labels, alpha, label_smoothing), logits[:n]

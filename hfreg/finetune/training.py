@@ -272,26 +272,14 @@ def grid_noise(reg, alpha: float):
 
 
 def task_loss(model, batch: dict, rdrop_alpha: float = 0.0, label_smoothing: float = 0.0) -> torch.Tensor:
-    """The training loss of one batch: the model's own cross-entropy; with ``label_smoothing`` (the HF Trainer's
-    ``label_smoothing_factor``) the smoothed one, R-Drop's two cross-entropy terms included."""
+    """The training loss of one batch: the model's own cross-entropy, R-Drop's objective where ``rdrop_alpha`` is
+    on; with ``label_smoothing`` (the HF Trainer's ``label_smoothing_factor``) every cross-entropy term smoothed."""
+    if rdrop_alpha:
+        return rdrop_loss(model, batch, rdrop_alpha, label_smoothing)[0]
     if not label_smoothing:
-        return rdrop_loss(model, batch, rdrop_alpha)[0] if rdrop_alpha else model(**batch).loss
-    labels = batch["labels"]
-    inputs = {k: v for k, v in batch.items() if k != "labels"}
-    if not rdrop_alpha:
-        logits = model(**inputs).logits
-        return F.cross_entropy(logits.float(), labels, label_smoothing=label_smoothing)
-    n = labels.shape[0]
-    twice = {k: torch.cat([v, v]) if isinstance(v, torch.Tensor) and v.ndim and v.shape[0] == n else v
-             for k, v in inputs.items()}  # one forward of the batch repeated, as `rdrop_loss` makes it
-    logits = model(**twice).logits.float()
-    a, b = logits[:n], logits[n:]
-    ce = (F.cross_entropy(a, labels, label_smoothing=label_smoothing) +
-          F.cross_entropy(b, labels, label_smoothing=label_smoothing)) / 2
-    la, lb = F.log_softmax(a, -1), F.log_softmax(b, -1)
-    kl = (F.kl_div(la, lb, log_target=True, reduction="batchmean") +
-          F.kl_div(lb, la, log_target=True, reduction="batchmean")) / 2
-    return ce + rdrop_alpha * kl
+        return model(**batch).loss
+    logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
+    return F.cross_entropy(logits.float(), batch["labels"], label_smoothing=label_smoothing)
 
 
 def _clip(model: nn.Module, optimizer, scaler, max_norm: float) -> None:
