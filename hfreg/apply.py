@@ -791,8 +791,7 @@ def _inject_mixout(model, struct: Structure, reg, knobs, state: PatchState) -> l
     layer_of = {p: layer.index for layer in struct.layers for p in (layer.path, *layer.members)}
     chosen = []
     for name, m in model.named_modules():
-        weight = m._parameters.get("weight") if _is_weighted(m) else None
-        if not isinstance(weight, nn.Parameter) or not weight.requires_grad:
+        if not _is_weighted(m) or _frozen(m):
             continue
         root = next((p for p in layer_of if name.startswith(p + ".")), None)
         if reg.mixout_modules is not None:
@@ -817,6 +816,7 @@ def _inject_mixout(model, struct: Structure, reg, knobs, state: PatchState) -> l
 
 
 def _frozen(module) -> bool:
+    """Whether ``module`` has no trainable weight of its own (Mixout mixes trainable weights only)."""
     weight = module._parameters.get("weight")
     return not isinstance(weight, nn.Parameter) or not weight.requires_grad
 
