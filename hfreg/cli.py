@@ -372,18 +372,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--full", action="store_true", help="build the model as configured, not a small twin")
     s.add_argument("--rate", type=_rate, default=0.5, help="the rate each site is turned on at (default 0.5)")
     s.set_defaults(func=cmd_probe)
-    from .finetune.records import DEFAULT_SELECT_BY, SELECT_BY, margins_arg
+    from .finetune.records import SELECT_BY, margins_arg
 
     s = sub.add_parser("report", help="rebuild findings.md, the summary files and plots from runs.jsonl; pool "
                                       "several result directories")
     s.add_argument("output_dirs", nargs="+", metavar="output_dir")
     s.add_argument("--out", default=None, help="where pooled.json and pooled.md go (default: the one output_dir)")
-    s.add_argument("--select_by", default=DEFAULT_SELECT_BY, choices=SELECT_BY,
+    s.add_argument("--select_by", default=None, choices=SELECT_BY,
                    help="the selection-split metric that picks each run's early-stopping point and each preset's "
-                        f"learning rate (ties: the earliest point; default {DEFAULT_SELECT_BY})")
+                        "learning rate (ties: the earliest point; default: accuracy for classification, loss for "
+                        "regression)")
     s.add_argument("--margin", type=margins_arg, default={}, metavar="METRIC=VALUE[,...]",
-                   help="equivalence margins, e.g. test_accuracy=0.01,test_loss=0.05 (defaults: test_accuracy 0.02, "
-                        "test_loss 0.02)")
+                   help="equivalence margins, e.g. test_accuracy=0.01,test_loss=0.05 (defaults: 0.02 for "
+                        "test_accuracy, test_nll_ts, test_r2 and test_spearman)")
     s.add_argument("--no_plots", action="store_true")
     s.set_defaults(func=cmd_report)
     return p

@@ -19,7 +19,7 @@ EARLIER_DEFAULTS = {
     "validation_file": None, "test_file": None, "roles": "auto", "split_seed": 0, "selection_size": 512,
     "text_column": None, "label_column": None, "presets": "pretrain-zero,classic,weight-decay", "rates": [],
     "train_sizes": [64], "seeds": [0, 1, 2, 3], "max_seeds": 40, "seed_stage": 5, "num_train_epochs": 4,
-    "min_steps": 48, "select_by": "accuracy", "margin": {}, "learning_rate": 2e-4, "max_grad_norm": 1.0,
+    "min_steps": 48, "select_by": None, "margin": {}, "learning_rate": 2e-4, "max_grad_norm": 1.0,
     "rdrop_alpha": 0.0, "llrd": 1.0, "reinit_layers": 0, "learning_rates": [2e-4], "max_train_eval_samples": 256,
     "evals_per_epoch": 3, "train_batch_size": 16, "gradient_accumulation_steps": 1,
     "per_device_eval_batch_size": 256, "eval_tokens": None, "peft": "none", "lora_r": 16, "lora_alpha": 32,
@@ -33,7 +33,7 @@ NEW_DEFAULTS = {
     "per_device_train_batch_size": None, "max_steps": 0, "warmup_steps": 0, "weight_decay": 0.0,
     "label_smoothing_factor": 0.0, "neftune_noise_alpha": 0.0, "gradient_checkpointing": False,
     "overwrite_output_dir": False, "run_name": None, "report_to": [], "save_strategy": "no", "push_to_hub": False,
-    "hub_model_id": None}
+    "hub_model_id": None, "problem_type": None}
 
 # one command line using many flags, old and new; the args-file tests write it as a file
 COMMAND = ["--model_name_or_path", "some/model", "--train_file", "t.csv", "--validation_file", "v.csv",
@@ -67,6 +67,7 @@ def one_error(capsys, *argv) -> str:
 
 
 def test_every_earlier_flag_keeps_its_default_and_the_new_ones_are_off():
+    # select_by None is the task's rule, resolved once the data say which task: accuracy for classes, as before
     parsed = parse()
     assert {k: parsed[k] for k in EARLIER_DEFAULTS} == EARLIER_DEFAULTS
     assert {k: parsed[k] for k in NEW_DEFAULTS} == NEW_DEFAULTS
@@ -169,7 +170,8 @@ def test_hf_names(monkeypatch):
     (["--train_batch_size", "16", "--per_device_train_batch_size", "8"],
      "give --train_batch_size (global, summed over processes) or --per_device_train_batch_size"),
     (["--per_device_train_batch_size", "0"], "--per_device_train_batch_size must be a positive integer, got 0"),
-    (["--task_name", "stsb"], "--task_name stsb is a regression task"),
+    (["--problem_type", "multi_label_classification"], "--problem_type must be one of ['single_label_classification', "
+                                                       "'regression'], got 'multi_label_classification'"),
     (["--task_name", "nope"], "--task_name must be a GLUE task"),
     (["--task_name", "sst2", "--dataset_name", "glue"], "give it without --dataset_name"),
     (["--max_steps", "-1"], "--max_steps must be >= 0, got -1"),

@@ -27,15 +27,16 @@ from typing import Literal
 from transformers import HfArgumentParser
 
 from .data import ROLES
-from .records import DEFAULT_EXPERIMENT, DEFAULT_SELECT_BY, SELECT_BY, margins_arg
+from .records import DEFAULT_EXPERIMENT, SELECT_BY, margins_arg
+from .tasks import PROBLEM_TYPES, TASKS
 from .training import PARALLEL_MODES
 
 PROG = "hfreg-finetune"
 DEFAULTS = dict(learning_rate=2e-4, num_train_epochs=4, train_batch_size=16, seeds="0,1,2,3")
 # earlier flag names -> their names now; the earlier ones work, with a deprecation line on stderr
 DEPRECATED = {"max_length": "max_seq_length"}
-# GLUE's classification tasks (`--task_name`); stsb is a regression task, which the comparison does not run
-GLUE_TASKS = ("cola", "mnli", "mrpc", "qnli", "qqp", "rte", "sst2", "wnli")
+# GLUE's tasks (`--task_name`); stsb's float labels make it a regression (`tasks`)
+GLUE_TASKS = ("cola", "mnli", "mrpc", "qnli", "qqp", "rte", "sst2", "stsb", "wnli")
 ARGS_FILE_SUFFIXES = (".json", ".yaml", ".yml")
 # the trackers `--report_to` takes (Accelerate's), each checked with `accelerate.utils.is_<name>_available`
 TRACKERS = ("tensorboard", "wandb", "trackio", "mlflow", "comet_ml", "aim", "clearml", "dvclive", "swanlab")
@@ -104,7 +105,10 @@ class DataArguments:
     text_column: str | None = field(default=None, metadata={
         "help": "text column, or two comma-separated for sentence pairs (default: detected)"})
     label_column: str | None = field(default=None, metadata={
-        "help": "label column, strings or integers (default: detected)"})
+        "help": "label column: strings or integers (classes), or floats (a regression) (default: detected)"})
+    problem_type: str | None = field(default=None, metadata={
+        "help": f"{' or '.join(PROBLEM_TYPES)} (default: regression where the training labels are floats, as "
+                f"run_glue infers it; else classification)"})
     max_seq_length: int = field(default=128, metadata={
         "help": "truncate every example to this many tokens (earlier name: --max_length)"})
     max_eval_samples: int | None = field(default=None, metadata={
@@ -120,9 +124,6 @@ class DataArguments:
     def __post_init__(self):
         if self.task_name is not None:
             task = self.task_name.strip().lower()
-            if task == "stsb":
-                raise ValueError("--task_name stsb is a regression task; the comparison classifies: use one of "
-                                 f"{list(GLUE_TASKS)}")
             if task not in GLUE_TASKS:
                 raise ValueError(f"--task_name must be a GLUE task, one of {list(GLUE_TASKS)}, got "
                                  f"{self.task_name!r}")
@@ -132,6 +133,8 @@ class DataArguments:
             self.task_name = task
         if self.dataset_name and self.train_file:
             raise ValueError("give either --dataset_name or --train_file, not both")
+        if self.problem_type is not None and self.problem_type not in PROBLEM_TYPES:
+            raise ValueError(f"--problem_type must be one of {list(PROBLEM_TYPES)}, got {self.problem_type!r}")
         for flag in ("validation_file", "test_file"):
             if getattr(self, flag) and not self.train_file:
                 raise ValueError(f"--{flag} needs --train_file")
@@ -161,9 +164,11 @@ class ComparisonArguments:
     learning_rates: str | None = field(default=None, metadata={
         "help": "several rates, comma-separated: each preset runs at each, and its rate is chosen on the "
                 "selection split (so no preset is judged at a rate tuned for another); default: --learning_rate"})
-    select_by: Literal[tuple(SELECT_BY)] = field(default=DEFAULT_SELECT_BY, metadata={
+    select_by: str | None = field(default=None, metadata={
         "help": "selection-split metric that picks each run's early-stopping point and each preset's learning "
-                "rate in the report (ties: the earliest point)"})
+                "rate in the report (ties: the earliest point): "
+                + "; ".join(f"{' or '.join(t.select_by)} for {name}" for name, t in TASKS.items())
+                + " (default: the first)"})
     margin: str = field(default="", metadata={
         "metavar": "METRIC=VALUE[,...]",
         "help": "equivalence margins for the verdicts, e.g. test_accuracy=0.01 (defaults: 0.02)"})
@@ -223,6 +228,8 @@ class ComparisonArguments:
             raise ValueError(f"--mc_samples must be 0 (off) or >= 2, got {self.mc_samples}")
         if self.max_train_eval_samples < 0:
             raise ValueError(f"--max_train_eval_samples must be >= 0, got {self.max_train_eval_samples}")
+        if self.select_by is not None and self.select_by not in SELECT_BY:
+            raise ValueError(f"--select_by must be one of {list(SELECT_BY)}, got {self.select_by!r}")
         if not _is_name(self.experiment):
             raise ValueError(f"--experiment must be a name of letters, digits, '-', '_' or '.', got "
                              f"{self.experiment!r}")

@@ -13,7 +13,7 @@ import torch
 DATA_EXTENSIONS = {"csv": "csv", "json": "json", "jsonl": "json", "parquet": "parquet"}
 TEXT_CANDIDATES = (("sentence1", "sentence2"), ("question", "sentence"), ("premise", "hypothesis"), ("text",),
                    ("sentence",), ("review",), ("content",), ("question1", "question2"))
-LABEL_CANDIDATES = ("label", "labels", "class", "target", "sentiment", "category")
+LABEL_CANDIDATES = ("label", "labels", "class", "target", "sentiment", "category", "score")
 
 
 # ----------------------------------------------------------------------------------------------- data
@@ -101,7 +101,7 @@ def content_hash(raw, text_columns, label_column) -> str:
 
 @dataclass
 class Encoded:
-    """A tokenized split: token ids per example and integer labels."""
+    """A tokenized split: token ids per example and its labels (class ids, or floats for a regression)."""
 
     input_ids: list
     labels: np.ndarray
@@ -116,30 +116,49 @@ def _unlabelled(values) -> bool:
     return all(v is None or (isinstance(v, (int, float)) and v < 0) for v in values)
 
 
-def encode(raw, tokenizer, text_columns, label_column, max_length):
-    """Tokenize every split once; map labels (strings or integers) to 0..K-1, the classes of the training split.
-    A test split without labels is dropped. Returns (splits, label names)."""
+def encode(raw, tokenizer, text_columns, label_column, max_length, problem_type: str | None = None):
+    """Tokenize every split once. Classification: labels (strings or integers) become 0..K-1, the classes of the
+    training split; regression (`tasks.infer_problem_type`: float labels, or ``problem_type``): float32 labels. A
+    test split without labels is dropped. Returns (splits, label names, problem type); a regressor's one "label"
+    is the label column's name."""
+    from .tasks import REGRESSION, infer_problem_type
+
     labels = {s: list(raw[s][label_column]) for s in raw}
     if "test" in labels and _unlabelled(labels["test"]):
         del labels["test"]
-    values = sorted(set(labels["train"]), key=str)
-    if any(v is None for v in values):
-        raise ValueError(f"label column {label_column!r} has missing values")
-    if len(values) < 2:
-        raise ValueError(f"label column {label_column!r} has only one class ({values[0]!r}); need at least two")
-    for split in labels:
-        unseen = sorted(set(labels[split]) - set(values), key=str)
-        if unseen:
-            raise ValueError(f"the {split} split has label(s) {unseen[:5]} that the training split does not have "
-                             f"(its classes: {values[:10]})")
-    to_id = {v: i for i, v in enumerate(values)}
+    if any(v is None for split in labels for v in labels[split]):
+        split = next(s for s in labels if any(v is None for v in labels[s]))
+        raise ValueError(f"label column {label_column!r} has missing values in the {split} split")
+    problem_type = infer_problem_type(labels["train"], problem_type)
+    if problem_type == REGRESSION:
+        for split, values in labels.items():
+            bad = next((v for v in values if isinstance(v, bool) or not isinstance(v, (int, float))), None)
+            if bad is not None:
+                raise ValueError(f"--problem_type regression needs numeric labels: the {split} split's "
+                                 f"{label_column!r} has {bad!r}")
+        if len(set(labels["train"])) < 2:
+            raise ValueError(f"label column {label_column!r} has one value ({labels['train'][0]!r}); a regression "
+                             f"needs at least two")
+        ids = {split: np.asarray(values, dtype=np.float32) for split, values in labels.items()}
+        names = [label_column]
+    else:
+        values = sorted(set(labels["train"]), key=str)
+        if len(values) < 2:
+            raise ValueError(f"label column {label_column!r} has only one class ({values[0]!r}); need at least two")
+        for split in labels:
+            unseen = sorted(set(labels[split]) - set(values), key=str)
+            if unseen:
+                raise ValueError(f"the {split} split has label(s) {unseen[:5]} that the training split does not "
+                                 f"have (its classes: {values[:10]})")
+        to_id = {v: i for i, v in enumerate(values)}
+        ids = {split: np.array([to_id[v] for v in labels[split]]) for split in labels}
+        names = [str(v) for v in values]
     out = {}
     for split in labels:
-        ds = raw[split]
-        texts = [list(ds[c]) for c in text_columns]
+        texts = [list(raw[split][c]) for c in text_columns]
         enc = tokenizer(*texts, truncation=True, max_length=max_length)
-        out[split] = Encoded(enc["input_ids"], np.array([to_id[v] for v in labels[split]]), enc.get("token_type_ids"))
-    return out, [str(v) for v in values]
+        out[split] = Encoded(enc["input_ids"], ids[split], enc.get("token_type_ids"))
+    return out, names, problem_type
 
 
 ROLES = ("auto", "validation", "validation-half", "train-pool")
@@ -178,7 +197,7 @@ def assign_roles(data: dict, mode: str = "auto", split_seed: int = 0, selection_
                      f"selection = validation split ({len(val)}), test = test split ({len(test)})")
     if mode == "validation-half":
         labels = data["validation"].labels
-        classes, counts = np.unique(labels, return_counts=True)
+        classes, counts = np.unique(strata(labels), return_counts=True)
         if counts.min() < 2:
             raise ValueError(f"the validation split is too small to be halved stratified: class "
                              f"{int(classes[counts.argmin()])} has {counts.min()} example(s), each needs 2")
@@ -188,7 +207,7 @@ def assign_roles(data: dict, mode: str = "auto", split_seed: int = 0, selection_
                      f"selection = a stratified half of the validation split ({len(sel)}, seed {split_seed}), "
                      f"test = the other half ({len(test)})")
     labels = data["train"].labels
-    n_classes = len(np.unique(labels))
+    n_classes = len(np.unique(strata(labels)))
     if not n_classes <= selection_size < len(labels):
         raise ValueError(f"--selection_size must be at least the number of classes ({n_classes}) and smaller than "
                          f"the training split ({len(labels)}), got {selection_size}")
@@ -212,9 +231,22 @@ def check_train_size(size: int, available: int) -> None:
         raise ValueError(f"train sizes must be positive, got {size}")
 
 
+STRATA = 5  # float labels are stratified by their quintiles
+
+
+def strata(labels: np.ndarray) -> np.ndarray:
+    """The strata of ``labels``: the classes themselves, or for float labels their `STRATA` quantile bins (so a
+    regression's subsets span its label range as a classifier's span its classes)."""
+    if labels.dtype.kind != "f":
+        return labels
+    edges = np.quantile(labels, np.linspace(0, 1, STRATA + 1)[1:-1])
+    return np.searchsorted(edges, labels, side="right")
+
+
 def stratified_indices(labels: np.ndarray, size: int, seed: int) -> np.ndarray:
-    """A seeded subsample of ``size`` indices with the class proportions of ``labels``."""
+    """A seeded subsample of ``size`` indices with the class proportions of ``labels`` (see `strata`)."""
     check_train_size(size, len(labels))
+    labels = strata(labels)
     rng = np.random.RandomState(seed)
     classes, counts = np.unique(labels, return_counts=True)
     quota = np.floor(counts / counts.sum() * size).astype(int)
@@ -233,7 +265,7 @@ class _Subset(torch.utils.data.Dataset):
 
     def __getitem__(self, i):
         j = self.indices[i]
-        item = {"input_ids": self.enc.input_ids[j], "labels": int(self.enc.labels[j])}
+        item = {"input_ids": self.enc.input_ids[j], "labels": self.enc.labels[j].item()}  # int, or a float target
         if self.enc.token_type_ids is not None:
             item["token_type_ids"] = self.enc.token_type_ids[j]
         return item

@@ -10,7 +10,8 @@ Every evaluation point of a record carries the selection metrics, and the point 
 the final one carry the test metrics computed from their predictions, so a report under another ``select_by`` is
 recomputed from the records without retraining.
 Verdicts (see `stats`): five outcomes, on test accuracy (the primary endpoint) and on temperature-scaled test NLL;
-raw NLL and ECE are calibration, reported without a verdict. One alpha per experiment covers every verdict it
+raw NLL and ECE are calibration, reported without a verdict. A regression (`tasks`) is judged on test R² (the
+primary endpoint) and Spearman's correlation instead. One alpha per experiment covers every verdict it
 reports, at every look of a staged grid. `pooled` answers per training size (data sets as strata) and pools over
 sizes only where size does not moderate the effect and there are at least three cells.
 """
@@ -28,7 +29,7 @@ from collections import defaultdict
 import numpy as np
 
 from ..config import KNOBS as KNOB_NAMES
-from . import stats
+from . import stats, tasks
 from .presets import BASELINE
 from .records import (
     DEFAULT_EXPERIMENT,
@@ -42,17 +43,17 @@ from .records import (
 )
 
 COMPARISONS = {"early": "early-stopped", "fixed": "fixed budget"}
-# metric -> +1 where higher is better, -1 where lower is better
-METRICS = {"test_accuracy": +1, "test_f1": +1, "test_loss": -1, "test_nll_ts": -1, "test_ece": -1,
-           "test_brier": -1, "gap": -1, "degradation": -1}
-VERDICT_METRICS = ("test_accuracy", "test_nll_ts")  # what findings.md states a verdict for
+CLASSIFIER = tasks.TASKS[tasks.CLASSIFICATION]
+# metric -> +1 where higher is better, -1 where lower is better: every task's test metrics, and two of the runs'
+METRICS = {**{m: sign for t in tasks.TASKS.values() for m, sign in t.metrics.items()}, "gap": -1, "degradation": -1}
+VERDICT_METRICS = CLASSIFIER.verdicts  # what findings.md states a verdict for (a classifier's; `tasks.Task.verdicts`)
 # calibration: reported beside the verdicts, never judged (raw NLL also falls when only overconfidence is removed)
-CALIBRATION_METRICS = ("test_loss", "test_ece")
-NAMES = {"test_accuracy": "test accuracy", "test_f1": "test macro-F1", "test_loss": "test NLL",
-         "test_nll_ts": "test NLL after temperature scaling", "test_ece": "test ECE", "test_brier": "test Brier",
-         "gap": "gap (test - train loss)", "degradation": "degradation (final - early-stopped test loss)"}
+CALIBRATION_METRICS = CLASSIFIER.calibration
+NAMES = {**CLASSIFIER.names, "gap": "gap (test - train loss)",
+         "degradation": "degradation (final - early-stopped test loss)"}
+SHORT = {"test_accuracy": "acc", "test_nll_ts": "NLL-TS", "test_r2": "R²", "test_spearman": "Spearman"}
 # underfit: the selected point's accuracy is within 0.02 of the majority-class rate, or the run's lowest selection
-# loss stays within 5% of ln K (a uniform prediction)
+# loss stays within 5% of ln K (a uniform prediction); a regression's selection R² within 0.02 of 0 (the mean)
 NEAR_CHANCE_ACCURACY, NEAR_CHANCE_LOSS = 0.02, 0.95
 # training settings a grid records only when set, as the findings header names them
 RUN_SETTINGS = (("max_steps", "{} optimizer steps a run (--max_steps)"), ("warmup_steps", "{} warm-up steps"),
@@ -60,12 +61,26 @@ RUN_SETTINGS = (("max_steps", "{} optimizer steps a run (--max_steps)"), ("warmu
                 ("label_smoothing_factor", "label smoothing {}"),
                 ("neftune_noise_alpha", "NEFTune noise α = {} for presets without their own"),
                 ("gradient_checkpointing", "gradient checkpointing"), ("tokenizer", "tokenizer {}"))
-MEMORISED = 0.99  # final training accuracy at or above this: the run fit its data, whatever its selection loss
+MEMORISED = 0.99  # final training accuracy (a regression's R²) at or above this: the run fit its data
 
 
-def check_select_by(select_by: str) -> None:
-    if select_by not in SELECT_BY:
+def names(task: tasks.Task) -> dict:
+    """Every metric's words, the task's own first (a regression's test loss is its MSE)."""
+    return {**NAMES, **task.names}
+
+
+def check_select_by(select_by: str | None, task: tasks.Task | None = None) -> str:
+    """``select_by``, or the task's default where None; one-line error for a rule that is not the task's."""
+    if select_by is not None and select_by not in SELECT_BY:
         raise ValueError(f"select_by must be one of {list(SELECT_BY)}, got {select_by!r}")
+    if task is None:
+        return select_by or DEFAULT_SELECT_BY
+    if select_by is None:
+        return task.default_select_by
+    if select_by not in task.select_by:
+        raise ValueError(f"select_by {select_by!r} is not a rule for {task.problem_type} results: one of "
+                         f"{list(task.select_by)}")
+    return select_by
 
 
 def selected_point(run: dict, select_by: str = DEFAULT_SELECT_BY) -> dict:
@@ -77,25 +92,29 @@ def selected_point(run: dict, select_by: str = DEFAULT_SELECT_BY) -> dict:
 
 def run_values(run: dict, select_by: str = DEFAULT_SELECT_BY) -> dict:
     """Per-run numbers under both comparisons, and whether the run is underfit."""
+    task = tasks.of_run(run)
     evals = run["evals"]
     early = selected_point(run, select_by)
     final = evals[-1]
     out = {}
     for name, point in (("early", early), ("fixed", final)):
-        out[name] = {m: point[m] for m in METRICS if m.startswith("test_")}
+        out[name] = {m: point[m] for m in task.metrics}
         out[name]["gap"] = point["test_loss"] - point["train_loss"]
     out["fixed"]["degradation"] = final["test_loss"] - early["test_loss"]
-    classes = len(run["experiment"]["settings"]["labels"])
-    out["final_train_accuracy"] = final.get("train_accuracy", float("nan"))
-    near_chance = (early["selection_accuracy"] <= run["selection_majority"] + NEAR_CHANCE_ACCURACY
-                   or min(p["selection_loss"] for p in evals) >= NEAR_CHANCE_LOSS * math.log(classes))
-    out["underfit"] = near_chance and not out["final_train_accuracy"] >= MEMORISED  # a fit run is not underfit
+    out["final_fit"] = final.get(task.fit, float("nan"))
+    if task.problem_type == tasks.REGRESSION:
+        near_chance = early["selection_r2"] <= NEAR_CHANCE_ACCURACY
+    else:
+        classes = len(run["experiment"]["settings"]["labels"])
+        near_chance = (early["selection_accuracy"] <= run["selection_majority"] + NEAR_CHANCE_ACCURACY
+                       or min(p["selection_loss"] for p in evals) >= NEAR_CHANCE_LOSS * math.log(classes))
+    out["underfit"] = near_chance and not out["final_fit"] >= MEMORISED  # a fit run is not underfit
     out["selection_score"] = early[SELECT_BY[select_by][0]]
     out["selected_epoch"] = early["epoch"]
     # the grid censors early stopping where the pick is its first or last point: the best may lie outside it
     out["censored"] = len(evals) > 1 and early["step"] in (evals[0]["step"], final["step"])
-    # after the selected point: how test accuracy, NLL and temperature-scaled NLL move by the final one
-    out["after"] = {m: final[m] - early[m] for m in ("test_accuracy", "test_loss", "test_nll_ts")}
+    # after the selected point: how test accuracy, NLL and temperature-scaled NLL (`Task.after`) move by the final one
+    out["after"] = {m: final[m] - early[m] for m in task.after}
     out["passes"] = run.get("forward_passes", 1)  # absent in older records: one pass per step
     return out
 
@@ -109,13 +128,17 @@ def _choose_rate(runs: list[dict], select_by: str = DEFAULT_SELECT_BY) -> float:
     return max(by_rate, key=lambda lr: (statistics.fmean(by_rate[lr]), -lr))
 
 
-def summarize(runs: list[dict], select_by: str = DEFAULT_SELECT_BY, margins: dict | None = None) -> list[dict]:
-    """One record per experiment x preset x train size (see the module doc)."""
+def summarize(runs: list[dict], select_by: str | None = None, margins: dict | None = None) -> list[dict]:
+    """One record per experiment x preset x train size (see the module doc). ``select_by`` None: each
+    experiment's task's default rule (`tasks.Task.select_by`)."""
     check_select_by(select_by)
     margins = check_margins(margins)
     experiments = list(dict.fromkeys(experiment_of(r) for r in runs))
-    return [rec for name in experiments
-            for rec in _summarize([r for r in runs if experiment_of(r) == name], name, select_by, margins)]
+    out = []
+    for name in experiments:
+        mine = [r for r in runs if experiment_of(r) == name]
+        out += _summarize(mine, name, check_select_by(select_by, tasks.of_run(mine[0])), margins)
+    return out
 
 
 def check_margins(margins: dict | None) -> dict:
@@ -131,23 +154,23 @@ def check_margins(margins: dict | None) -> dict:
     return out
 
 
-def regimes(ordered: list[dict], underfit_runs: int) -> list[str]:
+def regimes(ordered: list[dict], underfit_runs: int, task: tasks.Task = CLASSIFIER) -> list[str]:
     """What a cell's runs did, from what they measured (per-seed changes from the selected to the final point,
     t-intervals at 95%): *underfit* (most runs' best selection point near chance without fitting their training
     data), *memorises* (mean final
     training accuracy >= 0.99), *overfits* (test accuracy falls after the selected point beyond noise),
     *overconfident* (test NLL rises after it beyond noise, while accuracy and temperature-scaled NLL do not worsen
-    beyond noise)."""
+    beyond noise). A regression: training R² for accuracy, test R² for test accuracy, and never overconfident."""
     out = []
     if underfit_runs * 2 > len(ordered):
         out.append("underfit")
-    train = [v["final_train_accuracy"] for v in ordered if not math.isnan(v["final_train_accuracy"])]
+    train = [v["final_fit"] for v in ordered if not math.isnan(v["final_fit"])]
     if train and statistics.fmean(train) >= MEMORISED:
         out.append("memorises")
     ci = {m: stats.paired([v["after"][m] for v in ordered])["ci95"] for m in ordered[0]["after"]}
-    if ci["test_accuracy"][1] < 0:
+    if ci[task.primary][1] < 0:
         out.append("overfits")
-    elif ci["test_loss"][0] > 0 and not ci["test_nll_ts"][0] > 0:
+    elif "test_nll_ts" in ci and ci["test_loss"][0] > 0 and not ci["test_nll_ts"][0] > 0:
         out.append("overconfident")
     return out
 
@@ -165,6 +188,8 @@ def _summarize(runs: list[dict], experiment: str, select_by: str, margins: dict)
     design = {k: settings["seeds"][k] for k in ("max_seeds", "stage")} \
         if (settings.get("seeds") or {}).get("rule") == "auto" else None
     against = controls(runs)
+    task = tasks.of_run(runs[0])
+    kind = {} if task is CLASSIFIER else {"problem_type": task.problem_type}  # absent: older summaries match
     records = []
     for (preset, size) in sorted(cells, key=lambda c: (c[1], order.index(c[0]))):
         seeds, lr = chosen[(preset, size)]
@@ -173,8 +198,8 @@ def _summarize(runs: list[dict], experiment: str, select_by: str, margins: dict)
                "seeds": sorted(seeds), "learning_rate": lr, "select_by": select_by,
                "underfit_runs": sum(v["underfit"] for v in ordered),
                "censored_runs": sum(v["censored"] for v in ordered), "passes": max(v["passes"] for v in ordered),
-               "selected_epoch": statistics.fmean(v["selected_epoch"] for v in ordered), "design": design}
-        rec["regime"] = regimes(ordered, rec["underfit_runs"])
+               "selected_epoch": statistics.fmean(v["selected_epoch"] for v in ordered), "design": design, **kind}
+        rec["regime"] = regimes(ordered, rec["underfit_runs"], task)
         for comp in COMPARISONS:
             for m in ordered[0][comp]:
                 values = [v[comp][m] for v in ordered]
@@ -247,7 +272,7 @@ def _adjust(records: list[dict], margins: dict, design: dict | None) -> None:
     interval at the nominal level of the look each comparison is read at, and its verdict. Metrics without a
     verdict (calibration, gap) keep their 95% interval only."""
     for comp in COMPARISONS:
-        for metric in VERDICT_METRICS:
+        for metric in tasks.of_rows(records).verdicts:
             key = f"delta_{comp}_{metric}"
             margin = margins[metric]
             family = [r[key] for r in records if key in r]
@@ -266,9 +291,10 @@ def _adjust(records: list[dict], margins: dict, design: dict | None) -> None:
 
 def stop_reason(rows: list[dict], margins: dict | None = None) -> str | None:
     """Why a staged grid stops adding seeds to a preset x size cell, from its rows (against the baseline and its
-    controls): "decided" once every primary verdict (early-stopped test accuracy) is not inconclusive, "futile"
-    once each undecided one could not be decided even at the maximum seeds (`stats.futile`), else None."""
-    comp, metric = stats.PRIMARY
+    controls): "decided" once every primary verdict (early-stopped test accuracy; `tasks.Task.primary`) is not
+    inconclusive, "futile" once each undecided one could not be decided even at the maximum seeds (`stats.futile`),
+    else None."""
+    comp, metric = stats.PRIMARY[0], tasks.of_rows(rows).primary
     key = f"delta_{comp}_{metric}"
     margin = check_margins(margins)[metric]
     reasons = []
@@ -347,11 +373,13 @@ def pooled(records: list[dict], margins: dict | None = None) -> list[dict]:
     Cell variances include the test set's part (`cell_parts`). The rows of one comparison x metric share the
     column's alpha (Bonferroni over them, look-adjusted for staged sources: `pooled_alpha`)."""
     margins = check_margins(margins)
+    task = tasks.of_rows(records)
+    kind = {} if task is CLASSIFIER else {"problem_type": task.problem_type}
     rows = []
     arms = list(dict.fromkeys(_arm(r) for r in records if r["preset"] != BASELINE))
     sizes = sorted({r["train_size"] for r in records})
     for comp in COMPARISONS:
-        for metric in VERDICT_METRICS:
+        for metric in task.verdicts:
             key = f"delta_{comp}_{metric}"
             planned = []
             for arm in arms:
@@ -374,7 +402,7 @@ def pooled(records: list[dict], margins: dict | None = None) -> list[dict]:
                                     fixed=[b for _, b in parts]) if method == "strata" \
                     else stats.random_effects(y, [a + b for a, b in parts], alpha)
                 nan = float("nan")
-                rows.append({"preset": preset, "against": against, "comparison": comp, "metric": metric,
+                rows.append({**kind, "preset": preset, "against": against, "comparison": comp, "metric": metric,
                              "scope": scope, "method": method, "cells": pool["k"],
                              "seeds": sum(r[key]["n"] for r in cells), "delta": pool["delta"], "ci": pool["ci"],
                              "ci_equivalence": pool["ci_equivalence"], "df": pool["df"],
@@ -395,20 +423,22 @@ def _label(preset: str, against: str) -> str:
 def pooled_table(rows: list[dict], scope: str = "all") -> str:
     """Markdown: one line per arm, Δ test accuracy and Δ temperature-scaled NLL over the cells of ``scope``, both
     comparisons, with the method, degrees of freedom and the largest cell's share of the weight."""
+    task = tasks.of_rows(rows)
+    said = names(task)
     head = ["arm", "cells", "seeds", "method (df)", "largest weight"] + [
-        f"Δ {NAMES[m].replace('test ', '')} ({COMPARISONS[c]})" for c in COMPARISONS for m in VERDICT_METRICS]
+        f"Δ {said[m].replace('test ', '')} ({COMPARISONS[c]})" for c in COMPARISONS for m in task.verdicts]
     if scope == "all":
-        head.insert(5, "prediction interval (acc, early)")
+        head.insert(5, f"prediction interval ({SHORT[task.primary]}, early)")
     out = [head, ["---"] * len(head)]
     for arm in dict.fromkeys((r["preset"], r["against"]) for r in rows):
         mine = {(r["comparison"], r["metric"]): r for r in rows if (r["preset"], r["against"]) == arm
                 and r["scope"] == scope}
         if not mine:
             continue
-        first = mine.get(("early", "test_accuracy")) or next(iter(mine.values()))
+        first = mine.get(("early", task.primary)) or next(iter(mine.values()))
         cells = []
         for c in COMPARISONS:
-            for m in VERDICT_METRICS:
+            for m in task.verdicts:
                 r = mine.get((c, m))
                 cells.append("-" if r is None else f"{_num(r['delta'], sign=True)} [{_num(r['ci'][0], sign=True)}, "
                              f"{_num(r['ci'][1], sign=True)}] {_short(r['verdict'])}")
@@ -423,12 +453,13 @@ def pooled_table(rows: list[dict], scope: str = "all") -> str:
 
 
 def arm_answer(rows: list[dict], preset: str, against: str) -> dict:
-    """{comparison: verdict text} for one arm's test accuracy: the all-cells verdict where there is one, else the
-    verdict at each size (marked "depends on size" where the moderator test says so)."""
+    """{comparison: verdict text} for one arm's test accuracy (the primary endpoint): the all-cells verdict where
+    there is one, else the verdict at each size (marked "depends on size" where the moderator test says so)."""
+    primary = tasks.of_rows(rows).primary
     out = {}
     for comp in COMPARISONS:
         mine = [r for r in rows if (r["preset"], r["against"]) == (preset, against) and r["comparison"] == comp
-                and r["metric"] == "test_accuracy"]
+                and r["metric"] == primary]
         if not mine:
             continue
         overall = next((r for r in mine if r["scope"] == "all"), None if len(mine) > 1 else mine[0])
@@ -447,12 +478,14 @@ def arm_answer(rows: list[dict], preset: str, against: str) -> dict:
 
 
 def answer(rows: list[dict]) -> str:
-    """One paragraph from the pooled rows of test accuracy: per verdict the arms that get it under both comparisons
-    over all cells; then the arms whose answer depends on size or differs between the comparisons, in full."""
-    arms = list(dict.fromkeys((r["preset"], r["against"]) for r in rows if r["metric"] == "test_accuracy"))
+    """One paragraph from the pooled rows of test accuracy (the primary endpoint): per verdict the arms that get it
+    under both comparisons over all cells; then the arms whose answer depends on size or differs between the
+    comparisons, in full."""
+    task = tasks.of_rows(rows)
+    arms = list(dict.fromkeys((r["preset"], r["against"]) for r in rows if r["metric"] == task.primary))
     if not arms:
         return ""
-    margin = next(r["margin"] for r in rows if r["metric"] == "test_accuracy")
+    margin = next(r["margin"] for r in rows if r["metric"] == task.primary)
     same, other = defaultdict(list), []
     for arm in arms:
         said = arm_answer(rows, *arm)
@@ -464,9 +497,9 @@ def answer(rows: list[dict]) -> str:
     words = {"equivalent": f"equivalent within ±{margin:g}", "trivial": f"different but within ±{margin:g}",
              "better": "better", "worse": "worse", "inconclusive": "inconclusive"}
     parts = [f"{words[v]}: {', '.join(same[v])}" for v in stats.VERDICTS if same[v]]
-    text = (f"**Answer** (test accuracy; `preset` against `{BASELINE}`, `preset` vs `control` against the control "
-            f"it names; over all cells where size does not moderate the effect, else per size; early-stopped and at a "
-            f"fixed budget alike): "
+    text = (f"**Answer** ({names(task)[task.primary]}; `preset` against `{BASELINE}`, `preset` vs `control` against "
+            f"the control it names; over all cells where size does not moderate the effect, else per size; "
+            f"early-stopped and at a fixed budget alike): "
             + ("; ".join(parts) if parts else "no arm gets one verdict over all cells under both comparisons") + ".")
     if other:
         text += "\n\nPer size or per comparison:\n\n" + "\n".join(f"- {o}." for o in other)
@@ -478,6 +511,8 @@ def pooled_text(rows: list[dict], sources: list[str], baseline: str | None = Non
     ``baseline`` says what the baseline means for the sources' model (`baseline_text`)."""
     if not rows:
         return "## Pooled\n\nNo comparison with at least two paired seeds.\n"
+    task = tasks.of_rows(rows)
+    said = names(task)
     alphas = {(r["comparison"], r["metric"]): r["alpha"] for r in rows}
     lines = ["## Pooled over data sets and sizes", "",
              f"Sources: {', '.join(f'`{s}`' for s in sources)}. Each arm's mean paired Δ (preset − its control: "
@@ -492,13 +527,13 @@ def pooled_text(rows: list[dict], sources: list[str], baseline: str | None = Non
              f"example's systematic difference that more seeds do not shrink; the largest cell's share of the "
              f"weight is shown. These rows are a family of their own beside the findings'. Error control: "
              f"α = 0.05 over every row with a verdict, shared by the columns "
-             f"({', '.join(f'{COMPARISONS[c]} {NAMES[m]} {stats.ALPHA_SHARES[(c, m)]:.0%}' for c, m in alphas)}), "
+             f"({', '.join(f'{COMPARISONS[c]} {said[m]} {stats.ALPHA_SHARES[(c, m)]:.0%}' for c, m in alphas)}), "
              f"Bonferroni over a column's rows, at the last look of a staged grid (nominal levels "
              f"{', '.join(f'{a:.2g}' for a in alphas.values())}). Margins: "
              f"{_margins_text({r['metric']: r['margin'] for r in rows})}. Verdicts: **better** / **worse** (the "
              f"interval excludes 0), *trivial* (it excludes 0 but the equivalence interval lies inside the margin), "
              f"equivalent (the equivalence interval lies inside the margin, the interval contains 0), "
-             f"inconclusive. Raw NLL and ECE are calibration and get no verdict (see the findings). A row over one "
+             f"inconclusive. {_calibration_words(task)}A row over one "
              f"cell can be wider than that cell's findings row: the findings judge the cell on its test set, the "
              f"pool also counts the test set as a draw.", "",
              answer(rows), ""] + ([baseline, ""] if baseline else [])
@@ -506,11 +541,11 @@ def pooled_text(rows: list[dict], sources: list[str], baseline: str | None = Non
         lines += [f"### {scope}", "", pooled_table(rows, scope), ""]
     if any(r["scope"] == "all" for r in rows):
         lines += ["### All cells", "", pooled_table(rows), ""]
-    lines += ["Size as a moderator (test accuracy, early-stopped): Q_between over the sizes' equal-weight estimates, "
-              "with the spread between data sets within a size (τ within) added to every cell's variance, χ² with "
-              "sizes − 1 df; the slope of Δ per unit of log size for its direction:", ""]
+    lines += [f"Size as a moderator ({said[task.primary]}, early-stopped): Q_between over the sizes' equal-weight "
+              "estimates, with the spread between data sets within a size (τ within) added to every cell's variance, "
+              "χ² with sizes − 1 df; the slope of Δ per unit of log size for its direction:", ""]
     for r in rows:
-        if r["comparison"] == "early" and r["metric"] == "test_accuracy" and r["scope"] == next(
+        if r["comparison"] == "early" and r["metric"] == task.primary and r["scope"] == next(
                 x["scope"] for x in rows if (x["preset"], x["against"]) == (r["preset"], r["against"])):
             mod = r["moderator"]
             said = "not testable (one size)" if mod["p"] is None or math.isnan(mod["p"]) \
@@ -526,11 +561,12 @@ def power(records: list[dict], margins: dict | None = None) -> dict:
     against the baseline that are not near-copies of it (paired SD under a tenth of the family's median: a preset
     that changes nothing the baseline does): seeds for 80% power to detect Δ = 0.01 and 0.02 (at alpha = 0.05 and at
     the level a verdict of the column is read at: its share of alpha, Bonferroni, the last look of a staged grid),
-    and to show equivalence within the margin when the true Δ is 0."""
-    margin = check_margins(margins)["test_accuracy"]
+    and to show equivalence within the margin when the true Δ is 0. A regression: the same for test R²."""
+    primary = tasks.of_rows(records).primary
+    margin = check_margins(margins)[primary]
     out = {}
     for comp in COMPARISONS:
-        key = f"delta_{comp}_test_accuracy"
+        key = f"delta_{comp}_{primary}"
         deltas = [r[key] for r in records if r.get(key, {}).get("n", 0) >= 2 and r["against"] == BASELINE]
         if not deltas:
             continue
@@ -539,7 +575,7 @@ def power(records: list[dict], margins: dict | None = None) -> dict:
         sd = statistics.median(d["sd"] for d in kept) if kept else 0.0
         m = deltas[0]["m"]
         design = next((r["design"] for r in records if r.get("design")), None)
-        share = column_alpha(comp, "test_accuracy", m)
+        share = column_alpha(comp, primary, m)
         alpha = stats.nominal_alpha(design["max_seeds"], share, **design) if design else share
         out[comp] = {"paired_sd": sd, "family_size": m, "near_copies": len(deltas) - len(kept), "alpha": alpha,
                      "seeds": {f"{delta}": {"alpha_0.05": stats.seeds_for_power(sd, delta),
@@ -567,8 +603,8 @@ def dose_response(records: list[dict], points: dict[str, float], select: str = "
     """Per training size, what a rate sweep says (test accuracy, ``select`` comparison): the rates better, worse,
     equivalent to the baseline or inconclusive, the best rate (highest mean Δ), and the rates not worse than the
     best — those whose paired difference to the best (same seeds) has a simultaneous interval (Bonferroni over the
-    other rates) that reaches zero."""
-    key = f"delta_{select}_test_accuracy"
+    other rates) that reaches zero. A regression: test R²."""
+    key = f"delta_{select}_{tasks.of_rows(records).primary}"
     out = []
     for size in sorted({r["train_size"] for r in records}):
         cells = {r["preset"]: r for r in records if r["train_size"] == size and r["preset"] in points
@@ -597,11 +633,11 @@ def dose_response(records: list[dict], points: dict[str, float], select: str = "
     return out
 
 
-def sweep_text(family: str, rows: list[dict]) -> list[str]:
+def sweep_text(family: str, rows: list[dict], metric: str = NAMES["test_accuracy"]) -> list[str]:
     unit = "×" if family not in KNOB_NAMES else ""
     fmt = lambda values: ", ".join(f"{unit}{v:g}" for v in values) or "none"  # noqa: E731
     lines = [f"Rate sweep `{family}` ({'factor on every rate of the preset' if unit else 'the knob alone'}; "
-             f"test accuracy, early-stopped):", ""]
+             f"{metric}, early-stopped):", ""]
     for r in rows:
         lines.append(f"- n={r['train_size']}: equivalent to none at {fmt(r['equivalent'])}; worse at "
                      f"{fmt(r['worse'])}; better at {fmt(r['better'])}; trivial at {fmt(r['trivial'])}; "
@@ -624,23 +660,27 @@ def _delta(d) -> str:
 def table(records: list[dict]) -> str:
     """Markdown: per arm x size, test accuracy under both comparisons, Δ test accuracy and Δ temperature-scaled NLL
     with their simultaneous intervals and verdicts, raw Δ NLL and Δ ECE as calibration (95% intervals, no verdict),
-    the compute per step, and what the cell's runs showed."""
-    head = ["size", "arm", "seeds", "lr", "passes", "stop epoch", "acc (early)", "acc (fixed)"]
-    head += [f"Δ {'acc' if m == 'test_accuracy' else 'NLL-TS'} ({c})" for c in COMPARISONS for m in VERDICT_METRICS]
-    head += ["Δ NLL, Δ ECE (early)", "underfit", "censored", "regime"]
+    the compute per step, and what the cell's runs showed. A regression: test R² and Spearman, no calibration."""
+    task = tasks.of_rows(records)
+    short = SHORT[task.primary]
+    head = ["size", "arm", "seeds", "lr", "passes", "stop epoch", f"{short} (early)", f"{short} (fixed)"]
+    head += [f"Δ {SHORT[m]} ({c})" for c in COMPARISONS for m in task.verdicts]
+    head += ["Δ NLL, Δ ECE (early)"] if task.calibration else []
+    head += ["underfit", "censored", "regime"]
     rows = [head, ["---"] * len(head)]
     for r in records:
         cells = []
         for comp in COMPARISONS:
-            for m in VERDICT_METRICS:
+            for m in task.verdicts:
                 d = r.get(f"delta_{comp}_{m}")
                 cells.append("-" if d is None else f"{_delta(d)} {_short(d['verdict'])}" if d["n"] >= 2
                              else f"{_num(d['mean'], sign=True)} (one seed)")
-        calib = [r.get(f"delta_early_{m}") for m in CALIBRATION_METRICS]
-        calib = "-" if None in calib else ", ".join(_num(d["mean"], sign=True) for d in calib)
+        calib = [r.get(f"delta_early_{m}") for m in task.calibration]
+        calib = ([] if not task.calibration else ["-"] if None in calib
+                 else [", ".join(_num(d["mean"], sign=True) for d in calib)])
         rows.append([str(r["train_size"]), _label(r["preset"], r.get("against", BASELINE)), str(len(r["seeds"])),
                      f"{r['learning_rate']:g}", str(r.get("passes", 1)), _num(r["selected_epoch"], 1),
-                     _num(r["early_test_accuracy"]), _num(r["fixed_test_accuracy"]), *cells, calib,
+                     _num(r[f"early_{task.primary}"]), _num(r[f"fixed_{task.primary}"]), *cells, *calib,
                      f"{r['underfit_runs']}/{len(r['seeds'])}", f"{r.get('censored_runs', 0)}/{len(r['seeds'])}",
                      ", ".join(r.get("regime", [])) or "-"])
     return "\n".join("| " + " | ".join(row) + " |" for row in rows)
@@ -657,8 +697,15 @@ def _margins_of(records: list[dict]) -> dict:
             if k.startswith("delta_") and "margin" in d}
 
 
-def _margins_text(margins: dict) -> str:
-    return ", ".join(f"{NAMES[m]} ±{margins[m]:g}" for m in VERDICT_METRICS if m in margins)
+def _margins_text(margins: dict, task: tasks.Task = CLASSIFIER) -> str:
+    return ", ".join(f"{names(task)[m]} ±{margins[m]:g}" for m in task.verdicts if m in margins)
+
+
+def _calibration_words(task: tasks.Task, findings: bool = False) -> str:
+    if not task.calibration:
+        return ""
+    return ("Calibration (raw NLL, ECE) is shown without a verdict. " if findings
+            else "Raw NLL and ECE are calibration and get no verdict (see the findings). ")
 
 
 def _copies(n: int) -> str:
@@ -668,6 +715,11 @@ def _copies(n: int) -> str:
 def margin_reasons(records: list[dict]) -> str:
     """The declared margins with their reasons, and what this experiment's test set resolves beside them."""
     margins = _margins_of(records)
+    task = tasks.of_rows(records)
+    if task is not CLASSIFIER:
+        return "; ".join(f"{names(task)[m]} ±{margins.get(m, stats.MARGINS[m]):g}" for m in task.verdicts) + (
+            " (on the 0..1 scales of explained variance and rank agreement: a difference most users would act on; "
+            "R² is 1 − MSE / the test labels' variance, the same for every arm, so its verdict is the MSE's)")
     sizes = sorted({r["test_examples"] for r in records if r.get("test_examples")})
     base = [r["early_test_accuracy"] for r in records if r["preset"] == BASELINE]
     text = [f"test accuracy ±{margins.get('test_accuracy', stats.MARGINS['test_accuracy']):g} (a difference most "
@@ -722,7 +774,9 @@ def findings(records: list[dict], settings: dict | None = None, codes: list[str]
         return "\n".join(lines + [
             "One seed per cell: no verdicts (a verdict needs at least two paired seeds; run more with `--seeds`, "
             "or `--seeds auto`). The differences below are single runs.", "", table(records), ""]) + "\n"
-    first = next((r["delta_early_test_accuracy"] for r in records if "delta_early_test_accuracy" in r), {})
+    task = tasks.of_rows(records)
+    said = names(task)
+    first = next((r[f"delta_early_{task.primary}"] for r in records if f"delta_early_{task.primary}" in r), {})
     fam = first.get("m", 0)
     design = next((r["design"] for r in records if r.get("design")), None)
     looks = (f" A staged grid (`--seeds auto`, looks at {', '.join(map(str, stats.looks(**design)))} seeds): each "
@@ -730,13 +784,14 @@ def findings(records: list[dict], settings: dict | None = None, codes: list[str]
              f"level is that of the look it is read at; a cell stops when its primary verdicts are decided or "
              f"cannot be by the last look (futility, non-binding); estimates from a stopped cell lean towards the "
              f"effect that stopped it." if design else "")
-    select_by = records[0].get("select_by", DEFAULT_SELECT_BY) if records else DEFAULT_SELECT_BY
+    select_by = records[0].get("select_by", task.default_select_by) if records else task.default_select_by
     stopped_on = check_margins((settings or {}).get("margins")) if design else None
     if stopped_on is not None and any(stopped_on[m] != _margins_of(records).get(m, stopped_on[m])
-                                      for m in VERDICT_METRICS):
+                                      for m in task.verdicts):
         looks += (f" This report's margins differ from those the grid stopped on "
-                  f"({_margins_text(stopped_on)}): its stopping decisions were made on those.")
-    shares = ", ".join(f"{COMPARISONS[c]} {NAMES[m]} {a:.0%}" for (c, m), a in stats.ALPHA_SHARES.items())
+                  f"({_margins_text(stopped_on, task)}): its stopping decisions were made on those.")
+    shares = ", ".join(f"{COMPARISONS[c]} {said[m]} {a:.0%}" for (c, m), a in stats.ALPHA_SHARES.items()
+                       if m in task.verdicts)
     lines += [f"Each preset against `{BASELINE}`, and a preset that names a control also against it (and against "
               f"the control at its compute, `@kx`), paired by seed, on the test split; early-stopped = each run at "
               f"its best selection-split {select_by} (ties: the earliest point), fixed budget = its final step. "
@@ -746,7 +801,7 @@ def findings(records: list[dict], settings: dict | None = None, codes: list[str]
               f"**worse**: the interval excludes 0 and the equivalence (TOST) interval is not inside the margin; "
               f"*trivial*: it excludes 0 but the equivalence interval lies inside the margin; equiv. (equivalent): "
               f"the interval contains 0 and the equivalence interval lies inside the margin; inconcl. "
-              f"(inconclusive): neither. Calibration (raw NLL, ECE) is shown without a verdict. Passes = forward/"
+              f"(inconclusive): neither. {_calibration_words(task, findings=True)}Passes = forward/"
               f"backward passes per optimizer step. Underfit = runs whose selected point is near chance without "
               f"fitting their training data; censored = runs whose selected point is the first or last evaluation; "
               f"regime = what the cell's runs measured (see the README).", "", table(records), ""]
@@ -759,10 +814,10 @@ def findings(records: list[dict], settings: dict | None = None, codes: list[str]
             continue
         by = defaultdict(list)
         for comp, label in COMPARISONS.items():
-            for m in VERDICT_METRICS:
+            for m in task.verdicts:
                 d = r.get(f"delta_{comp}_{m}")
                 if d:
-                    by[d["verdict"]].append(f"{NAMES[m]} {label}" + (f" (Δ {_delta(d)})" if d["verdict"] in (
+                    by[d["verdict"]].append(f"{said[m]} {label}" + (f" (Δ {_delta(d)})" if d["verdict"] in (
                         "better", "worse", "trivial") else ""))
         text = "; ".join(f"{v} in {', '.join(by[v])}" for v in stats.VERDICTS if by[v])
         if r.get("regime") and r.get("against", BASELINE) == BASELINE:
@@ -781,18 +836,18 @@ def findings(records: list[dict], settings: dict | None = None, codes: list[str]
         lines += [f"Censored: in over half of the runs of {', '.join(censored)} the selected point is the first or "
                   f"last evaluation, so early stopping may have wanted a point the grid does not have (evaluate more "
                   f"often, or train longer).", ""]
-    verdicts = [r[f"delta_{c}_{m}"]["verdict"] for r in records for c in COMPARISONS for m in VERDICT_METRICS
+    verdicts = [r[f"delta_{c}_{m}"]["verdict"] for r in records for c in COMPARISONS for m in task.verdicts
                 if f"delta_{c}_{m}" in r]
     lines.append(f"Of {len(verdicts)} verdicts, " + ", ".join(f"{verdicts.count(v)} {v}" for v in stats.VERDICTS)
                  + ".")
     for family, points in (sweeps or {}).items():
-        lines += [""] + sweep_text(family, dose_response(records, points))
+        lines += [""] + sweep_text(family, dose_response(records, points), said[task.primary])
     for comp, pw in power(records, _margins_of(records)).items():
         if pw["paired_sd"] == 0:
-            lines += ["", f"Power ({COMPARISONS[comp]}): every paired difference in test accuracy is zero."]
+            lines += ["", f"Power ({COMPARISONS[comp]}): every paired difference in {said[task.primary]} is zero."]
             continue
         s, copies = pw["seeds"], pw["near_copies"]
-        lines += ["", f"Power ({COMPARISONS[comp]}): the median paired SD of Δ test accuracy is "
+        lines += ["", f"Power ({COMPARISONS[comp]}): the median paired SD of Δ {said[task.primary]} is "
                       f"{pw['paired_sd']:.4f}{_copies(copies)}. "
                       f"Detecting Δ = 0.02 with 80% power needs {s['0.02']['alpha_0.05']} seeds at α = 0.05 "
                       f"({s['0.02']['alpha_corrected']} at the level its verdicts are read at, "
@@ -911,7 +966,8 @@ def plot_dose_response(output_dir: str, records: list[dict], sweeps: dict, suffi
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    metrics = ("test_accuracy", "test_nll_ts", "test_ece")
+    task = tasks.of_rows(records)
+    metrics = (*task.verdicts, *(task.calibration[-1:] or ("test_loss",)))
     path = os.path.join(output_dir, f"dose_response{suffix}.png")
     fig, axes = plt.subplots(len(sweeps), 3, figsize=(11, 3.0 * len(sweeps)), squeeze=False)
     for row, (family, points) in zip(axes, sweeps.items()):
@@ -933,7 +989,7 @@ def plot_dose_response(output_dir: str, records: list[dict], sweeps: dict, suffi
                             label=f"n={size}")
             ax.axhline(0, color="grey", lw=0.8)
             ax.set_xlabel(f"{family} {'factor' if family not in KNOB_NAMES else 'rate'}")
-            ax.set_ylabel(f"Δ {NAMES[metric]} (early)")
+            ax.set_ylabel(f"Δ {names(task)[metric]} (early)")
         row[0].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -950,7 +1006,7 @@ def code_identities(runs: list[dict]) -> list[str]:
         for r in runs))
 
 
-def report(output_dir: str, make_plots: bool = True, select_by: str = DEFAULT_SELECT_BY,
+def report(output_dir: str, make_plots: bool = True, select_by: str | None = None,
            margins: dict | None = None, pooled_dir: str | None = None) -> str:
     """Rebuild summary.json, summary.csv, findings.md, pooled.json, pooled.md and the plots from
     ``output_dir/runs.jsonl``; return the findings. Each experiment in the directory gets its own section (and,
@@ -962,7 +1018,7 @@ def report(output_dir: str, make_plots: bool = True, select_by: str = DEFAULT_SE
 
 
 def report_many(output_dirs: list[str], out: str | None = None, make_plots: bool = True,
-                select_by: str = DEFAULT_SELECT_BY, margins: dict | None = None) -> str:
+                select_by: str | None = None, margins: dict | None = None) -> str:
     """`report` each of ``output_dirs``, then pool all their cells into ``out``/pooled.json and pooled.md. With
     ``out``, nothing is written outside it: each directory's summaries, findings and plots go to
     ``out``/<its name>/ (the directory itself where it already lies there); with one directory and no ``out``,
@@ -1016,6 +1072,7 @@ def test_set_terms(output_dir: str, runs: list[dict], records: list[dict], selec
 
     runs_at = {(experiment_of(r), r["preset"], r["train_size"], r["learning_rate"], r["seed"]): r for r in runs}
     rate = {(r["experiment"], r["preset"], r["train_size"]): r["learning_rate"] for r in records}
+    task = tasks.of_rows(records)
     cache: dict = {}
 
     def per_example(run, comp):
@@ -1029,9 +1086,7 @@ def test_set_terms(output_dir: str, runs: list[dict], records: list[dict], selec
         if arrays is None or point["step"] not in list(arrays["test_steps"]):
             return None
         logits = arrays["test_logits"][list(arrays["test_steps"]).index(point["step"])]
-        labels = arrays["test_labels"]
-        return {"test_accuracy": (logits.argmax(-1) == labels).astype(float),
-                "test_nll_ts": scores.losses(logits / point["temperature"], labels)}
+        return scores.per_example(logits, arrays["test_labels"], point, task.problem_type == tasks.REGRESSION)
 
     for r in records:
         if r["preset"] == r["against"] or not r.get("paired_seeds"):
@@ -1044,7 +1099,7 @@ def test_set_terms(output_dir: str, runs: list[dict], records: list[dict], selec
                 values = [per_example(run, comp) if run else None for run in (runs_at.get((*k, seed)) for k in keys)]
                 if None in values:
                     break
-                for m in VERDICT_METRICS:
+                for m in task.verdicts:
                     columns[m].append(values[0][m] - values[1][m])
             else:
                 for m, diffs in columns.items():
@@ -1081,7 +1136,7 @@ def _report(output_dir: str, loaded: tuple[list[dict], int], make_plots: bool, s
     dest = dest or output_dir
     runs, duplicates = loaded
     records = summarize(runs, select_by, margins)
-    test_set_terms(output_dir, runs, records, select_by)
+    test_set_terms(output_dir, runs, records, records[0]["select_by"] if records else select_by)
     models = {experiment_of(r): (r["experiment"].get("settings") or {}).get("model") for r in runs}
     for r in records:
         r["source"], r["model"] = output_dir, models.get(r["experiment"])

@@ -4,6 +4,9 @@
 Calibration separates a model that got *worse* from one that got *more confident*: NLL rises in both cases,
 accuracy only in the first; temperature scaling (Guo et al., 2017, "On Calibration of Modern Neural Networks")
 fits one temperature on the selection split and removes the overconfidence part of the test NLL.
+
+A regression head's "logits" are its one output per example: `regression_scores` measures them (MSE as the loss,
+R², Pearson and Spearman), and no temperature is fitted.
 """
 
 from __future__ import annotations
@@ -86,20 +89,74 @@ def evaluate(logits: np.ndarray, labels: np.ndarray, calibration: bool = True) -
     return out
 
 
-def point_metrics(fit: tuple, selection: tuple, test: tuple | None = None) -> dict:
+def _ranks(x: np.ndarray) -> np.ndarray:
+    from scipy.stats import rankdata
+
+    return rankdata(x)  # ties share their mean rank
+
+
+def _standardized(x: np.ndarray) -> np.ndarray | None:
+    sd = x.std()
+    return None if sd == 0 else (x - x.mean()) / sd
+
+
+def _correlation_terms(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Per example, the correlation r of ``a`` and ``b`` plus its influence, u v - r (u^2 + v^2) / 2 (u, v the
+    standardized values; Devlin, Gnanadesikan & Kettenring, 1975): their mean is r, and their variance over the
+    examples over N is r's delta-method sampling variance. A constant side has no correlation: 0 throughout."""
+    u, v = _standardized(a), _standardized(b)
+    if u is None or v is None:
+        return np.zeros(len(a))
+    r = float(np.mean(u * v))
+    return r + u * v - r * (u ** 2 + v ** 2) / 2
+
+
+def regression_scores(outputs: np.ndarray, labels: np.ndarray) -> dict:
+    """loss (MSE), R² (1 - MSE / the labels' variance), Pearson's and Spearman's correlation of a regression head's
+    outputs (N x 1) with float labels; a correlation with constant outputs is 0 (they rank nothing)."""
+    pred, labels = outputs.reshape(len(labels)).astype(float), labels.astype(float)
+    mse = float(np.mean((pred - labels) ** 2))
+    var = float(labels.var())
+    return {"loss": mse, "r2": 1 - mse / var if var > 0 else float("nan"),
+            "pearson": float(_correlation_terms(pred, labels).mean()),
+            "spearman": float(_correlation_terms(_ranks(pred), _ranks(labels)).mean())}
+
+
+def per_example(outputs: np.ndarray, labels: np.ndarray, point: dict, regression: bool = False) -> dict:
+    """{verdict metric: per-example values whose mean is the metric} at one evaluation ``point``: correctness and
+    the temperature-scaled loss of a classifier; a regressor's R² terms, 1 - (error^2 / the labels' variance), and
+    Spearman's correlation terms (`_correlation_terms` of the ranks). What the test set adds to a comparison's
+    variance is read from these (`stats.test_set_terms`)."""
+    if regression:
+        pred, labels = outputs.reshape(len(labels)).astype(float), labels.astype(float)
+        var = float(labels.var()) or float("nan")
+        return {"test_r2": 1 - (pred - labels) ** 2 / var,
+                "test_spearman": _correlation_terms(_ranks(pred), _ranks(labels))}
+    return {"test_accuracy": (outputs.argmax(-1) == labels).astype(float),
+            "test_nll_ts": losses(outputs / point["temperature"], labels)}
+
+
+def point_metrics(fit: tuple, selection: tuple, test: tuple | None = None, regression: bool = False) -> dict:
     """Everything one evaluation point records, from (logits, labels) of the training subset, selection and test
-    splits: ``train_*``, ``selection_*``, the selection-fitted ``temperature``, and with ``test`` its
-    `test_metrics`."""
-    out = {f"train_{k}": v for k, v in evaluate(*fit, calibration=False).items()}
-    out.update({f"selection_{k}": v for k, v in evaluate(*selection).items()})
-    out["temperature"] = fit_temperature(*selection)
+    splits: ``train_*``, ``selection_*``, the selection-fitted ``temperature`` (a classifier's), and with ``test``
+    its `test_metrics`."""
+    if regression:
+        out = {f"train_{k}": v for k, v in regression_scores(*fit).items()}
+        out.update({f"selection_{k}": v for k, v in regression_scores(*selection).items()})
+    else:
+        out = {f"train_{k}": v for k, v in evaluate(*fit, calibration=False).items()}
+        out.update({f"selection_{k}": v for k, v in evaluate(*selection).items()})
+        out["temperature"] = fit_temperature(*selection)
     if test is not None:
-        out.update(test_metrics(*test, out["temperature"]))
+        out.update(test_metrics(*test, out.get("temperature")))
     return out
 
 
-def test_metrics(logits: np.ndarray, labels: np.ndarray, temperature: float) -> dict:
-    """A point's ``test_*`` metrics and ``test_nll_ts`` (the test NLL at the selection-fitted temperature)."""
+def test_metrics(logits: np.ndarray, labels: np.ndarray, temperature: float | None) -> dict:
+    """A point's ``test_*`` metrics and, for a classifier, ``test_nll_ts`` (the test NLL at the selection-fitted
+    ``temperature``); a regressor (``temperature`` None) its `regression_scores`."""
+    if temperature is None:
+        return {f"test_{k}": v for k, v in regression_scores(logits, labels).items()}
     out = {f"test_{k}": v for k, v in evaluate(logits, labels).items()}
     out["test_nll_ts"] = nll(logits / temperature, labels)
     return out

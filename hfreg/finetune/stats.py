@@ -30,6 +30,8 @@ import math
 import numpy as np
 from scipy import stats
 
+from .tasks import TASKS
+
 ALPHA = 0.05
 
 
@@ -94,8 +96,10 @@ VERDICTS = ("better", "worse", "trivial", "equivalent", "inconclusive")
 # declared equivalence margins per metric (absolute units of the metric); `hfreg report --margin` overrides them.
 # Accuracy: 0.02 is a difference most users would act on and about one run's binomial SE on a few hundred test
 # examples (the findings print what each test set resolves beside it); NLL after temperature scaling: 0.02 nats.
+# R² and Spearman (regression): 0.02 on the same 0..1 scale of explained variance and rank agreement.
 MARGINS = {"test_accuracy": 0.02, "test_f1": 0.02, "test_loss": 0.02, "test_nll_ts": 0.02, "test_ece": 0.02,
-           "test_brier": 0.01, "gap": 0.05, "degradation": 0.02}
+           "test_brier": 0.01, "test_r2": 0.02, "test_spearman": 0.02, "test_pearson": 0.02, "gap": 0.05,
+           "degradation": 0.02}
 
 
 def verdict(lo: float, hi: float, higher_is_better: bool, eq: tuple[float, float] | None = None,
@@ -142,10 +146,11 @@ def sign_flip_p(deltas) -> float:
     return float((np.abs(signs @ d) >= observed).mean())
 
 
-# the experiment's alpha over its verdict columns (comparison, metric); test accuracy is the primary endpoint
-ALPHA_SHARES = {("early", "test_accuracy"): 0.4, ("fixed", "test_accuracy"): 0.4,
-                ("early", "test_nll_ts"): 0.1, ("fixed", "test_nll_ts"): 0.1}
-PRIMARY = ("early", "test_accuracy")  # what `--seeds auto` stops on
+# the experiment's alpha over its verdict columns (comparison, metric): the primary endpoint (test accuracy; a
+# regression's test R², `tasks`) takes 40% under each comparison, the second verdict metric 10%
+ALPHA_SHARES = {(comp, metric): share for t in TASKS.values() for metric, share in zip(t.verdicts, (0.4, 0.1))
+                for comp in ("early", "fixed")}
+PRIMARY = ("early", "test_accuracy")  # what `--seeds auto` stops on (a regression: its primary, `tasks.Task`)
 FUTILITY = 0.10  # stop a cell as inconclusive once the chance of any verdict by the last look falls below this
 FUTILITY_FROM = 0.5  # ... but only from this information fraction on
 

@@ -264,7 +264,7 @@ def build_experiment(args, ray) -> Experiment:
 
     from .. import __version__
     from . import data as data_mod
-    from . import report
+    from . import report, tasks
     from .presets import (
         BASELINE,
         METHOD_FLAGS,
@@ -321,7 +321,9 @@ def build_experiment(args, ray) -> Experiment:
     tokenizer_flag = "tokenizer_name" if args.tokenizer_name else "model_name_or_path"
     with loading(tokenizer_flag, args.tokenizer_name or model_path):
         tokenizer = AutoTokenizer.from_pretrained(args.tokenizer_name or model_path, **remote)
-    data, label_names = data_mod.encode(raw, tokenizer, text_columns, label_column, args.max_seq_length)
+    data, label_names, problem_type = data_mod.encode(raw, tokenizer, text_columns, label_column,
+                                                      args.max_seq_length, args.problem_type)
+    args.select_by = report.check_select_by(args.select_by, tasks.task(problem_type))  # None: the task's own
     roles = data_mod.assign_roles(data, args.roles, args.split_seed, args.selection_size)
     settings = Settings(learning_rate=args.learning_rates[0], num_train_epochs=args.num_train_epochs,
                         train_batch_size=args.train_batch_size, eval_batch_size=args.per_device_eval_batch_size,
@@ -337,7 +339,14 @@ def build_experiment(args, ray) -> Experiment:
                         warmup_steps=args.warmup_steps, weight_decay=args.weight_decay,
                         label_smoothing_factor=args.label_smoothing_factor,
                         neftune_noise_alpha=args.neftune_noise_alpha,
-                        gradient_checkpointing=args.gradient_checkpointing)
+                        gradient_checkpointing=args.gradient_checkpointing, problem_type=problem_type)
+    if problem_type == tasks.REGRESSION:  # methods defined on class probabilities have nothing to act on
+        needs = [f"--{flag} {getattr(args, flag):g}" for flag in ("label_smoothing_factor", "mc_samples")
+                 if getattr(args, flag)]
+        needs += [f"preset {p.name} (R-Drop)" for p in presets if p.methods(settings)["rdrop"]]
+        if needs:
+            raise ValueError(f"{', '.join(needs)} act(s) on class probabilities, which a regression has none of: "
+                             f"leave them out of a regression grid")
     for size in args.train_sizes:  # before anything is written
         data_mod.check_train_size(size, len(roles.pool))
         per_epoch = math.ceil(size / args.train_batch_size)
@@ -345,8 +354,9 @@ def build_experiment(args, ray) -> Experiment:
             steps = settings.total_steps(per_epoch, p.steps_factor)
             for knob, s in (p.reg.schedule or {}).items():
                 s.check_within(steps, f"preset {p.name} at train size {size}: the `{knob}`")
-    labels = dict(num_labels=len(label_names), id2label=dict(enumerate(label_names)),
-                  label2id={n: i for i, n in enumerate(label_names)})
+    labels = dict(num_labels=1, problem_type=problem_type) if problem_type == tasks.REGRESSION else dict(
+        num_labels=len(label_names), id2label=dict(enumerate(label_names)),
+        label2id={n: i for i, n in enumerate(label_names)})
     if args.config_name:  # the model built from another config, its weights loaded where they fit
         with loading("config_name", args.config_name):
             labels = {"config": AutoConfig.from_pretrained(args.config_name, **labels, **remote)}
@@ -374,6 +384,7 @@ def build_experiment(args, ray) -> Experiment:
         "model": model_name, "model_config": digest(config),
         "data_sha256": data_mod.content_hash(raw, text_columns, label_column),
         "text_columns": list(text_columns), "label_column": label_column, "labels": label_names,
+        **({"problem_type": problem_type} if problem_type != tasks.CLASSIFICATION else {}),  # older records match
         "splits": {s: len(data[s]) for s in data}, "roles": roles.description,
         "max_length": args.max_seq_length, "learning_rates": args.learning_rates,
         "num_train_epochs": args.num_train_epochs, "train_batch_size": args.train_batch_size,

@@ -30,6 +30,7 @@ from .data import by_length, eval_loader, stratified_indices, subset_indices, tr
 from .presets import NO_METHODS
 from .records import SELECT_BY
 from .scores import evaluate, point_metrics, test_metrics
+from .tasks import CLASSIFICATION, REGRESSION, task
 
 PARALLEL_MODES = ("run", "data")
 
@@ -65,6 +66,11 @@ class Settings:
     label_smoothing_factor: float = 0.0  # label smoothing of the training loss
     neftune_noise_alpha: float = 0.0  # NEFTune's alpha (`embedding_noise`) for every preset that sets none
     gradient_checkpointing: bool = False  # recompute activations in the backward pass
+    problem_type: str = CLASSIFICATION  # or REGRESSION: one output, MSE, float labels (`tasks`)
+
+    @property
+    def regression(self) -> bool:
+        return self.problem_type == REGRESSION
 
     def epochs(self, steps_per_epoch: int, factor: int = 1) -> int:
         """Epochs to train (the last one cut short where ``max_steps`` ends inside it): ``num_train_epochs``, or
@@ -228,17 +234,19 @@ def eval_steps(steps_per_epoch: int, epochs: int, evals_per_epoch: int, points: 
 
 
 class Leaders:
-    """Per selection rule (`SELECT_BY`), the point that leads so far, and a CPU copy of the weights there: the
-    points whose test predictions a report can read, besides the final one. A point leads a rule when its score
-    beats every earlier one (ties: the earliest), the rule by which the report selects; rules share a copy."""
+    """Per selection rule of the task (`SELECT_BY`, `tasks.Task.select_by`), the point that leads so far, and a CPU
+    copy of the weights there: the points whose test predictions a report can read, besides the final one. A point
+    leads a rule when its score beats every earlier one (ties: the earliest), the rule by which the report selects;
+    rules share a copy."""
 
-    def __init__(self):
+    def __init__(self, rules: tuple = tuple(SELECT_BY)):
+        self.rules = {rule: SELECT_BY[rule] for rule in rules}
         self.best: dict[str, tuple[float, int]] = {}  # rule -> (signed score, step)
         self.states: dict[int, dict] = {}  # step -> weights
 
     def offer(self, point: dict, model: nn.Module | None) -> None:
         """``model``: the weights at ``point``, copied where it leads; None where its test split is evaluated."""
-        for rule, (key, sign) in SELECT_BY.items():
+        for rule, (key, sign) in self.rules.items():
             if rule not in self.best or sign * point[key] > self.best[rule][0]:
                 self.best[rule] = (sign * point[key], point["step"])
                 if model is not None and point["step"] not in self.states:
@@ -375,7 +383,8 @@ def train(accelerator, base_model, preset, data, roles, train_size: int, seed: i
         clip = lambda: _clip(model, optimizer, scaler, settings.max_grad_norm)  # noqa: E731
     labels = {name: data[split].labels[np.asarray(orders[name], dtype=int)] for name, (split, _) in views.items()}
     final = max(at)
-    leaders = None if settings.test_every_point or settings.mc_samples or data_parallel else Leaders()
+    leaders = None if settings.test_every_point or settings.mc_samples or data_parallel \
+        else Leaders(task(settings.problem_type).select_by)
     accum = settings.gradient_accumulation_steps
     points, logits = [], {"selection": [], "test": []}
     step, eval_time, started = 0, 0.0, time.time()
@@ -420,7 +429,8 @@ def train(accelerator, base_model, preset, data, roles, train_size: int, seed: i
             names = [n for n in views if n != "test" or leaders is None or step == final]
             out = {n: predict(accelerator, model, eval_dls[n], data_parallel) for n in names}
             point = {"step": step, "epoch": round(step / steps_per_epoch, 4), "running_loss": running,
-                     "rates": rates.rates(), **point_metrics(*((out[n], labels[n]) for n in names))}
+                     "rates": rates.rates(),
+                     **point_metrics(*((out[n], labels[n]) for n in names), regression=settings.regression)}
             if leaders is not None:
                 leaders.offer(point, None if "test" in out else model)
             if keep is not None and leaders is None:  # with leaders, their copy of the rule's weights serves
@@ -439,10 +449,11 @@ def train(accelerator, base_model, preset, data, roles, train_size: int, seed: i
             model.train()
             eval_time += time.time() - t0
             # a bar on the terminal: the line goes above it, and the bar is drawn again below
+            score = ("r2", "r2") if settings.regression else ("accuracy", "acc")  # (point key, shown as)
             with contextlib.nullcontext() if bar.disable else bar.external_write_mode():
                 log(f"  {preset.name} n={train_size} seed={seed} step {step}/{steps} (epoch {point['epoch']:g}): "
-                    f"train {point['train_loss']:.3f} acc {point['train_accuracy']:.3f} | selection "
-                    f"{point['selection_loss']:.3f} acc {point['selection_accuracy']:.3f}")
+                    f"train {point['train_loss']:.3f} {score[1]} {point['train_' + score[0]]:.3f} | selection "
+                    f"{point['selection_loss']:.3f} {score[1]} {point['selection_' + score[0]]:.3f}")
             if step == steps:
                 break
         if step == steps:  # --max_steps ends the run inside an epoch
@@ -459,7 +470,7 @@ def train(accelerator, base_model, preset, data, roles, train_size: int, seed: i
         for step, state in sorted(leaders.states.items()):
             model.load_state_dict(state)  # the run's model copy ends here: nothing trains after this
             out = predict(accelerator, model, eval_dls["test"], False)
-            measured = test_metrics(out, labels["test"], by_step[step]["temperature"])
+            measured = test_metrics(out, labels["test"], by_step[step].get("temperature"))
             by_step[step].update(measured)
             if on_point is not None:
                 on_point({"step": step, **measured})
@@ -471,7 +482,9 @@ def train(accelerator, base_model, preset, data, roles, train_size: int, seed: i
         accelerator.free_memory()
     # early stopping: the point with the lowest selection loss (the first of equals)
     selected = min(points, key=lambda p: p["selection_loss"])["step"]
-    majority = float(np.bincount(labels["selection"]).max() / len(labels["selection"]))
+    # the selection split's majority-class rate, what a classifier's accuracy is near chance against
+    majority = {} if settings.regression else {
+        "selection_majority": float(np.bincount(labels["selection"]).max() / len(labels["selection"]))}
     # every run says what a step cost it; records made before say so only where a method was on (absent: 1)
     extra = {"methods": methods} if methods != NO_METHODS else {}
     extra["forward_passes"] = preset.passes(settings)
@@ -481,7 +494,7 @@ def train(accelerator, base_model, preset, data, roles, train_size: int, seed: i
         extra["kept_step"] = kept
     record = {**extra, "evals": points, "selected_step": selected, "steps": steps,
               "learning_rate": settings.learning_rate,
-              "selection_majority": majority, "seconds": round(seconds, 2), "eval_seconds": round(eval_time, 2)}
+              **majority, "seconds": round(seconds, 2), "eval_seconds": round(eval_time, 2)}
     predictions = {"steps": np.array([p["step"] for p in points]),
                    "test_steps": np.array([step for step, _ in logits["test"]])}
     for name in logits:
