@@ -324,6 +324,17 @@ def cmd_report(args):
     print(pooled)
 
 
+def cmd_export(args):
+    from .finetune.export import recreate
+
+    done = recreate(args.output_dir, args.data_flags, args.preset, args.train_size, args.seed, args.learning_rate,
+                    args.experiment, args.save_strategy, args.select_by, args.out)
+    same = done["kept_step"] == done["recorded_step"]
+    print(f"kept step {done['kept_step']} in {done['path']}; the record's run kept step {done['recorded_step']}"
+          f"{'' if same else ' (the re-created run chose differently)'}; largest difference from the record's "
+          f"selection loss at an evaluation point: {done['max_selection_loss_diff']:.2g}")
+
+
 def _number(check, allowed: str):
     """An argparse type: a float that ``check`` accepts, else a usage error saying what is ``allowed``."""
 
@@ -387,11 +398,32 @@ def build_parser() -> argparse.ArgumentParser:
                         "test_accuracy, test_nll_ts, test_r2 and test_spearman)")
     s.add_argument("--no_plots", action="store_true")
     s.set_defaults(func=cmd_report)
+
+    s = sub.add_parser("export", help="re-create one recorded run's model (as --save_strategy keeps it) by training "
+                                      "it again from its record",
+                       epilog="Any other flag is one of the grid's data flags (--train_file, --validation_file, "
+                              "--test_file, --dataset_name, --task_name, --max_eval_samples): the record identifies "
+                              "the data by their sha256 but does not say where they are.")
+    s.add_argument("output_dir", help="the grid's --output_dir (its runs.jsonl)")
+    s.add_argument("--preset", required=True)
+    s.add_argument("--train_size", type=int, default=None)
+    s.add_argument("--seed", type=int, default=None)
+    s.add_argument("--learning_rate", type=float, default=None)
+    s.add_argument("--experiment", default="default")
+    s.add_argument("--save_strategy", default="best", choices=("best", "final"),
+                   help="the point whose weights are kept: the one --select_by picks (default) or the last")
+    s.add_argument("--select_by", default=None, choices=SELECT_BY, help="default: the task's (accuracy, loss)")
+    s.add_argument("--out", default=None, help="default: OUTPUT_DIR/models/EXPERIMENT/PRESET/nSIZE-sSEED-lrLR/")
+    s.set_defaults(func=cmd_export, data_flags=[])
     return p
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    if rest and args.func is not cmd_export:  # only export passes flags on (the grid's data flags)
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    args.data_flags = rest
     try:
         args.func(args)
     except (ValueError, OSError) as e:

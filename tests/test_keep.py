@@ -2,6 +2,7 @@
 point the run kept (their logits are the stored predictions at that point), the regularization spec in its config."""
 
 import csv
+import re
 import json
 import os
 
@@ -106,3 +107,57 @@ def test_push_uploads_each_presets_best_kept_run(tiny_classifier, csv_data, tmp_
                    for r in runs if r["preset"] == preset)
     with pytest.raises(ValueError, match=r"^--push_to_hub: could not upload to 'me/sst-classic' \(Could not resolve"):
         export.push_best(str(out), [best["classic"]], ("selection_accuracy", 1), "me/sst", api=_Hub(fail=True))
+
+
+def test_export_recreates_a_run_that_was_not_saved_from_its_record(tiny_classifier, csv_data, tmp_path, capsys):
+    """`hfreg export` trains the recorded run again (a sweep's point: its preset comes from the record), checks the
+    rebuilt experiment against the record, and keeps the model whose logits are the stored predictions."""
+    import torch
+    from transformers import AutoTokenizer
+
+    import hfreg
+    from hfreg import cli
+
+    out = tmp_path / "out"
+    runs = _grid(tiny_classifier, csv_data, out, "--rates", "classic*2", "--seeds", "0,1")
+    assert not (out / "models").exists()
+    data = ["--train_file", str(csv_data / "train.csv"), "--validation_file", str(csv_data / "validation.csv")]
+    capsys.readouterr()
+    assert cli.main(["export", str(out), "--preset", "classic*2", "--seed", "1", *data]) == 0
+    said = capsys.readouterr().out.strip().splitlines()[-1]
+    run = next(r for r in records.read_runs(out) if r["preset"] == "classic*2" and r["seed"] == 1)
+    step = report.selected_point(run, "accuracy")["step"]
+    path = out / "models" / "default" / "classic*2" / f"n16-s1-lr{run['learning_rate']:g}"
+    assert said.startswith(f"kept step {step} in {path}; the record's run kept step {step};")
+    assert float(said.rsplit(": ", 1)[1]) < 1e-4  # the same run, trained again on this machine
+    assert "# classic*2 fine-tune of" in (path / "README.md").read_text()
+    arrays = records.load_predictions(str(out), run)
+    stored = arrays["selection_logits"][list(arrays["steps"]).index(step)]
+    with open(csv_data / "validation.csv") as f:
+        texts = [row["review"] for row in csv.DictReader(f)]
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = hfreg.load_regularized(str(path)).eval()
+    batch = tokenizer([texts[i] for i in arrays["selection_index"]], padding=True, return_tensors="pt")
+    with torch.inference_mode():
+        logits = model(**batch).logits.numpy()
+    assert np.allclose(logits[:, 1:] - logits[:, :1], stored[:, 1:] - stored[:, :1], atol=2e-2)
+    assert runs  # the grid itself kept nothing
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--preset", "classic"], r"2 runs of experiment 'default' have preset classic: pick one with --seed \(0, 1\)"),
+    (["--preset", "heavy"], "no run of experiment 'default' has preset heavy"),
+    (["--preset", "classic", "--seed", "0", "--max_eval_samples", "10"],
+     "these flags do not rebuild the run's experiment: data_sha256="),
+])
+def test_export_says_in_one_line_what_does_not_match(tiny_classifier, csv_data, tmp_path, capsys, argv, message):
+    from hfreg import cli
+
+    out = tmp_path / "out"
+    _grid(tiny_classifier, csv_data, out, "--seeds", "0,1")
+    data = ["--train_file", str(csv_data / "train.csv"), "--validation_file", str(csv_data / "validation.csv")]
+    capsys.readouterr()
+    assert cli.main(["export", str(out), *argv, *data]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and re.search(message, err[0]), err
+    assert not (out / "models").exists()

@@ -196,6 +196,24 @@ def load_preset(name_or_path: str) -> Preset:
     return Preset(name, reg, float(weight_decay), **methods, **judged)
 
 
+def from_record(name: str, contents: dict) -> Preset:
+    """The preset a run record's ``preset_config`` describes (the inverse of `Preset.contents`: a sweep's point or an
+    equal-compute arm as well as a shipped preset); one-line ValueError where the contents do not make one."""
+    data = dict(contents)
+    fields = {k: data.pop(k) for k in ("sweep", "control", "data_order", "steps_factor", *METHODS) if k in data}
+    weight_decay = data.pop("weight_decay", 0.0)
+    try:
+        reg = RegularizationConfig.from_dict({RENAMED.get(k, k): v for k, v in data.items()})
+        preset = Preset(name, reg, float(weight_decay), **fields)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"the record of preset {name!r} does not describe a preset this hfreg makes: "
+                         f"{str(e).splitlines()[0]}") from None
+    if preset.contents() != contents:
+        raise ValueError(f"the record of preset {name!r} does not describe a preset this hfreg makes: it would "
+                         f"record {preset.contents()} instead")
+    return preset
+
+
 def _judging_fields(where: str, name: str, data: dict) -> dict:
     """`control`, `data_order` and `steps_factor`, taken out of a preset file's ``data``; one-line ValueError naming
     ``where`` for a value that is not allowed."""
