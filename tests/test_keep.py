@@ -161,3 +161,35 @@ def test_export_says_in_one_line_what_does_not_match(tiny_classifier, csv_data, 
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and re.search(message, err[0]), err
     assert not (out / "models").exists()
+
+
+def test_data_parallel_keeps_one_model_from_the_main_process(tiny_classifier, csv_data, tmp_path):
+    """Two processes train each run together (`--parallel data`, gloo on the CPU): the first process saves the kept
+    weights once, and they give the stored predictions of the kept point."""
+    import torch
+    from harness import SCRIPT, launch
+    from transformers import AutoTokenizer
+
+    import hfreg
+
+    out = tmp_path / "out"
+    argv = args_for(tiny_classifier, csv_data, out, "--presets", "classic", "--train_sizes", "32", "--seeds", "0",
+                    "--mixed_precision", "no", "--parallel", "data", "--save_strategy", "best")
+    done = launch(SCRIPT, *argv, num_processes=2, quiet=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    (run,) = records.read_runs(out)
+    assert run["kept_step"] == report.selected_point(run, "accuracy")["step"]
+    models = [p for p in (out / "models").rglob("config.json")]
+    assert len(models) == 1
+    path = models[0].parent
+    arrays = records.load_predictions(str(out), run)
+    stored = arrays["selection_logits"][list(arrays["steps"]).index(run["kept_step"])]
+    with open(csv_data / "validation.csv") as f:
+        texts = [row["review"] for row in csv.DictReader(f)]
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = hfreg.load_regularized(str(path)).eval()
+    batch = tokenizer([texts[i] for i in arrays["selection_index"]], padding=True, return_tensors="pt")
+    with torch.inference_mode():
+        logits = model(**batch).logits.numpy()
+    assert np.allclose(logits[:, 1:] - logits[:, :1], stored[:, 1:] - stored[:, :1], atol=2e-2)
+    assert "best selection-split accuracy" in (path / "README.md").read_text()
