@@ -46,7 +46,7 @@ def test_regression_scores_match_scipy_and_their_per_example_terms_average_to_th
     assert got["r2"] == pytest.approx(1 - got["loss"] / labels.var(), rel=1e-6)
     assert got["pearson"] == pytest.approx(stats.pearsonr(outputs[:, 0], labels)[0], abs=1e-6)
     assert got["spearman"] == pytest.approx(stats.spearmanr(outputs[:, 0], labels)[0], abs=1e-6)
-    terms = scores.per_example(outputs, labels, {}, regression=True)
+    terms = scores.per_example(outputs, labels, {}, tasks.REGRESSION)
     assert terms["test_r2"].mean() == pytest.approx(got["r2"], abs=1e-6)
     assert terms["test_spearman"].mean() == pytest.approx(got["spearman"], abs=1e-6)
     # the terms' variance / N is the correlation's sampling variance: close to a bootstrap's
@@ -81,6 +81,12 @@ def test_a_float_label_grid_trains_a_regressor_and_is_judged_on_r2_and_spearman(
     assert config.num_labels == 1 and config.problem_type == "regression"
     arrays = records.load_predictions(str(out), runs[0])
     assert arrays["test_logits"].shape[-1] == 1 and arrays["test_labels"].dtype.kind == "f"
+    # the stored outputs are the values themselves (a classifier's logits are stored as differences): the
+    # report recomputes the recorded test metrics from them
+    final = runs[0]["evals"][-1]
+    again = scores.regression_scores(arrays["test_logits"][-1], arrays["test_labels"])
+    assert again["r2"] == pytest.approx(final["test_r2"], abs=1e-5)
+    assert again["spearman"] == pytest.approx(final["test_spearman"], abs=1e-5)
 
     summary = report.summarize(runs)
     classic = next(r for r in summary if r["preset"] == "classic")

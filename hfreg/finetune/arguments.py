@@ -28,7 +28,8 @@ from transformers import HfArgumentParser
 
 from .data import ROLES
 from .records import DEFAULT_EXPERIMENT, SELECT_BY, margins_arg
-from .tasks import PROBLEM_TYPES, TASKS
+from .tasks import CLASSIFIER_TYPES as PROBLEM_TYPES
+from .tasks import TASK_NAMES, TASKS
 from .training import PARALLEL_MODES
 
 PROG = "hfreg-finetune"
@@ -106,6 +107,10 @@ class DataArguments:
         "help": "text column, or two comma-separated for sentence pairs (default: detected)"})
     label_column: str | None = field(default=None, metadata={
         "help": "label column: strings or integers (classes), or floats (a regression) (default: detected)"})
+    task: str | None = field(default=None, metadata={
+        "help": f"{' or '.join(TASK_NAMES)}: a sequence classifier (classes, or a regression with float labels) "
+                f"or instruction tuning of a causal LM (prompt/completion, messages or text columns, loss on the "
+                f"completion) (default: causal-lm where the data have such columns and no label column)"})
     problem_type: str | None = field(default=None, metadata={
         "help": f"{' or '.join(PROBLEM_TYPES)} (default: regression where the training labels are floats, as "
                 f"run_glue infers it; else classification)"})
@@ -133,6 +138,11 @@ class DataArguments:
             self.task_name = task
         if self.dataset_name and self.train_file:
             raise ValueError("give either --dataset_name or --train_file, not both")
+        if self.task is not None and self.task not in TASK_NAMES:
+            raise ValueError(f"--task must be one of {list(TASK_NAMES)}, got {self.task!r}")
+        if self.task == "causal-lm" and self.problem_type is not None:
+            raise ValueError(f"--problem_type {self.problem_type} is a sequence classifier's: leave it out with "
+                             f"--task causal-lm")
         if self.problem_type is not None and self.problem_type not in PROBLEM_TYPES:
             raise ValueError(f"--problem_type must be one of {list(PROBLEM_TYPES)}, got {self.problem_type!r}")
         for flag in ("validation_file", "test_file"):

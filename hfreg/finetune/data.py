@@ -94,7 +94,7 @@ def content_hash(raw, text_columns, label_column) -> str:
     h = hashlib.sha256()
     for split in sorted(raw):
         h.update(split.encode() + b"\0")
-        for column in (*text_columns, label_column):
+        for column in (*text_columns, *([label_column] if label_column else [])):
             h.update(json.dumps(raw[split].data.column(column).to_pylist()).encode() + b"\0")
     return h.hexdigest()
 
@@ -104,8 +104,9 @@ class Encoded:
     """A tokenized split: token ids per example and its labels (class ids, or floats for a regression)."""
 
     input_ids: list
-    labels: np.ndarray
+    labels: np.ndarray  # a causal LM's: all 0, the one stratum its subsets are drawn from
     token_type_ids: list | None = None
+    targets: list | None = None  # a causal LM's per-token labels (`causal_lm`), which it trains on instead
 
     def __len__(self):
         return len(self.labels)
@@ -265,7 +266,8 @@ class _Subset(torch.utils.data.Dataset):
 
     def __getitem__(self, i):
         j = self.indices[i]
-        item = {"input_ids": self.enc.input_ids[j], "labels": self.enc.labels[j].item()}  # int, or a float target
+        item = {"input_ids": self.enc.input_ids[j],  # the class id, a float target, or a causal LM's token labels
+                "labels": self.enc.labels[j].item() if self.enc.targets is None else self.enc.targets[j]}
         if self.enc.token_type_ids is not None:
             item["token_type_ids"] = self.enc.token_type_ids[j]
         return item

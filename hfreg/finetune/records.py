@@ -34,7 +34,7 @@ DEFAULT_EXPERIMENT = "default"
 # how a run's early-stopping point (and a preset's learning rate) is chosen on the selection split: the key of an
 # evaluation point and +1 where higher wins; ties go to the earliest point. Which a problem type can use: `tasks`
 SELECT_BY = {"accuracy": ("selection_accuracy", +1), "f1": ("selection_f1", +1), "loss": ("selection_loss", -1),
-             "spearman": ("selection_spearman", +1)}
+             "spearman": ("selection_spearman", +1), "exact_match": ("selection_exact_match", +1)}
 DEFAULT_SELECT_BY = "accuracy"
 
 
@@ -202,23 +202,30 @@ def append_run(output_dir: str, record: dict, predictions: dict | None = None) -
         if run_key(record) in {run_key(r) for r in read_runs(output_dir)}:
             return False
         if predictions is not None:
-            record = {**record, "predictions": _save_predictions(output_dir, run_key(record), predictions)}
+            # a classifier's logits matter only through their differences; other outputs (a regressor's values, a
+            # causal LM's completion scores) are stored as they are
+            classes = (record.get("experiment", {}).get("settings") or {}).get("problem_type") is None
+            record = {**record, "predictions": _save_predictions(output_dir, run_key(record), predictions, classes)}
         _append(output_dir, record)
         return True
 
 
-def compact(arrays: dict) -> dict:
-    """Predictions as stored: each ``*_logits`` (points x examples x K, float32) becomes ``*_logit_diffs``, the
+def compact(arrays: dict, classes: bool = True) -> dict:
+    """Predictions as stored: with ``classes`` (a classifier's logits) each ``*_logits`` (points x examples x K,
+    float32) becomes ``*_logit_diffs``, the
     logits minus the first class's, without that column, in float16 (stored as its two byte planes: [low, high]
     bytes, little-endian) — the softmax depends on differences only, so
     argmax and probabilities come back unchanged up to float16 rounding, at (K-1)/(2K) of the bytes (a quarter for
-    two classes); labels, indices and steps take the smallest unsigned type that holds them."""
+    two classes); without, ``*_logits`` stay float32. Labels, indices and steps take the smallest unsigned type that
+    holds them."""
     import numpy as np
 
     out = {}
     for name, value in arrays.items():
         value = np.asarray(value)
-        if name.endswith("_logits"):
+        if name.endswith("_logits") and not classes:
+            out[name] = value.astype(np.float32)
+        elif name.endswith("_logits"):
             value = value.astype(np.float32)
             diffs = (value[..., 1:] - value[..., :1]).astype("<f2").view(np.uint8)
             # the low and the high bytes apart: the high ones (sign, exponent) compress several times better
@@ -230,7 +237,7 @@ def compact(arrays: dict) -> dict:
     return out
 
 
-def _save_predictions(output_dir: str, key: tuple, arrays: dict) -> str:
+def _save_predictions(output_dir: str, key: tuple, arrays: dict, classes: bool = True) -> str:
     import numpy as np
 
     rel = os.path.join(PREDICTIONS_DIR, digest(list(key)) + ".npz")
@@ -239,7 +246,7 @@ def _save_predictions(output_dir: str, key: tuple, arrays: dict) -> str:
     with open(path + ".tmp", "wb") as f:
         # an .npz that `numpy.load` reads, its members LZMA-compressed (smaller than savez_compressed's deflate)
         with zipfile.ZipFile(f, "w", compression=zipfile.ZIP_LZMA) as zf:
-            for name, value in compact(arrays).items():
+            for name, value in compact(arrays, classes).items():
                 with zf.open(name + ".npy", "w", force_zip64=True) as member:
                     np.lib.format.write_array(member, np.asarray(value), allow_pickle=False)
         f.flush()

@@ -51,7 +51,8 @@ VERDICT_METRICS = CLASSIFIER.verdicts  # what findings.md states a verdict for (
 CALIBRATION_METRICS = CLASSIFIER.calibration
 NAMES = {**CLASSIFIER.names, "gap": "gap (test - train loss)",
          "degradation": "degradation (final - early-stopped test loss)"}
-SHORT = {"test_accuracy": "acc", "test_nll_ts": "NLL-TS", "test_r2": "R²", "test_spearman": "Spearman"}
+SHORT = {"test_accuracy": "acc", "test_nll_ts": "NLL-TS", "test_r2": "R²", "test_spearman": "Spearman",
+         "test_loss": "NLL/token", "test_exact_match": "EM"}
 # underfit: the selected point's accuracy is within 0.02 of the majority-class rate, or the run's lowest selection
 # loss stays within 5% of ln K (a uniform prediction); a regression's selection R² within 0.02 of 0 (the mean)
 NEAR_CHANCE_ACCURACY, NEAR_CHANCE_LOSS = 0.02, 0.95
@@ -102,7 +103,9 @@ def run_values(run: dict, select_by: str = DEFAULT_SELECT_BY) -> dict:
         out[name]["gap"] = point["test_loss"] - point["train_loss"]
     out["fixed"]["degradation"] = final["test_loss"] - early["test_loss"]
     out["final_fit"] = final.get(task.fit, float("nan"))
-    if task.problem_type == tasks.REGRESSION:
+    if task.problem_type == tasks.CAUSAL_LM:  # no chance level to be near: a language model starts far above it
+        near_chance = False
+    elif task.problem_type == tasks.REGRESSION:
         near_chance = early["selection_r2"] <= NEAR_CHANCE_ACCURACY
     else:
         classes = len(run["experiment"]["settings"]["labels"])
@@ -168,7 +171,8 @@ def regimes(ordered: list[dict], underfit_runs: int, task: tasks.Task = CLASSIFI
     if train and statistics.fmean(train) >= MEMORISED:
         out.append("memorises")
     ci = {m: stats.paired([v["after"][m] for v in ordered])["ci95"] for m in ordered[0]["after"]}
-    if ci[task.primary][1] < 0:
+    lo, hi = (x * task.metrics[task.primary] for x in ci[task.primary])  # + is better
+    if max(lo, hi) < 0:
         out.append("overfits")
     elif "test_nll_ts" in ci and ci["test_loss"][0] > 0 and not ci["test_nll_ts"][0] > 0:
         out.append("overconfident")
@@ -718,8 +722,7 @@ def margin_reasons(records: list[dict]) -> str:
     task = tasks.of_rows(records)
     if task is not CLASSIFIER:
         return "; ".join(f"{names(task)[m]} ±{margins.get(m, stats.MARGINS[m]):g}" for m in task.verdicts) + (
-            " (on the 0..1 scales of explained variance and rank agreement: a difference most users would act on; "
-            "R² is 1 − MSE / the test labels' variance, the same for every arm, so its verdict is the MSE's)")
+            f" ({task.margin_note})" if task.margin_note else "")
     sizes = sorted({r["test_examples"] for r in records if r.get("test_examples")})
     base = [r["early_test_accuracy"] for r in records if r["preset"] == BASELINE]
     text = [f"test accuracy ±{margins.get('test_accuracy', stats.MARGINS['test_accuracy']):g} (a difference most "
@@ -1086,7 +1089,7 @@ def test_set_terms(output_dir: str, runs: list[dict], records: list[dict], selec
         if arrays is None or point["step"] not in list(arrays["test_steps"]):
             return None
         logits = arrays["test_logits"][list(arrays["test_steps"]).index(point["step"])]
-        return scores.per_example(logits, arrays["test_labels"], point, task.problem_type == tasks.REGRESSION)
+        return scores.per_example(logits, arrays["test_labels"], point, task.problem_type)
 
     for r in records:
         if r["preset"] == r["against"] or not r.get("paired_seeds"):

@@ -6,12 +6,15 @@ accuracy only in the first; temperature scaling (Guo et al., 2017, "On Calibrati
 fits one temperature on the selection split and removes the overconfidence part of the test NLL.
 
 A regression head's "logits" are its one output per example: `regression_scores` measures them (MSE as the loss,
-R², Pearson and Spearman), and no temperature is fitted.
+R², Pearson and Spearman), and no temperature is fitted; a causal LM's per-example completion scores are measured
+by `lm_scores`.
 """
 
 from __future__ import annotations
 
 import numpy as np
+
+from .tasks import CAUSAL_LM, CLASSIFICATION, REGRESSION
 
 ECE_BINS = 15  # equal-width bins of top-class confidence over [0, 1], as in Guo et al. (2017)
 
@@ -122,12 +125,27 @@ def regression_scores(outputs: np.ndarray, labels: np.ndarray) -> dict:
             "spearman": float(_correlation_terms(_ranks(pred), _ranks(labels)).mean())}
 
 
-def per_example(outputs: np.ndarray, labels: np.ndarray, point: dict, regression: bool = False) -> dict:
+def lm_scores(outputs: np.ndarray, labels=None) -> dict:
+    """A causal LM's completions, from `causal_lm.outputs` (per example: the summed NLL of its completion tokens,
+    their count, and whether every one is the greedy choice): loss (NLL per completion token, pooled over the
+    tokens), perplexity, and exact match (the share of completions wholly right)."""
+    nll, tokens, correct = (outputs[:, i].astype(float) for i in range(3))
+    loss = float(nll.sum() / max(tokens.sum(), 1.0))
+    return {"loss": loss, "perplexity": float(np.exp(min(loss, 50.0))), "exact_match": float(correct.mean())}
+
+
+def per_example(outputs: np.ndarray, labels: np.ndarray, point: dict, problem_type: str = CLASSIFICATION) -> dict:
     """{verdict metric: per-example values whose mean is the metric} at one evaluation ``point``: correctness and
     the temperature-scaled loss of a classifier; a regressor's R² terms, 1 - (error^2 / the labels' variance), and
-    Spearman's correlation terms (`_correlation_terms` of the ranks). What the test set adds to a comparison's
-    variance is read from these (`stats.test_set_terms`)."""
-    if regression:
+    Spearman's correlation terms (`_correlation_terms` of the ranks); a causal LM's exact match and its NLL per
+    token linearized (L + (nll_j - L n_j) / mean n: a ratio of sums, as its delta method reads it). What the test
+    set adds to a comparison's variance is read from these (`stats.test_set_terms`)."""
+    if problem_type == CAUSAL_LM:
+        nll, tokens = outputs[:, 0].astype(float), outputs[:, 1].astype(float)
+        loss = nll.sum() / max(tokens.sum(), 1.0)
+        return {"test_loss": loss + (nll - loss * tokens) / max(tokens.mean(), 1e-12),
+                "test_exact_match": outputs[:, 2].astype(float)}
+    if problem_type == REGRESSION:
         pred, labels = outputs.reshape(len(labels)).astype(float), labels.astype(float)
         var = float(labels.var()) or float("nan")
         return {"test_r2": 1 - (pred - labels) ** 2 / var,
@@ -136,27 +154,32 @@ def per_example(outputs: np.ndarray, labels: np.ndarray, point: dict, regression
             "test_nll_ts": losses(outputs / point["temperature"], labels)}
 
 
-def point_metrics(fit: tuple, selection: tuple, test: tuple | None = None, regression: bool = False) -> dict:
-    """Everything one evaluation point records, from (logits, labels) of the training subset, selection and test
-    splits: ``train_*``, ``selection_*``, the selection-fitted ``temperature`` (a classifier's), and with ``test``
-    its `test_metrics`."""
-    if regression:
-        out = {f"train_{k}": v for k, v in regression_scores(*fit).items()}
-        out.update({f"selection_{k}": v for k, v in regression_scores(*selection).items()})
+SCORES = {REGRESSION: regression_scores, CAUSAL_LM: lm_scores}  # a classifier's: `evaluate`, with a temperature
+
+
+def point_metrics(fit: tuple, selection: tuple, test: tuple | None = None,
+                  problem_type: str = CLASSIFICATION) -> dict:
+    """Everything one evaluation point records, from (outputs, labels) of the training subset, selection and test
+    splits: ``train_*``, ``selection_*``, a classifier's selection-fitted ``temperature``, and with ``test`` its
+    `test_metrics`."""
+    if problem_type in SCORES:
+        out = {f"train_{k}": v for k, v in SCORES[problem_type](*fit).items()}
+        out.update({f"selection_{k}": v for k, v in SCORES[problem_type](*selection).items()})
     else:
         out = {f"train_{k}": v for k, v in evaluate(*fit, calibration=False).items()}
         out.update({f"selection_{k}": v for k, v in evaluate(*selection).items()})
         out["temperature"] = fit_temperature(*selection)
     if test is not None:
-        out.update(test_metrics(*test, out.get("temperature")))
+        out.update(test_metrics(*test, out.get("temperature"), problem_type))
     return out
 
 
-def test_metrics(logits: np.ndarray, labels: np.ndarray, temperature: float | None) -> dict:
+def test_metrics(logits: np.ndarray, labels: np.ndarray, temperature: float | None,
+                 problem_type: str = CLASSIFICATION) -> dict:
     """A point's ``test_*`` metrics and, for a classifier, ``test_nll_ts`` (the test NLL at the selection-fitted
-    ``temperature``); a regressor (``temperature`` None) its `regression_scores`."""
-    if temperature is None:
-        return {f"test_{k}": v for k, v in regression_scores(logits, labels).items()}
+    ``temperature``)."""
+    if problem_type in SCORES:
+        return {f"test_{k}": v for k, v in SCORES[problem_type](logits, labels).items()}
     out = {f"test_{k}": v for k, v in evaluate(logits, labels).items()}
     out["test_nll_ts"] = nll(logits / temperature, labels)
     return out

@@ -84,10 +84,11 @@ def auto_precision(cpu: bool) -> str:
     return "bf16" if fast else "no"
 
 
-def eval_tokens(flag: int | None, precision: str) -> int:
+def eval_tokens(flag: int | None, precision: str, lm: bool = False) -> int:
     """The evaluation batches' token budget: the flag's, else 4096 in fp32 (the same logits to 1e-7, 1.2x faster on a
-    CPU; benchmarks/eval_profile.py) and none in low precision, where other batch shapes round differently."""
-    return flag if flag is not None else (EVAL_TOKENS if precision == "no" else 0)
+    CPU; benchmarks/eval_profile.py) and none in low precision, where other batch shapes round differently; a causal
+    LM's 4096 always (its logits span the vocabulary: 4096 x 128k float32 logits are 2 GB)."""
+    return flag if flag is not None else (EVAL_TOKENS if precision == "no" or lm else 0)
 
 
 def lora_settings(args) -> dict | None:
@@ -256,6 +257,7 @@ def build_experiment(args, ray) -> Experiment:
     import transformers
     from transformers import (
         AutoConfig,
+        AutoModelForCausalLM,
         AutoModelForSequenceClassification,
         AutoTokenizer,
         DataCollatorWithPadding,
@@ -263,8 +265,8 @@ def build_experiment(args, ray) -> Experiment:
     from transformers.utils import logging as hf_logging
 
     from .. import __version__
+    from . import causal_lm, report, tasks
     from . import data as data_mod
-    from . import report, tasks
     from .presets import (
         BASELINE,
         METHOD_FLAGS,
@@ -298,8 +300,18 @@ def build_experiment(args, ray) -> Experiment:
     model_path = args.model_name_or_path or default_model_path()
     raw = data_mod.load_raw(args.dataset_name, args.dataset_config_name, args.train_file, args.validation_file,
                             args.test_file)
-    text_columns, label_column = data_mod.detect_columns(raw["train"].column_names, args.text_column,
-                                                         args.label_column)
+    lm_format = causal_lm.detect_format(raw["train"].column_names)
+    lm = args.task == tasks.CAUSAL_LM or (args.task is None and lm_format is not None and args.label_column is None
+                                          and not any(c in raw["train"].column_names
+                                                      for c in data_mod.LABEL_CANDIDATES))
+    if lm:
+        if lm_format is None:
+            raise ValueError(f"--task causal-lm needs prompt and completion columns, a messages column or a text "
+                             f"column; the training split has {raw['train'].column_names}")
+        text_columns, label_column = causal_lm.FORMATS[lm_format], None
+    else:
+        text_columns, label_column = data_mod.detect_columns(raw["train"].column_names, args.text_column,
+                                                             args.label_column)
     if args.max_eval_samples:
         for split in set(raw) - {"train"}:
             raw[split] = raw[split].select(range(min(args.max_eval_samples, len(raw[split]))))
@@ -321,13 +333,20 @@ def build_experiment(args, ray) -> Experiment:
     tokenizer_flag = "tokenizer_name" if args.tokenizer_name else "model_name_or_path"
     with loading(tokenizer_flag, args.tokenizer_name or model_path):
         tokenizer = AutoTokenizer.from_pretrained(args.tokenizer_name or model_path, **remote)
-    data, label_names, problem_type = data_mod.encode(raw, tokenizer, text_columns, label_column,
-                                                      args.max_seq_length, args.problem_type)
+    if lm:
+        data, label_names, problem_type = causal_lm.encode(raw, tokenizer, lm_format, args.max_seq_length), [], \
+            tasks.CAUSAL_LM
+    else:
+        data, label_names, problem_type = data_mod.encode(raw, tokenizer, text_columns, label_column,
+                                                          args.max_seq_length, args.problem_type)
     args.select_by = report.check_select_by(args.select_by, tasks.task(problem_type))  # None: the task's own
     roles = data_mod.assign_roles(data, args.roles, args.split_seed, args.selection_size)
+    eval_batch = args.per_device_eval_batch_size
+    if lm and args.parallel == "data":  # batches of one size there, not a token budget: as many as 4096 tokens hold
+        eval_batch = min(eval_batch, max(1, EVAL_TOKENS // args.max_seq_length))
     settings = Settings(learning_rate=args.learning_rates[0], num_train_epochs=args.num_train_epochs,
-                        train_batch_size=args.train_batch_size, eval_batch_size=args.per_device_eval_batch_size,
-                        eval_tokens=eval_tokens(args.eval_tokens, precision),
+                        train_batch_size=args.train_batch_size, eval_batch_size=eval_batch,
+                        eval_tokens=eval_tokens(args.eval_tokens, precision, lm),
                         gradient_accumulation_steps=args.gradient_accumulation_steps,
                         evals_per_epoch=args.evals_per_epoch, train_eval_samples=args.max_train_eval_samples or None,
                         mc_samples=args.mc_samples, test_every_point=args.test_every_point,
@@ -340,13 +359,15 @@ def build_experiment(args, ray) -> Experiment:
                         label_smoothing_factor=args.label_smoothing_factor,
                         neftune_noise_alpha=args.neftune_noise_alpha,
                         gradient_checkpointing=args.gradient_checkpointing, problem_type=problem_type)
-    if problem_type == tasks.REGRESSION:  # methods defined on class probabilities have nothing to act on
+    if problem_type != tasks.CLASSIFICATION:  # methods defined on a classifier's probabilities
         needs = [f"--{flag} {getattr(args, flag):g}" for flag in ("label_smoothing_factor", "mc_samples")
                  if getattr(args, flag)]
         needs += [f"preset {p.name} (R-Drop)" for p in presets if p.methods(settings)["rdrop"]]
         if needs:
-            raise ValueError(f"{', '.join(needs)} act(s) on class probabilities, which a regression has none of: "
-                             f"leave them out of a regression grid")
+            what = "a regression has none of" if problem_type == tasks.REGRESSION else "hfreg implements for a " \
+                "sequence classifier only"
+            raise ValueError(f"{', '.join(needs)} act(s) on class probabilities, which {what}: leave them out of "
+                             f"a {problem_type} grid")
     for size in args.train_sizes:  # before anything is written
         data_mod.check_train_size(size, len(roles.pool))
         per_epoch = math.ceil(size / args.train_batch_size)
@@ -354,27 +375,29 @@ def build_experiment(args, ray) -> Experiment:
             steps = settings.total_steps(per_epoch, p.steps_factor)
             for knob, s in (p.reg.schedule or {}).items():
                 s.check_within(steps, f"preset {p.name} at train size {size}: the `{knob}`")
-    labels = dict(num_labels=1, problem_type=problem_type) if problem_type == tasks.REGRESSION else dict(
-        num_labels=len(label_names), id2label=dict(enumerate(label_names)),
-        label2id={n: i for i, n in enumerate(label_names)})
+    labels = {} if lm else dict(num_labels=1, problem_type=problem_type) if problem_type == tasks.REGRESSION \
+        else dict(num_labels=len(label_names), id2label=dict(enumerate(label_names)),
+                  label2id={n: i for i, n in enumerate(label_names)})
+    auto_model = AutoModelForCausalLM if lm else AutoModelForSequenceClassification
     if args.config_name:  # the model built from another config, its weights loaded where they fit
         with loading("config_name", args.config_name):
             labels = {"config": AutoConfig.from_pretrained(args.config_name, **labels, **remote)}
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            base_model = AutoModelForSequenceClassification.from_pretrained(model_path, **labels, **remote)
+            base_model = auto_model.from_pretrained(model_path, **labels, **remote)
     except OSError as e:  # no such model, no network, no weights
         raise ValueError(f"--model_name_or_path {model_path!r} cannot be loaded: "
                          f"{str(e).strip().splitlines()[0]}") from None
     except (ValueError, KeyError) as e:
-        raise ValueError(f"{model_path} cannot be loaded as a sequence classifier: {str(e).splitlines()[0]}") from None
+        raise ValueError(f"{model_path} cannot be loaded as a {'causal LM' if lm else 'sequence classifier'}: "
+                         f"{str(e).splitlines()[0]}") from None
     if args.gradient_checkpointing and not getattr(base_model, "supports_gradient_checkpointing", False):
         raise ValueError(f"--gradient_checkpointing: {type(base_model).__name__} does not support it")
     if tokenizer.pad_token is None:  # decoder LLMs: pad with EOS, and tell the head where sequences end
         tokenizer.pad_token = tokenizer.eos_token
     base_model.config.pad_token_id = tokenizer.pad_token_id
-    collate = DataCollatorWithPadding(tokenizer)
+    collate = causal_lm.Collator(tokenizer) if lm else DataCollatorWithPadding(tokenizer)
 
     model_name = args.model_name_or_path or DEFAULT_MODEL
     config = {k: v for k, v in base_model.config.to_dict().items()
@@ -382,7 +405,7 @@ def build_experiment(args, ray) -> Experiment:
     # everything that defines a run besides its preset, size and seed; a resume must match it exactly
     experiment = {"name": args.experiment, "settings": {
         "model": model_name, "model_config": digest(config),
-        "data_sha256": data_mod.content_hash(raw, text_columns, label_column),
+        "data_sha256": data_mod.content_hash(raw, text_columns, label_column),  # a causal LM's: its format's
         "text_columns": list(text_columns), "label_column": label_column, "labels": label_names,
         **({"problem_type": problem_type} if problem_type != tasks.CLASSIFICATION else {}),  # older records match
         "splits": {s: len(data[s]) for s in data}, "roles": roles.description,

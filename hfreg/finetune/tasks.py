@@ -3,6 +3,9 @@ sequence classifier's head), read by the training loop (which metrics a point re
 exist) and by the report (which metrics get a verdict, which one is the primary endpoint, what "near chance" and
 "fit its data" mean). Adding a problem type is one row here and its scores in `scores`.
 
+A causal LM's instruction tuning (``causal-lm``: loss on the completion tokens only) is judged on the test NLL per
+completion token (the primary endpoint) and on exact match of the greedy, teacher-forced completion.
+
 Regression (float labels, one output, mean-squared-error loss, as `run_glue` infers it) is judged on test R²
 (1 - MSE / the variance of the test labels: the test MSE on an axis whose margin reads alike on any label scale;
 the test labels' variance is the same for every arm, so a verdict on R² is one on MSE) and on Spearman's rank
@@ -15,7 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-CLASSIFICATION, REGRESSION = "single_label_classification", "regression"
+CLASSIFICATION, REGRESSION, CAUSAL_LM = "single_label_classification", "regression", "causal-lm"
 
 
 @dataclass(frozen=True)
@@ -28,6 +31,7 @@ class Task:
     select_by: tuple  # the selection rules (`records.SELECT_BY`) it can use, the default first
     fit: str  # the training metric at or above `MEMORISED` at the final point: the run fit its data
     after: tuple  # the test metrics whose move from the selected to the final point `regimes` reads
+    margin_note: str = ""  # why the default margins mean what they mean, beside them in the findings
 
     @property
     def primary(self) -> str:
@@ -53,9 +57,22 @@ TASKS = {t.problem_type: t for t in (
          verdicts=("test_r2", "test_spearman"), calibration=(),
          names={"test_r2": "test R²", "test_spearman": "test Spearman", "test_pearson": "test Pearson",
                 "test_loss": "test MSE"},
-         select_by=("loss", "spearman"), fit="train_r2", after=("test_r2", "test_loss", "test_spearman")),
+         select_by=("loss", "spearman"), fit="train_r2", after=("test_r2", "test_loss", "test_spearman"),
+         margin_note="on the 0..1 scales of explained variance and rank agreement: a difference most users would "
+                     "act on; R² is 1 − MSE / the test labels' variance, the same for every arm, so its verdict is "
+                     "the MSE's"),
+    Task(CAUSAL_LM,
+         metrics={"test_loss": -1, "test_exact_match": +1, "test_perplexity": -1},
+         verdicts=("test_loss", "test_exact_match"), calibration=(),
+         names={"test_loss": "test NLL per completion token", "test_exact_match": "test exact match",
+                "test_perplexity": "test perplexity"},
+         select_by=("loss", "exact_match"), fit="train_exact_match", after=("test_loss", "test_exact_match"),
+         margin_note="0.02 nats per completion token is a 2% change in perplexity; exact match is the share of "
+                     "completions whose every token is the greedy, teacher-forced choice"),
 )}
 PROBLEM_TYPES = tuple(TASKS)
+CLASSIFIER_TYPES = (CLASSIFICATION, REGRESSION)  # `--problem_type`: a sequence classifier's head
+TASK_NAMES = ("text-classification", CAUSAL_LM)  # `--task`: what is fine-tuned
 
 
 def task(problem_type: str | None) -> Task:

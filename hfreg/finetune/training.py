@@ -30,7 +30,7 @@ from .data import by_length, eval_loader, stratified_indices, subset_indices, tr
 from .presets import NO_METHODS
 from .records import SELECT_BY
 from .scores import evaluate, point_metrics, test_metrics
-from .tasks import CLASSIFICATION, REGRESSION, task
+from .tasks import CAUSAL_LM, CLASSIFICATION, task
 
 PARALLEL_MODES = ("run", "data")
 
@@ -66,11 +66,7 @@ class Settings:
     label_smoothing_factor: float = 0.0  # label smoothing of the training loss
     neftune_noise_alpha: float = 0.0  # NEFTune's alpha (`embedding_noise`) for every preset that sets none
     gradient_checkpointing: bool = False  # recompute activations in the backward pass
-    problem_type: str = CLASSIFICATION  # or REGRESSION: one output, MSE, float labels (`tasks`)
-
-    @property
-    def regression(self) -> bool:
-        return self.problem_type == REGRESSION
+    problem_type: str = CLASSIFICATION  # `tasks`: or REGRESSION (one output, MSE), CAUSAL_LM (completion tokens)
 
     def epochs(self, steps_per_epoch: int, factor: int = 1) -> int:
         """Epochs to train (the last one cut short where ``max_steps`` ends inside it): ``num_train_epochs``, or
@@ -194,10 +190,12 @@ def reset_head(model: nn.Module, seed: int):
 
 
 @torch.inference_mode()
-def predict(accelerator, model, loader, gather: bool, mc_samples: int = 0) -> np.ndarray:
+def predict(accelerator, model, loader, gather: bool, mc_samples: int = 0, lm: bool = False) -> np.ndarray:
     """Logits (float32, on the CPU) of every example of ``loader``, in the loader's order, in eval mode; with
-    ``mc_samples``, the log mean probabilities of that many MC-dropout passes (usable as logits) instead."""
+    ``mc_samples``, the log mean probabilities of that many MC-dropout passes (usable as logits) instead; for a
+    causal LM (``lm``), each example's completion scores (`causal_lm.outputs`), never its logits."""
     from ..mc import mc_log_probs, mc_predict
+    from .causal_lm import outputs
 
     model.eval()
     out = []
@@ -206,9 +204,12 @@ def predict(accelerator, model, loader, gather: bool, mc_samples: int = 0) -> np
         if mc_samples:  # a preset without dropout: MC is the eval pass, said in the README
             warnings.simplefilter("ignore")
         for batch in loader:
+            labels = batch["labels"].to(accelerator.device) if lm else None
             batch = {k: v.to(accelerator.device) for k, v in batch.items() if k != "labels"}
             if mc_samples:
                 logits = mc_log_probs(mc_predict(accelerator.unwrap_model(model), batch, mc_samples))
+            elif lm:  # the vocabulary-wide logits reduced per batch: they would not fit for a whole split
+                logits = outputs(model(**batch).logits, labels)
             else:
                 logits = model(**batch).logits.float()
             if gather:
@@ -324,13 +325,16 @@ def train(accelerator, base_model, preset, data, roles, train_size: int, seed: i
     # data mode: each rank draws its own dropout masks; run mode: the seed alone decides, on any rank
     set_seed(seed, device_specific=data_parallel)
     model = copy.deepcopy(base_model)
-    reset_head(model, seed)
+    lm = settings.problem_type == CAUSAL_LM
+    if not lm:  # a language model's output layer is pretrained (often tied to its embeddings): it stays
+        reset_head(model, seed)
     if settings.gradient_checkpointing:  # before the adapters and the patch, on the transformers model itself
         enable_checkpointing(model)
     if settings.lora:  # adapters first, so that the patch finds them (`adapter` knob)
         from peft import LoraConfig, get_peft_model
 
-        model = get_peft_model(model, LoraConfig(**settings.lora, lora_dropout=0.0, task_type="SEQ_CLS"))
+        model = get_peft_model(model, LoraConfig(**settings.lora, lora_dropout=0.0,
+                                                 task_type="CAUSAL_LM" if lm else "SEQ_CLS"))
     methods = preset.methods(settings)
     reinit = reinit_top_layers(model, methods["reinit_layers"]) if methods["reinit_layers"] else []
     with warnings.catch_warnings(record=True) as caught:
@@ -427,10 +431,10 @@ def train(accelerator, base_model, preset, data, roles, train_size: int, seed: i
                 total, count = accelerator.reduce(total, "sum"), accelerator.reduce(count, "sum")
             running = (total / count).item()
             names = [n for n in views if n != "test" or leaders is None or step == final]
-            out = {n: predict(accelerator, model, eval_dls[n], data_parallel) for n in names}
+            out = {n: predict(accelerator, model, eval_dls[n], data_parallel, lm=lm) for n in names}
             point = {"step": step, "epoch": round(step / steps_per_epoch, 4), "running_loss": running,
                      "rates": rates.rates(),
-                     **point_metrics(*((out[n], labels[n]) for n in names), regression=settings.regression)}
+                     **point_metrics(*((out[n], labels[n]) for n in names), problem_type=settings.problem_type)}
             if leaders is not None:
                 leaders.offer(point, None if "test" in out else model)
             if keep is not None and leaders is None:  # with leaders, their copy of the rule's weights serves
@@ -449,7 +453,8 @@ def train(accelerator, base_model, preset, data, roles, train_size: int, seed: i
             model.train()
             eval_time += time.time() - t0
             # a bar on the terminal: the line goes above it, and the bar is drawn again below
-            score = ("r2", "r2") if settings.regression else ("accuracy", "acc")  # (point key, shown as)
+            score = task(settings.problem_type).fit.removeprefix("train_")  # accuracy, r2, exact_match
+            score = (score, {"accuracy": "acc", "exact_match": "EM"}.get(score, score))  # (point key, shown as)
             with contextlib.nullcontext() if bar.disable else bar.external_write_mode():
                 log(f"  {preset.name} n={train_size} seed={seed} step {step}/{steps} (epoch {point['epoch']:g}): "
                     f"train {point['train_loss']:.3f} {score[1]} {point['train_' + score[0]]:.3f} | selection "
@@ -469,8 +474,8 @@ def train(accelerator, base_model, preset, data, roles, train_size: int, seed: i
         by_step = {p["step"]: p for p in points}
         for step, state in sorted(leaders.states.items()):
             model.load_state_dict(state)  # the run's model copy ends here: nothing trains after this
-            out = predict(accelerator, model, eval_dls["test"], False)
-            measured = test_metrics(out, labels["test"], by_step[step].get("temperature"))
+            out = predict(accelerator, model, eval_dls["test"], False, lm=lm)
+            measured = test_metrics(out, labels["test"], by_step[step].get("temperature"), settings.problem_type)
             by_step[step].update(measured)
             if on_point is not None:
                 on_point({"step": step, **measured})
@@ -483,7 +488,7 @@ def train(accelerator, base_model, preset, data, roles, train_size: int, seed: i
     # early stopping: the point with the lowest selection loss (the first of equals)
     selected = min(points, key=lambda p: p["selection_loss"])["step"]
     # the selection split's majority-class rate, what a classifier's accuracy is near chance against
-    majority = {} if settings.regression else {
+    majority = {} if settings.problem_type != CLASSIFICATION else {
         "selection_majority": float(np.bincount(labels["selection"]).max() / len(labels["selection"]))}
     # every run says what a step cost it; records made before say so only where a method was on (absent: 1)
     extra = {"methods": methods} if methods != NO_METHODS else {}

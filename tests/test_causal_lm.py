@@ -1,0 +1,169 @@
+"""Instruction tuning of a causal LM (`--task causal-lm`): TRL's data formats, the loss on completion tokens only,
+completion NLL and exact match per point, and the same presets, records, verdicts and report as classification —
+on a tiny random Llama that borrows the packaged MiniLM's tokenizer, and instruction pairs made from real reviews."""
+
+import csv
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+from harness import SCRIPT, launch, load_script
+
+from hfreg.finetune import causal_lm, records, report, scores, tasks
+
+
+@pytest.fixture(scope="module")
+def tiny_llama(tmp_path_factory, minilm_path):
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    path = tmp_path_factory.mktemp("tiny-llama")
+    tok = AutoTokenizer.from_pretrained(minilm_path)
+    config = LlamaConfig(vocab_size=tok.vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                         pad_token_id=tok.pad_token_id)
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).save_pretrained(path)
+    tok.save_pretrained(path)
+    return str(path)
+
+
+def _reviews(shared_data, split, n):
+    with open(os.path.join(shared_data, "rt-polarity", f"{split}.csv")) as f:
+        return [(row["text"], int(row["label"])) for row, _ in zip(csv.DictReader(f), range(n))]
+
+
+@pytest.fixture(scope="module")
+def instructions(shared_data, tmp_path_factory):
+    """rt-polarity as prompt/completion pairs: "Review: … Sentiment:" -> " positive" / " negative"."""
+    out = tmp_path_factory.mktemp("instructions")
+    for split, n in (("train", 120), ("validation", 40), ("test", 40)):
+        with open(out / f"{split}.jsonl", "w") as f:
+            for text, label in _reviews(shared_data, split, n):
+                f.write(json.dumps({"prompt": f"Review: {text}\nSentiment:",
+                                    "completion": " positive" if label else " negative"}) + "\n")
+    return out
+
+
+def _argv(model, data, out, *extra):
+    return ["--model_name_or_path", model, "--train_file", str(data / "train.jsonl"),
+            "--validation_file", str(data / "validation.jsonl"), "--test_file", str(data / "test.jsonl"),
+            "--presets", "pretrain-zero,classic", "--train_sizes", "16", "--seeds", "0,1", "--num_train_epochs", "2",
+            "--min_steps", "30", "--learning_rate", "1e-2", "--max_seq_length", "24", "--max_eval_samples", "24",
+            "--mixed_precision", "no",
+            "--output_dir", str(out), "--no_plots", *extra]
+
+
+def test_the_completion_alone_is_trained_and_a_long_prompt_loses_its_start(minilm_path):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(minilm_path)
+    ids, labels = causal_lm.encode_example(tok, "Review: fine film\nSentiment:", " positive", 64)
+    completion = tok(" positive", add_special_tokens=False)["input_ids"] + [tok.sep_token_id]  # no EOS: SEP ends
+    assert ids[-len(completion):] == completion and labels[-len(completion):] == completion
+    assert labels[:-len(completion)] == [causal_lm.IGNORE] * (len(ids) - len(completion))
+    ids, labels = causal_lm.encode_example(tok, "word " * 100 + "last", " positive", 16)
+    assert len(ids) == 16 and labels[-len(completion):] == completion
+    assert tok.decode(ids[:-len(completion)]).endswith("last")  # the prompt's end kept
+    assert causal_lm.detect_format(["prompt", "completion", "id"]) == "prompt-completion"
+    assert causal_lm.detect_format(["messages"]) == "messages" and causal_lm.detect_format(["label"]) is None
+
+
+def test_completion_scores_are_the_models_own_loss_and_greedy_choice():
+    torch.manual_seed(0)
+    logits = torch.randn(3, 6, 11)
+    labels = torch.full((3, 6), causal_lm.IGNORE)
+    labels[:, 3:] = torch.randint(0, 11, (3, 3))
+    labels[2, 4:] = logits[2, 3:5].argmax(-1)  # example 2: its last two completion tokens are the greedy choice
+    labels[2, 3] = logits[2, 2].argmax(-1)
+    out = causal_lm.outputs(logits, labels).numpy()
+    shifted = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, 11), labels[:, 1:].reshape(-1),
+                                                ignore_index=causal_lm.IGNORE, reduction="sum")
+    assert out[:, 0].sum() == pytest.approx(float(shifted), rel=1e-5) and list(out[:, 1]) == [3, 3, 3]
+    assert out[2, 2] == 1.0
+    got = scores.lm_scores(out)
+    assert got["loss"] == pytest.approx(out[:, 0].sum() / 9) and got["exact_match"] == pytest.approx(1 / 3)
+    terms = scores.per_example(out, np.zeros(3), {}, tasks.CAUSAL_LM)
+    assert terms["test_loss"].mean() == pytest.approx(got["loss"])
+    assert terms["test_exact_match"].mean() == pytest.approx(got["exact_match"])
+
+
+def test_an_instruction_grid_trains_the_completions_and_is_judged_on_them(tiny_llama, instructions, tmp_path):
+    out = tmp_path / "out"
+    assert load_script().main(_argv(tiny_llama, instructions, out, "--save_strategy", "best")) == 0
+    runs = records.read_runs(str(out))
+    assert {r["experiment"]["settings"]["problem_type"] for r in runs} == {"causal-lm"}
+    assert runs[0]["experiment"]["settings"]["text_columns"] == ["prompt", "completion"]
+    first, last = runs[0]["evals"][0], runs[0]["evals"][-1]
+    assert {"selection_loss", "selection_exact_match", "selection_perplexity", "test_loss"} <= set(last)
+    assert last["train_loss"] < first["train_loss"]  # it learns the completions
+    assert max(r["evals"][-1]["train_exact_match"] for r in runs) > 0.5  # " positive"/" negative" + SEP, greedy
+    arrays = records.load_predictions(str(out), runs[0])
+    assert arrays["test_logits"].shape[1:] == (24, 3)  # per example: NLL sum, tokens, exact, never the logits
+    assert set(arrays["test_logits"][0][:, 1]) == {2.0}  # " positive" is one token here, then SEP
+    again = scores.lm_scores(arrays["test_logits"][-1])
+    assert again["loss"] == pytest.approx(runs[0]["evals"][-1]["test_loss"], rel=1e-5)
+    kept = next((out / "models").rglob("config.json")).parent
+    from transformers import AutoModelForCausalLM
+
+    import hfreg
+
+    assert isinstance(hfreg.load_regularized(str(kept)), type(AutoModelForCausalLM.from_pretrained(kept)))
+
+    summary = report.summarize(runs)
+    classic = next(r for r in summary if r["preset"] == "classic")
+    assert classic["select_by"] == "loss" and {"delta_early_test_loss", "delta_fixed_test_exact_match"} <= set(
+        classic)
+    text = (out / "findings.md").read_text()
+    assert "test NLL per completion token" in text and "| NLL/token (early) |" in text and "accuracy" not in text
+    assert "**Answer** (test NLL per completion token" in (out / "pooled.md").read_text()
+
+
+def test_conversations_go_through_the_chat_template_and_its_absence_is_one_line(tiny_llama, shared_data, tmp_path):
+    from transformers import AutoTokenizer
+
+    data = tmp_path / "chat"
+    data.mkdir()
+    for split, n in (("train", 40), ("validation", 16)):
+        with open(data / f"{split}.jsonl", "w") as f:
+            for text, label in _reviews(shared_data, split, n):
+                f.write(json.dumps({"messages": [{"role": "user", "content": f"Sentiment of: {text}"},
+                                                 {"role": "assistant", "content": "positive" if label else
+                                                  "negative"}]}) + "\n")
+    argv = ["--model_name_or_path", tiny_llama, "--train_file", str(data / "train.jsonl"), "--validation_file",
+            str(data / "validation.jsonl"), "--presets", "pretrain-zero", "--train_sizes", "16", "--seeds", "0",
+            "--num_train_epochs", "1", "--min_steps", "0", "--mixed_precision", "no", "--no_plots"]
+    with pytest.raises(ValueError, match="the data are conversations .* the tokenizer has no chat template"):
+        load_script().main([*argv, "--output_dir", str(tmp_path / "refused")])
+    assert not (tmp_path / "refused").exists()
+    templated = tmp_path / "templated"
+    tok = AutoTokenizer.from_pretrained(tiny_llama)
+    tok.chat_template = ("{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+                         "{% if add_generation_prompt %}assistant:{% endif %}")
+    tok.save_pretrained(templated)
+    assert load_script().main([*argv, "--tokenizer_name", str(templated), "--output_dir", str(tmp_path / "o")]) == 0
+    (run,) = records.read_runs(str(tmp_path / "o"))
+    assert run["experiment"]["settings"]["text_columns"] == ["messages"]
+
+
+@pytest.mark.parametrize("extra, message", [
+    (("--presets", "pretrain-zero,classic,rdrop"), r"preset rdrop \(R-Drop\) act\(s\) on class probabilities"),
+    (("--task", "causal-lm", "--problem_type", "regression"), "--problem_type regression is a sequence classifier"),
+])
+def test_what_a_causal_lm_cannot_take_is_one_line(tiny_llama, instructions, tmp_path, extra, message):
+    with pytest.raises(ValueError, match=message):
+        load_script().main(_argv(tiny_llama, instructions, tmp_path / "out", *extra))
+    assert not (tmp_path / "out").exists()
+
+
+def test_causal_lm_trains_under_data_parallel_processes(tiny_llama, instructions, tmp_path):
+    """Two processes train each run together (`--parallel data`, gloo): the completion scores are gathered whole."""
+    out = tmp_path / "out"
+    done = launch(SCRIPT, *_argv(tiny_llama, instructions, out, "--presets", "classic", "--seeds", "0",
+                                 "--parallel", "data"), num_processes=2, quiet=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    (run,) = records.read_runs(str(out))
+    arrays = records.load_predictions(str(out), run)
+    assert arrays["selection_logits"].shape[1:] == (24, 3) and arrays["test_logits"].shape[1:] == (24, 3)
+    assert run["evals"][-1]["train_loss"] < run["evals"][0]["train_loss"]
