@@ -2,9 +2,9 @@
 point the run kept (their logits are the stored predictions at that point), the regularization spec in its config."""
 
 import csv
-import re
 import json
 import os
+import re
 
 import numpy as np
 import pytest

@@ -8,7 +8,7 @@ import pytest
 from harness import args_for, load_script
 
 from hfreg.finetune import records, report, scores, tasks
-from hfreg.finetune.data import stratified_indices, strata
+from hfreg.finetune.data import strata, stratified_indices
 
 
 @pytest.fixture
