@@ -103,14 +103,22 @@ class DataArguments:
     validation_file: str | None = field(default=None, metadata={"help": "same format as --train_file"})
     test_file: str | None = field(default=None, metadata={
         "help": "labelled test split, used only to report (same format)"})
+    train_dir: str | None = field(default=None, metadata={
+        "help": "images in the imagefolder layout (one folder per class), as run_image_classification.py takes them"})
+    validation_dir: str | None = field(default=None, metadata={"help": "the same layout as --train_dir"})
+    test_dir: str | None = field(default=None, metadata={
+        "help": "the same layout, a labelled test split used only to report"})
+    image_column_name: str | None = field(default=None, metadata={
+        "help": "the image column of an image data set (default: detected: image, img)"})
     text_column: str | None = field(default=None, metadata={
         "help": "text column, or two comma-separated for sentence pairs (default: detected)"})
     label_column: str | None = field(default=None, metadata={
         "help": "label column: strings or integers (classes), or floats (a regression) (default: detected)"})
     task: str | None = field(default=None, metadata={
-        "help": f"{' or '.join(TASK_NAMES)}: a sequence classifier (classes, or a regression with float labels) "
-                f"or instruction tuning of a causal LM (prompt/completion, messages or text columns, loss on the "
-                f"completion) (default: causal-lm where the data have such columns and no label column)"})
+        "help": f"{', '.join(TASK_NAMES)}: a sequence classifier (classes, or a regression with float labels), an "
+                f"image classifier, or instruction tuning of a causal LM (prompt/completion, messages or text "
+                f"columns, loss on the completion) (default: from the data: an image column, or such columns and "
+                f"no label column; else text-classification)"})
     problem_type: str | None = field(default=None, metadata={
         "help": f"{' or '.join(PROBLEM_TYPES)} (default: regression where the training labels are floats, as "
                 f"run_glue infers it; else classification)"})
@@ -148,6 +156,11 @@ class DataArguments:
         for flag in ("validation_file", "test_file"):
             if getattr(self, flag) and not self.train_file:
                 raise ValueError(f"--{flag} needs --train_file")
+        for flag in ("validation_dir", "test_dir"):
+            if getattr(self, flag) and not self.train_dir:
+                raise ValueError(f"--{flag} needs --train_dir")
+        if self.train_dir and (self.train_file or self.dataset_name or self.task_name):
+            raise ValueError("give one source of data: --train_dir, --train_file or --dataset_name")
         _positive(self, "max_seq_length")
 
 

@@ -17,7 +17,8 @@ LABEL_CANDIDATES = ("label", "labels", "class", "target", "sentiment", "category
 
 
 # ----------------------------------------------------------------------------------------------- data
-def load_raw(dataset_name=None, dataset_config_name=None, train_file=None, validation_file=None, test_file=None):
+def load_raw(dataset_name=None, dataset_config_name=None, train_file=None, validation_file=None, test_file=None,
+             train_dir=None, validation_dir=None, test_dir=None):
     """A DatasetDict with ``train``, ``validation`` and, where the data has one, ``test``; the built-in synthetic
     set when nothing is given. A hub data set without validation split uses its test split for validation (MNLI: its
     matched validation and test splits)."""
@@ -32,6 +33,12 @@ def load_raw(dataset_name=None, dataset_config_name=None, train_file=None, valid
 
     if dataset_name:
         raw = load(dataset_name, dataset_config_name)
+    elif train_dir:  # images, one folder per class (datasets' imagefolder, as run_image_classification.py reads it)
+        dirs = {k: v for k, v in (("train", train_dir), ("validation", validation_dir), ("test", test_dir)) if v}
+        for split, path in dirs.items():
+            if not os.path.isdir(path):
+                raise ValueError(f"--{split}_dir {path!r} is not a directory")
+        raw = load("imagefolder", data_files={k: os.path.join(v, "**") for k, v in dirs.items()})
     elif train_file:
         files = {"train": train_file}
         files.update({k: v for k, v in (("validation", validation_file), ("test", test_file)) if v})
@@ -67,7 +74,8 @@ def load_raw(dataset_name=None, dataset_config_name=None, train_file=None, valid
     return DatasetDict({s: raw[s] for s in splits})
 
 
-def detect_columns(columns, text_column=None, label_column=None) -> tuple[tuple[str, ...], str]:
+def detect_label(columns, label_column=None) -> str:
+    """``label_column`` (checked), else the first of `LABEL_CANDIDATES` among ``columns``."""
     columns = list(columns)
     if label_column is None:
         label_column = next((c for c in LABEL_CANDIDATES if c in columns), None)
@@ -75,6 +83,12 @@ def detect_columns(columns, text_column=None, label_column=None) -> tuple[tuple[
             raise ValueError(f"no label column found among {columns}; name it with --label_column")
     elif label_column not in columns:
         raise ValueError(f"--label_column {label_column!r} is not a column; columns: {columns}")
+    return label_column
+
+
+def detect_columns(columns, text_column=None, label_column=None) -> tuple[tuple[str, ...], str]:
+    columns = list(columns)
+    label_column = detect_label(columns, label_column)
     if text_column:
         texts = tuple(t.strip() for t in text_column.split(","))
         if len(texts) > 2:
@@ -95,7 +109,13 @@ def content_hash(raw, text_columns, label_column) -> str:
     for split in sorted(raw):
         h.update(split.encode() + b"\0")
         for column in (*text_columns, *([label_column] if label_column else [])):
-            h.update(json.dumps(raw[split].data.column(column).to_pylist()).encode() + b"\0")
+            values = raw[split].data.column(column).to_pylist()
+            if getattr(raw[split].features.get(column), "decode", None) is not None:  # images: their encoded bytes
+                for value in values:
+                    h.update(value["bytes"] or value["path"].encode())
+                h.update(b"\0")
+            else:
+                h.update(json.dumps(values).encode() + b"\0")
     return h.hexdigest()
 
 
@@ -107,9 +127,14 @@ class Encoded:
     labels: np.ndarray  # a causal LM's: all 0, the one stratum its subsets are drawn from
     token_type_ids: list | None = None
     targets: list | None = None  # a causal LM's per-token labels (`causal_lm`), which it trains on instead
+    images: bool = False  # ``input_ids`` holds images (`images`), each of the same length as far as batching goes
 
     def __len__(self):
         return len(self.labels)
+
+    def length(self, j) -> int:
+        """Example ``j``'s token count (what length-grouped and evaluation batches sort by); 1 for an image."""
+        return 1 if self.images else len(self.input_ids[j])
 
 
 def _unlabelled(values) -> bool:
@@ -118,10 +143,22 @@ def _unlabelled(values) -> bool:
 
 
 def encode(raw, tokenizer, text_columns, label_column, max_length, problem_type: str | None = None):
-    """Tokenize every split once. Classification: labels (strings or integers) become 0..K-1, the classes of the
-    training split; regression (`tasks.infer_problem_type`: float labels, or ``problem_type``): float32 labels. A
-    test split without labels is dropped. Returns (splits, label names, problem type); a regressor's one "label"
-    is the label column's name."""
+    """Tokenize every split once and map its labels (`label_ids`). A test split without labels is dropped. Returns
+    (splits, label names, problem type)."""
+    ids, names, problem_type = label_ids(raw, label_column, problem_type)
+    out = {}
+    for split in ids:
+        texts = [list(raw[split][c]) for c in text_columns]
+        enc = tokenizer(*texts, truncation=True, max_length=max_length)
+        out[split] = Encoded(enc["input_ids"], ids[split], enc.get("token_type_ids"))
+    return out, names, problem_type
+
+
+def label_ids(raw, label_column, problem_type: str | None = None) -> tuple[dict, list, str]:
+    """Every labelled split's labels: classification (strings or integers) as 0..K-1, the classes of the training
+    split; regression (`tasks.infer_problem_type`: float labels, or ``problem_type``) as float32. A test split
+    without labels is left out. Returns ({split: labels}, label names, problem type); a regressor's one "label" is
+    the label column's name."""
     from .tasks import REGRESSION, infer_problem_type
 
     labels = {s: list(raw[s][label_column]) for s in raw}
@@ -140,26 +177,21 @@ def encode(raw, tokenizer, text_columns, label_column, max_length, problem_type:
         if len(set(labels["train"])) < 2:
             raise ValueError(f"label column {label_column!r} has one value ({labels['train'][0]!r}); a regression "
                              f"needs at least two")
-        ids = {split: np.asarray(values, dtype=np.float32) for split, values in labels.items()}
-        names = [label_column]
-    else:
-        values = sorted(set(labels["train"]), key=str)
-        if len(values) < 2:
-            raise ValueError(f"label column {label_column!r} has only one class ({values[0]!r}); need at least two")
-        for split in labels:
-            unseen = sorted(set(labels[split]) - set(values), key=str)
-            if unseen:
-                raise ValueError(f"the {split} split has label(s) {unseen[:5]} that the training split does not "
-                                 f"have (its classes: {values[:10]})")
-        to_id = {v: i for i, v in enumerate(values)}
-        ids = {split: np.array([to_id[v] for v in labels[split]]) for split in labels}
-        names = [str(v) for v in values]
-    out = {}
+        return ({split: np.asarray(values, dtype=np.float32) for split, values in labels.items()}, [label_column],
+                problem_type)
+    feature = raw["train"].features.get(label_column)
+    named = getattr(feature, "names", None)  # a ClassLabel (an imagefolder's folders): its names, not its ids
+    values = sorted(set(labels["train"]), key=str)
+    if len(values) < 2:
+        raise ValueError(f"label column {label_column!r} has only one class ({values[0]!r}); need at least two")
     for split in labels:
-        texts = [list(raw[split][c]) for c in text_columns]
-        enc = tokenizer(*texts, truncation=True, max_length=max_length)
-        out[split] = Encoded(enc["input_ids"], ids[split], enc.get("token_type_ids"))
-    return out, names, problem_type
+        unseen = sorted(set(labels[split]) - set(values), key=str)
+        if unseen:
+            raise ValueError(f"the {split} split has label(s) {unseen[:5]} that the training split does not "
+                             f"have (its classes: {values[:10]})")
+    to_id = {v: i for i, v in enumerate(values)}
+    names = [named[v] if named else str(v) for v in values]
+    return {split: np.array([to_id[v] for v in labels[split]]) for split in labels}, names, problem_type
 
 
 ROLES = ("auto", "validation", "validation-half", "train-pool")
@@ -266,7 +298,8 @@ class _Subset(torch.utils.data.Dataset):
 
     def __getitem__(self, i):
         j = self.indices[i]
-        item = {"input_ids": self.enc.input_ids[j],  # the class id, a float target, or a causal LM's token labels
+        item = {"input_ids": self.enc.input_ids[j],  # token ids, or an image; labels: a class id, a float target, or
+                # a causal LM's token labels
                 "labels": self.enc.labels[j].item() if self.enc.targets is None else self.enc.targets[j]}
         if self.enc.token_type_ids is not None:
             item["token_type_ids"] = self.enc.token_type_ids[j]
@@ -277,7 +310,7 @@ def train_loader(enc: Encoded, indices, batch_size: int, seed: int, collate):
     """Seeded random batches of similar length (transformers' length grouping): less padding, fresh order."""
     from transformers.trainer_pt_utils import LengthGroupedSampler
 
-    lengths = [len(enc.input_ids[j]) for j in indices]
+    lengths = [enc.length(j) for j in indices]
     sampler = LengthGroupedSampler(batch_size, lengths=lengths, generator=torch.Generator().manual_seed(seed))
     return torch.utils.data.DataLoader(_Subset(enc, indices), batch_size=batch_size, sampler=sampler,
                                        collate_fn=collate)
@@ -285,7 +318,7 @@ def train_loader(enc: Encoded, indices, batch_size: int, seed: int, collate):
 
 def by_length(enc: Encoded, indices) -> list[int]:
     """``indices`` sorted by token count, so that evaluation batches pad little."""
-    return sorted((int(j) for j in indices), key=lambda j: len(enc.input_ids[j]))
+    return sorted((int(j) for j in indices), key=enc.length)
 
 
 def eval_batches(lengths, batch_size: int, tokens: int = 0) -> list[list[int]]:
@@ -311,6 +344,6 @@ def eval_loader(enc: Encoded, order, batch_size: int, collate, tokens: int = 0):
     if not tokens:  # a plain batch size, which Accelerate can split across ranks
         return torch.utils.data.DataLoader(_Subset(enc, order), batch_size=batch_size, collate_fn=collate,
                                            generator=own)
-    batches = eval_batches([len(enc.input_ids[j]) for j in order], batch_size, tokens)
+    batches = eval_batches([enc.length(j) for j in order], batch_size, tokens)
     return torch.utils.data.DataLoader(_Subset(enc, order), batch_sampler=batches, collate_fn=collate,
                                        generator=own)

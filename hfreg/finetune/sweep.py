@@ -257,7 +257,9 @@ def build_experiment(args, ray) -> Experiment:
     import transformers
     from transformers import (
         AutoConfig,
+        AutoImageProcessor,
         AutoModelForCausalLM,
+        AutoModelForImageClassification,
         AutoModelForSequenceClassification,
         AutoTokenizer,
         DataCollatorWithPadding,
@@ -265,7 +267,7 @@ def build_experiment(args, ray) -> Experiment:
     from transformers.utils import logging as hf_logging
 
     from .. import __version__
-    from . import causal_lm, report, tasks
+    from . import causal_lm, images, report, tasks
     from . import data as data_mod
     from .presets import (
         BASELINE,
@@ -299,12 +301,22 @@ def build_experiment(args, ray) -> Experiment:
         check_local_path(flag, getattr(args, flag))
     model_path = args.model_name_or_path or default_model_path()
     raw = data_mod.load_raw(args.dataset_name, args.dataset_config_name, args.train_file, args.validation_file,
-                            args.test_file)
-    lm_format = causal_lm.detect_format(raw["train"].column_names)
-    lm = args.task == tasks.CAUSAL_LM or (args.task is None and lm_format is not None and args.label_column is None
-                                          and not any(c in raw["train"].column_names
-                                                      for c in data_mod.LABEL_CANDIDATES))
-    if lm:
+                            args.test_file, args.train_dir, args.validation_dir, args.test_dir)
+    columns = raw["train"].column_names
+    lm_format = causal_lm.detect_format(columns)
+    picture = images.image_column(raw, args.image_column_name)
+    vision = args.task == tasks.IMAGES or (args.task is None and picture is not None)
+    lm = args.task == tasks.CAUSAL_LM or (args.task is None and not vision and lm_format is not None
+                                          and args.label_column is None
+                                          and not any(c in columns for c in data_mod.LABEL_CANDIDATES))
+    if vision:
+        if picture is None:
+            raise ValueError(f"--task image-classification needs an image column; the training split has {columns}")
+        if args.peft != "none":  # peft has no image-classification task type to keep the new head trainable by
+            raise ValueError("--peft lora is for text and causal-LM tasks here; fine-tune an image classifier fully")
+        label_column = data_mod.detect_label(columns, args.label_column)
+        text_columns = (picture,)
+    elif lm:
         if lm_format is None:
             raise ValueError(f"--task causal-lm needs prompt and completion columns, a messages column or a text "
                              f"column; the training split has {raw['train'].column_names}")
@@ -331,9 +343,12 @@ def build_experiment(args, ray) -> Experiment:
     hf_logging.set_verbosity_error()
     remote = {"trust_remote_code": True} if args.trust_remote_code else {}
     tokenizer_flag = "tokenizer_name" if args.tokenizer_name else "model_name_or_path"
-    with loading(tokenizer_flag, args.tokenizer_name or model_path):
-        tokenizer = AutoTokenizer.from_pretrained(args.tokenizer_name or model_path, **remote)
-    if lm:
+    with loading(tokenizer_flag, args.tokenizer_name or model_path):  # an image model's processor, in its place
+        tokenizer = (AutoImageProcessor if vision else AutoTokenizer).from_pretrained(
+            args.tokenizer_name or model_path, **remote)
+    if vision:
+        data, label_names, problem_type = images.encode(raw, picture, label_column, args.problem_type)
+    elif lm:
         data, label_names, problem_type = causal_lm.encode(raw, tokenizer, lm_format, args.max_seq_length), [], \
             tasks.CAUSAL_LM
     else:
@@ -378,26 +393,32 @@ def build_experiment(args, ray) -> Experiment:
     labels = {} if lm else dict(num_labels=1, problem_type=problem_type) if problem_type == tasks.REGRESSION \
         else dict(num_labels=len(label_names), id2label=dict(enumerate(label_names)),
                   label2id={n: i for i, n in enumerate(label_names)})
-    auto_model = AutoModelForCausalLM if lm else AutoModelForSequenceClassification
+    auto_model = AutoModelForCausalLM if lm else AutoModelForImageClassification if vision \
+        else AutoModelForSequenceClassification
+    # a checkpoint's head for other classes (ImageNet's 1,000) is replaced, as run_image_classification.py does
+    mismatched = {"ignore_mismatched_sizes": True} if vision else {}
     if args.config_name:  # the model built from another config, its weights loaded where they fit
         with loading("config_name", args.config_name):
             labels = {"config": AutoConfig.from_pretrained(args.config_name, **labels, **remote)}
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            base_model = auto_model.from_pretrained(model_path, **labels, **remote)
+            base_model = auto_model.from_pretrained(model_path, **labels, **mismatched, **remote)
     except OSError as e:  # no such model, no network, no weights
         raise ValueError(f"--model_name_or_path {model_path!r} cannot be loaded: "
                          f"{str(e).strip().splitlines()[0]}") from None
     except (ValueError, KeyError) as e:
-        raise ValueError(f"{model_path} cannot be loaded as a {'causal LM' if lm else 'sequence classifier'}: "
-                         f"{str(e).splitlines()[0]}") from None
+        kind = "a causal LM" if lm else "an image classifier" if vision else "a sequence classifier"
+        raise ValueError(f"{model_path} cannot be loaded as {kind}: {str(e).splitlines()[0]}") from None
     if args.gradient_checkpointing and not getattr(base_model, "supports_gradient_checkpointing", False):
         raise ValueError(f"--gradient_checkpointing: {type(base_model).__name__} does not support it")
-    if tokenizer.pad_token is None:  # decoder LLMs: pad with EOS, and tell the head where sequences end
-        tokenizer.pad_token = tokenizer.eos_token
-    base_model.config.pad_token_id = tokenizer.pad_token_id
-    collate = causal_lm.Collator(tokenizer) if lm else DataCollatorWithPadding(tokenizer)
+    if vision:
+        collate = images.Collator(tokenizer)
+    else:
+        if tokenizer.pad_token is None:  # decoder LLMs: pad with EOS, and tell the head where sequences end
+            tokenizer.pad_token = tokenizer.eos_token
+        base_model.config.pad_token_id = tokenizer.pad_token_id
+        collate = causal_lm.Collator(tokenizer) if lm else DataCollatorWithPadding(tokenizer)
 
     model_name = args.model_name_or_path or DEFAULT_MODEL
     config = {k: v for k, v in base_model.config.to_dict().items()
@@ -408,6 +429,7 @@ def build_experiment(args, ray) -> Experiment:
         "data_sha256": data_mod.content_hash(raw, text_columns, label_column),  # a causal LM's: its format's
         "text_columns": list(text_columns), "label_column": label_column, "labels": label_names,
         **({"problem_type": problem_type} if problem_type != tasks.CLASSIFICATION else {}),  # older records match
+        **({"task": tasks.IMAGES} if vision else {}),
         "splits": {s: len(data[s]) for s in data}, "roles": roles.description,
         "max_length": args.max_seq_length, "learning_rates": args.learning_rates,
         "num_train_epochs": args.num_train_epochs, "train_batch_size": args.train_batch_size,

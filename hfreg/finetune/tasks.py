@@ -72,7 +72,8 @@ TASKS = {t.problem_type: t for t in (
 )}
 PROBLEM_TYPES = tuple(TASKS)
 CLASSIFIER_TYPES = (CLASSIFICATION, REGRESSION)  # `--problem_type`: a sequence classifier's head
-TASK_NAMES = ("text-classification", CAUSAL_LM)  # `--task`: what is fine-tuned
+TEXT, IMAGES = "text-classification", "image-classification"
+TASK_NAMES = (TEXT, IMAGES, CAUSAL_LM)  # `--task`: what is fine-tuned
 
 
 def task(problem_type: str | None) -> Task:

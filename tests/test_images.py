@@ -1,0 +1,80 @@
+"""Image classification (`--task image-classification`): an imagefolder (scikit-learn's handwritten digits, real
+images) and a tiny random ViT with its image processor; drop-path, the preset this task exists for, acts on it."""
+
+import numpy as np
+import pytest
+from harness import load_script
+
+from hfreg.finetune import records, report
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory):
+    """The 1,797 8x8 digits as PNGs in the imagefolder layout (one folder per class): 300 train, 100 validation,
+    100 test."""
+    datasets = pytest.importorskip("sklearn.datasets")
+    from PIL import Image
+
+    d = datasets.load_digits()
+    root = tmp_path_factory.mktemp("digits")
+    order = np.random.default_rng(0).permutation(len(d.target))
+    for split, rows in (("train", order[:300]), ("validation", order[300:400]), ("test", order[400:500])):
+        for i in rows:
+            folder = root / split / str(d.target[i])
+            folder.mkdir(parents=True, exist_ok=True)
+            Image.fromarray((d.images[i] * 255 / 16).astype(np.uint8)).save(folder / f"{i}.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def tiny_vit(tmp_path_factory):
+    import torch
+    from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
+
+    path = tmp_path_factory.mktemp("tiny-vit")
+    config = ViTConfig(image_size=16, patch_size=4, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                       intermediate_size=64, num_labels=3)  # a head for other classes, as a checkpoint's would be
+    torch.manual_seed(0)
+    ViTForImageClassification(config).save_pretrained(path)
+    ViTImageProcessor(size={"height": 16, "width": 16}).save_pretrained(path)
+    return str(path)
+
+
+def _argv(model, root, out, *extra):
+    return ["--model_name_or_path", model, "--train_dir", str(root / "train"), "--validation_dir",
+            str(root / "validation"), "--test_dir", str(root / "test"), "--presets", "pretrain-zero,drop-path",
+            "--train_sizes", "200", "--seeds", "0,1", "--num_train_epochs", "3", "--min_steps", "60",
+            "--learning_rate", "3e-3", "--mixed_precision", "no", "--output_dir", str(out), "--no_plots", *extra]
+
+
+def test_an_image_folder_grid_trains_a_classifier_and_reports_it(tiny_vit, digits, tmp_path):
+    out = tmp_path / "out"
+    assert load_script().main(_argv(tiny_vit, digits, out, "--save_strategy", "final")) == 0
+    runs = records.read_runs(str(out))
+    settings = runs[0]["experiment"]["settings"]
+    assert settings["task"] == "image-classification" and settings["text_columns"] == ["image"]
+    assert settings["labels"] == [str(k) for k in range(10)]  # the folders' names, not the ClassLabel's ids
+    assert settings["splits"] == {"train": 300, "validation": 100, "test": 100}
+    # it learns the digits from scratch: twice the 0.1 of chance by the end of 60 steps
+    assert max(r["evals"][-1]["test_accuracy"] for r in runs) > 0.2
+    drop_path = next(r for r in runs if r["preset"] == "drop-path")
+    assert drop_path["evals"][0]["rates"]["drop_path"] > 0  # injected into the ViT, which has none of its own
+    kept = next((out / "models").rglob("config.json")).parent
+    from transformers import AutoConfig, AutoImageProcessor
+
+    assert AutoConfig.from_pretrained(kept).num_labels == 10
+    assert AutoImageProcessor.from_pretrained(kept).size == {"height": 16, "width": 16}
+    summary = report.summarize(runs)
+    assert {"delta_early_test_accuracy", "delta_fixed_test_nll_ts"} <= set(
+        next(r for r in summary if r["preset"] == "drop-path"))
+    assert "test accuracy" in (out / "findings.md").read_text()
+
+
+@pytest.mark.parametrize("extra, message", [
+    (("--peft", "lora"), "--peft lora is for text and causal-LM tasks here"),
+    (("--image_column_name", "picture"), "--image_column_name 'picture' is not a column"),
+])
+def test_what_an_image_grid_cannot_take_is_one_line(tiny_vit, digits, tmp_path, extra, message):
+    with pytest.raises(ValueError, match=message):
+        load_script().main(_argv(tiny_vit, digits, tmp_path / "out", *extra))
+    assert not (tmp_path / "out").exists()
