@@ -9,7 +9,7 @@ import pytest
 from harness import ROOT, SCRIPT, args_for, launch, load_script
 
 from hfreg.finetune import data as ftdata
-from hfreg.finetune import records, report, stats
+from hfreg.finetune import records, report, stats, tasks
 from hfreg.finetune.presets import available, load_preset
 
 
@@ -75,7 +75,7 @@ def test_script_end_to_end_and_resume(tiny_classifier, csv_data, tmp_path, capsy
         assert r["selected_step"] == min(r["evals"], key=lambda p: p["selection_loss"])["step"]
         # the test split where a report can read it: the final point and each selection rule's point
         tested = [p["step"] for p in r["evals"] if "test_loss" in p]
-        readable = {r["evals"][-1]["step"]} | {report.selected_point(r, rule)["step"] for rule in records.SELECT_BY}
+        readable = {r["evals"][-1]["step"]} | {report.selected_point(r, rule)["step"] for rule in tasks.TASKS[tasks.CLASSIFICATION].select_by}
         assert set(tested) == readable
         for p in r["evals"]:
             assert ({f"test_{m}" for m in metrics | {"ece", "brier"}} | {"test_nll_ts"} <= set(p)) == (

@@ -87,6 +87,8 @@ def check_select_by(select_by: str | None, task: tasks.Task | None = None) -> st
 def selected_point(run: dict, select_by: str = DEFAULT_SELECT_BY) -> dict:
     """The evaluation point with the best selection-split score; ties go to the earliest."""
     key, sign = SELECT_BY[select_by]
+    if key not in run["evals"][0]:
+        check_select_by(select_by, tasks.of_run(run))  # a rule of another task: one line saying whose
     best = max(sign * p[key] for p in run["evals"])
     return next(p for p in run["evals"] if sign * p[key] == best)
 
