@@ -75,7 +75,8 @@ def test_script_end_to_end_and_resume(tiny_classifier, csv_data, tmp_path, capsy
         assert r["selected_step"] == min(r["evals"], key=lambda p: p["selection_loss"])["step"]
         # the test split where a report can read it: the final point and each selection rule's point
         tested = [p["step"] for p in r["evals"] if "test_loss" in p]
-        readable = {r["evals"][-1]["step"]} | {report.selected_point(r, rule)["step"] for rule in tasks.TASKS[tasks.CLASSIFICATION].select_by}
+        rules = tasks.TASKS[tasks.CLASSIFICATION].select_by
+        readable = {r["evals"][-1]["step"]} | {report.selected_point(r, rule)["step"] for rule in rules}
         assert set(tested) == readable
         for p in r["evals"]:
             assert ({f"test_{m}" for m in metrics | {"ece", "brier"}} | {"test_nll_ts"} <= set(p)) == (
