@@ -161,7 +161,7 @@ def test_causal_lm_trains_under_data_parallel_processes(tiny_llama, instructions
     """Two processes train each run together (`--parallel data`, gloo): the completion scores are gathered whole."""
     out = tmp_path / "out"
     done = launch(SCRIPT, *_argv(tiny_llama, instructions, out, "--presets", "classic", "--seeds", "0",
-                                 "--parallel", "data"), num_processes=2, quiet=True)
+                                 "--parallel", "data", "--min_steps", "6"), num_processes=2, quiet=True)
     assert done.returncode == 0, done.stderr[-2000:]
     (run,) = records.read_runs(str(out))
     arrays = records.load_predictions(str(out), run)

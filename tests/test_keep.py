@@ -109,7 +109,24 @@ def test_push_uploads_each_presets_best_kept_run(tiny_classifier, csv_data, tmp_
         export.push_best(str(out), [best["classic"]], ("selection_accuracy", 1), "me/sst", api=_Hub(fail=True))
 
 
-def test_export_recreates_a_run_that_was_not_saved_from_its_record(tiny_classifier, csv_data, tmp_path, capsys):
+@pytest.fixture(scope="module")
+def exported_grid(tiny_classifier, tmp_path_factory):
+    """One grid that kept no models (pretrain-zero, classic and the sweep point classic*2; seeds 0 and 1) and the
+    data flags that made it, shared by the export tests (none of them writes into it)."""
+    from hfreg.finetune.synthetic import make_split
+
+    data = tmp_path_factory.mktemp("export-data")
+    for split, n, seed in (("train", 120, 1), ("validation", 40, 2)):
+        d = make_split(n, seed)
+        lines = ["review,sentiment"] + [f"\"{t}\",{['neg', 'pos'][y]}" for t, y in zip(d["text"], d["label"])]
+        (data / f"{split}.csv").write_text("\n".join(lines) + "\n")
+    out = tmp_path_factory.mktemp("export-grid")
+    _grid(tiny_classifier, data, out, "--rates", "classic*2", "--seeds", "0,1")
+    assert not (out / "models").exists()
+    return out, ["--train_file", str(data / "train.csv"), "--validation_file", str(data / "validation.csv")]
+
+
+def test_export_recreates_a_run_that_was_not_saved_from_its_record(exported_grid, tmp_path, capsys):
     """`hfreg export` trains the recorded run again (a sweep's point: its preset comes from the record), checks the
     rebuilt experiment against the record, and keeps the model whose logits are the stored predictions."""
     import torch
@@ -118,22 +135,19 @@ def test_export_recreates_a_run_that_was_not_saved_from_its_record(tiny_classifi
     import hfreg
     from hfreg import cli
 
-    out = tmp_path / "out"
-    runs = _grid(tiny_classifier, csv_data, out, "--rates", "classic*2", "--seeds", "0,1")
-    assert not (out / "models").exists()
-    data = ["--train_file", str(csv_data / "train.csv"), "--validation_file", str(csv_data / "validation.csv")]
+    out, data = exported_grid
+    path = tmp_path / "kept"
     capsys.readouterr()
-    assert cli.main(["export", str(out), "--preset", "classic*2", "--seed", "1", *data]) == 0
+    assert cli.main(["export", str(out), "--preset", "classic*2", "--seed", "1", "--out", str(path), *data]) == 0
     said = capsys.readouterr().out.strip().splitlines()[-1]
     run = next(r for r in records.read_runs(out) if r["preset"] == "classic*2" and r["seed"] == 1)
     step = report.selected_point(run, "accuracy")["step"]
-    path = out / "models" / "default" / "classic*2" / f"n16-s1-lr{run['learning_rate']:g}"
     assert said.startswith(f"kept step {step} in {path}; the record's run kept step {step};")
     assert float(said.rsplit(": ", 1)[1]) < 1e-4  # the same run, trained again on this machine
     assert "# classic*2 fine-tune of" in (path / "README.md").read_text()
     arrays = records.load_predictions(str(out), run)
     stored = arrays["selection_logits"][list(arrays["steps"]).index(step)]
-    with open(csv_data / "validation.csv") as f:
+    with open(data[3]) as f:
         texts = [row["review"] for row in csv.DictReader(f)]
     tokenizer = AutoTokenizer.from_pretrained(path)
     model = hfreg.load_regularized(str(path)).eval()
@@ -141,7 +155,7 @@ def test_export_recreates_a_run_that_was_not_saved_from_its_record(tiny_classifi
     with torch.inference_mode():
         logits = model(**batch).logits.numpy()
     assert np.allclose(logits[:, 1:] - logits[:, :1], stored[:, 1:] - stored[:, :1], atol=2e-2)
-    assert runs  # the grid itself kept nothing
+    assert not (out / "models").exists()  # --out: nothing written into the grid
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -150,12 +164,10 @@ def test_export_recreates_a_run_that_was_not_saved_from_its_record(tiny_classifi
     (["--preset", "classic", "--seed", "0", "--max_eval_samples", "10"],
      "these flags do not rebuild the run's experiment: data_sha256="),
 ])
-def test_export_says_in_one_line_what_does_not_match(tiny_classifier, csv_data, tmp_path, capsys, argv, message):
+def test_export_says_in_one_line_what_does_not_match(exported_grid, capsys, argv, message):
     from hfreg import cli
 
-    out = tmp_path / "out"
-    _grid(tiny_classifier, csv_data, out, "--seeds", "0,1")
-    data = ["--train_file", str(csv_data / "train.csv"), "--validation_file", str(csv_data / "validation.csv")]
+    out, data = exported_grid
     capsys.readouterr()
     assert cli.main(["export", str(out), *argv, *data]) == 2
     err = capsys.readouterr().err.strip().splitlines()
