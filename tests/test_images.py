@@ -78,3 +78,14 @@ def test_what_an_image_grid_cannot_take_is_one_line(tiny_vit, digits, tmp_path, 
     with pytest.raises(ValueError, match=message):
         load_script().main(_argv(tiny_vit, digits, tmp_path / "out", *extra))
     assert not (tmp_path / "out").exists()
+
+
+def test_an_image_that_does_not_decode_is_one_line_before_anything_is_written(tiny_vit, digits, tmp_path):
+    import shutil
+
+    root = tmp_path / "digits"
+    shutil.copytree(digits, root)
+    (root / "validation" / "3" / "broken.png").write_bytes(b"not a png")
+    with pytest.raises(ValueError, match=r"the validation split's image .*broken.png does not decode"):
+        load_script().main(_argv(tiny_vit, root, tmp_path / "out"))
+    assert not (tmp_path / "out").exists()

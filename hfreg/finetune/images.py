@@ -43,8 +43,24 @@ def encode(raw, column: str, label_column: str, problem_type: str | None = None)
     from .data import Encoded, label_ids
 
     ids, names, problem_type = label_ids(raw, label_column, problem_type)
+    for split in ids:  # every image decoded once, before anything is written: a broken file is one line now
+        check_images(raw[split], column, split)
     return {split: Encoded(_Images(raw[split], column), ids[split], images=True) for split in ids}, names, \
         problem_type
+
+
+def check_images(ds, column: str, split: str) -> None:
+    """One-line ValueError naming the first example of ``ds`` whose image does not decode."""
+    from datasets import Image
+
+    raw = ds.cast_column(column, Image(decode=False))
+    for j, value in enumerate(raw[column]):
+        try:
+            Image().decode_example(value).load()
+        except Exception as e:  # noqa: BLE001 - PIL raises many types; the user needs the file and the reason
+            where = value.get("path") or f"example {j}"
+            raise ValueError(f"the {split} split's image {where} does not decode: "
+                             f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
 
 
 class Collator:
