@@ -34,7 +34,8 @@ DEFAULT_EXPERIMENT = "default"
 # how a run's early-stopping point (and a preset's learning rate) is chosen on the selection split: the key of an
 # evaluation point and +1 where higher wins; ties go to the earliest point. Which a problem type can use: `tasks`
 SELECT_BY = {"accuracy": ("selection_accuracy", +1), "f1": ("selection_f1", +1), "loss": ("selection_loss", -1),
-             "spearman": ("selection_spearman", +1), "exact_match": ("selection_exact_match", +1)}
+             "spearman": ("selection_spearman", +1), "exact_match": ("selection_exact_match", +1),
+             "entity_f1": ("selection_entity_f1", +1)}
 DEFAULT_SELECT_BY = "accuracy"
 
 

@@ -52,7 +52,8 @@ CALIBRATION_METRICS = CLASSIFIER.calibration
 NAMES = {**CLASSIFIER.names, "gap": "gap (test - train loss)",
          "degradation": "degradation (final - early-stopped test loss)"}
 SHORT = {"test_accuracy": "acc", "test_nll_ts": "NLL-TS", "test_r2": "R²", "test_spearman": "Spearman",
-         "test_loss": "NLL/token", "test_exact_match": "EM"}
+         "test_loss": "NLL/token", "test_exact_match": "EM", "test_entity_f1": "entity F1",
+         "test_token_accuracy": "word acc"}
 # underfit: the selected point's accuracy is within 0.02 of the majority-class rate, or the run's lowest selection
 # loss stays within 5% of ln K (a uniform prediction); a regression's selection R² within 0.02 of 0 (the mean)
 NEAR_CHANCE_ACCURACY, NEAR_CHANCE_LOSS = 0.02, 0.95
@@ -105,7 +106,7 @@ def run_values(run: dict, select_by: str = DEFAULT_SELECT_BY) -> dict:
         out[name]["gap"] = point["test_loss"] - point["train_loss"]
     out["fixed"]["degradation"] = final["test_loss"] - early["test_loss"]
     out["final_fit"] = final.get(task.fit, float("nan"))
-    if task.problem_type == tasks.CAUSAL_LM:  # no chance level to be near: a language model starts far above it
+    if task.problem_type in (tasks.CAUSAL_LM, tasks.TOKENS):  # no one chance level to be near
         near_chance = False
     elif task.problem_type == tasks.REGRESSION:
         near_chance = early["selection_r2"] <= NEAR_CHANCE_ACCURACY

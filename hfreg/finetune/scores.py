@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .tasks import CAUSAL_LM, CLASSIFICATION, REGRESSION
+from .tasks import CAUSAL_LM, CLASSIFICATION, REGRESSION, TOKENS
 
 ECE_BINS = 15  # equal-width bins of top-class confidence over [0, 1], as in Guo et al. (2017)
 
@@ -134,17 +134,36 @@ def lm_scores(outputs: np.ndarray, labels=None) -> dict:
     return {"loss": loss, "perplexity": float(np.exp(min(loss, 50.0))), "exact_match": float(correct.mean())}
 
 
+def token_scores(outputs: np.ndarray, labels=None) -> dict:
+    """Token classification, from `tokens.outputs` (per example: words' summed NLL, words, words right, entity true
+    positives, predicted and gold entities): loss (NLL per word), word accuracy, and entity-level micro F1
+    (2 TP / (predicted + gold); 0 where neither has an entity)."""
+    nll, words, right, tp, pred, gold = (outputs[:, i].astype(float).sum() for i in range(6))
+    return {"loss": float(nll / max(words, 1.0)), "token_accuracy": float(right / max(words, 1.0)),
+            "entity_f1": float(2 * tp / (pred + gold)) if pred + gold else 0.0}
+
+
+def _ratio_terms(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+    """Per-example terms of a ratio of sums R = sum num / sum den, linearized (R + (num_j - R den_j) / mean den):
+    their mean is R, their variance over N its delta-method variance."""
+    ratio = num.sum() / den.sum() if den.sum() else 0.0
+    return ratio + (num - ratio * den) / max(den.mean(), 1e-12)
+
+
 def per_example(outputs: np.ndarray, labels: np.ndarray, point: dict, problem_type: str = CLASSIFICATION) -> dict:
     """{verdict metric: per-example values whose mean is the metric} at one evaluation ``point``: correctness and
     the temperature-scaled loss of a classifier; a regressor's R² terms, 1 - (error^2 / the labels' variance), and
     Spearman's correlation terms (`_correlation_terms` of the ranks); a causal LM's exact match and its NLL per
-    token linearized (L + (nll_j - L n_j) / mean n: a ratio of sums, as its delta method reads it). What the test
+    token, and token classification's entity F1 and word accuracy, ratios of sums linearized
+    (`_ratio_terms`). What the test
     set adds to a comparison's variance is read from these (`stats.test_set_terms`)."""
     if problem_type == CAUSAL_LM:
-        nll, tokens = outputs[:, 0].astype(float), outputs[:, 1].astype(float)
-        loss = nll.sum() / max(tokens.sum(), 1.0)
-        return {"test_loss": loss + (nll - loss * tokens) / max(tokens.mean(), 1e-12),
+        return {"test_loss": _ratio_terms(outputs[:, 0].astype(float), outputs[:, 1].astype(float)),
                 "test_exact_match": outputs[:, 2].astype(float)}
+    if problem_type == TOKENS:
+        col = [outputs[:, i].astype(float) for i in range(6)]
+        return {"test_entity_f1": _ratio_terms(2 * col[3], col[4] + col[5]),
+                "test_token_accuracy": _ratio_terms(col[2], col[1])}
     if problem_type == REGRESSION:
         pred, labels = outputs.reshape(len(labels)).astype(float), labels.astype(float)
         var = float(labels.var()) or float("nan")
@@ -154,7 +173,8 @@ def per_example(outputs: np.ndarray, labels: np.ndarray, point: dict, problem_ty
             "test_nll_ts": losses(outputs / point["temperature"], labels)}
 
 
-SCORES = {REGRESSION: regression_scores, CAUSAL_LM: lm_scores}  # a classifier's: `evaluate`, with a temperature
+# a classifier's: `evaluate`, with a temperature
+SCORES = {REGRESSION: regression_scores, CAUSAL_LM: lm_scores, TOKENS: token_scores}
 
 
 def point_metrics(fit: tuple, selection: tuple, test: tuple | None = None,

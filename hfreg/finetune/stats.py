@@ -99,7 +99,8 @@ VERDICTS = ("better", "worse", "trivial", "equivalent", "inconclusive")
 # R² and Spearman (regression): 0.02 on the same 0..1 scale of explained variance and rank agreement.
 MARGINS = {"test_accuracy": 0.02, "test_f1": 0.02, "test_loss": 0.02, "test_nll_ts": 0.02, "test_ece": 0.02,
            "test_brier": 0.01, "test_r2": 0.02, "test_spearman": 0.02, "test_pearson": 0.02,
-           "test_exact_match": 0.02, "test_perplexity": 0.05, "gap": 0.05,
+           "test_exact_match": 0.02, "test_perplexity": 0.05, "test_entity_f1": 0.02, "test_token_accuracy": 0.02,
+           "gap": 0.05,
            "degradation": 0.02}
 
 

@@ -261,13 +261,15 @@ def build_experiment(args, ray) -> Experiment:
         AutoModelForCausalLM,
         AutoModelForImageClassification,
         AutoModelForSequenceClassification,
+        AutoModelForTokenClassification,
         AutoTokenizer,
+        DataCollatorForTokenClassification,
         DataCollatorWithPadding,
     )
     from transformers.utils import logging as hf_logging
 
     from .. import __version__
-    from . import causal_lm, images, report, tasks
+    from . import causal_lm, images, report, tasks, tokens
     from . import data as data_mod
     from .presets import (
         BASELINE,
@@ -306,7 +308,9 @@ def build_experiment(args, ray) -> Experiment:
     lm_format = causal_lm.detect_format(columns)
     picture = images.image_column(raw, args.image_column_name)
     vision = args.task == tasks.IMAGES or (args.task is None and picture is not None)
-    lm = args.task == tasks.CAUSAL_LM or (args.task is None and not vision and lm_format is not None
+    words_tags = None if vision else tokens.detect(raw, args.text_column, args.label_column)
+    tagging = args.task == tasks.TOKENS or (args.task is None and words_tags is not None)
+    lm = args.task == tasks.CAUSAL_LM or (args.task is None and not vision and not tagging and lm_format is not None
                                           and args.label_column is None
                                           and not any(c in columns for c in data_mod.LABEL_CANDIDATES))
     if vision:
@@ -316,6 +320,12 @@ def build_experiment(args, ray) -> Experiment:
             raise ValueError("--peft lora is for text and causal-LM tasks here; fine-tune an image classifier fully")
         label_column = data_mod.detect_label(columns, args.label_column)
         text_columns = (picture,)
+    elif tagging:
+        if words_tags is None:
+            raise ValueError(f"--task token-classification needs a column of word lists (tokens or words, or "
+                             f"--text_column) and one of tag lists (ner_tags, tags, or --label_column); the training "
+                             f"split has {columns}")
+        text_columns, label_column = (words_tags[0],), words_tags[1]
     elif lm:
         if lm_format is None:
             raise ValueError(f"--task causal-lm needs prompt and completion columns, a messages column or a text "
@@ -348,6 +358,9 @@ def build_experiment(args, ray) -> Experiment:
             args.tokenizer_name or model_path, **remote)
     if vision:
         data, label_names, problem_type = images.encode(raw, picture, label_column, args.problem_type)
+    elif tagging:
+        data, label_names = tokens.encode(raw, tokenizer, *words_tags, args.max_seq_length)
+        problem_type = tasks.TOKENS
     elif lm:
         data, label_names, problem_type = causal_lm.encode(raw, tokenizer, lm_format, args.max_seq_length), [], \
             tasks.CAUSAL_LM
@@ -373,7 +386,8 @@ def build_experiment(args, ray) -> Experiment:
                         warmup_steps=args.warmup_steps, weight_decay=args.weight_decay,
                         label_smoothing_factor=args.label_smoothing_factor,
                         neftune_noise_alpha=args.neftune_noise_alpha,
-                        gradient_checkpointing=args.gradient_checkpointing, problem_type=problem_type)
+                        gradient_checkpointing=args.gradient_checkpointing, problem_type=problem_type,
+                        label_names=tuple(label_names) if tagging else ())
     if problem_type != tasks.CLASSIFICATION:  # methods defined on a classifier's probabilities
         needs = [f"--{flag} {getattr(args, flag):g}" for flag in ("label_smoothing_factor", "mc_samples")
                  if getattr(args, flag)]
@@ -394,7 +408,7 @@ def build_experiment(args, ray) -> Experiment:
         else dict(num_labels=len(label_names), id2label=dict(enumerate(label_names)),
                   label2id={n: i for i, n in enumerate(label_names)})
     auto_model = AutoModelForCausalLM if lm else AutoModelForImageClassification if vision \
-        else AutoModelForSequenceClassification
+        else AutoModelForTokenClassification if tagging else AutoModelForSequenceClassification
     # a checkpoint's head for other classes (ImageNet's 1,000) is replaced, as run_image_classification.py does
     mismatched = {"ignore_mismatched_sizes": True} if vision else {}
     if args.config_name:  # the model built from another config, its weights loaded where they fit
@@ -408,7 +422,8 @@ def build_experiment(args, ray) -> Experiment:
         raise ValueError(f"--model_name_or_path {model_path!r} cannot be loaded: "
                          f"{str(e).strip().splitlines()[0]}") from None
     except (ValueError, KeyError) as e:
-        kind = "a causal LM" if lm else "an image classifier" if vision else "a sequence classifier"
+        kind = "a causal LM" if lm else "an image classifier" if vision else "a token classifier" if tagging \
+            else "a sequence classifier"
         raise ValueError(f"{model_path} cannot be loaded as {kind}: {str(e).splitlines()[0]}") from None
     if args.gradient_checkpointing and not getattr(base_model, "supports_gradient_checkpointing", False):
         raise ValueError(f"--gradient_checkpointing: {type(base_model).__name__} does not support it")
@@ -418,7 +433,8 @@ def build_experiment(args, ray) -> Experiment:
         if tokenizer.pad_token is None:  # decoder LLMs: pad with EOS, and tell the head where sequences end
             tokenizer.pad_token = tokenizer.eos_token
         base_model.config.pad_token_id = tokenizer.pad_token_id
-        collate = causal_lm.Collator(tokenizer) if lm else DataCollatorWithPadding(tokenizer)
+        collate = causal_lm.Collator(tokenizer) if lm else DataCollatorForTokenClassification(tokenizer) if tagging \
+            else DataCollatorWithPadding(tokenizer)
 
     model_name = args.model_name_or_path or DEFAULT_MODEL
     config = {k: v for k, v in base_model.config.to_dict().items()

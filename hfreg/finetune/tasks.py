@@ -3,8 +3,10 @@ sequence classifier's head), read by the training loop (which metrics a point re
 exist) and by the report (which metrics get a verdict, which one is the primary endpoint, what "near chance" and
 "fit its data" mean). Adding a problem type is one row here and its scores in `scores`.
 
-A causal LM's instruction tuning (``causal-lm``: loss on the completion tokens only) is judged on the test NLL per
-completion token (the primary endpoint) and on exact match of the greedy, teacher-forced completion.
+Token classification (``token-classification``: word labels on each word's first sub-token) is judged on
+seqeval's entity F1 (the primary endpoint) and on word accuracy. A causal LM's instruction tuning (``causal-lm``:
+loss on the completion tokens only) is judged on the test NLL per completion token (the primary endpoint) and on
+exact match of the greedy, teacher-forced completion.
 
 Regression (float labels, one output, mean-squared-error loss, as `run_glue` infers it) is judged on test R²
 (1 - MSE / the variance of the test labels: the test MSE on an axis whose margin reads alike on any label scale;
@@ -18,7 +20,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-CLASSIFICATION, REGRESSION, CAUSAL_LM = "single_label_classification", "regression", "causal-lm"
+CLASSIFICATION, REGRESSION, CAUSAL_LM, TOKENS = ("single_label_classification", "regression", "causal-lm",
+                                              "token-classification")
 
 
 @dataclass(frozen=True)
@@ -69,11 +72,20 @@ TASKS = {t.problem_type: t for t in (
          select_by=("loss", "exact_match"), fit="train_exact_match", after=("test_loss", "test_exact_match"),
          margin_note="0.02 nats per completion token is a 2% change in perplexity; exact match is the share of "
                      "completions whose every token is the greedy, teacher-forced choice"),
+    Task(TOKENS,
+         metrics={"test_entity_f1": +1, "test_token_accuracy": +1, "test_loss": -1},
+         verdicts=("test_entity_f1", "test_token_accuracy"), calibration=(),
+         names={"test_entity_f1": "test entity F1", "test_token_accuracy": "test word accuracy",
+                "test_loss": "test NLL per word"},
+         select_by=("entity_f1", "loss"), fit="train_token_accuracy",
+         after=("test_entity_f1", "test_loss", "test_token_accuracy"),
+         margin_note="entity F1 is seqeval's micro F1 over IOB2 entities (a type and its exact span); word accuracy "
+                     "counts each word's first sub-token"),
 )}
 PROBLEM_TYPES = tuple(TASKS)
 CLASSIFIER_TYPES = (CLASSIFICATION, REGRESSION)  # `--problem_type`: a sequence classifier's head
 TEXT, IMAGES = "text-classification", "image-classification"
-TASK_NAMES = (TEXT, IMAGES, CAUSAL_LM)  # `--task`: what is fine-tuned
+TASK_NAMES = (TEXT, IMAGES, TOKENS, CAUSAL_LM)  # `--task`: what is fine-tuned
 
 
 def task(problem_type: str | None) -> Task:

@@ -26,11 +26,13 @@ from torch import nn
 from ..patcher import patch_model
 from ..rdrop import rdrop_loss
 from ..schedule import RateScheduler
+from . import causal_lm
 from .data import by_length, eval_loader, stratified_indices, subset_indices, train_loader
 from .presets import NO_METHODS
 from .records import SELECT_BY
 from .scores import evaluate, point_metrics, test_metrics
-from .tasks import CAUSAL_LM, CLASSIFICATION, task
+from .tasks import CAUSAL_LM, CLASSIFICATION, TOKENS, task
+from .tokens import reducer as word_outputs
 
 PARALLEL_MODES = ("run", "data")
 
@@ -66,7 +68,9 @@ class Settings:
     label_smoothing_factor: float = 0.0  # label smoothing of the training loss
     neftune_noise_alpha: float = 0.0  # NEFTune's alpha (`embedding_noise`) for every preset that sets none
     gradient_checkpointing: bool = False  # recompute activations in the backward pass
-    problem_type: str = CLASSIFICATION  # `tasks`: or REGRESSION (one output, MSE), CAUSAL_LM (completion tokens)
+    problem_type: str = CLASSIFICATION  # `tasks`: or REGRESSION (one output, MSE), CAUSAL_LM (completion tokens),
+    # TOKENS (word labels, whose entity F1 needs their names: `label_names`)
+    label_names: tuple = ()
 
     def epochs(self, steps_per_epoch: int, factor: int = 1) -> int:
         """Epochs to train (the last one cut short where ``max_steps`` ends inside it): ``num_train_epochs``, or
@@ -190,12 +194,12 @@ def reset_head(model: nn.Module, seed: int):
 
 
 @torch.inference_mode()
-def predict(accelerator, model, loader, gather: bool, mc_samples: int = 0, lm: bool = False) -> np.ndarray:
+def predict(accelerator, model, loader, gather: bool, mc_samples: int = 0, reduce=None) -> np.ndarray:
     """Logits (float32, on the CPU) of every example of ``loader``, in the loader's order, in eval mode; with
-    ``mc_samples``, the log mean probabilities of that many MC-dropout passes (usable as logits) instead; for a
-    causal LM (``lm``), each example's completion scores (`causal_lm.outputs`), never its logits."""
+    ``mc_samples``, the log mean probabilities of that many MC-dropout passes (usable as logits) instead; with
+    ``reduce`` (logits, labels -> a row per example: `causal_lm.outputs`, `tokens.outputs`), its rows, never the
+    per-token logits."""
     from ..mc import mc_log_probs, mc_predict
-    from .causal_lm import outputs
 
     model.eval()
     out = []
@@ -204,12 +208,12 @@ def predict(accelerator, model, loader, gather: bool, mc_samples: int = 0, lm: b
         if mc_samples:  # a preset without dropout: MC is the eval pass, said in the README
             warnings.simplefilter("ignore")
         for batch in loader:
-            labels = batch["labels"].to(accelerator.device) if lm else None
+            labels = batch["labels"].to(accelerator.device) if reduce else None
             batch = {k: v.to(accelerator.device) for k, v in batch.items() if k != "labels"}
             if mc_samples:
                 logits = mc_log_probs(mc_predict(accelerator.unwrap_model(model), batch, mc_samples))
-            elif lm:  # the vocabulary-wide logits reduced per batch: they would not fit for a whole split
-                logits = outputs(model(**batch).logits, labels)
+            elif reduce:  # per-token logits reduced per batch: a whole split's would not fit (a vocabulary's)
+                logits = reduce(model(**batch).logits, labels)
             else:
                 logits = model(**batch).logits.float()
             if gather:
@@ -326,6 +330,8 @@ def train(accelerator, base_model, preset, data, roles, train_size: int, seed: i
     set_seed(seed, device_specific=data_parallel)
     model = copy.deepcopy(base_model)
     lm = settings.problem_type == CAUSAL_LM
+    reduce = causal_lm.outputs if lm else word_outputs(list(settings.label_names)) \
+        if settings.problem_type == TOKENS else None
     if not lm:  # a language model's output layer is pretrained (often tied to its embeddings): it stays
         reset_head(model, seed)
     if settings.gradient_checkpointing:  # before the adapters and the patch, on the transformers model itself
@@ -431,7 +437,7 @@ def train(accelerator, base_model, preset, data, roles, train_size: int, seed: i
                 total, count = accelerator.reduce(total, "sum"), accelerator.reduce(count, "sum")
             running = (total / count).item()
             names = [n for n in views if n != "test" or leaders is None or step == final]
-            out = {n: predict(accelerator, model, eval_dls[n], data_parallel, lm=lm) for n in names}
+            out = {n: predict(accelerator, model, eval_dls[n], data_parallel, reduce=reduce) for n in names}
             point = {"step": step, "epoch": round(step / steps_per_epoch, 4), "running_loss": running,
                      "rates": rates.rates(),
                      **point_metrics(*((out[n], labels[n]) for n in names), problem_type=settings.problem_type)}
@@ -453,8 +459,8 @@ def train(accelerator, base_model, preset, data, roles, train_size: int, seed: i
             model.train()
             eval_time += time.time() - t0
             # a bar on the terminal: the line goes above it, and the bar is drawn again below
-            score = task(settings.problem_type).fit.removeprefix("train_")  # accuracy, r2, exact_match
-            score = (score, {"accuracy": "acc", "exact_match": "EM"}.get(score, score))  # (point key, shown as)
+            score = task(settings.problem_type).fit.removeprefix("train_")  # accuracy, r2, exact_match, ...
+            score = (score, {"accuracy": "acc", "exact_match": "EM", "token_accuracy": "word acc"}.get(score, score))
             with contextlib.nullcontext() if bar.disable else bar.external_write_mode():
                 log(f"  {preset.name} n={train_size} seed={seed} step {step}/{steps} (epoch {point['epoch']:g}): "
                     f"train {point['train_loss']:.3f} {score[1]} {point['train_' + score[0]]:.3f} | selection "
@@ -474,7 +480,7 @@ def train(accelerator, base_model, preset, data, roles, train_size: int, seed: i
         by_step = {p["step"]: p for p in points}
         for step, state in sorted(leaders.states.items()):
             model.load_state_dict(state)  # the run's model copy ends here: nothing trains after this
-            out = predict(accelerator, model, eval_dls["test"], False, lm=lm)
+            out = predict(accelerator, model, eval_dls["test"], False, reduce=reduce)
             measured = test_metrics(out, labels["test"], by_step[step].get("temperature"), settings.problem_type)
             by_step[step].update(measured)
             if on_point is not None:

@@ -1,0 +1,91 @@
+"""Token classification (`--task token-classification`): word labels on each word's first sub-token, seqeval's
+entity F1 as the primary endpoint, the same presets, records and verdicts — on a tiny BERT and tagged sentences."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from harness import load_script
+
+from hfreg.finetune import records, report, scores, stats, tasks, tokens
+
+FILLER = "the a film was very quite good bad seen by with and in from today yesterday".split()
+PEOPLE, PLACES = ["alice", "bob", "carol", "dave"], [["paris"], ["london"], ["new", "york"]]
+
+
+@pytest.fixture(scope="module")
+def tagged(tmp_path_factory):
+    """Sentences of filler words with people (B-PER) and places (B-LOC I-LOC) in them, as run_ner.py reads them."""
+    rng = np.random.default_rng(0)
+    out = tmp_path_factory.mktemp("tagged")
+    for split, n in (("train", 160), ("validation", 40), ("test", 40)):
+        with open(out / f"{split}.jsonl", "w") as f:
+            for _ in range(n):
+                words, tags = [], []
+                for _ in range(int(rng.integers(4, 9))):
+                    roll = rng.random()
+                    if roll < 0.15:
+                        words.append(str(rng.choice(PEOPLE)))
+                        tags.append("B-PER")
+                    elif roll < 0.25:
+                        place = PLACES[int(rng.integers(len(PLACES)))]
+                        words += place
+                        tags += ["B-LOC"] + ["I-LOC"] * (len(place) - 1)
+                    else:
+                        words.append(str(rng.choice(FILLER)))
+                        tags.append("O")
+                f.write(json.dumps({"tokens": words, "ner_tags": tags}) + "\n")
+    return out
+
+
+def test_entities_are_read_as_seqeval_reads_iob2():
+    assert tokens.entities(["B-PER", "I-PER", "O", "B-LOC"]) == {("PER", 0, 1), ("LOC", 3, 3)}
+    assert tokens.entities(["I-LOC", "I-LOC", "B-LOC"]) == {("LOC", 0, 1), ("LOC", 2, 2)}  # I- after O starts one
+    assert tokens.entities(["B-PER", "I-LOC"]) == {("PER", 0, 0), ("LOC", 1, 1)}  # another type starts one
+    assert tokens.entities(["O", "O"]) == set()
+
+
+def test_word_scores_count_first_sub_tokens_and_entities():
+    names = ["O", "B-PER", "I-PER"]
+    labels = torch.tensor([[-100, 1, 2, -100, 0, -100], [-100, 0, 1, -100, -100, -100]])
+    logits = torch.full((2, 6, 3), -5.0)
+    logits[0, :, 1] = 5.0  # example 0: every word B-PER -> entities (PER,0,0),(PER,1,1),(PER,2,2); gold (PER,0,1)
+    logits[1, :, 0] = 5.0  # example 1: every word O -> misses (PER,1,1)
+    out = tokens.outputs(logits, labels, names).numpy()
+    assert out[:, 1].tolist() == [3, 2] and out[:, 2].tolist() == [1, 1]  # words, words right
+    assert out[:, 3:].tolist() == [[0, 3, 1], [0, 0, 1]]  # true positives, predicted, gold entities
+    got = scores.token_scores(out)
+    assert got["entity_f1"] == 0.0 and got["token_accuracy"] == pytest.approx(2 / 5)
+    terms = scores.per_example(out, np.zeros(2), {}, tasks.TOKENS)
+    assert terms["test_token_accuracy"].mean() == pytest.approx(2 / 5)
+
+
+def test_every_task_spends_the_whole_alpha_on_its_own_columns():
+    for task in tasks.TASKS.values():
+        shares = [stats.ALPHA_SHARES[(c, m)] for c in ("early", "fixed") for m in task.verdicts]
+        assert sum(shares) == pytest.approx(1.0), task.problem_type
+
+
+def test_a_tagged_grid_trains_a_token_classifier_judged_on_entity_f1(tiny_classifier, tagged, tmp_path):
+    out = tmp_path / "out"
+    argv = ["--model_name_or_path", tiny_classifier, "--train_file", str(tagged / "train.jsonl"),
+            "--validation_file", str(tagged / "validation.jsonl"), "--test_file", str(tagged / "test.jsonl"),
+            "--presets", "pretrain-zero,classic", "--train_sizes", "64", "--seeds", "0,1", "--num_train_epochs", "3",
+            "--min_steps", "40", "--learning_rate", "3e-3", "--mixed_precision", "no", "--output_dir", str(out),
+            "--no_plots"]
+    assert load_script().main(argv) == 0
+    runs = records.read_runs(str(out))
+    settings = runs[0]["experiment"]["settings"]
+    assert settings["problem_type"] == "token-classification" and settings["labels"] == ["B-LOC", "B-PER", "I-LOC",
+                                                                                           "O"]
+    last = runs[0]["evals"][-1]
+    assert {"selection_entity_f1", "selection_token_accuracy", "test_entity_f1"} <= set(last)
+    assert max(r["evals"][-1]["test_entity_f1"] for r in runs) > 0.5  # the names and places are learnt
+    arrays = records.load_predictions(str(out), runs[0])
+    again = scores.token_scores(arrays["test_logits"][-1])
+    assert again["entity_f1"] == pytest.approx(last["test_entity_f1"], abs=1e-6)
+    summary = report.summarize(runs)
+    classic = next(r for r in summary if r["preset"] == "classic")
+    assert classic["select_by"] == "entity_f1" and "delta_early_test_entity_f1" in classic
+    assert "test entity F1" in (out / "findings.md").read_text()
