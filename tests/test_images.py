@@ -71,8 +71,11 @@ def test_an_image_folder_grid_trains_a_classifier_and_reports_it(tiny_vit, digit
 
 
 @pytest.mark.parametrize("extra, message", [
-    (("--peft", "lora"), "--peft lora is for text and causal-LM tasks here"),
     (("--image_column_name", "picture"), "--image_column_name 'picture' is not a column"),
+    (("--task", "causal-lm"), "--task causal-lm needs prompt and completion columns"),
+    (("--peft", "lora", "--lora_target_modules", "query,value"),
+     r"--lora_target_modules query,value: no module of ViTForImageClassification has that name; its linear layers "
+     r"are named \['classifier', 'fc1', 'fc2', 'k_proj', 'o_proj', 'q_proj', 'v_proj'\]"),
 ])
 def test_what_an_image_grid_cannot_take_is_one_line(tiny_vit, digits, tmp_path, extra, message):
     with pytest.raises(ValueError, match=message):
@@ -89,3 +92,20 @@ def test_an_image_that_does_not_decode_is_one_line_before_anything_is_written(ti
     with pytest.raises(ValueError, match=r"the validation split's image .*broken.png does not decode"):
         load_script().main(_argv(tiny_vit, root, tmp_path / "out"))
     assert not (tmp_path / "out").exists()
+
+
+def test_lora_trains_the_adapters_and_the_new_head_of_an_image_classifier(tiny_vit, digits, tmp_path):
+    """peft has no image task type: the head (outside the base model) is named to train beside the adapters."""
+    from transformers import AutoModelForImageClassification
+
+    from hfreg.finetune.training import lora_task
+
+    model = AutoModelForImageClassification.from_pretrained(tiny_vit)
+    assert lora_task(model, "single_label_classification") == {"modules_to_save": ["classifier"]}
+    out = tmp_path / "out"
+    argv = _argv(tiny_vit, digits, out, "--peft", "lora", "--lora_target_modules", "q_proj,v_proj", "--presets",
+                 "pretrain-zero", "--seeds", "0", "--min_steps", "20", "--learning_rate", "1e-2")
+    assert load_script().main(argv) == 0
+    (run,) = records.read_runs(str(out))
+    assert run["experiment"]["settings"]["lora"]["target_modules"] == ["q_proj", "v_proj"]
+    assert run["evals"][-1]["train_loss"] < run["evals"][0]["train_loss"]

@@ -316,8 +316,6 @@ def build_experiment(args, ray) -> Experiment:
     if vision:
         if picture is None:
             raise ValueError(f"--task image-classification needs an image column; the training split has {columns}")
-        if args.peft != "none":  # peft has no image-classification task type to keep the new head trainable by
-            raise ValueError("--peft lora is for text and causal-LM tasks here; fine-tune an image classifier fully")
         label_column = data_mod.detect_label(columns, args.label_column)
         text_columns = (picture,)
     elif tagging:
@@ -425,6 +423,15 @@ def build_experiment(args, ray) -> Experiment:
         kind = "a causal LM" if lm else "an image classifier" if vision else "a token classifier" if tagging \
             else "a sequence classifier"
         raise ValueError(f"{model_path} cannot be loaded as {kind}: {str(e).splitlines()[0]}") from None
+    lora = lora_settings(args)
+    if lora and lora["target_modules"] != "all-linear":  # peft's own error would come inside the first run
+        names = [n for n, _ in base_model.named_modules()]
+        missing = [t for t in lora["target_modules"] if not any(n == t or n.endswith("." + t) for n in names)]
+        if missing:
+            leaves = sorted({n.rsplit(".", 1)[-1] for n, m in base_model.named_modules()
+                             if isinstance(m, torch.nn.Linear)})
+            raise ValueError(f"--lora_target_modules {','.join(missing)}: no module of {type(base_model).__name__} "
+                             f"has that name; its linear layers are named {leaves[:12]}")
     if args.gradient_checkpointing and not getattr(base_model, "supports_gradient_checkpointing", False):
         raise ValueError(f"--gradient_checkpointing: {type(base_model).__name__} does not support it")
     if vision:

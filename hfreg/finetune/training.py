@@ -35,6 +35,7 @@ from .tasks import CAUSAL_LM, CLASSIFICATION, TOKENS, task
 from .tokens import reducer as word_outputs
 
 PARALLEL_MODES = ("run", "data")
+PEFT_TASK_TYPES = {CAUSAL_LM: "CAUSAL_LM", TOKENS: "TOKEN_CLS"}  # else SEQ_CLS (an image classifier: `lora_task`)
 
 
 @dataclass(frozen=True)
@@ -175,6 +176,17 @@ def reinit_top_layers(model: nn.Module, k: int) -> list[str]:
                     p._is_hf_initialized = False  # transformers' init functions skip loaded weights
                 init(sub)
     return [path for path, _ in chosen]
+
+
+def lora_task(model: nn.Module, problem_type: str) -> dict:
+    """peft's ``task_type`` for the model, which keeps a new head trainable beside the adapters; an image
+    classifier, for which peft has none, names its head modules (those outside the base model) to train instead."""
+    if problem_type in PEFT_TASK_TYPES:
+        return {"task_type": PEFT_TASK_TYPES[problem_type]}
+    if getattr(model, "main_input_name", None) == "pixel_values":
+        base = getattr(model, "base_model", model)
+        return {"modules_to_save": [name for name, child in model.named_children() if child is not base]}
+    return {"task_type": "SEQ_CLS"}
 
 
 def reset_head(model: nn.Module, seed: int):
@@ -340,7 +352,7 @@ def train(accelerator, base_model, preset, data, roles, train_size: int, seed: i
         from peft import LoraConfig, get_peft_model
 
         model = get_peft_model(model, LoraConfig(**settings.lora, lora_dropout=0.0,
-                                                 task_type="CAUSAL_LM" if lm else "SEQ_CLS"))
+                                                 **lora_task(model, settings.problem_type)))
     methods = preset.methods(settings)
     reinit = reinit_top_layers(model, methods["reinit_layers"]) if methods["reinit_layers"] else []
     with warnings.catch_warnings(record=True) as caught:
