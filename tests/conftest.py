@@ -1,7 +1,9 @@
+import json
 import os
 import sys
 import warnings
 
+import numpy as np
 import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
@@ -9,6 +11,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import tiny_models  # noqa: E402
+from harness import reviews  # noqa: E402
 
 SHARED_DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
 
@@ -102,3 +105,94 @@ def csv_data(tmp_path):
         lines = ["review,sentiment"] + [f"\"{t}\",{names[y]}" for t, y in zip(d["text"], d["label"])]
         (tmp_path / f"{split}.csv").write_text("\n".join(lines) + "\n")
     return tmp_path
+
+
+# ------------------------------------------------------------------ the tasks' models and data (test_causal_lm,
+# test_images, test_tokens, and the cluster test that runs each task on Ray)
+FILLER = "the a film was very quite good bad seen by with and in from today yesterday".split()
+PEOPLE, PLACES = ["alice", "bob", "carol", "dave"], [["paris"], ["london"], ["new", "york"]]
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory, minilm_path):
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    path = tmp_path_factory.mktemp("tiny-llama")
+    tok = AutoTokenizer.from_pretrained(minilm_path)
+    config = LlamaConfig(vocab_size=tok.vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                         pad_token_id=tok.pad_token_id)
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).save_pretrained(path)
+    tok.save_pretrained(path)
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def instructions(shared_data, tmp_path_factory):
+    """rt-polarity as prompt/completion pairs: "Review: … Sentiment:" -> " positive" / " negative"."""
+    out = tmp_path_factory.mktemp("instructions")
+    for split, n in (("train", 120), ("validation", 40), ("test", 40)):
+        with open(out / f"{split}.jsonl", "w") as f:
+            for text, label in reviews(shared_data, split, n):
+                f.write(json.dumps({"prompt": f"Review: {text}\nSentiment:",
+                                    "completion": " positive" if label else " negative"}) + "\n")
+    return out
+
+
+@pytest.fixture(scope="session")
+def digits(tmp_path_factory):
+    """The 1,797 8x8 digits as PNGs in the imagefolder layout (one folder per class): 300 train, 100 validation,
+    100 test."""
+    datasets = pytest.importorskip("sklearn.datasets")
+    from PIL import Image
+
+    d = datasets.load_digits()
+    root = tmp_path_factory.mktemp("digits")
+    order = np.random.default_rng(0).permutation(len(d.target))
+    for split, rows in (("train", order[:300]), ("validation", order[300:400]), ("test", order[400:500])):
+        for i in rows:
+            folder = root / split / str(d.target[i])
+            folder.mkdir(parents=True, exist_ok=True)
+            Image.fromarray((d.images[i] * 255 / 16).astype(np.uint8)).save(folder / f"{i}.png")
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_vit(tmp_path_factory):
+    import torch
+    from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
+
+    path = tmp_path_factory.mktemp("tiny-vit")
+    config = ViTConfig(image_size=16, patch_size=4, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                       intermediate_size=64, num_labels=3)  # a head for other classes, as a checkpoint's would be
+    torch.manual_seed(0)
+    ViTForImageClassification(config).save_pretrained(path)
+    ViTImageProcessor(size={"height": 16, "width": 16}).save_pretrained(path)
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def tagged(tmp_path_factory):
+    """Sentences of filler words with people (B-PER) and places (B-LOC I-LOC) in them, as run_ner.py reads them."""
+    rng = np.random.default_rng(0)
+    out = tmp_path_factory.mktemp("tagged")
+    for split, n in (("train", 160), ("validation", 40), ("test", 40)):
+        with open(out / f"{split}.jsonl", "w") as f:
+            for _ in range(n):
+                words, tags = [], []
+                for _ in range(int(rng.integers(4, 9))):
+                    roll = rng.random()
+                    if roll < 0.15:
+                        words.append(str(rng.choice(PEOPLE)))
+                        tags.append("B-PER")
+                    elif roll < 0.25:
+                        place = PLACES[int(rng.integers(len(PLACES)))]
+                        words += place
+                        tags += ["B-LOC"] + ["I-LOC"] * (len(place) - 1)
+                    else:
+                        words.append(str(rng.choice(FILLER)))
+                        tags.append("O")
+                f.write(json.dumps({"tokens": words, "ner_tags": tags}) + "\n")
+    return out

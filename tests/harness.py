@@ -32,3 +32,11 @@ def args_for(model, data, out, *extra):
             "--train_sizes", "16,32", "--seeds", "0,1", "--num_train_epochs", "2", "--min_steps", "0",
             "--output_dir", str(out),
             "--no_plots", *extra]
+
+
+def reviews(shared_data, split, n):
+    """The first ``n`` (text, label) rows of ../shared/data/rt-polarity's ``split``."""
+    import csv
+
+    with open(os.path.join(shared_data, "rt-polarity", f"{split}.csv")) as f:
+        return [(row["text"], int(row["label"])) for row, _ in zip(csv.DictReader(f), range(n))]

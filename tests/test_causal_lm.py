@@ -2,48 +2,14 @@
 completion NLL and exact match per point, and the same presets, records, verdicts and report as classification —
 on a tiny random Llama that borrows the packaged MiniLM's tokenizer, and instruction pairs made from real reviews."""
 
-import csv
 import json
-import os
 
 import numpy as np
 import pytest
 import torch
-from harness import SCRIPT, launch, load_script
+from harness import SCRIPT, launch, load_script, reviews
 
 from hfreg.finetune import causal_lm, records, report, scores, tasks
-
-
-@pytest.fixture(scope="module")
-def tiny_llama(tmp_path_factory, minilm_path):
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    path = tmp_path_factory.mktemp("tiny-llama")
-    tok = AutoTokenizer.from_pretrained(minilm_path)
-    config = LlamaConfig(vocab_size=tok.vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-                         pad_token_id=tok.pad_token_id)
-    torch.manual_seed(0)
-    LlamaForCausalLM(config).save_pretrained(path)
-    tok.save_pretrained(path)
-    return str(path)
-
-
-def _reviews(shared_data, split, n):
-    with open(os.path.join(shared_data, "rt-polarity", f"{split}.csv")) as f:
-        return [(row["text"], int(row["label"])) for row, _ in zip(csv.DictReader(f), range(n))]
-
-
-@pytest.fixture(scope="module")
-def instructions(shared_data, tmp_path_factory):
-    """rt-polarity as prompt/completion pairs: "Review: … Sentiment:" -> " positive" / " negative"."""
-    out = tmp_path_factory.mktemp("instructions")
-    for split, n in (("train", 120), ("validation", 40), ("test", 40)):
-        with open(out / f"{split}.jsonl", "w") as f:
-            for text, label in _reviews(shared_data, split, n):
-                f.write(json.dumps({"prompt": f"Review: {text}\nSentiment:",
-                                    "completion": " positive" if label else " negative"}) + "\n")
-    return out
 
 
 def _argv(model, data, out, *extra):
@@ -127,7 +93,7 @@ def test_conversations_go_through_the_chat_template_and_its_absence_is_one_line(
     data.mkdir()
     for split, n in (("train", 40), ("validation", 16)):
         with open(data / f"{split}.jsonl", "w") as f:
-            for text, label in _reviews(shared_data, split, n):
+            for text, label in reviews(shared_data, split, n):
                 f.write(json.dumps({"messages": [{"role": "user", "content": f"Sentiment of: {text}"},
                                                  {"role": "assistant", "content": "positive" if label else
                                                   "negative"}]}) + "\n")

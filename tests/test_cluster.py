@@ -218,3 +218,30 @@ def test_a_local_ray_grid_leaves_no_token_and_a_later_head_takes_it(tiny_classif
         assert load_script().main(args_for(tiny_classifier, csv_data, tmp_path / "joined", "--backend", "ray",
                                            "--ray_address", address, *small)) == 0
     assert len(records.read_runs(tmp_path / "local")) == len(records.read_runs(tmp_path / "joined")) == 1
+
+
+@pytest.mark.parametrize("task", ["causal-lm", "image-classification", "token-classification"])
+def test_every_task_trains_on_the_cluster_as_it_does_locally(task, head, tmp_path, request):
+    """The payload of each task (a causal LM's completion labels, images decoded lazily from their data set, word
+    labels) travels to Ray's workers, and a run there gives the record and predictions a local run gives."""
+    if task == "causal-lm":
+        model, data = request.getfixturevalue("tiny_llama"), request.getfixturevalue("instructions")
+        files = [f"--{s}_file={data / f'{s}.jsonl'}" for s in ("train", "validation", "test")]
+        extra = ["--max_seq_length", "24", "--max_eval_samples", "16", "--learning_rate", "1e-2"]
+    elif task == "image-classification":
+        model, data = request.getfixturevalue("tiny_vit"), request.getfixturevalue("digits")
+        files = [f"--{s}_dir={data / s}" for s in ("train", "validation", "test")]
+        extra = ["--learning_rate", "3e-3"]
+    else:
+        model, data = request.getfixturevalue("tiny_classifier"), request.getfixturevalue("tagged")
+        files = [f"--{s}_file={data / f'{s}.jsonl'}" for s in ("train", "validation", "test")]
+        extra = ["--learning_rate", "3e-3"]
+    common = ["--model_name_or_path", model, *files, "--presets", "classic", "--train_sizes", "16", "--seeds", "0",
+              "--num_train_epochs", "2", "--min_steps", "6", "--mixed_precision", "no", "--no_plots", *extra]
+    assert load_script().main([*common, "--threads", "1", "--output_dir", str(tmp_path / "local")]) == 0
+    assert load_script().main([*common, "--backend", "ray", "--ray_address", head, "--run_cpus", "1",
+                               "--output_dir", str(tmp_path / "ray")]) == 0
+    (local,), (remote,) = records.read_runs(tmp_path / "local"), records.read_runs(tmp_path / "ray")
+    assert _strip(local) == _strip(remote)
+    a, b = records.load_predictions(tmp_path / "local", local), records.load_predictions(tmp_path / "ray", remote)
+    assert all(np.array_equal(a[k], b[k]) for k in a)

@@ -1,43 +1,10 @@
 """Image classification (`--task image-classification`): an imagefolder (scikit-learn's handwritten digits, real
 images) and a tiny random ViT with its image processor; drop-path, the preset this task exists for, acts on it."""
 
-import numpy as np
 import pytest
 from harness import load_script
 
 from hfreg.finetune import records, report
-
-
-@pytest.fixture(scope="module")
-def digits(tmp_path_factory):
-    """The 1,797 8x8 digits as PNGs in the imagefolder layout (one folder per class): 300 train, 100 validation,
-    100 test."""
-    datasets = pytest.importorskip("sklearn.datasets")
-    from PIL import Image
-
-    d = datasets.load_digits()
-    root = tmp_path_factory.mktemp("digits")
-    order = np.random.default_rng(0).permutation(len(d.target))
-    for split, rows in (("train", order[:300]), ("validation", order[300:400]), ("test", order[400:500])):
-        for i in rows:
-            folder = root / split / str(d.target[i])
-            folder.mkdir(parents=True, exist_ok=True)
-            Image.fromarray((d.images[i] * 255 / 16).astype(np.uint8)).save(folder / f"{i}.png")
-    return root
-
-
-@pytest.fixture(scope="module")
-def tiny_vit(tmp_path_factory):
-    import torch
-    from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
-
-    path = tmp_path_factory.mktemp("tiny-vit")
-    config = ViTConfig(image_size=16, patch_size=4, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                       intermediate_size=64, num_labels=3)  # a head for other classes, as a checkpoint's would be
-    torch.manual_seed(0)
-    ViTForImageClassification(config).save_pretrained(path)
-    ViTImageProcessor(size={"height": 16, "width": 16}).save_pretrained(path)
-    return str(path)
 
 
 def _argv(model, root, out, *extra):

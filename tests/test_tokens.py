@@ -1,7 +1,6 @@
 """Token classification (`--task token-classification`): word labels on each word's first sub-token, seqeval's
 entity F1 as the primary endpoint, the same presets, records and verdicts — on a tiny BERT and tagged sentences."""
 
-import json
 
 import numpy as np
 import pytest
@@ -9,34 +8,6 @@ import torch
 from harness import load_script
 
 from hfreg.finetune import records, report, scores, stats, tasks, tokens
-
-FILLER = "the a film was very quite good bad seen by with and in from today yesterday".split()
-PEOPLE, PLACES = ["alice", "bob", "carol", "dave"], [["paris"], ["london"], ["new", "york"]]
-
-
-@pytest.fixture(scope="module")
-def tagged(tmp_path_factory):
-    """Sentences of filler words with people (B-PER) and places (B-LOC I-LOC) in them, as run_ner.py reads them."""
-    rng = np.random.default_rng(0)
-    out = tmp_path_factory.mktemp("tagged")
-    for split, n in (("train", 160), ("validation", 40), ("test", 40)):
-        with open(out / f"{split}.jsonl", "w") as f:
-            for _ in range(n):
-                words, tags = [], []
-                for _ in range(int(rng.integers(4, 9))):
-                    roll = rng.random()
-                    if roll < 0.15:
-                        words.append(str(rng.choice(PEOPLE)))
-                        tags.append("B-PER")
-                    elif roll < 0.25:
-                        place = PLACES[int(rng.integers(len(PLACES)))]
-                        words += place
-                        tags += ["B-LOC"] + ["I-LOC"] * (len(place) - 1)
-                    else:
-                        words.append(str(rng.choice(FILLER)))
-                        tags.append("O")
-                f.write(json.dumps({"tokens": words, "ner_tags": tags}) + "\n")
-    return out
 
 
 def test_entities_are_read_as_seqeval_reads_iob2():
