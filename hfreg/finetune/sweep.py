@@ -255,22 +255,12 @@ def build_experiment(args, ray) -> Experiment:
 
     import torch
     import transformers
-    from transformers import (
-        AutoConfig,
-        AutoImageProcessor,
-        AutoModelForCausalLM,
-        AutoModelForImageClassification,
-        AutoModelForSequenceClassification,
-        AutoModelForTokenClassification,
-        AutoTokenizer,
-        DataCollatorForTokenClassification,
-        DataCollatorWithPadding,
-    )
+    from transformers import AutoConfig
     from transformers.utils import logging as hf_logging
 
     from .. import __version__
-    from . import causal_lm, images, report, tasks, tokens
     from . import data as data_mod
+    from . import kinds, report, tasks
     from .presets import (
         BASELINE,
         METHOD_FLAGS,
@@ -304,34 +294,8 @@ def build_experiment(args, ray) -> Experiment:
     model_path = args.model_name_or_path or default_model_path()
     raw = data_mod.load_raw(args.dataset_name, args.dataset_config_name, args.train_file, args.validation_file,
                             args.test_file, args.train_dir, args.validation_dir, args.test_dir)
-    columns = raw["train"].column_names
-    lm_format = causal_lm.detect_format(columns)
-    picture = images.image_column(raw, args.image_column_name)
-    vision = args.task == tasks.IMAGES or (args.task is None and picture is not None)
-    words_tags = None if vision else tokens.detect(raw, args.text_column, args.label_column)
-    tagging = args.task == tasks.TOKENS or (args.task is None and words_tags is not None)
-    lm = args.task == tasks.CAUSAL_LM or (args.task is None and not vision and not tagging and lm_format is not None
-                                          and args.label_column is None
-                                          and not any(c in columns for c in data_mod.LABEL_CANDIDATES))
-    if vision:
-        if picture is None:
-            raise ValueError(f"--task image-classification needs an image column; the training split has {columns}")
-        label_column = data_mod.detect_label(columns, args.label_column)
-        text_columns = (picture,)
-    elif tagging:
-        if words_tags is None:
-            raise ValueError(f"--task token-classification needs a column of word lists (tokens or words, or "
-                             f"--text_column) and one of tag lists (ner_tags, tags, or --label_column); the training "
-                             f"split has {columns}")
-        text_columns, label_column = (words_tags[0],), words_tags[1]
-    elif lm:
-        if lm_format is None:
-            raise ValueError(f"--task causal-lm needs prompt and completion columns, a messages column or a text "
-                             f"column; the training split has {raw['train'].column_names}")
-        text_columns, label_column = causal_lm.FORMATS[lm_format], None
-    else:
-        text_columns, label_column = data_mod.detect_columns(raw["train"].column_names, args.text_column,
-                                                             args.label_column)
+    kind, text_columns, label_column = kinds.choose(raw, args)
+    lm = kind.name == tasks.CAUSAL_LM
     if args.max_eval_samples:
         for split in set(raw) - {"train"}:
             raw[split] = raw[split].select(range(min(args.max_eval_samples, len(raw[split]))))
@@ -352,19 +316,9 @@ def build_experiment(args, ray) -> Experiment:
     remote = {"trust_remote_code": True} if args.trust_remote_code else {}
     tokenizer_flag = "tokenizer_name" if args.tokenizer_name else "model_name_or_path"
     with loading(tokenizer_flag, args.tokenizer_name or model_path):  # an image model's processor, in its place
-        tokenizer = (AutoImageProcessor if vision else AutoTokenizer).from_pretrained(
-            args.tokenizer_name or model_path, **remote)
-    if vision:
-        data, label_names, problem_type = images.encode(raw, picture, label_column, args.problem_type)
-    elif tagging:
-        data, label_names = tokens.encode(raw, tokenizer, *words_tags, args.max_seq_length)
-        problem_type = tasks.TOKENS
-    elif lm:
-        data, label_names, problem_type = causal_lm.encode(raw, tokenizer, lm_format, args.max_seq_length), [], \
-            tasks.CAUSAL_LM
-    else:
-        data, label_names, problem_type = data_mod.encode(raw, tokenizer, text_columns, label_column,
-                                                          args.max_seq_length, args.problem_type)
+        tokenizer = getattr(transformers, kind.processor).from_pretrained(args.tokenizer_name or model_path,
+                                                                          **remote)
+    data, label_names, problem_type = kind.encode(raw, tokenizer, text_columns, label_column, args)
     args.select_by = report.check_select_by(args.select_by, tasks.task(problem_type))  # None: the task's own
     roles = data_mod.assign_roles(data, args.roles, args.split_seed, args.selection_size)
     eval_batch = args.per_device_eval_batch_size
@@ -385,7 +339,7 @@ def build_experiment(args, ray) -> Experiment:
                         label_smoothing_factor=args.label_smoothing_factor,
                         neftune_noise_alpha=args.neftune_noise_alpha,
                         gradient_checkpointing=args.gradient_checkpointing, problem_type=problem_type,
-                        label_names=tuple(label_names) if tagging else ())
+                        label_names=tuple(label_names) if problem_type == tasks.TOKENS else ())
     if problem_type != tasks.CLASSIFICATION:  # methods defined on a classifier's probabilities
         needs = [f"--{flag} {getattr(args, flag):g}" for flag in ("label_smoothing_factor", "mc_samples")
                  if getattr(args, flag)]
@@ -405,24 +359,20 @@ def build_experiment(args, ray) -> Experiment:
     labels = {} if lm else dict(num_labels=1, problem_type=problem_type) if problem_type == tasks.REGRESSION \
         else dict(num_labels=len(label_names), id2label=dict(enumerate(label_names)),
                   label2id={n: i for i, n in enumerate(label_names)})
-    auto_model = AutoModelForCausalLM if lm else AutoModelForImageClassification if vision \
-        else AutoModelForTokenClassification if tagging else AutoModelForSequenceClassification
-    # a checkpoint's head for other classes (ImageNet's 1,000) is replaced, as run_image_classification.py does
-    mismatched = {"ignore_mismatched_sizes": True} if vision else {}
+    auto_model = getattr(transformers, kind.model)
     if args.config_name:  # the model built from another config, its weights loaded where they fit
         with loading("config_name", args.config_name):
             labels = {"config": AutoConfig.from_pretrained(args.config_name, **labels, **remote)}
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            base_model = auto_model.from_pretrained(model_path, **labels, **mismatched, **remote)
+            base_model = auto_model.from_pretrained(model_path, **labels, **kind.load, **remote)
     except OSError as e:  # no such model, no network, no weights
         raise ValueError(f"--model_name_or_path {model_path!r} cannot be loaded: "
                          f"{str(e).strip().splitlines()[0]}") from None
     except (ValueError, KeyError) as e:
-        kind = "a causal LM" if lm else "an image classifier" if vision else "a token classifier" if tagging \
-            else "a sequence classifier"
-        raise ValueError(f"{model_path} cannot be loaded as {kind}: {str(e).splitlines()[0]}") from None
+        raise ValueError(f"{model_path} cannot be loaded as {kind.model.removeprefix('AutoModelFor')}: "
+                         f"{str(e).splitlines()[0]}") from None
     lora = lora_settings(args)
     if lora and lora["target_modules"] != "all-linear":  # peft's own error would come inside the first run
         names = [n for n, _ in base_model.named_modules()]
@@ -434,14 +384,11 @@ def build_experiment(args, ray) -> Experiment:
                              f"has that name; its linear layers are named {leaves[:12]}")
     if args.gradient_checkpointing and not getattr(base_model, "supports_gradient_checkpointing", False):
         raise ValueError(f"--gradient_checkpointing: {type(base_model).__name__} does not support it")
-    if vision:
-        collate = images.Collator(tokenizer)
-    else:
+    if kind.processor == "AutoTokenizer":
         if tokenizer.pad_token is None:  # decoder LLMs: pad with EOS, and tell the head where sequences end
             tokenizer.pad_token = tokenizer.eos_token
         base_model.config.pad_token_id = tokenizer.pad_token_id
-        collate = causal_lm.Collator(tokenizer) if lm else DataCollatorForTokenClassification(tokenizer) if tagging \
-            else DataCollatorWithPadding(tokenizer)
+    collate = kind.collator(tokenizer)
 
     model_name = args.model_name_or_path or DEFAULT_MODEL
     config = {k: v for k, v in base_model.config.to_dict().items()
@@ -452,7 +399,7 @@ def build_experiment(args, ray) -> Experiment:
         "data_sha256": data_mod.content_hash(raw, text_columns, label_column),  # a causal LM's: its format's
         "text_columns": list(text_columns), "label_column": label_column, "labels": label_names,
         **({"problem_type": problem_type} if problem_type != tasks.CLASSIFICATION else {}),  # older records match
-        **({"task": tasks.IMAGES} if vision else {}),
+        **({"task": kind.name} if kind.name != tasks.TEXT else {}),  # absent for text: older records match
         "splits": {s: len(data[s]) for s in data}, "roles": roles.description,
         "max_length": args.max_seq_length, "learning_rates": args.learning_rates,
         "num_train_epochs": args.num_train_epochs, "train_batch_size": args.train_batch_size,
