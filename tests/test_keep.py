@@ -20,11 +20,30 @@ def _grid(model, data, out, *extra):
     return {r["preset"]: r for r in records.read_runs(out)}
 
 
+def _gives_the_stored_logits(path, out, run, step, validation_csv):
+    """The model kept in ``path`` gives the selection logits ``run`` stored at ``step`` (up to a shift per example,
+    which the softmax ignores and the stored differences drop)."""
+    import torch
+    from transformers import AutoTokenizer
+
+    import hfreg
+
+    arrays = records.load_predictions(str(out), run)
+    stored = arrays["selection_logits"][list(arrays["steps"]).index(step)]
+    with open(validation_csv) as f:
+        texts = [row["review"] for row in csv.DictReader(f)]
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = hfreg.load_regularized(str(path)).eval()
+    batch = tokenizer([texts[i] for i in arrays["selection_index"]], padding=True, return_tensors="pt")
+    with torch.inference_mode():
+        logits = model(**batch).logits.numpy()
+    return np.allclose(logits[:, 1:] - logits[:, :1], stored[:, 1:] - stored[:, :1], atol=2e-2)
+
+
 # by default the run's copies of each rule's leading weights serve; with --test_every_point it keeps none, and the
 # keeper copies its own
 @pytest.mark.parametrize("extra", [(), ("--test_every_point",)])
 def test_best_keeps_the_selected_point_with_tokenizer_card_and_spec(tiny_classifier, csv_data, tmp_path, extra):
-    import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     import hfreg
@@ -41,17 +60,10 @@ def test_best_keeps_the_selected_point_with_tokenizer_card_and_spec(tiny_classif
         assert "hfreg" in config  # the spec travels in the config (pretrain-zero's: every knob 0)
         tokenizer = AutoTokenizer.from_pretrained(path)
         assert tokenizer("hi")["input_ids"] == AutoTokenizer.from_pretrained(tiny_classifier)("hi")["input_ids"]
-        # the kept weights give the stored selection logits of the kept point
-        arrays = records.load_predictions(str(out), run)
-        stored = arrays["selection_logits"][list(arrays["steps"]).index(run["kept_step"])]
-        with open(csv_data / "validation.csv") as f:
-            texts = [row["review"] for row in csv.DictReader(f)]
-        model = hfreg.load_regularized(str(path)).eval()
-        assert type(model) is type(AutoModelForSequenceClassification.from_pretrained(path))
-        batch = tokenizer([texts[i] for i in arrays["selection_index"]], padding=True, return_tensors="pt")
-        with torch.inference_mode():
-            logits = model(**batch).logits.numpy()
-        assert np.allclose(logits[:, 1:] - logits[:, :1], stored[:, 1:] - stored[:, :1], atol=2e-2)
+        # the kept weights give the stored selection logits of the kept point, in the class they were saved from
+        loaded = hfreg.load_regularized(str(path))
+        assert type(loaded) is type(AutoModelForSequenceClassification.from_pretrained(path))
+        assert _gives_the_stored_logits(path, out, run, run["kept_step"], csv_data / "validation.csv")
 
 
 def test_final_keeps_the_last_step_and_no_keeps_nothing(tiny_classifier, csv_data, tmp_path):
@@ -129,10 +141,7 @@ def exported_grid(tiny_classifier, tmp_path_factory):
 def test_export_recreates_a_run_that_was_not_saved_from_its_record(exported_grid, tmp_path, capsys):
     """`hfreg export` trains the recorded run again (a sweep's point: its preset comes from the record), checks the
     rebuilt experiment against the record, and keeps the model whose logits are the stored predictions."""
-    import torch
-    from transformers import AutoTokenizer
 
-    import hfreg
     from hfreg import cli
 
     out, data = exported_grid
@@ -145,16 +154,7 @@ def test_export_recreates_a_run_that_was_not_saved_from_its_record(exported_grid
     assert said.startswith(f"kept step {step} in {path}; the record's run kept step {step};")
     assert float(said.rsplit(": ", 1)[1]) < 1e-4  # the same run, trained again on this machine
     assert "# classic*2 fine-tune of" in (path / "README.md").read_text()
-    arrays = records.load_predictions(str(out), run)
-    stored = arrays["selection_logits"][list(arrays["steps"]).index(step)]
-    with open(data[3]) as f:
-        texts = [row["review"] for row in csv.DictReader(f)]
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    model = hfreg.load_regularized(str(path)).eval()
-    batch = tokenizer([texts[i] for i in arrays["selection_index"]], padding=True, return_tensors="pt")
-    with torch.inference_mode():
-        logits = model(**batch).logits.numpy()
-    assert np.allclose(logits[:, 1:] - logits[:, :1], stored[:, 1:] - stored[:, :1], atol=2e-2)
+    assert _gives_the_stored_logits(path, out, run, step, data[3])
     assert not (out / "models").exists()  # --out: nothing written into the grid
 
 
@@ -178,11 +178,8 @@ def test_export_says_in_one_line_what_does_not_match(exported_grid, capsys, argv
 def test_data_parallel_keeps_one_model_from_the_main_process(tiny_classifier, csv_data, tmp_path):
     """Two processes train each run together (`--parallel data`, gloo on the CPU): the first process saves the kept
     weights once, and they give the stored predictions of the kept point."""
-    import torch
     from harness import SCRIPT, launch
-    from transformers import AutoTokenizer
 
-    import hfreg
 
     out = tmp_path / "out"
     argv = args_for(tiny_classifier, csv_data, out, "--presets", "classic", "--train_sizes", "32", "--seeds", "0",
@@ -194,14 +191,5 @@ def test_data_parallel_keeps_one_model_from_the_main_process(tiny_classifier, cs
     models = [p for p in (out / "models").rglob("config.json")]
     assert len(models) == 1
     path = models[0].parent
-    arrays = records.load_predictions(str(out), run)
-    stored = arrays["selection_logits"][list(arrays["steps"]).index(run["kept_step"])]
-    with open(csv_data / "validation.csv") as f:
-        texts = [row["review"] for row in csv.DictReader(f)]
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    model = hfreg.load_regularized(str(path)).eval()
-    batch = tokenizer([texts[i] for i in arrays["selection_index"]], padding=True, return_tensors="pt")
-    with torch.inference_mode():
-        logits = model(**batch).logits.numpy()
-    assert np.allclose(logits[:, 1:] - logits[:, :1], stored[:, 1:] - stored[:, :1], atol=2e-2)
+    assert _gives_the_stored_logits(path, out, run, run["kept_step"], csv_data / "validation.csv")
     assert "best selection-split accuracy" in (path / "README.md").read_text()
