@@ -60,3 +60,20 @@ def test_a_tagged_grid_trains_a_token_classifier_judged_on_entity_f1(tiny_classi
     classic = next(r for r in summary if r["preset"] == "classic")
     assert classic["select_by"] == "entity_f1" and "delta_early_test_entity_f1" in classic
     assert "test entity F1" in (out / "findings.md").read_text()
+
+
+def test_runs_near_chance_and_the_regimes_read_each_tasks_own_metrics():
+    def run(problem_type, **selection):
+        point = {"step": 1, "epoch": 1.0, "train_loss": 1.0, "test_loss": 1.0, "test_entity_f1": 0.0,
+                 "test_token_accuracy": 0.8, "train_token_accuracy": 0.8, "selection_loss": 1.0,
+                 "selection_entity_f1": 0.0, **selection}
+        return {"experiment": {"settings": {"problem_type": problem_type}}, "evals": [point]}
+
+    # a tagger that finds no entity (all "O") is near chance however many of its words are right
+    assert report.run_values(run("token-classification"), "entity_f1")["underfit"]
+    assert not report.run_values(run("token-classification", selection_entity_f1=0.4), "entity_f1")["underfit"]
+    # a causal LM overfits when its exact match falls; its NLL rising while exact match holds is "loss rises"
+    lm = tasks.TASKS[tasks.CAUSAL_LM]
+    rises = [{"after": {"test_loss": 0.3 + d, "test_exact_match": d / 10}, "final_fit": 0.5} for d in (0, .01, .02)]
+    falls = [{"after": {"test_loss": 0.3 + d, "test_exact_match": -0.2 - d}, "final_fit": 0.5} for d in (0, .01, .02)]
+    assert report.regimes(rises, 0, lm) == ["loss rises"] and report.regimes(falls, 0, lm) == ["overfits"]

@@ -106,10 +106,8 @@ def run_values(run: dict, select_by: str = DEFAULT_SELECT_BY) -> dict:
         out[name]["gap"] = point["test_loss"] - point["train_loss"]
     out["fixed"]["degradation"] = final["test_loss"] - early["test_loss"]
     out["final_fit"] = final.get(task.fit, float("nan"))
-    if task.problem_type in (tasks.CAUSAL_LM, tasks.TOKENS):  # no one chance level to be near
-        near_chance = False
-    elif task.problem_type == tasks.REGRESSION:
-        near_chance = early["selection_r2"] <= NEAR_CHANCE_ACCURACY
+    if task is not CLASSIFIER:  # R² or entity F1 within 0.02 of 0 (the mean; all "O"); a causal LM has none
+        near_chance = bool(task.chance) and early[task.chance] <= NEAR_CHANCE_ACCURACY
     else:
         classes = len(run["experiment"]["settings"]["labels"])
         near_chance = (early["selection_accuracy"] <= run["selection_majority"] + NEAR_CHANCE_ACCURACY
@@ -166,7 +164,8 @@ def regimes(ordered: list[dict], underfit_runs: int, task: tasks.Task = CLASSIFI
     data), *memorises* (mean final
     training accuracy >= 0.99), *overfits* (test accuracy falls after the selected point beyond noise),
     *overconfident* (test NLL rises after it beyond noise, while accuracy and temperature-scaled NLL do not worsen
-    beyond noise). A regression: training R² for accuracy, test R² for test accuracy, and never overconfident."""
+    beyond noise). Other tasks read their own metrics (`tasks.Task`: ``fit``, ``overfit`` or the primary); a causal
+    LM whose held-out NLL rises while its exact match holds: *loss rises* (its raw NLL moves with confidence too)."""
     out = []
     if underfit_runs * 2 > len(ordered):
         out.append("underfit")
@@ -174,11 +173,14 @@ def regimes(ordered: list[dict], underfit_runs: int, task: tasks.Task = CLASSIFI
     if train and statistics.fmean(train) >= MEMORISED:
         out.append("memorises")
     ci = {m: stats.paired([v["after"][m] for v in ordered])["ci95"] for m in ordered[0]["after"]}
-    lo, hi = (x * task.metrics[task.primary] for x in ci[task.primary])  # + is better
+    metric = task.overfit or task.primary  # a causal LM's exact match: its raw NLL moves with confidence too
+    lo, hi = (x * task.metrics[metric] for x in ci[metric])  # + is better
     if max(lo, hi) < 0:
         out.append("overfits")
     elif "test_nll_ts" in ci and ci["test_loss"][0] > 0 and not ci["test_nll_ts"][0] > 0:
         out.append("overconfident")
+    elif task.overfit and ci["test_loss"][0] > 0:  # held-out loss rises while the metric holds
+        out.append("loss rises")
     return out
 
 

@@ -114,6 +114,28 @@ def _correlation_terms(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return r + u * v - r * (u ** 2 + v ** 2) / 2
 
 
+def _upper_mean(key: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    """Per example i, mean_k weight_k (1{key_k > key_i} + 1{key_k = key_i} / 2), by one sort (ties count half, as a
+    mid-distribution function counts them)."""
+    order = np.argsort(key, kind="stable")
+    keys, suffix = key[order], np.concatenate([np.cumsum(weight[order][::-1])[::-1], [0.0]])
+    lo, hi = np.searchsorted(keys, key, side="left"), np.searchsorted(keys, key, side="right")
+    return (suffix[hi] + (suffix[lo] - suffix[hi]) / 2) / len(key)
+
+
+def _spearman_terms(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Per example, Spearman's rho plus its influence (Croux & Dehon, 2010: 12 [F(x) G(y) + E F(X) 1{Y >= y}
+    + E G(Y) 1{X >= x}], centred; F, G the mid-distribution functions, so ties count half). Pearson's influence on
+    the ranks would treat them as fixed numbers; they are not, and that understates the variance once rho is away
+    from 0. Their mean is rho; their variance over N, rho's sampling variance. A constant side: 0 throughout."""
+    if a.std() == 0 or b.std() == 0:
+        return np.zeros(len(a))
+    f, g = (_ranks(a) - 0.5) / len(a), (_ranks(b) - 0.5) / len(b)
+    rho = float(_correlation_terms(f, g).mean())
+    inner = f * g + _upper_mean(a, g) + _upper_mean(b, f)
+    return rho + 12 * (inner - inner.mean())
+
+
 def regression_scores(outputs: np.ndarray, labels: np.ndarray) -> dict:
     """loss (MSE), R² (1 - MSE / the labels' variance), Pearson's and Spearman's correlation of a regression head's
     outputs (N x 1) with float labels; a correlation with constant outputs is 0 (they rank nothing)."""
@@ -122,7 +144,7 @@ def regression_scores(outputs: np.ndarray, labels: np.ndarray) -> dict:
     var = float(labels.var())
     return {"loss": mse, "r2": 1 - mse / var if var > 0 else float("nan"),
             "pearson": float(_correlation_terms(pred, labels).mean()),
-            "spearman": float(_correlation_terms(_ranks(pred), _ranks(labels)).mean())}
+            "spearman": float(_spearman_terms(pred, labels).mean())}
 
 
 def lm_scores(outputs: np.ndarray, labels=None) -> dict:
@@ -153,7 +175,7 @@ def _ratio_terms(num: np.ndarray, den: np.ndarray) -> np.ndarray:
 def per_example(outputs: np.ndarray, labels: np.ndarray, point: dict, problem_type: str = CLASSIFICATION) -> dict:
     """{verdict metric: per-example values whose mean is the metric} at one evaluation ``point``: correctness and
     the temperature-scaled loss of a classifier; a regressor's R² terms, 1 - (error^2 / the labels' variance), and
-    Spearman's correlation terms (`_correlation_terms` of the ranks); a causal LM's exact match and its NLL per
+    Spearman's influence terms (`_spearman_terms`); a causal LM's exact match and its NLL per
     token, and token classification's entity F1 and word accuracy, ratios of sums linearized
     (`_ratio_terms`). What the test
     set adds to a comparison's variance is read from these (`stats.test_set_terms`)."""
@@ -168,7 +190,7 @@ def per_example(outputs: np.ndarray, labels: np.ndarray, point: dict, problem_ty
         pred, labels = outputs.reshape(len(labels)).astype(float), labels.astype(float)
         var = float(labels.var()) or float("nan")
         return {"test_r2": 1 - (pred - labels) ** 2 / var,
-                "test_spearman": _correlation_terms(_ranks(pred), _ranks(labels))}
+                "test_spearman": _spearman_terms(pred, labels)}
     return {"test_accuracy": (outputs.argmax(-1) == labels).astype(float),
             "test_nll_ts": losses(outputs / point["temperature"], labels)}
 

@@ -35,6 +35,8 @@ class Task:
     fit: str  # the training metric at or above `MEMORISED` at the final point: the run fit its data
     after: tuple  # the test metrics whose move from the selected to the final point `regimes` reads
     margin_note: str = ""  # why the default margins mean what they mean, beside them in the findings
+    overfit: str = ""  # the test metric whose fall after the selected point is overfitting (default: the primary)
+    chance: str = ""  # the selection metric within 0.02 of 0 of which a run is near chance ("": no chance level)
 
     @property
     def primary(self) -> str:
@@ -62,16 +64,22 @@ TASKS = {t.problem_type: t for t in (
                 "test_loss": "test MSE"},
          select_by=("loss", "spearman"), fit="train_r2", after=("test_r2", "test_loss", "test_spearman"),
          margin_note="on the 0..1 scales of explained variance and rank agreement: a difference most users would "
-                     "act on; R² is 1 − MSE / the test labels' variance, the same for every arm, so its verdict is "
-                     "the MSE's"),
+                     "act on; R² is 1 − MSE / the test labels' variance, the same for every arm, so within a data "
+                     "set its verdict is the MSE's (the same t and p), while ±0.02 of R² is a relative change in MSE "
+                     "of 0.02 / (1 − R²): 4% at R² 0.5, 20% at 0.9; pooled over data sets it is a mean of "
+                     "MSE differences each standardized by its test labels' variance",
+         chance="selection_r2"),
     Task(CAUSAL_LM,
          metrics={"test_loss": -1, "test_exact_match": +1, "test_perplexity": -1},
          verdicts=("test_loss", "test_exact_match"), calibration=(),
          names={"test_loss": "test NLL per completion token", "test_exact_match": "test exact match",
                 "test_perplexity": "test perplexity"},
          select_by=("loss", "exact_match"), fit="train_exact_match", after=("test_loss", "test_exact_match"),
-         margin_note="0.02 nats per completion token is a 2% change in perplexity; exact match is the share of "
-                     "completions whose every token is the greedy, teacher-forced choice"),
+         margin_note="0.02 nats per completion token is a 2% change in perplexity, and like any raw NLL it moves "
+                     "with confidence as well as with what the model predicts (no temperature is fitted to a causal "
+                     "LM's completions); exact match is the share of completions whose every token is the greedy, "
+                     "teacher-forced choice",
+         overfit="test_exact_match"),
     Task(TOKENS,
          metrics={"test_entity_f1": +1, "test_token_accuracy": +1, "test_loss": -1},
          verdicts=("test_entity_f1", "test_token_accuracy"), calibration=(),
@@ -80,7 +88,8 @@ TASKS = {t.problem_type: t for t in (
          select_by=("entity_f1", "loss"), fit="train_token_accuracy",
          after=("test_entity_f1", "test_loss", "test_token_accuracy"),
          margin_note="entity F1 is seqeval's micro F1 over IOB2 entities (a type and its exact span); word accuracy "
-                     "counts each word's first sub-token"),
+                     "counts each word's first sub-token",
+         chance="selection_entity_f1"),
 )}
 PROBLEM_TYPES = tuple(TASKS)
 CLASSIFIER_TYPES = (CLASSIFICATION, REGRESSION)  # `--problem_type`: a sequence classifier's head
