@@ -207,11 +207,6 @@ def _resolve(block: nn.Module, pattern: str, named=None) -> list[tuple[str, nn.M
             and n.count(".") == pattern.count(".")]
 
 
-def find_branches(block: nn.Module, model_type: str | None) -> list[tuple[str, nn.Module]]:
-    """Branch-end modules of one layer, in forward order."""
-    return [hit for group in _branch_groups(block, model_type) for hit in group]
-
-
 def _branch_groups(block: nn.Module, model_type: str | None, named=None) -> list[list[tuple[str, nn.Module]]]:
     """Branch-end modules of one layer, in forward order, grouped by branch: a group of several modules is one
     branch summed from their outputs (an architecture's ``"a+b"``). ``named``: the layer's `named_modules`, if
