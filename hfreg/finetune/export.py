@@ -58,6 +58,11 @@ class Keeper:
         self.state = None
         return step
 
+    def write_card(self, record: dict, base_model: str) -> None:
+        """README.md beside the saved weights, once the run's ``record`` is complete (`model_card`)."""
+        with open(os.path.join(self.path, "README.md"), "w") as f:
+            f.write(model_card(record, base_model, record["provenance"]["data"], self.rule, self.strategy))
+
 
 def model_card(record: dict, base_model: str, data: str, select_by: str, strategy: str) -> str:
     """README.md for a kept run: what it is, how it was trained and chosen, and its metrics at the kept point."""
@@ -273,8 +278,7 @@ def recreate(output_dir: str, data_argv: list[str], preset: str, train_size: int
     rebuilt = {p["step"]: p["selection_loss"] for p in result["evals"]}
     diff = max(abs(rebuilt.get(p["step"], float("inf")) - p["selection_loss"]) for p in run["evals"])
     again = {**run, **result, "kept_step": result["kept_step"]}
-    with open(os.path.join(path, "README.md"), "w") as f:
-        f.write(model_card(again, recorded.get("model") or "", run["provenance"]["data"], select_by, strategy))
+    keeper.write_card(again, recorded.get("model") or "")
     recorded_step = report.selected_point(run, select_by)["step"] if strategy == "best" else run["evals"][-1]["step"]
     return {"path": path, "kept_step": result["kept_step"], "recorded_step": recorded_step,
             "max_selection_loss_diff": diff}

@@ -373,7 +373,7 @@ def build_experiment(args, ray) -> Experiment:
     except (ValueError, KeyError) as e:
         raise ValueError(f"{model_path} cannot be loaded as {kind.model.removeprefix('AutoModelFor')}: "
                          f"{str(e).splitlines()[0]}") from None
-    lora = lora_settings(args)
+    lora = settings.lora
     if lora and lora["target_modules"] != "all-linear":  # peft's own error would come inside the first run
         names = [n for n, _ in base_model.named_modules()]
         missing = [t for t in lora["target_modules"] if not any(n == t or n.endswith("." + t) for n in names)]
@@ -420,7 +420,7 @@ def build_experiment(args, ray) -> Experiment:
            if args.auto_seeds else {}),
         # a staged grid stops on its margins: they are part of what it did (absent when the defaults: older match)
         **({"margins": dict(sorted(args.margin.items()))} if args.auto_seeds and args.margin else {}),
-        **({"lora": lora_settings(args)} if args.peft == "lora" else {}),
+        **({"lora": lora} if lora else {}),
         "versions": {"hfreg": __version__, "transformers": transformers.__version__,
                      "torch": torch.__version__.split("+")[0]}}}
     contents = {p.name: p.contents() for p in presets}
@@ -570,9 +570,7 @@ def run_grid(args, exp: Experiment, ray) -> int:
                         tracker.finish()
                 record = make_record(preset, size, seed, result)
                 if "kept_step" in result:  # this process saved the weights: the card says what they are
-                    with open(os.path.join(keeper.path, "README.md"), "w") as f:
-                        f.write(export.model_card(record, model_name, record["provenance"]["data"], args.select_by,
-                                                  args.save_strategy))
+                    keeper.write_card(record, model_name)
                 if args.parallel == "run" or accelerator.is_main_process:
                     queue.finish(key, record, predictions)
                 if accelerator.is_main_process:
