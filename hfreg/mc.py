@@ -16,9 +16,10 @@ from dataclasses import dataclass
 
 import torch
 
-from .apply import SAMPLE_FLAG, patch_state, unwrap
 from .config import KNOBS
+from .hooks import SAMPLE_FLAG
 from .patcher import inspect_model
+from .state import patch_state, unwrap
 
 # LayerDrop skips whole layers, Mixout mixes in the pretrained weights and NEFTune adds noise: not dropout
 # sampling; opt in with knobs=

@@ -1,7 +1,7 @@
 """Rewire one `RegularizationConfig` into a transformers model: live (`patch_model`) or by config (`patch_config`).
 
 `patch_model` asks `hfreg.probing` which native sites a small twin of the model shows to be inert, then applies the
-spec with `hfreg.apply.apply_spec` (where the mechanism is described). Hooks and attribute changes never touch
+spec with `hfreg.inject.apply_spec` (where the mechanism is described). Hooks and attribute changes never touch
 parameters, so `state_dict` keys and values stay as they were.
 """
 
@@ -12,21 +12,13 @@ import warnings
 
 from huggingface_hub.errors import StrictDataclassError
 
-from .apply import (
-    PatchState,
-    apply_spec,
-    is_patched,
-    native_sites,
-    patch_state,
-    set_rate_factors,
-    unpatch_model,
-    unwrap,
-)
 from .architectures import CONFIG_KEYS, architecture
 from .config import CONFIG_ATTR, RegularizationConfig, deprecated
+from .inject import apply_spec, native_sites
 from .probing import inert_sites
 from .provenance import config_tree
 from .sites import Site
+from .state import PatchState, is_patched, patch_state, set_rate_factors, unpatch_model, unwrap
 from .unapplied import quiet
 
 __all__ = ["PatchState", "auto_class_for", "from_pretrained", "inspect_model", "is_patched", "load_regularized",

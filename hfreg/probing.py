@@ -20,11 +20,12 @@ from dataclasses import dataclass
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from .apply import apply_spec, patch_state, unwrap
 from .architectures import NOISE_KEYS
 from .config import KNOBS, RegularizationConfig, deprecated
+from .inject import apply_spec
 from .provenance import config_sources, config_tree, per_config, with_rates
 from .sites import analyze, stack_key
+from .state import patch_state, unwrap
 
 # aten ops that draw random numbers; attention kernels are caught by a non-zero `dropout_p` argument instead
 _RANDOM = ("bernoulli", "rand", "normal_", "dropout", "multinomial", "uniform", "exponential", "cauchy", "geometric",
@@ -245,7 +246,7 @@ class Probe:
     source: str  # module | attribute | config, or hfreg (the fields shared with `Site`, in its order)
     acts: bool
     dead: bool = False  # what the static analysis expected: a site it knows forward never reads
-    note: str = ""  # for a knob: why it cannot apply, as patch_model warned
+    note: str = ""  # for a knob: why it cannot apply somewhere (`PatchState.refused`)
     # the module holding (or reading) the rate ran, or a layer around it ran and passed it by: with ``acts`` False,
     # the site is inert; a site in a part the inputs never reach (a vision tower fed text) proves nothing
     exercised: bool = True
@@ -325,14 +326,14 @@ def probe(model, inputs: dict | None = None, rate: float = 0.5, patched: bool = 
                              exercised=exercised))
     for knob in KNOBS if patched else ():
         spec = RegularizationConfig(**{**RegularizationConfig.zero().knob_values(), knob: rate})
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            apply_spec(model, spec, inert)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            state = apply_spec(model, spec, inert)
         if knob == "mixout":  # a weight mixed with its own value at patch time is unchanged: move the weights first
             acts = _mixes(model, inputs)
         else:
             acts = not _same(base, _train_output(model, inputs, 1))
-        note = "; ".join(str(w.message).split(": ", 2)[-1] for w in caught)
+        note = state.refused.get(knob, "")
         results.append(Probe("*", knob, 0.0, "hfreg", acts, note=note))
     return results
 

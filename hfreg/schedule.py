@@ -16,8 +16,8 @@ from __future__ import annotations
 
 from transformers import TrainerCallback
 
-from .apply import patch_state, set_rate_factors
 from .config import KNOBS, RegularizationConfig, Schedule, deprecated
+from .state import patch_state, set_rate_factors
 
 
 class RateScheduler:

@@ -34,7 +34,7 @@ def test_every_public_name_has_a_docstring(name):
                 f"hfreg.{name} documents no arguments"
 
 
-@pytest.mark.parametrize("module", ["hfreg.config", "hfreg.layers", "hfreg.patcher", "hfreg.rdrop", "hfreg.apply",
+@pytest.mark.parametrize("module", ["hfreg.config", "hfreg.layers", "hfreg.patcher", "hfreg.rdrop", "hfreg.state",
                                     "hfreg.mc", "hfreg.probing", "hfreg.schedule", "hfreg.sites"])
 def test_docstring_examples_run(module):
     import importlib

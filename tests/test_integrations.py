@@ -99,7 +99,7 @@ def test_mixout_acts_on_the_lora_adapters_in_either_order(order):
     train_logits(model, inputs, 1).sum().backward()
     assert all(p.grad is not None for n, p in model.named_parameters() if "lora_" in n)
     hfreg.unpatch_model(model)
-    assert all(not isinstance(h, hfreg.apply._Hook) for m in model.modules()
+    assert all(not isinstance(h, hfreg.hooks.Hook) for m in model.modules()
                for h in [*m._forward_hooks.values(), *m._forward_pre_hooks.values()])
     model.eval()
     with torch.no_grad():
@@ -151,7 +151,7 @@ def test_adapter_knob_sets_or_injects_lora_dropout(dropout, source):
     rates = {type(m).__name__ + str(getattr(m, "p", "")) for n, m in model.named_modules()
              if n.endswith("lora_dropout.default")}
     assert rates == ({"Dropout0.05"} if dropout else {"Identity"})
-    assert all(not isinstance(h, hfreg.apply._Hook) for m in model.modules() for h in m._forward_hooks.values())
+    assert all(not isinstance(h, hfreg.hooks.Hook) for m in model.modules() for h in m._forward_hooks.values())
 
 
 def test_adapter_knob_warns_without_an_adapter():

@@ -98,7 +98,7 @@ class _Hub:
 def test_push_uploads_each_presets_best_kept_run(tiny_classifier, csv_data, tmp_path, monkeypatch):
     import huggingface_hub
 
-    from hfreg.finetune import export
+    from hfreg.finetune import keep
 
     hub = _Hub()
     monkeypatch.setattr(huggingface_hub, "HfApi", lambda: hub)
@@ -108,7 +108,7 @@ def test_push_uploads_each_presets_best_kept_run(tiny_classifier, csv_data, tmp_
                     "--hub_model_id", "me/sst", "--no_plots")
     assert load_script().main(argv) == 0
     runs = records.read_runs(out)
-    best = export.best_runs(runs, ("selection_accuracy", 1))
+    best = keep.best_runs(runs, ("selection_accuracy", 1))
     uploads = {c[1]: c[2] for c in hub.calls if c[0] == "upload"}
     assert set(uploads) == {"me/sst-pretrain-zero", "me/sst-classic"}
     for files in uploads.values():
@@ -118,7 +118,7 @@ def test_push_uploads_each_presets_best_kept_run(tiny_classifier, csv_data, tmp_
         assert all(next(p for p in r["evals"] if p["step"] == r["kept_step"])["selection_accuracy"] <= score
                    for r in runs if r["preset"] == preset)
     with pytest.raises(ValueError, match=r"^--push_to_hub: could not upload to 'me/sst-classic' \(Could not resolve"):
-        export.push_best(str(out), [best["classic"]], ("selection_accuracy", 1), "me/sst", api=_Hub(fail=True))
+        keep.push_best(str(out), [best["classic"]], ("selection_accuracy", 1), "me/sst", api=_Hub(fail=True))
 
 
 @pytest.fixture(scope="module")

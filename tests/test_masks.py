@@ -8,7 +8,7 @@ from tiny_models import build, first_tensor, make_inputs
 
 import hfreg
 from hfreg import layers
-from hfreg.apply import _attention_with_dropout
+from hfreg.fast_masks import attention_with_dropout
 
 
 @pytest.mark.parametrize("keep", [0.9, 0.5, 0.13, 1 / 65536, 1 - 1 / 65536, 1 - 1e-6, 1.0])
@@ -51,14 +51,14 @@ def test_attention_math_path_matches_sdpa(mask_kind, gqa, monkeypatch):
         kwargs["attn_mask"] = torch.randn(2, 1, 5, 5, generator=g)
     elif mask_kind == "causal":
         kwargs["is_causal"] = True
-    torch.testing.assert_close(_attention_with_dropout(q, k, v, dropout_p=0.1, **kwargs),
+    torch.testing.assert_close(attention_with_dropout(q, k, v, dropout_p=0.1, **kwargs),
                                F.scaled_dot_product_attention(q, k, v, **kwargs))
 
 
 def test_a_fully_masked_row_gives_zeros_as_the_math_path_does():
     q = k = v = torch.ones(1, 1, 2, 4)
     mask = torch.tensor([[True, True], [False, False]])
-    out = _attention_with_dropout(q, k, v, attn_mask=mask, dropout_p=0.5)
+    out = attention_with_dropout(q, k, v, attn_mask=mask, dropout_p=0.5)
     assert torch.isfinite(out).all() and torch.equal(out[0, 0, 1], torch.zeros(4))
 
 

@@ -295,9 +295,11 @@ def test_a_patch_that_fails_halfway_is_undone(monkeypatch):
     def boom(*args):
         raise RuntimeError("injection failed")
 
-    import hfreg.apply
+    import hfreg.inject
 
-    monkeypatch.setattr(hfreg.apply, "_inject_classifier", boom)  # after natives and layer hooks are in place
+    table = list(hfreg.inject.INJECTORS)
+    table[1] = (table[1][0], boom)  # the classifier's: after natives and layer hooks are in place
+    monkeypatch.setattr(hfreg.inject, "INJECTORS", tuple(table))
     with pytest.raises(RuntimeError, match="injection failed"):
         hfreg.patch_model(model, FULL)
     assert not hfreg.is_patched(model) and not hasattr(model.config, "hfreg")
@@ -388,14 +390,14 @@ def test_parallel_per_index_lists_form_layers():
 def test_layerdrop_skips_a_parallel_layer_whole():
     """XLM's layer i is attentions[i], layer_norm1[i], ffns[i] and layer_norm2[i], joined in the model's forward:
     LayerDrop skips all four at once, so a forward that skips layer 0 equals the one-layer model made of layer 1."""
-    from hfreg.apply import _ParallelDraw
+    from hfreg.hooks import ParallelDraw
 
     model = build("xlm")
     inputs = make_inputs("xlm", model.config)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         hfreg.patch_model(model, only("layerdrop", 0.5))  # every other rate 0: the rest of training is exact
-    draws = [h for m in model.modules() for h in m._forward_pre_hooks.values() if isinstance(h, _ParallelDraw)]
+    draws = [h for m in model.modules() for h in m._forward_pre_hooks.values() if isinstance(h, ParallelDraw)]
     seen = {}
     for seed in range(40):
         out = forward(model, inputs, True, seed)

@@ -68,7 +68,7 @@ class Collator:
 
     def __init__(self, processor):
         self.processor = processor
-        self.tokenizer = processor  # what a kept model saves beside its weights (`export.Keeper`)
+        self.tokenizer = processor  # what a kept model saves beside its weights (`keep.Keeper`)
 
     def __call__(self, items: list[dict]) -> dict:
         images = [x["input_ids"].convert("RGB") for x in items]

@@ -432,7 +432,7 @@ def build_experiment(args, ray) -> Experiment:
 
 def run_grid(args, exp: Experiment, ray) -> int:
     """Train every run of the grid not yet recorded (in stages under ``--seeds auto``), then report."""
-    from . import export, report
+    from . import keep, report
     from .presets import BASELINE
     from .training import train
 
@@ -549,9 +549,9 @@ def run_grid(args, exp: Experiment, ray) -> int:
                 log(f"{rank_tag}run preset={preset.name} train_size={size} seed={seed} learning_rate={lr:g} | "
                     f"{settings.budget(size, preset.steps_factor)}", flush=True)
                 tracker = None
-                keeper = None if args.save_strategy == "no" else export.Keeper(
+                keeper = None if args.save_strategy == "no" else keep.Keeper(
                     args.save_strategy, args.select_by, collate.tokenizer,
-                    export.run_dir(args.output_dir, args.experiment, preset.name, size, seed, lr))
+                    keep.run_dir(args.output_dir, args.experiment, preset.name, size, seed, lr))
                 try:
                     tracker = tracker_for(preset, size, seed, lr)
                     # the bar on the first process only: several processes' bars would overwrite each other
@@ -620,7 +620,7 @@ def run_grid(args, exp: Experiment, ray) -> int:
         accelerator.print(f"results in {args.output_dir}: runs.jsonl, predictions/, summary.json, summary.csv, "
                           f"findings.md" + ("" if args.no_plots else ", learning_curves.png, gap_vs_size.png"))
         if args.push_to_hub:  # each preset's best kept run, chosen on the selection split
-            export.push_best(args.output_dir, grid_runs(), SELECT_BY[args.select_by], args.hub_model_id)
+            keep.push_best(args.output_dir, grid_runs(), SELECT_BY[args.select_by], args.hub_model_id)
     accelerator.end_training()
     return 0
 

@@ -330,7 +330,7 @@ def train(accelerator, base_model, preset, data, roles, train_size: int, seed: i
     ``on_point(values)``, where given, is called as each evaluation point is measured (a tracker logs it live),
     and after training with the test metrics of each point a selection rule picked (``{"step", "test_*"}``).
     ``progress``: a tqdm bar of the steps with the running loss and an ETA (None: where stderr is a terminal).
-    ``keep`` (an `export.Keeper`, ``--save_strategy``): offered the weights at every point, it saves those of the
+    ``keep`` (a `keep.Keeper`, ``--save_strategy``): offered the weights at every point, it saves those of the
     point it keeps after training, and the record says which (``kept_step``)."""
     from accelerate.utils import set_seed
     from tqdm.auto import tqdm

@@ -1,0 +1,212 @@
+"""The patch state and its lifecycle: what a patch did (`PatchState`, kept on the model), and the small API every
+other part needs — `unwrap`, `patch_state`, `is_patched`, `unpatch_model`, `set_rate_factors`. The patch itself is
+`hfreg.inject.apply_spec`; the hooks it registers are `hfreg.hooks`.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+from torch import nn
+
+from .config import KNOBS
+from .sites import Site, Structure
+
+STATE_ATTR = "_hfreg_patch"  # where a patched model keeps its `PatchState`
+_MISSING = object()  # marks an attribute that did not exist before patching
+
+
+def unwrap(model) -> nn.Module:
+    """The transformers model inside a PEFT wrapper; refuse DDP/FSDP-wrapped and non-transformer models."""
+    if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)) or type(model).__name__ in (
+            "FullyShardedDataParallel", "FSDPModule"):
+        raise ValueError(f"cannot patch a {type(model).__name__}-wrapped model: patch before `accelerator.prepare`")
+    if hasattr(model, "get_base_model") and callable(model.get_base_model):
+        model = model.get_base_model()
+    if not isinstance(model, nn.Module) or not hasattr(model, "config") or not hasattr(model.config, "to_dict"):
+        raise ValueError(f"expected a transformers PreTrainedModel (an nn.Module with a `.config`), "
+                         f"got {type(model).__name__}")
+    return model
+
+
+class PatchState:
+    """What `hfreg.patch_state(model)` returns: the spec in force (``reg``) and everything a patch did, recorded as
+    it goes so that `unpatch_model` can undo a patch that failed halfway: ``restores`` (owner, attribute, old
+    value; oldest first), ``handles`` of the hooks it registered, the sites it injected at their base rates, and
+    every rate holder it put a knob's rate in (``live``: owner, attribute, knob, base rate), which
+    `set_rate_factors` rescales during training, and the modules whose weights Mixout mixes (``mixed``) with the
+    handles of its hooks there (``mixout_handles``), which `follow_mixout` moves; ``struct``, the `Structure` the
+    patch found, and ``refused``, why each knob it could not apply somewhere cannot act there. Made by
+    `patch_model`, not by hand.
+
+    Args:
+        reg: the spec the patch applies.
+        struct: the model's `Structure` as the patch found it.
+
+    Example:
+        >>> import hfreg, transformers
+        >>> model = transformers.BertModel(transformers.BertConfig(hidden_size=32, num_hidden_layers=2,
+        ...                                num_attention_heads=2, intermediate_size=64))
+        >>> state = hfreg.patch_state(hfreg.patch_model(model, hfreg.RegularizationConfig(drop_path=0.1)))
+        >>> state.reg.drop_path, sorted({s.kind for s in state.injected})
+        (0.1, ['drop_path'])
+    """
+
+    def __init__(self, reg, struct: Structure | None = None):
+        self.reg = reg
+        self.struct = struct  # the model's structure as the patch found it
+        self.refused: dict[str, str] = {}  # knob -> why it cannot act somewhere (as the patch warned)
+        self.replaced: set[str] = set()  # native `hidden` / `drop_path` sites zeroed for hfreg's branch hooks
+        self.restores: list[tuple[object, str, object]] = []
+        self.handles: list = []
+        self.injected: list[Site] = []
+        self.live: list[tuple[object, str, str, object]] = []
+        self.factors = {k: 1.0 for k in KNOBS}
+        self.mixed: list[nn.Module] = []
+        self.mixout_handles: list = []
+
+    def assign(self, owner, attr, value):
+        self.restores.append((owner, attr, getattr(owner, attr) if hasattr(owner, attr) else _MISSING))
+        setattr(owner, attr, value)
+
+    def hook(self, module, hook, knob=None):
+        """Register ``hook`` (a `hfreg.hooks.Hook`, whose class says how) on ``module``; with ``knob``, its rate
+        ``hook.p`` is one that `set_rate_factors` moves."""
+        if hook.pre:
+            handle = module.register_forward_pre_hook(hook, with_kwargs=hook.with_kwargs)
+        else:
+            handle = module.register_forward_hook(hook, with_kwargs=hook.with_kwargs, always_call=hook.always_call)
+        self.handles.append(handle)
+        if knob is not None:
+            self.live.append((hook, "p", knob, hook.p))
+        return hook
+
+    def refuse(self, knob: str, rate, why: str, model) -> None:
+        """``knob`` set to ``rate`` cannot act somewhere in ``model``: record why in ``refused`` (what `probe` reads)
+        and warn. A rate of 0 (or None) asks for nothing, so nothing is refused."""
+        if not rate:
+            return
+        self.refused[knob] = f"{self.refused[knob]}; {why}" if knob in self.refused else why
+        warnings.warn(f"hfreg: `{knob}`={rate} cannot apply to {getattr(model.config, 'model_type', None)} "
+                      f"({type(model).__name__}): {why}", UserWarning, stacklevel=4)
+
+
+
+def unpatch_model(model):
+    """Remove every hook hfreg added and restore every rate it changed (and release what the patch held, such as
+    Mixout's targets).
+
+    Args:
+        model: a model, patched or not (a PEFT wrapper is looked through).
+
+    Returns:
+        ``model``, as it was before `patch_model`; an unpatched model is returned unchanged.
+
+    Example:
+        >>> import hfreg, transformers
+        >>> model = transformers.BertModel(transformers.BertConfig(hidden_size=32, num_hidden_layers=2,
+        ...                                num_attention_heads=2, intermediate_size=64))
+        >>> before = {k: v.clone() for k, v in model.state_dict().items()}
+        >>> _ = hfreg.unpatch_model(hfreg.patch_model(model, hfreg.RegularizationConfig(hidden=0.3, mixout=0.5)))
+        >>> hfreg.is_patched(model), all(v.equal(before[k]) for k, v in model.state_dict().items())
+        (False, True)
+    """
+    outer = model
+    model = unwrap(model)
+    state = model.__dict__.pop(STATE_ATTR, None)
+    if state is None:
+        return outer
+    for handle in state.handles:
+        handle.remove()
+    for owner, attr, old in reversed(state.restores):
+        if old is _MISSING:
+            delattr(owner, attr)
+        else:
+            setattr(owner, attr, old)
+    return outer
+
+
+def patch_state(model, required: bool = False) -> PatchState | None:
+    """The `PatchState` of a patched model (PEFT wrappers looked through).
+
+    Args:
+        model: a model, patched or not.
+        required: raise instead of returning None.
+
+    Returns:
+        Its `PatchState`, or None where it is not patched.
+
+    Raises:
+        ValueError: ``required`` and the model is not patched.
+
+    Example:
+        >>> import hfreg, transformers
+        >>> model = transformers.BertModel(transformers.BertConfig(hidden_size=32, num_hidden_layers=2,
+        ...                                num_attention_heads=2, intermediate_size=64))
+        >>> hfreg.patch_state(model) is None
+        True
+        >>> hfreg.patch_state(hfreg.patch_model(model, hfreg.RegularizationConfig(hidden=0.1))).reg.hidden
+        0.1
+    """
+    inner = unwrap(model)
+    state = inner.__dict__.get(STATE_ATTR)
+    if state is None and required:
+        raise ValueError(f"{type(inner).__name__} is not patched: `patch_model` it first")
+    return state
+
+
+def is_patched(model) -> bool:
+    """Whether ``model`` (or the transformers model inside a PEFT wrapper) carries an hfreg patch.
+
+    Args:
+        model: any model.
+
+    Returns:
+        True between `patch_model` and `unpatch_model`.
+
+    Example:
+        >>> import hfreg, transformers
+        >>> model = transformers.BertModel(transformers.BertConfig(hidden_size=32, num_hidden_layers=2,
+        ...                                num_attention_heads=2, intermediate_size=64))
+        >>> hfreg.is_patched(model), hfreg.is_patched(hfreg.patch_model(model, {"hidden": 0.1}))
+        (False, True)
+    """
+    return STATE_ATTR in unwrap(model).__dict__
+
+
+
+def set_rate_factors(model, factors: dict[str, float]) -> None:
+    """Put ``factor × the patched rate`` in force for each knob of ``factors`` (e.g. ``{"hidden": 0.0}``), at every
+    site the patch set or injected; the other knobs keep theirs. `unpatch_model` still restores the original.
+    This is what `hfreg.RateScheduler` calls once per optimizer step.
+
+    Args:
+        model: a patched model.
+        factors: ``{knob: factor}``, each factor in [0, 1].
+
+    Returns:
+        None; the rates change in place.
+
+    Raises:
+        ValueError: the model is not patched, a knob is unknown, or a factor lies outside [0, 1].
+
+    Example:
+        >>> import hfreg, transformers
+        >>> model = transformers.BertModel(transformers.BertConfig(hidden_size=32, num_hidden_layers=2,
+        ...                                num_attention_heads=2, intermediate_size=64))
+        >>> _ = hfreg.patch_model(model, hfreg.RegularizationConfig(hidden=0.2))
+        >>> hfreg.set_rate_factors(model, {"hidden": 0.5})
+        >>> sorted({s.rate for s in hfreg.inspect_model(model, verify=False) if s.kind == "hidden"})
+        [0.1]
+    """
+    state = patch_state(model, required=True)
+    for knob, f in factors.items():
+        if knob not in KNOBS:
+            raise ValueError(f"unknown knob {knob!r}; allowed: {list(KNOBS)}")
+        if isinstance(f, bool) or not isinstance(f, (int, float)) or not 0.0 <= f <= 1.0:
+            raise ValueError(f"the factor for `{knob}` must be a float in [0, 1], got {f!r}")
+    for owner, attr, knob, base in state.live:
+        if knob in factors:
+            f = float(factors[knob])
+            setattr(owner, attr, [r * f for r in base] if isinstance(base, tuple) else base * f)
+    state.factors.update({k: float(f) for k, f in factors.items()})
