@@ -7,7 +7,7 @@ baseline, and against its controls) in every verdict column (test accuracy and t
 stopped and fixed budget) are stacked into one vector per seed; their observed covariance over the seeds all arms
 share is the covariance of the simulation, and their mean is set to 0. Each simulation draws `--max_seeds` such
 vectors per size and runs the rule of the harness on them: at each look the experiment's records are judged by
-`report._adjust` (the same alpha shares, Bonferroni and O'Brien-Fleming-type boundaries), a cell stops when
+`report.numbers._adjust` (the same alpha shares, Bonferroni and O'Brien-Fleming-type boundaries), a cell stops when
 `report.stop_reason` says so, and a stopped cell keeps the differences it stopped with. Counted:
 
 * ``fwer``: the share of simulations with any better, worse or trivial verdict, in any row or column, at any look
@@ -83,7 +83,7 @@ def simulate(experiment: list[dict], design: dict, margins: dict, rng) -> tuple[
                     row[f"delta_{c}_{m}"] = {**stats.paired(deltas), "deltas": deltas}
                 rows.append(row)
                 cells.setdefault((id(g), preset), []).append(row)
-        report._adjust(rows, margins, design)
+        report.numbers._adjust(rows, margins, design)
         false = false or any(r[f"delta_{c}_{m}"]["verdict"] in ("better", "worse", "trivial")
                              for r in rows for c, m in COLUMNS)
         for key, members in cells.items():

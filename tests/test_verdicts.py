@@ -202,7 +202,7 @@ def test_stopping_on_the_primary_endpoint_and_for_futility():
         for c in report.COMPARISONS:
             for m in report.VERDICT_METRICS:
                 r[f"delta_{c}_{m}"] = {**stats.paired(deltas), "deltas": list(deltas)}
-        report._adjust([r], report.check_margins(None), design)
+        report.numbers._adjust([r], report.check_margins(None), design)
         return r
 
     z = _unit(10, 3)

@@ -1,0 +1,388 @@
+"""The words of a report: findings.md, pooled.md and their tables, written from the numbers (`numbers`), never by
+hand."""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections import defaultdict
+
+from ...config import KNOBS as KNOB_NAMES
+from .. import stats, tasks
+from ..presets import BASELINE
+from .numbers import (
+    CLASSIFIER,
+    COMPARISONS,
+    MODERATOR_ALPHA,
+    NAMES,
+    RUN_SETTINGS,
+    SHORT,
+    check_margins,
+    dose_response,
+    names,
+    power,
+)
+
+
+def _label(preset: str, against: str) -> str:
+    return f"`{preset}`" if against == BASELINE else f"`{preset}` vs `{against}`"
+
+
+def pooled_table(rows: list[dict], scope: str = "all") -> str:
+    """Markdown: one line per arm, Δ test accuracy and Δ temperature-scaled NLL over the cells of ``scope``, both
+    comparisons, with the method, degrees of freedom and the largest cell's share of the weight."""
+    task = tasks.of_rows(rows)
+    said = names(task)
+    head = ["arm", "cells", "seeds", "method (df)", "largest weight"] + [
+        f"Δ {said[m].replace('test ', '')} ({COMPARISONS[c]})" for c in COMPARISONS for m in task.verdicts]
+    if scope == "all":
+        head.insert(5, f"prediction interval ({SHORT[task.primary]}, early)")
+    out = [head, ["---"] * len(head)]
+    for arm in dict.fromkeys((r["preset"], r["against"]) for r in rows):
+        mine = {(r["comparison"], r["metric"]): r for r in rows if (r["preset"], r["against"]) == arm
+                and r["scope"] == scope}
+        if not mine:
+            continue
+        first = mine.get(("early", task.primary)) or next(iter(mine.values()))
+        cells = []
+        for c in COMPARISONS:
+            for m in task.verdicts:
+                r = mine.get((c, m))
+                cells.append("-" if r is None else f"{_num(r['delta'], sign=True)} [{_num(r['ci'][0], sign=True)}, "
+                             f"{_num(r['ci'][1], sign=True)}] {_short(r['verdict'])}")
+        method = "strata" if first["method"] == "strata" else "RE"
+        line = [_label(*arm), str(first["cells"]), str(first["seeds"]), f"{method} ({first['df']:.1f})",
+                f"{max(first['weights'].values()):.2f}", *cells]
+        if scope == "all":
+            pi = first["prediction_interval"]
+            line.insert(5, f"[{_num(pi[0], sign=True)}, {_num(pi[1], sign=True)}]")
+        out.append(line)
+    return "\n".join("| " + " | ".join(row) + " |" for row in out)
+
+
+def arm_answer(rows: list[dict], preset: str, against: str) -> dict:
+    """{comparison: verdict text} for one arm's test accuracy (the primary endpoint): the all-cells verdict where
+    there is one, else the verdict at each size (marked "depends on size" where the moderator test says so)."""
+    primary = tasks.of_rows(rows).primary
+    out = {}
+    for comp in COMPARISONS:
+        mine = [r for r in rows if (r["preset"], r["against"]) == (preset, against) and r["comparison"] == comp
+                and r["metric"] == primary]
+        if not mine:
+            continue
+        overall = next((r for r in mine if r["scope"] == "all"), None if len(mine) > 1 else mine[0])
+        if overall:  # the all-cells row, or the one size there is
+            out[comp] = overall["verdict"]
+            continue
+        per_size = ", ".join(f"{r['verdict']} at {r['scope']}" for r in mine)
+        sizes = {r["verdict"] for r in mine}
+        if mine[0]["moderator"]["depends_on_size"]:
+            out[comp] = f"depends on size ({per_size})"
+        elif len(sizes) == 1 and len(mine) > 1:
+            out[comp] = f"{mine[0]['verdict']} at every size"
+        else:
+            out[comp] = f"per size: {per_size}"
+    return out
+
+
+def answer(rows: list[dict]) -> str:
+    """One paragraph from the pooled rows of test accuracy (the primary endpoint): per verdict the arms that get it
+    under both comparisons over all cells; then the arms whose answer depends on size or differs between the
+    comparisons, in full."""
+    task = tasks.of_rows(rows)
+    arms = list(dict.fromkeys((r["preset"], r["against"]) for r in rows if r["metric"] == task.primary))
+    if not arms:
+        return ""
+    margin = next(r["margin"] for r in rows if r["metric"] == task.primary)
+    same, other = defaultdict(list), []
+    for arm in arms:
+        said = arm_answer(rows, *arm)
+        values = set(said.values())
+        if len(said) == len(COMPARISONS) and len(values) == 1 and next(iter(values)) in stats.VERDICTS:
+            same[next(iter(values))].append(_label(*arm))
+        else:
+            other.append(f"{_label(*arm)}: " + "; ".join(f"{COMPARISONS[c]} {v}" for c, v in said.items()))
+    words = {"equivalent": f"equivalent within ±{margin:g}", "trivial": f"different but within ±{margin:g}",
+             "better": "better", "worse": "worse", "inconclusive": "inconclusive"}
+    parts = [f"{words[v]}: {', '.join(same[v])}" for v in stats.VERDICTS if same[v]]
+    text = (f"**Answer** ({names(task)[task.primary]}; `preset` against `{BASELINE}`, `preset` vs `control` against "
+            f"the control it names; over all cells where size does not moderate the effect, else per size; "
+            f"early-stopped and at a fixed budget alike): "
+            + ("; ".join(parts) if parts else "no arm gets one verdict over all cells under both comparisons") + ".")
+    if other:
+        text += "\n\nPer size or per comparison:\n\n" + "\n".join(f"- {o}." for o in other)
+    return text
+
+
+def pooled_text(rows: list[dict], sources: list[str], baseline: str | None = None) -> str:
+    """pooled.md: the answer, the table of each training size, the all-cells table, and the moderator tests;
+    ``baseline`` says what the baseline means for the sources' model (`baseline_text`)."""
+    if not rows:
+        return "## Pooled\n\nNo comparison with at least two paired seeds.\n"
+    task = tasks.of_rows(rows)
+    said = names(task)
+    alphas = {(r["comparison"], r["metric"]): r["alpha"] for r in rows}
+    lines = ["## Pooled over data sets and sizes", "",
+             f"Sources: {', '.join(f'`{s}`' for s in sources)}. Each arm's mean paired Δ (preset − its control: "
+             f"`{BASELINE}`, or the control the preset names) per cell (data set × size). **Per size**, the data "
+             f"sets are fixed strata: the equal-weight mean of the cell means, its SE from the cells' variances, "
+             f"Welch–Satterthwaite df. **Over all cells** (only with ≥ 3 cells and where size does not moderate the "
+             f"effect: the between-sizes test below, p ≥ {MODERATOR_ALPHA:g}): "
+             f"random effects (DerSimonian–Laird τ², modified Hartung–Knapp interval, t with cells − 1 df) with its "
+             f"prediction interval for a new data set and size (t with cells − 2 df). Each cell's variance adds "
+             f"what its test set contributes, from the stored predictions of both arms: the seeds' variance at "
+             f"least what the test set resolves per seed (McNemar's variance for accuracy), plus the part of each "
+             f"example's systematic difference that more seeds do not shrink; the largest cell's share of the "
+             f"weight is shown. These rows are a family of their own beside the findings'. Error control: "
+             f"α = 0.05 over every row with a verdict, shared by the columns "
+             f"({', '.join(f'{COMPARISONS[c]} {said[m]} {stats.ALPHA_SHARES[(c, m)]:.0%}' for c, m in alphas)}), "
+             f"Bonferroni over a column's rows, at the last look of a staged grid (nominal levels "
+             f"{', '.join(f'{a:.2g}' for a in alphas.values())}). Margins: "
+             f"{_margins_text({r['metric']: r['margin'] for r in rows})}. Verdicts: **better** / **worse** (the "
+             f"interval excludes 0), *trivial* (it excludes 0 but the equivalence interval lies inside the margin), "
+             f"equivalent (the equivalence interval lies inside the margin, the interval contains 0), "
+             f"inconclusive. {_calibration_words(task)}A row over one "
+             f"cell can be wider than that cell's findings row: the findings judge the cell on its test set, the "
+             f"pool also counts the test set as a draw.", "",
+             answer(rows), ""] + ([baseline, ""] if baseline else [])
+    for scope in dict.fromkeys(r["scope"] for r in rows if r["scope"] != "all"):
+        lines += [f"### {scope}", "", pooled_table(rows, scope), ""]
+    if any(r["scope"] == "all" for r in rows):
+        lines += ["### All cells", "", pooled_table(rows), ""]
+    lines += [f"Size as a moderator ({said[task.primary]}, early-stopped): Q_between over the sizes' equal-weight "
+              "estimates, with the spread between data sets within a size (τ within) added to every cell's variance, "
+              "χ² with sizes − 1 df; the slope of Δ per unit of log size for its direction:", ""]
+    for r in rows:
+        if r["comparison"] == "early" and r["metric"] == task.primary and r["scope"] == next(
+                x["scope"] for x in rows if (x["preset"], x["against"]) == (r["preset"], r["against"])):
+            mod = r["moderator"]
+            said = "not testable (one size)" if mod["p"] is None or math.isnan(mod["p"]) \
+                else (f"Q_between = {mod['q_between']:.1f}, p = {mod['p']:.2g} (df {mod['df']}), slope "
+                      f"{_num(mod['slope_per_log_size'], 4, sign=True)}: "
+                      + ("**depends on size**" if mod["depends_on_size"] else "no evidence that size matters"))
+            lines.append(f"- {_label(r['preset'], r['against'])}: {said}.")
+    return "\n".join(lines) + "\n"
+
+
+def sweep_text(family: str, rows: list[dict], metric: str = NAMES["test_accuracy"]) -> list[str]:
+    unit = "×" if family not in KNOB_NAMES else ""
+    fmt = lambda values: ", ".join(f"{unit}{v:g}" for v in values) or "none"  # noqa: E731
+    lines = [f"Rate sweep `{family}` ({'factor on every rate of the preset' if unit else 'the knob alone'}; "
+             f"{metric}, early-stopped):", ""]
+    for r in rows:
+        lines.append(f"- n={r['train_size']}: equivalent to none at {fmt(r['equivalent'])}; worse at "
+                     f"{fmt(r['worse'])}; better at {fmt(r['better'])}; trivial at {fmt(r['trivial'])}; "
+                     f"inconclusive at {fmt(r['inconclusive'])}. "
+                     f"Best {unit}{r['best']:g} (Δ {r['best_delta']:+.3f}); not worse than the best: "
+                     f"{fmt(r['not_worse_than_best'])}.")
+    return lines + [""]
+
+
+# ------------------------------------------------------------------------------------------------- text
+def _num(x, digits=3, sign=False):
+    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:{'+' if sign else ''}.{digits}f}"
+
+
+def _delta(d) -> str:
+    lo, hi = d["ci_adjusted"]
+    return f"{_num(d['mean'], sign=True)} [{_num(lo, sign=True)}, {_num(hi, sign=True)}]"
+
+
+def table(records: list[dict]) -> str:
+    """Markdown: per arm x size, test accuracy under both comparisons, Δ test accuracy and Δ temperature-scaled NLL
+    with their simultaneous intervals and verdicts, raw Δ NLL and Δ ECE as calibration (95% intervals, no verdict),
+    the compute per step, and what the cell's runs showed. A regression: test R² and Spearman, no calibration."""
+    task = tasks.of_rows(records)
+    short = SHORT[task.primary]
+    head = ["size", "arm", "seeds", "lr", "passes", "stop epoch", f"{short} (early)", f"{short} (fixed)"]
+    head += [f"Δ {SHORT[m]} ({c})" for c in COMPARISONS for m in task.verdicts]
+    head += ["Δ NLL, Δ ECE (early)"] if task.calibration else []
+    head += ["underfit", "censored", "regime"]
+    rows = [head, ["---"] * len(head)]
+    for r in records:
+        cells = []
+        for comp in COMPARISONS:
+            for m in task.verdicts:
+                d = r.get(f"delta_{comp}_{m}")
+                cells.append("-" if d is None else f"{_delta(d)} {_short(d['verdict'])}" if d["n"] >= 2
+                             else f"{_num(d['mean'], sign=True)} (one seed)")
+        calib = [r.get(f"delta_early_{m}") for m in task.calibration]
+        calib = ([] if not task.calibration else ["-"] if None in calib
+                 else [", ".join(_num(d["mean"], sign=True) for d in calib)])
+        rows.append([str(r["train_size"]), _label(r["preset"], r.get("against", BASELINE)), str(len(r["seeds"])),
+                     f"{r['learning_rate']:g}", str(r.get("passes", 1)), _num(r["selected_epoch"], 1),
+                     _num(r[f"early_{task.primary}"]), _num(r[f"fixed_{task.primary}"]), *cells, *calib,
+                     f"{r['underfit_runs']}/{len(r['seeds'])}", f"{r.get('censored_runs', 0)}/{len(r['seeds'])}",
+                     ", ".join(r.get("regime", [])) or "-"])
+    return "\n".join("| " + " | ".join(row) + " |" for row in rows)
+
+
+def _short(verdict: str) -> str:
+    return {"better": "**better**", "worse": "**worse**", "trivial": "*trivial*", "equivalent": "equiv.",
+            "inconclusive": "inconcl."}[verdict]
+
+
+def _margins_of(records: list[dict]) -> dict:
+    """{metric: margin} the records' comparisons were judged against."""
+    return {k.split("_", 2)[2]: d["margin"] for r in records for k, d in r.items()
+            if k.startswith("delta_") and "margin" in d}
+
+
+def _margins_text(margins: dict, task: tasks.Task = CLASSIFIER) -> str:
+    return ", ".join(f"{names(task)[m]} ±{margins[m]:g}" for m in task.verdicts if m in margins)
+
+
+def _calibration_words(task: tasks.Task, findings: bool = False) -> str:
+    if not task.calibration:
+        return ""
+    return ("Calibration (raw NLL, ECE) is shown without a verdict. " if findings
+            else "Raw NLL and ECE are calibration and get no verdict (see the findings). ")
+
+
+def _copies(n: int) -> str:
+    return f" ({n} near-cop{'ies' if n > 1 else 'y'} of the baseline left out)" if n else ""
+
+
+def margin_reasons(records: list[dict]) -> str:
+    """The declared margins with their reasons, and what this experiment's test set resolves beside them."""
+    margins = _margins_of(records)
+    task = tasks.of_rows(records)
+    if task is not CLASSIFIER:
+        return "; ".join(f"{names(task)[m]} ±{margins.get(m, stats.MARGINS[m]):g}" for m in task.verdicts) + (
+            f" ({task.margin_note})" if task.margin_note else "")
+    sizes = sorted({r["test_examples"] for r in records if r.get("test_examples")})
+    base = [r["early_test_accuracy"] for r in records if r["preset"] == BASELINE]
+    text = [f"test accuracy ±{margins.get('test_accuracy', stats.MARGINS['test_accuracy']):g} (a difference most "
+            f"users would act on"]
+    if sizes and base:
+        p = statistics.fmean(base)
+        n = sizes[0]
+        text[0] += (f"; this test set has {n} examples: one example is {1 / n:.4f}, and one run's accuracy near "
+                    f"{p:.2f} is known to ±{1.96 * math.sqrt(p * (1 - p) / n):.3f} (95%)")
+        if 1 / n >= margins.get("test_accuracy", stats.MARGINS["test_accuracy"]):
+            text[0] += " — the margin is finer than one test example: use a larger test set or a wider margin"
+    text[0] += ")"
+    if "test_nll_ts" in margins:
+        text.append(f"{NAMES['test_nll_ts']} ±{margins['test_nll_ts']:g} nats (a change of "
+                    f"{math.expm1(margins['test_nll_ts']):.0%} in the geometric mean likelihood of the true label; "
+                    f"raw NLL also moves with confidence alone, so it gets no verdict)")
+    return "; ".join(text)
+
+
+def baseline_text(pretrained: dict | None) -> str:
+    """What the model was pretrained with, from its own config, and what the baseline therefore means."""
+    if pretrained is None:
+        return (f"`{BASELINE}` sets every dropout knob to 0; the model's own config could not be read here, so "
+                f"whether that is its pretraining setting is not known.")
+    if not pretrained:
+        return f"This checkpoint's config has no dropout: `{BASELINE}` is its pretraining setting."
+    said = ", ".join(f"{k} {v:g}" for k, v in pretrained.items())
+    return (f"This checkpoint's config has dropout ({said}): `checkpoint` is its pretraining setting and "
+            f"`{BASELINE}` removes it, so these verdicts are about removing or changing dropout a model was "
+            f"pretrained with; a model pretrained without dropout (most recent LLMs) is not what they measured.")
+
+
+def findings(records: list[dict], settings: dict | None = None, codes: list[str] | None = None,
+             sweeps: dict | None = None, pretrained: dict | None = None) -> str:
+    """findings.md for one experiment: the verdict table and its plain-word reading, derived from the numbers.
+    ``pretrained``: the model's own dropout per knob (`pretrained_dropout`), for the baseline's description."""
+    lines = ["## Findings", ""]
+    if settings:
+        lines += [f"Model {settings.get('model')}; data roles: {settings.get('roles')}; learning rate(s) "
+                  f"{settings.get('learning_rates')}, {settings.get('num_train_epochs')} epochs"
+                  f"{', at least ' + str(settings['min_steps']) + ' steps' if settings.get('min_steps') else ''}, "
+                  f"batch {settings.get('train_batch_size')}, {settings.get('evals_per_epoch')} evaluations per "
+                  f"epoch, gradient clipping "
+                  f"{settings['max_grad_norm'] if settings.get('max_grad_norm') else 'off'}"
+                  + "".join(f", {text.format(settings[key])}" for key, text in RUN_SETTINGS if settings.get(key))
+                  + ".", ""]
+    lines += [baseline_text(pretrained), ""]
+    if codes and len(codes) > 1:
+        lines += [f"Note: these runs were made by {len(codes)} versions of the code ({', '.join(codes)}).", ""]
+    if not any(d["n"] >= 2 for r in records for k, d in r.items() if k.startswith("delta_")):
+        # a first run with one seed per cell: differences only, nothing to divide an error rate over
+        return "\n".join(lines + [
+            "One seed per cell: no verdicts (a verdict needs at least two paired seeds; run more with `--seeds`, "
+            "or `--seeds auto`). The differences below are single runs.", "", table(records), ""]) + "\n"
+    task = tasks.of_rows(records)
+    said = names(task)
+    first = next((r[f"delta_early_{task.primary}"] for r in records if f"delta_early_{task.primary}" in r), {})
+    fam = first.get("m", 0)
+    design = next((r["design"] for r in records if r.get("design")), None)
+    looks = (f" A staged grid (`--seeds auto`, looks at {', '.join(map(str, stats.looks(**design)))} seeds): each "
+             f"column's share is spent over the looks by an O'Brien–Fleming-type Lan–DeMets function, so a verdict's "
+             f"level is that of the look it is read at; a cell stops when its primary verdicts are decided or "
+             f"cannot be by the last look (futility, non-binding); estimates from a stopped cell lean towards the "
+             f"effect that stopped it." if design else "")
+    select_by = records[0].get("select_by", task.default_select_by) if records else task.default_select_by
+    stopped_on = check_margins((settings or {}).get("margins")) if design else None
+    if stopped_on is not None and any(stopped_on[m] != _margins_of(records).get(m, stopped_on[m])
+                                      for m in task.verdicts):
+        looks += (f" This report's margins differ from those the grid stopped on "
+                  f"({_margins_text(stopped_on, task)}): its stopping decisions were made on those.")
+    shares = ", ".join(f"{COMPARISONS[c]} {said[m]} {a:.0%}" for (c, m), a in stats.ALPHA_SHARES.items()
+                       if m in task.verdicts)
+    lines += [f"Each preset against `{BASELINE}`, and a preset that names a control also against it (and against "
+              f"the control at its compute, `@kx`), paired by seed, on the test split; early-stopped = each run at "
+              f"its best selection-split {select_by} (ties: the earliest point), fixed budget = its final step. "
+              f"Error control: α = 0.05 over every verdict below, shared by the columns ({shares}), Bonferroni over "
+              f"the {fam} comparison{'s' if fam != 1 else ''} of a column.{looks} Margins: {margin_reasons(records)}. "
+              f"Verdicts: **better** / "
+              f"**worse**: the interval excludes 0 and the equivalence (TOST) interval is not inside the margin; "
+              f"*trivial*: it excludes 0 but the equivalence interval lies inside the margin; equiv. (equivalent): "
+              f"the interval contains 0 and the equivalence interval lies inside the margin; inconcl. "
+              f"(inconclusive): neither. {_calibration_words(task, findings=True)}Passes = forward/"
+              f"backward passes per optimizer step. Underfit = runs whose selected point is near chance without "
+              f"fitting their training data; censored = runs whose selected point is the first or last evaluation; "
+              f"regime = what the cell's runs measured (see the README).", "", table(records), ""]
+    words = []
+    for r in records:
+        if r["preset"] == BASELINE:
+            regime = ", ".join(r.get("regime", []))
+            if regime:
+                words.append(f"`{BASELINE}` at {r['train_size']}: {regime}.")
+            continue
+        by = defaultdict(list)
+        for comp, label in COMPARISONS.items():
+            for m in task.verdicts:
+                d = r.get(f"delta_{comp}_{m}")
+                if d:
+                    by[d["verdict"]].append(f"{said[m]} {label}" + (f" (Δ {_delta(d)})" if d["verdict"] in (
+                        "better", "worse", "trivial") else ""))
+        text = "; ".join(f"{v} in {', '.join(by[v])}" for v in stats.VERDICTS if by[v])
+        if r.get("regime") and r.get("against", BASELINE) == BASELINE:
+            text += f" — {', '.join(r['regime'])}"
+        cost = f" at {r['passes']}× the passes per step" if r.get("passes", 1) > 1 else ""
+        words.append(f"{_label(r['preset'], r.get('against', BASELINE))}{cost} at {r['train_size']}: {text}.")
+    lines += ["In words:", ""] + [f"- {w}" for w in words] + [""]
+    missing = sorted({(r["preset"], c) for r in records for c in r.get("missing_controls", [])})
+    if missing:
+        lines += ["Missing controls: " + "; ".join(f"`{p}` is judged against `{c}`, which has no runs here"
+                                                   for p, c in missing) + " (a grid made now refuses a missing "
+                  "control and adds the equal-compute arm itself).", ""]
+    censored = [f"`{r['preset']}` at {r['train_size']} ({r['censored_runs']}/{len(r['seeds'])})" for r in records
+                if r.get("against", BASELINE) == BASELINE and r.get("censored_runs", 0) * 2 > len(r["seeds"])]
+    if censored:
+        lines += [f"Censored: in over half of the runs of {', '.join(censored)} the selected point is the first or "
+                  f"last evaluation, so early stopping may have wanted a point the grid does not have (evaluate more "
+                  f"often, or train longer).", ""]
+    verdicts = [r[f"delta_{c}_{m}"]["verdict"] for r in records for c in COMPARISONS for m in task.verdicts
+                if f"delta_{c}_{m}" in r]
+    lines.append(f"Of {len(verdicts)} verdicts, " + ", ".join(f"{verdicts.count(v)} {v}" for v in stats.VERDICTS)
+                 + ".")
+    for family, points in (sweeps or {}).items():
+        lines += [""] + sweep_text(family, dose_response(records, points), said[task.primary])
+    for comp, pw in power(records, _margins_of(records)).items():
+        if pw["paired_sd"] == 0:
+            lines += ["", f"Power ({COMPARISONS[comp]}): every paired difference in {said[task.primary]} is zero."]
+            continue
+        s, copies = pw["seeds"], pw["near_copies"]
+        lines += ["", f"Power ({COMPARISONS[comp]}): the median paired SD of Δ {said[task.primary]} is "
+                      f"{pw['paired_sd']:.4f}{_copies(copies)}. "
+                      f"Detecting Δ = 0.02 with 80% power needs {s['0.02']['alpha_0.05']} seeds at α = 0.05 "
+                      f"({s['0.02']['alpha_corrected']} at the level its verdicts are read at, "
+                      f"{pw['alpha']:.2g}); Δ = 0.01 "
+                      f"needs {s['0.01']['alpha_0.05']} ({s['0.01']['alpha_corrected']}); showing equivalence "
+                      f"within ±{pw['equivalence']['margin']:g} when Δ = 0 needs about "
+                      f"{pw['equivalence']['alpha_corrected']} at the corrected α."]
+    return "\n".join(lines) + "\n"
