@@ -115,10 +115,6 @@ def main():
     try:
         # import everything first, so neither side pays the one-time import cost inside its timing
         import accelerate  # noqa: F401,E401
-
-        from hfreg import metrics
-
-        metrics.load("accuracy"), metrics.load("f1")
         default = "hfreg, fp32" if args.fp32_only else "hfreg, default (bf16 autocast where native)"
         times = {}
         if not args.fp32_only:

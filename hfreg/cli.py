@@ -374,8 +374,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-o", "--output_dir")
     for knob in KNOBS:
         s.add_argument(f"--{knob}", type=_scale if knob in SCALES else _rate, default=None)
-    s.add_argument("--drop_path_profile", "--drop_path_schedule", default="linear",  # the second: its earlier name
-                   help="drop-path rates over depth: linear or uniform")
+    s.add_argument("--drop_path_profile", default="linear", help="drop-path rates over depth: linear or uniform")
     s.add_argument("--drop_path_mode", default="per_sample")
     s.set_defaults(func=cmd_patch)
     s = sub.add_parser("probe", help="whether each site and knob actually changes training: dead knobs show up")

@@ -5,9 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
-import warnings
 from dataclasses import asdict, dataclass, fields
-from functools import wraps
 
 # The canonical knobs, in the order tables show them.
 KNOBS = ("attention", "hidden", "embedding", "activation", "classifier", "drop_path", "layerdrop", "adapter", "heads",
@@ -54,11 +52,6 @@ def check_knob(name: str, value) -> None:
 def check_choice(name: str, value, choices: tuple) -> None:
     if value not in choices:
         raise ValueError(f"`{name}` must be one of {list(choices)}, got {value!r}")
-
-
-def deprecated(old: str, new: str, stacklevel: int = 3) -> None:
-    """Warn once per call site that ``old`` is now called ``new`` (the old name still works)."""
-    warnings.warn(f"hfreg: `{old}` is deprecated, use `{new}`", FutureWarning, stacklevel=stacklevel)
 
 
 @dataclass(frozen=True)
@@ -166,8 +159,8 @@ class RegularizationConfig:
             every Linear (and convolution) weight inside the transformer layers, the head excluded, as in the
             paper.
         drop_path_profile: how drop-path rates vary over depth: ``"linear"`` (layer i of L gets
-            ``drop_path * i / (L - 1)``) or ``"uniform"`` (every layer ``drop_path``). Formerly
-            ``drop_path_schedule``, still accepted with a FutureWarning.
+            ``drop_path * i / (L - 1)``) or ``"uniform"`` (every layer ``drop_path``). Specs saved under its
+            earlier name, ``drop_path_schedule``, load as this.
         drop_path_mode: ``"per_sample"`` (one draw per example) or ``"per_batch"`` (one per batch).
         schedule: rate schedules over training, ``{knob: Schedule}``; the key ``"all"`` covers every knob without
             one of its own. A `RateScheduler` drives them (see `hfreg.schedule`); without one the rates stay put.
@@ -239,11 +232,6 @@ class RegularizationConfig:
         """The knobs that are set (not None), with their values."""
         return {k: getattr(self, k) for k in KNOBS if getattr(self, k) is not None}
 
-    def knobs(self) -> dict[str, float]:
-        """Deprecated name of `knob_values` (a knob is a name: see `KNOBS`)."""
-        deprecated("RegularizationConfig.knobs()", "RegularizationConfig.knob_values()")
-        return self.knob_values()
-
     def to_dict(self) -> dict:
         data = asdict(self)
         for key in _NEWER:
@@ -278,23 +266,3 @@ class RegularizationConfig:
         with open(path) as f:
             return cls.from_dict(json.load(f))
 
-
-def _renamed_init(init):
-    @wraps(init)
-    def __init__(self, *args, drop_path_schedule=None, **kwargs):
-        if drop_path_schedule is not None:  # the earlier name of drop_path_profile
-            deprecated("drop_path_schedule", "drop_path_profile")
-            kwargs.setdefault("drop_path_profile", drop_path_schedule)
-        init(self, *args, **kwargs)
-
-    return __init__
-
-
-def _drop_path_schedule(self) -> str:
-    deprecated("RegularizationConfig.drop_path_schedule", "RegularizationConfig.drop_path_profile")
-    return self.drop_path_profile
-
-
-# the earlier name still works, to pass and to read; not a field, so `to_dict` and `dataclasses.replace` ignore it
-RegularizationConfig.__init__ = _renamed_init(RegularizationConfig.__init__)
-RegularizationConfig.drop_path_schedule = property(_drop_path_schedule)

@@ -24,7 +24,7 @@ import os
 import torch
 from torch import nn
 
-from .config import DROP_PATH_MODES, DROP_PATH_PROFILES, check_choice, check_rate, deprecated
+from .config import DROP_PATH_MODES, DROP_PATH_PROFILES, check_choice, check_rate
 
 # masks from 16-bit draws for CPU tensors (`keep_mask`); HFREG_FAST_MASKS=0 keeps PyTorch's Bernoulli draws
 FAST_MASKS = os.environ.get("HFREG_FAST_MASKS", "1") != "0"
@@ -148,15 +148,14 @@ class DropPath(nn.Module):
         return f"drop_prob={round(self.drop_prob, 3):0.3f}, mode={self.mode}"
 
 
-def drop_path_rates(drop_path_rate: float, depth: int, profile: str = "linear", *, schedule: str | None = None
-                    ) -> list[float]:
+def drop_path_rates(drop_path_rate: float, depth: int, profile: str = "linear") -> list[float]:
     """Per-layer drop-path rates over a stack of ``depth`` layers.
 
     Args:
         drop_path_rate: the rate of the deepest layer (of every layer under ``"uniform"``).
         depth: the number of layers.
         profile: ``"linear"`` (layer i gets ``drop_path_rate * i / (depth - 1)``, as in Huang et al., 2016) or
-            ``"uniform"``. ``schedule=`` is its earlier name (deprecated).
+            ``"uniform"``.
 
     Returns:
         One rate per layer, shallowest first.
@@ -168,9 +167,6 @@ def drop_path_rates(drop_path_rate: float, depth: int, profile: str = "linear", 
         >>> drop_path_rates(0.2, 3)
         [0.0, 0.1, 0.2]
     """
-    if schedule is not None:
-        deprecated("drop_path_rates(schedule=)", "drop_path_rates(profile=)")
-        profile = schedule
     check_rate("drop_path_rate", drop_path_rate)
     check_choice("profile", profile, DROP_PATH_PROFILES)
     if profile == "uniform":

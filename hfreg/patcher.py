@@ -13,16 +13,15 @@ import warnings
 from huggingface_hub.errors import StrictDataclassError
 
 from .architectures import CONFIG_KEYS, architecture
-from .config import CONFIG_ATTR, RegularizationConfig, deprecated
+from .config import CONFIG_ATTR, RegularizationConfig
 from .inject import apply_spec, native_sites
 from .probing import inert_sites
 from .provenance import config_tree
 from .sites import Site
-from .state import PatchState, is_patched, patch_state, set_rate_factors, unpatch_model, unwrap
+from .state import unpatch_model, unwrap
 from .unapplied import quiet
 
-__all__ = ["PatchState", "auto_class_for", "from_pretrained", "inspect_model", "is_patched", "load_regularized",
-           "patch_config", "patch_model", "patch_state", "set_rate_factors", "unpatch_model"]
+__all__ = ["auto_class_for", "inspect_model", "load_regularized", "patch_config", "patch_model"]
 
 
 def patch_model(model, reg: RegularizationConfig | dict | None = None):
@@ -235,9 +234,3 @@ def load_regularized(pretrained_model_name_or_path, reg: RegularizationConfig | 
     if getattr(model.config, CONFIG_ATTR, None) is not None:
         patch_model(model)
     return model
-
-
-def from_pretrained(*args, **kwargs):
-    """Deprecated name of `load_regularized` (a FutureWarning; `RegularizationConfig.from_pretrained` loads a spec)."""
-    deprecated("hfreg.from_pretrained", "hfreg.load_regularized")
-    return load_regularized(*args, **kwargs)

@@ -21,7 +21,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from .architectures import NOISE_KEYS
-from .config import KNOBS, RegularizationConfig, deprecated
+from .config import KNOBS, RegularizationConfig
 from .inject import apply_spec
 from .provenance import config_sources, config_tree, per_config, with_rates
 from .sites import analyze, stack_key
@@ -265,8 +265,7 @@ def _called(model, inputs) -> set[str]:
     return called
 
 
-def probe(model, inputs: dict | None = None, rate: float = 0.5, patched: bool = True, *, knobs: bool | None = None
-          ) -> list[Probe]:
+def probe(model, inputs: dict | None = None, rate: float = 0.5, patched: bool = True) -> list[Probe]:
     """Turn each native site on alone at ``rate`` (every other site and the training noise off), then, with
     ``patched``, each knob through `patch_model`, and report whether the training-mode output changes. Works on a
     copy: ``model`` is left as it was.
@@ -275,7 +274,7 @@ def probe(model, inputs: dict | None = None, rate: float = 0.5, patched: bool = 
         model: the model to probe (a small twin, from `small_twin`, for a large one).
         inputs: one batch for ``model(**inputs)``; None builds a generic one (`probe_inputs`).
         rate: the rate each site or knob is turned on at.
-        patched: also probe each knob as `patch_model` applies it. ``knobs=`` is its earlier name (deprecated).
+        patched: also probe each knob as `patch_model` applies it.
 
     Returns:
         One `Probe` per native site, then (with ``patched``) one per knob with path ``"*"``.
@@ -291,9 +290,6 @@ def probe(model, inputs: dict | None = None, rate: float = 0.5, patched: bool = 
         >>> sorted({(r.kind, r.acts) for r in rows})
         [('attention', True), ('embedding', True), ('hidden', True)]
     """
-    if knobs is not None:
-        deprecated("probe(knobs=)", "probe(patched=)")
-        patched = knobs
     # the knobs act as `patch_model` would apply them: past the sites a twin shows inert (the twin itself is
     # probed unpatched, so this never re-enters)
     inert = inert_sites(model) if patched else frozenset()

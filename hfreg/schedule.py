@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from transformers import TrainerCallback
 
-from .config import KNOBS, RegularizationConfig, Schedule, deprecated
+from .config import KNOBS, RegularizationConfig, Schedule
 from .state import patch_state, set_rate_factors
 
 
@@ -27,8 +27,7 @@ class RateScheduler:
         model: a model patched with `patch_model`.
         total_steps: optimizer steps in the whole training run (fractions of training resolve against it).
         kind: one `Schedule` kind for every knob of the spec in force, overriding the spec's own
-            (``kind="early", cutoff=0.5``). Without it, the schedules recorded in the spec apply. ``schedule=`` is
-            its earlier name (deprecated).
+            (``kind="early", cutoff=0.5``). Without it, the schedules recorded in the spec apply.
         cutoff: that schedule's cutoff (see `Schedule`).
         direction: that schedule's direction (see `Schedule`).
 
@@ -49,10 +48,7 @@ class RateScheduler:
     """
 
     def __init__(self, model, total_steps: int, kind: str | None = None, cutoff: int | float | None = None,
-                 direction: str | None = None, *, schedule: str | None = None):
-        if schedule is not None:
-            deprecated("RateScheduler(schedule=)", "RateScheduler(kind=)")
-            kind = schedule
+                 direction: str | None = None):
         state = patch_state(model, required=True)
         if isinstance(total_steps, bool) or not isinstance(total_steps, int) or total_steps < 1:
             raise ValueError(f"`total_steps` must be an int >= 1, got {total_steps!r}")
@@ -114,7 +110,6 @@ class RateSchedulerCallback(TrainerCallback):
         cutoff: that schedule's cutoff (see `Schedule`).
         direction: that schedule's direction (see `Schedule`).
         log_rates: add ``rate/<knob>`` to the logs.
-        schedule: the earlier name of ``kind`` (deprecated, as in `RateScheduler`).
 
     Raises:
         ValueError: an unknown kind or direction, a bad cutoff, or ``cutoff``/``direction`` without ``kind``; when
@@ -128,14 +123,13 @@ class RateSchedulerCallback(TrainerCallback):
     """
 
     def __init__(self, kind: str | None = None, cutoff: int | float | None = None, direction: str | None = None,
-                 *, log_rates: bool = True, schedule: str | None = None):
+                 *, log_rates: bool = True):
         options = {k: v for k, v in (("cutoff", cutoff), ("direction", direction)) if v is not None}
-        if kind is not None or schedule is not None:
-            Schedule(kind=kind if kind is not None else schedule, **options)  # a bad one fails here, not in training
+        if kind is not None:
+            Schedule(kind=kind, **options)  # a bad one fails here, not in training
         elif options:
             raise ValueError("`cutoff` and `direction` need `kind` (e.g. kind='early', cutoff=0.5)")
-        self.options = {"kind": kind, "cutoff": cutoff, "direction": direction,
-                        **({"schedule": schedule} if schedule is not None else {})}
+        self.options = {"kind": kind, "cutoff": cutoff, "direction": direction}
         self.log_rates = log_rates
         self.scheduler: RateScheduler | None = None
 

@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from torch import nn
 
 from .architectures import CONFIG_KEYS, FALLBACK_BRANCHES, GENERIC_BRANCHES, GENERIC_RULES, Arch, architecture
-from .config import deprecated
 from .provenance import config_sources
 
 _ACTIVATION = re.compile(r".*(GELU|Gelu|ReLU|Relu|SiLU|Silu|Swish|Activation|Tanh|Mish|Sigmoid).*")
@@ -98,11 +97,6 @@ config_key='attention_probs_dropout_prob')
     layer: int | None = None
     source: str = "module"  # module | attribute | config | injected
     config_key: str = ""
-
-    @property
-    def origin(self) -> str:
-        deprecated("Site.origin", "Site.config_key")
-        return self.config_key
 
 
 @dataclass

@@ -28,10 +28,9 @@ def test_every_public_name_has_a_docstring(name):
     if callable(obj):
         doc = inspect.getdoc(obj) or ""
         assert doc.strip(), f"hfreg.{name} has no docstring"
-        if "deprecated" not in doc.split("\n")[0].lower():  # an earlier name points to the new one
-            assert "Example" in doc, f"hfreg.{name} has no example"
-            assert inspect.isclass(obj) or "Args:" in doc or not inspect.signature(obj).parameters, \
-                f"hfreg.{name} documents no arguments"
+        assert "Example" in doc, f"hfreg.{name} has no example"
+        assert inspect.isclass(obj) or "Args:" in doc or not inspect.signature(obj).parameters, \
+            f"hfreg.{name} documents no arguments"
 
 
 @pytest.mark.parametrize("module", ["hfreg.config", "hfreg.layers", "hfreg.patcher", "hfreg.rdrop", "hfreg.state",

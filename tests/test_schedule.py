@@ -209,11 +209,3 @@ def test_rate_scheduler_callback_class_logs_the_rates_in_force(tmp_path):
 def test_rate_scheduler_callback_refuses_a_bad_schedule_at_once(kwargs, words):
     with pytest.raises(ValueError, match=words):
         hfreg.RateSchedulerCallback(**kwargs)
-
-
-def test_earlier_name_schedule_still_works_with_a_warning():
-    model = build("bert")
-    hfreg.patch_model(model, Reg(hidden=0.2))
-    with pytest.warns(FutureWarning, match="use `RateScheduler\\(kind=\\)`"):
-        old = hfreg.RateScheduler(model, 4, schedule="early", cutoff=2)
-    assert old.factors() == hfreg.RateScheduler(model, 4, kind="early", cutoff=2).factors()

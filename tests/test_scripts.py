@@ -1,4 +1,4 @@
-"""The maintenance scripts: comparing one grid recorded twice, and copying findings into the README."""
+"""The maintainer scripts in benchmarks/: comparing one grid recorded twice, and copying findings into the README."""
 
 import json
 import os
@@ -9,7 +9,7 @@ import sys
 import pytest
 from harness import ROOT
 
-sys.path.insert(0, os.path.join(ROOT, "scripts"))
+sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 import compare_runs  # noqa: E402
 
 
@@ -43,20 +43,20 @@ def test_compare_runs_user_errors_are_one_line(tmp_path):
     write_runs(tmp_path / "b", [record("zero", 1, [0.6])])
     for args, words in [([str(tmp_path / "a"), str(tmp_path / "missing")], "holds no runs.jsonl"),
                         ([str(tmp_path / "a"), str(tmp_path / "b")], "share no run")]:
-        out = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "compare_runs.py"), *args],
+        out = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "compare_runs.py"), *args],
                              capture_output=True, text=True)
         assert out.returncode == 2 and words in out.stderr and "Traceback" not in out.stderr
 
 
 def test_readme_results_copies_findings_between_markers(tmp_path):
-    os.makedirs(tmp_path / "scripts")
-    shutil.copy(os.path.join(ROOT, "scripts", "readme_results.py"), tmp_path / "scripts")
+    os.makedirs(tmp_path / "benchmarks")
+    shutil.copy(os.path.join(ROOT, "benchmarks", "readme_results.py"), tmp_path / "benchmarks")
     readme = tmp_path / "README.md"
     readme.write_text("top\n<!-- findings:x -->\nold\n<!-- /findings:x -->\n"
                       "<!-- findings:y -->\nold\n<!-- /findings:y -->\nend\n")
     write_runs(tmp_path / "docs" / "results" / "x", [])
     (tmp_path / "docs" / "results" / "x" / "findings.md").write_text("## Findings\n\nfrom the tool\n")
-    run = [sys.executable, str(tmp_path / "scripts" / "readme_results.py")]
+    run = [sys.executable, str(tmp_path / "benchmarks" / "readme_results.py")]
     assert subprocess.run(run).returncode == 0
     text = readme.read_text()
     assert "#### Findings: x\n\nfrom the tool\n<!-- /findings:x -->" in text
@@ -91,11 +91,11 @@ def test_committed_findings_are_what_the_report_derives(tmp_path, name):
 
 
 def test_readme_methods_tables_are_built_from_the_committed_summaries():
-    """Each `<!-- methods:NAME -->` table of the results page is what scripts/readme_results.py builds from
+    """Each `<!-- methods:NAME -->` table of the results page is what benchmarks/readme_results.py builds from
     docs/results/NAME/summary.json: the verdicts the report wrote, beside the paper each preset file cites."""
     import re
 
-    sys.path.insert(0, os.path.join(ROOT, "scripts"))
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
     from readme_results import _source, methods_table
 
     pages = []
@@ -126,7 +126,7 @@ def test_readme_quotes_the_committed_pooled_answer(tmp_path):
     with open(os.path.join(ROOT, "docs", "results", "pooled.md")) as f:
         committed = f.read()
     assert (tmp_path / "pooled.md").read_text().replace(str(tmp_path) + "/", "docs/results/") == committed
-    sys.path.insert(0, os.path.join(ROOT, "scripts"))
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
     from readme_results import pooled_overview
 
     for page in ("README.md", os.path.join("docs", "results.md")):
@@ -151,12 +151,12 @@ def test_readme_quotes_the_committed_coverage_measurement():
 
 
 def test_select_by_is_compared_on_the_selection_split_alone():
-    """scripts/compare_select_by.py picks each rule's point on one half of the selection split (alternate examples)
+    """benchmarks/compare_select_by.py picks each rule's point on one half of the selection split (alternate examples)
     and scores it on the other: a point with one confidently wrong example has the higher NLL but the better
     accuracy, so the NLL rule reads the worse point where the accuracy rule reads the better one."""
     import numpy as np
 
-    sys.path.insert(0, os.path.join(ROOT, "scripts"))
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
     from compare_select_by import held_out
 
     labels = np.array([0, 1] * 10)
@@ -171,9 +171,9 @@ def test_select_by_is_compared_on_the_selection_split_alone():
 
 
 def test_the_decided_answer_design_is_commands_the_harness_takes(tmp_path):
-    """scripts/decided_answer.py: every grid command of the written-down design parses as the harness reads it
+    """benchmarks/decided_answer.py: every grid command of the written-down design parses as the harness reads it
     (the data folders faked as empty files), for the CPU and for one GPU, and missing data is one line."""
-    sys.path.insert(0, os.path.join(ROOT, "scripts"))
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
     from decided_answer import DATA_SETS, commands, main
 
     from hfreg.finetune.sweep import parse_args

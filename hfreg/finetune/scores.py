@@ -44,7 +44,7 @@ def macro_f1(logits: np.ndarray, labels: np.ndarray) -> float:
 
 
 def f1_of_predictions(pred: np.ndarray, labels: np.ndarray) -> float:
-    """`macro_f1` of predicted class ids; the one implementation, which `hfreg.metrics.load("f1")` also runs."""
+    """`macro_f1` of predicted class ids."""
     pred, labels = np.asarray(pred), np.asarray(labels)
     scores = []
     for c in np.union1d(pred, labels):

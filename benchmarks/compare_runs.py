@@ -1,6 +1,6 @@
 """Compare the same runs recorded in two output directories, e.g. one grid made on two machines or versions.
 
-    .venv/bin/python scripts/compare_runs.py docs/results/sst2-cpu docs/results/sst2
+    .venv/bin/python benchmarks/compare_runs.py docs/results/sst2-cpu docs/results/sst2
 
 Runs are paired by (preset, train size, seed, learning rate), whatever their settings; for each preset it prints
 how many pairs agree on every evaluation point's metrics to within --tol, the largest difference in final test

@@ -1,7 +1,7 @@
 """Which early-stopping rule to default to, decided without test data: each `--select_by` rule judged on the
 selection split alone, by two-fold cross-validation of its stored predictions.
 
-    .venv/bin/python scripts/compare_select_by.py docs/results/sst2 docs/results/rt-polarity
+    .venv/bin/python benchmarks/compare_select_by.py docs/results/sst2 docs/results/rt-polarity
 
 For every run, the selection split's stored logits (every evaluation point) are split in two halves (alternate
 examples in stored order); each rule picks its point on one half (highest accuracy or macro-F1, lowest NLL; ties to

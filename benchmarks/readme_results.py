@@ -1,7 +1,7 @@
 """Copy each `docs/results/<data set>/findings.md` into README.md and docs/results.md between its markers, so that
 those pages state exactly what `hfreg report` derived from the committed runs and nothing else.
 
-    .venv/bin/hfreg report docs/results/sst2 && .venv/bin/python scripts/readme_results.py
+    .venv/bin/hfreg report docs/results/sst2 && .venv/bin/python benchmarks/readme_results.py
 
 README.md holds, per data set, a block `<!-- findings:NAME -->` ... `<!-- /findings:NAME -->`, and one block
 `<!-- pooled -->` ... `<!-- /pooled -->` for `docs/results/pooled.md` (its answer and overall table, written by

@@ -2,9 +2,9 @@
 commands that run it — on this machine's CPU cores one data set after another, or on one GPU with many runs
 packed onto it through a local Ray cluster. Every launch resumes where its `runs.jsonl` stops.
 
-    .venv/bin/python scripts/decided_answer.py --print             # the commands, nothing run
-    .venv/bin/python scripts/decided_answer.py                     # CPU: each data set in turn, then the report
-    .venv/bin/python scripts/decided_answer.py --gpu --run_gpus 0.05   # one GPU, about 20 runs in flight
+    .venv/bin/python benchmarks/decided_answer.py --print             # the commands, nothing run
+    .venv/bin/python benchmarks/decided_answer.py                     # CPU: each data set in turn, then the report
+    .venv/bin/python benchmarks/decided_answer.py --gpu --run_gpus 0.05   # one GPU, about 20 runs in flight
 
 Results go to docs/results/answer-<data set>/; the report pools them into docs/results/answer/.
 """
