@@ -68,7 +68,7 @@ class Plan:
     natives_by: dict
     state: PatchState
 
-    def refuse(self, knob: str, rate, why: str) -> None:
+    def refuse(self, knob: str, rate: float | None, why: str) -> None:
         """``knob`` cannot act somewhere in the model: recorded in the patch state and warned (`PatchState.refuse`)."""
         self.state.refuse(knob, rate, why, self.model)
 

@@ -141,10 +141,10 @@ class DropPath(nn.Module):
         self.drop_prob = float(drop_prob)
         self.mode = mode
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         return drop_path(x, self.drop_prob, self.training, self.mode)
 
-    def extra_repr(self):
+    def extra_repr(self) -> str:
         return f"drop_prob={round(self.drop_prob, 3):0.3f}, mode={self.mode}"
 
 

@@ -12,9 +12,11 @@ from __future__ import annotations
 import contextlib
 import math
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
+from torch import nn
 
 from .config import KNOBS
 from .hooks import SAMPLE_FLAG
@@ -44,7 +46,7 @@ def _sampling_modules(model, knobs):
 
 
 @contextlib.contextmanager
-def mc_dropout(model, knobs=MC_KNOBS):
+def mc_dropout(model: nn.Module, knobs: tuple[str, ...] | list[str] = MC_KNOBS) -> Iterator[nn.Module]:
     """A context in which the dropout sites of ``knobs`` sample while everything else runs in eval mode (MC
     dropout, Gal and Ghahramani, 2016); on leaving, every module's mode is as it was.
 
@@ -119,7 +121,8 @@ def _entropy(p):
 
 
 @torch.no_grad()
-def mc_predict(model, inputs: dict, samples: int = 16, chunk: int | None = None, knobs=MC_KNOBS) -> MCPrediction:
+def mc_predict(model: nn.Module, inputs: dict, samples: int = 16, chunk: int | None = None,
+               knobs: tuple[str, ...] | list[str] = MC_KNOBS) -> MCPrediction:
     """``samples`` MC-dropout passes over ``inputs`` (a batch for ``model(**inputs)``, whose output has
     ``.logits``). Passes run ``chunk`` at a time (default: all at once) as one batch of repeated inputs; with
     per-batch drop-path they run one at a time, so that samples stay independent.

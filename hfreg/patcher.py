@@ -8,7 +8,9 @@ parameters, so `state_dict` keys and values stay as they were.
 from __future__ import annotations
 
 import copy
+import os
 import warnings
+from typing import TYPE_CHECKING, Any
 
 from huggingface_hub.errors import StrictDataclassError
 
@@ -21,10 +23,14 @@ from .sites import Site
 from .state import unpatch_model, unwrap
 from .unapplied import quiet
 
+if TYPE_CHECKING:
+    from torch import nn
+    from transformers import PretrainedConfig
+
 __all__ = ["auto_class_for", "inspect_model", "load_regularized", "patch_config", "patch_model"]
 
 
-def patch_model(model, reg: RegularizationConfig | dict | None = None):
+def patch_model(model: nn.Module, reg: RegularizationConfig | dict | None = None) -> nn.Module:
     """Apply ``reg`` to ``model`` in place and return it. With no ``reg``, apply the spec recorded in its config.
 
     Patching again first restores the original, so patching twice equals patching once. Patch before
@@ -69,7 +75,7 @@ def patch_model(model, reg: RegularizationConfig | dict | None = None):
     return outer
 
 
-def inspect_model(model, verify: bool = True) -> list[Site]:
+def inspect_model(model: nn.Module, verify: bool = True) -> list[Site]:
     """Every site where a knob acts, with the rate in force now and its layer index (None outside layers).
 
     Native sites that forward never reads are left out; with ``verify``, so are those that a training-mode forward
@@ -94,7 +100,7 @@ def inspect_model(model, verify: bool = True) -> list[Site]:
     return native_sites(model, inert_sites(unwrap(model)) if verify else frozenset())
 
 
-def patch_config(config, reg: RegularizationConfig | dict):
+def patch_config(config: PretrainedConfig, reg: RegularizationConfig | dict) -> PretrainedConfig:
     """A new config with each knob's native keys set where the family has them and the whole spec recorded.
 
     Models built from it honour the native keys in plain transformers; `patch_model(model)` (or
@@ -191,8 +197,8 @@ def auto_class_for(config):
                      f"not know; pass `auto_class=`")
 
 
-def load_regularized(pretrained_model_name_or_path, reg: RegularizationConfig | dict | None = None,
-                     auto_class=None, **kwargs):
+def load_regularized(pretrained_model_name_or_path: str | os.PathLike, reg: RegularizationConfig | dict | None = None,
+                     auto_class: type | None = None, **kwargs: Any) -> nn.Module:
     """Load a model and apply ``reg`` (or the spec recorded in its config) in one call.
 
     A model patched and saved with `save_pretrained` records its spec in ``config.json`` (``"hfreg"``): this loads

@@ -16,8 +16,10 @@ import inspect
 import math
 import warnings
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
+from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from .architectures import NOISE_KEYS
@@ -26,6 +28,9 @@ from .inject import apply_spec
 from .provenance import config_sources, config_tree, per_config, with_rates
 from .sites import analyze, stack_key
 from .state import patch_state, unwrap
+
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig
 
 # aten ops that draw random numbers; attention kernels are caught by a non-zero `dropout_p` argument instead
 _RANDOM = ("bernoulli", "rand", "normal_", "dropout", "multinomial", "uniform", "exponential", "cauchy", "geometric",
@@ -73,7 +78,7 @@ class _RandomOps(TorchDispatchMode):
                 h.remove()
 
 
-def probe_inputs(model, batch: int = 2, length: int = 8) -> dict:
+def probe_inputs(model: nn.Module, batch: int = 2, length: int = 8) -> dict:
     """A small deterministic input batch for ``model``, from its main input name and config.
 
     Args:
@@ -186,7 +191,7 @@ def _switch_off_noise(model) -> None:
             state.assign(model.get_submodule(path), attr, NOISE_KEYS[key][1])
 
 
-def disable_dropout(model, inputs: dict | None = None, noise: bool = True):
+def disable_dropout(model: nn.Module, inputs: dict | None = None, noise: bool = True) -> nn.Module:
     """Turn every dropout-like knob off (the all-zero spec) and, with ``noise``, the training noise no knob governs
     (`NOISE_KEYS`: SpecAugment masks, MoE jitter...), and prove it: two training-mode passes with different seeds
     must be bit-identical.
@@ -265,7 +270,7 @@ def _called(model, inputs) -> set[str]:
     return called
 
 
-def probe(model, inputs: dict | None = None, rate: float = 0.5, patched: bool = True) -> list[Probe]:
+def probe(model: nn.Module, inputs: dict | None = None, rate: float = 0.5, patched: bool = True) -> list[Probe]:
     """Turn each native site on alone at ``rate`` (every other site and the training noise off), then, with
     ``patched``, each knob through `patch_model`, and report whether the training-mode output changes. Works on a
     copy: ``model`` is left as it was.
@@ -369,7 +374,7 @@ _FFN = ("intermediate_size", "ffn_dim", "d_ff", "encoder_ffn_dim", "decoder_ffn_
         "moe_intermediate_size", "shared_expert_intermediate_size")
 
 
-def small_twin(config, layers: int = 2, width: int = 64, heads: int = 4):
+def small_twin(config: PretrainedConfig, layers: int = 2, width: int = 64, heads: int = 4) -> PretrainedConfig:
     """A copy of ``config`` with ``layers`` layers, width ``width`` and ``heads`` heads: the same architecture and
     code path (attention implementation, rates, layer types), cheap enough to run on a CPU. Near-zero
     initialisation scales are raised to usual ones, so that a dropout's effect shows in the output.

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 IGNORE_INDEX = -100  # transformers' label for positions without a target
 
@@ -65,7 +66,8 @@ def rdrop_objective(logits_a: torch.Tensor, logits_b: torch.Tensor, labels: torc
     return ce + alpha * kl
 
 
-def rdrop_loss(model, inputs: dict, alpha: float, label_smoothing: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+def rdrop_loss(model: nn.Module, inputs: dict, alpha: float, label_smoothing: float = 0.0
+               ) -> tuple[torch.Tensor, torch.Tensor]:
     """The R-Drop loss of ``model`` on one batch (a dict with ``labels``, as transformers' models take it), and the
     first pass's logits. The model must be in training mode for its dropout to draw two different masks.
 

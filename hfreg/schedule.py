@@ -14,10 +14,16 @@ its shape. Parameters are never touched, eval mode stays the identity and `unpat
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from transformers import TrainerCallback
 
 from .config import KNOBS, RegularizationConfig, Schedule
 from .state import patch_state, set_rate_factors
+
+if TYPE_CHECKING:
+    from torch import nn
+    from transformers import TrainerControl, TrainerState, TrainingArguments
 
 
 class RateScheduler:
@@ -47,7 +53,7 @@ class RateScheduler:
         {'attention': 0.0, 'hidden': 0.0}
     """
 
-    def __init__(self, model, total_steps: int, kind: str | None = None, cutoff: int | float | None = None,
+    def __init__(self, model: nn.Module, total_steps: int, kind: str | None = None, cutoff: int | float | None = None,
                  direction: str | None = None):
         state = patch_state(model, required=True)
         if isinstance(total_steps, bool) or not isinstance(total_steps, int) or total_steps < 1:
@@ -133,16 +139,19 @@ class RateSchedulerCallback(TrainerCallback):
         self.log_rates = log_rates
         self.scheduler: RateScheduler | None = None
 
-    def on_train_begin(self, args, state, control, model=None, **kwargs):
+    def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
+                       model: nn.Module | None = None, **kwargs: Any) -> None:
         self.scheduler = RateScheduler(model, max(int(state.max_steps), 1), **self.options)
         if state.global_step:  # resumed from a checkpoint
             self.scheduler.load_state_dict({"last_step": state.global_step, "total_steps": state.max_steps})
 
-    def on_step_end(self, args, state, control, **kwargs):
+    def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
+                    **kwargs: Any) -> None:
         if self.scheduler is not None:
             self.scheduler.step()
 
-    def on_log(self, args, state, control, logs=None, **kwargs):
+    def on_log(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
+               logs: dict | None = None, **kwargs: Any) -> None:
         if not self.log_rates or self.scheduler is None or logs is None:
             return
         rates = {f"rate/{knob}": rate for knob, rate in self.scheduler.rates().items()}
@@ -153,7 +162,7 @@ class RateSchedulerCallback(TrainerCallback):
         logs.update(rates)
 
 
-def rate_scheduler_callback(**schedule) -> RateSchedulerCallback:
+def rate_scheduler_callback(**schedule: Any) -> RateSchedulerCallback:
     """A `RateSchedulerCallback`: ``rate_scheduler_callback(kind="late")`` is ``RateSchedulerCallback(kind="late")``.
 
     Args:

@@ -6,10 +6,11 @@ other part needs — `unwrap`, `patch_state`, `is_patched`, `unpatch_model`, `se
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 
 from torch import nn
 
-from .config import KNOBS
+from .config import KNOBS, RegularizationConfig
 from .sites import Site, Structure
 
 STATE_ATTR = "_hfreg_patch"  # where a patched model keeps its `PatchState`
@@ -52,7 +53,7 @@ class PatchState:
         (0.1, ['drop_path'])
     """
 
-    def __init__(self, reg, struct: Structure | None = None):
+    def __init__(self, reg: RegularizationConfig, struct: Structure | None = None):
         self.reg = reg
         self.struct = struct  # the model's structure as the patch found it
         self.refused: dict[str, str] = {}  # knob -> why it cannot act somewhere (as the patch warned)
@@ -65,11 +66,11 @@ class PatchState:
         self.mixed: list[nn.Module] = []
         self.mixout_handles: list = []
 
-    def assign(self, owner, attr, value):
+    def assign(self, owner: object, attr: str, value: object) -> None:
         self.restores.append((owner, attr, getattr(owner, attr) if hasattr(owner, attr) else _MISSING))
         setattr(owner, attr, value)
 
-    def hook(self, module, hook, knob=None):
+    def hook(self, module: nn.Module, hook: Callable, knob: str | None = None) -> Callable:
         """Register ``hook`` (a `hfreg.hooks.Hook`, whose class says how) on ``module``; with ``knob``, its rate
         ``hook.p`` is one that `set_rate_factors` moves."""
         if hook.pre:
@@ -81,7 +82,7 @@ class PatchState:
             self.live.append((hook, "p", knob, hook.p))
         return hook
 
-    def refuse(self, knob: str, rate, why: str, model) -> None:
+    def refuse(self, knob: str, rate: float | None, why: str, model: nn.Module) -> None:
         """``knob`` set to ``rate`` cannot act somewhere in ``model``: record why in ``refused`` (what `probe` reads)
         and warn. A rate of 0 (or None) asks for nothing, so nothing is refused."""
         if not rate:
@@ -92,7 +93,7 @@ class PatchState:
 
 
 
-def unpatch_model(model):
+def unpatch_model(model: nn.Module) -> nn.Module:
     """Remove every hook hfreg added and restore every rate it changed (and release what the patch held, such as
     Mixout's targets).
 
@@ -126,7 +127,7 @@ def unpatch_model(model):
     return outer
 
 
-def patch_state(model, required: bool = False) -> PatchState | None:
+def patch_state(model: nn.Module, required: bool = False) -> PatchState | None:
     """The `PatchState` of a patched model (PEFT wrappers looked through).
 
     Args:
@@ -155,7 +156,7 @@ def patch_state(model, required: bool = False) -> PatchState | None:
     return state
 
 
-def is_patched(model) -> bool:
+def is_patched(model: nn.Module) -> bool:
     """Whether ``model`` (or the transformers model inside a PEFT wrapper) carries an hfreg patch.
 
     Args:
@@ -175,7 +176,7 @@ def is_patched(model) -> bool:
 
 
 
-def set_rate_factors(model, factors: dict[str, float]) -> None:
+def set_rate_factors(model: nn.Module, factors: dict[str, float]) -> None:
     """Put ``factor × the patched rate`` in force for each knob of ``factors`` (e.g. ``{"hidden": 0.0}``), at every
     site the patch set or injected; the other knobs keep theirs. `unpatch_model` still restores the original.
     This is what `hfreg.RateScheduler` calls once per optimizer step.

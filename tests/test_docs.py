@@ -46,3 +46,20 @@ def test_docstring_examples_run(module):
 
 def test_readme_fits_on_a_page():
     assert os.path.getsize(os.path.join(ROOT, "README.md")) <= 12 * 1024
+
+
+@pytest.mark.parametrize("name", [n for n in hfreg.__all__ if callable(getattr(hfreg, n))])
+def test_every_public_signature_is_typed(name):
+    """Each parameter and return of a public function, and of a public class's own public methods, has a type."""
+    obj = getattr(hfreg, name)
+    methods = [(name, obj)]
+    if inspect.isclass(obj):
+        methods = [(f"{name}.{k}", v) for k, v in vars(obj).items()
+                   if callable(v) and (not k.startswith("_") or k == "__init__")]
+    for where, f in methods:
+        sig = inspect.signature(f)
+        bare = [p.name for p in sig.parameters.values()
+                if p.annotation is inspect.Parameter.empty and p.name not in ("self", "cls")]
+        assert not bare, f"hfreg.{where}: {bare} untyped"
+        assert where.endswith("__init__") or sig.return_annotation is not inspect.Signature.empty, \
+            f"hfreg.{where} has no return type"
