@@ -63,3 +63,39 @@ def test_every_public_signature_is_typed(name):
         assert not bare, f"hfreg.{where}: {bare} untyped"
         assert where.endswith("__init__") or sig.return_annotation is not inspect.Signature.empty, \
             f"hfreg.{where} has no return type"
+
+
+def test_reference_pages_name_every_key():
+    """The run record, pooled.json and preset-file pages name every key the committed records, the pooled rows and
+    a preset can hold: a key added without its line here fails."""
+    import dataclasses
+    import glob
+    import json
+
+    from hfreg.finetune import presets, sweep, tasks
+
+    def page(name):
+        with open(os.path.join(ROOT, "docs", "reference", name)) as f:
+            return f.read()
+
+    record, keys, settings, points = page("run-record.md"), set(), set(sweep.NEWER_SETTINGS), set()
+    settings |= set(presets.METHOD_FLAGS)
+    for path in glob.glob(os.path.join(ROOT, "docs", "results", "*", "runs.jsonl")):
+        with open(path) as f:
+            for run in map(json.loads, f):
+                keys |= set(run) | set(run["provenance"])
+                settings |= set(run["experiment"]["settings"])
+                points |= {k for p in run["evals"] for k in p}
+    missing = sorted(k for k in keys | settings if f"`{k}`" not in record)
+    assert not missing, f"docs/reference/run-record.md does not name {missing}"
+    metrics = {m.split("_", 1)[1] for t in tasks.TASKS.values() for m in t.metrics} | {
+        k.split("_", 1)[1] for k in points if k.split("_", 1)[0] in ("train", "selection", "test")}
+    assert not [m for m in sorted(metrics) if f"`{m}`" not in record], "a metric the run record page does not name"
+    with open(os.path.join(ROOT, "docs", "results", "pooled.json")) as f:
+        rows = json.load(f)
+    pooled = page("pooled.md")
+    assert not [k for k in sorted({k for r in rows for k in r}) if f"`{k}`" not in pooled]
+    preset = page("presets.md")
+    fields = {f.name for f in dataclasses.fields(presets.Preset)} - {"name", "reg"}
+    fields |= {f.name for f in dataclasses.fields(hfreg.RegularizationConfig)}
+    assert not [k for k in sorted(fields) if f"`{k}`" not in preset], "a preset key the preset page does not name"
