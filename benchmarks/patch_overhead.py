@@ -3,11 +3,14 @@
     .venv/bin/python benchmarks/patch_overhead.py [--steps 30]
     .venv/bin/python benchmarks/patch_overhead.py --methods    # each regularizer's training step vs the zero spec
 
-Timings are medians over interleaved repetitions (so drift hits every variant alike), batch 32 x 64 tokens.
+Timings are medians over interleaved repetitions (so drift hits every variant alike), batch 32 x 64 tokens. `--methods`
+also prints the digest of the code on a training step's path (`code_path_digest`): the figures in docs/speed.md and
+the README name it, and the suite fails once that code changes without a new measurement.
 """
 
 import argparse
 import copy
+import hashlib
 import json
 import os
 import platform
@@ -22,6 +25,20 @@ import hfreg.layers
 from hfreg import RegularizationConfig as Reg
 
 warnings.filterwarnings("ignore")
+
+
+# the modules a patched model's training step runs through: a change to any of them calls for new figures
+CODE_PATH = ("hfreg/layers.py", "hfreg/hooks.py", "hfreg/fast_masks.py", "hfreg/inject.py", "hfreg/state.py",
+             "hfreg/rdrop.py")
+
+
+def code_path_digest() -> str:
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    h = hashlib.sha256()
+    for path in CODE_PATH:
+        with open(os.path.join(root, path), "rb") as f:
+            h.update(f.read())
+    return h.hexdigest()[:12]
 
 
 def step_time(model, batch, train, steps, rdrop=0.0):
@@ -133,7 +150,7 @@ def methods(args):
     hfreg.layers.FAST_MASKS = True
     med = {n: statistics.median(t) * 1000 for n, t in times.items()}
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads")
+          f"{torch.get_num_threads()} threads; code path {code_path_digest()}")
     print("| method | train step (ms) | vs all-zero spec |")
     print("|---|---|---|")
     for name, ms in med.items():

@@ -139,6 +139,16 @@ def test_help_prints_every_flag():
     assert "training:" in proc.stdout and "comparison:" in proc.stdout  # the dataclasses' groups
 
 
+def test_hf_column_flag_names_are_the_same_settings():
+    """run_classification's --text_column_names and --label_column_name, run_ner's --text_column_name: the same
+    settings as --text_column and --label_column."""
+    ours = arguments.parse(["--text_column", "s1,s2", "--label_column", "y"])
+    for argv in (["--text_column_names", "s1,s2", "--label_column_name", "y"],
+                 ["--text_column_name", "s1,s2", "--label_column_name", "y"]):
+        theirs = arguments.parse(argv)
+        assert (theirs.text_column, theirs.label_column) == (ours.text_column, ours.label_column) == ("s1,s2", "y")
+
+
 def test_deprecated_max_length_still_works_and_says_so(capsys, tmp_path):
     capsys.readouterr()
     assert parse("--max_length", "64") == parse("--max_seq_length", "64")
@@ -249,5 +259,6 @@ def test_the_cli_guide_lists_every_flag_as_declared():
         for f in dataclasses.fields(group):
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
             default = "—" if default in (None, [], "") else f"`{default}`"
-            row = f"| `--{f.name}` | {default} | {f.metadata['help'].replace('|', chr(92) + '|')} |"
+            flag = " ".join(f"`{a}`" for a in (f"--{f.name}", *f.metadata.get("aliases", ())))
+            row = f"| {flag} | {default} | {f.metadata['help'].replace('|', chr(92) + '|')} |"
             assert row in doc, row

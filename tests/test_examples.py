@@ -105,6 +105,24 @@ def check_command(tokens: list[str], tmp_path) -> None:
     assert tokens[0] in EXTERNAL or tokens[0].startswith("test="), f"an unchecked command: {' '.join(tokens)}"
 
 
+def layout(text: str) -> list[str]:
+    """The paths a layout block names: a line's first words up to its description (two spaces), a comma-separated
+    list allowed; an entry indented by two lies in the last folder named without indent."""
+    paths, folder = [], ""
+    for line in text.splitlines():
+        if len(line) - len(line.lstrip()) > 2:  # a description's continuation
+            continue
+        names = line.strip().split("  ")[0]
+        if not names or not re.fullmatch(r"[\w./-]+(, [\w./-]+)*", names):
+            continue
+        for name in names.split(", "):
+            indented = line.startswith(" ")
+            paths.append(os.path.join(folder, name) if indented else name)
+            if not indented:
+                folder = name if name.endswith("/") else ""
+    return paths
+
+
 @pytest.mark.parametrize("page, lang, text", blocks())
 def test_code_block(page, lang, text, tmp_path, monkeypatch, request):
     monkeypatch.chdir(tmp_path)
@@ -140,5 +158,8 @@ def test_code_block(page, lang, text, tmp_path, monkeypatch, request):
     elif lang == "text" and text.startswith("$ hfreg "):  # a transcript: today's output, line for line
         command, _, shown = text.partition("\n")
         assert run_hfreg(shlex.split(command)[2:]) == shown, f"{page}: `{command[2:]}` prints otherwise today"
+    elif lang == "text":  # a layout: every file and folder it names is there
+        missing = [path for path in layout(text) if not os.path.exists(os.path.join(ROOT, path))]
+        assert not missing, f"{page} shows {missing}, which the repository lacks"
     else:
         pytest.fail(f"{page}: a ```{lang} block this test does not know how to check")

@@ -192,3 +192,17 @@ def test_the_decided_answer_design_is_commands_the_harness_takes(tmp_path):
             assert args.auto_seeds and args.max_seeds == 40 and args.train_sizes == [64, 512]
             assert args.backend == ("ray" if gpu else "local") and len(args.learning_rates) == 3
     assert main(["--print", "--data_dir", str(tmp_path / "nowhere")]) == 2
+
+
+def test_the_step_cost_figures_were_measured_on_todays_code():
+    """docs/speed.md names the digest of the code a training step runs through, as `benchmarks/patch_overhead.py
+    --methods` printed it when it measured the figures: changing that code calls for measuring them again."""
+    import re
+
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    from patch_overhead import code_path_digest
+
+    with open(os.path.join(ROOT, "docs", "speed.md")) as f:
+        recorded = re.search(r"code path `([0-9a-f]{12})`", f.read()).group(1)
+    assert recorded == code_path_digest(), "the code on a training step's path changed since docs/speed.md's " \
+                                           "figures: run benchmarks/patch_overhead.py --methods again"

@@ -110,9 +110,12 @@ class DataArguments:
         "help": "the same layout, a labelled test split used only to report"})
     image_column_name: str | None = field(default=None, metadata={
         "help": "the image column of an image data set (default: detected: image, img)"})
+    # HF's example scripts name these --text_column_name(s) and --label_column_name: both work
     text_column: str | None = field(default=None, metadata={
+        "aliases": ["--text_column_name", "--text_column_names"],
         "help": "text column, or two comma-separated for sentence pairs (default: detected)"})
     label_column: str | None = field(default=None, metadata={
+        "aliases": ["--label_column_name"],
         "help": "label column: strings or integers (classes), or floats (a regression) (default: detected)"})
     task: str | None = field(default=None, metadata={
         "help": f"{', '.join(TASK_NAMES)}: a sequence classifier (classes, or a regression with float labels), an "
