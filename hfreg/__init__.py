@@ -1,9 +1,9 @@
 """hfreg: one regularization spec for any Hugging Face transformer.
 
-The library is this package's top level (config, layers, sites, state, hooks, inject, probing, patcher);
-`hfreg.finetune` is the harness that measures overfitting under it. Names that need torch load on first use, so
-`hfreg.config` and the harness's torch-free parts (records, report) import quickly; static tools see them through
-the `TYPE_CHECKING` imports below.
+The library is this package's top level (config, layers, provenance, twin, sites, state, hooks, inject, probing,
+patcher); `hfreg.finetune` is the harness that measures overfitting under it. Names that need torch load on first
+use, so `hfreg.config` and the harness's torch-free parts (records, report) import quickly; static tools see them
+through the `TYPE_CHECKING` imports below.
 """
 
 from importlib import import_module
@@ -26,7 +26,7 @@ _LAZY = {
     "PatchState": "state",
     "RateScheduler": "schedule", "RateSchedulerCallback": "schedule", "rate_scheduler_callback": "schedule",
     "mc_dropout": "mc", "mc_predict": "mc", "MCPrediction": "mc",
-    "disable_dropout": "probing", "probe": "probing", "probe_inputs": "probing", "small_twin": "probing",
+    "disable_dropout": "probing", "probe": "probing", "probe_inputs": "probing", "small_twin": "twin",
     "Probe": "probing",
 }
 
@@ -35,11 +35,12 @@ if TYPE_CHECKING:
     from .layers import DropPath, drop_head, drop_path, drop_path_rates, embedding_noise, mixout
     from .mc import MCPrediction, mc_dropout, mc_predict
     from .patcher import inspect_model, load_regularized, patch_config, patch_model
-    from .probing import Probe, disable_dropout, probe, probe_inputs, small_twin
+    from .probing import Probe, disable_dropout, probe, probe_inputs
     from .rdrop import rdrop_loss, rdrop_objective
     from .schedule import RateScheduler, RateSchedulerCallback, rate_scheduler_callback
     from .sites import Site
     from .state import PatchState, is_patched, patch_state, set_rate_factors, unpatch_model
+    from .twin import small_twin
 
 __all__ = [
     "KNOBS", "NOISE_KEYS", "DropPath", "MCPrediction", "PatchState", "Probe", "RateScheduler",

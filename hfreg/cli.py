@@ -282,7 +282,8 @@ def cmd_patch(args):
 def cmd_probe(args):
     from transformers import AutoModel
 
-    from .probing import probe, small_twin
+    from .probing import probe
+    from .twin import small_twin
 
     config = load_config(args.model)
     twin = config if args.full else small_twin(config)

@@ -8,7 +8,6 @@ key it was built from. `sites` classifies by it; `probing.disable_dropout` switc
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import functools
 import warnings
@@ -16,6 +15,7 @@ import warnings
 import torch
 from torch import nn
 
+from . import cache as disk
 from .architectures import NOISE_KEYS
 from .config import CONFIG_ATTR
 
@@ -100,87 +100,17 @@ def config_sources(model: nn.Module) -> dict[tuple[str, str], tuple[str, str]]:
 def per_config(cache: dict, model: nn.Module, compute, name: str | None = None, encode=None, decode=None):
     """``compute(type(model), model.config)``, kept in ``cache`` per class and config up to its rates (the 64
     newest): ``compute`` must not depend on the rates (it builds with rates of its own). With ``name``, also kept
-    on disk across processes (`disk_cache`): ``encode`` turns the value into JSON, ``decode`` back."""
+    on disk across processes (`hfreg.cache`): ``encode`` turns the value into JSON, ``decode`` back."""
     shape, _ = with_rates(model.config, lambda i: 0.0)
     vars(shape).pop(CONFIG_ATTR, None)  # the spec a patch records
     key = (type(model), shape.to_json_string(use_diff=False))
     if key not in cache:
         if len(cache) >= 64:
             cache.pop(next(iter(cache)))
-        path = disk_cache(name, type(model), key[1]) if name else None
-        value = _read(path, decode)
+        path = disk.path_for(name, type(model), key[1]) if name else None
+        value = disk.read(path, decode)
         if value is None:
             value = compute(type(model), model.config)
-            _write(path, encode(value))
+            disk.write(path, encode(value))
         cache[key] = value
     return cache[key]
-
-
-# ---------------------------------------------------------------------------------------------- the disk cache
-CACHE_ENV = "HFREG_CACHE"  # a folder, or "off"; default: $XDG_CACHE_HOME/hfreg (~/.cache/hfreg)
-
-
-@functools.lru_cache(maxsize=1)
-def _code() -> str:
-    """What decides the cached verdicts besides the model: hfreg's own source and the library versions."""
-    import hashlib
-    import os
-
-    import transformers
-
-    h = hashlib.sha256(f"{transformers.__version__} {torch.__version__}".encode())
-    package = os.path.dirname(os.path.abspath(__file__))
-    for name in sorted(os.listdir(package)):
-        if name.endswith(".py"):
-            with open(os.path.join(package, name), "rb") as f:
-                h.update(name.encode() + b"\0" + f.read())
-    return h.hexdigest()
-
-
-def disk_cache(name: str, cls: type, config_json: str) -> str | None:
-    """The file holding ``name``'s verdict for ``cls`` built from ``config_json``, or None where the cache is off
-    (``HFREG_CACHE=off``). Keyed by a hash of the class, the config, hfreg's source and the transformers and torch
-    versions, so an upgrade or an edit never reads a stale verdict."""
-    import hashlib
-    import os
-
-    root = os.environ.get(CACHE_ENV, "")
-    if root.lower() in ("off", "0", "false", "no"):
-        return None
-    root = root or os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "hfreg")
-    digest = hashlib.sha256(f"{name}\0{cls.__module__}.{cls.__qualname__}\0{config_json}\0{_code()}".encode())
-    return os.path.join(root, f"{name}-{digest.hexdigest()[:32]}.json")
-
-
-def _read(path: str | None, decode):
-    import json
-
-    if path is None:
-        return None
-    try:
-        with open(path) as f:
-            return decode(json.load(f))
-    except (OSError, ValueError, TypeError, KeyError):  # missing, torn or foreign: computed again
-        return None
-
-
-def _write(path: str | None, value) -> None:
-    """Written whole under a private name, then renamed: concurrent writers of one verdict each leave a whole
-    file, and readers never see half of one. A cache that cannot be written is no error."""
-    import json
-    import os
-    import tempfile
-
-    if path is None:
-        return
-    tmp = None
-    try:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".tmp")
-        with os.fdopen(fd, "w") as f:
-            json.dump(value, f)
-        os.replace(tmp, path)
-    except OSError:
-        if tmp is not None:  # no half-written file left behind
-            with contextlib.suppress(OSError):
-                os.remove(tmp)

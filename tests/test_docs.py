@@ -34,7 +34,8 @@ def test_every_public_name_has_a_docstring(name):
 
 
 @pytest.mark.parametrize("module", ["hfreg.config", "hfreg.layers", "hfreg.patcher", "hfreg.rdrop", "hfreg.state",
-                                    "hfreg.mc", "hfreg.probing", "hfreg.schedule", "hfreg.sites"])
+                                    "hfreg.mc", "hfreg.probing", "hfreg.schedule", "hfreg.sites",
+                                    "hfreg.twin"])
 def test_docstring_examples_run(module):
     import importlib
 

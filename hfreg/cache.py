@@ -1,0 +1,79 @@
+"""The disk cache of per-config verdicts (which key each rate came from, which sites a small twin shows inert): one
+JSON file per verdict, keyed by the model class, its config, hfreg's source and the library versions, so that a new
+process skips the meta-device build and the twin's probe, and an upgrade or an edit never reads a stale verdict.
+`HFREG_CACHE` names the folder, or turns it off."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+
+import torch
+
+CACHE_ENV = "HFREG_CACHE"  # a folder, or "off"; default: $XDG_CACHE_HOME/hfreg (~/.cache/hfreg)
+
+
+@functools.lru_cache(maxsize=1)
+def _code() -> str:
+    """What decides the cached verdicts besides the model: hfreg's own source and the library versions."""
+    import hashlib
+    import os
+
+    import transformers
+
+    h = hashlib.sha256(f"{transformers.__version__} {torch.__version__}".encode())
+    package = os.path.dirname(os.path.abspath(__file__))
+    for name in sorted(os.listdir(package)):
+        if name.endswith(".py"):
+            with open(os.path.join(package, name), "rb") as f:
+                h.update(name.encode() + b"\0" + f.read())
+    return h.hexdigest()
+
+
+def path_for(name: str, cls: type, config_json: str) -> str | None:
+    """The file holding ``name``'s verdict for ``cls`` built from ``config_json``, or None where the cache is off
+    (``HFREG_CACHE=off``). Keyed by a hash of the class, the config, hfreg's source and the transformers and torch
+    versions, so an upgrade or an edit never reads a stale verdict."""
+    import hashlib
+    import os
+
+    root = os.environ.get(CACHE_ENV, "")
+    if root.lower() in ("off", "0", "false", "no"):
+        return None
+    root = root or os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "hfreg")
+    digest = hashlib.sha256(f"{name}\0{cls.__module__}.{cls.__qualname__}\0{config_json}\0{_code()}".encode())
+    return os.path.join(root, f"{name}-{digest.hexdigest()[:32]}.json")
+
+
+def read(path: str | None, decode):
+    import json
+
+    if path is None:
+        return None
+    try:
+        with open(path) as f:
+            return decode(json.load(f))
+    except (OSError, ValueError, TypeError, KeyError):  # missing, torn or foreign: computed again
+        return None
+
+
+def write(path: str | None, value) -> None:
+    """Written whole under a private name, then renamed: concurrent writers of one verdict each leave a whole
+    file, and readers never see half of one. A cache that cannot be written is no error."""
+    import json
+    import os
+    import tempfile
+
+    if path is None:
+        return
+    tmp = None
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".tmp")
+        with os.fdopen(fd, "w") as f:
+            json.dump(value, f)
+        os.replace(tmp, path)
+    except OSError:
+        if tmp is not None:  # no half-written file left behind
+            with contextlib.suppress(OSError):
+                os.remove(tmp)

@@ -1,0 +1,104 @@
+"""The small twin: a copy of a config shrunk to a few layers of small width, with the same architecture, code path
+and rates, cheap enough to build and run on a CPU. `probing` runs twins to learn which native sites act; the
+coverage benchmark builds every model type as one."""
+
+from __future__ import annotations
+
+import copy
+from typing import TYPE_CHECKING
+
+from .provenance import config_tree
+
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig
+
+
+# config fields that set depth and width, shrunk for a small twin
+_DEPTH = ("num_hidden_layers", "n_layer", "n_layers", "num_layers", "encoder_layers", "decoder_layers",
+          "num_decoder_layers")
+_WIDTH = ("hidden_size", "d_model", "n_embd", "dim")
+_HEADS = ("num_attention_heads", "n_head", "n_heads", "num_heads", "encoder_attention_heads",
+          "decoder_attention_heads")
+_FFN = ("intermediate_size", "ffn_dim", "d_ff", "encoder_ffn_dim", "decoder_ffn_dim", "n_inner", "hidden_dim",
+        "moe_intermediate_size", "shared_expert_intermediate_size")
+
+
+def small_twin(config: PretrainedConfig, layers: int = 2, width: int = 64, heads: int = 4) -> PretrainedConfig:
+    """A copy of ``config`` with ``layers`` layers, width ``width`` and ``heads`` heads: the same architecture and
+    code path (attention implementation, rates, layer types), cheap enough to run on a CPU. Near-zero
+    initialisation scales are raised to usual ones, so that a dropout's effect shows in the output.
+
+    Args:
+        config: a transformers config (nested sub-configs are shrunk too).
+        layers: layers per stack.
+        width: hidden width.
+        heads: attention heads.
+
+    Returns:
+        The shrunk copy; ``config`` is unchanged.
+
+    Example:
+        >>> import hfreg, transformers
+        >>> twin = hfreg.small_twin(transformers.BertConfig())  # bert-base: 12 layers of width 768
+        >>> twin.num_hidden_layers, twin.hidden_size, twin.attention_probs_dropout_prob
+        (2, 64, 0.1)
+    """
+    config = copy.deepcopy(config)
+
+    def shrink(cfg):
+        d = vars(cfg)
+        # sizes tied to the width: kept tied (Bamba, GraniteMoeHybrid: the SSM heads span expand * hidden;
+        # EfficientNet: the last convolution's 1280 * width_coefficient channels are `hidden_dim`)
+        ssm_tied = all(isinstance(d.get(k), int) for k in ("mamba_n_heads", "mamba_d_head", "mamba_expand",
+                                                           "hidden_size")) \
+            and d["mamba_n_heads"] * d["mamba_d_head"] == d["mamba_expand"] * d["hidden_size"]
+        for k in _DEPTH:
+            if isinstance(d.get(k), int) and d[k] > layers:
+                setattr(cfg, k, layers)
+        for k in _WIDTH:
+            if isinstance(d.get(k), int) and d[k] > width:
+                setattr(cfg, k, width)
+        for k in _HEADS:
+            if isinstance(d.get(k), int) and d[k] > heads:
+                setattr(cfg, k, heads)
+        if isinstance(d.get("num_key_value_heads"), int):
+            cfg.num_key_value_heads = min(cfg.num_key_value_heads, heads // 2 or 1)
+        for k in ("head_dim", "d_kv"):
+            if isinstance(d.get(k), int):
+                setattr(cfg, k, width // heads)
+        for k in _FFN:
+            if isinstance(d.get(k), int) and d[k] > 2 * width:
+                setattr(cfg, k, 2 * width)
+        for k in ("num_local_experts", "num_experts"):
+            if isinstance(d.get(k), int):
+                setattr(cfg, k, min(d[k], 4))
+        if isinstance(d.get("num_experts_per_tok"), int):
+            cfg.num_experts_per_tok = min(cfg.num_experts_per_tok, 2)
+        if isinstance(d.get("rotary_dim"), int):
+            cfg.rotary_dim = min(cfg.rotary_dim, width // heads)
+        if isinstance(d.get("layer_types"), list):  # the first layers, and one of each kind the model has
+            kinds = list(dict.fromkeys(cfg.layer_types))
+            first = cfg.layer_types[:layers]
+            cfg.layer_types = first + [k for k in kinds if k not in first]
+            if len(cfg.layer_types) > layers:
+                for k in _DEPTH:
+                    if isinstance(d.get(k), int) and d[k] == layers:
+                        setattr(cfg, k, len(cfg.layer_types))
+        if ssm_tied:
+            cfg.mamba_n_heads = min(cfg.mamba_n_heads, heads)
+            cfg.mamba_d_head = cfg.mamba_expand * cfg.hidden_size // cfg.mamba_n_heads
+        if isinstance(d.get("width_coefficient"), float) and isinstance(d.get("hidden_dim"), int):
+            cfg.width_coefficient = cfg.hidden_dim / 1280
+            cfg.depth_coefficient = min(d.get("depth_coefficient", 1.0), 1.0)
+        if isinstance(d.get("conv_dim"), (list, tuple)):  # speech encoders' convolutional feature extractor
+            cfg.conv_dim = type(d["conv_dim"])(min(c, width) for c in d["conv_dim"])
+        if isinstance(d.get("depths"), list):  # staged vision models: one block per stage
+            cfg.depths = [1] * len(cfg.depths)
+        # near-zero initialisations (BLIP's 1e-10, layer scales of 1e-6) hide any dropout: a usual scale instead
+        for k, usual in (("initializer_range", 0.02), ("layer_scale_init_value", 0.1), ("layerscale_value", 0.1)):
+            if isinstance(d.get(k), float) and 0 < d[k] < usual / 100:
+                setattr(cfg, k, usual)
+
+    for _, cfg in config_tree(config):  # nested sub-configs (text, vision) too
+        shrink(cfg)
+    return config
