@@ -51,7 +51,7 @@ def main(out_file):
     settings = training.Settings(learning_rate=1e-3, num_train_epochs=1, train_batch_size=16, eval_batch_size=16,
                                  warmup_ratio=0.0, parallel="data")
     roles = data.Roles(np.arange(64), ("validation", np.arange(8)), ("validation", np.arange(8, 16)), "halves")
-    training.train(accelerator, model, load_preset("drop-path"), splits, roles, 32, 0, settings, collate,
+    training.train(training.Job(accelerator, model, splits, roles, collate, load_preset("drop-path"), 32, 0, settings),
                    log=lambda *_: None)
     ranks = gather_object([draws])
     if accelerator.is_main_process:

@@ -153,13 +153,13 @@ def _train_task(payload: dict, preset, size: int, seed: int, settings, precision
     import torch
     from accelerate import Accelerator
 
-    from .training import train
+    from .training import Job, train
 
     torch.set_num_threads(max(1, threads))
     if "accelerator" not in _WORKER:
         _WORKER["accelerator"] = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=precision)
-    return train(_WORKER["accelerator"], payload["model"], preset, payload["data"], payload["roles"], size, seed,
-                 settings, payload["collate"], log=lambda *a, **k: None)
+    return train(Job(_WORKER["accelerator"], payload["model"], payload["data"], payload["roles"], payload["collate"],
+                     preset, size, seed, settings), log=lambda *a, **k: None)
 
 
 class Runner:

@@ -97,7 +97,7 @@ def recreate(output_dir: str, data_argv: list[str], preset: str, train_size: int
     from .records import read_runs
     from .sweep import build_experiment
     from .tasks import of_run
-    from .training import train
+    from .training import Job, train
 
     run = find_run(read_runs(output_dir), experiment, preset, train_size, seed, learning_rate)
     recorded = run["experiment"].get("settings", {})
@@ -135,9 +135,9 @@ def recreate(output_dir: str, data_argv: list[str], preset: str, train_size: int
         log(f"note: the run was trained under {recorded.get('versions')}, this is {now.get('versions')}: the "
             f"re-created numbers may differ in the last digits")
     keeper = Keeper(strategy, select_by, exp.collate.tokenizer, path)
-    result, _ = train(exp.accelerator, exp.base_model, the_preset, exp.data, exp.roles, run["train_size"],
-                      run["seed"], dataclasses.replace(exp.settings, learning_rate=run["learning_rate"]), exp.collate,
-                      log=log, keep=keeper)
+    settings = dataclasses.replace(exp.settings, learning_rate=run["learning_rate"])
+    result, _ = train(Job(exp.accelerator, exp.base_model, exp.data, exp.roles, exp.collate, the_preset,
+                          run["train_size"], run["seed"], settings), log=log, keep=keeper)
     rebuilt = {p["step"]: p["selection_loss"] for p in result["evals"]}
     diff = max(abs(rebuilt.get(p["step"], float("inf")) - p["selection_loss"]) for p in run["evals"])
     again = {**run, **result, "kept_step": result["kept_step"]}

@@ -432,79 +432,164 @@ def build_experiment(args, ray) -> Experiment:
 
 def run_grid(args, exp: Experiment, ray) -> int:
     """Train every run of the grid not yet recorded (in stages under ``--seeds auto``), then report."""
-    from . import keep, report
-    from .presets import BASELINE
-    from .training import train
+    return Grid(args, exp, ray).run()
 
-    accelerator, presets, contents, settings = exp.accelerator, exp.presets, exp.contents, exp.settings
-    base_model, data, roles, collate = exp.base_model, exp.data, exp.roles, exp.collate
-    label_names, model_name, experiment, code = exp.label_names, exp.model_name, exp.record, exp.code
-    precision, threads = exp.precision, exp.threads
 
-    def refuse_other_settings(runs):
-        why = experiment_conflict(runs, args.experiment, experiment["settings"], contents)
+class Grid:
+    """One launch of the grid, in named phases: `prepare` the output directory, `plan` a stage, `announce` it,
+    `train_stage` (here, or on a Ray cluster), decide the `next_stage` of a staged grid from the records, then
+    `finish` with the report. Every process of a launch runs the same phases; the records are the only state they
+    share."""
+
+    def __init__(self, args, exp: Experiment, ray):
+        self.args, self.exp, self.ray = args, exp, ray
+        self.accelerator = exp.accelerator
+        self.runner, self.cluster_cpus = None, 0.0
+        self.by_key: dict = {}
+        self.grid: list = []
+        self.n_proc = exp.accelerator.num_processes
+        self.rank_tag = (f"[rank {exp.accelerator.process_index}] " if self.n_proc > 1 and args.parallel == "run"
+                         else "")
+        self.log = print if args.parallel == "run" else exp.accelerator.print
+
+    def run(self) -> int:
+        args = self.args
+        self.prepare()
+        stage = args.seed_stage if args.auto_seeds else len(args.seeds)
+        self.plan({(p.name, n) for p in self.exp.presets for n in args.train_sizes}, args.seeds[:stage])
+        self.announce()
+        self.train_stage()
+        done = args.seeds[:stage]
+        while args.auto_seeds and len(done) < len(args.seeds) and self.next_stage(done):
+            done += args.seeds[len(done):len(done) + args.seed_stage]
+            self.train_stage()
+        self.finish()
+        return 0
+
+    # ------------------------------------------------------------------------------------------------ phases
+    def prepare(self) -> None:
+        """Check the directory against this experiment before anything is written; clear it on
+        --overwrite_output_dir; make it; open the work queue the processes share."""
+        args, accelerator = self.args, self.accelerator
+        if args.overwrite_output_dir:  # every input checked: the directory starts afresh, saying what goes
+            if accelerator.is_main_process:
+                removed = clear_output_dir(args.output_dir)
+                if removed:
+                    print(f"--overwrite_output_dir: removed {', '.join(removed)} from {args.output_dir}", flush=True)
+            accelerator.wait_for_everyone()
+        self.refuse_other_settings(read_runs(args.output_dir))  # early, before anything is written
+        if accelerator.is_main_process:
+            os.makedirs(args.output_dir, exist_ok=True)
+        accelerator.wait_for_everyone()
+        self.queue = WorkQueue(args.output_dir)
+        if self.ray is not None:
+            from . import cluster
+
+            exp = self.exp
+            self.cluster_cpus = self.ray.cluster_resources().get("CPU", 1.0)
+            self.runner = cluster.Runner(self.ray, {"model": exp.base_model, "data": exp.data, "roles": exp.roles,
+                                                    "collate": exp.collate},
+                                         args.run_cpus, args.run_gpus, args.run_retries, exp.precision)
+
+    def plan(self, cells: set, seeds: list) -> None:
+        """The runs of ``cells`` (preset, size) at ``seeds`` and every learning rate, longest first, so that no
+        rank is left with a long run while the others idle."""
+        args, contents = self.args, self.exp.contents
+        self.by_key = {RunKey(args.experiment, p.name, digest(contents[p.name]), n, s, lr): (p, n, s, lr)
+                       for n in sorted(args.train_sizes, reverse=True) for s in seeds for lr in args.learning_rates
+                       for p in self.exp.presets if (p.name, n) in cells}
+        self.grid = list(self.by_key)
+
+    def announce(self) -> None:
+        args, exp = self.args, self.exp
+        accelerator = self.accelerator
+        mine = self.grid_runs()
+        accelerator.print(
+            f"hfreg: {exp.model_name} | {len(exp.roles.pool)} training-pool examples, {len(exp.label_names)} "
+            f"classes | {len(self.grid)} runs{' in the first stage' if args.auto_seeds else ''}, {len(mine)} "
+            f"already done | {self.n_proc} process(es) on {accelerator.device}"
+            f"{f' ({exp.threads} thread(s) each)' if accelerator.device.type == 'cpu' else ''}, "
+            f"parallel={args.parallel}, batch {args.train_batch_size}, mixed precision {exp.precision}\n"
+            f"data roles ({args.roles}): training subsets from the training pool; {exp.roles.description}\n"
+            f"{presets_line(exp.presets, exp.arms)}", flush=True)
+
+    def train_stage(self) -> None:
+        """Every run of the planned stage, here or on the cluster; returns once all are recorded."""
+        if self.runner is not None:
+            return self._train_on_cluster()
+        while True:
+            while (key := self.next_run()) is not None:
+                self._train_here(key)
+            # every run of this grid finished (a launch beside this one may still be training its last ones): a
+            # staged grid decides its next stage from complete stages only
+            if not self.args.auto_seeds or len({run_key(r) for r in self.grid_runs()}) == len(self.grid):
+                return
+            time.sleep(2)
+
+    def next_stage(self, done: list) -> bool:
+        """Plan the next stage of a staged grid: the cells whose primary verdicts are not yet decided (and could
+        still be by --max_seeds, `report.stop_reason`), with the baseline and their controls beside them. Every
+        process decides alike, from the same records. False: nothing is left open."""
+        from . import report
+        from .presets import BASELINE
+
+        args = self.args
+        self.accelerator.wait_for_everyone()
+        so_far = [r for r in read_runs(args.output_dir) if experiment_of(r) == args.experiment]
+        rows = defaultdict(list)
+        for r in report.summarize(so_far, args.select_by, args.margin):
+            if r["preset"] != BASELINE:
+                rows[(r["preset"], r["train_size"])].append(r)
+        open_cells = {cell for cell, mine in rows.items() if report.stop_reason(mine, args.margin) is None}
+        if not open_cells:
+            return False
+        seeds = args.seeds[len(done):len(done) + args.seed_stage]
+        against = report.controls(so_far)  # the baseline and each open cell's controls run on beside it
+        self.plan(open_cells | {(c, n) for p, n in open_cells for c in [BASELINE, *against.get(p, [])]}, seeds)
+        self.accelerator.print(f"stage {len(done) // args.seed_stage + 1}: seeds {seeds[0]}-{seeds[-1]} for "
+                               f"{len(open_cells)} undecided preset x size cell(s), {len(self.grid)} runs",
+                               flush=True)
+        return True
+
+    def finish(self) -> None:
+        """The report, once every process is done; the best kept models pushed where asked."""
+        from . import keep, report
+
+        args, accelerator = self.args, self.accelerator
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            accelerator.print(report.report(args.output_dir, make_plots=not args.no_plots, select_by=args.select_by,
+                                            margins=args.margin))
+            accelerator.print(f"results in {args.output_dir}: runs.jsonl, predictions/, summary.json, summary.csv, "
+                              f"findings.md" + ("" if args.no_plots else ", learning_curves.png, gap_vs_size.png"))
+            if args.push_to_hub:  # each preset's best kept run, chosen on the selection split
+                keep.push_best(args.output_dir, self.grid_runs(), SELECT_BY[args.select_by], args.hub_model_id)
+        accelerator.end_training()
+
+    # ------------------------------------------------------------------------------------------------ helpers
+    def refuse_other_settings(self, runs: list[dict]) -> None:
+        args = self.args
+        why = experiment_conflict(runs, args.experiment, self.exp.record["settings"], self.exp.contents)
         if why:
             raise ValueError(f"{args.output_dir} holds experiment {args.experiment!r} made under other settings: "
                              f"{why}; use another --output_dir, or --experiment NAME to add these runs as a "
                              f"separate experiment")
 
-    if args.overwrite_output_dir:  # every input checked: the directory starts afresh, saying what goes
-        if accelerator.is_main_process:
-            removed = clear_output_dir(args.output_dir)
-            if removed:
-                print(f"--overwrite_output_dir: removed {', '.join(removed)} from {args.output_dir}", flush=True)
-        accelerator.wait_for_everyone()
-    refuse_other_settings(read_runs(args.output_dir))  # early, before anything is written
-    if accelerator.is_main_process:
-        os.makedirs(args.output_dir, exist_ok=True)
-    accelerator.wait_for_everyone()
-    queue = WorkQueue(args.output_dir)
+    def grid_runs(self) -> list[dict]:
+        """This stage's finished runs, whichever process or launch made them."""
+        return [r for r in read_runs(self.args.output_dir) if run_key(r) in self.by_key]
 
-    def tracker_for(preset, size, seed, lr):
-        """The tracker run of one training run, where this process logs it (the one that trains it)."""
-        if not args.report_to or not (args.parallel == "run" or accelerator.is_main_process):
-            return None
-        group = args.run_name or args.experiment
-        name = tracking.run_name(group, preset.name, size, seed, lr)
-        config = tracking.run_config(args.experiment, preset.name, contents[preset.name], size, seed, lr)
-        return tracking.RunTracker(args.report_to, args.output_dir, name, group, config)
-
-    # longest runs first, so that no rank is left with a long run while the others idle
-    def plan(cells, seeds):
-        return {RunKey(args.experiment, p.name, digest(contents[p.name]), n, s, lr): (p, n, s, lr)
-                for n in sorted(args.train_sizes, reverse=True) for s in seeds for lr in args.learning_rates
-                for p in presets if (p.name, n) in cells}
-
-    everything = {(p.name, n) for p in presets for n in args.train_sizes}
-    stage = args.seed_stage if args.auto_seeds else len(args.seeds)
-    by_key = plan(everything, args.seeds[:stage])
-    grid = list(by_key)
-
-    def grid_runs():  # this grid's finished runs, whichever process or launch made them
-        return [r for r in read_runs(args.output_dir) if run_key(r) in by_key]
-
-    mine = grid_runs()
-    n_proc = accelerator.num_processes
-    accelerator.print(
-        f"hfreg: {model_name} | {len(roles.pool)} training-pool examples, {len(label_names)} classes | "
-        f"{len(grid)} runs{' in the first stage' if args.auto_seeds else ''}, {len(mine)} already done | "
-        f"{n_proc} process(es) on {accelerator.device}"
-        f"{f' ({threads} thread(s) each)' if accelerator.device.type == 'cpu' else ''}, "
-        f"parallel={args.parallel}, batch {args.train_batch_size}, mixed precision {precision}\n"
-        f"data roles ({args.roles}): training subsets from the training pool; {roles.description}\n"
-        f"{presets_line(presets, exp.arms)}", flush=True)
-    rank_tag = f"[rank {accelerator.process_index}] " if n_proc > 1 and args.parallel == "run" else ""
-    log = print if args.parallel == "run" else accelerator.print
-
-    def next_run():
-        if args.parallel == "run":
-            return queue.claim(grid, check=refuse_other_settings)
+    def next_run(self):
+        """The key of the next run to train (None: none left). Data mode: every rank trains the run the main
+        process claimed."""
+        if self.args.parallel == "run":
+            return self.queue.claim(self.grid, check=self.refuse_other_settings)
         from accelerate.utils import broadcast_object_list
 
         box = [None]
-        if accelerator.is_main_process:  # data mode: every rank trains the run the main process claimed
+        if self.accelerator.is_main_process:
             try:
-                box[0] = (queue.claim(grid, check=refuse_other_settings), None)
+                box[0] = (self.queue.claim(self.grid, check=self.refuse_other_settings), None)
             except ValueError as e:  # every rank stops with it, none waits for a run that never comes
                 box[0] = (None, str(e))
         broadcast_object_list(box)
@@ -513,116 +598,81 @@ def run_grid(args, exp: Experiment, ray) -> int:
             raise ValueError(error)
         return key
 
-    def make_record(preset, size, seed, result):
+    def tracker_for(self, preset, size: int, seed: int, lr: float):
+        """The tracker run of one training run, where this process logs it (the one that trains it)."""
+        args = self.args
+        if not args.report_to or not (args.parallel == "run" or self.accelerator.is_main_process):
+            return None
+        group = args.run_name or args.experiment
+        name = tracking.run_name(group, preset.name, size, seed, lr)
+        config = tracking.run_config(args.experiment, preset.name, self.exp.contents[preset.name], size, seed, lr)
+        return tracking.RunTracker(args.report_to, args.output_dir, name, group, config)
+
+    def make_record(self, preset, size: int, seed: int, result: dict) -> dict:
         # an arm's pairing is not its identity: a grid may add presets of the same compute later, and its runs
         # must stay the same runs (preset_config, whose digest keys them, says what trained)
+        exp, args = self.exp, self.args
         paired = {"equal_compute_for": exp.arms[preset.name]} if preset.name in exp.arms else {}
-        return {"experiment": experiment, "preset": preset.name, "preset_config": contents[preset.name],
+        return {"experiment": exp.record, "preset": preset.name, "preset_config": exp.contents[preset.name],
                 "train_size": size, "seed": seed, **paired, **result,
-                "provenance": {"data": args.dataset_name or args.train_file or "synthetic", "code": code,
+                "provenance": {"data": args.dataset_name or args.train_file or "synthetic", "code": exp.code,
                                "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}}
 
-    def run_grid():
-        nonlocal mine
-        if runner is not None:  # Ray: this driver submits what is left and writes what comes back
-            finished = {run_key(r) for r in grid_runs()}
+    def _train_here(self, key) -> None:
+        from . import keep
+        from .training import Job, train
 
-            def finish(key, result, predictions):
-                nonlocal mine
-                preset, size, seed, _ = by_key[key]
-                append_run(args.output_dir, make_record(preset, size, seed, result), predictions)
-                mine = grid_runs()
-                print(f"done preset={preset.name} train_size={size} seed={seed}", flush=True)
-                print(progress_line(mine, grid, max(1, int(cluster_cpus // args.run_cpus))), flush=True)
-                tracker = tracker_for(preset, size, seed, result["learning_rate"])
-                if tracker is not None:  # a worker's run, logged by the driver as it comes back
-                    for point in result["evals"]:
-                        tracker.log(point)
-                    tracker.finish()
+        args, exp, accelerator = self.args, self.exp, self.accelerator
+        preset, size, seed, lr = self.by_key[key]
+        settings = dataclasses.replace(exp.settings, learning_rate=lr)
+        self.log(f"{self.rank_tag}run preset={preset.name} train_size={size} seed={seed} learning_rate={lr:g} | "
+                 f"{settings.budget(size, preset.steps_factor)}", flush=True)
+        tracker = None
+        keeper = None if args.save_strategy == "no" else keep.Keeper(
+            args.save_strategy, args.select_by, exp.collate.tokenizer,
+            keep.run_dir(args.output_dir, args.experiment, preset.name, size, seed, lr))
+        try:
+            tracker = self.tracker_for(preset, size, seed, lr)
+            # the bar on the first process only: several processes' bars would overwrite each other
+            result, predictions = train(Job(accelerator, exp.base_model, exp.data, exp.roles, exp.collate, preset,
+                                            size, seed, settings),
+                                        log=lambda line: self.log(self.rank_tag + line, flush=True),
+                                        on_point=tracker.log if tracker else None,
+                                        progress=None if accelerator.is_main_process else False, keep=keeper)
+        except BaseException:
+            if accelerator.is_main_process or args.parallel == "run":
+                self.queue.release(key)
+            raise
+        finally:
+            if tracker is not None:
+                tracker.finish()
+        record = self.make_record(preset, size, seed, result)
+        if "kept_step" in result:  # this process saved the weights: the card says what they are
+            keeper.write_card(record, exp.model_name)
+        if args.parallel == "run" or accelerator.is_main_process:
+            self.queue.finish(key, record, predictions)
+        if accelerator.is_main_process:
+            accelerator.print(progress_line(self.grid_runs(), self.grid, self.n_proc), flush=True)
 
-            runner.run({k: by_key[k] for k in grid if k not in finished},
-                       lambda lr: dataclasses.replace(settings, learning_rate=lr), finish)
-            return
-        while True:
-            while (key := next_run()) is not None:
-                preset, size, seed, lr = by_key[key]
-                log(f"{rank_tag}run preset={preset.name} train_size={size} seed={seed} learning_rate={lr:g} | "
-                    f"{settings.budget(size, preset.steps_factor)}", flush=True)
-                tracker = None
-                keeper = None if args.save_strategy == "no" else keep.Keeper(
-                    args.save_strategy, args.select_by, collate.tokenizer,
-                    keep.run_dir(args.output_dir, args.experiment, preset.name, size, seed, lr))
-                try:
-                    tracker = tracker_for(preset, size, seed, lr)
-                    # the bar on the first process only: several processes' bars would overwrite each other
-                    result, predictions = train(accelerator, base_model, preset, data, roles, size, seed,
-                                                dataclasses.replace(settings, learning_rate=lr), collate,
-                                                log=lambda line: log(rank_tag + line, flush=True),
-                                                on_point=tracker.log if tracker else None,
-                                                progress=None if accelerator.is_main_process else False,
-                                                keep=keeper)
-                except BaseException:
-                    if accelerator.is_main_process or args.parallel == "run":
-                        queue.release(key)
-                    raise
-                finally:
-                    if tracker is not None:
-                        tracker.finish()
-                record = make_record(preset, size, seed, result)
-                if "kept_step" in result:  # this process saved the weights: the card says what they are
-                    keeper.write_card(record, model_name)
-                if args.parallel == "run" or accelerator.is_main_process:
-                    queue.finish(key, record, predictions)
-                if accelerator.is_main_process:
-                    mine = grid_runs()
-                    accelerator.print(progress_line(mine, grid, n_proc), flush=True)
-            # every run of this grid finished (a launch beside this one may still be training its last ones): a
-            # staged grid decides its next stage from complete stages only
-            if not args.auto_seeds or len({run_key(r) for r in grid_runs()}) == len(grid):
-                return
-            time.sleep(2)
+    def _train_on_cluster(self) -> None:
+        """Ray: this driver submits what is left and writes what comes back."""
+        args = self.args
+        finished = {run_key(r) for r in self.grid_runs()}
 
-    runner, cluster_cpus = None, 0.0
-    if ray is not None:
-        from . import cluster
+        def finish(key, result, predictions):
+            preset, size, seed, _ = self.by_key[key]
+            append_run(args.output_dir, self.make_record(preset, size, seed, result), predictions)
+            print(f"done preset={preset.name} train_size={size} seed={seed}", flush=True)
+            print(progress_line(self.grid_runs(), self.grid, max(1, int(self.cluster_cpus // args.run_cpus))),
+                  flush=True)
+            tracker = self.tracker_for(preset, size, seed, result["learning_rate"])
+            if tracker is not None:  # a worker's run, logged by the driver as it comes back
+                for point in result["evals"]:
+                    tracker.log(point)
+                tracker.finish()
 
-        cluster_cpus = ray.cluster_resources().get("CPU", 1.0)
-        runner = cluster.Runner(ray, {"model": base_model, "data": data, "roles": roles, "collate": collate},
-                                args.run_cpus, args.run_gpus, args.run_retries, precision)
-    run_grid()
-    done = args.seeds[:stage]
-    while args.auto_seeds and len(done) < len(args.seeds):
-        accelerator.wait_for_everyone()
-        # every process decides alike, from the same records: a cell stops once its primary verdicts are decided
-        # or could not be decided by --max_seeds (report.stop_reason)
-        so_far = [r for r in read_runs(args.output_dir) if experiment_of(r) == args.experiment]
-        records = report.summarize(so_far, args.select_by, args.margin)
-        rows = defaultdict(list)
-        for r in records:
-            if r["preset"] != BASELINE:
-                rows[(r["preset"], r["train_size"])].append(r)
-        open_cells = {cell for cell, mine in rows.items() if report.stop_reason(mine, args.margin) is None}
-        if not open_cells:
-            break
-        seeds = args.seeds[len(done):len(done) + args.seed_stage]
-        against = report.controls(so_far)  # the baseline and each open cell's controls run on beside it
-        beside = {(c, n) for p, n in open_cells for c in [BASELINE, *against.get(p, [])]}
-        by_key = plan(open_cells | beside, seeds)
-        grid = list(by_key)
-        accelerator.print(f"stage {len(done) // args.seed_stage + 1}: seeds {seeds[0]}-{seeds[-1]} for "
-                          f"{len(open_cells)} undecided preset x size cell(s), {len(grid)} runs", flush=True)
-        done += seeds
-        run_grid()
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        accelerator.print(report.report(args.output_dir, make_plots=not args.no_plots, select_by=args.select_by,
-                                        margins=args.margin))
-        accelerator.print(f"results in {args.output_dir}: runs.jsonl, predictions/, summary.json, summary.csv, "
-                          f"findings.md" + ("" if args.no_plots else ", learning_curves.png, gap_vs_size.png"))
-        if args.push_to_hub:  # each preset's best kept run, chosen on the selection split
-            keep.push_best(args.output_dir, grid_runs(), SELECT_BY[args.select_by], args.hub_model_id)
-    accelerator.end_training()
-    return 0
+        self.runner.run({k: self.by_key[k] for k in self.grid if k not in finished},
+                        lambda lr: dataclasses.replace(self.exp.settings, learning_rate=lr), finish)
 
 
 def cli(argv=None) -> int:

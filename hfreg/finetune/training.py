@@ -316,9 +316,25 @@ def _clip(model: nn.Module, optimizer, scaler, max_norm: float) -> None:
     torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
 
 
-def train(accelerator, base_model, preset, data, roles, train_size: int, seed: int, settings: Settings, collate,
-          log=print, on_point=None, progress: bool | None = None, keep=None) -> tuple[dict, dict]:
-    """Fine-tune a fresh copy of ``base_model`` under ``preset`` on a subset of the training pool.
+@dataclass(frozen=True)
+class Job:
+    """One training run: a fresh copy of ``base_model`` fine-tuned under ``preset`` on ``train_size`` examples of the
+    training pool drawn at ``seed``, under ``settings``; the encoded ``data``, the ``roles`` of its splits and the
+    ``collate`` function it reads, and the ``accelerator`` it runs on."""
+
+    accelerator: object
+    base_model: nn.Module
+    data: dict
+    roles: object
+    collate: object
+    preset: object  # a `presets.Preset`
+    train_size: int
+    seed: int
+    settings: Settings
+
+
+def train(job: Job, log=print, on_point=None, progress: bool | None = None, keep=None) -> tuple[dict, dict]:
+    """Fine-tune a fresh copy of ``job.base_model`` under ``job.preset`` on a subset of the training pool.
 
     At every evaluation point the training subset and the selection split are evaluated in eval mode; the test
     split at the final point and at each point a selection rule picks (`Leaders`: evaluated after training from a
@@ -336,6 +352,8 @@ def train(accelerator, base_model, preset, data, roles, train_size: int, seed: i
     from tqdm.auto import tqdm
     from transformers import get_scheduler
 
+    accelerator, base_model, data, roles, collate = job.accelerator, job.base_model, job.data, job.roles, job.collate
+    preset, train_size, seed, settings = job.preset, job.train_size, job.seed, job.settings
     data_parallel = settings.parallel == "data"
     indices = subset_indices(data, roles, train_size, seed)
     # data mode: each rank draws its own dropout masks; run mode: the seed alone decides, on any rank
