@@ -352,32 +352,16 @@ def train(job: Job, log=print, on_point=None, progress: bool | None = None, keep
     from tqdm.auto import tqdm
     from transformers import get_scheduler
 
-    accelerator, base_model, data, roles, collate = job.accelerator, job.base_model, job.data, job.roles, job.collate
+    accelerator, data, roles, collate = job.accelerator, job.data, job.roles, job.collate
     preset, train_size, seed, settings = job.preset, job.train_size, job.seed, job.settings
     data_parallel = settings.parallel == "data"
     indices = subset_indices(data, roles, train_size, seed)
     # data mode: each rank draws its own dropout masks; run mode: the seed alone decides, on any rank
     set_seed(seed, device_specific=data_parallel)
-    model = copy.deepcopy(base_model)
     lm = settings.problem_type == CAUSAL_LM
     reduce = causal_lm.outputs if lm else word_outputs(list(settings.label_names)) \
         if settings.problem_type == TOKENS else None
-    if not lm:  # a language model's output layer is pretrained (often tied to its embeddings): it stays
-        reset_head(model, seed)
-    if settings.gradient_checkpointing:  # before the adapters and the patch, on the transformers model itself
-        enable_checkpointing(model)
-    if settings.lora:  # adapters first, so that the patch finds them (`adapter` knob)
-        from peft import LoraConfig, get_peft_model
-
-        model = get_peft_model(model, LoraConfig(**settings.lora, lora_dropout=0.0,
-                                                 **lora_task(model, settings.problem_type)))
-    methods = preset.methods(settings)
-    reinit = reinit_top_layers(model, methods["reinit_layers"]) if methods["reinit_layers"] else []
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        patch_model(model, grid_noise(preset.reg, settings.neftune_noise_alpha))
-    for w in caught:
-        log(f"  note: {w.message}")
+    model, methods, reinit = _prepare_model(job, log)
     micro = settings.train_batch_size // settings.gradient_accumulation_steps  # global examples per backward
     # the batch order: the run's seed, or a stream of its own (`placebo`: only the order differs from the baseline)
     train_dl = train_loader(data["train"], indices, micro, preset.order_seed(seed), collate)
@@ -507,25 +491,11 @@ def train(job: Job, log=print, on_point=None, progress: bool | None = None, keep
         kept = keep.save(accelerator.unwrap_model(model), points[-1]["step"])
     if leaders is not None:  # the test split at each rule's selected point, from the weights kept there
         t0 = time.time()
-        by_step = {p["step"]: p for p in points}
-        for step, state in sorted(leaders.states.items()):
-            model.load_state_dict(state)  # the run's model copy ends here: nothing trains after this
-            out = predict(accelerator, model, eval_dls["test"], False, reduce=reduce)
-            measured = test_metrics(out, labels["test"], by_step[step].get("temperature"), settings.problem_type)
-            by_step[step].update(measured)
-            if on_point is not None:
-                on_point({"step": step, **measured})
-            logits["test"].append((step, out))
-        logits["test"].sort(key=lambda x: x[0])
+        _test_at_leaders(job, model, leaders, eval_dls["test"], labels["test"], points, logits, reduce, on_point)
         eval_time += time.time() - t0
     seconds = time.time() - started
     if data_parallel:
         accelerator.free_memory()
-    # early stopping: the point with the lowest selection loss (the first of equals)
-    selected = min(points, key=lambda p: p["selection_loss"])["step"]
-    # the selection split's majority-class rate, what a classifier's accuracy is near chance against
-    majority = {} if settings.problem_type != CLASSIFICATION else {
-        "selection_majority": float(np.bincount(labels["selection"]).max() / len(labels["selection"]))}
     # every run says what a step cost it; records made before say so only where a method was on (absent: 1)
     extra = {"methods": methods} if methods != NO_METHODS else {}
     extra["forward_passes"] = preset.passes(settings)
@@ -533,8 +503,58 @@ def train(job: Job, log=print, on_point=None, progress: bool | None = None, keep
         extra["reinitialised"] = reinit
     if kept is not None:
         extra["kept_step"] = kept
+    return _outcome(job, points, logits, labels, orders, extra, steps, seconds, eval_time)
+
+
+def _prepare_model(job: Job, log) -> tuple[nn.Module, dict, list]:
+    """A fresh copy of the job's model, ready to train: its head re-drawn (a causal LM's stays), checkpointing,
+    adapters and re-initialised layers as the settings ask, then patched with the preset. Returns the model, the
+    training-loop methods in force and the layers re-initialised."""
+    settings, preset = job.settings, job.preset
+    model = copy.deepcopy(job.base_model)
+    if settings.problem_type != CAUSAL_LM:  # a language model's output layer is pretrained (often tied): it stays
+        reset_head(model, job.seed)
+    if settings.gradient_checkpointing:  # before the adapters and the patch, on the transformers model itself
+        enable_checkpointing(model)
+    if settings.lora:  # adapters first, so that the patch finds them (`adapter` knob)
+        from peft import LoraConfig, get_peft_model
+
+        model = get_peft_model(model, LoraConfig(**settings.lora, lora_dropout=0.0,
+                                                 **lora_task(model, settings.problem_type)))
+    methods = preset.methods(settings)
+    reinit = reinit_top_layers(model, methods["reinit_layers"]) if methods["reinit_layers"] else []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        patch_model(model, grid_noise(preset.reg, settings.neftune_noise_alpha))
+    for w in caught:
+        log(f"  note: {w.message}")
+    return model, methods, reinit
+
+
+def _test_at_leaders(job: Job, model, leaders, test_dl, test_labels, points, logits, reduce, on_point) -> None:
+    """The test split at each point a selection rule picked, evaluated after training from the weights kept there:
+    its metrics go into that point (and to ``on_point``), its outputs into ``logits["test"]``, in step order."""
+    by_step = {p["step"]: p for p in points}
+    for step, state in sorted(leaders.states.items()):
+        model.load_state_dict(state)  # the run's model copy ends here: nothing trains after this
+        out = predict(job.accelerator, model, test_dl, False, reduce=reduce)
+        measured = test_metrics(out, test_labels, by_step[step].get("temperature"), job.settings.problem_type)
+        by_step[step].update(measured)
+        if on_point is not None:
+            on_point({"step": step, **measured})
+        logits["test"].append((step, out))
+    logits["test"].sort(key=lambda x: x[0])
+
+
+def _outcome(job: Job, points, logits, labels, orders, extra, steps, seconds, eval_time) -> tuple[dict, dict]:
+    """The run's record fields and its predictions (each view's stored outputs with their labels and order)."""
+    # early stopping: the point with the lowest selection loss (the first of equals)
+    selected = min(points, key=lambda p: p["selection_loss"])["step"]
+    # the selection split's majority-class rate, what a classifier's accuracy is near chance against
+    majority = {} if job.settings.problem_type != CLASSIFICATION else {
+        "selection_majority": float(np.bincount(labels["selection"]).max() / len(labels["selection"]))}
     record = {**extra, "evals": points, "selected_step": selected, "steps": steps,
-              "learning_rate": settings.learning_rate,
+              "learning_rate": job.settings.learning_rate,
               **majority, "seconds": round(seconds, 2), "eval_seconds": round(eval_time, 2)}
     predictions = {"steps": np.array([p["step"] for p in points]),
                    "test_steps": np.array([step for step, _ in logits["test"]])}
