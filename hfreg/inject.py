@@ -227,17 +227,16 @@ def _inject_layers(plan: Plan) -> list[Site]:
 
 def _inject_classifier(plan: Plan) -> list[Site]:
     """`classifier` dropout where a head has none: on the input of the head's Linear layers."""
-    struct, knobs, natives_by, state = plan.struct, plan.knobs, plan.natives_by, plan.state
-    rate = knobs.get("classifier")
-    if rate is None or natives_by["classifier"]:
+    rate = plan.knobs.get("classifier")
+    if rate is None or plan.natives_by["classifier"]:
         return []
-    if not struct.head_linears:
+    if not plan.struct.head_linears:
         plan.refuse("classifier", rate, "it has no classification head")
         return []
-    for _, linear in struct.head_linears:
+    for _, linear in plan.struct.head_linears:
         if rate:
-            state.hook(linear, InputDropout(rate), knob="classifier")
-    return [Site(path + ".<input>", "classifier", rate, None, "injected") for path, _ in struct.head_linears]
+            plan.state.hook(linear, InputDropout(rate), knob="classifier")
+    return [Site(path + ".<input>", "classifier", rate, None, "injected") for path, _ in plan.struct.head_linears]
 
 
 def _inject_attention(plan: Plan) -> list[Site]:

@@ -1,8 +1,9 @@
 """Every code block of the README and the documentation pages, checked: Python blocks run as written, with hub model
-ids pointed at local stand-ins (`LOCAL`: a new hub id in an example needs one); `hfreg` commands that need neither
-the hub nor recorded runs run, the others parse; every harness command line (`accelerate launch … scripts/finetune.py
-…`, `python -m hfreg.finetune …`) goes through the harness's own parser; args files and preset files load; an
-excerpt of the architecture table is found in it; a transcript is what the command prints today."""
+ids pointed at local stand-ins (`LOCAL`: a new hub id in an example needs one), and an excerpt of the library's code
+(a block that opens with `class` or `def`, or a row of the architecture table) is found in it; `hfreg` commands that
+need neither the hub nor recorded runs run, the others parse; every harness command line (`accelerate launch …
+scripts/finetune.py …`, `python -m hfreg.finetune …`) goes through the harness's own parser; args files and preset
+files load; a transcript is what the command prints today; a layout names only what the repository holds."""
 
 import contextlib
 import glob
@@ -131,6 +132,14 @@ def test_code_block(page, lang, text, tmp_path, monkeypatch, request):
             table = f.read()
         for line in text.splitlines():
             assert line.split("  #")[0].strip() in table, f"{page} quotes a line the table lacks: {line}"
+    elif lang == "python" and text.startswith(("class ", "def ")):  # an excerpt of the library's code
+        lines = [line.split("  #")[0].strip() for line in text.splitlines()]
+        sources = {}
+        for path in glob.glob(os.path.join(ROOT, "hfreg", "**", "*.py"), recursive=True):
+            with open(path) as f:
+                sources[path] = {line.split("  #")[0].strip() for line in f}
+        assert any(all(line in found for line in lines) for found in sources.values()), \
+            f"{page} quotes code no module of hfreg holds: {lines[0]}"
     elif lang == "python":
         local = request.getfixturevalue("local")
         missing = sorted(set(HUB_ID.findall(text)) - set(local))

@@ -2,7 +2,7 @@
 images) and a tiny random ViT with its image processor; drop-path, the preset this task exists for, acts on it."""
 
 import pytest
-from harness import load_script
+from harness import SCRIPT, launch, load_script
 
 from hfreg.finetune import records, report
 
@@ -75,4 +75,20 @@ def test_lora_trains_the_adapters_and_the_new_head_of_an_image_classifier(tiny_v
     assert load_script().main(argv) == 0
     (run,) = records.read_runs(str(out))
     assert run["experiment"]["settings"]["lora"]["target_modules"] == ["q_proj", "v_proj"]
+    assert run["evals"][-1]["train_loss"] < run["evals"][0]["train_loss"]
+
+
+def test_an_image_grid_trains_under_data_parallel_processes(tiny_vit, digits, tmp_path):
+    """Two processes train one run together (`--parallel data`, gloo): every selection and test image is scored
+    once, and the run learns."""
+    out = tmp_path / "out"
+    argv = _argv(tiny_vit, digits, out)
+    argv[argv.index("--presets") + 1], argv[argv.index("--seeds") + 1] = "drop-path", "0"
+    argv[argv.index("--min_steps") + 1], argv[argv.index("--train_sizes") + 1] = "12", "64"
+    done = launch(SCRIPT, *argv, "--parallel", "data", num_processes=2, quiet=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    (run,) = records.read_runs(str(out))
+    arrays = records.load_predictions(str(out), run)
+    assert arrays["selection_logits"].shape[1] == 100 and arrays["test_logits"].shape[1] == 100
+    assert sorted(arrays["selection_index"]) == list(range(100))
     assert run["evals"][-1]["train_loss"] < run["evals"][0]["train_loss"]

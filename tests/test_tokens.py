@@ -5,7 +5,7 @@ entity F1 as the primary endpoint, the same presets, records and verdicts — on
 import numpy as np
 import pytest
 import torch
-from harness import load_script
+from harness import SCRIPT, launch, load_script
 
 from hfreg.finetune import records, report, scores, stats, tasks, tokens
 
@@ -77,3 +77,23 @@ def test_runs_near_chance_and_the_regimes_read_each_tasks_own_metrics():
     rises = [{"after": {"test_loss": 0.3 + d, "test_exact_match": d / 10}, "final_fit": 0.5} for d in (0, .01, .02)]
     falls = [{"after": {"test_loss": 0.3 + d, "test_exact_match": -0.2 - d}, "final_fit": 0.5} for d in (0, .01, .02)]
     assert report.regimes(rises, 0, lm) == ["loss rises"] and report.regimes(falls, 0, lm) == ["overfits"]
+
+
+def test_a_tagged_grid_trains_under_data_parallel_processes(tiny_classifier, tagged, tmp_path):
+    """Two processes train one run together (`--parallel data`, gloo): every selection and test sentence is scored
+    once (the word-level summaries gathered whole), and the run learns."""
+    out = tmp_path / "out"
+    argv = ["--model_name_or_path", tiny_classifier, "--train_file", str(tagged / "train.jsonl"),
+            "--validation_file", str(tagged / "validation.jsonl"), "--test_file", str(tagged / "test.jsonl"),
+            "--presets", "classic", "--train_sizes", "64", "--seeds", "0", "--num_train_epochs", "1",
+            "--min_steps", "12", "--learning_rate", "3e-3", "--mixed_precision", "no", "--output_dir", str(out),
+            "--no_plots", "--parallel", "data"]
+    done = launch(SCRIPT, *argv, num_processes=2, quiet=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    (run,) = records.read_runs(str(out))
+    arrays = records.load_predictions(str(out), run)
+    n = sum(1 for _ in open(tagged / "validation.jsonl"))
+    assert arrays["selection_logits"].shape[1] == n and sorted(arrays["selection_index"]) == list(range(n))
+    assert run["evals"][-1]["train_loss"] < run["evals"][0]["train_loss"]
+    again = scores.token_scores(arrays["test_logits"][-1])
+    assert again["entity_f1"] == pytest.approx(run["evals"][-1]["test_entity_f1"], abs=1e-6)
