@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
-from .layers import drop_head, drop_path_mask, embedding_noise, mixout
+from .layers import drop_head, drop_path_mask, embedding_noise, mixout, packed_lengths
 
 
 class Hook:
@@ -255,23 +255,44 @@ class MixoutExit(Hook):
         module.__dict__.pop("weight", None)
 
 
-class EmbeddingNoise(Hook):
-    """NEFTune on an embedding module's output, or (``pre``) on the hidden states a tower's first layer takes."""
+class PackedLengths(Hook):
+    """Model pre-hook: where the forward's position ids pack several sequences into a row, the length of each
+    position's sequence (`packed_lengths`), which `EmbeddingNoise` scales NEFTune by; None otherwise."""
 
-    def __init__(self, p, pre=False):
+    pre = True
+    with_kwargs = True
+
+    def __init__(self):
+        self.lengths = None
+
+    def __call__(self, module, args, kwargs):
+        self.lengths = packed_lengths(kwargs.get("position_ids"))
+
+
+class EmbeddingNoise(Hook):
+    """NEFTune on an embedding module's output, or (``pre``) on the hidden states a tower's first layer takes; per
+    packed sequence where ``packed`` (a `PackedLengths`) saw packed rows in this forward."""
+
+    def __init__(self, p, pre=False, packed: PackedLengths | None = None):
         self.p = p  # NEFTune's alpha, named as the rates are so that `set_rate_factors` moves it
         self.pre = self.with_kwargs = pre
+        self.packed = packed
+
+    def noise(self, x):
+        lengths = self.packed.lengths if self.packed is not None else None
+        fits = lengths is not None and x.dim() >= 3 and tuple(lengths.shape) == tuple(x.shape[:2])
+        return embedding_noise(x, self.p, True, lengths if fits else None)
 
     def __call__(self, module, args, *rest):
         if not self.p or not sampling(module):
             return None
         if not self.pre:
-            return map_first(rest[-1], lambda x: embedding_noise(x, self.p, True))
+            return map_first(rest[-1], self.noise)
         kwargs = rest[0]
         if args and isinstance(args[0], torch.Tensor):
-            return (embedding_noise(args[0], self.p, True), *args[1:]), kwargs
+            return (self.noise(args[0]), *args[1:]), kwargs
         if isinstance(kwargs.get("hidden_states"), torch.Tensor):
-            return args, {**kwargs, "hidden_states": embedding_noise(kwargs["hidden_states"], self.p, True)}
+            return args, {**kwargs, "hidden_states": self.noise(kwargs["hidden_states"])}
         return None
 
 

@@ -44,6 +44,7 @@ from .hooks import (
     MixoutExit,
     ModeExit,
     OutputDropout,
+    PackedLengths,
     ParallelDraw,
     ParallelSkip,
     ResetCalls,
@@ -482,9 +483,10 @@ def _inject_embedding_noise(plan: Plan) -> list[Site]:
         plan.refuse("embedding_noise", alpha, "it has neither input embeddings (`get_input_embeddings`) nor a "
                                                "layer stack whose input could take it")
         return []
+    packed = state.hook(model, PackedLengths()) if alpha else None  # NEFTune per packed sequence
     for _, m, pre in found:
         if alpha:
-            state.hook(m, EmbeddingNoise(alpha, pre), knob="embedding_noise")
+            state.hook(m, EmbeddingNoise(alpha, pre, packed), knob="embedding_noise")
     return [Site(n, "embedding_noise", alpha, None, "injected") for n, _, _ in found]
 
 

@@ -239,7 +239,8 @@ def mixout(weight: torch.Tensor, target: torch.Tensor, p: float, training: bool 
     return torch.addcmul(target, keep, weight - target, value=1.0 / (1.0 - p))
 
 
-def embedding_noise(x: torch.Tensor, alpha: float, training: bool = False) -> torch.Tensor:
+def embedding_noise(x: torch.Tensor, alpha: float, training: bool = False, lengths: torch.Tensor | None = None
+                    ) -> torch.Tensor:
     """NEFTune: add uniform noise in ``[-a, a]`` with ``a = alpha / sqrt(L * d)`` to embeddings ``x`` of shape
     ``(batch, L, d)`` (for other shapes, L * d is every dimension but the first), as transformers'
     ``neftune_noise_alpha`` does.
@@ -248,6 +249,9 @@ def embedding_noise(x: torch.Tensor, alpha: float, training: bool = False) -> to
         x: input embeddings, batch first.
         alpha: the noise scale (the paper's 5, 10, 15), >= 0.
         training: False (eval) returns ``x`` unchanged.
+        lengths: for rows that pack several sequences (`packed_lengths`), the length of the sequence each position
+            belongs to, ``(batch, L)``: each sequence's noise is bounded by ``alpha / sqrt(its length * d)``, as if
+            it were alone in its row.
 
     Returns:
         ``x`` plus the noise.
@@ -259,5 +263,27 @@ def embedding_noise(x: torch.Tensor, alpha: float, training: bool = False) -> to
     """
     if alpha == 0.0 or not training:
         return x
-    bound = alpha / math.sqrt(x[0].numel())
-    return x + torch.empty_like(x).uniform_(-bound, bound)
+    if lengths is None:
+        bound = alpha / math.sqrt(x[0].numel())
+        return x + torch.empty_like(x).uniform_(-bound, bound)
+    bound = alpha / torch.sqrt(lengths.to(x.dtype) * x[0, 0].numel())
+    return x + torch.empty_like(x).uniform_(-1.0, 1.0) * bound.reshape(*bound.shape, *[1] * (x.dim() - 2))
+
+
+def packed_lengths(position_ids: torch.Tensor | None) -> torch.Tensor | None:
+    """For rows that pack several sequences (position ids restarting at 0 at each, ``(batch, L)``), the length of
+    the sequence each position belongs to; None where no row holds more than one sequence.
+
+    Example:
+        >>> packed_lengths(torch.tensor([[0, 1, 2, 0, 1]])).tolist()
+        [[3, 3, 3, 2, 2]]
+    """
+    if position_ids is None or position_ids.dim() != 2:
+        return None
+    starts = position_ids == 0
+    if int(starts.sum(-1).max()) <= 1:
+        return None
+    which = starts.long().cumsum(-1)  # 1-based index of each position's sequence in its row
+    counts = torch.zeros(which.shape[0], which.shape[1] + 1, dtype=torch.long, device=which.device)
+    counts.scatter_add_(1, which, torch.ones_like(which))
+    return counts.gather(1, which)

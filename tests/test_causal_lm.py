@@ -133,3 +133,74 @@ def test_causal_lm_trains_under_data_parallel_processes(tiny_llama, instructions
     arrays = records.load_predictions(str(out), run)
     assert arrays["selection_logits"].shape[1:] == (24, 3) and arrays["test_logits"].shape[1:] == (24, 3)
     assert run["evals"][-1]["train_loss"] < run["evals"][0]["train_loss"]
+
+
+def test_a_packed_batch_gives_the_padded_batchs_loss(tiny_llama, minilm_path):
+    """`--packing`: a batch's examples side by side in one row attend to themselves alone (position ids restart at
+    each), so the model's loss on the packed row is the loss on the padded batch."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(minilm_path)
+    pairs = [("Review: a gripping film\nSentiment:", " positive"), ("Review: dull\nSentiment:", " negative"),
+             ("Review: the cast is charming and the script is sharp\nSentiment:", " positive")]
+    items = [dict(zip(("input_ids", "labels"), causal_lm.encode_example(tok, p, c, 64))) for p, c in pairs]
+    packed = causal_lm.Packed(tok)(items)
+    assert packed["input_ids"].shape == (1, sum(len(x["input_ids"]) for x in items)) and "attention_mask" not in packed
+    assert packed["position_ids"][0].tolist() == [i for x in items for i in range(len(x["input_ids"]))]
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama).eval()
+    model.config.use_cache = False  # as the harness sets it when packing: a cache turns the packed masks off
+    with torch.no_grad():
+        padded = model(**causal_lm.Collator(tok)(items)).loss
+        assert model(**packed).loss == pytest.approx(padded.item(), abs=1e-5)
+        unmasked = model(input_ids=packed["input_ids"], labels=packed["labels"]).loss  # one long sequence instead
+    assert abs(unmasked.item() - padded.item()) > 1e-4  # so the equality above is the isolation, not chance
+
+
+def test_neftune_takes_each_packed_sequences_own_length(tiny_llama):
+    """NEFTune's bound alpha / sqrt(L * d) uses each packed sequence's own L, as if it were alone in its row."""
+    from transformers import AutoModelForCausalLM
+
+    import hfreg
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama)
+    emb = model.get_input_embeddings()
+    hfreg.patch_model(model, hfreg.RegularizationConfig(embedding_noise=5.0))
+    seen = []
+    emb.register_forward_hook(lambda m, a, out: seen.append(out.detach()))  # after hfreg's: the noisy output
+    ids = torch.randint(1000, 2000, (1, 40))
+    positions = torch.tensor([list(range(4)) + list(range(36))])  # a 4-token and a 36-token sequence
+    model.train()
+    model.config.use_cache = False
+    model(input_ids=ids, position_ids=positions)
+    noise = (seen[-1] - emb.weight[ids]).abs().amax(-1)[0]
+    d = emb.weight.shape[1]
+    short, long = 5.0 / (4 * d) ** 0.5, 5.0 / (36 * d) ** 0.5
+    assert noise[:4].max() <= short + 1e-6 and noise[:4].max() > long  # beyond the long one's bound: its own
+    assert noise[4:].max() <= long + 1e-6
+    model(input_ids=ids)  # one sequence: the row's length, as transformers' NEFTune
+    assert (seen[-1] - emb.weight[ids]).abs().max() <= 5.0 / (40 * d) ** 0.5 + 1e-6
+
+
+def test_a_packed_instruction_grid_trains_and_is_judged_unpacked(tiny_llama, instructions, tmp_path):
+    out = tmp_path / "out"
+    argv = _argv(tiny_llama, instructions, out, "--packing", "--neftune_noise_alpha", "5")
+    argv[argv.index("--presets") + 1], argv[argv.index("--seeds") + 1] = "classic", "0"
+    assert load_script().main(argv) == 0
+    (run,) = records.read_runs(str(out))
+    assert run["experiment"]["settings"]["packing"] is True
+    assert run["evals"][-1]["train_loss"] < run["evals"][0]["train_loss"]
+    arrays = records.load_predictions(str(out), run)
+    assert arrays["test_logits"].shape[1:] == (24, 3)  # evaluation stays one example per row
+
+
+def test_packing_where_it_cannot_go_is_one_line(tiny_llama, instructions, tiny_classifier, csv_data, tmp_path):
+    out = tmp_path / "out"
+    with pytest.raises(ValueError, match="--packing puts a batch in one row, which --parallel data cannot split"):
+        load_script().main(_argv(tiny_llama, instructions, out, "--packing", "--parallel", "data"))
+    with pytest.raises(ValueError, match="--packing joins a causal LM's training examples into one row; this grid is "
+                                         "single_label_classification"):
+        load_script().main(["--model_name_or_path", tiny_classifier, "--train_file", str(csv_data / "train.csv"),
+                            "--validation_file", str(csv_data / "validation.csv"), "--packing", "--mixed_precision",
+                            "no", "--output_dir",
+                            str(out)])
+    assert not out.exists()

@@ -313,6 +313,10 @@ class RunArguments:
     neftune_noise_alpha: float = field(default=0.0, metadata={
         "help": "NEFTune (Jain et al., 2023) for every preset that sets no `embedding_noise`: uniform noise of "
                 "scale alpha / sqrt(L * d) on the input embeddings, at a constant rate (0: off)"})
+    packing: bool = field(default=False, metadata={
+        "help": "causal-lm: each training batch's examples side by side in one row, without padding (position ids "
+                "restart at each, so each example attends to itself alone, as TRL's padding-free packing); "
+                "NEFTune then takes each example's own length; evaluation stays one example per row"})
     gradient_checkpointing: bool = field(default=False, metadata={
         "help": "recompute activations in the backward pass (transformers' gradient checkpointing): less memory, "
                 "more time"})

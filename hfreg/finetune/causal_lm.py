@@ -10,7 +10,7 @@ Formats, one per data set, detected from its columns (`detect_format`):
 Each part is tokenized on its own, without special tokens, then joined: ``[BOS] prompt completion [EOS]`` (BOS and EOS
 where the tokenizer has them; a tokenizer without EOS ends on its separator token). Where an example is longer than
 ``--max_seq_length``, the prompt loses its beginning first (its end sits next to the answer), then the completion its
-end. Packing is off: one example per sequence.
+end. One example per row, unless ``--packing`` puts a training batch's examples side by side in one row (`Packed`).
 """
 
 from __future__ import annotations
@@ -112,6 +112,27 @@ class Collator:
             mask[row, :n] = 1
             labels[row, :n] = torch.tensor(x["labels"])
         return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+class Packed:
+    """Padding-free packing of a training batch: its examples side by side in one row, the position ids restarting
+    at 0 at each, no attention mask. transformers reads such position ids as packed sequences and keeps each one's
+    attention to itself (a block-diagonal causal mask) where the model keeps no cache (``use_cache=False``, which
+    the harness sets when packing), as TRL's ``padding_free`` does; the first label of each example is `IGNORE`, so
+    no loss term predicts one example from the one before it."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+
+    def __call__(self, items: list[dict]) -> dict:
+        ids, labels, positions = [], [], []
+        for x in items:
+            n = len(x["input_ids"])
+            ids += list(x["input_ids"])
+            labels += [IGNORE, *list(x["labels"])[1:]]
+            positions += range(n)
+        as_row = lambda v: torch.tensor([v], dtype=torch.long)  # noqa: E731
+        return {"input_ids": as_row(ids), "labels": as_row(labels), "position_ids": as_row(positions)}
 
 
 def outputs(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

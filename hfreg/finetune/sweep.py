@@ -43,7 +43,7 @@ from .records import (
 EVAL_TOKENS = 4096
 # settings of a run recorded with the experiment only where they are on (their defaults are all falsy: 0, False)
 NEWER_SETTINGS = ("max_steps", "warmup_steps", "weight_decay", "label_smoothing_factor", "neftune_noise_alpha",
-                  "gradient_checkpointing")
+                  "gradient_checkpointing", "packing")
 
 
 def parse_args(argv=None):
@@ -338,8 +338,15 @@ def build_experiment(args, ray) -> Experiment:
                         warmup_steps=args.warmup_steps, weight_decay=args.weight_decay,
                         label_smoothing_factor=args.label_smoothing_factor,
                         neftune_noise_alpha=args.neftune_noise_alpha,
-                        gradient_checkpointing=args.gradient_checkpointing, problem_type=problem_type,
+                        gradient_checkpointing=args.gradient_checkpointing, packing=args.packing,
+                        problem_type=problem_type,
                         label_names=tuple(label_names) if problem_type == tasks.TOKENS else ())
+    if args.packing and problem_type != tasks.CAUSAL_LM:
+        raise ValueError(f"--packing joins a causal LM's training examples into one row; this grid is "
+                         f"{problem_type}: leave --packing out")
+    if args.packing and args.parallel == "data":  # data mode splits each batch's rows across the processes
+        raise ValueError("--packing puts a batch in one row, which --parallel data cannot split across processes: "
+                         "use --parallel run, or leave --packing out")
     if problem_type != tasks.CLASSIFICATION:  # methods defined on a classifier's probabilities
         needs = [f"--{flag} {getattr(args, flag):g}" for flag in ("label_smoothing_factor", "mc_samples")
                  if getattr(args, flag)]

@@ -69,6 +69,7 @@ class Settings:
     label_smoothing_factor: float = 0.0  # label smoothing of the training loss
     neftune_noise_alpha: float = 0.0  # NEFTune's alpha (`embedding_noise`) for every preset that sets none
     gradient_checkpointing: bool = False  # recompute activations in the backward pass
+    packing: bool = False  # a causal LM's training batch in one row, without padding (`causal_lm.Packed`)
     problem_type: str = CLASSIFICATION  # `tasks`: or REGRESSION (one output, MSE), CAUSAL_LM (completion tokens),
     # TOKENS (word labels, whose entity F1 needs their names: `label_names`)
     label_names: tuple = ()
@@ -364,7 +365,8 @@ def train(job: Job, log=print, on_point=None, progress: bool | None = None, keep
     model, methods, reinit = _prepare_model(job, log)
     micro = settings.train_batch_size // settings.gradient_accumulation_steps  # global examples per backward
     # the batch order: the run's seed, or a stream of its own (`placebo`: only the order differs from the baseline)
-    train_dl = train_loader(data["train"], indices, micro, preset.order_seed(seed), collate)
+    train_dl = train_loader(data["train"], indices, micro, preset.order_seed(seed),
+                            causal_lm.Packed(collate.tokenizer) if settings.packing else collate)
     fit = indices
     if settings.train_eval_samples and len(indices) > settings.train_eval_samples:  # evaluation dominates run time
         fit = indices[stratified_indices(data["train"].labels[indices], settings.train_eval_samples, seed)]
@@ -425,8 +427,10 @@ def train(job: Job, log=print, on_point=None, progress: bool | None = None, keep
             with (contextlib.nullcontext() if last else no_sync(model)), accelerator.autocast():
                 loss = task_loss(model, batch, alpha, smoothing)
             backward(loss / accum)
-            total += loss.detach() * len(batch["labels"])
-            count += len(batch["labels"])
+            # examples in the batch: its rows, or the sequences a packed row holds (each starts at position 0)
+            rows = len(batch["labels"]) if "position_ids" not in batch else int((batch["position_ids"] == 0).sum())
+            total += loss.detach() * rows
+            count += rows
             if not last:
                 continue
             if settings.max_grad_norm > 0:  # on the whole step's gradient: every micro-batch, both R-Drop passes
@@ -516,6 +520,8 @@ def _prepare_model(job: Job, log) -> tuple[nn.Module, dict, list]:
         reset_head(model, job.seed)
     if settings.gradient_checkpointing:  # before the adapters and the patch, on the transformers model itself
         enable_checkpointing(model)
+    if settings.packing:  # transformers keeps packed sequences apart only where no cache is kept (training)
+        model.config.use_cache = False
     if settings.lora:  # adapters first, so that the patch finds them (`adapter` knob)
         from peft import LoraConfig, get_peft_model
 
