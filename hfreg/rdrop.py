@@ -66,16 +66,18 @@ def rdrop_objective(logits_a: torch.Tensor, logits_b: torch.Tensor, labels: torc
     return ce + alpha * kl
 
 
-def rdrop_loss(model: nn.Module, inputs: dict, alpha: float, label_smoothing: float = 0.0
+def rdrop_loss(model: nn.Module, inputs: dict, alpha: float, label_smoothing: float = 0.0, shift: bool = False
                ) -> tuple[torch.Tensor, torch.Tensor]:
     """The R-Drop loss of ``model`` on one batch (a dict with ``labels``, as transformers' models take it), and the
     first pass's logits. The model must be in training mode for its dropout to draw two different masks.
 
     Args:
-        model: a classifier whose output has ``logits``.
+        model: a classifier (of sequences or tokens) or a causal LM, whose output has ``logits``.
         inputs: one batch, with ``labels``.
         alpha: the weight of the symmetric KL term, >= 0.
         label_smoothing: label smoothing of both cross-entropy terms.
+        shift: a causal LM's logits at position t predict the token at t + 1: both terms are taken over the
+            positions that predict a labelled token, as transformers' causal-LM loss takes them.
 
     Returns:
         (the loss, the first pass's logits): one forward of the doubled batch.
@@ -99,4 +101,7 @@ def rdrop_loss(model: nn.Module, inputs: dict, alpha: float, label_smoothing: fl
     twice = {k: torch.cat([v, v]) if isinstance(v, torch.Tensor) and v.ndim and v.shape[0] == n else v
              for k, v in inputs.items() if k != "labels"}
     logits = model(**twice).logits
-    return rdrop_objective(logits[:n], logits[n:], labels, alpha, label_smoothing), logits[:n]
+    a, b = logits[:n], logits[n:]
+    if shift:
+        a, b, labels = a[:, :-1], b[:, :-1], labels[:, 1:]
+    return rdrop_objective(a, b, labels, alpha, label_smoothing), logits[:n]

@@ -114,7 +114,8 @@ def test_conversations_go_through_the_chat_template_and_its_absence_is_one_line(
 
 
 @pytest.mark.parametrize("extra, message", [
-    (("--presets", "pretrain-zero,classic,rdrop"), r"preset rdrop \(R-Drop\) act\(s\) on class probabilities"),
+    (("--mc_samples", "4"), r"--mc_samples 4 act\(s\) on class probabilities, which hfreg measures for a sequence "
+                            r"classifier only"),
     (("--task", "causal-lm", "--problem_type", "regression"), "--problem_type regression is a sequence classifier"),
 ])
 def test_what_a_causal_lm_cannot_take_is_one_line(tiny_llama, instructions, tmp_path, extra, message):
@@ -204,3 +205,33 @@ def test_packing_where_it_cannot_go_is_one_line(tiny_llama, instructions, tiny_c
                             "no", "--output_dir",
                             str(out)])
     assert not out.exists()
+
+
+def test_r_drop_and_label_smoothing_take_the_next_token_positions(tiny_llama, minilm_path):
+    """A causal LM's R-Drop and label smoothing are over the positions that predict a completion token: with the
+    two passes equal (eval mode) and no smoothing they are the model's own loss; smoothing raises it."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    import hfreg
+    from hfreg.finetune.training import task_loss
+
+    tok = AutoTokenizer.from_pretrained(minilm_path)
+    items = [dict(zip(("input_ids", "labels"), causal_lm.encode_example(tok, p, c, 64)))
+             for p, c in (("Review: a gripping film\nSentiment:", " positive"), ("Review: dull\nSentiment:", " no"))]
+    batch = causal_lm.Collator(tok)(items)
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama).eval()
+    with torch.no_grad():
+        own = model(**batch).loss
+        assert hfreg.rdrop_loss(model, batch, 1.0, shift=True)[0] == pytest.approx(own.item(), rel=1e-5)
+        assert task_loss(model, batch, 0.0, 0.1, "causal-lm") > own
+
+
+def test_an_r_drop_instruction_grid_runs_against_its_control_at_equal_compute(tiny_llama, instructions, tmp_path):
+    out = tmp_path / "out"
+    argv = _argv(tiny_llama, instructions, out, "--label_smoothing_factor", "0.1")
+    argv[argv.index("--presets") + 1], argv[argv.index("--seeds") + 1] = "pretrain-zero,classic,rdrop", "0"
+    argv[argv.index("--min_steps") + 1] = "8"
+    assert load_script().main(argv) == 0
+    runs = {r["preset"]: r for r in records.read_runs(str(out))}
+    assert {"pretrain-zero", "rdrop", "classic", "classic@2x"} <= set(runs)  # its control, also at its compute
+    assert runs["rdrop"]["forward_passes"] == 2 and runs["classic@2x"]["steps"] == 2 * runs["classic"]["steps"]

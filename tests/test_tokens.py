@@ -97,3 +97,20 @@ def test_a_tagged_grid_trains_under_data_parallel_processes(tiny_classifier, tag
     assert run["evals"][-1]["train_loss"] < run["evals"][0]["train_loss"]
     again = scores.token_scores(arrays["test_logits"][-1])
     assert again["entity_f1"] == pytest.approx(run["evals"][-1]["test_entity_f1"], abs=1e-6)
+
+
+def test_r_drop_and_label_smoothing_take_the_labelled_tokens(tiny_classifier):
+    """A tagger's R-Drop and label smoothing are over its labelled tokens (first sub-tokens): with the two passes
+    equal (eval mode) and no smoothing they are the model's own loss; smoothing raises it."""
+    from transformers import AutoModelForTokenClassification
+
+    import hfreg
+    from hfreg.finetune.training import task_loss
+
+    model = AutoModelForTokenClassification.from_pretrained(tiny_classifier, num_labels=4).eval()
+    batch = {"input_ids": torch.randint(1000, 2000, (2, 7)),
+             "labels": torch.tensor([[-100, 0, 1, -100, 2, 3, -100]] * 2)}
+    with torch.no_grad():
+        own = model(**batch).loss
+        assert hfreg.rdrop_loss(model, batch, 1.0)[0] == pytest.approx(own.item(), rel=1e-5)
+        assert task_loss(model, batch, 0.0, 0.1, "token-classification") > own

@@ -347,13 +347,15 @@ def build_experiment(args, ray) -> Experiment:
     if args.packing and args.parallel == "data":  # data mode splits each batch's rows across the processes
         raise ValueError("--packing puts a batch in one row, which --parallel data cannot split across processes: "
                          "use --parallel run, or leave --packing out")
-    if problem_type != tasks.CLASSIFICATION:  # methods defined on a classifier's probabilities
+    if problem_type != tasks.CLASSIFICATION:  # methods defined on class probabilities
+        # R-Drop and label smoothing act on the probabilities of a class (a tag, the next token): not a regression's;
+        # MC dropout's metrics are a sequence classifier's
+        regression = problem_type == tasks.REGRESSION
         needs = [f"--{flag} {getattr(args, flag):g}" for flag in ("label_smoothing_factor", "mc_samples")
-                 if getattr(args, flag)]
-        needs += [f"preset {p.name} (R-Drop)" for p in presets if p.methods(settings)["rdrop"]]
+                 if getattr(args, flag) and (regression or flag == "mc_samples")]
+        needs += [f"preset {p.name} (R-Drop)" for p in presets if p.methods(settings)["rdrop"] and regression]
         if needs:
-            what = "a regression has none of" if problem_type == tasks.REGRESSION else "hfreg implements for a " \
-                "sequence classifier only"
+            what = "a regression has none of" if regression else "hfreg measures for a sequence classifier only"
             raise ValueError(f"{', '.join(needs)} act(s) on class probabilities, which {what}: leave them out of "
                              f"a {problem_type} grid")
     for size in args.train_sizes:  # before anything is written

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..patcher import patch_model
-from ..rdrop import rdrop_loss
+from ..rdrop import rdrop_loss, rdrop_objective
 from ..schedule import RateScheduler
 from . import causal_lm
 from .data import by_length, eval_loader, stratified_indices, subset_indices, train_loader
@@ -297,15 +297,23 @@ def grid_noise(reg, alpha: float):
     return dataclasses.replace(reg, embedding_noise=float(alpha), schedule=schedule)
 
 
-def task_loss(model, batch: dict, rdrop_alpha: float = 0.0, label_smoothing: float = 0.0) -> torch.Tensor:
+def task_loss(model, batch: dict, rdrop_alpha: float = 0.0, label_smoothing: float = 0.0,
+              problem_type: str = CLASSIFICATION) -> torch.Tensor:
     """The training loss of one batch: the model's own cross-entropy, R-Drop's objective where ``rdrop_alpha`` is
-    on; with ``label_smoothing`` (the HF Trainer's ``label_smoothing_factor``) every cross-entropy term smoothed."""
+    on; with ``label_smoothing`` (the HF Trainer's ``label_smoothing_factor``) every cross-entropy term smoothed. A
+    tagger's terms are over its labelled tokens, a causal LM's over the positions that predict a completion token."""
+    shift = problem_type == CAUSAL_LM
     if rdrop_alpha:
-        return rdrop_loss(model, batch, rdrop_alpha, label_smoothing)[0]
+        return rdrop_loss(model, batch, rdrop_alpha, label_smoothing, shift=shift)[0]
     if not label_smoothing:
         return model(**batch).loss
     logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
-    return F.cross_entropy(logits.float(), batch["labels"], label_smoothing=label_smoothing)
+    if problem_type == CLASSIFICATION:
+        return F.cross_entropy(logits.float(), batch["labels"], label_smoothing=label_smoothing)
+    labels = batch["labels"]
+    if shift:
+        logits, labels = logits[:, :-1], labels[:, 1:]
+    return rdrop_objective(logits, logits, labels, 0.0, label_smoothing)  # alpha 0: the smoothed cross-entropy
 
 
 def _clip(model: nn.Module, optimizer, scaler, max_norm: float) -> None:
@@ -425,7 +433,7 @@ def train(job: Job, log=print, on_point=None, progress: bool | None = None, keep
             batch = {k: v.to(accelerator.device) for k, v in batch.items()}
             last = (i + 1) % accum == 0 or i + 1 == len(train_dl)
             with (contextlib.nullcontext() if last else no_sync(model)), accelerator.autocast():
-                loss = task_loss(model, batch, alpha, smoothing)
+                loss = task_loss(model, batch, alpha, smoothing, settings.problem_type)
             backward(loss / accum)
             # examples in the batch: its rows, or the sequences a packed row holds (each starts at position 0)
             rows = len(batch["labels"]) if "position_ids" not in batch else int((batch["position_ids"] == 0).sum())
