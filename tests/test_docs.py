@@ -73,13 +73,13 @@ def test_reference_pages_name_every_key():
     import glob
     import json
 
-    from hfreg.finetune import presets, sweep, tasks
+    from hfreg.finetune import experiment, presets, tasks
 
     def page(name):
         with open(os.path.join(ROOT, "docs", "reference", name)) as f:
             return f.read()
 
-    record, keys, settings, points = page("run-record.md"), set(), set(sweep.NEWER_SETTINGS), set()
+    record, keys, settings, points = page("run-record.md"), set(), set(experiment.NEWER_SETTINGS), set()
     settings |= set(presets.METHOD_FLAGS)
     for path in glob.glob(os.path.join(ROOT, "docs", "results", "*", "runs.jsonl")):
         with open(path) as f:

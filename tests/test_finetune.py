@@ -458,6 +458,7 @@ def test_eval_token_budget_leaves_fp32_metrics_unchanged(tiny_classifier, csv_da
 
 
 def test_eval_tokens_default_by_precision():
-    sweep = load_script()
-    assert sweep.eval_tokens(None, "no") == sweep.EVAL_TOKENS and sweep.eval_tokens(None, "bf16") == 0
-    assert sweep.eval_tokens(0, "no") == 0 and sweep.eval_tokens(512, "bf16") == 512
+    from hfreg.finetune import experiment
+
+    assert experiment.eval_tokens(None, "no") == experiment.EVAL_TOKENS and experiment.eval_tokens(None, "bf16") == 0
+    assert experiment.eval_tokens(0, "no") == 0 and experiment.eval_tokens(512, "bf16") == 512

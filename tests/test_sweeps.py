@@ -183,7 +183,7 @@ def test_report_does_not_import_torch(tiny_classifier, csv_data, tmp_path):
 
 
 def test_progress_line_estimates_from_measured_runs():
-    from hfreg.finetune.sweep import progress_line
+    from hfreg.finetune.grid import progress_line
 
     done = [{"experiment": {"name": "default"}, "preset": "p", "preset_config": None, "train_size": 100, "seed": 0,
              "learning_rate": 1e-4, "seconds": 60.0}]

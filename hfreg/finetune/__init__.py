@@ -10,7 +10,9 @@
     training   one run (`Settings`, `train`), run-parallel or data-parallel
     scores     the per-point metrics and per-example terms each task stores
     records    what defines an experiment; runs.jsonl; the work queue several processes share (no torch)
-    sweep      the grid, the launch, progress (`accelerate launch -q -m hfreg.finetune`)
+    sweep      the launch (`accelerate launch -q -m hfreg.finetune`): the command line, then the grid
+    experiment what a launch runs on, built and checked before anything is written
+    grid       the grid's phases: the directory, the stages, training here or on Ray, the report
     cluster    the same grid on a Ray cluster
     keep       the model a run chose, kept with its card (`--save_strategy`, `--push_to_hub`)
     export     a recorded run trained again and kept (`hfreg export`)

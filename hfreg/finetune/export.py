@@ -13,9 +13,9 @@ def settings_argv(settings: dict) -> list[str]:
     record identifies by its sha256 but does not locate) and the grid's presets, sizes and seeds."""
     import re
 
+    from .experiment import NEWER_SETTINGS
     from .presets import METHOD_FLAGS
     from .records import DEFAULT_MODEL
-    from .sweep import NEWER_SETTINGS
 
     argv = [] if settings.get("model") in (None, DEFAULT_MODEL) else ["--model_name_or_path", settings["model"]]
     argv += ["--text_column", ",".join(settings["text_columns"]), "--label_column", settings["label_column"],
@@ -93,9 +93,9 @@ def recreate(output_dir: str, data_argv: list[str], preset: str, train_size: int
     import tempfile
 
     from . import arguments, report
+    from .experiment import build_experiment
     from .presets import BASELINE, from_record
     from .records import read_runs
-    from .sweep import build_experiment
     from .tasks import of_run
     from .training import Job, train
 
