@@ -209,7 +209,8 @@ def test_packing_where_it_cannot_go_is_one_line(tiny_llama, instructions, tiny_c
 
 def test_r_drop_and_label_smoothing_take_the_next_token_positions(tiny_llama, minilm_path):
     """A causal LM's R-Drop and label smoothing are over the positions that predict a completion token: with the
-    two passes equal (eval mode) and no smoothing they are the model's own loss; smoothing raises it."""
+    two passes equal (eval mode) and no smoothing they are the model's own loss; smoothed, its smoothed
+    cross-entropy."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     import hfreg
@@ -223,7 +224,10 @@ def test_r_drop_and_label_smoothing_take_the_next_token_positions(tiny_llama, mi
     with torch.no_grad():
         own = model(**batch).loss
         assert hfreg.rdrop_loss(model, batch, 1.0, shift=True)[0] == pytest.approx(own.item(), rel=1e-5)
-        assert task_loss(model, batch, 0.0, 0.1, "causal-lm") > own
+        logits = model(input_ids=batch["input_ids"]).logits[:, :-1]  # right-padded: the pads come after
+        logp = torch.log_softmax(logits, -1)[batch["labels"][:, 1:] != -100]
+        smoothed = 0.9 * own - 0.1 * logp.mean(-1).mean()  # (1 - eps) CE + eps x the mean over tokens of -log p
+        assert task_loss(model, batch, 0.0, 0.1, "causal-lm") == pytest.approx(smoothed.item(), rel=1e-5)
 
 
 def test_an_r_drop_instruction_grid_runs_against_its_control_at_equal_compute(tiny_llama, instructions, tmp_path):

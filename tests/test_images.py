@@ -65,7 +65,7 @@ def test_lora_trains_the_adapters_and_the_new_head_of_an_image_classifier(tiny_v
     """peft has no image task type: the head (outside the base model) is named to train beside the adapters."""
     from transformers import AutoModelForImageClassification
 
-    from hfreg.finetune.training import lora_task
+    from hfreg.finetune.prepare import lora_task
 
     model = AutoModelForImageClassification.from_pretrained(tiny_vit)
     assert lora_task(model, "single_label_classification") == {"modules_to_save": ["classifier"]}

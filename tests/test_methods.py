@@ -11,8 +11,8 @@ from tiny_models import build, make_inputs
 import hfreg
 from hfreg import RegularizationConfig as Reg
 from hfreg.finetune import records
+from hfreg.finetune.prepare import param_groups, reinit_top_layers
 from hfreg.finetune.presets import load_preset
-from hfreg.finetune.training import param_groups, reinit_top_layers
 
 
 def test_rdrop_objective():

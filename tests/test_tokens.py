@@ -101,7 +101,7 @@ def test_a_tagged_grid_trains_under_data_parallel_processes(tiny_classifier, tag
 
 def test_r_drop_and_label_smoothing_take_the_labelled_tokens(tiny_classifier):
     """A tagger's R-Drop and label smoothing are over its labelled tokens (first sub-tokens): with the two passes
-    equal (eval mode) and no smoothing they are the model's own loss; smoothing raises it."""
+    equal (eval mode) and no smoothing they are the model's own loss; smoothed, its smoothed cross-entropy."""
     from transformers import AutoModelForTokenClassification
 
     import hfreg
@@ -113,4 +113,6 @@ def test_r_drop_and_label_smoothing_take_the_labelled_tokens(tiny_classifier):
     with torch.no_grad():
         own = model(**batch).loss
         assert hfreg.rdrop_loss(model, batch, 1.0)[0] == pytest.approx(own.item(), rel=1e-5)
-        assert task_loss(model, batch, 0.0, 0.1, "token-classification") > own
+        logp = torch.log_softmax(model(input_ids=batch["input_ids"]).logits, -1)[batch["labels"] != -100]
+        smoothed = 0.9 * own - 0.1 * logp.mean(-1).mean()  # (1 - eps) CE + eps x the mean over classes of -log p
+        assert task_loss(model, batch, 0.0, 0.1, "token-classification") == pytest.approx(smoothed.item(), rel=1e-5)

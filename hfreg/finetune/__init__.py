@@ -7,7 +7,8 @@
     causal_lm    instruction pairs, conversations and plain text, loss on completions
     images       imagefolder directories or an image column, through the model's image processor
     tokens       word-level tags on first sub-tokens
-    training   one run (`Settings`, `train`), run-parallel or data-parallel
+    training   one run (`Settings`, `Job`, `train`), run-parallel or data-parallel
+    prepare    what a run does to its model copy first: head, re-initialised layers, LoRA, weight decay, LLRD
     scores     the per-point metrics and per-example terms each task stores
     records    what defines an experiment; runs.jsonl; the work queue several processes share (no torch)
     sweep      the launch (`accelerate launch -q -m hfreg.finetune`): the command line, then the grid

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import dataclasses
 import math
 import time
 import warnings
@@ -28,6 +27,7 @@ from ..rdrop import rdrop_loss, rdrop_objective
 from ..schedule import RateScheduler
 from . import causal_lm
 from .data import by_length, eval_loader, stratified_indices, subset_indices, train_loader
+from .prepare import enable_checkpointing, grid_noise, lora_task, param_groups, reinit_top_layers, reset_head
 from .presets import NO_METHODS
 from .records import SELECT_BY
 from .scores import evaluate, point_metrics, test_metrics
@@ -35,7 +35,6 @@ from .tasks import CAUSAL_LM, CLASSIFICATION, TOKENS, task
 from .tokens import reducer as word_outputs
 
 PARALLEL_MODES = ("run", "data")
-PEFT_TASK_TYPES = {CAUSAL_LM: "CAUSAL_LM", TOKENS: "TOKEN_CLS"}  # else SEQ_CLS (an image classifier: `lora_task`)
 
 
 @dataclass(frozen=True)
@@ -107,105 +106,6 @@ class Settings:
         return f"{train_size} examples: {epochs} epochs, {steps} steps{times}"
 
 
-def param_groups(model: nn.Module, weight_decay: float, llrd: float = 1.0, lr: float | None = None):
-    """AdamW groups: decay on weight matrices only, never on biases or normalization parameters. With ``llrd`` < 1
-    (layer-wise learning-rate decay: Howard & Ruder, 2018; Zhang et al., 2021, "Revisiting Few-sample BERT
-    Fine-tuning") layer i of a tower of L trains at ``lr * llrd ** (L - 1 - i)``, what comes before the stacks in
-    the model (embeddings) at ``lr * llrd ** L``, what comes after (pooler, final norm, head) at ``lr``."""
-    norm_types = (nn.LayerNorm, nn.GroupNorm, nn.BatchNorm1d)
-    no_decay = set()
-    for module in model.modules():
-        for name, p in module.named_parameters(recurse=False):
-            if name.endswith("bias") or isinstance(module, norm_types) or "norm" in type(module).__name__.lower():
-                no_decay.add(id(p))
-    scale = _depth_scales(model, llrd) if llrd != 1.0 else {}
-    groups: dict[tuple, list] = {}
-    for p in model.parameters():
-        if p.requires_grad:
-            groups.setdefault((id(p) in no_decay, scale.get(id(p), 1.0)), []).append(p)
-    out = []
-    for (exempt, factor), params in sorted(groups.items(), key=lambda kv: (kv[0][1], kv[0][0])):
-        group = {"params": params, "weight_decay": 0.0 if exempt else weight_decay}
-        if scale:
-            group["lr"] = lr * factor
-        out.append(group)
-    return out
-
-
-def _depth_scales(model: nn.Module, llrd: float) -> dict[int, float]:
-    """{id(parameter): learning-rate factor} under layer-wise decay, for the parameters below the top."""
-    _, struct = _stacks(model, "--llrd")
-    factor = {}
-    for layer in struct.layers:
-        for p in layer.module.parameters():
-            factor[id(p)] = llrd ** (layer.depth - 1 - layer.index)
-    order = [id(p) for p in model.parameters()]
-    first = min(order.index(i) for i in factor)
-    bottom = llrd ** max(layer.depth for layer in struct.layers)
-    for i in order[:first]:  # registered before the first layer: embeddings
-        factor.setdefault(i, bottom)
-    return factor
-
-
-def _stacks(model: nn.Module, flag: str):
-    """The base model inside a classifier and its structure; a one-line error naming ``flag`` without layers."""
-    from ..sites import analyze
-
-    base = getattr(model, "base_model", model)
-    struct = analyze(base)
-    if not struct.layers:
-        raise ValueError(f"{flag} needs a layer stack, and none was found in {type(base).__name__}")
-    return base, struct
-
-
-def reinit_top_layers(model: nn.Module, k: int) -> list[str]:
-    """Re-initialise the top ``k`` layers of every tower, and a ``pooler`` where the model has one, with the
-    model's own initialisation (Zhang et al., 2021: the top layers of a pretrained encoder are specialised to the
-    pretraining task). Returns the paths re-initialised."""
-    base, struct = _stacks(model, "--reinit_layers")
-    chosen = [(layer.path, layer.module) for tower in struct.towers for layer in tower[-k:]]
-    pooler = getattr(base, "pooler", None)
-    if isinstance(pooler, nn.Module):
-        chosen.append(("pooler", pooler))
-    init = getattr(base, "_init_weights", None)
-    if init is None:
-        raise ValueError(f"--reinit_layers: {type(base).__name__} has no `_init_weights` to re-initialise with")
-    with torch.no_grad():
-        for _, module in chosen:
-            for sub in module.modules():
-                for p in sub.parameters(recurse=False):
-                    p._is_hf_initialized = False  # transformers' init functions skip loaded weights
-                init(sub)
-    return [path for path, _ in chosen]
-
-
-def lora_task(model: nn.Module, problem_type: str) -> dict:
-    """peft's ``task_type`` for the model, which keeps a new head trainable beside the adapters; an image
-    classifier, for which peft has none, names its head modules (those outside the base model) to train instead."""
-    if problem_type in PEFT_TASK_TYPES:
-        return {"task_type": PEFT_TASK_TYPES[problem_type]}
-    if getattr(model, "main_input_name", None) == "pixel_values":
-        base = getattr(model, "base_model", model)
-        return {"modules_to_save": [name for name, child in model.named_children() if child is not base]}
-    return {"task_type": "SEQ_CLS"}
-
-
-def reset_head(model: nn.Module, seed: int):
-    """Re-draw the classification head (everything outside the base model) from ``seed``."""
-    base = getattr(model, "base_model", model)
-    gen = torch.Generator().manual_seed(seed)
-    std = getattr(model.config, "initializer_range", 0.02)
-    for child in model.children():
-        if child is base:
-            continue
-        for m in child.modules():
-            if isinstance(m, nn.Linear):
-                with torch.no_grad():
-                    m.weight.copy_(torch.randn(m.weight.shape, generator=gen) * std)
-                    if m.bias is not None:
-                        m.bias.zero_()
-
-
 @torch.inference_mode()
 def predict(accelerator, model, loader, gather: bool, mc_samples: int = 0, reduce=None) -> np.ndarray:
     """Logits (float32, on the CPU) of every example of ``loader``, in the loader's order, in eval mode; with
@@ -272,29 +172,6 @@ class Leaders:
                                                   for k, v in model.state_dict().items()}
         leading = {step for _, step in self.best.values()}
         self.states = {step: state for step, state in self.states.items() if step in leading}
-
-
-def enable_checkpointing(model: nn.Module) -> None:
-    """Activation (gradient) checkpointing, non-reentrant (it needs no input that requires grad: LoRA's frozen
-    embeddings), under the name of the installed transformers (`activation_checkpointing_enable` since 5.x)."""
-    kwargs = {"use_reentrant": False}
-    if hasattr(model, "activation_checkpointing_enable"):
-        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
-    else:  # pragma: no cover - transformers before the rename
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
-
-
-def grid_noise(reg, alpha: float):
-    """``reg`` with NEFTune's ``embedding_noise`` at the grid's ``alpha`` (``--neftune_noise_alpha``) where the
-    preset sets none, at a constant rate (a preset's ``all`` schedule is its own knobs'); else ``reg`` itself."""
-    if not alpha or reg.embedding_noise is not None:
-        return reg
-    from ..config import ALL_KNOBS, Schedule
-
-    schedule = reg.schedule
-    if schedule and ALL_KNOBS in schedule:
-        schedule = {**schedule, "embedding_noise": Schedule()}
-    return dataclasses.replace(reg, embedding_noise=float(alpha), schedule=schedule)
 
 
 def task_loss(model, batch: dict, rdrop_alpha: float = 0.0, label_smoothing: float = 0.0,
