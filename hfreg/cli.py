@@ -180,7 +180,8 @@ def plot_profiles(models, path: str) -> None:
     profiles = [(ref, *depth_profile(sites)) for ref, sites in models]
     top = max([float(np.nanmax(g, initial=0.0)) for _, g, _ in profiles] + [0.1])
     cmap = matplotlib.colormaps["viridis"].with_extremes(bad="#dddddd")  # grey: no site for that knob there
-    fig, axes = plt.subplots(1, len(profiles), figsize=(1.5 + 3.2 * len(profiles), 3.2), squeeze=False)
+    height = 1.2 + 0.22 * len(KNOBS)  # a readable row per knob
+    fig, axes = plt.subplots(1, len(profiles), figsize=(1.5 + 3.2 * len(profiles), height), squeeze=False)
     for ax, (ref, grid, labels) in zip(axes[0], profiles):
         image = ax.imshow(np.ma.masked_invalid(grid), aspect="auto", cmap=cmap, vmin=0, vmax=top,
                           interpolation="nearest")
@@ -192,7 +193,7 @@ def plot_profiles(models, path: str) -> None:
     fig.supxlabel("layer (out: outside the layers, e.g. embeddings and heads; grey: no site)", fontsize=8)
     fig.colorbar(image, ax=axes[0].tolist(), label="rate in force")
     try:
-        fig.savefig(path, dpi=120)
+        fig.savefig(path, dpi=120, bbox_inches="tight")  # tight: the knob names are never clipped
     except OSError as e:
         raise ValueError(f"cannot write the plot to {path!r}: {e.strerror or e}") from None
     finally:
