@@ -147,44 +147,13 @@ class Experiment:
 
 def build_experiment(args, ray) -> Experiment:
     """Load presets, data, tokenizer and model, check every input and make the accelerator; nothing is written."""
-    import warnings
-
-    import torch
     import transformers
-    from transformers import AutoConfig
     from transformers.utils import logging as hf_logging
 
-    from .. import __version__
     from . import data as data_mod
     from . import kinds, report, tasks
-    from .presets import (
-        BASELINE,
-        METHOD_FLAGS,
-        NO_METHODS,
-        check_controls,
-        equal_compute_arms,
-        load_preset,
-        sweep_presets,
-    )
-    from .training import Settings
 
-    presets = [load_preset(p.strip()) for p in dict.fromkeys(args.presets.split(",")) if p.strip()]
-    presets += [p for spec in args.rates for p in sweep_presets(spec)]
-    if args.rates and BASELINE not in [p.name for p in presets]:  # a sweep's rate 0 is the baseline
-        presets.insert(0, load_preset(BASELINE))
-    presets = list({p.name: p for p in presets}.values())
-    if not presets:
-        raise ValueError("--presets is empty")
-    check_controls(presets)
-    # a costlier preset's control at its compute, as an arm of its own (the parsed flags carry the grid's methods)
-    arms = equal_compute_arms(presets, args)
-    for name, (arm, _) in arms.items():
-        if name in [p.name for p in presets]:
-            raise ValueError(f"preset {name!r} is the name of an equal-compute arm the grid adds: rename it")
-        presets.append(arm)
-    report.check_margins(args.margin)
-    if args.auto_seeds and BASELINE not in [p.name for p in presets]:
-        raise ValueError(f"--seeds auto compares with the baseline: add {BASELINE} to --presets")
+    presets, arms = _grid_presets(args)
     for flag in ("model_name_or_path", "config_name", "tokenizer_name"):  # before any data is read
         check_local_path(flag, getattr(args, flag))
     model_path = args.model_name_or_path or default_model_path()
@@ -217,26 +186,90 @@ def build_experiment(args, ray) -> Experiment:
     data, label_names, problem_type = kind.encode(raw, tokenizer, text_columns, label_column, args)
     args.select_by = report.check_select_by(args.select_by, tasks.task(problem_type))  # None: the task's own
     roles = data_mod.assign_roles(data, args.roles, args.split_seed, args.selection_size)
+    settings = _settings(args, precision, problem_type, label_names, lm)
+    _check_task_methods(args, problem_type, presets, settings)
+    for size in args.train_sizes:  # before anything is written
+        data_mod.check_train_size(size, len(roles.pool))
+        per_epoch = math.ceil(size / args.train_batch_size)
+        for p in presets:
+            steps = settings.total_steps(per_epoch, p.steps_factor)
+            for knob, s in (p.reg.schedule or {}).items():
+                s.check_within(steps, f"preset {p.name} at train size {size}: the `{knob}`")
+    base_model = _load_model(args, kind, model_path, problem_type, label_names, settings, remote)
+    if kind.processor == "AutoTokenizer":
+        if tokenizer.pad_token is None:  # decoder LLMs: pad with EOS, and tell the head where sequences end
+            tokenizer.pad_token = tokenizer.eos_token
+        base_model.config.pad_token_id = tokenizer.pad_token_id
+    collate = kind.collator(tokenizer)
+
+    model_name = args.model_name_or_path or DEFAULT_MODEL
+    experiment = _record(args, base_model, model_name, raw, data, roles, kind, text_columns, label_column,
+                         label_names, problem_type, precision, settings.lora)
+    contents = {p.name: p.contents() for p in presets}
+    code = code_identity()
+    return Experiment(accelerator, presets, contents, settings, base_model, data, roles, collate, label_names,
+                      model_name, experiment, code, precision, threads,
+                      arms={name: matched for name, (_, matched) in arms.items()})
+
+
+def _grid_presets(args) -> tuple[list, dict]:
+    """The grid's presets: those named, each rate sweep's points (with the baseline they start from), and each
+    costlier preset's control at its compute (an arm of its own); checked."""
+    from . import report
+    from .presets import BASELINE, check_controls, equal_compute_arms, load_preset, sweep_presets
+
+    presets = [load_preset(p.strip()) for p in dict.fromkeys(args.presets.split(",")) if p.strip()]
+    presets += [p for spec in args.rates for p in sweep_presets(spec)]
+    if args.rates and BASELINE not in [p.name for p in presets]:  # a sweep's rate 0 is the baseline
+        presets.insert(0, load_preset(BASELINE))
+    presets = list({p.name: p for p in presets}.values())
+    if not presets:
+        raise ValueError("--presets is empty")
+    check_controls(presets)
+    # a costlier preset's control at its compute, as an arm of its own (the parsed flags carry the grid's methods)
+    arms = equal_compute_arms(presets, args)
+    for name, (arm, _) in arms.items():
+        if name in [p.name for p in presets]:
+            raise ValueError(f"preset {name!r} is the name of an equal-compute arm the grid adds: rename it")
+        presets.append(arm)
+    report.check_margins(args.margin)
+    if args.auto_seeds and BASELINE not in [p.name for p in presets]:
+        raise ValueError(f"--seeds auto compares with the baseline: add {BASELINE} to --presets")
+    return presets, arms
+
+
+def _settings(args, precision: str, problem_type: str, label_names: list, lm: bool):
+    """The training settings every run of the grid shares (`training.Settings`)."""
+    from . import tasks
+    from .training import Settings
+
     eval_batch = args.per_device_eval_batch_size
     if lm and args.parallel == "data":  # batches of one size there, not a token budget: as many as 4096 tokens hold
         eval_batch = min(eval_batch, max(1, EVAL_TOKENS // args.max_seq_length))
-    settings = Settings(learning_rate=args.learning_rates[0], num_train_epochs=args.num_train_epochs,
-                        train_batch_size=args.train_batch_size, eval_batch_size=eval_batch,
-                        eval_tokens=eval_tokens(args.eval_tokens, precision, lm),
-                        gradient_accumulation_steps=args.gradient_accumulation_steps,
-                        evals_per_epoch=args.evals_per_epoch, train_eval_samples=args.max_train_eval_samples or None,
-                        mc_samples=args.mc_samples, test_every_point=args.test_every_point,
-                        lora=lora_settings(args),
-                        lr_scheduler_type=args.lr_scheduler_type,
-                        warmup_ratio=args.warmup_ratio, parallel=args.parallel, min_steps=args.min_steps,
-                        rdrop_alpha=args.rdrop_alpha, llrd=args.llrd, reinit_layers=args.reinit_layers,
-                        max_grad_norm=args.max_grad_norm, max_steps=args.max_steps,
-                        warmup_steps=args.warmup_steps, weight_decay=args.weight_decay,
-                        label_smoothing_factor=args.label_smoothing_factor,
-                        neftune_noise_alpha=args.neftune_noise_alpha,
-                        gradient_checkpointing=args.gradient_checkpointing, packing=args.packing,
-                        problem_type=problem_type,
-                        label_names=tuple(label_names) if problem_type == tasks.TOKENS else ())
+    return Settings(learning_rate=args.learning_rates[0], num_train_epochs=args.num_train_epochs,
+                    train_batch_size=args.train_batch_size, eval_batch_size=eval_batch,
+                    eval_tokens=eval_tokens(args.eval_tokens, precision, lm),
+                    gradient_accumulation_steps=args.gradient_accumulation_steps,
+                    evals_per_epoch=args.evals_per_epoch, train_eval_samples=args.max_train_eval_samples or None,
+                    mc_samples=args.mc_samples, test_every_point=args.test_every_point,
+                    lora=lora_settings(args),
+                    lr_scheduler_type=args.lr_scheduler_type,
+                    warmup_ratio=args.warmup_ratio, parallel=args.parallel, min_steps=args.min_steps,
+                    rdrop_alpha=args.rdrop_alpha, llrd=args.llrd, reinit_layers=args.reinit_layers,
+                    max_grad_norm=args.max_grad_norm, max_steps=args.max_steps,
+                    warmup_steps=args.warmup_steps, weight_decay=args.weight_decay,
+                    label_smoothing_factor=args.label_smoothing_factor,
+                    neftune_noise_alpha=args.neftune_noise_alpha,
+                    gradient_checkpointing=args.gradient_checkpointing, packing=args.packing,
+                    problem_type=problem_type,
+                    label_names=tuple(label_names) if problem_type == tasks.TOKENS else ())
+
+
+def _check_task_methods(args, problem_type: str, presets: list, settings) -> None:
+    """One line for a method the task cannot take: packing outside a causal LM or under data parallelism, methods
+    on class probabilities for a regression, MC dropout's metrics outside sequence classification."""
+    from . import tasks
+
     if args.packing and problem_type != tasks.CAUSAL_LM:
         raise ValueError(f"--packing joins a causal LM's training examples into one row; this grid is "
                          f"{problem_type}: leave --packing out")
@@ -254,13 +287,19 @@ def build_experiment(args, ray) -> Experiment:
             what = "a regression has none of" if regression else "hfreg measures for a sequence classifier only"
             raise ValueError(f"{', '.join(needs)} act(s) on class probabilities, which {what}: leave them out of "
                              f"a {problem_type} grid")
-    for size in args.train_sizes:  # before anything is written
-        data_mod.check_train_size(size, len(roles.pool))
-        per_epoch = math.ceil(size / args.train_batch_size)
-        for p in presets:
-            steps = settings.total_steps(per_epoch, p.steps_factor)
-            for knob, s in (p.reg.schedule or {}).items():
-                s.check_within(steps, f"preset {p.name} at train size {size}: the `{knob}`")
+
+
+def _load_model(args, kind, model_path: str, problem_type: str, label_names: list, settings, remote: dict):
+    """The pretrained model with the task's head, checked against the LoRA targets and checkpointing asked for."""
+    import warnings
+
+    import torch
+    import transformers
+    from transformers import AutoConfig
+
+    from . import tasks
+
+    lm = problem_type == tasks.CAUSAL_LM
     labels = {} if lm else dict(num_labels=1, problem_type=problem_type) if problem_type == tasks.REGRESSION \
         else dict(num_labels=len(label_names), id2label=dict(enumerate(label_names)),
                   label2id={n: i for i, n in enumerate(label_names)})
@@ -289,17 +328,25 @@ def build_experiment(args, ray) -> Experiment:
                              f"has that name; its linear layers are named {leaves[:12]}")
     if args.gradient_checkpointing and not getattr(base_model, "supports_gradient_checkpointing", False):
         raise ValueError(f"--gradient_checkpointing: {type(base_model).__name__} does not support it")
-    if kind.processor == "AutoTokenizer":
-        if tokenizer.pad_token is None:  # decoder LLMs: pad with EOS, and tell the head where sequences end
-            tokenizer.pad_token = tokenizer.eos_token
-        base_model.config.pad_token_id = tokenizer.pad_token_id
-    collate = kind.collator(tokenizer)
+    return base_model
 
-    model_name = args.model_name_or_path or DEFAULT_MODEL
+
+def _record(args, base_model, model_name: str, raw, data, roles, kind, text_columns, label_column, label_names,
+            problem_type: str, precision: str, lora) -> dict:
+    """The experiment record every run carries: everything that defines a run besides its preset, size and seed; a
+    resume must match it exactly. Keys added since the first records are written only where on, so that older
+    records keep matching."""
+    import torch
+    import transformers
+
+    from .. import __version__
+    from . import data as data_mod
+    from . import tasks
+    from .presets import METHOD_FLAGS, NO_METHODS
+
     config = {k: v for k, v in base_model.config.to_dict().items()
               if k not in ("_name_or_path", "transformers_version")}
-    # everything that defines a run besides its preset, size and seed; a resume must match it exactly
-    experiment = {"name": args.experiment, "settings": {
+    return {"name": args.experiment, "settings": {
         "model": model_name, "model_config": digest(config),
         "data_sha256": data_mod.content_hash(raw, text_columns, label_column),  # a causal LM's: its format's
         "text_columns": list(text_columns), "label_column": label_column, "labels": label_names,
@@ -328,8 +375,3 @@ def build_experiment(args, ray) -> Experiment:
         **({"lora": lora} if lora else {}),
         "versions": {"hfreg": __version__, "transformers": transformers.__version__,
                      "torch": torch.__version__.split("+")[0]}}}
-    contents = {p.name: p.contents() for p in presets}
-    code = code_identity()
-    return Experiment(accelerator, presets, contents, settings, base_model, data, roles, collate, label_names,
-                      model_name, experiment, code, precision, threads,
-                      arms={name: matched for name, (_, matched) in arms.items()})

@@ -335,6 +335,32 @@ def findings(records: list[dict], settings: dict | None = None, codes: list[str]
               f"backward passes per optimizer step. Underfit = runs whose selected point is near chance without "
               f"fitting their training data; censored = runs whose selected point is the first or last evaluation; "
               f"regime = what the cell's runs measured (see the README).", "", table(records), ""]
+    words = _verdict_words(records, task)
+    lines += ["In words:", ""] + [f"- {w}" for w in words] + [""]
+    missing = sorted({(r["preset"], c) for r in records for c in r.get("missing_controls", [])})
+    if missing:
+        lines += ["Missing controls: " + "; ".join(f"`{p}` is judged against `{c}`, which has no runs here"
+                                                   for p, c in missing) + " (a grid made now refuses a missing "
+                  "control and adds the equal-compute arm itself).", ""]
+    censored = [f"`{r['preset']}` at {r['train_size']} ({r['censored_runs']}/{len(r['seeds'])})" for r in records
+                if r.get("against", BASELINE) == BASELINE and r.get("censored_runs", 0) * 2 > len(r["seeds"])]
+    if censored:
+        lines += [f"Censored: in over half of the runs of {', '.join(censored)} the selected point is the first or "
+                  f"last evaluation, so early stopping may have wanted a point the grid does not have (evaluate more "
+                  f"often, or train longer).", ""]
+    verdicts = [r[f"delta_{c}_{m}"]["verdict"] for r in records for c in COMPARISONS for m in task.verdicts
+                if f"delta_{c}_{m}" in r]
+    lines.append(f"Of {len(verdicts)} verdicts, " + ", ".join(f"{verdicts.count(v)} {v}" for v in stats.VERDICTS)
+                 + ".")
+    for family, points in (sweeps or {}).items():
+        lines += [""] + sweep_text(family, dose_response(records, points), said[task.primary])
+    lines += _power_lines(records, task)
+    return "\n".join(lines) + "\n"
+
+
+def _verdict_words(records: list[dict], task: tasks.Task) -> list[str]:
+    """findings.md's "In words": each cell's verdicts by outcome, with its regime and cost."""
+    said = names(task)
     words = []
     for r in records:
         if r["preset"] == BASELINE:
@@ -354,24 +380,12 @@ def findings(records: list[dict], settings: dict | None = None, codes: list[str]
             text += f" — {', '.join(r['regime'])}"
         cost = f" at {r['passes']}× the passes per step" if r.get("passes", 1) > 1 else ""
         words.append(f"{_label(r['preset'], r.get('against', BASELINE))}{cost} at {r['train_size']}: {text}.")
-    lines += ["In words:", ""] + [f"- {w}" for w in words] + [""]
-    missing = sorted({(r["preset"], c) for r in records for c in r.get("missing_controls", [])})
-    if missing:
-        lines += ["Missing controls: " + "; ".join(f"`{p}` is judged against `{c}`, which has no runs here"
-                                                   for p, c in missing) + " (a grid made now refuses a missing "
-                  "control and adds the equal-compute arm itself).", ""]
-    censored = [f"`{r['preset']}` at {r['train_size']} ({r['censored_runs']}/{len(r['seeds'])})" for r in records
-                if r.get("against", BASELINE) == BASELINE and r.get("censored_runs", 0) * 2 > len(r["seeds"])]
-    if censored:
-        lines += [f"Censored: in over half of the runs of {', '.join(censored)} the selected point is the first or "
-                  f"last evaluation, so early stopping may have wanted a point the grid does not have (evaluate more "
-                  f"often, or train longer).", ""]
-    verdicts = [r[f"delta_{c}_{m}"]["verdict"] for r in records for c in COMPARISONS for m in task.verdicts
-                if f"delta_{c}_{m}" in r]
-    lines.append(f"Of {len(verdicts)} verdicts, " + ", ".join(f"{verdicts.count(v)} {v}" for v in stats.VERDICTS)
-                 + ".")
-    for family, points in (sweeps or {}).items():
-        lines += [""] + sweep_text(family, dose_response(records, points), said[task.primary])
+    return words
+
+
+def _power_lines(records: list[dict], task: tasks.Task) -> list[str]:
+    """findings.md's power paragraphs: the seeds a verdict would need at the measured noise, per comparison."""
+    said, lines = names(task), []
     for comp, pw in power(records, _margins_of(records)).items():
         if pw["paired_sd"] == 0:
             lines += ["", f"Power ({COMPARISONS[comp]}): every paired difference in {said[task.primary]} is zero."]
@@ -385,4 +399,4 @@ def findings(records: list[dict], settings: dict | None = None, codes: list[str]
                       f"needs {s['0.01']['alpha_0.05']} ({s['0.01']['alpha_corrected']}); showing equivalence "
                       f"within ±{pw['equivalence']['margin']:g} when Δ = 0 needs about "
                       f"{pw['equivalence']['alpha_corrected']} at the corrected α."]
-    return "\n".join(lines) + "\n"
+    return lines
