@@ -11,7 +11,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import tiny_models  # noqa: E402
-from harness import reviews  # noqa: E402
+from harness import reviews, tiny_decoder  # noqa: E402
 
 SHARED_DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
 
@@ -115,18 +115,7 @@ PEOPLE, PLACES = ["alice", "bob", "carol", "dave"], [["paris"], ["london"], ["ne
 
 @pytest.fixture(scope="session")
 def tiny_llama(tmp_path_factory, minilm_path):
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    path = tmp_path_factory.mktemp("tiny-llama")
-    tok = AutoTokenizer.from_pretrained(minilm_path)
-    config = LlamaConfig(vocab_size=tok.vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-                         pad_token_id=tok.pad_token_id)
-    torch.manual_seed(0)
-    LlamaForCausalLM(config).save_pretrained(path)
-    tok.save_pretrained(path)
-    return str(path)
+    return tiny_decoder(tmp_path_factory.mktemp("tiny-llama"), "llama", minilm_path)
 
 
 @pytest.fixture(scope="session")

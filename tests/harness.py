@@ -40,3 +40,19 @@ def reviews(shared_data, split, n):
 
     with open(os.path.join(shared_data, "rt-polarity", f"{split}.csv")) as f:
         return [(row["text"], int(row["label"])) for row, _ in zip(csv.DictReader(f), range(n))]
+
+
+def tiny_decoder(path, model_type: str, tokenizer_path) -> str:
+    """A 2-layer, width-32 causal LM of ``model_type`` (llama, qwen2, ...) with the tokenizer at ``tokenizer_path``
+    (the packaged MiniLM's), saved at ``path`` like a hub checkpoint; seeded, so every session draws the same."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tokenizer_path)
+    config = AutoConfig.for_model(model_type, vocab_size=tok.vocab_size, hidden_size=32, intermediate_size=64,
+                                  num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                  max_position_embeddings=128, pad_token_id=tok.pad_token_id)
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(config).save_pretrained(path)
+    tok.save_pretrained(path)
+    return str(path)

@@ -13,7 +13,7 @@ import re
 import shlex
 
 import pytest
-from harness import ROOT
+from harness import ROOT, tiny_decoder
 
 PAGES = ["README.md", *sorted(p for p in glob.glob(os.path.join("docs", "**", "*.md"), root_dir=ROOT, recursive=True)
                               if not p.startswith(os.path.join("docs", "results", "")))]
@@ -36,18 +36,8 @@ def blocks():
 def local(tmp_path_factory, minilm_path):
     """The local stand-in of each hub id the examples load: the packaged MiniLM for itself, a tiny random Qwen2
     (with MiniLM's tokenizer) for Qwen2.5."""
-    import torch
-    from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
-
-    qwen = tmp_path_factory.mktemp("qwen")
-    tok = AutoTokenizer.from_pretrained(minilm_path)
-    config = Qwen2Config(vocab_size=tok.vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-                         pad_token_id=tok.pad_token_id)
-    torch.manual_seed(0)
-    Qwen2ForCausalLM(config).save_pretrained(qwen)
-    tok.save_pretrained(qwen)
-    return {"sentence-transformers/all-MiniLM-L6-v2": minilm_path, "Qwen/Qwen2.5-0.5B": str(qwen)}
+    qwen = tiny_decoder(tmp_path_factory.mktemp("qwen"), "qwen2", minilm_path)
+    return {"sentence-transformers/all-MiniLM-L6-v2": minilm_path, "Qwen/Qwen2.5-0.5B": qwen}
 
 
 def commands(text: str) -> list[list[str]]:
