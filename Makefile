@@ -1,5 +1,6 @@
 # Two entry points: `make finetune` (the main job) and `make test`. Both set up .venv on first use.
-# CPU build of PyTorch by default; for a GPU, install your platform's torch into .venv first (see README).
+# torch==2.13.0 as pip resolves it (PyPI's Linux wheel is the CUDA build: for the CPU one, or a GPU build of your
+# platform, install torch into .venv first; see docs/installation.md).
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin

@@ -20,7 +20,7 @@ PAGES = ["README.md", *sorted(p for p in glob.glob(os.path.join("docs", "**", "*
 BLOCK = re.compile(r"^```(\w+)\n(.*?)^```", re.S | re.M)
 HUB_ID = re.compile(r"""["']([A-Za-z0-9][\w.-]*/[\w.-]+)["']""")
 # tools outside hfreg: what they do is theirs (make's targets are the suite and the main job themselves)
-EXTERNAL = {"make", "pip", "git", "cd", "ray", "python3", "for", "done", "test=\"\";"}
+EXTERNAL = {"make", "pip", "git", "cd", "ray", "python3", "source", "for", "done", "test=\"\";"}
 
 
 def blocks():

@@ -121,6 +121,10 @@ def test_method_presets_and_their_errors(tmp_path):
         bad.write_text(text)
         with pytest.raises(ValueError, match=message.replace("(", r"\(").replace("]", r"\]")):
             load_preset(str(bad))
+    bad.write_text("weight_decy = 0.01\n")  # a misspelt key: every key a preset may hold is named
+    with pytest.raises(ValueError, match=r"unknown key\(s\) \['weight_decy'\]; allowed: .*'weight_decay', 'rdrop', "
+                                         r"'llrd', 'reinit_layers', 'control', 'data_order', 'steps_factor'\]"):
+        load_preset(str(bad))
 
 
 def test_method_presets_sweep_by_factor():

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import sys
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 
 from ..config import RENAMED, RegularizationConfig
 from ..resources import shipped, shipped_names
@@ -189,6 +189,12 @@ def load_preset(name_or_path: str) -> Preset:
     methods = {m: int(v) if m == "reinit_layers" else float(v) for m, v in methods.items()}
     name = os.path.basename(name_or_path)[:-5] if name_or_path.endswith(".toml") else name_or_path
     judged = _judging_fields(name_or_path, name, data)
+    spec_keys = {f.name for f in fields(RegularizationConfig)} | set(RENAMED)
+    unknown = sorted(set(data) - spec_keys)
+    if unknown:  # every key a preset may hold, not the spec's alone
+        allowed = [*sorted(spec_keys - set(RENAMED)), "weight_decay", *METHODS, "control", "data_order",
+                   "steps_factor"]
+        raise ValueError(f"preset {name_or_path}: unknown key(s) {unknown}; allowed: {allowed}")
     try:
         reg = RegularizationConfig.from_dict(data)
     except ValueError as e:

@@ -288,9 +288,10 @@ def findings(records: list[dict], settings: dict | None = None, codes: list[str]
     ``pretrained``: the model's own dropout per knob (`pretrained_dropout`), for the baseline's description."""
     lines = ["## Findings", ""]
     if settings:
+        stretched = (f", at least {settings['min_steps']} steps (a run short of them trains more epochs, with as "
+                     f"many evaluation points)" if settings.get("min_steps") else "")
         lines += [f"Model {settings.get('model')}; data roles: {settings.get('roles')}; learning rate(s) "
-                  f"{settings.get('learning_rates')}, {settings.get('num_train_epochs')} epochs"
-                  f"{', at least ' + str(settings['min_steps']) + ' steps' if settings.get('min_steps') else ''}, "
+                  f"{settings.get('learning_rates')}, {settings.get('num_train_epochs')} epochs{stretched}, "
                   f"batch {settings.get('train_batch_size')}, {settings.get('evals_per_epoch')} evaluations per "
                   f"epoch, gradient clipping "
                   f"{settings['max_grad_norm'] if settings.get('max_grad_norm') else 'off'}"
@@ -334,7 +335,7 @@ def findings(records: list[dict], settings: dict | None = None, codes: list[str]
               f"(inconclusive): neither. {_calibration_words(task, findings=True)}Passes = forward/"
               f"backward passes per optimizer step. Underfit = runs whose selected point is near chance without "
               f"fitting their training data; censored = runs whose selected point is the first or last evaluation; "
-              f"regime = what the cell's runs measured (see the README).", "", table(records), ""]
+              f"regime = what the cell's runs measured (see docs/comparison.md).", "", table(records), ""]
     words = _verdict_words(records, task)
     lines += ["In words:", ""] + [f"- {w}" for w in words] + [""]
     missing = sorted({(r["preset"], c) for r in records for c in r.get("missing_controls", [])})
