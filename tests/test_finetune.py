@@ -194,7 +194,9 @@ def test_rate_sweep_min_steps_and_code_identity(tiny_classifier, csv_data, tmp_p
     assert point["steps"] == 12 and [p["step"] for p in point["evals"]] == [3, 6, 9, 12]
     assert point["experiment"]["settings"]["min_steps"] == 12
     assert point["provenance"]["code"].startswith(("git:", "sha256:"))
+    assert "CPU cores" in point["provenance"]["machine"]  # what trained it, recorded with the wall time
     findings = (out / "findings.md").read_text()
+    assert f"Trained on {point['provenance']['machine']}: " in findings and " h of run wall time." in findings
     assert "Rate sweep `hidden` (the knob alone; test accuracy, early-stopped):" in findings
     assert "- n=16: equivalent to none at" in findings and "not worse than the best:" in findings
     report.report(str(out))

@@ -266,10 +266,13 @@ class Grid:
         # must stay the same runs (preset_config, whose digest keys them, says what trained)
         exp, args = self.exp, self.args
         paired = {"equal_compute_for": exp.arms[preset.name]} if preset.name in exp.arms else {}
+        result = dict(result)
+        machine = result.pop("machine", None)  # the process that trained it: a cluster's worker, not this driver
         return {"experiment": exp.record, "preset": preset.name, "preset_config": exp.contents[preset.name],
                 "train_size": size, "seed": seed, **paired, **result,
                 "provenance": {"data": args.dataset_name or args.train_file or "synthetic", "code": exp.code,
-                               "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}}
+                               "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                               **({"machine": machine} if machine else {})}}
 
     def _train_here(self, key) -> None:
         from . import keep

@@ -437,6 +437,22 @@ def _test_at_leaders(job: Job, model, leaders, test_dl, test_labels, points, log
     logits["test"].sort(key=lambda x: x[0])
 
 
+def machine(device) -> str:
+    """What trained a run, for the record: the CPU's model and core count, or the GPU's name."""
+    import os
+    import platform
+
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)} ({os.cpu_count()} CPU cores)"
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} CPU cores, {torch.get_num_threads()} thread(s)"
+
+
 def _outcome(job: Job, points, logits, labels, orders, extra, steps, seconds, eval_time) -> tuple[dict, dict]:
     """The run's record fields and its predictions (each view's stored outputs with their labels and order)."""
     # early stopping: the point with the lowest selection loss (the first of equals)
@@ -446,7 +462,8 @@ def _outcome(job: Job, points, logits, labels, orders, extra, steps, seconds, ev
         "selection_majority": float(np.bincount(labels["selection"]).max() / len(labels["selection"]))}
     record = {**extra, "evals": points, "selected_step": selected, "steps": steps,
               "learning_rate": job.settings.learning_rate,
-              **majority, "seconds": round(seconds, 2), "eval_seconds": round(eval_time, 2)}
+              **majority, "seconds": round(seconds, 2), "eval_seconds": round(eval_time, 2),
+              "machine": machine(job.accelerator.device)}
     predictions = {"steps": np.array([p["step"] for p in points]),
                    "test_steps": np.array([step for step, _ in logits["test"]])}
     for name in logits:

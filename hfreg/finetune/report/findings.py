@@ -283,9 +283,10 @@ def baseline_text(pretrained: dict | None) -> str:
 
 
 def findings(records: list[dict], settings: dict | None = None, codes: list[str] | None = None,
-             sweeps: dict | None = None, pretrained: dict | None = None) -> str:
+             sweeps: dict | None = None, pretrained: dict | None = None, machines: str = "") -> str:
     """findings.md for one experiment: the verdict table and its plain-word reading, derived from the numbers.
-    ``pretrained``: the model's own dropout per knob (`pretrained_dropout`), for the baseline's description."""
+    ``pretrained``: the model's own dropout per knob (`pretrained_dropout`), for the baseline's description;
+    ``machines``: what trained the runs and for how long (`writing.machines`)."""
     lines = ["## Findings", ""]
     if settings:
         stretched = (f", at least {settings['min_steps']} steps (a run short of them trains more epochs, with as "
@@ -300,6 +301,8 @@ def findings(records: list[dict], settings: dict | None = None, codes: list[str]
     lines += [baseline_text(pretrained), ""]
     if codes and len(codes) > 1:
         lines += [f"Note: these runs were made by {len(codes)} versions of the code ({', '.join(codes)}).", ""]
+    if machines:
+        lines += [machines, ""]
     if not any(d["n"] >= 2 for r in records for k, d in r.items() if k.startswith("delta_")):
         # a first run with one seed per cell: differences only, nothing to divide an error rate over
         return "\n".join(lines + [

@@ -85,6 +85,19 @@ def code_identities(runs: list[dict]) -> list[str]:
         for r in runs))
 
 
+def machines(runs: list[dict]) -> str:
+    """What trained ``runs`` and for how long, for findings.md: each recorded machine with its runs and their summed
+    wall time (runs made before records said which machine count as "unrecorded"); "" where none says."""
+    if not any(r.get("provenance", {}).get("machine") for r in runs):
+        return ""
+    by = {}
+    for r in runs:
+        seen = by.setdefault(r.get("provenance", {}).get("machine") or "unrecorded", [0, 0.0])
+        seen[0], seen[1] = seen[0] + 1, seen[1] + r.get("seconds", 0.0)
+    return "Trained on " + "; ".join(f"{m}: {n} run{'s' * (n != 1)}, {s / 3600:.2f} h of run wall time"
+                                     for m, (n, s) in by.items()) + "."
+
+
 def report(output_dir: str, make_plots: bool = True, select_by: str | None = None,
            margins: dict | None = None, pooled_dir: str | None = None) -> str:
     """Rebuild summary.json, summary.csv, findings.md, pooled.json, pooled.md and the plots from
@@ -231,7 +244,8 @@ def _report(output_dir: str, loaded: tuple[list[dict], int], make_plots: bool, s
         if make_plots and sweeps:
             plot_dose_response(dest, mine, sweeps, suffix="" if name == DEFAULT_EXPERIMENT else f"-{name}")
         settings = theirs[0]["experiment"].get("settings") or {}
-        text = findings(mine, settings, code_identities(theirs), sweeps, pretrained_dropout(settings.get("model")))
+        text = findings(mine, settings, code_identities(theirs), sweeps, pretrained_dropout(settings.get("model")),
+                        machines(theirs))
         out.append(text if name == DEFAULT_EXPERIMENT else f"# Experiment {name}\n\n{text}")
     if duplicates:
         out.append(f"note: {duplicates} duplicate record(s) in runs.jsonl were counted once")
