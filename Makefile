@@ -20,10 +20,13 @@ $(VENV)/.installed: pyproject.toml constraints.txt | $(BIN)/python
 setup: $(VENV)/.installed
 
 # -q: on a user error the script's one-line message stands alone, without the launcher's own traceback.
-# accelerate gives a process one CPU thread unless told; one process, every core (a GPU ignores it).
+# accelerate gives a process one CPU thread unless told; one process, every core (a GPU ignores it). The launcher's
+# own defaults are given so that it prints no warning about them: the script sets its precision itself
+# (--mixed_precision auto: bf16 where the hardware runs it natively).
 THREADS ?= $(shell nproc 2>/dev/null || echo 1)
 finetune: setup
-	$(BIN)/accelerate launch -q --num_processes 1 --num_cpu_threads_per_process $(THREADS) scripts/finetune.py $(ARGS)
+	$(BIN)/accelerate launch -q --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no \
+		--num_cpu_threads_per_process $(THREADS) scripts/finetune.py $(ARGS)
 
 # ruff first (configured in pyproject.toml): a lint failure fails the suite
 test: setup
