@@ -476,14 +476,18 @@ def _native_sites(model: nn.Module, arch: Arch, layer_of: dict, head_roots: list
                 config_key = sources.get((path, attr), ("", ""))[1]
                 natives.append(NativeSite(mod, attr, f"{path}:{attr}", key, classify(key, loc, config_key), layer,
                                           unread, "attribute", config_key, path))
-    # rates read from a config in forward: the table says which knob where the name and place cannot; the rest
-    # are found in the forward code of the model's own module classes
-    seen = set()
+    natives += _config_read_sites(config, arch, tree, where, classify)
+    return natives, head_linears, adapter_slots
+
+
+def _config_read_sites(config, arch: Arch, tree: _Tree, where, classify) -> list[NativeSite]:
+    """Rates read from a config in forward: the table says which knob where the name and place cannot; the rest
+    are found in the forward code of the model's own module classes (each config key once)."""
+    sites, seen = [], set()
     for key, knob in arch.forward_config.items():
         if hasattr(config, key):
             seen.add((id(config), key))
-            natives.append(NativeSite(config, key, f"config.{key}", f"config.{key}", knob, None, False, "config",
-                                      key))
+            sites.append(NativeSite(config, key, f"config.{key}", f"config.{key}", knob, None, False, "config", key))
     for path, mod in tree.named:
         cfg = getattr(mod, "config", None)
         for key in config_reads(type(mod)) if cfg is not None else ():
@@ -493,6 +497,6 @@ def _native_sites(model: nn.Module, arch: Arch, layer_of: dict, head_roots: list
             seen.add((id(cfg), key))
             name = f"config.{key}" if cfg is config else f"{path}.config.{key}"
             loc, _ = where(path)
-            natives.append(NativeSite(cfg, key, name, f"config.{key}", classify(f"config.{key}", loc, key), None,
-                                      False, "config", key, path))
-    return natives, head_linears, adapter_slots
+            sites.append(NativeSite(cfg, key, name, f"config.{key}", classify(f"config.{key}", loc, key), None,
+                                    False, "config", key, path))
+    return sites
