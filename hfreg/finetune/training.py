@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..patcher import patch_model
-from ..rdrop import rdrop_loss, rdrop_objective
+from ..rdrop import IGNORE_INDEX, rdrop_loss
 from ..schedule import RateScheduler
 from . import causal_lm
 from .data import by_length, eval_loader, stratified_indices, subset_indices, train_loader
@@ -185,12 +185,12 @@ def task_loss(model, batch: dict, rdrop_alpha: float = 0.0, label_smoothing: flo
     if not label_smoothing:
         return model(**batch).loss
     logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
-    if problem_type == CLASSIFICATION:
-        return F.cross_entropy(logits.float(), batch["labels"], label_smoothing=label_smoothing)
     labels = batch["labels"]
     if shift:
         logits, labels = logits[:, :-1], labels[:, 1:]
-    return rdrop_objective(logits, logits, labels, 0.0, label_smoothing)  # alpha 0: the smoothed cross-entropy
+    # one row per labelled position (a sequence's, or a token's), the unlabelled left out of the mean
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1), ignore_index=IGNORE_INDEX,
+                           label_smoothing=label_smoothing)
 
 
 def _clip(model: nn.Module, optimizer, scaler, max_norm: float) -> None:
