@@ -28,15 +28,16 @@ warnings.filterwarnings("ignore")
 
 
 # the modules a patched model's training step runs through: a change to any of them calls for new figures
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CODE_PATH = ("hfreg/layers.py", "hfreg/hooks.py", "hfreg/fast_masks.py", "hfreg/inject.py", "hfreg/state.py",
-             "hfreg/rdrop.py")
+             "hfreg/rdrop.py",
+             *sorted(f"hfreg/knobs/{f}" for f in os.listdir(f"{ROOT}/hfreg/knobs") if f.endswith(".py")))
 
 
 def code_path_digest() -> str:
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     h = hashlib.sha256()
     for path in CODE_PATH:
-        with open(os.path.join(root, path), "rb") as f:
+        with open(os.path.join(ROOT, path), "rb") as f:
             h.update(f.read())
     return h.hexdigest()[:12]
 

@@ -5,15 +5,8 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 
-# The canonical knobs, in the order tables show them.
-KNOBS = ("attention", "hidden", "embedding", "activation", "classifier", "drop_path", "layerdrop", "adapter", "heads",
-         "mixout", "embedding_noise")
-# knobs whose value is a noise scale >= 0, not a probability in [0, 1)
-SCALES = ("embedding_noise",)
-# knobs added after the first release: left out of `to_dict` while None, so older specs and records read alike
-_NEWER = ("adapter", "heads", "mixout", "embedding_noise", "mixout_modules", "schedule")
 DROP_PATH_PROFILES = ("linear", "uniform")  # how drop-path rates vary over depth
 # spec keys renamed since they were first written: files and records with the earlier name load unchanged
 RENAMED = {"drop_path_schedule": "drop_path_profile"}
@@ -24,6 +17,15 @@ ALL_KNOBS = "all"  # a schedule for every knob the spec sets
 CONFIG_NAME = "hfreg_config.json"
 # Key under which the spec is recorded inside a transformers config.
 CONFIG_ATTR = "hfreg"
+
+
+def knob(module: str, scale: bool = False, sampling: bool = True, newer: bool = True):
+    """A knob's field in `RegularizationConfig`, and its row in the table of knobs: None by default (the model as it
+    is). ``module``: the module of `hfreg.knobs` that holds its hooks and its injector (the layer stack's five knobs
+    share ``stack``); ``scale``: a noise scale >= 0 rather than a probability in [0, 1); ``sampling``: dropout
+    sampling, in MC dropout's default (`hfreg.mc.MC_KNOBS`); ``newer``: added after the first release, so left out of
+    `to_dict` while None and older specs and records read alike."""
+    return field(default=None, metadata={"knob": module, "scale": scale, "sampling": sampling, "newer": newer})
 
 
 def check_rate(name: str, value) -> None:
@@ -180,21 +182,23 @@ class RegularizationConfig:
         ValueError: `hidden` must be a float in [0, 1) or None, got 1.5
     """
 
-    attention: float | None = None
-    hidden: float | None = None
-    embedding: float | None = None
-    activation: float | None = None
-    classifier: float | None = None
-    drop_path: float | None = None
-    layerdrop: float | None = None
-    adapter: float | None = None
-    heads: float | None = None
-    mixout: float | None = None
-    embedding_noise: float | None = None
-    mixout_modules: list[str] | None = None
+    # the knobs, in the order tables show them and patches hook them; each names its module in `hfreg.knobs`
+    attention: float | None = knob("attention", newer=False)
+    hidden: float | None = knob("stack", newer=False)
+    embedding: float | None = knob("stack", newer=False)
+    activation: float | None = knob("stack", newer=False)
+    classifier: float | None = knob("classifier", newer=False)
+    drop_path: float | None = knob("stack", newer=False)
+    layerdrop: float | None = knob("stack", sampling=False, newer=False)
+    adapter: float | None = knob("adapter")
+    heads: float | None = knob("heads")
+    mixout: float | None = knob("mixout", sampling=False)
+    embedding_noise: float | None = knob("embedding_noise", scale=True, sampling=False)
+    # the knobs' options
+    mixout_modules: list[str] | None = field(default=None, metadata={"newer": True})
     drop_path_profile: str = "linear"
     drop_path_mode: str = "per_sample"
-    schedule: dict | None = None
+    schedule: dict | None = field(default=None, metadata={"newer": True})
 
     def __post_init__(self):
         for knob in KNOBS:
@@ -265,4 +269,17 @@ class RegularizationConfig:
             path = os.path.join(path, CONFIG_NAME)
         with open(path) as f:
             return cls.from_dict(json.load(f))
+
+
+_KNOB_FIELDS = [f for f in fields(RegularizationConfig) if "knob" in f.metadata]
+# The canonical knobs, in the order tables show them.
+KNOBS = tuple(f.name for f in _KNOB_FIELDS)
+# knob -> its module in `hfreg.knobs`
+KNOB_MODULES = {f.name: f.metadata["knob"] for f in _KNOB_FIELDS}
+# knobs whose value is a noise scale >= 0, not a probability in [0, 1)
+SCALES = tuple(f.name for f in _KNOB_FIELDS if f.metadata["scale"])
+# knobs that are dropout sampling (MC dropout's default)
+SAMPLING = tuple(f.name for f in _KNOB_FIELDS if f.metadata["sampling"])
+# fields added after the first release: left out of `to_dict` while None, so older specs and records read alike
+_NEWER = tuple(f.name for f in fields(RegularizationConfig) if f.metadata.get("newer"))
 

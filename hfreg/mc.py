@@ -18,14 +18,14 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .config import KNOBS
+from .config import KNOBS, SAMPLING
 from .hooks import SAMPLE_FLAG
 from .patcher import inspect_model
 from .state import patch_state, unwrap
 
-# LayerDrop skips whole layers, Mixout mixes in the pretrained weights and NEFTune adds noise: not dropout
-# sampling; opt in with knobs=
-MC_KNOBS = tuple(k for k in KNOBS if k not in ("layerdrop", "mixout", "embedding_noise"))
+# the knobs that are dropout sampling (`hfreg.config.knob`'s ``sampling``): LayerDrop skips whole layers, Mixout mixes
+# in the pretrained weights and NEFTune adds noise; opt in to those with knobs=
+MC_KNOBS = SAMPLING
 
 
 def _sampling_modules(model, knobs):

@@ -255,6 +255,12 @@ def _attentions(block: nn.Module, named=None) -> list[tuple[str, nn.Module]]:
     return found
 
 
+def is_weighted(module: nn.Module) -> bool:
+    """A module whose ``weight`` parameter is one matrix (or kernel) of a linear map: Linear, transformers'
+    Conv1D (GPT-2), convolutions."""
+    return isinstance(module, (nn.Linear, nn.modules.conv._ConvNd)) or type(module).__name__ == "Conv1D"
+
+
 def stack_key(path: str) -> str:
     return re.sub(r"\.\d+(?=[.:]|$)", ".*", path)
 

@@ -1,12 +1,13 @@
 """The patch state and its lifecycle: what a patch did (`PatchState`, kept on the model), and the small API every
 other part needs — `unwrap`, `patch_state`, `is_patched`, `unpatch_model`, `set_rate_factors`. The patch itself is
-`hfreg.inject.apply_spec`; the hooks it registers are `hfreg.hooks`.
+`hfreg.inject.apply_spec`, which hands each knob's injector (`hfreg.knobs`) a `Plan`.
 """
 
 from __future__ import annotations
 
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from torch import nn
 
@@ -91,6 +92,24 @@ class PatchState:
         warnings.warn(f"hfreg: `{knob}`={rate} cannot apply to {getattr(model.config, 'model_type', None)} "
                       f"({type(model).__name__}): {why}", UserWarning, stacklevel=4)
 
+
+
+@dataclass
+class Plan:
+    """What every knob's injector (`hfreg.knobs`) reads: the model, its structure, the spec and the knobs it sets,
+    each knob's live native sites (``natives_by``), and the patch state it records its hooks, sites and refusals
+    in."""
+
+    model: nn.Module
+    struct: Structure
+    reg: RegularizationConfig
+    knobs: dict
+    natives_by: dict
+    state: PatchState
+
+    def refuse(self, knob: str, rate: float | None, why: str) -> None:
+        """``knob`` cannot act somewhere in the model: recorded in the patch state and warned (`PatchState.refuse`)."""
+        self.state.refuse(knob, rate, why, self.model)
 
 
 def unpatch_model(model: nn.Module) -> nn.Module:

@@ -122,7 +122,7 @@ def test_code_block(page, lang, text, tmp_path, monkeypatch, request):
             table = f.read()
         for line in text.splitlines():
             assert line.split("  #")[0].strip() in table, f"{page} quotes a line the table lacks: {line}"
-    elif lang == "python" and text.startswith(("class ", "def ")):  # an excerpt of the library's code
+    elif lang == "python" and text.startswith(("class ", "def ", " ")):  # an excerpt of the library's code
         lines = [line.split("  #")[0].strip() for line in text.splitlines()]
         sources = {}
         for path in glob.glob(os.path.join(ROOT, "hfreg", "**", "*.py"), recursive=True):

@@ -297,9 +297,8 @@ def test_a_patch_that_fails_halfway_is_undone(monkeypatch):
 
     import hfreg.inject
 
-    table = list(hfreg.inject.INJECTORS)
-    table[1] = (table[1][0], boom)  # the classifier's: after natives and layer hooks are in place
-    monkeypatch.setattr(hfreg.inject, "INJECTORS", tuple(table))
+    # the classifier's: after the attention and layer hooks are in place
+    monkeypatch.setitem(hfreg.inject.INJECTORS, "classifier", boom)
     with pytest.raises(RuntimeError, match="injection failed"):
         hfreg.patch_model(model, FULL)
     assert not hfreg.is_patched(model) and not hasattr(model.config, "hfreg")
@@ -390,7 +389,7 @@ def test_parallel_per_index_lists_form_layers():
 def test_layerdrop_skips_a_parallel_layer_whole():
     """XLM's layer i is attentions[i], layer_norm1[i], ffns[i] and layer_norm2[i], joined in the model's forward:
     LayerDrop skips all four at once, so a forward that skips layer 0 equals the one-layer model made of layer 1."""
-    from hfreg.hooks import ParallelDraw
+    from hfreg.knobs.stack import ParallelDraw
 
     model = build("xlm")
     inputs = make_inputs("xlm", model.config)

@@ -1,0 +1,127 @@
+"""`mixout`: Mixout (Lee et al., 2020, "Mixout: Effective Regularization to Finetune Large-scale Pretrained Language
+Models"): each weight of the chosen layers replaced, with probability p, by its value at patch time, rescaled so that
+its expectation is the current weight. The mixed weight shadows the parameter for one forward, so `state_dict` and the
+optimizer see the parameter alone."""
+
+from __future__ import annotations
+
+import fnmatch
+
+from torch import nn
+
+from ..hooks import Hook, sampling
+from ..layers import mixout
+from ..sites import Site, analyze, is_weighted
+from ..state import Plan, patch_state, unwrap
+
+
+class MixoutEnter(Hook):
+    """Pre-hook of a weighted module: for this forward, a mixed weight in the instance ``__dict__`` shadows the
+    parameter (attribute lookup finds it before `nn.Module.__getattr__`), so `state_dict` and the optimizer see the
+    parameter alone, and gradients reach it through the mix. ``target`` is the weight at patch time."""
+
+    pre = True
+
+    def __init__(self, p, target):
+        self.p, self.target = p, target
+
+    def __call__(self, module, args):
+        if self.p and sampling(module):
+            module.__dict__["weight"] = mixout(module._parameters["weight"], self.target, self.p, True)
+
+
+class MixoutExit(Hook):
+    """Hook of the same module, called even when its forward raises: the parameter shows through again."""
+
+    always_call = True
+
+    def __call__(self, module, args, output):
+        module.__dict__.pop("weight", None)
+
+
+def inject(plan: Plan) -> list[Site]:
+    """Mixout on the chosen weights (`mix`), and a model pre-hook that moves it to the weights trainable at each
+    forward: weights frozen after the patch (`get_peft_model`) hand it on (`follow_mixout`)."""
+    if plan.knobs.get("mixout") is None:
+        return []
+    sites = mix(plan)
+    plan.state.hook(plan.model, FollowMixout())
+    return sites
+
+
+def mix(plan: Plan) -> list[Site]:
+    """`mixout` on the weight of every weighted module of the layers (or of those ``reg.mixout_modules`` names),
+    trainable ones only: a frozen weight stays at its target, so mixing it changes nothing. Under PEFT that means
+    the adapters' own weights (LoRA's A and B), the base weights being frozen; `follow_mixout` moves it there when
+    the adapters come after the patch."""
+    model, struct, reg, knobs, state = plan.model, plan.struct, plan.reg, plan.knobs, plan.state
+    rate = knobs.get("mixout")
+    if rate is None:
+        return []
+    layer_of = {p: layer.index for layer in struct.layers for p in (layer.path, *layer.members)}
+    chosen = []
+    for name, m in model.named_modules():
+        if not is_weighted(m) or frozen(m):
+            continue
+        root = next((p for p in layer_of if name.startswith(p + ".")), None)
+        if reg.mixout_modules is not None:
+            if any(fnmatch.fnmatchcase(name, pat) for pat in reg.mixout_modules):
+                chosen.append((name, m, layer_of.get(root)))
+        elif root is not None:
+            chosen.append((name, m, layer_of[root]))
+    if not chosen:
+        where = (f"no trainable weighted module matches mixout_modules={reg.mixout_modules}"
+                 if reg.mixout_modules is not None else "no trainable Linear or convolution was found in its layers")
+        plan.refuse("mixout", rate, where)
+        return []
+    state.mixed = [m for _, m, _ in chosen]
+    if rate:
+        exit_hook, first = MixoutExit(), len(state.handles)
+        for _, m, _ in chosen:
+            enter = state.hook(m, MixoutEnter(rate, m.weight.detach().clone()), knob="mixout")
+            enter.p = rate * state.factors["mixout"]  # a rate schedule in progress (`follow_mixout`)
+            state.hook(m, exit_hook)
+        state.mixout_handles = state.handles[first:]
+    return [Site(name, "mixout", rate, index, "injected") for name, _, index in chosen]
+
+
+def frozen(module) -> bool:
+    """Whether ``module`` has no trainable weight of its own (Mixout mixes trainable weights only)."""
+    weight = module._parameters.get("weight")
+    return not isinstance(weight, nn.Parameter) or not weight.requires_grad
+
+
+class FollowMixout(Hook):
+    """Model pre-hook: Mixout follows the trainable weights at each forward (`follow_mixout`)."""
+
+    pre = True
+
+    def __call__(self, module, args):
+        follow_mixout(module)
+
+
+def follow_mixout(model) -> bool:
+    """Move Mixout to the weights trainable now where weights it mixes have been frozen since the patch — PEFT's
+    `get_peft_model` on a patched model freezes the base weights and adds adapters, whose weights then take Mixout
+    (their values now are the targets). Called by the patch's model pre-hook at every forward and by
+    `inspect_model`; does nothing while no mixed weight is frozen.
+
+    Args:
+        model: a model, patched or not (a PEFT wrapper is looked through).
+
+    Returns:
+        Whether Mixout moved.
+    """
+    model = unwrap(model)
+    state = patch_state(model)
+    if state is None or not any(frozen(m) for m in state.mixed):
+        return False
+    mixout = {id(h) for h in state.mixout_handles}
+    for handle in state.mixout_handles:
+        handle.remove()
+    state.handles = [h for h in state.handles if id(h) not in mixout]
+    state.live = [e for e in state.live if not isinstance(e[0], MixoutEnter)]  # the targets go with them
+    state.injected = [s for s in state.injected if s.kind != "mixout"]
+    state.mixed, state.mixout_handles = [], []
+    state.injected += mix(Plan(model, analyze(model), state.reg, state.reg.knob_values(), {}, state))
+    return True

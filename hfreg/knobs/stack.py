@@ -1,0 +1,247 @@
+"""The layer stack's knobs, which share each layer's state (`LayerState`): `hidden` (dropout on each residual branch's
+output), `drop_path` (stochastic depth, Huang et al., 2016, "Deep Networks with Stochastic Depth": a whole branch
+dropped per example), `layerdrop` (Fan et al., 2019, "Reducing Transformer Depth on Demand with Structured
+Dropout": a whole layer skipped per batch), `embedding` (dropout on the first layer's input, where the model has no
+embedding dropout) and `activation` (dropout after the MLP activation, where it has none). Hooks on each layer, its
+branch ends and its activations."""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+import torch.nn.functional as F
+
+from ..hooks import Hook, OutputDropout, hidden_arg, map_first, sampling
+from ..layers import drop_path_mask, drop_path_rates
+from ..sites import Site
+from ..state import Plan
+
+
+class LayerState:
+    """Per-layer state shared by a layer's hooks. The protocol, per forward of the layer:
+
+    * `ResetCalls` (model pre-hook, weight-shared layers only) sets ``call = -1`` for every layer;
+    * `LayerPre` (layer pre-hook) advances ``call`` (the virtual layer of a shared layer), sets ``batch`` from
+      the hidden states, applies ``embedding`` dropout to the first layer's input and, under ``layerdrop``, sets
+      ``skip`` to the input to return instead of the layer's output;
+    * `Branch` (hook at each residual branch end) reads ``hidden``, ``rates[call]``, ``mode`` and ``batch``;
+    * `LayerPost` (layer hook) reads and clears ``skip``.
+
+    ``hidden``, ``rates``, ``layerdrop`` and ``embedding`` are the rates in force (`set_rate_factors` moves them).
+    """
+
+    def __init__(self, hidden, drop_path_rates, layerdrop, embedding, mode):
+        self.hidden, self.rates, self.layerdrop, self.embedding, self.mode = (
+            hidden, drop_path_rates, layerdrop, embedding, mode)
+        self.call, self.batch, self.skip = -1, None, None
+
+
+class LayerPre(Hook):
+    """Layer pre-hook of the `LayerState` protocol: the layer's call, batch size, embedding dropout, LayerDrop's
+    draw."""
+
+    pre = True
+    with_kwargs = True
+
+    def __init__(self, state):
+        self.s = state
+
+    def __call__(self, module, args, kwargs):
+        s = self.s
+        s.call = (s.call + 1) % len(s.rates)
+        hs = hidden_arg(args, kwargs)
+        if hs is None:
+            return None
+        s.batch = hs.shape[0]
+        if not sampling(module):
+            return None
+        if s.embedding and s.call == 0:
+            hs = F.dropout(hs, s.embedding, True)
+            if args and isinstance(args[0], torch.Tensor):
+                args = (hs,) + tuple(args[1:])
+            else:
+                kwargs = {**kwargs, "hidden_states": hs}
+        if s.layerdrop and torch.rand(()) < s.layerdrop:
+            s.skip = hs
+        return args, kwargs
+
+
+class LayerPost(Hook):
+    """Returns the layer's input instead of its output when `LayerPre` drew a skip. A layer that changes the shape
+    (the first block of a Hiera or BiT stage) cannot be skipped: it runs, said once per class and patch
+    (``told``), at its first refused skip, since only running it shows the shapes."""
+
+    with_kwargs = True
+
+    def __init__(self, state, told: set):
+        self.s, self.told = state, told
+
+    def __call__(self, module, args, kwargs, output):
+        skipped, self.s.skip = self.s.skip, None
+        if skipped is None:
+            return None
+
+        def skip(out):
+            if out.shape == skipped.shape:
+                return skipped
+            if type(module) not in self.told:
+                self.told.add(type(module))
+                warnings.warn(f"hfreg: `layerdrop`={self.s.layerdrop} cannot skip {type(module).__name__} layers "
+                              f"that change the hidden states' shape (a stage's first block), so those always run",
+                              UserWarning)
+            return out
+
+        return map_first(output, skip)
+
+
+class Branch(Hook):
+    """Hook at a branch end: hidden dropout and drop-path on its output. One instance serves every part of a
+    branch summed from several modules (GraniteMoeHybrid's experts and shared MLP): the first part's call draws the
+    drop-path mask, the others' reuse it. Counting calls, not forwards, keeps the draws where they were when
+    gradient checkpointing reruns a layer's forward without its hooks on the layer."""
+
+    def __init__(self, state, parts: int = 1):
+        self.s, self.parts, self.calls, self.mask = state, parts, 0, None
+
+    def __call__(self, module, args, output):
+        if not sampling(module):
+            return None
+        s = self.s
+        rate = s.rates[max(s.call, 0)]
+
+        def regularize(x):
+            if s.hidden:
+                x = F.dropout(x, s.hidden, True)
+            if rate:
+                if self.calls % self.parts == 0:
+                    self.mask = drop_path_mask(x, rate, s.mode, s.batch)
+                self.calls += 1
+                x = x * self.mask
+            return x
+
+        return map_first(output, regularize)
+
+
+class ParallelDraw(Hook):
+    """LayerDrop for a layer made of the i-th entries of parallel lists (XLM): the pre-hook of its first entry draws
+    whether the layer is skipped in this forward; `ParallelSkip` hooks then make its branches add nothing (zeros)
+    and its norms pass their input through, so the residual stream goes past the layer unchanged."""
+
+    pre = True
+
+    def __init__(self, p):
+        self.p, self.skipped = p, False
+
+    def __call__(self, module, args):
+        self.skipped = bool(self.p and sampling(module) and torch.rand(()) < self.p)
+
+
+class ParallelSkip(Hook):
+    """Hook of a parallel layer's branch (zeros) or norm (its input) while `ParallelDraw` skips the layer."""
+
+    def __init__(self, draw: ParallelDraw, norm: bool):
+        self.draw, self.norm = draw, norm
+
+    def __call__(self, module, args, output):
+        if not self.draw.skipped:
+            return None
+        return args[0] if self.norm else map_first(output, torch.zeros_like)
+
+
+class ResetCalls(Hook):
+    """Model pre-hook for weight-shared layers: each forward starts their call count again."""
+
+    pre = True
+
+    def __init__(self, states):
+        self.states = states
+
+    def __call__(self, module, args):
+        for s in self.states:
+            s.call = -1
+
+
+# knobs that act through the layer stack (hooks on layers, branches and activations)
+_LAYER_KNOBS = ("hidden", "drop_path", "layerdrop", "embedding", "activation")
+
+
+def inject(plan: Plan) -> list[Site]:
+    """Hooks on each layer and its branch ends and activations; returns the sites they add."""
+    model, struct, reg, state = plan.model, plan.struct, plan.reg, plan.state
+    knobs, natives_by = plan.knobs, plan.natives_by
+    injected: list[Site] = []
+    if not struct.layers:
+        for knob in _LAYER_KNOBS:
+            if knob in knobs and not natives_by[knob]:
+                plan.refuse(knob, knobs[knob], "no stack of residual layers was found")
+        return injected
+    hidden = knobs.get("hidden") or 0.0
+    # a tower with a native site for a knob keeps it; the others (a language model beside a vision tower that has
+    # embedding dropout) get the knob injected
+    native = {k: {t for n in natives_by[k] for t in n.towers} for k in ("layerdrop", "embedding", "activation")}
+    states, warned, told = [], set(), set()
+    for t, tower in enumerate(struct.towers):
+        layerdrop = 0.0 if t in native["layerdrop"] else (knobs.get("layerdrop") or 0.0)
+        embedding = 0.0 if t in native["embedding"] else (knobs.get("embedding") or 0.0)
+        activation = knobs.get("activation") if t not in native["activation"] else None
+        if tower[0].parallel:  # no module of the layer's own to feed; skipped through its entries' hooks
+            if embedding and "embedding" not in warned:
+                warned.add("embedding")
+                plan.refuse("embedding", embedding, "its layers are parallel per-index lists joined in forward: "
+                                                     "no layer module to take the input of")
+            if layerdrop and not tower[0].skippable and "layerdrop" not in warned:
+                warned.add("layerdrop")
+                plan.refuse("layerdrop", layerdrop, "its layers are parallel per-index lists joined in forward, "
+                                                     "beside per-index lists that are neither branches nor norms")
+            embedding = 0.0
+        if activation is not None and not any(layer.activations for layer in tower):
+            where = f" of {tower[0].path.rsplit('.', 1)[0]}" if len(struct.towers) > 1 else ""
+            plan.refuse("activation", activation, f"no activation module was found in the layers{where}")
+        depth = tower[0].depth
+        rates = drop_path_rates(knobs.get("drop_path") or 0.0, depth, reg.drop_path_profile)
+        for pos, layer in enumerate(tower):
+            own = rates[layer.index:layer.index + layer.calls]
+            emb = embedding if pos == 0 else 0.0
+            skip = layerdrop if layer.skippable else 0.0
+            whole = 0.0 if layer.parallel else skip  # a parallel layer is skipped through its entries' hooks
+            s = LayerState(hidden, own, whole, emb, reg.drop_path_mode)
+            states.append(s)
+            state.live += [(s, "hidden", "hidden", hidden), (s, "rates", "drop_path", tuple(own)),
+                           (s, "layerdrop", "layerdrop", whole), (s, "embedding", "embedding", emb)]
+            for i, rate in enumerate(own):
+                idx = layer.index + i
+                if "hidden" in knobs:
+                    injected += [Site(p, "hidden", hidden, idx, "injected") for p, _ in layer.branches]
+                if "drop_path" in knobs:
+                    injected += [Site(p, "drop_path", rate, idx, "injected") for p, _ in layer.branches]
+                if "layerdrop" in knobs and t not in native["layerdrop"] and layer.skippable:
+                    injected.append(Site(layer.path, "layerdrop", layerdrop, idx, "injected"))
+            if "embedding" in knobs and t not in native["embedding"] and pos == 0:
+                injected.append(Site(layer.path + ".<input>", "embedding", embedding, None, "injected"))
+            if layer.parallel and skip:
+                draw = state.hook(layer.module, ParallelDraw(skip), knob="layerdrop")
+                for _, part in layer.branches:
+                    state.hook(part, ParallelSkip(draw, norm=False))
+                for _, norm in layer.norms:
+                    state.hook(norm, ParallelSkip(draw, norm=True))
+            if emb or whole or any(own):  # batch size for drop-path, input for embedding dropout / LayerDrop
+                state.hook(layer.module, LayerPre(s))
+            if whole:
+                state.hook(layer.module, LayerPost(s, told))
+            if hidden or any(own):
+                for group in layer.branch_groups():
+                    hook = Branch(s, len(group))  # one per branch: its parts share the drop-path draw
+                    for _, part in group:
+                        state.hook(part, hook)
+            if activation is not None:
+                for path, act in layer.activations:
+                    injected.append(Site(path, "activation", activation, layer.index, "injected"))
+                    if activation:
+                        state.hook(act, OutputDropout(activation), knob="activation")
+    if any(layer.calls > 1 for layer in struct.layers):
+        state.hook(model, ResetCalls(states))
+    for knob in ("hidden", "drop_path"):
+        if knob in knobs and not natives_by[knob] and not any(layer.branches for layer in struct.layers):
+            plan.refuse(knob, knobs[knob], "no residual branch was found in its layers")
+    return injected
