@@ -1,6 +1,6 @@
 """hfreg: one regularization spec for any Hugging Face transformer.
 
-The library is this package's top level (config, layers, provenance, twin, sites, state, hooks, inject, probing,
+The library is this package's top level (config, layers, provenance, twin, sites, state, hooks, knobs, inject, probing,
 patcher); `hfreg.finetune` is the harness that measures overfitting under it. Names that need torch load on first
 use, so `hfreg.config` and the harness's torch-free parts (records, report) import quickly; static tools see them
 through the `TYPE_CHECKING` imports below.

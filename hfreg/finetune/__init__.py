@@ -7,8 +7,10 @@
     causal_lm    instruction pairs, conversations and plain text, loss on completions
     images       imagefolder directories or an image column, through the model's image processor
     tokens       word-level tags on first sub-tokens
-    training   one run (`Settings`, `Job`, `train`), run-parallel or data-parallel
-    prepare    what a run does to its model copy first: head, re-initialised layers, LoRA, weight decay, LLRD
+    settings   a run's training hyperparameters and what they make of its steps (no torch)
+    training   one run (`Job`, `train`: a small class of phases), run-parallel or data-parallel
+    prepare    what a run does to its model copy first: head, re-initialised layers, LoRA, the patch, weight decay,
+               LLRD
     scores     the per-point metrics and per-example terms each task stores
     records    what defines an experiment; runs.jsonl; the work queue several processes share (no torch)
     sweep      the launch (`accelerate launch -q -m hfreg.finetune`): the command line, then the grid

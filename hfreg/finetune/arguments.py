@@ -30,7 +30,7 @@ from .data import ROLES
 from .records import DEFAULT_EXPERIMENT, SELECT_BY, margins_arg
 from .tasks import CLASSIFIER_TYPES as PROBLEM_TYPES
 from .tasks import TASK_NAMES, TASKS
-from .training import PARALLEL_MODES
+from .settings import PARALLEL_MODES
 
 PROG = "hfreg-finetune"
 DEFAULTS = dict(learning_rate=2e-4, num_train_epochs=4, train_batch_size=16, seeds="0,1,2,3")

@@ -241,7 +241,7 @@ def _grid_presets(args) -> tuple[list, dict]:
 def _settings(args, precision: str, problem_type: str, label_names: list, lm: bool):
     """The training settings every run of the grid shares (`training.Settings`)."""
     from . import tasks
-    from .training import Settings
+    from .settings import Settings
 
     eval_batch = args.per_device_eval_batch_size
     if lm and args.parallel == "data":  # batches of one size there, not a token budget: as many as 4096 tokens hold

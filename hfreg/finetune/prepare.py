@@ -1,15 +1,18 @@
 """What a run does to its copy of the model before training: the head re-drawn (`reset_head`), the top layers
 re-initialised (`reinit_top_layers`), LoRA's task type (`lora_task`), activation checkpointing, the grid's NEFTune
 (`grid_noise`), and the optimizer's parameter groups with weight decay and layer-wise learning-rate decay
-(`param_groups`)."""
+(`param_groups`); `prepare_model` does them in order, and patches the copy with the run's preset."""
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import warnings
 
 import torch
 from torch import nn
 
+from ..patcher import patch_model
 from .tasks import CAUSAL_LM, TOKENS
 
 PEFT_TASK_TYPES = {CAUSAL_LM: "CAUSAL_LM", TOKENS: "TOKEN_CLS"}  # else SEQ_CLS (an image classifier: `lora_task`)
@@ -135,3 +138,30 @@ def grid_noise(reg, alpha: float):
     if schedule and ALL_KNOBS in schedule:
         schedule = {**schedule, "embedding_noise": Schedule()}
     return dataclasses.replace(reg, embedding_noise=float(alpha), schedule=schedule)
+
+
+def prepare_model(base_model: nn.Module, settings, preset, seed: int, log) -> tuple[nn.Module, dict, list]:
+    """A fresh copy of ``base_model``, ready to train under ``preset`` and ``settings`` (a `settings.Settings`): its
+    head re-drawn at ``seed`` (a causal LM's stays), checkpointing, adapters and re-initialised layers as the
+    settings ask, then patched with the preset; what the patch warns goes to ``log``. Returns the model, the
+    training-loop methods in force and the layers re-initialised."""
+    model = copy.deepcopy(base_model)
+    if settings.problem_type != CAUSAL_LM:  # a language model's output layer is pretrained (often tied): it stays
+        reset_head(model, seed)
+    if settings.gradient_checkpointing:  # before the adapters and the patch, on the transformers model itself
+        enable_checkpointing(model)
+    if settings.packing:  # transformers keeps packed sequences apart only where no cache is kept (training)
+        model.config.use_cache = False
+    if settings.lora:  # adapters first, so that the patch finds them (`adapter` knob)
+        from peft import LoraConfig, get_peft_model
+
+        model = get_peft_model(model, LoraConfig(**settings.lora, lora_dropout=0.0,
+                                                 **lora_task(model, settings.problem_type)))
+    methods = preset.methods(settings)
+    reinit = reinit_top_layers(model, methods["reinit_layers"]) if methods["reinit_layers"] else []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        patch_model(model, grid_noise(preset.reg, settings.neftune_noise_alpha))
+    for w in caught:
+        log(f"  note: {w.message}")
+    return model, methods, reinit

@@ -11,7 +11,6 @@ Two shapes (`Settings.parallel`):
 from __future__ import annotations
 
 import contextlib
-import copy
 import math
 import time
 import warnings
@@ -21,89 +20,19 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from tqdm.auto import tqdm
 
-from ..patcher import patch_model
 from ..rdrop import IGNORE_INDEX, rdrop_loss
 from ..schedule import RateScheduler
 from . import causal_lm
 from .data import by_length, eval_loader, stratified_indices, subset_indices, train_loader
-from .prepare import enable_checkpointing, grid_noise, lora_task, param_groups, reinit_top_layers, reset_head
+from .prepare import param_groups, prepare_model
 from .presets import NO_METHODS
 from .records import SELECT_BY
 from .scores import evaluate, point_metrics, test_metrics
+from .settings import Settings
 from .tasks import CAUSAL_LM, CLASSIFICATION, TOKENS, task
 from .tokens import reducer as word_outputs
-
-PARALLEL_MODES = ("run", "data")
-
-
-@dataclass(frozen=True)
-class Settings:
-    """The training hyperparameters of a run: everything the loop reads, nothing about where output goes."""
-
-    learning_rate: float
-    num_train_epochs: int
-    train_batch_size: int  # global: examples per optimizer step, whatever the process count
-    eval_batch_size: int = 256
-    eval_tokens: int = 0  # at most this many padded tokens per evaluation batch (0: batches of eval_batch_size)
-    gradient_accumulation_steps: int = 1
-    evals_per_epoch: int = 2
-    train_eval_samples: int | None = 256  # train_* metrics on at most this many examples of the subset
-    lr_scheduler_type: str = "linear"
-    warmup_ratio: float = 0.1
-    parallel: str = "run"
-    mc_samples: int = 0  # > 0: also MC-dropout metrics (mc_selection_*, mc_test_*) at every evaluation point
-    test_every_point: bool = False  # the test split at every point, not only where a selection rule can read it
-    lora: dict | None = None  # LoRA fine-tuning: `peft.LoraConfig` arguments (r, lora_alpha, target_modules)
-    min_steps: int = 0  # a small subset trains more epochs, until at least this many optimizer steps
-    # training-loop methods for every preset that does not set its own (`Preset.rdrop`, `.llrd`, `.reinit_layers`)
-    rdrop_alpha: float = 0.0  # R-Drop's alpha (0: off)
-    llrd: float = 1.0  # layer-wise learning-rate decay: layer i of L trains at lr * llrd ** (L - 1 - i)
-    reinit_layers: int = 0  # re-initialise the top k layers of every tower (and a pooler) before training
-    max_grad_norm: float = 1.0  # clip the gradients' global norm to this before each step (the Trainer's; 0: off)
-    # the HF Trainer's names; each off (or the presets' own) at its default
-    max_steps: int = 0  # > 0: optimizer steps per run, overriding num_train_epochs and min_steps
-    warmup_steps: int = 0  # > 0: warm-up steps, overriding warmup_ratio
-    weight_decay: float = 0.0  # AdamW weight decay for every preset whose own is 0
-    label_smoothing_factor: float = 0.0  # label smoothing of the training loss
-    neftune_noise_alpha: float = 0.0  # NEFTune's alpha (`embedding_noise`) for every preset that sets none
-    gradient_checkpointing: bool = False  # recompute activations in the backward pass
-    packing: bool = False  # a causal LM's training batch in one row, without padding (`causal_lm.Packed`)
-    problem_type: str = CLASSIFICATION  # `tasks`: or REGRESSION (one output, MSE), CAUSAL_LM (completion tokens),
-    # TOKENS (word labels, whose entity F1 needs their names: `label_names`)
-    label_names: tuple = ()
-
-    def epochs(self, steps_per_epoch: int, factor: int = 1) -> int:
-        """Epochs to train (the last one cut short where ``max_steps`` ends inside it): ``num_train_epochs``, or
-        more where that gives fewer than ``min_steps`` steps; times ``factor`` (a preset's `steps_factor`: an
-        equal-compute arm trains that many times the steps). With ``max_steps``, the epochs its steps reach."""
-        if self.max_steps:
-            return math.ceil(self.total_steps(steps_per_epoch, factor) / steps_per_epoch)
-        return factor * max(self.num_train_epochs, math.ceil(self.min_steps / steps_per_epoch))
-
-    def total_steps(self, steps_per_epoch: int, factor: int = 1) -> int:
-        """Optimizer steps in a run of ``steps_per_epoch`` steps an epoch: ``max_steps`` (times ``factor``) where
-        given, else every step of `epochs`."""
-        if self.max_steps:
-            return factor * self.max_steps
-        return self.epochs(steps_per_epoch, factor) * steps_per_epoch
-
-    def stretched(self, steps_per_epoch: int, factor: int = 1) -> bool:
-        """Whether a run's steps are not those of ``num_train_epochs`` (``min_steps``, ``steps_factor`` or
-        ``max_steps``): its evaluation points are then as many as the nominal epochs give, spread over the run."""
-        return bool(self.max_steps) or self.epochs(steps_per_epoch, factor) > self.num_train_epochs
-
-    def budget(self, train_size: int, factor: int = 1) -> str:
-        """What a run of ``train_size`` examples trains, in words: ``16 examples: 48 epochs to reach 48 steps``
-        where ``min_steps`` stretches it."""
-        per_epoch = math.ceil(train_size / self.train_batch_size)
-        epochs, steps = self.epochs(per_epoch, factor), self.total_steps(per_epoch, factor)
-        times = f" ({factor}x the steps: equal compute)" if factor > 1 else ""
-        if self.max_steps:
-            return f"{train_size} examples: {steps} steps (--max_steps) in {epochs} epoch(s) of {per_epoch}{times}"
-        if epochs > factor * self.num_train_epochs:
-            return f"{train_size} examples: {epochs} epochs to reach {steps} steps (--min_steps){times}"
-        return f"{train_size} examples: {epochs} epochs, {steps} steps{times}"
 
 
 @torch.inference_mode()
@@ -234,192 +163,229 @@ def train(job: Job, log=print, on_point=None, progress: bool | None = None, keep
     ``progress``: a tqdm bar of the steps with the running loss and an ETA (None: where stderr is a terminal).
     ``keep`` (a `keep.Keeper`, ``--save_strategy``): offered the weights at every point, it saves those of the
     point it keeps after training, and the record says which (``kept_step``)."""
-    from accelerate.utils import set_seed
-    from tqdm.auto import tqdm
-    from transformers import get_scheduler
+    return _Run(job, log, on_point, progress, keep).run()
 
-    accelerator, data, roles, collate = job.accelerator, job.data, job.roles, job.collate
-    preset, train_size, seed, settings = job.preset, job.train_size, job.seed, job.settings
-    data_parallel = settings.parallel == "data"
-    indices = subset_indices(data, roles, train_size, seed)
-    # data mode: each rank draws its own dropout masks; run mode: the seed alone decides, on any rank
-    set_seed(seed, device_specific=data_parallel)
-    lm = settings.problem_type == CAUSAL_LM
-    reduce = causal_lm.outputs if lm else word_outputs(list(settings.label_names)) \
-        if settings.problem_type == TOKENS else None
-    model, methods, reinit = _prepare_model(job, log)
-    micro = settings.train_batch_size // settings.gradient_accumulation_steps  # global examples per backward
-    # the batch order: the run's seed, or a stream of its own (`placebo`: only the order differs from the baseline)
-    train_dl = train_loader(data["train"], indices, micro, preset.order_seed(seed),
-                            causal_lm.Packed(collate.tokenizer) if settings.packing else collate)
-    fit = indices
-    if settings.train_eval_samples and len(indices) > settings.train_eval_samples:  # evaluation dominates run time
-        fit = indices[stratified_indices(data["train"].labels[indices], settings.train_eval_samples, seed)]
-    views = {"train": ("train", fit), "selection": roles.selection, "test": roles.test}
-    orders = {name: by_length(data[split], idx) for name, (split, idx) in views.items()}
-    # data mode splits each batch across ranks: batches of one size there
-    tokens = 0 if data_parallel else settings.eval_tokens
-    eval_dls = {name: eval_loader(data[views[name][0]], orders[name], settings.eval_batch_size, collate, tokens)
-                for name in views}
-    # the fused AdamW kernel (CPU and CUDA) is several times faster than the per-tensor loop on the embedding matrix
-    fused = accelerator.device.type in ("cpu", "cuda")
-    # the preset's weight decay; the grid's (`--weight_decay`) where the preset's is 0
-    groups = param_groups(model, preset.weight_decay or settings.weight_decay, methods["llrd"], settings.learning_rate)
-    optimizer = torch.optim.AdamW(groups, lr=settings.learning_rate, fused=fused)
-    alpha = methods["rdrop"]
-    steps_per_epoch = math.ceil(len(indices) / settings.train_batch_size)
-    epochs = settings.epochs(steps_per_epoch, preset.steps_factor)
-    steps = settings.total_steps(steps_per_epoch, preset.steps_factor)
-    rates = RateScheduler(model, steps)  # the preset's rate schedules (constant where it has none); before prepare
-    # stretched by min_steps, steps_factor or max_steps: as many evaluation points as the nominal epochs would have
-    stretched = settings.stretched(steps_per_epoch, preset.steps_factor)
-    at = set(eval_steps(steps_per_epoch, epochs, settings.evals_per_epoch,
-                        settings.num_train_epochs * min(settings.evals_per_epoch, steps_per_epoch) if stretched
-                        else None, total=steps))
-    warmup = settings.warmup_steps or int(settings.warmup_ratio * steps)
-    scheduler = get_scheduler(settings.lr_scheduler_type, optimizer, num_warmup_steps=warmup,
-                              num_training_steps=steps)
-    scaler = None
-    if data_parallel:  # batches are split across ranks (split_batches), optimizer and scheduler wrapped
-        model, optimizer, train_dl, scheduler, *loaders = accelerator.prepare(
-            model, optimizer, train_dl, scheduler, *eval_dls.values())
-        eval_dls = dict(zip(eval_dls, loaders))
-        backward, no_sync = accelerator.backward, accelerator.no_sync
-        clip = lambda: accelerator.clip_grad_norm_(model.parameters(), settings.max_grad_norm)  # noqa: E731
-    else:
-        model.to(accelerator.device)
-        scaler = torch.amp.GradScaler(accelerator.device.type) if accelerator.mixed_precision == "fp16" else None
-        backward = (lambda loss: scaler.scale(loss).backward()) if scaler else (lambda loss: loss.backward())
-        no_sync = lambda m: contextlib.nullcontext()  # noqa: E731
-        clip = lambda: _clip(model, optimizer, scaler, settings.max_grad_norm)  # noqa: E731
-    labels = {name: data[split].labels[np.asarray(orders[name], dtype=int)] for name, (split, _) in views.items()}
-    final = max(at)
-    leaders = None if settings.test_every_point or settings.mc_samples or data_parallel \
-        else Leaders(task(settings.problem_type).select_by)
-    accum = settings.gradient_accumulation_steps
-    points, logits = [], {"selection": [], "test": []}
-    step, eval_time, started = 0, 0.0, time.time()
-    total, count = torch.zeros((), device=accelerator.device), torch.zeros((), device=accelerator.device)
-    smoothing = settings.label_smoothing_factor
-    bar = tqdm(total=steps, desc=f"{preset.name} n={train_size} s={seed}", unit="step", leave=False,
-               dynamic_ncols=True, disable=None if progress is None else not progress)
-    shown = 0.0
-    for epoch in range(epochs):
-        model.train()
-        for i, batch in enumerate(train_dl):
-            batch = {k: v.to(accelerator.device) for k, v in batch.items()}
-            last = (i + 1) % accum == 0 or i + 1 == len(train_dl)
-            with (contextlib.nullcontext() if last else no_sync(model)), accelerator.autocast():
-                loss = task_loss(model, batch, alpha, smoothing, settings.problem_type)
-            backward(loss / accum)
-            # examples in the batch: its rows, or the sequences a packed row holds (each starts at position 0)
-            rows = len(batch["labels"]) if "position_ids" not in batch else int((batch["position_ids"] == 0).sum())
-            total += loss.detach() * rows
-            count += rows
-            if not last:
-                continue
-            if settings.max_grad_norm > 0:  # on the whole step's gradient: every micro-batch, both R-Drop passes
-                clip()
-            if scaler is None:
-                optimizer.step()
-            else:
-                scaler.step(optimizer)
-                scaler.update()
-            scheduler.step()
-            rates.step()
-            optimizer.zero_grad()
-            step += 1
-            bar.update()
-            if not bar.disable and time.time() - shown > 0.5:  # the loss is read off the device twice a second
-                shown = time.time()
-                bar.set_postfix(loss=f"{(total / count).item():.4f}", refresh=False)
-            if step not in at:
-                continue
-            t0 = time.time()
-            if data_parallel:
-                total, count = accelerator.reduce(total, "sum"), accelerator.reduce(count, "sum")
-            running = (total / count).item()
-            names = [n for n in views if n != "test" or leaders is None or step == final]
-            out = {n: predict(accelerator, model, eval_dls[n], data_parallel, reduce=reduce) for n in names}
-            point = {"step": step, "epoch": round(step / steps_per_epoch, 4), "running_loss": running,
-                     "rates": rates.rates(),
-                     **point_metrics(*((out[n], labels[n]) for n in names), problem_type=settings.problem_type)}
-            if leaders is not None:
-                leaders.offer(point, None if "test" in out else model)
-            if keep is not None and leaders is None:  # with leaders, their copy of the rule's weights serves
-                keep.offer(point, accelerator.unwrap_model(model))
-            if settings.mc_samples:
-                for n, dl in eval_dls.items():
-                    if n != "train":
-                        mc = predict(accelerator, model, dl, data_parallel, settings.mc_samples)
-                        point.update({f"mc_{n}_{k}": v for k, v in evaluate(mc, labels[n]).items()})
-            points.append(point)
-            if on_point is not None:
-                on_point(point)
-            for name in logits.keys() & out.keys():
-                logits[name].append((step, out[name]))
-            total.zero_(), count.zero_()
-            model.train()
-            eval_time += time.time() - t0
-            # a bar on the terminal: the line goes above it, and the bar is drawn again below
-            score = task(settings.problem_type).fit.removeprefix("train_")  # accuracy, r2, exact_match, ...
-            score = (score, {"accuracy": "acc", "exact_match": "EM", "token_accuracy": "word acc"}.get(score, score))
-            with contextlib.nullcontext() if bar.disable else bar.external_write_mode():
-                log(f"  {preset.name} n={train_size} seed={seed} step {step}/{steps} (epoch {point['epoch']:g}): "
-                    f"train {point['train_loss']:.3f} {score[1]} {point['train_' + score[0]]:.3f} | selection "
-                    f"{point['selection_loss']:.3f} {score[1]} {point['selection_' + score[0]]:.3f}")
-            if step == steps:
+
+class _Run:
+    """One run, built in phases — its model copy, its data (`_data`), its optimizer and schedules (`_optimizer`),
+    their placement on the device or the ranks (`_place`) — then trained (`run`): a backward per micro-batch
+    (`_backward`), an optimizer step per batch (`_step`), the evaluation points (`_point`) and what is left after
+    training (`_finish`)."""
+
+    def __init__(self, job: Job, log, on_point, progress: bool | None, keep):
+        from accelerate.utils import set_seed
+
+        self.job, self.log, self.on_point, self.progress, self.keep = job, log, on_point, progress, keep
+        self.settings, self.accelerator, self.preset = job.settings, job.accelerator, job.preset
+        self.data_parallel = self.settings.parallel == "data"
+        self.indices = subset_indices(job.data, job.roles, job.train_size, job.seed)
+        # data mode: each rank draws its own dropout masks; run mode: the seed alone decides, on any rank
+        set_seed(job.seed, device_specific=self.data_parallel)
+        kind = self.settings.problem_type
+        self.reduce = causal_lm.outputs if kind == CAUSAL_LM else word_outputs(list(self.settings.label_names)) \
+            if kind == TOKENS else None
+        self.model, self.methods, self.reinit = prepare_model(job.base_model, job.settings, job.preset, job.seed,
+                                                              log)
+        self._data()
+        self._optimizer()
+        self._place()
+        self.final = max(self.at)
+        self.leaders = None if self.settings.test_every_point or self.settings.mc_samples or self.data_parallel \
+            else Leaders(task(kind).select_by)
+        self.points, self.logits = [], {"selection": [], "test": []}
+        self.step, self.eval_time, self.started = 0, 0.0, time.time()
+        device = self.accelerator.device
+        self.total, self.count = torch.zeros((), device=device), torch.zeros((), device=device)
+
+    def _data(self) -> None:
+        """The training batches, the evaluated views (a sample of the training subset, selection, test) in length
+        order with their loaders and labels."""
+        job, settings, data = self.job, self.settings, self.job.data
+        micro = settings.train_batch_size // settings.gradient_accumulation_steps  # global examples per backward
+        # the batch order: the run's seed, or a stream of its own (`placebo`: only the order differs from the baseline)
+        self.train_dl = train_loader(data["train"], self.indices, micro, self.preset.order_seed(job.seed),
+                                     causal_lm.Packed(job.collate.tokenizer) if settings.packing else job.collate)
+        fit = self.indices
+        if settings.train_eval_samples and len(fit) > settings.train_eval_samples:  # evaluation dominates run time
+            fit = fit[stratified_indices(data["train"].labels[fit], settings.train_eval_samples, job.seed)]
+        self.views = {"train": ("train", fit), "selection": job.roles.selection, "test": job.roles.test}
+        self.orders = {name: by_length(data[split], idx) for name, (split, idx) in self.views.items()}
+        # data mode splits each batch across ranks: batches of one size there
+        tokens = 0 if self.data_parallel else settings.eval_tokens
+        self.eval_dls = {name: eval_loader(data[self.views[name][0]], self.orders[name], settings.eval_batch_size,
+                                           job.collate, tokens) for name in self.views}
+        self.labels = {name: data[split].labels[np.asarray(self.orders[name], dtype=int)]
+                       for name, (split, _) in self.views.items()}
+
+    def _optimizer(self) -> None:
+        """AdamW over the parameter groups, the learning-rate and dropout-rate schedules, the evaluation steps."""
+        from transformers import get_scheduler
+
+        settings, preset = self.settings, self.preset
+        # the fused AdamW kernel (CPU and CUDA) is several times faster than the per-tensor loop on the embeddings
+        fused = self.accelerator.device.type in ("cpu", "cuda")
+        # the preset's weight decay; the grid's (`--weight_decay`) where the preset's is 0
+        groups = param_groups(self.model, preset.weight_decay or settings.weight_decay, self.methods["llrd"],
+                              settings.learning_rate)
+        self.optimizer = torch.optim.AdamW(groups, lr=settings.learning_rate, fused=fused)
+        self.steps_per_epoch = math.ceil(len(self.indices) / settings.train_batch_size)
+        self.epochs = settings.epochs(self.steps_per_epoch, preset.steps_factor)
+        self.steps = settings.total_steps(self.steps_per_epoch, preset.steps_factor)
+        # the preset's rate schedules (constant where it has none); before prepare
+        self.rates = RateScheduler(self.model, self.steps)
+        # stretched by min_steps, steps_factor or max_steps: as many evaluation points as the nominal epochs would have
+        stretched = settings.stretched(self.steps_per_epoch, preset.steps_factor)
+        points = settings.num_train_epochs * min(settings.evals_per_epoch, self.steps_per_epoch) if stretched else None
+        self.at = set(eval_steps(self.steps_per_epoch, self.epochs, settings.evals_per_epoch, points,
+                                 total=self.steps))
+        warmup = settings.warmup_steps or int(settings.warmup_ratio * self.steps)
+        self.scheduler = get_scheduler(settings.lr_scheduler_type, self.optimizer, num_warmup_steps=warmup,
+                                       num_training_steps=self.steps)
+
+    def _place(self) -> None:
+        """Data mode: batches split across ranks (split_batches), model, optimizer and scheduler wrapped. Run mode:
+        the model on the device, and a gradient scaler under fp16."""
+        accelerator = self.accelerator
+        self.scaler = None
+        if self.data_parallel:
+            self.model, self.optimizer, self.train_dl, self.scheduler, *loaders = accelerator.prepare(
+                self.model, self.optimizer, self.train_dl, self.scheduler, *self.eval_dls.values())
+            self.eval_dls = dict(zip(self.eval_dls, loaders))
+        else:
+            self.model.to(accelerator.device)
+            if accelerator.mixed_precision == "fp16":
+                self.scaler = torch.amp.GradScaler(accelerator.device.type)
+
+    def run(self) -> tuple[dict, dict]:
+        job = self.job
+        self.bar = tqdm(total=self.steps, desc=f"{self.preset.name} n={job.train_size} s={job.seed}", unit="step",
+                        leave=False, dynamic_ncols=True, disable=None if self.progress is None else not self.progress)
+        self.shown = 0.0
+        for _ in range(self.epochs):
+            self.model.train()
+            for i, batch in enumerate(self.train_dl):
+                if not self._backward(i, batch):
+                    continue
+                self._step()
+                if self.step not in self.at:
+                    continue
+                self._point()
+                if self.step == self.steps:
+                    break
+            if self.step == self.steps:  # --max_steps ends the run inside an epoch
                 break
-        if step == steps:  # --max_steps ends the run inside an epoch
-            break
-    bar.close()
-    kept = None
-    if keep is not None and (not data_parallel or accelerator.is_main_process):  # before the leaders' weights load
-        if leaders is not None:
-            keep.adopt(leaders)
-        kept = keep.save(accelerator.unwrap_model(model), points[-1]["step"])
-    if leaders is not None:  # the test split at each rule's selected point, from the weights kept there
-        t0 = time.time()
-        _test_at_leaders(job, model, leaders, eval_dls["test"], labels["test"], points, logits, reduce, on_point)
-        eval_time += time.time() - t0
-    seconds = time.time() - started
-    if data_parallel:
-        accelerator.free_memory()
-    # every run says what a step cost it; records made before say so only where a method was on (absent: 1)
-    extra = {"methods": methods} if methods != NO_METHODS else {}
-    extra["forward_passes"] = preset.passes(settings)
-    if reinit:
-        extra["reinitialised"] = reinit
-    if kept is not None:
-        extra["kept_step"] = kept
-    return _outcome(job, points, logits, labels, orders, extra, steps, seconds, eval_time)
+        self.bar.close()
+        return self._finish()
 
+    def _backward(self, i: int, batch: dict) -> bool:
+        """One micro-batch's backward; returns whether it completes the optimizer step's batch."""
+        settings, model, accum = self.settings, self.model, self.settings.gradient_accumulation_steps
+        batch = {k: v.to(self.accelerator.device) for k, v in batch.items()}
+        last = (i + 1) % accum == 0 or i + 1 == len(self.train_dl)
+        sync = contextlib.nullcontext() if last or not self.data_parallel else self.accelerator.no_sync(model)
+        with sync, self.accelerator.autocast():
+            loss = task_loss(model, batch, self.methods["rdrop"], settings.label_smoothing_factor,
+                             settings.problem_type)
+        if self.data_parallel:
+            self.accelerator.backward(loss / accum)
+        elif self.scaler is not None:
+            self.scaler.scale(loss / accum).backward()
+        else:
+            (loss / accum).backward()
+        # examples in the batch: its rows, or the sequences a packed row holds (each starts at position 0)
+        rows = len(batch["labels"]) if "position_ids" not in batch else int((batch["position_ids"] == 0).sum())
+        self.total += loss.detach() * rows
+        self.count += rows
+        return last
 
-def _prepare_model(job: Job, log) -> tuple[nn.Module, dict, list]:
-    """A fresh copy of the job's model, ready to train: its head re-drawn (a causal LM's stays), checkpointing,
-    adapters and re-initialised layers as the settings ask, then patched with the preset. Returns the model, the
-    training-loop methods in force and the layers re-initialised."""
-    settings, preset = job.settings, job.preset
-    model = copy.deepcopy(job.base_model)
-    if settings.problem_type != CAUSAL_LM:  # a language model's output layer is pretrained (often tied): it stays
-        reset_head(model, job.seed)
-    if settings.gradient_checkpointing:  # before the adapters and the patch, on the transformers model itself
-        enable_checkpointing(model)
-    if settings.packing:  # transformers keeps packed sequences apart only where no cache is kept (training)
-        model.config.use_cache = False
-    if settings.lora:  # adapters first, so that the patch finds them (`adapter` knob)
-        from peft import LoraConfig, get_peft_model
+    def _step(self) -> None:
+        """The optimizer step, after clipping the whole step's gradient (every micro-batch, both R-Drop passes)."""
+        if self.settings.max_grad_norm > 0:
+            if self.data_parallel:
+                self.accelerator.clip_grad_norm_(self.model.parameters(), self.settings.max_grad_norm)
+            else:
+                _clip(self.model, self.optimizer, self.scaler, self.settings.max_grad_norm)
+        if self.scaler is None:
+            self.optimizer.step()
+        else:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        self.scheduler.step()
+        self.rates.step()
+        self.optimizer.zero_grad()
+        self.step += 1
+        self.bar.update()
+        if not self.bar.disable and time.time() - self.shown > 0.5:  # the loss is read off the device twice a second
+            self.shown = time.time()
+            self.bar.set_postfix(loss=f"{(self.total / self.count).item():.4f}", refresh=False)
 
-        model = get_peft_model(model, LoraConfig(**settings.lora, lora_dropout=0.0,
-                                                 **lora_task(model, settings.problem_type)))
-    methods = preset.methods(settings)
-    reinit = reinit_top_layers(model, methods["reinit_layers"]) if methods["reinit_layers"] else []
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        patch_model(model, grid_noise(preset.reg, settings.neftune_noise_alpha))
-    for w in caught:
-        log(f"  note: {w.message}")
-    return model, methods, reinit
+    def _point(self) -> None:
+        """An evaluation point: the views in eval mode (the test split only at the last point where selection rules
+        keep weights), MC dropout where asked, the running training loss; offered to the leaders and the keeper."""
+        t0, settings, accelerator, model = time.time(), self.settings, self.accelerator, self.model
+        if self.data_parallel:
+            self.total, self.count = accelerator.reduce(self.total, "sum"), accelerator.reduce(self.count, "sum")
+        running = (self.total / self.count).item()
+        names = [n for n in self.views if n != "test" or self.leaders is None or self.step == self.final]
+        out = {n: predict(accelerator, model, self.eval_dls[n], self.data_parallel, reduce=self.reduce)
+               for n in names}
+        point = {"step": self.step, "epoch": round(self.step / self.steps_per_epoch, 4), "running_loss": running,
+                 "rates": self.rates.rates(),
+                 **point_metrics(*((out[n], self.labels[n]) for n in names), problem_type=settings.problem_type)}
+        if self.leaders is not None:
+            self.leaders.offer(point, None if "test" in out else model)
+        if self.keep is not None and self.leaders is None:  # with leaders, their copy of the rule's weights serves
+            self.keep.offer(point, accelerator.unwrap_model(model))
+        if settings.mc_samples:
+            for n, dl in self.eval_dls.items():
+                if n != "train":
+                    mc = predict(accelerator, model, dl, self.data_parallel, settings.mc_samples)
+                    point.update({f"mc_{n}_{k}": v for k, v in evaluate(mc, self.labels[n]).items()})
+        self.points.append(point)
+        if self.on_point is not None:
+            self.on_point(point)
+        for name in self.logits.keys() & out.keys():
+            self.logits[name].append((self.step, out[name]))
+        self.total.zero_(), self.count.zero_()
+        model.train()
+        self.eval_time += time.time() - t0
+        self._log(point)
+
+    def _log(self, point: dict) -> None:
+        """The point's line; on a terminal it goes above the bar, which is drawn again below."""
+        job = self.job
+        score = task(self.settings.problem_type).fit.removeprefix("train_")  # accuracy, r2, exact_match, ...
+        short = {"accuracy": "acc", "exact_match": "EM", "token_accuracy": "word acc"}.get(score, score)
+        with contextlib.nullcontext() if self.bar.disable else self.bar.external_write_mode():
+            self.log(f"  {self.preset.name} n={job.train_size} seed={job.seed} step {self.step}/{self.steps} (epoch "
+                     f"{point['epoch']:g}): train {point['train_loss']:.3f} {short} {point['train_' + score]:.3f} | "
+                     f"selection {point['selection_loss']:.3f} {short} {point['selection_' + score]:.3f}")
+
+    def _finish(self) -> tuple[dict, dict]:
+        """Keep the weights asked for, test at each selection rule's point, and make the record."""
+        job, accelerator, model, leaders = self.job, self.accelerator, self.model, self.leaders
+        kept = None
+        if self.keep is not None and (not self.data_parallel or accelerator.is_main_process):
+            if leaders is not None:  # before the leaders' weights load
+                self.keep.adopt(leaders)
+            kept = self.keep.save(accelerator.unwrap_model(model), self.points[-1]["step"])
+        if leaders is not None:  # the test split at each rule's selected point, from the weights kept there
+            t0 = time.time()
+            _test_at_leaders(job, model, leaders, self.eval_dls["test"], self.labels["test"], self.points,
+                             self.logits, self.reduce, self.on_point)
+            self.eval_time += time.time() - t0
+        seconds = time.time() - self.started
+        if self.data_parallel:
+            accelerator.free_memory()
+        # every run says what a step cost it; records made before say so only where a method was on (absent: 1)
+        extra = {"methods": self.methods} if self.methods != NO_METHODS else {}
+        extra["forward_passes"] = self.preset.passes(self.settings)
+        if self.reinit:
+            extra["reinitialised"] = self.reinit
+        if kept is not None:
+            extra["kept_step"] = kept
+        return _outcome(job, self.points, self.logits, self.labels, self.orders, extra, self.steps, seconds,
+                        self.eval_time)
 
 
 def _test_at_leaders(job: Job, model, leaders, test_dl, test_labels, points, logits, reduce, on_point) -> None:
