@@ -7,7 +7,7 @@ import pytest
 import torch
 from harness import args_for, load_script
 
-from hfreg.finetune import records, training
+from hfreg.finetune import prepare, records, training
 from hfreg.finetune.presets import DATA_ORDERS, equal_compute_arms, load_preset, sweep_presets
 
 NO_GRID_METHODS = SimpleNamespace(rdrop_alpha=0.0, llrd=1.0, reinit_layers=0)
@@ -64,7 +64,7 @@ def test_placebo_redraws_the_batch_order_and_nothing_else(tiny_classifier, csv_d
     assert placebo.order_seed(3) == 3 + DATA_ORDERS["redrawn"] and baseline.order_seed(3) == 3
     assert "data_order" not in baseline.contents()  # older records' digests hold
     seen = {"subset": [], "order": [], "head": []}
-    real_loader, real_head = training.train_loader, training.reset_head
+    real_loader, real_head = training.train_loader, prepare.reset_head
 
     def loader(enc, indices, batch_size, seed, collate):
         twin = real_loader(enc, indices, batch_size, seed, collate)  # drawing its order leaves the run's alone
@@ -77,7 +77,7 @@ def test_placebo_redraws_the_batch_order_and_nothing_else(tiny_classifier, csv_d
         seen["head"].append(model.classifier.weight.detach().clone())
 
     monkeypatch.setattr(training, "train_loader", loader)
-    monkeypatch.setattr(training, "reset_head", head)
+    monkeypatch.setattr(prepare, "reset_head", head)
     out = tmp_path / "out"
     assert load_script().main(args_for(tiny_classifier, csv_data, out, "--presets", "pretrain-zero,placebo",
                                        "--train_sizes", "16", "--seeds", "0", "--train_batch_size", "4")) == 0

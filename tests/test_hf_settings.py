@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from harness import SCRIPT, args_for, launch, load_script
 
-from hfreg.finetune import records, tracking, training
+from hfreg.finetune import prepare, records, tracking, training
 from hfreg.rdrop import rdrop_objective
 
 ONE = ("--train_sizes", "16", "--seeds", "0", "--train_batch_size", "4", "--learning_rate", "5e-3")
@@ -139,13 +139,13 @@ def test_neftune_for_presets_without_their_own(tiny_classifier, csv_data, tmp_pa
 
 
 def test_gradient_checkpointing_trains_the_same_run(tiny_classifier, csv_data, tmp_path, monkeypatch):
-    calls, real = [], training.enable_checkpointing
+    calls, real = [], prepare.enable_checkpointing
 
     def spy(model):
         calls.append(type(model).__name__)
         real(model)
 
-    monkeypatch.setattr(training, "enable_checkpointing", spy)
+    monkeypatch.setattr(prepare, "enable_checkpointing", spy)
     fp32 = ("--mixed_precision", "no")
     plain = grid(tiny_classifier, csv_data, tmp_path / "plain", *fp32, presets="classic")["classic"]
     assert calls == []
