@@ -9,7 +9,7 @@ import sys
 import pytest
 from harness import load_script
 
-from hfreg.finetune import arguments
+from hfreg.finetune import arguments, tracking
 from hfreg.finetune.arguments import ComparisonArguments, DataArguments, ModelArguments, RunArguments
 
 # every flag the argparse harness had, with its default (as the sweep reads it); evaluation points rose from 6 to
@@ -214,7 +214,7 @@ def test_report_to_turns_tracking_on_and_checks_the_tracker_first(capsys, monkey
     assert one_error(capsys, "--report_to", "wandb") == \
         "--report_to wandb: the package wandb is not installed (pip install wandb)"
     assert "wandb" in one_error(capsys, "--report_to", "tensorboard,wandb")
-    for name in arguments.TRACKERS:
+    for name in tracking.TRACKERS:
         monkeypatch.setattr(accelerate.utils, f"is_{name}_available", lambda: False)
     assert "--report_to all found no tracker installed" in one_error(capsys, "--report_to", "all")
 

@@ -28,9 +28,10 @@ from transformers import HfArgumentParser
 
 from .data import ROLES
 from .records import DEFAULT_EXPERIMENT, SELECT_BY, margins_arg
+from .settings import PARALLEL_MODES
 from .tasks import CLASSIFIER_TYPES as PROBLEM_TYPES
 from .tasks import TASK_NAMES, TASKS
-from .settings import PARALLEL_MODES
+from .tracking import TRACKERS, trackers
 
 PROG = "hfreg-finetune"
 DEFAULTS = dict(learning_rate=2e-4, num_train_epochs=4, train_batch_size=16, seeds="0,1,2,3")
@@ -39,9 +40,6 @@ DEPRECATED = {"max_length": "max_seq_length"}
 # GLUE's tasks (`--task_name`); stsb's float labels make it a regression (`tasks`)
 GLUE_TASKS = ("cola", "mnli", "mrpc", "qnli", "qqp", "rte", "sst2", "stsb", "wnli")
 ARGS_FILE_SUFFIXES = (".json", ".yaml", ".yml")
-# the trackers `--report_to` takes (Accelerate's), each checked with `accelerate.utils.is_<name>_available`
-TRACKERS = ("tensorboard", "wandb", "trackio", "mlflow", "comet_ml", "aim", "clearml", "dvclive", "swanlab")
-TRACKER_PACKAGES = {"tensorboard": "tensorboard", "comet_ml": "comet-ml"}  # pip names where they differ
 SAVE_STRATEGIES = ("no", "best", "final")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9._-]+)?$")
 
@@ -481,38 +479,6 @@ def _ints(flag: str, text: str) -> list[int]:
     if not values:
         raise ValueError(f"--{flag} is empty")
     return list(dict.fromkeys(values))
-
-
-def tracker_available(name: str) -> bool:
-    """Whether the package of Accelerate's tracker ``name`` is installed (`accelerate.utils.is_<name>_available`)."""
-    import accelerate.utils
-
-    check = getattr(accelerate.utils, f"is_{name}_available", None)
-    return bool(check and check())
-
-
-def trackers(report_to: str | None, with_tracking: bool) -> list[str]:
-    """The trackers every run logs to: ``--report_to``'s (``all``: every one installed), or every one installed
-    under ``--with_tracking`` alone; [] for none. A tracker that is unknown or not installed is a one-line error."""
-    names = [n.strip() for n in (report_to or "").split(",") if n.strip()]
-    if not names:
-        names = ["all"] if with_tracking else []
-    if names == ["none"]:
-        return []
-    for name in names:
-        if name not in (*TRACKERS, "all"):
-            raise ValueError(f"--report_to {name!r} is not a tracker: allowed: all, none or any of {list(TRACKERS)}")
-    if "all" in names:
-        found = [n for n in TRACKERS if tracker_available(n)]
-        if not found:
-            raise ValueError(f"--report_to all found no tracker installed: install one of {list(TRACKERS)} "
-                             f"(e.g. pip install tensorboard), or leave tracking off")
-        return found
-    for name in names:
-        if not tracker_available(name):
-            raise ValueError(f"--report_to {name}: the package {TRACKER_PACKAGES.get(name, name)} is not "
-                             f"installed (pip install {TRACKER_PACKAGES.get(name, name)})")
-    return list(dict.fromkeys(names))
 
 
 def resolve(model: ModelArguments, data: DataArguments, comparison: ComparisonArguments,

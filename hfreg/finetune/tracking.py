@@ -6,7 +6,8 @@ where the tracker has groups (wandb's and trackio's `group`, MLflow's experiment
 run under ``OUTPUT_DIR/logs/``, the experiment's runs in one folder). Its configuration is the preset's contents
 (``preset/<key>``), the size, seed and learning rate. The process that trains a run logs it, whichever rank it is
 (data mode: the main process); Accelerate's trackers log from the main process only unless told otherwise, so each
-is told (``main_process_only = False``). `arguments.trackers` has checked that every tracker is installed.
+is told (``main_process_only = False``). `trackers` checks, as the command line is read, that every tracker
+asked for is installed.
 """
 
 from __future__ import annotations
@@ -18,6 +19,41 @@ import os
 
 PROJECT = "hfreg"  # the project of trackers that have one (wandb, trackio)
 LOGS_DIR = "logs"  # under --output_dir: the trackers that write files (tensorboard, aim)
+# the trackers `--report_to` takes (Accelerate's), each checked with `accelerate.utils.is_<name>_available`
+TRACKERS = ("tensorboard", "wandb", "trackio", "mlflow", "comet_ml", "aim", "clearml", "dvclive", "swanlab")
+TRACKER_PACKAGES = {"tensorboard": "tensorboard", "comet_ml": "comet-ml"}  # pip names where they differ
+
+
+def tracker_available(name: str) -> bool:
+    """Whether the package of Accelerate's tracker ``name`` is installed (`accelerate.utils.is_<name>_available`)."""
+    import accelerate.utils
+
+    check = getattr(accelerate.utils, f"is_{name}_available", None)
+    return bool(check and check())
+
+
+def trackers(report_to: str | None, with_tracking: bool) -> list[str]:
+    """The trackers every run logs to: ``--report_to``'s (``all``: every one installed), or every one installed
+    under ``--with_tracking`` alone; [] for none. A tracker that is unknown or not installed is a one-line error."""
+    names = [n.strip() for n in (report_to or "").split(",") if n.strip()]
+    if not names:
+        names = ["all"] if with_tracking else []
+    if names == ["none"]:
+        return []
+    for name in names:
+        if name not in (*TRACKERS, "all"):
+            raise ValueError(f"--report_to {name!r} is not a tracker: allowed: all, none or any of {list(TRACKERS)}")
+    if "all" in names:
+        found = [n for n in TRACKERS if tracker_available(n)]
+        if not found:
+            raise ValueError(f"--report_to all found no tracker installed: install one of {list(TRACKERS)} "
+                             f"(e.g. pip install tensorboard), or leave tracking off")
+        return found
+    for name in names:
+        if not tracker_available(name):
+            raise ValueError(f"--report_to {name}: the package {TRACKER_PACKAGES.get(name, name)} is not "
+                             f"installed (pip install {TRACKER_PACKAGES.get(name, name)})")
+    return list(dict.fromkeys(names))
 
 
 def run_name(prefix: str, preset: str, train_size: int, seed: int, learning_rate: float) -> str:
