@@ -6,6 +6,7 @@ import json
 import math
 import os
 from dataclasses import asdict, dataclass, field, fields
+from typing import Any
 
 DROP_PATH_PROFILES = ("linear", "uniform")  # how drop-path rates vary over depth
 # spec keys renamed since they were first written: files and records with the earlier name load unchanged
@@ -19,7 +20,7 @@ CONFIG_NAME = "hfreg_config.json"
 CONFIG_ATTR = "hfreg"
 
 
-def knob(module: str, scale: bool = False, sampling: bool = True, newer: bool = True):
+def knob(module: str, scale: bool = False, sampling: bool = True, newer: bool = True) -> Any:
     """A knob's field in `RegularizationConfig`, and its row in the table of knobs: None by default (the model as it
     is). ``module``: the module of `hfreg.knobs` that holds its hooks and its injector (the layer stack's five knobs
     share ``stack``); ``scale``: a noise scale >= 0 rather than a probability in [0, 1); ``sampling``: dropout
