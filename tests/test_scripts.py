@@ -206,3 +206,17 @@ def test_the_step_cost_figures_were_measured_on_todays_code():
         recorded = re.search(r"code path `([0-9a-f]{12})`", f.read()).group(1)
     assert recorded == code_path_digest(), "the code on a training step's path changed since docs/speed.md's " \
                                            "figures: run benchmarks/patch_overhead.py --methods again"
+
+
+def test_the_evaluation_figures_were_measured_on_todays_evaluation_path():
+    """docs/speed.md names the digest of the harness code an evaluation point runs through (its batching, loader and
+    prediction loop), as `benchmarks/eval_profile.py` printed it: changing that code calls for measuring again."""
+    import re
+
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    from eval_profile import eval_path_digest
+
+    with open(os.path.join(ROOT, "docs", "speed.md")) as f:
+        recorded = re.search(r"eval path\s+`([0-9a-f]{12})`", f.read()).group(1)
+    assert recorded == eval_path_digest(), "the code an evaluation point runs through changed since docs/speed.md's " \
+                                           "figures: run benchmarks/eval_profile.py again"
