@@ -12,6 +12,7 @@ import warnings
 import torch
 import torch.nn.functional as F
 
+from ..config import KNOB_MODULES
 from ..hooks import Hook, OutputDropout, hidden_arg, map_first, sampling
 from ..layers import drop_path_mask, drop_path_rates
 from ..sites import Site
@@ -162,8 +163,8 @@ class ResetCalls(Hook):
             s.call = -1
 
 
-# knobs that act through the layer stack (hooks on layers, branches and activations)
-_LAYER_KNOBS = ("hidden", "drop_path", "layerdrop", "embedding", "activation")
+# the knobs whose fields name this module: they act through the layer stack (hooks on layers, branches, activations)
+STACK_KNOBS = tuple(k for k, module in KNOB_MODULES.items() if module == __name__.rsplit(".", 1)[-1])
 
 
 def inject(plan: Plan) -> list[Site]:
@@ -172,7 +173,7 @@ def inject(plan: Plan) -> list[Site]:
     knobs, natives_by = plan.knobs, plan.natives_by
     injected: list[Site] = []
     if not struct.layers:
-        for knob in _LAYER_KNOBS:
+        for knob in STACK_KNOBS:
             if knob in knobs and not natives_by[knob]:
                 plan.refuse(knob, knobs[knob], "no stack of residual layers was found")
         return injected
