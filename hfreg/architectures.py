@@ -116,8 +116,9 @@ ARCHITECTURES: dict[str, Arch] = {
     "xlnet": Arch(branches=("rel_attn.dropout", "ff.layer_2")),
 }
 
-# Config keys per knob, for `patch_config`. A key listed under several knobs belongs to the first; the
-# others follow after the model is built, through `patch_model`.
+# Config keys per knob, for `patch_config`: a fact of transformers' families, not of the knob (a knob absent here has
+# no config key). A key listed under several knobs belongs to the first; the others follow after the model is built,
+# through `patch_model`.
 CONFIG_KEYS: dict[str, tuple[str, ...]] = {
     "attention": ("attention_probs_dropout_prob", "attention_dropout", "attn_pdrop"),
     "hidden": ("hidden_dropout_prob", "hidden_dropout", "resid_pdrop", "resid_dropout", "residual_dropout",

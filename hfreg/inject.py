@@ -3,19 +3,14 @@ given which native sites a small twin showed to be inert (`hfreg.patcher.patch_m
 `apply_spec`; `hfreg.probing` calls `apply_spec` itself, so that probing never re-enters the twin check).
 
 The mechanism, the same for every architecture:
-  * native sites an architecture already has (nn.Dropout, float attributes, config keys read in forward) are
-    set to the spec's rate for `attention`, `embedding`, `activation`, `classifier` and `layerdrop`;
-  * `hidden` and `drop_path` are owned by hfreg: in a tower whose residual branches it hooks, native residual
-    dropout and drop-path are zeroed and one forward hook at the end of every branch applies both, so every
-    branch gets exactly one of each; native sites outside such towers take the rate in place;
+  * native sites an architecture already has (nn.Dropout, float attributes, config keys read in forward) take the
+    spec's rate, except where hfreg owns the knob (`hfreg.knobs.stack.OWNED`: `hidden` and `drop_path`): in a
+    tower whose residual branches it hooks, those native sites are zeroed and one hook at each branch end applies
+    both, so every branch gets exactly one of each; native sites outside such towers take the rate in place;
+  * then every knob's injector (``inject`` in its module of `hfreg.knobs`, which its config field names) hooks the
+    knob in where the model has no native site of it, and the knobs no model has natively everywhere they can act;
   * a knob that cannot act somewhere warns and records why (`PatchState.refused`); one that can act nowhere leaves
-    the model's own sites of it as they were;
-  * where an architecture has no native site for a knob, the knob's injector (``inject`` in its module of
-    `hfreg.knobs`, which its config field names) hooks it in (stack input for `embedding`, activation modules for
-    `activation`, head Linear inputs for `classifier`, layer hooks for `layerdrop`);
-  * the knobs no model has natively are injectors too: `heads` on the input of each attention module's output
-    projection, `mixout` on the weighted modules of the layers (the mixed weight shadows the parameter for one
-    forward), `embedding_noise` on the input embeddings' output.
+    the model's own sites of it as they were.
 Hooks and attribute changes never touch parameters, so `state_dict` keys and values stay as they were.
 """
 
@@ -28,12 +23,10 @@ from .config import CONFIG_ATTR, KNOB_MODULES, KNOBS, RegularizationConfig
 from .fast_masks import MasksEnter
 from .hooks import ModeExit
 from .knobs.mixout import follow_mixout
+from .knobs.stack import OWNED
 from .layers import drop_path_rates
 from .sites import Site, Structure, analyze, stack_key
 from .state import STATE_ATTR, PatchState, Plan, patch_state, unpatch_model, unwrap
-
-# knobs hfreg applies itself at branch ends, after zeroing the native sites
-_OWNED = ("hidden", "drop_path")
 
 
 def apply_spec(model, reg: RegularizationConfig, inert: frozenset[str] = frozenset()) -> PatchState:
@@ -55,9 +48,9 @@ def apply_spec(model, reg: RegularizationConfig, inert: frozenset[str] = frozens
         # others (a backbone whose stack is not found) act where they are, so the knob still acts
         hooked = {t for t, tower in enumerate(struct.towers) if any(layer.branches for layer in tower)}
         # only for a knob the spec sets: an unset one leaves the model's own sites acting, and listed, as they are
-        state.replaced = {n.path for n in struct.natives if n.kind in _OWNED and n.kind in knobs
+        state.replaced = {n.path for n in struct.natives if n.kind in OWNED and n.kind in knobs
                           and set(n.towers) & hooked}
-        for k in _OWNED:
+        for k in OWNED:
             natives_by[k] = [n for n in natives_by[k] if n.path not in state.replaced]
         plan = Plan(model, struct, reg, knobs, natives_by, state)
         for inject in INJECTORS.values():

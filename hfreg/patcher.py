@@ -133,7 +133,7 @@ def patch_config(config: PretrainedConfig, reg: RegularizationConfig | dict) -> 
     for _, cfg in config_tree(config):
         unwritable = architecture(getattr(cfg, "model_type", None)).unwritable
         for knob, rate in reg.knob_values().items():
-            for key in CONFIG_KEYS[knob]:
+            for key in CONFIG_KEYS.get(knob, ()):
                 if not hasattr(cfg, key) or isinstance(getattr(cfg, key), bool):
                     continue
                 why = "its model refuses a non-zero value when built" if key in unwritable and rate else None

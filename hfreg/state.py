@@ -93,7 +93,6 @@ class PatchState:
                       f"({type(model).__name__}): {why}", UserWarning, stacklevel=4)
 
 
-
 @dataclass
 class Plan:
     """What every knob's injector (`hfreg.knobs`) reads: the model, its structure, the spec and the knobs it sets,
@@ -192,7 +191,6 @@ def is_patched(model: nn.Module) -> bool:
         (False, True)
     """
     return STATE_ATTR in unwrap(model).__dict__
-
 
 
 def set_rate_factors(model: nn.Module, factors: dict[str, float]) -> None:

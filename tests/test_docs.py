@@ -100,3 +100,6 @@ def test_reference_pages_name_every_key():
     fields = {f.name for f in dataclasses.fields(presets.Preset)} - {"name", "reg"}
     fields |= {f.name for f in dataclasses.fields(hfreg.RegularizationConfig)}
     assert not [k for k in sorted(fields) if f"`{k}`" not in preset], "a preset key the preset page does not name"
+    with open(os.path.join(ROOT, "docs", "patcher.md")) as f:
+        rows = {line.split("|")[1].strip().strip("`") for line in f if line.startswith("| `")}
+    assert not [k for k in hfreg.KNOBS if k not in rows], "a knob without its row in docs/patcher.md's knob table"

@@ -15,11 +15,12 @@ import hfreg.sites
 from hfreg import KNOBS
 from hfreg import RegularizationConfig as Reg
 from hfreg.architectures import ARCHITECTURES
+from hfreg.config import SCALES
 
 COVERED = [m for m in TINY if m not in GENERIC]
 CASES = [(m, head) for m in TINY for head in (False, True)]
-FULL = Reg(attention=0.3, hidden=0.3, embedding=0.3, activation=0.3, classifier=0.3, drop_path=0.3, layerdrop=0.3,
-           heads=0.3, mixout=0.3, embedding_noise=5.0)
+# every knob (`adapter` needs PEFT adapters: tests/test_integrations.py), scales at a scale of their own
+FULL = Reg(**{k: 5.0 if k in SCALES else 0.3 for k in KNOBS if k != "adapter"})
 
 
 # knobs that cannot act on an architecture, and warn so (tested to act everywhere else)

@@ -65,7 +65,7 @@ def inject(plan: Plan) -> list[Site]:
     model, struct, knobs, natives_by, state = plan.model, plan.struct, plan.knobs, plan.natives_by, plan.state
     rate = knobs.get("attention")
     native = {t for n in natives_by["attention"] for t in n.towers}
-    if rate is None or len(native) == len(struct.towers) and natives_by["attention"]:
+    if rate is None or (len(native) == len(struct.towers) and natives_by["attention"]):
         return []
     modules = [(path, m, layer.index) for t, tower in enumerate(struct.towers) if t not in native
                for layer in tower for path, m in layer.attentions]

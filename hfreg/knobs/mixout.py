@@ -54,10 +54,8 @@ def mix(plan: Plan) -> list[Site]:
     trainable ones only: a frozen weight stays at its target, so mixing it changes nothing. Under PEFT that means
     the adapters' own weights (LoRA's A and B), the base weights being frozen; `follow_mixout` moves it there when
     the adapters come after the patch."""
-    model, struct, reg, knobs, state = plan.model, plan.struct, plan.reg, plan.knobs, plan.state
-    rate = knobs.get("mixout")
-    if rate is None:
-        return []
+    model, struct, reg, state = plan.model, plan.struct, plan.reg, plan.state
+    rate = plan.knobs["mixout"]
     layer_of = {p: layer.index for layer in struct.layers for p in (layer.path, *layer.members)}
     chosen = []
     for name, m in model.named_modules():

@@ -165,6 +165,8 @@ class ResetCalls(Hook):
 
 # the knobs whose fields name this module: they act through the layer stack (hooks on layers, branches, activations)
 STACK_KNOBS = tuple(k for k, module in KNOB_MODULES.items() if module == __name__.rsplit(".", 1)[-1])
+# those applied at branch ends, where hfreg owns them: native sites inside a hooked tower are zeroed for these hooks
+OWNED = ("hidden", "drop_path")
 
 
 def inject(plan: Plan) -> list[Site]:
@@ -180,7 +182,7 @@ def inject(plan: Plan) -> list[Site]:
     hidden = knobs.get("hidden") or 0.0
     # a tower with a native site for a knob keeps it; the others (a language model beside a vision tower that has
     # embedding dropout) get the knob injected
-    native = {k: {t for n in natives_by[k] for t in n.towers} for k in ("layerdrop", "embedding", "activation")}
+    native = {k: {t for n in natives_by[k] for t in n.towers} for k in STACK_KNOBS if k not in OWNED}
     states, warned, told = [], set(), set()
     for t, tower in enumerate(struct.towers):
         layerdrop = 0.0 if t in native["layerdrop"] else (knobs.get("layerdrop") or 0.0)
