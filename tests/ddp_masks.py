@@ -15,12 +15,12 @@ from accelerate import Accelerator, DataLoaderConfiguration
 from accelerate.utils import gather_object
 from transformers import BertConfig, BertForSequenceClassification
 
-from hfreg import hooks
 from hfreg.finetune import data, training
 from hfreg.finetune.presets import load_preset
+from hfreg.knobs import stack
 
 draws = []
-_drop_path_mask = hooks.drop_path_mask
+_drop_path_mask = stack.drop_path_mask
 
 
 def spy(x, *args, **kwargs):
@@ -36,7 +36,7 @@ def collate(items):
 
 
 def main(out_file):
-    hooks.drop_path_mask = spy
+    stack.drop_path_mask = spy
     accelerator = Accelerator(cpu=True, dataloader_config=DataLoaderConfiguration(split_batches=True))
     config = BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                         intermediate_size=64, max_position_embeddings=64)
