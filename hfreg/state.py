@@ -36,10 +36,10 @@ class PatchState:
     it goes so that `unpatch_model` can undo a patch that failed halfway: ``restores`` (owner, attribute, old
     value; oldest first), ``handles`` of the hooks it registered, the sites it injected at their base rates, and
     every rate holder it put a knob's rate in (``live``: owner, attribute, knob, base rate), which
-    `set_rate_factors` rescales during training, and the modules whose weights Mixout mixes (``mixed``) with the
-    handles of its hooks there (``mixout_handles``), which `follow_mixout` moves; ``struct``, the `Structure` the
-    patch found, and ``refused``, why each knob it could not apply somewhere cannot act there. Made by
-    `patch_model`, not by hand.
+    `set_rate_factors` rescales during training; ``held``, what a knob's module keeps for the patch's lifetime
+    (knob -> its own record: Mixout's, the modules it mixes and its hooks there, which it moves when they freeze);
+    ``struct``, the `Structure` the patch found, and ``refused``, why each knob it could not apply somewhere cannot
+    act there. Made by `patch_model`, not by hand.
 
     Args:
         reg: the spec the patch applies.
@@ -64,8 +64,7 @@ class PatchState:
         self.injected: list[Site] = []
         self.live: list[tuple[object, str, str, object]] = []
         self.factors = {k: 1.0 for k in KNOBS}
-        self.mixed: list[nn.Module] = []
-        self.mixout_handles: list = []
+        self.held: dict[str, object] = {}  # knob -> what its module keeps for the patch's lifetime
 
     def assign(self, owner: object, attr: str, value: object) -> None:
         self.restores.append((owner, attr, getattr(owner, attr) if hasattr(owner, attr) else _MISSING))

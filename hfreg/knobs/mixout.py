@@ -6,6 +6,7 @@ optimizer see the parameter alone."""
 from __future__ import annotations
 
 import fnmatch
+from dataclasses import dataclass, field
 
 from torch import nn
 
@@ -13,6 +14,15 @@ from ..hooks import Hook, sampling
 from ..layers import mixout
 from ..sites import Site, analyze, is_weighted
 from ..state import Plan, patch_state, unwrap
+
+
+@dataclass
+class Held:
+    """What Mixout keeps in the patch state (`PatchState.held`): the modules whose weights it mixes and the handles of
+    its hooks there, which `follow_mixout` moves when those weights freeze."""
+
+    modules: list[nn.Module]
+    handles: list = field(default_factory=list)
 
 
 class MixoutEnter(Hook):
@@ -72,14 +82,14 @@ def mix(plan: Plan) -> list[Site]:
                  if reg.mixout_modules is not None else "no trainable Linear or convolution was found in its layers")
         plan.refuse("mixout", rate, where)
         return []
-    state.mixed = [m for _, m, _ in chosen]
+    held = state.held["mixout"] = Held([m for _, m, _ in chosen])
     if rate:
         exit_hook, first = MixoutExit(), len(state.handles)
         for _, m, _ in chosen:
             enter = state.hook(m, MixoutEnter(rate, m.weight.detach().clone()), knob="mixout")
             enter.p = rate * state.factors["mixout"]  # a rate schedule in progress (`follow_mixout`)
             state.hook(m, exit_hook)
-        state.mixout_handles = state.handles[first:]
+        held.handles = state.handles[first:]
     return [Site(name, "mixout", rate, index, "injected") for name, _, index in chosen]
 
 
@@ -112,14 +122,15 @@ def follow_mixout(model) -> bool:
     """
     model = unwrap(model)
     state = patch_state(model)
-    if state is None or not any(frozen(m) for m in state.mixed):
+    held = state.held.get("mixout") if state is not None else None
+    if held is None or not any(frozen(m) for m in held.modules):
         return False
-    mixout = {id(h) for h in state.mixout_handles}
-    for handle in state.mixout_handles:
+    mixout = {id(h) for h in held.handles}
+    for handle in held.handles:
         handle.remove()
     state.handles = [h for h in state.handles if id(h) not in mixout]
     state.live = [e for e in state.live if not isinstance(e[0], MixoutEnter)]  # the targets go with them
     state.injected = [s for s in state.injected if s.kind != "mixout"]
-    state.mixed, state.mixout_handles = [], []
+    del state.held["mixout"]
     state.injected += mix(Plan(model, analyze(model), state.reg, state.reg.knob_values(), {}, state))
     return True
