@@ -192,8 +192,8 @@ def load_preset(name_or_path: str) -> Preset:
     spec_keys = {f.name for f in fields(RegularizationConfig)} | set(RENAMED)
     unknown = sorted(set(data) - spec_keys)
     if unknown:  # every key a preset may hold, not the spec's alone
-        allowed = [*sorted(spec_keys - set(RENAMED)), "weight_decay", *METHODS, "control", "data_order",
-                   "steps_factor"]
+        own = [f.name for f in fields(Preset) if f.name not in ("name", "reg", "sweep")]  # `sweep`: grids set it
+        allowed = [*sorted(spec_keys - set(RENAMED)), *own]
         raise ValueError(f"preset {name_or_path}: unknown key(s) {unknown}; allowed: {allowed}")
     try:
         reg = RegularizationConfig.from_dict(data)
