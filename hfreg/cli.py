@@ -316,12 +316,12 @@ def cmd_probe(args):
 
 
 def cmd_report(args):
-    from .finetune.report import report_many
+    from .finetune.report import report_dir, report_many
 
     pooled = report_many(args.output_dirs, args.out, make_plots=not args.no_plots, select_by=args.select_by,
                          margins=args.margin)
     for d in args.output_dirs:
-        with open(os.path.join(d, "findings.md")) as f:
+        with open(os.path.join(report_dir(d, args.out), "findings.md")) as f:
             print(f.read())
     print(pooled)
 

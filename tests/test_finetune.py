@@ -164,7 +164,7 @@ def test_mc_samples_add_mc_dropout_metrics(tiny_classifier, csv_data, tmp_path):
                                     "--train_sizes", "16", "--seeds", "0"))
 
 
-def test_report_rebuilds_plots(tiny_classifier, csv_data, tmp_path):
+def test_report_rebuilds_plots(tiny_classifier, csv_data, tmp_path, capsys):
     finetune = load_script()
     out = tmp_path / "out"
     finetune.main(args_for(tiny_classifier, csv_data, out, "--seeds", "0"))
@@ -174,6 +174,12 @@ def test_report_rebuilds_plots(tiny_classifier, csv_data, tmp_path):
     assert cli(["report", str(out)]) == 0
     assert (out / "summary.json").exists()
     assert (out / "learning_curves.png").stat().st_size > 1000 and (out / "gap_vs_size.png").stat().st_size > 1000
+    # with --out elsewhere, nothing is written beside runs.jsonl and the findings printed are the ones written there
+    os.remove(out / "findings.md")
+    elsewhere = tmp_path / "elsewhere"
+    assert cli(["report", "--no_plots", str(out), "--out", str(elsewhere)]) == 0
+    assert not (out / "findings.md").exists() and (elsewhere / "out" / "findings.md").exists()
+    assert (elsewhere / "out" / "findings.md").read_text() in capsys.readouterr().out
 
 
 def test_rate_sweep_min_steps_and_code_identity(tiny_classifier, csv_data, tmp_path):

@@ -36,9 +36,9 @@ from .numbers import (
     summarize,
     sweep_points,
 )
-from .writing import report, report_many, test_set_terms
+from .writing import report, report_dir, report_many, test_set_terms
 
 __all__ = ["COMPARISONS", "VERDICT_METRICS", "answer", "baseline_text", "cell_parts", "cell_variance", "check_margins",
            "check_select_by", "column_alpha", "controls", "dose_response", "findings", "pooled", "pooled_table",
-           "pooled_text", "power", "regimes", "report", "report_many", "run_values", "selected_point", "stop_reason",
-           "summarize", "sweep_points", "sweep_text", "table", "test_set_terms"]
+           "pooled_text", "power", "regimes", "report", "report_dir", "report_many", "run_values", "selected_point",
+           "stop_reason", "summarize", "sweep_points", "sweep_text", "table", "test_set_terms"]

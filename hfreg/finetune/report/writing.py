@@ -125,11 +125,16 @@ def report_many(output_dirs: list[str], out: str | None = None, make_plots: bool
         raise ValueError(f"two result directories are named {twice!r}: their reports would share "
                          f"{os.path.join(out, twice)}; rename one or report them separately")
     loaded = {d: _runs(d) for d in output_dirs}  # every directory read and checked before anything is written
-    records = [rec for (d, runs), name in zip(loaded.items(), names)
-               for rec in _report(d, runs, make_plots, select_by, margins, os.path.join(out, name) if out else d)[1]]
+    records = [rec for d, runs in loaded.items()
+               for rec in _report(d, runs, make_plots, select_by, margins, report_dir(d, out))[1]]
     out = out or output_dirs[0]
     os.makedirs(out, exist_ok=True)
     return write_pooled(out, records, output_dirs, margins)
+
+
+def report_dir(output_dir: str, out: str | None) -> str:
+    """Where `report_many` writes ``output_dir``'s summaries and findings: ``out``/<its name>, else itself."""
+    return os.path.join(out, os.path.basename(os.path.normpath(output_dir))) if out else output_dir
 
 
 def write_pooled(out: str, records: list[dict], sources: list[str], margins: dict | None) -> str:
