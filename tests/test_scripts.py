@@ -194,6 +194,32 @@ def test_the_decided_answer_design_is_commands_the_harness_takes(tmp_path):
     assert main(["--print", "--data_dir", str(tmp_path / "nowhere")]) == 2
 
 
+def test_decided_answer_progress_counts_the_planned_runs_and_the_results_page_quotes_it(tmp_path):
+    """`decided_answer.py --progress` counts a record where its key is one the first stage plans (a changed preset
+    is another run) and the rest as later stages; docs/results.md quotes what it says of the committed records."""
+    import json
+    import re
+
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    from decided_answer import progress
+
+    with open(os.path.join(ROOT, "docs", "results", "answer-sst2-sentences", "runs.jsonl")) as f:
+        records = [json.loads(line) for line in f][:20]
+    later = {**records[0], "seed": 7}
+    changed = {**records[1], "seed": 3, "preset_config": {**records[1]["preset_config"], "hidden": 0.5}}
+    (tmp_path / "answer-sst2-sentences").mkdir()
+    (tmp_path / "answer-sst2-sentences" / "runs.jsonl").write_text(
+        "".join(json.dumps(r) + "\n" for r in [*records, records[0], later, changed]))
+    lines = progress(results_dir=str(tmp_path)).splitlines()
+    assert lines[0] == ("- `sst2-sentences`: first stage (seeds 0–4) 20 of 450 runs (n=512 20 of 225, n=64 0 of 225); "
+                        "later stages 1 run.")
+    assert lines[1:] == ["- `rt-polarity`: not started (450 first-stage runs planned).",
+                         "- `sst5`: not started (450 first-stage runs planned)."]
+    with open(os.path.join(ROOT, "docs", "results.md")) as f:
+        quoted = re.search(r"<!-- progress -->\n(.*?)\n<!-- /progress -->", f.read(), flags=re.S).group(1)
+    assert quoted == progress(), "docs/results.md: quote benchmarks/decided_answer.py --progress anew"
+
+
 def test_the_step_cost_figures_were_measured_on_todays_code():
     """docs/speed.md names the digest of the code a training step runs through, as `benchmarks/patch_overhead.py
     --methods` printed it when it measured the figures: changing that code calls for measuring them again."""
