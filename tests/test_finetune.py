@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import sys
 
 import numpy as np
@@ -233,7 +234,16 @@ def test_auto_seeds_run_in_stages_and_stop_decided_cells(tiny_classifier, csv_da
     d = final["heavy"]["delta_early_test_accuracy"]
     share = report.column_alpha("early", "test_accuracy", d["m"])  # its column's share, Bonferroni
     assert d["alpha"] == pytest.approx(stats.nominal_alpha(d["n"], share, 4, 2)) and d["alpha"] < share
-    assert "O'Brien–Fleming-type Lan–DeMets function" in (out / "findings.md").read_text()
+    text = (out / "findings.md").read_text()
+    assert "O'Brien–Fleming-type Lan–DeMets function" in text
+    # where each cell stands, by the grid's own stopping rule; a report read while a stage runs says what waits
+    assert "- n=16, 2 seeds, stopped: decided: `same`" in text
+    partial = tmp_path / "partial"
+    shutil.copytree(out, partial, ignore=shutil.ignore_patterns("*.md", "summary.*"))
+    (partial / "runs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in runs
+                                                if r["preset"] != "heavy" or r["seed"] == 0))
+    assert "- n=16, 1 seed, below the first look (2 seeds), nothing read yet: `heavy`." in report.report(
+        str(partial), make_plots=False)
     load_script().main(argv)  # a restart: nothing new, nothing twice
     assert len(records.read_runs(str(out))) == len(runs)
     # the margins it stopped on are recorded; a report under others says so

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from hfreg.finetune import report, stats
+from hfreg.finetune import report, stats, tasks
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -212,6 +212,20 @@ def test_stopping_on_the_primary_endpoint_and_for_futility():
     z20 = _unit(20, 3)
     assert report.stop_reason([row(0.02 + 0.2 * z20)]) == "futile"  # SD 0.2: nothing decides by 40 seeds
     assert report.stop_reason([row(0.01 + 0.03 * z)]) is None  # could still be decided: go on
+    # the findings say where each cell stands by that rule: stopped, open, or between looks while a stage runs
+    from hfreg.finetune.report.findings import _stage_lines
+
+    cells = {"equal": row(0.0005 * z), "open": row(0.01 + 0.03 * z), "running": row(0.01 + 0.03 * _unit(7, 3)),
+             "futile": row(0.02 + 0.2 * z20), "new": row(0.01 + 0.03 * _unit(3, 3))}
+    for name, r in cells.items():
+        r.update(preset=name, train_size=64)
+    assert _stage_lines(list(cells.values()), design, tasks.of_rows(list(cells.values()))) == [
+        "Stages (the paired seeds of each cell's primary comparison, early-stopped test accuracy):", "",
+        "- n=64, 3 seeds, below the first look (5 seeds), nothing read yet: `new`.",
+        "- n=64, 7 seeds, between looks, its stage to 10 seeds not complete: `running`.",
+        "- n=64, 10 seeds, open, the next stage takes it to 15 seeds: `open`.",
+        "- n=64, 10 seeds, stopped: decided: `equal`.",
+        "- n=64, 20 seeds, stopped: futile: `futile`."]
 
 
 def test_boundaries_spend_alpha_as_the_obrien_fleming_type_function_says():

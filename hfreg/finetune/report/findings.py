@@ -21,6 +21,7 @@ from .numbers import (
     dose_response,
     names,
     power,
+    stop_reason,
 )
 
 
@@ -341,6 +342,8 @@ def findings(records: list[dict], settings: dict | None = None, codes: list[str]
               f"regime = what the cell's runs measured (see docs/comparison.md).", "", table(records), ""]
     words = _verdict_words(records, task)
     lines += ["In words:", ""] + [f"- {w}" for w in words] + [""]
+    if design:
+        lines += _stage_lines(records, design, task) + [""]
     missing = sorted({(r["preset"], c) for r in records for c in r.get("missing_controls", [])})
     if missing:
         lines += ["Missing controls: " + "; ".join(f"`{p}` is judged against `{c}`, which has no runs here"
@@ -360,6 +363,36 @@ def findings(records: list[dict], settings: dict | None = None, codes: list[str]
         lines += [""] + sweep_text(family, dose_response(records, points), said[task.primary])
     lines += _power_lines(records, task)
     return "\n".join(lines) + "\n"
+
+
+def _stage_lines(records: list[dict], design: dict, task: tasks.Task) -> list[str]:
+    """findings.md's stages: where each preset x size cell of a staged grid stands, by the rule the grid stops it by
+    (`stop_reason`, over its rows against the baseline and its controls), so that a report read while a grid runs
+    says what it cannot decide yet."""
+    looks, key = stats.looks(**design), f"delta_early_{task.primary}"
+    margins = _margins_of(records)
+    cells = defaultdict(list)
+    for r in records:
+        if r["preset"] != BASELINE and key in r:
+            cells[(r["train_size"], r["preset"])].append(r)
+    states = defaultdict(list)
+    for (n, preset), rows in cells.items():
+        k = min(r[key]["n"] for r in rows)
+        later = [look for look in looks if look > k]
+        if k < looks[0]:
+            state = f"below the first look ({looks[0]} seeds), nothing read yet"
+        elif k not in looks:
+            state = f"between looks, its stage to {later[0]} seeds not complete"
+        else:
+            reason = stop_reason(rows, margins)
+            state = {"decided": "stopped: decided", "futile": "stopped: futile"}.get(
+                reason, f"open, the next stage takes it to {later[0]} seeds" if later else "at the last look")
+        states[(n, state, k)].append(f"`{preset}`")
+    lines = [f"Stages (the paired seeds of each cell's primary comparison, early-stopped "
+             f"{names(task)[task.primary]}):", ""]
+    for (n, state, k), presets in sorted(states.items(), key=lambda x: (x[0][0], x[0][2], x[0][1])):
+        lines.append(f"- n={n}, {k} seed{'s' if k != 1 else ''}, {state}: {', '.join(presets)}.")
+    return lines
 
 
 def _verdict_words(records: list[dict], task: tasks.Task) -> list[str]:
