@@ -244,6 +244,10 @@ def test_auto_seeds_run_in_stages_and_stop_decided_cells(tiny_classifier, csv_da
                                                 if r["preset"] != "heavy" or r["seed"] == 0))
     assert "- n=16, 1 seed, below the first look (2 seeds), nothing read yet: `heavy`." in report.report(
         str(partial), make_plots=False)
+    # and a pool over it says that its answer is not the design's yet; over the finished grid it does not
+    assert "**Not final:** 1 of the sources' 2 staged preset × size cells still plan seeds" in report.report_many(
+        [str(partial)], str(tmp_path / "pooled"), make_plots=False)
+    assert "Not final" not in report.report_many([str(out)], str(tmp_path / "pooled"), make_plots=False)
     load_script().main(argv)  # a restart: nothing new, nothing twice
     assert len(records.read_runs(str(out))) == len(runs)
     # the margins it stopped on are recorded; a report under others says so

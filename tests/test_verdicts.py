@@ -219,7 +219,7 @@ def test_stopping_on_the_primary_endpoint_and_for_futility():
              "futile": row(0.02 + 0.2 * z20), "new": row(0.01 + 0.03 * _unit(3, 3))}
     for name, r in cells.items():
         r.update(preset=name, train_size=64)
-    assert _stage_lines(list(cells.values()), design, tasks.of_rows(list(cells.values()))) == [
+    assert _stage_lines(list(cells.values()), tasks.of_rows(list(cells.values()))) == [
         "Stages (the paired seeds of each cell's primary comparison, early-stopped test accuracy):", "",
         "- n=64, 3 seeds, below the first look (5 seeds), nothing read yet: `new`.",
         "- n=64, 7 seeds, between looks, its stage to 10 seeds not complete: `running`.",

@@ -115,9 +115,10 @@ def answer(rows: list[dict]) -> str:
     return text
 
 
-def pooled_text(rows: list[dict], sources: list[str], baseline: str | None = None) -> str:
+def pooled_text(rows: list[dict], sources: list[str], baseline: str | None = None, stages: list = ()) -> str:
     """pooled.md: the answer, the table of each training size, the all-cells table, and the moderator tests;
-    ``baseline`` says what the baseline means for the sources' model (`baseline_text`)."""
+    ``baseline`` says what the baseline means for the sources' model (`baseline_text`); ``stages``, the sources'
+    `cell_stages`: while a staged grid's cells still plan seeds, the answer is said not to be final."""
     if not rows:
         return "## Pooled\n\nNo comparison with at least two paired seeds.\n"
     task = tasks.of_rows(rows)
@@ -144,8 +145,14 @@ def pooled_text(rows: list[dict], sources: list[str], baseline: str | None = Non
              f"equivalent (the equivalence interval lies inside the margin, the interval contains 0), "
              f"inconclusive. {_calibration_words(task)}A row over one "
              f"cell can be wider than that cell's findings row: the findings judge the cell on its test set, the "
-             f"pool also counts the test set as a draw.", "",
-             answer(rows), ""] + ([baseline, ""] if baseline else [])
+             f"pool also counts the test set as a draw.", ""]
+    waiting = [c for c in stages if c[4] not in FINAL_STAGES]
+    if waiting:
+        lines += [f"**Not final:** {len(waiting)} of the sources' {len(stages)} staged preset × size cells still plan "
+                  f"seeds (below the first look, between looks or open; each source's findings list them). The pool "
+                  f"is read at the last look's level, once: its answer is the design's only when every cell has "
+                  f"stopped.", ""]
+    lines += [answer(rows), ""] + ([baseline, ""] if baseline else [])
     for scope in dict.fromkeys(r["scope"] for r in rows if r["scope"] != "all"):
         lines += [f"### {scope}", "", pooled_table(rows, scope), ""]
     if any(r["scope"] == "all" for r in rows):
@@ -343,7 +350,7 @@ def findings(records: list[dict], settings: dict | None = None, codes: list[str]
     words = _verdict_words(records, task)
     lines += ["In words:", ""] + [f"- {w}" for w in words] + [""]
     if design:
-        lines += _stage_lines(records, design, task) + [""]
+        lines += _stage_lines(records, task) + [""]
     missing = sorted({(r["preset"], c) for r in records for c in r.get("missing_controls", [])})
     if missing:
         lines += ["Missing controls: " + "; ".join(f"`{p}` is judged against `{c}`, which has no runs here"
@@ -365,18 +372,23 @@ def findings(records: list[dict], settings: dict | None = None, codes: list[str]
     return "\n".join(lines) + "\n"
 
 
-def _stage_lines(records: list[dict], design: dict, task: tasks.Task) -> list[str]:
-    """findings.md's stages: where each preset x size cell of a staged grid stands, by the rule the grid stops it by
-    (`stop_reason`, over its rows against the baseline and its controls), so that a report read while a grid runs
-    says what it cannot decide yet."""
-    looks, key = stats.looks(**design), f"delta_early_{task.primary}"
+FINAL_STAGES = ("stopped: decided", "stopped: futile", "at the last look")  # a cell of these plans no more seeds
+
+
+def cell_stages(records: list[dict]) -> list[tuple[str, int, str, int, str]]:
+    """Where each preset x size cell of a staged grid stands, by the rule the grid stops it by (`stop_reason`, over
+    its rows against the baseline and its controls): (source, size, preset, paired seeds of its primary
+    comparison, state); the states of `FINAL_STAGES`, or open, between looks while a stage runs, or below the first
+    look, where nothing is read yet. Records of grids with fixed seeds have none."""
     margins = _margins_of(records)
     cells = defaultdict(list)
     for r in records:
-        if r["preset"] != BASELINE and key in r:
-            cells[(r["train_size"], r["preset"])].append(r)
-    states = defaultdict(list)
-    for (n, preset), rows in cells.items():
+        key = f"delta_early_{tasks.of_rows([r]).primary}"
+        if r.get("design") and r["preset"] != BASELINE and key in r:
+            cells[(r.get("source", ""), r["train_size"], r["preset"], key)].append(r)
+    out = []
+    for (source, n, preset, key), rows in cells.items():
+        looks = stats.looks(**rows[0]["design"])
         k = min(r[key]["n"] for r in rows)
         later = [look for look in looks if look > k]
         if k < looks[0]:
@@ -385,12 +397,21 @@ def _stage_lines(records: list[dict], design: dict, task: tasks.Task) -> list[st
             state = f"between looks, its stage to {later[0]} seeds not complete"
         else:
             reason = stop_reason(rows, margins)
-            state = {"decided": "stopped: decided", "futile": "stopped: futile"}.get(
-                reason, f"open, the next stage takes it to {later[0]} seeds" if later else "at the last look")
-        states[(n, state, k)].append(f"`{preset}`")
+            state = {"decided": FINAL_STAGES[0], "futile": FINAL_STAGES[1]}.get(
+                reason, f"open, the next stage takes it to {later[0]} seeds" if later else FINAL_STAGES[2])
+        out.append((source, n, preset, k, state))
+    return out
+
+
+def _stage_lines(records: list[dict], task: tasks.Task) -> list[str]:
+    """findings.md's stages (`cell_stages`), so that a report read while a grid runs says what it cannot decide
+    yet."""
+    states = defaultdict(list)
+    for _, n, preset, k, state in cell_stages(records):
+        states[(n, k, state)].append(f"`{preset}`")
     lines = [f"Stages (the paired seeds of each cell's primary comparison, early-stopped "
              f"{names(task)[task.primary]}):", ""]
-    for (n, state, k), presets in sorted(states.items(), key=lambda x: (x[0][0], x[0][2], x[0][1])):
+    for (n, k, state), presets in sorted(states.items()):
         lines.append(f"- n={n}, {k} seed{'s' if k != 1 else ''}, {state}: {', '.join(presets)}.")
     return lines
 
