@@ -20,13 +20,17 @@ CONFIG_NAME = "hfreg_config.json"
 CONFIG_ATTR = "hfreg"
 
 
-def knob(module: str, scale: bool = False, sampling: bool = True, newer: bool = True) -> Any:
+def knob(module: str, scale: bool = False, sampling: bool = True, newer: bool = True,
+         after_moving: bool = False) -> Any:
     """A knob's field in `RegularizationConfig`, and its row in the table of knobs: None by default (the model as it
     is). ``module``: the module of `hfreg.knobs` that holds its hooks and its injector (the layer stack's five knobs
     share ``stack``); ``scale``: a noise scale >= 0 rather than a probability in [0, 1); ``sampling``: dropout
     sampling, in MC dropout's default (`hfreg.mc.MC_KNOBS`); ``newer``: added after the first release, so left out of
-    `to_dict` while None and older specs and records read alike."""
-    return field(default=None, metadata={"knob": module, "scale": scale, "sampling": sampling, "newer": newer})
+    `to_dict` while None and older specs and records read alike; ``after_moving``: it changes nothing until training
+    moves the weights from their values at patch time (Mixout mixes towards them), so `hfreg.probing.probe` moves
+    them before it looks."""
+    return field(default=None, metadata={"knob": module, "scale": scale, "sampling": sampling, "newer": newer,
+                                         "after_moving": after_moving})
 
 
 def check_rate(name: str, value) -> None:
@@ -193,7 +197,7 @@ class RegularizationConfig:
     layerdrop: float | None = knob("stack", sampling=False, newer=False)
     adapter: float | None = knob("adapter")
     heads: float | None = knob("heads")
-    mixout: float | None = knob("mixout", sampling=False)
+    mixout: float | None = knob("mixout", sampling=False, after_moving=True)
     embedding_noise: float | None = knob("embedding_noise", scale=True, sampling=False)
     # the knobs' options
     mixout_modules: list[str] | None = field(default=None, metadata={"newer": True})
@@ -281,6 +285,8 @@ KNOB_MODULES = {f.name: f.metadata["knob"] for f in _KNOB_FIELDS}
 SCALES = tuple(f.name for f in _KNOB_FIELDS if f.metadata["scale"])
 # knobs that are dropout sampling (MC dropout's default)
 SAMPLING = tuple(f.name for f in _KNOB_FIELDS if f.metadata["sampling"])
+# knobs that change nothing until training moves the weights from their values at patch time
+AFTER_MOVING = tuple(f.name for f in _KNOB_FIELDS if f.metadata["after_moving"])
 # fields added after the first release: left out of `to_dict` while None, so older specs and records read alike
 _NEWER = tuple(f.name for f in fields(RegularizationConfig) if f.metadata.get("newer"))
 

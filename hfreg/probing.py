@@ -23,7 +23,7 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from .architectures import NOISE_KEYS
-from .config import KNOBS, RegularizationConfig
+from .config import AFTER_MOVING, KNOBS, RegularizationConfig
 from .inject import apply_spec
 from .provenance import config_sources, config_tree, per_config, with_rates
 from .sites import analyze, stack_key
@@ -152,7 +152,8 @@ def _output_tensors(out) -> list[torch.Tensor]:
 
 def _move_weights(model, scale: float, seed: int = 0) -> list[tuple[torch.nn.Parameter, torch.Tensor]]:
     """Move every trainable floating-point weight by seeded N(0, scale) noise, as training moves weights away from
-    their values at patch time (what Mixout mixes towards); returns (parameter, old value) pairs to put back."""
+    their values at patch time (what the knobs of `config.AFTER_MOVING` need, Mixout's mixing target); returns
+    (parameter, old value) pairs to put back."""
     params = [p for p in model.parameters() if p.requires_grad and p.is_floating_point()]
     saved = [(p, p.detach().clone()) for p in params]
     gen = torch.Generator(device="cpu").manual_seed(seed)
@@ -162,7 +163,7 @@ def _move_weights(model, scale: float, seed: int = 0) -> list[tuple[torch.nn.Par
     return saved
 
 
-def _mixes(model, inputs) -> bool:
+def _acts_once_moved(model, inputs) -> bool:
     """Whether two seeds give different training outputs once the trainable weights have moved away from their
     values at patch time, as training moves them (restored afterwards)."""
     saved = _move_weights(model, 0.05)
@@ -331,8 +332,8 @@ def probe(model: nn.Module, inputs: dict | None = None, rate: float = 0.5, patch
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             state = apply_spec(model, spec, inert)
-        if knob == "mixout":  # a weight mixed with its own value at patch time is unchanged: move the weights first
-            acts = _mixes(model, inputs)
+        if knob in AFTER_MOVING:  # e.g. a weight mixed with its own value at patch time is unchanged
+            acts = _acts_once_moved(model, inputs)
         else:
             acts = not _same(base, _train_output(model, inputs, 1))
         note = state.refused.get(knob, "")
