@@ -1,10 +1,10 @@
 """The decided answer's grids: the design written down in docs/results.md (*The decided answer: design*), as the
 commands that run it — on this machine's CPU cores one data set after another, or on one GPU with many runs
-packed onto it through a local Ray cluster. Every launch resumes where its `runs.jsonl` stops.
+packed onto it by processes that share each grid's queue. Every launch resumes where its `runs.jsonl` stops.
 
     .venv/bin/python benchmarks/decided_answer.py --print             # the commands, nothing run
     .venv/bin/python benchmarks/decided_answer.py                     # CPU: each data set in turn, then the report
-    .venv/bin/python benchmarks/decided_answer.py --gpu --run_gpus 0.05   # one GPU, about 20 runs in flight
+    .venv/bin/python benchmarks/decided_answer.py --gpu --processes 16    # one GPU, 16 runs in flight
     .venv/bin/python benchmarks/decided_answer.py --progress          # what the records hold so far, per data set
 
 Results go to docs/results/answer-<data set>/; the report pools them into docs/results/answer/.
@@ -25,15 +25,16 @@ DESIGN = ["--train_sizes", "64,512", "--min_steps", "100", "--num_train_epochs",
           "--select_by", "accuracy", "--no_plots"]
 
 
-def commands(data_dir: str, gpu: bool, run_gpus: float, python: str) -> list[list[str]]:
-    """One grid per data set (selection on its validation split, report on its test split), then the report."""
+def commands(data_dir: str, gpu: bool, python: str, data_sets=DATA_SETS) -> list[list[str]]:
+    """One grid per data set (selection on its validation split, report on its test split), then the report. On the
+    CPU the grids pin fp32; on a GPU they take the harness's default precision (bf16 where the GPU has it), and
+    each is launched once per process (`main`), the launches sharing its queue."""
     out = []
-    for name in DATA_SETS:
+    for name in data_sets:
         files = ["--train_file", os.path.join(data_dir, name, "train.csv"),
                  "--validation_file", os.path.join(data_dir, name, "validation.csv"),
                  "--test_file", os.path.join(data_dir, name, "test.csv")]
-        backend = (["--backend", "ray", "--run_gpus", str(run_gpus), "--run_cpus", "1"] if gpu
-                   else ["--mixed_precision", "no"])
+        backend = ["--threads", "1"] if gpu else ["--mixed_precision", "no"]
         sweeps = [a for s in SWEEPS for a in ("--rates", s)]
         out.append([python, "-m", "hfreg.finetune", *files, "--presets", ARMS, *sweeps, *DESIGN, *backend,
                     "--output_dir", os.path.join(ROOT, "docs", "results", f"answer-{name}")])
@@ -41,6 +42,14 @@ def commands(data_dir: str, gpu: bool, run_gpus: float, python: str) -> list[lis
                 *(os.path.join(ROOT, "docs", "results", f"answer-{n}") for n in DATA_SETS),
                 "--out", os.path.join(ROOT, "docs", "results", "answer")])
     return out
+
+
+def launch(command: list[str], processes: int) -> int:
+    """``command`` run by ``processes`` processes at once, which share its grid's queue (a run each at a time);
+    the first non-zero exit status, else 0."""
+    running = [subprocess.Popen(command, cwd=ROOT) for _ in range(processes)]
+    codes = [p.wait() for p in running]
+    return next((c for c in codes if c), 0)
 
 
 def progress(data_dir: str = DATA, results_dir: str | None = None) -> str:
@@ -54,7 +63,7 @@ def progress(data_dir: str = DATA, results_dir: str | None = None) -> str:
     from hfreg.finetune.sweep import parse_args
 
     lines = []
-    for name, command in zip(DATA_SETS, commands(data_dir, False, 0.05, sys.executable)):
+    for name, command in zip(DATA_SETS, commands(data_dir, False, sys.executable)):
         args = parse_args(command[3:])
         presets, _ = _grid_presets(args)
         first = args.seeds[:args.seed_stage]
@@ -80,30 +89,40 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--print", action="store_true", help="print the commands; run nothing")
     p.add_argument("--progress", action="store_true", help="how much of the design the records hold; run nothing")
-    p.add_argument("--gpu", action="store_true", help="run on one GPU through a local Ray cluster")
-    p.add_argument("--run_gpus", type=float, default=0.05, help="with --gpu: the share of the GPU each run takes")
+    p.add_argument("--gpu", action="store_true", help="on one GPU: --processes launches share each grid's queue")
+    p.add_argument("--processes", type=int, default=None,
+                   help="launches per grid, a run each at a time (default: 16 with --gpu, else 1)")
+    p.add_argument("--data_sets", default=",".join(DATA_SETS), help="the grids to run, in this order")
     p.add_argument("--data_dir", default=DATA, help="the folder holding sst2-sentences/, rt-polarity/, sst5/")
     args = p.parse_args(argv)
-    missing = [n for n in DATA_SETS if not os.path.isdir(os.path.join(args.data_dir, n))]
+    chosen = [n.strip() for n in args.data_sets.split(",") if n.strip()]
+    unknown = [n for n in chosen if n not in DATA_SETS]
+    if unknown or not chosen:
+        print(f"decided_answer.py: error: --data_sets {args.data_sets!r}: choose from {', '.join(DATA_SETS)}",
+              file=sys.stderr)
+        return 2
+    processes = args.processes if args.processes is not None else 16 if args.gpu else 1
+    if processes < 1:
+        print(f"decided_answer.py: error: --processes must be a positive integer, got {processes}", file=sys.stderr)
+        return 2
+    missing = [n for n in chosen if not os.path.isdir(os.path.join(args.data_dir, n))]
     if missing:
         print(f"decided_answer.py: error: {args.data_dir} lacks {', '.join(missing)} (expected the shared data "
               f"folders, see ../shared/data/README.md)", file=sys.stderr)
         return 2
-    if not 0 < args.run_gpus <= 1:
-        print(f"decided_answer.py: error: --run_gpus must be in (0, 1], got {args.run_gpus}", file=sys.stderr)
-        return 2
     if args.progress:
         print(progress(args.data_dir))
         return 0
-    steps = commands(args.data_dir, args.gpu, args.run_gpus, sys.executable)
+    *grids, report = commands(args.data_dir, args.gpu, sys.executable, chosen)
     if args.print:
-        print("\n".join(" ".join(c) for c in steps))
+        print("\n".join(f"{' '.join(c)}{f'  # x{processes} processes' if processes > 1 else ''}" for c in grids))
+        print(" ".join(report))
         return 0
-    for command in steps:
-        done = subprocess.run(command, cwd=ROOT)
-        if done.returncode:
-            return done.returncode
-    return 0
+    for command in grids:
+        code = launch(command, processes)
+        if code:
+            return code
+    return subprocess.run(report, cwd=ROOT).returncode
 
 
 if __name__ == "__main__":

@@ -172,9 +172,10 @@ def test_select_by_is_compared_on_the_selection_split_alone():
     assert out["loss"] == pytest.approx((0.8 + 0.9) / 2)
 
 
-def test_the_decided_answer_design_is_commands_the_harness_takes(tmp_path):
+def test_the_decided_answer_design_is_commands_the_harness_takes(tmp_path, capsys):
     """benchmarks/decided_answer.py: every grid command of the written-down design parses as the harness reads it
-    (the data folders faked as empty files), for the CPU and for one GPU, and missing data is one line."""
+    (the data folders faked as empty files), for the CPU (fp32) and for one GPU (processes sharing each grid's
+    queue, no cluster to install); a subset of data sets, and bad choices or missing data, are one line."""
     sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
     from decided_answer import DATA_SETS, commands, main
 
@@ -185,13 +186,20 @@ def test_the_decided_answer_design_is_commands_the_harness_takes(tmp_path):
         for split in ("train", "validation", "test"):
             (tmp_path / name / f"{split}.csv").write_text("text,label\n")
     for gpu in (False, True):
-        steps = commands(str(tmp_path), gpu, 0.05, sys.executable)
+        steps = commands(str(tmp_path), gpu, sys.executable)
         assert len(steps) == len(DATA_SETS) + 1 and steps[-1][2:4] == ["hfreg.cli", "report"]
         for command in steps[:-1]:
             args = parse_args(command[3:])
             assert args.auto_seeds and args.max_seeds == 40 and args.train_sizes == [64, 512]
-            assert args.backend == ("ray" if gpu else "local") and len(args.learning_rates) == 3
+            assert args.backend == "local" and len(args.learning_rates) == 3
+            assert (args.mixed_precision, args.threads) == (("auto", 1) if gpu else ("no", None))
+    assert main(["--print", "--gpu", "--data_sets", "sst5", "--data_dir", str(tmp_path)]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert len(printed) == 2 and "/sst5/train.csv" in printed[0] and printed[0].endswith("# x16 processes")
     assert main(["--print", "--data_dir", str(tmp_path / "nowhere")]) == 2
+    assert main(["--print", "--data_sets", "sst2", "--data_dir", str(tmp_path)]) == 2
+    assert main(["--print", "--gpu", "--processes", "0", "--data_dir", str(tmp_path)]) == 2
+    assert "choose from sst2-sentences, rt-polarity, sst5" in capsys.readouterr().err
 
 
 def test_decided_answer_progress_counts_the_planned_runs_and_the_results_page_quotes_it(tmp_path):
@@ -246,3 +254,41 @@ def test_the_evaluation_figures_were_measured_on_todays_evaluation_path():
         recorded = re.search(r"eval path\s+`([0-9a-f]{12})`", f.read()).group(1)
     assert recorded == eval_path_digest(), "the code an evaluation point runs through changed since docs/speed.md's " \
                                            "figures: run benchmarks/eval_profile.py again"
+
+
+def test_device_pack_cuts_the_model_into_calls_that_fit_and_put_together_give_its_bytes(tmp_path):
+    """benchmarks/device_pack.py: every call carries at most what one device call takes beside the working tree, the
+    parts in order are the model's bytes, whose SHA-256 run.sh checks there; missing data is one line."""
+    import hashlib
+
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    import device_pack
+
+    model = tmp_path / "pkg" / "model"
+    model.mkdir(parents=True)
+    (tmp_path / "pkg" / "__init__.py").write_text("")
+    weights = os.urandom(9 * 2**20 + 12345)
+    (model / "model.safetensors").write_bytes(weights)
+    (model / "config.json").write_text("{}")
+    data, wheels = tmp_path / "data", tmp_path / "wheels"
+    wheels.mkdir()
+    (wheels / "x-1.0-py3-none-any.whl").write_bytes(b"w" * 1000)
+    for name in device_pack.DATA_SETS:
+        (data / name).mkdir(parents=True)
+        (data / name / "train.csv").write_text("text,label\n")
+    out = tmp_path / "device"
+    tree = device_pack.CALL_LIMIT - device_pack.MARGIN - 4 * 2**20  # 4 MiB of room a call
+    calls = device_pack.pack(str(model), str(data), str(out), tree=tree, wheels=str(wheels))
+    parts = [c["carry"][0] for c in calls]
+    assert [os.path.basename(p) for p in parts] == [f"part-0{i}" for i in range(1, len(parts) + 1)]
+    assert b"".join(open(os.path.join(ROOT, p), "rb").read() for p in parts) == weights
+    for call in calls:
+        assert sum(device_pack.du(os.path.join(ROOT, p)) for p in call["carry"]) <= 4 * 2**20
+    assert [c["command"] for c in calls] == ["true"] * (len(calls) - 1) + ["bash .device/run.sh 480"]
+    script = (out / "run.sh").read_text()
+    assert hashlib.sha256(weights).hexdigest() in script and "--data_sets \"$sets\"" in script
+    assert (out / "pkg" / "pkg" / "model" / "config.json").exists()
+    assert not (out / "pkg" / "pkg" / "model" / "model.safetensors").exists()
+    with pytest.raises(ValueError, match="lacks sst5"):
+        shutil.rmtree(data / "sst5")
+        device_pack.pack(str(model), str(data), str(out), tree=tree, wheels=str(wheels))
