@@ -45,7 +45,7 @@ nvidia-smi -L
 timeout --signal=INT "$limit" python3 benchmarks/decided_answer.py --gpu --processes PROCESSES \\
   --data_dir .device/data --data_sets "$sets" > "$OUT/grid.log" 2>&1
 dirs=$(for s in ${sets//,/ }; do [ -d "docs/results/answer-$s" ] && echo "docs/results/answer-$s"; done)
-tar -cf - --exclude=.claims --exclude=.hfreg.lock $dirs | split -b 15M - "$OUT/answer.tar."
+[ -n "$dirs" ] && tar -cf - --exclude=.claims --exclude=.hfreg.lock $dirs | split -b 15M - "$OUT/answer.tar."
 tail -n 20 "$OUT/grid.log"
 """
 
