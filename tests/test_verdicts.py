@@ -216,7 +216,8 @@ def test_stopping_on_the_primary_endpoint_and_for_futility():
     from hfreg.finetune.report.findings import _stage_lines
 
     cells = {"equal": row(0.0005 * z), "open": row(0.01 + 0.03 * z), "running": row(0.01 + 0.03 * _unit(7, 3)),
-             "futile": row(0.02 + 0.2 * z20), "new": row(0.01 + 0.03 * _unit(3, 3))}
+             "futile": row(0.02 + 0.2 * z20), "new": row(0.01 + 0.03 * _unit(3, 3)),
+             "past": row(0.01 + 0.2 * _unit(41, 3))}
     for name, r in cells.items():
         r.update(preset=name, train_size=64)
     assert _stage_lines(list(cells.values()), tasks.of_rows(list(cells.values()))) == [
@@ -225,7 +226,8 @@ def test_stopping_on_the_primary_endpoint_and_for_futility():
         "- n=64, 7 seeds, between looks, its stage to 10 seeds not complete: `running`.",
         "- n=64, 10 seeds, open, the next stage takes it to 15 seeds: `open`.",
         "- n=64, 10 seeds, stopped: decided: `equal`.",
-        "- n=64, 20 seeds, stopped: futile: `futile`."]
+        "- n=64, 20 seeds, stopped: futile: `futile`.",
+        "- n=64, 41 seeds, at the last look: `past`."]
 
 
 def test_boundaries_spend_alpha_as_the_obrien_fleming_type_function_says():

@@ -393,9 +393,9 @@ def cell_stages(records: list[dict]) -> list[tuple[str, int, str, int, str]]:
         later = [look for look in looks if look > k]
         if k < looks[0]:
             state = f"below the first look ({looks[0]} seeds), nothing read yet"
-        elif k not in looks:
+        elif k not in looks and later:
             state = f"between looks, its stage to {later[0]} seeds not complete"
-        else:
+        else:  # at a look, or past the last (seeds added by hand): read as the grid reads it
             reason = stop_reason(rows, margins)
             state = {"decided": FINAL_STAGES[0], "futile": FINAL_STAGES[1]}.get(
                 reason, f"open, the next stage takes it to {later[0]} seeds" if later else FINAL_STAGES[2])
