@@ -1,13 +1,18 @@
 """Files hfreg ships: the top-level `configs/` tree (presets, published model configs), installed as the
-package data `hfreg.configs` and found through `importlib.resources`, in a checkout and after `pip install`."""
+package data `hfreg.configs` and found through `importlib.resources`, in a checkout and after `pip install`; a
+checkout used without installing (on ``PYTHONPATH`` alone) reads the tree beside the package."""
 
 from __future__ import annotations
 
 from importlib import resources
+from pathlib import Path
 
 
 def _folder(kind: str):
-    return resources.files("hfreg.configs") / kind
+    try:
+        return resources.files("hfreg.configs") / kind
+    except ModuleNotFoundError:  # not installed: `hfreg.configs` is only the build's name for configs/
+        return Path(__file__).resolve().parent.parent / "configs" / kind
 
 
 def shipped(kind: str, filename: str):

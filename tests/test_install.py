@@ -61,6 +61,19 @@ FLOORS = (("config",), ("layers", "architectures", "unapplied", "resources", "ca
           ("schedule", "mc", "rdrop"), ("finetune",), ("cli", "__init__"))
 
 
+def test_a_checkout_on_pythonpath_alone_finds_its_presets(tmp_path):
+    """Not installed at all (a copy of the tree on PYTHONPATH, as on a machine that cannot pip install): the
+    presets and published configs come from configs/ beside the package."""
+    script = ("import sys; sys.path.append(sys.argv[1]); import importlib.util as u; "
+              "assert u.find_spec('hfreg.configs') is None; "
+              "from hfreg.finetune.presets import available, load_preset; "
+              "assert 'classic' in available() and load_preset('classic').reg.hidden > 0; print('ok')")
+    # -S: no site-packages processing, so the editable install's finder (which maps hfreg.configs) is not run
+    out = subprocess.run([sys.executable, "-S", "-c", script, sysconfig.get_paths()["purelib"]], cwd=tmp_path,
+                         env={**os.environ, "PYTHONPATH": ROOT}, capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
+
+
 def test_floors_hold_no_import_circle_and_no_private_names_across_modules():
     """Each module imports downwards only, by the floors above; no import circle anywhere, the harness included; no
     module reads another's private names (the patch state goes through `patch_state`)."""
