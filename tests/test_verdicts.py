@@ -217,17 +217,26 @@ def test_stopping_on_the_primary_endpoint_and_for_futility():
 
     cells = {"equal": row(0.0005 * z), "open": row(0.01 + 0.03 * z), "running": row(0.01 + 0.03 * _unit(7, 3)),
              "futile": row(0.02 + 0.2 * z20), "new": row(0.01 + 0.03 * _unit(3, 3)),
-             "past": row(0.01 + 0.2 * _unit(41, 3))}
+             "past": row(0.01 + 0.2 * _unit(41, 3)), "unpaired": {"preset": "unpaired", "design": design}}
     for name, r in cells.items():
         r.update(preset=name, train_size=64)
-    assert _stage_lines(list(cells.values()), tasks.of_rows(list(cells.values()))) == [
-        "Stages (the paired seeds of each cell's primary comparison, early-stopped test accuracy):", "",
+    # the baseline ran on to 15 seeds at 512 without this undecided cell: the grid stopped it at 10
+    cells["reopened"] = {**row(0.01 + 0.03 * z), "preset": "reopened", "train_size": 512}
+    bases = [{"preset": "pretrain-zero", "train_size": n, "design": design, "seeds": list(range(k))}
+             for n, k in ((64, 41), (512, 15))]
+    bases[0]["seeds"] = list(range(10))  # at 64 the baseline is where the open cell is: its next stage is due
+    rows = [*bases, *cells.values()]
+    assert _stage_lines(rows, tasks.of_rows(list(cells.values())[:1])) == [
+        "Stages (the grid's stopping rule read under this report's margins and selection rule; the paired seeds of "
+        "each cell's primary comparison, early-stopped test accuracy):", "",
+        "- n=64, 0 seeds, below the first look (5 seeds), nothing read yet: `unpaired`.",
         "- n=64, 3 seeds, below the first look (5 seeds), nothing read yet: `new`.",
         "- n=64, 7 seeds, between looks, its stage to 10 seeds not complete: `running`.",
         "- n=64, 10 seeds, open, the next stage takes it to 15 seeds: `open`.",
         "- n=64, 10 seeds, stopped: decided: `equal`.",
         "- n=64, 20 seeds, stopped: futile: `futile`.",
-        "- n=64, 41 seeds, at the last look: `past`."]
+        "- n=64, 41 seeds, at the last look: `past`.",
+        "- n=512, 10 seeds, stopped here by the grid, inconclusive as read now: `reopened`."]
 
 
 def test_boundaries_spend_alpha_as_the_obrien_fleming_type_function_says():

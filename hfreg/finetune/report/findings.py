@@ -146,12 +146,13 @@ def pooled_text(rows: list[dict], sources: list[str], baseline: str | None = Non
              f"inconclusive. {_calibration_words(task)}A row over one "
              f"cell can be wider than that cell's findings row: the findings judge the cell on its test set, the "
              f"pool also counts the test set as a draw.", ""]
-    waiting = [c for c in stages if c[4] not in FINAL_STAGES]
+    waiting = [c for c in stages if c[4] not in (*FINAL_STAGES, REOPENED)]
     if waiting:
         lines += [f"**Not final:** {len(waiting)} of the sources' {len(stages)} staged preset × size cells still plan "
-                  f"seeds (below the first look, between looks or open; each source's findings list them). The pool "
-                  f"is read at the last look's level, once: its answer is the design's only when every cell has "
-                  f"stopped.", ""]
+                  f"seeds (below the first look, between looks or open; each source's findings list them). These "
+                  f"rows are computed at the last look's level and meant to be read once, after every cell has "
+                  f"stopped or reached the last look; stopped cells' estimates lean towards the effect that stopped "
+                  f"them.", ""]
     lines += [answer(rows), ""] + ([baseline, ""] if baseline else [])
     for scope in dict.fromkeys(r["scope"] for r in rows if r["scope"] != "all"):
         lines += [f"### {scope}", "", pooled_table(rows, scope), ""]
@@ -373,23 +374,31 @@ def findings(records: list[dict], settings: dict | None = None, codes: list[str]
 
 
 FINAL_STAGES = ("stopped: decided", "stopped: futile", "at the last look")  # a cell of these plans no more seeds
+REOPENED = "stopped here by the grid, inconclusive as read now"  # the baseline's rate chosen again from more seeds
 
 
 def cell_stages(records: list[dict]) -> list[tuple[str, int, str, int, str]]:
     """Where each preset x size cell of a staged grid stands, by the rule the grid stops it by (`stop_reason`, over
-    its rows against the baseline and its controls): (source, size, preset, paired seeds of its primary
-    comparison, state); the states of `FINAL_STAGES`, or open, between looks while a stage runs, or below the first
-    look, where nothing is read yet. Records of grids with fixed seeds have none."""
+    its rows against the baseline and its controls, under this report's margins and selection rule): (source,
+    size, preset, paired seeds of its primary comparison, state); the states of `FINAL_STAGES`, `REOPENED` (the
+    baseline completed a later look without it, so the grid stopped it at this one, though its verdicts read again
+    are undecided: a stage runs seed by seed, every cell of it before the next seed), or open, between looks while a stage runs, or below the first look, where nothing is read yet.
+    Records of grids with fixed seeds have none."""
     margins = _margins_of(records)
-    cells = defaultdict(list)
+    cells, baseline = defaultdict(list), {}
     for r in records:
-        key = f"delta_early_{tasks.of_rows([r]).primary}"
-        if r.get("design") and r["preset"] != BASELINE and key in r:
-            cells[(r.get("source", ""), r["train_size"], r["preset"], key)].append(r)
+        if not r.get("design"):
+            continue
+        where = (r.get("source", ""), r.get("experiment"), r["train_size"])
+        if r["preset"] == BASELINE:
+            baseline[where] = len(r.get("seeds", ()))
+        else:
+            cells[(where, r["preset"])].append(r)
     out = []
-    for (source, n, preset, key), rows in cells.items():
+    for (where, preset), rows in cells.items():
+        key = f"delta_early_{tasks.of_rows(rows).primary}"
         looks = stats.looks(**rows[0]["design"])
-        k = min(r[key]["n"] for r in rows)
+        k = min((r.get(key) or {}).get("n", 0) for r in rows)  # a row without the comparison pairs nothing yet
         later = [look for look in looks if look > k]
         if k < looks[0]:
             state = f"below the first look ({looks[0]} seeds), nothing read yet"
@@ -397,9 +406,10 @@ def cell_stages(records: list[dict]) -> list[tuple[str, int, str, int, str]]:
             state = f"between looks, its stage to {later[0]} seeds not complete"
         else:  # at a look, or past the last (seeds added by hand): read as the grid reads it
             reason = stop_reason(rows, margins)
-            state = {"decided": FINAL_STAGES[0], "futile": FINAL_STAGES[1]}.get(
-                reason, f"open, the next stage takes it to {later[0]} seeds" if later else FINAL_STAGES[2])
-        out.append((source, n, preset, k, state))
+            state = ({"decided": FINAL_STAGES[0], "futile": FINAL_STAGES[1]}.get(reason) if reason
+                     else FINAL_STAGES[2] if not later else REOPENED if baseline.get(where, 0) >= later[0]
+                     else f"open, the next stage takes it to {later[0]} seeds")
+        out.append((where[0], where[2], preset, k, state))
     return out
 
 
@@ -409,8 +419,8 @@ def _stage_lines(records: list[dict], task: tasks.Task) -> list[str]:
     states = defaultdict(list)
     for _, n, preset, k, state in cell_stages(records):
         states[(n, k, state)].append(f"`{preset}`")
-    lines = [f"Stages (the paired seeds of each cell's primary comparison, early-stopped "
-             f"{names(task)[task.primary]}):", ""]
+    lines = [f"Stages (the grid's stopping rule read under this report's margins and selection rule; the paired "
+             f"seeds of each cell's primary comparison, early-stopped {names(task)[task.primary]}):", ""]
     for (n, k, state), presets in sorted(states.items()):
         lines.append(f"- n={n}, {k} seed{'s' if k != 1 else ''}, {state}: {', '.join(presets)}.")
     return lines
