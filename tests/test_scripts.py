@@ -219,8 +219,11 @@ def test_decided_answer_progress_counts_the_planned_runs_and_the_results_page_qu
     (tmp_path / "answer-sst2-sentences" / "runs.jsonl").write_text(
         "".join(json.dumps(r) + "\n" for r in [*records, records[0], later, changed]))
     lines = progress(results_dir=str(tmp_path)).splitlines()
-    assert lines[0] == ("- `sst2-sentences`: first stage (seeds 0–4) 20 of 450 runs (n=512 20 of 225, n=64 0 of 225); "
-                        "later stages 1 run.")
+    assert lines[0].startswith("- `sst2-sentences`: first stage (seeds 0–4) 20 of 450 runs (n=512 20 of 225, n=64 0 "
+                               "of 225); later stages 1 run. Recorded run time: median ")
+    seconds = sorted(r["seconds"] for r in [*records, later, changed])  # every run read, the duplicate once
+    assert f"median {seconds[11]:.0f} s (10–90%: {seconds[2]:.0f}–{seconds[19]:.0f} s); at that median the rest of " \
+           f"it is {430 * seconds[11] / 3600:.0f} core-hours." in lines[0]
     assert lines[1:] == ["- `rt-polarity`: not started (450 first-stage runs planned).",
                          "- `sst5`: not started (450 first-stage runs planned)."]
     with open(os.path.join(ROOT, "docs", "results.md")) as f:
@@ -284,7 +287,10 @@ def test_device_pack_cuts_the_model_into_calls_that_fit_and_put_together_give_it
     assert b"".join(open(os.path.join(ROOT, p), "rb").read() for p in parts) == weights
     for call in calls:
         assert sum(device_pack.du(os.path.join(ROOT, p)) for p in call["carry"]) <= 4 * 2**20
-    assert [c["command"] for c in calls] == ["true"] * (len(calls) - 1) + ["bash .device/run.sh 480"]
+    assert calls[-1]["command"] == "bash .device/run.sh 420"
+    for call, part in zip(calls[:-1], parts):  # each earlier call checks its part where it lands
+        digest = hashlib.sha256(open(os.path.join(ROOT, part), "rb").read()).hexdigest()
+        assert call["command"] == f"echo '{digest}  {part}' | sha256sum -c -"
     script = (out / "run.sh").read_text()
     assert hashlib.sha256(weights).hexdigest() in script and "--data_sets \"$sets\"" in script
     assert (out / "pkg" / "pkg" / "model" / "config.json").exists()
