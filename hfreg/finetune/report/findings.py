@@ -382,8 +382,9 @@ def cell_stages(records: list[dict]) -> list[tuple[str, int, str, int, str]]:
     its rows against the baseline and its controls, under this report's margins and selection rule): (source,
     size, preset, paired seeds of its primary comparison, state); the states of `FINAL_STAGES`, `REOPENED` (the
     baseline completed a later look without it, so the grid stopped it at this one, though its verdicts read again
-    are undecided: a stage runs seed by seed, every cell of it before the next seed), or open, between looks while a stage runs, or below the first look, where nothing is read yet.
-    Records of grids with fixed seeds have none."""
+    are undecided: a stage runs seed by seed, every cell of it before the next seed), or open, between looks while
+    a stage runs, or below the first look, where nothing is read yet. Records of grids with fixed seeds have
+    none."""
     margins = _margins_of(records)
     cells, baseline = defaultdict(list), {}
     for r in records:
