@@ -254,6 +254,27 @@ def test_auto_seeds_run_in_stages_and_stop_decided_cells(tiny_classifier, csv_da
     assert runs[0]["experiment"]["settings"]["margins"] == {"test_accuracy": 0.001, "test_nll_ts": 0.001}
     assert "margins differ from those the grid stopped on" in report.report(str(out), make_plots=False)
     assert "margins differ" not in report.report(str(out), make_plots=False, margins=margins)
+    # likewise the selection rule: the task's own is not recorded (older records match), another is
+    assert "select_by" not in runs[0]["experiment"]["settings"]
+    said = "the grid stopped on selection by accuracy: its stopping decisions were made on that"
+    assert said in report.report(str(out), make_plots=False, margins=margins, select_by="loss")
+    assert "the grid stopped on selection by" not in report.report(str(out), make_plots=False, margins=margins)
+
+
+def test_a_staged_grid_records_a_selection_rule_other_than_the_tasks_own(tiny_classifier, csv_data, tmp_path):
+    """What a staged grid stops on is part of what it did: a rule other than the task's default is recorded (the
+    default is not, so that older records match), and a grid with fixed seeds records none."""
+    from hfreg.finetune.experiment import build_experiment
+    from hfreg.finetune.sweep import parse_args
+
+    def settings(*extra):
+        args = parse_args(args_for(tiny_classifier, csv_data, tmp_path / "out", *extra))
+        return build_experiment(args, None).record["settings"]
+
+    assert settings("--seeds", "auto", "--select_by", "loss")["select_by"] == "loss"
+    assert "select_by" not in settings("--seeds", "auto", "--select_by", "accuracy")
+    assert "select_by" not in settings("--select_by", "loss")
+    assert not (tmp_path / "out").exists()
 
 
 def test_dose_response_names_the_best_rate_and_those_not_worse():

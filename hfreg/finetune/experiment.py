@@ -372,6 +372,9 @@ def _record(args, base_model, model_name: str, raw, data, roles, kind, text_colu
            if args.auto_seeds else {}),
         # a staged grid stops on its margins: they are part of what it did (absent when the defaults: older match)
         **({"margins": dict(sorted(args.margin.items()))} if args.auto_seeds and args.margin else {}),
+        # and the selection rule it stopped by, where not the task's own (absent: older records match)
+        **({"select_by": args.select_by} if args.auto_seeds
+           and args.select_by != tasks.task(problem_type).default_select_by else {}),
         **({"lora": lora} if lora else {}),
         "versions": {"hfreg": __version__, "transformers": transformers.__version__,
                      "torch": torch.__version__.split("+")[0]}}}

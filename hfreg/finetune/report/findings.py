@@ -333,6 +333,10 @@ def findings(records: list[dict], settings: dict | None = None, codes: list[str]
                                       for m in task.verdicts):
         looks += (f" This report's margins differ from those the grid stopped on "
                   f"({_margins_text(stopped_on, task)}): its stopping decisions were made on those.")
+    stopped_by = (settings or {}).get("select_by", task.default_select_by) if design else select_by
+    if stopped_by != select_by:
+        looks += (f" This report selects by {select_by}; the grid stopped on selection by {stopped_by}: its "
+                  f"stopping decisions were made on that.")
     shares = ", ".join(f"{COMPARISONS[c]} {said[m]} {a:.0%}" for (c, m), a in stats.ALPHA_SHARES.items()
                        if m in task.verdicts)
     lines += [f"Each preset against `{BASELINE}`, and a preset that names a control also against it (and against "
