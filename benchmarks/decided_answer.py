@@ -3,7 +3,7 @@ commands that run it — on this machine's CPU cores one data set after another,
 packed onto it by processes that share each grid's queue. Every launch resumes where its `runs.jsonl` stops.
 
     .venv/bin/python benchmarks/decided_answer.py --print             # the commands, nothing run
-    .venv/bin/python benchmarks/decided_answer.py                     # CPU: each data set in turn, then the report
+    .venv/bin/python benchmarks/decided_answer.py --processes 2       # CPU: each data set in turn, a core per launch
     .venv/bin/python benchmarks/decided_answer.py --gpu --processes 16    # one GPU, 16 runs in flight
     .venv/bin/python benchmarks/decided_answer.py --progress          # what the records hold so far, per data set
 
@@ -47,6 +47,8 @@ def commands(data_dir: str, gpu: bool, python: str, data_sets=DATA_SETS) -> list
 def launch(command: list[str], processes: int) -> int:
     """``command`` run by ``processes`` processes at once, which share its grid's queue (a run each at a time);
     the first non-zero exit status, else 0."""
+    if processes > 1 and "--threads" not in command:  # the cores shared out, not each launch taking them all
+        command = [*command, "--threads", str(max(1, len(os.sched_getaffinity(0)) // processes))]
     running = [subprocess.Popen(command, cwd=ROOT) for _ in range(processes)]
     try:
         codes = [p.wait() for p in running]

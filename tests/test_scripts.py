@@ -200,6 +200,14 @@ def test_the_decided_answer_design_is_commands_the_harness_takes(tmp_path, capsy
     assert main(["--print", "--data_sets", "sst2", "--data_dir", str(tmp_path)]) == 2
     assert main(["--print", "--gpu", "--processes", "0", "--data_dir", str(tmp_path)]) == 2
     assert "choose from sst2-sentences, rt-polarity, sst5" in capsys.readouterr().err
+    # several launches of one command share the cores (a thread count each, unless it names one) and report the
+    # first failure
+    from decided_answer import launch
+
+    share = str(max(1, len(os.sched_getaffinity(0)) // 2))
+    shares = f"import sys; sys.exit(0 if sys.argv[-2:] == ['--threads', '{share}'] else 3)"
+    assert launch([sys.executable, "-c", shares], 2) == 0
+    assert launch([sys.executable, "-c", "import sys; sys.exit(5)", "--threads", "1"], 2) == 5
 
 
 def test_decided_answer_progress_counts_the_planned_runs_and_the_results_page_quotes_it(tmp_path):
