@@ -251,6 +251,42 @@ def test_boundaries_spend_alpha_as_the_obrien_fleming_type_function_says():
     assert stats.nominal_alpha(7, 0.05) == 0.05  # a fixed grid: one look
 
 
+def test_the_fast_t_and_normal_laws_equal_scipy_stats_bit_for_bit():
+    """`stats.t_ppf` & co. call the special functions scipy.stats wraps: the verdicts may not move by a bit."""
+    for df in (1, 2, 4, 9, 39, 123.4, 1e6):
+        for q in (1e-9, 0.0003, 0.025, 0.5, 0.9, 0.975, 0.9997, 1 - 1e-9):
+            assert stats.t_ppf(q, df) == float(sps.t.ppf(q, df))
+        for x in (-7.5, -2.1, -0.3, 0.0, 0.4, 2.6, 9.0):
+            assert stats.t_cdf(x, df) == float(sps.t.cdf(x, df)) and stats.t_sf(x, df) == float(sps.t.sf(x, df))
+    for x in (-9.0, -3.3, -1e-3, 0.0, 0.7, 4.2):
+        assert stats.norm_cdf(x) == float(sps.norm.cdf(x)) and stats.norm_cdf(-x) == float(sps.norm.sf(x))
+    for q in (1e-12, 0.001, 0.5, 0.975, 1 - 1e-12):
+        assert stats.norm_ppf(q) == float(sps.norm.ppf(q))
+
+
+def test_the_pooling_benchmark_stages_cells_as_the_grid_does():
+    """A cell of `benchmarks/pooling_coverage.py --max_seeds` keeps the seeds of the first look the harness's rule
+    stops it at: a large harm at the second look (the first spends almost nothing), noise without effect only at
+    the end or by futility."""
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    try:
+        import pooling_coverage
+    finally:
+        sys.path.remove(os.path.join(ROOT, "benchmarks"))
+    design, margins = {"max_seeds": 40, "stage": 5}, report.check_margins(None)
+    z = np.concatenate([_unit(10, 3)] * 4)
+    assert pooling_coverage.stopped_at(-0.15 + 0.01 * z, design, 32, margins) == 10
+    assert pooling_coverage.stopped_at(0.0005 * z, design, 32, margins) == 10  # equivalent
+    noisy = pooling_coverage.stopped_at(0.01 + 0.2 * z, design, 32, margins)
+    assert noisy == 20  # futility from half the seeds on
+    rng = np.random.default_rng(0)
+    cell = {"n": 8, "N": 872, "size": 64, "sd": 0.02, "per_seed": 0.0002, "examples": 1e-5}
+    staged = {"design": design, "comparisons": 32, "margins": margins}
+    seeds = {pooling_coverage.draw(cell, 0.0, rng, staged)[pooling_coverage.KEY]["n"] for _ in range(20)}
+    assert seeds <= set(stats.looks(40, 5)) and len(seeds) > 1
+    assert pooling_coverage.draw(cell, 0.0, rng)[pooling_coverage.KEY]["n"] == 8  # unstaged: the cell's own seeds
+
+
 def test_the_sequential_benchmark_keeps_the_family_wise_error(tmp_path):
     """`benchmarks/sequential.py` on a constructed grid (4 presets, one judged against its control too; noise of the
     published cells' size): its last line
