@@ -19,6 +19,15 @@ nothing there: seed SD 5.8e-5 and 2 of the test set's examples differing per see
 published cell, with a true effect of 0), once with the test set's terms as the report uses them and once on the
 seeds' variance alone. The last line is a JSON object: the smallest coverage of each interval, with and without
 the test set's terms.
+
+With ``--max_seeds N --seed_stage K`` the cells are staged as `--seeds auto` stages them, so that a cell's number
+of seeds depends on its own data: each simulated cell draws N seeds and keeps those up to the first look (every K
+seeds) at which the harness's rule stops it (`report.numbers._adjust` at the level of that look for a column of
+``--comparisons`` rows, then `report.stop_reason`: decided, or futile from half the seeds on), as the grid would;
+then the cells are pooled as above. Cells that stop early are those whose estimate crossed a boundary, and cells
+that stop as equivalent are often those whose seeds happened to agree: this measures what that does to the pooled
+intervals. Staged runs also try true effects centred on ``--means`` (the near-copy configurations only at 0, the
+near-copy's own effect).
 """
 
 import argparse
@@ -55,24 +64,42 @@ def near_copy(cell: dict) -> dict:
     return {**cell, "sd": 5.8e-5, "per_seed": per_seed, "examples": 0.0, "near_copy": True}
 
 
-def draw(cell: dict, theta: float, rng) -> dict:
-    """One simulated cell: its seeds' mean differences and the report's view of them."""
-    n, N = cell["n"], cell["N"]
+def stopped_at(deltas: np.ndarray, design: dict, comparisons: int, margins: dict) -> int:
+    """The seeds a staged grid ends this cell with: the first look at which `report.stop_reason` stops it, read at
+    that look's level in a column of ``comparisons`` rows (the others play no part in a cell's stop), else all."""
+    for n in stats.looks(**design):
+        row = {"preset": "arm", "against": BASELINE, "design": design,
+               KEY: {**stats.paired(deltas[:n]), "deltas": deltas[:n].tolist()}}
+        report.numbers._adjust([row] + [{KEY: {"n": 0}} for _ in range(comparisons - 1)], margins, design)
+        if report.stop_reason([row], margins) is not None:
+            return n
+    return design["max_seeds"]
+
+
+def draw(cell: dict, theta: float, rng, staged: dict | None = None) -> dict:
+    """One simulated cell: its seeds' mean differences and the report's view of them; ``staged`` (design,
+    comparisons, margins): as many seeds as the staged grid would have kept."""
+    n, N = (staged["design"]["max_seeds"] if staged else cell["n"]), cell["N"]
     sigma_a2 = cell["examples"] * N  # examples' systematic part
     sigma_e2 = max(cell["per_seed"] * N - sigma_a2, 0.0)  # the rest of the per-example spread
     sigma_b2 = max(cell["sd"] ** 2 - sigma_e2 / N, 0.0)  # what the seeds add beyond the test set's noise
     test_set = rng.normal(0, np.sqrt(sigma_a2 / N))
     seeds = theta + test_set + rng.normal(0, np.sqrt(sigma_b2), n) + rng.normal(0, np.sqrt(sigma_e2 / N), n)
+    if staged:
+        seeds = seeds[:stopped_at(seeds, staged["design"], staged["comparisons"], staged["margins"])]
     return {KEY: {**stats.paired(seeds), "test_set": {"per_seed": cell["per_seed"], "examples": cell["examples"]}}}
 
 
-def coverage(cells: list[dict], tau: float, sims: int, terms: bool, rng) -> dict:
-    """Shares of simulations whose random-effects and strata intervals (95%) cover their targets."""
+def coverage(cells: list[dict], tau: float, sims: int, terms: bool, rng, mu: float = 0.0,
+             staged: dict | None = None) -> dict:
+    """Shares of simulations whose random-effects and strata intervals (95%) cover their targets (the mean of the
+    true effects, ``mu``; each size's mean of its cells' true effects), and the mean seeds a cell ends with."""
     sizes = sorted({c["size"] for c in cells})
-    hits_re = hits_strata = tested = 0
+    hits_re = hits_strata = tested = seeds = 0
     for _ in range(sims):
-        theta = np.array([0.0 if c.get("near_copy") else rng.normal(0.0, tau) if tau else 0.0 for c in cells])
-        rows = [draw(c, t, rng) for c, t in zip(cells, theta)]
+        theta = np.array([0.0 if c.get("near_copy") else rng.normal(mu, tau) if tau else mu for c in cells])
+        rows = [draw(c, t, rng, staged) for c, t in zip(cells, theta)]
+        seeds += sum(r[KEY]["n"] for r in rows)
         if not terms:
             for r in rows:
                 r[KEY]["test_set"] = None
@@ -80,14 +107,15 @@ def coverage(cells: list[dict], tau: float, sims: int, terms: bool, rng) -> dict
         y = [r[KEY]["mean"] for r in rows]
         if len(cells) >= 3:
             lo, hi = stats.random_effects(y, [a + b for a, b in parts])["ci"]
-            hits_re += lo <= 0 <= hi
+            hits_re += lo <= mu <= hi
         for size in sizes:
             idx = [i for i, c in enumerate(cells) if c["size"] == size]
-            pool = stats.strata([y[i] for i in idx], [parts[i][0] for i in idx], [cells[i]["n"] - 1 for i in idx],
+            pool = stats.strata([y[i] for i in idx], [parts[i][0] for i in idx], [rows[i][KEY]["n"] - 1 for i in idx],
                                 fixed=[parts[i][1] for i in idx])
             hits_strata += pool["ci"][0] <= float(np.mean(theta[idx])) <= pool["ci"][1]
             tested += 1
-    return {"random_effects": hits_re / sims if len(cells) >= 3 else None, "strata": hits_strata / tested}
+    return {"random_effects": hits_re / sims if len(cells) >= 3 else None, "strata": hits_strata / tested,
+            "mean_seeds": seeds / (sims * len(cells))}
 
 
 def main(argv=None) -> int:
@@ -95,34 +123,53 @@ def main(argv=None) -> int:
     p.add_argument("dirs", nargs="+")
     p.add_argument("--sims", type=int, default=1000)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max_seeds", type=int, default=0, help="stage the cells as --seeds auto does, up to this")
+    p.add_argument("--seed_stage", type=int, default=5)
+    p.add_argument("--comparisons", type=int, default=32,
+                   help="the rows of the primary column a staged cell is read among (its Bonferroni share)")
+    p.add_argument("--means", default="0,0.02", help="staged: the true effects' centres, comma-separated")
     args = p.parse_args(argv)
-    if args.sims < 1:
-        print(f"pooling_coverage.py: error: --sims must be >= 1, got {args.sims}", file=sys.stderr)
+    try:
+        means = [float(m) for m in args.means.split(",")]
+    except ValueError:
+        means = []
+    if args.sims < 1 or not means or args.comparisons < 1 or (
+            args.max_seeds and not 2 <= args.seed_stage <= args.max_seeds):
+        print(f"pooling_coverage.py: error: --sims >= 1, --comparisons >= 1, --means numbers and, with --max_seeds, "
+              f"2 <= --seed_stage <= --max_seeds, got {args.sims}, {args.comparisons}, {args.means!r}, "
+              f"{args.seed_stage}, {args.max_seeds}", file=sys.stderr)
         return 2
     configs = configurations(args.dirs)
     if not configs:
         print("pooling_coverage.py: error: no arm with stored predictions and at least 2 paired seeds",
               file=sys.stderr)
         return 2
+    staged = {"design": {"max_seeds": args.max_seeds, "stage": args.seed_stage}, "comparisons": args.comparisons,
+              "margins": report.check_margins(None)} if args.max_seeds else None
+    means = means if staged else [0.0]
     rng = np.random.default_rng(args.seed)
-    print("| arm | cells | tau | near-copy cell | test set's terms | random effects | strata (per size) |")
-    print("|---|---|---|---|---|---|---|")
+    print("| arm | cells | mean | tau | near-copy cell | test set's terms | random effects | strata (per size) | "
+          "mean seeds |")
+    print("|---|---|---|---|---|---|---|---|---|")
     worst: dict[str, float] = {}
     for arm, cells in configs.items():
-        for tau in (0.0, 0.01, 0.02):
-            near = [near_copy(cells[0])] + cells[1:]
-            for label, these, terms in (("no", cells, True), ("yes", near, True), ("yes", near, False)):
-                cov = coverage(these, tau, args.sims, terms, rng)
-                suffix = "" if terms else "_seeds_only_near_copy"
-                for k in ("random_effects", "strata"):
-                    if cov[k] is not None:
-                        worst[k + suffix] = min(worst.get(k + suffix, 1.0), cov[k])
-                re = "-" if cov["random_effects"] is None else f"{cov['random_effects']:.3f}"
-                print(f"| {arm} | {len(these)} | {tau:g} | {label} | {'yes' if terms else 'no'} | {re} | "
-                      f"{cov['strata']:.3f} |")
+        for mu in means:
+            for tau in (0.0, 0.01, 0.02):
+                near = [near_copy(cells[0])] + cells[1:]
+                runs = [("no", cells, True)] + ([("yes", near, True), ("yes", near, False)] if mu == 0 else [])
+                for label, these, terms in runs:
+                    cov = coverage(these, tau, args.sims, terms, rng, mu, staged)
+                    suffix = "" if terms else "_seeds_only_near_copy"
+                    for k in ("random_effects", "strata"):
+                        if cov[k] is not None:
+                            worst[k + suffix] = min(worst.get(k + suffix, 1.0), cov[k])
+                    re = "-" if cov["random_effects"] is None else f"{cov['random_effects']:.3f}"
+                    print(f"| {arm} | {len(these)} | {mu:g} | {tau:g} | {label} | {'yes' if terms else 'no'} | {re} | "
+                          f"{cov['strata']:.3f} | {cov['mean_seeds']:.1f} |", flush=True)
     mc_se = (0.95 * 0.05 / args.sims) ** 0.5
     print(json.dumps({**{f"min_coverage_{k}": v for k, v in worst.items()}, "nominal": 0.95, "sims": args.sims,
-                      "mc_se_at_nominal": mc_se, "arms": len(configs)}))
+                      "mc_se_at_nominal": mc_se, "arms": len(configs),
+                      **({"staged": staged["design"], "comparisons": args.comparisons} if staged else {})}))
     return 0
 
 
