@@ -25,6 +25,16 @@ DESIGN = ["--train_sizes", "64,512", "--min_steps", "100", "--num_train_epochs",
           "--select_by", "accuracy", "--no_plots"]
 
 
+def answer_dir(name: str) -> str:
+    return os.path.join(ROOT, "docs", "results", f"answer-{name}")
+
+
+def report_command(python: str, data_sets=DATA_SETS) -> list[str]:
+    """The report that pools ``data_sets``' grids into docs/results/answer/."""
+    return [python, "-m", "hfreg.cli", "report", "--no_plots", *map(answer_dir, data_sets),
+            "--out", os.path.join(ROOT, "docs", "results", "answer")]
+
+
 def commands(data_dir: str, gpu: bool, python: str, data_sets=DATA_SETS) -> list[list[str]]:
     """One grid per data set (selection on its validation split, report on its test split), then the report. On the
     CPU the grids pin fp32; on a GPU they take the harness's default precision (bf16 where the GPU has it), and
@@ -37,11 +47,8 @@ def commands(data_dir: str, gpu: bool, python: str, data_sets=DATA_SETS) -> list
         backend = ["--threads", "1"] if gpu else ["--mixed_precision", "no"]
         sweeps = [a for s in SWEEPS for a in ("--rates", s)]
         out.append([python, "-m", "hfreg.finetune", *files, "--presets", ARMS, *sweeps, *DESIGN, *backend,
-                    "--output_dir", os.path.join(ROOT, "docs", "results", f"answer-{name}")])
-    out.append([python, "-m", "hfreg.cli", "report", "--no_plots",
-                *(os.path.join(ROOT, "docs", "results", f"answer-{n}") for n in DATA_SETS),
-                "--out", os.path.join(ROOT, "docs", "results", "answer")])
-    return out
+                    "--output_dir", answer_dir(name)])
+    return [*out, report_command(python)]
 
 
 def launch(command: list[str], processes: int) -> int:
@@ -67,7 +74,8 @@ def progress(data_dir: str = DATA, results_dir: str | None = None) -> str:
     rest of the first stage costs at its median. Read from the records (in ``results_dir``, default the
     repository's), so that docs/results.md can quote it."""
     from hfreg.finetune.experiment import _grid_presets
-    from hfreg.finetune.records import RunKey, digest, read_runs, run_key
+    from hfreg.finetune.grid import plan_runs
+    from hfreg.finetune.records import read_runs, run_key
     from hfreg.finetune.sweep import parse_args
 
     lines = []
@@ -79,9 +87,9 @@ def progress(data_dir: str = DATA, results_dir: str | None = None) -> str:
         runs = read_runs(out)
         have = {run_key(r) for r in runs}
         per_size = []
+        contents = {p.name: p.contents() for p in presets}
         for n in sorted(args.train_sizes, reverse=True):  # the order the queue takes them
-            plan = {RunKey(args.experiment, p.name, digest(p.contents()), n, s, lr)
-                    for p in presets for s in first for lr in args.learning_rates}
+            plan = set(plan_runs(args.experiment, presets, contents, [n], first, args.learning_rates))
             per_size.append((n, len(plan & have), len(plan)))
         done, planned = sum(d for _, d, _ in per_size), sum(t for _, _, t in per_size)
         if not have:
@@ -137,9 +145,8 @@ def main(argv=None) -> int:
         if code:
             return code
     # the pool over the grids that hold runs (a lease may run one data set)
-    report = [a for a in report if not a.startswith(os.path.join(ROOT, "docs", "results", "answer-"))
-              or os.path.isfile(os.path.join(a, "runs.jsonl"))]
-    return subprocess.run(report, cwd=ROOT).returncode
+    held = [n for n in DATA_SETS if os.path.isfile(os.path.join(answer_dir(n), "runs.jsonl"))]
+    return subprocess.run(report_command(sys.executable, held), cwd=ROOT).returncode
 
 
 if __name__ == "__main__":

@@ -24,6 +24,16 @@ from .records import (
 )
 
 
+def plan_runs(experiment: str, presets: list, contents: dict, sizes, seeds, learning_rates,
+              cells: set | None = None) -> dict:
+    """{`RunKey`: (preset, size, seed, learning rate)} of every run a grid plans: each preset x size (those in
+    ``cells`` where given) x seed x learning rate, keyed as its record will be (its preset's recorded ``contents``
+    included), the largest size first, so that no process is left with a long run while the others idle."""
+    return {RunKey(experiment, p.name, digest(contents[p.name]), n, s, lr): (p, n, s, lr)
+            for n in sorted(sizes, reverse=True) for s in seeds for lr in learning_rates
+            for p in presets if cells is None or (p.name, n) in cells}
+
+
 def clear_output_dir(output_dir: str) -> list[str]:
     """Delete what the harness wrote into ``output_dir`` (`--overwrite_output_dir`): the runs and their
     predictions, claims of runs in progress, summaries, findings, plots and tracking logs; nothing else. Returns
@@ -145,12 +155,10 @@ class Grid:
                                          args.run_cpus, args.run_gpus, args.run_retries, exp.precision)
 
     def plan(self, cells: set, seeds: list) -> None:
-        """The runs of ``cells`` (preset, size) at ``seeds`` and every learning rate, longest first, so that no
-        rank is left with a long run while the others idle."""
-        args, contents = self.args, self.exp.contents
-        self.by_key = {RunKey(args.experiment, p.name, digest(contents[p.name]), n, s, lr): (p, n, s, lr)
-                       for n in sorted(args.train_sizes, reverse=True) for s in seeds for lr in args.learning_rates
-                       for p in self.exp.presets if (p.name, n) in cells}
+        """The runs of ``cells`` (preset, size) at ``seeds`` and every learning rate (`plan_runs`)."""
+        args = self.args
+        self.by_key = plan_runs(args.experiment, self.exp.presets, self.exp.contents, args.train_sizes, seeds,
+                                args.learning_rates, cells)
         self.grid = list(self.by_key)
 
     def announce(self) -> None:
