@@ -297,6 +297,18 @@ def test_dose_response_names_the_best_rate_and_those_not_worse():
     (row,) = report.dose_response(report.summarize(runs), sweeps["hidden"])
     assert row["best"] == 0.2 and row["not_worse_than_best"] == [0.1, 0.2]
     assert row["better"] == [0.1, 0.2] and row["worse"] == [0.5]
+    # a factor sweep beside its own preset (`--presets classic --rates classic*0.5,2`): classic is its ×1 point,
+    # which a knob's sweep (no preset of its name) and a sweep that ran ×1 itself do not get
+    factor = [{**r, "preset": r["preset"].replace("hidden=", "classic*"),
+               "preset_config": {"sweep": {**r["preset_config"]["sweep"], "family": "classic"}}
+               if r["preset_config"] else {}} for r in runs]
+    factor += [{**r, "preset": "classic", "preset_config": {}} for r in cell("x", 0, 0.01, 4)]
+    assert report.sweep_points(factor)["classic"] == {"pretrain-zero": 0.0, "classic*0.1": 0.1, "classic*0.2": 0.2,
+                                                      "classic*0.5": 0.5, "classic": 1.0}
+    assert report.sweep_points(runs + cell("hidden", 0, 0.0, 5))["hidden"] == sweeps["hidden"]
+    ones = [{**r, "preset": "classic*1", "preset_config": {"sweep": {"family": "classic", "value": 1.0}}}
+            for r in cell("x", 0, 0.01, 6)]
+    assert "classic" not in report.sweep_points(factor + ones)["classic"]
 
 
 def test_rates_errors_are_one_line(tiny_classifier, csv_data, tmp_path):

@@ -55,6 +55,42 @@ def _grid(effects: dict, sd=0.02, seeds=10):
     return records
 
 
+def test_a_rate_sweep_is_answered_per_size_over_the_data_sets():
+    """pooled.md's sweep lines: each rate's pooled Δ with its interval and verdict per size, the rates by verdict,
+    the rate of the highest pooled Δ, and ×0 when no rate beats none; read from the pooled rows themselves."""
+    from hfreg.finetune.report.findings import pooled_sweep_text
+
+    effects = {"hidden=0.1": {64: 0.0, 512: 0.0}, "hidden=0.3": {64: 0.05, 512: -0.004},
+               "hidden=0.6": {64: -0.08, 512: -0.06}}
+    records = []
+    for source in ("a", "b"):
+        for size in (64, 512):
+            runs = _cell("pretrain-zero", [0.0] * 12, size)
+            for k, (preset, by_size) in enumerate(effects.items()):
+                runs += _cell(preset, by_size[size] + 0.002 * _unit(12, hash((source, size, k)) % 1000), size,
+                              config={"sweep": {"family": "hidden", "value": float(preset.split("=")[1])}})
+            records += [{**r, "source": source} for r in report.summarize(runs)]
+    rows = report.pooled(records)
+    points = report.sweep_points([{"preset": p, "preset_config": {"sweep": {"family": "hidden", "value": v}}}
+                                  for p, v in (("hidden=0.1", 0.1), ("hidden=0.3", 0.3), ("hidden=0.6", 0.6))])
+    lines = pooled_sweep_text("hidden", points["hidden"], rows)
+    at = {line.split(":")[0]: line for line in lines if line.startswith("- n=")}
+    top = _row(rows, "hidden=0.3", "n=64")
+    for size in (64, 512):
+        for preset, value in points["hidden"].items():
+            if preset != "pretrain-zero":
+                r = _row(rows, preset, f"n={size}")
+                assert f"{value:g} {r['delta']:+.3f} [{r['ci'][0]:+.3f}, {r['ci'][1]:+.3f}] {r['verdict']}" \
+                    in at[f"- n={size}"]
+    assert "equivalent to none at 0.1" in at["- n=64"].lower() and "worse at 0.6; better at 0.3" in at["- n=64"]
+    assert at["- n=64"].endswith(f"Highest pooled Δ: 0.3 ({top['delta']:+.3f} [{top['ci'][0]:+.3f}, "
+                                 f"{top['ci'][1]:+.3f}]).")
+    assert "worse at 0.6;" in at["- n=512"] and at["- n=512"].endswith("Highest pooled Δ: 0, no rate's pooled Δ is "
+                                                                       "above none.")
+    text = report.pooled_text(rows, ["a", "b"], sweeps=points)
+    assert text.index("Rate sweep `hidden` over the data sets") < text.index("### n=64")
+
+
 def test_a_harm_at_one_size_is_answered_per_size_not_averaged_away():
     rows = report.pooled(_grid({64: -0.09, 256: 0.0, 1024: 0.0}))
     early = _row(rows, "heavy", "n=64")

@@ -115,10 +115,49 @@ def answer(rows: list[dict]) -> str:
     return text
 
 
-def pooled_text(rows: list[dict], sources: list[str], baseline: str | None = None, stages: list = ()) -> str:
-    """pooled.md: the answer, the table of each training size, the all-cells table, and the moderator tests;
-    ``baseline`` says what the baseline means for the sources' model (`baseline_text`); ``stages``, the sources'
-    `cell_stages`: while a staged grid's cells still plan seeds, the answer is said not to be final."""
+def pooled_sweep_text(family: str, points: dict[str, float], rows: list[dict]) -> list[str]:
+    """A rate sweep over the data sets, per training size: each rate's pooled Δ against the baseline (the strata
+    rows of pooled.md, primary metric, early-stopped) with its simultaneous interval and verdict, the rates by
+    verdict, and the rate of the highest pooled Δ (×0: none beats the baseline). The intervals are simultaneous over
+    the column's rows, so the highest one's holds although it was picked as the highest."""
+    task = tasks.of_rows(rows)
+    unit = "×" if family not in KNOB_NAMES else ""
+    fmt = lambda values: ", ".join(f"{unit}{v:g}" for v in values) or "none"  # noqa: E731
+    what = "factor on every rate of the preset" if unit else "the knob alone"
+    lines = [f"Rate sweep `{family}` over the data sets ({what}; {names(task)[task.primary]}, early-stopped; each "
+             f"rate's pooled Δ against `{BASELINE}` (rate 0) with its simultaneous interval, as the tables below give "
+             f"it):", ""]
+    for scope in dict.fromkeys(r["scope"] for r in rows if r["scope"] != "all"):
+        here = sorted((r for r in rows if r["scope"] == scope and r["comparison"] == "early"
+                       and r["metric"] == task.primary and r["against"] == BASELINE and r["preset"] in points),
+                      key=lambda r: points[r["preset"]])
+        if not here:
+            continue
+        by = defaultdict(list)
+        for r in here:
+            by[r["verdict"]].append(points[r["preset"]])
+        top = max(here, key=lambda r: (r["delta"], -points[r["preset"]]))
+        best = f"{unit}{points[top['preset']]:g} ({_interval(top)})" if top["delta"] > 0 else \
+            f"{unit}0, no rate's pooled Δ is above none"
+        lines.append(f"- {scope}: "
+                     + ", ".join(f"{unit}{points[r['preset']]:g} {_interval(r)} {r['verdict']}" for r in here)
+                     + f". Equivalent to none at {fmt(by['equivalent'])}; worse at {fmt(by['worse'])}; better at "
+                     f"{fmt(by['better'])}; trivial at {fmt(by['trivial'])}; inconclusive at "
+                     f"{fmt(by['inconclusive'])}. Highest pooled Δ: {best}.")
+    return lines + [""] if len(lines) > 2 else []
+
+
+def _interval(row: dict) -> str:
+    """A pooled row's Δ and interval."""
+    return f"{_num(row['delta'], sign=True)} [{_num(row['ci'][0], sign=True)}, {_num(row['ci'][1], sign=True)}]"
+
+
+def pooled_text(rows: list[dict], sources: list[str], baseline: str | None = None, stages: list = (),
+                sweeps: dict | None = None) -> str:
+    """pooled.md: the answer, the rate sweeps over several data sets (``sweeps``: `sweep_points`), the table of each
+    training size, the all-cells table, and the moderator tests; ``baseline`` says what the baseline means for the
+    sources' model (`baseline_text`); ``stages``, the sources' `cell_stages`: while a staged grid's cells still plan
+    seeds, the answer is said not to be final."""
     if not rows:
         return "## Pooled\n\nNo comparison with at least two paired seeds.\n"
     task = tasks.of_rows(rows)
@@ -153,7 +192,10 @@ def pooled_text(rows: list[dict], sources: list[str], baseline: str | None = Non
                   f"rows are computed at the last look's level and meant to be read once, after every cell has "
                   f"stopped or reached the last look; stopped cells' estimates lean towards the effect that stopped "
                   f"them.", ""]
-    lines += [answer(rows), ""] + ([baseline, ""] if baseline else [])
+    lines += [answer(rows), ""]
+    for family, points in (sweeps or {}).items() if len(sources) > 1 else ():  # one source: its findings say it
+        lines += pooled_sweep_text(family, points, rows)
+    lines += [baseline, ""] if baseline else []
     for scope in dict.fromkeys(r["scope"] for r in rows if r["scope"] != "all"):
         lines += [f"### {scope}", "", pooled_table(rows, scope), ""]
     if any(r["scope"] == "all" for r in rows):

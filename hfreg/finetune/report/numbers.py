@@ -433,13 +433,21 @@ def power(records: list[dict], margins: dict | None = None) -> dict:
 
 def sweep_points(runs: list[dict]) -> dict[str, dict[str, float]]:
     """{family: {preset: rate or factor}} of the rate sweeps among ``runs`` (``--rates``); a family's rate 0 is
-    the baseline."""
+    the baseline, and a factor sweep's factor 1 is its preset itself where the grid ran it (``--presets classic
+    --rates classic*0.5,2``: `classic` is ×1)."""
+    from ...config import KNOBS
+
     out: dict[str, dict[str, float]] = defaultdict(dict)
+    plain = set()
     for r in runs:
         sweep = (r.get("preset_config") or {}).get("sweep")
         if sweep:
             out[sweep["family"]][r["preset"]] = float(sweep["value"])
+        else:
+            plain.add(r["preset"])
     for family in out:
+        if family not in KNOBS and family in plain and 1.0 not in out[family].values():
+            out[family][family] = 1.0
         out[family] = {BASELINE: 0.0, **dict(sorted(out[family].items(), key=lambda kv: kv[1]))}
     return dict(out)
 

@@ -104,8 +104,9 @@ def report(output_dir: str, make_plots: bool = True, select_by: str | None = Non
     ``output_dir/runs.jsonl``; return the findings. Each experiment in the directory gets its own section (and,
     beside the default one, its own plot files). ``pooled_dir`` (default ``output_dir``) receives the pooled
     files; `report_many` pools several directories instead."""
-    text, records = _report(output_dir, _runs(output_dir), make_plots, select_by, margins)
-    write_pooled(pooled_dir or output_dir, records, [output_dir], margins)
+    loaded = _runs(output_dir)
+    text, records = _report(output_dir, loaded, make_plots, select_by, margins)
+    write_pooled(pooled_dir or output_dir, records, [output_dir], margins, sweep_points(loaded[0]))
     return text
 
 
@@ -129,7 +130,8 @@ def report_many(output_dirs: list[str], out: str | None = None, make_plots: bool
                for rec in _report(d, runs, make_plots, select_by, margins, report_dir(d, out))[1]]
     out = out or output_dirs[0]
     os.makedirs(out, exist_ok=True)
-    return write_pooled(out, records, output_dirs, margins)
+    sweeps = sweep_points([r for runs, _ in loaded.values() for r in runs])
+    return write_pooled(out, records, output_dirs, margins, sweeps)
 
 
 def report_dir(output_dir: str, out: str | None) -> str:
@@ -137,11 +139,12 @@ def report_dir(output_dir: str, out: str | None) -> str:
     return os.path.join(out, os.path.basename(os.path.normpath(output_dir))) if out else output_dir
 
 
-def write_pooled(out: str, records: list[dict], sources: list[str], margins: dict | None) -> str:
+def write_pooled(out: str, records: list[dict], sources: list[str], margins: dict | None,
+                 sweeps: dict | None = None) -> str:
     rows = pooled(records, margins)
     models = list(dict.fromkeys(r.get("model") for r in records if r.get("model")))
     text = pooled_text(rows, sources, baseline_text(pretrained_dropout(models[0])) if len(models) == 1 else None,
-                       cell_stages(records))
+                       cell_stages(records), sweeps)
     _atomic_write(os.path.join(out, "pooled.json"), json.dumps(_strict(rows), indent=2) + "\n")
     _atomic_write(os.path.join(out, "pooled.md"), text)
     return text
