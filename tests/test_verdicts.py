@@ -89,6 +89,11 @@ def test_a_rate_sweep_is_answered_per_size_over_the_data_sets():
                                                                        "above none.")
     text = report.pooled_text(rows, ["a", "b"], sweeps=points)
     assert text.index("Rate sweep `hidden` over the data sets") < text.index("### n=64")
+    assert "cells)" not in text and "cell)" not in text
+    # a rate that one data set lacks pools another set of cells: each rate says how many it has
+    fewer = report.pooled([r for r in records if not (r["source"] == "b" and r["preset"] == "hidden=0.6")])
+    at = {line.split(":")[0]: line for line in pooled_sweep_text("hidden", points["hidden"], fewer)}
+    assert "equivalent (2 cells)" in at["- n=64"] and "worse (1 cell)" in at["- n=64"]
 
 
 def test_a_harm_at_one_size_is_answered_per_size_not_averaged_away():

@@ -118,8 +118,9 @@ def answer(rows: list[dict]) -> str:
 def pooled_sweep_text(family: str, points: dict[str, float], rows: list[dict]) -> list[str]:
     """A rate sweep over the data sets, per training size: each rate's pooled Δ against the baseline (the strata
     rows of pooled.md, primary metric, early-stopped) with its simultaneous interval and verdict, the rates by
-    verdict, and the rate of the highest pooled Δ (×0: none beats the baseline). The intervals are simultaneous over
-    the column's rows, so the highest one's holds although it was picked as the highest."""
+    verdict (with each rate's number of cells where they differ), and the rate of the highest pooled Δ (×0: none
+    beats the baseline). The intervals are simultaneous over the column's rows, so the highest one's holds although
+    it was picked as the highest."""
     task = tasks.of_rows(rows)
     unit = "×" if family not in KNOB_NAMES else ""
     fmt = lambda values: ", ".join(f"{unit}{v:g}" for v in values) or "none"  # noqa: E731
@@ -137,11 +138,13 @@ def pooled_sweep_text(family: str, points: dict[str, float], rows: list[dict]) -
         for r in here:
             by[r["verdict"]].append(points[r["preset"]])
         top = max(here, key=lambda r: (r["delta"], -points[r["preset"]]))
+        # rates pooled over different data sets estimate different things: say so where they do
+        varied = len({r["cells"] for r in here}) > 1
+        rates = [f"{unit}{points[r['preset']]:g} {_interval(r)} {r['verdict']}"
+                 + (f" ({r['cells']} cell{'s' if r['cells'] > 1 else ''})" if varied else "") for r in here]
         best = f"{unit}{points[top['preset']]:g} ({_interval(top)})" if top["delta"] > 0 else \
             f"{unit}0, no rate's pooled Δ is above none"
-        lines.append(f"- {scope}: "
-                     + ", ".join(f"{unit}{points[r['preset']]:g} {_interval(r)} {r['verdict']}" for r in here)
-                     + f". Equivalent to none at {fmt(by['equivalent'])}; worse at {fmt(by['worse'])}; better at "
+        lines.append(f"- {scope}: {', '.join(rates)}. Equivalent to none at {fmt(by['equivalent'])}; worse at {fmt(by['worse'])}; better at "
                      f"{fmt(by['better'])}; trivial at {fmt(by['trivial'])}; inconclusive at "
                      f"{fmt(by['inconclusive'])}. Highest pooled Δ: {best}.")
     return lines + [""] if len(lines) > 2 else []
