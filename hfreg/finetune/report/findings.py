@@ -144,9 +144,9 @@ def pooled_sweep_text(family: str, points: dict[str, float], rows: list[dict]) -
                  + (f" ({r['cells']} cell{'s' if r['cells'] > 1 else ''})" if varied else "") for r in here]
         best = f"{unit}{points[top['preset']]:g} ({_interval(top)})" if top["delta"] > 0 else \
             f"{unit}0, no rate's pooled Δ is above none"
-        lines.append(f"- {scope}: {', '.join(rates)}. Equivalent to none at {fmt(by['equivalent'])}; worse at {fmt(by['worse'])}; better at "
-                     f"{fmt(by['better'])}; trivial at {fmt(by['trivial'])}; inconclusive at "
-                     f"{fmt(by['inconclusive'])}. Highest pooled Δ: {best}.")
+        lines.append(f"- {scope}: {', '.join(rates)}. Equivalent to none at {fmt(by['equivalent'])}; worse at "
+                     f"{fmt(by['worse'])}; better at {fmt(by['better'])}; trivial at {fmt(by['trivial'])}; "
+                     f"inconclusive at {fmt(by['inconclusive'])}. Highest pooled Δ: {best}.")
     return lines + [""] if len(lines) > 2 else []
 
 
