@@ -39,6 +39,7 @@ ALPHA = 0.05
 # bit for bit, without ~40 µs of argument handling per call (a staged grid's stopping rule and the coverage
 # simulations call these thousands of times).
 def t_ppf(q: float, df: float) -> float:
+    """For 0 < q < 1 (at q = 0 the special function gives +inf where scipy.stats gives -inf)."""
     return float(special.stdtrit(df, q))
 
 
