@@ -5,7 +5,8 @@ those pages state exactly what `hfreg report` derived from the committed runs an
 
 README.md holds, per data set, a block `<!-- findings:NAME -->` ... `<!-- /findings:NAME -->`, and one block
 `<!-- pooled -->` ... `<!-- /pooled -->` for `docs/results/pooled.md` (its answer and overall table, written by
-`hfreg report docs/results/sst2 docs/results/rt-polarity --out docs/results`). A block `<!-- methods:NAME -->`
+`hfreg report docs/results/sst2 docs/results/rt-polarity --out docs/results`); `<!-- pooled:NAME -->` quotes
+`docs/results/NAME/pooled.md` the same way (`--out docs/results/NAME`). A block `<!-- methods:NAME -->`
 ... `<!-- /methods:NAME -->` gets a table of each preset of `docs/results/NAME/summary.json` beside the paper its
 preset file cites and the verdicts the report wrote there.
 """
@@ -58,14 +59,16 @@ def fill(text: str) -> str | None:
         body = methods_table(summary) if os.path.isfile(summary) else f"No summary in `docs/results/{name}` yet."
         text = re.sub(rf"<!-- methods:{name} -->.*?<!-- /methods:{name} -->",
                       lambda _: f"<!-- methods:{name} -->\n{body}\n<!-- /methods:{name} -->", text, flags=re.S)
-    if "<!-- pooled -->" in text:
-        path = os.path.join(ROOT, "docs", "results", "pooled.md")
+    for name in re.findall(r"<!-- pooled(?::([\w.-]+))? -->", text):  # pooled:NAME reads docs/results/NAME/
+        tag = f"pooled:{name}" if name else "pooled"
+        out = os.path.join("docs", "results", name) if name else os.path.join("docs", "results")
+        path = os.path.join(ROOT, out, "pooled.md")
         if not os.path.isfile(path):
-            print(f"readme_results.py: error: {path} is missing; run `hfreg report ... --out docs/results` first",
+            print(f"readme_results.py: error: {path} is missing; run `hfreg report ... --out {out}` first",
                   file=sys.stderr)
             return None
-        text = re.sub(r"<!-- pooled -->.*?<!-- /pooled -->",
-                      lambda _: f"<!-- pooled -->\n{pooled_overview(path)}\n<!-- /pooled -->", text, flags=re.S)
+        text = re.sub(rf"<!-- {tag} -->.*?<!-- /{tag} -->",
+                      lambda _: f"<!-- {tag} -->\n{pooled_overview(path)}\n<!-- /{tag} -->", text, flags=re.S)
     return text
 
 

@@ -65,6 +65,16 @@ def test_readme_results_copies_findings_between_markers(tmp_path):
     os.utime(tmp_path / "docs" / "results" / "x" / "findings.md", (1, 1))
     out = subprocess.run(run, capture_output=True, text=True)
     assert out.returncode == 2 and "older than runs.jsonl" in out.stderr and readme.read_text() == text
+    # a pooled answer of its own folder (`--out docs/results/NAME`): quoted up to its per-size tables
+    os.utime(tmp_path / "docs" / "results" / "x" / "findings.md")
+    readme.write_text("<!-- pooled:answer -->\nold\n<!-- /pooled:answer -->\n")
+    out = subprocess.run(run, capture_output=True, text=True)
+    assert out.returncode == 2 and "--out docs/results/answer` first" in out.stderr
+    answer = tmp_path / "docs" / "results" / "answer"
+    answer.mkdir()
+    (answer / "pooled.md").write_text("## Pooled\n\nthe answer\n\n### n=64\n\nrows\n")
+    assert subprocess.run(run).returncode == 0
+    assert readme.read_text() == "<!-- pooled:answer -->\n#### Pooled\n\nthe answer\n<!-- /pooled:answer -->\n"
 
 
 @pytest.mark.parametrize("name", sorted(d for d in os.listdir(os.path.join(ROOT, "docs", "results"))
