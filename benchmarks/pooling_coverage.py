@@ -130,20 +130,28 @@ def main(argv=None) -> int:
     p.add_argument("--comparisons", type=int, default=32,
                    help="the rows of the primary column a staged cell is read among (its Bonferroni share)")
     p.add_argument("--means", default="0,0.02", help="staged: the true effects' centres, comma-separated")
+    p.add_argument("--taus", default="0,0.01,0.02", help="the true effects' spreads between cells, comma-separated")
+    p.add_argument("--arms", default="", help="only these arms (comma-separated; default every arm)")
+    p.add_argument("--sizes", default="", help="only the cells of these sizes (comma-separated; default all)")
     args = p.parse_args(argv)
     try:
-        means = [float(m) for m in args.means.split(",")]
+        means, taus = ([float(m) for m in v.split(",")] for v in (args.means, args.taus))
+        sizes = {int(n) for n in args.sizes.split(",") if n.strip()}
     except ValueError:
-        means = []
-    if args.sims < 1 or not means or args.comparisons < 1 or (
+        means = taus = []
+    if args.sims < 1 or not means or not taus or args.comparisons < 1 or (
             args.max_seeds and not 2 <= args.seed_stage <= args.max_seeds):
-        print(f"pooling_coverage.py: error: --sims >= 1, --comparisons >= 1, --means numbers and, with --max_seeds, "
-              f"2 <= --seed_stage <= --max_seeds, got {args.sims}, {args.comparisons}, {args.means!r}, "
-              f"{args.seed_stage}, {args.max_seeds}", file=sys.stderr)
+        print(f"pooling_coverage.py: error: --sims >= 1, --comparisons >= 1, --means, --taus and --sizes numbers "
+              f"and, with --max_seeds, 2 <= --seed_stage <= --max_seeds, got {args.sims}, {args.comparisons}, "
+              f"{args.means!r}, {args.taus!r}, {args.sizes!r}, {args.seed_stage}, {args.max_seeds}", file=sys.stderr)
         return 2
-    configs = configurations(args.dirs)
+    arms = {a.strip() for a in args.arms.split(",") if a.strip()}
+    configs = {arm: [c for c in cells if not sizes or c["size"] in sizes]
+               for arm, cells in configurations(args.dirs).items() if not arms or arm in arms}
+    configs = {arm: cells for arm, cells in configs.items() if cells}
     if not configs:
-        print("pooling_coverage.py: error: no arm with stored predictions and at least 2 paired seeds",
+        print("pooling_coverage.py: error: no arm with stored predictions and at least 2 paired seeds"
+              + (f" among --arms {args.arms!r}" if arms else "") + (f" at --sizes {args.sizes!r}" if sizes else ""),
               file=sys.stderr)
         return 2
     staged = {"design": {"max_seeds": args.max_seeds, "stage": args.seed_stage}, "comparisons": args.comparisons,
@@ -156,7 +164,7 @@ def main(argv=None) -> int:
     seen: dict[str, list[float]] = {}  # every coverage measured, per interval and variance rule
     for arm, cells in configs.items():
         for mu in means:
-            for tau in (0.0, 0.01, 0.02):
+            for tau in taus:
                 near = [near_copy(cells[0])] + cells[1:]
                 for terms in (True, False):
                     for label, these in [("no", cells)] + ([("yes", near)] if mu == 0 else []):
