@@ -277,6 +277,17 @@ def test_a_staged_grid_records_a_selection_rule_other_than_the_tasks_own(tiny_cl
     assert not (tmp_path / "out").exists()
 
 
+def test_the_findings_say_what_trained_the_runs_and_for_how_long():
+    from hfreg.finetune.report.writing import machines
+
+    old = [{"seconds": 1800.0, "provenance": {}}, {"seconds": 5400.0}]
+    assert machines(old) == "Trained on machines the records do not name: 2 runs, 2.00 h of run wall time."
+    new = [{"seconds": 3600.0, "provenance": {"machine": "cpu X"}}]
+    assert machines(old + new) == ("Trained on machines the records do not name: 2 runs, 2.00 h of run wall time; "
+                                   "cpu X: 1 run, 1.00 h of run wall time.")
+    assert machines([]) == ""
+
+
 def test_dose_response_names_the_best_rate_and_those_not_worse():
     sys.path.insert(0, os.path.dirname(__file__))
     from test_protocol import _run

@@ -87,15 +87,14 @@ def code_identities(runs: list[dict]) -> list[str]:
 
 def machines(runs: list[dict]) -> str:
     """What trained ``runs`` and for how long, for findings.md: each recorded machine with its runs and their summed
-    wall time (runs made before records said which machine count as "unrecorded"); "" where none says."""
-    if not any(r.get("provenance", {}).get("machine") for r in runs):
-        return ""
+    wall time (runs made before records said which machine, together)."""
     by = {}
     for r in runs:
-        seen = by.setdefault(r.get("provenance", {}).get("machine") or "unrecorded", [0, 0.0])
+        machine = r.get("provenance", {}).get("machine") or "machines the records do not name"
+        seen = by.setdefault(machine, [0, 0.0])
         seen[0], seen[1] = seen[0] + 1, seen[1] + r.get("seconds", 0.0)
     return "Trained on " + "; ".join(f"{m}: {n} run{'s' * (n != 1)}, {s / 3600:.2f} h of run wall time"
-                                     for m, (n, s) in by.items()) + "."
+                                     for m, (n, s) in by.items()) + "." if by else ""
 
 
 def report(output_dir: str, make_plots: bool = True, select_by: str | None = None,
