@@ -280,6 +280,24 @@ def test_stopping_on_the_primary_endpoint_and_for_futility():
         "- n=512, 10 seeds, stopped here by the grid, inconclusive as read now: `reopened`."]
 
 
+def test_the_next_stage_is_decided_from_the_stages_done_alone():
+    """A grid resumed in the middle of stage 2 (or a process that looks later than another) holds some of that
+    stage's runs: the next stage is still what the finished stage decided, not what the partial one would."""
+    from hfreg.finetune.grid import next_cells
+
+    staged = {"seeds": {"rule": "auto", "max_seeds": 4, "stage": 2}, "labels": ["0", "1"]}
+    runs = _cell("pretrain-zero", [0.0] * 4) + _cell("same", [0.0, 0.0, 0.3, 0.3])
+    runs += _cell("rdrop", [0.0, 0.0], config={"control": "classic"}) + _cell("classic", [0.0, 0.0])
+    for r in runs:
+        r["experiment"] = {"name": "default", "settings": staged}
+    first = [r for r in runs if r["seed"] < 2]
+    assert next_cells(runs, "default", [0, 1], None, None) == next_cells(first, "default", [0, 1], None, None)
+    assert next_cells(first, "default", [0, 1], None, None) == (set(), set())  # all equivalent at the first look
+    undecided, cells = next_cells(runs, "default", [0, 1, 2, 3], None, None)
+    assert undecided == {("same", 64)} and cells == {("same", 64), ("pretrain-zero", 64)}
+    assert next_cells(runs, "other", [0, 1, 2, 3], None, None) == (set(), set())  # another experiment's runs
+
+
 def test_boundaries_spend_alpha_as_the_obrien_fleming_type_function_says():
     # at the first look the boundary is the spending function's own quantile; two equal looks: c2 from the table
     first = stats._boundaries((0.5, 1.0), 0.05)

@@ -34,6 +34,25 @@ def plan_runs(experiment: str, presets: list, contents: dict, sizes, seeds, lear
             for p in presets if cells is None or (p.name, n) in cells}
 
 
+def next_cells(runs: list[dict], experiment: str, done: list, select_by: str | None,
+               margins: dict | None) -> tuple[set, set]:
+    """What a staged grid's next stage runs: the (preset, size) cells whose primary verdicts are not yet decided
+    and could still be by the maximum seeds (`report.stop_reason`), and those cells with the baseline and their
+    controls beside them. Read from the runs of the stages ``done`` (their seeds) alone, so that a grid resumed
+    in the middle of a stage, or a process that looks later than another, decides as the finished stages did."""
+    from . import report
+    from .presets import BASELINE
+
+    so_far = [r for r in runs if experiment_of(r) == experiment and r["seed"] in set(done)]
+    rows = defaultdict(list)
+    for r in report.summarize(so_far, select_by, margins):
+        if r["preset"] != BASELINE:
+            rows[(r["preset"], r["train_size"])].append(r)
+    undecided = {cell for cell, mine in rows.items() if report.stop_reason(mine, margins) is None}
+    against = report.controls(so_far)  # the baseline and each open cell's controls run on beside it
+    return undecided, undecided | {(c, n) for p, n in undecided for c in [BASELINE, *against.get(p, [])]}
+
+
 def clear_output_dir(output_dir: str) -> list[str]:
     """Delete what the harness wrote into ``output_dir`` (`--overwrite_output_dir`): the runs and their
     predictions, claims of runs in progress, summaries, findings, plots and tracking logs; nothing else. Returns
@@ -189,26 +208,18 @@ class Grid:
 
     def next_stage(self, done: list) -> bool:
         """Plan the next stage of a staged grid: the cells whose primary verdicts are not yet decided (and could
-        still be by --max_seeds, `report.stop_reason`), with the baseline and their controls beside them. Every
-        process decides alike, from the same records. False: nothing is left open."""
-        from . import report
-        from .presets import BASELINE
-
+        still be by --max_seeds, `report.stop_reason`), with the baseline and their controls beside them
+        (`next_cells`). Every process decides alike, from the records of the stages done. False: nothing is left
+        open."""
         args = self.args
         self.accelerator.wait_for_everyone()
-        so_far = [r for r in read_runs(args.output_dir) if experiment_of(r) == args.experiment]
-        rows = defaultdict(list)
-        for r in report.summarize(so_far, args.select_by, args.margin):
-            if r["preset"] != BASELINE:
-                rows[(r["preset"], r["train_size"])].append(r)
-        open_cells = {cell for cell, mine in rows.items() if report.stop_reason(mine, args.margin) is None}
-        if not open_cells:
+        undecided, cells = next_cells(read_runs(args.output_dir), args.experiment, done, args.select_by, args.margin)
+        if not undecided:
             return False
         seeds = args.seeds[len(done):len(done) + args.seed_stage]
-        against = report.controls(so_far)  # the baseline and each open cell's controls run on beside it
-        self.plan(open_cells | {(c, n) for p, n in open_cells for c in [BASELINE, *against.get(p, [])]}, seeds)
+        self.plan(cells, seeds)
         self.accelerator.print(f"stage {len(done) // args.seed_stage + 1}: seeds {seeds[0]}-{seeds[-1]} for "
-                               f"{len(open_cells)} undecided preset x size cell(s), {len(self.grid)} runs",
+                               f"{len(undecided)} undecided preset x size cell(s), {len(self.grid)} runs",
                                flush=True)
         return True
 
