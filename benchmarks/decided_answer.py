@@ -69,12 +69,13 @@ def launch(command: list[str], processes: int) -> int:
 def progress(data_dir: str = DATA, results_dir: str | None = None) -> str:
     """Per data set, how much of the design its `runs.jsonl` holds: the first stage's runs done of those it plans
     (its arms, sizes, learning rates and first seeds, as the harness expands the command; a run counts under the
-    key the grid plans it by, its preset's recorded contents included), per size; and the runs of later stages,
-    which the first stage's verdicts plan; the runs' recorded wall time (``seconds``, one process each), and what the
-    rest of the first stage costs at its median. Read from the records (in ``results_dir``, default the
+    key the grid plans it by, its preset's recorded contents included), per size; once a stage is complete, the next
+    one as the grid plans it from the stages done (`grid.next_cells`: the undecided cells, the baseline and their
+    controls); the runs' recorded wall time (``seconds``, one process each), and what the rest of the current stage
+    costs at its median. Read from the records (in ``results_dir``, default the
     repository's), so that docs/results.md can quote it."""
     from hfreg.finetune.experiment import _grid_presets
-    from hfreg.finetune.grid import plan_runs
+    from hfreg.finetune.grid import next_cells, plan_runs
     from hfreg.finetune.records import read_runs, run_key
     from hfreg.finetune.sweep import parse_args
 
@@ -95,14 +96,26 @@ def progress(data_dir: str = DATA, results_dir: str | None = None) -> str:
         if not have:
             lines.append(f"- `{name}`: not started ({planned} first-stage runs planned).")
             continue
-        later = sum(1 for key in have if key.seed not in first)
         sizes = ", ".join(f"n={n} {d} of {t}" for n, d, t in per_size)
+        said, left, stage = [], planned - done, "the first stage"
+        seeds_done = list(first)
+        while not left and len(seeds_done) < len(args.seeds):  # each later stage as the grid plans it
+            undecided, cells = next_cells(runs, args.experiment, seeds_done, args.select_by, args.margin)
+            if not undecided:
+                said.append("every cell stopped")
+                break
+            seeds = args.seeds[len(seeds_done):len(seeds_done) + args.seed_stage]
+            plan = set(plan_runs(args.experiment, presets, contents, args.train_sizes, seeds, args.learning_rates,
+                                 cells))
+            stage = f"stage {len(seeds_done) // args.seed_stage + 1}"
+            said.append(f"{stage} (seeds {seeds[0]}–{seeds[-1]}) {len(plan & have)} of {len(plan)} runs for "
+                        f"{len(undecided)} undecided preset × size cells")
+            left, seeds_done = len(plan - have), seeds_done + seeds
         seconds = sorted(r["seconds"] for r in runs)
         tenth, median, ninth = (seconds[min(len(seconds) - 1, int(q * len(seconds)))] for q in (0.1, 0.5, 0.9))
-        rest = f"; at that median the rest of it is {(planned - done) * median / 3600:.0f} core-hours" \
-            if done < planned else ""
+        rest = f"; at that median the rest of {stage} is {left * median / 3600:.0f} core-hours" if left else ""
         lines.append(f"- `{name}`: first stage (seeds {first[0]}–{first[-1]}) {done} of {planned} runs ({sizes}); "
-                     + (f"later stages {later} run{'' if later == 1 else 's'}" if later else "no later stage yet")
+                     + ("; ".join(said) if said else "no later stage yet")
                      + f". Recorded run time: median {median:.0f} s (10–90%: {tenth:.0f}–{ninth:.0f} s){rest}.")
     return "\n".join(lines)
 

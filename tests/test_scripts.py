@@ -238,12 +238,23 @@ def test_decided_answer_progress_counts_the_planned_runs_and_the_results_page_qu
         "".join(json.dumps(r) + "\n" for r in [*records, records[0], later, changed]))
     lines = progress(results_dir=str(tmp_path)).splitlines()
     assert lines[0].startswith("- `sst2-sentences`: first stage (seeds 0–4) 20 of 450 runs (n=512 20 of 225, n=64 0 "
-                               "of 225); later stages 1 run. Recorded run time: median ")
+                               "of 225); no later stage yet. Recorded run time: median ")
     seconds = sorted(r["seconds"] for r in [*records, later, changed])  # every run read, the duplicate once
     assert f"median {seconds[11]:.0f} s (10–90%: {seconds[2]:.0f}–{seconds[19]:.0f} s); at that median the rest of " \
-           f"it is {430 * seconds[11] / 3600:.0f} core-hours." in lines[0]
+           f"the first stage is {430 * seconds[11] / 3600:.0f} core-hours." in lines[0]
     assert lines[1:] == ["- `rt-polarity`: not started (450 first-stage runs planned).",
                          "- `sst5`: not started (450 first-stage runs planned)."]
+    # a complete first stage (the committed 512-example runs, and the same again as 64): the next stage as the grid
+    # plans it, every cell still open at 5 seeds, with the baseline and rdrop's controls beside them
+    with open(os.path.join(ROOT, "docs", "results", "answer-sst2-sentences", "runs.jsonl")) as f:
+        first = [r for r in map(json.loads, f) if r["train_size"] == 512 and r["seed"] < 5]
+    assert len(first) == 225
+    full = [*first, *({**r, "train_size": 64} for r in first), {**first[0], "seed": 5}]
+    (tmp_path / "answer-sst2-sentences" / "runs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in full))
+    line = progress(results_dir=str(tmp_path)).splitlines()[0]
+    assert "first stage (seeds 0–4) 450 of 450 runs (n=512 225 of 225, n=64 225 of 225); stage 2 (seeds 5–9) 1 of " \
+           "450 runs for 28 undecided preset × size cells. Recorded run time:" in line
+    assert "the rest of stage 2 is" in line
     with open(os.path.join(ROOT, "docs", "results.md")) as f:
         quoted = re.search(r"<!-- progress -->\n(.*?)\n<!-- /progress -->", f.read(), flags=re.S).group(1)
     assert quoted == progress(), "docs/results.md: quote benchmarks/decided_answer.py --progress anew"
