@@ -9,7 +9,7 @@ part). A simulated cell follows the crossed model d_js = theta + a_j + b_s + e_j
 (a_j: its mean enters every seed alike), each seed another (b_s, and e_js averaged over the test set), with the
 variances those measurements imply. Each simulation draws the cells' true effects theta around a pooled mean of 0
 with between-cell SD tau (0, 0.01, 0.02) and pools as the report does (`report.cell_parts`, `stats.strata`,
-`stats.random_effects`) at nominal 95%:
+`stats.random_effects`) at nominal 95% (``--level``: another level, such as the pooled rows' own, about 0.999):
 
 * the random-effects interval over all cells, against the pooled mean (0);
 * each size's strata interval, against the mean of that size's true effects.
@@ -93,10 +93,10 @@ def draw(cell: dict, theta: float, rng, staged: dict | None = None) -> dict:
 
 
 def coverage(cells: list[dict], tau: float, sims: int, terms: bool, rng, mu: float = 0.0,
-             staged: dict | None = None) -> dict:
-    """Shares of simulations whose 95% intervals cover their targets: random effects over all cells (the mean of
-    the true effects, ``mu``), and per size the strata interval (that size's mean of its cells' true effects);
-    and the mean seeds a cell ends with."""
+             staged: dict | None = None, level: float = 0.95) -> dict:
+    """Shares of simulations whose intervals at ``level`` cover their targets: random effects over all cells (the
+    mean of the true effects, ``mu``), and per size the strata interval (that size's mean of its cells' true
+    effects); and the mean seeds a cell ends with."""
     sizes = sorted({c["size"] for c in cells})
     hits_re, hits_strata, seeds = 0, dict.fromkeys(sizes, 0), 0
     for _ in range(sims):
@@ -109,12 +109,12 @@ def coverage(cells: list[dict], tau: float, sims: int, terms: bool, rng, mu: flo
         parts = [report.cell_parts(r, KEY) for r in rows]
         y = [r[KEY]["mean"] for r in rows]
         if len(cells) >= 3:
-            lo, hi = stats.random_effects(y, [a + b for a, b in parts])["ci"]
+            lo, hi = stats.random_effects(y, [a + b for a, b in parts], 1 - level)["ci"]
             hits_re += lo <= mu <= hi
         for size in sizes:
             idx = [i for i, c in enumerate(cells) if c["size"] == size]
             pool = stats.strata([y[i] for i in idx], [parts[i][0] for i in idx], [rows[i][KEY]["n"] - 1 for i in idx],
-                                fixed=[parts[i][1] for i in idx])
+                                1 - level, fixed=[parts[i][1] for i in idx])
             hits_strata[size] += pool["ci"][0] <= float(np.mean(theta[idx])) <= pool["ci"][1]
     return {"random_effects": hits_re / sims if len(cells) >= 3 else None,
             "strata": {n: h / sims for n, h in hits_strata.items()}, "mean_seeds": seeds / (sims * len(cells))}
@@ -133,17 +133,19 @@ def main(argv=None) -> int:
     p.add_argument("--taus", default="0,0.01,0.02", help="the true effects' spreads between cells, comma-separated")
     p.add_argument("--arms", default="", help="only these arms (comma-separated; default every arm)")
     p.add_argument("--sizes", default="", help="only the cells of these sizes (comma-separated; default all)")
+    p.add_argument("--level", type=float, default=0.95, help="the intervals' confidence level")
     args = p.parse_args(argv)
     try:
         means, taus = ([float(m) for m in v.split(",")] for v in (args.means, args.taus))
         sizes = {int(n) for n in args.sizes.split(",") if n.strip()}
     except ValueError:
         means = taus = []
-    if args.sims < 1 or not means or not taus or args.comparisons < 1 or (
+    if args.sims < 1 or not means or not taus or args.comparisons < 1 or not 0 < args.level < 1 or (
             args.max_seeds and not 2 <= args.seed_stage <= args.max_seeds):
-        print(f"pooling_coverage.py: error: --sims >= 1, --comparisons >= 1, --means, --taus and --sizes numbers "
-              f"and, with --max_seeds, 2 <= --seed_stage <= --max_seeds, got {args.sims}, {args.comparisons}, "
-              f"{args.means!r}, {args.taus!r}, {args.sizes!r}, {args.seed_stage}, {args.max_seeds}", file=sys.stderr)
+        print(f"pooling_coverage.py: error: --sims >= 1, --comparisons >= 1, 0 < --level < 1, --means, --taus and "
+              f"--sizes numbers and, with --max_seeds, 2 <= --seed_stage <= --max_seeds, got {args.sims}, "
+              f"{args.comparisons}, {args.level}, {args.means!r}, {args.taus!r}, {args.sizes!r}, {args.seed_stage}, "
+              f"{args.max_seeds}", file=sys.stderr)
         return 2
     arms = {a.strip() for a in args.arms.split(",") if a.strip()}
     configs = {arm: [c for c in cells if not sizes or c["size"] in sizes]
@@ -168,7 +170,7 @@ def main(argv=None) -> int:
                 near = [near_copy(cells[0])] + cells[1:]
                 for terms in (True, False):
                     for label, these in [("no", cells)] + ([("yes", near)] if mu == 0 else []):
-                        cov = coverage(these, tau, args.sims, terms, rng, mu, staged)
+                        cov = coverage(these, tau, args.sims, terms, rng, mu, staged, args.level)
                         rule = "" if terms else "_seeds_only"
                         if cov["random_effects"] is not None:
                             seen.setdefault("random_effects" + rule, []).append(cov["random_effects"])
@@ -177,13 +179,13 @@ def main(argv=None) -> int:
                         per_size = ", ".join(f"{v:.3f}" for v in cov["strata"].values())
                         print(f"| {arm} | {len(these)} | {mu:g} | {tau:g} | {label} | {'yes' if terms else 'no'} | "
                               f"{re} | {per_size} | {cov['mean_seeds']:.1f} |", flush=True)
-    mc_se = (0.95 * 0.05 / args.sims) ** 0.5
+    mc_se = (args.level * (1 - args.level) / args.sims) ** 0.5
     summary = {}
     for k, values in seen.items():
         summary[f"min_coverage_{k}"] = min(values)
         summary[f"mean_coverage_{k}"] = float(np.mean(values))
         summary[f"measured_{k}"] = len(values)
-    print(json.dumps({**summary, "nominal": 0.95, "sims": args.sims, "mc_se_at_nominal": mc_se,
+    print(json.dumps({**summary, "nominal": args.level, "sims": args.sims, "mc_se_at_nominal": mc_se,
                       "arms": len(configs),
                       **({"staged": staged["design"], "comparisons": args.comparisons} if staged else {})}))
     return 0

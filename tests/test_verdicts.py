@@ -347,14 +347,17 @@ def test_the_pooling_benchmark_stages_cells_as_the_grid_does():
     # one arm at one size of a published grid, one spread: the rows it asked for, the JSON line last
     sst2 = os.path.join(ROOT, "docs", "results", "sst2")
     run = [sys.executable, os.path.join(ROOT, "benchmarks", "pooling_coverage.py"), sst2, "--sims", "3"]
-    proc = subprocess.run(run + ["--arms", "classic", "--sizes", "1024", "--taus", "0"], capture_output=True,
-                          text=True, timeout=600)
+    proc = subprocess.run(run + ["--arms", "classic", "--sizes", "1024", "--taus", "0", "--level", "0.99"],
+                          capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
     rows = [line for line in proc.stdout.splitlines() if line.startswith("| classic |")]
     assert len(rows) == 4 and all(r.startswith("| classic | 1 | 0 | 0 |") for r in rows)  # near-copy x terms
-    assert json.loads(proc.stdout.splitlines()[-1])["measured_strata"] == 2
+    summary = json.loads(proc.stdout.splitlines()[-1])
+    assert summary["measured_strata"] == 2 and summary["nominal"] == 0.99
     proc = subprocess.run(run + ["--arms", "nope"], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "--arms 'nope'" in proc.stderr
+    proc = subprocess.run(run + ["--level", "1"], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "0 < --level < 1" in proc.stderr
 
 
 def test_the_sequential_benchmark_keeps_the_family_wise_error(tmp_path):
