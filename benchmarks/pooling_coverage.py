@@ -175,8 +175,8 @@ def main(argv=None) -> int:
                         if cov["random_effects"] is not None:
                             seen.setdefault("random_effects" + rule, []).append(cov["random_effects"])
                         seen.setdefault("strata" + rule, []).extend(cov["strata"].values())
-                        re = "-" if cov["random_effects"] is None else f"{cov['random_effects']:.3f}"
-                        per_size = ", ".join(f"{v:.3f}" for v in cov["strata"].values())
+                        re = "-" if cov["random_effects"] is None else f"{cov['random_effects']:.4f}"
+                        per_size = ", ".join(f"{v:.4f}" for v in cov["strata"].values())
                         print(f"| {arm} | {len(these)} | {mu:g} | {tau:g} | {label} | {'yes' if terms else 'no'} | "
                               f"{re} | {per_size} | {cov['mean_seeds']:.1f} |", flush=True)
     mc_se = (args.level * (1 - args.level) / args.sims) ** 0.5
