@@ -308,6 +308,10 @@ def test_boundaries_spend_alpha_as_the_obrien_fleming_type_function_says():
     # a count between planned looks spends what its own information fraction allows: stricter than the next look
     assert stats.nominal_alpha(7, 0.05, 40, 5) < stats.nominal_alpha(10, 0.05, 40, 5)
     assert stats.nominal_alpha(7, 0.05) == 0.05  # a fixed grid: one look
+    # a first look that spends (nearly) nothing decides nothing, even on identical differences: no nan interval
+    first = stats.nominal_alpha(5, report.column_alpha("early", "test_accuracy", 32), 40, 5)
+    assert first < 1e-100 and stats.interval(np.zeros(5), 1 - first) == (-math.inf, math.inf)
+    assert stats.judge(np.zeros(5), 0.02, True, 1, first)["verdict"] == "inconclusive"
 
 
 def test_the_fast_t_and_normal_laws_equal_scipy_stats_bit_for_bit():

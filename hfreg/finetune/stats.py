@@ -85,7 +85,10 @@ def interval(deltas, level: float) -> tuple[float, float]:
     n = len(d)
     if n < 2:
         return float("nan"), float("nan")
-    half = t_ppf(1 - (1 - level) / 2, n - 1) * d.std(ddof=1) / math.sqrt(n)
+    q = t_ppf(1 - (1 - level) / 2, n - 1)
+    if math.isinf(q):  # a level so close to 1 that no error is spent (a first look): the interval is everything,
+        return -math.inf, math.inf  # identical differences included (not inf x 0 = nan)
+    half = q * d.std(ddof=1) / math.sqrt(n)
     return float(d.mean() - half), float(d.mean() + half)
 
 
