@@ -69,10 +69,11 @@ def near_copy(cell: dict) -> dict:
 def stopped_at(deltas: np.ndarray, design: dict, comparisons: int, margins: dict) -> int:
     """The seeds a staged grid ends this cell with: the first look at which `report.stop_reason` stops it, read at
     that look's level in a column of ``comparisons`` rows (the others play no part in a cell's stop), else all."""
+    others = [{KEY: {"n": 0}} for _ in range(comparisons - 1)]  # the column's other rows: its Bonferroni share
     for n in stats.looks(**design):
         row = {"preset": "arm", "against": BASELINE, "design": design,
                KEY: {**stats.paired(deltas[:n]), "deltas": deltas[:n].tolist()}}
-        report.numbers._adjust([row] + [{KEY: {"n": 0}} for _ in range(comparisons - 1)], margins, design)
+        report.numbers._adjust([row] + others, margins, design)
         if report.stop_reason([row], margins) is not None:
             return n
     return design["max_seeds"]

@@ -43,7 +43,8 @@ def next_cells(runs: list[dict], experiment: str, done: list, select_by: str | N
     from . import report
     from .presets import BASELINE
 
-    so_far = [r for r in runs if experiment_of(r) == experiment and r["seed"] in set(done)]
+    done = set(done)
+    so_far = [r for r in runs if experiment_of(r) == experiment and r["seed"] in done]
     rows = defaultdict(list)
     for r in report.summarize(so_far, select_by, margins):
         if r["preset"] != BASELINE:

@@ -49,8 +49,7 @@ def pooled_table(rows: list[dict], scope: str = "all") -> str:
         for c in COMPARISONS:
             for m in task.verdicts:
                 r = mine.get((c, m))
-                cells.append("-" if r is None else f"{_num(r['delta'], sign=True)} [{_num(r['ci'][0], sign=True)}, "
-                             f"{_num(r['ci'][1], sign=True)}] {_short(r['verdict'])}")
+                cells.append("-" if r is None else f"{_interval(r)} {_short(r['verdict'])}")
         method = "strata" if first["method"] == "strata" else "RE"
         line = [_label(*arm), str(first["cells"]), str(first["seeds"]), f"{method} ({first['df']:.1f})",
                 f"{max(first['weights'].values()):.2f}", *cells]
@@ -122,9 +121,7 @@ def pooled_sweep_text(family: str, points: dict[str, float], rows: list[dict]) -
     beats the baseline). The intervals are simultaneous over the column's rows, so the highest one's holds although
     it was picked as the highest."""
     task = tasks.of_rows(rows)
-    unit = "×" if family not in KNOB_NAMES else ""
-    fmt = lambda values: ", ".join(f"{unit}{v:g}" for v in values) or "none"  # noqa: E731
-    what = "factor on every rate of the preset" if unit else "the knob alone"
+    unit, what, fmt = _sweep_words(family)
     lines = [f"Rate sweep `{family}` over the data sets ({what}; {names(task)[task.primary]}, early-stopped; each "
              f"rate's pooled Δ against `{BASELINE}` (rate 0) with its simultaneous interval, as the tables below give "
              f"it):", ""]
@@ -144,9 +141,8 @@ def pooled_sweep_text(family: str, points: dict[str, float], rows: list[dict]) -
                  + (f" ({r['cells']} cell{'s' if r['cells'] > 1 else ''})" if varied else "") for r in here]
         best = f"{unit}{points[top['preset']]:g} ({_interval(top)})" if top["delta"] > 0 else \
             f"{unit}0, no rate's pooled Δ is above none"
-        lines.append(f"- {scope}: {', '.join(rates)}. Equivalent to none at {fmt(by['equivalent'])}; worse at "
-                     f"{fmt(by['worse'])}; better at {fmt(by['better'])}; trivial at {fmt(by['trivial'])}; "
-                     f"inconclusive at {fmt(by['inconclusive'])}. Highest pooled Δ: {best}.")
+        verdicts = _by_verdict(fmt, by)
+        lines.append(f"- {scope}: {', '.join(rates)}. {verdicts[0].upper()}{verdicts[1:]}. Highest pooled Δ: {best}.")
     return lines + [""] if len(lines) > 2 else []
 
 
@@ -219,17 +215,26 @@ def pooled_text(rows: list[dict], sources: list[str], baseline: str | None = Non
 
 
 def sweep_text(family: str, rows: list[dict], metric: str = NAMES["test_accuracy"]) -> list[str]:
-    unit = "×" if family not in KNOB_NAMES else ""
-    fmt = lambda values: ", ".join(f"{unit}{v:g}" for v in values) or "none"  # noqa: E731
-    lines = [f"Rate sweep `{family}` ({'factor on every rate of the preset' if unit else 'the knob alone'}; "
-             f"{metric}, early-stopped):", ""]
+    unit, what, fmt = _sweep_words(family)
+    lines = [f"Rate sweep `{family}` ({what}; {metric}, early-stopped):", ""]
     for r in rows:
-        lines.append(f"- n={r['train_size']}: equivalent to none at {fmt(r['equivalent'])}; worse at "
-                     f"{fmt(r['worse'])}; better at {fmt(r['better'])}; trivial at {fmt(r['trivial'])}; "
-                     f"inconclusive at {fmt(r['inconclusive'])}. "
-                     f"Best {unit}{r['best']:g} (Δ {r['best_delta']:+.3f}); not worse than the best: "
-                     f"{fmt(r['not_worse_than_best'])}.")
+        lines.append(f"- n={r['train_size']}: {_by_verdict(fmt, r)}. Best {unit}{r['best']:g} (Δ "
+                     f"{r['best_delta']:+.3f}); not worse than the best: {fmt(r['not_worse_than_best'])}.")
     return lines + [""]
+
+
+def _sweep_words(family: str):
+    """A sweep's unit (× for a factor on a preset's rates, none for a knob's own rate), what it varies, and how it
+    lists its rates."""
+    unit = "×" if family not in KNOB_NAMES else ""
+    return unit, "factor on every rate of the preset" if unit else "the knob alone", \
+        lambda values: ", ".join(f"{unit}{v:g}" for v in values) or "none"
+
+
+def _by_verdict(fmt, by) -> str:
+    """A sweep's rates by verdict: ``by`` maps each verdict to its rates."""
+    return (f"equivalent to none at {fmt(by['equivalent'])}; worse at {fmt(by['worse'])}; better at "
+            f"{fmt(by['better'])}; trivial at {fmt(by['trivial'])}; inconclusive at {fmt(by['inconclusive'])}")
 
 
 # ------------------------------------------------------------------------------------------------- text
