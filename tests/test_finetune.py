@@ -288,6 +288,20 @@ def test_the_findings_say_what_trained_the_runs_and_for_how_long():
     assert machines([]) == ""
 
 
+def test_a_rate_is_worse_than_the_best_only_where_the_simultaneous_intervals_say_so():
+    """The set not worse than the best spends no error of its own: a rate leaves it only where its interval (against
+    none) lies wholly below another's, so every such claim holds wherever the reported intervals do."""
+    from hfreg.finetune.report.numbers import not_shown_worse
+
+    # none's interval is (0, 0): a rate shown better than none pushes none out, a rate shown worse goes
+    assert not_shown_worse({0: (0.0, 0.0), 1: (0.01, 0.05), 2: (-0.02, 0.02), 3: (-0.09, -0.03)}) == [1, 2]
+    # two overlapping intervals keep both, however far apart their means (the pairing by seed is not used)
+    assert not_shown_worse({0: (0.0, 0.0), 1: (0.03, 0.2), 2: (0.001, 0.031)}) == [1, 2]
+    # a first look that spends no error has infinite intervals, and a cell without one nan: nothing leaves
+    inf = float("inf")
+    assert not_shown_worse({0: (0.0, 0.0), 1: (-inf, inf), 2: (float("nan"), float("nan"))}) == [0, 1, 2]
+
+
 def test_dose_response_names_the_best_rate_and_those_not_worse():
     sys.path.insert(0, os.path.dirname(__file__))
     from test_protocol import _run
@@ -307,6 +321,8 @@ def test_dose_response_names_the_best_rate_and_those_not_worse():
     assert sweeps == {"hidden": {"pretrain-zero": 0.0, "hidden=0.1": 0.1, "hidden=0.2": 0.2, "hidden=0.5": 0.5}}
     (row,) = report.dose_response(report.summarize(runs), sweeps["hidden"])
     assert row["best"] == 0.2 and row["not_worse_than_best"] == [0.1, 0.2]
+    (best,) = [r for r in report.summarize(runs) if r["preset"] == "hidden=0.2"]
+    assert row["best_ci"] == best["delta_early_test_accuracy"]["ci_adjusted"]
     assert row["better"] == [0.1, 0.2] and row["worse"] == [0.5]
     # a factor sweep beside its own preset (`--presets classic --rates classic*0.5,2`): classic is its ×1 point,
     # which a knob's sweep (no preset of its name) and a sweep that ran ×1 itself do not get

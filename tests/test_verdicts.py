@@ -84,10 +84,13 @@ def test_a_rate_sweep_is_answered_per_size_over_the_data_sets():
                 assert f"{value:g} {r['delta']:+.3f} [{r['ci'][0]:+.3f}, {r['ci'][1]:+.3f}] {r['verdict']}" \
                     in at[f"- n={size}"]
     assert "equivalent to none at 0.1" in at["- n=64"].lower() and "worse at 0.6; better at 0.3" in at["- n=64"]
+    # 0.3 is better, so none (0) is worse than it, and 0.1's interval lies wholly below 0.3's
     assert at["- n=64"].endswith(f"Highest pooled Δ: 0.3 ({top['delta']:+.3f} [{top['ci'][0]:+.3f}, "
-                                 f"{top['ci'][1]:+.3f}]).")
-    assert "worse at 0.6;" in at["- n=512"] and at["- n=512"].endswith("Highest pooled Δ: 0, no rate's pooled Δ is "
-                                                                       "above none.")
+                                 f"{top['ci'][1]:+.3f}]); not worse than the best: 0.3.")
+    assert _row(rows, "hidden=0.1", "n=64")["ci"][1] < top["ci"][0]
+    # at 512 no rate is shown better than none: none stays, and 0.6 (worse than none) goes
+    assert "worse at 0.6;" in at["- n=512"] and "Highest pooled Δ: 0, no rate's pooled Δ is above none; not worse " \
+        "than the best: 0, " in at["- n=512"] and not at["- n=512"].endswith("0.6.")
     text = report.pooled_text(rows, ["a", "b"], sweeps=points)
     assert text.index("Rate sweep `hidden` over the data sets") < text.index("### n=64")
     assert "cells)" not in text and "cell)" not in text
@@ -95,6 +98,7 @@ def test_a_rate_sweep_is_answered_per_size_over_the_data_sets():
     fewer = report.pooled([r for r in records if not (r["source"] == "b" and r["preset"] == "hidden=0.6")])
     at = {line.split(":")[0]: line for line in pooled_sweep_text("hidden", points["hidden"], fewer)}
     assert "equivalent (2 cells)" in at["- n=64"] and "worse (1 cell)" in at["- n=64"]
+    assert at["- n=64"].endswith("not worse than the best: not said, the rates pool different data sets.")
 
 
 def test_a_harm_at_one_size_is_answered_per_size_not_averaged_away():

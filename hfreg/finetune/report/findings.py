@@ -20,6 +20,7 @@ from .numbers import (
     check_margins,
     dose_response,
     names,
+    not_shown_worse,
     power,
     stop_reason,
 )
@@ -117,9 +118,10 @@ def answer(rows: list[dict]) -> str:
 def pooled_sweep_text(family: str, points: dict[str, float], rows: list[dict]) -> list[str]:
     """A rate sweep over the data sets, per training size: each rate's pooled Δ against the baseline (the strata
     rows of pooled.md, primary metric, early-stopped) with its simultaneous interval and verdict, the rates by
-    verdict (with each rate's number of cells where they differ), and the rate of the highest pooled Δ (×0: none
-    beats the baseline). The intervals are simultaneous over the column's rows, so the highest one's holds although
-    it was picked as the highest."""
+    verdict (with each rate's number of cells where they differ), the rate of the highest pooled Δ (×0: none
+    beats the baseline), and the rates not worse than the best (`not_shown_worse`, where every rate pools the same
+    cells). The intervals are simultaneous over the column's rows, so the highest one's holds although it was picked
+    as the highest."""
     task = tasks.of_rows(rows)
     unit, what, fmt = _sweep_words(family)
     lines = [f"Rate sweep `{family}` over the data sets ({what}; {names(task)[task.primary]}, early-stopped; each "
@@ -142,7 +144,11 @@ def pooled_sweep_text(family: str, points: dict[str, float], rows: list[dict]) -
         best = f"{unit}{points[top['preset']]:g} ({_interval(top)})" if top["delta"] > 0 else \
             f"{unit}0, no rate's pooled Δ is above none"
         verdicts = _by_verdict(fmt, by)
-        lines.append(f"- {scope}: {', '.join(rates)}. {verdicts[0].upper()}{verdicts[1:]}. Highest pooled Δ: {best}.")
+        # intervals over different data sets estimate different things: no rate is judged against another there
+        kept = "not said, the rates pool different data sets" if varied else fmt(sorted(not_shown_worse(
+            {0.0: (0.0, 0.0), **{points[r["preset"]]: tuple(r["ci"]) for r in here}})))
+        lines.append(f"- {scope}: {', '.join(rates)}. {verdicts[0].upper()}{verdicts[1:]}. Highest pooled Δ: {best}; "
+                     f"not worse than the best: {kept}.")
     return lines + [""] if len(lines) > 2 else []
 
 
@@ -218,8 +224,10 @@ def sweep_text(family: str, rows: list[dict], metric: str = NAMES["test_accuracy
     unit, what, fmt = _sweep_words(family)
     lines = [f"Rate sweep `{family}` ({what}; {metric}, early-stopped):", ""]
     for r in rows:
+        lo, hi = r["best_ci"]
         lines.append(f"- n={r['train_size']}: {_by_verdict(fmt, r)}. Best {unit}{r['best']:g} (Δ "
-                     f"{r['best_delta']:+.3f}); not worse than the best: {fmt(r['not_worse_than_best'])}.")
+                     f"{_num(r['best_delta'], sign=True)} [{_num(lo, sign=True)}, {_num(hi, sign=True)}]); not worse "
+                     f"than the best: {fmt(r['not_worse_than_best'])}.")
     return lines + [""]
 
 

@@ -454,9 +454,8 @@ def sweep_points(runs: list[dict]) -> dict[str, dict[str, float]]:
 
 def dose_response(records: list[dict], points: dict[str, float], select: str = "early") -> list[dict]:
     """Per training size, what a rate sweep says (test accuracy, ``select`` comparison): the rates better, worse,
-    equivalent to the baseline or inconclusive, the best rate (highest mean Δ), and the rates not worse than the
-    best — those whose paired difference to the best (same seeds) has a simultaneous interval (Bonferroni over the
-    other rates) that reaches zero. A regression: test R²."""
+    equivalent to the baseline or inconclusive, the best rate (highest mean Δ) with its simultaneous interval, and
+    the rates not worse than the best (`not_shown_worse`). A regression: test R²."""
     key = f"delta_{select}_{tasks.of_rows(records).primary}"
     out = []
     for size in sorted({r["train_size"] for r in records}):
@@ -466,21 +465,23 @@ def dose_response(records: list[dict], points: dict[str, float], select: str = "
         if not deltas:
             continue
         means = {BASELINE: 0.0, **{p: d["mean"] for p, d in deltas.items()}}
+        intervals = {BASELINE: (0.0, 0.0), **{p: tuple(d["ci_adjusted"]) for p, d in deltas.items()}}
         best = max(means, key=lambda p: (means[p], -points[p]))
-        others = [p for p in means if p != best]
-        per_seed = {p: dict(zip(cells[p]["paired_seeds"], d["deltas"])) for p, d in deltas.items()}
-        per_seed[BASELINE] = {s: 0.0 for v in per_seed.values() for s in v}
-        not_worse = [best]
-        for p in others:
-            seeds = sorted(set(per_seed[p]) & set(per_seed[best]))
-            lo, hi = stats.interval([per_seed[p][s] - per_seed[best][s] for s in seeds],
-                                    1 - stats.ALPHA / len(others))
-            if math.isnan(hi) or hi >= 0:
-                not_worse.append(p)
         by = defaultdict(list)
         for p, d in deltas.items():
             by[d["verdict"]].append(points[p])
         out.append({"train_size": size, "best": points[best], "best_delta": means[best],
-                    "not_worse_than_best": sorted(points[p] for p in not_worse),
+                    "best_ci": list(intervals[best]),
+                    "not_worse_than_best": sorted(points[p] for p in not_shown_worse(intervals)),
                     **{v: sorted(by[v]) for v in stats.VERDICTS}})
     return out
+
+
+def not_shown_worse(intervals: dict) -> list:
+    """The rates of a sweep not shown worse than another, from their simultaneous intervals for Δ against the
+    baseline (``intervals``: {rate: (low, high)}, the baseline's (0, 0)): a rate is worse than another where its
+    interval lies wholly below the other's. Where every interval holds (the column's error control), each such claim
+    is true, so the set holds the best rate and costs no error of its own; it ignores the pairing of two rates by seed,
+    so it says less than a paired comparison that would need error of its own."""
+    floor = max((lo for lo, _ in intervals.values() if not math.isnan(lo)), default=-math.inf)
+    return [p for p, (_, hi) in intervals.items() if math.isnan(hi) or hi >= floor]
