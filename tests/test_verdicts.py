@@ -94,11 +94,6 @@ def test_a_rate_sweep_is_answered_per_size_over_the_data_sets():
     text = report.pooled_text(rows, ["a", "b"], sweeps=points)
     assert text.index("Rate sweep `hidden` over the data sets") < text.index("### n=64")
     assert "cells)" not in text and "cell)" not in text
-    # one data set gets the same lines, its test set counted as a draw as in the rest of its pooled.md
-    one = report.pooled([r for r in records if r["source"] == "a"])
-    text = report.pooled_text(one, ["a"], sweeps=points)
-    assert "Rate sweep `hidden` over its one data set, the test set counted as a draw" in text
-    assert f"0.3 {_row(one, 'hidden=0.3', 'n=64')['delta']:+.3f}" in text
     # a rate that one data set lacks pools another set of cells: each rate says how many it has
     fewer = report.pooled([r for r in records if not (r["source"] == "b" and r["preset"] == "hidden=0.6")])
     at = {line.split(":")[0]: line for line in pooled_sweep_text("hidden", points["hidden"], fewer)}

@@ -115,17 +115,16 @@ def answer(rows: list[dict]) -> str:
     return text
 
 
-def pooled_sweep_text(family: str, points: dict[str, float], rows: list[dict], sources: int = 2) -> list[str]:
+def pooled_sweep_text(family: str, points: dict[str, float], rows: list[dict]) -> list[str]:
     """A rate sweep over the data sets, per training size: each rate's pooled Δ against the baseline (the strata
     rows of pooled.md, primary metric, early-stopped) with its simultaneous interval and verdict, the rates by
     verdict (with each rate's number of cells where they differ), the rate of the highest pooled Δ (×0: none
     beats the baseline), and the rates not worse than the best (`not_shown_worse`, where every rate pools the same
     cells). The intervals are simultaneous over the column's rows, so the highest one's holds although it was picked
-    as the highest. Over one data set (``sources``) the rows are its cells with the test set counted as a draw."""
+    as the highest."""
     task = tasks.of_rows(rows)
     unit, what, fmt = _sweep_words(family)
-    where = "over the data sets" if sources > 1 else "over its one data set, the test set counted as a draw"
-    lines = [f"Rate sweep `{family}` {where} ({what}; {names(task)[task.primary]}, early-stopped; each "
+    lines = [f"Rate sweep `{family}` over the data sets ({what}; {names(task)[task.primary]}, early-stopped; each "
              f"rate's pooled Δ against `{BASELINE}` (rate 0) with its simultaneous interval, as the tables below give "
              f"it):", ""]
     for scope in dict.fromkeys(r["scope"] for r in rows if r["scope"] != "all"):
@@ -199,8 +198,8 @@ def pooled_text(rows: list[dict], sources: list[str], baseline: str | None = Non
                   f"stopped or reached the last look; stopped cells' estimates lean towards the effect that stopped "
                   f"them.", ""]
     lines += [answer(rows), ""]
-    for family, points in (sweeps or {}).items():
-        lines += pooled_sweep_text(family, points, rows, len(sources))
+    for family, points in (sweeps or {}).items() if len(sources) > 1 else ():  # one source: its findings say it
+        lines += pooled_sweep_text(family, points, rows)
     lines += [baseline, ""] if baseline else []
     for scope in dict.fromkeys(r["scope"] for r in rows if r["scope"] != "all"):
         lines += [f"### {scope}", "", pooled_table(rows, scope), ""]
