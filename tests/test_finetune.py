@@ -320,7 +320,7 @@ def test_dose_response_names_the_best_rate_and_those_not_worse():
     sweeps = report.sweep_points(runs)
     assert sweeps == {"hidden": {"pretrain-zero": 0.0, "hidden=0.1": 0.1, "hidden=0.2": 0.2, "hidden=0.5": 0.5}}
     (row,) = report.dose_response(report.summarize(runs), sweeps["hidden"])
-    assert row["best"] == 0.2 and row["not_worse_than_best"] == [0.1, 0.2]
+    assert row["best"] == 0.2 and row["not_worse_than_best"] == ["hidden=0.1", "hidden=0.2"]
     (best,) = [r for r in report.summarize(runs) if r["preset"] == "hidden=0.2"]
     assert row["best_ci"] == best["delta_early_test_accuracy"]["ci_adjusted"]
     assert row["better"] == [0.1, 0.2] and row["worse"] == [0.5]

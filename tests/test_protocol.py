@@ -88,7 +88,10 @@ def test_verdicts_follow_the_interval():
 
 def test_identical_differences_decide_only_where_the_sign_test_does():
     """Two seeds each one test example worse: a zero-width interval, and no verdict; ten such seeds decide."""
-    assert stats.judge([-0.002, -0.002], 0.02, True, m=6)["verdict"] == "inconclusive"
+    two = stats.judge([-0.002, -0.002], 0.02, True, m=6)
+    # the interval shown is the one the verdict used: it reaches 0, as the sign-flip test does not exclude it
+    assert two["verdict"] == "inconclusive" and two["ci_adjusted"] == [-0.002, 0.0]
+    assert stats.judge([-0.002] * 10, 0.02, True, m=6)["ci_adjusted"] == pytest.approx([-0.002, -0.002])
     assert stats.judge([-0.002] * 10, 0.02, True, m=6)["verdict"] == "trivial"  # 2 * 0.5**10 < 0.05 / 6
     assert stats.judge([-0.05] * 10, 0.02, True, m=6)["verdict"] == "worse"
     assert stats.judge([0.0, 0.0], 0.02, True, m=6)["verdict"] == "equivalent"  # the same predictions

@@ -101,6 +101,32 @@ def test_a_rate_sweep_is_answered_per_size_over_the_data_sets():
     assert at["- n=64"].endswith("not worse than the best: not said, the rates pool different data sets.")
 
 
+def test_a_presets_x0_that_is_not_the_baseline_keeps_its_own_place_in_the_sweep():
+    """`classic*0` keeps classic's weight decay, so it is an arm of its own at rate 0: shown worse than none, it
+    leaves the set not worse than the best, and none (the best here) stays, named as such."""
+    from hfreg.finetune.report.findings import pooled_sweep_text
+
+    def row(preset, delta, ci, verdict):
+        return {"scope": "n=64", "comparison": "early", "metric": "test_accuracy", "against": "pretrain-zero",
+                "preset": preset, "delta": delta, "ci": list(ci), "verdict": verdict, "cells": 2,
+                "weights": {"a/n=64": 0.5, "b/n=64": 0.5}}
+
+    points = {"pretrain-zero": 0.0, "classic*0": 0.0, "classic": 1.0}
+    rows = [row("classic*0", -0.03, (-0.05, -0.01), "worse"), row("classic", -0.004, (-0.008, -0.0005), "trivial")]
+    (line,) = [x for x in pooled_sweep_text("classic", points, rows) if x.startswith("- n=64")]
+    assert line.endswith("Highest pooled Δ: none, no rate's pooled Δ is above none; not worse than the best: none.")
+    # a rate whose row is missing has no interval: it is not shown worse
+    (line,) = [x for x in pooled_sweep_text("classic", points, rows[:1]) if x.startswith("- n=64")]
+    assert line.endswith("not worse than the best: none, ×1.")
+    # one data set's findings name them alike
+    from hfreg.finetune.report.findings import sweep_text
+
+    r = {"train_size": 64, "best": 1.0, "best_delta": 0.01, "best_ci": [-0.01, 0.03],
+         "not_worse_than_best": ["classic", "classic*0", "pretrain-zero"], **{v: [] for v in stats.VERDICTS}}
+    assert sweep_text("classic", points, [r])[2].endswith("Highest mean Δ: ×1 (+0.010 [-0.010, +0.030]); not worse "
+                                                          "than the best: none, ×0, ×1.")
+
+
 def test_a_harm_at_one_size_is_answered_per_size_not_averaged_away():
     rows = report.pooled(_grid({64: -0.09, 256: 0.0, 1024: 0.0}))
     early = _row(rows, "heavy", "n=64")

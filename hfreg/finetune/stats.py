@@ -149,7 +149,7 @@ def judge(deltas, margin: float, higher_is_better: bool, m: int = 1, alpha: floa
 
     Identical non-zero differences (a discrete metric, few seeds: two runs each one test example apart) give a
     zero-width interval that proves nothing by itself; they decide only where the exact sign test does, i.e. where
-    ``2 * 0.5 ** n`` is at most ``alpha / m``."""
+    ``2 * 0.5 ** n`` is at most ``alpha / m``, and elsewhere their interval is widened to reach 0."""
     ci = list(interval(deltas, 1 - alpha / m))
     eq = list(interval(deltas, 1 - 2 * alpha / m))
     decision = verdict(*ci, higher_is_better=higher_is_better, eq=eq, margin=margin)
@@ -159,6 +159,8 @@ def judge(deltas, margin: float, higher_is_better: bool, m: int = 1, alpha: floa
         # law does not hold, and the exact sign-flip test does not reject
         decision = "equivalent" if eq[0] > -margin and eq[1] < margin and 0 in d else "inconclusive"
         decision = "inconclusive" if decision == "equivalent" and not (ci[0] <= 0 <= ci[1]) else decision
+        # the interval reported is the one the verdict used: the sign-flip test did not exclude 0, so neither does it
+        ci = [min(ci[0], 0.0), max(ci[1], 0.0)]
     return {"ci_adjusted": ci, "ci_equivalence": eq, "verdict": decision}
 
 

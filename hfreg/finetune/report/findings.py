@@ -138,15 +138,17 @@ def pooled_sweep_text(family: str, points: dict[str, float], rows: list[dict]) -
             by[r["verdict"]].append(points[r["preset"]])
         top = max(here, key=lambda r: (r["delta"], -points[r["preset"]]))
         # rates pooled over different data sets estimate different things: say so where they do
-        varied = len({r["cells"] for r in here}) > 1
+        varied = len({frozenset(r["weights"]) for r in here}) > 1
         rates = [f"{unit}{points[r['preset']]:g} {_interval(r)} {r['verdict']}"
                  + (f" ({r['cells']} cell{'s' if r['cells'] > 1 else ''})" if varied else "") for r in here]
         best = f"{unit}{points[top['preset']]:g} ({_interval(top)})" if top["delta"] > 0 else \
-            f"{unit}0, no rate's pooled Δ is above none"
+            f"{_rates(points, unit, [BASELINE])}, no rate's pooled Δ is above none"
         verdicts = _by_verdict(fmt, by)
         # intervals over different data sets estimate different things: no rate is judged against another there
-        kept = "not said, the rates pool different data sets" if varied else fmt(sorted(not_shown_worse(
-            {0.0: (0.0, 0.0), **{points[r["preset"]]: tuple(r["ci"]) for r in here}})))
+        # a rate without a pooled row here has no interval: it is not shown worse
+        nan = (math.nan, math.nan)
+        kept = "not said, the rates pool different data sets" if varied else _rates(points, unit, not_shown_worse(
+            {**{p: nan for p in points}, BASELINE: (0.0, 0.0), **{r["preset"]: tuple(r["ci"]) for r in here}}))
         lines.append(f"- {scope}: {', '.join(rates)}. {verdicts[0].upper()}{verdicts[1:]}. Highest pooled Δ: {best}; "
                      f"not worse than the best: {kept}.")
     return lines + [""] if len(lines) > 2 else []
@@ -220,14 +222,15 @@ def pooled_text(rows: list[dict], sources: list[str], baseline: str | None = Non
     return "\n".join(lines) + "\n"
 
 
-def sweep_text(family: str, rows: list[dict], metric: str = NAMES["test_accuracy"]) -> list[str]:
+def sweep_text(family: str, points: dict[str, float], rows: list[dict], metric: str = NAMES["test_accuracy"]
+               ) -> list[str]:
     unit, what, fmt = _sweep_words(family)
     lines = [f"Rate sweep `{family}` ({what}; {metric}, early-stopped):", ""]
     for r in rows:
         lo, hi = r["best_ci"]
-        lines.append(f"- n={r['train_size']}: {_by_verdict(fmt, r)}. Best {unit}{r['best']:g} (Δ "
+        lines.append(f"- n={r['train_size']}: {_by_verdict(fmt, r)}. Highest mean Δ: {unit}{r['best']:g} ("
                      f"{_num(r['best_delta'], sign=True)} [{_num(lo, sign=True)}, {_num(hi, sign=True)}]); not worse "
-                     f"than the best: {fmt(r['not_worse_than_best'])}.")
+                     f"than the best: {_rates(points, unit, r['not_worse_than_best'])}.")
     return lines + [""]
 
 
@@ -237,6 +240,14 @@ def _sweep_words(family: str):
     unit = "×" if family not in KNOB_NAMES else ""
     return unit, "factor on every rate of the preset" if unit else "the knob alone", \
         lambda values: ", ".join(f"{unit}{v:g}" for v in values) or "none"
+
+
+def _rates(points: dict[str, float], unit: str, presets) -> str:
+    """Presets of a sweep by their rate, the baseline first among rate 0; the baseline is "none" where a preset's
+    ×0 (which keeps, say, its weight decay) is an arm of its own."""
+    shared = any(v == 0 for p, v in points.items() if p != BASELINE)
+    order = sorted(presets, key=lambda p: (points[p], p != BASELINE))
+    return ", ".join("none" if p == BASELINE and shared else f"{unit}{points[p]:g}" for p in order) or "none"
 
 
 def _by_verdict(fmt, by) -> str:
@@ -430,7 +441,7 @@ def findings(records: list[dict], settings: dict | None = None, codes: list[str]
     lines.append(f"Of {len(verdicts)} verdicts, " + ", ".join(f"{verdicts.count(v)} {v}" for v in stats.VERDICTS)
                  + ".")
     for family, points in (sweeps or {}).items():
-        lines += [""] + sweep_text(family, dose_response(records, points), said[task.primary])
+        lines += [""] + sweep_text(family, points, dose_response(records, points), said[task.primary])
     lines += _power_lines(records, task)
     return "\n".join(lines) + "\n"
 

@@ -300,7 +300,7 @@ def stop_reason(rows: list[dict], margins: dict | None = None) -> str | None:
     return "decided" if reasons and set(reasons) == {"decided"} else ("futile" if reasons else None)
 
 
-MODERATOR_ALPHA = stats.ALPHA  # size moderates an arm's effect where the meta-regression slope's p is below this
+MODERATOR_ALPHA = stats.ALPHA  # size moderates an arm's effect where the between-sizes test's p is below this
 
 
 def _arm(r: dict) -> tuple[str, str]:
@@ -454,8 +454,10 @@ def sweep_points(runs: list[dict]) -> dict[str, dict[str, float]]:
 
 def dose_response(records: list[dict], points: dict[str, float], select: str = "early") -> list[dict]:
     """Per training size, what a rate sweep says (test accuracy, ``select`` comparison): the rates better, worse,
-    equivalent to the baseline or inconclusive, the best rate (highest mean Δ) with its simultaneous interval, and
-    the rates not worse than the best (`not_shown_worse`). A regression: test R²."""
+    equivalent to the baseline or inconclusive, the rate of the highest mean Δ with its simultaneous interval, and
+    the presets not worse than the best (`not_shown_worse`; a rate without an interval yet is not shown worse).
+    Presets, not rates, since a preset's ×0 that keeps its weight decay is not the baseline. A regression: test
+    R²."""
     key = f"delta_{select}_{tasks.of_rows(records).primary}"
     out = []
     for size in sorted({r["train_size"] for r in records}):
@@ -465,14 +467,16 @@ def dose_response(records: list[dict], points: dict[str, float], select: str = "
         if not deltas:
             continue
         means = {BASELINE: 0.0, **{p: d["mean"] for p, d in deltas.items()}}
-        intervals = {BASELINE: (0.0, 0.0), **{p: tuple(d["ci_adjusted"]) for p, d in deltas.items()}}
+        nan = (math.nan, math.nan)
+        intervals = {BASELINE: (0.0, 0.0), **{p: tuple(deltas[p]["ci_adjusted"]) if p in deltas else nan
+                                              for p in cells if p != BASELINE}}
         best = max(means, key=lambda p: (means[p], -points[p]))
         by = defaultdict(list)
         for p, d in deltas.items():
             by[d["verdict"]].append(points[p])
+        kept = sorted(not_shown_worse(intervals), key=lambda p: (points[p], p != BASELINE))
         out.append({"train_size": size, "best": points[best], "best_delta": means[best],
-                    "best_ci": list(intervals[best]),
-                    "not_worse_than_best": sorted(points[p] for p in not_shown_worse(intervals)),
+                    "best_ci": list(intervals[best]), "not_worse_than_best": kept,
                     **{v: sorted(by[v]) for v in stats.VERDICTS}})
     return out
 
