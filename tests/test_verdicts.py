@@ -448,3 +448,34 @@ def test_the_findings_header_names_the_training_settings_a_grid_set():
     header = report.findings(report.summarize(runs), settings).splitlines()[2]
     assert header.endswith("gradient clipping 1.0, 60 optimizer steps a run (--max_steps), label smoothing 0.1.")
     assert "NEFTune" not in header and "warm-up" not in header  # not set: not said
+
+
+def test_the_shared_test_set_correlation_of_two_sizes_is_measured_from_the_stored_predictions():
+    """benchmarks/shared_test_set.py on a published grid: one correlation per arm and pair of sizes, each the
+    covariance of the two cells' per-example mean differences over the test set's size, over the geometric mean of
+    the cells' variances as pooling uses them; and docs/comparison.md quotes what it measures there."""
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    import shared_test_set
+
+    from hfreg.finetune.records import read_runs
+    from hfreg.finetune.report.writing import paired_differences
+
+    d = os.path.join(ROOT, "docs", "results", "rt-polarity")
+    rows = shared_test_set.correlations(d)
+    assert rows and all(-1 <= r["correlation"] <= 1 for r in rows)
+    assert {tuple(r["sizes"]) for r in rows if r["arm"] == "heavy"} == {(64, 256), (64, 1024), (256, 1024)}
+    runs = read_runs(d)
+    records = report.summarize(runs)
+    report.test_set_terms(d, runs, records, "accuracy")
+    cells = {r["train_size"]: (diffs["test_accuracy"], r)
+             for r, comp, diffs in paired_differences(d, runs, records, "accuracy")
+             if comp == "early" and r["preset"] == "heavy" and r["against"] == "pretrain-zero"}
+    (x, a), (y, b) = cells[256], cells[1024]
+    assert x.shape[1] == a["delta_early_test_accuracy"]["n"]  # examples x seeds
+    by_hand = np.cov(x.mean(axis=1), y.mean(axis=1))[0, 1] / len(x) / math.sqrt(
+        report.cell_variance(a, "delta_early_test_accuracy") * report.cell_variance(b, "delta_early_test_accuracy"))
+    (row,) = [r for r in rows if r["arm"] == "heavy" and r["sizes"] == [256, 1024]]
+    assert row["correlation"] == pytest.approx(by_hand)
+    with open(os.path.join(ROOT, "docs", "comparison.md")) as f:
+        docs = " ".join(f.read().split())
+    assert f"heavy at 256 and 1,024 examples: {row['correlation']:+.2f}" in docs

@@ -165,9 +165,18 @@ def _runs(output_dir: str) -> tuple[list[dict], int]:
 
 def test_set_terms(output_dir: str, runs: list[dict], records: list[dict], select_by: str) -> None:
     """Add to every comparison of ``records`` what its test set contributes to its variance (`stats.test_set_terms`,
-    under ``test_set``), from the stored test predictions of both arms' runs at the compared points (each run's
-    selected point early-stopped, its final point at the fixed budget), paired by seed; and ``test_examples``. A
+    under ``test_set``), from the per-example differences of `paired_differences`; and ``test_examples``. A
     comparison whose runs lack stored predictions is left as it is."""
+    for r, comp, columns in paired_differences(output_dir, runs, records, select_by):
+        for m, diffs in columns.items():
+            r[f"delta_{comp}_{m}"]["test_set"] = stats.test_set_terms(diffs)
+            r["test_examples"] = diffs.shape[0]
+
+
+def paired_differences(output_dir: str, runs: list[dict], records: list[dict], select_by: str):
+    """(record, comparison, {verdict metric: examples x seeds}) for every comparison of ``records`` whose runs all
+    have stored predictions: the per-example differences of the arm's runs minus its control's, paired by seed, at
+    the compared points (each run's selected point early-stopped, its final point at the fixed budget)."""
     from .. import scores
 
     runs_at = {(experiment_of(r), r["preset"], r["train_size"], r["learning_rate"], r["seed"]): r for r in runs}
@@ -202,9 +211,7 @@ def test_set_terms(output_dir: str, runs: list[dict], records: list[dict], selec
                 for m in task.verdicts:
                     columns[m].append(values[0][m] - values[1][m])
             else:
-                for m, diffs in columns.items():
-                    r[f"delta_{comp}_{m}"]["test_set"] = stats.test_set_terms(np.stack(diffs, axis=1))
-                r["test_examples"] = len(diffs[0])
+                yield r, comp, {m: np.stack(diffs, axis=1) for m, diffs in columns.items()}
 
 
 @functools.lru_cache(maxsize=16)
