@@ -72,7 +72,7 @@ def progress(data_dir: str = DATA, results_dir: str | None = None) -> str:
     key the grid plans it by, its preset's recorded contents included), per size; once a stage is complete, the next
     one as the grid plans it from the stages done (`grid.next_cells`: the undecided cells, the baseline and their
     controls); the runs' recorded wall time (``seconds``, one process each), and what the rest of the current stage
-    costs at its median. Read from the records (in ``results_dir``, default the
+    and, at most, the rest of the design cost at its median. Read from the records (in ``results_dir``, default the
     repository's), so that docs/results.md can quote it."""
     from hfreg.finetune.experiment import _grid_presets
     from hfreg.finetune.grid import next_cells, plan_runs
@@ -94,7 +94,9 @@ def progress(data_dir: str = DATA, results_dir: str | None = None) -> str:
             per_size.append((n, len(plan & have), len(plan)))
         done, planned = sum(d for _, d, _ in per_size), sum(t for _, _, t in per_size)
         if not have:
-            lines.append(f"- `{name}`: not started ({planned} first-stage runs planned).")
+            whole = len(plan_runs(args.experiment, presets, contents, args.train_sizes, args.seeds,
+                                  args.learning_rates))
+            lines.append(f"- `{name}`: not started ({planned} first-stage runs planned, {whole:,} at most).")
             continue
         sizes = ", ".join(f"n={n} {d} of {t}" for n, d, t in per_size)
         said, left, stage = [], planned - done, "the first stage"
@@ -114,6 +116,10 @@ def progress(data_dir: str = DATA, results_dir: str | None = None) -> str:
         seconds = sorted(r["seconds"] for r in runs)
         tenth, median, ninth = (seconds[min(len(seconds) - 1, int(q * len(seconds)))] for q in (0.1, 0.5, 0.9))
         rest = f"; at that median the rest of {stage} is {left * median / 3600:.0f} core-hours" if left else ""
+        # no cell stopping before the last look: what the design can still cost at most
+        most = set(plan_runs(args.experiment, presets, contents, args.train_sizes, args.seeds, args.learning_rates))
+        rest += (f"; the whole design at most {len(most - have) * median / 3600:.0f} core-hours more "
+                 f"({len(most - have):,} runs, were no cell to stop before {len(args.seeds)} seeds)")
         lines.append(f"- `{name}`: first stage (seeds {first[0]}–{first[-1]}) {done} of {planned} runs ({sizes}); "
                      + ("; ".join(said) if said else "no later stage yet")
                      + f". Recorded run time: median {median:.0f} s (10–90%: {tenth:.0f}–{ninth:.0f} s){rest}.")
