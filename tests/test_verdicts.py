@@ -127,6 +127,24 @@ def test_a_presets_x0_that_is_not_the_baseline_keeps_its_own_place_in_the_sweep(
                                                           "than the best: none, ×0, ×1.")
 
 
+def test_pooled_md_warns_where_cells_pool_on_their_seeds_variance_alone():
+    """Cells without stored predictions have no test-set terms, and intervals over them cover less than their
+    level: pooled.md says how many there are, and says nothing where every cell has its terms."""
+    records = _grid({64: -0.09, 256: 0.0, 1024: 0.0})
+    text = report.pooled_text(report.pooled(records), ["a", "b"])
+    cells = sum(r["cells"] for r in report.pooled(records) if r["comparison"] == "early"
+                and r["metric"] == "test_accuracy" and r["scope"] != "all")
+    assert f"**Seeds' variance alone:** {cells} of the {cells} cells of the per-size rows" in text
+    for r in records:
+        for key in [k for k in r if k.startswith("delta_")]:
+            r[key]["test_set"] = {"per_seed": 0.0, "examples": 0.0, "disagreements": 1}
+    key = "delta_early_test_accuracy"
+    half = [dict(r, **{key: {k: v for k, v in r[key].items() if k != "test_set"}})
+            if r["train_size"] == 64 and key in r else r for r in records]
+    assert "Seeds' variance alone" not in report.pooled_text(report.pooled(records), ["a", "b"])
+    assert "Seeds' variance alone:** " in report.pooled_text(report.pooled(half), ["a", "b"])
+
+
 def test_a_harm_at_one_size_is_answered_per_size_not_averaged_away():
     rows = report.pooled(_grid({64: -0.09, 256: 0.0, 1024: 0.0}))
     early = _row(rows, "heavy", "n=64")

@@ -192,6 +192,15 @@ def pooled_text(rows: list[dict], sources: list[str], baseline: str | None = Non
              f"inconclusive. {_calibration_words(task)}A row over one "
              f"cell can be wider than that cell's findings row: the findings judge the cell on its test set, the "
              f"pool also counts the test set as a draw.", ""]
+    column = [r for r in rows if r["comparison"] == "early" and r["metric"] == task.primary and r["scope"] != "all"]
+    short = sum(r.get("seeds_only", 0) for r in column)
+    if short:
+        # measured (docs/comparison.md): on the seeds' variance alone, 95% strata intervals cover as little as
+        # 0.85 with fixed seeds and 0.71 where cells stop early
+        lines += [f"**Seeds' variance alone:** {short} of the {sum(r['cells'] for r in column)} cells of the "
+                  f"per-size rows ({COMPARISONS['early']} {said[task.primary]}) have no stored predictions, so "
+                  f"their variance leaves out what the test set contributes; intervals over such cells cover less "
+                  f"than their level (docs/comparison.md, *What the test set adds*).", ""]
     waiting = [c for c in stages if c[4] not in (*FINAL_STAGES, REOPENED)]
     if waiting:
         lines += [f"**Not final:** {len(waiting)} of the sources' {len(stages)} staged preset × size cells still plan "

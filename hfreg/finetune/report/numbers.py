@@ -390,6 +390,7 @@ def pooled(records: list[dict], margins: dict | None = None) -> list[dict]:
                 rows.append({**kind, "preset": preset, "against": against, "comparison": comp, "metric": metric,
                              "scope": scope, "method": method, "cells": pool["k"],
                              "seeds": sum(r[key]["n"] for r in cells), "delta": pool["delta"], "ci": pool["ci"],
+                             "seeds_only": sum("test_set" not in r[key] for r in cells),
                              "ci_equivalence": pool["ci_equivalence"], "df": pool["df"],
                              "prediction_interval": pool.get("prediction_interval", [nan, nan]),
                              "i2": pool.get("i2", nan), "tau": pool.get("tau", nan),
