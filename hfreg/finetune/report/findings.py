@@ -144,8 +144,7 @@ def pooled_sweep_text(family: str, points: dict[str, float], rows: list[dict]) -
         best = f"{unit}{points[top['preset']]:g} ({_interval(top)})" if top["delta"] > 0 else \
             f"{_rates(points, unit, [BASELINE])}, no rate's pooled Δ is above none"
         verdicts = _by_verdict(fmt, by)
-        # intervals over different data sets estimate different things: no rate is judged against another there
-        # a rate without a pooled row here has no interval: it is not shown worse
+        # no rate is judged against another over different data sets; one without a pooled row is not shown worse
         nan = (math.nan, math.nan)
         kept = "not said, the rates pool different data sets" if varied else _rates(points, unit, not_shown_worse(
             {**{p: nan for p in points}, BASELINE: (0.0, 0.0), **{r["preset"]: tuple(r["ci"]) for r in here}}))

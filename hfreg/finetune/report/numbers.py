@@ -483,10 +483,10 @@ def dose_response(records: list[dict], points: dict[str, float], select: str = "
 
 
 def not_shown_worse(intervals: dict) -> list:
-    """The rates of a sweep not shown worse than another, from their simultaneous intervals for Δ against the
-    baseline (``intervals``: {rate: (low, high)}, the baseline's (0, 0)): a rate is worse than another where its
-    interval lies wholly below the other's. Where every interval holds (the column's error control), each such claim
-    is true, so the set holds the best rate and costs no error of its own; it ignores the pairing of two rates by seed,
-    so it says less than a paired comparison that would need error of its own."""
+    """The presets of a sweep not shown worse than another, from their simultaneous intervals for Δ against the
+    baseline (``intervals``: {preset: (low, high)}, the baseline's (0, 0), nan where a preset has none yet): one is
+    worse than another where its interval lies wholly below the other's. Where every interval holds (the column's
+    error control), each such claim is true, so the set holds the best and costs no error of its own; it ignores the
+    pairing of two rates by seed, so it says less than a paired comparison that would need error of its own."""
     floor = max((lo for lo, _ in intervals.values() if not math.isnan(lo)), default=-math.inf)
     return [p for p, (_, hi) in intervals.items() if math.isnan(hi) or hi >= floor]
