@@ -4,7 +4,8 @@ those pages state exactly what `hfreg report` derived from the committed runs an
     .venv/bin/hfreg report docs/results/sst2 && .venv/bin/python benchmarks/readme_results.py
 
 README.md holds, per data set, a block `<!-- findings:NAME -->` ... `<!-- /findings:NAME -->`, and one block
-`<!-- pooled -->` ... `<!-- /pooled -->` for `docs/results/pooled.md` (its answer and overall table, written by
+`<!-- pooled -->` ... `<!-- /pooled -->` for `docs/results/pooled.md` (its method and answer, and a link to its
+tables and between-sizes tests, written by
 `hfreg report docs/results/sst2 docs/results/rt-polarity --out docs/results`); `<!-- pooled:NAME -->` quotes
 `docs/results/NAME/pooled.md` the same way (`--out docs/results/NAME`). A block `<!-- methods:NAME -->`
 ... `<!-- /methods:NAME -->` gets a table of each preset of `docs/results/NAME/summary.json` beside the paper its
@@ -29,7 +30,7 @@ def main() -> int:
         path = os.path.join(ROOT, page)
         if os.path.isfile(path):
             with open(path) as f:
-                texts[path] = fill(f.read())
+                texts[path] = fill(f.read(), os.path.dirname(path))
             if texts[path] is None:
                 return 2
     for path, text in texts.items():
@@ -38,8 +39,9 @@ def main() -> int:
     return 0
 
 
-def fill(text: str) -> str | None:
-    """``text`` with every marked block replaced by what the tool wrote; None (said on stderr) on an error."""
+def fill(text: str, page_dir: str = ROOT) -> str | None:
+    """``text`` (a page in ``page_dir``) with every marked block replaced by what the tool wrote; None (said on
+    stderr) on an error."""
     for name in re.findall(r"<!-- findings:([\w.-]+) -->", text):
         path = os.path.join(ROOT, "docs", "results", name, "findings.md")
         runs = os.path.join(os.path.dirname(path), "runs.jsonl")
@@ -68,16 +70,19 @@ def fill(text: str) -> str | None:
                   file=sys.stderr)
             return None
         text = re.sub(rf"<!-- {tag} -->.*?<!-- /{tag} -->",
-                      lambda _: f"<!-- {tag} -->\n{pooled_overview(path)}\n<!-- /{tag} -->", text, flags=re.S)
+                      lambda _: f"<!-- {tag} -->\n{pooled_overview(path, page_dir)}\n<!-- /{tag} -->", text,
+                      flags=re.S)
     return text
 
 
-def pooled_overview(path: str) -> str:
-    """pooled.md up to its per-size tables: the method, the answer and the table over all cells."""
+def pooled_overview(path: str, page_dir: str = ROOT) -> str:
+    """pooled.md up to its per-size tables (the method, the answer, the rate sweeps), and a link, from a page in
+    ``page_dir``, to the rest: the tables the method names and the between-sizes tests."""
     with open(path) as f:
         body = f.read()
-    body = body.split("\n### n=", 1)[0].strip()
-    return body.replace("## Pooled", "#### Pooled", 1).replace("### All cells", "##### All cells", 1)
+    body = body.split("\n### n=", 1)[0].strip().replace("## Pooled", "#### Pooled", 1)
+    link = os.path.relpath(path, page_dir).replace(os.sep, "/")
+    return f"{body}\n\nThe tables of each size and over all cells, and the between-sizes tests: [{link}]({link})."
 
 
 _CITATION = re.compile(r"\b([A-Z][\w-]+(?: & [A-Z][\w-]+| et al\.),(?: [A-Za-z]+)? \d{4})")

@@ -74,7 +74,9 @@ def test_readme_results_copies_findings_between_markers(tmp_path):
     answer.mkdir()
     (answer / "pooled.md").write_text("## Pooled\n\nthe answer\n\n### n=64\n\nrows\n")
     assert subprocess.run(run).returncode == 0
-    assert readme.read_text() == "<!-- pooled:answer -->\n#### Pooled\n\nthe answer\n<!-- /pooled:answer -->\n"
+    assert readme.read_text() == ("<!-- pooled:answer -->\n#### Pooled\n\nthe answer\n\nThe tables of each size and "
+                                  "over all cells, and the between-sizes tests: [docs/results/answer/pooled.md]("
+                                  "docs/results/answer/pooled.md).\n<!-- /pooled:answer -->\n")
 
 
 @pytest.mark.parametrize("name", sorted(d for d in os.listdir(os.path.join(ROOT, "docs", "results"))
@@ -141,7 +143,9 @@ def test_readme_quotes_the_committed_pooled_answer(tmp_path):
 
     for page in ("README.md", os.path.join("docs", "results.md")):
         with open(os.path.join(ROOT, page)) as f:
-            assert pooled_overview(os.path.join(ROOT, "docs", "results", "pooled.md")) in f.read(), page
+            quoted = pooled_overview(os.path.join(ROOT, "docs", "results", "pooled.md"),
+                                     os.path.dirname(os.path.join(ROOT, page)))
+            assert quoted in f.read(), page
 
 
 def test_readme_quotes_the_committed_coverage_measurement():

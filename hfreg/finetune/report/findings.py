@@ -259,9 +259,10 @@ def _rates(points: dict[str, float], unit: str, presets) -> str:
 
 
 def _by_verdict(fmt, by) -> str:
-    """A sweep's rates by verdict: ``by`` maps each verdict to its rates."""
-    return (f"equivalent to none at {fmt(by['equivalent'])}; worse at {fmt(by['worse'])}; better at "
-            f"{fmt(by['better'])}; trivial at {fmt(by['trivial'])}; inconclusive at {fmt(by['inconclusive'])}")
+    """A sweep's rates by verdict, the verdicts no rate got left out: ``by`` maps each verdict to its rates."""
+    words = {"equivalent": "equivalent to none", "worse": "worse", "better": "better", "trivial": "trivial",
+             "inconclusive": "inconclusive"}
+    return "; ".join(f"{words[v]} at {fmt(by[v])}" for v in words if by.get(v))
 
 
 # ------------------------------------------------------------------------------------------------- text
