@@ -163,7 +163,7 @@ def main(argv=None) -> int:
         code = launch(command, processes)
         if code:
             return code
-    # the pool over the grids that hold runs (a lease may run one data set)
+    # the pool over the grids that hold runs (one GPU machine may run one data set)
     held = [n for n in DATA_SETS if os.path.isfile(os.path.join(answer_dir(n), "runs.jsonl"))]
     return subprocess.run(report_command(sys.executable, held), cwd=ROOT).returncode
 

@@ -1,4 +1,4 @@
-"""The decided answer's grids on a lent GPU machine: what that machine lacks, packed into .device/ (git-ignored)
+"""The decided answer's grids on a remote GPU machine: what that machine lacks, packed into .device/ (git-ignored)
 for the device tool's `carry`, and the calls that take it there.
 
 That machine has PyTorch, transformers and accelerate but not `datasets` (nor its `dill` and `multiprocess`), the
@@ -28,12 +28,12 @@ CALL_LIMIT = 64 * 2**20  # bytes one device call carries, the working tree inclu
 MARGIN = 2 * 2**20  # for files written between packing and calling
 # what the machine's image lacks for the harness, for its Python 3.12 (datasets needs pyarrow>=24 there too)
 WHEELS = ("datasets==5.2.0", "dill==0.4.1", "multiprocess==0.70.19", "xxhash==4.1.0")
-# one grid a lease: a first stage (450 runs) outlasts one call, and a grid is one machine and one version set;
+# one grid a machine: a first stage (450 runs) outlasts one call, and a grid is one machine and one version set;
 # sst2-sentences runs on this machine's CPU cores
 GPU_DATA_SETS = "rt-polarity"
 
 RUN_SH = """#!/bin/bash
-# On the lent GPU machine, in the repository root: put the model together, install the carried wheels, check that
+# On the GPU machine, in the repository root: put the model together, install the carried wheels, check that
 # the harness imports, run the decided answer's grids (DATA_SETS) for at most LIMIT seconds, and leave their
 # records in $OUT.
 set -u
@@ -155,7 +155,7 @@ def main(argv=None) -> int:
     print(f"{PACK}: {du(PACK) / 2**20:.1f} MiB, packed for a working tree of {tree_bytes() / 2**20:.1f} MiB (pack "
           f"again after the tree grows). The calls, one straight after another (each within the machine's warm "
           f"time), the last with timeout_s 600; run.sh's argument is the grids' time limit in seconds: lower it "
-          f"where `status`'s budget_left_s leaves less than it plus about 150 s (start, setup, packing the records):")
+          f"where the machine's remaining time is less than it plus about 150 s (start, setup, packing the records):")
     for i, call in enumerate(calls, 1):
         print(f"{i}. run(command={call['command']!r}, carry={call['carry']})")
     print("Then, in the repository root: cat <files_at>/answer.tar.* | tar -xf -  (its runs.jsonl holds the "
