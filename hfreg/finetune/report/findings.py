@@ -236,9 +236,11 @@ def sweep_text(family: str, points: dict[str, float], rows: list[dict], metric: 
     lines = [f"Rate sweep `{family}` ({what}; {metric}, early-stopped):", ""]
     for r in rows:
         lo, hi = r["best_ci"]
-        lines.append(f"- n={r['train_size']}: {_by_verdict(fmt, r)}. Highest mean Δ: {unit}{r['best']:g} ("
-                     f"{_num(r['best_delta'], sign=True)} [{_num(lo, sign=True)}, {_num(hi, sign=True)}]); not worse "
-                     f"than the best: {_rates(points, unit, r['not_worse_than_best'])}.")
+        top = f"{_rates(points, unit, [BASELINE])}, no rate's mean Δ is above none" \
+            if r.get("best_preset", BASELINE) == BASELINE else \
+            f"{unit}{r['best']:g} ({_num(r['best_delta'], sign=True)} [{_num(lo, sign=True)}, {_num(hi, sign=True)}])"
+        lines.append(f"- n={r['train_size']}: {_by_verdict(fmt, r)}. Highest mean Δ: {top}; not worse than the best: "
+                     f"{_rates(points, unit, r['not_worse_than_best'])}.")
     return lines + [""]
 
 

@@ -476,7 +476,7 @@ def dose_response(records: list[dict], points: dict[str, float], select: str = "
         for p, d in deltas.items():
             by[d["verdict"]].append(points[p])
         kept = sorted(not_shown_worse(intervals), key=lambda p: (points[p], p != BASELINE))
-        out.append({"train_size": size, "best": points[best], "best_delta": means[best],
+        out.append({"train_size": size, "best": points[best], "best_preset": best, "best_delta": means[best],
                     "best_ci": list(intervals[best]), "not_worse_than_best": kept,
                     **{v: sorted(by[v]) for v in stats.VERDICTS}})
     return out
