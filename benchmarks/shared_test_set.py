@@ -2,15 +2,15 @@
 
     .venv/bin/python benchmarks/shared_test_set.py docs/results/sst2 docs/results/rt-polarity
 
-The cells of one data set share its test set, so an arm's systematic per-example differences (what more seeds do
-not shrink) may reach every size alike, and their sampling errors would then correlate, which the strata and
-random-effects pools leave out. For each arm against the baseline (test accuracy, early-stopped; each run at its
-selected point) and each pair of sizes of a directory, this estimates that correlation: the covariance over test
-examples of the two cells' per-example mean differences (their runs are distinct, so only the shared examples make
-it non-zero), over the number of examples, divided by the geometric mean of the two cells' variances as the report
-computes them (`report.cell_variance`: seeds and test set). The last line is a JSON object per directory: the
-median absolute, mean, smallest and largest correlation and their number. A cell whose runs match the baseline's
-(no variance) has no error to correlate and is left out.
+The cells of one data set share its test set, so an arm's systematic per-example differences (what more seeds do not
+shrink) may reach every size alike, and their sampling errors would then correlate, which the strata and
+random-effects pools leave out. For each arm against the baseline (the task's primary metric, such as test accuracy,
+early-stopped; each run at its selected point) and each pair of sizes of an experiment, this estimates that
+correlation: the covariance over test examples of the two cells' per-example mean differences (their runs are
+distinct, so only the shared examples make it non-zero), over the number of examples, divided by the geometric mean
+of the two cells' variances as the report computes them (`report.cell_variance`: seeds and test set). The last line
+is a JSON object per directory: the median absolute, mean, smallest and largest correlation and their number. A cell
+whose runs match the baseline's (no variance) has no error to correlate and is left out.
 """
 
 import argparse
@@ -20,12 +20,10 @@ import sys
 
 import numpy as np
 
-from hfreg.finetune import report
+from hfreg.finetune import report, tasks
 from hfreg.finetune.presets import BASELINE
 from hfreg.finetune.records import read_runs
 from hfreg.finetune.report.writing import paired_differences
-
-KEY = "delta_early_test_accuracy"
 
 
 def correlations(output_dir: str) -> list[dict]:
@@ -33,16 +31,19 @@ def correlations(output_dir: str) -> list[dict]:
     their shared test set makes."""
     runs = read_runs(output_dir)
     records = report.summarize(runs)
-    report.test_set_terms(output_dir, runs, records, "accuracy")
-    means = {(r["preset"], r["train_size"]): (diffs["test_accuracy"].mean(axis=1), report.cell_variance(r, KEY))
-             for r, comp, diffs in paired_differences(output_dir, runs, records, "accuracy")
+    select_by = records[0]["select_by"] if records else "loss"
+    report.test_set_terms(output_dir, runs, records, select_by)
+    primary = tasks.of_rows(records).primary
+    means = {(r["experiment"], r["preset"], r["train_size"]):
+             (diffs[primary].mean(axis=1), report.cell_variance(r, f"delta_early_{primary}"))
+             for r, comp, diffs in paired_differences(output_dir, runs, records, select_by)
              if comp == "early" and r["against"] == BASELINE}
     out = []
-    for arm in dict.fromkeys(a for a, _ in means):
-        sizes = sorted(n for a, n in means if a == arm)
+    for experiment, arm in dict.fromkeys((e, a) for e, a, _ in means):
+        sizes = sorted(n for e, a, n in means if (e, a) == (experiment, arm))
         for i, small in enumerate(sizes):
             for large in sizes[i + 1:]:
-                (x, vx), (y, vy) = means[arm, small], means[arm, large]
+                (x, vx), (y, vy) = means[experiment, arm, small], means[experiment, arm, large]
                 if not vx * vy:  # a cell identical to the baseline's runs has no error to correlate
                     continue
                 cov = float(np.cov(x, y)[0, 1]) / len(x)

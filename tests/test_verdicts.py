@@ -115,9 +115,15 @@ def test_a_presets_x0_that_is_not_the_baseline_keeps_its_own_place_in_the_sweep(
     rows = [row("classic*0", -0.03, (-0.05, -0.01), "worse"), row("classic", -0.004, (-0.008, -0.0005), "trivial")]
     (line,) = [x for x in pooled_sweep_text("classic", points, rows) if x.startswith("- n=64")]
     assert line.endswith("Highest pooled Δ: none, no rate's pooled Δ is above none; not worse than the best: none.")
-    # a rate whose row is missing has no interval: it is not shown worse
+    # a rate without a pooled row at this size is named apart, not judged
     (line,) = [x for x in pooled_sweep_text("classic", points, rows[:1]) if x.startswith("- n=64")]
-    assert line.endswith("not worse than the best: none, ×1.")
+    assert line.endswith("not worse than the best: none (×1: no pooled row at this size).")
+    # a loss (a causal LM's primary metric): the lowest Δ is the best, and a rate worse than none leaves the set
+    loss = [{**row(p, -d, (-hi, -lo), v), "metric": "test_loss", "problem_type": "causal-lm"}
+            for p, d, (lo, hi), v in (("classic*0", 0.03, (0.01, 0.05), "better"), ("classic", -0.02, (-0.03, -0.01),
+                                                                                   "worse"))]
+    (line,) = [x for x in pooled_sweep_text("classic", points, loss) if x.startswith("- n=64")]
+    assert line.endswith("Lowest pooled Δ: ×0 (-0.030 [-0.050, -0.010]); not worse than the best: ×0.")
     # one data set's findings name them alike
     from hfreg.finetune.report.findings import sweep_text
 
@@ -147,7 +153,7 @@ def test_pooled_md_warns_where_cells_pool_on_their_seeds_variance_alone():
     half = [dict(r, **{key: {k: v for k, v in r[key].items() if k != "test_set"}})
             if r["train_size"] == 64 and key in r else r for r in records]
     assert "Seeds' variance alone" not in report.pooled_text(report.pooled(records), ["a", "b"])
-    assert "Seeds' variance alone:** " in report.pooled_text(report.pooled(half), ["a", "b"])
+    assert "Seeds' variance alone:** 2 of the 6 cells" in report.pooled_text(report.pooled(half), ["a", "b"])
 
 
 def test_a_harm_at_one_size_is_answered_per_size_not_averaged_away():

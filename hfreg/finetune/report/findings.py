@@ -13,6 +13,7 @@ from ..presets import BASELINE
 from .numbers import (
     CLASSIFIER,
     COMPARISONS,
+    METRICS,
     MODERATOR_ALPHA,
     NAMES,
     RUN_SETTINGS,
@@ -21,6 +22,7 @@ from .numbers import (
     dose_response,
     names,
     not_shown_worse,
+    oriented,
     power,
     stop_reason,
 )
@@ -136,20 +138,22 @@ def pooled_sweep_text(family: str, points: dict[str, float], rows: list[dict]) -
         by = defaultdict(list)
         for r in here:
             by[r["verdict"]].append(points[r["preset"]])
-        top = max(here, key=lambda r: (r["delta"], -points[r["preset"]]))
+        sign = METRICS[task.primary]  # +1 where higher is better (a loss: -1)
+        top = max(here, key=lambda r: (sign * r["delta"], -points[r["preset"]]))
         # rates pooled over different data sets estimate different things: say so where they do
         varied = len({frozenset(r["weights"]) for r in here}) > 1
         rates = [f"{unit}{points[r['preset']]:g} {_interval(r)} {r['verdict']}"
                  + (f" ({r['cells']} cell{'s' if r['cells'] > 1 else ''})" if varied else "") for r in here]
-        best = f"{unit}{points[top['preset']]:g} ({_interval(top)})" if top["delta"] > 0 else \
-            f"{_rates(points, unit, [BASELINE])}, no rate's pooled Δ is above none"
+        best = f"{unit}{points[top['preset']]:g} ({_interval(top)})" if sign * top["delta"] > 0 else \
+            f"{_rates(points, unit, [BASELINE])}, no rate's pooled Δ is {'above' if sign > 0 else 'below'} none"
         verdicts = _by_verdict(fmt, by)
-        # no rate is judged against another over different data sets; one without a pooled row is not shown worse
-        nan = (math.nan, math.nan)
+        # no rate is judged against another over different data sets
         kept = "not said, the rates pool different data sets" if varied else _rates(points, unit, not_shown_worse(
-            {**{p: nan for p in points}, BASELINE: (0.0, 0.0), **{r["preset"]: tuple(r["ci"]) for r in here}}))
-        lines.append(f"- {scope}: {', '.join(rates)}. {verdicts[0].upper()}{verdicts[1:]}. Highest pooled Δ: {best}; "
-                     f"not worse than the best: {kept}.")
+            {BASELINE: (0.0, 0.0), **{r["preset"]: oriented(r["ci"], sign) for r in here}}))
+        missing = [p for p in points if p != BASELINE and p not in {r["preset"] for r in here}]
+        kept += f" ({_rates(points, unit, missing)}: no pooled row at this size)" if missing else ""
+        lines.append(f"- {scope}: {', '.join(rates)}. {verdicts[0].upper()}{verdicts[1:]}. "
+                     f"{'Highest' if sign > 0 else 'Lowest'} pooled Δ: {best}; not worse than the best: {kept}.")
     return lines + [""] if len(lines) > 2 else []
 
 
@@ -236,11 +240,12 @@ def sweep_text(family: str, points: dict[str, float], rows: list[dict], metric: 
     lines = [f"Rate sweep `{family}` ({what}; {metric}, early-stopped):", ""]
     for r in rows:
         lo, hi = r["best_ci"]
-        top = f"{_rates(points, unit, [BASELINE])}, no rate's mean Δ is above none" \
+        higher = r.get("sign", 1) > 0  # a loss: the lowest Δ is the best
+        top = f"{_rates(points, unit, [BASELINE])}, no rate's mean Δ is {'above' if higher else 'below'} none" \
             if r.get("best_preset", BASELINE) == BASELINE else \
             f"{unit}{r['best']:g} ({_num(r['best_delta'], sign=True)} [{_num(lo, sign=True)}, {_num(hi, sign=True)}])"
-        lines.append(f"- n={r['train_size']}: {_by_verdict(fmt, r)}. Highest mean Δ: {top}; not worse than the best: "
-                     f"{_rates(points, unit, r['not_worse_than_best'])}.")
+        lines.append(f"- n={r['train_size']}: {_by_verdict(fmt, r)}. {'Highest' if higher else 'Lowest'} mean Δ: "
+                     f"{top}; not worse than the best: {_rates(points, unit, r['not_worse_than_best'])}.")
     return lines + [""]
 
 

@@ -454,12 +454,13 @@ def sweep_points(runs: list[dict]) -> dict[str, dict[str, float]]:
 
 
 def dose_response(records: list[dict], points: dict[str, float], select: str = "early") -> list[dict]:
-    """Per training size, what a rate sweep says (test accuracy, ``select`` comparison): the rates better, worse,
-    equivalent to the baseline or inconclusive, the rate of the highest mean Δ with its simultaneous interval, and
-    the presets not worse than the best (`not_shown_worse`; a rate without an interval yet is not shown worse).
-    Presets, not rates, since a preset's ×0 that keeps its weight decay is not the baseline. A regression: test
-    R²."""
-    key = f"delta_{select}_{tasks.of_rows(records).primary}"
+    """Per training size, what a rate sweep says (the task's primary metric, ``select`` comparison): the rates
+    better, worse, equivalent to the baseline or inconclusive, the rate of the best mean Δ (the highest; a loss's
+    lowest: ``sign``) with its simultaneous interval, and the presets not worse than the best (`not_shown_worse`; a
+    rate without an interval yet is not shown worse). Presets, not rates, since a preset's ×0 that keeps its weight
+    decay is not the baseline."""
+    primary = tasks.of_rows(records).primary
+    key, sign = f"delta_{select}_{primary}", METRICS[primary]  # sign: +1 where higher is better (a loss: -1)
     out = []
     for size in sorted({r["train_size"] for r in records}):
         cells = {r["preset"]: r for r in records if r["train_size"] == size and r["preset"] in points
@@ -471,22 +472,31 @@ def dose_response(records: list[dict], points: dict[str, float], select: str = "
         nan = (math.nan, math.nan)
         intervals = {BASELINE: (0.0, 0.0), **{p: tuple(deltas[p]["ci_adjusted"]) if p in deltas else nan
                                               for p in cells if p != BASELINE}}
-        best = max(means, key=lambda p: (means[p], -points[p]))
+        best = max(means, key=lambda p: (sign * means[p], -points[p]))
         by = defaultdict(list)
         for p, d in deltas.items():
             by[d["verdict"]].append(points[p])
-        kept = sorted(not_shown_worse(intervals), key=lambda p: (points[p], p != BASELINE))
-        out.append({"train_size": size, "best": points[best], "best_preset": best, "best_delta": means[best],
+        kept = sorted(not_shown_worse({p: oriented(ci, sign) for p, ci in intervals.items()}),
+                      key=lambda p: (points[p], p != BASELINE))
+        out.append({"train_size": size, "sign": sign, "best": points[best], "best_preset": best,
+                    "best_delta": means[best],
                     "best_ci": list(intervals[best]), "not_worse_than_best": kept,
                     **{v: sorted(by[v]) for v in stats.VERDICTS}})
     return out
 
 
+def oriented(interval, sign: int) -> tuple[float, float]:
+    """An interval for Δ turned so that higher is better: as it is for ``sign`` +1, negated for a loss (-1)."""
+    lo, hi = interval
+    return (lo, hi) if sign > 0 else (-hi, -lo)
+
+
 def not_shown_worse(intervals: dict) -> list:
     """The presets of a sweep not shown worse than another, from their simultaneous intervals for Δ against the
-    baseline (``intervals``: {preset: (low, high)}, the baseline's (0, 0), nan where a preset has none yet): one is
-    worse than another where its interval lies wholly below the other's. Where every interval holds (the column's
-    error control), each such claim is true, so the set holds the best and costs no error of its own; it ignores the
-    pairing of two rates by seed, so it says less than a paired comparison that would need error of its own."""
+    baseline, higher is better (``intervals``: {preset: (low, high)}, `oriented`; the baseline's (0, 0), nan where a
+    preset has none yet): one is worse than another where its interval lies wholly below the other's. Where every
+    interval holds (the column's error control), each such claim is true, so the set holds the best and costs no
+    error of its own; it ignores the pairing of two rates by seed, so it says less than a paired comparison that
+    would need error of its own."""
     floor = max((lo for lo, _ in intervals.values() if not math.isnan(lo)), default=-math.inf)
     return [p for p, (_, hi) in intervals.items() if math.isnan(hi) or hi >= floor]
