@@ -138,6 +138,26 @@ def test_a_presets_x0_that_is_not_the_baseline_keeps_its_own_place_in_the_sweep(
     assert "Highest mean Δ: none, no rate's mean Δ is above none; " in sweep_text("classic", points, [r])[2]
 
 
+def test_one_data_sets_sweep_of_a_loss_names_its_lowest_rate_the_best():
+    """A causal LM's primary metric is its test loss: the rate that lowers it most is the best, and the rate shown
+    worse (a higher loss) leaves the set not worse than the best, with none."""
+    def run(preset, seed, loss, value):
+        point = {"selection_loss": 1.0, "selection_exact_match": 0.5, "selection_perplexity": 2.7,
+                 "train_loss": 0.5, "test_loss": loss, "test_exact_match": 0.5, "test_perplexity": 2.7}
+        return {"experiment": {"name": "default", "settings": {"problem_type": "causal-lm"}}, "preset": preset,
+                "train_size": 64, "seed": seed, "learning_rate": 1e-4, "selected_step": 1,
+                "evals": [{**point, "step": i + 1, "epoch": (i + 1) / 2} for i in range(2)],
+                **({"preset_config": {"sweep": {"family": "hidden", "value": value}}} if value else {})}
+
+    runs = []
+    for k, (preset, value, effect) in enumerate((("pretrain-zero", 0, 0.0), ("hidden=0.1", 0.1, -0.05),
+                                                 ("hidden=0.3", 0.3, 0.06))):
+        runs += [run(preset, s, 1.0 + effect + 0.003 * z, value) for s, z in enumerate(_unit(8, k + 1))]
+    (row,) = report.dose_response(report.summarize(runs), report.sweep_points(runs)["hidden"])
+    assert row["best_preset"] == "hidden=0.1" and row["not_worse_than_best"] == ["hidden=0.1"]
+    assert row["better"] == [0.1] and row["worse"] == [0.3] and row["best_ci"][1] < 0
+
+
 def test_pooled_md_warns_where_cells_pool_on_their_seeds_variance_alone():
     """Cells without stored predictions have no test-set terms, and intervals over them cover less than their
     level: pooled.md says how many there are, and says nothing where every cell has its terms."""
