@@ -47,7 +47,8 @@ def correlations(output_dir: str) -> list[dict]:
                 if not vx * vy:  # a cell identical to the baseline's runs has no error to correlate
                     continue
                 cov = float(np.cov(x, y)[0, 1]) / len(x)
-                out.append({"arm": arm, "sizes": [small, large], "correlation": cov / float(np.sqrt(vx * vy))})
+                out.append({"experiment": experiment, "arm": arm, "sizes": [small, large],
+                            "correlation": cov / float(np.sqrt(vx * vy))})
     return out
 
 
