@@ -93,10 +93,10 @@ def progress(data_dir: str = DATA, results_dir: str | None = None) -> str:
             plan = set(plan_runs(args.experiment, presets, contents, [n], first, args.learning_rates))
             per_size.append((n, len(plan & have), len(plan)))
         done, planned = sum(d for _, d, _ in per_size), sum(t for _, _, t in per_size)
+        # every cell to the last look: what the whole design can cost at most
+        most = set(plan_runs(args.experiment, presets, contents, args.train_sizes, args.seeds, args.learning_rates))
         if not have:
-            whole = len(plan_runs(args.experiment, presets, contents, args.train_sizes, args.seeds,
-                                  args.learning_rates))
-            lines.append(f"- `{name}`: not started ({planned} first-stage runs planned, {whole:,} at most).")
+            lines.append(f"- `{name}`: not started ({planned} first-stage runs planned, {len(most):,} at most).")
             continue
         sizes = ", ".join(f"n={n} {d} of {t}" for n, d, t in per_size)
         said, left, stage = [], planned - done, "the first stage"
@@ -116,8 +116,6 @@ def progress(data_dir: str = DATA, results_dir: str | None = None) -> str:
         seconds = sorted(r["seconds"] for r in runs)
         tenth, median, ninth = (seconds[min(len(seconds) - 1, int(q * len(seconds)))] for q in (0.1, 0.5, 0.9))
         rest = f"; at that median the rest of {stage} is {left * median / 3600:.0f} core-hours" if left else ""
-        # no cell stopping before the last look: what the design can still cost at most
-        most = set(plan_runs(args.experiment, presets, contents, args.train_sizes, args.seeds, args.learning_rates))
         rest += (f"; the whole design at most {len(most - have) * median / 3600:.0f} core-hours more "
                  f"({len(most - have):,} runs, were no cell to stop before {len(args.seeds)} seeds)")
         lines.append(f"- `{name}`: first stage (seeds {first[0]}–{first[-1]}) {done} of {planned} runs ({sizes}); "

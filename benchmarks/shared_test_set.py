@@ -20,7 +20,7 @@ import sys
 
 import numpy as np
 
-from hfreg.finetune import report, tasks
+from hfreg.finetune import report, stats, tasks
 from hfreg.finetune.presets import BASELINE
 from hfreg.finetune.records import read_runs
 from hfreg.finetune.report.writing import paired_differences
@@ -32,12 +32,14 @@ def correlations(output_dir: str) -> list[dict]:
     runs = read_runs(output_dir)
     records = report.summarize(runs)
     select_by = records[0]["select_by"] if records else "loss"
-    report.test_set_terms(output_dir, runs, records, select_by)
     primary = tasks.of_rows(records).primary
-    means = {(r["experiment"], r["preset"], r["train_size"]):
-             (diffs[primary].mean(axis=1), report.cell_variance(r, f"delta_early_{primary}"))
-             for r, comp, diffs in paired_differences(output_dir, runs, records, select_by)
-             if comp == "early" and r["against"] == BASELINE}
+    key = f"delta_early_{primary}"
+    means = {}
+    for r, comp, diffs in paired_differences(output_dir, runs, records, select_by):  # the predictions read once
+        if comp == "early" and r["against"] == BASELINE:
+            r[key]["test_set"] = stats.test_set_terms(diffs[primary])  # as `report.test_set_terms` adds it
+            means[r["experiment"], r["preset"], r["train_size"]] = (diffs[primary].mean(axis=1),
+                                                                    report.cell_variance(r, key))
     out = []
     for experiment, arm in dict.fromkeys((e, a) for e, a, _ in means):
         sizes = sorted(n for e, a, n in means if (e, a) == (experiment, arm))

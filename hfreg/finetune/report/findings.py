@@ -21,10 +21,9 @@ from .numbers import (
     check_margins,
     dose_response,
     names,
-    not_shown_worse,
-    oriented,
     power,
     stop_reason,
+    sweep_best,
 )
 
 
@@ -129,6 +128,7 @@ def pooled_sweep_text(family: str, points: dict[str, float], rows: list[dict]) -
     lines = [f"Rate sweep `{family}` over the data sets ({what}; {names(task)[task.primary]}, early-stopped; each "
              f"rate's pooled Δ against `{BASELINE}` (rate 0) with its simultaneous interval, as the tables below give "
              f"it):", ""]
+    sign = METRICS[task.primary]  # +1 where higher is better (a loss: -1)
     for scope in dict.fromkeys(r["scope"] for r in rows if r["scope"] != "all"):
         here = sorted((r for r in rows if r["scope"] == scope and r["comparison"] == "early"
                        and r["metric"] == task.primary and r["against"] == BASELINE and r["preset"] in points),
@@ -138,18 +138,18 @@ def pooled_sweep_text(family: str, points: dict[str, float], rows: list[dict]) -
         by = defaultdict(list)
         for r in here:
             by[r["verdict"]].append(points[r["preset"]])
-        sign = METRICS[task.primary]  # +1 where higher is better (a loss: -1)
-        top = max(here, key=lambda r: (sign * r["delta"], -points[r["preset"]]))
+        best, kept = sweep_best(points, sign, {r["preset"]: r["delta"] for r in here},
+                                {r["preset"]: r["ci"] for r in here})
         # rates pooled over different data sets estimate different things: say so where they do
         varied = len({frozenset(r["weights"]) for r in here}) > 1
         rates = [f"{unit}{points[r['preset']]:g} {_interval(r)} {r['verdict']}"
                  + (f" ({r['cells']} cell{'s' if r['cells'] > 1 else ''})" if varied else "") for r in here]
-        best = f"{unit}{points[top['preset']]:g} ({_interval(top)})" if sign * top["delta"] > 0 else \
+        top = next((r for r in here if r["preset"] == best), None)
+        best = f"{unit}{points[best]:g} ({_interval(top)})" if top else \
             f"{_rates(points, unit, [BASELINE])}, no rate's pooled Δ is {'above' if sign > 0 else 'below'} none"
         verdicts = _by_verdict(fmt, by)
         # no rate is judged against another over different data sets
-        kept = "not said, the rates pool different data sets" if varied else _rates(points, unit, not_shown_worse(
-            {BASELINE: (0.0, 0.0), **{r["preset"]: oriented(r["ci"], sign) for r in here}}))
+        kept = "not said, the rates pool different data sets" if varied else _rates(points, unit, kept)
         missing = [p for p in points if p != BASELINE and p not in {r["preset"] for r in here}]
         kept += f" ({_rates(points, unit, missing)}: no pooled row at this size)" if missing else ""
         lines.append(f"- {scope}: {', '.join(rates)}. {verdicts[0].upper()}{verdicts[1:]}. "
@@ -159,7 +159,12 @@ def pooled_sweep_text(family: str, points: dict[str, float], rows: list[dict]) -
 
 def _interval(row: dict) -> str:
     """A pooled row's Δ and interval."""
-    return f"{_num(row['delta'], sign=True)} [{_num(row['ci'][0], sign=True)}, {_num(row['ci'][1], sign=True)}]"
+    return _span(row["delta"], row["ci"])
+
+
+def _span(mean, ci) -> str:
+    """An estimate and its interval: ``+0.012 [-0.003, +0.027]``."""
+    return f"{_num(mean, sign=True)} [{_num(ci[0], sign=True)}, {_num(ci[1], sign=True)}]"
 
 
 def pooled_text(rows: list[dict], sources: list[str], baseline: str | None = None, stages: list = (),
@@ -239,11 +244,10 @@ def sweep_text(family: str, points: dict[str, float], rows: list[dict], metric: 
     unit, what, fmt = _sweep_words(family)
     lines = [f"Rate sweep `{family}` ({what}; {metric}, early-stopped):", ""]
     for r in rows:
-        lo, hi = r["best_ci"]
         higher = r.get("sign", 1) > 0  # a loss: the lowest Δ is the best
         top = f"{_rates(points, unit, [BASELINE])}, no rate's mean Δ is {'above' if higher else 'below'} none" \
             if r.get("best_preset", BASELINE) == BASELINE else \
-            f"{unit}{r['best']:g} ({_num(r['best_delta'], sign=True)} [{_num(lo, sign=True)}, {_num(hi, sign=True)}])"
+            f"{unit}{r['best']:g} ({_span(r['best_delta'], r['best_ci'])})"
         lines.append(f"- n={r['train_size']}: {_by_verdict(fmt, r)}. {'Highest' if higher else 'Lowest'} mean Δ: "
                      f"{top}; not worse than the best: {_rates(points, unit, r['not_worse_than_best'])}.")
     return lines + [""]
@@ -278,8 +282,7 @@ def _num(x, digits=3, sign=False):
 
 
 def _delta(d) -> str:
-    lo, hi = d["ci_adjusted"]
-    return f"{_num(d['mean'], sign=True)} [{_num(lo, sign=True)}, {_num(hi, sign=True)}]"
+    return _span(d["mean"], d["ci_adjusted"])
 
 
 def table(records: list[dict]) -> str:

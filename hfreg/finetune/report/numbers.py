@@ -468,21 +468,27 @@ def dose_response(records: list[dict], points: dict[str, float], select: str = "
         deltas = {p: c[key] for p, c in cells.items() if key in c and c[key]["n"] >= 2}
         if not deltas:
             continue
-        means = {BASELINE: 0.0, **{p: d["mean"] for p, d in deltas.items()}}
         nan = (math.nan, math.nan)
-        intervals = {BASELINE: (0.0, 0.0), **{p: tuple(deltas[p]["ci_adjusted"]) if p in deltas else nan
-                                              for p in cells if p != BASELINE}}
-        best = max(means, key=lambda p: (sign * means[p], -points[p]))
+        intervals = {p: tuple(deltas[p]["ci_adjusted"]) if p in deltas else nan for p in cells if p != BASELINE}
+        best, kept = sweep_best(points, sign, {p: d["mean"] for p, d in deltas.items()}, intervals)
         by = defaultdict(list)
         for p, d in deltas.items():
             by[d["verdict"]].append(points[p])
-        kept = sorted(not_shown_worse({p: oriented(ci, sign) for p, ci in intervals.items()}),
-                      key=lambda p: (points[p], p != BASELINE))
         out.append({"train_size": size, "sign": sign, "best": points[best], "best_preset": best,
-                    "best_delta": means[best],
-                    "best_ci": list(intervals[best]), "not_worse_than_best": kept,
+                    "best_delta": deltas[best]["mean"] if best in deltas else 0.0,
+                    "best_ci": list(intervals.get(best, (0.0, 0.0))), "not_worse_than_best": kept,
                     **{v: sorted(by[v]) for v in stats.VERDICTS}})
     return out
+
+
+def sweep_best(points: dict[str, float], sign: int, means: dict, intervals: dict) -> tuple[str, list]:
+    """A sweep's best preset at one size — the best mean Δ against the baseline (``sign``: +1 where higher is better,
+    -1 for a loss; the baseline is 0, ties to the lower rate) — and the presets not worse than the best
+    (`not_shown_worse` over ``intervals``, the baseline's (0, 0) added), by rate with the baseline first."""
+    means = {BASELINE: 0.0, **means}
+    best = max(means, key=lambda p: (sign * means[p], -points[p]))
+    kept = not_shown_worse({BASELINE: (0.0, 0.0), **{p: oriented(ci, sign) for p, ci in intervals.items()}})
+    return best, sorted(kept, key=lambda p: (points[p], p != BASELINE))
 
 
 def oriented(interval, sign: int) -> tuple[float, float]:

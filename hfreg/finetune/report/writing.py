@@ -170,7 +170,7 @@ def test_set_terms(output_dir: str, runs: list[dict], records: list[dict], selec
     for r, comp, columns in paired_differences(output_dir, runs, records, select_by):
         for m, diffs in columns.items():
             r[f"delta_{comp}_{m}"]["test_set"] = stats.test_set_terms(diffs)
-            r["test_examples"] = diffs.shape[0]
+        r["test_examples"] = diffs.shape[0]
 
 
 def paired_differences(output_dir: str, runs: list[dict], records: list[dict], select_by: str):
