@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from harness import args_for, load_script
 
-from hfreg.finetune import records
+from hfreg.finetune import records, sweep
 
 ray = pytest.importorskip("ray")
 RAY = os.path.join(os.path.dirname(sys.executable), "ray")
@@ -171,19 +171,15 @@ def test_a_killed_driver_resumes_where_it_stopped(tiny_classifier, csv_data, tmp
                            "the Ray cluster has 2 CPU(s) and 0 GPU(s)"),
     (("--run_gpus", "0.5"), "a run asks for 1 CPU(s) and 0.5 GPU(s)"),
 ])
-def test_cluster_errors_are_one_line_before_any_training(tiny_classifier, csv_data, tmp_path, head, extra, message):
+def test_cluster_errors_are_one_line_before_any_training(tiny_classifier, csv_data, tmp_path, head, extra, message,
+                                                         capfd):
     out = tmp_path / "out"
-    argv = [sys.executable, "-m", "hfreg.finetune", *ray_args(tiny_classifier, csv_data, out, head), *extra]
-    proc = subprocess.run(argv, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 2
-    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
-    assert message in proc.stderr, proc.stderr
-    assert "run preset=" not in proc.stdout and not (out / "runs.jsonl").exists()
-
-
-def _run(argv, env=None):
-    return subprocess.run([sys.executable, "-m", "hfreg.finetune", *argv], capture_output=True, text=True,
-                          timeout=300, env=env)
+    # the console script's entry, in this process: capfd also takes what Ray's C++ client writes to descriptor 2
+    assert sweep.cli([*ray_args(tiny_classifier, csv_data, out, head), *extra]) == 2
+    stdout, stderr = capfd.readouterr()
+    assert len(stderr.strip().splitlines()) == 1, stderr
+    assert message in stderr, stderr
+    assert "run preset=" not in stdout and not (out / "runs.jsonl").exists()
 
 
 @pytest.mark.parametrize("token,message", [
@@ -191,15 +187,17 @@ def _run(argv, env=None):
     ("not-the-cluster-token", "uses token authentication and hfreg's token does not match; give the cluster's token"),
 ])
 def test_a_cluster_asking_for_a_token_hfreg_lacks_is_one_line(tiny_classifier, csv_data, tmp_path, head, token,
-                                                               message):
+                                                               message, monkeypatch, capfd):
     out, other_home = tmp_path / "out", tmp_path / "home"
     other_home.mkdir()  # no ~/.ray/auth_token there
-    env = {**os.environ, "HOME": str(other_home), **({"RAY_AUTH_TOKEN": token} if token else {})}
-    proc = _run(ray_args(tiny_classifier, csv_data, out, head), env=env)
-    assert proc.returncode == 2, proc.stderr[-2000:]
-    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
-    assert f"--ray_address '{head}': the Ray cluster there {message}" in proc.stderr
-    assert "run preset=" not in proc.stdout and not (out / "runs.jsonl").exists()
+    monkeypatch.setenv("HOME", str(other_home))
+    if token:
+        monkeypatch.setenv("RAY_AUTH_TOKEN", token)
+    assert sweep.cli(ray_args(tiny_classifier, csv_data, out, head)) == 2
+    stdout, stderr = capfd.readouterr()
+    assert len(stderr.strip().splitlines()) == 1, stderr
+    assert f"--ray_address '{head}': the Ray cluster there {message}" in stderr
+    assert "run preset=" not in stdout and not (out / "runs.jsonl").exists()
 
 
 def test_a_local_ray_grid_leaves_no_token_and_a_later_head_takes_it(tiny_classifier, csv_data, tmp_path, ray_home,
