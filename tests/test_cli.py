@@ -103,12 +103,23 @@ def test_patch_writes_a_complete_loadable_folder(tmp_path, minilm_path, capsys):
     (["patch", "gpt2", "--hidden", "0.1"], "no output directory: give it as `hfreg patch MODEL OUT` or `-o OUT`"),
     (["patch", "gpt2", "a", "-o", "b"], "two output directories, 'a' and 'b': give one"),
 ])
-def test_user_errors_exit_nonzero_without_traceback(argv, message, tmp_path):
+def test_user_errors_exit_nonzero_without_traceback(argv, message, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    try:
+        code = main(argv)
+    except SystemExit as e:  # argparse's own errors
+        code = e.code
+    assert code == 2
+    assert message in capsys.readouterr().err.strip().splitlines()[-1]  # one line (argparse puts usage above it)
+
+
+def test_the_console_script_says_a_user_error_without_traceback(tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.run([HFREG, *argv], capture_output=True, text=True, cwd=tmp_path, env=env)
-    assert proc.returncode == 2
-    assert "Traceback" not in proc.stderr
-    assert message in proc.stderr.strip().splitlines()[-1]  # one error line (argparse puts usage above it)
+    proc = subprocess.run([HFREG, "inspect", "no/such-model-anywhere"], capture_output=True, text=True, cwd=tmp_path,
+                          env=env)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    (line,) = proc.stderr.strip().splitlines()
+    assert line.startswith("hfreg: error: cannot find a config for 'no/such-model-anywhere': not a file")
 
 
 def test_help():
