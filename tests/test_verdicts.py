@@ -465,6 +465,19 @@ def test_the_sequential_benchmark_keeps_the_family_wise_error(tmp_path):
     assert out["stopped_before_max"] > 0.5 and out["mean_seeds"] < 40
 
 
+def test_futility_never_stops_a_cell_whose_every_final_mean_decides():
+    """Where the last look's difference interval is narrower than the margin's room (margin - eq > diff), every final
+    mean gives a verdict (better, worse, trivial or equivalent): futility must not stop such a cell, wherever its
+    mean lies. Where it is wider, a mean between the regions with a large spread does stop."""
+    alpha = 0.05 / 32
+    for sd in (0.005, 0.01, 0.015):  # at 40 seeds: diff + eq < 0.02
+        se = sd / math.sqrt(40)
+        assert stats.t_ppf(1 - alpha / 2, 39) * se + stats.t_ppf(1 - alpha, 39) * se < 0.02
+        for mean in np.linspace(-0.05, 0.05, 21):
+            assert not stats.futile(mean + sd * _unit(20, 1), 0.02, alpha, 40), (sd, mean)
+    assert stats.futile(0.02 + 0.2 * _unit(20, 3), 0.02, alpha, 40)
+
+
 def test_bad_margins_are_one_line_errors():
     runs = _cell("pretrain-zero", [0.0] * 3) + _cell("classic", [0.01, 0.0, -0.01])
     with pytest.raises(ValueError, match=r"^the margin for test_nll_ts must be a positive number, got 0$"):

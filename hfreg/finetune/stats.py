@@ -262,6 +262,8 @@ def futile(deltas, margin: float, alpha_final: float, max_seeds: int) -> bool:
         return norm_cdf((x - mean) / spread)
 
     p_differ = norm_cdf(-((diff - mean) / spread)) + final(-diff)
+    # the two regions overlap (trivial) only where margin - eq > diff, and there they cover every final mean: the
+    # sum is then >= 1, never futile, as the probability of their union is
     p_equiv = max(0.0, final(margin - eq) - final(-margin + eq)) if margin > eq else 0.0
     return p_differ + p_equiv < FUTILITY
 
