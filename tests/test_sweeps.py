@@ -106,12 +106,15 @@ def test_two_independent_launches_share_one_directory(tiny_classifier, csv_data,
     out = tmp_path / "shared"
     argv = [sys.executable, "-m", "hfreg.finetune", *args_for(tiny_classifier, csv_data, out,
                                                               "--num_train_epochs", "6", "--threads", "1")]
-    procs = [subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True) for _ in range(2)]
-    outputs = [p.communicate(timeout=600)[0] for p in procs]
-    assert all(p.returncode == 0 for p in procs)
+    procs = [subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outputs = [p.communicate(timeout=600) for p in procs]
+    # on a failure, what each launch said (stdout's grid lines, stderr's end)
+    said = "\n".join(f"launch {i}: rc {p.returncode}\n{o[-1500:]}\n{e[-1500:]}"
+                     for i, (p, (o, e)) in enumerate(zip(procs, outputs)))
+    assert all(p.returncode == 0 for p in procs), said
     lines = (out / "runs.jsonl").read_text().splitlines()
-    assert len(lines) == GRID
-    assert sum(o.count("run preset=") for o in outputs) == GRID  # no run trained twice either
+    assert len(lines) == GRID, said
+    assert sum(o.count("run preset=") for o, _ in outputs) == GRID, said  # no run trained twice either
 
 
 def test_changed_settings_are_refused_unless_named_apart(tiny_classifier, csv_data, tmp_path, capsys):
