@@ -111,6 +111,26 @@ def test_records_equal_the_local_backends(tiny_classifier, csv_data, tmp_path, h
     assert not (tmp_path / "ray" / ".claims").exists() or not os.listdir(tmp_path / "ray" / ".claims")
 
 
+def test_a_tracked_ray_grid_logs_each_runs_points_as_it_comes_back(tiny_classifier, csv_data, tmp_path, head):
+    """With a tracker, the driver logs a worker's run once it returns: every evaluation point under the run's name,
+    as a local run logs them live."""
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "out"
+    assert load_script().main(ray_args(tiny_classifier, csv_data, out, head, "--presets", "classic",
+                                       "--train_sizes", "16", "--seeds", "0", "--report_to", "tensorboard",
+                                       "--run_name", "trial")) == 0
+    (run,) = records.read_runs(out)
+    acc = EventAccumulator(str(out / "logs" / "trial" / "classic" / "n16" / "s0" / f"lr{run['learning_rate']:g}"))
+    acc.Reload()
+    assert [e.step for e in acc.Scalars("selection_loss")] == [p["step"] for p in run["evals"]]
+    assert [e.value for e in acc.Scalars("selection_loss")] == pytest.approx(
+        [p["selection_loss"] for p in run["evals"]], rel=1e-6)
+    hidden = [p["rates"]["hidden"] for p in run["evals"]]
+    assert hidden[0] > 0 and [e.value for e in acc.Scalars("rates/hidden")] == pytest.approx(hidden)
+
+
 def _workers():
     import psutil
 
