@@ -44,7 +44,7 @@ def reviews(shared_data, split, n):
 
 def tiny_decoder(path, model_type: str, tokenizer_path) -> str:
     """A 2-layer, width-32 causal LM of ``model_type`` (llama, qwen2, ...) with the tokenizer at ``tokenizer_path``
-    (the packaged MiniLM's), saved at ``path`` like a hub checkpoint; seeded, so every session draws the same."""
+    (the packaged MiniLM's), saved at ``path`` like a hub checkpoint; seeded, so every test run draws the same."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
