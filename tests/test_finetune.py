@@ -197,8 +197,9 @@ def test_rate_sweep_min_steps_and_code_identity(tiny_classifier, csv_data, tmp_p
     point = next(r for r in runs if r["preset"] == "hidden=0.3")
     assert point["preset_config"]["sweep"] == {"family": "hidden", "value": 0.3}
     assert point["preset_config"]["hidden"] == 0.3 and point["preset_config"]["attention"] == 0.0
-    # 16 examples at batch 8: 2 steps an epoch, 2 epochs = 4 steps, stretched to 12 (6 epochs); 2 x 2 points
-    assert point["steps"] == 12 and [p["step"] for p in point["evals"]] == [3, 6, 9, 12]
+    # 16 examples at batch 8: 2 steps an epoch, 2 epochs = 4 steps, stretched to 12 (6 epochs); the nominal epochs'
+    # 2 x 5 points (10 at least by default), which an epoch of 2 steps could not hold, spread over the 12 steps
+    assert point["steps"] == 12 and [p["step"] for p in point["evals"]] == [2, 3, 4, 5, 6, 8, 9, 10, 11, 12]
     assert point["experiment"]["settings"]["min_steps"] == 12
     assert point["provenance"]["code"].startswith(("git:", "sha256:"))
     assert "CPU cores" in point["provenance"]["machine"]  # what trained it, recorded with the wall time

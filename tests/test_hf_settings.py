@@ -43,6 +43,27 @@ def test_defaults_record_what_records_always_held_and_a_per_device_batch_resumes
     assert "1 runs, 1 already done" in capsys.readouterr().out
 
 
+def test_gradient_accumulation_leaves_each_step_as_it_was(tiny_classifier, csv_data, tmp_path):
+    """120 examples at batch 16 are seven steps of 16 and one of 8: split into backward passes of 8 or 4, every
+    step holds the same examples (the length grouping works at the step's batch, not the pass's) and its gradient
+    is the mean over them (the short last step's too, not a fraction of it), so the run is the one without
+    accumulation up to float sums (no dropout: the masks would differ)."""
+    def run(accum):
+        out = tmp_path / f"accum{accum}"
+        return grid(tiny_classifier, csv_data, out, "--train_sizes", "120", "--train_batch_size", "16",
+                    "--gradient_accumulation_steps", str(accum), "--threads", "1", "--mixed_precision", "no",
+                    "--num_train_epochs", "2")["pretrain-zero"]
+
+    whole = run(1)
+    assert whole["steps"] == 16
+    for accum in (2, 4):
+        split = run(accum)
+        assert [p["step"] for p in split["evals"]] == [p["step"] for p in whole["evals"]]
+        for a, b in zip(whole["evals"], split["evals"]):
+            for k in ("running_loss", "train_loss", "selection_loss", "selection_accuracy"):
+                assert b[k] == pytest.approx(a[k], rel=1e-4, abs=1e-6), (accum, a["step"], k)
+
+
 def test_label_smoothing_in_the_loss_and_recorded_only_when_on(tiny_classifier, csv_data, tmp_path):
     plain = grid(tiny_classifier, csv_data, tmp_path / "plain")["pretrain-zero"]
     smooth = grid(tiny_classifier, csv_data, tmp_path / "smooth", "--label_smoothing_factor", "0.2")["pretrain-zero"]
@@ -81,13 +102,14 @@ def test_label_smoothing_on_r_drops_two_passes():
 
 def test_max_steps_overrides_the_epochs(tiny_classifier, csv_data, tmp_path, capsys):
     run = grid(tiny_classifier, csv_data, tmp_path / "out", "--max_steps", "6")["pretrain-zero"]
-    # 16 examples at batch 4: 4 steps an epoch; 6 steps end inside the second; 2 epochs' 8 points (at most one a
-    # step) over 6 steps: every step
+    # 16 examples at batch 4: 4 steps an epoch; 6 steps end inside the second; 2 epochs' 10 points (5 an epoch, the
+    # default for 10 in all) over 6 steps, at most one a step: every step
     assert run["steps"] == 6 and [p["step"] for p in run["evals"]] == [1, 2, 3, 4, 5, 6]
     assert run["experiment"]["settings"]["max_steps"] == 6
     assert "16 examples: 6 steps (--max_steps) in 2 epoch(s) of 4" in capsys.readouterr().out
     long = grid(tiny_classifier, csv_data, tmp_path / "long", "--max_steps", "20")["pretrain-zero"]
-    assert long["steps"] == 20 and len(long["evals"]) == 8 and long["evals"][-1]["step"] == 20
+    # over 20 steps the 10 points fit, although a nominal epoch of 4 steps could hold only 4 of its 5
+    assert long["steps"] == 20 and [p["step"] for p in long["evals"]] == list(range(2, 21, 2))
 
 
 def test_warmup_steps_override_the_ratio(tiny_classifier, csv_data, tmp_path, monkeypatch):

@@ -277,10 +277,11 @@ class RunArguments:
         "help": "epochs per run (see --min_steps); with --max_steps, only how many evaluation points a run has"})
     max_steps: int = field(default=0, metadata={
         "help": "optimizer steps per run, overriding --num_train_epochs and --min_steps as in the HF Trainer; the "
-                "evaluation points stay as many as --num_train_epochs gives, spread over the run (0: off)"})
+                "evaluation points stay those of --num_train_epochs x --evals_per_epoch, spread over the run "
+                "(0: off)"})
     min_steps: int = field(default=48, metadata={
         "help": "a small training subset trains more epochs, until at least this many optimizer steps (the "
-                "evaluation points stay as many as --num_train_epochs gives; 0: off)"})
+                "evaluation points stay --num_train_epochs x --evals_per_epoch, spread over the run; 0: off)"})
     train_batch_size: int | None = field(default=None, metadata={
         "help": f"examples per optimizer step, summed over processes: the same whatever their number (default: "
                 f"{DEFAULTS['train_batch_size']})"})
@@ -289,14 +290,16 @@ class RunArguments:
                 "--gradient_accumulation_steps x the processes a run spreads over (1 under --parallel run). "
                 "Either this or --train_batch_size"})
     gradient_accumulation_steps: int = field(default=1, metadata={
-        "help": "split each batch into this many backward passes (memory; the step is unchanged)"})
+        "help": "split each batch into this many backward passes (memory; each step's examples and mean loss are "
+                "unchanged)"})
     per_device_eval_batch_size: int = field(default=256, metadata={"help": "examples per evaluation batch"})
     eval_tokens: int | None = field(default=None, metadata={
         "help": "at most this many padded tokens per evaluation batch (0: batches of the batch size only; default: "
                 "4096 in fp32, 0 under bf16/fp16, where batch shapes change the roundings)"})
     lr_scheduler_type: str = field(default="linear", metadata={
         "help": "transformers' learning-rate schedule (linear, cosine, constant_with_warmup, ...)"})
-    warmup_ratio: float = field(default=0.1, metadata={"help": "linear warm-up over this fraction of the steps"})
+    warmup_ratio: float = field(default=0.1, metadata={
+        "help": "linear warm-up over this fraction of the steps, rounded down (the HF Trainer rounds up)"})
     warmup_steps: int = field(default=0, metadata={
         "help": "warm-up over this many optimizer steps instead of --warmup_ratio (0: the ratio)"})
     weight_decay: float = field(default=0.0, metadata={

@@ -306,12 +306,15 @@ class _Subset(torch.utils.data.Dataset):
         return item
 
 
-def train_loader(enc: Encoded, indices, batch_size: int, seed: int, collate):
-    """Seeded random batches of similar length (transformers' length grouping): less padding, fresh order."""
+def train_loader(enc: Encoded, indices, batch_size: int, seed: int, collate, step_batch: int | None = None):
+    """Seeded random batches of similar length (transformers' length grouping): less padding, fresh order. The
+    order is grouped at ``step_batch`` (an optimizer step's examples, default ``batch_size``), so that with
+    gradient accumulation each step's micro-batches hold the examples of the step without it."""
     from transformers.trainer_pt_utils import LengthGroupedSampler
 
     lengths = [enc.length(j) for j in indices]
-    sampler = LengthGroupedSampler(batch_size, lengths=lengths, generator=torch.Generator().manual_seed(seed))
+    sampler = LengthGroupedSampler(step_batch or batch_size, lengths=lengths,
+                                   generator=torch.Generator().manual_seed(seed))
     return torch.utils.data.DataLoader(_Subset(enc, indices), batch_size=batch_size, sampler=sampler,
                                        collate_fn=collate)
 

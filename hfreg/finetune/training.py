@@ -67,9 +67,9 @@ def predict(accelerator, model, loader, gather: bool, mc_samples: int = 0, reduc
 def eval_steps(steps_per_epoch: int, epochs: int, evals_per_epoch: int, points: int | None = None,
                total: int | None = None) -> list[int]:
     """Optimizer steps after which to evaluate: ``evals_per_epoch`` evenly spaced points in every epoch (at most
-    one per step), the last at the epoch's end. With ``points`` (a run stretched by ``min_steps``, whose evaluation
-    work should stay that of its nominal epochs): that many points evenly over all steps (``total``, where
-    ``max_steps`` ends the run inside an epoch), the last at the end."""
+    one per step), the last at the epoch's end. With ``points`` (a run stretched by ``min_steps``: its nominal
+    epochs' ``evals_per_epoch`` each): that many points evenly over all steps (``total``, where ``max_steps`` ends
+    the run inside an epoch), at most one per step, the last at the end."""
     if points is not None:
         total = total or steps_per_epoch * epochs
         if points >= total:  # more points than steps: every step, the last at the end
@@ -201,10 +201,11 @@ class _Run:
         """The training batches, the evaluated views (a sample of the training subset, selection, test) in length
         order with their loaders and labels."""
         job, settings, data = self.job, self.settings, self.job.data
-        micro = settings.train_batch_size // settings.gradient_accumulation_steps  # global examples per backward
+        self.micro = settings.train_batch_size // settings.gradient_accumulation_steps  # global examples per backward
         # the batch order: the run's seed, or a stream of its own (`placebo`: only the order differs from the baseline)
-        self.train_dl = train_loader(data["train"], self.indices, micro, self.preset.order_seed(job.seed),
-                                     causal_lm.Packed(job.collate.tokenizer) if settings.packing else job.collate)
+        self.train_dl = train_loader(data["train"], self.indices, self.micro, self.preset.order_seed(job.seed),
+                                     causal_lm.Packed(job.collate.tokenizer) if settings.packing else job.collate,
+                                     step_batch=settings.train_batch_size)
         fit = self.indices
         if settings.train_eval_samples and len(fit) > settings.train_eval_samples:  # evaluation dominates run time
             fit = fit[stratified_indices(data["train"].labels[fit], settings.train_eval_samples, job.seed)]
@@ -233,9 +234,10 @@ class _Run:
         self.steps = settings.total_steps(self.steps_per_epoch, preset.steps_factor)
         # the preset's rate schedules (constant where it has none); before prepare
         self.rates = RateScheduler(self.model, self.steps)
-        # stretched by min_steps, steps_factor or max_steps: as many evaluation points as the nominal epochs would have
+        # stretched by min_steps, steps_factor or max_steps: the nominal epochs' points, spread over the run (which
+        # has room for them where a nominal epoch, of fewer steps than points, had not)
         stretched = settings.stretched(self.steps_per_epoch, preset.steps_factor)
-        points = settings.num_train_epochs * min(settings.evals_per_epoch, self.steps_per_epoch) if stretched else None
+        points = settings.num_train_epochs * settings.evals_per_epoch if stretched else None
         self.at = set(eval_steps(self.steps_per_epoch, self.epochs, settings.evals_per_epoch, points,
                                  total=self.steps))
         warmup = settings.warmup_steps or int(settings.warmup_ratio * self.steps)
@@ -277,6 +279,19 @@ class _Run:
         self.bar.close()
         return self._finish()
 
+    def _share(self, i: int) -> float:
+        """Micro-batch ``i``'s part of its optimizer step, as the divisor of its mean loss: the step's examples over
+        its own, so that the step's gradient is the mean over the step's examples — ``accum`` for every full step,
+        less where an epoch's last step is short (counted globally: the same on every rank)."""
+        accum, m = self.settings.gradient_accumulation_steps, len(self.train_dl)
+        last = len(self.indices) - (m - 1) * self.micro  # only an epoch's last micro-batch may be short
+
+        def rows(k):
+            return self.micro if k < m - 1 else last
+
+        start = i - i % accum
+        return sum(rows(k) for k in range(start, min(start + accum, m))) / rows(i)
+
     def _backward(self, i: int, batch: dict) -> bool:
         """One micro-batch's backward; returns whether it completes the optimizer step's batch."""
         settings, model, accum = self.settings, self.model, self.settings.gradient_accumulation_steps
@@ -286,12 +301,13 @@ class _Run:
         with sync, self.accelerator.autocast():
             loss = task_loss(model, batch, self.methods["rdrop"], settings.label_smoothing_factor,
                              settings.problem_type)
+        share = self._share(i)
         if self.data_parallel:
-            self.accelerator.backward(loss / accum)
+            self.accelerator.backward(loss / share)
         elif self.scaler is not None:
-            self.scaler.scale(loss / accum).backward()
+            self.scaler.scale(loss / share).backward()
         else:
-            (loss / accum).backward()
+            (loss / share).backward()
         # examples in the batch: its rows, or the sequences a packed row holds (each starts at position 0)
         rows = len(batch["labels"]) if "position_ids" not in batch else int((batch["position_ids"] == 0).sum())
         self.total += loss.detach() * rows
