@@ -3,11 +3,6 @@ passes of one batch under independent dropout masks, the task loss on both plus 
 divergence between their predictions. A training-loop method, not a site: it regularizes through whatever dropout
 the model has (hfreg's knobs included) and does nothing without any.
 
-The scale of ``alpha``: the two cross-entropies are averaged and every term is a mean over the examples, so
-``alpha`` here is half the paper's α, whose Eq. 3 sums the two cross-entropies (``alpha=1.0`` is the paper's 2.0;
-with Adam it is the ratio of the terms that counts). The authors' GLUE code instead sums the KL over the batch, a
-weight that grows with the batch: ``alpha = B / 4`` here at a batch of B.
-
 The two passes are one forward of the batch repeated, so that under DDP one forward meets one backward; draws made
 once per batch (LayerDrop, drop-path's ``per_batch`` mode) are then shared by the two copies. It costs a forward
 and backward of twice the batch. With transformers' `Trainer`::
