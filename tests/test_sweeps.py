@@ -117,6 +117,34 @@ def test_two_independent_launches_share_one_directory(tiny_classifier, csv_data,
     assert sum(o.count("run preset=") for o, _ in outputs) == GRID, said  # no run trained twice either
 
 
+def test_a_claim_is_live_while_its_owner_holds_it_whatever_its_pid_says(tmp_path):
+    """A claim is held by its owner's lock on the claim file, not by the pid and host it names: another process
+    cannot take a run a live process holds; the run is free once that process dies (kill -9), releases it, or when
+    the file names a pid that is alive but holds nothing (a restarted machine reuses pids) or another host."""
+    out = str(tmp_path)
+    keys = [("default", "classic", "d", 16, seed, 0.1) for seed in range(3)]
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from hfreg.finetune.records import WorkQueue; "
+                               f"q = WorkQueue({out!r}); print(q.claim([{keys[0]!r}]), flush=True); time.sleep(600)"],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == repr(keys[0])
+        mine = records.WorkQueue(out)
+        assert mine.claim(keys[:1]) is None  # held by a live process
+        # a claim file naming this very process, and one naming another host, that nobody locks: free
+        for key, owner in ((keys[1], {"host": mine.owner["host"], "pid": os.getpid()}),
+                           (keys[2], {"host": "elsewhere", "pid": 1})):
+            with open(mine._claim_path(key), "w") as f:
+                json.dump(owner, f)
+        assert mine.claim(keys) == keys[1] and mine.claim(keys) == keys[2] and mine.claim(keys) is None
+        mine.release(keys[1])
+        assert records.WorkQueue(out).claim(keys) == keys[1]  # released: another queue takes it
+    finally:
+        holder.kill()
+        holder.wait()
+    assert records.WorkQueue(out).claim(keys[:1]) == keys[0]  # its owner died
+
+
 def test_changed_settings_are_refused_unless_named_apart(tiny_classifier, csv_data, tmp_path, capsys):
     finetune = load_script()
     out = tmp_path / "out"

