@@ -1,5 +1,6 @@
 """Sweeps over several processes: run-parallel grids, data-parallel runs, experiment identity, safe resume."""
 
+import contextlib
 import json
 import os
 import re
@@ -143,6 +144,35 @@ def test_a_claim_is_live_while_its_owner_holds_it_whatever_its_pid_says(tmp_path
         holder.kill()
         holder.wait()
     assert records.WorkQueue(out).claim(keys[:1]) == keys[0]  # its owner died
+
+
+def _write_many(path, mark, n):
+    from hfreg.finetune.report.writing import _atomic_write
+
+    for _ in range(n):
+        _atomic_write(path, mark * 20_000)
+
+
+def test_two_writers_of_one_report_file_each_leave_it_whole(tmp_path):
+    """Launches sharing a directory may write its report at once: every write replaces the file whole, through a
+    temporary file of its own (a shared temporary name made torn files and lost renames)."""
+    import multiprocessing
+
+    path = str(tmp_path / "summary.json")
+    ctx = multiprocessing.get_context("fork")
+    procs = [ctx.Process(target=_write_many, args=(path, mark, 3000)) for mark in "ab"]
+    for p in procs:
+        p.start()
+    seen = set()
+    while any(p.is_alive() for p in procs):
+        with contextlib.suppress(FileNotFoundError):
+            text = open(path).read()
+            seen.add((len(text), len(set(text))))
+    for p in procs:
+        p.join()
+    assert [p.exitcode for p in procs] == [0, 0]
+    assert seen and all(size == 20_000 and kinds == 1 for size, kinds in seen)  # never empty, short or mixed
+    assert os.listdir(tmp_path) == ["summary.json"]  # no temporary file left
 
 
 def test_changed_settings_are_refused_unless_named_apart(tiny_classifier, csv_data, tmp_path, capsys):

@@ -10,6 +10,7 @@ import statistics
 from ...config import KNOBS as KNOB_NAMES
 from .. import tasks
 from ..presets import BASELINE
+from ..records import replacing
 from .numbers import names
 
 
@@ -49,7 +50,8 @@ def plot(output_dir: str, runs: list[dict], records: list[dict], suffix: str = "
         row[0].set_ylabel("loss (eval mode)")
     axes.flat[0].legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(curves, dpi=110)
+    with replacing(curves) as tmp:  # whole, even with a launch beside this one reporting too
+        fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
 
     gap = os.path.join(output_dir, f"gap_vs_size{suffix}.png")
@@ -65,7 +67,8 @@ def plot(output_dir: str, runs: list[dict], records: list[dict], suffix: str = "
     ax.set_ylabel("final gap: test loss - train loss")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(gap, dpi=110)
+    with replacing(gap) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
     return [curves, gap]
 
@@ -105,6 +108,7 @@ def plot_dose_response(output_dir: str, records: list[dict], sweeps: dict, suffi
             ax.set_ylabel(f"Δ {names(task)[metric]} (early)")
         row[0].legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    with replacing(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
     return path

@@ -20,6 +20,7 @@ from ..records import (
     experiment_of,
     load_predictions,
     read_runs,
+    replacing,
 )
 from .findings import baseline_text, cell_stages, findings, pooled_text
 from .numbers import (
@@ -36,9 +37,10 @@ from .plots import plot, plot_dose_response
 
 # ------------------------------------------------------------------------------------------------- files
 def _atomic_write(path: str, text: str) -> None:
-    with open(path + ".tmp", "w", newline="") as f:
+    """Write ``path`` whole or not at all, through a temporary file of this writer's own: two launches reporting
+    into one directory at once each replace the file with a whole one, never a mix or a missing temporary file."""
+    with replacing(path) as tmp, open(tmp, "x", newline="") as f:
         f.write(text)
-    os.replace(path + ".tmp", path)
 
 
 def _strict(x):
