@@ -57,6 +57,16 @@ def test_append_survives_a_torn_last_line(tmp_path):
     records.append_run(tmp_path, {"preset": "c", "train_size": 1, "seed": 0, "evals": []})
     lines = (tmp_path / "runs.jsonl").read_text().splitlines()
     assert [json.loads(x)["preset"] for x in lines] == ["a", "c"]
+    # a torn line longer than one read back (a record with 3 MB of evaluation points), and a file that is one
+    # torn line alone
+    with open(tmp_path / "runs.jsonl", "a") as f:
+        f.write('{"preset": "d", "evals": [' + "0.5, " * 600_000)
+    records.append_run(tmp_path, {"preset": "e", "train_size": 1, "seed": 0, "evals": []})
+    assert [r["preset"] for r in records.read_runs(tmp_path)] == ["a", "c", "e"]
+    (tmp_path / "runs.jsonl").write_text('{"preset": "f", "tr')
+    records.append_run(tmp_path, {"preset": "g", "train_size": 1, "seed": 0, "evals": []})
+    assert (tmp_path / "runs.jsonl").read_text().count("\n") == 1
+    assert [r["preset"] for r in records.read_runs(tmp_path)] == ["g"]
 
 
 def test_script_end_to_end_and_resume(tiny_classifier, csv_data, tmp_path, capsys):

@@ -200,11 +200,19 @@ def _append(output_dir: str, record: dict) -> None:
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
     try:
         size = os.fstat(fd).st_size
-        if size:  # drop a partial last line left by a crash mid-write
-            tail = os.pread(fd, min(size, 1 << 20), max(0, size - (1 << 20)))
-            if not tail.endswith(b"\n"):
-                os.ftruncate(fd, size - (len(tail) - tail.rfind(b"\n") - 1))
-        os.write(fd, line)
+        if size and os.pread(fd, 1, size - 1) != b"\n":  # drop a partial last line left by a crash mid-write
+            end = size
+            while end > 0:  # back to the last newline, however long the torn line
+                start = max(0, end - (1 << 20))
+                newline = os.pread(fd, end - start, start).rfind(b"\n")
+                if newline >= 0:
+                    end = start + newline + 1
+                    break
+                end = start
+            os.ftruncate(fd, end)
+        written = 0
+        while written < len(line):  # a write may take less than asked (a full disk raises)
+            written += os.write(fd, line[written:])
         os.fsync(fd)
     finally:
         os.close(fd)
