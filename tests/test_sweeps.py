@@ -175,6 +175,30 @@ def test_two_writers_of_one_report_file_each_leave_it_whole(tmp_path):
     assert os.listdir(tmp_path) == ["summary.json"]  # no temporary file left
 
 
+def test_a_launch_of_other_settings_that_started_alongside_is_refused_at_its_first_record(tiny_classifier, csv_data,
+                                                                                          tmp_path, monkeypatch):
+    """Two launches of other settings both find the directory empty and claim: the one that records second is
+    refused under the lock before it writes, so no experiment holds runs of two settings."""
+    small = ("--presets", "pretrain-zero", "--train_sizes", "16", "--seeds", "0")
+    other, out = tmp_path / "other", tmp_path / "out"
+    assert load_script().main(args_for(tiny_classifier, csv_data, other, *small[:4], "--seeds", "1",
+                                       "--num_train_epochs", "3")) == 0
+    neighbour = (other / "runs.jsonl").read_text()
+    real = records.WorkQueue.claim
+
+    def claim_then_the_neighbour_records(self, candidates, check=None):
+        key = real(self, candidates, check)
+        if key is not None and not (out / "runs.jsonl").exists():
+            (out / "runs.jsonl").write_text(neighbour)  # the other launch's first run lands meanwhile
+        return key
+
+    monkeypatch.setattr(records.WorkQueue, "claim", claim_then_the_neighbour_records)
+    with pytest.raises(ValueError, match="made under other settings: .*num_train_epochs"):
+        load_script().main(args_for(tiny_classifier, csv_data, out, *small))
+    assert (out / "runs.jsonl").read_text() == neighbour
+    assert not os.listdir(out / records.CLAIMS_DIR)  # its claim released
+
+
 def test_changed_settings_are_refused_unless_named_apart(tiny_classifier, csv_data, tmp_path, capsys):
     finetune = load_script()
     out = tmp_path / "out"

@@ -326,7 +326,7 @@ class Grid:
         if "kept_step" in result:  # this process saved the weights: the card says what they are
             keeper.write_card(record, exp.model_name)
         if args.parallel == "run" or accelerator.is_main_process:
-            self.queue.finish(key, record, predictions)
+            self.queue.finish(key, record, predictions, check=self.refuse_other_settings)
         if accelerator.is_main_process:
             accelerator.print(progress_line(self.grid_runs(), self.grid, self.n_proc), flush=True)
 
@@ -337,7 +337,8 @@ class Grid:
 
         def finish(key, result, predictions):
             preset, size, seed, _ = self.by_key[key]
-            append_run(args.output_dir, self.make_record(preset, size, seed, result), predictions)
+            append_run(args.output_dir, self.make_record(preset, size, seed, result), predictions,
+                       check=self.refuse_other_settings)
             print(f"done preset={preset.name} train_size={size} seed={seed}", flush=True)
             print(progress_line(self.grid_runs(), self.grid, max(1, int(self.cluster_cpus // args.run_cpus))),
                   flush=True)

@@ -12,8 +12,9 @@ share a grid through Ray instead (`cluster`, whose one driver is the only writer
   (a restarted machine reuses pids) or host name. A claim file nobody locks (one left by a crash, or written
   before claims were locked) is free;
 * ``runs.jsonl``: a finished run is appended as one line under the lock, checked first against the records so
-  that it is never written twice, then fsynced. A crash mid-write leaves at most a torn last line, which readers
-  skip and the next writer trims. Readers still drop duplicates (keeping the first), and say how many.
+  that it is never written twice (nor beside runs of its experiment made under other settings), then fsynced. A
+  crash mid-write leaves at most a torn last line, which readers skip and the next writer trims. Readers still
+  drop duplicates (keeping the first), and say how many.
 
 This module imports neither torch nor transformers: `hfreg report` reads records quickly.
 """
@@ -218,14 +219,19 @@ def _append(output_dir: str, record: dict) -> None:
         os.close(fd)
 
 
-def append_run(output_dir: str, record: dict, predictions: dict | None = None) -> bool:
-    """Append a finished run unless the directory holds it already; True when it was written.
+def append_run(output_dir: str, record: dict, predictions: dict | None = None, check=None) -> bool:
+    """Append a finished run unless the directory holds it already; True when it was written. ``check(runs)`` runs
+    under the lock first and may raise, writing nothing (a launch started beside another of other settings, which
+    both found the directory empty, is refused at its first record).
 
     ``predictions`` (name -> array) go first to ``predictions/<run>.npz``, written whole under a temporary name
     and renamed into place, so that a record never exists without its predictions (a kill in between leaves a
     file that the next try of the run overwrites)."""
     with locked(output_dir):
-        if run_key(record) in {run_key(r) for r in read_runs(output_dir)}:
+        runs = read_runs(output_dir)
+        if check is not None:
+            check(runs)
+        if run_key(record) in {run_key(r) for r in runs}:
             return False
         if predictions is not None:
             # a classifier's logits matter only through their differences; other outputs (a regressor's values, a
@@ -355,11 +361,13 @@ class WorkQueue:
                 return key
         return None
 
-    def finish(self, key: tuple, record: dict, predictions: dict | None = None) -> bool:
-        """Record a finished run and drop its claim; False when another process had recorded it already."""
-        written = append_run(self.output_dir, record, predictions)
-        self.release(key)
-        return written
+    def finish(self, key: tuple, record: dict, predictions: dict | None = None, check=None) -> bool:
+        """Record a finished run (`append_run`, ``check`` included) and drop its claim; False when another process
+        had recorded it already."""
+        try:
+            return append_run(self.output_dir, record, predictions, check)
+        finally:
+            self.release(key)
 
     def release(self, key: tuple) -> None:
         """Drop this process's claim on ``key`` (another's stays)."""
