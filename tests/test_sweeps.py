@@ -74,6 +74,21 @@ def _wait_for(predicate, timeout=300):
 
 
 @pytest.mark.slow
+def test_a_data_parallel_staged_grid_has_its_ranks_agree_on_each_stage(tiny_classifier, csv_data, tmp_path):
+    """`--parallel data --seeds auto`: whether a stage is complete, and what the next one trains, is read by the
+    main process and given to every rank, so a rank that saw one record fewer goes on with the others."""
+    out = tmp_path / "out"
+    proc = subprocess.run(launch_cmd(os.path.join(ROOT, "tests", "ddp_auto.py"),
+                                     *args_for(tiny_classifier, csv_data, out, "--parallel", "data", "--presets",
+                                               "pretrain-zero,classic", "--train_sizes", "16", "--seeds", "auto",
+                                               "--max_seeds", "4", "--seed_stage", "2")),
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    seeds = sorted({r["seed"] for r in records.read_runs(out)})
+    assert seeds in ([0, 1], [0, 1, 2, 3]), proc.stdout[-2000:]  # the first stage, and the second where it is open
+
+
+@pytest.mark.slow
 def test_kill_9_of_one_rank_then_resume_gives_each_run_once(tiny_classifier, csv_data, tmp_path, capsys):
     out = tmp_path / "killed"
     argv = args_for(tiny_classifier, csv_data, out, "--num_train_epochs", "8")

@@ -203,18 +203,32 @@ class Grid:
                 self._train_here(key)
             # every run of this grid finished (a launch beside this one may still be training its last ones): a
             # staged grid decides its next stage from complete stages only
-            if not self.args.auto_seeds or len({run_key(r) for r in self.grid_runs()}) == len(self.grid):
+            if not self.args.auto_seeds or self._main_decides(
+                    lambda: len({run_key(r) for r in self.grid_runs()}) == len(self.grid)):
                 return
             time.sleep(2)
+
+    def _main_decides(self, decide):
+        """``decide()``, read from the records by the main process alone in data mode and given to every rank:
+        ranks reading for themselves could see a neighbour launch's record one of them did not, and go on to
+        different collectives (a hang)."""
+        if self.args.parallel == "run":
+            return decide()
+        from accelerate.utils import broadcast_object_list
+
+        box = [decide() if self.accelerator.is_main_process else None]
+        broadcast_object_list(box)
+        return box[0]
 
     def next_stage(self, done: list) -> bool:
         """Plan the next stage of a staged grid: the cells whose primary verdicts are not yet decided (and could
         still be by --max_seeds, `report.stop_reason`), with the baseline and their controls beside them
-        (`next_cells`). Every process decides alike, from the records of the stages done. False: nothing is left
-        open."""
+        (`next_cells`), from the records of the stages done (in data mode as the main process reads them). False:
+        nothing is left open."""
         args = self.args
         self.accelerator.wait_for_everyone()
-        undecided, cells = next_cells(read_runs(args.output_dir), args.experiment, done, args.select_by, args.margin)
+        undecided, cells = self._main_decides(
+            lambda: next_cells(read_runs(args.output_dir), args.experiment, done, args.select_by, args.margin))
         if not undecided:
             return False
         seeds = args.seeds[len(done):len(done) + args.seed_stage]
