@@ -66,11 +66,11 @@ def test_placebo_redraws_the_batch_order_and_nothing_else(tiny_classifier, csv_d
     seen = {"subset": [], "order": [], "head": []}
     real_loader, real_head = training.train_loader, prepare.reset_head
 
-    def loader(enc, indices, batch_size, seed, collate):
-        twin = real_loader(enc, indices, batch_size, seed, collate)  # drawing its order leaves the run's alone
+    def loader(enc, indices, batch_size, seed, collate, step_batch=None):
+        twin = real_loader(enc, indices, batch_size, seed, collate, step_batch)  # its order leaves the run's alone
         seen["subset"].append(sorted(int(i) for i in indices))
         seen["order"].append([int(indices[i]) for i in twin.sampler])
-        return real_loader(enc, indices, batch_size, seed, collate)
+        return real_loader(enc, indices, batch_size, seed, collate, step_batch)
 
     def head(model, seed):
         real_head(model, seed)
@@ -136,7 +136,7 @@ def test_grid_trains_the_control_at_equal_compute(tiny_classifier, csv_data, tmp
     assert arm["equal_compute_for"] == ["rdrop"] and "equal_compute_for" not in classic
     assert rdrop["preset_config"]["control"] == "classic"
     assert (rdrop["forward_passes"], classic["forward_passes"], arm["forward_passes"]) == (2, 1, 1)
-    # as many evaluation points as the nominal epochs give, spread over the whole run
+    # its control's evaluation points, spread over the whole run
     assert [p["step"] for p in arm["evals"]] == [2 * p["step"] for p in classic["evals"]]
 
 

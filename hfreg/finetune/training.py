@@ -235,9 +235,11 @@ class _Run:
         # the preset's rate schedules (constant where it has none); before prepare
         self.rates = RateScheduler(self.model, self.steps)
         # stretched by min_steps, steps_factor or max_steps: the nominal epochs' points, spread over the run (which
-        # has room for them where a nominal epoch, of fewer steps than points, had not)
+        # has room for them where a nominal epoch, of fewer steps than points, had not), at most one per step of the
+        # run without steps_factor: an equal-compute arm is evaluated as often as its control
         stretched = settings.stretched(self.steps_per_epoch, preset.steps_factor)
-        points = settings.num_train_epochs * settings.evals_per_epoch if stretched else None
+        points = min(settings.num_train_epochs * settings.evals_per_epoch,
+                     settings.total_steps(self.steps_per_epoch)) if stretched else None
         self.at = set(eval_steps(self.steps_per_epoch, self.epochs, settings.evals_per_epoch, points,
                                  total=self.steps))
         warmup = settings.warmup_steps or int(settings.warmup_ratio * self.steps)
