@@ -44,13 +44,13 @@ def test_defaults_record_what_records_always_held_and_a_per_device_batch_resumes
 
 
 def test_gradient_accumulation_leaves_each_step_as_it_was(tiny_classifier, csv_data, tmp_path):
-    """120 examples at batch 16 are seven steps of 16 and one of 8: split into backward passes of 8 or 4, every
-    step holds the same examples (the length grouping works at the step's batch, not the pass's) and its gradient
-    is the mean over them (the short last step's too, not a fraction of it), so the run is the one without
-    accumulation up to float sums (no dropout: the masks would differ)."""
+    """118 examples at batch 16 are seven steps of 16 and one of 6: split into backward passes of 8 or 4 (the last
+    step's of 6, or of 4 and 2), every step holds the same examples (the length grouping works at the step's batch,
+    not the pass's) and its gradient is the mean over them (the short last step's too, not a fraction of it), so
+    the run is the one without accumulation up to float sums (no dropout: the masks would differ)."""
     def run(accum):
         out = tmp_path / f"accum{accum}"
-        return grid(tiny_classifier, csv_data, out, "--train_sizes", "120", "--train_batch_size", "16",
+        return grid(tiny_classifier, csv_data, out, "--train_sizes", "118", "--train_batch_size", "16",
                     "--gradient_accumulation_steps", str(accum), "--threads", "1", "--mixed_precision", "no",
                     "--num_train_epochs", "2")["pretrain-zero"]
 

