@@ -127,9 +127,9 @@ def test_a_presets_x0_that_is_not_the_baseline_keeps_its_own_place_in_the_sweep(
     # one data set's findings name them alike
     from hfreg.finetune.report.findings import sweep_text
 
-    r = {"train_size": 64, "best": 1.0, "best_preset": "classic", "best_delta": 0.01, "best_ci": [-0.01, 0.03],
-         "not_worse_than_best": ["classic", "classic*0", "pretrain-zero"], **{v: [] for v in stats.VERDICTS},
-         "inconclusive": [0.0, 1.0]}
+    r = {"train_size": 64, "sign": 1, "best": 1.0, "best_preset": "classic", "best_delta": 0.01,
+         "best_ci": [-0.01, 0.03], "not_worse_than_best": ["classic", "classic*0", "pretrain-zero"],
+         **{v: [] for v in stats.VERDICTS}, "inconclusive": [0.0, 1.0]}
     # the verdicts no rate got are left out, not listed "at none"
     assert sweep_text("classic", points, [r])[2] == ("- n=64: inconclusive at ×0, ×1. Highest mean Δ: ×1 (+0.010 "
                                                      "[-0.010, +0.030]); not worse than the best: none, ×0, ×1.")

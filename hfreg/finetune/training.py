@@ -281,7 +281,7 @@ class _Run:
         self.bar.close()
         return self._finish()
 
-    def _share(self, i: int) -> float:
+    def _step_divisor(self, i: int) -> float:
         """Micro-batch ``i``'s part of its optimizer step, as the divisor of its mean loss: the step's examples over
         its own, so that a per-example loss's step gradient is its mean over the step's examples (a per-token loss
         is weighed by examples too) — ``accum`` for every full step, less where an epoch's last step is short
@@ -304,13 +304,13 @@ class _Run:
         with sync, self.accelerator.autocast():
             loss = task_loss(model, batch, self.methods["rdrop"], settings.label_smoothing_factor,
                              settings.problem_type)
-        share = self._share(i)
+        divisor = self._step_divisor(i)
         if self.data_parallel:
-            self.accelerator.backward(loss / share)
+            self.accelerator.backward(loss / divisor)
         elif self.scaler is not None:
-            self.scaler.scale(loss / share).backward()
+            self.scaler.scale(loss / divisor).backward()
         else:
-            (loss / share).backward()
+            (loss / divisor).backward()
         # examples in the batch: its rows, or the sequences a packed row holds (each starts at position 0)
         rows = len(batch["labels"]) if "position_ids" not in batch else int((batch["position_ids"] == 0).sum())
         self.total += loss.detach() * rows

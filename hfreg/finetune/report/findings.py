@@ -145,7 +145,7 @@ def pooled_sweep_text(family: str, points: dict[str, float], rows: list[dict]) -
         rates = [f"{unit}{points[r['preset']]:g} {_interval(r)} {r['verdict']}"
                  + (f" ({r['cells']} cell{'s' if r['cells'] > 1 else ''})" if varied else "") for r in here]
         top = next((r for r in here if r["preset"] == best), None)
-        best = f"{unit}{points[best]:g} ({_interval(top)})" if top else \
+        said = f"{unit}{points[best]:g} ({_interval(top)})" if top else \
             f"{_rates(points, unit, [BASELINE])}, no rate's pooled Δ is {'above' if sign > 0 else 'below'} none"
         verdicts = _by_verdict(fmt, by)
         # no rate is judged against another over different data sets
@@ -153,7 +153,7 @@ def pooled_sweep_text(family: str, points: dict[str, float], rows: list[dict]) -
         missing = [p for p in points if p != BASELINE and p not in {r["preset"] for r in here}]
         kept += f" ({_rates(points, unit, missing)}: no pooled row at this size)" if missing else ""
         lines.append(f"- {scope}: {', '.join(rates)}. {verdicts[0].upper()}{verdicts[1:]}. "
-                     f"{'Highest' if sign > 0 else 'Lowest'} pooled Δ: {best}; not worse than the best: {kept}.")
+                     f"{'Highest' if sign > 0 else 'Lowest'} pooled Δ: {said}; not worse than the best: {kept}.")
     return lines + [""] if len(lines) > 2 else []
 
 
@@ -244,9 +244,9 @@ def sweep_text(family: str, points: dict[str, float], rows: list[dict], metric: 
     unit, what, fmt = _sweep_words(family)
     lines = [f"Rate sweep `{family}` ({what}; {metric}, early-stopped):", ""]
     for r in rows:
-        higher = r.get("sign", 1) > 0  # a loss: the lowest Δ is the best
+        higher = r["sign"] > 0  # a loss: the lowest Δ is the best
         top = f"{_rates(points, unit, [BASELINE])}, no rate's mean Δ is {'above' if higher else 'below'} none" \
-            if r.get("best_preset", BASELINE) == BASELINE else \
+            if r["best_preset"] == BASELINE else \
             f"{unit}{r['best']:g} ({_span(r['best_delta'], r['best_ci'])})"
         lines.append(f"- n={r['train_size']}: {_by_verdict(fmt, r)}. {'Highest' if higher else 'Lowest'} mean Δ: "
                      f"{top}; not worse than the best: {_rates(points, unit, r['not_worse_than_best'])}.")
