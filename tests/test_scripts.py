@@ -38,6 +38,23 @@ def test_compare_runs_pairs_by_run_whatever_the_settings(tmp_path):
     assert rows["zero"][2] == 1
 
 
+def test_the_grid_s_code_change_was_checked_by_re_training_runs_it_had_recorded():
+    """docs/results.md: three first-stage runs re-trained by the code that took the grid over agree with the
+    committed records at every point within 6e-7, every accuracy exactly, and choose the same step."""
+    grid = os.path.join(ROOT, "docs", "results", "answer-sst2-sentences")
+    rows = compare_runs.compare(grid, os.path.join(grid, "rerun"), tol=6e-7)
+    assert sorted(r[0] for r in rows) == ["classic", "drop-path", "rdrop"]
+    assert all(r[1] == r[2] == r[5] == 1 for r in rows), rows
+    from hfreg.finetune.records import read_runs
+
+    old = {compare_runs.key(r): r for r in read_runs(grid)}
+    for new in read_runs(os.path.join(grid, "rerun")):
+        was = old[compare_runs.key(new)]
+        assert new["provenance"]["code"] != was["provenance"]["code"]
+        assert [{k: v for k, v in p.items() if k.endswith("accuracy")} for p in new["evals"]] == [
+            {k: v for k, v in p.items() if k.endswith("accuracy")} for p in was["evals"]]
+
+
 def test_compare_runs_user_errors_are_one_line(tmp_path):
     write_runs(tmp_path / "a", [record("zero", 0, [0.6])])
     write_runs(tmp_path / "b", [record("zero", 1, [0.6])])
