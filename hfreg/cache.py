@@ -58,22 +58,16 @@ def read(path: str | None, decode):
 
 
 def write(path: str | None, value) -> None:
-    """Written whole under a private name, then renamed: concurrent writers of one verdict each leave a whole
-    file, and readers never see half of one. A cache that cannot be written is no error."""
+    """Written whole under a private name, then renamed (`files.replacing`): concurrent writers of one verdict
+    each leave a whole file, and readers never see half of one. A cache that cannot be written is no error."""
     import json
     import os
-    import tempfile
+
+    from .files import replacing
 
     if path is None:
         return
-    tmp = None
-    try:
+    with contextlib.suppress(OSError):
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".tmp")
-        with os.fdopen(fd, "w") as f:
+        with replacing(path) as tmp, open(tmp, "w") as f:
             json.dump(value, f)
-        os.replace(tmp, path)
-    except OSError:
-        if tmp is not None:  # no half-written file left behind
-            with contextlib.suppress(OSError):
-                os.remove(tmp)

@@ -103,3 +103,36 @@ def test_reference_pages_name_every_key():
     with open(os.path.join(ROOT, "docs", "patcher.md")) as f:
         rows = {line.split("|")[1].strip().strip("`") for line in f if line.startswith("| `")}
     assert not [k for k in hfreg.KNOBS if k not in rows], "a knob without its row in docs/patcher.md's knob table"
+
+
+def test_the_designs_power_numbers_are_the_stats_and_the_published_findings():
+    """docs/results.md's design: the seed counts come from `stats` at the column's final level, and the paired SDs
+    it quotes are the published findings' power lines."""
+    import glob
+    import re
+
+    from hfreg.finetune import report, stats
+
+    with open(os.path.join(ROOT, "docs", "results.md")) as f:
+        design = " ".join(f.read().split("**Maximum seeds: 40.**")[1].split("- **Answer per size.**")[0].split())
+    final = stats.nominal_alpha(40, report.column_alpha("early", "test_accuracy", 32), 40, 5)
+    assert f"final nominal level ({final:.1e})".replace("e-04", "e-4") in design
+    power = [stats.seeds_for_power(sd, 0.02, final) for sd in (0.015, 0.025, 0.035)]
+    equivalence = [stats.seeds_for_equivalence(sd, 0.02, final) for sd in (0.015, 0.025, 0.035)]
+    assert "needs {}, {} and {} seeds".format(*power) in design
+    assert "needs {}, {} and {} (".format(*equivalence) in design
+    sds = {}
+    for path in glob.glob(os.path.join(ROOT, "docs", "results", "*", "findings.md")):
+        with open(path) as f:
+            found = re.search(r"Power \(early-stopped\): the median paired SD of Δ test accuracy is (\d+\.\d+)",
+                              f.read())
+        if found:
+            sds[os.path.basename(os.path.dirname(path))] = float(found.group(1))
+    assert f"SDs of {min(sds.values()):.3f}–{max(sds.values()):.3f}" in design
+    assert f"the SST-2 grids' {sds['sst2']:.3f}, rt-polarity's {sds['rt-polarity']:.3f}" in design
+    assert f"{sds['methods-sst2']:.3f}" == f"{sds['sst2']:.3f}"
+    sweep = sds["sweep-sst2"]
+    assert f"SST-2 sweep's {sweep} ({stats.seeds_for_power(sweep, 0.02, final)} seeds)" in design
+    # "about 0.027": the largest SD (to 0.001) at which 40 seeds still give 80% power
+    largest = max(k / 1000 for k in range(1, 60) if stats.seeds_for_power(k / 1000, 0.02, final) <= 40)
+    assert f"at most about {largest:.3f}" in design

@@ -3,6 +3,7 @@
 import json
 import os
 import shutil
+import statistics
 import sys
 
 import numpy as np
@@ -10,7 +11,7 @@ import pytest
 from harness import ROOT, SCRIPT, args_for, launch, load_script
 
 from hfreg.finetune import data as ftdata
-from hfreg.finetune import records, report, stats, tasks
+from hfreg.finetune import grid, records, report, stats, tasks
 from hfreg.finetune.presets import available, load_preset
 
 
@@ -272,6 +273,50 @@ def test_auto_seeds_run_in_stages_and_stop_decided_cells(tiny_classifier, csv_da
     assert "the grid stopped on selection by" not in report.report(str(out), make_plots=False, margins=margins)
 
 
+@pytest.mark.parametrize("staged", [False, True])
+def test_tuning_seeds_choose_each_cells_rate_and_the_later_seeds_alone_are_compared(tiny_classifier, csv_data,
+                                                                                   tmp_path, staged):
+    """`--tuning_seeds`: the tuning seeds run every learning rate; each cell's rate is chosen on their selection
+    split alone, and the later seeds run at that rate only; the verdicts pair the later seeds, never a tuning one.
+    Fixed seeds, and staged (`--seeds auto`: the tuning stage, then stages of compared seeds)."""
+    out = tmp_path / "out"
+    seeds = ["--seeds", "auto", "--seed_stage", "2", "--max_seeds", "2"] if staged else ["--seeds", "0,1,2"]
+    load_script().main(args_for(tiny_classifier, csv_data, out, "--train_sizes", "16", "--learning_rates",
+                                "1e-4,5e-3", "--tuning_seeds", "1", *seeds))
+    runs = records.read_runs(str(out))
+    assert runs[0]["experiment"]["settings"]["tuning_seeds"] == [0]
+    rates = report.tuned_rates(runs, [0])
+    assert set(rates) == {("pretrain-zero", 16), ("classic", 16)}
+    for (preset, size), lr in rates.items():
+        mine = [r for r in runs if r["preset"] == preset]
+        assert sorted(r["learning_rate"] for r in mine if r["seed"] == 0) == [1e-4, 5e-3]
+        assert sorted((r["seed"], r["learning_rate"]) for r in mine if r["seed"]) == [(1, lr), (2, lr)]
+    (row,) = [r for r in report.summarize(runs) if r["preset"] == "classic"]
+    assert row["seeds"] == [1, 2] and row["learning_rate"] == rates[("classic", 16)]
+    assert row["delta_early_test_accuracy"]["n"] == 2
+    # the tuning stage alone: every cell open for the next stage, nothing compared yet
+    undecided, cells = grid.next_cells(runs, "default", [0], None, None)
+    assert undecided == {("classic", 16)} and cells == undecided | {("pretrain-zero", 16)}
+    assert report.summarize([r for r in runs if r["seed"] == 0]) == []
+    assert "each preset × size's learning rate chosen on the selection split of tuning seeds [0]" in (
+        out / "findings.md").read_text()
+
+
+def test_a_rate_tie_goes_to_the_lower_rate_whatever_the_floats_sum_to():
+    """Two rates with as many correct selection examples tie, though their float means differ in the last bit."""
+    from hfreg.finetune.report.numbers import tuned_rates
+
+    def run(lr, seed, acc):
+        point = {"step": 1, "selection_accuracy": acc, "selection_loss": 0.5}
+        return {"preset": "p", "train_size": 8, "seed": seed, "learning_rate": lr, "evals": [point],
+                "experiment": {"name": "default", "settings": {"labels": ["0", "1"]}}}
+
+    a, b = [600 / 872, 602 / 872], [601 / 872, 601 / 872]  # 1,202 correct each; the floats' means differ
+    assert statistics.fmean(a) > statistics.fmean(b)
+    runs = [run(2e-4, s, x) for s, x in enumerate(a)] + [run(1e-4, s, x) for s, x in enumerate(b)]
+    assert tuned_rates(runs, [0, 1], "accuracy") == {("p", 8): 1e-4}
+
+
 def test_a_staged_grid_records_a_selection_rule_other_than_the_tasks_own(tiny_classifier, csv_data, tmp_path):
     """What a staged grid stops on is part of what it did: a rule other than the task's default is recorded (the
     default is not, so that older records match), and a grid with fixed seeds records none."""
@@ -374,6 +419,9 @@ def test_rates_errors_are_one_line(tiny_classifier, csv_data, tmp_path):
     (["--margin", "test_accuracy=-0.1"], "the margin for test_accuracy must be a positive number"),
     (["--learning_rates", "1e-4,x"], "--learning_rates must be comma-separated numbers"),
     (["--roles", "validation"], "--roles validation needs a labelled test split"),
+    (["--tuning_seeds", "1"], "--tuning_seeds 1 needs a positive count and several --learning_rates"),
+    (["--tuning_seeds", "-1", "--learning_rates", "1e-3,1e-2"], "--tuning_seeds -1 needs a positive count"),
+    (["--tuning_seeds", "2", "--learning_rates", "1e-3,1e-2"], "--tuning_seeds 2 leaves none of the 2 --seeds"),
 ])
 def test_bad_input_one_line_nothing_written(tiny_classifier, csv_data, tmp_path, capsys, extra, message):
     """In process (the console entry point, as the script calls it); a real process's exit is tested below."""

@@ -89,6 +89,23 @@ def test_a_data_parallel_staged_grid_has_its_ranks_agree_on_each_stage(tiny_clas
 
 
 @pytest.mark.slow
+def test_a_data_parallel_record_refused_on_writing_stops_every_rank_with_one_line(tiny_classifier, csv_data,
+                                                                                   tmp_path):
+    """`--parallel data`: only the main process writes records, so when a launch of other settings wrote into the
+    directory meanwhile, the main process's refusal reaches every rank at the next claim: each stops with the
+    one-line error, none waits in a broadcast until the launcher tears it down with a traceback."""
+    out = tmp_path / "out"
+    proc = subprocess.run(launch_cmd(os.path.join(ROOT, "tests", "ddp_refused.py"),
+                                     *args_for(tiny_classifier, csv_data, out, "--parallel", "data", "--presets",
+                                               "pretrain-zero", "--train_sizes", "16", "--seeds", "0")),
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    assert "made under other settings: max_length" in proc.stderr, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert [r["seed"] for r in records.read_runs(out)] == [100]  # the neighbour's run alone: nothing half-written
+
+
+@pytest.mark.slow
 def test_kill_9_of_one_rank_then_resume_gives_each_run_once(tiny_classifier, csv_data, tmp_path, capsys):
     out = tmp_path / "killed"
     argv = args_for(tiny_classifier, csv_data, out, "--num_train_epochs", "8")

@@ -370,6 +370,8 @@ def _record(args, base_model, model_name: str, raw, data, roles, kind, text_colu
            if getattr(args, flag) != NO_METHODS[method]},
         **({"seeds": {"rule": "auto", "max_seeds": args.max_seeds, "stage": args.seed_stage}}
            if args.auto_seeds else {}),
+        # the seeds that choose each cell's rate, which no verdict compares (absent when off: older records match)
+        **({"tuning_seeds": args.seeds[:args.tuning_seeds]} if args.tuning_seeds else {}),
         # a staged grid stops on its margins: they are part of what it did (absent when the defaults: older match)
         **({"margins": dict(sorted(args.margin.items()))} if args.auto_seeds and args.margin else {}),
         # and the selection rule it stopped by, where not the task's own (absent: older records match)

@@ -179,21 +179,6 @@ def locked(output_dir: str):
         os.close(fd)  # closing drops the lock
 
 
-@contextlib.contextmanager
-def replacing(path: str):
-    """A temporary path of this writer's own beside ``path``, which replaces ``path`` when the block ends (or is
-    removed if it fails): two processes writing one file at once each leave it whole, never a mix."""
-    import secrets
-
-    tmp = f"{path}.{os.getpid()}-{secrets.token_hex(4)}.tmp"
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(tmp)
-
-
 def _append(output_dir: str, record: dict) -> None:
     """Append one JSON line in one write, then fsync. Call under `locked`."""
     path = os.path.join(output_dir, RUNS_FILE)

@@ -8,7 +8,9 @@ the preset costs more passes per step (the ``<control>@<k>x`` arm); paired by se
   * fixed budget: each run at its final step.
 Every evaluation point of a record carries the selection metrics, and the point each ``select_by`` rule picks and
 the final one carry the test metrics computed from their predictions, so a report under another ``select_by`` is
-recomputed from the records without retraining.
+recomputed from the records without retraining. With several learning rates, each preset x size runs at the rate
+its runs choose on the selection split; with ``--tuning_seeds``, its tuning seeds alone choose it, once, and the
+verdicts compare the later seeds at that rate.
 Verdicts (see `stats`): five outcomes, on test accuracy (the primary endpoint) and on temperature-scaled test NLL;
 raw NLL and ECE are calibration, reported without a verdict. A regression (`tasks`) is judged on test R² (the
 primary endpoint) and Spearman's correlation instead. One alpha per experiment covers every verdict it
@@ -35,10 +37,11 @@ from .numbers import (
     stop_reason,
     summarize,
     sweep_points,
+    tuned_rates,
 )
 from .writing import report, report_dir, report_many, test_set_terms
 
 __all__ = ["COMPARISONS", "VERDICT_METRICS", "answer", "baseline_text", "cell_parts", "cell_variance", "check_margins",
            "check_select_by", "column_alpha", "controls", "dose_response", "findings", "pooled", "pooled_table",
            "pooled_text", "power", "regimes", "report", "report_dir", "report_many", "run_values", "selected_point",
-           "stop_reason", "summarize", "sweep_points", "sweep_text", "table", "test_set_terms"]
+           "stop_reason", "summarize", "sweep_points", "sweep_text", "table", "test_set_terms", "tuned_rates"]

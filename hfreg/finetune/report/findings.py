@@ -162,6 +162,12 @@ def _interval(row: dict) -> str:
     return _span(row["delta"], row["ci"])
 
 
+def _levels(alphas: list[float]) -> str:
+    """A column's nominal level, or the range of its rows' levels."""
+    lo, hi = min(alphas), max(alphas)
+    return f"{lo:.2g}" if f"{lo:.2g}" == f"{hi:.2g}" else f"{lo:.2g}–{hi:.2g}"
+
+
 def _span(mean, ci) -> str:
     """An estimate and its interval: ``+0.012 [-0.003, +0.027]``."""
     return f"{_num(mean, sign=True)} [{_num(ci[0], sign=True)}, {_num(ci[1], sign=True)}]"
@@ -177,7 +183,9 @@ def pooled_text(rows: list[dict], sources: list[str], baseline: str | None = Non
         return "## Pooled\n\nNo comparison with at least two paired seeds.\n"
     task = tasks.of_rows(rows)
     said = names(task)
-    alphas = {(r["comparison"], r["metric"]): r["alpha"] for r in rows}
+    alphas = defaultdict(list)
+    for r in rows:
+        alphas[(r["comparison"], r["metric"])].append(r["alpha"])
     lines = ["## Pooled over data sets and sizes", "",
              f"Sources: {', '.join(f'`{s}`' for s in sources)}. Each arm's mean paired Δ (preset − its control: "
              f"`{BASELINE}`, or the control the preset names) per cell (data set × size). **Per size**, the data "
@@ -192,8 +200,8 @@ def pooled_text(rows: list[dict], sources: list[str], baseline: str | None = Non
              f"weight is shown. These rows are a family of their own beside the findings'. Error control: "
              f"α = 0.05 over every row with a verdict, shared by the columns "
              f"({', '.join(f'{COMPARISONS[c]} {said[m]} {stats.ALPHA_SHARES[(c, m)]:.0%}' for c, m in alphas)}), "
-             f"Bonferroni over a column's rows, at the last look of a staged grid (nominal levels "
-             f"{', '.join(f'{a:.2g}' for a in alphas.values())}). Margins: "
+             f"Bonferroni over a column's rows, each row of a staged grid at the look its cells are read at (the "
+             f"strictest of theirs; nominal levels {', '.join(_levels(a) for a in alphas.values())}). Margins: "
              f"{_margins_text({r['metric']: r['margin'] for r in rows})}. Verdicts: **better** / **worse** (the "
              f"interval excludes 0), *trivial* (it excludes 0 but the equivalence interval lies inside the margin), "
              f"equivalent (the equivalence interval lies inside the margin, the interval contains 0), "
@@ -212,8 +220,8 @@ def pooled_text(rows: list[dict], sources: list[str], baseline: str | None = Non
     waiting = [c for c in stages if c[4] not in (*FINAL_STAGES, REOPENED)]
     if waiting:
         lines += [f"**Not final:** {len(waiting)} of the sources' {len(stages)} staged preset × size cells still plan "
-                  f"seeds (below the first look, between looks or open; each source's findings list them). These "
-                  f"rows are computed at the last look's level and meant to be read once, after every cell has "
+                  f"seeds (below the first look, between looks or open; each source's findings list them). Each "
+                  f"row spends only what its cells' looks allow, but the answer is final once every cell has "
                   f"stopped or reached the last look; stopped cells' estimates lean towards the effect that stopped "
                   f"them.", ""]
     lines += [answer(rows), ""]

@@ -38,7 +38,9 @@ RUN_SETTINGS = (("max_steps", "{} optimizer steps a run (--max_steps)"), ("warmu
                 ("weight_decay", "weight decay {} for presets without their own"),
                 ("label_smoothing_factor", "label smoothing {}"),
                 ("neftune_noise_alpha", "NEFTune noise α = {} for presets without their own"),
-                ("gradient_checkpointing", "gradient checkpointing"), ("tokenizer", "tokenizer {}"))
+                ("gradient_checkpointing", "gradient checkpointing"), ("tokenizer", "tokenizer {}"),
+                ("tuning_seeds", "each preset × size's learning rate chosen on the selection split of tuning seeds "
+                                 "{} alone, which no verdict compares (--tuning_seeds)"))
 MEMORISED = 0.99  # final training accuracy (a regression's R²) at or above this: the run fit its data
 
 
@@ -100,12 +102,28 @@ def run_values(run: dict, select_by: str = DEFAULT_SELECT_BY) -> dict:
 
 
 def _choose_rate(runs: list[dict], select_by: str = DEFAULT_SELECT_BY) -> float:
-    """The learning rate whose runs reach the best mean selection score (the test split plays no part)."""
+    """The learning rate whose runs reach the best mean selection score (the test split plays no part); ties go to
+    the lower rate (means rounded to 1e-9 first, so that two rates with as many correct examples tie whatever
+    order their floats were summed in)."""
     key, sign = SELECT_BY[select_by]
     by_rate = defaultdict(list)
     for r in runs:
         by_rate[r["learning_rate"]].append(sign * selected_point(r, select_by)[key])
-    return max(by_rate, key=lambda lr: (statistics.fmean(by_rate[lr]), -lr))
+    return max(by_rate, key=lambda lr: (round(statistics.fmean(by_rate[lr]), 9), -lr))
+
+
+def tuned_rates(runs: list[dict], tuning: list[int], select_by: str | None = None) -> dict[tuple, float]:
+    """{(preset, train size): learning rate} chosen on the selection split of the ``tuning`` seeds' runs alone
+    (`--tuning_seeds`), for the cells that have them; one experiment's runs."""
+    tuning = set(tuning)
+    runs = [r for r in runs if r["seed"] in tuning]
+    if not runs:
+        return {}
+    select_by = check_select_by(select_by, tasks.of_run(runs[0]))
+    cells = defaultdict(list)
+    for r in runs:
+        cells[(r["preset"], r["train_size"])].append(r)
+    return {cell: _choose_rate(group, select_by) for cell, group in cells.items()}
 
 
 def summarize(runs: list[dict], select_by: str | None = None, margins: dict | None = None) -> list[dict]:
@@ -165,11 +183,21 @@ def _summarize(runs: list[dict], experiment: str, select_by: str, margins: dict)
     for r in runs:
         cells[(r["preset"], r["train_size"])].append(r)
     order = list(dict.fromkeys(r["preset"] for r in runs))
+    settings = runs[0]["experiment"].get("settings", {})
+    # --tuning_seeds: each cell's rate is chosen on its tuning seeds and fixed; the verdicts compare the later seeds
+    # alone, so that no rate is chosen on the seeds it is judged by, nor changes between looks
+    tuning = set(settings.get("tuning_seeds") or ())
+    rates = tuned_rates(runs, sorted(tuning), select_by) if tuning else {
+        cell: _choose_rate(group, select_by) for cell, group in cells.items()}
     chosen = {}
     for cell, group in cells.items():
-        lr = _choose_rate(group, select_by)
-        chosen[cell] = {r["seed"]: run_values(r, select_by) for r in group if r["learning_rate"] == lr}, lr
-    settings = runs[0]["experiment"].get("settings", {})
+        if cell in rates:
+            lr = rates[cell]
+            seeds = {r["seed"]: run_values(r, select_by) for r in group
+                     if r["learning_rate"] == lr and r["seed"] not in tuning}
+            if seeds:  # a cell with its tuning seeds alone has nothing to compare yet
+                chosen[cell] = seeds, lr
+    cells = {cell: group for cell, group in cells.items() if cell in chosen}
     design = {k: settings["seeds"][k] for k in ("max_seeds", "stage")} \
         if (settings.get("seeds") or {}).get("rule") == "auto" else None
     against = controls(runs)
@@ -338,12 +366,13 @@ def moderator(cells: list[dict], key: str) -> dict:
             "slope_per_log_size": slope["slope"]}
 
 
-def pooled_alpha(records: list[dict], comp: str, metric: str, m: int) -> float:
-    """A pooled row's level: the column's share over its ``m`` rows, at the last look of the strictest staged grid
-    among the sources (a fixed grid: the share itself)."""
+def pooled_alpha(cells: list[dict], comp: str, metric: str, m: int) -> float:
+    """A pooled row's level: the column's share over its ``m`` rows, at the look each staged cell is read at (its
+    paired seeds), the strictest of its cells (a fixed grid's cell: the share itself). A pool read while its cells
+    still run spends only what their looks allow."""
     alpha = column_alpha(comp, metric, m)
-    designs = [r["design"] for r in records if r.get("design")]
-    return min([alpha] + [stats.nominal_alpha(d["max_seeds"], alpha, **d) for d in designs])
+    key = f"delta_{comp}_{metric}"
+    return min([alpha] + [stats.nominal_alpha(r[key]["n"], alpha, **r["design"]) for r in cells if r.get("design")])
 
 
 def pooled(records: list[dict], margins: dict | None = None) -> list[dict]:
@@ -379,8 +408,8 @@ def pooled(records: list[dict], margins: dict | None = None) -> list[dict]:
                         planned.append((arm, f"n={size}", "strata", here, mod, moderated))
                 if len(cells) >= 3 and not moderated:
                     planned.append((arm, "all", "random-effects", cells, mod, moderated))
-            alpha = pooled_alpha(records, comp, metric, len(planned))
             for (preset, against), scope, method, cells, mod, moderated in planned:
+                alpha = pooled_alpha(cells, comp, metric, len(planned))
                 y = [r[key]["mean"] for r in cells]
                 parts = [cell_parts(r, key) for r in cells]
                 pool = stats.strata(y, [a for a, _ in parts], [r[key]["n"] - 1 for r in cells], alpha,

@@ -8,9 +8,9 @@ import os
 import statistics
 
 from ...config import KNOBS as KNOB_NAMES
+from ...files import replacing
 from .. import tasks
 from ..presets import BASELINE
-from ..records import replacing
 from .numbers import names
 
 

@@ -12,6 +12,7 @@ from collections import defaultdict
 
 import numpy as np
 
+from ...files import replacing
 from .. import stats, tasks
 from ..records import (
     DEFAULT_EXPERIMENT,
@@ -20,7 +21,6 @@ from ..records import (
     experiment_of,
     load_predictions,
     read_runs,
-    replacing,
 )
 from .findings import baseline_text, cell_stages, findings, pooled_text
 from .numbers import (
