@@ -97,11 +97,13 @@ def test_a_data_parallel_record_refused_on_writing_stops_every_rank_with_one_lin
     out = tmp_path / "out"
     proc = subprocess.run(launch_cmd(os.path.join(ROOT, "tests", "ddp_refused.py"),
                                      *args_for(tiny_classifier, csv_data, out, "--parallel", "data", "--presets",
-                                               "pretrain-zero", "--train_sizes", "16", "--seeds", "0")),
+                                               "pretrain-zero", "--train_sizes", "16", "--seeds", "0"), quiet=True),
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0
-    assert "made under other settings: max_length" in proc.stderr, proc.stderr[-2000:]
-    assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    # both ranks say it (the second learns it from the main process), neither dies in a collective with a traceback
+    # through hfreg; the launcher's own summary of its failed children is torch's
+    assert proc.stderr.count("made under other settings: max_length") == 2, proc.stderr[-2000:]
+    assert f"{os.sep}hfreg{os.sep}" not in "".join(re.findall(r'File "([^"]+)"', proc.stderr)), proc.stderr[-2000:]
     assert [r["seed"] for r in records.read_runs(out)] == [100]  # the neighbour's run alone: nothing half-written
 
 
