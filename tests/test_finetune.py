@@ -298,8 +298,18 @@ def test_tuning_seeds_choose_each_cells_rate_and_the_later_seeds_alone_are_compa
     undecided, cells = grid.next_cells(runs, "default", [0], None, None)
     assert undecided == {("classic", 16)} and cells == undecided | {("pretrain-zero", 16)}
     assert report.summarize([r for r in runs if r["seed"] == 0]) == []
-    assert "each preset × size's learning rate chosen on the selection split of tuning seeds [0]" in (
-        out / "findings.md").read_text()
+    text = (out / "findings.md").read_text()
+    assert "each preset × size's learning rate chosen on the selection split of tuning seeds [0]" in text
+    assert "Learning rates chosen by the tuning seeds (0; selection split), which no verdict compares: n=16: " in text
+    # a report under another selection rule keeps the grid's rates: the later seeds ran at them alone
+    (loss,) = [r for r in report.summarize(runs, select_by="loss") if r["preset"] == "classic"]
+    assert loss["seeds"] == [1, 2] and loss["learning_rate"] == rates[("classic", 16)]
+    # after the tuning stage alone, the findings say what it chose and that nothing is compared yet
+    tuned_only = tmp_path / "tuned-only"
+    tuned_only.mkdir()
+    (tuned_only / "runs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in runs if r["seed"] == 0))
+    shutil.copytree(out / "predictions", tuned_only / "predictions")
+    assert "The tuning stage alone: no seed after it is recorded yet" in report.report(str(tuned_only), False)
 
 
 def test_a_rate_tie_goes_to_the_lower_rate_whatever_the_floats_sum_to():
@@ -576,6 +586,25 @@ def test_eval_batches_respect_the_token_budget_and_keep_order():
         assert len(b) <= 3 and (len(b) == 1 or len(b) * max(lengths[i] for i in b) <= 16)
     assert batches[-1] == [7]  # longer than the budget: alone, never dropped
     assert ftdata.eval_batches(lengths, batch_size=3) == [[0, 1, 2], [3, 4, 5], [6, 7]]
+
+
+def test_a_data_parallel_evaluation_batch_is_no_larger_than_its_split():
+    """Data mode splits each batch across ranks (`split_batches`), and Accelerate fills a short batch with repeated
+    examples: a causal LM's batch of 170 over a 24-example split gave each of 2 ranks 85 rows to compute, 12 of them
+    needed. Capped at the split (rounded up to the ranks), each rank computes its own 12, and every example once."""
+    from accelerate.data_loader import BatchSamplerShard
+    from torch.utils.data import BatchSampler, SequentialSampler
+
+    def rows(batch_size, n=24, ranks=2):
+        batches = BatchSampler(SequentialSampler(range(n)), batch_size, drop_last=False)
+        return [[i for b in BatchSamplerShard(batches, ranks, rank, split_batches=True) for i in b]
+                for rank in range(ranks)]
+
+    assert [len(r) for r in rows(170)] == [85, 85]  # the waste, as Accelerate makes it
+    capped = rows(ftdata.split_batch_size(170, 24, 2))
+    assert [len(r) for r in capped] == [12, 12] and sorted(capped[0] + capped[1]) == list(range(24))
+    assert ftdata.split_batch_size(170, 25, 2) == 26 and ftdata.split_batch_size(16, 25, 2) == 16
+    assert ftdata.split_batch_size(170, 24, 1) == 24
 
 
 def test_eval_token_budget_leaves_fp32_metrics_unchanged(tiny_classifier, csv_data, tmp_path):

@@ -20,6 +20,8 @@ EVAL_TOKENS = 4096
 # settings of a run recorded with the experiment only where they are on (their defaults are all falsy: 0, False)
 NEWER_SETTINGS = ("max_steps", "warmup_steps", "weight_decay", "label_smoothing_factor", "neftune_noise_alpha",
                   "gradient_checkpointing", "packing")
+# settings that say how a grid plans, stops and tunes its runs, not how a run trains (`hfreg export` leaves them out)
+PLAN_SETTINGS = ("seeds", "tuning_seeds", "margins", "select_by")
 
 
 def check_local_path(flag: str, name: str | None) -> None:
@@ -375,7 +377,7 @@ def _record(args, base_model, model_name: str, raw, data, roles, kind, text_colu
         # a staged grid stops on its margins: they are part of what it did (absent when the defaults: older match)
         **({"margins": dict(sorted(args.margin.items()))} if args.auto_seeds and args.margin else {}),
         # and the selection rule it stopped by, where not the task's own (absent: older records match)
-        **({"select_by": args.select_by} if args.auto_seeds
+        **({"select_by": args.select_by} if (args.auto_seeds or args.tuning_seeds)
            and args.select_by != tasks.task(problem_type).default_select_by else {}),
         **({"lora": lora} if lora else {}),
         "versions": {"hfreg": __version__, "transformers": transformers.__version__,

@@ -10,7 +10,8 @@ from .keep import SAVE_STRATEGIES, Keeper, run_dir
 
 def settings_argv(settings: dict) -> list[str]:
     """The harness flags that give a grid the recorded experiment ``settings`` again, besides the data (which the
-    record identifies by its sha256 but does not locate) and the grid's presets, sizes and seeds."""
+    record identifies by its sha256 but does not locate), the grid's presets, sizes and seeds, and how it planned
+    and judged them (`experiment.PLAN_SETTINGS`: one run trains alike under any)."""
     import re
 
     from .experiment import NEWER_SETTINGS
@@ -38,10 +39,6 @@ def settings_argv(settings: dict) -> list[str]:
     for key, flag in (("problem_type", "--problem_type"), ("tokenizer", "--tokenizer_name")):
         if key in settings:
             argv += [flag, settings[key]]
-    if settings.get("seeds", {}).get("rule") == "auto":
-        argv += ["--max_seeds", str(settings["seeds"]["max_seeds"]), "--seed_stage", str(settings["seeds"]["stage"])]
-    if settings.get("margins"):
-        argv += ["--margin", ",".join(f"{k}={v!r}" for k, v in settings["margins"].items())]
     if settings.get("lora"):
         lora = settings["lora"]
         targets = lora["target_modules"]
@@ -93,7 +90,7 @@ def recreate(output_dir: str, data_argv: list[str], preset: str, train_size: int
     import tempfile
 
     from . import arguments, report
-    from .experiment import build_experiment
+    from .experiment import PLAN_SETTINGS, build_experiment
     from .presets import BASELINE, from_record
     from .records import read_runs
     from .tasks import of_run
@@ -122,7 +119,8 @@ def recreate(output_dir: str, data_argv: list[str], preset: str, train_size: int
     finally:
         hf_logging.enable_progress_bar(), datasets.enable_progress_bars()
     now = exp.record["settings"]
-    differ = sorted(k for k in set(recorded) | set(now) if k != "versions" and recorded.get(k) != now.get(k))
+    differ = sorted(k for k in set(recorded) | set(now)
+                    if k not in ("versions", *PLAN_SETTINGS) and recorded.get(k) != now.get(k))
     if differ:
         k = differ[0]
         hint = " (give the grid's data flags: --train_file/--validation_file/--test_file or --dataset_name)" \

@@ -257,7 +257,8 @@ class Grid:
             return False
         seeds = args.seeds[len(done):len(done) + args.seed_stage]
         self.plan(cells, seeds, self.tuned_rates(done) if args.tuning_seeds else None)
-        self.accelerator.print(f"stage {len(done) // args.seed_stage + 1}: seeds {seeds[0]}-{seeds[-1]} for "
+        first = args.tuning_seeds or args.seed_stage  # the first stage's seeds: the tuning ones where given
+        self.accelerator.print(f"stage {(len(done) - first) // args.seed_stage + 2}: seeds {seeds[0]}-{seeds[-1]} for "
                                f"{len(undecided)} undecided preset x size cell(s), {len(self.grid)} runs",
                                flush=True)
         return True

@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from ..rdrop import IGNORE_INDEX, rdrop_loss
 from ..schedule import RateScheduler
 from . import causal_lm
-from .data import by_length, eval_loader, stratified_indices, subset_indices, train_loader
+from .data import by_length, eval_loader, split_batch_size, stratified_indices, subset_indices, train_loader
 from .prepare import param_groups, prepare_model
 from .presets import NO_METHODS
 from .records import SELECT_BY
@@ -211,10 +211,12 @@ class _Run:
             fit = fit[stratified_indices(data["train"].labels[fit], settings.train_eval_samples, job.seed)]
         self.views = {"train": ("train", fit), "selection": job.roles.selection, "test": job.roles.test}
         self.orders = {name: by_length(data[split], idx) for name, (split, idx) in self.views.items()}
-        # data mode splits each batch across ranks: batches of one size there
+        # data mode splits each batch across ranks: batches of one size there, none larger than its split needs
         tokens = 0 if self.data_parallel else settings.eval_tokens
-        self.eval_dls = {name: eval_loader(data[self.views[name][0]], self.orders[name], settings.eval_batch_size,
-                                           job.collate, tokens) for name in self.views}
+        ranks = job.accelerator.num_processes if self.data_parallel else 1
+        self.eval_dls = {name: eval_loader(data[self.views[name][0]], order,
+                                           split_batch_size(settings.eval_batch_size, len(order), ranks),
+                                           job.collate, tokens) for name, order in self.orders.items()}
         self.labels = {name: data[split].labels[np.asarray(self.orders[name], dtype=int)]
                        for name, (split, _) in self.views.items()}
 

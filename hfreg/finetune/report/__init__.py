@@ -18,7 +18,7 @@ reports, at every look of a staged grid. `pooled` answers per training size (dat
 sizes only where size does not moderate the effect and there are at least three cells.
 """
 
-from .findings import answer, baseline_text, findings, pooled_table, pooled_text, sweep_text, table
+from .findings import answer, baseline_text, findings, pooled_table, pooled_text, sweep_text, table, tuning_text
 from .numbers import (
     COMPARISONS,
     VERDICT_METRICS,
@@ -44,4 +44,5 @@ from .writing import report, report_dir, report_many, test_set_terms
 __all__ = ["COMPARISONS", "VERDICT_METRICS", "answer", "baseline_text", "cell_parts", "cell_variance", "check_margins",
            "check_select_by", "column_alpha", "controls", "dose_response", "findings", "pooled", "pooled_table",
            "pooled_text", "power", "regimes", "report", "report_dir", "report_many", "run_values", "selected_point",
-           "stop_reason", "summarize", "sweep_points", "sweep_text", "table", "test_set_terms", "tuned_rates"]
+           "stop_reason", "summarize", "sweep_points", "sweep_text", "table", "test_set_terms", "tuned_rates",
+           "tuning_text"]

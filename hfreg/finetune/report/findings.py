@@ -387,11 +387,34 @@ def baseline_text(pretrained: dict | None) -> str:
             f"pretrained with; a model pretrained without dropout (most recent LLMs) is not what they measured.")
 
 
+def tuning_text(runs: list[dict], tuning: list | None, tuned: dict | None) -> str:
+    """What the tuning seeds chose (`--tuning_seeds`): each size's cells by rate, and the later seeds' runs at a rate
+    their cell did not choose, which no comparison reads; "" without tuning seeds."""
+    if not tuning:
+        return ""
+    sizes = sorted({n for _, n in tuned})
+    by_size = []
+    for n in sizes:
+        rates = defaultdict(list)
+        for (preset, size), lr in tuned.items():
+            if size == n:
+                rates[lr].append(f"`{preset}`")
+        by_size.append(f"n={n}: " + "; ".join(f"{lr:g} for {', '.join(rates[lr])}" for lr in sorted(rates)))
+    tuning = set(tuning)
+    unread = sum(r["seed"] not in tuning and tuned.get((r["preset"], r["train_size"])) != r["learning_rate"]
+                 for r in runs)
+    return (f"Learning rates chosen by the tuning seeds ({', '.join(map(str, sorted(tuning)))}; selection split), "
+            f"which no verdict compares: {' | '.join(by_size) if by_size else 'none yet'}."
+            + (f" {unread} run(s) of later seeds at a rate their cell did not choose are not read." if unread else ""))
+
+
 def findings(records: list[dict], settings: dict | None = None, codes: list[str] | None = None,
-             sweeps: dict | None = None, pretrained: dict | None = None, machines: str = "") -> str:
+             sweeps: dict | None = None, pretrained: dict | None = None, machines: str = "",
+             tuning: str = "") -> str:
     """findings.md for one experiment: the verdict table and its plain-word reading, derived from the numbers.
     ``pretrained``: the model's own dropout per knob (`pretrained_dropout`), for the baseline's description;
-    ``machines``: what trained the runs and for how long (`writing.machines`)."""
+    ``machines``: what trained the runs and for how long (`writing.machines`); ``tuning``: what the tuning seeds
+    chose (`tuning_text`)."""
     lines = ["## Findings", ""]
     if settings:
         stretched = (f", at least {settings['min_steps']} steps (a run short of them trains more epochs, with as "
@@ -408,6 +431,11 @@ def findings(records: list[dict], settings: dict | None = None, codes: list[str]
         lines += [f"Note: these runs were made by {len(codes)} versions of the code ({', '.join(codes)}).", ""]
     if machines:
         lines += [machines, ""]
+    if tuning:
+        lines += [tuning, ""]
+    if not records and tuning:
+        return "\n".join(lines + ["The tuning stage alone: no seed after it is recorded yet, so nothing is compared.",
+                                  ""]) + "\n"
     if not any(d["n"] >= 2 for r in records for k, d in r.items() if k.startswith("delta_")):
         # a first run with one seed per cell: differences only, nothing to divide an error rate over
         return "\n".join(lines + [

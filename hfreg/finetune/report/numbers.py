@@ -187,7 +187,8 @@ def _summarize(runs: list[dict], experiment: str, select_by: str, margins: dict)
     # --tuning_seeds: each cell's rate is chosen on its tuning seeds and fixed; the verdicts compare the later seeds
     # alone, so that no rate is chosen on the seeds it is judged by, nor changes between looks
     tuning = set(settings.get("tuning_seeds") or ())
-    rates = tuned_rates(runs, sorted(tuning), select_by) if tuning else {
+    # tuned: by the rule the grid tuned by (the later seeds ran at its choice alone), whatever the report's
+    rates = tuned_rates(runs, sorted(tuning), settings.get("select_by")) if tuning else {
         cell: _choose_rate(group, select_by) for cell, group in cells.items()}
     chosen = {}
     for cell, group in cells.items():
