@@ -275,7 +275,7 @@ def test_auto_seeds_run_in_stages_and_stop_decided_cells(tiny_classifier, csv_da
 
 @pytest.mark.parametrize("staged", [False, True])
 def test_tuning_seeds_choose_each_cells_rate_and_the_later_seeds_alone_are_compared(tiny_classifier, csv_data,
-                                                                                   tmp_path, staged):
+                                                                                   tmp_path, capsys, staged):
     """`--tuning_seeds`: the tuning seeds run every learning rate; each cell's rate is chosen on their selection
     split alone, and the later seeds run at that rate only; the verdicts pair the later seeds, never a tuning one.
     Fixed seeds, and staged (`--seeds auto`: the tuning stage, then stages of compared seeds)."""
@@ -283,6 +283,11 @@ def test_tuning_seeds_choose_each_cells_rate_and_the_later_seeds_alone_are_compa
     seeds = ["--seeds", "auto", "--seed_stage", "2", "--max_seeds", "2"] if staged else ["--seeds", "0,1,2"]
     load_script().main(args_for(tiny_classifier, csv_data, out, "--train_sizes", "16", "--learning_rates",
                                 "1e-4,5e-3", "--tuning_seeds", "1", *seeds))
+    assert "--tuning_seeds N chooses it once" not in capsys.readouterr().out
+    if staged:  # without tuning seeds, a staged grid of several rates says what it does
+        load_script().main(args_for(tiny_classifier, csv_data, tmp_path / "untuned", "--presets", "pretrain-zero",
+                                    "--train_sizes", "16", "--learning_rates", "1e-4,5e-3", *seeds))
+        assert "--tuning_seeds N chooses it once, on seeds of their own" in capsys.readouterr().out
     runs = records.read_runs(str(out))
     assert runs[0]["experiment"]["settings"]["tuning_seeds"] == [0]
     rates = report.tuned_rates(runs, [0])

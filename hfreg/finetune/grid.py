@@ -215,6 +215,11 @@ class Grid:
             f"parallel={args.parallel}, batch {args.train_batch_size}, mixed precision {exp.precision}\n"
             f"data roles ({args.roles}): training subsets from the training pool; {exp.roles.description}\n"
             f"{presets_line(exp.presets, exp.arms)}", flush=True)
+        if args.auto_seeds and len(args.learning_rates) > 1 and not args.tuning_seeds:
+            accelerator.print("note: each cell's learning rate is chosen again at every look from the seeds it "
+                              "compares, which the looks' levels do not allow for where two rates nearly tie; "
+                              "--tuning_seeds N chooses it once, on seeds of their own (docs/comparison.md)",
+                              flush=True)
 
     def train_stage(self, whole: bool | None = None) -> None:
         """Every run of the planned stage, here or on the cluster; returns once all are recorded (``whole``, default
