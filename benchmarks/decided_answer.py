@@ -21,8 +21,7 @@ DATA_SETS = ("sst2-sentences", "rt-polarity", "sst5")
 ARMS = "pretrain-zero,checkpoint,placebo,classic,drop-path,rdrop"  # rdrop adds classic@2x itself
 SWEEPS = ("classic*0.25,0.5,2,4", "classifier=0.3,0.5,0.7,0.9")  # ×0 is the baseline, ×1 is classic
 DESIGN = ["--train_sizes", "64,512", "--min_steps", "100", "--num_train_epochs", "3", "--evals_per_epoch", "4",
-          "--learning_rates", "5e-5,1e-4,2e-4", "--tuning_seeds", "5", "--seeds", "auto", "--seed_stage", "5",
-          "--max_seeds", "40",
+          "--learning_rates", "5e-5,1e-4,2e-4", "--seeds", "auto", "--seed_stage", "5", "--max_seeds", "40",
           "--select_by", "accuracy", "--no_plots"]
 
 
@@ -78,16 +77,13 @@ def progress(data_dir: str = DATA, results_dir: str | None = None) -> str:
     from hfreg.finetune.experiment import _grid_presets
     from hfreg.finetune.grid import next_cells, plan_runs
     from hfreg.finetune.records import read_runs, run_key
-    from hfreg.finetune.report import tuned_rates
     from hfreg.finetune.sweep import parse_args
 
     lines = []
     for name, command in zip(DATA_SETS, commands(data_dir, False, sys.executable)):
         args = parse_args(command[3:])
         presets, _ = _grid_presets(args)
-        tuning = args.seeds[:args.tuning_seeds]
-        first = tuning or args.seeds[:args.seed_stage]
-        first_name = "tuning stage" if tuning else "first stage"
+        first = args.seeds[:args.seed_stage]
         out = os.path.join(results_dir, f"answer-{name}") if results_dir else args.output_dir
         runs = read_runs(out)
         have = {run_key(r) for r in runs}
@@ -97,18 +93,13 @@ def progress(data_dir: str = DATA, results_dir: str | None = None) -> str:
             plan = set(plan_runs(args.experiment, presets, contents, [n], first, args.learning_rates))
             per_size.append((n, len(plan & have), len(plan)))
         done, planned = sum(d for _, d, _ in per_size), sum(t for _, _, t in per_size)
-        # every cell to the last look: what the whole design can cost at most; a tuned cell's later seeds run
-        # at its one rate, counted once per cell before the tuning stage has chosen it
-        rates = tuned_rates(runs, tuning, args.select_by) if tuning and planned == done else None
-        later = set(plan_runs(args.experiment, presets, contents, args.train_sizes, args.seeds[len(first):],
-                              args.learning_rates, None, rates))
-        per_cell = len(args.learning_rates) if tuning and rates is None else 1
-        most, most_left = planned + len(later) // per_cell, planned - done + len(later - have) // per_cell
+        # every cell to the last look: what the whole design can cost at most
+        most = set(plan_runs(args.experiment, presets, contents, args.train_sizes, args.seeds, args.learning_rates))
         if not have:
-            lines.append(f"- `{name}`: not started ({planned} {first_name} runs planned, {most:,} at most).")
+            lines.append(f"- `{name}`: not started ({planned} first-stage runs planned, {len(most):,} at most).")
             continue
         sizes = ", ".join(f"n={n} {d} of {t}" for n, d, t in per_size)
-        said, left, stage = [], planned - done, f"the {first_name}"
+        said, left, stage = [], planned - done, "the first stage"
         seeds_done = list(first)
         while not left and len(seeds_done) < len(args.seeds):  # each later stage as the grid plans it
             undecided, cells = next_cells(runs, args.experiment, seeds_done, args.select_by, args.margin)
@@ -117,18 +108,17 @@ def progress(data_dir: str = DATA, results_dir: str | None = None) -> str:
                 break
             seeds = args.seeds[len(seeds_done):len(seeds_done) + args.seed_stage]
             plan = set(plan_runs(args.experiment, presets, contents, args.train_sizes, seeds, args.learning_rates,
-                                 cells, rates))
-            stage = f"stage {(len(seeds_done) - len(first)) // args.seed_stage + 2}"
+                                 cells))
+            stage = f"stage {len(seeds_done) // args.seed_stage + 1}"
             said.append(f"{stage} (seeds {seeds[0]}–{seeds[-1]}) {len(plan & have)} of {len(plan)} runs for "
                         f"{len(undecided)} undecided preset × size cells")
             left, seeds_done = len(plan - have), seeds_done + seeds
         seconds = sorted(r["seconds"] for r in runs)
         tenth, median, ninth = (seconds[min(len(seconds) - 1, int(q * len(seconds)))] for q in (0.1, 0.5, 0.9))
         rest = f"; at that median the rest of {stage} is {left * median / 3600:.0f} core-hours" if left else ""
-        rest += (f"; the whole design at most {most_left * median / 3600:.0f} core-hours more "
-                 f"({most_left:,} runs, were no cell to stop before {args.max_seeds} "
-                 f"{'compared ' if tuning else ''}seeds)")
-        lines.append(f"- `{name}`: {first_name} (seeds {first[0]}–{first[-1]}) {done} of {planned} runs ({sizes}); "
+        rest += (f"; the whole design at most {len(most - have) * median / 3600:.0f} core-hours more "
+                 f"({len(most - have):,} runs, were no cell to stop before {len(args.seeds)} seeds)")
+        lines.append(f"- `{name}`: first stage (seeds {first[0]}–{first[-1]}) {done} of {planned} runs ({sizes}); "
                      + ("; ".join(said) if said else "no later stage yet")
                      + f". Recorded run time: median {median:.0f} s (10–90%: {tenth:.0f}–{ninth:.0f} s){rest}.")
     return "\n".join(lines)

@@ -11,7 +11,7 @@ import pytest
 from harness import ROOT, SCRIPT, args_for, launch, load_script
 
 from hfreg.finetune import data as ftdata
-from hfreg.finetune import grid, records, report, stats, tasks
+from hfreg.finetune import records, report, stats, tasks
 from hfreg.finetune.presets import available, load_preset
 
 
@@ -273,54 +273,36 @@ def test_auto_seeds_run_in_stages_and_stop_decided_cells(tiny_classifier, csv_da
     assert "the grid stopped on selection by" not in report.report(str(out), make_plots=False, margins=margins)
 
 
-@pytest.mark.parametrize("staged", [False, True])
-def test_tuning_seeds_choose_each_cells_rate_and_the_later_seeds_alone_are_compared(tiny_classifier, csv_data,
-                                                                                   tmp_path, capsys, staged):
-    """`--tuning_seeds`: the tuning seeds run every learning rate; each cell's rate is chosen on their selection
-    split alone, and the later seeds run at that rate only; the verdicts pair the later seeds, never a tuning one.
-    Fixed seeds, and staged (`--seeds auto`: the tuning stage, then stages of compared seeds)."""
+def test_each_seed_chooses_its_learning_rate_on_its_own_selection_split(tiny_classifier, csv_data, tmp_path):
+    """Several --learning_rates: every seed runs each; each seed's rate is the one its own runs rank first on the
+    selection split (as its early-stopping point), whatever the other seeds chose, and the verdicts pair the seeds'
+    chosen runs; a seed lacking a rate is not compared yet; the findings say how often each rate was chosen."""
     out = tmp_path / "out"
-    seeds = ["--seeds", "auto", "--seed_stage", "2", "--max_seeds", "2"] if staged else ["--seeds", "0,1,2"]
     load_script().main(args_for(tiny_classifier, csv_data, out, "--train_sizes", "16", "--learning_rates",
-                                "1e-4,5e-3", "--tuning_seeds", "1", *seeds))
-    assert "--tuning_seeds N chooses it once" not in capsys.readouterr().out
-    if staged:  # without tuning seeds, a staged grid of several rates says what it does
-        load_script().main(args_for(tiny_classifier, csv_data, tmp_path / "untuned", "--presets", "pretrain-zero",
-                                    "--train_sizes", "16", "--learning_rates", "1e-4,5e-3", *seeds))
-        assert "--tuning_seeds N chooses it once, on seeds of their own" in capsys.readouterr().out
+                                "1e-4,5e-3", "--seeds", "0,1,2"))
     runs = records.read_runs(str(out))
-    assert runs[0]["experiment"]["settings"]["tuning_seeds"] == [0]
-    rates = report.tuned_rates(runs, [0])
-    assert set(rates) == {("pretrain-zero", 16), ("classic", 16)}
-    for (preset, size), lr in rates.items():
-        mine = [r for r in runs if r["preset"] == preset]
-        assert sorted(r["learning_rate"] for r in mine if r["seed"] == 0) == [1e-4, 5e-3]
-        assert sorted((r["seed"], r["learning_rate"]) for r in mine if r["seed"]) == [(1, lr), (2, lr)]
+    assert len(runs) == 12
     (row,) = [r for r in report.summarize(runs) if r["preset"] == "classic"]
-    assert row["seeds"] == [1, 2] and row["learning_rate"] == rates[("classic", 16)]
-    assert row["delta_early_test_accuracy"]["n"] == 2
-    # the tuning stage alone: every cell open for the next stage, nothing compared yet
-    undecided, cells = grid.next_cells(runs, "default", [0], None, None)
-    assert undecided == {("classic", 16)} and cells == undecided | {("pretrain-zero", 16)}
-    assert report.summarize([r for r in runs if r["seed"] == 0]) == []
-    text = (out / "findings.md").read_text()
-    assert "each preset × size's learning rate chosen on the selection split of tuning seeds [0]" in text
-    assert "Learning rates chosen by the tuning seeds (0; selection split), which no verdict compares: n=16: " in text
-    # a report under another selection rule keeps the grid's rates: the later seeds ran at them alone
-    (loss,) = [r for r in report.summarize(runs, select_by="loss") if r["preset"] == "classic"]
-    assert loss["seeds"] == [1, 2] and loss["learning_rate"] == rates[("classic", 16)]
-    # after the tuning stage alone, the findings say what it chose and that nothing is compared yet
-    tuned_only = tmp_path / "tuned-only"
-    tuned_only.mkdir()
-    (tuned_only / "runs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in runs if r["seed"] == 0))
-    shutil.copytree(out / "predictions", tuned_only / "predictions")
-    assert "The tuning stage alone: no seed after it is recorded yet" in report.report(str(tuned_only), False)
+    mine = [r for r in runs if r["preset"] == "classic"]
+    picked = report.chosen_runs(mine, [1e-4, 5e-3], "accuracy")
+    for seed, run in picked.items():  # the seed's best on selection, its own runs alone
+        theirs = [r for r in mine if r["seed"] == seed]
+        best = max(report.selected_point(r, "accuracy")["selection_accuracy"] for r in theirs)
+        assert report.selected_point(run, "accuracy")["selection_accuracy"] == best
+    base = report.chosen_runs([r for r in runs if r["preset"] == "pretrain-zero"], [1e-4, 5e-3], "accuracy")
+    early = [report.selected_point(picked[s], "accuracy")["test_accuracy"]
+             - report.selected_point(base[s], "accuracy")["test_accuracy"] for s in (0, 1, 2)]
+    assert row["seeds"] == [0, 1, 2] and row["delta_early_test_accuracy"]["deltas"] == pytest.approx(early)
+    assert sum(row["learning_rates_chosen"].values()) == 3
+    # a seed with one rate alone (a stage in progress) is left out; the others keep their choices
+    partial = [r for r in runs if not (r["seed"] == 2 and r["learning_rate"] == 5e-3)]
+    (row,) = [r for r in report.summarize(partial) if r["preset"] == "classic"]
+    assert row["seeds"] == [0, 1]
+    assert "Learning rates: each seed's is chosen on its own selection split" in (out / "findings.md").read_text()
 
 
 def test_a_rate_tie_goes_to_the_lower_rate_whatever_the_floats_sum_to():
-    """Two rates with as many correct selection examples tie, though their float means differ in the last bit."""
-    from hfreg.finetune.report.numbers import tuned_rates
-
+    """Two rates with as many correct selection examples tie, though their floats differ in the last bit."""
     def run(lr, seed, acc):
         point = {"step": 1, "selection_accuracy": acc, "selection_loss": 0.5}
         return {"preset": "p", "train_size": 8, "seed": seed, "learning_rate": lr, "evals": [point],
@@ -328,8 +310,9 @@ def test_a_rate_tie_goes_to_the_lower_rate_whatever_the_floats_sum_to():
 
     a, b = [600 / 872, 602 / 872], [601 / 872, 601 / 872]  # 1,202 correct each; the floats' means differ
     assert statistics.fmean(a) > statistics.fmean(b)
-    runs = [run(2e-4, s, x) for s, x in enumerate(a)] + [run(1e-4, s, x) for s, x in enumerate(b)]
-    assert tuned_rates(runs, [0, 1], "accuracy") == {("p", 8): 1e-4}
+    runs = [run(2e-4, 0, sum(a) / 2), run(1e-4, 0, sum(b) / 2)]  # one seed's two runs, summed in two orders
+    assert sum(a) / 2 != sum(b) / 2
+    assert report.chosen_runs(runs, [1e-4, 2e-4], "accuracy")[0]["learning_rate"] == 1e-4
 
 
 def test_a_staged_grid_records_a_selection_rule_other_than_the_tasks_own(tiny_classifier, csv_data, tmp_path):
@@ -434,9 +417,6 @@ def test_rates_errors_are_one_line(tiny_classifier, csv_data, tmp_path):
     (["--margin", "test_accuracy=-0.1"], "the margin for test_accuracy must be a positive number"),
     (["--learning_rates", "1e-4,x"], "--learning_rates must be comma-separated numbers"),
     (["--roles", "validation"], "--roles validation needs a labelled test split"),
-    (["--tuning_seeds", "1"], "--tuning_seeds 1 needs a positive count and several --learning_rates"),
-    (["--tuning_seeds", "-1", "--learning_rates", "1e-3,1e-2"], "--tuning_seeds -1 needs a positive count"),
-    (["--tuning_seeds", "2", "--learning_rates", "1e-3,1e-2"], "--tuning_seeds 2 leaves none of the 2 --seeds"),
 ])
 def test_bad_input_one_line_nothing_written(tiny_classifier, csv_data, tmp_path, capsys, extra, message):
     """In process (the console entry point, as the script calls it); a real process's exit is tested below."""

@@ -158,17 +158,17 @@ def test_export_recreates_a_run_that_was_not_saved_from_its_record(exported_grid
     assert not (out / "models").exists()  # --out: nothing written into the grid
 
 
-def test_export_recreates_a_run_of_a_staged_grid_with_tuning_seeds(tiny_classifier, csv_data, tmp_path, capsys):
-    """How a grid planned, stopped and tuned its runs (`--seeds auto`, `--tuning_seeds`, its margins) is not how
-    one run trains: `hfreg export` rebuilds the run without them."""
+def test_export_recreates_a_run_of_a_staged_grid(tiny_classifier, csv_data, tmp_path, capsys):
+    """How a grid planned and stopped its runs (`--seeds auto`, its margins) is not how one run trains: `hfreg
+    export` rebuilds the run without them."""
     from hfreg import cli
 
     out = tmp_path / "staged"
     _grid(tiny_classifier, csv_data, out, "--presets", "pretrain-zero", "--seeds", "auto", "--seed_stage", "2",
-          "--max_seeds", "2", "--learning_rates", "1e-4,5e-3", "--tuning_seeds", "1",
+          "--max_seeds", "2", "--learning_rates", "1e-4,5e-3",
           "--margin", "test_accuracy=0.05")
     run = next(r for r in records.read_runs(out) if r["learning_rate"] == 5e-3)
-    assert {"seeds", "tuning_seeds", "margins"} <= set(run["experiment"]["settings"])
+    assert {"seeds", "margins"} <= set(run["experiment"]["settings"])
     capsys.readouterr()
     data = ["--train_file", str(csv_data / "train.csv"), "--validation_file", str(csv_data / "validation.csv")]
     assert cli.main(["export", str(out), "--preset", "pretrain-zero", "--seed", "0", "--learning_rate", "5e-3",

@@ -258,17 +258,16 @@ def test_decided_answer_progress_counts_the_planned_runs_and_the_results_page_qu
     (tmp_path / "answer-sst2-sentences" / "runs.jsonl").write_text(
         "".join(json.dumps(r) + "\n" for r in [*records, records[0], later, changed]))
     lines = progress(results_dir=str(tmp_path)).splitlines()
-    assert lines[0].startswith("- `sst2-sentences`: tuning stage (seeds 0–4) 20 of 450 runs (n=512 20 of 225, n=64 "
-                               "0 of 225); no later stage yet. Recorded run time: median ")
+    assert lines[0].startswith("- `sst2-sentences`: first stage (seeds 0–4) 20 of 450 runs (n=512 20 of 225, n=64 0 "
+                               "of 225); no later stage yet. Recorded run time: median ")
     seconds = sorted(r["seconds"] for r in [*records, later, changed])  # every run read, the duplicate once
     assert f"median {seconds[11]:.0f} s (10–90%: {seconds[2]:.0f}–{seconds[19]:.0f} s); at that median the rest of " \
-           f"the tuning stage is {430 * seconds[11] / 3600:.0f} core-hours; " in lines[0]
-    # at most: the tuning stage's runs left, then every cell to 40 compared seeds at one rate (before the tuning
-    # stage chose it, the later runs at every rate count a third each; seed 7's is one of them)
-    assert lines[0].endswith(f"; the whole design at most {1629 * seconds[11] / 3600:.0f} core-hours more (1,629 "
-                             f"runs, were no cell to stop before 40 compared seeds).")
-    assert lines[1:] == ["- `rt-polarity`: not started (450 tuning stage runs planned, 1,650 at most).",
-                         "- `sst5`: not started (450 tuning stage runs planned, 1,650 at most)."]
+           f"the first stage is {430 * seconds[11] / 3600:.0f} core-hours; " in lines[0]
+    # at most: every cell to 40 seeds, less the runs done that the design plans (the changed preset's is not one)
+    assert lines[0].endswith(f"; the whole design at most {3579 * seconds[11] / 3600:.0f} core-hours more (3,579 "
+                             f"runs, were no cell to stop before 40 seeds).")
+    assert lines[1:] == ["- `rt-polarity`: not started (450 first-stage runs planned, 3,600 at most).",
+                         "- `sst5`: not started (450 first-stage runs planned, 3,600 at most)."]
     # a complete first stage (the committed 512-example runs, and the same again as 64 where `placebo` has the
     # baseline's own numbers): the next stage as the grid plans it, with the baseline and rdrop's controls beside
     # the cells. Every cell is open: the first look spends almost no error (a level of 5e-176), so that even a copy
@@ -279,17 +278,12 @@ def test_decided_answer_progress_counts_the_planned_runs_and_the_results_page_qu
     base = {(r["seed"], r["learning_rate"]): r for r in first if r["preset"] == "pretrain-zero"}
     at_64 = [{**(base[(r["seed"], r["learning_rate"])] if r["preset"] == "placebo" else r), "preset": r["preset"],
               "preset_config": r["preset_config"], "train_size": 64} for r in first]
-    from hfreg.finetune.report import tuned_rates
-
-    tuned = tuned_rates([*first, *at_64], list(range(5)), "accuracy")[("pretrain-zero", 512)]
-    base_5 = {**next(r for r in first if r["preset"] == "pretrain-zero" and r["learning_rate"] == tuned), "seed": 5}
-    off_5 = {**next(r for r in first if r["preset"] == "pretrain-zero" and r["learning_rate"] != tuned), "seed": 5}
-    full = [*first, *at_64, base_5, off_5]  # seed 5 at the tuned rate, and at another (not in the plan)
+    full = [*first, *at_64, {**first[0], "seed": 5}]
     (tmp_path / "answer-sst2-sentences" / "runs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in full))
     line = progress(results_dir=str(tmp_path)).splitlines()[0]
-    assert "tuning stage (seeds 0–4) 450 of 450 runs (n=512 225 of 225, n=64 225 of 225); stage 2 (seeds 5–9) 1 of " \
-           "150 runs for 28 undecided preset × size cells. Recorded run time:" in line
-    assert "the rest of stage 2 is" in line and "core-hours more (1,199 runs, were no cell" in line
+    assert "first stage (seeds 0–4) 450 of 450 runs (n=512 225 of 225, n=64 225 of 225); stage 2 (seeds 5–9) 1 of " \
+           "450 runs for 28 undecided preset × size cells. Recorded run time:" in line
+    assert "the rest of stage 2 is" in line and "core-hours more (3,149 runs, were no cell" in line
     with open(os.path.join(ROOT, "docs", "results.md")) as f:
         quoted = re.search(r"<!-- progress -->\n(.*?)\n<!-- /progress -->", f.read(), flags=re.S).group(1)
     assert quoted == progress(), "docs/results.md: quote benchmarks/decided_answer.py --progress anew"

@@ -186,14 +186,9 @@ class ComparisonArguments:
     max_seeds: int = field(default=40, metadata={"help": "with --seeds auto: the most seeds per cell"})
     seed_stage: int = field(default=5, metadata={"help": "with --seeds auto: seeds added per stage"})
     learning_rates: str | None = field(default=None, metadata={
-        "help": "several rates, comma-separated: each preset runs at each, and its rate is chosen on the "
-                "selection split (so no preset is judged at a rate tuned for another); default: --learning_rate"})
-    tuning_seeds: int = field(default=0, metadata={
-        "help": "with several --learning_rates: the first N seeds choose each preset x size's rate on the selection "
-                "split and are not compared; the later seeds train at that rate alone and are the ones the "
-                "verdicts compare (no rate is chosen on the seeds it is judged by). With --seeds auto: the first "
-                "stage is the N tuning seeds, then at most --max_seeds compared ones (default 0: every seed runs "
-                "every rate, each cell's rate chosen on all of them)"})
+        "help": "several rates, comma-separated: each preset runs at each for every seed, and each seed's rate is "
+                "chosen on its own selection split, as its early-stopping point is (so no preset is judged at a "
+                "rate tuned for another); default: --learning_rate"})
     select_by: str | None = field(default=None, metadata={
         "help": "selection-split metric that picks each run's early-stopping point and each preset's learning "
                 "rate in the report (ties: the earliest point): "
@@ -522,15 +517,6 @@ def resolve(model: ModelArguments, data: DataArguments, comparison: ComparisonAr
         raise ValueError(f"--learning_rates must be comma-separated numbers, got {rates!r}") from None
     if not ns.learning_rates or not all(r > 0 for r in ns.learning_rates):
         raise ValueError(f"--learning_rates must be positive numbers, got {rates!r}")
-    if ns.tuning_seeds:
-        if ns.tuning_seeds < 0 or len(ns.learning_rates) < 2:
-            raise ValueError(f"--tuning_seeds {ns.tuning_seeds} needs a positive count and several "
-                             f"--learning_rates to choose among, got {rates!r}")
-        if ns.auto_seeds:  # the tuning stage, then at most --max_seeds compared seeds
-            ns.seeds = list(range(ns.tuning_seeds + ns.max_seeds))
-        elif ns.tuning_seeds >= len(ns.seeds):
-            raise ValueError(f"--tuning_seeds {ns.tuning_seeds} leaves none of the {len(ns.seeds)} --seeds to "
-                             f"compare: give more seeds than tuning seeds")
     try:
         ns.margin = margins_arg(ns.margin)
     except argparse.ArgumentTypeError as e:

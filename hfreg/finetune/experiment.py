@@ -20,8 +20,8 @@ EVAL_TOKENS = 4096
 # settings of a run recorded with the experiment only where they are on (their defaults are all falsy: 0, False)
 NEWER_SETTINGS = ("max_steps", "warmup_steps", "weight_decay", "label_smoothing_factor", "neftune_noise_alpha",
                   "gradient_checkpointing", "packing")
-# settings that say how a grid plans, stops and tunes its runs, not how a run trains (`hfreg export` leaves them out)
-PLAN_SETTINGS = ("seeds", "tuning_seeds", "margins", "select_by")
+# settings that say how a grid plans and stops its runs, not how a run trains (`hfreg export` leaves them out)
+PLAN_SETTINGS = ("seeds", "margins", "select_by")
 
 
 def check_local_path(flag: str, name: str | None) -> None:
@@ -372,12 +372,10 @@ def _record(args, base_model, model_name: str, raw, data, roles, kind, text_colu
            if getattr(args, flag) != NO_METHODS[method]},
         **({"seeds": {"rule": "auto", "max_seeds": args.max_seeds, "stage": args.seed_stage}}
            if args.auto_seeds else {}),
-        # the seeds that choose each cell's rate, which no verdict compares (absent when off: older records match)
-        **({"tuning_seeds": args.seeds[:args.tuning_seeds]} if args.tuning_seeds else {}),
         # a staged grid stops on its margins: they are part of what it did (absent when the defaults: older match)
         **({"margins": dict(sorted(args.margin.items()))} if args.auto_seeds and args.margin else {}),
         # and the selection rule it stopped by, where not the task's own (absent: older records match)
-        **({"select_by": args.select_by} if (args.auto_seeds or args.tuning_seeds)
+        **({"select_by": args.select_by} if args.auto_seeds
            and args.select_by != tasks.task(problem_type).default_select_by else {}),
         **({"lora": lora} if lora else {}),
         "versions": {"hfreg": __version__, "transformers": transformers.__version__,

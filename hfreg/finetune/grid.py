@@ -25,15 +25,13 @@ from .records import (
 
 
 def plan_runs(experiment: str, presets: list, contents: dict, sizes, seeds, learning_rates,
-              cells: set | None = None, rates: dict | None = None) -> dict:
+              cells: set | None = None) -> dict:
     """{`RunKey`: (preset, size, seed, learning rate)} of every run a grid plans: each preset x size (those in
-    ``cells`` where given) x seed x learning rate (the cell's own rate where ``rates`` gives one: `--tuning_seeds`),
-    keyed as its record will be (its preset's recorded ``contents`` included), the largest size first, so that no
-    process is left with a long run while the others idle."""
-    rates = rates or {}
+    ``cells`` where given) x seed x learning rate, keyed as its record will be (its preset's recorded ``contents``
+    included), the largest size first, so that no process is left with a long run while the others idle."""
     return {RunKey(experiment, p.name, digest(contents[p.name]), n, s, lr): (p, n, s, lr)
             for n in sorted(sizes, reverse=True) for s in seeds for lr in learning_rates
-            for p in presets if (cells is None or (p.name, n) in cells) and rates.get((p.name, n), lr) == lr}
+            for p in presets if cells is None or (p.name, n) in cells}
 
 
 def next_cells(runs: list[dict], experiment: str, done: list, select_by: str | None,
@@ -51,7 +49,7 @@ def next_cells(runs: list[dict], experiment: str, done: list, select_by: str | N
     for r in report.summarize(so_far, select_by, margins):
         if r["preset"] != BASELINE:
             rows[(r["preset"], r["train_size"])].append(r)
-    # a cell without a row has no compared seed yet (its tuning seeds alone, `--tuning_seeds`): open
+    # a cell without a row has no comparable seed yet (none with a run at every learning rate): open
     cells = {(r["preset"], r["train_size"]) for r in so_far if r["preset"] != BASELINE}
     undecided = {cell for cell in cells if cell not in rows or report.stop_reason(rows[cell], margins) is None}
     against = report.controls(so_far)  # the baseline and each open cell's controls run on beside it
@@ -143,16 +141,11 @@ class Grid:
     def run(self) -> int:
         args = self.args
         self.prepare()
-        every = {(p.name, n) for p in self.exp.presets for n in args.train_sizes}
-        # the first stage: the tuning seeds (`--tuning_seeds`), else the first --seed_stage, else every seed
-        stage = args.tuning_seeds or (args.seed_stage if args.auto_seeds else len(args.seeds))
-        self.plan(every, args.seeds[:stage])
+        stage = args.seed_stage if args.auto_seeds else len(args.seeds)
+        self.plan({(p.name, n) for p in self.exp.presets for n in args.train_sizes}, args.seeds[:stage])
         self.announce()
-        self.train_stage(whole=args.auto_seeds or bool(args.tuning_seeds))
+        self.train_stage()
         done = args.seeds[:stage]
-        if args.tuning_seeds and not args.auto_seeds:  # the compared seeds, each cell at its tuned rate
-            self.plan(every, args.seeds[stage:], self.tuned_rates(done))
-            self.train_stage()
         while args.auto_seeds and len(done) < len(args.seeds) and self.next_stage(done):
             done += args.seeds[len(done):len(done) + args.seed_stage]
             self.train_stage()
@@ -184,55 +177,36 @@ class Grid:
                                                     "collate": exp.collate},
                                          args.run_cpus, args.run_gpus, args.run_retries, exp.precision)
 
-    def plan(self, cells: set, seeds: list, rates: dict | None = None) -> None:
-        """The runs of ``cells`` (preset, size) at ``seeds`` and every learning rate, or each cell's own where
-        ``rates`` gives it (`plan_runs`)."""
+    def plan(self, cells: set, seeds: list) -> None:
+        """The runs of ``cells`` (preset, size) at ``seeds`` and every learning rate (`plan_runs`)."""
         args = self.args
         self.by_key = plan_runs(args.experiment, self.exp.presets, self.exp.contents, args.train_sizes, seeds,
-                                args.learning_rates, cells, rates)
+                                args.learning_rates, cells)
         self.grid = list(self.by_key)
-
-    def tuned_rates(self, done: list) -> dict:
-        """Each cell's rate, chosen on the tuning seeds' runs (`report.tuned_rates`; in data mode as the main process
-        reads them)."""
-        from . import report
-
-        args = self.args
-        tuning = args.seeds[:args.tuning_seeds]
-        return self._main_decides(lambda: report.tuned_rates(
-            [r for r in read_runs(args.output_dir) if experiment_of(r) == args.experiment], tuning, args.select_by))
 
     def announce(self) -> None:
         args, exp = self.args, self.exp
         accelerator = self.accelerator
         mine = self.grid_runs()
-        stage = " in the tuning stage" if args.tuning_seeds else " in the first stage" if args.auto_seeds else ""
         accelerator.print(
             f"hfreg: {exp.model_name} | {len(exp.roles.pool)} training-pool examples, {len(exp.label_names)} "
-            f"classes | {len(self.grid)} runs{stage}, {len(mine)} "
+            f"classes | {len(self.grid)} runs{' in the first stage' if args.auto_seeds else ''}, {len(mine)} "
             f"already done | {self.n_proc} process(es) on {accelerator.device}"
             f"{f' ({exp.threads} thread(s) each)' if accelerator.device.type == 'cpu' else ''}, "
             f"parallel={args.parallel}, batch {args.train_batch_size}, mixed precision {exp.precision}\n"
             f"data roles ({args.roles}): training subsets from the training pool; {exp.roles.description}\n"
             f"{presets_line(exp.presets, exp.arms)}", flush=True)
-        if args.auto_seeds and len(args.learning_rates) > 1 and not args.tuning_seeds:
-            accelerator.print("note: each cell's learning rate is chosen again at every look from the seeds it "
-                              "compares, which the looks' levels do not allow for where two rates nearly tie; "
-                              "--tuning_seeds N chooses it once, on seeds of their own (docs/comparison.md)",
-                              flush=True)
 
-    def train_stage(self, whole: bool | None = None) -> None:
-        """Every run of the planned stage, here or on the cluster; returns once all are recorded (``whole``, default
-        under --seeds auto: by whichever launch, since what comes next is decided from them)."""
+    def train_stage(self) -> None:
+        """Every run of the planned stage, here or on the cluster; returns once all are recorded."""
         if self.runner is not None:
             return self._train_on_cluster()
-        whole = self.args.auto_seeds if whole is None else whole
         while True:
             while (key := self.next_run()) is not None:
                 self._train_here(key)
             # every run of this grid finished (a launch beside this one may still be training its last ones): a
-            # staged grid decides its next stage, and tuning its rates, from complete stages only
-            if not whole or self._main_decides(
+            # staged grid decides its next stage from complete stages only
+            if not self.args.auto_seeds or self._main_decides(
                     lambda: len({run_key(r) for r in self.grid_runs()}) == len(self.grid)):
                 return
             time.sleep(2)
@@ -261,9 +235,8 @@ class Grid:
         if not undecided:
             return False
         seeds = args.seeds[len(done):len(done) + args.seed_stage]
-        self.plan(cells, seeds, self.tuned_rates(done) if args.tuning_seeds else None)
-        first = args.tuning_seeds or args.seed_stage  # the first stage's seeds: the tuning ones where given
-        self.accelerator.print(f"stage {(len(done) - first) // args.seed_stage + 2}: seeds {seeds[0]}-{seeds[-1]} for "
+        self.plan(cells, seeds)
+        self.accelerator.print(f"stage {len(done) // args.seed_stage + 1}: seeds {seeds[0]}-{seeds[-1]} for "
                                f"{len(undecided)} undecided preset x size cell(s), {len(self.grid)} runs",
                                flush=True)
         return True

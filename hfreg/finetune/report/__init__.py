@@ -8,9 +8,8 @@ the preset costs more passes per step (the ``<control>@<k>x`` arm); paired by se
   * fixed budget: each run at its final step.
 Every evaluation point of a record carries the selection metrics, and the point each ``select_by`` rule picks and
 the final one carry the test metrics computed from their predictions, so a report under another ``select_by`` is
-recomputed from the records without retraining. With several learning rates, each preset x size runs at the rate
-its runs choose on the selection split; with ``--tuning_seeds``, its tuning seeds alone choose it, once, and the
-verdicts compare the later seeds at that rate.
+recomputed from the records without retraining. With several learning rates, every seed runs each, and each seed's
+rate is chosen on its own selection split, as its early-stopping point is (`chosen_runs`).
 Verdicts (see `stats`): five outcomes, on test accuracy (the primary endpoint) and on temperature-scaled test NLL;
 raw NLL and ECE are calibration, reported without a verdict. A regression (`tasks`) is judged on test R² (the
 primary endpoint) and Spearman's correlation instead. One alpha per experiment covers every verdict it
@@ -18,7 +17,7 @@ reports, at every look of a staged grid. `pooled` answers per training size (dat
 sizes only where size does not moderate the effect and there are at least three cells.
 """
 
-from .findings import answer, baseline_text, findings, pooled_table, pooled_text, sweep_text, table, tuning_text
+from .findings import answer, baseline_text, findings, pooled_table, pooled_text, rates_text, sweep_text, table
 from .numbers import (
     COMPARISONS,
     VERDICT_METRICS,
@@ -26,6 +25,7 @@ from .numbers import (
     cell_variance,
     check_margins,
     check_select_by,
+    chosen_runs,
     column_alpha,
     controls,
     dose_response,
@@ -37,12 +37,11 @@ from .numbers import (
     stop_reason,
     summarize,
     sweep_points,
-    tuned_rates,
 )
 from .writing import report, report_dir, report_many, test_set_terms
 
 __all__ = ["COMPARISONS", "VERDICT_METRICS", "answer", "baseline_text", "cell_parts", "cell_variance", "check_margins",
            "check_select_by", "column_alpha", "controls", "dose_response", "findings", "pooled", "pooled_table",
            "pooled_text", "power", "regimes", "report", "report_dir", "report_many", "run_values", "selected_point",
-           "stop_reason", "summarize", "sweep_points", "sweep_text", "table", "test_set_terms", "tuned_rates",
-           "tuning_text"]
+           "stop_reason", "summarize", "sweep_points", "sweep_text", "table", "test_set_terms", "chosen_runs",
+           "rates_text"]

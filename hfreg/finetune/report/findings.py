@@ -387,34 +387,28 @@ def baseline_text(pretrained: dict | None) -> str:
             f"pretrained with; a model pretrained without dropout (most recent LLMs) is not what they measured.")
 
 
-def tuning_text(runs: list[dict], tuning: list | None, tuned: dict | None) -> str:
-    """What the tuning seeds chose (`--tuning_seeds`): each size's cells by rate, and the later seeds' runs at a rate
-    their cell did not choose, which no comparison reads; "" without tuning seeds."""
-    if not tuning:
+def rates_text(records: list[dict]) -> str:
+    """With several learning rates: how each seed's rate is chosen, and how often each was chosen per size over the
+    cells' seeds; "" with one rate."""
+    counts = defaultdict(lambda: defaultdict(int))
+    for r in records:
+        if r["against"] == BASELINE:
+            for lr, k in (r.get("learning_rates_chosen") or {}).items():
+                counts[r["train_size"]][lr] += k
+    if not counts:
         return ""
-    sizes = sorted({n for _, n in tuned})
-    by_size = []
-    for n in sizes:
-        rates = defaultdict(list)
-        for (preset, size), lr in tuned.items():
-            if size == n:
-                rates[lr].append(f"`{preset}`")
-        by_size.append(f"n={n}: " + "; ".join(f"{lr:g} for {', '.join(rates[lr])}" for lr in sorted(rates)))
-    tuning = set(tuning)
-    unread = sum(r["seed"] not in tuning and tuned.get((r["preset"], r["train_size"])) != r["learning_rate"]
-                 for r in runs)
-    return (f"Learning rates chosen by the tuning seeds ({', '.join(map(str, sorted(tuning)))}; selection split), "
-            f"which no verdict compares: {' | '.join(by_size) if by_size else 'none yet'}."
-            + (f" {unread} run(s) of later seeds at a rate their cell did not choose are not read." if unread else ""))
+    said = " | ".join(f"n={n}: " + ", ".join(f"{lr} ×{k}" for lr, k in sorted(c.items(), key=lambda x: float(x[0])))
+                      for n, c in sorted(counts.items()))
+    return (f"Learning rates: each seed's is chosen on its own selection split, as its early-stopping point is (so a "
+            f"seed is one whole replicate of tuning and training); the table's lr is the rate most of a cell's seeds "
+            f"chose. Chosen over the cells' seeds: {said}.")
 
 
 def findings(records: list[dict], settings: dict | None = None, codes: list[str] | None = None,
-             sweeps: dict | None = None, pretrained: dict | None = None, machines: str = "",
-             tuning: str = "") -> str:
+             sweeps: dict | None = None, pretrained: dict | None = None, machines: str = "") -> str:
     """findings.md for one experiment: the verdict table and its plain-word reading, derived from the numbers.
     ``pretrained``: the model's own dropout per knob (`pretrained_dropout`), for the baseline's description;
-    ``machines``: what trained the runs and for how long (`writing.machines`); ``tuning``: what the tuning seeds
-    chose (`tuning_text`)."""
+    ``machines``: what trained the runs and for how long (`writing.machines`)."""
     lines = ["## Findings", ""]
     if settings:
         stretched = (f", at least {settings['min_steps']} steps (a run short of them trains more epochs, with as "
@@ -431,11 +425,8 @@ def findings(records: list[dict], settings: dict | None = None, codes: list[str]
         lines += [f"Note: these runs were made by {len(codes)} versions of the code ({', '.join(codes)}).", ""]
     if machines:
         lines += [machines, ""]
-    if tuning:
-        lines += [tuning, ""]
-    if not records and tuning:
-        return "\n".join(lines + ["The tuning stage alone: no seed after it is recorded yet, so nothing is compared.",
-                                  ""]) + "\n"
+    if rates_text(records):
+        lines += [rates_text(records), ""]
     if not any(d["n"] >= 2 for r in records for k, d in r.items() if k.startswith("delta_")):
         # a first run with one seed per cell: differences only, nothing to divide an error rate over
         return "\n".join(lines + [

@@ -8,7 +8,7 @@ import functools
 import math
 import os
 import statistics
-from collections import defaultdict
+from collections import Counter, defaultdict
 
 from .. import stats, tasks
 from ..presets import BASELINE
@@ -38,9 +38,7 @@ RUN_SETTINGS = (("max_steps", "{} optimizer steps a run (--max_steps)"), ("warmu
                 ("weight_decay", "weight decay {} for presets without their own"),
                 ("label_smoothing_factor", "label smoothing {}"),
                 ("neftune_noise_alpha", "NEFTune noise α = {} for presets without their own"),
-                ("gradient_checkpointing", "gradient checkpointing"), ("tokenizer", "tokenizer {}"),
-                ("tuning_seeds", "each preset × size's learning rate chosen on the selection split of tuning seeds "
-                                 "{} alone, which no verdict compares (--tuning_seeds)"))
+                ("gradient_checkpointing", "gradient checkpointing"), ("tokenizer", "tokenizer {}"))
 MEMORISED = 0.99  # final training accuracy (a regression's R²) at or above this: the run fit its data
 
 
@@ -101,29 +99,20 @@ def run_values(run: dict, select_by: str = DEFAULT_SELECT_BY) -> dict:
     return out
 
 
-def _choose_rate(runs: list[dict], select_by: str = DEFAULT_SELECT_BY) -> float:
-    """The learning rate whose runs reach the best mean selection score (the test split plays no part); ties go to
-    the lower rate (means rounded to 1e-9 first, so that two rates with as many correct examples tie whatever
-    order their floats were summed in)."""
+def chosen_runs(runs: list[dict], rates, select_by: str = DEFAULT_SELECT_BY) -> dict[int, dict]:
+    """{seed: run} of one cell: per seed, the run whose learning rate reaches the best selection score (ties: the
+    lower rate, scores rounded to 1e-9 so that equal counts of correct examples tie), chosen on the seed's own
+    selection split as its early-stopping point is, so that each seed is one whole replicate of tuning and training
+    and a seed's choice never changes as others come in. A seed without a run at every one of the grid's ``rates``
+    is not yet comparable and is left out."""
     key, sign = SELECT_BY[select_by]
-    by_rate = defaultdict(list)
+    by_seed = defaultdict(dict)
     for r in runs:
-        by_rate[r["learning_rate"]].append(sign * selected_point(r, select_by)[key])
-    return max(by_rate, key=lambda lr: (round(statistics.fmean(by_rate[lr]), 9), -lr))
-
-
-def tuned_rates(runs: list[dict], tuning: list[int], select_by: str | None = None) -> dict[tuple, float]:
-    """{(preset, train size): learning rate} chosen on the selection split of the ``tuning`` seeds' runs alone
-    (`--tuning_seeds`), for the cells that have them; one experiment's runs."""
-    tuning = set(tuning)
-    runs = [r for r in runs if r["seed"] in tuning]
-    if not runs:
-        return {}
-    select_by = check_select_by(select_by, tasks.of_run(runs[0]))
-    cells = defaultdict(list)
-    for r in runs:
-        cells[(r["preset"], r["train_size"])].append(r)
-    return {cell: _choose_rate(group, select_by) for cell, group in cells.items()}
+        by_seed[r["seed"]][r["learning_rate"]] = r
+    rates = set(rates)
+    return {seed: max(mine.values(), key=lambda r: (round(sign * selected_point(r, select_by)[key], 9),
+                                                     -r["learning_rate"]))
+            for seed, mine in by_seed.items() if rates <= set(mine)}
 
 
 def summarize(runs: list[dict], select_by: str | None = None, margins: dict | None = None) -> list[dict]:
@@ -184,20 +173,14 @@ def _summarize(runs: list[dict], experiment: str, select_by: str, margins: dict)
         cells[(r["preset"], r["train_size"])].append(r)
     order = list(dict.fromkeys(r["preset"] for r in runs))
     settings = runs[0]["experiment"].get("settings", {})
-    # --tuning_seeds: each cell's rate is chosen on its tuning seeds and fixed; the verdicts compare the later seeds
-    # alone, so that no rate is chosen on the seeds it is judged by, nor changes between looks
-    tuning = set(settings.get("tuning_seeds") or ())
-    # tuned: by the rule the grid tuned by (the later seeds ran at its choice alone), whatever the report's
-    rates = tuned_rates(runs, sorted(tuning), settings.get("select_by")) if tuning else {
-        cell: _choose_rate(group, select_by) for cell, group in cells.items()}
+    rates = settings.get("learning_rates") or sorted({r["learning_rate"] for r in runs})
     chosen = {}
     for cell, group in cells.items():
-        if cell in rates:
-            lr = rates[cell]
-            seeds = {r["seed"]: run_values(r, select_by) for r in group
-                     if r["learning_rate"] == lr and r["seed"] not in tuning}
-            if seeds:  # a cell with its tuning seeds alone has nothing to compare yet
-                chosen[cell] = seeds, lr
+        picked = chosen_runs(group, rates, select_by)
+        if picked:  # a cell whose seeds all lack a rate has nothing to compare yet
+            counts = Counter(r["learning_rate"] for r in picked.values())
+            lr = max(counts, key=lambda x: (counts[x], -x))  # the rate most seeds chose (ties: the lower)
+            chosen[cell] = {s: run_values(r, select_by) for s, r in picked.items()}, lr, counts
     cells = {cell: group for cell, group in cells.items() if cell in chosen}
     design = {k: settings["seeds"][k] for k in ("max_seeds", "stage")} \
         if (settings.get("seeds") or {}).get("rule") == "auto" else None
@@ -206,10 +189,12 @@ def _summarize(runs: list[dict], experiment: str, select_by: str, margins: dict)
     kind = {} if task is CLASSIFIER else {"problem_type": task.problem_type}  # absent: older summaries match
     records = []
     for (preset, size) in sorted(cells, key=lambda c: (c[1], order.index(c[0]))):
-        seeds, lr = chosen[(preset, size)]
+        seeds, lr, counts = chosen[(preset, size)]
         ordered = [seeds[s] for s in sorted(seeds)]
+        # several rates: how many seeds chose each (absent with one rate: older summaries match)
+        each = {"learning_rates_chosen": {f"{x:g}": counts[x] for x in sorted(counts)}} if len(rates) > 1 else {}
         rec = {"experiment": experiment, "preset": preset, "against": BASELINE, "train_size": size,
-               "seeds": sorted(seeds), "learning_rate": lr, "select_by": select_by,
+               "seeds": sorted(seeds), "learning_rate": lr, **each, "select_by": select_by,
                "underfit_runs": sum(v["underfit"] for v in ordered),
                "censored_runs": sum(v["censored"] for v in ordered), "passes": max(v["passes"] for v in ordered),
                "selected_epoch": statistics.fmean(v["selected_epoch"] for v in ordered), "design": design, **kind}
@@ -223,13 +208,13 @@ def _summarize(runs: list[dict], experiment: str, select_by: str, margins: dict)
                         for c in against.get(preset, []) if (c, size) in chosen]
         rec["missing_controls"] = [c for c in against.get(preset, []) if (c, size) not in chosen]
         control = next((c for c in against.get(preset, []) if "@" not in c), BASELINE)
-        theirs = [v["passes"] for v in chosen.get((control, size), ({}, None))[0].values()] or [1]
+        theirs = [v["passes"] for v in chosen.get((control, size), ({}, None, None))[0].values()] or [1]
         if rec["passes"] > max(theirs) and not any("@" in c for c in against.get(preset, [])):
             rec["missing_controls"].append(f"{control}@{rec['passes'] // max(theirs)}x")  # no arm at its compute
         for row in rows:
             if row["preset"] == row["against"]:
                 continue
-            base = chosen.get((row["against"], size), ({}, None))[0]
+            base = chosen.get((row["against"], size), ({}, None, None))[0]
             paired_seeds = sorted(set(seeds) & set(base))
             if paired_seeds:
                 row["paired_seeds"] = paired_seeds

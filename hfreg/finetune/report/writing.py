@@ -22,7 +22,7 @@ from ..records import (
     load_predictions,
     read_runs,
 )
-from .findings import baseline_text, cell_stages, findings, pooled_text, tuning_text
+from .findings import baseline_text, cell_stages, findings, pooled_text
 from .numbers import (
     COMPARISONS,
     check_margins,
@@ -31,7 +31,6 @@ from .numbers import (
     selected_point,
     summarize,
     sweep_points,
-    tuned_rates,
 )
 from .plots import plot, plot_dose_response
 
@@ -262,10 +261,8 @@ def _report(output_dir: str, loaded: tuple[list[dict], int], make_plots: bool, s
         if make_plots and sweeps:
             plot_dose_response(dest, mine, sweeps, suffix="" if name == DEFAULT_EXPERIMENT else f"-{name}")
         settings = theirs[0]["experiment"].get("settings") or {}
-        tuned = tuned_rates(theirs, settings["tuning_seeds"], settings.get("select_by")) \
-            if settings.get("tuning_seeds") else None
         text = findings(mine, settings, code_identities(theirs), sweeps, pretrained_dropout(settings.get("model")),
-                        machines(theirs), tuning_text(theirs, settings.get("tuning_seeds"), tuned))
+                        machines(theirs))
         out.append(text if name == DEFAULT_EXPERIMENT else f"# Experiment {name}\n\n{text}")
     if duplicates:
         out.append(f"note: {duplicates} duplicate record(s) in runs.jsonl were counted once")
