@@ -114,7 +114,7 @@ def test_the_designs_power_numbers_are_the_stats_and_the_published_findings():
     from hfreg.finetune import report, stats
 
     with open(os.path.join(ROOT, "docs", "results.md")) as f:
-        design = " ".join(f.read().split("**Maximum seeds: 40**")[1].split("- **Answer per size.**")[0].split())
+        design = " ".join(f.read().split("**Maximum seeds: 40.**")[1].split("- **Answer per size.**")[0].split())
     final = stats.nominal_alpha(40, report.column_alpha("early", "test_accuracy", 32), 40, 5)
     assert f"final nominal level ({final:.1e})".replace("e-04", "e-4") in design
     power = [stats.seeds_for_power(sd, 0.02, final) for sd in (0.015, 0.025, 0.035)]
