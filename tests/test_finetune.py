@@ -279,23 +279,36 @@ def test_each_seed_chooses_its_learning_rate_on_its_own_selection_split(tiny_cla
     chosen runs; a seed lacking a rate is not compared yet; the findings say how often each rate was chosen."""
     out = tmp_path / "out"
     load_script().main(args_for(tiny_classifier, csv_data, out, "--train_sizes", "16", "--learning_rates",
-                                "1e-4,5e-3", "--seeds", "0,1,2"))
+                                "1e-4,3e-2", "--seeds", "0,1,2", "--min_steps", "20"))
     runs = records.read_runs(str(out))
     assert len(runs) == 12
     (row,) = [r for r in report.summarize(runs) if r["preset"] == "classic"]
     mine = [r for r in runs if r["preset"] == "classic"]
-    picked = report.chosen_runs(mine, [1e-4, 5e-3], "accuracy")
+    picked = report.chosen_runs(mine, [1e-4, 3e-2], "accuracy")
     for seed, run in picked.items():  # the seed's best on selection, its own runs alone
         theirs = [r for r in mine if r["seed"] == seed]
         best = max(report.selected_point(r, "accuracy")["selection_accuracy"] for r in theirs)
         assert report.selected_point(run, "accuracy")["selection_accuracy"] == best
-    base = report.chosen_runs([r for r in runs if r["preset"] == "pretrain-zero"], [1e-4, 5e-3], "accuracy")
+    base = report.chosen_runs([r for r in runs if r["preset"] == "pretrain-zero"], [1e-4, 3e-2], "accuracy")
     early = [report.selected_point(picked[s], "accuracy")["test_accuracy"]
              - report.selected_point(base[s], "accuracy")["test_accuracy"] for s in (0, 1, 2)]
     assert row["seeds"] == [0, 1, 2] and row["delta_early_test_accuracy"]["deltas"] == pytest.approx(early)
     assert sum(row["learning_rates_chosen"].values()) == 3
+    # the test set's terms come from the same runs, whichever rate a seed chose: seeds 0 and 1 made to choose 1e-4,
+    # seed 2 3e-2 (the cell's lr is 1e-4), each example's difference averages to the compared delta
+    from hfreg.finetune.report.writing import paired_differences
+
+    for r in runs:
+        if r["preset"] == "classic" and r["learning_rate"] == (3e-2 if r["seed"] == 2 else 1e-4):
+            report.selected_point(r, "accuracy")["selection_accuracy"] = 1.0
+    (row,) = [r for r in report.summarize(runs) if r["preset"] == "classic"]
+    assert row["learning_rate"] == 1e-4 and row["learning_rates_chosen"] == {"0.0001": 2, "0.03": 1}
+    found = [c for r, comp, c in paired_differences(str(out), runs, report.summarize(runs), "accuracy")
+             if r["preset"] == "classic" and r["against"] == "pretrain-zero" and comp == "early"]
+    assert np.asarray(found[0]["test_accuracy"]).mean(axis=0) == pytest.approx(
+        row["delta_early_test_accuracy"]["deltas"])
     # a seed with one rate alone (a stage in progress) is left out; the others keep their choices
-    partial = [r for r in runs if not (r["seed"] == 2 and r["learning_rate"] == 5e-3)]
+    partial = [r for r in runs if not (r["seed"] == 2 and r["learning_rate"] == 3e-2)]
     (row,) = [r for r in report.summarize(partial) if r["preset"] == "classic"]
     assert row["seeds"] == [0, 1]
     assert "Learning rates: each seed's is chosen on its own selection split" in (out / "findings.md").read_text()

@@ -99,17 +99,19 @@ def run_values(run: dict, select_by: str = DEFAULT_SELECT_BY) -> dict:
     return out
 
 
-def chosen_runs(runs: list[dict], rates, select_by: str = DEFAULT_SELECT_BY) -> dict[int, dict]:
+def chosen_runs(runs: list[dict], rates=None, select_by: str = DEFAULT_SELECT_BY) -> dict[int, dict]:
     """{seed: run} of one cell: per seed, the run whose learning rate reaches the best selection score (ties: the
     lower rate, scores rounded to 1e-9 so that equal counts of correct examples tie), chosen on the seed's own
     selection split as its early-stopping point is, so that each seed is one whole replicate of tuning and training
-    and a seed's choice never changes as others come in. A seed without a run at every one of the grid's ``rates``
-    is not yet comparable and is left out."""
+    and a seed's choice never changes as others come in. Among the grid's ``rates`` (its recorded `learning_rates`;
+    None: the rates of the cell's own runs) alone; a seed without a run at every one of them is not yet comparable
+    and is left out."""
     key, sign = SELECT_BY[select_by]
+    rates = set(rates) if rates else {r["learning_rate"] for r in runs}
     by_seed = defaultdict(dict)
     for r in runs:
-        by_seed[r["seed"]][r["learning_rate"]] = r
-    rates = set(rates)
+        if r["learning_rate"] in rates:
+            by_seed[r["seed"]][r["learning_rate"]] = r
     return {seed: max(mine.values(), key=lambda r: (round(sign * selected_point(r, select_by)[key], 9),
                                                      -r["learning_rate"]))
             for seed, mine in by_seed.items() if rates <= set(mine)}
@@ -173,7 +175,7 @@ def _summarize(runs: list[dict], experiment: str, select_by: str, margins: dict)
         cells[(r["preset"], r["train_size"])].append(r)
     order = list(dict.fromkeys(r["preset"] for r in runs))
     settings = runs[0]["experiment"].get("settings", {})
-    rates = settings.get("learning_rates") or sorted({r["learning_rate"] for r in runs})
+    rates = settings.get("learning_rates")  # older records without it: each cell's own
     chosen = {}
     for cell, group in cells.items():
         picked = chosen_runs(group, rates, select_by)
@@ -192,7 +194,8 @@ def _summarize(runs: list[dict], experiment: str, select_by: str, margins: dict)
         seeds, lr, counts = chosen[(preset, size)]
         ordered = [seeds[s] for s in sorted(seeds)]
         # several rates: how many seeds chose each (absent with one rate: older summaries match)
-        each = {"learning_rates_chosen": {f"{x:g}": counts[x] for x in sorted(counts)}} if len(rates) > 1 else {}
+        several = len(rates or {r["learning_rate"] for r in cells[(preset, size)]}) > 1
+        each = {"learning_rates_chosen": {f"{x:g}": counts[x] for x in sorted(counts)}} if several else {}
         rec = {"experiment": experiment, "preset": preset, "against": BASELINE, "train_size": size,
                "seeds": sorted(seeds), "learning_rate": lr, **each, "select_by": select_by,
                "underfit_runs": sum(v["underfit"] for v in ordered),

@@ -11,18 +11,19 @@ from ...config import KNOBS as KNOB_NAMES
 from ...files import replacing
 from .. import tasks
 from ..presets import BASELINE
-from .numbers import names
+from .numbers import chosen_runs, names
 
 
 def plot(output_dir: str, runs: list[dict], records: list[dict], suffix: str = "") -> list[str]:
-    """Learning curves per preset (training-subset and selection loss, eval mode, mean over seeds at the chosen
-    rate, against epochs) and the fixed-budget gap against training-set size."""
+    """Learning curves per preset (training-subset and selection loss, eval mode, mean over each seed's chosen run,
+    against epochs) and the fixed-budget gap against training-set size."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rate = {(r["preset"], r["train_size"]): r["learning_rate"] for r in records}
+    select_by = records[0]["select_by"] if records else "accuracy"
+    rates = (runs[0]["experiment"].get("settings") or {}).get("learning_rates") if runs else None
     presets = list(dict.fromkeys(r["preset"] for r in runs))
     sizes = sorted({r["train_size"] for r in runs})
     curves = os.path.join(output_dir, f"learning_curves{suffix}.png")
@@ -34,8 +35,8 @@ def plot(output_dir: str, runs: list[dict], records: list[dict], suffix: str = "
         ax.set_visible(False)
     for ax, preset in zip(axes.flat, presets):
         for i, size in enumerate(sizes):
-            group = [r for r in runs if r["preset"] == preset and r["train_size"] == size
-                     and r["learning_rate"] == rate.get((preset, size))]
+            group = list(chosen_runs([r for r in runs if r["preset"] == preset and r["train_size"] == size], rates,
+                                     select_by).values())
             if not group:
                 continue
             n = min(len(r["evals"]) for r in group)
