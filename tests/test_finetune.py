@@ -326,6 +326,10 @@ def test_a_rate_tie_goes_to_the_lower_rate_whatever_the_floats_sum_to():
     runs = [run(2e-4, 0, sum(a) / 2), run(1e-4, 0, sum(b) / 2)]  # one seed's two runs, summed in two orders
     assert sum(a) / 2 != sum(b) / 2
     assert report.chosen_runs(runs, [1e-4, 2e-4], "accuracy")[0]["learning_rate"] == 1e-4
+    # a run at a rate the grid does not record (a stray one) neither takes part nor keeps the seed out
+    stray = run(3e-4, 0, 0.99)
+    assert report.chosen_runs([*runs, stray], [1e-4, 2e-4], "accuracy")[0]["learning_rate"] == 1e-4
+    assert report.chosen_runs([*runs, stray], None, "accuracy")[0]["learning_rate"] == 3e-4  # older: the cell's own
 
 
 def test_a_staged_grid_records_a_selection_rule_other_than_the_tasks_own(tiny_classifier, csv_data, tmp_path):
