@@ -18,6 +18,7 @@ beside the per-comparison budget.
 """
 
 import argparse
+import functools
 import math
 import os
 import sys
@@ -60,31 +61,52 @@ def _psd(m, floor=0.0):
 RULES = ("one rate, no choice", "per cell, again at every look", "per cell, once on 5 tuning seeds", "per seed")
 
 
+@functools.lru_cache(maxsize=1)
+def _bounds() -> tuple:
+    """(seeds, t quantile) of each look, at the primary column's nominal level (its share over 32 comparisons)."""
+    share = report.column_alpha("early", "test_accuracy", 32)
+    return tuple((n, stats.t_ppf(1 - stats.nominal_alpha(n, share, MAX_SEEDS, STAGE) / 2, n - 1))
+                 for n in stats.looks(MAX_SEEDS, STAGE))
+
+
 def false_claims(means, shared, own, sims: int, seed: int = 0) -> dict[str, float]:
     """Per rule of `RULES`, the share of simulated null experiments whose interval excludes 0 at some look (a
     claim: better, worse or trivial). Every look is read, as a row is while another row of its cell keeps the cell
-    open. One set of draws serves every rule; the first five seeds are the tuning seeds of the third alone."""
+    open. One set of draws serves every rule; the first five seeds are the tuning seeds of the third alone. Each
+    look reads running sums over the seeds, per pair of rates where the choice may change between looks."""
     rng = np.random.default_rng(seed)
-    dim, seeds = len(means), MAX_SEEDS + TUNING
+    dim, seeds, k = len(means), MAX_SEEDS + TUNING, len(means) // 2
     ls, lo = np.linalg.cholesky(shared + 1e-12 * np.eye(dim)), np.linalg.cholesky(own)
     common = rng.standard_normal((sims, seeds, dim)) @ ls.T
     arm = means + common + rng.standard_normal((sims, seeds, dim)) @ lo.T
     base = means + common + rng.standard_normal((sims, seeds, dim)) @ lo.T
-    tuned = [a[:, :TUNING, 0::2].mean(1).argmax(1)[:, None] for a in (arm, base)]
+    tuned = [a[:, :TUNING, 0::2].mean(1).argmax(1) for a in (arm, base)]
     arm, base = arm[:, TUNING:], base[:, TUNING:]
-    per_seed = [a[:, :, 0::2].argmax(2) for a in (arm, base)]  # each seed's own choice, fixed once it is run
-    share = report.column_alpha("early", "test_accuracy", 32)
+    rows, stages = np.arange(sims), MAX_SEEDS // STAGE
+
+    def at_looks(x):  # running sums over the seeds, read at the looks only (x: sims x seeds x ...)
+        return x.reshape(sims, stages, STAGE, *x.shape[2:]).sum(2).cumsum(1)
+
+    # every pair of rates (arm's, baseline's): the paired test differences and their squares, summed to each look
+    pairs = (arm[:, :, 1::2][:, :, :, None] - base[:, :, 1::2][:, :, None, :]).reshape(sims, MAX_SEEDS, k * k)
+    sums, squares = at_looks(pairs), at_looks(pairs ** 2)
+    chosen = [a[:, :, 0::2].argmax(2) for a in (arm, base)]  # per seed, its own runs
+    own_d = np.take_along_axis(pairs, (chosen[0] * k + chosen[1])[..., None], 2)[..., 0]
+    own_sums, own_squares = at_looks(own_d), at_looks(own_d ** 2)
+    running = [at_looks(a[:, :, 0::2]) for a in (arm, base)]  # selection scores so far, per rate
     claimed = {rule: np.zeros(sims, bool) for rule in RULES}
-    for n in stats.looks(MAX_SEEDS, STAGE):
-        again = [a[:, :n, 0::2].mean(1).argmax(1)[:, None] for a in (arm, base)]  # from the seeds so far
-        picks = {RULES[0]: [np.ones((sims, 1), int)] * 2, RULES[1]: again, RULES[2]: tuned,
-                 RULES[3]: [p[:, :n] for p in per_seed]}
-        level = stats.nominal_alpha(n, share, MAX_SEEDS, STAGE)
-        for rule, (pick_arm, pick_base) in picks.items():
-            d = (np.take_along_axis(arm[:, :n, 1::2], np.broadcast_to(pick_arm, (sims, n))[..., None], 2)
-                 - np.take_along_axis(base[:, :n, 1::2], np.broadcast_to(pick_base, (sims, n))[..., None], 2))[..., 0]
-            se = d.std(1, ddof=1) / math.sqrt(n)
-            claimed[rule] |= np.abs(d.mean(1)) > stats.t_ppf(1 - level / 2, n - 1) * se
+    for look, (n, bound) in enumerate(_bounds()):
+        again = [r[:, look].argmax(1) for r in running]
+        pair = {RULES[0]: np.full(sims, (k // 2) * k + k // 2), RULES[1]: again[0] * k + again[1],
+                RULES[2]: tuned[0] * k + tuned[1]}
+        for rule in RULES:
+            if rule == RULES[3]:
+                total, total2 = own_sums[:, look], own_squares[:, look]
+            else:
+                total, total2 = sums[rows, look, pair[rule]], squares[rows, look, pair[rule]]
+            mean = total / n
+            se = np.sqrt(np.maximum(total2 - n * mean ** 2, 0) / (n - 1) / n)
+            claimed[rule] |= np.abs(mean) > bound * se
     return {rule: float(c.mean()) for rule, c in claimed.items()}
 
 
