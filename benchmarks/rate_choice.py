@@ -30,7 +30,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from hfreg.finetune import report, stats  # noqa: E402
 from hfreg.finetune.records import read_runs  # noqa: E402
 
-MAX_SEEDS, STAGE, TUNING, MARGIN = 40, 5, 5, 0.02
+MAX_SEEDS, STAGE, TUNING = 40, 5, 5
 
 
 def fitted_law(runs: list[dict], size: int, tuning: list[int]):

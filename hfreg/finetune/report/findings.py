@@ -425,8 +425,9 @@ def findings(records: list[dict], settings: dict | None = None, codes: list[str]
         lines += [f"Note: these runs were made by {len(codes)} versions of the code ({', '.join(codes)}).", ""]
     if machines:
         lines += [machines, ""]
-    if rates_text(records):
-        lines += [rates_text(records), ""]
+    rates = rates_text(records)
+    if rates:
+        lines += [rates, ""]
     if not any(d["n"] >= 2 for r in records for k, d in r.items() if k.startswith("delta_")):
         # a first run with one seed per cell: differences only, nothing to divide an error rate over
         return "\n".join(lines + [

@@ -117,6 +117,17 @@ def chosen_runs(runs: list[dict], rates=None, select_by: str = DEFAULT_SELECT_BY
             for seed, mine in by_seed.items() if rates <= set(mine)}
 
 
+def seed_choices(runs: list[dict], select_by: str = DEFAULT_SELECT_BY) -> dict[tuple, dict[int, dict]]:
+    """{(experiment, preset, train size): `chosen_runs` of that cell}, among each experiment's recorded
+    `learning_rates` (older records: each cell's own): the one reading of which run a seed compares, for the
+    verdicts, the test set's terms and the learning curves alike."""
+    cells = defaultdict(list)
+    for r in runs:
+        cells[(experiment_of(r), r["preset"], r["train_size"])].append(r)
+    return {cell: chosen_runs(group, (group[0]["experiment"].get("settings") or {}).get("learning_rates"), select_by)
+            for cell, group in cells.items()}
+
+
 def summarize(runs: list[dict], select_by: str | None = None, margins: dict | None = None) -> list[dict]:
     """One record per experiment x preset x train size (see the module doc). ``select_by`` None: each
     experiment's task's default rule (`tasks.Task.select_by`)."""
@@ -176,9 +187,10 @@ def _summarize(runs: list[dict], experiment: str, select_by: str, margins: dict)
     order = list(dict.fromkeys(r["preset"] for r in runs))
     settings = runs[0]["experiment"].get("settings", {})
     rates = settings.get("learning_rates")  # older records without it: each cell's own
+    picks = seed_choices(runs, select_by)
     chosen = {}
-    for cell, group in cells.items():
-        picked = chosen_runs(group, rates, select_by)
+    for cell in cells:
+        picked = picks[(experiment, *cell)]
         if picked:  # a cell whose seeds all lack a rate has nothing to compare yet
             counts = Counter(r["learning_rate"] for r in picked.values())
             lr = max(counts, key=lambda x: (counts[x], -x))  # the rate most seeds chose (ties: the lower)

@@ -11,7 +11,7 @@ from ...config import KNOBS as KNOB_NAMES
 from ...files import replacing
 from .. import tasks
 from ..presets import BASELINE
-from .numbers import chosen_runs, names
+from .numbers import names, seed_choices
 
 
 def plot(output_dir: str, runs: list[dict], records: list[dict], suffix: str = "") -> list[str]:
@@ -22,8 +22,8 @@ def plot(output_dir: str, runs: list[dict], records: list[dict], suffix: str = "
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    select_by = records[0]["select_by"] if records else "accuracy"
-    rates = (runs[0]["experiment"].get("settings") or {}).get("learning_rates") if runs else None
+    chosen = {(p, n): v for (_, p, n), v in seed_choices(runs, records[0]["select_by"] if records else
+                                                         "accuracy").items()}
     presets = list(dict.fromkeys(r["preset"] for r in runs))
     sizes = sorted({r["train_size"] for r in runs})
     curves = os.path.join(output_dir, f"learning_curves{suffix}.png")
@@ -35,8 +35,7 @@ def plot(output_dir: str, runs: list[dict], records: list[dict], suffix: str = "
         ax.set_visible(False)
     for ax, preset in zip(axes.flat, presets):
         for i, size in enumerate(sizes):
-            group = list(chosen_runs([r for r in runs if r["preset"] == preset and r["train_size"] == size], rates,
-                                     select_by).values())
+            group = list(chosen.get((preset, size), {}).values())
             if not group:
                 continue
             n = min(len(r["evals"]) for r in group)

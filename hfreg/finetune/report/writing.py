@@ -27,8 +27,8 @@ from .numbers import (
     COMPARISONS,
     check_margins,
     check_select_by,
-    chosen_runs,
     pooled,
+    seed_choices,
     selected_point,
     summarize,
     sweep_points,
@@ -179,22 +179,11 @@ def test_set_terms(output_dir: str, runs: list[dict], records: list[dict], selec
 def paired_differences(output_dir: str, runs: list[dict], records: list[dict], select_by: str):
     """(record, comparison, {verdict metric: examples x seeds}) for every comparison of ``records`` whose runs all
     have stored predictions: the per-example differences of the arm's runs minus its control's, paired by seed, at
-    the compared points (each seed's chosen run, `chosen_runs`: its selected point early-stopped, its final point at
+    the compared points (each seed's chosen run, `seed_choices`: its selected point early-stopped, its final point at
     the fixed budget)."""
     from .. import scores
 
-    cells = defaultdict(list)
-    for run in runs:
-        cells[(experiment_of(run), run["preset"], run["train_size"])].append(run)
-    chosen: dict = {}  # per cell, each seed's run as the comparison pairs it (`chosen_runs`)
-
-    def run_of(cell, seed):
-        if cell not in chosen:
-            group = cells.get(cell, [])
-            rates = group[0]["experiment"].get("settings", {}).get("learning_rates") if group else None
-            chosen[cell] = chosen_runs(group, rates, select_by)
-        return chosen[cell].get(seed)
-
+    chosen = seed_choices(runs, select_by)  # per cell, each seed's run as the comparison pairs it
     task = tasks.of_rows(records)
     cache: dict = {}
 
@@ -218,7 +207,8 @@ def paired_differences(output_dir: str, runs: list[dict], records: list[dict], s
         for comp in COMPARISONS:
             columns = defaultdict(list)
             for seed in r["paired_seeds"]:
-                values = [per_example(run, comp) if run else None for run in (run_of(k, seed) for k in keys)]
+                values = [per_example(run, comp) if run else None
+                          for run in (chosen.get(k, {}).get(seed) for k in keys)]
                 if None in values:
                     break
                 for m in task.verdicts:
