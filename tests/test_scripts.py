@@ -73,6 +73,13 @@ def test_the_rate_choice_table_is_what_the_benchmark_prints():
     rows = [[float(x) for x in line.strip(" |").split(" | ")[2:]] for line in table.splitlines()[2:]]
     assert all(abs(fixed - per_seed) < 4 * math.sqrt(budget / 50000) for fixed, _, _, per_seed in rows)
     assert max(r[1] for r in rows) > 100 * budget and min(r[2] for r in rows) > 10 * budget
+    # the page's words on it: the largest gap between one fixed rate and per seed, and the per-cell rules' worst
+    with open(os.path.join(ROOT, "docs", "results.md")) as f:
+        page = " ".join(f.read().split())
+    gap = max(abs(fixed - per_seed) for fixed, _, _, per_seed in rows)
+    assert f"differ by at most {gap:.1e}".replace("e-04", "e-4") in page and gap < 4 * math.sqrt(budget / 50000)
+    worst = [round(max(r[k] for r in rows) / budget, -1) for k in (1, 2)]
+    assert f"reaches {worst[0]:.0f} and {worst[1]:.0f} times the budget" in page
 
 
 def test_compare_runs_user_errors_are_one_line(tmp_path):
