@@ -355,8 +355,16 @@ _rate = _number(check_rate, "a float in [0, 1)")
 _scale = _number(check_scale, "a finite float >= 0")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse whose user errors are one line (exit 2) naming the subcommand's --help, not a usage dump; the
+    subcommands' parsers are of this class too."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="hfreg", description="Where and how strongly transformers regularize; "
+    p = _Parser(prog="hfreg", description="Where and how strongly transformers regularize; "
                                                           "one spec to change it.")
     sub = p.add_subparsers(dest="command", required=True)
     s = sub.add_parser("inspect", help="every dropout / drop-path / LayerDrop site of a model: path, kind, rate, "

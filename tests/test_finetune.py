@@ -433,6 +433,8 @@ def test_rates_errors_are_one_line(tiny_classifier, csv_data, tmp_path):
     (["--seeds", "auto", "--seed_stage", "1"], "--seeds auto needs --seed_stage >= 2"),
     (["--margin", "test_accuracy=-0.1"], "the margin for test_accuracy must be a positive number"),
     (["--learning_rates", "1e-4,x"], "--learning_rates must be comma-separated numbers"),
+    (["--learning_rates", "1e-4,0"], "--learning_rates must be positive numbers, got '1e-4,0'"),
+    (["--learning_rate", "-1"], "--learning_rate must be a positive number, got '-1.0'"),
     (["--roles", "validation"], "--roles validation needs a labelled test split"),
 ])
 def test_bad_input_one_line_nothing_written(tiny_classifier, csv_data, tmp_path, capsys, extra, message):

@@ -510,13 +510,15 @@ def resolve(model: ModelArguments, data: DataArguments, comparison: ComparisonAr
         # at least 10 points: with 6, most runs of the published 64-example methods grid (40 of 56) picked the
         # first point, which censors early stopping (the report counts such runs)
         ns.evals_per_epoch = max(2, math.ceil(MIN_POINTS / max(ns.num_train_epochs, 1)))
+    flag = "--learning_rates" if ns.learning_rates is not None else "--learning_rate"  # the one the user gave
     rates = ns.learning_rates if ns.learning_rates is not None else str(ns.learning_rate)
     try:
         ns.learning_rates = list(dict.fromkeys(float(x) for x in rates.split(",") if x.strip()))
     except ValueError:
-        raise ValueError(f"--learning_rates must be comma-separated numbers, got {rates!r}") from None
+        raise ValueError(f"{flag} must be comma-separated numbers, got {rates!r}") from None
     if not ns.learning_rates or not all(r > 0 for r in ns.learning_rates):
-        raise ValueError(f"--learning_rates must be positive numbers, got {rates!r}")
+        raise ValueError(f"{flag} must be {'a positive number' if flag == '--learning_rate' else 'positive numbers'}, "
+                         f"got {rates!r}")
     try:
         ns.margin = margins_arg(ns.margin)
     except argparse.ArgumentTypeError as e:

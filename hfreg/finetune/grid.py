@@ -251,7 +251,8 @@ class Grid:
             accelerator.print(report.report(args.output_dir, make_plots=not args.no_plots, select_by=args.select_by,
                                             margins=args.margin))
             accelerator.print(f"results in {args.output_dir}: runs.jsonl, predictions/, summary.json, summary.csv, "
-                              f"findings.md" + ("" if args.no_plots else ", learning_curves.png, gap_vs_size.png"))
+                              f"findings.md, pooled.json, pooled.md"
+                              + ("" if args.no_plots else ", learning_curves.png, gap_vs_size.png"))
             if args.push_to_hub:  # each preset's best kept run, chosen on the selection split
                 keep.push_best(args.output_dir, self.grid_runs(), SELECT_BY[args.select_by], args.hub_model_id)
         accelerator.end_training()
