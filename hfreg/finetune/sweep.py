@@ -47,6 +47,11 @@ def _main(args, ray) -> int:
 
 def cli(argv=None) -> int:
     """Console entry point: a user error is one line on stderr and exit status 2."""
+    import datasets
+    from transformers.utils import logging as hf_logging
+
+    # the harness prints its own progress; the libraries' bars (loading weights, generating splits) only come first
+    hf_logging.disable_progress_bar(), datasets.disable_progress_bars()
     try:
         return main(argv)
     except ValueError as e:
