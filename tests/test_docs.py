@@ -116,7 +116,19 @@ def test_the_designs_power_numbers_are_the_stats_and_the_published_findings():
     with open(os.path.join(ROOT, "docs", "results.md")) as f:
         design = " ".join(f.read().split("**Maximum seeds: 40.**")[1].split("- **Answer per size.**")[0].split())
     final = stats.nominal_alpha(40, report.column_alpha("early", "test_accuracy", 32), 40, 5)
-    assert f"final nominal level ({final:.1e})".replace("e-04", "e-4") in design
+    # the second look cannot stop a cell; the third can, rarely
+    from scipy.stats import t
+
+    with open(os.path.join(ROOT, "docs", "results.md")) as f:
+        page = " ".join(f.read().split())
+    share = report.column_alpha("early", "test_accuracy", 32)
+    half = {n: t.ppf(1 - stats.nominal_alpha(n, share, 40, 5) / 2, n - 1) / n ** 0.5 for n in (10, 15)}
+    assert (f"({stats.nominal_alpha(10, share, 40, 5):.1e} for test accuracy) an interval's half-width is "
+            f"{half[10]:.0f} paired SDs") in page and f"to 15 seeds ({half[15]:.1f} paired SDs there)" in page
+    assert stats.FUTILITY_FROM * 40 == 20 and "futility is read from 20 seeds on" in page
+    nll = stats.nominal_alpha(40, report.column_alpha("early", "test_nll_ts", 32), 40, 5)
+    assert (f"accuracy columns' final nominal level ({final:.1e}; the temperature-scaled NLL columns end at "
+            f"{nll:.1e})").replace("e-04", "e-4") in design
     power = [stats.seeds_for_power(sd, 0.02, final) for sd in (0.015, 0.025, 0.035)]
     equivalence = [stats.seeds_for_equivalence(sd, 0.02, final) for sd in (0.015, 0.025, 0.035)]
     assert "needs {}, {} and {} seeds".format(*power) in design

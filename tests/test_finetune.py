@@ -254,8 +254,12 @@ def test_auto_seeds_run_in_stages_and_stop_decided_cells(tiny_classifier, csv_da
     shutil.copytree(out, partial, ignore=shutil.ignore_patterns("*.md", "summary.*"))
     (partial / "runs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in runs
                                                 if r["preset"] != "heavy" or r["seed"] == 0))
-    assert "- n=16, 1 seed, below the first look (2 seeds), nothing read yet: `heavy`." in report.report(
-        str(partial), make_plots=False)
+    read_now = report.report(str(partial), make_plots=False)
+    assert "- n=16, 1 seed, below the first look (2 seeds), nothing read yet: `heavy`." in read_now
+    # ... before its verdict table, where the finished grid's findings do not
+    assert read_now.index("**Not final:** 1 of the 2 staged preset × size cells still plan seeds") < read_now.index(
+        "| size | arm |")
+    assert "Not final" not in text
     # and a pool over it says that its answer is not the design's yet; over the finished grid it does not
     assert "**Not final:** 1 of the sources' 2 staged preset × size cells still plan seeds" in report.report_many(
         [str(partial)], str(tmp_path / "pooled"), make_plots=False)

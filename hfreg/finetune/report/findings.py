@@ -467,7 +467,15 @@ def findings(records: list[dict], settings: dict | None = None, codes: list[str]
               f"(inconclusive): neither. {_calibration_words(task, findings=True)}Passes = forward/"
               f"backward passes per optimizer step. Underfit = runs whose selected point is near chance without "
               f"fitting their training data; censored = runs whose selected point is the first or last evaluation; "
-              f"regime = what the cell's runs measured (see docs/comparison.md).", "", table(records), ""]
+              f"regime = what the cell's runs measured (see docs/comparison.md).", ""]
+    stages = cell_stages(records) if design else []
+    waiting = [c for c in stages if c[4] not in (*FINAL_STAGES, REOPENED)]
+    if waiting:  # a report read while a staged grid runs: say so before any verdict is read
+        lines += [f"**Not final:** {len(waiting)} of the {len(stages)} staged preset × size cells "
+                  f"still plan seeds (*Stages* below). Their verdicts are read at the level of the look they have "
+                  f"reached, and *inconclusive* there means not decided yet; the findings are final once every cell "
+                  f"has stopped or reached the last look.", ""]
+    lines += [table(records), ""]
     words = _verdict_words(records, task)
     lines += ["In words:", ""] + [f"- {w}" for w in words] + [""]
     if design:
@@ -575,6 +583,8 @@ def _verdict_words(records: list[dict], task: tasks.Task) -> list[str]:
 def _power_lines(records: list[dict], task: tasks.Task) -> list[str]:
     """findings.md's power paragraphs: the seeds a verdict would need at the measured noise, per comparison."""
     said, lines = names(task), []
+    # a staged grid's verdicts are read at each look's level; the seeds it needs are counted at the last one's
+    level = "the last look's level" if any(r.get("design") for r in records) else "the level its verdicts are read at"
     for comp, pw in power(records, _margins_of(records)).items():
         if pw["paired_sd"] == 0:
             lines += ["", f"Power ({COMPARISONS[comp]}): every paired difference in {said[task.primary]} is zero."]
@@ -583,7 +593,7 @@ def _power_lines(records: list[dict], task: tasks.Task) -> list[str]:
         lines += ["", f"Power ({COMPARISONS[comp]}): the median paired SD of Δ {said[task.primary]} is "
                       f"{pw['paired_sd']:.4f}{_copies(copies)}. "
                       f"Detecting Δ = 0.02 with 80% power needs {s['0.02']['alpha_0.05']} seeds at α = 0.05 "
-                      f"({s['0.02']['alpha_corrected']} at the level its verdicts are read at, "
+                      f"({s['0.02']['alpha_corrected']} at {level}, "
                       f"{pw['alpha']:.2g}); Δ = 0.01 "
                       f"needs {s['0.01']['alpha_0.05']} ({s['0.01']['alpha_corrected']}); showing equivalence "
                       f"within ±{pw['equivalence']['margin']:g} when Δ = 0 needs about "
