@@ -132,10 +132,20 @@ def cmd_inspect(args):
         rows.append([s.path, s.kind, f"{s.rate:g}", "-" if s.layer is None else str(s.layer), s.source,
                      s.config_key or "-"])
     print(_table(rows))
-    for line in _spec_lines(os.path.basename(args.model.rstrip("/")), config, notes):
+    for line in _spec_lines(_name(args.model), config, notes):
         print(line)
     if args.plot:
         plot_profiles([(args.model, sites)], args.plot)
+
+
+def _name(ref: str) -> str:
+    """A model's title in tables and plots: a hub id's or shipped config's last part; a local path's last two, as a
+    folder's own name (a package's ``model/``) often says little."""
+    if not os.path.exists(ref):
+        return os.path.basename(ref.rstrip("/"))
+    path = os.path.normpath(ref)
+    path = os.path.abspath(path) if path.split(os.sep)[0] in (".", "..") else path  # "." names no folder
+    return "/".join(path.split(os.sep)[-2:]).lstrip("/")
 
 
 def cmd_compare(args):
@@ -145,8 +155,8 @@ def cmd_compare(args):
     for ref in args.models:
         config, notes = load_config(ref), []
         models.append((ref, inspect_model(_meta_model(config, notes))))
-        said += _spec_lines(os.path.basename(ref.rstrip("/")), config, notes)
-    rows = [["knob"] + [os.path.basename(ref.rstrip("/")) for ref, _ in models]]
+        said += _spec_lines(_name(ref), config, notes)
+    rows = [["knob"] + [_name(ref) for ref, _ in models]]
     for knob in KNOBS:
         rows.append([knob] + [knob_summary(sites, knob) for _, sites in models])
     print(_table(rows))
@@ -185,7 +195,7 @@ def plot_profiles(models, path: str) -> None:
     for ax, (ref, grid, labels) in zip(axes[0], profiles):
         image = ax.imshow(np.ma.masked_invalid(grid), aspect="auto", cmap=cmap, vmin=0, vmax=top,
                           interpolation="nearest")
-        ax.set_title(os.path.basename(ref.rstrip("/")), fontsize=9)
+        ax.set_title(_name(ref), fontsize=9)
         ax.set_yticks(range(len(KNOBS)), KNOBS if ax is axes[0][0] else [""] * len(KNOBS), fontsize=8)
         step = max(1, len(labels) // 8)
         ticks = list(range(0, len(labels) - 1, step)) + [len(labels) - 1]

@@ -161,3 +161,17 @@ def test_finetune_console_script_errors_are_one_line_and_help_lists_the_flags(tm
     assert proc.returncode == 2 and proc.stderr == "hfreg-finetune: error: unrecognized arguments: --foo\n"
     proc = subprocess.run([exe, "--help"], capture_output=True, text=True, cwd=tmp_path, timeout=300)
     assert proc.returncode == 0 and "--per_device_train_batch_size" in proc.stdout and "--report_to" in proc.stdout
+
+
+def test_a_local_model_is_titled_by_its_folder_and_the_one_above(tmp_path, capsys, monkeypatch):
+    """A package's `model/` folder says little alone: a local path is titled by its last two parts, a hub id or a
+    shipped config by its last part, as before."""
+    from transformers import BertConfig
+
+    folder = tmp_path / "some_package" / "model"
+    BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+               architectures=["BertModel"]).save_pretrained(folder)
+    monkeypatch.chdir(tmp_path)
+    assert main(["compare", str(folder), "some_package/model", "bert-base-uncased"]) == 0
+    header = capsys.readouterr().out.splitlines()[0].split()
+    assert header == ["knob", "some_package/model", "some_package/model", "bert-base-uncased"]
