@@ -31,15 +31,36 @@ def load_config(ref: str):
     elif published is not None:
         data = json.loads(published.read_text())
     else:
-        try:
-            return AutoConfig.from_pretrained(ref)
+        host = _unreachable_hub()
+        try:  # with no hub to ask, the local cache only: huggingface_hub would retry for some 25 s first
+            return AutoConfig.from_pretrained(ref, **({"local_files_only": True} if host else {}))
         except Exception:
             raise ValueError(f"cannot find a config for {ref!r}: not a file, not a directory, not one of the "
-                             f"shipped configs {_shipped()}, and not reachable on the hub") from None
+                             f"shipped configs {_shipped()}, and "
+                             + (f"not in the local cache, with the hub ({host}) unreachable from here" if host
+                                else "not reachable on the hub")) from None
     if "model_type" not in data:
         raise ValueError(f"{ref!r} has no model_type; not a transformers config")
     data = dict(data)
     return AutoConfig.for_model(data.pop("model_type"), **data)
+
+
+def _unreachable_hub() -> str | None:
+    """The hub's host name where it cannot even be resolved from here (offline), else None (reachable, or offline
+    mode set, which transformers honours itself)."""
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    host = urlparse(constants.ENDPOINT).hostname
+    if constants.HF_HUB_OFFLINE or not host:
+        return None
+    try:
+        socket.getaddrinfo(host, 443)
+    except OSError:
+        return host
+    return None
 
 
 def _meta_model(config, notes: list[str] | None = None):

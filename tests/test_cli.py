@@ -175,3 +175,23 @@ def test_a_local_model_is_titled_by_its_folder_and_the_one_above(tmp_path, capsy
     assert main(["compare", str(folder), "some_package/model", "bert-base-uncased"]) == 0
     header = capsys.readouterr().out.splitlines()[0].split()
     assert header == ["knob", "some_package/model", "some_package/model", "bert-base-uncased"]
+
+
+def test_an_unreachable_hub_is_said_at_once_and_the_local_cache_still_serves(tmp_path, monkeypatch, capsys):
+    """Offline (the hub's host cannot be resolved: `.invalid` never is), a hub id is looked up in the local cache
+    only, at once, instead of after huggingface_hub's retries; one not cached is one line naming the host."""
+    import huggingface_hub.constants as hub
+    from transformers import BertConfig
+
+    monkeypatch.setattr(hub, "ENDPOINT", "https://hub.invalid")
+    monkeypatch.setattr(hub, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(hub, "HF_HUB_CACHE", str(tmp_path))
+    snapshot = tmp_path / "models--someorg--tiny-bert" / "snapshots" / ("0" * 40)
+    BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+               hidden_dropout_prob=0.3).save_pretrained(snapshot)
+    (tmp_path / "models--someorg--tiny-bert" / "refs").mkdir()
+    (tmp_path / "models--someorg--tiny-bert" / "refs" / "main").write_text("0" * 40)
+    assert load_config("someorg/tiny-bert").hidden_dropout_prob == 0.3
+    assert main(["inspect", "someorg/not-cached"]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.endswith("not in the local cache, with the hub (hub.invalid) unreachable from here")
