@@ -116,16 +116,27 @@ def test_the_designs_power_numbers_are_the_stats_and_the_published_findings():
     with open(os.path.join(ROOT, "docs", "results.md")) as f:
         design = " ".join(f.read().split("**Maximum seeds: 40.**")[1].split("- **Answer per size.**")[0].split())
     final = stats.nominal_alpha(40, report.column_alpha("early", "test_accuracy", 32), 40, 5)
-    # the second look cannot stop a cell; the third can, rarely
+    # what the second look needs to stop a cell, against the first stage's cells (the committed records, seeds 0-4)
     from scipy.stats import t
+
+    from hfreg.finetune.records import read_runs
 
     with open(os.path.join(ROOT, "docs", "results.md")) as f:
         page = " ".join(f.read().split())
     share = report.column_alpha("early", "test_accuracy", 32)
-    half = {n: t.ppf(1 - stats.nominal_alpha(n, share, 40, 5) / 2, n - 1) / n ** 0.5 for n in (10, 15)}
-    assert (f"({stats.nominal_alpha(10, share, 40, 5):.1e} for test accuracy) an interval's half-width is "
-            f"{half[10]:.0f} paired SDs") in page and f"to 15 seeds ({half[15]:.1f} paired SDs there)" in page
+    level = {n: stats.nominal_alpha(n, share, 40, 5) for n in (10, 15)}
+    half = {n: t.ppf(1 - a / 2, n - 1) / n ** 0.5 for n, a in level.items()}
+    below = 0.02 / (t.ppf(1 - level[10], 9) / 10 ** 0.5)  # the equivalence (TOST) interval's half-width in SDs
+    assert (f"exceeds {half[10]:.0f} paired SDs (the interval's half-width at its nominal level, {level[10]:.1e} for "
+            f"test accuracy), or, for equivalence within ±0.02, where its paired SD is below {below:.4f}"
+            ) in page and f"to 15 seeds ({half[15]:.1f} paired SDs there)" in page
     assert stats.FUTILITY_FROM * 40 == 20 and "futility is read from 20 seeds on" in page
+    first = [r for r in read_runs(os.path.join(ROOT, "docs", "results", "answer-sst2-sentences")) if r["seed"] < 5]
+    cells = [r["delta_early_test_accuracy"] for r in report.summarize(first) if "delta_early_test_accuracy" in r]
+    assert len(cells) == 32 and all(d["n"] == 5 for d in cells)
+    ratio, sd = max(abs(d["mean"]) / d["sd"] for d in cells), min(d["sd"] for d in cells)
+    assert f"its largest ratio of mean difference to paired SD is {ratio:.1f}, its smallest paired SD {sd:.4f}" in page
+    assert ratio < half[10] / 2 and sd > 1.5 * below  # "no cell came near either"
     nll = stats.nominal_alpha(40, report.column_alpha("early", "test_nll_ts", 32), 40, 5)
     assert (f"accuracy columns' final nominal level ({final:.1e}; the temperature-scaled NLL columns end at "
             f"{nll:.1e})").replace("e-04", "e-4") in design
