@@ -131,6 +131,8 @@ def test_the_designs_power_numbers_are_the_stats_and_the_published_findings():
             f"test accuracy), or, for equivalence within ±0.02, where its paired SD is below {below:.4f}"
             ) in page and f"to 15 seeds ({half[15]:.1f} paired SDs there)" in page
     assert stats.FUTILITY_FROM * 40 == 20 and "futility is read from 20 seeds on" in page
+    assert (f"stayed at that look's level ({level[15]:.1e} in a column of 32 rows, against "
+            f"{stats.nominal_alpha(40, share, 40, 5):.1e} at the last look)").replace("e-0", "e-") in page
     first = [r for r in read_runs(os.path.join(ROOT, "docs", "results", "answer-sst2-sentences")) if r["seed"] < 5]
     cells = [r["delta_early_test_accuracy"] for r in report.summarize(first) if "delta_early_test_accuracy" in r]
     assert len(cells) == 32 and all(d["n"] == 5 for d in cells)

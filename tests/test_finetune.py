@@ -264,6 +264,13 @@ def test_auto_seeds_run_in_stages_and_stop_decided_cells(tiny_classifier, csv_da
     assert "**Not final:** 1 of the sources' 2 staged preset × size cells still plan seeds" in report.report_many(
         [str(partial)], str(tmp_path / "pooled"), make_plots=False)
     assert "Not final" not in report.report_many([str(out)], str(tmp_path / "pooled"), make_plots=False)
+    # a pool is read at its cells' strictest look while any plans seeds, and at the last look's level once none
+    # does: `same` stopped at the first look (2 of 4 seeds), yet its final pooled row is not held at that look
+    for where, seeds in ((tmp_path / "pooled", 4), (partial, 2)):
+        row = next(r for r in json.loads((where / "pooled.json").read_text()) if r["preset"] == "same"
+                   and r["comparison"] == "early" and r["metric"] == "test_accuracy")
+        assert row["alpha"] == pytest.approx(stats.nominal_alpha(
+            seeds, report.column_alpha("early", "test_accuracy", row["m"]), 4, 2)), where
     load_script().main(argv)  # a restart: nothing new, nothing twice
     assert len(records.read_runs(str(out))) == len(runs)
     # the margins it stopped on are recorded; a report under others says so

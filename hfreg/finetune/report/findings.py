@@ -201,7 +201,8 @@ def pooled_text(rows: list[dict], sources: list[str], baseline: str | None = Non
              f"α = 0.05 over every row with a verdict, shared by the columns "
              f"({', '.join(f'{COMPARISONS[c]} {said[m]} {stats.ALPHA_SHARES[(c, m)]:.0%}' for c, m in alphas)}), "
              f"Bonferroni over a column's rows, each row of a staged grid at the look its cells are read at (the "
-             f"strictest of theirs; nominal levels {', '.join(_levels(a) for a in alphas.values())}). Margins: "
+             f"strictest of theirs) while any of them plans seeds, else at the last look's (nominal levels "
+             f"{', '.join(_levels(a) for a in alphas.values())}). Margins: "
              f"{_margins_text({r['metric']: r['margin'] for r in rows})}. Verdicts: **better** / **worse** (the "
              f"interval excludes 0), *trivial* (it excludes 0 but the equivalence interval lies inside the margin), "
              f"equivalent (the equivalence interval lies inside the margin, the interval contains 0), "
@@ -217,9 +218,9 @@ def pooled_text(rows: list[dict], sources: list[str], baseline: str | None = Non
                   f"per-size rows ({COMPARISONS['early']} {said[task.primary]}) have no stored predictions, so "
                   f"their variance leaves out what the test set contributes; intervals over such cells cover less "
                   f"than their level (docs/comparison.md, *What the test set adds*).", ""]
-    waiting = [c for c in stages if c[4] not in (*FINAL_STAGES, REOPENED)]
-    if waiting:
-        lines += [f"**Not final:** {len(waiting)} of the sources' {len(stages)} staged preset × size cells still plan "
+    still = waiting(stages)
+    if still:
+        lines += [f"**Not final:** {len(still)} of the sources' {len(stages)} staged preset × size cells still plan "
                   f"seeds (below the first look, between looks or open; each source's findings list them). Each "
                   f"row spends only what its cells' looks allow, but the answer is final once every cell has "
                   f"stopped or reached the last look; stopped cells' estimates lean towards the effect that stopped "
@@ -469,9 +470,8 @@ def findings(records: list[dict], settings: dict | None = None, codes: list[str]
               f"fitting their training data; censored = runs whose selected point is the first or last evaluation; "
               f"regime = what the cell's runs measured (see docs/comparison.md).", ""]
     stages = cell_stages(records) if design else []
-    waiting = [c for c in stages if c[4] not in (*FINAL_STAGES, REOPENED)]
-    if waiting:  # a report read while a staged grid runs: say so before any verdict is read
-        lines += [f"**Not final:** {len(waiting)} of the {len(stages)} staged preset × size cells "
+    if waiting(stages):  # a report read while a staged grid runs: say so before any verdict is read
+        lines += [f"**Not final:** {len(waiting(stages))} of the {len(stages)} staged preset × size cells "
                   f"still plan seeds (*Stages* below). Their verdicts are read at the level of the look they have "
                   f"reached, and *inconclusive* there means not decided yet; the findings are final once every cell "
                   f"has stopped or reached the last look.", ""]
@@ -540,6 +540,11 @@ def cell_stages(records: list[dict]) -> list[tuple[str, int, str, int, str]]:
                      else f"open, the next stage takes it to {later[0]} seeds")
         out.append((where[0], where[2], preset, k, state))
     return out
+
+
+def waiting(stages: list[tuple]) -> list[tuple]:
+    """The cells of `cell_stages` that still plan seeds."""
+    return [c for c in stages if c[4] not in (*FINAL_STAGES, REOPENED)]
 
 
 def _stage_lines(records: list[dict], task: tasks.Task) -> list[str]:

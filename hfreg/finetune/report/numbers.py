@@ -367,16 +367,19 @@ def moderator(cells: list[dict], key: str) -> dict:
             "slope_per_log_size": slope["slope"]}
 
 
-def pooled_alpha(cells: list[dict], comp: str, metric: str, m: int) -> float:
-    """A pooled row's level: the column's share over its ``m`` rows, at the look each staged cell is read at (its
-    paired seeds), the strictest of its cells (a fixed grid's cell: the share itself). A pool read while its cells
-    still run spends only what their looks allow."""
+def pooled_alpha(cells: list[dict], comp: str, metric: str, m: int, final: bool = False) -> float:
+    """A pooled row's level: the column's share over its ``m`` rows (a fixed grid's cell: the share itself). While a
+    staged source's cells still plan seeds, at the look each staged cell is read at (its paired seeds), the
+    strictest of its cells, so that a pool read while they run spends only what their looks allow; once none does
+    (``final``), at the last look's level: the row's final reading, which the spending function keeps for it (at
+    its earliest cell's look a pool holding a cell stopped at 15 of 40 seeds would stay at 2.3e-8 for good)."""
     alpha = column_alpha(comp, metric, m)
     key = f"delta_{comp}_{metric}"
-    return min([alpha] + [stats.nominal_alpha(r[key]["n"], alpha, **r["design"]) for r in cells if r.get("design")])
+    return min([alpha] + [stats.nominal_alpha(r["design"]["max_seeds"] if final else r[key]["n"], alpha,
+                                              **r["design"]) for r in cells if r.get("design")])
 
 
-def pooled(records: list[dict], margins: dict | None = None) -> list[dict]:
+def pooled(records: list[dict], margins: dict | None = None, final: bool = False) -> list[dict]:
     """Each arm's (preset against the baseline or a control) paired differences over cells (``records`` from one or
     several result directories: every experiment x size is a cell), per comparison and verdict metric:
 
@@ -386,7 +389,8 @@ def pooled(records: list[dict], margins: dict | None = None) -> list[dict]:
       carries the moderator test, and its cells' weight shares.
 
     Cell variances include the test set's part (`cell_parts`). The rows of one comparison x metric share the
-    column's alpha (Bonferroni over them, look-adjusted for staged sources: `pooled_alpha`)."""
+    column's alpha (Bonferroni over them, look-adjusted for staged sources: `pooled_alpha`; ``final``: no staged
+    cell plans seeds any more)."""
     margins = check_margins(margins)
     task = tasks.of_rows(records)
     kind = {} if task is CLASSIFIER else {"problem_type": task.problem_type}
@@ -410,7 +414,7 @@ def pooled(records: list[dict], margins: dict | None = None) -> list[dict]:
                 if len(cells) >= 3 and not moderated:
                     planned.append((arm, "all", "random-effects", cells, mod, moderated))
             for (preset, against), scope, method, cells, mod, moderated in planned:
-                alpha = pooled_alpha(cells, comp, metric, len(planned))
+                alpha = pooled_alpha(cells, comp, metric, len(planned), final)
                 y = [r[key]["mean"] for r in cells]
                 parts = [cell_parts(r, key) for r in cells]
                 pool = stats.strata(y, [a for a, _ in parts], [r[key]["n"] - 1 for r in cells], alpha,

@@ -22,7 +22,7 @@ from ..records import (
     load_predictions,
     read_runs,
 )
-from .findings import baseline_text, cell_stages, findings, pooled_text
+from .findings import baseline_text, cell_stages, findings, pooled_text, waiting
 from .numbers import (
     COMPARISONS,
     check_margins,
@@ -143,10 +143,11 @@ def report_dir(output_dir: str, out: str | None) -> str:
 
 def write_pooled(out: str, records: list[dict], sources: list[str], margins: dict | None,
                  sweeps: dict | None = None) -> str:
-    rows = pooled(records, margins)
+    stages = cell_stages(records)
+    rows = pooled(records, margins, final=not waiting(stages))
     models = list(dict.fromkeys(r.get("model") for r in records if r.get("model")))
     text = pooled_text(rows, sources, baseline_text(pretrained_dropout(models[0])) if len(models) == 1 else None,
-                       cell_stages(records), sweeps)
+                       stages, sweeps)
     _atomic_write(os.path.join(out, "pooled.json"), json.dumps(_strict(rows), indent=2) + "\n")
     _atomic_write(os.path.join(out, "pooled.md"), text)
     return text
