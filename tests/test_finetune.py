@@ -265,12 +265,21 @@ def test_auto_seeds_run_in_stages_and_stop_decided_cells(tiny_classifier, csv_da
         [str(partial)], str(tmp_path / "pooled"), make_plots=False)
     assert "Not final" not in report.report_many([str(out)], str(tmp_path / "pooled"), make_plots=False)
     # a pool is read at its cells' strictest look while any plans seeds, and at the last look's level once none
-    # does: `same` stopped at the first look (2 of 4 seeds), yet its final pooled row is not held at that look
-    for where, seeds in ((tmp_path / "pooled", 4), (partial, 2)):
-        row = next(r for r in json.loads((where / "pooled.json").read_text()) if r["preset"] == "same"
+    # does, as read under the margins the grid stopped on: `same` stopped at the first look (2 of 4 seeds)
+    def same(*where, **rules):  # the seeds of the look its pooled row is read at
+        report.report_many([str(w) for w in where], str(tmp_path / "p"), make_plots=False, **rules)
+        row = next(r for r in json.loads((tmp_path / "p" / "pooled.json").read_text()) if r["preset"] == "same"
                    and r["comparison"] == "early" and r["metric"] == "test_accuracy")
-        assert row["alpha"] == pytest.approx(stats.nominal_alpha(
-            seeds, report.column_alpha("early", "test_accuracy", row["m"]), 4, 2)), where
+        share = report.column_alpha("early", "test_accuracy", row["m"])
+        return next(n for n in (2, 4) if row["alpha"] == pytest.approx(stats.nominal_alpha(n, share, 4, 2)))
+
+    assert same(out, margins=margins) == 4 and same(partial, margins=margins) == 2
+    assert same(out) == 2  # under other margins than it stopped on, its stages here are not the grid's
+    fixed = tmp_path / "fixed"  # the same records as a grid of fixed seeds, whose records cannot say it is complete
+    shutil.copytree(out, fixed, ignore=shutil.ignore_patterns("*.md", "summary.*", "pooled.*"))
+    (fixed / "runs.jsonl").write_text("".join(json.dumps({**r, "experiment": {**r["experiment"], "settings": {
+        k: v for k, v in r["experiment"]["settings"].items() if k != "seeds"}}}) + "\n" for r in runs))
+    assert same(out, fixed, margins=margins) == 2
     load_script().main(argv)  # a restart: nothing new, nothing twice
     assert len(records.read_runs(str(out))) == len(runs)
     # the margins it stopped on are recorded; a report under others says so

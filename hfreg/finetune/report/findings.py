@@ -201,8 +201,8 @@ def pooled_text(rows: list[dict], sources: list[str], baseline: str | None = Non
              f"α = 0.05 over every row with a verdict, shared by the columns "
              f"({', '.join(f'{COMPARISONS[c]} {said[m]} {stats.ALPHA_SHARES[(c, m)]:.0%}' for c, m in alphas)}), "
              f"Bonferroni over a column's rows, each row of a staged grid at the look its cells are read at (the "
-             f"strictest of theirs) while any of them plans seeds, else at the last look's (nominal levels "
-             f"{', '.join(_levels(a) for a in alphas.values())}). Margins: "
+             f"strictest of theirs) while any staged cell of the sources plans seeds, else at the last look's "
+             f"(nominal levels {', '.join(_levels(a) for a in alphas.values())}). Margins: "
              f"{_margins_text({r['metric']: r['margin'] for r in rows})}. Verdicts: **better** / **worse** (the "
              f"interval excludes 0), *trivial* (it excludes 0 but the equivalence interval lies inside the margin), "
              f"equivalent (the equivalence interval lies inside the margin, the interval contains 0), "
@@ -328,6 +328,20 @@ def _short(verdict: str) -> str:
             "inconclusive": "inconcl."}[verdict]
 
 
+def read_apart(records: list[dict], settings: dict | None) -> tuple[dict | None, str | None]:
+    """Where a staged grid's report reads it under other rules than the grid stopped its cells by (its recorded
+    ``settings``): the margins it stopped on where this report's differ, and the selection metric it stopped on
+    where this report selects by another (None where they agree). The report's stages (`cell_stages`) are read
+    under its own rules, so they are the grid's only where both are None."""
+    task = tasks.of_rows(records)
+    stopped_on = check_margins((settings or {}).get("margins"))
+    mine = _margins_of(records)
+    stopped_by = (settings or {}).get("select_by", task.default_select_by)
+    select_by = records[0].get("select_by", task.default_select_by) if records else task.default_select_by
+    return (stopped_on if any(stopped_on[m] != mine.get(m, stopped_on[m]) for m in task.verdicts) else None,
+            stopped_by if stopped_by != select_by else None)
+
+
 def _margins_of(records: list[dict]) -> dict:
     """{metric: margin} the records' comparisons were judged against."""
     return {k.split("_", 2)[2]: d["margin"] for r in records for k, d in r.items()
@@ -445,15 +459,14 @@ def findings(records: list[dict], settings: dict | None = None, codes: list[str]
              f"cannot be by the last look (futility, non-binding); estimates from a stopped cell lean towards the "
              f"effect that stopped it." if design else "")
     select_by = records[0].get("select_by", task.default_select_by) if records else task.default_select_by
-    stopped_on = check_margins((settings or {}).get("margins")) if design else None
-    if stopped_on is not None and any(stopped_on[m] != _margins_of(records).get(m, stopped_on[m])
-                                      for m in task.verdicts):
-        looks += (f" This report's margins differ from those the grid stopped on "
-                  f"({_margins_text(stopped_on, task)}): its stopping decisions were made on those.")
-    stopped_by = (settings or {}).get("select_by", task.default_select_by) if design else select_by
-    if stopped_by != select_by:
-        looks += (f" This report selects by {select_by}; the grid stopped on selection by {stopped_by}: its "
-                  f"stopping decisions were made on that.")
+    if design:
+        margins_apart, select_apart = read_apart(records, settings)
+        if margins_apart:
+            looks += (f" This report's margins differ from those the grid stopped on "
+                      f"({_margins_text(margins_apart, task)}): its stopping decisions were made on those.")
+        if select_apart:
+            looks += (f" This report selects by {select_by}; the grid stopped on selection by {select_apart}: its "
+                      f"stopping decisions were made on that.")
     shares = ", ".join(f"{COMPARISONS[c]} {said[m]} {a:.0%}" for (c, m), a in stats.ALPHA_SHARES.items()
                        if m in task.verdicts)
     lines += [f"Each preset against `{BASELINE}`, and a preset that names a control also against it (and against "

@@ -22,7 +22,7 @@ from ..records import (
     load_predictions,
     read_runs,
 )
-from .findings import baseline_text, cell_stages, findings, pooled_text, waiting
+from .findings import baseline_text, cell_stages, findings, pooled_text, read_apart, waiting
 from .numbers import (
     COMPARISONS,
     check_margins,
@@ -108,7 +108,8 @@ def report(output_dir: str, make_plots: bool = True, select_by: str | None = Non
     files; `report_many` pools several directories instead."""
     loaded = _runs(output_dir)
     text, records = _report(output_dir, loaded, make_plots, select_by, margins)
-    write_pooled(pooled_dir or output_dir, records, [output_dir], margins, sweep_points(loaded[0]))
+    write_pooled(pooled_dir or output_dir, records, [output_dir], margins, sweep_points(loaded[0]),
+                 _read_as_stopped(loaded[0], records))
     return text
 
 
@@ -128,12 +129,14 @@ def report_many(output_dirs: list[str], out: str | None = None, make_plots: bool
         raise ValueError(f"two result directories are named {twice!r}: their reports would share "
                          f"{os.path.join(out, twice)}; rename one or report them separately")
     loaded = {d: _runs(d) for d in output_dirs}  # every directory read and checked before anything is written
-    records = [rec for d, runs in loaded.items()
-               for rec in _report(d, runs, make_plots, select_by, margins, report_dir(d, out))[1]]
+    records, as_stopped = [], True
+    for d, runs in loaded.items():
+        mine = _report(d, runs, make_plots, select_by, margins, report_dir(d, out))[1]
+        records, as_stopped = records + mine, as_stopped and _read_as_stopped(runs[0], mine)
     out = out or output_dirs[0]
     os.makedirs(out, exist_ok=True)
     sweeps = sweep_points([r for runs, _ in loaded.values() for r in runs])
-    return write_pooled(out, records, output_dirs, margins, sweeps)
+    return write_pooled(out, records, output_dirs, margins, sweeps, as_stopped)
 
 
 def report_dir(output_dir: str, out: str | None) -> str:
@@ -141,10 +144,27 @@ def report_dir(output_dir: str, out: str | None) -> str:
     return os.path.join(out, os.path.basename(os.path.normpath(output_dir))) if out else output_dir
 
 
+def _read_as_stopped(runs: list[dict], records: list[dict]) -> bool:
+    """Whether every staged experiment of one result directory is read here under the margins and selection rule
+    its grid stopped its cells by (`read_apart`): only then do this report's stages say where the grid stands."""
+    for name in dict.fromkeys(experiment_of(r) for r in runs):
+        mine = [r for r in records if r["experiment"] == name]
+        if any(r.get("design") for r in mine):
+            settings = next(r for r in runs if experiment_of(r) == name)["experiment"].get("settings") or {}
+            if any(read_apart(mine, settings)):
+                return False
+    return True
+
+
 def write_pooled(out: str, records: list[dict], sources: list[str], margins: dict | None,
-                 sweeps: dict | None = None) -> str:
+                 sweeps: dict | None = None, as_stopped: bool = True) -> str:
+    """pooled.json and pooled.md. The rows get their final reading (`pooled`'s ``final``) only where every cell is
+    of a staged grid, none plans seeds, and each grid is read under the rules it stopped by (``as_stopped``): a
+    fixed grid's record does not say whether its seeds are complete, and under other margins or another selection
+    rule a cell's stage here is not the grid's."""
     stages = cell_stages(records)
-    rows = pooled(records, margins, final=not waiting(stages))
+    final = as_stopped and bool(records) and all(r.get("design") for r in records) and not waiting(stages)
+    rows = pooled(records, margins, final=final)
     models = list(dict.fromkeys(r.get("model") for r in records if r.get("model")))
     text = pooled_text(rows, sources, baseline_text(pretrained_dropout(models[0])) if len(models) == 1 else None,
                        stages, sweeps)
