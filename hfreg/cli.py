@@ -395,8 +395,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="hfreg", description="Where and how strongly transformers regularize; "
-                                                          "one spec to change it.")
+    p = _Parser(prog="hfreg", description="Where and how strongly transformers regularize; one spec to change it.")
     sub = p.add_subparsers(dest="command", required=True)
     s = sub.add_parser("inspect", help="every dropout / drop-path / LayerDrop site of a model: path, kind, rate, "
                                        "layer")

@@ -201,8 +201,9 @@ def pooled_text(rows: list[dict], sources: list[str], baseline: str | None = Non
              f"α = 0.05 over every row with a verdict, shared by the columns "
              f"({', '.join(f'{COMPARISONS[c]} {said[m]} {stats.ALPHA_SHARES[(c, m)]:.0%}' for c, m in alphas)}), "
              f"Bonferroni over a column's rows, each row of a staged grid at the look its cells are read at (the "
-             f"strictest of theirs) while any staged cell of the sources plans seeds, else at the last look's "
-             f"(nominal levels {', '.join(_levels(a) for a in alphas.values())}). Margins: "
+             f"strictest of theirs) while any staged cell of the sources plans seeds, else at the last look's where "
+             f"every source is a staged grid read under the margins and selection rule it stopped by (nominal "
+             f"levels {', '.join(_levels(a) for a in alphas.values())}). Margins: "
              f"{_margins_text({r['metric']: r['margin'] for r in rows})}. Verdicts: **better** / **worse** (the "
              f"interval excludes 0), *trivial* (it excludes 0 but the equivalence interval lies inside the margin), "
              f"equivalent (the equivalence interval lies inside the margin, the interval contains 0), "
@@ -483,8 +484,9 @@ def findings(records: list[dict], settings: dict | None = None, codes: list[str]
               f"fitting their training data; censored = runs whose selected point is the first or last evaluation; "
               f"regime = what the cell's runs measured (see docs/comparison.md).", ""]
     stages = cell_stages(records) if design else []
-    if waiting(stages):  # a report read while a staged grid runs: say so before any verdict is read
-        lines += [f"**Not final:** {len(waiting(stages))} of the {len(stages)} staged preset × size cells "
+    still = waiting(stages)
+    if still:  # a report read while a staged grid runs: say so before any verdict is read
+        lines += [f"**Not final:** {len(still)} of the {len(stages)} staged preset × size cells "
                   f"still plan seeds (*Stages* below). Their verdicts are read at the level of the look they have "
                   f"reached, and *inconclusive* there means not decided yet; the findings are final once every cell "
                   f"has stopped or reached the last look.", ""]
