@@ -30,9 +30,14 @@ def parse_args(argv=None):
     return parse(argv, description=__doc__.split("\n\n")[0])
 
 
-def main(argv=None) -> int:
+def main(argv=None, quiet: bool = False) -> int:
     args = parse_args(argv)
     check_output_dir(args.output_dir)
+    if quiet:  # after the flags are read: --help and a bad flag import nothing more
+        import datasets
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar(), datasets.disable_progress_bars()
     if args.backend == "ray":  # joined (or started) before anything is read or written: its errors come first
         from . import cluster
 
@@ -46,14 +51,10 @@ def _main(args, ray) -> int:
 
 
 def cli(argv=None) -> int:
-    """Console entry point: a user error is one line on stderr and exit status 2."""
-    import datasets
-    from transformers.utils import logging as hf_logging
-
-    # the harness prints its own progress; the libraries' bars (loading weights, generating splits) only come first
-    hf_logging.disable_progress_bar(), datasets.disable_progress_bars()
+    """Console entry point: a user error is one line on stderr and exit status 2; the libraries' progress bars
+    (loading weights, generating splits) off, as the harness prints its own progress."""
     try:
-        return main(argv)
+        return main(argv, quiet=True)
     except ValueError as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return 2
