@@ -9,6 +9,7 @@ import sys
 import warnings
 
 from .config import CONFIG_ATTR, CONFIG_NAME, KNOBS, SCALES, RegularizationConfig, check_rate, check_scale
+from .hub import unreachable_hub
 from .resources import shipped, shipped_names
 
 
@@ -31,7 +32,7 @@ def load_config(ref: str):
     elif published is not None:
         data = json.loads(published.read_text())
     else:
-        host = _unreachable_hub()
+        host = unreachable_hub()
         try:  # with no hub to ask, the local cache only: huggingface_hub would retry for some 25 s first
             return AutoConfig.from_pretrained(ref, **({"local_files_only": True} if host else {}))
         except Exception:
@@ -43,24 +44,6 @@ def load_config(ref: str):
         raise ValueError(f"{ref!r} has no model_type; not a transformers config")
     data = dict(data)
     return AutoConfig.for_model(data.pop("model_type"), **data)
-
-
-def _unreachable_hub() -> str | None:
-    """The hub's host name where it cannot even be resolved from here (offline), else None (reachable, or offline
-    mode set, which transformers honours itself)."""
-    import socket
-    from urllib.parse import urlparse
-
-    from huggingface_hub import constants
-
-    host = urlparse(constants.ENDPOINT).hostname
-    if constants.HF_HUB_OFFLINE or not host:
-        return None
-    try:
-        socket.getaddrinfo(host, 443)
-    except OSError:
-        return host
-    return None
 
 
 def _meta_model(config, notes: list[str] | None = None):

@@ -195,3 +195,21 @@ def test_an_unreachable_hub_is_said_at_once_and_the_local_cache_still_serves(tmp
     assert main(["inspect", "someorg/not-cached"]) == 2
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert line.endswith("not in the local cache, with the hub (hub.invalid) unreachable from here")
+
+
+def test_the_loads_ask_the_local_cache_alone_only_where_the_hub_cannot_be_resolved(monkeypatch):
+    """`hfreg.hub.hub_kwargs`, which the harness's model, config and tokenizer loads take: the local cache alone
+    where the hub's host cannot be resolved; nothing where offline mode is set (transformers honours it) or the
+    host resolves (a name this machine knows, whatever its network)."""
+    import huggingface_hub.constants as hub
+
+    from hfreg.hub import hub_kwargs
+
+    monkeypatch.setattr(hub, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(hub, "ENDPOINT", "https://hub.invalid")
+    assert hub_kwargs() == {"local_files_only": True}
+    monkeypatch.setattr(hub, "HF_HUB_OFFLINE", True)
+    assert hub_kwargs() == {}
+    monkeypatch.setattr(hub, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(hub, "ENDPOINT", "http://localhost:8080")
+    assert hub_kwargs() == {}

@@ -55,7 +55,7 @@ def test_wheel_installs_and_runs_outside_the_checkout(tmp_path, tiny_classifier,
 
 # the library's floors, bottom up: a module imports only from floors below its own (the harness, `finetune`, sits
 # above the patcher and imports within itself freely, without a circle)
-FLOORS = (("config", "files"), ("layers", "architectures", "unapplied", "resources", "cache"), ("provenance",),
+FLOORS = (("config", "files", "hub"), ("layers", "architectures", "unapplied", "resources", "cache"), ("provenance",),
           ("twin", "sites"),
           ("state",), ("hooks",), ("fast_masks", "knobs"), ("inject",), ("probing",), ("patcher",),
           ("schedule", "mc", "rdrop"), ("finetune",), ("cli", "__init__"))

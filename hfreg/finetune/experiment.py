@@ -9,6 +9,7 @@ import dataclasses
 import math
 import os
 
+from ..hub import hub_kwargs
 from .records import (
     DEFAULT_MODEL,
     code_identity,
@@ -180,7 +181,8 @@ def build_experiment(args, ray) -> Experiment:
     precision = "bf16" if args.backend == "ray" and args.run_gpus > 0 and args.mixed_precision == "auto" \
         else accelerator.mixed_precision
     hf_logging.set_verbosity_error()
-    remote = {"trust_remote_code": True} if args.trust_remote_code else {}
+    # the loads' keywords: remote code where asked; offline, the local cache at once (not after the hub's retries)
+    remote = {**({"trust_remote_code": True} if args.trust_remote_code else {}), **hub_kwargs()}
     tokenizer_flag = "tokenizer_name" if args.tokenizer_name else "model_name_or_path"
     with loading(tokenizer_flag, args.tokenizer_name or model_path):  # an image model's processor, in its place
         tokenizer = getattr(transformers, kind.processor).from_pretrained(args.tokenizer_name or model_path,

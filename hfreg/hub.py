@@ -1,0 +1,27 @@
+"""Whether the Hugging Face hub can be asked at all: offline, a hub id is looked up in the local cache at once
+instead of after the hub client's retries (some 25 s of them for a name that is not cached)."""
+
+from __future__ import annotations
+
+
+def unreachable_hub() -> str | None:
+    """The hub's host name where it cannot even be resolved from here (offline), else None (reachable, or offline
+    mode set, which transformers honours itself)."""
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    host = urlparse(constants.ENDPOINT).hostname
+    if constants.HF_HUB_OFFLINE or not host:
+        return None
+    try:
+        socket.getaddrinfo(host, 443)
+    except OSError:
+        return host
+    return None
+
+
+def hub_kwargs() -> dict:
+    """``from_pretrained`` keywords for a hub id: the local cache only where the hub cannot be reached."""
+    return {"local_files_only": True} if unreachable_hub() else {}
