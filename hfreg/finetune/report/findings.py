@@ -494,7 +494,7 @@ def findings(records: list[dict], settings: dict | None = None, codes: list[str]
     words = _verdict_words(records, task)
     lines += ["In words:", ""] + [f"- {w}" for w in words] + [""]
     if design:
-        lines += _stage_lines(records, task) + [""]
+        lines += _stage_lines(stages, task) + [""]
     missing = sorted({(r["preset"], c) for r in records for c in r.get("missing_controls", [])})
     if missing:
         lines += ["Missing controls: " + "; ".join(f"`{p}` is judged against `{c}`, which has no runs here"
@@ -562,11 +562,11 @@ def waiting(stages: list[tuple]) -> list[tuple]:
     return [c for c in stages if c[4] not in (*FINAL_STAGES, REOPENED)]
 
 
-def _stage_lines(records: list[dict], task: tasks.Task) -> list[str]:
-    """findings.md's stages (`cell_stages`), so that a report read while a grid runs says what it cannot decide
-    yet."""
+def _stage_lines(stages: list[tuple], task: tasks.Task) -> list[str]:
+    """findings.md's stages (``stages``: `cell_stages`), so that a report read while a grid runs says what it
+    cannot decide yet."""
     states = defaultdict(list)
-    for _, n, preset, k, state in cell_stages(records):
+    for _, n, preset, k, state in stages:
         states[(n, k, state)].append(f"`{preset}`")
     lines = [f"Stages (the grid's stopping rule read under this report's margins and selection rule; the paired "
              f"seeds of each cell's primary comparison, early-stopped {names(task)[task.primary]}):", ""]
