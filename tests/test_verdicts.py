@@ -334,7 +334,7 @@ def test_stopping_on_the_primary_endpoint_and_for_futility():
     assert report.stop_reason([row(0.02 + 0.2 * z20)]) == "futile"  # SD 0.2: nothing decides by 40 seeds
     assert report.stop_reason([row(0.01 + 0.03 * z)]) is None  # could still be decided: go on
     # the findings say where each cell stands by that rule: stopped, open, or between looks while a stage runs
-    from hfreg.finetune.report.findings import _stage_lines
+    from hfreg.finetune.report.findings import _stage_lines, cell_stages
 
     cells = {"equal": row(0.0005 * z), "open": row(0.01 + 0.03 * z), "running": row(0.01 + 0.03 * _unit(7, 3)),
              "futile": row(0.02 + 0.2 * z20), "new": row(0.01 + 0.03 * _unit(3, 3)),
@@ -347,7 +347,7 @@ def test_stopping_on_the_primary_endpoint_and_for_futility():
              for n, k in ((64, 41), (512, 15))]
     bases[0]["seeds"] = list(range(10))  # at 64 the baseline is where the open cell is: its next stage is due
     rows = [*bases, *cells.values()]
-    assert _stage_lines(rows, tasks.of_rows(list(cells.values())[:1])) == [
+    assert _stage_lines(cell_stages(rows), tasks.of_rows(list(cells.values())[:1])) == [
         "Stages (the grid's stopping rule read under this report's margins and selection rule; the paired seeds of "
         "each cell's primary comparison, early-stopped test accuracy):", "",
         "- n=64, 0 seeds, below the first look (5 seeds), nothing read yet: `unpaired`.",
