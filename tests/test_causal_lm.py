@@ -1,6 +1,6 @@
 """Instruction tuning of a causal LM (`--task causal-lm`): TRL's data formats, the loss on completion tokens only,
 completion NLL and exact match per point, and the same presets, records, verdicts and report as classification —
-on a tiny random Llama that borrows the packaged MiniLM's tokenizer, and instruction pairs made from real reviews."""
+on a tiny random Llama with a cut of the packaged MiniLM's tokenizer, and instruction pairs made from real reviews."""
 
 import json
 
@@ -136,12 +136,12 @@ def test_causal_lm_trains_under_data_parallel_processes(tiny_llama, instructions
     assert run["evals"][-1]["train_loss"] < run["evals"][0]["train_loss"]
 
 
-def test_a_packed_batch_gives_the_padded_batchs_loss(tiny_llama, minilm_path):
+def test_a_packed_batch_gives_the_padded_batchs_loss(tiny_llama):
     """`--packing`: a batch's examples side by side in one row attend to themselves alone (position ids restart at
     each), so the model's loss on the packed row is the loss on the padded batch."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(minilm_path)
+    tok = AutoTokenizer.from_pretrained(tiny_llama)
     pairs = [("Review: a gripping film\nSentiment:", " positive"), ("Review: dull\nSentiment:", " negative"),
              ("Review: the cast is charming and the script is sharp\nSentiment:", " positive")]
     items = [dict(zip(("input_ids", "labels"), causal_lm.encode_example(tok, p, c, 64))) for p, c in pairs]
@@ -207,7 +207,7 @@ def test_packing_where_it_cannot_go_is_one_line(tiny_llama, instructions, tiny_c
     assert not out.exists()
 
 
-def test_r_drop_and_label_smoothing_take_the_next_token_positions(tiny_llama, minilm_path):
+def test_r_drop_and_label_smoothing_take_the_next_token_positions(tiny_llama):
     """A causal LM's R-Drop and label smoothing are over the positions that predict a completion token: with the
     two passes equal (eval mode) and no smoothing they are the model's own loss; smoothed, its smoothed
     cross-entropy."""
@@ -216,7 +216,7 @@ def test_r_drop_and_label_smoothing_take_the_next_token_positions(tiny_llama, mi
     import hfreg
     from hfreg.finetune.training import task_loss
 
-    tok = AutoTokenizer.from_pretrained(minilm_path)
+    tok = AutoTokenizer.from_pretrained(tiny_llama)
     items = [dict(zip(("input_ids", "labels"), causal_lm.encode_example(tok, p, c, 64)))
              for p, c in (("Review: a gripping film\nSentiment:", " positive"), ("Review: dull\nSentiment:", " no"))]
     batch = causal_lm.Collator(tok)(items)

@@ -35,7 +35,7 @@ def blocks():
 @pytest.fixture(scope="module")
 def local(tmp_path_factory, minilm_path):
     """The local stand-in of each hub id the examples load: the packaged MiniLM for itself, a tiny random Qwen2
-    (with MiniLM's tokenizer) for Qwen2.5."""
+    (with a cut of MiniLM's tokenizer) for Qwen2.5."""
     qwen = tiny_decoder(tmp_path_factory.mktemp("qwen"), "qwen2", minilm_path)
     return {"sentence-transformers/all-MiniLM-L6-v2": minilm_path, "Qwen/Qwen2.5-0.5B": qwen}
 
