@@ -247,6 +247,45 @@ def test_an_unreachable_model_or_dataset_is_one_line(capsys, tmp_path, monkeypat
     assert not out.exists()
 
 
+def test_offline_a_hub_data_set_comes_from_the_local_cache_at_once(tmp_path, monkeypatch):
+    """Where the hub's host cannot be resolved (`.invalid` never is), `--dataset_name` reads datasets' local cache
+    without the hub client's retries (some 25 s); one not cached is one line naming the host, not datasets' "offline
+    mode is enabled", which the user never set. datasets' own offline switch is as it was afterwards."""
+    import glob
+    import shutil
+
+    import datasets
+    import huggingface_hub.constants as hub
+
+    from hfreg.finetune import data
+
+    monkeypatch.setattr(hub, "ENDPOINT", "https://hub.invalid")
+    monkeypatch.setattr(hub, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)
+    # a cached hub data set, laid out as `load_dataset("someorg/tiny", "sst2")` leaves it: built from a CSV
+    (tmp_path / "train.csv").write_text("sentence,label\ngood film,1\nbad film,0\nfine,1\n")
+    (tmp_path / "validation.csv").write_text("sentence,label\ndull,0\n")
+    datasets.load_dataset("csv", data_files={s: str(tmp_path / f"{s}.csv") for s in ("train", "validation")},
+                          cache_dir=str(tmp_path / "csv"))
+    (built,) = glob.glob(str(tmp_path / "csv" / "csv" / "*" / "*" / "*" / "dataset_info.json"))
+    cached = tmp_path / "cache" / "someorg___tiny" / "sst2" / "0.0.0" / "0"
+    shutil.copytree(os.path.dirname(built), cached)
+    for split in ("train", "validation"):
+        (cached / f"csv-{split}.arrow").rename(cached / f"tiny-{split}.arrow")
+    info = json.loads((cached / "dataset_info.json").read_text())
+    info.update(config_name="sst2", dataset_name="tiny")
+    (cached / "dataset_info.json").write_text(json.dumps(info))
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "cache"))
+
+    raw = data.load_raw("someorg/tiny", "sst2")
+    assert raw["train"]["sentence"] == ["good film", "bad film", "fine"] and raw["validation"]["label"] == [0]
+    with pytest.raises(ValueError) as e:
+        data.load_raw("someorg/not-cached")
+    assert str(e.value) == "cannot load someorg/not-cached: not in the local cache, with the hub (hub.invalid) " \
+                           "unreachable from here"
+    assert datasets.config.HF_HUB_OFFLINE is False
+
+
 def test_the_cli_guide_lists_every_flag_as_declared():
     """docs/cli.md's table is the dataclasses' fields, defaults and help, row for row."""
     import dataclasses

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..hub import offline_datasets
+
 DATA_EXTENSIONS = {"csv": "csv", "json": "json", "jsonl": "json", "parquet": "parquet"}
 TEXT_CANDIDATES = (("sentence1", "sentence2"), ("question", "sentence"), ("premise", "hypothesis"), ("text",),
                    ("sentence",), ("review",), ("content",), ("question1", "question2"))
@@ -32,7 +34,14 @@ def load_raw(dataset_name=None, dataset_config_name=None, train_file=None, valid
             raise ValueError(f"cannot load {what}: {str(e).strip().splitlines()[0]}") from None
 
     if dataset_name:
-        raw = load(dataset_name, dataset_config_name)
+        with offline_datasets() as host:
+            try:
+                raw = load(dataset_name, dataset_config_name)
+            except ValueError:
+                if host:  # "Couldn't reach ... (OfflineModeIsEnabled)" would blame a mode the user never set
+                    raise ValueError(f"cannot load {dataset_name}: not in the local cache, with the hub ({host}) "
+                                     f"unreachable from here") from None
+                raise
     elif train_dir:  # images, one folder per class (datasets' imagefolder, as run_image_classification.py reads it)
         dirs = {k: v for k, v in (("train", train_dir), ("validation", validation_dir), ("test", test_dir)) if v}
         for split, path in dirs.items():
