@@ -186,6 +186,10 @@ def test_a_harm_at_one_size_is_answered_per_size_not_averaged_away():
     assert not any(r["scope"] == "all" and r["metric"] == "test_accuracy" for r in rows)
     text = report.answer(rows)
     assert "`heavy`: early-stopped depends on size (worse at n=64" in text
+    # one verdict at every size is not an answer that depends on size, however much the Δ behind it does
+    same = [dict(r, verdict="equivalent") if r["metric"] == "test_accuracy" else r for r in rows]
+    assert "`heavy`: early-stopped equivalent at every size, by a Δ that differs with size; fixed budget " \
+           "equivalent at every size, by a Δ that differs with size." in report.answer(same)
 
 
 def test_without_a_moderator_three_or_more_cells_pool_with_a_prediction_interval():

@@ -64,7 +64,8 @@ def pooled_table(rows: list[dict], scope: str = "all") -> str:
 
 def arm_answer(rows: list[dict], preset: str, against: str) -> dict:
     """{comparison: verdict text} for one arm's test accuracy (the primary endpoint): the all-cells verdict where
-    there is one, else the verdict at each size (marked "depends on size" where the moderator test says so)."""
+    there is one, else the verdict at each size (marked "depends on size" where the moderator test says so and the
+    verdicts differ; one verdict at every size is said once, even where the Δ behind it differs with size)."""
     primary = tasks.of_rows(rows).primary
     out = {}
     for comp in COMPARISONS:
@@ -77,11 +78,11 @@ def arm_answer(rows: list[dict], preset: str, against: str) -> dict:
             out[comp] = overall["verdict"]
             continue
         per_size = ", ".join(f"{r['verdict']} at {r['scope']}" for r in mine)
-        sizes = {r["verdict"] for r in mine}
-        if mine[0]["moderator"]["depends_on_size"]:
+        depends = mine[0]["moderator"]["depends_on_size"]
+        if len({r["verdict"] for r in mine}) == 1 and len(mine) > 1:  # the verdict does not depend on size
+            out[comp] = f"{mine[0]['verdict']} at every size" + (", by a Δ that differs with size" if depends else "")
+        elif depends:
             out[comp] = f"depends on size ({per_size})"
-        elif len(sizes) == 1 and len(mine) > 1:
-            out[comp] = f"{mine[0]['verdict']} at every size"
         else:
             out[comp] = f"per size: {per_size}"
     return out
