@@ -93,6 +93,11 @@ def test_a_rate_sweep_is_answered_per_size_over_the_data_sets():
         "than the best: 0, " in at["- n=512"] and not at["- n=512"].endswith("0.6.")
     text = report.pooled_text(rows, ["a", "b"], sweeps=points)
     assert text.index("Rate sweep `hidden` over the data sets") < text.index("### n=64")
+    # one data set: its pool (the test set counted as a draw) answers "how much" too, the README quoting it
+    one = report.pooled([r for r in records if r["source"] == "a"])
+    alone = report.pooled_text(one, ["a"], sweeps=points)
+    assert "Rate sweep `hidden` pooled (" in alone and "over the data sets" not in alone
+    assert alone.index("Rate sweep") < alone.index("### n=64")
     assert "cells)" not in text and "cell)" not in text
     # a rate that one data set lacks pools another set of cells: each rate says how many it has
     fewer = report.pooled([r for r in records if not (r["source"] == "b" and r["preset"] == "hidden=0.6")])

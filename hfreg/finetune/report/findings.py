@@ -117,8 +117,9 @@ def answer(rows: list[dict]) -> str:
     return text
 
 
-def pooled_sweep_text(family: str, points: dict[str, float], rows: list[dict]) -> list[str]:
-    """A rate sweep over the data sets, per training size: each rate's pooled Δ against the baseline (the strata
+def pooled_sweep_text(family: str, points: dict[str, float], rows: list[dict], sources: int = 2) -> list[str]:
+    """A rate sweep over the ``sources`` data sets (one: its test set counted as a draw, as every pooled row counts
+    it), per training size: each rate's pooled Δ against the baseline (the strata
     rows of pooled.md, primary metric, early-stopped) with its simultaneous interval and verdict, the rates by
     verdict (with each rate's number of cells where they differ), the rate of the highest pooled Δ (×0: none
     beats the baseline), and the rates not worse than the best (`not_shown_worse`, where every rate pools the same
@@ -126,7 +127,8 @@ def pooled_sweep_text(family: str, points: dict[str, float], rows: list[dict]) -
     as the highest."""
     task = tasks.of_rows(rows)
     unit, what, fmt = _sweep_words(family)
-    lines = [f"Rate sweep `{family}` over the data sets ({what}; {names(task)[task.primary]}, early-stopped; each "
+    over = "over the data sets" if sources > 1 else "pooled"
+    lines = [f"Rate sweep `{family}` {over} ({what}; {names(task)[task.primary]}, early-stopped; each "
              f"rate's pooled Δ against `{BASELINE}` (rate 0) with its simultaneous interval, as the tables below give "
              f"it):", ""]
     sign = METRICS[task.primary]  # +1 where higher is better (a loss: -1)
@@ -176,7 +178,7 @@ def _span(mean, ci) -> str:
 
 def pooled_text(rows: list[dict], sources: list[str], baseline: str | None = None, stages: list = (),
                 sweeps: dict | None = None) -> str:
-    """pooled.md: the answer, the rate sweeps over several data sets (``sweeps``: `sweep_points`), the table of each
+    """pooled.md: the answer, the rate sweeps (``sweeps``: `sweep_points`), the table of each
     training size, the all-cells table, and the moderator tests; ``baseline`` says what the baseline means for the
     sources' model (`baseline_text`); ``stages``, the sources' `cell_stages`: while a staged grid's cells still plan
     seeds, the answer is said not to be final."""
@@ -228,8 +230,8 @@ def pooled_text(rows: list[dict], sources: list[str], baseline: str | None = Non
                   f"stopped or reached the last look; stopped cells' estimates lean towards the effect that stopped "
                   f"them.", ""]
     lines += [answer(rows), ""]
-    for family, points in (sweeps or {}).items() if len(sources) > 1 else ():  # one source: its findings say it
-        lines += pooled_sweep_text(family, points, rows)
+    for family, points in (sweeps or {}).items():  # one source too: the answer's "how much", as the pool reads it
+        lines += pooled_sweep_text(family, points, rows, len(sources))
     lines += [baseline, ""] if baseline else []
     for scope in dict.fromkeys(r["scope"] for r in rows if r["scope"] != "all"):
         lines += [f"### {scope}", "", pooled_table(rows, scope), ""]
