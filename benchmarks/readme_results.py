@@ -7,7 +7,8 @@ README.md holds, per data set, a block `<!-- findings:NAME -->` ... `<!-- /findi
 `<!-- pooled -->` ... `<!-- /pooled -->` for `docs/results/pooled.md` (its method and answer, and a link to its
 tables and between-sizes tests, written by
 `hfreg report docs/results/sst2 docs/results/rt-polarity --out docs/results`); `<!-- pooled:NAME -->` quotes
-`docs/results/NAME/pooled.md` the same way (`--out docs/results/NAME`). A block `<!-- methods:NAME -->`
+`docs/results/NAME/pooled.md` the same way (`--out docs/results/NAME`); in README.md a pooled block names its sources
+and links the method paragraph rather than quote it (docs/results.md quotes it whole). A block `<!-- methods:NAME -->`
 ... `<!-- /methods:NAME -->` gets a table of each preset of `docs/results/NAME/summary.json` beside the paper its
 preset file cites and the verdicts the report wrote there.
 """
@@ -30,7 +31,7 @@ def main() -> int:
         path = os.path.join(ROOT, page)
         if os.path.isfile(path):
             with open(path) as f:
-                texts[path] = fill(f.read(), os.path.dirname(path))
+                texts[path] = fill(f.read(), os.path.dirname(path), brief=page == "README.md")
             if texts[path] is None:
                 return 2
     for path, text in texts.items():
@@ -39,9 +40,9 @@ def main() -> int:
     return 0
 
 
-def fill(text: str, page_dir: str = ROOT) -> str | None:
+def fill(text: str, page_dir: str = ROOT, brief: bool = False) -> str | None:
     """``text`` (a page in ``page_dir``) with every marked block replaced by what the tool wrote; None (said on
-    stderr) on an error."""
+    stderr) on an error. ``brief`` (the README): pooled blocks link their method rather than quote it."""
     for name in re.findall(r"<!-- findings:([\w.-]+) -->", text):
         path = os.path.join(ROOT, "docs", "results", name, "findings.md")
         runs = os.path.join(os.path.dirname(path), "runs.jsonl")
@@ -70,18 +71,26 @@ def fill(text: str, page_dir: str = ROOT) -> str | None:
                   file=sys.stderr)
             return None
         text = re.sub(rf"<!-- {tag} -->.*?<!-- /{tag} -->",
-                      lambda _: f"<!-- {tag} -->\n{pooled_overview(path, page_dir)}\n<!-- /{tag} -->", text,
+                      lambda _: f"<!-- {tag} -->\n{pooled_overview(path, page_dir, brief)}\n<!-- /{tag} -->", text,
                       flags=re.S)
     return text
 
 
-def pooled_overview(path: str, page_dir: str = ROOT) -> str:
+def pooled_overview(path: str, page_dir: str = ROOT, brief: bool = False) -> str:
     """pooled.md up to its per-size tables (the method, the answer, the rate sweeps), and a link, from a page in
-    ``page_dir``, to the rest: the tables the method names and the between-sizes tests."""
+    ``page_dir``, to the rest: the tables the method names and the between-sizes tests. ``brief``: the method
+    paragraph's first sentence (its sources) and the link in its place."""
     with open(path) as f:
         body = f.read()
     body = body.split("\n### n=", 1)[0].strip().replace("## Pooled", "#### Pooled", 1)
     link = os.path.relpath(path, page_dir).replace(os.sep, "/")
+    if brief:  # "Sources: `a`, `b`. Each arm's mean paired Δ ..." (some 2.4 KB): a page of answers links it
+        paragraphs = body.split("\n\n")
+        for i, text in enumerate(paragraphs):
+            if text.startswith("Sources: "):
+                paragraphs[i] = (f"{text.split('. ', 1)[0].rstrip('.')}; how they pool, the error control and the "
+                                 f"margins: [{link}]({link}).")
+        body = "\n\n".join(paragraphs)
     return f"{body}\n\nThe tables of each size and over all cells, and the between-sizes tests: [{link}]({link})."
 
 

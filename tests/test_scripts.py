@@ -116,11 +116,18 @@ def test_readme_results_copies_findings_between_markers(tmp_path):
     assert out.returncode == 2 and "--out docs/results/answer` first" in out.stderr
     answer = tmp_path / "docs" / "results" / "answer"
     answer.mkdir()
-    (answer / "pooled.md").write_text("## Pooled\n\nthe answer\n\n### n=64\n\nrows\n")
+    (answer / "pooled.md").write_text("## Pooled\n\nSources: `a`. The method at length.\n\nthe answer\n\n"
+                                      "### n=64\n\nrows\n")
     assert subprocess.run(run).returncode == 0
-    assert readme.read_text() == ("<!-- pooled:answer -->\n#### Pooled\n\nthe answer\n\nThe tables of each size and "
-                                  "over all cells, and the between-sizes tests: [docs/results/answer/pooled.md]("
-                                  "docs/results/answer/pooled.md).\n<!-- /pooled:answer -->\n")
+    link = "[docs/results/answer/pooled.md](docs/results/answer/pooled.md)"
+    # the README links the method (its sources said); docs/results.md, the page of the method, quotes it whole
+    assert readme.read_text() == (f"<!-- pooled:answer -->\n#### Pooled\n\nSources: `a`; how they pool, the error "
+                                  f"control and the margins: {link}.\n\nthe answer\n\nThe tables of each size and "
+                                  f"over all cells, and the between-sizes tests: {link}.\n<!-- /pooled:answer -->\n")
+    page = tmp_path / "docs" / "results.md"
+    page.write_text("<!-- pooled:answer -->\n<!-- /pooled:answer -->\n")
+    assert subprocess.run(run).returncode == 0
+    assert "Sources: `a`. The method at length.\n\nthe answer\n\n" in page.read_text()
 
 
 @pytest.mark.parametrize("name", sorted(d for d in os.listdir(os.path.join(ROOT, "docs", "results"))
@@ -188,8 +195,13 @@ def test_readme_quotes_the_committed_pooled_answer(tmp_path):
     for page in ("README.md", os.path.join("docs", "results.md")):
         with open(os.path.join(ROOT, page)) as f:
             quoted = pooled_overview(os.path.join(ROOT, "docs", "results", "pooled.md"),
-                                     os.path.dirname(os.path.join(ROOT, page)))
+                                     os.path.dirname(os.path.join(ROOT, page)), brief=page == "README.md")
             assert quoted in f.read(), page
+    # the README links the method paragraph (its first sentence, the sources, kept) and quotes the answer whole
+    quoted = pooled_overview(os.path.join(ROOT, "docs", "results", "pooled.md"), ROOT, brief=True)
+    assert "Sources: `docs/results/sst2`, `docs/results/rt-polarity`; how they pool, the error control and the " \
+           "margins: [docs/results/pooled.md](docs/results/pooled.md).\n\n**Answer** (" in quoted
+    assert "DerSimonian" not in quoted and quoted.count("**Answer**") == 1
 
 
 def test_readme_quotes_the_committed_coverage_measurement():
