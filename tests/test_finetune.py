@@ -98,6 +98,10 @@ def test_script_end_to_end_and_resume(tiny_classifier, csv_data, tmp_path, capsy
         assert arrays["test_logits"].shape == (len(tested), 20, 2)
         assert arrays["test_steps"].tolist() == tested
         assert not set(arrays["selection_index"]) & set(arrays["test_index"])
+        # the report reads the test split alone: the same arrays, the selection split's left unread
+        alone = records.load_predictions(out, r, ("test",))
+        assert sorted(alone) == ["steps", "test_index", "test_labels", "test_logits", "test_steps"]
+        assert all(np.array_equal(alone[k], arrays[k]) for k in alone)
     summary = json.loads((out / "summary.json").read_text())
     assert {(s["preset"], s["train_size"]) for s in summary} == {(p, n) for p in ("pretrain-zero", "classic")
                                                                   for n in (16, 32)}

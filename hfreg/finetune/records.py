@@ -272,16 +272,22 @@ def _save_predictions(output_dir: str, key: tuple, arrays: dict, classes: bool =
     return rel
 
 
-def load_predictions(output_dir: str, record: dict) -> dict:
+def load_predictions(output_dir: str, record: dict, splits: tuple[str, ...] = ("selection", "test")) -> dict:
     """The arrays stored with a run: ``steps`` (the evaluation points), ``test_steps`` (those where the test split
-    was evaluated; every point in records made before it was chosen), and for ``selection`` and ``test``:
-    ``*_logits`` (points x examples x classes, float32), ``*_labels`` and ``*_index`` (the examples' rows in their
-    split). Reads both layouts: full float32 logits (records made before `compact`) and float16 differences, which
-    come back as logits whose first column is 0."""
+    was evaluated; every point in records made before it was chosen), and for each of ``splits`` (``selection``,
+    ``test``): ``*_logits`` (points x examples x classes, float32), ``*_labels`` and ``*_index`` (the examples' rows
+    in their split). Reads both layouts: full float32 logits (records made before `compact`) and float16
+    differences, which come back as logits whose first column is 0."""
     import numpy as np
 
+    skip = tuple(f"{s}_" for s in ("selection", "test") if s not in splits)
     with np.load(os.path.join(output_dir, record["predictions"])) as f:
-        arrays = {k: f[k].astype(np.int64) if f[k].dtype.kind in "iu" else f[k] for k in f.files}
+        arrays = {}
+        for k in f.files:
+            if k.startswith(skip) and k != "test_steps":  # a member is read (and inflated) only when asked for
+                continue
+            value = f[k]  # each f[k] reads the member anew
+            arrays[k] = value.astype(np.int64) if value.dtype.kind in "iu" else value
     for name in [k for k in arrays if k.endswith("_logit_diffs")]:
         planes = arrays.pop(name).astype(np.uint8)
         raw = np.empty(planes.shape[1:-1] + (2 * planes.shape[-1],), np.uint8)

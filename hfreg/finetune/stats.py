@@ -198,35 +198,44 @@ def looks(max_seeds: int, stage: int) -> list[int]:
     return sorted({*range(stage, max_seeds, stage), max_seeds})
 
 
-@functools.lru_cache(maxsize=256)
 def _boundaries(fractions: tuple[float, ...], alpha: float) -> tuple[float, ...]:
     """Two-sided z boundaries c_j of a group-sequential test at the information ``fractions``: under the null, the
     chance of first crossing |Z| >= c_j at look j is the alpha spent between looks j - 1 and j. Exact for the
     Brownian score process (independent increments), by numerical integration on a grid (Armitage, McPherson &
     Rowe 1969; Jennison & Turnbull 2000, ch. 19)."""
-    grid = np.linspace(-10.0, 10.0, 2001)
+    return _through(fractions, alpha)[0]
+
+
+_GRID = np.linspace(-10.0, 10.0, 2001)
+
+
+@functools.lru_cache(maxsize=512)
+def _through(fractions: tuple[float, ...], alpha: float) -> tuple[tuple[float, ...], np.ndarray | None]:
+    """`_boundaries` up to the last of ``fractions``, and the density that continues past it. Built on the
+    boundaries of all but the last fraction (cached), which do not depend on it: the readings at 5, 10, ... seeds
+    share their earlier looks' work, one look each."""
+    if not fractions:
+        return (), None
+    before, density = _through(fractions[:-1], alpha)
+    prev = fractions[-2] if len(fractions) > 1 else 0.0
+    t, grid = fractions[-1], _GRID
     h = grid[1] - grid[0]
     pos = grid[grid >= 0]
-    density, prev, out = None, 0.0, []
-    for t in fractions:
-        if density is None:
-            f = stats.norm.pdf(grid, scale=math.sqrt(t))
-        else:
-            f = stats.norm.pdf(grid[:, None] - grid[None, :], scale=math.sqrt(t - prev)) @ density * h
-        target = spent(t, alpha) - spent(prev, alpha)
-        # the mass beyond +-b, for b on the grid (the density is symmetric), trapezoid rule from the outside in
-        half = f[grid >= 0]
-        tail = np.concatenate([np.cumsum(((half[1:] + half[:-1]) / 2 * h)[::-1])[::-1], [0.0]])
-        outside = 2 * tail
-        if target <= 0 or target >= outside[0]:
-            b = pos[-1] if target <= 0 else 0.0
-        else:  # outside falls with b: interpolate the b where it meets the target
-            b = float(np.interp(-target, -outside, pos))
-        out.append(b / math.sqrt(t))
-        # continuation region: the density inside (-b, b), its edge cell weighted by the share inside
-        density = f * np.clip((b - np.abs(grid)) / h + 0.5, 0.0, 1.0)
-        prev = t
-    return tuple(out)
+    if density is None:
+        f = stats.norm.pdf(grid, scale=math.sqrt(t))
+    else:
+        f = stats.norm.pdf(grid[:, None] - grid[None, :], scale=math.sqrt(t - prev)) @ density * h
+    target = spent(t, alpha) - spent(prev, alpha)
+    # the mass beyond +-b, for b on the grid (the density is symmetric), trapezoid rule from the outside in
+    half = f[grid >= 0]
+    tail = np.concatenate([np.cumsum(((half[1:] + half[:-1]) / 2 * h)[::-1])[::-1], [0.0]])
+    outside = 2 * tail
+    if target <= 0 or target >= outside[0]:
+        b = pos[-1] if target <= 0 else 0.0
+    else:  # outside falls with b: interpolate the b where it meets the target
+        b = float(np.interp(-target, -outside, pos))
+    # continuation region: the density inside (-b, b), its edge cell weighted by the share inside
+    return (*before, b / math.sqrt(t)), f * np.clip((b - np.abs(grid)) / h + 0.5, 0.0, 1.0)
 
 
 def nominal_alpha(n: int, alpha: float, max_seeds: int | None = None, stage: int | None = None) -> float:

@@ -214,7 +214,7 @@ def paired_differences(output_dir: str, runs: list[dict], records: list[dict], s
     def per_example(run, comp):
         if id(run) not in cache:
             try:
-                cache[id(run)] = load_predictions(output_dir, run) if run.get("predictions") else None
+                cache[id(run)] = load_predictions(output_dir, run, ("test",)) if run.get("predictions") else None
             except (OSError, KeyError, ValueError):
                 cache[id(run)] = None
         arrays = cache[id(run)]
