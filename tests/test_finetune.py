@@ -221,7 +221,7 @@ def test_rate_sweep_min_steps_and_code_identity(tiny_classifier, csv_data, tmp_p
     findings = (out / "findings.md").read_text()
     assert f"Trained on {point['provenance']['machine']}: " in findings and " h of run wall time." in findings
     assert "Rate sweep `hidden` (the knob alone; test accuracy, early-stopped):" in findings
-    assert "- n=16: equivalent to none at" in findings and "not worse than the best:" in findings
+    assert "- n=16: equivalent to none at" in findings and "not shown worse than another rate:" in findings
     report.report(str(out))
     assert (out / "dose_response.png").stat().st_size > 1000
 
@@ -384,8 +384,9 @@ def test_the_findings_say_what_trained_the_runs_and_for_how_long():
 
 
 def test_a_rate_is_worse_than_the_best_only_where_the_simultaneous_intervals_say_so():
-    """The set not worse than the best spends no error of its own: a rate leaves it only where its interval (against
-    none) lies wholly below another's, so every such claim holds wherever the reported intervals do."""
+    """The set not shown worse than another rate spends no error of its own: a rate leaves it only where its
+    interval (against none) lies wholly below another's, so every such claim holds wherever the reported intervals
+    do."""
     from hfreg.finetune.report.numbers import not_shown_worse
 
     # none's interval is (0, 0): a rate shown better than none pushes none out, a rate shown worse goes

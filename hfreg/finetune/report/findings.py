@@ -90,8 +90,8 @@ def arm_answer(rows: list[dict], preset: str, against: str) -> dict:
 
 def answer(rows: list[dict]) -> str:
     """One paragraph from the pooled rows of test accuracy (the primary endpoint): per verdict the arms that get it
-    under both comparisons over all cells; then the arms whose answer depends on size or differs between the
-    comparisons, in full."""
+    under both comparisons, over all cells or (where no row is over all cells) at every size; then the arms whose
+    answer depends on size or differs between the comparisons, in full."""
     task = tasks.of_rows(rows)
     arms = list(dict.fromkeys((r["preset"], r["against"]) for r in rows if r["metric"] == task.primary))
     if not arms:
@@ -100,7 +100,8 @@ def answer(rows: list[dict]) -> str:
     same, other = defaultdict(list), []
     for arm in arms:
         said = arm_answer(rows, *arm)
-        values = set(said.values())
+        # one verdict everywhere: over all cells, or at every size where there is no row over all cells
+        values = {v.removesuffix(" at every size") for v in said.values()}
         if len(said) == len(COMPARISONS) and len(values) == 1 and next(iter(values)) in stats.VERDICTS:
             same[next(iter(values))].append(_label(*arm))
         else:
@@ -111,7 +112,8 @@ def answer(rows: list[dict]) -> str:
     text = (f"**Answer** ({names(task)[task.primary]}; `preset` against `{BASELINE}`, `preset` vs `control` against "
             f"the control it names; over all cells where size does not moderate the effect, else per size; "
             f"early-stopped and at a fixed budget alike): "
-            + ("; ".join(parts) if parts else "no arm gets one verdict over all cells under both comparisons") + ".")
+            + ("; ".join(parts) if parts else "no arm gets one verdict everywhere, early-stopped and at a fixed "
+                                              "budget alike") + ".")
     if other:
         text += "\n\nPer size or per comparison:\n\n" + "\n".join(f"- {o}." for o in other)
     return text
@@ -122,7 +124,7 @@ def pooled_sweep_text(family: str, points: dict[str, float], rows: list[dict], s
     it), per training size: each rate's pooled Δ against the baseline (the strata
     rows of pooled.md, primary metric, early-stopped) with its simultaneous interval and verdict, the rates by
     verdict (with each rate's number of cells where they differ), the rate of the highest pooled Δ (×0: none
-    beats the baseline), and the rates not worse than the best (`not_shown_worse`, where every rate pools the same
+    beats the baseline), and the rates not shown worse than another (`not_shown_worse`, where every rate pools the same
     cells). The intervals are simultaneous over the column's rows, so the highest one's holds although it was picked
     as the highest."""
     task = tasks.of_rows(rows)
@@ -156,7 +158,8 @@ def pooled_sweep_text(family: str, points: dict[str, float], rows: list[dict], s
         missing = [p for p in points if p != BASELINE and p not in {r["preset"] for r in here}]
         kept += f" ({_rates(points, unit, missing)}: no pooled row at this size)" if missing else ""
         lines.append(f"- {scope}: {', '.join(rates)}. {verdicts[0].upper()}{verdicts[1:]}. "
-                     f"{'Highest' if sign > 0 else 'Lowest'} pooled Δ: {said}; not worse than the best: {kept}.")
+                     f"{'Highest' if sign > 0 else 'Lowest'} pooled Δ: {said}{_edge(points, best)}; not shown "
+                     f"worse than another rate: {kept}.")
     return lines + [""] if len(lines) > 2 else []
 
 
@@ -211,8 +214,9 @@ def pooled_text(rows: list[dict], sources: list[str], baseline: str | None = Non
              f"interval excludes 0), *trivial* (it excludes 0 but the equivalence interval lies inside the margin), "
              f"equivalent (the equivalence interval lies inside the margin, the interval contains 0), "
              f"inconclusive. {_calibration_words(task)}A row over one "
-             f"cell can be wider than that cell's findings row: the findings judge the cell on its test set, the "
-             f"pool also counts the test set as a draw.", ""]
+             f"cell can differ from that cell's findings row either way: the pool also counts the test set as a "
+             f"draw (wider), and in its final reading it is read at the last look's level, where the findings read "
+             f"a cell at the look it stopped at (narrower, for a cell that stopped early).", ""]
     column = [r for r in rows if r["comparison"] == "early" and r["metric"] == task.primary and r["scope"] != "all"]
     short = sum(r.get("seeds_only", 0) for r in column)
     if short:
@@ -230,6 +234,9 @@ def pooled_text(rows: list[dict], sources: list[str], baseline: str | None = Non
                   f"stopped or reached the last look; stopped cells' estimates lean towards the effect that stopped "
                   f"them.", ""]
     lines += [answer(rows), ""]
+    if stages and not still:  # while cells wait, the "Not final" paragraph says it
+        lines += ["Cells of a staged grid stopped at the first look that decided them: a stopped cell's estimate "
+                  "leans towards the effect that stopped it.", ""]
     for family, points in (sweeps or {}).items():  # one source too: the answer's "how much", as the pool reads it
         lines += pooled_sweep_text(family, points, rows, len(sources))
     lines += [baseline, ""] if baseline else []
@@ -237,19 +244,25 @@ def pooled_text(rows: list[dict], sources: list[str], baseline: str | None = Non
         lines += [f"### {scope}", "", pooled_table(rows, scope), ""]
     if any(r["scope"] == "all" for r in rows):
         lines += ["### All cells", "", pooled_table(rows), ""]
-    lines += [f"Size as a moderator ({said[task.primary]}, early-stopped): Q_between over the sizes' equal-weight "
-              "estimates, with the spread between data sets within a size (τ within) added to every cell's variance, "
-              "χ² with sizes − 1 df; the slope of Δ per unit of log size for its direction:", ""]
-    for r in rows:
-        if r["comparison"] == "early" and r["metric"] == task.primary and r["scope"] == next(
-                x["scope"] for x in rows if (x["preset"], x["against"]) == (r["preset"], r["against"])):
-            mod = r["moderator"]
-            said = "not testable (one size)" if mod["p"] is None or math.isnan(mod["p"]) \
-                else (f"Q_between = {mod['q_between']:.1f}, p = {mod['p']:.2g} (df {mod['df']}), slope "
-                      f"{_num(mod['slope_per_log_size'], 4, sign=True)}: "
-                      + ("**depends on size**" if mod["depends_on_size"] else "no evidence that size matters"))
-            lines.append(f"- {_label(r['preset'], r['against'])}: {said}.")
-    return "\n".join(lines) + "\n"
+    for i, (comp, label) in enumerate(COMPARISONS.items()):
+        lines += [f"Size as a moderator ({said[task.primary]}, {label}): Q_between over the sizes' equal-weight "
+                  "estimates, with the spread between data sets within a size (τ within) added to every cell's "
+                  f"variance, χ² with sizes − 1 df, each arm at p < {MODERATOR_ALPHA:g} unadjusted (a gate that "
+                  "decides whether the answer is per size, not a verdict); the slope of Δ per unit of log size for "
+                  "its direction, given 3 cells or more:" if not i else
+                  f"Size as a moderator ({said[task.primary]}, {label}), by the same test:", ""]
+        for r in rows:
+            if r["comparison"] == comp and r["metric"] == task.primary and r["scope"] == next(
+                    x["scope"] for x in rows if (x["preset"], x["against"]) == (r["preset"], r["against"])):
+                mod, slope = r["moderator"], r["moderator"]["slope_per_log_size"]
+                text = "not testable (one size)" if mod["p"] is None or math.isnan(mod["p"]) \
+                    else (f"Q_between = {mod['q_between']:.1f}, p = {mod['p']:.2g} (df {mod['df']}), slope "
+                          + (f"{_num(slope, 4, sign=True)}" if slope is not None and not math.isnan(slope)
+                             else "n/a with fewer than 3 cells") + ": "
+                          + ("**depends on size**" if mod["depends_on_size"] else "no evidence that size matters"))
+                lines.append(f"- {_label(r['preset'], r['against'])}: {text}.")
+        lines.append("")
+    return "\n".join(lines[:-1]) + "\n"
 
 
 def sweep_text(family: str, points: dict[str, float], rows: list[dict], metric: str = NAMES["test_accuracy"]
@@ -262,8 +275,14 @@ def sweep_text(family: str, points: dict[str, float], rows: list[dict], metric: 
             if r["best_preset"] == BASELINE else \
             f"{unit}{r['best']:g} ({_span(r['best_delta'], r['best_ci'])})"
         lines.append(f"- n={r['train_size']}: {_by_verdict(fmt, r)}. {'Highest' if higher else 'Lowest'} mean Δ: "
-                     f"{top}; not worse than the best: {_rates(points, unit, r['not_worse_than_best'])}.")
+                     f"{top}{_edge(points, r['best_preset'])}; not shown worse than another rate: "
+                     f"{_rates(points, unit, r['not_worse_than_best'])}.")
     return lines + [""]
+
+
+def _edge(points: dict[str, float], best: str) -> str:
+    """Where the best rate is the largest swept, the best may lie beyond it: said."""
+    return ", the largest rate swept" if best != BASELINE and points.get(best) == max(points.values()) else ""
 
 
 def _sweep_words(family: str):

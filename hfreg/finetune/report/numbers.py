@@ -490,9 +490,9 @@ def sweep_points(runs: list[dict]) -> dict[str, dict[str, float]]:
 def dose_response(records: list[dict], points: dict[str, float], select: str = "early") -> list[dict]:
     """Per training size, what a rate sweep says (the task's primary metric, ``select`` comparison): the rates
     better, worse, equivalent to the baseline or inconclusive, the rate of the best mean Δ (the highest; a loss's
-    lowest: ``sign``) with its simultaneous interval, and the presets not worse than the best (`not_shown_worse`; a
-    rate without an interval yet is not shown worse). Presets, not rates, since a preset's ×0 that keeps its weight
-    decay is not the baseline."""
+    lowest: ``sign``) with its simultaneous interval, and the presets not shown worse than another rate
+    (`not_shown_worse`; a rate without an interval yet is not shown worse). Presets, not rates, since a preset's ×0
+    that keeps its weight decay is not the baseline."""
     primary = tasks.of_rows(records).primary
     key, sign = f"delta_{select}_{primary}", METRICS[primary]  # sign: +1 where higher is better (a loss: -1)
     out = []
@@ -517,7 +517,7 @@ def dose_response(records: list[dict], points: dict[str, float], select: str = "
 
 def sweep_best(points: dict[str, float], sign: int, means: dict, intervals: dict) -> tuple[str, list]:
     """A sweep's best preset at one size — the best mean Δ against the baseline (``sign``: +1 where higher is better,
-    -1 for a loss; the baseline is 0, ties to the lower rate) — and the presets not worse than the best
+    -1 for a loss; the baseline is 0, ties to the lower rate) — and the presets not shown worse than another rate
     (`not_shown_worse` over ``intervals``, the baseline's (0, 0) added), by rate with the baseline first."""
     means = {BASELINE: 0.0, **means}
     best = max(means, key=lambda p: (sign * means[p], -points[p]))
