@@ -220,7 +220,12 @@ def test_rate_sweep_min_steps_and_code_identity(tiny_classifier, csv_data, tmp_p
     assert "CPU cores" in point["provenance"]["machine"]  # what trained it, recorded with the wall time
     findings = (out / "findings.md").read_text()
     assert f"Trained on {point['provenance']['machine']}: " in findings and " h of run wall time." in findings
-    assert "Rate sweep `hidden` (the knob alone; test accuracy, early-stopped):" in findings
+    assert "Rate sweep `hidden` (the knob alone, every other as in `pretrain-zero`; test accuracy, early-stopped):" \
+        in findings
+    # a factor sweep reads as rates: its ×1 from any point's recorded rates over its factor (×0 says nothing)
+    scaled = [{"preset_config": {"sweep": {"family": "classic", "value": v}, "attention": 0.1 * v, "hidden": 0.1 * v,
+                                 "classifier": 0.1 * v, "embedding": 0.0, "weight_decay": 0.01}} for v in (0.0, 0.25)]
+    assert report.sweep_units(runs + scaled) == {"classic": "attention 0.1, hidden 0.1, classifier 0.1"}
     assert "- n=16: equivalent to none at" in findings and "not shown worse than another rate:" in findings
     report.report(str(out))
     assert (out / "dose_response.png").stat().st_size > 1000

@@ -119,7 +119,8 @@ def answer(rows: list[dict]) -> str:
     return text
 
 
-def pooled_sweep_text(family: str, points: dict[str, float], rows: list[dict], sources: int = 2) -> list[str]:
+def pooled_sweep_text(family: str, points: dict[str, float], rows: list[dict], sources: int = 2,
+                      units: dict | None = None) -> list[str]:
     """A rate sweep over the ``sources`` data sets (one: its test set counted as a draw, as every pooled row counts
     it), per training size: each rate's pooled Δ against the baseline (the strata
     rows of pooled.md, primary metric, early-stopped) with its simultaneous interval and verdict, the rates by
@@ -128,7 +129,7 @@ def pooled_sweep_text(family: str, points: dict[str, float], rows: list[dict], s
     cells). The intervals are simultaneous over the column's rows, so the highest one's holds although it was picked
     as the highest."""
     task = tasks.of_rows(rows)
-    unit, what, fmt = _sweep_words(family)
+    unit, what, fmt = _sweep_words(family, units)
     over = "over the data sets" if sources > 1 else "pooled"
     lines = [f"Rate sweep `{family}` {over} ({what}; {names(task)[task.primary]}, early-stopped; each "
              f"rate's pooled Δ against `{BASELINE}` (rate 0) with its simultaneous interval, as the tables below give "
@@ -180,9 +181,9 @@ def _span(mean, ci) -> str:
 
 
 def pooled_text(rows: list[dict], sources: list[str], baseline: str | None = None, stages: list = (),
-                sweeps: dict | None = None) -> str:
-    """pooled.md: the answer, the rate sweeps (``sweeps``: `sweep_points`), the table of each
-    training size, the all-cells table, and the moderator tests; ``baseline`` says what the baseline means for the
+                sweeps: dict | None = None, units: dict | None = None) -> str:
+    """pooled.md: the answer, the rate sweeps (``sweeps``: `sweep_points`, ``units``: `sweep_units`), the table of
+    each training size, the all-cells table, and the moderator tests; ``baseline`` says what the baseline means for the
     sources' model (`baseline_text`); ``stages``, the sources' `cell_stages`: while a staged grid's cells still plan
     seeds, the answer is said not to be final."""
     if not rows:
@@ -238,7 +239,7 @@ def pooled_text(rows: list[dict], sources: list[str], baseline: str | None = Non
         lines += ["Cells of a staged grid stopped at the first look that decided them: a stopped cell's estimate "
                   "leans towards the effect that stopped it.", ""]
     for family, points in (sweeps or {}).items():  # one source too: the answer's "how much", as the pool reads it
-        lines += pooled_sweep_text(family, points, rows, len(sources))
+        lines += pooled_sweep_text(family, points, rows, len(sources), units)
     lines += [baseline, ""] if baseline else []
     for scope in dict.fromkeys(r["scope"] for r in rows if r["scope"] != "all"):
         lines += [f"### {scope}", "", pooled_table(rows, scope), ""]
@@ -265,9 +266,9 @@ def pooled_text(rows: list[dict], sources: list[str], baseline: str | None = Non
     return "\n".join(lines[:-1]) + "\n"
 
 
-def sweep_text(family: str, points: dict[str, float], rows: list[dict], metric: str = NAMES["test_accuracy"]
-               ) -> list[str]:
-    unit, what, fmt = _sweep_words(family)
+def sweep_text(family: str, points: dict[str, float], rows: list[dict], metric: str = NAMES["test_accuracy"],
+               units: dict | None = None) -> list[str]:
+    unit, what, fmt = _sweep_words(family, units)
     lines = [f"Rate sweep `{family}` ({what}; {metric}, early-stopped):", ""]
     for r in rows:
         higher = r["sign"] > 0  # a loss: the lowest Δ is the best
@@ -285,12 +286,13 @@ def _edge(points: dict[str, float], best: str) -> str:
     return ", the largest rate swept" if best != BASELINE and points.get(best) == max(points.values()) else ""
 
 
-def _sweep_words(family: str):
-    """A sweep's unit (× for a factor on a preset's rates, none for a knob's own rate), what it varies, and how it
-    lists its rates."""
+def _sweep_words(family: str, units: dict | None = None):
+    """A sweep's unit (× for a factor on a preset's rates, none for a knob's own rate), what it varies (a factor
+    sweep's ×1 rates from ``units``, `sweep_units`), and how it lists its rates."""
     unit = "×" if family not in KNOB_NAMES else ""
-    return unit, "factor on every rate of the preset" if unit else "the knob alone", \
-        lambda values: ", ".join(f"{unit}{v:g}" for v in values) or "none"
+    what = ("factor on every rate of the preset" + (f"; ×1 is {units[family]}" if family in (units or {}) else "")
+            if unit else f"the knob alone, every other as in `{BASELINE}`")
+    return unit, what, lambda values: ", ".join(f"{unit}{v:g}" for v in values) or "none"
 
 
 def _rates(points: dict[str, float], unit: str, presets) -> str:
@@ -443,10 +445,12 @@ def rates_text(records: list[dict]) -> str:
 
 
 def findings(records: list[dict], settings: dict | None = None, codes: list[str] | None = None,
-             sweeps: dict | None = None, pretrained: dict | None = None, machines: str = "") -> str:
+             sweeps: dict | None = None, pretrained: dict | None = None, machines: str = "",
+             units: dict | None = None) -> str:
     """findings.md for one experiment: the verdict table and its plain-word reading, derived from the numbers.
     ``pretrained``: the model's own dropout per knob (`pretrained_dropout`), for the baseline's description;
-    ``machines``: what trained the runs and for how long (`writing.machines`)."""
+    ``machines``: what trained the runs and for how long (`writing.machines`); ``units``: the factor sweeps' ×1
+    rates (`sweep_units`)."""
     lines = ["## Findings", ""]
     if settings:
         stretched = (f", at least {settings['min_steps']} steps (a run short of them trains more epochs, with as "
@@ -533,7 +537,7 @@ def findings(records: list[dict], settings: dict | None = None, codes: list[str]
     lines.append(f"Of {len(verdicts)} verdicts, " + ", ".join(f"{verdicts.count(v)} {v}" for v in stats.VERDICTS)
                  + ".")
     for family, points in (sweeps or {}).items():
-        lines += [""] + sweep_text(family, points, dose_response(records, points), said[task.primary])
+        lines += [""] + sweep_text(family, points, dose_response(records, points), said[task.primary], units)
     lines += _power_lines(records, task)
     return "\n".join(lines) + "\n"
 

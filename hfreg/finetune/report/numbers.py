@@ -487,6 +487,23 @@ def sweep_points(runs: list[dict]) -> dict[str, dict[str, float]]:
     return dict(out)
 
 
+def sweep_units(runs: list[dict]) -> dict[str, str]:
+    """{family: its ×1 rates in words} for the factor sweeps among ``runs`` (``--rates PRESET*f,...``): each rate a
+    point scaled, divided by its factor (``attention 0.1, hidden 0.1, classifier 0.1``), so that a factor reads as
+    a rate. A knob's own sweep needs none: its values are rates."""
+    from ...config import KNOBS
+
+    out = {}
+    for r in runs:
+        config = r.get("preset_config") or {}
+        sweep = config.get("sweep")
+        if not sweep or sweep["family"] in KNOBS or sweep["family"] in out or not sweep["value"]:
+            continue
+        out[sweep["family"]] = ", ".join(f"{k} {config[k] / sweep['value']:.3g}" for k in KNOBS
+                                         if isinstance(config.get(k), (int, float)) and config[k]) or "no rate"
+    return out
+
+
 def dose_response(records: list[dict], points: dict[str, float], select: str = "early") -> list[dict]:
     """Per training size, what a rate sweep says (the task's primary metric, ``select`` comparison): the rates
     better, worse, equivalent to the baseline or inconclusive, the rate of the best mean Δ (the highest; a loss's
