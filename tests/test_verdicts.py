@@ -43,6 +43,24 @@ def _row(rows, preset, scope, comp="early", metric="test_accuracy", against="pre
                 == (preset, against, scope, comp, metric))
 
 
+def test_a_null_arms_verdict_is_said_to_be_a_false_claim():
+    """An arm that differs from the baseline only in an incidental draw (`placebo`: its batch order) has a true Δ of
+    0: a verdict other than equivalent or inconclusive on it is said to be a false claim; an arm that changes a rate
+    as well, or keeps the baseline's draws, is judged as any other."""
+    base = {"attention": 0.0, "hidden": 0.0, "weight_decay": 0.0}
+    runs = _cell("pretrain-zero", [0.0] * 10, config=base)
+    runs += _cell("placebo", 0.05 + 0.002 * _unit(10, 1), config={**base, "data_order": "redrawn"})
+    runs += _cell("shuffled-dropout", 0.05 + 0.002 * _unit(10, 2),
+                  config={**base, "hidden": 0.1, "data_order": "redrawn"})
+    rows = report.summarize(runs)
+    assert [r["preset"] for r in rows if r.get("null_arm")] == ["placebo"]
+    words = report.findings(rows).split("In words:")[1]
+    (placebo,) = [line for line in words.splitlines() if line.startswith("- `placebo`")]
+    assert "better in test accuracy" in placebo and "A false claim: `placebo` differs from `pretrain-zero` only " \
+        "in an incidental draw, so its true Δ is 0" in placebo
+    assert words.count("A false claim") == 1
+
+
 # ------------------------------------------------------------------------------------------------ pooling
 def _grid(effects: dict, sd=0.02, seeds=10):
     """Records of two data sets x the sizes in ``effects`` ({size: Δ}) for `heavy`, with the same seeds' noise."""

@@ -621,6 +621,10 @@ def _verdict_words(records: list[dict], task: tasks.Task) -> list[str]:
         text = "; ".join(f"{v} in {', '.join(by[v])}" for v in stats.VERDICTS if by[v])
         if r.get("regime") and r.get("against", BASELINE) == BASELINE:
             text += f" — {', '.join(r['regime'])}"
+        if r.get("null_arm") and any(by[v] for v in ("better", "worse", "trivial")):
+            text += (f". A false claim: `{r['preset']}` differs from `{BASELINE}` only in an incidental draw, so its "
+                     f"true Δ is 0; an error the table's α allows, or a flaw in the comparison (read the other "
+                     f"verdicts with that in mind)")
         cost = f" at {r['passes']}× the passes per step" if r.get("passes", 1) > 1 else ""
         words.append(f"{_label(r['preset'], r.get('against', BASELINE))}{cost} at {r['train_size']}: {text}.")
     return words

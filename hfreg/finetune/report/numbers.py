@@ -5,6 +5,7 @@ dose-response of a rate sweep."""
 from __future__ import annotations
 
 import functools
+import json
 import math
 import os
 import statistics
@@ -180,6 +181,18 @@ def regimes(ordered: list[dict], underfit_runs: int, task: tasks.Task = CLASSIFI
     return out
 
 
+def _null_arm(runs: list[dict], baseline_runs: list[dict]) -> bool:
+    """Whether ``runs`` differ from the baseline's only in an incidental draw (`placebo`: the batch order, its
+    ``data_order``), so that the arm's true Δ against it is 0 and any verdict but equivalent or inconclusive is a
+    false claim."""
+    mine = {json.dumps(r.get("preset_config"), sort_keys=True) for r in runs}
+    base = {json.dumps(r.get("preset_config"), sort_keys=True) for r in baseline_runs}
+    if len(mine) != 1 or len(base) != 1:
+        return False
+    config, plain = json.loads(mine.pop()), json.loads(base.pop())
+    return bool(config) and "data_order" in config and {k: v for k, v in config.items() if k != "data_order"} == plain
+
+
 def _summarize(runs: list[dict], experiment: str, select_by: str, margins: dict) -> list[dict]:
     cells = defaultdict(list)
     for r in runs:
@@ -214,6 +227,8 @@ def _summarize(runs: list[dict], experiment: str, select_by: str, margins: dict)
                "censored_runs": sum(v["censored"] for v in ordered), "passes": max(v["passes"] for v in ordered),
                "selected_epoch": statistics.fmean(v["selected_epoch"] for v in ordered), "design": design, **kind}
         rec["regime"] = regimes(ordered, rec["underfit_runs"], task)
+        if _null_arm(cells[(preset, size)], cells.get((BASELINE, size), [])):
+            rec["null_arm"] = True  # absent otherwise: older summaries match
         for comp in COMPARISONS:
             for m in ordered[0][comp]:
                 values = [v[comp][m] for v in ordered]
