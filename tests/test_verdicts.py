@@ -61,6 +61,17 @@ def test_a_null_arms_verdict_is_said_to_be_a_false_claim():
     assert words.count("A false claim") == 1
 
 
+def test_the_margin_note_says_what_one_run_resolves_at_each_sizes_baseline():
+    """One run's accuracy is known to ±1.96 sqrt(p(1-p)/n): given at the baseline's accuracies, lowest to highest
+    over the sizes, not at their mean (0.77 for 0.70 and 0.83 would describe neither size)."""
+    from hfreg.finetune.report.findings import margin_reasons
+
+    rows = [{"preset": "pretrain-zero", "early_test_accuracy": a, "test_examples": 1821, "train_size": n}
+            for a, n in ((0.70, 64), (0.834, 512))]
+    assert "one run's accuracy at the baseline's 0.70–0.83 is known to ±0.017–0.021 (95%)" in margin_reasons(rows)
+    assert "one run's accuracy near 0.70 is known to ±0.021 (95%)" in margin_reasons(rows[:1])
+
+
 # ------------------------------------------------------------------------------------------------ pooling
 def _grid(effects: dict, sd=0.02, seeds=10):
     """Records of two data sets x the sizes in ``effects`` ({size: Δ}) for `heavy`, with the same seeds' noise."""

@@ -4,7 +4,6 @@ hand."""
 from __future__ import annotations
 
 import math
-import statistics
 from collections import defaultdict
 
 from ...config import KNOBS as KNOB_NAMES
@@ -400,10 +399,13 @@ def margin_reasons(records: list[dict]) -> str:
     text = [f"test accuracy ±{margins.get('test_accuracy', stats.MARGINS['test_accuracy']):g} (a difference most "
             f"users would act on"]
     if sizes and base:
-        p = statistics.fmean(base)
         n = sizes[0]
-        text[0] += (f"; this test set has {n} examples: one example is {1 / n:.4f}, and one run's accuracy near "
-                    f"{p:.2f} is known to ±{1.96 * math.sqrt(p * (1 - p) / n):.3f} (95%)")
+        # the baseline's accuracy per size (not their mean): what one run's accuracy is known to, there
+        lo, hi = min(base), max(base)
+        width = sorted(f"{1.96 * math.sqrt(p * (1 - p) / n):.3f}" for p in (lo, hi))
+        near = f"near {lo:.2f}" if f"{lo:.2f}" == f"{hi:.2f}" else f"at the baseline's {lo:.2f}–{hi:.2f}"
+        text[0] += (f"; this test set has {n} examples: one example is {1 / n:.4f}, and one run's accuracy {near} "
+                    f"is known to ±{width[0] if width[0] == width[1] else '–'.join(width)} (95%)")
         if 1 / n >= margins.get("test_accuracy", stats.MARGINS["test_accuracy"]):
             text[0] += " — the margin is finer than one test example: use a larger test set or a wider margin"
     text[0] += ")"
@@ -647,5 +649,5 @@ def _power_lines(records: list[dict], task: tasks.Task) -> list[str]:
                       f"{pw['alpha']:.2g}); Δ = 0.01 "
                       f"needs {s['0.01']['alpha_0.05']} ({s['0.01']['alpha_corrected']}); showing equivalence "
                       f"within ±{pw['equivalence']['margin']:g} when Δ = 0 needs about "
-                      f"{pw['equivalence']['alpha_corrected']} at the corrected α."]
+                      f"{pw['equivalence']['alpha_corrected']} at {level}."]
     return lines
