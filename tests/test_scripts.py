@@ -280,6 +280,37 @@ def test_the_decided_answer_design_is_commands_the_harness_takes(tmp_path, capsy
     assert launch([sys.executable, "-c", "import sys; sys.exit(5)", "--threads", "1"], 2) == 5
 
 
+def test_the_rehearsed_end_of_the_decided_answer_reads_as_final(tmp_path, capsys):
+    """benchmarks/rehearse_answer.py fills the later stages of the committed answer grid with copies of its first
+    stage until the grid's own rule (`next_cells`) closes every cell; the report on that is the page the grid will
+    publish when it ends: no cell waits, the pooled rows take their final reading (the last look's level, not a
+    stopped cell's), the stopping bias is said, and the rate sweeps read as rates."""
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    from rehearse_answer import main
+
+    grid = tmp_path / "answer-sst2-sentences"
+    assert main([os.path.join(ROOT, "docs", "results", "answer-sst2-sentences"), str(grid)]) == 0
+    said = capsys.readouterr().out.splitlines()
+    assert said[0] == "after 5 seeds: 28 cell(s) open" and said[-2].endswith(": 0 cell(s) open")
+    assert "fabricated" in said[-1]
+    assert main([str(grid), str(grid)]) == 2 and "exists: give a new directory" in capsys.readouterr().err
+    out = subprocess.run([sys.executable, "-m", "hfreg.cli", "report", "--no_plots", str(grid), "--out",
+                          str(tmp_path)], capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    findings, pooled = (grid / "findings.md").read_text(), (tmp_path / "pooled.md").read_text()
+    assert "**Not final:**" not in findings and "**Not final:**" not in pooled
+    stages = findings.split("Stages (", 1)[1].split("\n\n")[1].splitlines()
+    assert stages and all("stopped: " in line or "at the last look" in line for line in stages)
+    rows = json.loads((tmp_path / "pooled.json").read_text())
+    levels = {r["alpha"] for r in rows if r["metric"] == "test_accuracy" and r.get("verdict")}
+    # the last look's level (about 5e-4), where a stopped cell's look would read at 1e-6 or less (15-20 seeds)
+    assert min(levels) > 1e-4
+    assert "a stopped cell's estimate leans towards the effect that stopped it" in pooled
+    assert "Rate sweep `classic` pooled (factor on every rate of the preset; ×1 is attention 0.1, hidden 0.1, " \
+           "classifier 0.1;" in pooled and "Rate sweep `classifier` pooled (the knob alone, every other as in " \
+           "`pretrain-zero`;" in pooled
+
+
 def test_decided_answer_progress_counts_the_planned_runs_and_the_results_page_quotes_it(tmp_path):
     """`decided_answer.py --progress` counts a record where its key is one the first stage plans (a changed preset
     is another run) and the rest as later stages; docs/results.md quotes what it says of the committed records."""
