@@ -237,8 +237,8 @@ def pooled_text(rows: list[dict], sources: list[str], baseline: str | None = Non
                   f"them.", ""]
     lines += [answer(rows), ""]
     if stages and not still:  # while cells wait, the "Not final" paragraph says it
-        lines += ["Cells of a staged grid stopped at the first look that decided them: a stopped cell's estimate "
-                  "leans towards the effect that stopped it.", ""]
+        lines += ["Each cell of a staged grid stopped at the first look that decided it (or found it futile): a "
+                  "stopped cell's estimate leans towards the effect that stopped it.", ""]
     for family, points in (sweeps or {}).items():  # one source too: the answer's "how much", as the pool reads it
         lines += pooled_sweep_text(family, points, rows, len(sources), units)
     lines += [baseline, ""] if baseline else []
