@@ -5,7 +5,6 @@ dose-response of a rate sweep."""
 from __future__ import annotations
 
 import functools
-import json
 import math
 import os
 import statistics
@@ -185,12 +184,11 @@ def _null_arm(runs: list[dict], baseline_runs: list[dict]) -> bool:
     """Whether ``runs`` differ from the baseline's only in an incidental draw (`placebo`: the batch order, its
     ``data_order``), so that the arm's true Δ against it is 0 and any verdict but equivalent or inconclusive is a
     false claim."""
-    mine = {json.dumps(r.get("preset_config"), sort_keys=True) for r in runs}
-    base = {json.dumps(r.get("preset_config"), sort_keys=True) for r in baseline_runs}
-    if len(mine) != 1 or len(base) != 1:
+    config = runs[0].get("preset_config") or {}
+    if "data_order" not in config or not baseline_runs or any(r.get("preset_config") != config for r in runs):
         return False
-    config, plain = json.loads(mine.pop()), json.loads(base.pop())
-    return bool(config) and "data_order" in config and {k: v for k, v in config.items() if k != "data_order"} == plain
+    plain = {k: v for k, v in config.items() if k != "data_order"}
+    return all(r.get("preset_config") == plain for r in baseline_runs)
 
 
 def _summarize(runs: list[dict], experiment: str, select_by: str, margins: dict) -> list[dict]:
