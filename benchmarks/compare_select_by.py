@@ -22,7 +22,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from hfreg.finetune import scores  # noqa: E402
 from hfreg.finetune.presets import BASELINE  # noqa: E402
-from hfreg.finetune.records import SELECT_BY, load_predictions, read_runs  # noqa: E402
+from hfreg.finetune.records import load_predictions, read_runs  # noqa: E402
 
 RULES = {"accuracy": (scores.accuracy, +1), "f1": (scores.macro_f1, +1), "loss": (scores.nll, -1)}
 
@@ -54,9 +54,13 @@ def main(argv=None) -> int:
         values = {}  # (preset, size, lr, seed) -> {rule: held-out accuracy}
         for r in runs:
             arrays = load_predictions(d, r)
+            if "selection_logits" not in arrays:
+                print(f"compare_select_by.py: error: {d} stores no selection-split outputs "
+                      f"(--no_selection_predictions); the rules need them at every point", file=sys.stderr)
+                return 2
             values[(r["preset"], r["train_size"], r["learning_rate"], r["seed"])] = held_out(
                 arrays["selection_logits"], arrays["selection_labels"])
-        for rule in SELECT_BY:
+        for rule in RULES:  # a classifier's rules (SELECT_BY also holds the regressors')
             cells = collections.defaultdict(dict)
             for (preset, size, lr, seed), v in values.items():
                 cells[(preset, size, lr)][seed] = v[rule]

@@ -664,3 +664,32 @@ def test_eval_tokens_default_by_precision():
 
     assert experiment.eval_tokens(None, "no") == experiment.EVAL_TOKENS and experiment.eval_tokens(None, "bf16") == 0
     assert experiment.eval_tokens(0, "no") == 0 and experiment.eval_tokens(512, "bf16") == 512
+
+
+def test_no_selection_predictions_stores_the_test_outputs_alone_and_reports_the_same(tiny_classifier, csv_data,
+                                                                                     tmp_path):
+    """--no_selection_predictions stores the test split's outputs alone: the same arrays a run stores by default
+    less the selection split's, the report reads the same numbers from either, and compare_select_by.py, which
+    needs the selection split's, says so and exits 2."""
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    import compare_select_by
+
+    out = {flag: tmp_path / (flag or "default") for flag in ("", "--no_selection_predictions")}
+    for flag, d in out.items():
+        assert load_script().main(args_for(tiny_classifier, csv_data, d, "--train_sizes", "16", "--min_steps", "12",
+                                           *([flag] if flag else []))) == 0
+    (full, d_full), (lean, d_lean) = ((records.read_runs(str(d)), d) for d in out.values())
+    for a, b in zip(full, lean):
+        assert records.run_key(a) == records.run_key(b) and a["evals"] == b["evals"]
+        with np.load(d_full / a["predictions"]) as f, np.load(d_lean / b["predictions"]) as g:
+            assert "selection_logit_diffs" in f.files and sorted(g.files) == sorted(
+                k for k in f.files if not k.startswith("selection_"))
+            assert all(np.array_equal(f[k], g[k]) for k in g.files)
+
+    def numbers(d):  # what the report wrote, less where from and the run times
+        rows = json.loads((d / "summary.json").read_text())
+        return [{k: v for k, v in r.items() if k != "source" and "seconds" not in k} for r in rows]
+
+    assert numbers(out[""]) == numbers(out["--no_selection_predictions"])
+    assert compare_select_by.main([str(out[""])]) == 0
+    assert compare_select_by.main([str(out["--no_selection_predictions"])]) == 2

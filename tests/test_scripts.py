@@ -263,6 +263,9 @@ def test_the_decided_answer_design_is_commands_the_harness_takes(tmp_path, capsy
             assert args.auto_seeds and args.max_seeds == 40 and args.train_sizes == [64, 512]
             assert args.backend == "local" and len(args.learning_rates) == 3
             assert (args.mixed_precision, args.threads) == (("auto", 1) if gpu else ("no", None))
+            # the grid that was running when the design chose to store the test split's outputs alone keeps both
+            train_file = command[command.index("--train_file") + 1]
+            assert args.no_selection_predictions == ("/sst2-sentences/" not in train_file)
     assert main(["--print", "--gpu", "--data_sets", "sst5", "--data_dir", str(tmp_path)]) == 0
     printed = capsys.readouterr().out.splitlines()
     assert len(printed) == 2 and "/sst5/train.csv" in printed[0] and printed[0].endswith("# x16 processes")

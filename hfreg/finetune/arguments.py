@@ -217,6 +217,9 @@ class ComparisonArguments:
         "help": "evaluate the test split at every evaluation point (default: at the final point and at the point "
                 "each selection rule picks, from a CPU copy of the weights kept while it leads; every point "
                 "anyway with --mc_samples or --parallel data)"})
+    no_selection_predictions: bool = field(default=False, metadata={
+        "help": "store only the test split's outputs in predictions/, the only ones a report reads, not the "
+                "selection split's at every evaluation point (which benchmarks/compare_select_by.py reads)"})
     mc_samples: int = field(default=0, metadata={
         "help": "also evaluate selection and test by MC-dropout with this many samples (mc_* metrics)"})
     backend: Literal["local", "ray"] = field(default="local", metadata={

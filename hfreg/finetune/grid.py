@@ -300,6 +300,12 @@ class Grid:
         config = tracking.run_config(args.experiment, preset.name, self.exp.contents[preset.name], size, seed, lr)
         return tracking.RunTracker(args.report_to, args.output_dir, name, group, config)
 
+    def stored(self, predictions: dict | None) -> dict | None:
+        """A run's predictions as stored: without the selection split's under --no_selection_predictions."""
+        if predictions is None or not self.args.no_selection_predictions:
+            return predictions
+        return {k: v for k, v in predictions.items() if not k.startswith("selection_")}
+
     def make_record(self, preset, size: int, seed: int, result: dict) -> dict:
         # an arm's pairing is not its identity: a grid may add presets of the same compute later, and its runs
         # must stay the same runs (preset_config, whose digest keys them, says what trained)
@@ -345,10 +351,10 @@ class Grid:
         if "kept_step" in result:  # this process saved the weights: the card says what they are
             keeper.write_card(record, exp.model_name)
         if args.parallel == "run":
-            self.queue.finish(key, record, predictions, check=self.refuse_other_settings)
+            self.queue.finish(key, record, self.stored(predictions), check=self.refuse_other_settings)
         elif accelerator.is_main_process:
             try:
-                self.queue.finish(key, record, predictions, check=self.refuse_other_settings)
+                self.queue.finish(key, record, self.stored(predictions), check=self.refuse_other_settings)
             except ValueError as e:  # the other ranks wait in the next claim's broadcast: it tells them
                 self.refused = str(e)
                 return
@@ -362,7 +368,7 @@ class Grid:
 
         def finish(key, result, predictions):
             preset, size, seed, _ = self.by_key[key]
-            append_run(args.output_dir, self.make_record(preset, size, seed, result), predictions,
+            append_run(args.output_dir, self.make_record(preset, size, seed, result), self.stored(predictions),
                        check=self.refuse_other_settings)
             print(f"done preset={preset.name} train_size={size} seed={seed}", flush=True)
             print(progress_line(self.grid_runs(), self.grid, max(1, int(self.cluster_cpus // args.run_cpus))),
