@@ -61,10 +61,11 @@ def pooled_table(rows: list[dict], scope: str = "all") -> str:
     return "\n".join("| " + " | ".join(row) + " |" for row in out)
 
 
-def arm_answer(rows: list[dict], preset: str, against: str) -> dict:
-    """{comparison: verdict text} for one arm's test accuracy (the primary endpoint): the all-cells verdict where
+def arm_answer(rows: list[dict], preset: str, against: str) -> dict[str, tuple[str | None, str]]:
+    """{comparison: (verdict, text)} for one arm's test accuracy (the primary endpoint): the all-cells verdict where
     there is one, else the verdict at each size (marked "depends on size" where the moderator test says so and the
-    verdicts differ; one verdict at every size is said once, even where the Δ behind it differs with size)."""
+    verdicts differ; one verdict at every size is said once, even where the Δ behind it differs with size). The
+    verdict is None where no one verdict holds everywhere with one Δ."""
     primary = tasks.of_rows(rows).primary
     out = {}
     for comp in COMPARISONS:
@@ -74,16 +75,16 @@ def arm_answer(rows: list[dict], preset: str, against: str) -> dict:
             continue
         overall = next((r for r in mine if r["scope"] == "all"), None if len(mine) > 1 else mine[0])
         if overall:  # the all-cells row, or the one size there is
-            out[comp] = overall["verdict"]
+            out[comp] = (overall["verdict"], overall["verdict"])
             continue
         per_size = ", ".join(f"{r['verdict']} at {r['scope']}" for r in mine)
         depends = mine[0]["moderator"]["depends_on_size"]
-        if len({r["verdict"] for r in mine}) == 1 and len(mine) > 1:  # the verdict does not depend on size
-            out[comp] = f"{mine[0]['verdict']} at every size" + (", by a Δ that differs with size" if depends else "")
-        elif depends:
-            out[comp] = f"depends on size ({per_size})"
+        if len({r["verdict"] for r in mine}) == 1:  # the verdict does not depend on size
+            verdict = mine[0]["verdict"]
+            out[comp] = (None, f"{verdict} at every size, by a Δ that differs with size") if depends else (
+                verdict, f"{verdict} at every size")
         else:
-            out[comp] = f"per size: {per_size}"
+            out[comp] = (None, f"depends on size ({per_size})" if depends else f"per size: {per_size}")
     return out
 
 
@@ -100,11 +101,11 @@ def answer(rows: list[dict]) -> str:
     for arm in arms:
         said = arm_answer(rows, *arm)
         # one verdict everywhere: over all cells, or at every size where there is no row over all cells
-        values = {v.removesuffix(" at every size") for v in said.values()}
-        if len(said) == len(COMPARISONS) and len(values) == 1 and next(iter(values)) in stats.VERDICTS:
-            same[next(iter(values))].append(_label(*arm))
+        verdicts = {verdict for verdict, _ in said.values()}
+        if len(said) == len(COMPARISONS) and len(verdicts) == 1 and None not in verdicts:
+            same[verdicts.pop()].append(_label(*arm))
         else:
-            other.append(f"{_label(*arm)}: " + "; ".join(f"{COMPARISONS[c]} {v}" for c, v in said.items()))
+            other.append(f"{_label(*arm)}: " + "; ".join(f"{COMPARISONS[c]} {text}" for c, (_, text) in said.items()))
     words = {"equivalent": f"equivalent within ±{margin:g}", "trivial": f"different but within ±{margin:g}",
              "better": "better", "worse": "worse", "inconclusive": "inconclusive"}
     parts = [f"{words[v]}: {', '.join(same[v])}" for v in stats.VERDICTS if same[v]]
