@@ -87,7 +87,7 @@ def _grid(effects: dict, sd=0.02, seeds=10):
 def test_a_rate_sweep_is_answered_per_size_over_the_data_sets():
     """pooled.md's sweep lines: each rate's pooled Δ with its interval and verdict per size, the rates by verdict,
     the rate of the highest pooled Δ, and ×0 when no rate beats none; read from the pooled rows themselves."""
-    from hfreg.finetune.report.findings import pooled_sweep_text
+    from hfreg.finetune.report.pooled_page import pooled_sweep_text
 
     # at 512 every rate is below none (0.1 by less than the margin, not by a rounding error of a zero mean)
     effects = {"hidden=0.1": {64: 0.0, 512: -0.001}, "hidden=0.3": {64: 0.05, 512: -0.004},
@@ -138,7 +138,7 @@ def test_a_rate_sweep_is_answered_per_size_over_the_data_sets():
 def test_a_presets_x0_that_is_not_the_baseline_keeps_its_own_place_in_the_sweep():
     """`classic*0` keeps classic's weight decay, so it is an arm of its own at rate 0: shown worse than none, it
     leaves the set not shown worse than another rate, and none (the best here) stays, named as such."""
-    from hfreg.finetune.report.findings import pooled_sweep_text
+    from hfreg.finetune.report.pooled_page import pooled_sweep_text
 
     def row(preset, delta, ci, verdict):
         return {"scope": "n=64", "comparison": "early", "metric": "test_accuracy", "against": "pretrain-zero",
@@ -395,7 +395,8 @@ def test_stopping_on_the_primary_endpoint_and_for_futility():
     assert report.stop_reason([row(0.02 + 0.2 * z20)]) == "futile"  # SD 0.2: nothing decides by 40 seeds
     assert report.stop_reason([row(0.01 + 0.03 * z)]) is None  # could still be decided: go on
     # the findings say where each cell stands by that rule: stopped, open, or between looks while a stage runs
-    from hfreg.finetune.report.findings import _stage_lines, cell_stages
+    from hfreg.finetune.report.findings import _stage_lines
+    from hfreg.finetune.report.stages import cell_stages
 
     cells = {"equal": row(0.0005 * z), "open": row(0.01 + 0.03 * z), "running": row(0.01 + 0.03 * _unit(7, 3)),
              "futile": row(0.02 + 0.2 * z20), "new": row(0.01 + 0.03 * _unit(3, 3)),

@@ -17,7 +17,7 @@ reports, at every look of a staged grid. `pooled` answers per training size (dat
 sizes only where size does not moderate the effect and there are at least three cells.
 """
 
-from .findings import answer, baseline_text, findings, pooled_table, pooled_text, rates_text, sweep_text, table
+from .findings import baseline_text, findings, rates_text, sweep_text, table
 from .numbers import (
     COMPARISONS,
     VERDICT_METRICS,
@@ -39,6 +39,7 @@ from .numbers import (
     sweep_points,
     sweep_units,
 )
+from .pooled_page import answer, pooled_table, pooled_text
 from .writing import report, report_dir, report_many, test_set_terms
 
 __all__ = ["COMPARISONS", "VERDICT_METRICS", "answer", "baseline_text", "cell_parts", "cell_variance", "check_margins",

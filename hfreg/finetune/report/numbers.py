@@ -479,6 +479,12 @@ def power(records: list[dict], margins: dict | None = None) -> dict:
     return out
 
 
+def margins_of(records: list[dict]) -> dict:
+    """{metric: margin} the records' comparisons were judged against."""
+    return {k.split("_", 2)[2]: d["margin"] for r in records for k, d in r.items()
+            if k.startswith("delta_") and "margin" in d}
+
+
 def sweep_points(runs: list[dict]) -> dict[str, dict[str, float]]:
     """{family: {preset: rate or factor}} of the rate sweeps among ``runs`` (``--rates``); a family's rate 0 is
     the baseline, and a factor sweep's factor 1 is its preset itself where the grid ran it (``--presets classic

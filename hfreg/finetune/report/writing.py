@@ -22,7 +22,7 @@ from ..records import (
     load_predictions,
     read_runs,
 )
-from .findings import baseline_text, cell_stages, findings, pooled_text, read_apart, waiting
+from .findings import baseline_text, findings, read_apart
 from .numbers import (
     COMPARISONS,
     check_margins,
@@ -35,6 +35,8 @@ from .numbers import (
     sweep_units,
 )
 from .plots import plot, plot_dose_response
+from .pooled_page import pooled_text
+from .stages import cell_stages, waiting
 
 
 # ------------------------------------------------------------------------------------------------- files
