@@ -150,6 +150,7 @@ def test_a_presets_x0_that_is_not_the_baseline_keeps_its_own_place_in_the_sweep(
     (line,) = [x for x in pooled_sweep_text("classic", points, rows) if x.startswith("- n=64")]
     assert line.endswith("Highest pooled Δ: none, no rate's pooled Δ is above none; not shown worse than another "
                          "rate: none.")
+    assert "Worse at ×0; trivially worse at ×1." in line  # a trivial difference says its side
     # a rate without a pooled row at this size is named apart, not judged
     (line,) = [x for x in pooled_sweep_text("classic", points, rows[:1]) if x.startswith("- n=64")]
     assert line.endswith("not shown worse than another rate: none (×1: no pooled row at this size).")
@@ -164,11 +165,15 @@ def test_a_presets_x0_that_is_not_the_baseline_keeps_its_own_place_in_the_sweep(
 
     r = {"train_size": 64, "sign": 1, "best": 1.0, "best_preset": "classic", "best_delta": 0.01,
          "best_ci": [-0.01, 0.03], "not_worse_than_best": ["classic", "classic*0", "pretrain-zero"],
-         **{v: [] for v in stats.VERDICTS}, "inconclusive": [0.0, 1.0]}
+         **{v: [] for v in stats.VERDICTS}, "inconclusive": [0.0, 1.0], "trivially_better": []}
     # the verdicts no rate got are left out, not listed "at none"
     assert sweep_text("classic", points, [r])[2] == ("- n=64: inconclusive at ×0, ×1. Highest mean Δ: ×1 (+0.010 "
                                                      "[-0.010, +0.030]), the largest rate swept; not shown worse than "
                                                      "another rate: none, ×0, ×1.")
+    trivial = {**r, "inconclusive": [0.0], "trivial": [1.0]}
+    assert sweep_text("classic", points, [trivial])[2].startswith("- n=64: trivially worse at ×1; inconclusive at ×0.")
+    trivial["trivially_better"] = [1.0]
+    assert sweep_text("classic", points, [trivial])[2].startswith("- n=64: trivially better at ×1; inconclusive at ")
     # where none has the highest mean, it is said as the pooled lines say it
     r = {**r, "best": 0.0, "best_preset": "pretrain-zero", "best_delta": 0.0, "best_ci": [0.0, 0.0]}
     assert "Highest mean Δ: none, no rate's mean Δ is above none; " in sweep_text("classic", points, [r])[2]

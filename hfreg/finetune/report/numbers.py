@@ -547,7 +547,10 @@ def dose_response(records: list[dict], points: dict[str, float], select: str = "
         out.append({"train_size": size, "sign": sign, "best": points[best], "best_preset": best,
                     "best_delta": deltas[best]["mean"] if best in deltas else 0.0,
                     "best_ci": list(intervals.get(best, (0.0, 0.0))), "not_worse_than_best": kept,
-                    **{v: sorted(by[v]) for v in stats.VERDICTS}})
+                    **{v: sorted(by[v]) for v in stats.VERDICTS},
+                    # a trivial difference's side: the rates whose mean Δ is on the better side of 0
+                    "trivially_better": sorted(points[p] for p, d in deltas.items()
+                                               if d["verdict"] == "trivial" and sign * d["mean"] > 0)})
     return out
 
 

@@ -148,7 +148,7 @@ def pooled_sweep_text(family: str, points: dict[str, float], rows: list[dict], s
         top = next((r for r in here if r["preset"] == best), None)
         said = f"{unit}{points[best]:g} ({_interval(top)})" if top else \
             f"{rate_list(points, unit, [BASELINE])}, no rate's pooled Δ is {'above' if sign > 0 else 'below'} none"
-        verdicts = by_verdict(fmt, by)
+        verdicts = by_verdict(fmt, by, [points[r["preset"]] for r in here if sign * r["delta"] > 0])
         # no rate is judged against another over different data sets
         kept = "not said, the rates pool different data sets" if varied else rate_list(points, unit, kept)
         missing = [p for p in points if p != BASELINE and p not in {r["preset"] for r in here}]

@@ -43,10 +43,14 @@ def calibration_words(task: tasks.Task, findings: bool = False) -> str:
             else "Raw NLL and ECE are calibration and get no verdict (see the findings). ")
 
 
-def by_verdict(fmt, by) -> str:
-    """A sweep's rates by verdict, the verdicts no rate got left out: ``by`` maps each verdict to its rates."""
-    words = {"equivalent": "equivalent to none", "worse": "worse", "better": "better", "trivial": "trivial",
-             "inconclusive": "inconclusive"}
+def by_verdict(fmt, by, better=()) -> str:
+    """A sweep's rates by verdict, the verdicts no rate got left out: ``by`` maps each verdict to its rates; a
+    trivial difference is said with its side, better where its rate is in ``better``, else worse."""
+    side = {"trivial": [v for v in by.get("trivial", ()) if v in better]}
+    side["trivially worse"] = [v for v in by.get("trivial", ()) if v not in better]
+    by = {**by, "trivial": side["trivial"], "trivially worse": side["trivially worse"]}
+    words = {"equivalent": "equivalent to none", "worse": "worse", "better": "better", "trivial": "trivially better",
+             "trivially worse": "trivially worse", "inconclusive": "inconclusive"}
     return "; ".join(f"{words[v]} at {fmt(by[v])}" for v in words if by.get(v))
 
 
