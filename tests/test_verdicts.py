@@ -233,6 +233,32 @@ def test_a_harm_at_one_size_is_answered_per_size_not_averaged_away():
            "equivalent at every size, by a Δ that differs with size." in report.answer(same)
 
 
+def test_the_secondary_endpoint_names_the_differences_it_shows_where_the_answer_reads():
+    """Beside the answer, one line per secondary endpoint: the arms shown better or worse, over all cells where a
+    row is over all cells (its per-size rows then unread), else per size; where none is, it says so."""
+    from hfreg.finetune.report.pooled_page import secondary
+
+    def row(preset, against, comp, metric, scope, verdict):
+        return {"preset": preset, "against": against, "comparison": comp, "metric": metric, "scope": scope,
+                "verdict": verdict}
+
+    rows = [row(p, a, c, m, s, "equivalent") for p, a in (("classic", "pretrain-zero"), ("rdrop", "classic"))
+            for c in ("early", "fixed") for m in ("test_accuracy", "test_nll_ts") for s in ("n=64", "n=512")]
+    lead = "**Secondary endpoint** (test NLL after temperature scaling, read as the answer is): "
+    tail = "; every other reading trivial, equivalent or inconclusive."
+    assert secondary(rows) == lead + "no arm is shown better or worse" + tail
+    changed = {("rdrop", "early", "n=512"): "better", ("rdrop", "fixed", "n=512"): "worse",
+               ("classic", "early", "n=64"): "better", ("rdrop", "early", "n=64"): "worse"}
+    rows = [dict(r, verdict=changed.get((r["preset"], r["comparison"], r["scope"]), r["verdict"]))
+            if r["metric"] == "test_nll_ts" else r for r in rows]
+    rows.append(row("classic", "pretrain-zero", "early", "test_nll_ts", "all", "worse"))
+    assert secondary(rows) == lead + ("better: `rdrop` vs `classic` (early-stopped at n=512); worse: `classic` "
+                                      "(early-stopped over all cells), `rdrop` vs `classic` (early-stopped at n=64, "
+                                      "fixed budget at n=512)") + tail
+    # the primary endpoint's differences are the answer's, not this line's
+    assert secondary([r for r in rows if r["metric"] == "test_accuracy"]) == ""
+
+
 def test_one_data_set_at_two_sizes_is_answered_at_every_size_with_its_stopping_bias_said():
     """Two cells never pool over all cells, so an arm with one verdict at both sizes under both comparisons heads
     the answer as such; the moderator lines say that two cells give no slope; once every staged cell has stopped,

@@ -114,6 +114,31 @@ def answer(rows: list[dict]) -> str:
     return text
 
 
+def secondary(rows: list[dict]) -> str:
+    """The secondary endpoints' shown differences (better or worse), read where the answer reads the primary one:
+    over all cells where there is a row over all cells, else per size; one line each."""
+    task = tasks.of_rows(rows)
+    out = []
+    for metric in task.verdicts[1:]:
+        mine = [r for r in rows if r["metric"] == metric]
+        if not mine:
+            continue
+        shown = defaultdict(lambda: defaultdict(list))  # verdict -> arm -> where
+        for arm in dict.fromkeys((r["preset"], r["against"]) for r in mine):
+            for comp, label in COMPARISONS.items():
+                theirs = [r for r in mine if (r["preset"], r["against"]) == arm and r["comparison"] == comp]
+                for r in [r for r in theirs if r["scope"] == "all"] or theirs:
+                    if r["verdict"] in ("better", "worse"):
+                        where = "over all cells" if r["scope"] == "all" else f"at {r['scope']}"
+                        shown[r["verdict"]][arm_label(*arm)].append(f"{label} {where}")
+        said = "; ".join(f"{v}: " + ", ".join(f"{arm} ({', '.join(where)})" for arm, where in shown[v].items())
+                         for v in ("better", "worse") if shown[v])
+        out.append(f"**Secondary endpoint** ({names(task)[metric]}, read as the answer is): "
+                   + (said if said else "no arm is shown better or worse") + "; every other reading trivial, "
+                   "equivalent or inconclusive.")
+    return "\n\n".join(out)
+
+
 def pooled_sweep_text(family: str, points: dict[str, float], rows: list[dict], sources: int = 2,
                       units: dict | None = None) -> list[str]:
     """A rate sweep over the ``sources`` data sets (one: its test set counted as a draw, as every pooled row counts
@@ -227,6 +252,8 @@ def pooled_text(rows: list[dict], sources: list[str], baseline: str | None = Non
                   f"stopped or reached the last look; stopped cells' estimates lean towards the effect that stopped "
                   f"them.", ""]
     lines += [answer(rows), ""]
+    more = secondary(rows)
+    lines += [more, ""] if more else []
     if stages and not still:  # while cells wait, the "Not final" paragraph says it
         lines += ["Each cell of a staged grid stopped at the first look that decided it (or found it futile): a "
                   "stopped cell's estimate leans towards the effect that stopped it.", ""]
