@@ -37,7 +37,6 @@ from .numbers import (
     stop_reason,
     summarize,
     sweep_points,
-    sweep_units,
 )
 from .pooled_page import answer, pooled_table, pooled_text
 from .writing import report, report_dir, report_many, test_set_terms
@@ -45,5 +44,5 @@ from .writing import report, report_dir, report_many, test_set_terms
 __all__ = ["COMPARISONS", "VERDICT_METRICS", "answer", "baseline_text", "cell_parts", "cell_variance", "check_margins",
            "check_select_by", "column_alpha", "controls", "dose_response", "findings", "pooled", "pooled_table",
            "pooled_text", "power", "regimes", "report", "report_dir", "report_many", "run_values", "selected_point",
-           "stop_reason", "summarize", "sweep_points", "sweep_text", "sweep_units", "table", "test_set_terms",
+           "stop_reason", "summarize", "sweep_points", "sweep_text", "table", "test_set_terms",
            "chosen_runs", "rates_text"]

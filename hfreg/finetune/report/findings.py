@@ -35,9 +35,9 @@ from .words import (
 )
 
 
-def sweep_text(family: str, points: dict[str, float], rows: list[dict], metric: str = NAMES["test_accuracy"],
-               units: dict | None = None) -> list[str]:
-    unit, what, fmt = sweep_words(family, units)
+def sweep_text(family: str, points: dict[str, float], rows: list[dict],
+               metric: str = NAMES["test_accuracy"]) -> list[str]:
+    unit, what, fmt = sweep_words(family, points)
     lines = [f"Rate sweep `{family}` ({what}; {metric}, early-stopped):", ""]
     for r in rows:
         higher = r["sign"] > 0  # a loss: the lowest Δ is the best
@@ -162,12 +162,10 @@ def rates_text(records: list[dict]) -> str:
 
 
 def findings(records: list[dict], settings: dict | None = None, codes: list[str] | None = None,
-             sweeps: dict | None = None, pretrained: dict | None = None, machines: str = "",
-             units: dict | None = None) -> str:
+             sweeps: dict | None = None, pretrained: dict | None = None, machines: str = "") -> str:
     """findings.md for one experiment: the verdict table and its plain-word reading, derived from the numbers.
     ``pretrained``: the model's own dropout per knob (`pretrained_dropout`), for the baseline's description;
-    ``machines``: what trained the runs and for how long (`writing.machines`); ``units``: the factor sweeps' ×1
-    rates (`sweep_units`)."""
+    ``machines``: what trained the runs and for how long (`writing.machines`); ``sweeps``: `sweep_points`."""
     lines = ["## Findings", ""]
     if settings:
         stretched = (f", at least {settings['min_steps']} steps (a run short of them trains more epochs, with as "
@@ -255,7 +253,7 @@ def findings(records: list[dict], settings: dict | None = None, codes: list[str]
     lines.append(f"Of {len(verdicts)} verdicts, " + ", ".join(f"{verdicts.count(v)} {v}" for v in stats.VERDICTS)
                  + ".")
     for family, points in (sweeps or {}).items():
-        lines += [""] + sweep_text(family, points, dose_response(records, points), said[task.primary], units)
+        lines += [""] + sweep_text(family, points, dose_response(records, points), said[task.primary])
     lines += _power_lines(records, task)
     return "\n".join(lines) + "\n"
 

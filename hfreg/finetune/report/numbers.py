@@ -485,42 +485,40 @@ def margins_of(records: list[dict]) -> dict:
             if k.startswith("delta_") and "margin" in d}
 
 
-def sweep_points(runs: list[dict]) -> dict[str, dict[str, float]]:
-    """{family: {preset: rate or factor}} of the rate sweeps among ``runs`` (``--rates``); a family's rate 0 is
-    the baseline, and a factor sweep's factor 1 is its preset itself where the grid ran it (``--presets classic
-    --rates classic*0.5,2``: `classic` is ×1)."""
+class Sweep(dict):
+    """One rate sweep: {preset: rate or factor}, and ``unit``, a factor sweep's ×1 as rates in words (``attention
+    0.1, hidden 0.1, classifier 0.1``), so that a factor reads as a rate; None for a knob's own sweep, whose values
+    are rates."""
+
+    def __init__(self, points: dict[str, float], unit: str | None = None):
+        super().__init__(points)
+        self.unit = unit
+
+
+def sweep_points(runs: list[dict]) -> dict[str, Sweep]:
+    """{family: `Sweep`} of the rate sweeps among ``runs`` (``--rates``); a family's rate 0 is the baseline, and a
+    factor sweep's factor 1 is its preset itself where the grid ran it (``--presets classic --rates
+    classic*0.5,2``: `classic` is ×1). A factor sweep's ×1 rates are any scaled point's, divided by its factor."""
     from ...config import KNOBS
 
     out: dict[str, dict[str, float]] = defaultdict(dict)
-    plain = set()
-    for r in runs:
-        sweep = (r.get("preset_config") or {}).get("sweep")
-        if sweep:
-            out[sweep["family"]][r["preset"]] = float(sweep["value"])
-        else:
-            plain.add(r["preset"])
-    for family in out:
-        if family not in KNOBS and family in plain and 1.0 not in out[family].values():
-            out[family][family] = 1.0
-        out[family] = {BASELINE: 0.0, **dict(sorted(out[family].items(), key=lambda kv: kv[1]))}
-    return dict(out)
-
-
-def sweep_units(runs: list[dict]) -> dict[str, str]:
-    """{family: its ×1 rates in words} for the factor sweeps among ``runs`` (``--rates PRESET*f,...``): each rate a
-    point scaled, divided by its factor (``attention 0.1, hidden 0.1, classifier 0.1``), so that a factor reads as
-    a rate. A knob's own sweep needs none: its values are rates."""
-    from ...config import KNOBS
-
-    out = {}
+    units, plain = {}, set()
     for r in runs:
         config = r.get("preset_config") or {}
         sweep = config.get("sweep")
-        if not sweep or sweep["family"] in KNOBS or sweep["family"] in out or not sweep["value"]:
+        if not sweep:
+            plain.add(r["preset"])
             continue
-        out[sweep["family"]] = ", ".join(f"{k} {config[k] / sweep['value']:.3g}" for k in KNOBS
-                                         if isinstance(config.get(k), (int, float)) and config[k]) or "no rate"
-    return out
+        family, value = sweep["family"], float(sweep["value"])
+        out[family][r["preset"]] = value
+        if family not in KNOBS and family not in units and value:
+            units[family] = ", ".join(f"{k} {config[k] / value:.3g}" for k in KNOBS
+                                      if isinstance(config.get(k), (int, float)) and config[k]) or "no rate"
+    for family in out:
+        if family not in KNOBS and family in plain and 1.0 not in out[family].values():
+            out[family][family] = 1.0
+    return {family: Sweep({BASELINE: 0.0, **dict(sorted(points.items(), key=lambda kv: kv[1]))}, units.get(family))
+            for family, points in out.items()}
 
 
 def dose_response(records: list[dict], points: dict[str, float], select: str = "early") -> list[dict]:

@@ -139,8 +139,7 @@ def secondary(rows: list[dict]) -> str:
     return "\n\n".join(out)
 
 
-def pooled_sweep_text(family: str, points: dict[str, float], rows: list[dict], sources: int = 2,
-                      units: dict | None = None) -> list[str]:
+def pooled_sweep_text(family: str, points: dict[str, float], rows: list[dict], sources: int = 2) -> list[str]:
     """A rate sweep over the ``sources`` data sets (one: its test set counted as a draw, as every pooled row counts
     it), per training size: each rate's pooled Δ against the baseline (the strata
     rows of pooled.md, primary metric, early-stopped) with its simultaneous interval and verdict, the rates by
@@ -149,7 +148,7 @@ def pooled_sweep_text(family: str, points: dict[str, float], rows: list[dict], s
     cells). The intervals are simultaneous over the column's rows, so the highest one's holds although it was picked
     as the highest."""
     task = tasks.of_rows(rows)
-    unit, what, fmt = sweep_words(family, units)
+    unit, what, fmt = sweep_words(family, points)
     over = "over the data sets" if sources > 1 else "pooled"
     lines = [f"Rate sweep `{family}` {over} ({what}; {names(task)[task.primary]}, early-stopped; each "
              f"rate's pooled Δ against `{BASELINE}` (rate 0) with its simultaneous interval, as the tables below give "
@@ -196,8 +195,8 @@ def _levels(alphas: list[float]) -> str:
 
 
 def pooled_text(rows: list[dict], sources: list[str], baseline: str | None = None, stages: list = (),
-                sweeps: dict | None = None, units: dict | None = None) -> str:
-    """pooled.md: the answer, the rate sweeps (``sweeps``: `sweep_points`, ``units``: `sweep_units`), the table of
+                sweeps: dict | None = None) -> str:
+    """pooled.md: the answer, the rate sweeps (``sweeps``: `sweep_points`), the table of
     each training size, the all-cells table, and the moderator tests; ``baseline`` says what the baseline means for the
     sources' model (`baseline_text`); ``stages``, the sources' `cell_stages`: while a staged grid's cells still plan
     seeds, the answer is said not to be final."""
@@ -258,7 +257,7 @@ def pooled_text(rows: list[dict], sources: list[str], baseline: str | None = Non
         lines += ["Each cell of a staged grid stopped at the first look that decided it (or found it futile): a "
                   "stopped cell's estimate leans towards the effect that stopped it.", ""]
     for family, points in (sweeps or {}).items():  # one source too: the answer's "how much", as the pool reads it
-        lines += pooled_sweep_text(family, points, rows, len(sources), units)
+        lines += pooled_sweep_text(family, points, rows, len(sources))
     lines += [baseline, ""] if baseline else []
     for scope in dict.fromkeys(r["scope"] for r in rows if r["scope"] != "all"):
         lines += [f"### {scope}", "", pooled_table(rows, scope), ""]

@@ -67,10 +67,11 @@ def rate_list(points: dict[str, float], unit: str, presets) -> str:
     return ", ".join("none" if p == BASELINE and shared else f"{unit}{points[p]:g}" for p in order) or "none"
 
 
-def sweep_words(family: str, units: dict | None = None):
+def sweep_words(family: str, points: dict):
     """A sweep's unit (× for a factor on a preset's rates, none for a knob's own rate), what it varies (a factor
-    sweep's ×1 rates from ``units``, `sweep_units`), and how it lists its rates."""
+    sweep's ×1 as rates, where ``points`` is a `numbers.Sweep` that has them), and how it lists its rates."""
     unit = "×" if family not in KNOB_NAMES else ""
-    what = ("factor on every rate of the preset" + (f"; ×1 is {units[family]}" if family in (units or {}) else "")
+    one = getattr(points, "unit", None)
+    what = ("factor on every rate of the preset" + (f"; ×1 is {one}" if one else "")
             if unit else f"the knob alone, every other as in `{BASELINE}`")
     return unit, what, lambda values: ", ".join(f"{unit}{v:g}" for v in values) or "none"

@@ -32,7 +32,6 @@ from .numbers import (
     selected_point,
     summarize,
     sweep_points,
-    sweep_units,
 )
 from .plots import plot, plot_dose_response
 from .pooled_page import pooled_text
@@ -112,7 +111,7 @@ def report(output_dir: str, make_plots: bool = True, select_by: str | None = Non
     loaded = _runs(output_dir)
     text, records = _report(output_dir, loaded, make_plots, select_by, margins)
     write_pooled(pooled_dir or output_dir, records, [output_dir], margins, sweep_points(loaded[0]),
-                 _read_as_stopped(loaded[0], records), sweep_units(loaded[0]))
+                 _read_as_stopped(loaded[0], records))
     return text
 
 
@@ -139,7 +138,7 @@ def report_many(output_dirs: list[str], out: str | None = None, make_plots: bool
     out = out or output_dirs[0]
     os.makedirs(out, exist_ok=True)
     every = [r for runs, _ in loaded.values() for r in runs]
-    return write_pooled(out, records, output_dirs, margins, sweep_points(every), as_stopped, sweep_units(every))
+    return write_pooled(out, records, output_dirs, margins, sweep_points(every), as_stopped)
 
 
 def report_dir(output_dir: str, out: str | None) -> str:
@@ -160,7 +159,7 @@ def _read_as_stopped(runs: list[dict], records: list[dict]) -> bool:
 
 
 def write_pooled(out: str, records: list[dict], sources: list[str], margins: dict | None,
-                 sweeps: dict | None = None, as_stopped: bool = True, units: dict | None = None) -> str:
+                 sweeps: dict | None = None, as_stopped: bool = True) -> str:
     """pooled.json and pooled.md. The rows get their final reading (`pooled`'s ``final``) only where every cell is
     of a staged grid, none plans seeds, and each grid is read under the rules it stopped by (``as_stopped``): a
     fixed grid's record does not say whether its seeds are complete, and under other margins or another selection
@@ -170,7 +169,7 @@ def write_pooled(out: str, records: list[dict], sources: list[str], margins: dic
     rows = pooled(records, margins, final=final)
     models = list(dict.fromkeys(r.get("model") for r in records if r.get("model")))
     text = pooled_text(rows, sources, baseline_text(pretrained_dropout(models[0])) if len(models) == 1 else None,
-                       stages, sweeps, units)
+                       stages, sweeps)
     _atomic_write(os.path.join(out, "pooled.json"), json.dumps(_strict(rows), indent=2) + "\n")
     _atomic_write(os.path.join(out, "pooled.md"), text)
     return text
@@ -290,7 +289,7 @@ def _report(output_dir: str, loaded: tuple[list[dict], int], make_plots: bool, s
             plot_dose_response(dest, mine, sweeps, suffix="" if name == DEFAULT_EXPERIMENT else f"-{name}")
         settings = theirs[0]["experiment"].get("settings") or {}
         text = findings(mine, settings, code_identities(theirs), sweeps, pretrained_dropout(settings.get("model")),
-                        machines(theirs), sweep_units(theirs))
+                        machines(theirs))
         out.append(text if name == DEFAULT_EXPERIMENT else f"# Experiment {name}\n\n{text}")
     if duplicates:
         out.append(f"note: {duplicates} duplicate record(s) in runs.jsonl were counted once")
