@@ -25,7 +25,7 @@ DESIGN = ["--train_sizes", "64,512", "--min_steps", "100", "--num_train_epochs",
           "--select_by", "accuracy", "--no_plots"]
 # the grids that store every point's selection-split outputs too: those started before the design chose to store
 # the test split's alone (what a report reads; a third of the bytes, docs/results.md)
-EVERY_POINT = ("sst2-sentences",)
+KEEP_SELECTION_PREDICTIONS = ("sst2-sentences",)
 
 
 def answer_dir(name: str) -> str:
@@ -49,7 +49,7 @@ def commands(data_dir: str, gpu: bool, python: str, data_sets=DATA_SETS) -> list
                  "--test_file", os.path.join(data_dir, name, "test.csv")]
         backend = ["--threads", "1"] if gpu else ["--mixed_precision", "no"]
         sweeps = [a for s in SWEEPS for a in ("--rates", s)]
-        lean = [] if name in EVERY_POINT else ["--no_selection_predictions"]
+        lean = [] if name in KEEP_SELECTION_PREDICTIONS else ["--no_selection_predictions"]
         out.append([python, "-m", "hfreg.finetune", *files, "--presets", ARMS, *sweeps, *DESIGN, *lean, *backend,
                     "--output_dir", answer_dir(name)])
     return [*out, report_command(python)]

@@ -226,7 +226,7 @@ def test_rate_sweep_min_steps_and_code_identity(tiny_classifier, csv_data, tmp_p
     scaled = [{"preset": f"classic*{v:g}",
                "preset_config": {"sweep": {"family": "classic", "value": v}, "attention": 0.1 * v, "hidden": 0.1 * v,
                                  "classifier": 0.1 * v, "embedding": 0.0, "weight_decay": 0.01}} for v in (0.0, 0.25)]
-    assert report.sweep_points(runs + scaled)["classic"].unit == "attention 0.1, hidden 0.1, classifier 0.1"
+    assert report.sweep_points(runs + scaled)["classic"].x1_rates == "attention 0.1, hidden 0.1, classifier 0.1"
     assert "- n=16: equivalent to none at" in findings and "not shown worse than another rate:" in findings
     report.report(str(out))
     assert (out / "dose_response.png").stat().st_size > 1000

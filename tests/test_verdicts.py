@@ -150,7 +150,7 @@ def test_a_presets_x0_that_is_not_the_baseline_keeps_its_own_place_in_the_sweep(
     (line,) = [x for x in pooled_sweep_text("classic", points, rows) if x.startswith("- n=64")]
     assert line.endswith("Highest pooled Δ: none, no rate's pooled Δ is above none; not shown worse than another "
                          "rate: none.")
-    assert "Worse at ×0; trivially worse at ×1." in line  # a trivial difference says its side
+    assert "Worse at ×0; worse but within the margin at ×1." in line  # a trivial difference says its side
     # a rate without a pooled row at this size is named apart, not judged
     (line,) = [x for x in pooled_sweep_text("classic", points, rows[:1]) if x.startswith("- n=64")]
     assert line.endswith("not shown worse than another rate: none (×1: no pooled row at this size).")
@@ -171,9 +171,10 @@ def test_a_presets_x0_that_is_not_the_baseline_keeps_its_own_place_in_the_sweep(
                                                      "[-0.010, +0.030]), the largest rate swept; not shown worse than "
                                                      "another rate: none, ×0, ×1.")
     trivial = {**r, "inconclusive": [0.0], "trivial": [1.0]}
-    assert sweep_text("classic", points, [trivial])[2].startswith("- n=64: trivially worse at ×1; inconclusive at ×0.")
+    said = "- n=64: {} but within the margin at ×1; inconclusive at ×0."
+    assert sweep_text("classic", points, [trivial])[2].startswith(said.format("worse"))
     trivial["trivially_better"] = [1.0]
-    assert sweep_text("classic", points, [trivial])[2].startswith("- n=64: trivially better at ×1; inconclusive at ")
+    assert sweep_text("classic", points, [trivial])[2].startswith(said.format("better"))
     # where none has the highest mean, it is said as the pooled lines say it
     r = {**r, "best": 0.0, "best_preset": "pretrain-zero", "best_delta": 0.0, "best_ci": [0.0, 0.0]}
     assert "Highest mean Δ: none, no rate's mean Δ is above none; " in sweep_text("classic", points, [r])[2]
@@ -191,12 +192,16 @@ def test_one_data_sets_sweep_of_a_loss_names_its_lowest_rate_the_best():
                 **({"preset_config": {"sweep": {"family": "hidden", "value": value}}} if value else {})}
 
     runs = []
-    for k, (preset, value, effect) in enumerate((("pretrain-zero", 0, 0.0), ("hidden=0.1", 0.1, -0.05),
-                                                 ("hidden=0.3", 0.3, 0.06))):
-        runs += [run(preset, s, 1.0 + effect + 0.003 * z, value) for s, z in enumerate(_unit(8, k + 1))]
+    # 0.2 and 0.4 differ from none by far less than the margin, but surely: trivial, on either side
+    arms = (("pretrain-zero", 0, 0.0, 1e-4), ("hidden=0.1", 0.1, -0.05, 3e-3), ("hidden=0.2", 0.2, -0.004, 1e-4),
+            ("hidden=0.3", 0.3, 0.06, 3e-3), ("hidden=0.4", 0.4, 0.004, 1e-4))
+    for k, (preset, value, effect, sd) in enumerate(arms):
+        runs += [run(preset, s, 1.0 + effect + sd * z, value) for s, z in enumerate(_unit(8, k + 1))]
     (row,) = report.dose_response(report.summarize(runs), report.sweep_points(runs)["hidden"])
     assert row["best_preset"] == "hidden=0.1" and row["not_worse_than_best"] == ["hidden=0.1"]
     assert row["better"] == [0.1] and row["worse"] == [0.3] and row["best_ci"][1] < 0
+    # a lower loss is the better side: 0.2's trivial difference is better, 0.4's worse
+    assert row["trivial"] == [0.2, 0.4] and row["trivially_better"] == [0.2]
 
 
 def test_pooled_md_warns_where_cells_pool_on_their_seeds_variance_alone():
@@ -233,30 +238,36 @@ def test_a_harm_at_one_size_is_answered_per_size_not_averaged_away():
            "equivalent at every size, by a Δ that differs with size." in report.answer(same)
 
 
-def test_the_secondary_endpoint_names_the_differences_it_shows_where_the_answer_reads():
-    """Beside the answer, one line per secondary endpoint: the arms shown better or worse, over all cells where a
-    row is over all cells (its per-size rows then unread), else per size; where none is, it says so."""
+def test_the_other_judged_metric_names_every_pooled_row_it_shows_better_or_worse():
+    """Below the answer, one line per judged metric besides the primary one: every pooled row of it with a better or
+    worse verdict, both comparisons, over all cells and per size alike — its rows are over all cells where its own
+    between-sizes test allows, which need not be where the answer's are; where no row is, it says so."""
     from hfreg.finetune.report.pooled_page import secondary
 
-    def row(preset, against, comp, metric, scope, verdict):
+    def row(preset, against, comp, metric, scope, verdict, **extra):
         return {"preset": preset, "against": against, "comparison": comp, "metric": metric, "scope": scope,
-                "verdict": verdict}
+                "verdict": verdict, **extra}
 
     rows = [row(p, a, c, m, s, "equivalent") for p, a in (("classic", "pretrain-zero"), ("rdrop", "classic"))
             for c in ("early", "fixed") for m in ("test_accuracy", "test_nll_ts") for s in ("n=64", "n=512")]
-    lead = "**Secondary endpoint** (test NLL after temperature scaling, read as the answer is): "
-    tail = "; every other reading trivial, equivalent or inconclusive."
-    assert secondary(rows) == lead + "no arm is shown better or worse" + tail
+    lead = "**Test NLL after temperature scaling** (every pooled row of it, both comparisons): "
+    assert secondary(rows) == lead + "no row is better or worse."
     changed = {("rdrop", "early", "n=512"): "better", ("rdrop", "fixed", "n=512"): "worse",
-               ("classic", "early", "n=64"): "better", ("rdrop", "early", "n=64"): "worse"}
+               ("classic", "early", "n=64"): "better", ("rdrop", "early", "n=64"): "trivial"}
     rows = [dict(r, verdict=changed.get((r["preset"], r["comparison"], r["scope"]), r["verdict"]))
             if r["metric"] == "test_nll_ts" else r for r in rows]
-    rows.append(row("classic", "pretrain-zero", "early", "test_nll_ts", "all", "worse"))
-    assert secondary(rows) == lead + ("better: `rdrop` vs `classic` (early-stopped at n=512); worse: `classic` "
-                                      "(early-stopped over all cells), `rdrop` vs `classic` (early-stopped at n=64, "
-                                      "fixed budget at n=512)") + tail
-    # the primary endpoint's differences are the answer's, not this line's
+    # an all-cells row of this metric where the answer reads per size: both it and the size it hides are named
+    rows.append(row("classic", "pretrain-zero", "early", "test_nll_ts", "all", "inconclusive"))
+    rows.append(row("classic", "pretrain-zero", "fixed", "test_nll_ts", "all", "worse"))
+    assert secondary(rows) == lead + ("better: `classic` (early-stopped at n=64), `rdrop` vs `classic` (early-stopped "
+                                      "at n=512); worse: `rdrop` vs `classic` (fixed budget at n=512), `classic` "
+                                      "(fixed budget over all cells); no other row is better or worse.")
+    # the primary endpoint's differences are the answer's, not this line's; a regression's other metric by its name
     assert secondary([r for r in rows if r["metric"] == "test_accuracy"]) == ""
+    regression = [row("classic", "pretrain-zero", "early", m, "n=64", v, problem_type="regression")
+                  for m, v in (("test_r2", "worse"), ("test_spearman", "worse"))]
+    assert secondary(regression) == ("**Test Spearman** (every pooled row of it, both comparisons): worse: "
+                                     "`classic` (early-stopped at n=64); no other row is better or worse.")
 
 
 def test_one_data_set_at_two_sizes_is_answered_at_every_size_with_its_stopping_bias_said():

@@ -26,20 +26,20 @@ def load_raw(dataset_name=None, dataset_config_name=None, train_file=None, valid
     matched validation and test splits)."""
     from datasets import DatasetDict, load_dataset
 
-    def load(*args, unreachable=None, **kwargs):
+    def load(*args, unreachable_host=None, **kwargs):
         try:
             return load_dataset(*args, **kwargs)
         except Exception as e:  # datasets raises many types; the user needs the first line of the reason
             what = dataset_name or ", ".join(sorted(set(kwargs.get("data_files", {}).values())))
-            # with the hub's host unreachable (``unreachable``), datasets' own "Couldn't reach ...
+            # with the hub's host unreachable, datasets' own "Couldn't reach ...
             # (OfflineModeIsEnabled)" would blame a mode the user never set
-            reason = f"not in the local cache, with the hub ({unreachable}) unreachable from here" if unreachable \
-                else str(e).strip().splitlines()[0]
+            reason = f"not in the local cache, with the hub ({unreachable_host}) unreachable from here" \
+                if unreachable_host else str(e).strip().splitlines()[0]
             raise ValueError(f"cannot load {what}: {reason}") from None
 
     if dataset_name:
         with offline_datasets() as host:
-            raw = load(dataset_name, dataset_config_name, unreachable=host)
+            raw = load(dataset_name, dataset_config_name, unreachable_host=host)
     elif train_dir:  # images, one folder per class (datasets' imagefolder, as run_image_classification.py reads it)
         dirs = {k: v for k, v in (("train", train_dir), ("validation", validation_dir), ("test", test_dir)) if v}
         for split, path in dirs.items():

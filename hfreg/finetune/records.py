@@ -275,9 +275,10 @@ def _save_predictions(output_dir: str, key: tuple, arrays: dict, classes: bool =
 def load_predictions(output_dir: str, record: dict, splits: tuple[str, ...] = ("selection", "test")) -> dict:
     """The arrays stored with a run: ``steps`` (the evaluation points), ``test_steps`` (those where the test split
     was evaluated; every point in records made before it was chosen), and for each of ``splits`` (``selection``,
-    ``test``): ``*_logits`` (points x examples x classes, float32), ``*_labels`` and ``*_index`` (the examples' rows
-    in their split). Reads both layouts: full float32 logits (records made before `compact`) and float16
-    differences, which come back as logits whose first column is 0."""
+    ``test``) where the file stores it (``--no_selection_predictions`` stores no selection split): ``*_logits``
+    (points x examples x classes, float32), ``*_labels`` and ``*_index`` (the examples' rows in their split). Reads
+    both layouts: full float32 logits (records made before `compact`) and float16 differences, which come back as
+    logits whose first column is 0."""
     import numpy as np
 
     skip = tuple(f"{s}_" for s in ("selection", "test") if s not in splits)

@@ -44,7 +44,7 @@ def sweep_text(family: str, points: dict[str, float], rows: list[dict],
         top = f"{rate_list(points, unit, [BASELINE])}, no rate's mean Δ is {'above' if higher else 'below'} none" \
             if r["best_preset"] == BASELINE else \
             f"{unit}{r['best']:g} ({span(r['best_delta'], r['best_ci'])})"
-        verdicts = by_verdict(fmt, r, r["trivially_better"])
+        verdicts = by_verdict(fmt, r, r.get("trivially_better", ()))
         lines.append(f"- n={r['train_size']}: {verdicts}. {'Highest' if higher else 'Lowest'} mean Δ: "
                      f"{top}{edge_note(points, r['best_preset'])}; not shown worse than another rate: "
                      f"{rate_list(points, unit, r['not_worse_than_best'])}.")

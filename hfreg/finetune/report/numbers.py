@@ -486,13 +486,13 @@ def margins_of(records: list[dict]) -> dict:
 
 
 class Sweep(dict):
-    """One rate sweep: {preset: rate or factor}, and ``unit``, a factor sweep's ×1 as rates in words (``attention
-    0.1, hidden 0.1, classifier 0.1``), so that a factor reads as a rate; None for a knob's own sweep, whose values
-    are rates."""
+    """One rate sweep: {preset: rate or factor}, and ``x1_rates``, a factor sweep's ×1 as rates in words
+    (``attention 0.1, hidden 0.1, classifier 0.1``), so that a factor reads as a rate; None for a knob's own sweep,
+    whose values are rates. A copy made by dict operations (``dict(s)``, ``{**s}``) is a plain dict without it."""
 
-    def __init__(self, points: dict[str, float], unit: str | None = None):
+    def __init__(self, points: dict[str, float], x1_rates: str | None = None):
         super().__init__(points)
-        self.unit = unit
+        self.x1_rates = x1_rates
 
 
 def sweep_points(runs: list[dict]) -> dict[str, Sweep]:
@@ -523,9 +523,10 @@ def sweep_points(runs: list[dict]) -> dict[str, Sweep]:
 
 def dose_response(records: list[dict], points: dict[str, float], select: str = "early") -> list[dict]:
     """Per training size, what a rate sweep says (the task's primary metric, ``select`` comparison): the rates
-    better, worse, equivalent to the baseline or inconclusive, the rate of the best mean Δ (the highest; a loss's
-    lowest: ``sign``) with its simultaneous interval, and the presets not shown worse than another rate
-    (`not_shown_worse`; a rate without an interval yet is not shown worse). Presets, not rates, since a preset's ×0
+    better, worse, trivial (``trivially_better``: those of them on the better side of 0), equivalent to the baseline
+    or inconclusive, the rate of the best mean Δ (the highest; a loss's lowest: ``sign``) with its simultaneous
+    interval, and the presets not shown worse than another rate (`not_shown_worse`; a rate without an interval yet
+    is not shown worse). Presets, not rates, since a preset's ×0
     that keeps its weight decay is not the baseline."""
     primary = tasks.of_rows(records).primary
     key, sign = f"delta_{select}_{primary}", METRICS[primary]  # sign: +1 where higher is better (a loss: -1)

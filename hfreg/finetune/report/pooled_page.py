@@ -59,7 +59,7 @@ def arm_answer(rows: list[dict], preset: str, against: str) -> dict[str, tuple[s
     """{comparison: (verdict, text)} for one arm's test accuracy (the primary endpoint): the all-cells verdict where
     there is one, else the verdict at each size (marked "depends on size" where the moderator test says so and the
     verdicts differ; one verdict at every size is said once, even where the Δ behind it differs with size). The
-    verdict is None where no one verdict holds everywhere with one Δ."""
+    verdict is None where the verdicts differ between sizes, or where size moderates the effect."""
     primary = tasks.of_rows(rows).primary
     out = {}
     for comp in COMPARISONS:
@@ -115,27 +115,24 @@ def answer(rows: list[dict]) -> str:
 
 
 def secondary(rows: list[dict]) -> str:
-    """The secondary endpoints' shown differences (better or worse), read where the answer reads the primary one:
-    over all cells where there is a row over all cells, else per size; one line each."""
+    """Per judged metric besides the primary one (a classifier's temperature-scaled NLL), one line: every pooled row
+    of it with a better or worse verdict, over all cells or at a size, each as its tables give it (each metric's
+    rows are over all cells where its own between-sizes test allows, so they need not be where the answer's are)."""
     task = tasks.of_rows(rows)
     out = []
     for metric in task.verdicts[1:]:
-        mine = [r for r in rows if r["metric"] == metric]
-        if not mine:
-            continue
         shown = defaultdict(lambda: defaultdict(list))  # verdict -> arm -> where
-        for arm in dict.fromkeys((r["preset"], r["against"]) for r in mine):
-            for comp, label in COMPARISONS.items():
-                theirs = [r for r in mine if (r["preset"], r["against"]) == arm and r["comparison"] == comp]
-                for r in [r for r in theirs if r["scope"] == "all"] or theirs:
-                    if r["verdict"] in ("better", "worse"):
-                        where = "over all cells" if r["scope"] == "all" else f"at {r['scope']}"
-                        shown[r["verdict"]][arm_label(*arm)].append(f"{label} {where}")
+        for r in rows:
+            if r["metric"] == metric and r["verdict"] in ("better", "worse"):
+                where = "over all cells" if r["scope"] == "all" else f"at {r['scope']}"
+                shown[r["verdict"]][arm_label(r["preset"], r["against"])].append(
+                    f"{COMPARISONS[r['comparison']]} {where}")
         said = "; ".join(f"{v}: " + ", ".join(f"{arm} ({', '.join(where)})" for arm, where in shown[v].items())
                          for v in ("better", "worse") if shown[v])
-        out.append(f"**Secondary endpoint** ({names(task)[metric]}, read as the answer is): "
-                   + (said if said else "no arm is shown better or worse") + "; every other reading trivial, "
-                   "equivalent or inconclusive.")
+        if any(r["metric"] == metric for r in rows):
+            out.append(f"**{names(task)[metric][0].upper()}{names(task)[metric][1:]}** (every pooled row of it, "
+                       f"both comparisons): " + (f"{said}; no other row is better or worse." if said else
+                                                 "no row is better or worse."))
     return "\n\n".join(out)
 
 

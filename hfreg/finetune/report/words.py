@@ -45,12 +45,14 @@ def calibration_words(task: tasks.Task, findings: bool = False) -> str:
 
 def by_verdict(fmt, by, better=()) -> str:
     """A sweep's rates by verdict, the verdicts no rate got left out: ``by`` maps each verdict to its rates; a
-    trivial difference is said with its side, better where its rate is in ``better``, else worse."""
-    side = {"trivial": [v for v in by.get("trivial", ()) if v in better]}
-    side["trivially worse"] = [v for v in by.get("trivial", ()) if v not in better]
-    by = {**by, "trivial": side["trivial"], "trivially worse": side["trivially worse"]}
-    words = {"equivalent": "equivalent to none", "worse": "worse", "better": "better", "trivial": "trivially better",
-             "trivially worse": "trivially worse", "inconclusive": "inconclusive"}
+    trivial difference (shown, but within the margin) is said with its side: better where its rate is in
+    ``better``, else worse."""
+    trivial = by.get("trivial", ())
+    by = {**by, "better within": [v for v in trivial if v in better],
+          "worse within": [v for v in trivial if v not in better]}
+    words = {"equivalent": "equivalent to none", "worse": "worse", "better": "better",
+             "better within": "better but within the margin", "worse within": "worse but within the margin",
+             "inconclusive": "inconclusive"}
     return "; ".join(f"{words[v]} at {fmt(by[v])}" for v in words if by.get(v))
 
 
@@ -71,7 +73,7 @@ def sweep_words(family: str, points: dict):
     """A sweep's unit (× for a factor on a preset's rates, none for a knob's own rate), what it varies (a factor
     sweep's ×1 as rates, where ``points`` is a `numbers.Sweep` that has them), and how it lists its rates."""
     unit = "×" if family not in KNOB_NAMES else ""
-    one = getattr(points, "unit", None)
+    one = getattr(points, "x1_rates", None)
     what = ("factor on every rate of the preset" + (f"; ×1 is {one}" if one else "")
             if unit else f"the knob alone, every other as in `{BASELINE}`")
     return unit, what, lambda values: ", ".join(f"{unit}{v:g}" for v in values) or "none"
