@@ -448,3 +448,52 @@ def test_device_pack_cuts_the_model_into_calls_that_fit_and_put_together_give_it
     with pytest.raises(ValueError, match="lacks sst5"):
         shutil.rmtree(data / "sst5")
         device_pack.pack(str(model), str(data), str(out), tree=tree, wheels=str(wheels))
+
+
+def test_merge_runs_appends_the_runs_a_grid_lacks_and_refuses_other_settings(tmp_path, capsys):
+    """benchmarks/merge_runs.py: the runs SOURCE holds and DEST lacks join DEST with their predictions (a line cut
+    short by a writing worker skipped, a second merge adding nothing); a run of the same experiment under other
+    settings, or a predictions file DEST holds with other bytes, is refused with one line and nothing is written."""
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    from merge_runs import main
+
+    from hfreg.finetune import records
+
+    grid = os.path.join(ROOT, "docs", "results", "answer-sst2-sentences")
+    runs = records.read_runs(grid)[:5]
+
+    def make(d, rs, torn=False):
+        os.makedirs(d / "predictions", exist_ok=True)
+        lines = [json.dumps(r, sort_keys=True) for r in rs]
+        (d / "runs.jsonl").write_text("\n".join(lines) + "\n" + ('{"preset": "cut sh' if torn else ""))
+        for r in rs:
+            shutil.copy(os.path.join(grid, r["predictions"]), d / r["predictions"])
+
+    make(tmp_path / "src", runs, torn=True)
+    make(tmp_path / "dst", runs[:3])
+    assert main([str(tmp_path / "src"), str(tmp_path / "dst")]) == 0
+    assert capsys.readouterr().out.strip().endswith("5 runs (2 new)")
+    merged = records.read_runs(str(tmp_path / "dst"))
+    assert [records.run_key(r) for r in merged] == [records.run_key(r) for r in runs] and merged == runs
+    for r in runs:
+        assert (tmp_path / "dst" / r["predictions"]).read_bytes() == open(os.path.join(grid, r["predictions"]),
+                                                                            "rb").read()
+    assert main([str(tmp_path / "src"), str(tmp_path / "dst")]) == 0 and "(0 new)" in capsys.readouterr().out
+    before = (tmp_path / "dst" / "runs.jsonl").read_bytes()
+    # another torch version: a resume would be refused, and so is the merge
+    other = json.loads(json.dumps(runs[0]))
+    other["seed"] = 99
+    other["experiment"]["settings"]["versions"]["torch"] = "0.0"
+    make(tmp_path / "other", [other])
+    assert main([str(tmp_path / "other"), str(tmp_path / "dst")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "versions=" in err
+    # a predictions file the destination holds with other bytes
+    changed = dict(runs[1], seed=98)
+    make(tmp_path / "clash", [changed])
+    (tmp_path / "dst" / changed["predictions"]).write_bytes(b"other")
+    assert main([str(tmp_path / "clash"), str(tmp_path / "dst")]) == 2
+    assert "exists with other contents" in capsys.readouterr().err
+    assert (tmp_path / "dst" / "runs.jsonl").read_bytes() == before
+    assert main([str(tmp_path / "nowhere"), str(tmp_path / "dst")]) == 2 and "holds no runs.jsonl" in \
+        capsys.readouterr().err

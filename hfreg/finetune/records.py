@@ -227,6 +227,46 @@ def append_run(output_dir: str, record: dict, predictions: dict | None = None, c
         return True
 
 
+def merge_runs(source: str, dest: str) -> tuple[int, int]:
+    """Append to ``dest`` the finished runs of ``source`` that it lacks (by run key), each with its predictions
+    file: how records made elsewhere (workers writing to a copy of the directory, or another machine's grid) join a
+    grid. ``dest``'s records stay as they are; a line of ``source`` cut short (a worker writing) is skipped. A run
+    whose experiment ``dest`` holds under other settings, or whose preset has changed, is refused, as a resume would
+    be, and so is a predictions file that ``dest`` holds with other bytes; nothing is written then. Returns
+    (``dest``'s runs after, of which new)."""
+    import filecmp
+    import shutil
+
+    if not os.path.isfile(os.path.join(source, RUNS_FILE)):
+        raise ValueError(f"cannot merge {source}: it holds no {RUNS_FILE}")
+    if os.path.exists(dest) and not os.path.isdir(dest):
+        raise ValueError(f"cannot merge into {dest}: it is not a directory")
+    os.makedirs(dest, exist_ok=True)
+    with locked(dest):
+        have = read_runs(dest)
+        keys = {run_key(r) for r in have}
+        new = [r for r in read_runs(source) if run_key(r) not in keys]
+        for r in new:
+            settings = (r.get("experiment") or {}).get("settings", {})
+            why = experiment_conflict(have, experiment_of(r), settings, {r["preset"]: r.get("preset_config")})
+            if why:
+                raise ValueError(f"cannot merge {source} into {dest}: {why}")
+            if r.get("predictions"):
+                src, dst = (os.path.join(d, r["predictions"]) for d in (source, dest))
+                if not os.path.isfile(src):
+                    raise ValueError(f"cannot merge {source} into {dest}: {src} is missing")
+                if os.path.exists(dst) and not filecmp.cmp(src, dst, shallow=False):
+                    raise ValueError(f"cannot merge {source} into {dest}: {dst} exists with other contents")
+        for r in new:  # each run's predictions before its record, as a grid writes them
+            if r.get("predictions"):
+                dst = os.path.join(dest, r["predictions"])
+                os.makedirs(os.path.dirname(dst), exist_ok=True)
+                shutil.copyfile(os.path.join(source, r["predictions"]), dst + ".tmp")
+                os.replace(dst + ".tmp", dst)
+            _append(dest, r)
+    return len(have) + len(new), len(new)
+
+
 def compact(arrays: dict, classes: bool = True) -> dict:
     """Predictions as stored: with ``classes`` (a classifier's logits) each ``*_logits`` (points x examples x K,
     float32) becomes ``*_logit_diffs``, the
