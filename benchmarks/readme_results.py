@@ -10,7 +10,8 @@ tables and between-sizes tests, written by
 `docs/results/NAME/pooled.md` the same way (`--out docs/results/NAME`); in README.md a pooled block names its sources
 and links the method paragraph rather than quote it (docs/results.md quotes it whole). A block `<!-- methods:NAME -->`
 ... `<!-- /methods:NAME -->` gets a table of each preset of `docs/results/NAME/summary.json` beside the paper its
-preset file cites and the verdicts the report wrote there.
+preset file cites and the verdicts the report wrote there. A block `<!-- progress -->` ... `<!-- /progress -->`
+gets what the decided answer's records hold so far (`decided_answer.py --progress`).
 """
 
 import json
@@ -19,7 +20,6 @@ import re
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
 
 # the pages that quote the tool's outputs between markers
 PAGES = ("README.md", os.path.join("docs", "results.md"))
@@ -73,6 +73,12 @@ def fill(text: str, page_dir: str = ROOT, brief: bool = False) -> str | None:
         text = re.sub(rf"<!-- {tag} -->.*?<!-- /{tag} -->",
                       lambda _: f"<!-- {tag} -->\n{pooled_overview(path, page_dir, brief)}\n<!-- /{tag} -->", text,
                       flags=re.S)
+    if "<!-- progress -->" in text:
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # benchmarks/, where the design lies
+        from decided_answer import progress
+
+        text = re.sub(r"<!-- progress -->.*?<!-- /progress -->",
+                      lambda _: f"<!-- progress -->\n{progress()}\n<!-- /progress -->", text, flags=re.S)
     return text
 
 

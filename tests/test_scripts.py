@@ -359,7 +359,7 @@ def test_decided_answer_progress_counts_the_planned_runs_and_the_results_page_qu
     assert "the rest of stage 2 is" in line and "core-hours more (3,149 runs, were no cell" in line
     with open(os.path.join(ROOT, "docs", "results.md")) as f:
         quoted = re.search(r"<!-- progress -->\n(.*?)\n<!-- /progress -->", f.read(), flags=re.S).group(1)
-    assert quoted == progress(), "docs/results.md: quote benchmarks/decided_answer.py --progress anew"
+    assert quoted == progress(), "docs/results.md: quote it anew with benchmarks/readme_results.py"
 
 
 def test_the_step_cost_figures_were_measured_on_todays_code():
