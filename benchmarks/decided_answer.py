@@ -120,7 +120,7 @@ def progress(data_dir: str = DATA, results_dir: str | None = None) -> str:
         seconds = sorted(r["seconds"] for r in runs)
         tenth, median, ninth = (seconds[min(len(seconds) - 1, int(q * len(seconds)))] for q in (0.1, 0.5, 0.9))
         rest = f"; at that median the rest of {stage} is {left * median / 3600:.0f} core-hours" if left else ""
-        rest += (f"; the whole design at most {len(most - have) * median / 3600:.0f} core-hours more "
+        rest += (f"; this data set's design at most {len(most - have) * median / 3600:.0f} core-hours more "
                  f"({len(most - have):,} runs, were no cell to stop before {len(args.seeds)} seeds)")
         lines.append(f"- `{name}`: first stage (seeds {first[0]}–{first[-1]}) {done} of {planned} runs ({sizes}); "
                      + ("; ".join(said) if said else "no later stage yet")

@@ -337,8 +337,8 @@ def test_decided_answer_progress_counts_the_planned_runs_and_the_results_page_qu
     assert f"median {seconds[11]:.0f} s (10–90%: {seconds[2]:.0f}–{seconds[19]:.0f} s); at that median the rest of " \
            f"the first stage is {430 * seconds[11] / 3600:.0f} core-hours; " in lines[0]
     # at most: every cell to 40 seeds, less the runs done that the design plans (the changed preset's is not one)
-    assert lines[0].endswith(f"; the whole design at most {3579 * seconds[11] / 3600:.0f} core-hours more (3,579 "
-                             f"runs, were no cell to stop before 40 seeds).")
+    assert lines[0].endswith(f"; this data set's design at most {3579 * seconds[11] / 3600:.0f} core-hours more "
+                             f"(3,579 runs, were no cell to stop before 40 seeds).")
     assert lines[1:] == ["- `rt-polarity`: not started (450 first-stage runs planned, 3,600 at most).",
                          "- `sst5`: not started (450 first-stage runs planned, 3,600 at most)."]
     # a complete first stage (the committed 512-example runs, and the same again as 64 where `placebo` has the
