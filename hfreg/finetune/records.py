@@ -257,12 +257,11 @@ def merge_runs(source: str, dest: str) -> tuple[int, int]:
                     raise ValueError(f"cannot merge {source} into {dest}: {src} is missing")
                 if os.path.exists(dst) and not filecmp.cmp(src, dst, shallow=False):
                     raise ValueError(f"cannot merge {source} into {dest}: {dst} exists with other contents")
-        for r in new:  # each run's predictions before its record, as a grid writes them
+        for r in new:  # each run's predictions on disk before its record, as a grid writes them
             if r.get("predictions"):
-                dst = os.path.join(dest, r["predictions"])
-                os.makedirs(os.path.dirname(dst), exist_ok=True)
-                shutil.copyfile(os.path.join(source, r["predictions"]), dst + ".tmp")
-                os.replace(dst + ".tmp", dst)
+                with open(os.path.join(source, r["predictions"]), "rb") as src, \
+                        _replacing(os.path.join(dest, r["predictions"])) as f:
+                    shutil.copyfileobj(src, f)
             _append(dest, r)
     return len(have) + len(new), len(new)
 
@@ -294,21 +293,27 @@ def compact(arrays: dict, classes: bool = True) -> dict:
     return out
 
 
+@contextlib.contextmanager
+def _replacing(path: str):
+    """A binary file to write that becomes ``path`` only once whole and fsynced (its folder made if missing)."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path + ".tmp", "wb") as f:
+        yield f
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(path + ".tmp", path)
+
+
 def _save_predictions(output_dir: str, key: tuple, arrays: dict, classes: bool = True) -> str:
     import numpy as np
 
     rel = os.path.join(PREDICTIONS_DIR, digest(list(key)) + ".npz")
-    path = os.path.join(output_dir, rel)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path + ".tmp", "wb") as f:
+    with _replacing(os.path.join(output_dir, rel)) as f:
         # an .npz that `numpy.load` reads, its members LZMA-compressed (smaller than savez_compressed's deflate)
         with zipfile.ZipFile(f, "w", compression=zipfile.ZIP_LZMA) as zf:
             for name, value in compact(arrays, classes).items():
                 with zf.open(name + ".npy", "w", force_zip64=True) as member:
                     np.lib.format.write_array(member, np.asarray(value), allow_pickle=False)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(path + ".tmp", path)
     return rel
 
 
