@@ -453,7 +453,8 @@ def test_device_pack_cuts_the_model_into_calls_that_fit_and_put_together_give_it
 def test_merge_runs_appends_the_runs_a_grid_lacks_and_refuses_other_settings(tmp_path, capsys):
     """benchmarks/merge_runs.py: the runs SOURCE holds and DEST lacks join DEST with their predictions (a line cut
     short by a writing worker skipped, a second merge adding nothing); a run of the same experiment under other
-    settings, or a predictions file DEST holds with other bytes, is refused with one line and nothing is written."""
+    settings (DEST's or another new run's), or a predictions file DEST holds with other bytes, is refused with one
+    line and nothing is written."""
     sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
     from merge_runs import main
 
@@ -497,3 +498,7 @@ def test_merge_runs_appends_the_runs_a_grid_lacks_and_refuses_other_settings(tmp
     assert (tmp_path / "dst" / "runs.jsonl").read_bytes() == before
     assert main([str(tmp_path / "nowhere"), str(tmp_path / "dst")]) == 2 and "holds no runs.jsonl" in \
         capsys.readouterr().err
+    # a source mixing settings among its own runs, merged into a fresh destination: refused, and no folder is left
+    make(tmp_path / "mixed", [runs[0], other])
+    assert main([str(tmp_path / "mixed"), str(tmp_path / "fresh")]) == 2 and "versions=" in capsys.readouterr().err
+    assert not (tmp_path / "fresh").exists()

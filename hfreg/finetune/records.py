@@ -232,38 +232,57 @@ def merge_runs(source: str, dest: str) -> tuple[int, int]:
     file: how records made elsewhere (workers writing to a copy of the directory, or another machine's grid) join a
     grid. ``dest``'s records stay as they are; a line of ``source`` cut short (a worker writing) is skipped. A run
     whose experiment ``dest`` holds under other settings, or whose preset has changed, is refused, as a resume would
-    be, and so is a predictions file that ``dest`` holds with other bytes; nothing is written then. Returns
-    (``dest``'s runs after, of which new)."""
-    import filecmp
+    be (against ``dest``'s runs and the new runs before it), and so is a predictions file that ``dest`` holds with
+    other bytes; nothing is written then (a ``dest`` made for the merge is removed). Returns (``dest``'s runs after,
+    of which new)."""
     import shutil
 
     if not os.path.isfile(os.path.join(source, RUNS_FILE)):
         raise ValueError(f"cannot merge {source}: it holds no {RUNS_FILE}")
     if os.path.exists(dest) and not os.path.isdir(dest):
         raise ValueError(f"cannot merge into {dest}: it is not a directory")
+    created = not os.path.exists(dest)
     os.makedirs(dest, exist_ok=True)
-    with locked(dest):
-        have = read_runs(dest)
-        keys = {run_key(r) for r in have}
-        new = [r for r in read_runs(source) if run_key(r) not in keys]
-        for r in new:
-            settings = (r.get("experiment") or {}).get("settings", {})
-            why = experiment_conflict(have, experiment_of(r), settings, {r["preset"]: r.get("preset_config")})
-            if why:
-                raise ValueError(f"cannot merge {source} into {dest}: {why}")
-            if r.get("predictions"):
-                src, dst = (os.path.join(d, r["predictions"]) for d in (source, dest))
-                if not os.path.isfile(src):
-                    raise ValueError(f"cannot merge {source} into {dest}: {src} is missing")
-                if os.path.exists(dst) and not filecmp.cmp(src, dst, shallow=False):
-                    raise ValueError(f"cannot merge {source} into {dest}: {dst} exists with other contents")
-        for r in new:  # each run's predictions on disk before its record, as a grid writes them
-            if r.get("predictions"):
-                with open(os.path.join(source, r["predictions"]), "rb") as src, \
-                        _replacing(os.path.join(dest, r["predictions"])) as f:
-                    shutil.copyfileobj(src, f)
-            _append(dest, r)
+    try:
+        with locked(dest):
+            have = read_runs(dest)
+            new = _runs_to_merge(source, dest, have)
+            for r in new:  # each run's predictions on disk before its record, as a grid writes them
+                if r.get("predictions"):
+                    with open(os.path.join(source, r["predictions"]), "rb") as src, \
+                            _replacing(os.path.join(dest, r["predictions"])) as f:
+                        shutil.copyfileobj(src, f)
+                _append(dest, r)
+    except ValueError:
+        if created:  # refused into a directory made for it: leave nothing behind
+            shutil.rmtree(dest, ignore_errors=True)
+        raise
     return len(have) + len(new), len(new)
+
+
+def _runs_to_merge(source: str, dest: str, have: list[dict]) -> list[dict]:
+    """The runs of ``source`` that ``dest`` (holding ``have``) lacks, each checked as `merge_runs` says."""
+    import filecmp
+
+    keys = {run_key(r) for r in have}
+    new = [r for r in read_runs(source) if run_key(r) not in keys]
+    # one run per experiment and preset stands for all of them; each new run joins these once checked, so a
+    # hand-made source mixing settings is refused too
+    seen = {(experiment_of(r), r["preset"]): r for r in have}
+    for r in new:
+        settings = (r.get("experiment") or {}).get("settings", {})
+        why = experiment_conflict(list(seen.values()), experiment_of(r), settings,
+                                  {r["preset"]: r.get("preset_config")})
+        if why:
+            raise ValueError(f"cannot merge {source} into {dest}: {why}")
+        seen.setdefault((experiment_of(r), r["preset"]), r)
+        if r.get("predictions"):
+            src, dst = (os.path.join(d, r["predictions"]) for d in (source, dest))
+            if not os.path.isfile(src):
+                raise ValueError(f"cannot merge {source} into {dest}: {src} is missing")
+            if os.path.exists(dst) and not filecmp.cmp(src, dst, shallow=False):
+                raise ValueError(f"cannot merge {source} into {dest}: {dst} exists with other contents")
+    return new
 
 
 def compact(arrays: dict, classes: bool = True) -> dict:
