@@ -592,12 +592,18 @@ def test_peft_bad_input(tiny_classifier, csv_data, tmp_path):
 
 
 def test_predictions_are_compact_and_both_layouts_are_read(tmp_path):
-    """Prediction files hold float16 logit differences (byte planes, LZMA), the published ones too (rewritten by
-    benchmarks/compact_predictions.py from float32): they give the recorded accuracy at every point and the NLL
+    """Prediction files hold float16 logit differences (byte planes, LZMA), every published one too (the earlier
+    grids' rewritten by benchmarks/compact_predictions.py from float32): they give the recorded accuracy at every point and the NLL
     within 1e-3; a file in the earlier float32 layout still loads, and compacts to under a quarter of its bytes."""
     sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
     from compact_predictions import check
 
+    import glob
+    import zipfile
+
+    for name in glob.glob(os.path.join(ROOT, "docs", "results", "*", "predictions", "*.npz")):
+        with zipfile.ZipFile(name) as z:  # every published grid's files: no float32 logits left
+            assert not [m for m in z.namelist() if m.endswith("_logits.npy")], name
     results = os.path.join(ROOT, "docs", "results", "rt-polarity")
     for i, r in enumerate(records.read_runs(results)[:12]):
         with np.load(os.path.join(results, r["predictions"])) as f:
