@@ -235,7 +235,8 @@ def test_rate_sweep_min_steps_and_code_identity(tiny_classifier, csv_data, tmp_p
 def test_auto_seeds_run_in_stages_and_stop_decided_cells(tiny_classifier, csv_data, tmp_path):
     """`--seeds auto`: stages of --seed_stage seeds; a cell whose verdicts are all decided at a look gets no more
     seeds (a copy of the baseline under another name is equivalent at once), an undecided one does; the report's
-    level is alpha spent over the looks; a restart resumes without duplicates."""
+    level is alpha spent over the looks; a restart resumes without duplicates; a report is final only once every
+    cell of the launch's plan has stopped."""
     same = tmp_path / "same.toml"
     same.write_text(open(os.path.join(ROOT, "configs", "presets", "pretrain-zero.toml")).read())
     out = tmp_path / "out"
@@ -273,6 +274,19 @@ def test_auto_seeds_run_in_stages_and_stop_decided_cells(tiny_classifier, csv_da
     # and a pool over it says that its answer is not the design's yet; over the finished grid it does not
     assert "**Not final:** 1 of the sources' 2 staged preset × size cells still plan seeds" in report.report_many(
         [str(partial)], str(tmp_path / "pooled"), make_plots=False)
+    # each run records its launch's plan; a planned cell with no runs yet (a size the queue has not reached) holds
+    # the reading open too, though every cell that ran has stopped
+    assert all(r["plan"] == {"presets": ["pretrain-zero", "same", "heavy"], "train_sizes": [16]} for r in runs)
+    assert "Not final" not in report.report_many([str(out)], str(tmp_path / "done"), make_plots=False)
+    later = tmp_path / "later"
+    shutil.copytree(out, later, ignore=shutil.ignore_patterns("*.md", "summary.*"))
+    (later / "runs.jsonl").write_text("".join(json.dumps({**r, "plan": {**r["plan"], "train_sizes": [16, 32]}}) + "\n"
+                                              for r in runs))
+    read_now = report.report(str(later), make_plots=False)
+    assert "- n=32, 0 seeds, planned, no paired seed yet: `heavy`, `same`." in read_now
+    assert "**Not final:** 2 of the 4 staged preset × size cells still plan seeds" in read_now
+    assert "**Not final:** 2 of the sources' 4 staged preset × size cells still plan seeds" in report.report_many(
+        [str(later)], str(tmp_path / "pooled-later"), make_plots=False)
     assert "Not final" not in report.report_many([str(out)], str(tmp_path / "pooled"), make_plots=False)
     # a pool is read at its cells' strictest look while any plans seeds, and at the last look's level once none
     # does, as read under the margins the grid stopped on: `same` stopped at the first look (2 of 4 seeds)
@@ -593,13 +607,14 @@ def test_peft_bad_input(tiny_classifier, csv_data, tmp_path):
 
 def test_predictions_are_compact_and_both_layouts_are_read(tmp_path):
     """Prediction files hold float16 logit differences (byte planes, LZMA), every published one too (the earlier
-    grids' rewritten by benchmarks/compact_predictions.py from float32): they give the recorded accuracy at every point and the NLL
-    within 1e-3; a file in the earlier float32 layout still loads, and compacts to under a quarter of its bytes."""
-    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
-    from compact_predictions import check
-
+    grids' rewritten by benchmarks/compact_predictions.py from float32): they give the recorded accuracy at every
+    point and the NLL within 1e-3; a file in the earlier float32 layout still loads, and compacts to under a quarter
+    of its bytes."""
     import glob
     import zipfile
+
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    from compact_predictions import check
 
     for name in glob.glob(os.path.join(ROOT, "docs", "results", "*", "predictions", "*.npz")):
         with zipfile.ZipFile(name) as z:  # every published grid's files: no float32 logits left

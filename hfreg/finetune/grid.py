@@ -313,8 +313,11 @@ class Grid:
         paired = {"equal_compute_for": exp.arms[preset.name]} if preset.name in exp.arms else {}
         result = dict(result)
         machine = result.pop("machine", None)  # the process that trained it: a cluster's worker, not this driver
+        # a staged grid's plan: the report holds its reading open while a planned cell has not run
+        plan = {"plan": {"presets": [p.name for p in exp.presets], "train_sizes": sorted(args.train_sizes)}} \
+            if args.auto_seeds else {}
         return {"experiment": exp.record, "preset": preset.name, "preset_config": exp.contents[preset.name],
-                "train_size": size, "seed": seed, **paired, **result,
+                "train_size": size, "seed": seed, **paired, **plan, **result,
                 "provenance": {"data": args.dataset_name or args.train_file or "synthetic", "code": exp.code,
                                "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                                **({"machine": machine} if machine else {})}}

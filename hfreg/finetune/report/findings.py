@@ -162,10 +162,12 @@ def rates_text(records: list[dict]) -> str:
 
 
 def findings(records: list[dict], settings: dict | None = None, codes: list[str] | None = None,
-             sweeps: dict | None = None, pretrained: dict | None = None, machines: str = "") -> str:
+             sweeps: dict | None = None, pretrained: dict | None = None, machines: str = "",
+             planned: dict | None = None) -> str:
     """findings.md for one experiment: the verdict table and its plain-word reading, derived from the numbers.
     ``pretrained``: the model's own dropout per knob (`pretrained_dropout`), for the baseline's description;
-    ``machines``: what trained the runs and for how long (`writing.machines`); ``sweeps``: `sweep_points`."""
+    ``machines``: what trained the runs and for how long (`writing.machines`); ``sweeps``: `sweep_points`;
+    ``planned``: the cells its launches planned (`stages.plans`)."""
     lines = ["## Findings", ""]
     if settings:
         stretched = (f", at least {settings['min_steps']} steps (a run short of them trains more epochs, with as "
@@ -225,7 +227,7 @@ def findings(records: list[dict], settings: dict | None = None, codes: list[str]
               f"backward passes per optimizer step. Underfit = runs whose selected point is near chance without "
               f"fitting their training data; censored = runs whose selected point is the first or last evaluation; "
               f"regime = what the cell's runs measured (see docs/comparison.md).", ""]
-    stages = cell_stages(records) if design else []
+    stages = cell_stages(records, planned) if design or planned else []
     still = waiting(stages)
     if still:  # a report read while a staged grid runs: say so before any verdict is read
         lines += [f"**Not final:** {len(still)} of the {len(stages)} staged preset × size cells "

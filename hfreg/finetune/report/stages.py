@@ -7,20 +7,34 @@ from collections import defaultdict
 
 from .. import stats, tasks
 from ..presets import BASELINE
+from ..records import experiment_of
 from .numbers import margins_of, stop_reason
 
 FINAL_STAGES = ("stopped: decided", "stopped: futile", "at the last look")  # a cell of these plans no more seeds
 REOPENED = "stopped here by the grid, inconclusive as read now"  # the baseline's rate chosen again from more seeds
+NOT_STARTED = "planned, no paired seed yet"  # a cell a launch planned that has no comparison yet
 
 
-def cell_stages(records: list[dict]) -> list[tuple[str, int, str, int, str]]:
+def plans(runs: list[dict], source: str = "") -> dict[tuple, set]:
+    """{(``source``, experiment): {(preset, size)}}: the cells the launches of a staged grid planned, from the
+    ``plan`` its runs record (every preset of the launch at every size; absent in older records)."""
+    out = defaultdict(set)
+    for r in runs:
+        plan = r.get("plan")
+        if plan:
+            out[(source, experiment_of(r))] |= {(p, n) for p in plan["presets"] for n in plan["train_sizes"]}
+    return dict(out)
+
+
+def cell_stages(records: list[dict], planned: dict | None = None) -> list[tuple[str, int, str, int, str]]:
     """Where each preset x size cell of a staged grid stands, by the rule the grid stops it by (`stop_reason`, over
     its rows against the baseline and its controls, under this report's margins and selection rule): (source,
     size, preset, paired seeds of its primary comparison, state); the states of `FINAL_STAGES`, `REOPENED` (the
     baseline completed a later look without it, so the grid stopped it at this one, though its verdicts read again
     are undecided: a stage runs seed by seed, every cell of it before the next seed), or open, between looks while
-    a stage runs, or below the first look, where nothing is read yet. Records of grids with fixed seeds have
-    none."""
+    a stage runs, or below the first look, where nothing is read yet. A cell of ``planned`` (`plans`) that has no
+    row yet is `NOT_STARTED`: a staged experiment's reading is not final while part of its plan has not run.
+    Records of grids with fixed seeds have none."""
     margins = margins_of(records)
     cells, baseline = defaultdict(list), {}
     for r in records:
@@ -47,6 +61,10 @@ def cell_stages(records: list[dict]) -> list[tuple[str, int, str, int, str]]:
                      else FINAL_STAGES[2] if not later else REOPENED if baseline.get(where, 0) >= later[0]
                      else f"open, the next stage takes it to {later[0]} seeds")
         out.append((where[0], where[2], preset, k, state))
+    for (source, name), cells_planned in (planned or {}).items():
+        for preset, size in sorted(cells_planned, key=lambda c: (c[1], c[0])):
+            if preset != BASELINE and ((source, name, size), preset) not in cells:
+                out.append((source, size, preset, 0, NOT_STARTED))
     return out
 
 

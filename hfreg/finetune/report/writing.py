@@ -35,7 +35,7 @@ from .numbers import (
 )
 from .plots import plot, plot_dose_response
 from .pooled_page import pooled_text
-from .stages import cell_stages, waiting
+from .stages import cell_stages, plans, waiting
 
 
 # ------------------------------------------------------------------------------------------------- files
@@ -111,7 +111,7 @@ def report(output_dir: str, make_plots: bool = True, select_by: str | None = Non
     loaded = _runs(output_dir)
     text, records = _report(output_dir, loaded, make_plots, select_by, margins)
     write_pooled(pooled_dir or output_dir, records, [output_dir], margins, sweep_points(loaded[0]),
-                 _read_as_stopped(loaded[0], records))
+                 _read_as_stopped(loaded[0], records), plans(loaded[0], output_dir))
     return text
 
 
@@ -138,7 +138,8 @@ def report_many(output_dirs: list[str], out: str | None = None, make_plots: bool
     out = out or output_dirs[0]
     os.makedirs(out, exist_ok=True)
     every = [r for runs, _ in loaded.values() for r in runs]
-    return write_pooled(out, records, output_dirs, margins, sweep_points(every), as_stopped)
+    planned = {k: v for d, (runs, _) in loaded.items() for k, v in plans(runs, d).items()}
+    return write_pooled(out, records, output_dirs, margins, sweep_points(every), as_stopped, planned)
 
 
 def report_dir(output_dir: str, out: str | None) -> str:
@@ -159,12 +160,12 @@ def _read_as_stopped(runs: list[dict], records: list[dict]) -> bool:
 
 
 def write_pooled(out: str, records: list[dict], sources: list[str], margins: dict | None,
-                 sweeps: dict | None = None, as_stopped: bool = True) -> str:
+                 sweeps: dict | None = None, as_stopped: bool = True, planned: dict | None = None) -> str:
     """pooled.json and pooled.md. The rows get their final reading (`pooled`'s ``final``) only where every cell is
-    of a staged grid, none plans seeds, and each grid is read under the rules it stopped by (``as_stopped``): a
-    fixed grid's record does not say whether its seeds are complete, and under other margins or another selection
-    rule a cell's stage here is not the grid's."""
-    stages = cell_stages(records)
+    of a staged grid, none plans seeds (nor has yet to start: ``planned``, the sources' `plans`), and each grid is
+    read under the rules it stopped by (``as_stopped``): a fixed grid's record does not say whether its seeds are
+    complete, and under other margins or another selection rule a cell's stage here is not the grid's."""
+    stages = cell_stages(records, planned)
     final = as_stopped and bool(records) and all(r.get("design") for r in records) and not waiting(stages)
     rows = pooled(records, margins, final=final)
     models = list(dict.fromkeys(r.get("model") for r in records if r.get("model")))
@@ -289,7 +290,7 @@ def _report(output_dir: str, loaded: tuple[list[dict], int], make_plots: bool, s
             plot_dose_response(dest, mine, sweeps, suffix="" if name == DEFAULT_EXPERIMENT else f"-{name}")
         settings = theirs[0]["experiment"].get("settings") or {}
         text = findings(mine, settings, code_identities(theirs), sweeps, pretrained_dropout(settings.get("model")),
-                        machines(theirs))
+                        machines(theirs), plans(theirs, output_dir))
         out.append(text if name == DEFAULT_EXPERIMENT else f"# Experiment {name}\n\n{text}")
     if duplicates:
         out.append(f"note: {duplicates} duplicate record(s) in runs.jsonl were counted once")
