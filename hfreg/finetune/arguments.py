@@ -380,11 +380,6 @@ class RunArguments:
         if not 0 <= self.neftune_noise_alpha < math.inf:
             raise ValueError(f"--neftune_noise_alpha must be a finite number >= 0, got "
                              f"{self.neftune_noise_alpha:g}")
-        from transformers import SchedulerType
-
-        schedules = [s.value for s in SchedulerType]
-        if self.lr_scheduler_type not in schedules:
-            raise ValueError(f"--lr_scheduler_type must be one of {schedules}, got {self.lr_scheduler_type!r}")
         if self.run_name is not None and not _is_name(self.run_name):
             raise ValueError(f"--run_name must be a name of letters, digits, '-', '_' or '.', got {self.run_name!r}")
         if self.hub_model_id is not None and not _HUB_ID.match(self.hub_model_id):
@@ -546,6 +541,17 @@ def resolve(model: ModelArguments, data: DataArguments, comparison: ComparisonAr
     return ns
 
 
+def _check_schedule(name: str) -> None:
+    """One line unless ``name`` is one of transformers' learning-rate schedules. Checked after the flags are known:
+    the names come from `transformers.SchedulerType`, whose module imports peft and more (seconds), which a
+    mistyped flag should not wait for."""
+    from transformers import SchedulerType
+
+    schedules = [s.value for s in SchedulerType]
+    if name not in schedules:
+        raise ValueError(f"--lr_scheduler_type must be one of {schedules}, got {name!r}")
+
+
 def parse(argv=None, description: str | None = None) -> argparse.Namespace:
     """Parse a command line (``sys.argv[1:]`` by default) into the sweep's namespace (`resolve`). A single argument
     ending in .json, .yaml or .yml is an args file holding the whole configuration (`args_file_argv`): the same
@@ -562,5 +568,6 @@ def parse(argv=None, description: str | None = None) -> argparse.Namespace:
                                                        look_for_args_file=False)
     if rest:
         raise ValueError(f"unrecognized arguments: {' '.join(rest)}")
+    _check_schedule(groups[-1].lr_scheduler_type)
     ns = resolve(*groups)
     return ns
