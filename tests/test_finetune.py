@@ -283,10 +283,14 @@ def test_auto_seeds_run_in_stages_and_stop_decided_cells(tiny_classifier, csv_da
     (later / "runs.jsonl").write_text("".join(json.dumps({**r, "plan": {**r["plan"], "train_sizes": [16, 32]}}) + "\n"
                                               for r in runs))
     read_now = report.report(str(later), make_plots=False)
-    assert "- n=32, 0 seeds, planned, no paired seed yet: `heavy`, `same`." in read_now
+    assert "- n=32, 0 seeds, planned, not compared yet: `heavy`, `same`." in read_now
     assert "**Not final:** 2 of the 4 staged preset × size cells still plan seeds" in read_now
     assert "**Not final:** 2 of the sources' 4 staged preset × size cells still plan seeds" in report.report_many(
         [str(later)], str(tmp_path / "pooled-later"), make_plots=False)
+    # the latest launch's plan counts: a relaunch without size 32 (which made the last run) retires those cells
+    (later / "runs.jsonl").write_text("".join(json.dumps({**r, "plan": {**r["plan"], "train_sizes": [16, 32]}}) + "\n"
+                                              for r in runs[:-1]) + json.dumps(runs[-1]) + "\n")
+    assert "Not final" not in report.report(str(later), make_plots=False)
     assert "Not final" not in report.report_many([str(out)], str(tmp_path / "pooled"), make_plots=False)
     # a pool is read at its cells' strictest look while any plans seeds, and at the last look's level once none
     # does, as read under the margins the grid stopped on: `same` stopped at the first look (2 of 4 seeds)

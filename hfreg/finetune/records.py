@@ -233,30 +233,26 @@ def merge_runs(source: str, dest: str) -> tuple[int, int]:
     grid. ``dest``'s records stay as they are; a line of ``source`` cut short (a worker writing) is skipped. A run
     whose experiment ``dest`` holds under other settings, or whose preset has changed, is refused, as a resume would
     be (against ``dest``'s runs and the new runs before it), and so is a predictions file that ``dest`` holds with
-    other bytes; nothing is written then (a ``dest`` made for the merge is removed). Returns (``dest``'s runs after,
-    of which new)."""
+    other bytes; nothing is written then (nor is a missing ``dest`` made). Returns (``dest``'s runs after, of which
+    new)."""
     import shutil
 
     if not os.path.isfile(os.path.join(source, RUNS_FILE)):
         raise ValueError(f"cannot merge {source}: it holds no {RUNS_FILE}")
     if os.path.exists(dest) and not os.path.isdir(dest):
         raise ValueError(f"cannot merge into {dest}: it is not a directory")
-    created = not os.path.exists(dest)
+    if not os.path.isdir(dest):  # checked before it exists, so that a refusal leaves nothing behind
+        _runs_to_merge(source, dest, [])
     os.makedirs(dest, exist_ok=True)
-    try:
-        with locked(dest):
-            have = read_runs(dest)
-            new = _runs_to_merge(source, dest, have)
-            for r in new:  # each run's predictions on disk before its record, as a grid writes them
-                if r.get("predictions"):
-                    with open(os.path.join(source, r["predictions"]), "rb") as src, \
-                            _replacing(os.path.join(dest, r["predictions"])) as f:
-                        shutil.copyfileobj(src, f)
-                _append(dest, r)
-    except ValueError:
-        if created:  # refused into a directory made for it: leave nothing behind
-            shutil.rmtree(dest, ignore_errors=True)
-        raise
+    with locked(dest):  # and again under the lock, against what dest holds by then
+        have = read_runs(dest)
+        new = _runs_to_merge(source, dest, have)
+        for r in new:  # each run's predictions on disk before its record, as a grid writes them
+            if r.get("predictions"):
+                with open(os.path.join(source, r["predictions"]), "rb") as src, \
+                        _replacing(os.path.join(dest, r["predictions"])) as f:
+                    shutil.copyfileobj(src, f)
+            _append(dest, r)
     return len(have) + len(new), len(new)
 
 

@@ -12,18 +12,18 @@ from .numbers import margins_of, stop_reason
 
 FINAL_STAGES = ("stopped: decided", "stopped: futile", "at the last look")  # a cell of these plans no more seeds
 REOPENED = "stopped here by the grid, inconclusive as read now"  # the baseline's rate chosen again from more seeds
-NOT_STARTED = "planned, no paired seed yet"  # a cell a launch planned that has no comparison yet
+NOT_STARTED = "planned, not compared yet"  # a cell of the plan with no summary row: no seed compared so far
 
 
 def plans(runs: list[dict], source: str = "") -> dict[tuple, set]:
-    """{(``source``, experiment): {(preset, size)}}: the cells the launches of a staged grid planned, from the
-    ``plan`` its runs record (every preset of the launch at every size; absent in older records)."""
-    out = defaultdict(set)
+    """{(``source``, experiment): {(preset, size)}}: the cells a staged grid plans, from the ``plan`` its runs
+    record (every preset of the launch at every size; absent in older records). The latest launch's plan counts
+    (that of the last run that records one): a launch with fewer presets or sizes retires the cells it leaves out."""
+    out = {}
     for r in runs:
-        plan = r.get("plan")
-        if plan:
-            out[(source, experiment_of(r))] |= {(p, n) for p in plan["presets"] for n in plan["train_sizes"]}
-    return dict(out)
+        if r.get("plan"):
+            out[(source, experiment_of(r))] = {(p, n) for p in r["plan"]["presets"] for n in r["plan"]["train_sizes"]}
+    return out
 
 
 def cell_stages(records: list[dict], planned: dict | None = None) -> list[tuple[str, int, str, int, str]]:
@@ -32,8 +32,9 @@ def cell_stages(records: list[dict], planned: dict | None = None) -> list[tuple[
     size, preset, paired seeds of its primary comparison, state); the states of `FINAL_STAGES`, `REOPENED` (the
     baseline completed a later look without it, so the grid stopped it at this one, though its verdicts read again
     are undecided: a stage runs seed by seed, every cell of it before the next seed), or open, between looks while
-    a stage runs, or below the first look, where nothing is read yet. A cell of ``planned`` (`plans`) that has no
-    row yet is `NOT_STARTED`: a staged experiment's reading is not final while part of its plan has not run.
+    a stage runs, or below the first look, where nothing is read yet. A cell of ``planned`` (`plans`) without a row
+    (no seed compared yet: the queue has not reached it, or no seed has a run at every learning rate) is
+    `NOT_STARTED`: a staged experiment's reading is not final while part of its plan has not run.
     Records of grids with fixed seeds have none."""
     margins = margins_of(records)
     cells, baseline = defaultdict(list), {}
