@@ -133,8 +133,8 @@ def test_readme_results_copies_findings_between_markers(tmp_path):
 @pytest.mark.parametrize("name", sorted(d for d in os.listdir(os.path.join(ROOT, "docs", "results"))
                                          if os.path.isfile(os.path.join(ROOT, "docs", "results", d, "runs.jsonl"))))
 def test_committed_findings_are_what_the_report_derives(tmp_path, name):
-    """Every committed findings.md is `hfreg report`'s output for the committed records, and the results page
-    quotes it; the records of a grid still running (no findings.md) read, and nothing quotes findings of it."""
+    """Every committed findings.md (and pooled.md, where the directory was reported alone) is `hfreg report`'s output
+    for the committed records, and the results page quotes it; the records of a grid still running (no findings.md) read, and nothing quotes findings of it."""
     results = os.path.join(ROOT, "docs", "results", name)
     shutil.copy(os.path.join(results, "runs.jsonl"), tmp_path)
     shutil.copytree(os.path.join(results, "predictions"), tmp_path / "predictions")
@@ -149,6 +149,10 @@ def test_committed_findings_are_what_the_report_derives(tmp_path, name):
     with open(os.path.join(results, "findings.md")) as f:
         committed = f.read()
     assert (tmp_path / "findings.md").read_text() == committed
+    pooled = os.path.join(results, "pooled.md")  # where the directory was reported alone, its pool too
+    if os.path.isfile(pooled):
+        with open(pooled) as f:
+            assert (tmp_path / "pooled.md").read_text() == f.read().replace(f"docs/results/{name}", str(tmp_path))
     if f"<!-- findings:{name} -->" in page:
         assert committed.replace("## Findings", f"#### Findings: {name}", 1).strip() in page
 

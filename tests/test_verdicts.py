@@ -145,12 +145,14 @@ def test_a_presets_x0_that_is_not_the_baseline_keeps_its_own_place_in_the_sweep(
                 "preset": preset, "delta": delta, "ci": list(ci), "verdict": verdict, "cells": 2,
                 "weights": {"a/n=64": 0.5, "b/n=64": 0.5}}
 
-    points = {"pretrain-zero": 0.0, "classic*0": 0.0, "classic": 1.0}
+    points = report.numbers.Sweep({"pretrain-zero": 0.0, "classic*0": 0.0, "classic": 1.0})
     rows = [row("classic*0", -0.03, (-0.05, -0.01), "worse"), row("classic", -0.004, (-0.008, -0.0005), "trivial")]
     (line,) = [x for x in pooled_sweep_text("classic", points, rows) if x.startswith("- n=64")]
     assert line.endswith("Highest pooled Δ: none, no rate's pooled Δ is above none; not shown worse than another "
                          "rate: none.")
     assert "Worse at ×0; worse but within the margin at ×1." in line  # a trivial difference says its side
+    with pytest.raises(TypeError, match="must be a numbers.Sweep"):  # a plain copy would drop its ×1 rates unsaid
+        pooled_sweep_text("classic", dict(points), rows)
     # a rate without a pooled row at this size is named apart, not judged
     (line,) = [x for x in pooled_sweep_text("classic", points, rows[:1]) if x.startswith("- n=64")]
     assert line.endswith("not shown worse than another rate: none (×1: no pooled row at this size).")

@@ -488,7 +488,8 @@ def margins_of(records: list[dict]) -> dict:
 class Sweep(dict):
     """One rate sweep: {preset: rate or factor}, and ``x1_rates``, a factor sweep's ×1 as rates in words
     (``attention 0.1, hidden 0.1, classifier 0.1``), so that a factor reads as a rate; None for a knob's own sweep,
-    whose values are rates. A copy made by dict operations (``dict(s)``, ``{**s}``) is a plain dict without it."""
+    whose values are rates. A copy made by dict operations (``dict(s)``, ``{**s}``) is a plain dict without it, which
+    the words of a factor sweep refuse (`words.sweep_words`)."""
 
     def __init__(self, points: dict[str, float], x1_rates: str | None = None):
         super().__init__(points)

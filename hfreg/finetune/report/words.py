@@ -10,6 +10,7 @@ from .. import tasks
 from ..presets import BASELINE
 from .numbers import (
     CLASSIFIER,
+    Sweep,
     names,
 )
 
@@ -71,9 +72,13 @@ def rate_list(points: dict[str, float], unit: str, presets) -> str:
 
 def sweep_words(family: str, points: dict):
     """A sweep's unit (× for a factor on a preset's rates, none for a knob's own rate), what it varies (a factor
-    sweep's ×1 as rates, where ``points`` is a `numbers.Sweep` that has them), and how it lists its rates."""
+    sweep's ×1 as rates: ``points`` is then a `numbers.Sweep`, and a plain dict, which would drop them unsaid, is
+    refused), and how it lists its rates."""
     unit = "×" if family not in KNOB_NAMES else ""
-    one = getattr(points, "x1_rates", None)
+    if unit and not isinstance(points, Sweep):
+        raise TypeError(f"the {family} factor sweep's points must be a numbers.Sweep (from sweep_points), which "
+                        f"carries its ×1 rates; got a {type(points).__name__}")
+    one = points.x1_rates if unit else None
     what = ("factor on every rate of the preset" + (f"; ×1 is {one}" if one else "")
             if unit else f"the knob alone, every other as in `{BASELINE}`")
     return unit, what, lambda values: ", ".join(f"{unit}{v:g}" for v in values) or "none"
