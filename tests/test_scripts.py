@@ -134,7 +134,8 @@ def test_readme_results_copies_findings_between_markers(tmp_path):
                                          if os.path.isfile(os.path.join(ROOT, "docs", "results", d, "runs.jsonl"))))
 def test_committed_findings_are_what_the_report_derives(tmp_path, name):
     """Every committed findings.md (and pooled.md, where the directory was reported alone) is `hfreg report`'s output
-    for the committed records, and the results page quotes it; the records of a grid still running (no findings.md) read, and nothing quotes findings of it."""
+    for the committed records, and the results page quotes it; the records of a grid still running (no findings.md)
+    read, and nothing quotes findings of it."""
     results = os.path.join(ROOT, "docs", "results", name)
     shutil.copy(os.path.join(results, "runs.jsonl"), tmp_path)
     shutil.copytree(os.path.join(results, "predictions"), tmp_path / "predictions")
