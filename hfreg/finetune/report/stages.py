@@ -12,7 +12,7 @@ from .numbers import margins_of, stop_reason
 
 FINAL_STAGES = ("stopped: decided", "stopped: futile", "at the last look")  # a cell of these plans no more seeds
 REOPENED = "stopped here by the grid, inconclusive as read now"  # the baseline's rate chosen again from more seeds
-NOT_STARTED = "planned, not compared yet"  # a cell of the plan with no summary row: no seed compared so far
+NOT_COMPARED = "planned, not compared yet"  # a cell of the plan with no summary row: no seed compared so far
 
 
 def plans(runs: list[dict], source: str = "") -> dict[tuple, set]:
@@ -34,7 +34,7 @@ def cell_stages(records: list[dict], planned: dict | None = None) -> list[tuple[
     are undecided: a stage runs seed by seed, every cell of it before the next seed), or open, between looks while
     a stage runs, or below the first look, where nothing is read yet. A cell of ``planned`` (`plans`) without a row
     (no seed compared yet: the queue has not reached it, or no seed has a run at every learning rate) is
-    `NOT_STARTED`: a staged experiment's reading is not final while part of its plan has not run.
+    `NOT_COMPARED`: a staged experiment's reading is not final while part of its plan has not run.
     Records of grids with fixed seeds have none."""
     margins = margins_of(records)
     cells, baseline = defaultdict(list), {}
@@ -65,7 +65,7 @@ def cell_stages(records: list[dict], planned: dict | None = None) -> list[tuple[
     for (source, name), cells_planned in (planned or {}).items():
         for preset, size in sorted(cells_planned, key=lambda c: (c[1], c[0])):
             if preset != BASELINE and ((source, name, size), preset) not in cells:
-                out.append((source, size, preset, 0, NOT_STARTED))
+                out.append((source, size, preset, 0, NOT_COMPARED))
     return out
 
 
