@@ -29,6 +29,8 @@ import socket
 import zipfile
 from typing import NamedTuple
 
+from ..files import replacing
+
 RUNS_FILE = "runs.jsonl"
 LOCK_FILE = ".hfreg.lock"
 CLAIMS_DIR = ".claims"
@@ -310,13 +312,13 @@ def compact(arrays: dict, classes: bool = True) -> dict:
 
 @contextlib.contextmanager
 def _replacing(path: str):
-    """A binary file to write that becomes ``path`` only once whole and fsynced (its folder made if missing)."""
+    """A binary file to write that becomes ``path`` only once whole and fsynced (`files.replacing`, its folder
+    made if missing): a record may name it as soon as the block ends."""
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path + ".tmp", "wb") as f:
+    with replacing(path) as tmp, open(tmp, "wb") as f:
         yield f
         f.flush()
         os.fsync(f.fileno())
-    os.replace(path + ".tmp", path)
 
 
 def _save_predictions(output_dir: str, key: tuple, arrays: dict, classes: bool = True) -> str:

@@ -244,10 +244,9 @@ def pooled_text(rows: list[dict], sources: list[str], baseline: str | None = Non
     if still:
         lines += [f"**Not final:** {len(still)} of the sources' {len(stages)} staged preset × size cells still plan "
                   f"seeds (below the first look, between looks, open, or planned and not compared yet; each source's "
-                  f"findings list them). Each "
-                  f"row spends only what its cells' looks allow, but the answer is final once every cell has "
-                  f"stopped or reached the last look; stopped cells' estimates lean towards the effect that stopped "
-                  f"them.", ""]
+                  f"findings list them). Each row spends only what its cells' looks allow, but the answer is final "
+                  f"once every cell has stopped or reached the last look; stopped cells' estimates lean towards the "
+                  f"effect that stopped them.", ""]
     lines += [answer(rows), ""]
     more = secondary(rows)
     lines += [more, ""] if more else []
