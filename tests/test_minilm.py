@@ -55,3 +55,41 @@ def test_finetune_on_real_sst2_sample(shared_data, tmp_path, capsys):
         arrays = read_predictions(tmp_path, r)
         assert arrays["selection_logits"].shape[1:] == arrays["test_logits"].shape[1:] == (32, 2)
     assert "| 32 | `drop-path` | 1 |" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_five_classes_on_real_sst5_store_the_test_split_alone(shared_data, tmp_path, capsys):
+    """The decided answer's one multi-class grid, in small: the real MiniLM on SST-5 with its own test split and
+    `--no_selection_predictions`. Each file holds the test split's four logit differences per example and no
+    selection member; they give every recorded test accuracy; the report compares the arms with five classes."""
+    import json
+
+    import numpy as np
+
+    from hfreg.finetune import sweep
+    from hfreg.finetune.records import load_predictions, read_runs
+
+    sst5 = os.path.join(shared_data, "sst5")
+    argv = ["--train_file", f"{sst5}/train.csv", "--validation_file", f"{sst5}/validation.csv",
+            "--test_file", f"{sst5}/test.csv", "--presets", "pretrain-zero,classic", "--train_sizes", "32",
+            "--seeds", "0,1", "--num_train_epochs", "1", "--evals_per_epoch", "2", "--max_eval_samples", "60",
+            "--min_steps", "0",
+            "--no_selection_predictions", "--output_dir", str(tmp_path), "--no_plots"]
+    assert sweep.main(argv) == 0
+    runs = read_runs(tmp_path)
+    assert len(runs) == 4 and runs[0]["experiment"]["settings"]["labels"] == ["0", "1", "2", "3", "4"]
+    for r in runs:
+        with np.load(tmp_path / r["predictions"]) as f:
+            assert not [m for m in f.files if m.startswith("selection_")]
+            planes = f["test_logit_diffs"]  # [low, high] byte planes x points x examples x (classes - 1)
+            assert planes.shape[0] == 2 and planes.shape[2:] == (60, 4)
+        arrays = load_predictions(tmp_path, r)
+        assert "selection_logits" not in arrays and arrays["test_logits"].shape[1:] == (60, 5)
+        points = {e["step"]: e for e in r["evals"]}
+        for step, logits in zip(arrays["test_steps"], arrays["test_logits"]):
+            hits = (logits.argmax(-1) == arrays["test_labels"]).mean()
+            assert hits == pytest.approx(points[int(step)]["test_accuracy"], abs=1e-9)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    row = next(s for s in summary if s["preset"] == "classic")
+    assert row["paired_seeds"] == [0, 1] and row["test_examples"] == 60
+    assert "`classic`" in (tmp_path / "findings.md").read_text()
