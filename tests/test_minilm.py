@@ -73,8 +73,7 @@ def test_five_classes_on_real_sst5_store_the_test_split_alone(shared_data, tmp_p
     argv = ["--train_file", f"{sst5}/train.csv", "--validation_file", f"{sst5}/validation.csv",
             "--test_file", f"{sst5}/test.csv", "--presets", "pretrain-zero,classic", "--train_sizes", "32",
             "--seeds", "0,1", "--num_train_epochs", "1", "--evals_per_epoch", "2", "--max_eval_samples", "60",
-            "--min_steps", "0",
-            "--no_selection_predictions", "--output_dir", str(tmp_path), "--no_plots"]
+            "--min_steps", "0", "--no_selection_predictions", "--output_dir", str(tmp_path), "--no_plots"]
     assert sweep.main(argv) == 0
     runs = read_runs(tmp_path)
     assert len(runs) == 4 and runs[0]["experiment"]["settings"]["labels"] == ["0", "1", "2", "3", "4"]
