@@ -17,9 +17,11 @@ def _shipped() -> list[str]:
     return [name.replace("--", "/") for name in shipped_names("models", ".json")]
 
 
-def load_config(ref: str):
-    """A transformers config from a local dir, a config.json, a shipped published config, or a hub id."""
+def load_config(ref: str, notes: list[str] | None = None):
+    """A transformers config from a local dir, a config.json, a shipped published config, a hub id, or else a model
+    type transformers knows (``opt``, ``llama``: its config class's defaults, which ``notes`` is told)."""
     from transformers import AutoConfig
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
 
     published = shipped("models", ref.replace("/", "--") + ".json")
     if os.path.isfile(ref):
@@ -36,10 +38,16 @@ def load_config(ref: str):
         try:  # with no hub to ask, the local cache only: huggingface_hub would retry for some 25 s first
             return AutoConfig.from_pretrained(ref, **({"local_files_only": True} if host else {}))
         except Exception:
+            if ref in CONFIG_MAPPING_NAMES:  # a name no hub model has: the architecture's own defaults
+                if notes is not None:
+                    notes.append(f"model type {ref!r} at transformers' defaults ({CONFIG_MAPPING_NAMES[ref]}()), "
+                                 f"no checkpoint's config: no file, folder, shipped config or hub model has that "
+                                 f"name")
+                return AutoConfig.for_model(ref)
             raise ValueError(f"cannot find a config for {ref!r}: not a file, not a directory, not one of the "
-                             f"shipped configs {_shipped()}, and "
-                             + (f"not in the local cache, with the hub ({host}) unreachable from here" if host
-                                else "not reachable on the hub")) from None
+                             f"shipped configs {_shipped()}, not a model type transformers knows (bert, llama, "
+                             f"...), and " + (f"not in the local cache, with the hub ({host}) unreachable from here"
+                                              if host else "not reachable on the hub")) from None
     if "model_type" not in data:
         raise ValueError(f"{ref!r} has no model_type; not a transformers config")
     data = dict(data)
@@ -129,7 +137,8 @@ def _table(rows: list[list[str]]) -> str:
 def cmd_inspect(args):
     from .patcher import inspect_model
 
-    config, notes = load_config(args.model), []
+    notes = []
+    config = load_config(args.model, notes)
     sites = inspect_model(_meta_model(config, notes))
     rows = [["path", "kind", "rate", "layer", "source", "config key"]]
     for s in sites:
@@ -157,7 +166,8 @@ def cmd_compare(args):
 
     models, said = [], []
     for ref in args.models:
-        config, notes = load_config(ref), []
+        notes = []
+        config = load_config(ref, notes)
         models.append((ref, inspect_model(_meta_model(config, notes))))
         said += _spec_lines(_name(ref), config, notes)
     rows = [["knob"] + [_name(ref) for ref, _ in models]]
@@ -265,10 +275,10 @@ def cmd_patch(args):
     out = _output_dir(args)
     reg = RegularizationConfig(**{k: getattr(args, k) for k in KNOBS}, drop_path_profile=args.drop_path_profile,
                                drop_path_mode=args.drop_path_mode)
-    config = patch_config(load_config(args.model), reg)
+    notes = []
+    config = patch_config(load_config(args.model, notes), reg)
     if os.path.exists(out) and os.listdir(out):
         raise ValueError(f"output directory {out!r} exists and is not empty")
-    notes = []
     try:  # which knobs act, as `load_regularized` will apply them (built on the meta device: no weights read)
         _meta_model(config, notes)
     except Exception as e:  # transformers raises many types for configs it cannot build
@@ -300,7 +310,8 @@ def cmd_probe(args):
     from .probing import probe
     from .twin import small_twin
 
-    config = load_config(args.model)
+    notes = []
+    config = load_config(args.model, notes)
     twin = config if args.full else small_twin(config)
     try:
         with warnings.catch_warnings():
@@ -327,6 +338,8 @@ def cmd_probe(args):
           f"{sum(not r.acts and not r.dead and not r.exercised for r in sites)} not reached; "
           f"knobs through hfreg that act: "
           f"{', '.join(r.kind for r in results if r.source == 'hfreg' and r.acts) or 'none'}")
+    for note in notes:
+        print(f"note: {note}")
 
 
 def cmd_report(args):

@@ -213,3 +213,29 @@ def test_the_loads_ask_the_local_cache_alone_only_where_the_hub_cannot_be_resolv
     monkeypatch.setattr(hub, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(hub, "ENDPOINT", "http://localhost:8080")
     assert hub_kwargs() == {}
+
+
+def test_a_model_type_no_hub_model_is_named_after_is_its_config_class_at_its_defaults(tmp_path, monkeypatch, capsys):
+    """`hfreg compare opt llama`: where no file, folder, shipped config or (cached) hub model has the name, a model
+    type transformers knows is its config class's defaults, and a line under the table says so; a shipped config
+    of the same name (gpt2) wins; a name that is neither is one line."""
+    import huggingface_hub.constants as hub
+    from transformers import OPTConfig
+
+    monkeypatch.setattr(hub, "ENDPOINT", "https://hub.invalid")
+    monkeypatch.setattr(hub, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(hub, "HF_HUB_CACHE", str(tmp_path))
+    assert main(["compare", "opt", "llama", "gpt2"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["knob", "opt", "llama", "gpt2"]
+    rows = {line.split()[0]: line.split()[1:] for line in lines[2:13]}
+    defaults = OPTConfig()
+    assert rows["hidden"] == [f"{defaults.dropout:g}", "-", "0.1"]
+    assert rows["attention"] == [f"{defaults.attention_dropout:g}", "0", "0.1"]
+    assert lines[13:] == [f"{t}: model type {t!r} at transformers' defaults ({c}()), no checkpoint's config: no file, "
+                     f"folder, shipped config or hub model has that name"
+                     for t, c in (("opt", "OPTConfig"), ("llama", "LlamaConfig"))]
+    assert load_config("gpt2").architectures == ["GPT2LMHeadModel"]  # the shipped config (the class has none)
+    assert main(["inspect", "no-such-type"]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert "not a model type transformers knows" in line and "'no-such-type'" in line
