@@ -17,11 +17,15 @@ def _shipped() -> list[str]:
     return [name.replace("--", "/") for name in shipped_names("models", ".json")]
 
 
+MODEL_HELP = "model dir, config.json, shipped config name, hub id, or model type (opt, llama: its defaults)"
+
+
 def load_config(ref: str, notes: list[str] | None = None):
     """A transformers config from a local dir, a config.json, a shipped published config, a hub id, or else a model
-    type transformers knows (``opt``, ``llama``: its config class's defaults, which ``notes`` is told)."""
+    type `AutoModel` builds (``opt``, ``llama``): its config class at its defaults, which ``notes`` is told (a
+    warning where none is given)."""
     from transformers import AutoConfig
-    from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
+    from transformers.models.auto.modeling_auto import MODEL_MAPPING_NAMES
 
     published = shipped("models", ref.replace("/", "--") + ".json")
     if os.path.isfile(ref):
@@ -38,20 +42,37 @@ def load_config(ref: str, notes: list[str] | None = None):
         try:  # with no hub to ask, the local cache only: huggingface_hub would retry for some 25 s first
             return AutoConfig.from_pretrained(ref, **({"local_files_only": True} if host else {}))
         except Exception:
-            if ref in CONFIG_MAPPING_NAMES:  # a name no hub model has: the architecture's own defaults
-                if notes is not None:
-                    notes.append(f"model type {ref!r} at transformers' defaults ({CONFIG_MAPPING_NAMES[ref]}()), "
-                                 f"no checkpoint's config: no file, folder, shipped config or hub model has that "
-                                 f"name")
-                return AutoConfig.for_model(ref)
+            if ref in MODEL_MAPPING_NAMES:  # no config of that name: the architecture at its own defaults
+                return _model_type_config(ref, notes)
             raise ValueError(f"cannot find a config for {ref!r}: not a file, not a directory, not one of the "
-                             f"shipped configs {_shipped()}, not a model type transformers knows (bert, llama, "
-                             f"...), and " + (f"not in the local cache, with the hub ({host}) unreachable from here"
-                                              if host else "not reachable on the hub")) from None
+                             f"shipped configs {_shipped()}, not a model type AutoModel builds (bert, llama, ...), "
+                             f"and " + (f"not in the local cache, with the hub ({host}) unreachable from here"
+                                        if host else "not reachable on the hub")) from None
     if "model_type" not in data:
         raise ValueError(f"{ref!r} has no model_type; not a transformers config")
     data = dict(data)
     return AutoConfig.for_model(data.pop("model_type"), **data)
+
+
+def _model_type_config(model_type: str, notes: list[str] | None):
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.for_model(model_type)
+    except Exception as e:  # transformers raises many types for a config class that needs arguments
+        raise ValueError(f"cannot make model type {model_type!r} at its defaults: {_first_line(e)}") from None
+    note = f"{type(config).__name__}() at its defaults (a model type, not a checkpoint's config): base model, no head"
+    if notes is None:
+        warnings.warn(f"hfreg: {note}", UserWarning, stacklevel=3)
+    else:
+        notes.append(note)
+    return config
+
+
+def _first_line(e: Exception, limit: int = 200) -> str:
+    """An exception's first line, cut at ``limit`` characters (transformers' errors may list every model type)."""
+    line = str(e).splitlines()[0] if str(e) else type(e).__name__
+    return line if len(line) <= limit else line[: limit - 1] + "…"
 
 
 def _meta_model(config, notes: list[str] | None = None):
@@ -71,9 +92,13 @@ def _meta_model(config, notes: list[str] | None = None):
         if notes is not None:
             notes.append(f"transformers does not know its architectures {config.architectures}: shown is the base "
                          f"model, without a head")
-    with torch.device("meta"), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        model = cls.from_config(config) if cls.__name__.startswith("AutoModel") else cls(config)
+    try:
+        with torch.device("meta"), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model = cls.from_config(config) if cls.__name__.startswith("AutoModel") else cls(config)
+    except Exception as e:  # transformers raises many types for configs it cannot build
+        raise ValueError(f"cannot build a model from {type(config).__name__} "
+                         f"({getattr(config, 'model_type', None)}): {_first_line(e)}") from None
     if getattr(config, CONFIG_ATTR, None) is not None:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -282,7 +307,7 @@ def cmd_patch(args):
     try:  # which knobs act, as `load_regularized` will apply them (built on the meta device: no weights read)
         _meta_model(config, notes)
     except Exception as e:  # transformers raises many types for configs it cannot build
-        notes.append(f"not checked which knobs act: cannot build {type(config).__name__} ({str(e).splitlines()[0]})")
+        notes.append(f"not checked which knobs act: {str(e).removeprefix('cannot build a model from ')}")
     config.save_pretrained(out)
     reg.save_pretrained(out)
     folder = os.path.isdir(args.model)
@@ -318,8 +343,12 @@ def cmd_probe(args):
             warnings.simplefilter("ignore")
             model = AutoModel.from_config(twin)
     except Exception as e:  # transformers raises many types for configs it cannot build
-        raise ValueError(f"cannot build {args.model!r}: {str(e).splitlines()[0]}") from None
-    results = probe(model, rate=args.rate)
+        raise ValueError(f"cannot build {args.model!r}: {_first_line(e)}") from None
+    try:
+        results = probe(model, rate=args.rate)
+    except Exception as e:  # a model whose forward needs more than one generic input (CLIP: text and pixels)
+        raise ValueError(f"cannot probe {args.model!r} with a generic input: {type(e).__name__}: "
+                         f"{_first_line(e)}") from None
     what = "the model as configured" if args.full else "a small twin (same architecture and code path, 2 layers, " \
                                                        "width 64, random weights)"
     print(f"{args.model}: each site turned on alone at {args.rate:g}, all else off, on {what}; "
@@ -395,17 +424,16 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     s = sub.add_parser("inspect", help="every dropout / drop-path / LayerDrop site of a model: path, kind, rate, "
                                        "layer")
-    s.add_argument("model", help="model dir, config.json, shipped config name, or hub id")
+    s.add_argument("model", help=MODEL_HELP)
     s.add_argument("--plot", metavar="FILE.png", help="also draw each knob's rate against layer depth")
     s.set_defaults(func=cmd_inspect)
     s = sub.add_parser("compare", help="the canonical knobs of several configs or models, side by side")
-    s.add_argument("models", nargs="+")
+    s.add_argument("models", nargs="+", help=f"each a {MODEL_HELP}")
     s.add_argument("--plot", metavar="FILE.png", help="also draw, per model, each knob's rate against layer depth")
     s.set_defaults(func=cmd_compare)
     s = sub.add_parser("patch", help="write a patched model folder: config (native keys set, spec recorded), and "
                                      "the weights, tokenizer and other files of a model dir")
-    s.add_argument("model", help="model dir, config.json, shipped config name, or hub id (the last three: a config "
-                                 "alone)")
+    s.add_argument("model", help=f"{MODEL_HELP}; all but a model dir give a config alone")
     s.add_argument("output", nargs="?", help="the output directory (or -o)")
     s.add_argument("-o", "--output_dir")
     for knob in KNOBS:
@@ -414,7 +442,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--drop_path_mode", default="per_sample")
     s.set_defaults(func=cmd_patch)
     s = sub.add_parser("probe", help="whether each site and knob actually changes training: dead knobs show up")
-    s.add_argument("model", help="model dir, config.json, shipped config name, or hub id")
+    s.add_argument("model", help=MODEL_HELP)
     s.add_argument("--full", action="store_true", help="build the model as configured, not a small twin")
     s.add_argument("--rate", type=_rate, default=0.5, help="the rate each site is turned on at (default 0.5)")
     s.set_defaults(func=cmd_probe)

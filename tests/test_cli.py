@@ -215,10 +215,11 @@ def test_the_loads_ask_the_local_cache_alone_only_where_the_hub_cannot_be_resolv
     assert hub_kwargs() == {}
 
 
-def test_a_model_type_no_hub_model_is_named_after_is_its_config_class_at_its_defaults(tmp_path, monkeypatch, capsys):
+def test_a_model_type_no_config_is_named_after_is_its_config_class_at_its_defaults(tmp_path, monkeypatch, capsys):
     """`hfreg compare opt llama`: where no file, folder, shipped config or (cached) hub model has the name, a model
-    type transformers knows is its config class's defaults, and a line under the table says so; a shipped config
-    of the same name (gpt2) wins; a name that is neither is one line."""
+    type `AutoModel` builds is its config class at its defaults, and a line under the table says so (a warning for
+    a caller of `load_config` that takes no notes); a shipped config of the same name (gpt2) wins; a name that is
+    neither, or a type `AutoModel` does not build, is one line; so is a model a generic input cannot probe."""
     import huggingface_hub.constants as hub
     from transformers import OPTConfig
 
@@ -232,10 +233,15 @@ def test_a_model_type_no_hub_model_is_named_after_is_its_config_class_at_its_def
     defaults = OPTConfig()
     assert rows["hidden"] == [f"{defaults.dropout:g}", "-", "0.1"]
     assert rows["attention"] == [f"{defaults.attention_dropout:g}", "0", "0.1"]
-    assert lines[13:] == [f"{t}: model type {t!r} at transformers' defaults ({c}()), no checkpoint's config: no file, "
-                     f"folder, shipped config or hub model has that name"
-                     for t, c in (("opt", "OPTConfig"), ("llama", "LlamaConfig"))]
+    assert lines[13:] == [f"{t}: {c}() at its defaults (a model type, not a checkpoint's config): base model, no head"
+                          for t, c in (("opt", "OPTConfig"), ("llama", "LlamaConfig"))]
     assert load_config("gpt2").architectures == ["GPT2LMHeadModel"]  # the shipped config (the class has none)
-    assert main(["inspect", "no-such-type"]) == 2
+    with pytest.warns(UserWarning, match=r"MambaConfig\(\) at its defaults"):
+        assert load_config("mamba").model_type == "mamba"
+    for name in ("no-such-type", "encoder-decoder"):  # the second: a config AutoModel does not build
+        assert main(["inspect", name]) == 2
+        (line,) = capsys.readouterr().err.strip().splitlines()
+        assert "not a model type AutoModel builds" in line and f"{name!r}" in line
+    assert main(["probe", "clip"]) == 2  # CLIP's forward needs pixels beside the text
     (line,) = capsys.readouterr().err.strip().splitlines()
-    assert "not a model type transformers knows" in line and "'no-such-type'" in line
+    assert line.startswith("hfreg: error: cannot probe 'clip' with a generic input: ")
