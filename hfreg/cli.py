@@ -7,6 +7,7 @@ import json
 import os
 import sys
 import warnings
+from contextlib import contextmanager, nullcontext
 
 from .config import CONFIG_ATTR, CONFIG_NAME, KNOBS, SCALES, RegularizationConfig, check_rate, check_scale
 from .hub import unreachable_hub
@@ -481,6 +482,20 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+@contextmanager
+def _transformers_quiet():
+    """transformers' logging at errors only: what building or running a model for its sites logs (a kernel's slower
+    fallback, an attention implementation chosen) says nothing about its rates."""
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)
@@ -488,7 +503,8 @@ def main(argv=None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     args.data_flags = rest
     try:
-        args.func(args)
+        with _transformers_quiet() if args.func in (cmd_inspect, cmd_compare, cmd_probe) else nullcontext():
+            args.func(args)
     except (ValueError, OSError) as e:
         print(f"hfreg: error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
         return 2

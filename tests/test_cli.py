@@ -245,3 +245,16 @@ def test_a_model_type_no_config_is_named_after_is_its_config_class_at_its_defaul
     assert main(["probe", "clip"]) == 2  # CLIP's forward needs pixels beside the text
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert line.startswith("hfreg: error: cannot probe 'clip' with a generic input: ")
+
+
+def test_inspect_compare_and_probe_keep_transformers_logging_to_errors(capfd):
+    """Mamba's forward logs that its kernels fall back to PyTorch (said at its first forward, where `inspect` and
+    `probe` run one): nothing about its rates, so these commands keep transformers' logging to errors, and restore
+    it after."""
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    proc = subprocess.run([HFREG, "probe", "mamba"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and "falling back" not in proc.stderr and "MambaConfig()" in proc.stdout, proc.stderr
+    assert main(["compare", "mamba"]) == 0
+    assert hf_logging.get_verbosity() == level
