@@ -31,7 +31,12 @@ def load_config(ref: str, notes: list[str] | None = None):
     published = shipped("models", ref.replace("/", "--") + ".json")
     if os.path.isfile(ref):
         with open(ref) as f:
-            data = json.load(f)
+            try:
+                data = json.load(f)
+            except ValueError as e:  # json's own message names no file
+                raise ValueError(f"{ref!r} is a file but not a JSON config: {e}") from None
+        if not isinstance(data, dict):
+            raise ValueError(f"{ref!r} holds JSON but not a config object")
     elif os.path.isdir(ref):
         if not os.path.isfile(os.path.join(ref, "config.json")):
             raise ValueError(f"{ref!r} is a directory without a config.json")

@@ -106,9 +106,13 @@ def test_patch_writes_a_complete_loadable_folder(tmp_path, minilm_path, capsys):
     (["patch", "gpt2", "--drop_path_profile", "cosine", "-o", "x"], "`drop_path_profile` must be one of"),
     (["patch", "gpt2", "--hidden", "0.1"], "no output directory: give it as `hfreg patch MODEL OUT` or `-o OUT`"),
     (["patch", "gpt2", "a", "-o", "b"], "two output directories, 'a' and 'b': give one"),
+    (["inspect", "llama"], "'llama' is a file but not a JSON config: Expecting value"),  # a file wins over a type
+    (["compare", "list.json"], "'list.json' holds JSON but not a config object"),
 ])
 def test_user_errors_exit_nonzero_without_traceback(argv, message, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
+    (tmp_path / "llama").write_text("notes on llamas")
+    (tmp_path / "list.json").write_text("[1, 2]")
     try:
         code = main(argv)
     except SystemExit as e:  # argparse's own errors
