@@ -20,7 +20,7 @@ unapplied.watch()
 _LAZY = {
     "DropPath": "layers", "drop_path": "layers", "drop_path_rates": "layers", "drop_head": "layers",
     "mixout": "layers", "embedding_noise": "layers", "Site": "sites", "rdrop_loss": "rdrop",
-    "rdrop_objective": "rdrop", "NOISE_KEYS": "architectures",
+    "rdrop_objective": "rdrop", "NOISE_KEYS": "architectures", "NOISE_MODULES": "architectures",
     "load_regularized": "patcher", "inspect_model": "patcher", "patch_config": "patcher", "patch_model": "patcher",
     "is_patched": "state", "unpatch_model": "state", "set_rate_factors": "state", "patch_state": "state",
     "PatchState": "state",
@@ -31,7 +31,7 @@ _LAZY = {
 }
 
 if TYPE_CHECKING:
-    from .architectures import NOISE_KEYS
+    from .architectures import NOISE_KEYS, NOISE_MODULES
     from .layers import DropPath, drop_head, drop_path, drop_path_rates, embedding_noise, mixout
     from .mc import MCPrediction, mc_dropout, mc_predict
     from .patcher import inspect_model, load_regularized, patch_config, patch_model
@@ -43,7 +43,7 @@ if TYPE_CHECKING:
     from .twin import small_twin
 
 __all__ = [
-    "KNOBS", "NOISE_KEYS", "DropPath", "MCPrediction", "PatchState", "Probe", "RateScheduler",
+    "KNOBS", "NOISE_KEYS", "NOISE_MODULES", "DropPath", "MCPrediction", "PatchState", "Probe", "RateScheduler",
     "RateSchedulerCallback", "RegularizationConfig", "Schedule", "Site", "disable_dropout", "drop_head", "drop_path",
     "drop_path_rates", "embedding_noise", "inspect_model", "is_patched", "load_regularized",
     "mc_dropout", "mc_predict", "mixout", "patch_config", "patch_model", "patch_state", "probe", "probe_inputs",

@@ -56,6 +56,33 @@ class OutputDropout(Hook):
         return F.dropout(output, self.p, True) if sampling(module) else None
 
 
+class EvalEnter(Hook):
+    """Pre-hook: its module's own forward runs as in eval mode (its children keep theirs); `EvalExit` puts the mode
+    back. For noise a module draws with no switch of its own (`hfreg.architectures.NOISE_MODULES`)."""
+
+    pre = True
+
+    def __init__(self):
+        self.modes = []
+
+    def __call__(self, module, args):
+        self.modes.append(module.training)
+        module.training = False
+
+
+class EvalExit(Hook):
+    """Hook of the same module, called even when its forward raises: the mode `EvalEnter` found."""
+
+    always_call = True
+
+    def __init__(self, enter: EvalEnter):
+        self.enter = enter
+
+    def __call__(self, module, args, output):
+        if self.enter.modes:
+            module.training = self.enter.modes.pop()
+
+
 class ModeEnter(Hook):
     """Pre-hook that runs its module's forward under the `TorchFunctionMode` that `mode` gives (None: none)."""
 

@@ -22,8 +22,9 @@ import torch
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from .architectures import NOISE_KEYS
+from .architectures import NOISE_KEYS, NOISE_MODULES
 from .config import AFTER_MOVING, KNOBS, RegularizationConfig
+from .hooks import EvalEnter, EvalExit
 from .inject import apply_spec
 from .provenance import config_sources, config_tree, per_config, with_rates
 from .sites import analyze, stack_key
@@ -105,13 +106,19 @@ def probe_inputs(model: nn.Module, batch: int = 2, length: int = 8) -> dict:
     text_cfg = getattr(cfg, "text_config", None) or cfg
     vocab = getattr(text_cfg, "vocab_size", None) or 100
     ids = torch.randint(min(3, vocab - 1), min(vocab, 100), (batch, length), generator=g)
-    if name == "pixel_values":
+    def pixels():
         vision = getattr(cfg, "vision_config", None) or cfg
         size = getattr(vision, "image_size", 32)
         size = size if isinstance(size, int) else size[0]
-        inputs = {"pixel_values": torch.randn(batch, getattr(vision, "num_channels", 3), size, size, generator=g)}
+        return torch.randn(batch, getattr(vision, "num_channels", 3), size, size, generator=g)
+
+    signature = inspect.signature(model.forward).parameters
+    if name == "pixel_values":
+        inputs = {"pixel_values": pixels()}
         if hasattr(cfg, "text_config"):  # dual encoders take both
             inputs["input_ids"] = ids
+    elif name == "input_ids" and "pixel_values" in signature and _pairs_text_with_images(cfg, signature):
+        inputs = {"input_ids": ids, "pixel_values": pixels()}
     elif name == "input_values":
         # ~50 frames after the convolutional feature extractor (1 s of 16 kHz audio for wav2vec2's strides): room
         # for SpecAugment masks, and no quadratic attention over thousands of frames in a narrow test config
@@ -127,9 +134,18 @@ def probe_inputs(model: nn.Module, batch: int = 2, length: int = 8) -> dict:
     if getattr(cfg, "is_encoder_decoder", False) and "decoder_input_ids" not in inputs:
         inputs["decoder_input_ids"] = ids[:, :4]
     inputs = {k: v.to(device) for k, v in inputs.items()}
-    if "use_cache" in inspect.signature(model.forward).parameters:
+    if "use_cache" in signature:
         inputs["use_cache"] = False  # one training-style pass: no cache to build (hybrid SSM caches refuse it)
     return inputs
+
+
+def _pairs_text_with_images(cfg, signature) -> bool:
+    """A model whose text input comes with images, which its forward needs: a dual encoder (CLIP, ALIGN: a text and
+    a vision config, and no image token, which a vision-language model places its images at), or one whose
+    ``pixel_values`` has no default."""
+    dual = hasattr(cfg, "text_config") and hasattr(cfg, "vision_config") and not any(
+        hasattr(cfg, k) for k in ("image_token_id", "image_token_index"))
+    return dual or signature["pixel_values"].default is inspect.Parameter.empty
 
 
 def _train_output(model, inputs, seed):
@@ -180,8 +196,8 @@ def _same(a, b):
 
 
 def _switch_off_noise(model) -> None:
-    """Set each `NOISE_KEYS` key in the config tree, and each module attribute built from one, to its off value,
-    through the patch state so that `unpatch_model` restores them."""
+    """Set each `NOISE_KEYS` key in the config tree, and each module attribute built from one, to its off value, and
+    run each `NOISE_MODULES` module as in eval mode, through the patch state so that `unpatch_model` restores them."""
     state = patch_state(model, required=True)
     sources = config_sources(model)  # before the config changes
     for _, cfg in config_tree(model.config):
@@ -191,17 +207,21 @@ def _switch_off_noise(model) -> None:
     for (path, attr), (_, key) in sources.items():
         if key in NOISE_KEYS:
             state.assign(model.get_submodule(path), attr, NOISE_KEYS[key][1])
+    for module in model.modules():
+        if type(module).__name__ in NOISE_MODULES:
+            state.hook(module, EvalExit(state.hook(module, EvalEnter())))
 
 
 def disable_dropout(model: nn.Module, inputs: dict | None = None, noise: bool = True) -> nn.Module:
     """Turn every dropout-like knob off (the all-zero spec) and, with ``noise``, the training noise no knob governs
-    (`NOISE_KEYS`: SpecAugment masks, MoE jitter...), and prove it: two training-mode passes with different seeds
+    (`NOISE_KEYS`: SpecAugment masks, MoE jitter...; `NOISE_MODULES`, noise with no switch, whose modules then run
+    their own forward as in eval mode), and prove it: two training-mode passes with different seeds
     must be bit-identical.
 
     Args:
         model: a transformers model.
         inputs: a batch for the check; None builds one (`probe_inputs`).
-        noise: also turn off the training noise of `NOISE_KEYS`.
+        noise: also turn off the training noise of `NOISE_KEYS` and `NOISE_MODULES`.
 
     Returns:
         ``model``, patched (`unpatch_model` undoes it, noise included).

@@ -63,6 +63,40 @@ def test_disable_dropout_switches_off_training_noise_and_unpatch_restores_it():
     assert router.jitter_noise == model.config.router_jitter_noise == 0.01
 
 
+def test_disable_dropout_runs_a_module_whose_noise_has_no_switch_as_in_eval_and_unpatch_gives_it_back():
+    """GroupViT's grouping blocks draw Gumbel noise whenever they train, with no config key or attribute to turn it
+    off (`NOISE_MODULES`): `disable_dropout` runs those blocks' own forward as in eval mode (a hard argmax), the rest
+    of the model training; `noise=False` leaves them drawing, and says where; `unpatch_model` gives the noise back."""
+    from transformers import GroupViTVisionModel
+
+    model = GroupViTVisionModel(hfreg.small_twin(AutoConfig.for_model("groupvit_vision_model")))
+    inputs = hfreg.probe_inputs(model)
+
+    def train_out(seed):
+        model.train()
+        torch.manual_seed(seed)
+        with torch.no_grad():
+            return model(**inputs).last_hidden_state
+
+    before = train_out(1)
+    assert not torch.equal(before, train_out(2))  # the Gumbel noise
+    with pytest.raises(RuntimeError, match=r"downsample\.assign \(rand"):
+        hfreg.disable_dropout(model, inputs, noise=False)
+    hfreg.unpatch_model(model)
+    hfreg.disable_dropout(model, inputs)
+    assert torch.equal(train_out(1), train_out(2)) and model.training
+    assign = model.vision_model.encoder.stages[0].downsample.assign
+    assert assign.training  # only its forward runs as in eval: the module's own mode stays the caller's
+    model.eval()
+    with torch.no_grad():
+        evaluated = model(**inputs).last_hidden_state
+    hfreg.unpatch_model(model)
+    assert torch.equal(train_out(1), before)
+    model.eval()
+    with torch.no_grad():
+        assert torch.equal(model(**inputs).last_hidden_state, evaluated)  # eval was never touched
+
+
 @pytest.mark.parametrize("model_type,head", CASES)
 def test_probe_every_site(model_type, head):
     model = build(model_type, head, **({"alibi": True} if model_type == "falcon" else {}))
