@@ -56,35 +56,9 @@ class OutputDropout(Hook):
         return F.dropout(output, self.p, True) if sampling(module) else None
 
 
-class EvalEnter(Hook):
-    """Pre-hook: its module's own forward runs as in eval mode (its children keep theirs); `EvalExit` puts the mode
-    back. For noise a module draws with no switch of its own (`hfreg.architectures.NOISE_MODULES`)."""
-
-    pre = True
-
-    def __init__(self):
-        self.modes = []
-
-    def __call__(self, module, args):
-        self.modes.append(module.training)
-        module.training = False
-
-
-class EvalExit(Hook):
-    """Hook of the same module, called even when its forward raises: the mode `EvalEnter` found."""
-
-    always_call = True
-
-    def __init__(self, enter: EvalEnter):
-        self.enter = enter
-
-    def __call__(self, module, args, output):
-        if self.enter.modes:
-            module.training = self.enter.modes.pop()
-
-
 class ModeEnter(Hook):
-    """Pre-hook that runs its module's forward under the `TorchFunctionMode` that `mode` gives (None: none)."""
+    """Pre-hook that runs its module's forward under the context that `mode` gives (a `TorchFunctionMode`; None:
+    none)."""
 
     pre = True
 
@@ -117,3 +91,24 @@ class ModeExit(Hook):
 
     def left(self, module, mode) -> None:
         """After leaving ``mode``: what it saw may be worth saying."""
+
+
+class EvalForward:
+    """A module's own forward as in eval mode, its children keeping theirs: the context `EvalEnter` enters."""
+
+    def __init__(self, module):
+        self.module = module
+
+    def __enter__(self):
+        self.was, self.module.training = self.module.training, False
+
+    def __exit__(self, *exc):
+        self.module.training = self.was
+
+
+class EvalEnter(ModeEnter):
+    """Pre-hook: its module's own forward runs as in eval mode (`ModeExit` leaves it), for noise a module draws with
+    no switch of its own (`hfreg.architectures.NOISE_MODULES`)."""
+
+    def mode(self, module) -> EvalForward:
+        return EvalForward(module)

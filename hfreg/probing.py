@@ -24,7 +24,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from .architectures import NOISE_KEYS, NOISE_MODULES
 from .config import AFTER_MOVING, KNOBS, RegularizationConfig
-from .hooks import EvalEnter, EvalExit
+from .hooks import EvalEnter, ModeExit
 from .inject import apply_spec
 from .provenance import config_sources, config_tree, per_config, with_rates
 from .sites import analyze, stack_key
@@ -209,7 +209,7 @@ def _switch_off_noise(model) -> None:
             state.assign(model.get_submodule(path), attr, NOISE_KEYS[key][1])
     for module in model.modules():
         if type(module).__name__ in NOISE_MODULES:
-            state.hook(module, EvalExit(state.hook(module, EvalEnter())))
+            state.hook(module, ModeExit(state.hook(module, EvalEnter())))
 
 
 def disable_dropout(model: nn.Module, inputs: dict | None = None, noise: bool = True) -> nn.Module:
