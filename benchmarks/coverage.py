@@ -23,8 +23,9 @@ Near-zero initialisations (an `initializer_range` of 1e-10, layer scales of 1e-6
 `small_twin`, and weights initialised to exactly zero (zero-init residual branches, gates) are drawn from
 N(0, 0.02), as a trained checkpoint has them: dropout on a branch whose output is ~0 cannot be seen; BatchNorm
 is not special-cased. Passes are seeded (torch, numpy, random); `zero` passes two different seeds after
-`disable_dropout`, which also switches off the training noise it knows (`hfreg.architectures.NOISE_KEYS`); other
-noise fails it. Each type runs under a time limit; a type over it counts as not buildable.
+`disable_dropout`, which also switches off the training noise it knows (`hfreg.architectures.NOISE_KEYS` and
+`NOISE_MODULES`); other noise fails it. `knob:X` is judged with that noise off too, so that a knob is seen to act
+only where it draws. Each type runs under a time limit; a type over it counts as not buildable.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import hfreg  # noqa: E402
 from hfreg import KNOBS  # noqa: E402
 from hfreg import RegularizationConfig as Reg
-from hfreg.probing import _move_weights, _output_tensors  # nested outputs too (a backbone's feature maps)
+from hfreg.probing import _move_weights, _output_tensors, _switch_off_noise  # nested outputs: feature maps too
 
 KNOBS_CHECKED = tuple(k for k in KNOBS if k not in ("classifier", "adapter"))  # base models, no adapters
 
@@ -178,6 +179,7 @@ def check(model_type) -> tuple[str, list[str], str, list[str]]:
             with warnings.catch_warnings(record=True) as caught:  # at patch time, or at the first forward
                 warnings.simplefilter("always")
                 hfreg.patch_model(model, Reg(**{**Reg.zero().knob_values(), knob: 0.5}))
+                _switch_off_noise(model)  # SpecAugment masks, MoE jitter, Gumbel noise: not the knob's doing
                 if knob == "mixout":  # it mixes towards the weights at patch time: seen once training moved them
                     weights = {k: v.clone() for k, v in model.state_dict().items()}
                     _move_weights(model, 1e-2)  # a small step, as one of training would take

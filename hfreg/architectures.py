@@ -151,7 +151,8 @@ NOISE_KEYS: dict[str, tuple[str, object]] = {
     "pos_embed_rescale": ("patch-coordinate rescale", None),
 }
 
-# Training-time noise that a module draws in its forward with no switch at all: {module class name: what it draws}.
+# Training-time noise that a module draws in its forward with no switch at all: {module class name (exactly: not
+# its subclasses): what it draws}.
 # `disable_dropout` runs such a module's forward as in eval mode (the model's deterministic inference path).
 NOISE_MODULES: dict[str, str] = {
     "GroupViTAssignAttention": "Gumbel-softmax group assignment",  # eval: a hard argmax, straight-through

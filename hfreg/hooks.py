@@ -7,9 +7,10 @@ passes its input through, unless `hfreg.mc_dropout` marked the module to sample 
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
+
 import torch
 import torch.nn.functional as F
-from torch.overrides import TorchFunctionMode
 
 
 class Hook:
@@ -57,15 +58,15 @@ class OutputDropout(Hook):
 
 
 class ModeEnter(Hook):
-    """Pre-hook that runs its module's forward under the context that `mode` gives (a `TorchFunctionMode`; None:
-    none)."""
+    """Pre-hook that runs its module's forward under the context that `mode` gives (a `TorchFunctionMode`, or
+    `EvalForward`; None: none)."""
 
     pre = True
 
     def __init__(self):
         self.modes = []
 
-    def mode(self, module) -> TorchFunctionMode | None:
+    def mode(self, module) -> AbstractContextManager | None:
         raise NotImplementedError
 
     def __call__(self, module, args):

@@ -81,7 +81,9 @@ class _RandomOps(TorchDispatchMode):
 
 
 def probe_inputs(model: nn.Module, batch: int = 2, length: int = 8) -> dict:
-    """A small deterministic input batch for ``model``, from its main input name and config.
+    """A small deterministic input batch for ``model``, from its main input name and config: token ids, with images
+    beside them where its forward needs both (a dual encoder such as CLIP); images, audio or features where those
+    are its main input.
 
     Args:
         model: a transformers model (a PEFT wrapper is looked through).
@@ -106,6 +108,7 @@ def probe_inputs(model: nn.Module, batch: int = 2, length: int = 8) -> dict:
     text_cfg = getattr(cfg, "text_config", None) or cfg
     vocab = getattr(text_cfg, "vocab_size", None) or 100
     ids = torch.randint(min(3, vocab - 1), min(vocab, 100), (batch, length), generator=g)
+
     def pixels():
         vision = getattr(cfg, "vision_config", None) or cfg
         size = getattr(vision, "image_size", 32)
@@ -115,7 +118,7 @@ def probe_inputs(model: nn.Module, batch: int = 2, length: int = 8) -> dict:
     signature = inspect.signature(model.forward).parameters
     if name == "pixel_values":
         inputs = {"pixel_values": pixels()}
-        if hasattr(cfg, "text_config"):  # dual encoders take both
+        if hasattr(cfg, "text_config"):  # dual encoders (and Kosmos-2, which has no image-token key) take both
             inputs["input_ids"] = ids
     elif name == "input_ids" and "pixel_values" in signature and _pairs_text_with_images(cfg, signature):
         inputs = {"input_ids": ids, "pixel_values": pixels()}
@@ -352,6 +355,7 @@ def probe(model: nn.Module, inputs: dict | None = None, rate: float = 0.5, patch
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             state = apply_spec(model, spec, inert)
+        _switch_off_noise(model)  # a new spec starts from the unpatched model, its noise back on
         if knob in AFTER_MOVING:  # e.g. a weight mixed with its own value at patch time is unchanged
             acts = _acts_once_moved(model, inputs)
         else:

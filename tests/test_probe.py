@@ -90,11 +90,17 @@ def test_disable_dropout_runs_a_module_whose_noise_has_no_switch_as_in_eval_and_
     model.eval()
     with torch.no_grad():
         evaluated = model(**inputs).last_hidden_state
+    model.train()
+    model(**inputs).last_hidden_state.sum().backward()  # the hard assignment is straight-through: it still learns
+    assert assign.q_proj.weight.grad.abs().sum() > 0
     hfreg.unpatch_model(model)
     assert torch.equal(train_out(1), before)
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
     model.eval()
     with torch.no_grad():
         assert torch.equal(model(**inputs).last_hidden_state, evaluated)  # eval was never touched
+    # `probe` switches the noise off for every knob it applies, not only for its base: at rate 0 none acts
+    assert not [r.kind for r in hfreg.probe(model, inputs, rate=0.0) if r.acts]
 
 
 @pytest.mark.parametrize("model_type,head", CASES)
