@@ -777,6 +777,18 @@ def test_drophead_acts_on_the_output_projection_wherever_it_is_defined():
         f"layers.{i}.self_attn.o_proj.<input>" for i in (0, 1)]
 
 
+def test_drophead_where_attention_never_calls_its_output_projection_says_so():
+    """WavLM hands its projections' weights to `F.multi_head_attention_forward`, which never calls `out_proj` as a
+    module: a hook there would never run, so `heads` warns, names why, and lists no site (it listed two, which
+    `benchmarks/coverage.py` took for acting only while the model's SpecAugment masks drew beside them)."""
+    model = AutoModel.from_config(hfreg.small_twin(AutoConfig.for_model("wavlm")))
+    with pytest.warns(UserWarning, match=r"`heads`=0\.3 cannot apply .*F\.multi_head_attention_forward, which never"):
+        hfreg.patch_model(model, only("heads", 0.3))
+    assert not [s for s in hfreg.inspect_model(model) if s.kind == "heads"]
+    assert [s.kind for s in hfreg.inspect_model(hfreg.patch_model(build("bert"), only("heads", 0.3)))].count(
+        "heads") == 2  # an attention that calls its projection keeps its sites
+
+
 def test_t5s_sub_layer_dropout_is_residual_dropout_without_a_table_entry():
     """T5's blocks hold their sub-layers in a list `layer`, each ending its residual branch in a dropout: found by
     the generic fallback, those dropouts are hidden (residual) dropout and give way to hfreg's branch hooks, the

@@ -4,6 +4,9 @@ projection, where the heads sit side by side."""
 
 from __future__ import annotations
 
+import functools
+import inspect
+
 from torch import nn
 
 from ..hooks import Hook, sampling
@@ -76,16 +79,21 @@ def inject(plan: Plan) -> list[Site]:
     rate = knobs.get("heads")
     if rate is None:
         return []
-    found, missed, bare = [], [], []
+    found, missed, bare, functional = [], [], [], []
     for tower in struct.towers:
         before = len(found)
         for layer in tower:
-            found += _heads_of(layer, model.config, missed)
+            found += _heads_of(layer, model.config, missed, functional)
         if len(found) == before and len(struct.towers) > 1:
             bare.append(tower[0].path.rsplit(".", 1)[0])
+    if functional:
+        plan.refuse("heads", rate, f"the attention of {len(functional)} module(s) (first: {functional[0]}) hands its "
+                                    f"output projection's weights to F.multi_head_attention_forward, which never "
+                                    f"calls it: no hook there sees the heads")
     if not found:
-        why = "no attention module with an output projection and a head count was found in its layers"
-        plan.refuse("heads", rate, why)
+        if not functional:
+            why = "no attention module with an output projection and a head count was found in its layers"
+            plan.refuse("heads", rate, why)
         return []
     if bare:  # a tower without such attention (the SSM language model beside a vision tower)
         plan.refuse("heads", rate, f"no attention module with an output projection and a head count was found "
@@ -99,9 +107,21 @@ def inject(plan: Plan) -> list[Site]:
     return [Site(path + ".<input>", "heads", rate, index, "injected") for path, _, _, index in found]
 
 
-def _heads_of(layer, config, missed: list) -> list:
+@functools.lru_cache(maxsize=None)
+def _projects_functionally(cls: type) -> bool:
+    """Whether ``cls``'s own code hands its projections' weights to `F.multi_head_attention_forward` (WavLM), which
+    never calls the output projection as a module: no hook on it runs."""
+    try:
+        return any("multi_head_attention_forward(" in inspect.getsource(k) for k in cls.__mro__
+                   if k.__module__.startswith("transformers."))
+    except (OSError, TypeError):  # no source at hand: judged by its structure alone, as before
+        return False
+
+
+def _heads_of(layer, config, missed: list, functional: list) -> list:
     """(projection path, projection, head count, layer index) for each attention module of ``layer`` whose output
-    projection takes its heads side by side; the paths of the others go to ``missed``."""
+    projection takes its heads side by side, and is called as a module; the paths of the others go to ``missed``,
+    or to ``functional`` where only the call is lacking."""
     found = []
     for path, attention in layer.attentions:
         proj, heads = _output_projection(attention), _head_count(attention, config)
@@ -109,6 +129,9 @@ def _heads_of(layer, config, missed: list) -> list:
         # its input must be the heads side by side: as wide as heads x head width, where that is known
         if proj is None or heads is None or proj[2] % heads or (width and proj[2] != heads * width):
             missed.append(path)
+            continue
+        if _projects_functionally(type(attention)):
+            functional.append(path)
             continue
         found.append((f"{path}.{proj[0]}" if proj[0] else path, proj[1], heads, layer.index))
     return found
