@@ -7,10 +7,9 @@ passes its input through, unless `hfreg.mc_dropout` marked the module to sample 
 
 from __future__ import annotations
 
-from contextlib import AbstractContextManager
-
 import torch
 import torch.nn.functional as F
+from torch.overrides import TorchFunctionMode
 
 
 class Hook:
@@ -58,15 +57,14 @@ class OutputDropout(Hook):
 
 
 class ModeEnter(Hook):
-    """Pre-hook that runs its module's forward under the context that `mode` gives (a `TorchFunctionMode`, or
-    `EvalForward`; None: none)."""
+    """Pre-hook that runs its module's forward under the `TorchFunctionMode` that `mode` gives (None: none)."""
 
     pre = True
 
     def __init__(self):
         self.modes = []
 
-    def mode(self, module) -> AbstractContextManager | None:
+    def mode(self, module) -> TorchFunctionMode | None:
         raise NotImplementedError
 
     def __call__(self, module, args):
@@ -92,24 +90,3 @@ class ModeExit(Hook):
 
     def left(self, module, mode) -> None:
         """After leaving ``mode``: what it saw may be worth saying."""
-
-
-class EvalForward:
-    """A module's own forward as in eval mode, its children keeping theirs: the context `EvalEnter` enters."""
-
-    def __init__(self, module):
-        self.module = module
-
-    def __enter__(self):
-        self.was, self.module.training = self.module.training, False
-
-    def __exit__(self, *exc):
-        self.module.training = self.was
-
-
-class EvalEnter(ModeEnter):
-    """Pre-hook: its module's own forward runs as in eval mode (`ModeExit` leaves it), for noise a module draws with
-    no switch of its own (`hfreg.architectures.NOISE_MODULES`)."""
-
-    def mode(self, module) -> EvalForward:
-        return EvalForward(module)

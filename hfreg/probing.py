@@ -24,7 +24,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from .architectures import NOISE_KEYS, NOISE_MODULES
 from .config import AFTER_MOVING, KNOBS, RegularizationConfig
-from .hooks import EvalEnter, ModeExit
+from .hooks import ModeEnter, ModeExit
 from .inject import apply_spec
 from .provenance import config_sources, config_tree, per_config, with_rates
 from .sites import analyze, stack_key
@@ -196,6 +196,27 @@ def _acts_once_moved(model, inputs) -> bool:
 
 def _same(a, b):
     return len(a) == len(b) and all(torch.equal(x, y) for x, y in zip(a, b))
+
+
+class EvalForward:
+    """A module's own forward as in eval mode, its children keeping theirs: the context `EvalEnter` enters."""
+
+    def __init__(self, module):
+        self.module = module
+
+    def __enter__(self):
+        self.was, self.module.training = self.module.training, False
+
+    def __exit__(self, *exc):
+        self.module.training = self.was
+
+
+class EvalEnter(ModeEnter):
+    """Pre-hook: its module's own forward runs as in eval mode (`ModeExit` leaves it), for noise a module draws with
+    no switch of its own (`NOISE_MODULES`)."""
+
+    def mode(self, module) -> EvalForward:
+        return EvalForward(module)
 
 
 def _switch_off_noise(model) -> None:

@@ -246,9 +246,11 @@ def test_a_model_type_no_config_is_named_after_is_its_config_class_at_its_defaul
         assert main(["inspect", name]) == 2
         (line,) = capsys.readouterr().err.strip().splitlines()
         assert "not a model type AutoModel builds" in line and f"{name!r}" in line
-    assert main(["probe", "clip"]) == 2  # CLIP's forward needs pixels beside the text
+    assert main(["probe", "siglip"]) == 2  # its small twin's text projection keeps a checkpoint's width
     (line,) = capsys.readouterr().err.strip().splitlines()
-    assert line.startswith("hfreg: error: cannot probe 'clip' with a generic input: ")
+    assert line.startswith("hfreg: error: cannot probe 'siglip' with a generic input: RuntimeError: ")
+    assert main(["probe", "clip"]) == 0  # a dual encoder gets text and images
+    assert "CLIPConfig() at its defaults" in capsys.readouterr().out
 
 
 def test_inspect_compare_and_probe_keep_transformers_logging_to_errors(capfd):
