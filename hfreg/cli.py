@@ -313,7 +313,7 @@ def cmd_patch(args):
     try:  # which knobs act, as `load_regularized` will apply them (built on the meta device: no weights read)
         _meta_model(config, notes)
     except Exception as e:  # transformers raises many types for configs it cannot build
-        notes.append(f"not checked which knobs act: {str(e).removeprefix('cannot build a model from ')}")
+        notes.append(f"not checked which knobs act: {e}")
     config.save_pretrained(out)
     reg.save_pretrained(out)
     folder = os.path.isdir(args.model)
