@@ -61,6 +61,12 @@ def _method_sources(cls: type) -> str:
     return "\n".join(parts)
 
 
+def calls(cls: type, function: str) -> bool:
+    """Whether a method of ``cls`` (``__init__`` left out) calls ``function`` by that name, found in its source code;
+    False where the source is missing."""
+    return re.search(rf"\b{re.escape(function)}\(", _method_sources(cls)) is not None
+
+
 def never_read(cls: type, attr: str) -> bool:
     """Whether no method of ``cls`` but ``__init__`` mentions ``self.<attr>``: a rate set and never used."""
     source = _method_sources(cls)

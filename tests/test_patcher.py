@@ -789,6 +789,27 @@ def test_drophead_where_attention_never_calls_its_output_projection_says_so():
         "heads") == 2  # an attention that calls its projection keeps its sites
 
 
+def test_calls_reads_every_method_but_init_and_the_classes_inherited():
+    """`sites.calls` finds a call in any method of a class or of one it inherits from, not in `__init__`, and not a
+    longer name that ends the same way; the DropHead refusal above rests on it."""
+    from hfreg.sites import calls
+
+    class Base(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.note = "F.project(x)"  # a call in __init__ is no call in forward
+
+        def helper(self, x):
+            return torch.nn.functional.linear(x, x)
+
+    class Child(Base):
+        def forward(self, x):
+            return self.helper(x)
+
+    assert calls(Child, "linear") and calls(Child, "helper")
+    assert not calls(Child, "project") and not calls(Child, "near")
+
+
 def test_t5s_sub_layer_dropout_is_residual_dropout_without_a_table_entry():
     """T5's blocks hold their sub-layers in a list `layer`, each ending its residual branch in a dropout: found by
     the generic fallback, those dropouts are hidden (residual) dropout and give way to hfreg's branch hooks, the

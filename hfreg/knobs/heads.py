@@ -4,14 +4,11 @@ projection, where the heads sit side by side."""
 
 from __future__ import annotations
 
-import functools
-import inspect
-
 from torch import nn
 
 from ..hooks import Hook, sampling
 from ..layers import drop_head
-from ..sites import Site, is_weighted
+from ..sites import Site, calls, is_weighted
 from ..state import Plan
 
 
@@ -107,17 +104,6 @@ def inject(plan: Plan) -> list[Site]:
     return [Site(path + ".<input>", "heads", rate, index, "injected") for path, _, _, index in found]
 
 
-@functools.lru_cache(maxsize=None)
-def _projects_functionally(cls: type) -> bool:
-    """Whether ``cls``'s own code hands its projections' weights to `F.multi_head_attention_forward` (WavLM), which
-    never calls the output projection as a module: no hook on it runs."""
-    try:
-        return any("multi_head_attention_forward(" in inspect.getsource(k) for k in cls.__mro__
-                   if k.__module__.startswith("transformers."))
-    except (OSError, TypeError):  # no source at hand: judged by its structure alone, as before
-        return False
-
-
 def _heads_of(layer, config, missed: list, functional: list) -> list:
     """(projection path, projection, head count, layer index) for each attention module of ``layer`` whose output
     projection takes its heads side by side, and is called as a module; the paths of the others go to ``missed``,
@@ -130,7 +116,8 @@ def _heads_of(layer, config, missed: list, functional: list) -> list:
         if proj is None or heads is None or proj[2] % heads or (width and proj[2] != heads * width):
             missed.append(path)
             continue
-        if _projects_functionally(type(attention)):
+        # WavLM hands the projection's weights to F.multi_head_attention_forward: no hook on the module would run
+        if calls(type(attention), "multi_head_attention_forward"):
             functional.append(path)
             continue
         found.append((f"{path}.{proj[0]}" if proj[0] else path, proj[1], heads, layer.index))
