@@ -75,10 +75,11 @@ def _model_type_config(model_type: str, notes: list[str] | None):
     return config
 
 
-def _first_line(e: Exception, limit: int = 200) -> str:
-    """An exception's first line, cut at ``limit`` characters (transformers' errors may list every model type)."""
+def _first_line(e: Exception, limit: int | None = 200) -> str:
+    """An exception's first line, cut at ``limit`` characters (transformers' errors may list every model type); None
+    keeps it whole (hfreg's own errors, which name every allowed value)."""
     line = str(e).splitlines()[0] if str(e) else type(e).__name__
-    return line if len(line) <= limit else line[: limit - 1] + "…"
+    return line if limit is None or len(line) <= limit else line[: limit - 1] + "…"
 
 
 def _meta_model(config, notes: list[str] | None = None):
@@ -511,7 +512,7 @@ def main(argv=None) -> int:
         with _transformers_quiet() if args.func in (cmd_inspect, cmd_compare, cmd_probe) else nullcontext():
             args.func(args)
     except (ValueError, OSError) as e:
-        print(f"hfreg: error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
+        print(f"hfreg: error: {_first_line(e, limit=None)}", file=sys.stderr)
         return 2
     return 0
 
