@@ -8,6 +8,7 @@ parameters, so `state_dict` keys and values stay as they were.
 from __future__ import annotations
 
 import copy
+import functools
 import os
 import warnings
 from typing import TYPE_CHECKING, Any
@@ -197,6 +198,29 @@ def auto_class_for(config):
                      f"not know; pass `auto_class=`")
 
 
+# the loader's keywords that also say where the config comes from (transformers passes them to both)
+_WHERE_FROM = ("cache_dir", "force_download", "proxies", "local_files_only", "token", "revision", "subfolder",
+               "trust_remote_code")
+
+
+@functools.lru_cache(maxsize=None)
+def _loader_keywords() -> frozenset[str]:
+    """The keywords ``from_pretrained`` keeps for itself rather than the config: its parameters and the ones it pops
+    from ``**kwargs``, read from this transformers' own source, so that a version's new ones are known too."""
+    import inspect
+    import re
+
+    from transformers import PreTrainedModel
+
+    load = PreTrainedModel.from_pretrained
+    names = set(inspect.signature(load).parameters) | set(_WHERE_FROM)
+    try:
+        names |= set(re.findall(r"kwargs\.pop\(\s*[\"'](\w+)[\"']", inspect.getsource(load)))
+    except (OSError, TypeError):  # no source: the parameters alone
+        pass
+    return frozenset(names - {"pretrained_model_name_or_path", "model_args", "config", "kwargs"})
+
+
 def load_regularized(pretrained_model_name_or_path: str | os.PathLike, reg: RegularizationConfig | dict | None = None,
                      auto_class: type | None = None, **kwargs: Any) -> nn.Module:
     """Load a model and apply ``reg`` (or the spec recorded in its config) in one call.
@@ -211,7 +235,8 @@ def load_regularized(pretrained_model_name_or_path: str | os.PathLike, reg: Regu
         reg: the spec to apply; None applies the one recorded in the checkpoint's config, if any.
         auto_class: the transformers class to load with; default `auto_class_for` the config: the Auto class of
             its ``architectures`` (so a classification head is kept), `AutoModel` where it names none.
-        **kwargs: passed to ``auto_class.from_pretrained``.
+        **kwargs: as ``auto_class.from_pretrained`` takes them: its own (``dtype``, ``revision``, ...), and config
+            attributes (``num_labels``), which go to the config as transformers sends them.
 
     Returns:
         The loaded model, patched where a spec was given or recorded.
@@ -231,7 +256,14 @@ def load_regularized(pretrained_model_name_or_path: str | os.PathLike, reg: Regu
     """
     from transformers import AutoConfig
 
-    config = kwargs.pop("config", None) or AutoConfig.from_pretrained(pretrained_model_name_or_path)
+    config = kwargs.pop("config", None)
+    if config is None:  # read as from_pretrained reads it: where from, and the config's own settings (num_labels)
+        where = {k: kwargs[k] for k in _WHERE_FROM if k in kwargs}
+        loader = _loader_keywords()
+        config, unused = AutoConfig.from_pretrained(
+            pretrained_model_name_or_path, return_unused_kwargs=True, **where,
+            **{k: v for k, v in kwargs.items() if k not in loader})
+        kwargs = {**{k: v for k, v in kwargs.items() if k in loader}, **unused}
     auto_class = auto_class or auto_class_for(config)
     if reg is not None:
         config = patch_config(config, reg)

@@ -59,6 +59,21 @@ def test_load_regularized_keeps_the_classification_head(tmp_path):
     assert type(base).__name__ == "BertModel"
 
 
+def test_load_regularized_sends_each_keyword_where_from_pretrained_does(tmp_path):
+    """A config setting (``num_labels``) goes to the config, the loader's own (``dtype``) to the loader, as plain
+    ``from_pretrained`` sends them (the config was read without them, and ``num_labels`` reached the model's
+    ``__init__``); what neither takes is refused as ``from_pretrained`` refuses it."""
+    build("bert", head=True).save_pretrained(tmp_path)
+    plain = transformers.AutoModelForSequenceClassification.from_pretrained(tmp_path, num_labels=3,
+                                                                           dtype=torch.float64)
+    loaded = hfreg.load_regularized(tmp_path, Reg(hidden=0.2), num_labels=3, dtype=torch.float64)
+    assert loaded.config.num_labels == plain.config.num_labels == 3 and loaded.classifier.out_features == 3
+    assert loaded.classifier.weight.dtype == plain.classifier.weight.dtype == torch.float64
+    assert loaded.config.hidden_dropout_prob == 0.2  # the spec still reaches the config it built from
+    with pytest.raises(TypeError, match="no_such_setting"):
+        hfreg.load_regularized(tmp_path, no_such_setting=1)
+
+
 @pytest.mark.parametrize("model_type", ["bert", "llama"])
 def test_a_patched_and_saved_model_loads_back_patched(tmp_path, model_type):
     with warnings.catch_warnings():
