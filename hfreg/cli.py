@@ -9,7 +9,18 @@ import sys
 import warnings
 from contextlib import contextmanager, nullcontext
 
-from .config import CONFIG_ATTR, CONFIG_NAME, KNOBS, SCALES, RegularizationConfig, check_rate, check_scale
+from .config import (
+    CONFIG_ATTR,
+    CONFIG_NAME,
+    DROP_PATH_MODES,
+    DROP_PATH_PROFILES,
+    KNOBS,
+    SCALES,
+    RegularizationConfig,
+    check_rate,
+    check_scale,
+    field_help,
+)
 from .hub import unreachable_hub
 from .resources import shipped, shipped_names
 
@@ -309,8 +320,10 @@ def cmd_patch(args):
                                drop_path_mode=args.drop_path_mode)
     notes = []
     config = patch_config(load_config(args.model, notes), reg)
-    if os.path.exists(out) and os.listdir(out):
-        raise ValueError(f"output directory {out!r} exists and is not empty")
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise ValueError(f"output directory {out!r} is a file: give a new or empty directory")
+    if os.path.exists(out) and os.listdir(out):  # never mixed with an earlier model's files
+        raise ValueError(f"output directory {out!r} exists and is not empty: give a new or empty directory")
     try:  # which knobs act, as `load_regularized` will apply them (built on the meta device: no weights read)
         _meta_model(config, notes)
     except Exception as e:  # transformers raises many types for configs it cannot build
@@ -414,7 +427,14 @@ def _number(check, allowed: str):
     return parse
 
 
+def _check_turned_on(name: str, value: float) -> None:
+    check_rate(name, value)
+    if value == 0:  # probe at 0 turns nothing on: every site would read as dead
+        raise ValueError(f"`{name}` must be above 0, got 0")
+
+
 _rate = _number(check_rate, "a float in [0, 1)")
+_on_rate = _number(_check_turned_on, "a float in (0, 1)")
 _scale = _number(check_scale, "a finite float >= 0")
 
 
@@ -442,16 +462,23 @@ def build_parser() -> argparse.ArgumentParser:
                                      "the weights, tokenizer and other files of a model dir")
     s.add_argument("model", help=f"{MODEL_HELP}; all but a model dir give a config alone")
     s.add_argument("output", nargs="?", help="the output directory (or -o)")
-    s.add_argument("-o", "--output_dir")
+    s.add_argument("-o", "--output_dir", help="the output directory")
     for knob in KNOBS:
-        s.add_argument(f"--{knob}", type=_scale if knob in SCALES else _rate, default=None)
-    s.add_argument("--drop_path_profile", default="linear", help="drop-path rates over depth: linear or uniform")
-    s.add_argument("--drop_path_mode", default="per_sample")
+        scale = knob in SCALES
+        s.add_argument(f"--{knob}", type=_scale if scale else _rate, default=None,
+                       metavar="SCALE" if scale else "RATE",
+                       help=f"{field_help(knob)} ({'a scale >= 0' if scale else 'a rate in [0, 1)'}; unset: as the "
+                            f"model has it)")
+    s.add_argument("--drop_path_profile", default="linear", choices=DROP_PATH_PROFILES,
+                   help=f"{field_help('drop_path_profile')} (default linear)")
+    s.add_argument("--drop_path_mode", default="per_sample", choices=DROP_PATH_MODES,
+                   help=f"{field_help('drop_path_mode')} (default per_sample)")
     s.set_defaults(func=cmd_patch)
     s = sub.add_parser("probe", help="whether each site and knob actually changes training: dead knobs show up")
     s.add_argument("model", help=MODEL_HELP)
     s.add_argument("--full", action="store_true", help="build the model as configured, not a small twin")
-    s.add_argument("--rate", type=_rate, default=0.5, help="the rate each site is turned on at (default 0.5)")
+    s.add_argument("--rate", type=_on_rate, default=0.5, help="the rate each site is turned on at, in (0, 1) "
+                                                              "(default 0.5)")
     s.set_defaults(func=cmd_probe)
     from .finetune.records import SELECT_BY, margins_arg
 
@@ -475,16 +502,20 @@ def build_parser() -> argparse.ArgumentParser:
                               "--test_file, --dataset_name, --task_name, --max_eval_samples): the record identifies "
                               "the data by their sha256 but does not say where they are.")
     s.add_argument("output_dir", help="the grid's --output_dir (its runs.jsonl)")
-    s.add_argument("--preset", required=True)
-    s.add_argument("--train_size", type=int, default=None)
-    s.add_argument("--seed", type=int, default=None)
-    s.add_argument("--learning_rate", type=float, default=None)
-    s.add_argument("--experiment", default="default")
+    s.add_argument("--preset", required=True, help="the recorded run's preset (classic, hidden=0.1, ...)")
+    # the run's other fields: needed only where the preset alone names several runs (the error lists their values)
+    s.add_argument("--train_size", type=int, default=None, help="its training size, where the grid ran several")
+    s.add_argument("--seed", type=int, default=None, help="its seed, where the grid ran several")
+    s.add_argument("--learning_rate", type=float, default=None, help="its learning rate, where the grid ran several")
+    s.add_argument("--experiment", default="default", help="its experiment, where the directory holds several "
+                                                           "(default: default)")
     s.add_argument("--save_strategy", default="best", choices=("best", "final"),
                    help="the point whose weights are kept: the one --select_by picks (default) or the last")
     s.add_argument("--select_by", default=None, choices=SELECT_BY, help="default: the task's (accuracy, loss)")
     s.add_argument("--out", default=None, help="default: OUTPUT_DIR/models/EXPERIMENT/PRESET/nSIZE-sSEED-lrLR/")
     s.set_defaults(func=cmd_export, data_flags=[])
+    for name, s in sub.choices.items():  # a flag the subcommand lacks is its error, pointing to its --help
+        s.set_defaults(subparser=s)
     return p
 
 
@@ -506,7 +537,7 @@ def main(argv=None) -> int:
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)
     if rest and args.func is not cmd_export:  # only export passes flags on (the grid's data flags)
-        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+        args.subparser.error(f"unrecognized arguments: {' '.join(rest)}")
     args.data_flags = rest
     try:
         with _transformers_quiet() if args.func in (cmd_inspect, cmd_compare, cmd_probe) else nullcontext():

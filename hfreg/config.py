@@ -290,3 +290,18 @@ AFTER_MOVING = tuple(f.name for f in _KNOB_FIELDS if f.metadata["after_moving"])
 # fields added after the first release: left out of `to_dict` while None, so older specs and records read alike
 _NEWER = tuple(f.name for f in fields(RegularizationConfig) if f.metadata.get("newer"))
 
+
+def field_help(name: str) -> str:
+    """The first sentence of ``name``'s entry under Args in `RegularizationConfig`'s docstring: one description of
+    each field, for the command line's help as for the docs."""
+    entry, lines = [], (RegularizationConfig.__doc__ or "").split("Args:", 1)[-1].split("Raises:", 1)[0].splitlines()
+    for line in lines:
+        if line.startswith(f"        {name}: "):
+            entry = [line.split(": ", 1)[1]]
+        elif entry and line.startswith("            "):
+            entry.append(line.strip())
+        elif entry:
+            break
+    text = " ".join(entry).replace("``", "")  # plain text: reST's literals read as quotes on a terminal
+    return text.split(". ", 1)[0].rstrip(".")
+

@@ -324,13 +324,14 @@ def probe(model: nn.Module, inputs: dict | None = None, rate: float = 0.5, patch
     Args:
         model: the model to probe (a small twin, from `small_twin`, for a large one).
         inputs: one batch for ``model(**inputs)``; None builds a generic one (`probe_inputs`).
-        rate: the rate each site or knob is turned on at.
+        rate: the rate each site or knob is turned on at; 0 turns none on (a null control: nothing should act).
         patched: also probe each knob as `patch_model` applies it.
 
     Returns:
         One `Probe` per native site, then (with ``patched``) one per knob with path ``"*"``.
 
     Raises:
+        ValueError: ``rate`` outside [0, 1). (0 is a null control: no site or knob should act.)
         RuntimeError: the model trains randomly with every knob off (`disable_dropout` names what draws).
 
     Example:
@@ -341,6 +342,8 @@ def probe(model: nn.Module, inputs: dict | None = None, rate: float = 0.5, patch
         >>> sorted({(r.kind, r.acts) for r in rows})
         [('attention', True), ('embedding', True), ('hidden', True)]
     """
+    if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 <= rate < 1:
+        raise ValueError(f"probe's rate must lie in [0, 1), the rate a site is turned on at: got {rate!r}")
     # the knobs act as `patch_model` would apply them: past the sites a twin shows inert (the twin itself is
     # probed unpatched, so this never re-enters)
     inert = inert_sites(model) if patched else frozenset()

@@ -95,17 +95,40 @@ def test_patch_writes_a_complete_loadable_folder(tmp_path, minilm_path, capsys):
     assert "tokenizer          none: gpt2 is not a model folder" in capsys.readouterr().out
 
 
+def test_patch_help_describes_every_knob_in_the_configs_own_words(capsys):
+    """`hfreg patch --help` gives each knob flag the first sentence of its field's description in
+    `RegularizationConfig`, and its range: one description for the docs and the command line."""
+    from hfreg.config import KNOBS, SCALES, field_help
+
+    with pytest.raises(SystemExit):
+        main(["patch", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for knob in (*KNOBS, "drop_path_profile", "drop_path_mode"):
+        assert field_help(knob) and " ".join(field_help(knob).split()) in text, knob
+    assert field_help("hidden") == ("dropout on the output of every residual branch (attention, cross-attention, "
+                                    "MLP), just before it joins the residual stream")
+    assert text.count("a scale >= 0") == len(SCALES) and text.count("a rate in [0, 1)") == len(KNOBS) - len(SCALES)
+    assert field_help("no_such_field") == ""
+
+
 @pytest.mark.parametrize("argv,message", [
     (["patch", "gpt2", "--hidden", "1.5", "-o", "x"], "must be a float in [0, 1), got '1.5'"),
     (["inspect", "no/such-model-anywhere"], "cannot find a config for 'no/such-model-anywhere'"),
     (["report", "/nonexistent/dir"], "no such directory: '/nonexistent/dir'"),
-    (["report", "."], "no finished runs in ./runs.jsonl"),
-    (["inspect", "gpt2", "--bogus"], "hfreg: error: unrecognized arguments: --bogus"),
+    (["report", "."], "'.' holds no runs.jsonl: no grid has written there"),
+    (["report", "empty"], "no finished runs in empty/runs.jsonl"),
+    (["export", "nope", "--preset", "classic"], "no such directory: 'nope'"),
+    (["export", ".", "--preset", "classic"], "'.' holds no runs.jsonl"),
+    (["inspect", "gpt2", "--bogus"], "hfreg inspect: error: unrecognized arguments: --bogus (see hfreg inspect"),
+    (["patch", "gpt2", "x", "--dropout", "0.1"], "hfreg patch: error: unrecognized arguments: --dropout 0.1"),
     (["report", ".", "--select_by", "bogus"], "hfreg report: error: argument --select_by: invalid choice: 'bogus'"),
     ([], "hfreg: error: the following arguments are required: command (see hfreg --help)"),
-    (["patch", "gpt2", "--drop_path_profile", "cosine", "-o", "x"], "`drop_path_profile` must be one of"),
+    (["patch", "gpt2", "--drop_path_profile", "cosine", "-o", "x"], "invalid choice: 'cosine' (choose from"),
+    (["probe", "gpt2", "--rate", "1"], "argument --rate: must be a float in (0, 1), got '1'"),
+    (["probe", "gpt2", "--rate", "0"], "argument --rate: must be a float in (0, 1), got '0'"),
     (["patch", "gpt2", "--hidden", "0.1"], "no output directory: give it as `hfreg patch MODEL OUT` or `-o OUT`"),
     (["patch", "gpt2", "a", "-o", "b"], "two output directories, 'a' and 'b': give one"),
+    (["patch", "gpt2", "list.json", "--hidden", "0.1"], "output directory 'list.json' is a file: give a new or empty"),
     (["inspect", "llama"], "'llama' is a file but not a JSON config: Expecting value"),  # a file wins over a type
     (["compare", "list.json"], "'list.json' holds JSON but not a config object"),
 ])
@@ -113,6 +136,8 @@ def test_user_errors_exit_nonzero_without_traceback(argv, message, tmp_path, mon
     monkeypatch.chdir(tmp_path)
     (tmp_path / "llama").write_text("notes on llamas")
     (tmp_path / "list.json").write_text("[1, 2]")
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "runs.jsonl").write_text("")
     try:
         code = main(argv)
     except SystemExit as e:  # argparse's own errors

@@ -209,3 +209,9 @@ def test_twin_verdicts_and_provenance_are_cached_on_disk_across_processes(tmp_pa
         f.write_text("[[1, 2")  # torn
     cold = finish(start(boom, cache))
     assert cold.returncode != 0 and "computed again" in cold.stderr
+
+
+@pytest.mark.parametrize("rate", [1.0, -0.1, 1.5, "0.5", True])
+def test_probe_refuses_a_rate_outside_zero_to_one(rate):
+    with pytest.raises(ValueError, match=rf"probe's rate must lie in \[0, 1\).*got {rate!r}"):
+        hfreg.probe(build("bert", False), rate=rate)

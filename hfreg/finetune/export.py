@@ -92,10 +92,11 @@ def recreate(output_dir: str, data_argv: list[str], preset: str, train_size: int
     from . import arguments, report
     from .experiment import PLAN_SETTINGS, build_experiment
     from .presets import BASELINE, from_record
-    from .records import read_runs
+    from .records import check_grid_dir, read_runs
     from .tasks import of_run
     from .training import Job, train
 
+    check_grid_dir(output_dir)
     run = find_run(read_runs(output_dir), experiment, preset, train_size, seed, learning_rate)
     recorded = run["experiment"].get("settings", {})
     select_by = report.check_select_by(select_by, of_run(run))

@@ -125,6 +125,16 @@ def check_output_dir(path: str) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ reading
+def check_grid_dir(output_dir: str) -> None:
+    """One-line ValueError unless ``output_dir`` is a grid's directory: a folder holding its runs file."""
+    if not os.path.isdir(output_dir):
+        raise ValueError(f"no such directory: {output_dir!r} (give a grid's --output_dir: the folder of its "
+                         f"{RUNS_FILE})")
+    if not os.path.isfile(os.path.join(output_dir, RUNS_FILE)):
+        raise ValueError(f"{output_dir!r} holds no {RUNS_FILE}: no grid has written there (give a grid's "
+                         f"--output_dir)")
+
+
 def read_runs(output_dir: str, with_duplicates: bool = False):
     """Finished runs, each once (the first record of a run wins); a line cut short by a crash is skipped.
 

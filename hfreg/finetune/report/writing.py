@@ -17,6 +17,7 @@ from .. import stats, tasks
 from ..records import (
     DEFAULT_EXPERIMENT,
     DEFAULT_MODEL,
+    check_grid_dir,
     default_model_path,
     experiment_of,
     load_predictions,
@@ -179,9 +180,7 @@ def write_pooled(out: str, records: list[dict], sources: list[str], margins: dic
 def _runs(output_dir: str) -> tuple[list[dict], int]:
     """The finished runs of ``output_dir`` and how many duplicates were dropped; one-line errors where there are
     none or they predate evaluation points."""
-    if not os.path.isdir(output_dir):
-        raise ValueError(f"no such directory: {output_dir!r} (give a grid's --output_dir: the folder of its "
-                         f"runs.jsonl)")
+    check_grid_dir(output_dir)
     runs, duplicates = read_runs(output_dir, with_duplicates=True)
     if not runs:
         raise ValueError(f"no finished runs in {os.path.join(output_dir, 'runs.jsonl')}")
