@@ -222,7 +222,9 @@ def test_readme_quotes_the_committed_coverage_measurement():
     passing, buildable = re.search(r"\*\*(\d+) of (\d+) buildable types pass every invariant\*\*", measured).groups()
     acting, warning, failing = re.search(r"(\d+) with every knob acting, (\d+) where some knobs cannot act and warn "
                                          r"at patch time \(listed below\); (\d+) fail", measured).groups()
+    unbuilt, known = re.search(r"(\d+) of (\d+) types could not be built or fed generically", measured).groups()
     assert f"{passing} of the {buildable} model types" in readme
+    assert f"other {unbuilt} of its {known} could not be built or fed generically" in " ".join(readme.split())
     assert f"{buildable} types build and run that way; **{passing} of them pass every invariant**" in guide
     assert f"{acting} with every knob acting, {warning} where some knobs cannot act" in guide
 
