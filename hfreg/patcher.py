@@ -222,7 +222,7 @@ def _loader_keywords() -> frozenset[str]:
 
 
 def load_regularized(pretrained_model_name_or_path: str | os.PathLike, reg: RegularizationConfig | dict | None = None,
-                     auto_class: type | None = None, **kwargs: Any) -> nn.Module:
+                     auto_class: type | None = None, **kwargs: Any) -> nn.Module | tuple[nn.Module, dict]:
     """Load a model and apply ``reg`` (or the spec recorded in its config) in one call.
 
     A model patched and saved with `save_pretrained` records its spec in ``config.json`` (``"hfreg"``): this loads
@@ -239,7 +239,8 @@ def load_regularized(pretrained_model_name_or_path: str | os.PathLike, reg: Regu
             attributes (``num_labels``), which go to the config as transformers sends them.
 
     Returns:
-        The loaded model, patched where a spec was given or recorded.
+        The loaded model, patched where a spec was given or recorded (with ``output_loading_info=True``, the model
+        and its loading info, as transformers returns them).
 
     Raises:
         ValueError: a bad spec, or architectures this transformers does not know (pass ``auto_class``).
@@ -268,7 +269,8 @@ def load_regularized(pretrained_model_name_or_path: str | os.PathLike, reg: Regu
     if reg is not None:
         config = patch_config(config, reg)
     with quiet():
-        model = auto_class.from_pretrained(pretrained_model_name_or_path, config=config, **kwargs)
+        loaded = auto_class.from_pretrained(pretrained_model_name_or_path, config=config, **kwargs)
+    model = loaded[0] if kwargs.get("output_loading_info") else loaded  # (model, loading info), as transformers gives
     if getattr(model.config, CONFIG_ATTR, None) is not None:
         patch_model(model)
-    return model
+    return loaded

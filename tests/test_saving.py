@@ -72,6 +72,8 @@ def test_load_regularized_sends_each_keyword_where_from_pretrained_does(tmp_path
     assert loaded.config.hidden_dropout_prob == 0.2  # the spec still reaches the config it built from
     with pytest.raises(TypeError, match="no_such_setting"):
         hfreg.load_regularized(tmp_path, no_such_setting=1)
+    model, info = hfreg.load_regularized(tmp_path, Reg(hidden=0.2), output_loading_info=True)
+    assert hfreg.patch_state(model).reg.hidden == 0.2 and not info["missing_keys"]
 
 
 @pytest.mark.parametrize("model_type", ["bert", "llama"])
