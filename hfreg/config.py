@@ -234,8 +234,8 @@ class RegularizationConfig:
 
     @classmethod
     def zero(cls, **options) -> "RegularizationConfig":
-        """The zero-dropout pretraining setting: every knob 0.0."""
-        return cls(**{knob: 0.0 for knob in KNOBS}, **options)
+        """The zero-dropout pretraining setting: every knob 0.0 but those ``options`` set, with its other options."""
+        return cls(**{**dict.fromkeys(KNOBS, 0.0), **options})
 
     def knob_values(self) -> dict[str, float]:
         """The knobs that are set (not None), with their values."""

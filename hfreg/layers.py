@@ -24,7 +24,7 @@ import os
 import torch
 from torch import nn
 
-from .config import DROP_PATH_MODES, DROP_PATH_PROFILES, check_choice, check_rate
+from .config import DROP_PATH_MODES, DROP_PATH_PROFILES, check_choice, check_rate, check_scale
 
 # masks from 16-bit draws for CPU tensors (`keep_mask`); HFREG_FAST_MASKS=0 keeps PyTorch's Bernoulli draws
 FAST_MASKS = os.environ.get("HFREG_FAST_MASKS", "1") != "0"
@@ -76,6 +76,9 @@ def drop_path(x: torch.Tensor, drop_prob: float = 0.0, training: bool = False, m
     Returns:
         ``x`` with each example's branch zeroed or scaled by 1/(1-p).
 
+    Raises:
+        ValueError: ``drop_prob`` outside [0, 1), or an unknown ``mode``.
+
     Example:
         >>> _ = torch.manual_seed(0)
         >>> drop_path(torch.ones(4, 2), 0.5, training=True)
@@ -84,6 +87,8 @@ def drop_path(x: torch.Tensor, drop_prob: float = 0.0, training: bool = False, m
                 [2., 2.],
                 [0., 0.]])
     """
+    check_rate("drop_prob", drop_prob)  # p = 1 would scale by 1/0
+    check_choice("mode", mode, DROP_PATH_MODES)
     if drop_prob == 0.0 or not training:
         return x
     return x * drop_path_mask(x, drop_prob, mode, batch_size)
@@ -190,7 +195,8 @@ def drop_head(x: torch.Tensor, p: float, heads: int, training: bool = False) -> 
         ``x`` with whole heads zeroed or scaled.
 
     Raises:
-        ValueError: the last dimension of ``x`` is not a multiple of ``heads``.
+        ValueError: ``p`` outside [0, 1), ``heads`` not an int >= 1, or the last dimension of ``x`` not a multiple of
+            ``heads``.
 
     Example:
         >>> import torch
@@ -201,6 +207,9 @@ def drop_head(x: torch.Tensor, p: float, heads: int, training: bool = False) -> 
                 [2., 2., 0., 0.],
                 [2., 2., 0., 0.]])
     """
+    check_rate("p", p)
+    if isinstance(heads, bool) or not isinstance(heads, int) or heads < 1:
+        raise ValueError(f"drop_head: `heads` must be an int >= 1, got {heads!r}")
     if p == 0.0 or not training:
         return x
     if x.shape[-1] % heads:
@@ -256,11 +265,15 @@ def embedding_noise(x: torch.Tensor, alpha: float, training: bool = False, lengt
     Returns:
         ``x`` plus the noise.
 
+    Raises:
+        ValueError: ``alpha`` negative or not finite.
+
     Example:
         >>> y = embedding_noise(torch.zeros(1, 4, 25), alpha=5.0, training=True)  # bound 5 / sqrt(4 * 25) = 0.5
         >>> bool(y.abs().max() <= 0.5), bool(y.abs().max() > 0)
         (True, True)
     """
+    check_scale("alpha", alpha)
     if alpha == 0.0 or not training:
         return x
     if lengths is None:

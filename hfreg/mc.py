@@ -21,7 +21,7 @@ from torch import nn
 from .config import KNOBS, SAMPLING
 from .hooks import SAMPLE_FLAG
 from .patcher import inspect_model
-from .state import patch_state, unwrap
+from .state import patch_state, set_rate_factors, unwrap
 
 # the knobs that are dropout sampling (`hfreg.config.knob`'s ``sampling``): LayerDrop skips whole layers, Mixout mixes
 # in the pretrained weights and NEFTune adds noise; opt in to those with knobs=
@@ -43,6 +43,15 @@ def _sampling_modules(model, knobs):
         else:
             (hooked if s.source == "injected" else native)[path] = modules[path]
     return list(native.values()), list(hooked.values()), unreachable
+
+
+def _knob_names(knobs) -> tuple[str, ...]:
+    """``knobs`` as a tuple of known knob names (one name alone is one knob, not its letters)."""
+    knobs = (knobs,) if isinstance(knobs, str) else tuple(knobs)
+    for k in knobs:
+        if k not in KNOBS:
+            raise ValueError(f"unknown knob {k!r}; allowed: {list(KNOBS)}")
+    return knobs
 
 
 @contextlib.contextmanager
@@ -70,10 +79,8 @@ def mc_dropout(model: nn.Module, knobs: tuple[str, ...] | list[str] = MC_KNOBS) 
         >>> bool((a != b).any()), model.training
         (True, False)
     """
-    for k in knobs:
-        if k not in KNOBS:
-            raise ValueError(f"unknown knob {k!r}; allowed: {list(KNOBS)}")
-    inner = unwrap(model)
+    knobs = _knob_names(knobs)
+    inner = unwrap(model, wrapped=True)
     modes = [(m, m.training) for m in inner.modules()]
     native, hooked, unreachable = _sampling_modules(inner, knobs)
     if unreachable:
@@ -83,14 +90,22 @@ def mc_dropout(model: nn.Module, knobs: tuple[str, ...] | list[str] = MC_KNOBS) 
     if not native and not hooked:
         warnings.warn(f"hfreg: {type(inner).__name__} has no dropout site in force for {list(knobs)}: every MC "
                       f"sample equals the eval output", UserWarning, stacklevel=3)
+    # a module samples as a whole, and one may hold several knobs (a layer: injected embedding dropout and
+    # LayerDrop; a branch: hidden dropout and drop-path): the patched knobs not asked for sample at rate 0 meanwhile
+    state = patch_state(inner)
+    silenced = {k: state.factors[k] for k in KNOBS if k not in knobs} if state is not None else {}
     inner.eval()
     for m in native:
         m.training = True  # this module only: its children stay in eval mode
     for m in hooked:
         setattr(m, SAMPLE_FLAG, True)
+    if silenced:
+        set_rate_factors(inner, dict.fromkeys(silenced, 0.0))
     try:
         yield model
     finally:
+        if silenced:
+            set_rate_factors(inner, silenced)
         for m in hooked:
             m.__dict__.pop(SAMPLE_FLAG, None)
         for m, mode in modes:
@@ -124,8 +139,9 @@ def _entropy(p):
 def mc_predict(model: nn.Module, inputs: dict, samples: int = 16, chunk: int | None = None,
                knobs: tuple[str, ...] | list[str] = MC_KNOBS) -> MCPrediction:
     """``samples`` MC-dropout passes over ``inputs`` (a batch for ``model(**inputs)``, whose output has
-    ``.logits``). Passes run ``chunk`` at a time (default: all at once) as one batch of repeated inputs; with
-    per-batch drop-path they run one at a time, so that samples stay independent.
+    ``.logits``). Passes run ``chunk`` at a time (default: all at once) as one batch of repeated inputs; where a
+    sampling knob draws once per batch (LayerDrop, per-batch drop-path) they run one at a time, so that samples stay
+    independent.
 
     Args:
         model: a model with dropout sites in force (patched by hfreg or not).
@@ -139,7 +155,8 @@ def mc_predict(model: nn.Module, inputs: dict, samples: int = 16, chunk: int | N
         probabilities.
 
     Raises:
-        ValueError: a bad ``samples``, ``chunk`` or knob name.
+        ValueError: a bad ``samples``, ``chunk`` or knob name, ``inputs`` without a batched tensor, or an output
+            without ``.logits``.
 
     Example:
         >>> import torch, hfreg, transformers
@@ -153,18 +170,27 @@ def mc_predict(model: nn.Module, inputs: dict, samples: int = 16, chunk: int | N
         raise ValueError(f"`samples` must be an int >= 1, got {samples!r}")
     if chunk is not None and (isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1):
         raise ValueError(f"`chunk` must be an int >= 1 or None, got {chunk!r}")
+    knobs = _knob_names(knobs)
+    batch = next((v.shape[0] for v in inputs.values() if isinstance(v, torch.Tensor) and v.dim()), None)
+    if batch is None:
+        raise ValueError(f"`inputs` holds no batched tensor to repeat (keys: {sorted(inputs)})")
     state = patch_state(model)
-    if state is not None and state.reg.drop_path and state.reg.drop_path_mode == "per_batch":
-        chunk = 1  # one draw per batch would be shared by every repeated sample
+    per_batch = state is not None and (state.reg.layerdrop and "layerdrop" in knobs or state.reg.drop_path
+                                       and state.reg.drop_path_mode == "per_batch" and "drop_path" in knobs)
+    if per_batch:
+        chunk = 1  # one draw per batch (LayerDrop, per-batch drop-path) would be shared by every repeated sample
     chunk = min(chunk or samples, samples)
-    batch = next(v.shape[0] for v in inputs.values() if isinstance(v, torch.Tensor))
     probs = []
     with mc_dropout(model, knobs):
         for start in range(0, samples, chunk):
             k = min(chunk, samples - start)
             repeated = {n: v.repeat(k, *[1] * (v.dim() - 1)) if isinstance(v, torch.Tensor) and v.dim() and
                         v.shape[0] == batch else v for n, v in inputs.items()}
-            logits = model(**repeated).logits.float()
+            output = model(**repeated)
+            if getattr(output, "logits", None) is None:
+                raise ValueError(f"mc_predict needs an output with `.logits` (a model with a head); "
+                                 f"{type(unwrap(model, wrapped=True)).__name__} gives {type(output).__name__}")
+            logits = output.logits.float()
             probs.append(torch.softmax(logits, -1).view(k, batch, -1))
     every = torch.cat(probs)
     mean = every.mean(0)

@@ -18,11 +18,16 @@ STATE_ATTR = "_hfreg_patch"  # where a patched model keeps its `PatchState`
 _MISSING = object()  # marks an attribute that did not exist before patching
 
 
-def unwrap(model) -> nn.Module:
-    """The transformers model inside a PEFT wrapper; refuse DDP/FSDP-wrapped and non-transformer models."""
+def unwrap(model, wrapped: bool = False) -> nn.Module:
+    """The transformers model inside a PEFT wrapper; refuse DDP/FSDP-wrapped and non-transformer models. With
+    ``wrapped`` (reading or undoing a patch, not making one) a DDP, DataParallel or FSDP wrapper is looked through:
+    the model was patched before it was wrapped, as it must be."""
     if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)) or type(model).__name__ in (
             "FullyShardedDataParallel", "FSDPModule"):
-        raise ValueError(f"cannot patch a {type(model).__name__}-wrapped model: patch before `accelerator.prepare`")
+        if not wrapped:
+            raise ValueError(f"cannot patch a {type(model).__name__}-wrapped model: patch before "
+                             f"`accelerator.prepare`")
+        model = getattr(model, "module", model)  # FSDP2's FSDPModule is the model itself
     if hasattr(model, "get_base_model") and callable(model.get_base_model):
         model = model.get_base_model()
     if not isinstance(model, nn.Module) or not hasattr(model, "config") or not hasattr(model.config, "to_dict"):
@@ -130,7 +135,7 @@ def unpatch_model(model: nn.Module) -> nn.Module:
         (False, True)
     """
     outer = model
-    model = unwrap(model)
+    model = unwrap(model, wrapped=True)
     state = model.__dict__.pop(STATE_ATTR, None)
     if state is None:
         return outer
@@ -166,7 +171,7 @@ def patch_state(model: nn.Module, required: bool = False) -> PatchState | None:
         >>> hfreg.patch_state(hfreg.patch_model(model, hfreg.RegularizationConfig(hidden=0.1))).reg.hidden
         0.1
     """
-    inner = unwrap(model)
+    inner = unwrap(model, wrapped=True)
     state = inner.__dict__.get(STATE_ATTR)
     if state is None and required:
         raise ValueError(f"{type(inner).__name__} is not patched: `patch_model` it first")
@@ -189,7 +194,10 @@ def is_patched(model: nn.Module) -> bool:
         >>> hfreg.is_patched(model), hfreg.is_patched(hfreg.patch_model(model, {"hidden": 0.1}))
         (False, True)
     """
-    return STATE_ATTR in unwrap(model).__dict__
+    try:
+        return STATE_ATTR in unwrap(model, wrapped=True).__dict__
+    except ValueError:  # not a transformers model: hfreg never patches one
+        return False
 
 
 def set_rate_factors(model: nn.Module, factors: dict[str, float]) -> None:

@@ -65,3 +65,8 @@ def test_patch_config_records_an_adapter_spec(tmp_path):
     cfg = hfreg.patch_config(BertConfig(), RegularizationConfig(hidden=0.2, adapter=0.1))
     assert cfg.hfreg["adapter"] == 0.1 and cfg.hidden_dropout_prob == 0.2
     assert "adapter" not in RegularizationConfig(hidden=0.2).to_dict()  # unset: absent, as in older specs
+
+
+def test_zero_takes_knobs_too():
+    reg = RegularizationConfig.zero(hidden=0.1, drop_path_mode="per_batch")
+    assert reg.hidden == 0.1 and reg.attention == 0.0 and reg.drop_path_mode == "per_batch"

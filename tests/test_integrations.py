@@ -122,6 +122,34 @@ def test_mixout_follows_weights_frozen_after_the_patch():
     assert {s.rate for s in sites} == {0.15} and not any(".attention." in s.path for s in sites)
 
 
+def test_mixout_keeps_the_targets_of_weights_still_trainable_when_others_freeze():
+    """Freezing some mixed weights mid-training moves Mixout off them; the weights still trainable keep the targets
+    they had (their values at patch time), not their fine-tuned values of the moment."""
+    model = hfreg.patch_model(build("bert"), Reg(mixout=0.5))
+    kept = model.encoder.layer[1].output.dense
+    target = kept.weight.detach().clone()
+    optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
+    inputs = make_inputs("bert", model.config)
+    for _ in range(2):
+        first_tensor(model.train()(**inputs)).sum().backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    assert not torch.equal(kept.weight, target)  # it trained
+    model.encoder.layer[0].requires_grad_(False)
+    model(**inputs)
+    held = hfreg.patch_state(model).held["mixout"]
+    (enter,) = [e for m, e in zip(held.modules, held.enters) if m is kept]
+    assert torch.equal(enter.target, target) and model.encoder.layer[0].output.dense not in held.modules
+
+
+def test_mixout_trains_after_the_model_changes_dtype():
+    """Its targets follow the weights through `.half()`/`.to()`, as a buffer would (they broke the mix before)."""
+    model = hfreg.patch_model(build("bert"), Reg(mixout=0.3))
+    inputs = make_inputs("bert", model.config)
+    assert first_tensor(model.to(torch.float64).train()(**inputs)).dtype == torch.float64
+    assert first_tensor(model.float()(**inputs)).dtype == torch.float32
+
+
 def lora_model(model_type, dropout, **kwargs):
     peft = pytest.importorskip("peft")
     # init_lora_weights=False: LoRA's B starts random, so the adapter path (and its dropout) shows in the output

@@ -49,3 +49,16 @@ def test_rates_linear_and_uniform():
     assert drop_path_rates(0.2, 3, "uniform") == [0.2, 0.2, 0.2]
     with pytest.raises(ValueError, match="`profile` must be one of"):
         drop_path_rates(0.2, 3, "cosine")
+
+
+def test_the_drop_functions_refuse_what_would_give_nan_or_a_raw_error():
+    from hfreg.layers import drop_head, embedding_noise
+
+    x = torch.ones(2, 4)
+    for call, message in [(lambda: drop_path(x, 1.0, True), "`drop_prob` must be a float in \\[0, 1\\)"),
+                          (lambda: drop_path(x, 0.5, True, mode="per_token"), "`mode` must be one of"),
+                          (lambda: drop_head(x, 1.0, 2, True), "`p` must be a float in \\[0, 1\\)"),
+                          (lambda: drop_head(x, 0.5, 0, True), "`heads` must be an int >= 1, got 0"),
+                          (lambda: embedding_noise(x, -5.0, True), "`alpha` must be a finite float >= 0")]:
+        with pytest.raises(ValueError, match=message):
+            call()

@@ -82,3 +82,53 @@ def test_mc_errors_and_warnings():
                           ({"samples": 2, "knobs": ("dropout",)}, "unknown knob")]:
         with pytest.raises(ValueError, match=words):
             hfreg.mc_predict(model, inputs, **kwargs)
+
+
+def test_mc_dropout_silences_the_patched_knobs_not_asked_for():
+    """A module samples as a whole, and one may carry several knobs (a branch: hidden dropout and drop-path; a layer:
+    LayerDrop): under `mc_dropout(knobs=["hidden"])` the others sample at rate 0, so the draws equal those of a
+    model patched with hidden dropout alone, and every rate is back on leaving."""
+    inputs = make_inputs("llama", build("llama").config)
+
+    def draws(spec):
+        torch.manual_seed(0)
+        model = hfreg.patch_model(build("llama"), spec).eval()
+        with torch.no_grad(), hfreg.mc_dropout(model, knobs="hidden"):  # one name is one knob
+            torch.manual_seed(1)
+            return [first_tensor(model(**inputs)) for _ in range(4)], model
+
+    alone, _ = draws(Reg(hidden=0.2))
+    both, model = draws(Reg(hidden=0.2, drop_path=0.9, layerdrop=0.9, drop_path_profile="uniform"))
+    assert all(torch.equal(a, b) for a, b in zip(alone, both))
+    assert hfreg.patch_state(model).factors == {k: 1.0 for k in hfreg.config.KNOBS}
+
+
+def test_mc_predict_draws_layerdrop_once_per_pass():
+    """LayerDrop draws once per batch, so repeated inputs in one batch would share it: each pass runs alone."""
+    model = hfreg.patch_model(build("bert", head=True), Reg.zero(layerdrop=0.5))
+    pred = hfreg.mc_predict(model, make_inputs("bert", model.config, head=True), samples=12, knobs=["layerdrop"])
+    assert len({tuple(s.flatten().tolist()) for s in pred.samples}) > 1
+
+
+def test_mc_and_the_patch_state_look_through_a_wrapper_put_on_after_the_patch():
+    """Patch, then wrap (as `accelerator.prepare` does): reading, sampling and unpatching see the patched model."""
+    model = hfreg.patch_model(build("bert", head=True), Reg(hidden=0.2))
+    wrapped = torch.nn.DataParallel(model)
+    inputs = make_inputs("bert", model.config, head=True)
+    assert hfreg.is_patched(wrapped) and hfreg.patch_state(wrapped).reg.hidden == 0.2
+    assert hfreg.mc_predict(wrapped, inputs, samples=2).samples.shape[0] == 2
+    scheduler = hfreg.RateScheduler(wrapped, total_steps=4, kind="early", cutoff=1)
+    scheduler.step()
+    assert scheduler.rates() == {"hidden": 0.0}
+    hfreg.unpatch_model(wrapped)
+    assert not hfreg.is_patched(model) and not hfreg.is_patched(torch.nn.Linear(2, 2))
+    with pytest.raises(ValueError, match="cannot patch a DataParallel-wrapped model"):
+        hfreg.patch_model(wrapped, Reg(hidden=0.1))
+
+
+def test_mc_predict_says_what_it_needs():
+    model = build("bert")
+    with pytest.raises(ValueError, match=r"`inputs` holds no batched tensor"):
+        hfreg.mc_predict(model, {})
+    with pytest.raises(ValueError, match=r"mc_predict needs an output with `.logits` .* BertModel gives"):
+        hfreg.mc_predict(model, make_inputs("bert", model.config), samples=2)

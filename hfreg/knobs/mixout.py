@@ -23,6 +23,7 @@ class Held:
 
     modules: list[nn.Module]
     handles: list = field(default_factory=list)
+    enters: list = field(default_factory=list)  # each module's `MixoutEnter`, which holds its target
 
 
 class MixoutEnter(Hook):
@@ -37,7 +38,10 @@ class MixoutEnter(Hook):
 
     def __call__(self, module, args):
         if self.p and sampling(module):
-            module.__dict__["weight"] = mixout(module._parameters["weight"], self.target, self.p, True)
+            weight = module._parameters["weight"]
+            if self.target.dtype != weight.dtype or self.target.device != weight.device:
+                self.target = self.target.to(weight)  # it follows `.to()`, `.half()`, as a buffer would
+            module.__dict__["weight"] = mixout(weight, self.target, self.p, True)
 
 
 class MixoutExit(Hook):
@@ -59,12 +63,14 @@ def inject(plan: Plan) -> list[Site]:
     return sites
 
 
-def mix(plan: Plan) -> list[Site]:
+def mix(plan: Plan, targets: dict | None = None) -> list[Site]:
     """`mixout` on the weight of every weighted module of the layers (or of those ``reg.mixout_modules`` names),
     trainable ones only: a frozen weight stays at its target, so mixing it changes nothing. Under PEFT that means
     the adapters' own weights (LoRA's A and B), the base weights being frozen; `follow_mixout` moves it there when
-    the adapters come after the patch."""
+    the adapters come after the patch. ``targets`` (module id -> target) keeps the targets of weights mixed before.
+    """
     model, struct, reg, state = plan.model, plan.struct, plan.reg, plan.state
+    targets = targets or {}
     rate = plan.knobs["mixout"]
     layer_of = {p: layer.index for layer in struct.layers for p in (layer.path, *layer.members)}
     chosen = []
@@ -86,9 +92,12 @@ def mix(plan: Plan) -> list[Site]:
     if rate:
         exit_hook, first = MixoutExit(), len(state.handles)
         for _, m, _ in chosen:
-            enter = state.hook(m, MixoutEnter(rate, m.weight.detach().clone()), knob="mixout")
+            target = targets.get(id(m))
+            enter = state.hook(m, MixoutEnter(rate, m.weight.detach().clone() if target is None else target),
+                               knob="mixout")
             enter.p = rate * state.factors["mixout"]  # a rate schedule in progress (`follow_mixout`)
             state.hook(m, exit_hook)
+            held.enters.append(enter)
         held.handles = state.handles[first:]
     return [Site(name, "mixout", rate, index, "injected") for name, _, index in chosen]
 
@@ -111,8 +120,8 @@ class FollowMixout(Hook):
 def follow_mixout(model) -> bool:
     """Move Mixout to the weights trainable now where weights it mixes have been frozen since the patch — PEFT's
     `get_peft_model` on a patched model freezes the base weights and adds adapters, whose weights then take Mixout
-    (their values now are the targets). Called by the patch's model pre-hook at every forward and by
-    `inspect_model`; does nothing while no mixed weight is frozen.
+    (their values now are the targets); weights mixed before keep their targets. Called by the patch's model
+    pre-hook at every forward and by `inspect_model`; does nothing while no mixed weight is frozen.
 
     Args:
         model: a model, patched or not (a PEFT wrapper is looked through).
@@ -125,6 +134,7 @@ def follow_mixout(model) -> bool:
     held = state.held.get("mixout") if state is not None else None
     if held is None or not any(frozen(m) for m in held.modules):
         return False
+    kept = {id(m): enter.target for m, enter in zip(held.modules, held.enters)}
     mixout = {id(h) for h in held.handles}
     for handle in held.handles:
         handle.remove()
@@ -132,5 +142,5 @@ def follow_mixout(model) -> bool:
     state.live = [e for e in state.live if not isinstance(e[0], MixoutEnter)]  # the targets go with them
     state.injected = [s for s in state.injected if s.kind != "mixout"]
     del state.held["mixout"]
-    state.injected += mix(Plan(model, analyze(model), state.reg, state.reg.knob_values(), {}, state))
+    state.injected += mix(Plan(model, analyze(model), state.reg, state.reg.knob_values(), {}, state), kept)
     return True
