@@ -252,6 +252,10 @@ class RegularizationConfig:
     def from_dict(cls, data: dict) -> "RegularizationConfig":
         if not isinstance(data, dict):
             raise ValueError(f"a regularization spec must be a mapping, got {type(data).__name__}")
+        for old, new in RENAMED.items():
+            if old in data and new in data:  # one would silently win
+                raise ValueError(f"a spec gives both {old!r} and {new!r}, one setting under its earlier and its "
+                                 f"present name: give {new!r} alone")
         data = {RENAMED.get(k, k): v for k, v in data.items()}
         allowed = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - allowed)

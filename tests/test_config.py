@@ -70,3 +70,10 @@ def test_patch_config_records_an_adapter_spec(tmp_path):
 def test_zero_takes_knobs_too():
     reg = RegularizationConfig.zero(hidden=0.1, drop_path_mode="per_batch")
     assert reg.hidden == 0.1 and reg.attention == 0.0 and reg.drop_path_mode == "per_batch"
+
+
+def test_a_spec_giving_a_setting_under_both_names_is_refused():
+    with pytest.raises(ValueError, match="gives both 'drop_path_schedule' and 'drop_path_profile'.*give "
+                                         "'drop_path_profile' alone"):
+        RegularizationConfig.from_dict({"drop_path_schedule": "linear", "drop_path_profile": "uniform"})
+    assert RegularizationConfig.from_dict({"drop_path_schedule": "uniform"}).drop_path_profile == "uniform"
