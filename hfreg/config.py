@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 import os
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
@@ -37,7 +38,7 @@ def check_rate(name: str, value) -> None:
     """Raise a one-line ValueError unless ``value`` is None or a float in [0, 1)."""
     if value is None:
         return
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):  # numpy's floats too, not a tensor
         raise ValueError(f"`{name}` must be a float in [0, 1) or None, got {value!r} ({type(value).__name__})")
     if not (0.0 <= float(value) < 1.0) or math.isnan(value):
         raise ValueError(f"`{name}` must be a float in [0, 1) or None, got {value!r}")
@@ -47,7 +48,7 @@ def check_scale(name: str, value) -> None:
     """Raise a one-line ValueError unless ``value`` is None or a finite float >= 0."""
     if value is None:
         return
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= float(value) < math.inf:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0.0 <= float(value) < math.inf:
         raise ValueError(f"`{name}` must be a finite float >= 0 or None, got {value!r}")
 
 

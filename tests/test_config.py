@@ -77,3 +77,15 @@ def test_a_spec_giving_a_setting_under_both_names_is_refused():
                                          "'drop_path_profile' alone"):
         RegularizationConfig.from_dict({"drop_path_schedule": "linear", "drop_path_profile": "uniform"})
     assert RegularizationConfig.from_dict({"drop_path_schedule": "uniform"}).drop_path_profile == "uniform"
+
+
+def test_numpy_rates_are_rates_and_stored_as_floats():
+    import json
+
+    import numpy as np
+
+    reg = RegularizationConfig(hidden=np.float32(0.1), embedding_noise=np.float64(5), attention=np.int64(0))
+    assert type(reg.hidden) is float and reg.hidden == float(np.float32(0.1)) and reg.attention == 0.0
+    assert RegularizationConfig.from_dict(json.loads(json.dumps(reg.to_dict()))) == reg
+    with pytest.raises(ValueError, match=r"`hidden` must be a float in \[0, 1\) or None, got np.True_ \(bool\)"):
+        RegularizationConfig(hidden=np.bool_(True))
