@@ -142,6 +142,24 @@ def test_mixout_keeps_the_targets_of_weights_still_trainable_when_others_freeze(
     assert torch.equal(enter.target, target) and model.encoder.layer[0].output.dense not in held.modules
 
 
+def test_mixout_takes_on_weights_unfrozen_after_the_patch():
+    """Gradual unfreezing: a layer frozen at patch time is not mixed; unfrozen later, it is from the next forward,
+    towards its values on unfreezing (the pretrained ones), while the weights mixed before keep their targets."""
+    model = build("bert")
+    model.encoder.layer[0].requires_grad_(False)
+    hfreg.patch_model(model, Reg(mixout=0.3))
+    thawed, other = model.encoder.layer[0].output.dense, model.encoder.layer[1].output.dense
+    held = hfreg.patch_state(model).held["mixout"]
+    assert thawed not in held.modules and other in held.modules
+    before = {id(m): e.target for m, e in zip(held.modules, held.enters)}
+    model.encoder.layer[0].requires_grad_(True)
+    model.train()(**make_inputs("bert", model.config))
+    held = hfreg.patch_state(model).held["mixout"]
+    targets = {m: e.target for m, e in zip(held.modules, held.enters)}
+    assert torch.equal(targets[thawed], thawed.weight) and targets[other] is before[id(other)]
+    assert any(s.path == "encoder.layer.0.output.dense" for s in hfreg.inspect_model(model) if s.kind == "mixout")
+
+
 def test_mixout_trains_after_the_model_changes_dtype():
     """Its targets follow the weights through `.half()`/`.to()`, as a buffer would (they broke the mix before)."""
     model = hfreg.patch_model(build("bert"), Reg(mixout=0.3))

@@ -24,6 +24,7 @@ class Held:
     modules: list[nn.Module]
     handles: list = field(default_factory=list)
     enters: list = field(default_factory=list)  # each module's `MixoutEnter`, which holds its target
+    trainable: int = 0  # the model's trainable tensors when it chose: a change (unfreezing) means choosing again
 
 
 class MixoutEnter(Hook):
@@ -88,7 +89,7 @@ def mix(plan: Plan, targets: dict | None = None) -> list[Site]:
                  if reg.mixout_modules is not None else "no trainable Linear or convolution was found in its layers")
         plan.refuse("mixout", rate, where)
         return []
-    held = state.held["mixout"] = Held([m for _, m, _ in chosen])
+    held = state.held["mixout"] = Held([m for _, m, _ in chosen], trainable=_trainable(model))
     if rate:
         exit_hook, first = MixoutExit(), len(state.handles)
         for _, m, _ in chosen:
@@ -100,6 +101,10 @@ def mix(plan: Plan, targets: dict | None = None) -> list[Site]:
             held.enters.append(enter)
         held.handles = state.handles[first:]
     return [Site(name, "mixout", rate, index, "injected") for name, _, index in chosen]
+
+
+def _trainable(model) -> int:
+    return sum(p.requires_grad for p in model.parameters())
 
 
 def frozen(module) -> bool:
@@ -120,8 +125,9 @@ class FollowMixout(Hook):
 def follow_mixout(model) -> bool:
     """Move Mixout to the weights trainable now where weights it mixes have been frozen since the patch — PEFT's
     `get_peft_model` on a patched model freezes the base weights and adds adapters, whose weights then take Mixout
-    (their values now are the targets); weights mixed before keep their targets. Called by the patch's model
-    pre-hook at every forward and by `inspect_model`; does nothing while no mixed weight is frozen.
+    (their values now are the targets) — or others unfrozen (gradual unfreezing: their values on unfreezing, the
+    pretrained ones, are the targets); weights mixed before keep their targets. Called by the patch's model
+    pre-hook at every forward and by `inspect_model`; does nothing while the trainable weights stay as they were.
 
     Args:
         model: a model, patched or not (a PEFT wrapper is looked through).
@@ -132,7 +138,7 @@ def follow_mixout(model) -> bool:
     model = unwrap(model)
     state = patch_state(model)
     held = state.held.get("mixout") if state is not None else None
-    if held is None or not any(frozen(m) for m in held.modules):
+    if held is None or (_trainable(model) == held.trainable and not any(frozen(m) for m in held.modules)):
         return False
     kept = {id(m): enter.target for m, enter in zip(held.modules, held.enters)}
     mixout = {id(h) for h in held.handles}
