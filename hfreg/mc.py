@@ -82,31 +82,38 @@ def mc_dropout(model: nn.Module, knobs: tuple[str, ...] | list[str] = MC_KNOBS) 
     knobs = _knob_names(knobs)
     inner = unwrap(model, wrapped=True)
     modes = [(m, m.training) for m in inner.modules()]
-    native, hooked, unreachable = _sampling_modules(inner, knobs)
-    if unreachable:
-        warnings.warn(f"hfreg: mc_dropout cannot sample {', '.join(unreachable)} (a rate read from the config in "
-                      f"forward); patch the model with hfreg so that its own hooks carry that knob", UserWarning,
-                      stacklevel=3)
-    if not native and not hooked:
-        warnings.warn(f"hfreg: {type(inner).__name__} has no dropout site in force for {list(knobs)}: every MC "
-                      f"sample equals the eval output", UserWarning, stacklevel=3)
     # a module samples as a whole, and one may hold several knobs (a layer: injected embedding dropout and
-    # LayerDrop; a branch: hidden dropout and drop-path): the patched knobs not asked for sample at rate 0 meanwhile
+    # LayerDrop; a branch: hidden dropout and drop-path): the patched knobs not asked for sample at rate 0 meanwhile,
+    # the named ones at their rates outside every mc_dropout (a nested one turns on what an outer one silenced)
     state = patch_state(inner)
-    silenced = {k: state.factors[k] for k in KNOBS if k not in knobs} if state is not None else {}
-    inner.eval()
-    for m in native:
-        m.training = True  # this module only: its children stay in eval mode
-    for m in hooked:
-        setattr(m, SAMPLE_FLAG, True)
-    if silenced:
-        set_rate_factors(inner, dict.fromkeys(silenced, 0.0))
+    saved = dict(state.factors) if state is not None else None
+    outside = (state.mc_outside or saved) if state is not None else None
+    if state is not None:
+        set_rate_factors(inner, {k: outside[k] if k in knobs else 0.0 for k in KNOBS})
+        state.mc_outside = outside
+    flagged = []
     try:
+        native, hooked, unreachable = _sampling_modules(inner, knobs)  # at the rates now in force
+        if unreachable:
+            warnings.warn(f"hfreg: mc_dropout cannot sample {', '.join(unreachable)} (a rate read from the config "
+                          f"in forward); patch the model with hfreg so that its own hooks carry that knob",
+                          UserWarning, stacklevel=3)
+        if not native and not hooked:
+            warnings.warn(f"hfreg: {type(inner).__name__} has no dropout site in force for {list(knobs)}: every MC "
+                          f"sample equals the eval output", UserWarning, stacklevel=3)
+        inner.eval()
+        for m in native:
+            m.training = True  # this module only: its children stay in eval mode
+        flagged = [m for m in hooked if SAMPLE_FLAG not in m.__dict__]  # an outer mc_dropout's flags stay its own
+        for m in flagged:
+            setattr(m, SAMPLE_FLAG, True)
         yield model
     finally:
-        if silenced:
-            set_rate_factors(inner, silenced)
-        for m in hooked:
+        if state is not None:
+            set_rate_factors(inner, saved)
+            if outside is saved:  # the outermost one
+                state.mc_outside = None
+        for m in flagged:
             m.__dict__.pop(SAMPLE_FLAG, None)
         for m, mode in modes:
             m.training = mode

@@ -200,7 +200,7 @@ def auto_class_for(config):
 
 # the loader's keywords that also say where the config comes from (transformers passes them to both)
 _WHERE_FROM = ("cache_dir", "force_download", "proxies", "local_files_only", "token", "revision", "subfolder",
-               "trust_remote_code")
+               "trust_remote_code", "code_revision", "gguf_file")
 
 
 @functools.lru_cache(maxsize=None)

@@ -69,6 +69,7 @@ class PatchState:
         self.injected: list[Site] = []
         self.live: list[tuple[object, str, str, object]] = []
         self.factors = {k: 1.0 for k in KNOBS}
+        self.mc_outside: dict[str, float] | None = None  # the factors outside every open `hfreg.mc_dropout`
         self.held: dict[str, object] = {}  # knob -> what its module keeps for the patch's lifetime
 
     def assign(self, owner: object, attr: str, value: object) -> None:

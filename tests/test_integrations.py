@@ -160,6 +160,25 @@ def test_mixout_takes_on_weights_unfrozen_after_the_patch():
     assert any(s.path == "encoder.layer.0.output.dense" for s in hfreg.inspect_model(model) if s.kind == "mixout")
 
 
+def test_mixout_follows_every_change_of_which_weights_train():
+    """Every layer frozen (only the head trains, as gradual unfreezing starts) leaves nothing to mix; unfreezing a
+    layer later mixes it. Freezing one tensor while unfreezing another (the count unchanged) moves Mixout too."""
+    model = build("bert")
+    hfreg.patch_model(model, Reg(mixout=0.3))
+    model.encoder.requires_grad_(False)
+    inputs = make_inputs("bert", model.config)
+    with pytest.warns(UserWarning, match="`mixout`=0.3 cannot apply"):
+        model.train()(**inputs)
+    assert not hfreg.patch_state(model).held["mixout"].modules
+    model.encoder.layer[1].output.dense.requires_grad_(True)
+    model(**inputs)
+    assert hfreg.patch_state(model).held["mixout"].modules == [model.encoder.layer[1].output.dense]
+    model.encoder.layer[1].output.dense.requires_grad_(False)
+    model.encoder.layer[0].output.dense.requires_grad_(True)  # as many trainable tensors as before
+    model(**inputs)
+    assert hfreg.patch_state(model).held["mixout"].modules == [model.encoder.layer[0].output.dense]
+
+
 def test_mixout_trains_after_the_model_changes_dtype():
     """Its targets follow the weights through `.half()`/`.to()`, as a buffer would (they broke the mix before)."""
     model = hfreg.patch_model(build("bert"), Reg(mixout=0.3))

@@ -132,3 +132,22 @@ def test_mc_predict_says_what_it_needs():
         hfreg.mc_predict(model, {})
     with pytest.raises(ValueError, match=r"mc_predict needs an output with `.logits` .* BertModel gives"):
         hfreg.mc_predict(model, make_inputs("bert", model.config), samples=2)
+
+
+def test_a_nested_mc_dropout_samples_its_own_knobs():
+    """An inner `mc_dropout` turns on the knobs it names even where an outer one silenced them, and leaving it gives
+    the outer one's rates back."""
+    model = hfreg.patch_model(build("llama"), Reg(hidden=0.2, attention=0.2)).eval()
+    inputs = make_inputs("llama", model.config)
+    with torch.no_grad(), hfreg.mc_dropout(model, knobs=["hidden"]):
+        outer = hfreg.patch_state(model).factors
+        assert outer["attention"] == 0.0 and outer["hidden"] == 1.0
+        with hfreg.mc_dropout(model, knobs=["attention"]):
+            assert hfreg.patch_state(model).factors["attention"] == 1.0
+            assert hfreg.patch_state(model).factors["hidden"] == 0.0
+            a, b = first_tensor(model(**inputs)), first_tensor(model(**inputs))
+            assert not torch.equal(a, b)
+        assert hfreg.patch_state(model).factors["attention"] == 0.0
+        a, b = first_tensor(model(**inputs)), first_tensor(model(**inputs))
+        assert not torch.equal(a, b)  # the outer one still samples its own
+    assert hfreg.patch_state(model).factors == {k: 1.0 for k in hfreg.config.KNOBS}

@@ -24,7 +24,7 @@ class Held:
     modules: list[nn.Module]
     handles: list = field(default_factory=list)
     enters: list = field(default_factory=list)  # each module's `MixoutEnter`, which holds its target
-    trainable: int = 0  # the model's trainable tensors when it chose: a change (unfreezing) means choosing again
+    trainable: tuple = ()  # which of the model's tensors were trainable when it chose: any change means choosing again
 
 
 class MixoutEnter(Hook):
@@ -68,10 +68,10 @@ def mix(plan: Plan, targets: dict | None = None) -> list[Site]:
     """`mixout` on the weight of every weighted module of the layers (or of those ``reg.mixout_modules`` names),
     trainable ones only: a frozen weight stays at its target, so mixing it changes nothing. Under PEFT that means
     the adapters' own weights (LoRA's A and B), the base weights being frozen; `follow_mixout` moves it there when
-    the adapters come after the patch. ``targets`` (module id -> target) keeps the targets of weights mixed before.
+    the adapters come after the patch. ``targets`` (module -> target): those of weights mixed before and still
+    trainable, which they keep. A frozen weight's target is let go (under PEFT, a copy of every base weight).
     """
     model, struct, reg, state = plan.model, plan.struct, plan.reg, plan.state
-    targets = targets or {}
     rate = plan.knobs["mixout"]
     layer_of = {p: layer.index for layer in struct.layers for p in (layer.path, *layer.members)}
     chosen = []
@@ -84,18 +84,19 @@ def mix(plan: Plan, targets: dict | None = None) -> list[Site]:
                 chosen.append((name, m, layer_of.get(root)))
         elif root is not None:
             chosen.append((name, m, layer_of[root]))
+    # held even when nothing is chosen: weights unfrozen later are then chosen (`follow_mixout`)
+    held = state.held["mixout"] = Held([m for _, m, _ in chosen], trainable=_trainable(model))
+    targets = targets or {}
     if not chosen:
         where = (f"no trainable weighted module matches mixout_modules={reg.mixout_modules}"
                  if reg.mixout_modules is not None else "no trainable Linear or convolution was found in its layers")
         plan.refuse("mixout", rate, where)
         return []
-    held = state.held["mixout"] = Held([m for _, m, _ in chosen], trainable=_trainable(model))
     if rate:
         exit_hook, first = MixoutExit(), len(state.handles)
         for _, m, _ in chosen:
-            target = targets.get(id(m))
-            enter = state.hook(m, MixoutEnter(rate, m.weight.detach().clone() if target is None else target),
-                               knob="mixout")
+            target = targets[m] if m in targets else m.weight.detach().clone()
+            enter = state.hook(m, MixoutEnter(rate, target), knob="mixout")
             enter.p = rate * state.factors["mixout"]  # a rate schedule in progress (`follow_mixout`)
             state.hook(m, exit_hook)
             held.enters.append(enter)
@@ -103,8 +104,8 @@ def mix(plan: Plan, targets: dict | None = None) -> list[Site]:
     return [Site(name, "mixout", rate, index, "injected") for name, _, index in chosen]
 
 
-def _trainable(model) -> int:
-    return sum(p.requires_grad for p in model.parameters())
+def _trainable(model) -> tuple:
+    return tuple(p.requires_grad for p in model.parameters())
 
 
 def frozen(module) -> bool:
@@ -123,11 +124,12 @@ class FollowMixout(Hook):
 
 
 def follow_mixout(model) -> bool:
-    """Move Mixout to the weights trainable now where weights it mixes have been frozen since the patch — PEFT's
-    `get_peft_model` on a patched model freezes the base weights and adds adapters, whose weights then take Mixout
-    (their values now are the targets) — or others unfrozen (gradual unfreezing: their values on unfreezing, the
-    pretrained ones, are the targets); weights mixed before keep their targets. Called by the patch's model
-    pre-hook at every forward and by `inspect_model`; does nothing while the trainable weights stay as they were.
+    """Move Mixout to the weights trainable now where that has changed since it chose. PEFT's `get_peft_model` on a
+    patched model freezes the base weights and adds adapters, whose weights then take Mixout (their values now are
+    the targets); weights unfrozen later (gradual unfreezing) take it towards their values on unfreezing (the
+    pretrained ones where they never trained); weights mixed throughout keep their targets. Called by the patch's
+    model pre-hook at every forward and by `inspect_model`; does nothing while the trainable weights stay as they
+    were.
 
     Args:
         model: a model, patched or not (a PEFT wrapper is looked through).
@@ -138,9 +140,9 @@ def follow_mixout(model) -> bool:
     model = unwrap(model)
     state = patch_state(model)
     held = state.held.get("mixout") if state is not None else None
-    if held is None or (_trainable(model) == held.trainable and not any(frozen(m) for m in held.modules)):
+    if held is None or _trainable(model) == held.trainable:
         return False
-    kept = {id(m): enter.target for m, enter in zip(held.modules, held.enters)}
+    kept = {m: enter.target for m, enter in zip(held.modules, held.enters) if not frozen(m)}
     mixout = {id(h) for h in held.handles}
     for handle in held.handles:
         handle.remove()
