@@ -514,7 +514,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--select_by", default=None, choices=SELECT_BY, help="default: the task's (accuracy, loss)")
     s.add_argument("--out", default=None, help="default: OUTPUT_DIR/models/EXPERIMENT/PRESET/nSIZE-sSEED-lrLR/")
     s.set_defaults(func=cmd_export, data_flags=[])
-    for name, s in sub.choices.items():  # a flag the subcommand lacks is its error, pointing to its --help
+    for s in sub.choices.values():  # a flag the subcommand lacks is its error, pointing to its --help
         s.set_defaults(subparser=s)
     return p
 
