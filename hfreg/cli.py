@@ -535,7 +535,11 @@ def _transformers_quiet():
 
 def main(argv=None) -> int:
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
     args, rest = parser.parse_known_args(argv)
+    before = argv[:argv.index(args.command)]  # what stands before the command is hfreg's own, not the command's
+    if any(r in before for r in rest):
+        parser.error(f"unrecognized arguments: {' '.join(r for r in rest if r in before)}")
     if rest and args.func is not cmd_export:  # only export passes flags on (the grid's data flags)
         args.subparser.error(f"unrecognized arguments: {' '.join(rest)}")
     args.data_flags = rest

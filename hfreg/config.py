@@ -44,6 +44,18 @@ def check_rate(name: str, value) -> None:
         raise ValueError(f"`{name}` must be a float in [0, 1) or None, got {value!r}")
 
 
+def as_float(value: numbers.Real) -> float:
+    """A checked rate as a Python float. A lower-precision float (numpy's ``float32(0.1)``) is read by its shortest
+    decimal, the number its user wrote, not its binary expansion (0.10000000149...), which would reach preset
+    names and records."""
+    if isinstance(value, float):  # Python's, and numpy's float64 (a subclass)
+        return value
+    try:
+        return float(str(value))
+    except ValueError:  # a Fraction prints as 1/10
+        return float(value)
+
+
 def check_scale(name: str, value) -> None:
     """Raise a one-line ValueError unless ``value`` is None or a finite float >= 0."""
     if value is None:
@@ -211,7 +223,7 @@ class RegularizationConfig:
             value = getattr(self, knob)
             check_knob(knob, value)
             if value is not None:
-                setattr(self, knob, float(value))
+                setattr(self, knob, as_float(value))
         if self.mixout_modules is not None:
             mods = self.mixout_modules
             if isinstance(mods, str) or not isinstance(mods, (list, tuple)) or not mods \

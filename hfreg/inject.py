@@ -21,7 +21,7 @@ from importlib import import_module
 
 from .config import CONFIG_ATTR, KNOB_MODULES, KNOBS, RegularizationConfig
 from .fast_masks import MasksEnter
-from .hooks import ModeExit
+from .hooks import CloseStale, ModeEnter, ModeExit
 from .knobs.mixout import follow_mixout
 from .knobs.stack import OWNED
 from .layers import drop_path_rates
@@ -29,16 +29,22 @@ from .sites import Site, Structure, analyze, stack_key
 from .state import STATE_ATTR, PatchState, Plan, patch_state, unpatch_model, unwrap
 
 
-def apply_spec(model, reg: RegularizationConfig, inert: frozenset[str] = frozenset()) -> PatchState:
+def apply_spec(model, reg: RegularizationConfig, inert: frozenset[str] = frozenset(),
+               before: dict | None = None) -> PatchState:
     """Apply ``reg`` to the transformers model ``model`` (unwrapped) in place, first undoing an earlier patch.
     ``inert``: native sites known to change nothing in training (path patterns, as `hfreg.probing.inert_sites`
-    gives them); decisions to inject look past them. Returns the patch state; a failure undoes everything."""
+    gives them); decisions to inject look past them. ``before``: what the patch this one replaces held (default:
+    the earlier patch's), which some knobs keep (Mixout's targets). Returns the patch state; a failure undoes
+    everything."""
+    previous = patch_state(model)
+    before = before if before is not None else previous.held if previous is not None else {}
     unpatch_model(model)
     struct = analyze(model)
     knobs = reg.knob_values()
     state = PatchState(reg, struct)
     object.__setattr__(model, STATE_ATTR, state)  # before the first change: a failure below is undone in full
     try:
+        closer = state.hook(model, CloseStale())  # the model's first pre-hook
         # decisions about injecting look at live sites only: a dead attribute, or one a small twin shows to run
         # without effect (SAM's vision attention under sdpa), regularizes nothing. Inert sites still get the rate:
         # an input the twin's lacks may reach them (a causal LM's cross-attention given encoder states)
@@ -52,7 +58,7 @@ def apply_spec(model, reg: RegularizationConfig, inert: frozenset[str] = frozens
                           and set(n.towers) & hooked}
         for k in OWNED:
             natives_by[k] = [n for n in natives_by[k] if n.path not in state.replaced]
-        plan = Plan(model, struct, reg, knobs, natives_by, state)
+        plan = Plan(model, struct, reg, knobs, natives_by, state, before)
         for inject in INJECTORS.values():
             state.injected += inject(plan)
         if any(knobs.values()):  # cheaper masks for every dropout of the training forward (no knob: none drawn)
@@ -62,6 +68,7 @@ def apply_spec(model, reg: RegularizationConfig, inert: frozenset[str] = frozens
             for module in [model, *{id(m): m for m in parts}.values()]:
                 enter = state.hook(module, MasksEnter())
                 state.hook(module, ModeExit(enter))
+        closer.enters = {h for m in model.modules() for h in m._forward_pre_hooks.values() if isinstance(h, ModeEnter)}
         _set_natives(struct, reg, knobs, natives_by, state)
         state.assign(model.config, CONFIG_ATTR, reg.to_dict())
     except BaseException:

@@ -21,7 +21,7 @@ from .inject import apply_spec, native_sites
 from .probing import inert_sites
 from .provenance import config_tree
 from .sites import Site
-from .state import unpatch_model, unwrap
+from .state import patch_state, unpatch_model, unwrap
 from .unapplied import quiet
 
 if TYPE_CHECKING:
@@ -71,8 +71,9 @@ def patch_model(model: nn.Module, reg: RegularizationConfig | dict | None = None
         reg = RegularizationConfig.from_dict(reg)
     elif not isinstance(reg, RegularizationConfig):
         raise ValueError(f"`reg` must be a RegularizationConfig, a dict or None, got {type(reg).__name__}")
+    previous = patch_state(model)
     unpatch_model(model)  # first: the twin check reads the model's own config, without a recorded spec
-    apply_spec(model, reg, inert_sites(model))
+    apply_spec(model, reg, inert_sites(model), previous.held if previous is not None else {})
     return outer
 
 
@@ -84,7 +85,8 @@ def inspect_model(model: nn.Module, verify: bool = True) -> list[Site]:
     ``config.attention_dropout`` under ``parallel_attn``, a causal LM's unused cross-attention).
 
     Args:
-        model: a transformers model, patched or not (a PEFT wrapper is looked through).
+        model: a transformers model, patched or not (a PEFT, DDP, DataParallel, FSDP or `torch.compile` wrapper
+            is looked through).
         verify: leave out the sites a small twin shows to be inert (builds and runs the twin once per structure).
 
     Returns:
@@ -98,7 +100,8 @@ def inspect_model(model: nn.Module, verify: bool = True) -> list[Site]:
         >>> first
         [('attention', 'module', 'attention_probs_dropout_prob'), ('embedding', 'module', 'hidden_dropout_prob')]
     """
-    return native_sites(model, inert_sites(unwrap(model)) if verify else frozenset())
+    model = unwrap(model, wrapped=True)
+    return native_sites(model, inert_sites(model) if verify else frozenset())
 
 
 def patch_config(config: PretrainedConfig, reg: RegularizationConfig | dict) -> PretrainedConfig:
@@ -236,7 +239,8 @@ def load_regularized(pretrained_model_name_or_path: str | os.PathLike, reg: Regu
         auto_class: the transformers class to load with; default `auto_class_for` the config: the Auto class of
             its ``architectures`` (so a classification head is kept), `AutoModel` where it names none.
         **kwargs: as ``auto_class.from_pretrained`` takes them: its own (``dtype``, ``revision``, ...), and config
-            attributes (``num_labels``), which go to the config as transformers sends them.
+            attributes (``num_labels``), which go to the config as transformers sends them; ``config`` a config,
+            or the hub id or directory to read one from.
 
     Returns:
         The loaded model, patched where a spec was given or recorded (with ``output_loading_info=True``, the model
@@ -258,11 +262,13 @@ def load_regularized(pretrained_model_name_or_path: str | os.PathLike, reg: Regu
     from transformers import AutoConfig
 
     config = kwargs.pop("config", None)
-    if config is None:  # read as from_pretrained reads it: where from, and the config's own settings (num_labels)
+    if config is None or isinstance(config, (str, os.PathLike)):
+        # read as from_pretrained reads it: from ``config`` where it names one, else from the model's own place, with
+        # where-from keywords and the config's own settings (num_labels)
         where = {k: kwargs[k] for k in _WHERE_FROM if k in kwargs}
         loader = _loader_keywords()
         config, unused = AutoConfig.from_pretrained(
-            pretrained_model_name_or_path, return_unused_kwargs=True, **where,
+            pretrained_model_name_or_path if config is None else config, return_unused_kwargs=True, **where,
             **{k: v for k, v in kwargs.items() if k not in loader})
         kwargs = {**{k: v for k, v in kwargs.items() if k in loader}, **unused}
     auto_class = auto_class or auto_class_for(config)

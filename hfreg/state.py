@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from torch import nn
 
@@ -19,15 +19,22 @@ _MISSING = object()  # marks an attribute that did not exist before patching
 
 
 def unwrap(model, wrapped: bool = False) -> nn.Module:
-    """The transformers model inside a PEFT wrapper; refuse DDP/FSDP-wrapped and non-transformer models. With
-    ``wrapped`` (reading or undoing a patch, not making one) a DDP, DataParallel or FSDP wrapper is looked through:
-    the model was patched before it was wrapped, as it must be."""
+    """The transformers model inside a PEFT wrapper; refuse DDP/FSDP-wrapped, compiled and non-transformer models.
+    With ``wrapped`` (reading or undoing a patch, not making one) a DDP, DataParallel, FSDP or `torch.compile`
+    wrapper is looked through: the model was patched before it was wrapped, as it must be."""
     if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)) or type(model).__name__ in (
             "FullyShardedDataParallel", "FSDPModule"):
         if not wrapped:
             raise ValueError(f"cannot patch a {type(model).__name__}-wrapped model: patch before "
                              f"`accelerator.prepare`")
         model = getattr(model, "module", model)  # FSDP2's FSDPModule is the model itself
+    if isinstance(model, nn.Module) and isinstance(getattr(model, "_orig_mod", None), nn.Module):
+        # torch.compile's OptimizedModule. Dynamo does not guard on hooks added after it traced, so a patch made
+        # through it could be silently ignored by the compiled graph.
+        if not wrapped:
+            raise ValueError(f"cannot patch a torch.compile'd model ({type(model).__name__}): patch the model, "
+                             f"then compile it")
+        model = model._orig_mod
     if hasattr(model, "get_base_model") and callable(model.get_base_model):
         model = model.get_base_model()
     if not isinstance(model, nn.Module) or not hasattr(model, "config") or not hasattr(model.config, "to_dict"):
@@ -101,8 +108,8 @@ class PatchState:
 @dataclass
 class Plan:
     """What every knob's injector (`hfreg.knobs`) reads: the model, its structure, the spec and the knobs it sets,
-    each knob's live native sites (``natives_by``), and the patch state it records its hooks, sites and refusals
-    in."""
+    each knob's live native sites (``natives_by``), the patch state it records its hooks, sites and refusals in, and
+    what the patch this one replaces held (``before``: its `PatchState.held`; Mixout keeps its targets)."""
 
     model: nn.Module
     struct: Structure
@@ -110,6 +117,7 @@ class Plan:
     knobs: dict
     natives_by: dict
     state: PatchState
+    before: dict = field(default_factory=dict)
 
     def refuse(self, knob: str, rate: float | None, why: str) -> None:
         """``knob`` cannot act somewhere in the model: recorded in the patch state and warned (`PatchState.refuse`)."""

@@ -121,6 +121,7 @@ def test_patch_help_describes_every_knob_in_the_configs_own_words(capsys):
     (["export", ".", "--preset", "classic"], "'.' holds no runs.jsonl"),
     (["inspect", "gpt2", "--bogus"], "hfreg inspect: error: unrecognized arguments: --bogus (see hfreg inspect"),
     (["patch", "gpt2", "x", "--dropout", "0.1"], "hfreg patch: error: unrecognized arguments: --dropout 0.1"),
+    (["--bogus", "report", "."], "hfreg: error: unrecognized arguments: --bogus (see hfreg --help)"),
     (["report", ".", "--select_by", "bogus"], "hfreg report: error: argument --select_by: invalid choice: 'bogus'"),
     ([], "hfreg: error: the following arguments are required: command (see hfreg --help)"),
     (["patch", "gpt2", "--drop_path_profile", "cosine", "-o", "x"], "invalid choice: 'cosine' (choose from"),

@@ -81,11 +81,15 @@ def test_a_spec_giving_a_setting_under_both_names_is_refused():
 
 def test_numpy_rates_are_rates_and_stored_as_floats():
     import json
+    from fractions import Fraction
 
     import numpy as np
 
-    reg = RegularizationConfig(hidden=np.float32(0.1), embedding_noise=np.float64(5), attention=np.int64(0))
-    assert type(reg.hidden) is float and reg.hidden == float(np.float32(0.1)) and reg.attention == 0.0
+    reg = RegularizationConfig(hidden=np.float32(0.1), embedding_noise=np.float64(5), attention=np.int64(0),
+                               classifier=np.float16(0.3), layerdrop=Fraction(1, 10))
+    # a float32 0.1 is the 0.1 its user wrote, not 0.10000000149..., which would reach preset names
+    assert type(reg.hidden) is float and reg.hidden == 0.1 and reg.attention == 0.0 and reg.classifier == 0.3
+    assert reg.layerdrop == 0.1 and reg.embedding_noise == 5.0
     assert RegularizationConfig.from_dict(json.loads(json.dumps(reg.to_dict()))) == reg
     with pytest.raises(ValueError, match=r"`hidden` must be a float in \[0, 1\) or None, got np.True_ \(bool\)"):
         RegularizationConfig(hidden=np.bool_(True))

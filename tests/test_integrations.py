@@ -276,6 +276,53 @@ def test_torch_compile():
         a = first_tensor(compiled(**inputs))
         torch.manual_seed(4)
         assert not torch.equal(a, first_tensor(compiled(**inputs)))
+    # The compiled wrapper is read through, and refused for a patch: dynamo would not see hooks added after it traced.
+    assert hfreg.is_patched(compiled) and hfreg.patch_state(compiled).reg.drop_path == 0.2
+    assert [s.path for s in hfreg.inspect_model(compiled)] == [s.path for s in hfreg.inspect_model(model)]
+    with pytest.raises(ValueError, match=r"cannot patch a torch.compile'd model .*: patch the model, then compile"):
+        hfreg.patch_model(torch.compile(build("bert")), SPEC)
+    hfreg.unpatch_model(compiled)
+    assert not hfreg.is_patched(model)
+
+
+def test_a_forward_interrupted_by_ctrl_c_leaves_no_dropout_behind():
+    """torch calls no `always_call` hook on a KeyboardInterrupt, so an attention module's forward interrupted there
+    leaves its `SdpaDropout` entered: the model's next forward closes it before its first layer, and eval is exact."""
+    from torch.overrides import _get_current_function_mode_stack as modes
+
+    model = build("falcon")
+    model.config._attn_implementation = "sdpa"  # transformers' default; the tiny models run eager
+    model = hfreg.patch_model(model, Reg(attention=0.5))
+    assert any(s.kind == "attention" and s.source == "injected" for s in hfreg.inspect_model(model, verify=False))
+    inputs = make_inputs("falcon", model.config)
+    with torch.no_grad():
+        eager = first_tensor(model(**inputs))
+
+    def interrupt(*args):
+        raise KeyboardInterrupt
+
+    layer = model.h[1].self_attention
+    handle = layer.dense.register_forward_hook(interrupt)  # after the attention module's sdpa call
+    with pytest.raises(KeyboardInterrupt):
+        model.train()(**inputs)
+    handle.remove()
+    assert "SdpaDropout" in {type(m).__name__ for m in modes()}  # what the interrupt left
+    with torch.no_grad():
+        assert torch.equal(first_tensor(model.eval()(**inputs)), eager)
+    assert not modes()
+    # a module run alone (as gradient checkpointing does) closes what its own interrupted forward left
+    handle = layer.dense.register_forward_hook(interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        model.train()(**inputs)
+    handle.remove()
+    hidden = torch.randn(2, 5, model.config.hidden_size)
+    with torch.no_grad():
+        layer.eval()(hidden, None, None, position_embeddings=model.rotary_emb(hidden, torch.arange(5)[None]))
+    # the model's own mode, entered before the module's, may belong to a forward still running: the model closes it
+    assert [type(m).__name__ for m in modes()] == ["CpuMasks"]
+    with torch.no_grad():
+        assert torch.equal(first_tensor(model.eval()(**inputs)), eager)
+    assert not modes()
 
 
 def test_ddp_wrapped_model_is_refused():

@@ -116,6 +116,7 @@ def test_mc_and_the_patch_state_look_through_a_wrapper_put_on_after_the_patch():
     wrapped = torch.nn.DataParallel(model)
     inputs = make_inputs("bert", model.config, head=True)
     assert hfreg.is_patched(wrapped) and hfreg.patch_state(wrapped).reg.hidden == 0.2
+    assert hfreg.inspect_model(wrapped, verify=False) == hfreg.inspect_model(model, verify=False)
     assert hfreg.mc_predict(wrapped, inputs, samples=2).samples.shape[0] == 2
     scheduler = hfreg.RateScheduler(wrapped, total_steps=4, kind="early", cutoff=1)
     scheduler.step()

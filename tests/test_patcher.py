@@ -267,6 +267,12 @@ def test_load_regularized_loads_a_patched_model_in_one_call(tmp_path):
     loaded.save_pretrained(tmp_path / "again")
     again = hfreg.load_regularized(tmp_path / "again")
     assert again.config.hfreg == Reg(hidden=0.1).to_dict() and hfreg.is_patched(again)
+    # `config` may name where to read the config from, as from_pretrained takes it: its record and settings count
+    elsewhere = build("llama")
+    elsewhere.config.update({"hfreg": Reg(hidden=0.3).to_dict()})
+    elsewhere.config.save_pretrained(tmp_path / "config")
+    other = hfreg.load_regularized(tmp_path, config=str(tmp_path / "config"), rms_norm_eps=1e-3)
+    assert hfreg.patch_state(other).reg == Reg(hidden=0.3) and other.config.rms_norm_eps == 1e-3
 
 
 def test_patch_model_without_spec_or_record_fails():

@@ -94,6 +94,28 @@ def test_mixout_targets_are_held_once_trained_weights_mix_and_unpatch_releases_t
     assert target() is None  # released with the patch: nothing else holds the targets
 
 
+def test_patching_again_keeps_the_mixout_targets():
+    """A rate changed mid-training by patching again still mixes towards the weights of the first patch; after
+    `unpatch_model`, a patch takes the weights as they are."""
+    model = build("bert", True)
+    query = model.bert.encoder.layer[0].attention.self.query
+    pretrained = query.weight.detach().clone()
+    hfreg.patch_model(model, Reg.zero(mixout=0.9))
+    with torch.no_grad():
+        query.weight.add_(1.0)  # a training step
+
+    def target():
+        held = hfreg.patch_state(model).held["mixout"]
+        return held.enters[held.modules.index(query)].target
+
+    hfreg.patch_model(model, Reg.zero(mixout=0.5, hidden=0.1))
+    assert torch.equal(target(), pretrained)
+    assert {s.rate for s in hfreg.inspect_model(model, verify=False) if s.kind == "mixout"} == {0.5}
+    hfreg.unpatch_model(model)
+    hfreg.patch_model(model, Reg.zero(mixout=0.5))
+    assert torch.equal(target(), query.weight)
+
+
 def test_mixout_modules_choose_where_it_acts_and_warn_when_nothing_matches():
     model = build("llama")
     hfreg.patch_model(model, Reg(mixout=0.5, mixout_modules=["*.self_attn.o_proj", "*.mlp.down_proj"]))

@@ -56,10 +56,12 @@ class MixoutExit(Hook):
 
 def inject(plan: Plan) -> list[Site]:
     """Mixout on the chosen weights (`mix`), and a model pre-hook that moves it to the weights trainable at each
-    forward: weights frozen after the patch (`get_peft_model`) hand it on (`follow_mixout`)."""
+    forward: weights frozen after the patch (`get_peft_model`) hand it on (`follow_mixout`). A patch that replaces
+    one with Mixout keeps its targets (changing a rate mid-training must not move them to the weights as trained)."""
     if plan.knobs.get("mixout") is None:
         return []
-    sites = mix(plan)
+    held = plan.before.get("mixout")
+    sites = mix(plan, {m: enter.target for m, enter in zip(held.modules, held.enters)} if held else None)
     plan.state.hook(plan.model, FollowMixout())
     return sites
 
