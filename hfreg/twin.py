@@ -58,14 +58,33 @@ def small_twin(config: PretrainedConfig, layers: int = 2, width: int = 64, heads
         for k in _WIDTH:
             if isinstance(d.get(k), int) and d[k] > width:
                 setattr(cfg, k, width)
+        was = next((d[k] for k in _HEADS if isinstance(d.get(k), int)), None)  # the config's own head count
         for k in _HEADS:
             if isinstance(d.get(k), int) and d[k] > heads:
                 setattr(cfg, k, heads)
+        now = next((d[k] for k in _HEADS if isinstance(d.get(k), int)), heads)
         if isinstance(d.get("num_key_value_heads"), int):
-            cfg.num_key_value_heads = min(cfg.num_key_value_heads, heads // 2 or 1)
-        for k in ("head_dim", "d_kv"):
+            # multi-head attention (every head its own keys; multi-head latent attention needs it) stays so;
+            # grouped-query attention keeps groups, with a key-value head count that divides the head count
+            kv = d["num_key_value_heads"]
+            cfg.num_key_value_heads = now if kv == was else \
+                max(g for g in range(1, now + 1) if now % g == 0 and g <= min(kv, now // 2 or 1))
+        mla = isinstance(d.get("qk_rope_head_dim"), int)  # multi-head latent attention (DeepSeek-V2 and after)
+        rope_is_head = mla and d.get("head_dim") == d["qk_rope_head_dim"]
+        for k in ("head_dim", "d_kv", "qk_rope_head_dim", "qk_nope_head_dim", "v_head_dim"):
             if isinstance(d.get(k), int):
-                setattr(cfg, k, width // heads)
+                setattr(cfg, k, width // now)
+        if mla:  # its latent ranks, and the sizes it derives from the head sizes, kept consistent
+            for k in ("kv_lora_rank", "q_lora_rank"):
+                if isinstance(d.get(k), int) and d[k] > width:
+                    setattr(cfg, k, width)
+            if isinstance(d.get("qk_head_dim"), int):
+                cfg.qk_head_dim = cfg.qk_nope_head_dim + cfg.qk_rope_head_dim
+            if rope_is_head:  # the rotary embedding is sized by head_dim
+                cfg.head_dim = cfg.qk_rope_head_dim
+        for k in ("projection_size", "out_hidden_size"):  # a tower's output, read by another tower of the twin's width
+            if isinstance(d.get(k), int) and d[k] > width:
+                setattr(cfg, k, width)
         for k in _FFN:
             if isinstance(d.get(k), int) and d[k] > 2 * width:
                 setattr(cfg, k, 2 * width)
@@ -75,7 +94,7 @@ def small_twin(config: PretrainedConfig, layers: int = 2, width: int = 64, heads
         if isinstance(d.get("num_experts_per_tok"), int):
             cfg.num_experts_per_tok = min(cfg.num_experts_per_tok, 2)
         if isinstance(d.get("rotary_dim"), int):
-            cfg.rotary_dim = min(cfg.rotary_dim, width // heads)
+            cfg.rotary_dim = min(cfg.rotary_dim, width // now)
         if isinstance(d.get("layer_types"), list):  # the first layers, and one of each kind the model has
             kinds = list(dict.fromkeys(cfg.layer_types))
             first = cfg.layer_types[:layers]

@@ -165,6 +165,30 @@ def test_small_twin_keeps_each_layer_kind_and_a_visible_initialisation():
     assert hfreg.small_twin(blip).vision_config.initializer_range == 0.02
 
 
+def test_small_twin_keeps_the_sizes_that_must_agree():
+    """Sizes tied in the config stay tied in the twin: multi-head attention keeps a key-value head per head, grouped
+    heads divide the head count, multi-head latent attention keeps its rotary head as `head_dim`, and a text tower's
+    projection meets the vision tower's width (SigLIP)."""
+    from transformers import LlamaConfig
+
+    assert hfreg.small_twin(LlamaConfig(num_attention_heads=32, num_key_value_heads=32)).num_key_value_heads == 4
+    gqa = hfreg.small_twin(LlamaConfig(num_attention_heads=32, num_key_value_heads=8))
+    assert (gqa.num_attention_heads, gqa.num_key_value_heads, gqa.head_dim) == (4, 2, 16)
+    odd = hfreg.small_twin(LlamaConfig(hidden_size=96, num_attention_heads=3, num_key_value_heads=2))
+    assert (odd.num_attention_heads, odd.num_key_value_heads, odd.head_dim) == (3, 1, 21)  # its own 3 heads
+    mla = hfreg.small_twin(AutoConfig.for_model("deepseek_v3"))
+    assert mla.num_key_value_heads == mla.num_attention_heads == 4
+    assert mla.head_dim == mla.qk_rope_head_dim and mla.qk_head_dim == mla.qk_nope_head_dim + mla.qk_rope_head_dim
+    assert mla.kv_lora_rank <= 64 and mla.q_lora_rank <= 64
+    siglip = hfreg.small_twin(AutoConfig.for_model("siglip"))
+    assert siglip.text_config.projection_size == siglip.vision_config.hidden_size == 64
+    for name in ("deepseek_v3", "siglip"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model = AutoModel.from_config(hfreg.small_twin(AutoConfig.for_model(name)))
+            model(**hfreg.probe_inputs(model))  # runs
+
+
 def test_probe_cli(capsys):
     assert main(["probe", "gpt2"]) == 0
     out = capsys.readouterr().out
