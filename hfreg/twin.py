@@ -25,8 +25,10 @@ _FFN = ("intermediate_size", "ffn_dim", "d_ff", "encoder_ffn_dim", "decoder_ffn_
 
 def small_twin(config: PretrainedConfig, layers: int = 2, width: int = 64, heads: int = 4) -> PretrainedConfig:
     """A copy of ``config`` with ``layers`` layers, width ``width`` and ``heads`` heads: the same architecture and
-    code path (attention implementation, rates, layer types), cheap enough to run on a CPU. Near-zero
-    initialisation scales are raised to usual ones, so that a dropout's effect shows in the output.
+    code path (attention implementation, rates, layer types), cheap enough to run on a CPU. Sizes the model needs
+    to agree stay consistent (key-value heads, multi-head latent attention's head sizes and ranks, multimodal rotary
+    sections, a tower's output projection). Near-zero initialisation scales are raised to usual ones, so that a
+    dropout's effect shows in the output.
 
     Args:
         config: a transformers config (nested sub-configs are shrunk too).
@@ -93,6 +95,14 @@ def small_twin(config: PretrainedConfig, layers: int = 2, width: int = 64, heads
                 setattr(cfg, k, min(d[k], 4))
         if isinstance(d.get("num_experts_per_tok"), int):
             cfg.num_experts_per_tok = min(cfg.num_experts_per_tok, 2)
+        rope = d.get("rope_parameters")
+        if isinstance(rope, dict) and ("mrope_section" in rope
+                                       or "mrope_section" in getattr(cfg, "ignore_keys_at_rope_validation", ())):
+            # multimodal rotary sections (Qwen2-VL, GLM-4V: time, height, width) span the rotary half of a head; the
+            # model's default, where the config has none, is sized for its own heads
+            head = d["head_dim"] if isinstance(d.get("head_dim"), int) else cfg.hidden_size // now
+            half = int(head * rope.get("partial_rotary_factor", d.get("partial_rotary_factor") or 1.0)) // 2
+            cfg.rope_parameters = {**rope, "mrope_section": [half - 2 * (half * 3 // 8), half * 3 // 8, half * 3 // 8]}
         if isinstance(d.get("rotary_dim"), int):
             cfg.rotary_dim = min(cfg.rotary_dim, width // now)
         if isinstance(d.get("layer_types"), list):  # the first layers, and one of each kind the model has

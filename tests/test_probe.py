@@ -182,7 +182,9 @@ def test_small_twin_keeps_the_sizes_that_must_agree():
     assert mla.kv_lora_rank <= 64 and mla.q_lora_rank <= 64
     siglip = hfreg.small_twin(AutoConfig.for_model("siglip"))
     assert siglip.text_config.projection_size == siglip.vision_config.hidden_size == 64
-    for name in ("deepseek_v3", "siglip"):
+    qwen2_vl = hfreg.small_twin(AutoConfig.for_model("qwen2_vl")).text_config  # its default sections: [16, 24, 24]
+    assert sum(qwen2_vl.rope_parameters["mrope_section"]) == qwen2_vl.hidden_size // qwen2_vl.num_attention_heads // 2
+    for name in ("deepseek_v3", "siglip", "qwen2_vl"):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             model = AutoModel.from_config(hfreg.small_twin(AutoConfig.for_model(name)))
