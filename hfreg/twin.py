@@ -74,7 +74,9 @@ def small_twin(config: PretrainedConfig, layers: int = 2, width: int = 64, heads
         mla = isinstance(d.get("qk_rope_head_dim"), int)  # multi-head latent attention (DeepSeek-V2 and after)
         rope_is_head = mla and d.get("head_dim") == d["qk_rope_head_dim"]
         for k in ("head_dim", "d_kv", "qk_rope_head_dim", "qk_nope_head_dim", "v_head_dim"):
-            if isinstance(d.get(k), int):
+            # a head_dim of None: derived from the width where the model does so, read as a number where it does not
+            # (Ministral's, Hunyuan's default configs)
+            if isinstance(d.get(k), int) or (k == "head_dim" and k in d and d[k] is None):
                 setattr(cfg, k, width // now)
         if mla:  # its latent ranks, and the sizes it derives from the head sizes, kept consistent
             for k in ("kv_lora_rank", "q_lora_rank"):
