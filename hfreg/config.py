@@ -48,8 +48,8 @@ def as_float(value: numbers.Real) -> float:
     """A checked rate as a Python float. A lower-precision float (numpy's ``float32(0.1)``) is read by its shortest
     decimal, the number its user wrote, not its binary expansion (0.10000000149...), which would reach preset
     names and records."""
-    if isinstance(value, float):  # Python's, and numpy's float64 (a subclass)
-        return value
+    if isinstance(value, float):  # Python's, and numpy's float64 (a subclass: stored as Python's)
+        return float(value)
     try:
         return float(str(value))
     except ValueError:  # a Fraction prints as 1/10

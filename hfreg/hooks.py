@@ -7,8 +7,6 @@ passes its input through, unless `hfreg.mc_dropout` marked the module to sample 
 
 from __future__ import annotations
 
-import threading
-
 import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
@@ -70,13 +68,10 @@ class ModeEnter(Hook):
         raise NotImplementedError
 
     def __call__(self, module, args):
-        if self.modes:  # an earlier forward of this module never reached its exit hook
-            _close_since(self.modes[0])
         mode = self.mode(module)
         if mode is not None:
             mode.__enter__()
             self.modes.append(mode)
-            _opened().append((self, mode))
 
 
 class ModeExit(Hook):
@@ -91,56 +86,7 @@ class ModeExit(Hook):
         if self.enter.modes:
             mode = self.enter.modes.pop()
             mode.__exit__(None, None, None)
-            opened = _opened()
-            if opened and opened[-1][1] is mode:
-                opened.pop()
             self.left(module, mode)
 
     def left(self, module, mode) -> None:
         """After leaving ``mode``: what it saw may be worth saying."""
-
-
-# The modes `ModeEnter`s entered and their `ModeExit`s have not left, oldest first, per thread as torch's own mode
-# stack is. torch calls an `always_call` hook when a forward raises an Exception, not a KeyboardInterrupt: a forward
-# interrupted that way leaves its modes entered (an attention module's `SdpaDropout` would then drop out every later
-# attention call, in eval too) until that module's next forward closes them here.
-_OPEN = threading.local()
-
-
-def _opened() -> list:
-    if not hasattr(_OPEN, "modes"):
-        _OPEN.modes = []
-    return _OPEN.modes
-
-
-def _close_since(mode) -> None:
-    """Leave ``mode`` and every mode entered after it, newest first: all were entered inside a forward that ended
-    without its exit hooks (modes entered before it belong to outer forwards still running). A mode of another
-    thread is not this thread's to close."""
-    _close_from(next((i for i, (_, m) in enumerate(_opened()) if m is mode), None))
-
-
-def _close_from(at: int | None) -> None:
-    opened = _opened()
-    if at is None:
-        return
-    for enter, stale in reversed(opened[at:]):
-        stale.__exit__(None, None, None)
-        enter.modes.remove(stale)
-    del opened[at:]
-
-
-class CloseStale(Hook):
-    """Pre-hook on a patched model, its first: before a forward of the model, any mode its `ModeEnter`s (``enters``)
-    left open is stale, since none of its modules runs before the model does. Closing them here spares the first
-    layers of the next forward a mode an interrupted forward left behind."""
-
-    pre = True
-
-    def __init__(self):
-        self.enters = set()  # the patch's `ModeEnter`s, once it has hooked them all
-
-    def __call__(self, module, args):
-        opened = _opened()
-        if opened and self.enters:
-            _close_from(next((i for i, (e, _) in enumerate(opened) if e in self.enters), None))

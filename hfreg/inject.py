@@ -21,7 +21,7 @@ from importlib import import_module
 
 from .config import CONFIG_ATTR, KNOB_MODULES, KNOBS, RegularizationConfig
 from .fast_masks import MasksEnter
-from .hooks import CloseStale, ModeEnter, ModeExit
+from .hooks import ModeExit
 from .knobs.mixout import follow_mixout
 from .knobs.stack import OWNED
 from .layers import drop_path_rates
@@ -44,7 +44,6 @@ def apply_spec(model, reg: RegularizationConfig, inert: frozenset[str] = frozens
     state = PatchState(reg, struct)
     object.__setattr__(model, STATE_ATTR, state)  # before the first change: a failure below is undone in full
     try:
-        closer = state.hook(model, CloseStale())  # the model's first pre-hook
         # decisions about injecting look at live sites only: a dead attribute, or one a small twin shows to run
         # without effect (SAM's vision attention under sdpa), regularizes nothing. Inert sites still get the rate:
         # an input the twin's lacks may reach them (a causal LM's cross-attention given encoder states)
@@ -68,7 +67,6 @@ def apply_spec(model, reg: RegularizationConfig, inert: frozenset[str] = frozens
             for module in [model, *{id(m): m for m in parts}.values()]:
                 enter = state.hook(module, MasksEnter())
                 state.hook(module, ModeExit(enter))
-        closer.enters = {h for m in model.modules() for h in m._forward_pre_hooks.values() if isinstance(h, ModeEnter)}
         _set_natives(struct, reg, knobs, natives_by, state)
         state.assign(model.config, CONFIG_ATTR, reg.to_dict())
     except BaseException:

@@ -22,19 +22,25 @@ def unwrap(model, wrapped: bool = False) -> nn.Module:
     """The transformers model inside a PEFT wrapper; refuse DDP/FSDP-wrapped, compiled and non-transformer models.
     With ``wrapped`` (reading or undoing a patch, not making one) a DDP, DataParallel, FSDP or `torch.compile`
     wrapper is looked through: the model was patched before it was wrapped, as it must be."""
-    if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)) or type(model).__name__ in (
-            "FullyShardedDataParallel", "FSDPModule"):
-        if not wrapped:
-            raise ValueError(f"cannot patch a {type(model).__name__}-wrapped model: patch before "
-                             f"`accelerator.prepare`")
-        model = getattr(model, "module", model)  # FSDP2's FSDPModule is the model itself
-    if isinstance(model, nn.Module) and isinstance(getattr(model, "_orig_mod", None), nn.Module):
-        # torch.compile's OptimizedModule. Dynamo does not guard on hooks added after it traced, so a patch made
-        # through it could be silently ignored by the compiled graph.
-        if not wrapped:
-            raise ValueError(f"cannot patch a torch.compile'd model ({type(model).__name__}): patch the model, "
-                             f"then compile it")
-        model = model._orig_mod
+    while True:  # `accelerator.prepare` compiles the DDP wrapper: peel them in any order
+        if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)) or type(model).__name__ in (
+                "FullyShardedDataParallel", "FSDPModule"):
+            if not wrapped:
+                raise ValueError(f"cannot patch a {type(model).__name__}-wrapped model: patch before "
+                                 f"`accelerator.prepare`")
+            if not isinstance(getattr(model, "module", None), nn.Module):  # FSDP2's FSDPModule is the model itself
+                break
+            model = model.module
+        elif isinstance(model, nn.Module) and isinstance(model.__dict__.get("_modules", {}).get("_orig_mod"),
+                                                         nn.Module):
+            # torch.compile's OptimizedModule. Dynamo does not guard on hooks added after it traced, so a patch made
+            # through it could be silently ignored by the compiled graph.
+            if not wrapped:
+                raise ValueError(f"cannot patch a torch.compile'd model ({type(model).__name__}): patch the model, "
+                                 f"then compile it")
+            model = model._orig_mod
+        else:
+            break
     if hasattr(model, "get_base_model") and callable(model.get_base_model):
         model = model.get_base_model()
     if not isinstance(model, nn.Module) or not hasattr(model, "config") or not hasattr(model.config, "to_dict"):

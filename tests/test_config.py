@@ -90,6 +90,7 @@ def test_numpy_rates_are_rates_and_stored_as_floats():
     # a float32 0.1 is the 0.1 its user wrote, not 0.10000000149..., which would reach preset names
     assert type(reg.hidden) is float and reg.hidden == 0.1 and reg.attention == 0.0 and reg.classifier == 0.3
     assert reg.layerdrop == 0.1 and reg.embedding_noise == 5.0
+    assert all(type(v) is float for v in reg.knob_values().values())  # numpy's float64 is a float subclass
     assert RegularizationConfig.from_dict(json.loads(json.dumps(reg.to_dict()))) == reg
     with pytest.raises(ValueError, match=r"`hidden` must be a float in \[0, 1\) or None, got np.True_ \(bool\)"):
         RegularizationConfig(hidden=np.bool_(True))
