@@ -185,6 +185,7 @@ def test_small_twin_keeps_the_sizes_that_must_agree():
     qwen2_vl = hfreg.small_twin(AutoConfig.for_model("qwen2_vl")).text_config  # its default sections: [16, 24, 24]
     assert sum(qwen2_vl.rope_parameters["mrope_section"]) == qwen2_vl.hidden_size // qwen2_vl.num_attention_heads // 2
     assert hfreg.small_twin(AutoConfig.for_model("ministral")).head_dim == 16  # None in its default config
+    assert hfreg.small_twin(AutoConfig.for_model("rt_detr")).num_queries == 8  # 300, more than a small image's anchors
     for name in ("deepseek_v3", "siglip", "qwen2_vl", "ministral"):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
