@@ -110,6 +110,8 @@ ARCHITECTURES: dict[str, Arch] = {
     "gpt_neox": Arch(branches=("post_attention_dropout", "post_mlp_dropout")),
     # transformers' encoder LayerDrop sets the hidden states to None when it skips a layer, and forward fails
     "pegasus_x": Arch(broken=("PegasusXEncoder.layerdrop",)),
+    # the mask head's Dropout2d is built only when dropout_ratio > 0 at construction; forward reads the ratio
+    "pp_doclayout_v3": Arch(broken=("PPDocLayoutV3MaskFeatFPN.dropout_ratio",)),
     "mpnet": Arch(branches=("attention.dropout", "output.dropout"), rules=((r"MPNetAttention\.dropout", "hidden"),)),
     # the residual is added inside the attention's post_attention and the feed-forward block: the branches end at
     # the attention's output dropout and at the second linear layer (ff.dropout also follows the activation)

@@ -272,9 +272,11 @@ def test_a_model_type_no_config_is_named_after_is_its_config_class_at_its_defaul
         assert main(["inspect", name]) == 2
         (line,) = capsys.readouterr().err.strip().splitlines()
         assert "not a model type AutoModel builds" in line and f"{name!r}" in line
-    assert main(["probe", "siglip"]) == 2  # its small twin's text projection keeps a checkpoint's width
+    assert main(["probe", "siglip2"]) == 2  # its vision tower takes flattened patches: no generic input
     (line,) = capsys.readouterr().err.strip().splitlines()
-    assert line.startswith("hfreg: error: cannot probe 'siglip' with a generic input: RuntimeError: ")
+    assert line.startswith("hfreg: error: cannot probe 'siglip2' with a generic input: RuntimeError: ")
+    assert main(["probe", "siglip"]) == 0  # its twin's text projection meets the vision tower's width
+    capsys.readouterr()
     assert main(["probe", "clip"]) == 0  # a dual encoder gets text and images
     assert "CLIPConfig() at its defaults" in capsys.readouterr().out
 

@@ -488,6 +488,20 @@ def test_a_broken_native_site_is_held_at_zero_and_the_knob_injected():
     assert model.encoder.layerdrop == model.config.encoder_layerdrop
 
 
+def test_a_rate_attribute_whose_module_was_never_built_is_held_at_zero():
+    # PP-DocLayout-V3's mask head builds its Dropout2d only when dropout_ratio > 0, and forward reads the ratio
+    model = _twin("pp_doclayout_v3")
+    inputs = hfreg.probe_inputs(model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        hfreg.patch_model(model, Reg(hidden=0.3, embedding=0.3))
+    fpn = next(m for m in model.modules() if type(m).__name__ == "PPDocLayoutV3MaskFeatFPN")
+    assert fpn.dropout_ratio == 0.0 and not hasattr(fpn, "dropout")
+    with torch.no_grad():
+        model.eval()(**inputs)  # ran into the missing module before
+        model.train()(**inputs)
+
+
 def test_state_space_blocks_have_their_mixer_as_branch_end_and_an_uncalled_activation_warns():
     model = _twin("mamba")
     [layer, _] = hfreg.sites.analyze(model).layers
