@@ -18,21 +18,30 @@ STATE_ATTR = "_hfreg_patch"  # where a patched model keeps its `PatchState`
 _MISSING = object()  # marks an attribute that did not exist before patching
 
 
+def _fsdp(model) -> bool:
+    """FSDP1's wrapper, or a module FSDP2's `fully_shard` made (its class becomes ``FSDP<Class>``)."""
+    if type(model).__name__ == "FullyShardedDataParallel":
+        return True
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:  # a torch built without distributed
+        return False
+    return isinstance(model, FSDPModule)
+
+
 def unwrap(model, wrapped: bool = False) -> nn.Module:
     """The transformers model inside a PEFT wrapper; refuse DDP/FSDP-wrapped, compiled and non-transformer models.
     With ``wrapped`` (reading or undoing a patch, not making one) a DDP, DataParallel, FSDP or `torch.compile`
     wrapper is looked through: the model was patched before it was wrapped, as it must be."""
     while True:  # `accelerator.prepare` compiles the DDP wrapper: peel them in any order
-        if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)) or type(model).__name__ in (
-                "FullyShardedDataParallel", "FSDPModule"):
+        if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)) or _fsdp(model):
             if not wrapped:
                 raise ValueError(f"cannot patch a {type(model).__name__}-wrapped model: patch before "
                                  f"`accelerator.prepare`")
             if not isinstance(getattr(model, "module", None), nn.Module):  # FSDP2's FSDPModule is the model itself
                 break
             model = model.module
-        elif isinstance(model, nn.Module) and isinstance(model.__dict__.get("_modules", {}).get("_orig_mod"),
-                                                         nn.Module):
+        elif type(model).__name__ == "OptimizedModule" and isinstance(getattr(model, "_orig_mod", None), nn.Module):
             # torch.compile's OptimizedModule. Dynamo does not guard on hooks added after it traced, so a patch made
             # through it could be silently ignored by the compiled graph.
             if not wrapped:

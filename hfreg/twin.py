@@ -73,11 +73,13 @@ def small_twin(config: PretrainedConfig, layers: int = 2, width: int = 64, heads
                 max(g for g in range(1, now + 1) if now % g == 0 and g <= min(kv, now // 2 or 1))
         mla = isinstance(d.get("qk_rope_head_dim"), int)  # multi-head latent attention (DeepSeek-V2 and after)
         rope_is_head = mla and d.get("head_dim") == d["qk_rope_head_dim"]
+        mla_head = mla and d.get("head_dim") == d.get("qk_head_dim")  # Mistral 4: head_dim is the whole query head
+        wide = d["hidden_size"] if isinstance(d.get("hidden_size"), int) else width  # shrunk above
         for k in ("head_dim", "d_kv", "qk_rope_head_dim", "qk_nope_head_dim", "v_head_dim"):
             # a head_dim of None: derived from the width where the model does so, read as a number where it does not
-            # (Ministral's, Hunyuan's default configs)
-            if isinstance(d.get(k), int) or (k == "head_dim" and k in d and d[k] is None):
-                setattr(cfg, k, width // now)
+            # (Ministral's, Hunyuan's default configs); a size of 0 (no rotary part) stays 0
+            if (isinstance(d.get(k), int) and d[k] > 0) or (k == "head_dim" and k in d and d[k] is None):
+                setattr(cfg, k, wide // now)
         if mla:  # its latent ranks, and the sizes it derives from the head sizes, kept consistent
             for k in ("kv_lora_rank", "q_lora_rank"):
                 if isinstance(d.get(k), int) and d[k] > width:
@@ -86,6 +88,8 @@ def small_twin(config: PretrainedConfig, layers: int = 2, width: int = 64, heads
                 cfg.qk_head_dim = cfg.qk_nope_head_dim + cfg.qk_rope_head_dim
             if rope_is_head:  # the rotary embedding is sized by head_dim
                 cfg.head_dim = cfg.qk_rope_head_dim
+            elif mla_head and isinstance(d.get("qk_head_dim"), int):
+                cfg.head_dim = cfg.qk_head_dim
         for k in ("projection_size", "out_hidden_size"):  # a tower's output, read by another tower of the twin's width
             if isinstance(d.get(k), int) and d[k] > width:
                 setattr(cfg, k, width)

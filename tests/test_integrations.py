@@ -1,5 +1,6 @@
 """hfreg with the tools people train with: HF Trainer, PEFT LoRA, gradient checkpointing, torch.compile, DDP."""
 
+import os
 import warnings
 
 import pytest
@@ -323,6 +324,37 @@ def test_ddp_wrapped_model_is_refused():
     wrapped = torch.nn.DataParallel(model)
     with pytest.raises(ValueError, match="patch before `accelerator.prepare`"):
         hfreg.patch_model(wrapped, SPEC)
+
+
+def test_an_fsdp2_sharded_model_is_refused():
+    """`fully_shard` turns the model's class into ``FSDP<Class>``: refused like any wrapper (its own process, which
+    holds the process group)."""
+    import subprocess
+    import sys
+
+    code = """
+import os, torch.distributed as dist
+os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=os.environ.get("PORT"))
+dist.init_process_group("gloo", rank=0, world_size=1)
+from torch.distributed.fsdp import fully_shard
+from transformers import BertConfig, BertModel
+import hfreg
+model = BertModel(BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64))
+fully_shard(model)
+try:
+    hfreg.patch_model(model, hfreg.RegularizationConfig(hidden=0.1))
+except ValueError as e:
+    print(e)
+dist.destroy_process_group()
+"""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PORT": str(port)})
+    assert "cannot patch a FSDPBertModel-wrapped model" in proc.stdout, proc.stderr[-2000:]
 
 
 def test_deepcopy_of_a_patched_model_is_independent():

@@ -186,6 +186,9 @@ def test_small_twin_keeps_the_sizes_that_must_agree():
     assert sum(qwen2_vl.rope_parameters["mrope_section"]) == qwen2_vl.hidden_size // qwen2_vl.num_attention_heads // 2
     assert hfreg.small_twin(AutoConfig.for_model("ministral")).head_dim == 16  # None in its default config
     assert hfreg.small_twin(AutoConfig.for_model("rt_detr")).num_queries == 8  # 300, more than a small image's anchors
+    assert hfreg.small_twin(AutoConfig.for_model("glm5_next_text")).qk_rope_head_dim == 0  # no rotary part: none added
+    mistral4 = hfreg.small_twin(AutoConfig.for_model("mistral4"))
+    assert mistral4.head_dim == mistral4.qk_head_dim  # its head_dim is the whole query head
     for name in ("deepseek_v3", "siglip", "qwen2_vl", "ministral"):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

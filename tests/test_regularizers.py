@@ -110,6 +110,13 @@ def test_patching_again_keeps_the_mixout_targets():
 
     hfreg.patch_model(model, Reg.zero(mixout=0.5, hidden=0.1))
     assert torch.equal(target(), pretrained)
+    key = model.bert.encoder.layer[0].attention.self.key
+    key.weight = torch.nn.Parameter(torch.randn(16, 32))  # a weight of another shape takes a new target
+    key.out_features = 16
+    hfreg.patch_model(model, Reg.zero(mixout=0.5))
+    held = hfreg.patch_state(model).held["mixout"]
+    assert torch.equal(held.enters[held.modules.index(key)].target, key.weight)
+    key.weight, key.out_features = torch.nn.Parameter(torch.randn(32, 32)), 32
     assert {s.rate for s in hfreg.inspect_model(model, verify=False) if s.kind == "mixout"} == {0.5}
     hfreg.unpatch_model(model)
     hfreg.patch_model(model, Reg.zero(mixout=0.5))

@@ -97,7 +97,8 @@ def mix(plan: Plan, targets: dict | None = None) -> list[Site]:
     if rate:
         exit_hook, first = MixoutExit(), len(state.handles)
         for _, m, _ in chosen:
-            target = targets[m] if m in targets else m.weight.detach().clone()
+            kept = targets.get(m)  # a weight replaced by one of another shape since takes a new target
+            target = kept if kept is not None and kept.shape == m.weight.shape else m.weight.detach().clone()
             enter = state.hook(m, MixoutEnter(rate, target), knob="mixout")
             enter.p = rate * state.factors["mixout"]  # a rate schedule in progress (`follow_mixout`)
             state.hook(m, exit_hook)
