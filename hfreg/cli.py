@@ -93,13 +93,10 @@ def _first_line(e: Exception, limit: int | None = 200) -> str:
     return line if limit is None or len(line) <= limit else line[: limit - 1] + "…"
 
 
-def _meta_model(config, notes: list[str] | None = None):
-    """The model ``config`` describes, head included (`auto_class_for`), on the meta device: its structure and rates,
-    no memory for weights; patched with the spec its config records, if any, as `load_regularized` would. What the
-    patch says (a knob that cannot act) goes to ``notes``."""
-    import torch
-
-    from .patcher import auto_class_for, patch_model
+def _build(config, notes: list[str] | None = None, name: str | None = None):
+    """The model ``config`` describes, head included (`auto_class_for`): a head's Linear is where `classifier`
+    acts (a language model's output layer too). What had to be left out goes to ``notes``."""
+    from .patcher import auto_class_for
 
     try:
         cls = auto_class_for(config)
@@ -111,12 +108,24 @@ def _meta_model(config, notes: list[str] | None = None):
             notes.append(f"transformers does not know its architectures {config.architectures}: shown is the base "
                          f"model, without a head")
     try:
-        with torch.device("meta"), warnings.catch_warnings():
+        with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            model = cls.from_config(config) if cls.__name__.startswith("AutoModel") else cls(config)
+            return cls.from_config(config) if cls.__name__.startswith("AutoModel") else cls(config)
     except Exception as e:  # transformers raises many types for configs it cannot build
-        raise ValueError(f"cannot build a model from {type(config).__name__} "
-                         f"({getattr(config, 'model_type', None)}): {_first_line(e)}") from None
+        what = repr(name) if name else f"a model from {type(config).__name__} ({getattr(config, 'model_type', None)})"
+        raise ValueError(f"cannot build {what}: {_first_line(e)}") from None
+
+
+def _meta_model(config, notes: list[str] | None = None):
+    """The model ``config`` describes, head included (`auto_class_for`), on the meta device: its structure and rates,
+    no memory for weights; patched with the spec its config records, if any, as `load_regularized` would. What the
+    patch says (a knob that cannot act) goes to ``notes``."""
+    import torch
+
+    from .patcher import patch_model
+
+    with torch.device("meta"):
+        model = _build(config, notes)
     if getattr(config, CONFIG_ATTR, None) is not None:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -350,20 +359,12 @@ def cmd_patch(args):
 
 
 def cmd_probe(args):
-    from transformers import AutoModel
-
     from .probing import probe
     from .twin import small_twin
 
     notes = []
     config = load_config(args.model, notes)
-    twin = config if args.full else small_twin(config)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            model = AutoModel.from_config(twin)
-    except Exception as e:  # transformers raises many types for configs it cannot build
-        raise ValueError(f"cannot build {args.model!r}: {_first_line(e)}") from None
+    model = _build(config if args.full else small_twin(config), notes, args.model)
     try:
         results = probe(model, rate=args.rate)
     except Exception as e:  # a model whose forward needs more than one generic input (CLIP: text and pixels)

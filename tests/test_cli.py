@@ -292,3 +292,22 @@ def test_inspect_compare_and_probe_keep_transformers_logging_to_errors(capfd):
     assert proc.returncode == 0 and "falling back" not in proc.stderr and "MambaConfig()" in proc.stdout, proc.stderr
     assert main(["compare", "mamba"]) == 0
     assert hf_logging.get_verbosity() == level
+
+
+def test_probe_builds_the_head_as_inspect_does(capsys):
+    """`hfreg probe` builds the class the config names, head included, as `inspect` and `patch` do: on a causal LM
+    `classifier` acts (dropout on the output layer's input); a model type at its defaults is the base model,
+    where it cannot, and the table's last line says which knobs act."""
+    def classifier_row():
+        out = capsys.readouterr().out.splitlines()
+        (row,) = [line.split(None, 4) for line in out if line.split()[:2] == ["*", "classifier"]]
+        (last,) = [line for line in out if "knobs through hfreg that act: " in line]
+        return row, last
+
+    assert main(["probe", "gpt2"]) == 0  # the shipped config names GPT2LMHeadModel
+    row, last = classifier_row()
+    assert row[4] == "yes" and "classifier" in last.split("knobs through hfreg that act: ")[1]
+    assert main(["probe", "llama"]) == 0  # LlamaConfig() names no architecture: the base model, no head
+    row, last = classifier_row()
+    assert row[4].startswith("no") and "no classification head" in row[4]
+    assert "classifier" not in last.split("knobs through hfreg that act: ")[1]

@@ -128,7 +128,7 @@ def test_a_tracked_ray_grid_logs_each_runs_points_as_it_comes_back(tiny_classifi
     assert [e.value for e in acc.Scalars("selection_loss")] == pytest.approx(
         [p["selection_loss"] for p in run["evals"]], rel=1e-6)
     hidden = [p["rates"]["hidden"] for p in run["evals"]]
-    assert hidden[0] > 0 and [e.value for e in acc.Scalars("rates/hidden")] == pytest.approx(hidden)
+    assert hidden[0] > 0 and [e.value for e in acc.Scalars("rate/hidden")] == pytest.approx(hidden)
 
 
 def _workers():

@@ -232,11 +232,11 @@ def test_tracking_logs_every_point_of_every_run_live(tiny_classifier, csv_data, 
         acc = EventAccumulator(str(logdir))
         acc.Reload()
         tags = acc.Tags()["scalars"]
-        assert {"selection_loss", "train_accuracy", "running_loss", "rates/attention"} <= set(tags)
+        assert {"selection_loss", "train_accuracy", "running_loss", "rate/attention"} <= set(tags)
         assert [e.step for e in acc.Scalars("selection_loss")] == [p["step"] for p in run["evals"]]
         assert [e.value for e in acc.Scalars("selection_loss")] == pytest.approx(
             [p["selection_loss"] for p in run["evals"]], rel=1e-6)
-        assert [e.value for e in acc.Scalars("rates/attention")] == pytest.approx(
+        assert [e.value for e in acc.Scalars("rate/attention")] == pytest.approx(
             [p["rates"]["attention"] for p in run["evals"]])
         tested = [p["step"] for p in run["evals"] if "test_accuracy" in p]
         assert sorted({e.step for e in acc.Scalars("test_accuracy")}) == tested
@@ -277,7 +277,7 @@ def test_two_processes_each_log_the_runs_they_train(tiny_classifier, csv_data, t
 
 def test_tracking_config_and_values_are_what_trackers_take():
     point = {"step": 3, "epoch": 0.5, "running_loss": 0.6, "rates": {"hidden": 0.1}, "selection_accuracy": 0.75}
-    assert tracking.point_values(point) == {"epoch": 0.5, "running_loss": 0.6, "rates/hidden": 0.1,
+    assert tracking.point_values(point) == {"epoch": 0.5, "running_loss": 0.6, "rate/hidden": 0.1,
                                             "selection_accuracy": 0.75}
     config = tracking.run_config("default", "early-dropout", {"hidden": 0.1, "schedule": {"all": {"kind": "early"}}},
                                  64, 0, 2e-4)

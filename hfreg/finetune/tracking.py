@@ -62,13 +62,13 @@ def run_name(prefix: str, preset: str, train_size: int, seed: int, learning_rate
 
 def point_values(point: dict) -> dict:
     """The numbers of an evaluation point as a tracker logs them: every metric under its record name, the rates in
-    force as ``rates/<knob>``; the step goes as the step."""
+    force as ``rate/<knob>`` (as `RateScheduler`'s Trainer callback logs them); the step goes as the step."""
     out = {}
     for key, value in point.items():
         if key == "step":
             continue
         if key == "rates" and isinstance(value, dict):
-            out.update({f"rates/{knob}": float(rate) for knob, rate in value.items()})
+            out.update({f"rate/{knob}": float(rate) for knob, rate in value.items()})
         elif isinstance(value, numbers.Real) and not isinstance(value, bool):
             out[key] = float(value)
     return out
