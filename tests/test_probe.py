@@ -189,7 +189,13 @@ def test_small_twin_keeps_the_sizes_that_must_agree():
     assert hfreg.small_twin(AutoConfig.for_model("glm5_next_text")).qk_rope_head_dim == 0  # no rotary part: none added
     mistral4 = hfreg.small_twin(AutoConfig.for_model("mistral4"))
     assert mistral4.head_dim == mistral4.qk_head_dim  # its head_dim is the whole query head
-    for name in ("deepseek_v3", "siglip", "qwen2_vl", "ministral"):
+    v2 = hfreg.small_twin(AutoConfig.for_model("deepseek_v2"))
+    assert v2.num_experts_per_tok == 2  # None in its default config: the router cannot take it
+    dots1 = hfreg.small_twin(AutoConfig.for_model("dots1"))
+    assert (dots1.n_routed_experts, dots1.n_shared_experts, dots1.num_experts_per_tok) == (4, 1, 2)
+    bailing = hfreg.small_twin(AutoConfig.for_model("bailing_hybrid"))  # 512 experts in 8 groups, top 4 groups
+    assert (bailing.num_experts, bailing.n_group, bailing.topk_group, bailing.num_experts_per_tok) == (4, 2, 2, 2)
+    for name in ("deepseek_v3", "siglip", "qwen2_vl", "ministral", "deepseek_v2", "dots1"):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             model = AutoModel.from_config(hfreg.small_twin(AutoConfig.for_model(name)))
