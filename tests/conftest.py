@@ -82,14 +82,18 @@ def _quiet_transformers():
 
 @pytest.fixture(scope="module")
 def tiny_classifier(tmp_path_factory, minilm_path):
-    """A 2-layer, width-32 BERT with the real MiniLM tokenizer, saved like a hub checkpoint."""
+    """A 2-layer, width-32 BERT with the real MiniLM tokenizer, saved like a hub checkpoint. Its weights are drawn
+    from seed 0, so that a test reads the same model whichever tests ran before it."""
+    import torch
     from transformers import AutoTokenizer, BertConfig, BertModel
 
     path = tmp_path_factory.mktemp("tiny-bert")
     tok = AutoTokenizer.from_pretrained(minilm_path)
     config = BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                         intermediate_size=64, max_position_embeddings=64)
-    BertModel(config).save_pretrained(path)
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        BertModel(config).save_pretrained(path)
     tok.save_pretrained(path)
     return str(path)
 
