@@ -93,16 +93,17 @@ def _first_line(e: Exception, limit: int | None = 200) -> str:
     return line if limit is None or len(line) <= limit else line[: limit - 1] + "…"
 
 
-def _build(config, notes: list[str] | None = None, name: str | None = None):
-    """The model ``config`` describes, head included (`auto_class_for`): a head's Linear is where `classifier`
-    acts (a language model's output layer too). What had to be left out goes to ``notes``."""
+def _build(config, notes: list[str] | None = None, name: str | None = None, head: bool = True):
+    """The model ``config`` describes, head included (`auto_class_for`; without ``head``, the base model): a head's
+    Linear is where `classifier` acts (a language model's output layer too). What had to be left out goes to
+    ``notes``."""
+    from transformers import AutoModel
+
     from .patcher import auto_class_for
 
     try:
-        cls = auto_class_for(config)
+        cls = auto_class_for(config) if head else AutoModel
     except ValueError:  # architectures of remote code, or of a later transformers: the base model, said
-        from transformers import AutoModel
-
         cls = AutoModel
         if notes is not None:
             notes.append(f"transformers does not know its architectures {config.architectures}: shown is the base "
@@ -364,9 +365,19 @@ def cmd_probe(args):
 
     notes = []
     config = load_config(args.model, notes)
-    model = _build(config if args.full else small_twin(config), notes, args.model)
+    built = config if args.full else small_twin(config)
+    model = _build(built, notes, args.model)
     try:
-        results = probe(model, rate=args.rate)
+        try:
+            results = probe(model, rate=args.rate)
+        except Exception as e:
+            base = _build(built, None, args.model, head=False)
+            if type(base) is type(model):
+                raise
+            # a head that needs inputs of its own (a decoder's classifier without a pad token, multiple choice)
+            notes.append(f"shown is the base model: its head, {type(model).__name__}, does not run on a generic "
+                         f"input ({type(e).__name__}: {_first_line(e)})")
+            results = probe(base, rate=args.rate)
     except Exception as e:  # a model whose forward needs more than one generic input (CLIP: text and pixels)
         raise ValueError(f"cannot probe {args.model!r} with a generic input: {type(e).__name__}: "
                          f"{_first_line(e)}") from None

@@ -103,17 +103,16 @@ def small_twin(config: PretrainedConfig, layers: int = 2, width: int = 64, heads
                 setattr(cfg, k, min(d[k], 4))
                 for g in ("n_group", "num_expert_group"):  # groups divide the experts, two or more each (Bailing)
                     if isinstance(d.get(g), int) and d[g] > 1:
-                        n = getattr(cfg, k)
-                        setattr(cfg, g, max((x for x in range(1, n // 2 + 1) if n % x == 0 and x <= d[g]), default=1))
-                        if isinstance(d.get("topk_group"), int):
-                            cfg.topk_group = min(d["topk_group"], getattr(cfg, g))
+                        n, groups = getattr(cfg, k), d[g]  # d is the config's own dict: read before it changes
+                        setattr(cfg, g, max((x for x in range(1, n // 2 + 1) if not n % x and x <= groups), default=1))
+                        if isinstance(d.get("topk_group"), int):  # fewer groups chosen than there are, as before
+                            n = getattr(cfg, g)
+                            cfg.topk_group = min(d["topk_group"], n if d["topk_group"] >= groups else max(1, n - 1))
         for k in ("num_experts_per_tok", "num_experts_per_token"):
             if isinstance(d.get(k), int):
                 setattr(cfg, k, min(d[k], 2))
-        if d.get("num_experts_per_tok", 0) is None and "n_routed_experts" in d:
-            # DeepSeek-V2's and dots1's defaults leave the router's sizes None, which their modules cannot take
-            cfg.num_experts_per_tok = 2
-            for k, n in (("n_routed_experts", 4), ("n_shared_experts", 1)):
+        if "n_routed_experts" in d:  # DeepSeek-V2's and dots1's defaults leave router sizes None: their modules fail
+            for k, n in (("num_experts_per_tok", 2), ("n_routed_experts", 4), ("n_shared_experts", 1)):
                 if k in d and d[k] is None:
                     setattr(cfg, k, n)
         rope = d.get("rope_parameters")

@@ -82,8 +82,9 @@ def _quiet_transformers():
 
 @pytest.fixture(scope="module")
 def tiny_classifier(tmp_path_factory, minilm_path):
-    """A 2-layer, width-32 BERT with the real MiniLM tokenizer, saved like a hub checkpoint. Its weights are drawn
-    from seed 0, so that a test reads the same model whichever tests ran before it."""
+    """A 2-layer, width-32 BERT with the real MiniLM tokenizer, saved like a hub checkpoint. Its saved weights are
+    drawn from seed 0, so that a test reads the same checkpoint whichever tests ran before it (a head added at
+    load time is drawn from the random state then, which the harness seeds per run)."""
     import torch
     from transformers import AutoTokenizer, BertConfig, BertModel
 

@@ -311,3 +311,18 @@ def test_probe_builds_the_head_as_inspect_does(capsys):
     row, last = classifier_row()
     assert row[4].startswith("no") and "no classification head" in row[4]
     assert "classifier" not in last.split("knobs through hfreg that act: ")[1]
+
+
+def test_probe_falls_back_to_the_base_model_where_the_head_needs_inputs_of_its_own(tmp_path, capsys):
+    """A head a generic input cannot run (multiple choice wants choices, a decoder's classifier a pad token) is left
+    out: the base model is probed, and a note says which head and why."""
+    from transformers import BertConfig, GPT2Config
+
+    for config, head in ((BertConfig(architectures=["BertForMultipleChoice"]), "BertForMultipleChoice"),
+                         (GPT2Config(architectures=["GPT2ForSequenceClassification"]),
+                          "GPT2ForSequenceClassification")):
+        config.save_pretrained(tmp_path / head)
+        assert main(["probe", str(tmp_path / head)]) == 0
+        out = capsys.readouterr().out
+        assert f"note: shown is the base model: its head, {head}, does not run on a generic input (" in out
+        assert "knobs through hfreg that act: attention, hidden" in out
