@@ -366,6 +366,9 @@ def cmd_probe(args):
     notes = []
     config = load_config(args.model, notes)
     built = config if args.full else small_twin(config)
+    if getattr(built, "pad_token_id", 0) is None and any(
+            a.endswith("ForSequenceClassification") for a in getattr(built, "architectures", None) or []):
+        built.pad_token_id = 0  # a decoder's classifier finds each row's end by its pad token, which it then lacks
     model = _build(built, notes, args.model)
     try:
         try:
