@@ -23,6 +23,11 @@ _FFN = ("intermediate_size", "ffn_dim", "d_ff", "encoder_ffn_dim", "decoder_ffn_
         "moe_intermediate_size", "shared_expert_intermediate_size")
 
 
+def _divisor(n: int, at_most: int) -> int:
+    """The largest divisor of ``n`` that is at most ``at_most`` (1 at least)."""
+    return max(g for g in range(1, max(at_most, 1) + 1) if n % g == 0)
+
+
 def small_twin(config: PretrainedConfig, layers: int = 2, width: int = 64, heads: int = 4) -> PretrainedConfig:
     """A copy of ``config`` with ``layers`` layers, width ``width`` and ``heads`` heads: the same architecture and
     code path (attention implementation, rates, layer types), cheap enough to run on a CPU. Sizes the model needs
@@ -69,8 +74,7 @@ def small_twin(config: PretrainedConfig, layers: int = 2, width: int = 64, heads
             # multi-head attention (every head its own keys; multi-head latent attention needs it) stays so;
             # grouped-query attention keeps groups, with a key-value head count that divides the head count
             kv = d["num_key_value_heads"]
-            cfg.num_key_value_heads = now if kv == was else \
-                max(g for g in range(1, now + 1) if now % g == 0 and g <= min(kv, now // 2 or 1))
+            cfg.num_key_value_heads = now if kv == was else _divisor(now, min(kv, now // 2))
         mla = isinstance(d.get("qk_rope_head_dim"), int)  # multi-head latent attention (DeepSeek-V2 and after)
         rope_is_head = mla and d.get("head_dim") == d["qk_rope_head_dim"]
         mla_head = mla and d.get("head_dim") == d.get("qk_head_dim")  # Mistral 4: head_dim is the whole query head
@@ -103,11 +107,12 @@ def small_twin(config: PretrainedConfig, layers: int = 2, width: int = 64, heads
                 setattr(cfg, k, min(d[k], 4))
                 for g in ("n_group", "num_expert_group"):  # groups divide the experts, two or more each (Bailing)
                     if isinstance(d.get(g), int) and d[g] > 1:
-                        n, groups = getattr(cfg, k), d[g]  # d is the config's own dict: read before it changes
-                        setattr(cfg, g, max((x for x in range(1, n // 2 + 1) if not n % x and x <= groups), default=1))
+                        groups = d[g]  # d is the config's own dict: read before it changes
+                        setattr(cfg, g, _divisor(getattr(cfg, k), min(groups, getattr(cfg, k) // 2)))
                         if isinstance(d.get("topk_group"), int):  # fewer groups chosen than there are, as before
-                            n = getattr(cfg, g)
-                            cfg.topk_group = min(d["topk_group"], n if d["topk_group"] >= groups else max(1, n - 1))
+                            now_groups = getattr(cfg, g)
+                            cfg.topk_group = min(d["topk_group"],
+                                                 now_groups if d["topk_group"] >= groups else max(1, now_groups - 1))
         for k in ("num_experts_per_tok", "num_experts_per_token"):
             if isinstance(d.get(k), int):
                 setattr(cfg, k, min(d[k], 2))
