@@ -7,7 +7,8 @@
     .venv/bin/python benchmarks/coverage.py --merge /tmp/a.json /tmp/b.json --output docs/coverage.md
 
 For every model type transformers knows: its default config shrunk by `hfreg.small_twin` (2 layers, width 64),
-the base model (`AutoModel`), inputs from `hfreg.probe_inputs`. A type counts as buildable when the unpatched
+the base model (`AutoModel`; for a type with heads alone, as UperNet, its first head: `hfreg.auto_class_for`, as
+`hfreg probe <type>` builds), inputs from `hfreg.probe_inputs`. A type counts as buildable when the unpatched
 twin runs in eval and train mode with finite outputs and an eval output that does not depend on the seed. The
 invariants, each on a fresh twin where it matters:
   eval      eval output bit-identical under a spec setting every knob (0.3)
@@ -83,15 +84,17 @@ def same(a, b):
 
 
 def build(model_type):
-    from transformers import AutoConfig, AutoModel
+    from transformers import AutoConfig
+
+    from hfreg.patcher import auto_class_for
 
     config = hfreg.small_twin(AutoConfig.for_model(model_type))
     config.architectures = config.architectures or []  # AutoModel reads it for types with several classes (Funnel)
     torch.manual_seed(0)
-    try:
-        model = AutoModel.from_config(config)
-    except ValueError:  # a sub-model config (`…TextConfig`) that AutoModel does not map: the model class of its
-        cls = _model_class(type(config))  # modeling module built for exactly that config class
+    try:  # what `hfreg probe <type>` builds: the base model, or for a type with heads alone (UperNet) its first head
+        model = auto_class_for(config).from_config(config)
+    except ValueError:  # a sub-model config (`…TextConfig`) that no Auto class maps: the model class of its
+        cls = _model_class(type(config))  # package built for exactly that config class
         if cls is None:
             raise
         model = cls(config)
@@ -103,22 +106,29 @@ def build(model_type):
 
 
 def _model_class(config_class):
-    """The model class of ``config_class``'s modeling module whose ``config_class`` it is: the one named like the
-    config (``FooTextConfig`` -> ``FooTextModel``) if there is one, else the first such class that is not a head."""
+    """The model class, in ``config_class``'s package's modeling modules, whose ``config_class`` it is and that has a
+    forward of its own: the one named like the config (``FooTextConfig`` -> ``FooTextModel``) if there is one, else
+    the first such class that is not a head."""
     import importlib
     import inspect
+    import pkgutil
 
     from transformers import PreTrainedModel
 
-    module = config_class.__module__.replace(".configuration_", ".modeling_")
-    try:
-        mod = importlib.import_module(module)
-    except ImportError:
-        return None
-    classes = [c for _, c in inspect.getmembers(mod, inspect.isclass) if issubclass(c, PreTrainedModel)
-               and c.__module__ == mod.__name__ and getattr(c, "config_class", None) is config_class]
+    package = importlib.import_module(config_class.__module__.rsplit(".", 1)[0])
+    classes = []
+    for info in pkgutil.iter_modules(package.__path__):
+        if not info.name.startswith("modeling_"):
+            continue
+        try:
+            mod = importlib.import_module(f"{package.__name__}.{info.name}")
+        except ImportError:
+            continue
+        classes += [c for _, c in inspect.getmembers(mod, inspect.isclass) if issubclass(c, PreTrainedModel)
+                    and c.__module__ == mod.__name__ and getattr(c, "config_class", None) is config_class
+                    and c.forward is not torch.nn.Module.forward]  # a PreTrainedModel base runs nothing
     named = config_class.__name__.replace("Config", "Model")
-    ranked = sorted(classes, key=lambda c: (c.__name__ != named, "For" in c.__name__, "PreTrained" in c.__name__))
+    ranked = sorted(classes, key=lambda c: (c.__name__ != named, "For" in c.__name__, c.__name__))
     return ranked[0] if ranked else None
 
 
@@ -277,9 +287,8 @@ def write(path, rows, seconds, total, limit):
         f"`benchmarks/coverage.py` on transformers {transformers.__version__}, torch {torch.__version__}, "
         f"{platform.machine()}, {seconds / 60:.0f} min, {len(rows)} of {total} types, {limit} s per type at most"
         f"{' (alphabetical, from the first)' if len(rows) < total else ''}. Each type: its default config as a "
-        f"small twin "
-        f"(`hfreg.small_twin`), the base model, inputs from `hfreg.probe_inputs`; the invariants are listed in "
-        f"the script's docstring.",
+        f"small twin (`hfreg.small_twin`), the base model (a type with heads alone: its first head), inputs from "
+        f"`hfreg.probe_inputs`; the invariants are listed in the script's docstring.",
         "",
         f"**{counts['pass'] + counts['warns']} of {buildable} buildable types pass every invariant** "
         f"({100 * (counts['pass'] + counts['warns']) / max(buildable, 1):.1f}%): {counts['pass']} with every "

@@ -34,10 +34,11 @@ MODEL_HELP = "model dir, config.json, shipped config name, hub id, or model type
 
 def load_config(ref: str, notes: list[str] | None = None):
     """A transformers config from a local dir, a config.json, a shipped published config, a hub id, or else a model
-    type `AutoModel` builds (``opt``, ``llama``): its config class at its defaults, which ``notes`` is told (a
-    warning where none is given)."""
+    type transformers builds (``opt``, ``llama``, ``upernet``): its config class at its defaults, which ``notes`` is
+    told (a warning where none is given)."""
     from transformers import AutoConfig
-    from transformers.models.auto.modeling_auto import MODEL_MAPPING_NAMES
+
+    from .patcher import type_auto_class
 
     published = shipped("models", ref.replace("/", "--") + ".json")
     if os.path.isfile(ref):
@@ -59,10 +60,10 @@ def load_config(ref: str, notes: list[str] | None = None):
         try:  # with no hub to ask, the local cache only: huggingface_hub would retry for some 25 s first
             return AutoConfig.from_pretrained(ref, **({"local_files_only": True} if host else {}))
         except Exception:
-            if ref in MODEL_MAPPING_NAMES:  # no config of that name: the architecture at its own defaults
+            if type_auto_class(ref) is not None:  # no config of that name: the architecture at its own defaults
                 return _model_type_config(ref, notes)
             raise ValueError(f"cannot find a config for {ref!r}: not a file, not a directory, not one of the "
-                             f"shipped configs {_shipped()}, not a model type AutoModel builds (bert, llama, ...), "
+                             f"shipped configs {_shipped()}, not a model type transformers builds (bert, llama, ...), "
                              f"and " + (f"not in the local cache, with the hub ({host}) unreachable from here"
                                         if host else "not reachable on the hub")) from None
     if "model_type" not in data:
@@ -74,11 +75,15 @@ def load_config(ref: str, notes: list[str] | None = None):
 def _model_type_config(model_type: str, notes: list[str] | None):
     from transformers import AutoConfig
 
+    from .patcher import type_auto_class
+
     try:
         config = AutoConfig.for_model(model_type)
     except Exception as e:  # transformers raises many types for a config class that needs arguments
         raise ValueError(f"cannot make model type {model_type!r} at its defaults: {_first_line(e)}") from None
-    note = f"{type(config).__name__}() at its defaults (a model type, not a checkpoint's config): base model, no head"
+    auto = type_auto_class(model_type).__name__  # a type with heads alone (UperNet) is built with its first
+    built = "base model, no head" if auto == "AutoModel" else f"no base model: {auto}'s head"
+    note = f"{type(config).__name__}() at its defaults (a model type, not a checkpoint's config): {built}"
     if notes is None:
         warnings.warn(f"hfreg: {note}", UserWarning, stacklevel=3)
     else:
@@ -360,6 +365,9 @@ def cmd_patch(args):
 
 
 def cmd_probe(args):
+    from transformers import AutoModel
+
+    from .patcher import type_auto_class
     from .probing import probe
     from .twin import small_twin
 
@@ -374,6 +382,8 @@ def cmd_probe(args):
         try:
             results = probe(model, rate=args.rate)
         except Exception as e:
+            if type_auto_class(getattr(built, "model_type", None)) is not AutoModel:
+                raise  # a type with heads alone (UperNet): no base model to fall back on
             base = _build(built, None, args.model, head=False)
             if type(base) is type(model):
                 raise

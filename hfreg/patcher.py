@@ -157,11 +157,37 @@ def patch_config(config: PretrainedConfig, reg: RegularizationConfig | dict) -> 
 _BROAD = ("AutoModelForPreTraining", "AutoModelForMultimodalLM", "AutoModelForTextEncoding")
 
 
+@functools.lru_cache(maxsize=None)
+def _autos() -> tuple[str, ...]:
+    """transformers' Auto model classes by name, `AutoModel` first and the broad ones last."""
+    import transformers
+
+    return tuple(sorted((n for n in dir(transformers) if n.startswith("AutoModel")),
+                        key=lambda n: (n != "AutoModel", n in _BROAD, n)))
+
+
+def _auto_mapping(name: str) -> dict:
+    """model type -> class name(s) of the Auto class ``name`` (read without importing a model)."""
+    import transformers
+
+    return getattr(getattr(getattr(transformers, name, None), "_model_mapping", None), "_model_mapping", {})
+
+
+def type_auto_class(model_type: str | None):
+    """The Auto class that builds ``model_type`` when no architecture is named: `AutoModel` (the base model) where it
+    maps the type, else the first Auto class with a head that does (a type with heads alone: UperNet); None where
+    transformers builds no model of that type (a sub-model's config: SAM's mask decoder)."""
+    import transformers
+
+    return next((getattr(transformers, n) for n in _autos() if model_type in _auto_mapping(n)), None)
+
+
 def auto_class_for(config):
     """The transformers class that loads the model ``config`` describes, head included: the Auto class whose
     mapping for ``config.model_type`` holds the first class named in ``config.architectures``
-    (``BertForSequenceClassification`` -> ``AutoModelForSequenceClassification``), else that class itself;
-    `AutoModel` where the config names none.
+    (``BertForSequenceClassification`` -> ``AutoModelForSequenceClassification``), else that class itself.
+    Where the config names none: `AutoModel`, or for a model type that has no base model, only heads (UperNet,
+    Depth Anything, ViTPose), the Auto class of its first head.
 
     Args:
         config: a transformers `PretrainedConfig`.
@@ -179,19 +205,18 @@ def auto_class_for(config):
         'AutoModelForSequenceClassification'
         >>> auto_class_for(transformers.BertConfig()).__name__
         'AutoModel'
+        >>> auto_class_for(transformers.UperNetConfig()).__name__
+        'AutoModelForSemanticSegmentation'
     """
     import transformers
 
     names = getattr(config, "architectures", None) or []
-    if not names:
-        return transformers.AutoModel
-    autos = sorted((n for n in dir(transformers) if n.startswith("AutoModel")),
-                   key=lambda n: (n != "AutoModel", n in _BROAD, n))
     model_type = getattr(config, "model_type", None)
+    if not names:
+        return type_auto_class(model_type) or transformers.AutoModel
     for arch in names:
-        for name in autos:
-            mapping = getattr(getattr(getattr(transformers, name, None), "_model_mapping", None), "_model_mapping", {})
-            held = mapping.get(model_type, ())
+        for name in _autos():
+            held = _auto_mapping(name).get(model_type, ())
             if arch == held or (not isinstance(held, str) and arch in held):
                 return getattr(transformers, name)
         cls = getattr(transformers, arch, None)

@@ -247,9 +247,10 @@ def test_the_loads_ask_the_local_cache_alone_only_where_the_hub_cannot_be_resolv
 
 def test_a_model_type_no_config_is_named_after_is_its_config_class_at_its_defaults(tmp_path, monkeypatch, capsys):
     """`hfreg compare opt llama`: where no file, folder, shipped config or (cached) hub model has the name, a model
-    type `AutoModel` builds is its config class at its defaults, and a line under the table says so (a warning for
+    type transformers builds is its config class at its defaults, and a line under the table says so (a warning for
     a caller of `load_config` that takes no notes); a shipped config of the same name (gpt2) wins; a name that is
-    neither, or a type `AutoModel` does not build, is one line; so is a model a generic input cannot probe."""
+    neither, or a type no Auto class builds, is one line; so is a model a generic input cannot probe. A type with
+    heads alone (UperNet) is built with its first head, as the note says."""
     import huggingface_hub.constants as hub
     from transformers import OPTConfig
 
@@ -268,10 +269,17 @@ def test_a_model_type_no_config_is_named_after_is_its_config_class_at_its_defaul
     assert load_config("gpt2").architectures == ["GPT2LMHeadModel"]  # the shipped config (the class has none)
     with pytest.warns(UserWarning, match=r"MambaConfig\(\) at its defaults"):
         assert load_config("mamba").model_type == "mamba"
-    for name in ("no-such-type", "encoder-decoder"):  # the second: a config AutoModel does not build
+    for name in ("no-such-type", "sam_mask_decoder"):  # the second: a sub-model's config, which no Auto class builds
         assert main(["inspect", name]) == 2
         (line,) = capsys.readouterr().err.strip().splitlines()
-        assert "not a model type AutoModel builds" in line and f"{name!r}" in line
+        assert "not a model type transformers builds" in line and f"{name!r}" in line
+    assert main(["probe", "upernet"]) == 0  # no base model: its semantic-segmentation head
+    out = capsys.readouterr().out
+    assert "UperNetConfig() at its defaults (a model type, not a checkpoint's config): no base model: " \
+           "AutoModelForSemanticSegmentation's head" in out and "shown is the base model" not in out
+    assert main(["probe", "depth_anything"]) == 2  # its head's own error, not a base model's that does not exist
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("hfreg: error: cannot probe 'depth_anything' with a generic input: TypeError: ")
     assert main(["probe", "siglip2"]) == 2  # its vision tower takes flattened patches: no generic input
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert line.startswith("hfreg: error: cannot probe 'siglip2' with a generic input: RuntimeError: ")

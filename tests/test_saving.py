@@ -42,6 +42,18 @@ def test_auto_class_follows_the_architectures(archs, expected):
         "AutoModelForCausalLM"
 
 
+def test_a_config_naming_no_architecture_gets_the_base_model_or_a_types_only_head():
+    """No architectures named: `AutoModel` where it maps the type; a type with heads alone gets its first head's
+    Auto class (in one fixed order), and a config of no model type the base Auto class."""
+    from hfreg.patcher import type_auto_class
+
+    assert auto_class_for(transformers.BertConfig()) is transformers.AutoModel
+    assert auto_class_for(transformers.UperNetConfig()) is transformers.AutoModelForSemanticSegmentation
+    assert auto_class_for(transformers.VitPoseConfig()) is transformers.AutoModelForPoseEstimation
+    assert type_auto_class("sam_mask_decoder") is None and type_auto_class(None) is None
+    assert auto_class_for(transformers.PretrainedConfig()) is transformers.AutoModel
+
+
 def test_auto_class_refuses_an_unknown_architecture():
     with pytest.raises(ValueError, match=r"names architectures \['BertForNothing'\], which transformers .* pass "
                                          r"`auto_class=`"):
