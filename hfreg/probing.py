@@ -83,7 +83,8 @@ class _RandomOps(TorchDispatchMode):
 def probe_inputs(model: nn.Module, batch: int = 2, length: int = 8) -> dict:
     """A small deterministic input batch for ``model``, from its main input name and config: token ids, with images
     beside them where its forward needs both (a dual encoder such as CLIP); images, audio or features where those
-    are its main input.
+    are its main input. Images have the size the config names (or its vision tower's, its backbone's, its
+    encoder's), 32 x 32 where none does.
 
     Args:
         model: a transformers model (a PEFT wrapper is looked through).
@@ -111,9 +112,12 @@ def probe_inputs(model: nn.Module, batch: int = 2, length: int = 8) -> dict:
 
     def pixels():
         vision = getattr(cfg, "vision_config", None) or cfg
-        size = getattr(vision, "image_size", 32)
-        size = size if isinstance(size, int) else size[0]
-        return torch.randn(batch, getattr(vision, "num_channels", 3), size, size, generator=g)
+        if getattr(vision, "image_size", None) is None:  # a head on a backbone (ViTPose), an encoder-decoder's encoder
+            vision = next((c for c in (getattr(cfg, k, None) for k in ("backbone_config", "encoder"))
+                           if getattr(c, "image_size", None) is not None), vision)
+        size = getattr(vision, "image_size", None) or 32
+        height, width = (size, size) if isinstance(size, int) else (size[0], size[-1])  # ViTPose's is 256 x 192
+        return torch.randn(batch, getattr(vision, "num_channels", 3), height, width, generator=g)
 
     signature = inspect.signature(model.forward).parameters
     if name == "pixel_values":

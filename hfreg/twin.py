@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 # config fields that set depth and width, shrunk for a small twin
 _DEPTH = ("num_hidden_layers", "n_layer", "n_layers", "num_layers", "encoder_layers", "decoder_layers",
           "num_decoder_layers")
-_WIDTH = ("hidden_size", "d_model", "n_embd", "dim")
+_WIDTH = ("hidden_size", "d_model", "n_embd", "dim", "reassemble_hidden_size")  # the last: a DPT neck, backbone-wide
 _HEADS = ("num_attention_heads", "n_head", "n_heads", "num_heads", "encoder_attention_heads",
           "decoder_attention_heads")
 _FFN = ("intermediate_size", "ffn_dim", "d_ff", "encoder_ffn_dim", "decoder_ffn_dim", "n_inner", "hidden_dim",
@@ -59,6 +59,7 @@ def small_twin(config: PretrainedConfig, layers: int = 2, width: int = 64, heads
         ssm_tied = all(isinstance(d.get(k), int) for k in ("mamba_n_heads", "mamba_d_head", "mamba_expand",
                                                            "hidden_size")) \
             and d["mamba_n_heads"] * d["mamba_d_head"] == d["mamba_expand"] * d["hidden_size"]
+        depth_was = d.get("num_hidden_layers")
         for k in _DEPTH:
             if isinstance(d.get(k), int) and d[k] > layers:
                 setattr(cfg, k, layers)
@@ -138,6 +139,16 @@ def small_twin(config: PretrainedConfig, layers: int = 2, width: int = 64, heads
                 for k in _DEPTH:
                     if isinstance(d.get(k), int) and d[k] == layers:
                         setattr(cfg, k, len(cfg.layer_types))
+        if isinstance(depth_was, int) and hasattr(cfg, "set_output_features_output_indices") \
+                and d.get("stage_names") == ["stem"] + [f"stage{i}" for i in range(1, depth_was + 1)] \
+                and all(i >= 0 for i in cfg.out_indices or ()):
+            # a backbone whose stages are its layers (DINOv2 under Depth Anything): the stage names follow the new
+            # depth, and it keeps as many layers as the stages a head reads, which read the last ones (the neck fits)
+            read = [i for i in cfg.out_indices or () if i > 0]
+            n = cfg.num_hidden_layers = max(cfg.num_hidden_layers, len(read))
+            cfg.stage_names = ["stem"] + [f"stage{i}" for i in range(1, n + 1)]
+            cfg.set_output_features_output_indices(out_features=None, out_indices=[0] * (0 in cfg.out_indices)
+                                                   + list(range(n - len(read) + 1, n + 1)))
         if ssm_tied:
             cfg.mamba_n_heads = min(cfg.mamba_n_heads, heads)
             cfg.mamba_d_head = cfg.mamba_expand * cfg.hidden_size // cfg.mamba_n_heads

@@ -10,6 +10,7 @@ from transformers import AutoConfig, AutoModel
 
 import hfreg
 from hfreg.cli import _shipped, load_config, main
+from hfreg.patcher import auto_class_for
 
 CASES = [(m, head) for m in TINY for head in (False, True)]
 # native sites that do nothing on these models although forward reads them, and why: `inspect_model` must leave
@@ -195,6 +196,20 @@ def test_small_twin_keeps_the_sizes_that_must_agree():
     assert (dots1.n_routed_experts, dots1.n_shared_experts, dots1.num_experts_per_tok) == (4, 1, 2)
     bailing = hfreg.small_twin(AutoConfig.for_model("bailing_hybrid"))  # 512 experts in 8 groups, top 4 groups
     assert (bailing.num_experts, bailing.n_group, bailing.topk_group, bailing.num_experts_per_tok) == (4, 2, 1, 2)
+    depth = hfreg.small_twin(AutoConfig.for_model("depth_anything"))  # DINOv2's stages 9-12 feed its neck
+    backbone = depth.backbone_config
+    assert (backbone.num_hidden_layers, backbone.out_indices, backbone.out_features) == \
+        (4, [1, 2, 3, 4], ["stage1", "stage2", "stage3", "stage4"])
+    assert backbone.stage_names == ["stem", "stage1", "stage2", "stage3", "stage4"]
+    assert depth.reassemble_hidden_size == backbone.hidden_size == 64
+    assert hfreg.small_twin(AutoConfig.for_model("dinov2")).out_indices == [2]  # its last stage, as before
+    with warnings.catch_warnings():  # a type with heads alone, fed at its backbone's image size (256 x 192)
+        warnings.simplefilter("ignore")
+        pose = auto_class_for(AutoConfig.for_model("vitpose")).from_config(
+            hfreg.small_twin(AutoConfig.for_model("vitpose")))
+    assert type(pose).__name__ == "VitPoseForPoseEstimation"
+    assert tuple(hfreg.probe_inputs(pose)["pixel_values"].shape) == (2, 3, 256, 192)
+    pose(**hfreg.probe_inputs(pose))  # runs
     for name in ("deepseek_v3", "siglip", "qwen2_vl", "ministral", "deepseek_v2", "dots1"):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
