@@ -84,7 +84,7 @@ def probe_inputs(model: nn.Module, batch: int = 2, length: int = 8) -> dict:
     """A small deterministic input batch for ``model``, from its main input name and config: token ids, with images
     beside them where its forward needs both (a dual encoder such as CLIP); images, audio or features where those
     are its main input. Images have the size the config names (or its vision tower's, its backbone's, its
-    encoder's), 32 x 32 where none does.
+    encoder's), 32 x 32 where none does; a video model's clips the frames its config names.
 
     Args:
         model: a transformers model (a PEFT wrapper is looked through).
@@ -117,11 +117,15 @@ def probe_inputs(model: nn.Module, batch: int = 2, length: int = 8) -> dict:
                            if getattr(c, "image_size", None) is not None), vision)
         size = getattr(vision, "image_size", None) or 32
         height, width = (size, size) if isinstance(size, int) else (size[0], size[-1])  # ViTPose's is 256 x 192
-        return torch.randn(batch, getattr(vision, "num_channels", 3), height, width, generator=g)
+        # a video model's frames: as many as its config names (VideoMAE's position table is sized for them)
+        frames = next((c.num_frames for c in (vision, cfg) if isinstance(getattr(c, "num_frames", None), int)),
+                      4 if name == "pixel_values_videos" else None)
+        return torch.randn(batch, *([frames] if frames else []), getattr(vision, "num_channels", 3), height, width,
+                           generator=g)
 
     signature = inspect.signature(model.forward).parameters
-    if name == "pixel_values":
-        inputs = {"pixel_values": pixels()}
+    if name in ("pixel_values", "pixel_values_videos"):
+        inputs = {name: pixels()}
         if hasattr(cfg, "text_config"):  # dual encoders (and Kosmos-2, which has no image-token key) take both
             inputs["input_ids"] = ids
     elif name == "input_ids" and "pixel_values" in signature and _pairs_text_with_images(cfg, signature):

@@ -217,6 +217,20 @@ def test_small_twin_keeps_the_sizes_that_must_agree():
             model(**hfreg.probe_inputs(model))  # runs
 
 
+def test_probe_inputs_feed_a_video_model_its_frames():
+    """A video model's clips have the frames its config names (VideoMAE's position table is sized for them), as
+    `pixel_values` or `pixel_values_videos`, whichever its forward takes."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        videomae = AutoModel.from_config(hfreg.small_twin(AutoConfig.for_model("videomae")))
+        vjepa = AutoModel.from_config(hfreg.small_twin(AutoConfig.for_model("vjepa2")))
+    inputs = hfreg.probe_inputs(videomae)
+    assert tuple(inputs["pixel_values"].shape) == (2, videomae.config.num_frames, 3, 224, 224)
+    assert videomae(**inputs).last_hidden_state.isfinite().all()
+    assert hfreg.probe_inputs(vjepa)["pixel_values_videos"].dim() == 5  # no frame count named: 4
+    assert tuple(hfreg.probe_inputs(build("bert", False))["input_ids"].shape) == (2, 8)  # text models as before
+
+
 def test_probe_cli(capsys):
     assert main(["probe", "gpt2"]) == 0
     out = capsys.readouterr().out
