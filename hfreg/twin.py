@@ -103,7 +103,7 @@ def small_twin(config: PretrainedConfig, layers: int = 2, width: int = 64, heads
                 setattr(cfg, k, 2 * width)
         if isinstance(d.get("num_queries"), int):  # a detector's queries, chosen among the anchors of a small image
             cfg.num_queries = min(cfg.num_queries, 8)
-        for k in ("num_local_experts", "num_experts"):
+        for k in ("num_local_experts", "num_experts", "n_routed_experts"):
             if isinstance(d.get(k), int):
                 setattr(cfg, k, min(d[k], 4))
                 for g in ("n_group", "num_expert_group"):  # groups divide the experts, two or more each (Bailing)
