@@ -167,10 +167,14 @@ def _autos() -> tuple[str, ...]:
 
 
 def _auto_mapping(name: str) -> dict:
-    """model type -> class name(s) of the Auto class ``name`` (read without importing a model)."""
+    """model type -> class name(s) of the Auto class ``name`` (read without importing a model), types registered
+    with ``AutoModel.register`` included."""
     import transformers
 
-    return getattr(getattr(getattr(transformers, name, None), "_model_mapping", None), "_model_mapping", {})
+    mapping = getattr(getattr(transformers, name, None), "_model_mapping", None)
+    extra = getattr(mapping, "_extra_content", {})
+    registered = {getattr(c, "model_type", None): m.__name__ for c, m in extra.items()}
+    return {**getattr(mapping, "_model_mapping", {}), **registered}
 
 
 def type_auto_class(model_type: str | None):

@@ -30,10 +30,11 @@ def _divisor(n: int, at_most: int) -> int:
 
 def small_twin(config: PretrainedConfig, layers: int = 2, width: int = 64, heads: int = 4) -> PretrainedConfig:
     """A copy of ``config`` with ``layers`` layers, width ``width`` and ``heads`` heads: the same architecture and
-    code path (attention implementation, rates, layer types), cheap enough to run on a CPU. Sizes the model needs
-    to agree stay consistent (key-value heads, multi-head latent attention's head sizes and ranks, multimodal rotary
-    sections, a tower's output projection). Near-zero initialisation scales are raised to usual ones, so that a
-    dropout's effect shows in the output.
+    code path (attention implementation, rates, layer types), cheap enough to run on a CPU. (A backbone whose
+    stages are its layers keeps as many as the stages its head reads: Depth Anything's DINOv2 keeps 4.) Sizes the
+    model needs to agree stay consistent (key-value heads, multi-head latent attention's head sizes and ranks,
+    multimodal rotary sections, a tower's output projection). Near-zero initialisation scales are raised to usual
+    ones, so that a dropout's effect shows in the output.
 
     Args:
         config: a transformers config (nested sub-configs are shrunk too).
@@ -140,15 +141,15 @@ def small_twin(config: PretrainedConfig, layers: int = 2, width: int = 64, heads
                     if isinstance(d.get(k), int) and d[k] == layers:
                         setattr(cfg, k, len(cfg.layer_types))
         if isinstance(depth_was, int) and hasattr(cfg, "set_output_features_output_indices") \
-                and d.get("stage_names") == ["stem"] + [f"stage{i}" for i in range(1, depth_was + 1)] \
-                and all(i >= 0 for i in cfg.out_indices or ()):
+                and d.get("stage_names") == ["stem"] + [f"stage{i}" for i in range(1, depth_was + 1)]:
             # a backbone whose stages are its layers (DINOv2 under Depth Anything): the stage names follow the new
             # depth, and it keeps as many layers as the stages a head reads, which read the last ones (the neck fits)
-            read = [i for i in cfg.out_indices or () if i > 0]
-            n = cfg.num_hidden_layers = max(cfg.num_hidden_layers, len(read))
+            picked = {i % (depth_was + 1) for i in cfg.out_indices or ()}  # -1: the last stage
+            read = len(picked - {0})
+            n = cfg.num_hidden_layers = max(cfg.num_hidden_layers, read)
             cfg.stage_names = ["stem"] + [f"stage{i}" for i in range(1, n + 1)]
-            cfg.set_output_features_output_indices(out_features=None, out_indices=[0] * (0 in cfg.out_indices)
-                                                   + list(range(n - len(read) + 1, n + 1)))
+            cfg.set_output_features_output_indices(out_features=None, out_indices=[0] * (0 in picked)
+                                                   + list(range(n - read + 1, n + 1)))
         if ssm_tied:
             cfg.mamba_n_heads = min(cfg.mamba_n_heads, heads)
             cfg.mamba_d_head = cfg.mamba_expand * cfg.hidden_size // cfg.mamba_n_heads

@@ -277,9 +277,9 @@ def test_a_model_type_no_config_is_named_after_is_its_config_class_at_its_defaul
     out = capsys.readouterr().out
     assert "UperNetConfig() at its defaults (a model type, not a checkpoint's config): no base model: " \
            "AutoModelForSemanticSegmentation's head" in out and "shown is the base model" not in out
-    assert main(["probe", "depth_anything"]) == 2  # its head's own error, not a base model's that does not exist
+    assert main(["probe", "superglue"]) == 2  # its head's own error, not a base model's that does not exist
     (line,) = capsys.readouterr().err.strip().splitlines()
-    assert line.startswith("hfreg: error: cannot probe 'depth_anything' with a generic input: TypeError: ")
+    assert line.startswith("hfreg: error: cannot probe 'superglue' with a generic input: ValueError: Input must be")
     assert main(["probe", "siglip2"]) == 2  # its vision tower takes flattened patches: no generic input
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert line.startswith("hfreg: error: cannot probe 'siglip2' with a generic input: RuntimeError: ")

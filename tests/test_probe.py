@@ -204,7 +204,10 @@ def test_small_twin_keeps_the_sizes_that_must_agree():
         (4, [1, 2, 3, 4], ["stage1", "stage2", "stage3", "stage4"])
     assert backbone.stage_names == ["stem", "stage1", "stage2", "stage3", "stage4"]
     assert depth.reassemble_hidden_size == backbone.hidden_size == 64
-    assert hfreg.small_twin(AutoConfig.for_model("dinov2")).out_indices == [2]  # its last stage, as before
+    assert hfreg.small_twin(AutoConfig.for_model("dinov2")).out_indices == [2]  # the last of the twin's stages
+    backbone = AutoConfig.for_model("depth_anything").backbone_config  # the same four stages, counted from the end
+    backbone.set_output_features_output_indices(out_features=None, out_indices=[-4, -3, -2, -1])
+    assert hfreg.small_twin(backbone).out_indices == [1, 2, 3, 4]
     with warnings.catch_warnings():  # a type with heads alone, fed at its backbone's image size (256 x 192)
         warnings.simplefilter("ignore")
         pose = auto_class_for(AutoConfig.for_model("vitpose")).from_config(
