@@ -96,7 +96,8 @@ def small_twin(config: PretrainedConfig, layers: int = 2, width: int = 64, heads
                 cfg.head_dim = cfg.qk_rope_head_dim
             elif mla_head and isinstance(d.get("qk_head_dim"), int):
                 cfg.head_dim = cfg.qk_head_dim
-        for k in ("projection_size", "out_hidden_size"):  # a tower's output, read by another tower of the twin's width
+        # a tower's output, read by another tower of the twin's width (T5Gemma's decoder attends to its encoder)
+        for k in ("projection_size", "out_hidden_size", "cross_attention_hidden_size"):
             if isinstance(d.get(k), int) and d[k] > width:
                 setattr(cfg, k, width)
         for k in _FFN:
