@@ -72,7 +72,9 @@ def small_twin(config: PretrainedConfig, layers: int = 2, width: int = 64, heads
             if isinstance(d.get(k), int) and d[k] > heads:
                 setattr(cfg, k, heads)
         now = next((d[k] for k in _HEADS if isinstance(d.get(k), int)), heads)
-        if isinstance(d.get("num_key_value_heads"), int):
+        if "num_key_value_heads" in d and d["num_key_value_heads"] is None and isinstance(was, int):
+            cfg.num_key_value_heads = now  # left None by a default config (Nemotron): one per head, as meant
+        elif isinstance(d.get("num_key_value_heads"), int):
             # multi-head attention (every head its own keys; multi-head latent attention needs it) stays so;
             # grouped-query attention keeps groups, with a key-value head count that divides the head count
             kv = d["num_key_value_heads"]

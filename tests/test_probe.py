@@ -194,6 +194,8 @@ def test_small_twin_keeps_the_sizes_that_must_agree():
     assert v2.num_experts_per_tok == 2  # None in its default config: the router cannot take it
     dots1 = hfreg.small_twin(AutoConfig.for_model("dots1"))
     assert (dots1.n_routed_experts, dots1.n_shared_experts, dots1.num_experts_per_tok) == (4, 1, 2)
+    nemotron = hfreg.small_twin(AutoConfig.for_model("nemotron"))  # its default leaves the key-value heads None
+    assert nemotron.num_key_value_heads == nemotron.num_attention_heads == 4
     t5gemma = hfreg.small_twin(AutoConfig.for_model("t5gemma"))  # its decoder attends to an encoder of 2304
     assert t5gemma.decoder.cross_attention_hidden_size == t5gemma.encoder.hidden_size == 64
     v3 = hfreg.small_twin(AutoConfig.for_model("deepseek_v3"))  # 256 routed experts in 8 groups, top 4 groups
