@@ -37,6 +37,7 @@ def load_config(ref: str, notes: list[str] | None = None):
     type transformers builds (``opt``, ``llama``, ``upernet``): its config class at its defaults, which ``notes`` is
     told (a warning where none is given)."""
     from transformers import AutoConfig
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
 
     from .patcher import type_auto_class
 
@@ -62,6 +63,9 @@ def load_config(ref: str, notes: list[str] | None = None):
         except Exception:
             if type_auto_class(ref) is not None:  # no config of that name: the architecture at its own defaults
                 return _model_type_config(ref, notes)
+            if ref in CONFIG_MAPPING_NAMES:
+                raise ValueError(f"{ref!r} is the config of a part of a model (a sub-model) that no Auto class "
+                                 f"builds: pass the model type it belongs to, or a checkpoint") from None
             raise ValueError(f"cannot find a config for {ref!r}: not a file, not a directory, not one of the "
                              f"shipped configs {_shipped()}, not a model type transformers builds (bert, llama, ...), "
                              f"and " + (f"not in the local cache, with the hub ({host}) unreachable from here"
@@ -94,7 +98,8 @@ def _model_type_config(model_type: str, notes: list[str] | None):
 def _first_line(e: Exception, limit: int | None = 200) -> str:
     """An exception's first line, cut at ``limit`` characters (transformers' errors may list every model type); None
     keeps it whole (hfreg's own errors, which name every allowed value)."""
-    line = str(e).splitlines()[0] if str(e) else type(e).__name__
+    # the first line that says something (a missing optional library's message starts with an empty one)
+    line = next((x.strip() for x in str(e).splitlines() if x.strip()), type(e).__name__)
     return line if limit is None or len(line) <= limit else line[: limit - 1] + "…"
 
 
@@ -203,6 +208,9 @@ def cmd_inspect(args):
         rows.append([s.path, s.kind, f"{s.rate:g}", "-" if s.layer is None else str(s.layer), s.source,
                      s.config_key or "-"])
     print(_table(rows))
+    if not sites:  # Mamba, a CNN without dropout modules: an empty table alone would look like a failure
+        print(f"no native site: every knob acts through hfreg's hooks where it can (`hfreg probe {args.model}` "
+              f"says which)")
     for line in _spec_lines(_name(args.model), config, notes):
         print(line)
     if args.plot:
@@ -378,24 +386,28 @@ def cmd_probe(args):
             a.endswith("ForSequenceClassification") for a in getattr(built, "architectures", None) or []):
         built.pad_token_id = 0  # a decoder's classifier finds each row's end by its pad token, which it then lacks
     model = _build(built, notes, args.model)
-    try:
+    with warnings.catch_warnings(record=True) as said:  # what a knob says as it runs: notes under the table
+        warnings.simplefilter("always")
         try:
-            results = probe(model, rate=args.rate)
-        except Exception as e:
-            if type_auto_class(getattr(built, "model_type", None)) is not AutoModel:
-                raise  # a type with heads alone (UperNet): no base model to fall back on
-            base = _build(built, None, args.model, head=False)
-            if type(base) is type(model):
-                raise
-            # a head that needs inputs of its own (a decoder's classifier without a pad token, multiple choice)
-            notes.append(f"shown is the base model: its head, {type(model).__name__}, does not run on a generic "
-                         f"input ({type(e).__name__}: {_first_line(e)})")
-            results = probe(base, rate=args.rate)
-    except Exception as e:  # a model whose forward needs more than one generic input (CLIP: text and pixels)
-        raise ValueError(f"cannot probe {args.model!r} with a generic input: {type(e).__name__}: "
-                         f"{_first_line(e)}") from None
-    what = "the model as configured" if args.full else "a small twin (same architecture and code path, 2 layers, " \
-                                                       "width 64, random weights)"
+            try:
+                results = probe(model, rate=args.rate)
+            except Exception as e:
+                if type_auto_class(getattr(built, "model_type", None)) is not AutoModel:
+                    raise  # a type with heads alone (UperNet): no base model to fall back on
+                base = _build(built, None, args.model, head=False)
+                if type(base) is type(model):
+                    raise
+                # a head that needs inputs of its own (a decoder's classifier without a pad token, multiple choice)
+                notes.append(f"shown is the base model: its head, {type(model).__name__}, does not run on a "
+                             f"generic input ({type(e).__name__}: {_first_line(e)})")
+                results = probe(base, rate=args.rate)
+        except Exception as e:  # a model whose forward needs more than one generic input (CLIP: text and pixels)
+            raise ValueError(f"cannot probe {args.model!r} with a generic input: {type(e).__name__}: "
+                             f"{_first_line(e)}") from None
+    notes += dict.fromkeys(str(w.message).removeprefix("hfreg: ") for w in said  # once each
+                           if issubclass(w.category, UserWarning) and str(w.message).startswith("hfreg: "))
+    what = "the model as configured" if args.full else "a small twin (same architecture and code path, usually " \
+                                                       "2 layers, width 64, random weights)"
     print(f"{args.model}: each site turned on alone at {args.rate:g}, all else off, on {what}; "
           f"acts = the training-mode output changes")
     rows = [["path", "kind", "source", "rate", "acts", "note"]]
@@ -475,7 +487,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="hfreg", description="Where and how strongly transformers regularize; one spec to change it.")
     sub = p.add_subparsers(dest="command", required=True)
     s = sub.add_parser("inspect", help="every dropout / drop-path / LayerDrop site of a model: path, kind, rate, "
-                                       "layer")
+                                       "layer, source, config key")
     s.add_argument("model", help=MODEL_HELP)
     s.add_argument("--plot", metavar="FILE.png", help="also draw each knob's rate against layer depth")
     s.set_defaults(func=cmd_inspect)
@@ -571,6 +583,9 @@ def main(argv=None) -> int:
     try:
         with _transformers_quiet() if args.func in (cmd_inspect, cmd_compare, cmd_probe) else nullcontext():
             args.func(args)
+    except BrokenPipeError:  # `hfreg inspect ... | head`: the reader has what it wanted
+        sys.stdout = None  # nothing left to flush at exit, where it would fail again
+        return 0
     except (ValueError, OSError) as e:
         print(f"hfreg: error: {_first_line(e, limit=None)}", file=sys.stderr)
         return 2

@@ -206,6 +206,15 @@ def _same(a, b):
     return len(a) == len(b) and all(torch.equal(x, y) for x, y in zip(a, b))
 
 
+# draws per site: one may drop nothing (LayerDrop at 0.5 over a twin's 2 layers keeps both a quarter of the time)
+_DRAWS = 5
+
+
+def _acts(model, inputs, base) -> bool:
+    """Whether any of `_DRAWS` seeds gives a training output other than ``base`` (all off)."""
+    return any(not _same(base, _train_output(model, inputs, seed)) for seed in range(1, _DRAWS + 1))
+
+
 class EvalForward:
     """A module's own forward as in eval mode, its children keeping theirs: the context `EvalEnter` enters."""
 
@@ -375,7 +384,7 @@ def probe(model: nn.Module, inputs: dict | None = None, rate: float = 0.5, patch
         old = getattr(n.owner, n.attr)
         setattr(n.owner, n.attr, rate)
         try:
-            acts = not _same(base, _train_output(model, inputs, 1))
+            acts = _acts(model, inputs, base)
         except Exception:  # a rate the forward cannot take is a site that does not work
             acts = False
         setattr(n.owner, n.attr, old)
@@ -391,7 +400,7 @@ def probe(model: nn.Module, inputs: dict | None = None, rate: float = 0.5, patch
         if knob in AFTER_MOVING:  # e.g. a weight mixed with its own value at patch time is unchanged
             acts = _acts_once_moved(model, inputs)
         else:
-            acts = not _same(base, _train_output(model, inputs, 1))
+            acts = _acts(model, inputs, base)
         note = state.refused.get(knob, "")
         results.append(Probe("*", knob, 0.0, "hfreg", acts, note=note))
     return results

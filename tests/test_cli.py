@@ -160,6 +160,24 @@ def test_the_console_script_says_a_user_error_without_traceback(tmp_path):
 def test_help():
     proc = subprocess.run([HFREG, "--help"], capture_output=True, text=True)
     assert proc.returncode == 0 and "inspect" in proc.stdout and "compare" in proc.stdout
+    assert "path, kind, rate, layer, source, config key" in " ".join(proc.stdout.split())  # inspect's columns
+
+
+def test_a_reader_that_stops_early_ends_the_output_quietly():
+    """`hfreg inspect ... | head`: a reader that has gone (here one that reads nothing) closes the pipe under the
+    table; no error line, exit 0."""
+    proc = subprocess.run(["bash", "-c", f"set -o pipefail; '{HFREG}' inspect bert-base-uncased | true"],
+                          capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert (proc.returncode, proc.stderr) == (0, "")
+
+
+def test_an_error_whose_message_starts_with_an_empty_line_says_its_first_words():
+    """transformers' message for a missing optional library (DETR's timm) starts with a newline."""
+    from hfreg.cli import _first_line
+
+    assert _first_line(ImportError("\nTimmBackbone requires the timm library\nmore")) == \
+        "TimmBackbone requires the timm library"
+    assert _first_line(ImportError("")) == "ImportError"
 
 
 def test_compare_and_inspect_plot_rates_against_depth(tmp_path, capsys):
@@ -269,14 +287,20 @@ def test_a_model_type_no_config_is_named_after_is_its_config_class_at_its_defaul
     assert load_config("gpt2").architectures == ["GPT2LMHeadModel"]  # the shipped config (the class has none)
     with pytest.warns(UserWarning, match=r"MambaConfig\(\) at its defaults"):
         assert load_config("mamba").model_type == "mamba"
-    for name in ("no-such-type", "sam_mask_decoder"):  # the second: a sub-model's config, which no Auto class builds
+    for name, words in (("no-such-type", "not a model type transformers builds"),
+                        ("sam_mask_decoder", "is the config of a part of a model (a sub-model) that no Auto class")):
         assert main(["inspect", name]) == 2
         (line,) = capsys.readouterr().err.strip().splitlines()
-        assert "not a model type transformers builds" in line and f"{name!r}" in line
+        assert words in line and f"{name!r}" in line
     assert main(["probe", "upernet"]) == 0  # no base model: its semantic-segmentation head
     out = capsys.readouterr().out
     assert "UperNetConfig() at its defaults (a model type, not a checkpoint's config): no base model: " \
            "AutoModelForSemanticSegmentation's head" in out and "shown is the base model" not in out
+    # what a knob said as it ran is a note under the table, once, not a warning on stderr
+    assert out.count("note: `layerdrop`=0.5 cannot skip ResNetBottleNeckLayer layers") == 1
+    assert main(["inspect", "upernet"]) == 0  # a ResNet without dropout modules: said, not an empty table alone
+    assert "no native site: every knob acts through hfreg's hooks where it can (`hfreg probe upernet` says which)" \
+        in capsys.readouterr().out
     assert main(["probe", "superglue"]) == 2  # its head's own error, not a base model's that does not exist
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert line.startswith("hfreg: error: cannot probe 'superglue' with a generic input: ValueError: Input must be")

@@ -226,6 +226,26 @@ def test_small_twin_keeps_the_sizes_that_must_agree():
             model(**hfreg.probe_inputs(model))  # runs
 
 
+def test_probe_draws_several_times_before_it_calls_a_knob_without_effect(monkeypatch):
+    """LayerDrop at 0.5 keeps both of a twin's 2 layers a quarter of the time: on ViTPose's twin the first seed
+    drops neither, so a single draw called the knob without effect."""
+    import hfreg.probing
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pose = auto_class_for(AutoConfig.for_model("vitpose")).from_config(
+            hfreg.small_twin(AutoConfig.for_model("vitpose")))
+
+    def layerdrop_acts():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return next(r.acts for r in hfreg.probe(pose, rate=0.5) if r.kind == "layerdrop" and r.source == "hfreg")
+
+    assert layerdrop_acts()
+    monkeypatch.setattr(hfreg.probing, "_DRAWS", 1)  # one draw: the seed that drops nothing
+    assert not layerdrop_acts()
+
+
 def test_probe_inputs_feed_a_video_model_its_frames():
     """A video model's clips have the frames its config names (VideoMAE's position table is sized for them), as
     `pixel_values` or `pixel_values_videos`, whichever its forward takes."""
