@@ -86,7 +86,7 @@ def same(a, b):
 def build(model_type):
     from transformers import AutoConfig
 
-    from hfreg.patcher import auto_class_for
+    from hfreg.patcher import auto_class_for, package_model_class
 
     config = hfreg.small_twin(AutoConfig.for_model(model_type))
     config.architectures = config.architectures or []  # AutoModel reads it for types with several classes (Funnel)
@@ -94,7 +94,7 @@ def build(model_type):
     try:  # what `hfreg probe <type>` builds: the base model, or for a type with heads alone (UperNet) its first head
         model = auto_class_for(config).from_config(config)
     except ValueError:  # a sub-model config (`…TextConfig`) that no Auto class maps: the model class of its
-        cls = _model_class(type(config))  # package built for exactly that config class
+        cls = package_model_class(type(config))  # package built for exactly that config class
         if cls is None:
             raise
         model = cls(config)
@@ -103,33 +103,6 @@ def build(model_type):
             if not name.endswith("bias") and p.is_floating_point() and p.numel() > 1 and not p.any():
                 p.normal_(0.0, 0.02)
     return model
-
-
-def _model_class(config_class):
-    """The model class, in ``config_class``'s package's modeling modules, whose ``config_class`` it is and that has a
-    forward of its own: the one named like the config (``FooTextConfig`` -> ``FooTextModel``) if there is one, else
-    the first such class that is not a head."""
-    import importlib
-    import inspect
-    import pkgutil
-
-    from transformers import PreTrainedModel
-
-    package = importlib.import_module(config_class.__module__.rsplit(".", 1)[0])
-    classes = []
-    for info in pkgutil.iter_modules(package.__path__):
-        if not info.name.startswith("modeling_"):
-            continue
-        try:
-            mod = importlib.import_module(f"{package.__name__}.{info.name}")
-        except ImportError:
-            continue
-        classes += [c for _, c in inspect.getmembers(mod, inspect.isclass) if issubclass(c, PreTrainedModel)
-                    and c.__module__ == mod.__name__ and getattr(c, "config_class", None) is config_class
-                    and c.forward is not torch.nn.Module.forward]  # a PreTrainedModel base runs nothing
-    named = config_class.__name__.replace("Config", "Model")
-    ranked = sorted(classes, key=lambda c: (c.__name__ != named, "For" in c.__name__, c.__name__))
-    return ranked[0] if ranked else None
 
 
 def keeps(before, after, knob) -> bool:

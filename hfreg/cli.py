@@ -34,12 +34,12 @@ MODEL_HELP = "model dir, config.json, shipped config name, hub id, or model type
 
 def load_config(ref: str, notes: list[str] | None = None):
     """A transformers config from a local dir, a config.json, a shipped published config, a hub id, or else a model
-    type transformers builds (``opt``, ``llama``, ``upernet``): its config class at its defaults, which ``notes`` is
-    told (a warning where none is given)."""
+    type transformers builds (``opt``, ``llama``, ``upernet``, a sub-model's ``siglip_text_model``): its config class
+    at its defaults, which ``notes`` is told (a warning where none is given)."""
     from transformers import AutoConfig
-    from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING, CONFIG_MAPPING_NAMES
 
-    from .patcher import type_auto_class
+    from .patcher import package_model_class, type_auto_class
 
     published = shipped("models", ref.replace("/", "--") + ".json")
     if os.path.isfile(ref):
@@ -61,7 +61,8 @@ def load_config(ref: str, notes: list[str] | None = None):
         try:  # with no hub to ask, the local cache only: huggingface_hub would retry for some 25 s first
             return AutoConfig.from_pretrained(ref, **({"local_files_only": True} if host else {}))
         except Exception:
-            if type_auto_class(ref) is not None:  # no config of that name: the architecture at its own defaults
+            if type_auto_class(ref) is not None or (  # no config of that name: the architecture at its defaults
+                    ref in CONFIG_MAPPING_NAMES and package_model_class(CONFIG_MAPPING[ref]) is not None):
                 return _model_type_config(ref, notes)
             if ref in CONFIG_MAPPING_NAMES:
                 raise ValueError(f"{ref!r} is the config of a part of a model (a sub-model) that no Auto class "
@@ -79,14 +80,15 @@ def load_config(ref: str, notes: list[str] | None = None):
 def _model_type_config(model_type: str, notes: list[str] | None):
     from transformers import AutoConfig
 
-    from .patcher import type_auto_class
+    from .patcher import package_model_class, type_auto_class
 
     try:
         config = AutoConfig.for_model(model_type)
     except Exception as e:  # transformers raises many types for a config class that needs arguments
         raise ValueError(f"cannot make model type {model_type!r} at its defaults: {_first_line(e)}") from None
-    auto = type_auto_class(model_type).__name__  # a type with heads alone (UperNet) is built with its first
-    built = "base model, no head" if auto == "AutoModel" else f"no base model: {auto}'s head"
+    auto = type_auto_class(model_type)  # a type with heads alone (UperNet) is built with its first
+    built = (f"a sub-model's config: {package_model_class(type(config)).__name__}" if auto is None
+             else "base model, no head" if auto.__name__ == "AutoModel" else f"no base model: {auto.__name__}'s head")
     note = f"{type(config).__name__}() at its defaults (a model type, not a checkpoint's config): {built}"
     if notes is None:
         warnings.warn(f"hfreg: {note}", UserWarning, stacklevel=3)
@@ -109,10 +111,12 @@ def _build(config, notes: list[str] | None = None, name: str | None = None, head
     ``notes``."""
     from transformers import AutoModel
 
-    from .patcher import auto_class_for
+    from .patcher import auto_class_for, package_model_class, type_auto_class
 
     try:
         cls = auto_class_for(config) if head else AutoModel
+        if cls is AutoModel and type_auto_class(getattr(config, "model_type", None)) is None:
+            cls = package_model_class(type(config)) or AutoModel  # a sub-model's config (SigLIP's text model)
     except ValueError:  # architectures of remote code, or of a later transformers: the base model, said
         cls = AutoModel
         if notes is not None:

@@ -186,6 +186,35 @@ def type_auto_class(model_type: str | None):
     return next((getattr(transformers, n) for n in _autos() if model_type in _auto_mapping(n)), None)
 
 
+def package_model_class(config_class):
+    """The model class built for exactly ``config_class``, for a config no Auto class maps (a sub-model's: SigLIP's
+    text model): among its package's modeling modules' classes whose ``config_class`` it is and that have a forward
+    of their own, the one named like the config (``FooTextConfig`` -> ``FooTextModel``) if there is one, else the
+    first that is not a head; None where there is none (SAM's mask decoder is a plain module)."""
+    import importlib
+    import inspect
+    import pkgutil
+
+    import torch
+    from transformers import PreTrainedModel
+
+    package = importlib.import_module(config_class.__module__.rsplit(".", 1)[0])
+    classes = []
+    for info in pkgutil.iter_modules(getattr(package, "__path__", [])):
+        if not info.name.startswith("modeling_"):
+            continue
+        try:
+            mod = importlib.import_module(f"{package.__name__}.{info.name}")
+        except ImportError:
+            continue
+        classes += [c for _, c in inspect.getmembers(mod, inspect.isclass) if issubclass(c, PreTrainedModel)
+                    and c.__module__ == mod.__name__ and getattr(c, "config_class", None) is config_class
+                    and c.forward is not torch.nn.Module.forward]  # a PreTrainedModel base runs nothing
+    named = config_class.__name__.replace("Config", "Model")
+    ranked = sorted(classes, key=lambda c: (c.__name__ != named, "For" in c.__name__, c.__name__))
+    return ranked[0] if ranked else None
+
+
 def auto_class_for(config):
     """The transformers class that loads the model ``config`` describes, head included: the Auto class whose
     mapping for ``config.model_type`` holds the first class named in ``config.architectures``

@@ -298,6 +298,9 @@ def test_a_model_type_no_config_is_named_after_is_its_config_class_at_its_defaul
            "AutoModelForSemanticSegmentation's head" in out and "shown is the base model" not in out
     # what a knob said as it ran is a note under the table, once, not a warning on stderr
     assert out.count("note: `layerdrop`=0.5 cannot skip ResNetBottleNeckLayer layers") == 1
+    assert main(["inspect", "siglip_text_model"]) == 0  # a sub-model's config: the class made for it, as coverage
+    assert "SiglipTextConfig() at its defaults (a model type, not a checkpoint's config): a sub-model's config: " \
+           "SiglipTextModel" in capsys.readouterr().out
     assert main(["inspect", "upernet"]) == 0  # a ResNet without dropout modules: said, not an empty table alone
     assert "no native site: every knob acts through hfreg's hooks where it can (`hfreg probe upernet` says which)" \
         in capsys.readouterr().out
