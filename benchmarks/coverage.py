@@ -7,10 +7,10 @@
     .venv/bin/python benchmarks/coverage.py --merge /tmp/a.json /tmp/b.json --output docs/coverage.md
 
 For every model type transformers knows: its default config shrunk by `hfreg.small_twin` (2 layers, width 64),
-the base model (`AutoModel`; for a type with heads alone, as UperNet, its first head: `hfreg.auto_class_for`, as
-`hfreg probe <type>` builds), inputs from `hfreg.probe_inputs`. A type counts as buildable when the unpatched
-twin runs in eval and train mode with finite outputs and an eval output that does not depend on the seed. The
-invariants, each on a fresh twin where it matters:
+the base model (`AutoModel`; for a type with heads alone, as UperNet, its first head, and for a sub-model's config
+the class made for it: `hfreg.auto_class_for`, as `hfreg probe <type>` builds), inputs from `hfreg.probe_inputs`.
+A type counts as buildable when the unpatched twin runs in eval and train mode with finite outputs and an eval
+output that does not depend on the seed. The invariants, each on a fresh twin where it matters:
   eval      eval output bit-identical under a spec setting every knob (0.3)
   keys      state_dict keys and values unchanged by that patch
   zero      `disable_dropout` passes: the all-zero spec makes training deterministic
@@ -91,10 +91,12 @@ def build(model_type):
     config = hfreg.small_twin(AutoConfig.for_model(model_type))
     config.architectures = config.architectures or []  # AutoModel reads it for types with several classes (Funnel)
     torch.manual_seed(0)
-    try:  # what `hfreg probe <type>` builds: the base model, or for a type with heads alone (UperNet) its first head
-        model = auto_class_for(config).from_config(config)
-    except ValueError:  # a sub-model config (`…TextConfig`) that no Auto class maps: the model class of its
-        cls = package_model_class(type(config))  # package built for exactly that config class
+    # what `hfreg probe <type>` builds: the base model, a type's only head (UperNet), a sub-model's class (…TextModel)
+    cls = auto_class_for(config)
+    try:
+        model = cls.from_config(config) if cls.__name__.startswith("AutoModel") else cls(config)
+    except ValueError:  # a config class AutoModel maps under another type name (Evolla's): the class made for it
+        cls = package_model_class(type(config))
         if cls is None:
             raise
         model = cls(config)

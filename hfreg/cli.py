@@ -111,12 +111,10 @@ def _build(config, notes: list[str] | None = None, name: str | None = None, head
     ``notes``."""
     from transformers import AutoModel
 
-    from .patcher import auto_class_for, package_model_class, type_auto_class
+    from .patcher import auto_class_for
 
     try:
         cls = auto_class_for(config) if head else AutoModel
-        if cls is AutoModel and type_auto_class(getattr(config, "model_type", None)) is None:
-            cls = package_model_class(type(config)) or AutoModel  # a sub-model's config (SigLIP's text model)
     except ValueError:  # architectures of remote code, or of a later transformers: the base model, said
         cls = AutoModel
         if notes is not None:

@@ -166,15 +166,15 @@ def _autos() -> tuple[str, ...]:
                         key=lambda n: (n != "AutoModel", n in _BROAD, n)))
 
 
-def _auto_mapping(name: str) -> dict:
-    """model type -> class name(s) of the Auto class ``name`` (read without importing a model), types registered
-    with ``AutoModel.register`` included."""
+def _held(name: str, model_type: str | None):
+    """The class name(s) the Auto class ``name`` maps ``model_type`` to (read without importing a model), a type
+    registered with ``AutoModel.register`` included; None where it maps none."""
     import transformers
 
     mapping = getattr(getattr(transformers, name, None), "_model_mapping", None)
-    extra = getattr(mapping, "_extra_content", {})
-    registered = {getattr(c, "model_type", None): m.__name__ for c, m in extra.items()}
-    return {**getattr(mapping, "_model_mapping", {}), **registered}
+    held = getattr(mapping, "_model_mapping", {}).get(model_type)
+    return held or next((m.__name__ for c, m in getattr(mapping, "_extra_content", {}).items()
+                         if getattr(c, "model_type", None) == model_type), None)
 
 
 def type_auto_class(model_type: str | None):
@@ -183,9 +183,10 @@ def type_auto_class(model_type: str | None):
     transformers builds no model of that type (a sub-model's config: SAM's mask decoder)."""
     import transformers
 
-    return next((getattr(transformers, n) for n in _autos() if model_type in _auto_mapping(n)), None)
+    return next((getattr(transformers, n) for n in _autos() if _held(n, model_type)), None)
 
 
+@functools.lru_cache(maxsize=None)  # the CLI asks for one config class several times; it scans modules each time
 def package_model_class(config_class):
     """The model class built for exactly ``config_class``, for a config no Auto class maps (a sub-model's: SigLIP's
     text model): among its package's modeling modules' classes whose ``config_class`` it is and that have a forward
@@ -220,7 +221,8 @@ def auto_class_for(config):
     mapping for ``config.model_type`` holds the first class named in ``config.architectures``
     (``BertForSequenceClassification`` -> ``AutoModelForSequenceClassification``), else that class itself.
     Where the config names none: `AutoModel`, or for a model type that has no base model, only heads (UperNet,
-    Depth Anything, ViTPose), the Auto class of its first head.
+    Depth Anything, ViTPose), the Auto class of its first head, or for a sub-model's config that no Auto class maps,
+    the class made for it (`package_model_class`: SigLIP's text model).
 
     Args:
         config: a transformers `PretrainedConfig`.
@@ -246,10 +248,11 @@ def auto_class_for(config):
     names = getattr(config, "architectures", None) or []
     model_type = getattr(config, "model_type", None)
     if not names:
-        return type_auto_class(model_type) or transformers.AutoModel
+        return type_auto_class(model_type) or (model_type and package_model_class(type(config))) \
+            or transformers.AutoModel
     for arch in names:
         for name in _autos():
-            held = _auto_mapping(name).get(model_type, ())
+            held = _held(name, model_type) or ()
             if arch == held or (not isinstance(held, str) and arch in held):
                 return getattr(transformers, name)
         cls = getattr(transformers, arch, None)

@@ -51,6 +51,7 @@ def test_a_config_naming_no_architecture_gets_the_base_model_or_a_types_only_hea
     assert auto_class_for(transformers.UperNetConfig()) is transformers.AutoModelForSemanticSegmentation
     assert auto_class_for(transformers.VitPoseConfig()) is transformers.AutoModelForPoseEstimation
     assert type_auto_class("sam_mask_decoder") is None and type_auto_class(None) is None
+    assert auto_class_for(transformers.SiglipTextConfig()) is transformers.SiglipTextModel  # a sub-model's config
     assert auto_class_for(transformers.PretrainedConfig()) is transformers.AutoModel
 
 
