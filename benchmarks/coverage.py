@@ -86,20 +86,13 @@ def same(a, b):
 def build(model_type):
     from transformers import AutoConfig
 
-    from hfreg.patcher import auto_class_for, package_model_class
+    from hfreg.patcher import model_from_config
 
     config = hfreg.small_twin(AutoConfig.for_model(model_type))
     config.architectures = config.architectures or []  # AutoModel reads it for types with several classes (Funnel)
     torch.manual_seed(0)
     # what `hfreg probe <type>` builds: the base model, a type's only head (UperNet), a sub-model's class (…TextModel)
-    cls = auto_class_for(config)
-    try:
-        model = cls.from_config(config) if cls.__name__.startswith("AutoModel") else cls(config)
-    except ValueError:  # a config class AutoModel maps under another type name (Evolla's): the class made for it
-        cls = package_model_class(type(config))
-        if cls is None:
-            raise
-        model = cls(config)
+    model = model_from_config(config)
     with torch.no_grad():  # zero-initialised branch outputs and gates (NeoMME): drawn as a checkpoint would have them
         for name, p in model.named_parameters():
             if not name.endswith("bias") and p.is_floating_point() and p.numel() > 1 and not p.any():

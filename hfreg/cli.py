@@ -105,16 +105,16 @@ def _first_line(e: Exception, limit: int | None = 200) -> str:
     return line if limit is None or len(line) <= limit else line[: limit - 1] + "…"
 
 
-def _build(config, notes: list[str] | None = None, name: str | None = None, head: bool = True):
-    """The model ``config`` describes, head included (`auto_class_for`; without ``head``, the base model): a head's
+def _build(config, notes: list[str] | None = None, name: str | None = None):
+    """The model ``config`` describes, head included (`auto_class_for`, `model_from_config`): a head's
     Linear is where `classifier` acts (a language model's output layer too). What had to be left out goes to
     ``notes``."""
     from transformers import AutoModel
 
-    from .patcher import auto_class_for
+    from .patcher import auto_class_for, model_from_config
 
     try:
-        cls = auto_class_for(config) if head else AutoModel
+        cls = auto_class_for(config)
     except ValueError:  # architectures of remote code, or of a later transformers: the base model, said
         cls = AutoModel
         if notes is not None:
@@ -123,7 +123,7 @@ def _build(config, notes: list[str] | None = None, name: str | None = None, head
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return cls.from_config(config) if cls.__name__.startswith("AutoModel") else cls(config)
+            return model_from_config(config, cls)
     except Exception as e:  # transformers raises many types for configs it cannot build
         what = repr(name) if name else f"a model from {type(config).__name__} ({getattr(config, 'model_type', None)})"
         raise ValueError(f"cannot build {what}: {_first_line(e)}") from None
@@ -396,8 +396,8 @@ def cmd_probe(args):
             except Exception as e:
                 if type_auto_class(getattr(built, "model_type", None)) is not AutoModel:
                     raise  # a type with heads alone (UperNet): no base model to fall back on
-                base = _build(built, None, args.model, head=False)
-                if type(base) is type(model):
+                base = getattr(model, "base_model", model)  # the head's own body: nothing to build again
+                if base is model:
                     raise
                 # a head that needs inputs of its own (a decoder's classifier without a pad token, multiple choice)
                 notes.append(f"shown is the base model: its head, {type(model).__name__}, does not run on a "

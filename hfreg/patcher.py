@@ -262,6 +262,28 @@ def auto_class_for(config):
                      f"not know; pass `auto_class=`")
 
 
+def model_from_config(config, cls=None):
+    """The model ``config`` describes, with fresh weights, built as ``cls`` (default: `auto_class_for`) builds it;
+    where that is an Auto class that does not map the config's class (Evolla's config class sits under another
+    type name in its mappings), the class made for exactly that config (`package_model_class`), where there is one.
+
+    Example:
+        >>> import transformers
+        >>> from hfreg.patcher import model_from_config
+        >>> type(model_from_config(transformers.BertConfig(num_hidden_layers=1, hidden_size=32,
+        ...     num_attention_heads=2, intermediate_size=64))).__name__
+        'BertModel'
+    """
+    cls = cls or auto_class_for(config)
+    if cls.__name__.startswith("AutoModel"):
+        if type(config) in cls._model_mapping:
+            return cls.from_config(config)
+        cls = package_model_class(type(config)) or cls  # neither: the Auto class's own error names the config
+        if cls.__name__.startswith("AutoModel"):
+            return cls.from_config(config)
+    return cls(config)
+
+
 # the loader's keywords that also say where the config comes from (transformers passes them to both)
 _WHERE_FROM = ("cache_dir", "force_download", "proxies", "local_files_only", "token", "revision", "subfolder",
                "trust_remote_code", "code_revision", "gguf_file")

@@ -80,11 +80,16 @@ class _RandomOps(TorchDispatchMode):
                 h.remove()
 
 
+# config keys for the width of a speech model's input features: stacked frames (wav2vec2-BERT's 2 x 80) before mel bins
+_FEATURE_WIDTH = ("feature_projection_input_dim", "num_mel_bins")
+
+
 def probe_inputs(model: nn.Module, batch: int = 2, length: int = 8) -> dict:
     """A small deterministic input batch for ``model``, from its main input name and config: token ids, with images
     beside them where its forward needs both (a dual encoder such as CLIP); images, audio or features where those
     are its main input. Images have the size the config names (or its vision tower's, its backbone's, its
-    encoder's), 32 x 32 where none does; a video model's clips the frames its config names.
+    encoder's), 32 x 32 where none does; a video model's clips the frames its config names; log-mel features in the
+    layout the forward takes (Whisper's mel-first, else a short clip frames-first: one eval pass tells).
 
     Args:
         model: a transformers model (a PEFT wrapper is looked through).
@@ -135,9 +140,11 @@ def probe_inputs(model: nn.Module, batch: int = 2, length: int = 8) -> dict:
         # for SpecAugment masks, and no quadratic attention over thousands of frames in a narrow test config
         stride = math.prod(getattr(cfg, "conv_stride", None) or (320,))
         inputs = {"input_values": torch.randn(batch, 50 * stride, generator=g)}
-    elif name == "input_features":
+    elif name == "input_features":  # log-mel features: as wide as the config (or its audio encoder's) says
+        mel = next((getattr(c, k) for k in _FEATURE_WIDTH for c in (cfg, *vars(cfg).values())
+                    if isinstance(getattr(c, k, None), int)), 80)
         frames = 2 * getattr(cfg, "max_source_positions", 1500)
-        inputs = {"input_features": torch.randn(batch, getattr(cfg, "num_mel_bins", 80), frames, generator=g)}
+        inputs = {"input_features": torch.randn(batch, mel, frames, generator=g)}
     elif name == "input_ids":
         inputs = {"input_ids": ids}
     else:
@@ -147,7 +154,26 @@ def probe_inputs(model: nn.Module, batch: int = 2, length: int = 8) -> dict:
     inputs = {k: v.to(device) for k, v in inputs.items()}
     if "use_cache" in signature:
         inputs["use_cache"] = False  # one training-style pass: no cache to build (hybrid SSM caches refuse it)
+    if name == "input_features" and not _runs(model, inputs):
+        # Whisper takes (batch, mel, frames), the Conformer encoders (Parakeet) and Speech2Text (batch, frames, mel);
+        # neither configs nor docstrings say which reliably, so the forward does. Those take any length, not
+        # Whisper's padded window: 4 s of 10 ms frames keep their attention small (wav2vec2-BERT's window is 10,000)
+        inputs["input_features"] = inputs["input_features"][:, :, :400].transpose(1, 2).contiguous()
     return inputs
+
+
+def _runs(model, inputs) -> bool:
+    """Whether ``model`` runs on ``inputs`` in eval mode (its mode and the random state left as they were)."""
+    training = model.training
+    devices = [torch.cuda.current_device()] if any(getattr(v, "is_cuda", False) for v in inputs.values()) else []
+    try:
+        with torch.random.fork_rng(devices=devices), torch.no_grad():
+            model.eval()(**inputs)
+        return True
+    except Exception:  # any error: the other layout is tried, and its own error is what the caller sees
+        return False
+    finally:
+        model.train(training)
 
 
 def _pairs_text_with_images(cfg, signature) -> bool:

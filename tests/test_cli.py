@@ -301,6 +301,8 @@ def test_a_model_type_no_config_is_named_after_is_its_config_class_at_its_defaul
     assert main(["inspect", "siglip_text_model"]) == 0  # a sub-model's config: the class made for it, as coverage
     assert "SiglipTextConfig() at its defaults (a model type, not a checkpoint's config): a sub-model's config: " \
            "SiglipTextModel" in capsys.readouterr().out
+    assert main(["inspect", "evolla"]) == 0  # a config class AutoModel maps under another name: its own class
+    assert "EvollaConfig() at its defaults" in capsys.readouterr().out
     assert main(["inspect", "upernet"]) == 0  # a ResNet without dropout modules: said, not an empty table alone
     assert "no native site: every knob acts through hfreg's hooks where it can (`hfreg probe upernet` says which)" \
         in capsys.readouterr().out

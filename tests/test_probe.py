@@ -260,6 +260,32 @@ def test_probe_inputs_feed_a_video_model_its_frames():
     assert tuple(hfreg.probe_inputs(build("bert", False))["input_ids"].shape) == (2, 8)  # text models as before
 
 
+def test_probe_inputs_give_speech_features_in_the_layout_the_forward_takes():
+    """Log-mel features: Whisper takes (batch, mel, frames), a Conformer encoder (Parakeet) and Speech2Text (batch,
+    frames, mel), which the forward tells; the mel bins are the config's, or its audio encoder's (LASR's CTC model
+    keeps them in ``encoder_config``). Finding out leaves the model's mode and the random state as they were."""
+    from hfreg.patcher import model_from_config
+
+    def twin(model_type):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.manual_seed(0)
+            return model_from_config(hfreg.small_twin(AutoConfig.for_model(model_type)))
+
+    whisper, parakeet, lasr = twin("whisper"), twin("parakeet_encoder"), twin("lasr_ctc")
+    assert lasr.config.encoder_config.num_mel_bins == 128 and not hasattr(lasr.config, "num_mel_bins")
+    parakeet.train()
+    state = torch.random.get_rng_state()
+    inputs = hfreg.probe_inputs(parakeet)
+    assert parakeet.training and torch.equal(torch.random.get_rng_state(), state)
+    assert inputs["input_features"].shape[1:] == (400, parakeet.config.num_mel_bins)  # any length: a short clip
+    assert hfreg.probe_inputs(whisper)["input_features"].shape[1:] == (whisper.config.num_mel_bins, 3000)
+    assert hfreg.probe_inputs(lasr)["input_features"].shape[-1] == 128
+    for model in (whisper, parakeet, lasr):
+        with torch.no_grad():
+            model.eval()(**hfreg.probe_inputs(model))
+
+
 def test_probe_cli(capsys):
     assert main(["probe", "gpt2"]) == 0
     out = capsys.readouterr().out

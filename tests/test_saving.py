@@ -55,6 +55,21 @@ def test_a_config_naming_no_architecture_gets_the_base_model_or_a_types_only_hea
     assert auto_class_for(transformers.PretrainedConfig()) is transformers.AutoModel
 
 
+def test_model_from_config_builds_what_an_auto_class_maps_under_another_name():
+    """Evolla's config class sits under another type name in `AutoModel`'s mappings, which refuses it: the class
+    made for it builds it, as `hfreg inspect evolla` and the coverage benchmark do; where there is none (SAM's mask
+    decoder, a plain module) the Auto class's own error stands."""
+    from hfreg.patcher import model_from_config
+
+    config = transformers.AutoConfig.for_model("evolla")
+    with pytest.raises(ValueError, match="Unrecognized configuration class"):
+        transformers.AutoModel.from_config(config)
+    with torch.device("meta"):
+        assert type(model_from_config(config)).__name__ == "EvollaModel"
+        with pytest.raises(ValueError, match="Unrecognized configuration class"):
+            model_from_config(transformers.AutoConfig.for_model("sam_mask_decoder"), transformers.AutoModel)
+
+
 def test_auto_class_refuses_an_unknown_architecture():
     with pytest.raises(ValueError, match=r"names architectures \['BertForNothing'\], which transformers .* pass "
                                          r"`auto_class=`"):
