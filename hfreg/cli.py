@@ -105,16 +105,16 @@ def _first_line(e: Exception, limit: int | None = 200) -> str:
     return line if limit is None or len(line) <= limit else line[: limit - 1] + "…"
 
 
-def _build(config, notes: list[str] | None = None, name: str | None = None):
-    """The model ``config`` describes, head included (`auto_class_for`, `model_from_config`): a head's
-    Linear is where `classifier` acts (a language model's output layer too). What had to be left out goes to
-    ``notes``."""
+def _build(config, notes: list[str] | None = None, name: str | None = None, head: bool = True):
+    """The model ``config`` describes, head included (`auto_class_for`, `model_from_config`; without ``head``, the
+    base model): a head's Linear is where `classifier` acts (a language model's output layer too). What had to be
+    left out goes to ``notes``."""
     from transformers import AutoModel
 
     from .patcher import auto_class_for, model_from_config
 
     try:
-        cls = auto_class_for(config)
+        cls = auto_class_for(config) if head else AutoModel
     except ValueError:  # architectures of remote code, or of a later transformers: the base model, said
         cls = AutoModel
         if notes is not None:
@@ -396,8 +396,8 @@ def cmd_probe(args):
             except Exception as e:
                 if type_auto_class(getattr(built, "model_type", None)) is not AutoModel:
                     raise  # a type with heads alone (UperNet): no base model to fall back on
-                base = getattr(model, "base_model", model)  # the head's own body: nothing to build again
-                if base is model:
+                base = _build(built, None, args.model, head=False)  # not `base_model`: BLIP's and T5's heads
+                if type(base) is type(model):                         # keep their body under other names
                     raise
                 # a head that needs inputs of its own (a decoder's classifier without a pad token, multiple choice)
                 notes.append(f"shown is the base model: its head, {type(model).__name__}, does not run on a "

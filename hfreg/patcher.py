@@ -191,7 +191,8 @@ def package_model_class(config_class):
     """The model class built for exactly ``config_class``, for a config no Auto class maps (a sub-model's: SigLIP's
     text model): among its package's modeling modules' classes whose ``config_class`` it is and that have a forward
     of their own, the one named like the config (``FooTextConfig`` -> ``FooTextModel``) if there is one, else the
-    first that is not a head; None where there is none (SAM's mask decoder is a plain module)."""
+    first that is not a head; None where there is none (SAM's mask decoder is a plain module) or where the config is
+    not transformers' own (remote code)."""
     import importlib
     import inspect
     import pkgutil
@@ -199,6 +200,8 @@ def package_model_class(config_class):
     import torch
     from transformers import PreTrainedModel
 
+    if not config_class.__module__.startswith("transformers."):
+        return None  # remote code: its `auto_map` names its classes, not whatever its cached modules hold
     package = importlib.import_module(config_class.__module__.rsplit(".", 1)[0])
     classes = []
     for info in pkgutil.iter_modules(getattr(package, "__path__", [])):

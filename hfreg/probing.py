@@ -80,8 +80,9 @@ class _RandomOps(TorchDispatchMode):
                 h.remove()
 
 
-# config keys for the width of a speech model's input features: stacked frames (wav2vec2-BERT's 2 x 80) before mel bins
-_FEATURE_WIDTH = ("feature_projection_input_dim", "num_mel_bins")
+# config keys for the width of a speech model's input features, the first found: stacked frames (wav2vec2-BERT's
+# 2 x 80), Speech2Text's width per channel, mel bins
+_FEATURE_WIDTH = ("feature_projection_input_dim", "input_feat_per_channel", "num_mel_bins")
 
 
 def probe_inputs(model: nn.Module, batch: int = 2, length: int = 8) -> dict:
@@ -141,7 +142,7 @@ def probe_inputs(model: nn.Module, batch: int = 2, length: int = 8) -> dict:
         stride = math.prod(getattr(cfg, "conv_stride", None) or (320,))
         inputs = {"input_values": torch.randn(batch, 50 * stride, generator=g)}
     elif name == "input_features":  # log-mel features: as wide as the config (or its audio encoder's) says
-        mel = next((getattr(c, k) for k in _FEATURE_WIDTH for c in (cfg, *vars(cfg).values())
+        mel = next((getattr(c, k) for c in (cfg, *vars(cfg).values()) for k in _FEATURE_WIDTH
                     if isinstance(getattr(c, k, None), int)), 80)
         frames = 2 * getattr(cfg, "max_source_positions", 1500)
         inputs = {"input_features": torch.randn(batch, mel, frames, generator=g)}
@@ -154,26 +155,50 @@ def probe_inputs(model: nn.Module, batch: int = 2, length: int = 8) -> dict:
     inputs = {k: v.to(device) for k, v in inputs.items()}
     if "use_cache" in signature:
         inputs["use_cache"] = False  # one training-style pass: no cache to build (hybrid SSM caches refuse it)
-    if name == "input_features" and not _runs(model, inputs):
-        # Whisper takes (batch, mel, frames), the Conformer encoders (Parakeet) and Speech2Text (batch, frames, mel);
-        # neither configs nor docstrings say which reliably, so the forward does. Those take any length, not
-        # Whisper's padded window: 4 s of 10 ms frames keep their attention small (wav2vec2-BERT's window is 10,000)
-        inputs["input_features"] = inputs["input_features"][:, :, :400].transpose(1, 2).contiguous()
+    if name == "input_features":
+        inputs["input_features"] = _feature_layout(model, inputs)
     return inputs
 
 
+# per model class, whether it takes its features frames-first: learned from one eval pass, the first time
+_FRAMES_FIRST: dict[type, bool] = {}
+
+
+def _feature_layout(model, inputs) -> torch.Tensor:
+    """``inputs["input_features"]`` (batch, mel, frames) as ``model`` takes them. Whisper takes that layout, the
+    Conformer encoders (Parakeet) and Speech2Text (batch, frames, mel), for which neither configs nor docstrings are
+    a reliable guide: an eval pass tells. Those take any length, not Whisper's padded window, so they get 4 s of
+    10 ms frames, which keep their attention small (wav2vec2-BERT's window is 10,000). Where neither layout runs, the
+    first is kept, and the caller sees its error."""
+    mel_first = inputs["input_features"]
+    frames_first = mel_first[:, :, :400].transpose(1, 2).contiguous()
+    if type(model) not in _FRAMES_FIRST:
+        for flag, features in ((False, mel_first), (True, frames_first)):
+            if _runs(model, {**inputs, "input_features": features}):
+                _FRAMES_FIRST[type(model)] = flag
+                break
+    return frames_first if _FRAMES_FIRST.get(type(model)) else mel_first
+
+
+def _rng_devices(inputs) -> list[int]:
+    """The CUDA devices the inputs are on, whose random state a forked pass must leave as it was."""
+    return sorted({torch.cuda.current_device() if v.device.index is None else v.device.index
+                   for v in inputs.values() if isinstance(v, torch.Tensor) and v.is_cuda})
+
+
 def _runs(model, inputs) -> bool:
-    """Whether ``model`` runs on ``inputs`` in eval mode (its mode and the random state left as they were)."""
-    training = model.training
-    devices = [torch.cuda.current_device()] if any(getattr(v, "is_cuda", False) for v in inputs.values()) else []
+    """Whether ``model`` runs on ``inputs`` in eval mode; every module's mode and the random state are left as they
+    were (a frozen part kept in eval mode stays so; MC dropout's modules stay in training mode)."""
+    modes = [(m, m.training) for m in model.modules()]
     try:
-        with torch.random.fork_rng(devices=devices), torch.no_grad():
+        with torch.random.fork_rng(devices=_rng_devices(inputs)), torch.no_grad():
             model.eval()(**inputs)
         return True
-    except Exception:  # any error: the other layout is tried, and its own error is what the caller sees
+    except Exception:  # any error: the caller tries its other layout
         return False
     finally:
-        model.train(training)
+        for m, training in modes:
+            m.training = training
 
 
 def _pairs_text_with_images(cfg, signature) -> bool:
@@ -187,8 +212,7 @@ def _pairs_text_with_images(cfg, signature) -> bool:
 
 def _train_output(model, inputs, seed):
     model.train()
-    devices = [torch.cuda.current_device()] if any(getattr(v, "is_cuda", False) for v in inputs.values()) else []
-    with torch.random.fork_rng(devices=devices), torch.no_grad():
+    with torch.random.fork_rng(devices=_rng_devices(inputs)), torch.no_grad():
         torch.manual_seed(seed)
         out = model(**inputs)
     return [v.detach().clone() for v in _output_tensors(out)]

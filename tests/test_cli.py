@@ -353,13 +353,17 @@ def test_probe_builds_the_head_as_inspect_does(capsys):
 def test_probe_falls_back_to_the_base_model_where_the_head_needs_inputs_of_its_own(tmp_path, capsys):
     """A head a generic input cannot run (multiple choice wants its choices) is left out: the base model is probed,
     and a note says which head and why. A decoder's classifier without a pad token gets one on the probed copy."""
-    from transformers import BertConfig, GPT2Config
+    from transformers import BertConfig, BlipConfig, GPT2Config
 
     BertConfig(architectures=["BertForMultipleChoice"]).save_pretrained(tmp_path / "mc")
     assert main(["probe", str(tmp_path / "mc")]) == 0
     out = capsys.readouterr().out
     assert "note: shown is the base model: its head, BertForMultipleChoice, does not run on a generic input (" in out
     assert "knobs through hfreg that act: attention, hidden" in out
+    BlipConfig(architectures=["BlipForQuestionAnswering"]).save_pretrained(tmp_path / "vqa")  # body: vision_model
+    assert main(["probe", str(tmp_path / "vqa")]) == 0
+    assert "note: shown is the base model: its head, BlipForQuestionAnswering, does not run on a generic input (" \
+        in capsys.readouterr().out
     GPT2Config(architectures=["GPT2ForSequenceClassification"]).save_pretrained(tmp_path / "cls")  # no pad token
     assert main(["probe", str(tmp_path / "cls")]) == 0
     out = capsys.readouterr().out

@@ -263,7 +263,7 @@ def test_probe_inputs_feed_a_video_model_its_frames():
 def test_probe_inputs_give_speech_features_in_the_layout_the_forward_takes():
     """Log-mel features: Whisper takes (batch, mel, frames), a Conformer encoder (Parakeet) and Speech2Text (batch,
     frames, mel), which the forward tells; the mel bins are the config's, or its audio encoder's (LASR's CTC model
-    keeps them in ``encoder_config``). Finding out leaves the model's mode and the random state as they were."""
+    keeps them in ``encoder_config``)."""
     from hfreg.patcher import model_from_config
 
     def twin(model_type):
@@ -274,16 +274,44 @@ def test_probe_inputs_give_speech_features_in_the_layout_the_forward_takes():
 
     whisper, parakeet, lasr = twin("whisper"), twin("parakeet_encoder"), twin("lasr_ctc")
     assert lasr.config.encoder_config.num_mel_bins == 128 and not hasattr(lasr.config, "num_mel_bins")
-    parakeet.train()
-    state = torch.random.get_rng_state()
     inputs = hfreg.probe_inputs(parakeet)
-    assert parakeet.training and torch.equal(torch.random.get_rng_state(), state)
     assert inputs["input_features"].shape[1:] == (400, parakeet.config.num_mel_bins)  # any length: a short clip
     assert hfreg.probe_inputs(whisper)["input_features"].shape[1:] == (whisper.config.num_mel_bins, 3000)
     assert hfreg.probe_inputs(lasr)["input_features"].shape[-1] == 128
     for model in (whisper, parakeet, lasr):
         with torch.no_grad():
             model.eval()(**hfreg.probe_inputs(model))
+
+
+def test_the_layout_check_keeps_each_modules_mode_and_the_random_state_and_the_first_layout_where_none_runs():
+    """The eval pass that tells a speech model's layout leaves every module's mode as it was (a frozen part in eval
+    mode, MC dropout's modules in training mode) and the random state too, whether the pass runs or fails; where
+    neither layout runs, the first is kept, so that the caller sees the model's own error for it."""
+    from torch import nn
+
+    from hfreg.probing import _feature_layout, _runs
+
+    class FramesFirst(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.frozen, self.drop = nn.Linear(80, 4), nn.Dropout(0.5)
+
+        def forward(self, input_features):
+            return self.drop(self.frozen(input_features)) + torch.rand(1)  # draws in eval mode too
+
+    class Neither(FramesFirst):
+        def forward(self, input_features):
+            raise RuntimeError("no layout runs")
+
+    toy = FramesFirst().train()
+    toy.frozen.eval()
+    mel_first, frames_first = {"input_features": torch.randn(2, 80, 500)}, {"input_features": torch.randn(2, 500, 80)}
+    state = torch.random.get_rng_state()
+    assert not _runs(toy, mel_first) and _runs(toy, frames_first)
+    assert torch.equal(torch.random.get_rng_state(), state)
+    assert toy.training and toy.drop.training and not toy.frozen.training
+    assert _feature_layout(toy, mel_first).shape == (2, 400, 80)
+    assert _feature_layout(Neither(), mel_first) is mel_first["input_features"]
 
 
 def test_probe_cli(capsys):
