@@ -15,6 +15,7 @@ from .config import (
     DROP_PATH_MODES,
     DROP_PATH_PROFILES,
     KNOBS,
+    MIXOUT_TARGETS,
     SCALES,
     RegularizationConfig,
     check_rate,
@@ -156,7 +157,7 @@ def spec_summary(config) -> str | None:
     reg = RegularizationConfig.from_dict(dict(recorded))
     default = RegularizationConfig()
     parts = [f"{k}={v:g}" for k, v in reg.knob_values().items()]
-    for key in ("mixout_modules", "drop_path_profile", "drop_path_mode", "schedule"):
+    for key in ("mixout_modules", "mixout_target", "drop_path_profile", "drop_path_mode", "schedule"):
         value = getattr(reg, key)
         if value != getattr(default, key):
             if key == "schedule":
@@ -342,7 +343,7 @@ def cmd_patch(args):
 
     out = _output_dir(args)
     reg = RegularizationConfig(**{k: getattr(args, k) for k in KNOBS}, drop_path_profile=args.drop_path_profile,
-                               drop_path_mode=args.drop_path_mode)
+                               drop_path_mode=args.drop_path_mode, mixout_target=args.mixout_target)
     notes = []
     config = patch_config(load_config(args.model, notes), reg)
     if os.path.exists(out) and not os.path.isdir(out):
@@ -508,6 +509,8 @@ def build_parser() -> argparse.ArgumentParser:
                        metavar="SCALE" if scale else "RATE",
                        help=f"{field_help(knob)} ({'a scale >= 0' if scale else 'a rate in [0, 1)'}; unset: as the "
                             f"model has it)")
+    s.add_argument("--mixout_target", default=None, choices=MIXOUT_TARGETS,
+                   help=f"{field_help('mixout_target')} (default: its value at patch time)")
     s.add_argument("--drop_path_profile", default="linear", choices=DROP_PATH_PROFILES,
                    help=f"{field_help('drop_path_profile')} (default linear)")
     s.add_argument("--drop_path_mode", default="per_sample", choices=DROP_PATH_MODES,

@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 DROP_PATH_PROFILES = ("linear", "uniform")  # how drop-path rates vary over depth
+MIXOUT_TARGETS = ("zero",)  # what a dropped weight takes besides its value at patch time (None): DropConnect
 # spec keys renamed since they were first written: files and records with the earlier name load unchanged
 RENAMED = {"drop_path_schedule": "drop_path_profile"}
 DROP_PATH_MODES = ("per_sample", "per_batch")
@@ -178,6 +179,9 @@ class RegularizationConfig:
         mixout_modules: where Mixout acts: glob patterns on module paths (``["*.attention.*"]``); ``None`` means
             every Linear (and convolution) weight inside the transformer layers, the head excluded, as in the
             paper.
+        mixout_target: what a dropped weight takes: ``None``, its value at patch time (Mixout); ``"zero"``, zero,
+            which makes ``mixout`` DropConnect (Wan et al., 2013, "Regularization of Neural Networks using
+            DropConnect") with inverted scaling, as the Mixout paper notes; it keeps no copy of the weights.
         drop_path_profile: how drop-path rates vary over depth: ``"linear"`` (layer i of L gets
             ``drop_path * i / (L - 1)``) or ``"uniform"`` (every layer ``drop_path``). Specs saved under its
             earlier name, ``drop_path_schedule``, load as this.
@@ -214,6 +218,7 @@ class RegularizationConfig:
     embedding_noise: float | None = knob("embedding_noise", scale=True, sampling=False)
     # the knobs' options
     mixout_modules: list[str] | None = field(default=None, metadata={"newer": True})
+    mixout_target: str | None = field(default=None, metadata={"newer": True})
     drop_path_profile: str = "linear"
     drop_path_mode: str = "per_sample"
     schedule: dict | None = field(default=None, metadata={"newer": True})
@@ -231,6 +236,8 @@ class RegularizationConfig:
                 raise ValueError(f"`mixout_modules` must be a non-empty list of module-path patterns or None, "
                                  f"got {mods!r}")
             self.mixout_modules = list(mods)
+        if self.mixout_target is not None:
+            check_choice("mixout_target", self.mixout_target, MIXOUT_TARGETS + (None,))
         check_choice("drop_path_profile", self.drop_path_profile, DROP_PATH_PROFILES)
         check_choice("drop_path_mode", self.drop_path_mode, DROP_PATH_MODES)
         if self.schedule is not None:

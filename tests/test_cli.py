@@ -67,6 +67,9 @@ def test_patch_writes_config_and_weights(tmp_path):
     assert any(f.endswith(".safetensors") for f in os.listdir(tmp_path / "out"))
     assert main(["patch", "gpt2", "--hidden", "0.2", "-o", str(tmp_path / "cfg")]) == 0
     assert json.loads((tmp_path / "cfg" / "config.json").read_text())["resid_pdrop"] == 0.2
+    assert main(["patch", str(src), "--mixout", "0.1", "--mixout_target", "zero", "-o", str(tmp_path / "dc")]) == 0
+    recorded = json.loads((tmp_path / "dc" / "config.json").read_text())["hfreg"]  # DropConnect, as loading applies
+    assert recorded["mixout"] == 0.1 and recorded["mixout_target"] == "zero"
 
 
 def test_patch_writes_a_complete_loadable_folder(tmp_path, minilm_path, capsys):

@@ -9,7 +9,7 @@ from hfreg.config import SCALES
 
 def test_round_trip(tmp_path):
     reg = RegularizationConfig(attention=0.1, hidden=0.2, drop_path=0.05, drop_path_profile="uniform", heads=0.1,
-                               mixout=0.7, embedding_noise=5, mixout_modules=["*.attention.*"])
+                               mixout=0.7, embedding_noise=5, mixout_modules=["*.attention.*"], mixout_target="zero")
     reg.save_pretrained(tmp_path)
     assert RegularizationConfig.from_pretrained(tmp_path) == reg
     assert RegularizationConfig.from_pretrained(tmp_path / "hfreg_config.json").to_dict() == reg.to_dict()
@@ -43,7 +43,13 @@ def test_bad_mixout_modules(bad):
 
 def test_newer_knobs_absent_from_older_specs():
     assert set(RegularizationConfig(hidden=0.1).to_dict()) & {"heads", "mixout", "embedding_noise",
-                                                               "mixout_modules"} == set()
+                                                               "mixout_modules", "mixout_target"} == set()
+
+
+@pytest.mark.parametrize("bad", ["pretrained", 0, ""])
+def test_bad_mixout_target(bad):
+    with pytest.raises(ValueError, match=f"`mixout_target` must be one of \\['zero', None\\], got {bad!r}"):
+        RegularizationConfig(mixout=0.1, mixout_target=bad)
 
 
 @pytest.mark.parametrize("field,value", [("drop_path_profile", "cosine"), ("drop_path_mode", "per_token")])

@@ -113,6 +113,7 @@ def test_method_presets_and_their_errors(tmp_path):
     assert (strong.llrd, strong.reinit_layers, strong.weight_decay) == (0.9, 1, 0.01)
     assert load_preset("mixout").reg.mixout == 0.7 and load_preset("drophead").reg.heads == 0.1
     assert load_preset("neftune").reg.embedding_noise == 5.0
+    assert (load_preset("dropconnect").reg.mixout, load_preset("dropconnect").reg.mixout_target) == (0.1, "zero")
     assert "rdrop" not in load_preset("classic").contents()  # older records match
     for text, message in (("rdrop = -1\n", "`rdrop` must be a float >= 0, got -1"),
                           ("llrd = 0\n", "`llrd` must be a float in (0, 1], got 0"),
@@ -142,7 +143,8 @@ def test_method_presets_sweep_by_factor():
 def test_harness_runs_the_new_methods_and_records_them(tiny_classifier, csv_data, tmp_path):
     out = tmp_path / "out"
     assert load_script().main(args_for(tiny_classifier, csv_data, out, "--presets",
-                                       "pretrain-zero,classic,rdrop,strong-baseline,mixout,drophead,neftune",
+                                       "pretrain-zero,classic,rdrop,strong-baseline,mixout,drophead,neftune,"
+                                       "dropconnect",
                                        "--train_sizes", "16", "--seeds", "0", "--llrd", "0.8")) == 0
     runs = {r["preset"]: r for r in records.read_runs(out)}
     assert runs["rdrop"]["forward_passes"] == 2 and runs["rdrop"]["methods"]["rdrop"] == 1.0
@@ -151,6 +153,8 @@ def test_harness_runs_the_new_methods_and_records_them(tiny_classifier, csv_data
     # the grid's flag holds for every preset without its own value, and is recorded with the experiment
     assert runs["mixout"]["methods"]["llrd"] == 0.8 and runs["pretrain-zero"]["forward_passes"] == 1
     assert runs["pretrain-zero"]["experiment"]["settings"]["llrd"] == 0.8
+    assert runs["dropconnect"]["preset_config"]["mixout_target"] == "zero"  # DropConnect: Mixout towards zero
+    assert "mixout_target" not in runs["mixout"]["preset_config"]  # older records' digests stay
 
 
 @pytest.mark.parametrize("extra,message", [

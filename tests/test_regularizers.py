@@ -123,6 +123,41 @@ def test_patching_again_keeps_the_mixout_targets():
     assert torch.equal(target(), query.weight)
 
 
+def test_dropconnect_is_mixout_towards_zero_and_keeps_no_copy_of_the_weights():
+    """`mixout_target="zero"`: each weight of the layers is zero or scaled by 1/(1-p) in a training forward (it acts
+    at once, with no step taken), the same weights in eval and in `state_dict`; its target is one zero, not a copy.
+    Patching again with Mixout's own target takes the weights as they are then, and back to zero drops them again."""
+    model = build("bert", True)
+    inputs = make_inputs("bert", model.config, head=True)
+    query = model.bert.encoder.layer[0].attention.self.query
+    weight, keys = query.weight.detach().clone(), set(model.state_dict())
+    with torch.no_grad():
+        model.eval()
+        before = first_tensor(model(**inputs))
+    hfreg.patch_model(model, Reg.zero(mixout=0.5, mixout_target="zero"))
+    seen = []
+    handle = query.register_forward_pre_hook(lambda m, args: seen.append(m.weight.detach().clone()))  # after hfreg's
+    with torch.no_grad():
+        assert not torch.equal(_train(model, inputs, 1), _train(model, inputs, 2))
+        model.eval()
+        assert torch.equal(first_tensor(model(**inputs)), before)
+    handle.remove()
+    for used in seen[:2]:  # each entry dropped to 0 or kept at twice its value, about half each
+        kept = used != 0
+        assert torch.allclose(used[kept], 2 * weight[kept]) and 0.3 < kept.float().mean() < 0.7
+    assert torch.equal(seen[2], weight) and set(model.state_dict()) == keys
+    held = hfreg.patch_state(model).held["mixout"]
+    assert all(enter.target.numel() == 1 and not enter.target.any() for enter in held.enters)
+    with torch.no_grad():
+        query.weight.add_(1.0)  # a training step
+    hfreg.patch_model(model, Reg.zero(mixout=0.5))  # Mixout proper: towards the weights as they are now
+    held = hfreg.patch_state(model).held["mixout"]
+    assert torch.equal(held.enters[held.modules.index(query)].target, query.weight)
+    hfreg.patch_model(model, Reg.zero(mixout=0.5, mixout_target="zero"))
+    held = hfreg.patch_state(model).held["mixout"]
+    assert held.enters[held.modules.index(query)].target.numel() == 1
+
+
 def test_mixout_modules_choose_where_it_acts_and_warn_when_nothing_matches():
     model = build("llama")
     hfreg.patch_model(model, Reg(mixout=0.5, mixout_modules=["*.self_attn.o_proj", "*.mlp.down_proj"]))

@@ -1,7 +1,7 @@
 """`mixout`: Mixout (Lee et al., 2020, "Mixout: Effective Regularization to Finetune Large-scale Pretrained Language
 Models"): each weight of the chosen layers replaced, with probability p, by its value at patch time, rescaled so that
-its expectation is the current weight. The mixed weight shadows the parameter for one forward, so `state_dict` and the
-optimizer see the parameter alone."""
+its expectation is the current weight; with ``mixout_target="zero"``, by zero: DropConnect (Wan et al., 2013). The
+mixed weight shadows the parameter for one forward, so `state_dict` and the optimizer see the parameter alone."""
 
 from __future__ import annotations
 
@@ -98,7 +98,12 @@ def mix(plan: Plan, targets: dict | None = None) -> list[Site]:
         exit_hook, first = MixoutExit(), len(state.handles)
         for _, m, _ in chosen:
             kept = targets.get(m)  # a weight replaced by one of another shape since takes a new target
-            target = kept if kept is not None and kept.shape == m.weight.shape else m.weight.detach().clone()
+            if reg.mixout_target == "zero":  # DropConnect: one zero, broadcast, no copy of the weight
+                target = m.weight.new_zeros(())
+            elif kept is not None and kept.shape == m.weight.shape:
+                target = kept
+            else:
+                target = m.weight.detach().clone()
             enter = state.hook(m, MixoutEnter(rate, target), knob="mixout")
             enter.p = rate * state.factors["mixout"]  # a rate schedule in progress (`follow_mixout`)
             state.hook(m, exit_hook)
