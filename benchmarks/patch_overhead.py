@@ -134,6 +134,7 @@ def methods(args):
              "heads=0.1 (DropHead)": ({**zero, "heads": 0.1}, 0.0, True),
              "mixout=0.7": ({**zero, "mixout": 0.7}, 0.0, True),
              "mixout=0.7, PyTorch's masks": ({**zero, "mixout": 0.7}, 0.0, False),
+             "mixout=0.1 towards zero (DropConnect)": ({**zero, "mixout": 0.1, "mixout_target": "zero"}, 0.0, True),
              "embedding_noise=5 (NEFTune)": ({**zero, "embedding_noise": 5.0}, 0.0, True),
              "classic + R-Drop alpha=1": (classic, 1.0, True)}
     models = {name: (hfreg.patch_model(copy.deepcopy(base), Reg(**spec)), alpha, fast)

@@ -238,6 +238,9 @@ class RegularizationConfig:
             self.mixout_modules = list(mods)
         if self.mixout_target is not None:
             check_choice("mixout_target", self.mixout_target, MIXOUT_TARGETS + (None,))
+            if self.mixout is None:
+                raise ValueError(f"`mixout_target`={self.mixout_target!r} needs a rate: set `mixout` (DropConnect's "
+                                 f"p) too")
         check_choice("drop_path_profile", self.drop_path_profile, DROP_PATH_PROFILES)
         check_choice("drop_path_mode", self.drop_path_mode, DROP_PATH_MODES)
         if self.schedule is not None:

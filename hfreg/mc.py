@@ -24,7 +24,8 @@ from .patcher import inspect_model
 from .state import patch_state, set_rate_factors, unwrap
 
 # the knobs that are dropout sampling (`hfreg.config.knob`'s ``sampling``): LayerDrop skips whole layers, Mixout mixes
-# in the pretrained weights and NEFTune adds noise; opt in to those with knobs=
+# in the weights at patch time (or, as DropConnect, drops weights: a mask per forward) and NEFTune adds noise; opt in
+# to those with knobs=
 MC_KNOBS = SAMPLING
 
 
@@ -183,9 +184,10 @@ def mc_predict(model: nn.Module, inputs: dict, samples: int = 16, chunk: int | N
         raise ValueError(f"`inputs` holds no batched tensor to repeat (keys: {sorted(inputs)})")
     state = patch_state(model)
     per_batch = state is not None and (state.reg.layerdrop and "layerdrop" in knobs or state.reg.drop_path
-                                       and state.reg.drop_path_mode == "per_batch" and "drop_path" in knobs)
-    if per_batch:
-        chunk = 1  # one draw per batch (LayerDrop, per-batch drop-path) would be shared by every repeated sample
+                                       and state.reg.drop_path_mode == "per_batch" and "drop_path" in knobs
+                                       or state.reg.mixout and "mixout" in knobs)
+    if per_batch:  # one draw per forward (LayerDrop, per-batch drop-path, Mixout's and DropConnect's weight masks)
+        chunk = 1  # would be shared by every repeated sample
     chunk = min(chunk or samples, samples)
     probs = []
     with mc_dropout(model, knobs):

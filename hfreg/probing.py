@@ -447,7 +447,7 @@ def probe(model: nn.Module, inputs: dict | None = None, rate: float = 0.5, patch
             warnings.simplefilter("ignore")
             state = apply_spec(model, spec, inert)
         _switch_off_noise(model)  # a new spec starts from the unpatched model, its noise back on
-        if knob in AFTER_MOVING:  # e.g. a weight mixed with its own value at patch time is unchanged
+        if knob in AFTER_MOVING:  # a weight mixed with its own value at patch time is unchanged (Mixout proper)
             acts = _acts_once_moved(model, inputs)
         else:
             acts = _acts(model, inputs, base)

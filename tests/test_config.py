@@ -50,6 +50,8 @@ def test_newer_knobs_absent_from_older_specs():
 def test_bad_mixout_target(bad):
     with pytest.raises(ValueError, match=f"`mixout_target` must be one of \\['zero', None\\], got {bad!r}"):
         RegularizationConfig(mixout=0.1, mixout_target=bad)
+    with pytest.raises(ValueError, match="`mixout_target`='zero' needs a rate: set `mixout`"):  # else a silent no-op
+        RegularizationConfig(mixout_target="zero")
 
 
 @pytest.mark.parametrize("field,value", [("drop_path_profile", "cosine"), ("drop_path_mode", "per_token")])

@@ -80,6 +80,26 @@ def mixout_under_lora(order):
 
 
 @pytest.mark.parametrize("order", ["patch_then_peft", "peft_then_patch"])
+def test_dropconnect_under_lora_drops_the_frozen_base_weights_too(order):
+    """DropConnect is Mixout towards zero, but a frozen weight dropped to zero does change the output: under LoRA it
+    drops the base weights and the adapters', in either order, and acts on a fresh adapter (B = 0) at once."""
+    peft = pytest.importorskip("peft")
+    torch.manual_seed(0)
+    model, reg = build("llama", head=True), Reg(mixout=0.5, mixout_target="zero")
+    lora = peft.LoraConfig(r=4, target_modules=["q_proj", "v_proj"], task_type="SEQ_CLS")
+    if order == "patch_then_peft":
+        model = peft.get_peft_model(hfreg.patch_model(model, reg), lora)
+    else:
+        model = hfreg.patch_model(peft.get_peft_model(model, lora), reg)
+    dropped = {s.path for s in hfreg.inspect_model(model) if s.kind == "mixout"}
+    assert {"model.layers.0.self_attn.q_proj.base_layer", "model.layers.0.self_attn.q_proj.lora_A.default",
+            "model.layers.0.self_attn.k_proj", "model.layers.1.mlp.down_proj"} <= dropped
+    inputs = make_inputs("llama", model.config, head=True)
+    with torch.no_grad():
+        assert not torch.equal(train_logits(model, inputs, 1), train_logits(model, inputs, 2))
+
+
+@pytest.mark.parametrize("order", ["patch_then_peft", "peft_then_patch"])
 def test_mixout_acts_on_the_lora_adapters_in_either_order(order):
     model, sites = mixout_under_lora(order)
     mixed = sorted(s.path for s in sites if s.kind == "mixout")

@@ -110,6 +110,14 @@ def test_mc_predict_draws_layerdrop_once_per_pass():
     assert len({tuple(s.flatten().tolist()) for s in pred.samples}) > 1
 
 
+def test_mc_predict_draws_a_weight_mask_once_per_pass():
+    """Mixout and DropConnect draw one weight mask per forward, which repeated inputs in one batch would share: each
+    pass runs alone, so its samples differ."""
+    model = hfreg.patch_model(build("bert", head=True), Reg.zero(mixout=0.5, mixout_target="zero"))
+    pred = hfreg.mc_predict(model, make_inputs("bert", model.config, head=True), samples=8, knobs=["mixout"])
+    assert len({tuple(s.flatten().tolist()) for s in pred.samples}) == 8
+
+
 def test_mc_and_the_patch_state_look_through_a_wrapper_put_on_after_the_patch():
     """Patch, then wrap (as `accelerator.prepare` does): reading, sampling and unpatching see the patched model."""
     model = hfreg.patch_model(build("bert", head=True), Reg(hidden=0.2))

@@ -70,7 +70,8 @@ def mix(plan: Plan, targets: dict | None = None) -> list[Site]:
     """`mixout` on the weight of every weighted module of the layers (or of those ``reg.mixout_modules`` names),
     trainable ones only: a frozen weight stays at its target, so mixing it changes nothing. Under PEFT that means
     the adapters' own weights (LoRA's A and B), the base weights being frozen; `follow_mixout` moves it there when
-    the adapters come after the patch. ``targets`` (module -> target): those of weights mixed before and still
+    the adapters come after the patch. DropConnect (``mixout_target="zero"``) drops frozen weights too (under PEFT
+    the base weights and the adapters'). ``targets`` (module -> target): those of weights mixed before and still
     trainable, which they keep. A frozen weight's target is let go (under PEFT, a copy of every base weight).
     """
     model, struct, reg, state = plan.model, plan.struct, plan.reg, plan.state
@@ -78,7 +79,8 @@ def mix(plan: Plan, targets: dict | None = None) -> list[Site]:
     layer_of = {p: layer.index for layer in struct.layers for p in (layer.path, *layer.members)}
     chosen = []
     for name, m in model.named_modules():
-        if not is_weighted(m) or frozen(m):
+        # a frozen weight stays at Mixout's target, so mixing it changes nothing; DropConnect drops it all the same
+        if not is_weighted(m) or frozen(m) and (reg.mixout_target != "zero" or not _is_parameter(m)):
             continue
         root = next((p for p in layer_of if name.startswith(p + ".")), None)
         if reg.mixout_modules is not None:
@@ -90,8 +92,9 @@ def mix(plan: Plan, targets: dict | None = None) -> list[Site]:
     held = state.held["mixout"] = Held([m for _, m, _ in chosen], trainable=_trainable(model))
     targets = targets or {}
     if not chosen:
-        where = (f"no trainable weighted module matches mixout_modules={reg.mixout_modules}"
-                 if reg.mixout_modules is not None else "no trainable Linear or convolution was found in its layers")
+        trainable = "" if reg.mixout_target == "zero" else "trainable "
+        where = (f"no {trainable}weighted module matches mixout_modules={reg.mixout_modules}"
+                 if reg.mixout_modules is not None else f"no {trainable}Linear or convolution was found in its layers")
         plan.refuse("mixout", rate, where)
         return []
     if rate:
@@ -114,6 +117,10 @@ def mix(plan: Plan, targets: dict | None = None) -> list[Site]:
 
 def _trainable(model) -> tuple:
     return tuple(p.requires_grad for p in model.parameters())
+
+
+def _is_parameter(module) -> bool:
+    return isinstance(module._parameters.get("weight"), nn.Parameter)
 
 
 def frozen(module) -> bool:
