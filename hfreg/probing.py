@@ -90,7 +90,8 @@ def probe_inputs(model: nn.Module, batch: int = 2, length: int = 8) -> dict:
     beside them where its forward needs both (a dual encoder such as CLIP); images, audio or features where those
     are its main input. Images have the size the config names (or its vision tower's, its backbone's, its
     encoder's), 32 x 32 where none does; a video model's clips the frames its config names; log-mel features in the
-    layout the forward takes (Whisper's mel-first, else a short clip frames-first: one eval pass tells).
+    layout the forward takes (Whisper's mel-first, else a short clip frames-first), waveforms with a channel axis
+    where the forward needs one (audio codecs): one eval pass per model class tells.
 
     Args:
         model: a transformers model (a PEFT wrapper is looked through).
@@ -155,29 +156,31 @@ def probe_inputs(model: nn.Module, batch: int = 2, length: int = 8) -> dict:
     inputs = {k: v.to(device) for k, v in inputs.items()}
     if "use_cache" in signature:
         inputs["use_cache"] = False  # one training-style pass: no cache to build (hybrid SSM caches refuse it)
-    if name == "input_features":
-        inputs["input_features"] = _feature_layout(model, inputs)
+    if name in _LAYOUTS:
+        inputs[name] = _layout(model, inputs, name)
     return inputs
 
 
-# per model class, whether it takes its features frames-first: learned from one eval pass, the first time
-_FRAMES_FIRST: dict[type, bool] = {}
+# a main input whose layout the config does not tell, in the layouts tried, in order; the first the model runs on is
+# kept per model class. Log-mel features: Whisper takes (batch, mel, frames), the Conformer encoders (Parakeet) and
+# Speech2Text (batch, frames, mel) and any length, not Whisper's padded window: 4 s of 10 ms frames keep their
+# attention small (wav2vec2-BERT's window is 10,000). Waveforms: (batch, samples), or with a channel axis (audio
+# codecs: EnCodec, DAC, Mimi)
+_LAYOUTS = {"input_features": (lambda x: x, lambda x: x[:, :, :400].transpose(1, 2).contiguous()),
+            "input_values": (lambda x: x, lambda x: x.unsqueeze(1))}
+_LEARNED: dict[tuple[type, str], int] = {}
 
 
-def _feature_layout(model, inputs) -> torch.Tensor:
-    """``inputs["input_features"]`` (batch, mel, frames) as ``model`` takes them. Whisper takes that layout, the
-    Conformer encoders (Parakeet) and Speech2Text (batch, frames, mel), for which neither configs nor docstrings are
-    a reliable guide: an eval pass tells. Those take any length, not Whisper's padded window, so they get 4 s of
-    10 ms frames, which keep their attention small (wav2vec2-BERT's window is 10,000). Where neither layout runs, the
-    first is kept, and the caller sees its error."""
-    mel_first = inputs["input_features"]
-    frames_first = mel_first[:, :, :400].transpose(1, 2).contiguous()
-    if type(model) not in _FRAMES_FIRST:
-        for flag, features in ((False, mel_first), (True, frames_first)):
-            if _runs(model, {**inputs, "input_features": features}):
-                _FRAMES_FIRST[type(model)] = flag
+def _layout(model, inputs, name: str) -> torch.Tensor:
+    """``inputs[name]`` in the first of its `_LAYOUTS` that ``model`` runs on in eval mode (one pass per layout tried,
+    the first time a model class is seen); where none runs, the first, so that the caller sees its error."""
+    key = (type(model), name)
+    if key not in _LEARNED:
+        for i, layout in enumerate(_LAYOUTS[name]):
+            if _runs(model, {**inputs, name: layout(inputs[name])}):
+                _LEARNED[key] = i
                 break
-    return frames_first if _FRAMES_FIRST.get(type(model)) else mel_first
+    return _LAYOUTS[name][_LEARNED.get(key, 0)](inputs[name])
 
 
 def _rng_devices(inputs) -> list[int]:

@@ -260,7 +260,7 @@ def test_probe_inputs_feed_a_video_model_its_frames():
     assert tuple(hfreg.probe_inputs(build("bert", False))["input_ids"].shape) == (2, 8)  # text models as before
 
 
-def test_probe_inputs_give_speech_features_in_the_layout_the_forward_takes():
+def test_probe_inputs_give_audio_in_the_layout_the_forward_takes():
     """Log-mel features: Whisper takes (batch, mel, frames), a Conformer encoder (Parakeet) and Speech2Text (batch,
     frames, mel), which the forward tells; the mel bins are the config's, or its audio encoder's (LASR's CTC model
     keeps them in ``encoder_config``)."""
@@ -278,7 +278,10 @@ def test_probe_inputs_give_speech_features_in_the_layout_the_forward_takes():
     assert inputs["input_features"].shape[1:] == (400, parakeet.config.num_mel_bins)  # any length: a short clip
     assert hfreg.probe_inputs(whisper)["input_features"].shape[1:] == (whisper.config.num_mel_bins, 3000)
     assert hfreg.probe_inputs(lasr)["input_features"].shape[-1] == 128
-    for model in (whisper, parakeet, lasr):
+    dac, wav2vec2 = twin("dac"), twin("wav2vec2")  # a codec's waveform has a channel axis, a speech encoder's not
+    assert hfreg.probe_inputs(dac)["input_values"].shape[:2] == (2, 1)
+    assert hfreg.probe_inputs(wav2vec2)["input_values"].dim() == 2
+    for model in (whisper, parakeet, lasr, dac, wav2vec2):
         with torch.no_grad():
             model.eval()(**hfreg.probe_inputs(model))
 
@@ -289,7 +292,7 @@ def test_the_layout_check_keeps_each_modules_mode_and_the_random_state_and_the_f
     neither layout runs, the first is kept, so that the caller sees the model's own error for it."""
     from torch import nn
 
-    from hfreg.probing import _feature_layout, _runs
+    from hfreg.probing import _layout, _runs
 
     class FramesFirst(nn.Module):
         def __init__(self):
@@ -310,8 +313,8 @@ def test_the_layout_check_keeps_each_modules_mode_and_the_random_state_and_the_f
     assert not _runs(toy, mel_first) and _runs(toy, frames_first)
     assert torch.equal(torch.random.get_rng_state(), state)
     assert toy.training and toy.drop.training and not toy.frozen.training
-    assert _feature_layout(toy, mel_first).shape == (2, 400, 80)
-    assert _feature_layout(Neither(), mel_first) is mel_first["input_features"]
+    assert _layout(toy, mel_first, "input_features").shape == (2, 400, 80)
+    assert _layout(Neither(), mel_first, "input_features") is mel_first["input_features"]
 
 
 def test_probe_cli(capsys):
