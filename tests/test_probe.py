@@ -263,7 +263,7 @@ def test_probe_inputs_feed_a_video_model_its_frames():
 def test_probe_inputs_give_audio_in_the_layout_the_forward_takes():
     """Log-mel features: Whisper takes (batch, mel, frames), a Conformer encoder (Parakeet) and Speech2Text (batch,
     frames, mel), which the forward tells; the mel bins are the config's, or its audio encoder's (LASR's CTC model
-    keeps them in ``encoder_config``)."""
+    keeps them in ``encoder_config``). Waveforms: (batch, samples) for wav2vec2, (batch, 1, samples) for a codec."""
     from hfreg.patcher import model_from_config
 
     def twin(model_type):
