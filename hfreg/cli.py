@@ -342,6 +342,8 @@ def cmd_patch(args):
     from .patcher import patch_config
 
     out = _output_dir(args)
+    if args.mixout_target is not None and args.mixout is None:
+        raise ValueError(f"--mixout_target {args.mixout_target} needs a rate: add --mixout P (DropConnect's p)")
     reg = RegularizationConfig(**{k: getattr(args, k) for k in KNOBS}, drop_path_profile=args.drop_path_profile,
                                drop_path_mode=args.drop_path_mode, mixout_target=args.mixout_target)
     notes = []
@@ -510,7 +512,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help=f"{field_help(knob)} ({'a scale >= 0' if scale else 'a rate in [0, 1)'}; unset: as the "
                             f"model has it)")
     s.add_argument("--mixout_target", default=None, choices=MIXOUT_TARGETS,
-                   help=f"{field_help('mixout_target')} (default: its value at patch time)")
+                   help="zero: a dropped weight becomes 0, which makes --mixout DropConnect (Wan et al., 2013) with "
+                        "inverted scaling; needs --mixout (default: a dropped weight takes its value at patch time, "
+                        "Mixout)")
     s.add_argument("--drop_path_profile", default="linear", choices=DROP_PATH_PROFILES,
                    help=f"{field_help('drop_path_profile')} (default linear)")
     s.add_argument("--drop_path_mode", default="per_sample", choices=DROP_PATH_MODES,

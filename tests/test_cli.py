@@ -56,7 +56,7 @@ def test_inspect_lists_every_site(capsys):
     assert len(attention) == 12 and {row[-1] for row in attention} == {"attention_probs_dropout_prob"}
 
 
-def test_patch_writes_config_and_weights(tmp_path):
+def test_patch_writes_config_and_weights(tmp_path, capsys):
     from tiny_models import build
 
     src = tmp_path / "src"
@@ -70,6 +70,11 @@ def test_patch_writes_config_and_weights(tmp_path):
     assert main(["patch", str(src), "--mixout", "0.1", "--mixout_target", "zero", "-o", str(tmp_path / "dc")]) == 0
     recorded = json.loads((tmp_path / "dc" / "config.json").read_text())["hfreg"]  # DropConnect, as loading applies
     assert recorded["mixout"] == 0.1 and recorded["mixout_target"] == "zero"
+    capsys.readouterr()
+    assert main(["patch", str(src), "--mixout_target", "zero", "-o", str(tmp_path / "none")]) == 2  # no rate given
+    err = capsys.readouterr().err
+    assert err == "hfreg: error: --mixout_target zero needs a rate: add --mixout P (DropConnect's p)\n"
+    assert not (tmp_path / "none").exists()
 
 
 def test_patch_writes_a_complete_loadable_folder(tmp_path, minilm_path, capsys):
