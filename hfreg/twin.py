@@ -16,7 +16,10 @@ if TYPE_CHECKING:
 # config fields that set depth and width, shrunk for a small twin
 _DEPTH = ("num_hidden_layers", "n_layer", "n_layers", "num_layers", "encoder_layers", "decoder_layers",
           "num_decoder_layers")
-_WIDTH = ("hidden_size", "d_model", "n_embd", "dim", "reassemble_hidden_size", "codebook_dim")  # DPT neck; codec codes
+# widths that follow the model's: the last ones a DPT neck's, a codec's codes, factorised or projected embeddings
+# (ALBERT, ColPali), an audio encoder's output where a decoder reads it
+_WIDTH = ("hidden_size", "d_model", "n_embd", "dim", "reassemble_hidden_size", "codebook_dim", "embedding_size",
+          "embedding_dim", "audio_hidden_size")
 _HEADS = ("num_attention_heads", "n_head", "n_heads", "num_heads", "encoder_attention_heads",
           "decoder_attention_heads")
 _FFN = ("intermediate_size", "ffn_dim", "d_ff", "encoder_ffn_dim", "decoder_ffn_dim", "n_inner", "hidden_dim",

@@ -211,6 +211,8 @@ def test_small_twin_keeps_the_sizes_that_must_agree():
     assert hfreg.small_twin(AutoConfig.for_model("dinov2")).out_indices == [2]  # the last of the twin's stages
     encodec = hfreg.small_twin(AutoConfig.for_model("encodec"))  # its codebook reads the encoder's width
     assert encodec.codebook_dim == encodec.hidden_size == 64
+    squeezebert = hfreg.small_twin(AutoConfig.for_model("squeezebert"))  # it asserts the two widths are equal
+    assert squeezebert.embedding_size == squeezebert.hidden_size == 64
     backbone = AutoConfig.for_model("depth_anything").backbone_config  # the same four stages, counted from the end
     backbone.set_output_features_output_indices(out_features=None, out_indices=[-4, -3, -2, -1])
     assert hfreg.small_twin(backbone).out_indices == [1, 2, 3, 4]
