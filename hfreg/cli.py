@@ -418,6 +418,8 @@ def cmd_probe(args):
     rows = [["path", "kind", "source", "rate", "acts", "note"]]
     for r in results:
         note = r.note or ("dead: forward never reads it" if r.dead else "" if r.acts else
+                          # inspect leaves out native sites the twin shows inert, not a knob's injected ones
+                          "patched, but without effect here" if r.source == "hfreg" else
                           "runs without effect: inspect leaves it out" if r.exercised else
                           "not reached by this input (proves nothing)")
         rows.append([r.path, r.kind, r.source, "-" if r.source == "hfreg" else f"{r.rate:g}",
