@@ -25,17 +25,16 @@ from .hooks import ModeExit
 from .knobs.mixout import follow_mixout
 from .knobs.stack import OWNED
 from .layers import drop_path_rates
-from .sites import Site, Structure, analyze, stack_key
+from .sites import Inert, Site, Structure, analyze, stack_key
 from .state import STATE_ATTR, PatchState, Plan, patch_state, unpatch_model, unwrap
 
 
-def apply_spec(model, reg: RegularizationConfig, inert: frozenset[str] = frozenset(),
-               before: dict | None = None) -> PatchState:
+def apply_spec(model, reg: RegularizationConfig, inert: Inert = Inert(), before: dict | None = None) -> PatchState:
     """Apply ``reg`` to the transformers model ``model`` (unwrapped) in place, first undoing an earlier patch.
-    ``inert``: native sites known to change nothing in training (path patterns, as `hfreg.probing.inert_sites`
-    gives them); decisions to inject look past them. ``before``: what the patch this one replaces held (default:
-    the earlier patch's), which some knobs keep (Mixout's targets). Returns the patch state; a failure undoes
-    everything."""
+    ``inert``: what a small twin shows to change nothing (`hfreg.probing.inert`): decisions to inject look past its
+    native sites, and no knob relies on hooks of its layers, which never run. ``before``: what the patch this one
+    replaces held (default: the earlier patch's), which some knobs keep (Mixout's targets). Returns the patch
+    state; a failure undoes everything."""
     previous = patch_state(model)
     before = before if before is not None else previous.held if previous is not None else {}
     unpatch_model(model)
@@ -47,7 +46,8 @@ def apply_spec(model, reg: RegularizationConfig, inert: frozenset[str] = frozens
         # decisions about injecting look at live sites only: a dead attribute, or one a small twin shows to run
         # without effect (SAM's vision attention under sdpa), regularizes nothing. Inert sites still get the rate:
         # an input the twin's lacks may reach them (a causal LM's cross-attention given encoder states)
-        natives_by = {k: [n for n in struct.natives if n.kind == k and not n.dead and stack_key(n.path) not in inert]
+        natives_by = {k: [n for n in struct.natives if n.kind == k and not n.dead
+                          and stack_key(n.path) not in inert.sites]
                       for k in KNOBS}
         # native residual dropout and drop-path inside a tower with branch hooks give way to hfreg's hooks; the
         # others (a backbone whose stack is not found) act where they are, so the knob still acts
@@ -57,7 +57,7 @@ def apply_spec(model, reg: RegularizationConfig, inert: frozenset[str] = frozens
                           and set(n.towers) & hooked}
         for k in OWNED:
             natives_by[k] = [n for n in natives_by[k] if n.path not in state.replaced]
-        plan = Plan(model, struct, reg, knobs, natives_by, state, before)
+        plan = Plan(model, struct, reg, knobs, natives_by, state, before, inert.layers)
         for inject in INJECTORS.values():
             state.injected += inject(plan)
         if any(knobs.values()):  # cheaper masks for every dropout of the training forward (no knob: none drawn)

@@ -1,8 +1,8 @@
 """Rewire one `RegularizationConfig` into a transformers model: live (`patch_model`) or by config (`patch_config`).
 
-`patch_model` asks `hfreg.probing` which native sites a small twin of the model shows to be inert, then applies the
-spec with `hfreg.inject.apply_spec` (where the mechanism is described). Hooks and attribute changes never touch
-parameters, so `state_dict` keys and values stay as they were.
+`patch_model` asks `hfreg.probing` what a small twin of the model shows to be inert (native sites without effect,
+layers whose own hooks never run), then applies the spec with `hfreg.inject.apply_spec` (where the mechanism is
+described). Hooks and attribute changes never touch parameters, so `state_dict` keys and values stay as they were.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from huggingface_hub.errors import StrictDataclassError
 from .architectures import CONFIG_KEYS, architecture
 from .config import CONFIG_ATTR, RegularizationConfig
 from .inject import apply_spec, native_sites
-from .probing import inert_sites
+from .probing import inert, inert_sites
 from .provenance import config_tree
 from .sites import Site
 from .state import patch_state, unpatch_model, unwrap
@@ -73,7 +73,7 @@ def patch_model(model: nn.Module, reg: RegularizationConfig | dict | None = None
         raise ValueError(f"`reg` must be a RegularizationConfig, a dict or None, got {type(reg).__name__}")
     previous = patch_state(model)
     unpatch_model(model)  # first: the twin check reads the model's own config, without a recorded spec
-    apply_spec(model, reg, inert_sites(model), previous.held if previous is not None else {})
+    apply_spec(model, reg, inert(model), previous.held if previous is not None else {})
     return outer
 
 

@@ -3,9 +3,9 @@
 `disable_dropout(model)` applies the all-zero spec, switches off training noise that is not dropout, and checks
 that two training-mode passes with different seeds are bit-identical; if not, it raises naming the modules that
 still drew random numbers. `probe(model)` turns each site on alone and reports whether the training-mode output
-changes, so dead attributes and ignored rates show up; `inert_sites` runs it on a small twin for `inspect_model`.
-For a published config too large to run here, `small_twin(config)` keeps the architecture and code path with two
-layers and a narrow width.
+changes, so dead attributes and ignored rates show up; `inert` runs it on a small twin for `patch_model` and
+`inspect_model`. For a published config too large to run here, `small_twin(config)` keeps the architecture and
+code path with two layers and a narrow width.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from .config import AFTER_MOVING, KNOBS, RegularizationConfig
 from .hooks import ModeEnter, ModeExit
 from .inject import apply_spec
 from .provenance import config_sources, config_tree, per_config, with_rates
-from .sites import analyze, stack_key
+from .sites import Inert, analyze, stack_key
 from .state import patch_state, unwrap
 from .twin import small_twin
 
@@ -335,7 +335,7 @@ def disable_dropout(model: nn.Module, inputs: dict | None = None, noise: bool = 
     was_training = inner.training
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        apply_spec(inner, RegularizationConfig.zero(), inert_sites(inner))
+        apply_spec(inner, RegularizationConfig.zero(), inert(inner))
     if noise:
         _switch_off_noise(inner)
     inputs = inputs if inputs is not None else probe_inputs(inner)
@@ -414,9 +414,9 @@ def probe(model: nn.Module, inputs: dict | None = None, rate: float = 0.5, patch
     """
     if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 <= rate < 1:
         raise ValueError(f"probe's rate must lie in [0, 1), the rate a site is turned on at: got {rate!r}")
-    # the knobs act as `patch_model` would apply them: past the sites a twin shows inert (the twin itself is
+    # the knobs act as `patch_model` would apply them: past what a twin shows inert (the twin itself is
     # probed unpatched, so this never re-enters)
-    inert = inert_sites(model) if patched else frozenset()
+    twin = inert(model) if patched else Inert()
     model = copy.deepcopy(unwrap(model))
     inputs = inputs if inputs is not None else probe_inputs(model)
     struct = analyze(model)
@@ -426,7 +426,7 @@ def probe(model: nn.Module, inputs: dict | None = None, rate: float = 0.5, patch
     published = {(id(n.owner), n.attr): n.rate for n in natives}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        apply_spec(model, RegularizationConfig.zero(), inert)
+        apply_spec(model, RegularizationConfig.zero(), twin)
     _switch_off_noise(model)
     base = _train_output(model, inputs, 0)
     if not _same(base, _train_output(model, inputs, 1)):
@@ -448,7 +448,7 @@ def probe(model: nn.Module, inputs: dict | None = None, rate: float = 0.5, patch
         spec = RegularizationConfig(**{**RegularizationConfig.zero().knob_values(), knob: rate})
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            state = apply_spec(model, spec, inert)
+            state = apply_spec(model, spec, twin)
         _switch_off_noise(model)  # a new spec starts from the unpatched model, its noise back on
         if knob in AFTER_MOVING:  # a weight mixed with its own value at patch time is unchanged (Mixout proper)
             acts = _acts_once_moved(model, inputs)
@@ -459,26 +459,40 @@ def probe(model: nn.Module, inputs: dict | None = None, rate: float = 0.5, patch
     return results
 
 
-_INERT: dict[tuple[type, str], frozenset[str]] = {}
+_INERT: dict[tuple[type, str], Inert] = {}
+
+
+def inert(model) -> Inert:
+    """What a small twin of ``model``'s class and config (`small_twin`) shows to change nothing in training: the
+    native sites `probe` finds exercised yet without effect, and the layers whose own hooks never run while their
+    parts do (their parent calls ``forward`` directly). Empty where no twin can be built and run: nothing is then
+    claimed. Cached per class and config, on disk too."""
+    return per_config(_INERT, unwrap(model), _inert, "inert",
+                      encode=lambda v: {"sites": sorted(v.sites), "layers": sorted(v.layers)},
+                      decode=lambda d: Inert(frozenset(d["sites"]), frozenset(d["layers"])))
 
 
 def inert_sites(model) -> frozenset[str]:
-    """Native sites of ``model`` that change nothing in training: the sites of a small twin of its class and config
-    (`small_twin`) that `probe` finds exercised yet without effect, as path patterns with layer indices as ``*``
-    (``h.*.attn:dropout``). Empty where no twin can be built and run: nothing is then claimed inert. Cached per
-    class and config."""
-    return per_config(_INERT, unwrap(model), _inert, "inert", encode=sorted, decode=frozenset)
+    """Native sites of ``model`` that change nothing in training (`inert`), as path patterns with layer indices as
+    ``*`` (``h.*.attn:dropout``)."""
+    return inert(model).sites
 
 
-def _inert(cls, config) -> frozenset[str]:
+def _inert(cls, config) -> Inert:
     try:
         with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             torch.manual_seed(0)
             # every rate non-zero, so that each site the model can have exists (not an Identity for a 0.0)
             twin = cls(with_rates(small_twin(config), lambda i: 0.1)[0])
-            results = probe(twin, patched=False)  # unpatched: its patches need no twin of their own
+            inputs = probe_inputs(twin)
+            results = probe(twin, inputs, patched=False)  # unpatched: its patches need no twin of their own
+            called = _called(twin, inputs)
     except Exception:  # no twin to run (a class that needs more than its config, inputs no generic batch fits)
-        return frozenset()
+        return Inert()
     acting = {stack_key(r.path) for r in results if r.acts or not r.exercised}
-    return frozenset(stack_key(r.path) for r in results if not r.acts) - acting
+    # a layer that did not run while something inside it did: its parent called its forward, not the layer
+    hookless = {stack_key(layer.path) for layer in analyze(twin).layers
+                if not layer.parallel and layer.path not in called
+                and any(p.startswith(layer.path + ".") for p in called)}
+    return Inert(frozenset(stack_key(r.path) for r in results if not r.acts) - acting, frozenset(hookless))

@@ -164,6 +164,17 @@ class Structure:
         return [layer for tower in self.towers for layer in tower]
 
 
+@dataclass(frozen=True)
+class Inert:
+    """What a training-mode forward of a small twin shows to change nothing (`hfreg.probing.inert`), as path
+    patterns with layer indices as ``*`` (`stack_key`): native ``sites`` that run without effect (Falcon's attention
+    dropout under ``parallel_attn``) and ``layers`` no hook on which runs, since their parent calls their
+    ``forward`` directly while their parts run (SqueezeBERT's encoder). Empty: nothing is claimed."""
+
+    sites: frozenset[str] = frozenset()
+    layers: frozenset[str] = frozenset()
+
+
 class _Tree:
     """One walk of a model's module tree, in preorder, shared by every phase of `analyze`: what `named_modules`
     gives, the modules found at several paths, and the subtree of any module as its own `named_modules` would

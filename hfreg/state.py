@@ -124,7 +124,8 @@ class PatchState:
 class Plan:
     """What every knob's injector (`hfreg.knobs`) reads: the model, its structure, the spec and the knobs it sets,
     each knob's live native sites (``natives_by``), the patch state it records its hooks, sites and refusals in, and
-    what the patch this one replaces held (``before``: its `PatchState.held`; Mixout keeps its targets)."""
+    what the patch this one replaces held (``before``: its `PatchState.held`; Mixout keeps its targets) and the
+    layers whose own hooks never run (``hookless``)."""
 
     model: nn.Module
     struct: Structure
@@ -133,6 +134,7 @@ class Plan:
     natives_by: dict
     state: PatchState
     before: dict = field(default_factory=dict)
+    hookless: frozenset[str] = frozenset()  # layers no hook on which runs (`hfreg.sites.Inert.layers`)
 
     def refuse(self, knob: str, rate: float | None, why: str) -> None:
         """``knob`` cannot act somewhere in the model: recorded in the patch state and warned (`PatchState.refuse`)."""

@@ -515,6 +515,22 @@ def test_state_space_blocks_have_their_mixer_as_branch_end_and_an_uncalled_activ
         hfreg.patch_model(model, Reg(activation=0.2))
 
 
+def test_layers_whose_forward_is_called_directly_refuse_layerdrop_and_keep_their_branch_hooks():
+    # SqueezeBERT's encoder calls `layer.forward(...)`: no hook on a layer runs, while the layer's parts run theirs
+    model = _twin("squeezebert")
+    assert hfreg.probing.inert(model).layers == {"encoder.layers.*"}
+    inputs = hfreg.probe_inputs(model)
+    with pytest.warns(UserWarning, match=r"`layerdrop`=0.5 cannot apply to squeezebert \(SqueezeBertModel\): its "
+                                         r"SqueezeBertModule layers are run by calling their forward directly"):
+        hfreg.patch_model(model, Reg(layerdrop=0.5, embedding=0.0))
+    assert "layerdrop" in hfreg.patch_state(model).refused
+    assert not [s for s in hfreg.inspect_model(model) if s.kind == "layerdrop"]  # no site claimed
+    hfreg.patch_model(model, Reg(drop_path=0.5))  # at the branch ends, which run their hooks
+    assert _train_varies(model, inputs)
+    # a tower the inputs never reach (LLaVA's vision tower fed text) runs neither its layers nor their parts
+    assert hfreg.probing.inert(_twin("llava")).layers == frozenset()
+
+
 def test_attention_injected_where_no_sdpa_runs_says_so_at_the_first_forward():
     # a hybrid whose layers are all linear attention: the modules are named like attention but compute none
     config = hfreg.small_twin(AutoConfig.for_model("bailing_hybrid"))
@@ -532,7 +548,6 @@ def test_attention_injected_where_no_sdpa_runs_says_so_at_the_first_forward():
                                                 "hfreg injects it"]
 
 
-@functools.cache
 @functools.cache
 def _coverage():
     """`benchmarks/coverage.py`, whose invariants the tests share."""

@@ -325,11 +325,16 @@ def test_probe_cli(capsys):
     assert main(["probe", "gpt2"]) == 0
     out = capsys.readouterr().out
     assert "small twin" in out and "h.0.attn.attn_dropout" in out and "knobs through hfreg that act" in out
-    # SqueezeBERT's encoder calls each layer's forward directly: LayerDrop's hooks never fire, and inspect still
-    # lists them (it leaves out inert native sites only), so the note does not say it leaves them out
+    # MRA's attention outputs zeros on a CPU, so DropHead's hooks change nothing; inspect still lists them (it leaves
+    # out inert native sites only), so the note does not say it leaves them out
+    assert main(["probe", "mra"]) == 0
+    (row,) = [line for line in capsys.readouterr().out.splitlines() if line.split()[:2] == ["*", "heads"]]
+    assert row.split()[4] == "no" and row.endswith("patched, but without effect here")
+    # SqueezeBERT's encoder calls each layer's forward directly: the patch refuses LayerDrop there, and says why
     assert main(["probe", "squeezebert"]) == 0
     (row,) = [line for line in capsys.readouterr().out.splitlines() if line.split()[:2] == ["*", "layerdrop"]]
-    assert row.split()[4] == "no" and row.endswith("patched, but without effect here")
+    assert row.split()[4] == "no" and row.endswith("layers are run by calling their forward directly, so no hook "
+                                                   "on a layer runs")
     assert main(["probe", "no/such-model-anywhere"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("hfreg: error: cannot find a config") and err.count("\n") == 1

@@ -9,7 +9,7 @@ from torch import nn
 
 from ..hooks import Hook, map_first, sampling
 from ..layers import embedding_noise, packed_lengths
-from ..sites import Site, is_weighted
+from ..sites import Site, is_weighted, stack_key
 from ..state import Plan
 
 
@@ -72,7 +72,7 @@ def inject(plan: Plan) -> list[Site]:
              if m is emb or (weight is not None and getattr(m, "weight", None) is weight and not is_weighted(m))]
     if not found:
         found = [(tower[0].path + ".<input>", tower[0].module, True) for tower in struct.towers
-                 if not tower[0].parallel and tower[0].calls == 1]
+                 if not tower[0].parallel and tower[0].calls == 1 and stack_key(tower[0].path) not in plan.hookless]
     if not found:
         plan.refuse("embedding_noise", alpha, "it has neither input embeddings (`get_input_embeddings`) nor a "
                                                "layer stack whose input could take it")

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from ..config import KNOB_MODULES
 from ..hooks import Hook, OutputDropout, hidden_arg, map_first, sampling
 from ..layers import drop_path_mask, drop_path_rates
-from ..sites import Site
+from ..sites import Site, stack_key
 from ..state import Plan
 
 
@@ -205,8 +205,18 @@ def inject(plan: Plan) -> list[Site]:
         rates = drop_path_rates(knobs.get("drop_path") or 0.0, depth, reg.drop_path_profile)
         for pos, layer in enumerate(tower):
             own = rates[layer.index:layer.index + layer.calls]
-            emb = embedding if pos == 0 else 0.0
-            skip = layerdrop if layer.skippable else 0.0
+            # a layer whose parent calls its forward directly runs no hook of its own (SqueezeBERT's encoder): what
+            # acts at the layer's input or output cannot act there; its branches' hooks still run
+            hooked = stack_key(layer.path) not in plan.hookless
+            emb = embedding if pos == 0 and hooked else 0.0
+            skip = layerdrop if layer.skippable and hooked else 0.0
+            if not hooked:
+                why = (f"its {type(layer.module).__name__} layers are run by calling their forward directly, "
+                       f"so no hook on a layer runs")
+                for knob, rate in (("embedding", embedding if pos == 0 else 0.0), ("layerdrop", layerdrop)):
+                    if rate and knob not in warned:
+                        warned.add(knob)
+                        plan.refuse(knob, rate, why)
             whole = 0.0 if layer.parallel else skip  # a parallel layer is skipped through its entries' hooks
             s = LayerState(hidden, own, whole, emb, reg.drop_path_mode)
             states.append(s)
@@ -218,9 +228,9 @@ def inject(plan: Plan) -> list[Site]:
                     injected += [Site(p, "hidden", hidden, idx, "injected") for p, _ in layer.branches]
                 if "drop_path" in knobs:
                     injected += [Site(p, "drop_path", rate, idx, "injected") for p, _ in layer.branches]
-                if "layerdrop" in knobs and t not in native["layerdrop"] and layer.skippable:
+                if "layerdrop" in knobs and t not in native["layerdrop"] and layer.skippable and hooked:
                     injected.append(Site(layer.path, "layerdrop", layerdrop, idx, "injected"))
-            if "embedding" in knobs and t not in native["embedding"] and pos == 0:
+            if "embedding" in knobs and t not in native["embedding"] and pos == 0 and hooked:
                 injected.append(Site(layer.path + ".<input>", "embedding", embedding, None, "injected"))
             if layer.parallel and skip:
                 draw = state.hook(layer.module, ParallelDraw(skip), knob="layerdrop")
