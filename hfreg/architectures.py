@@ -51,9 +51,9 @@ FALLBACK_BRANCHES = ("drop_path*", "layer", "layer.*.dropout")
 class Arch:
     """One architecture's exceptions; a misspelt field or an unknown knob fails at import."""
 
-    branches: tuple[str, ...] = ()  # branch-end modules inside a layer ("*": one path component; "a+b": modules
-    #                                 whose outputs are summed into one branch, one drop-path draw for all);
-    #                                 replaces GENERIC_BRANCHES when given
+    branches: tuple[str, ...] = ()  # branch-end modules inside a layer ("*": one path component, each match its own
+    #                                 branch; "a+b": modules whose outputs are summed into one branch, one drop-path
+    #                                 draw for all); replaces GENERIC_BRANCHES when given
     residual_flag: str | None = None  # attribute of a layer, false where the layer adds no residual (its branch
     #                                   is the main path): such layers get no branch hooks and are never skipped
     rules: tuple[tuple[str, str], ...] = ()  # classification patterns tried before GENERIC_RULES
@@ -112,6 +112,16 @@ ARCHITECTURES: dict[str, Arch] = {
     "pegasus_x": Arch(broken=("PegasusXEncoder.layerdrop",)),
     # the mask head's Dropout2d is built only when dropout_ratio > 0 at construction; forward reads the ratio
     "pp_doclayout_v3": Arch(broken=("PPDocLayoutV3MaskFeatFPN.dropout_ratio",)),
+    # post-LN inside ConvDropoutLayerNorm (the residual added after its dropout); the attention module returns a
+    # dict, before its output projection
+    "squeezebert": Arch(branches=("post_attention.dropout", "output.dropout")),
+    # two attention and MLP sub-layers per layer, in lists; the MoE's output joins the last residual add
+    "longcat_flash": Arch(branches=("self_attn.0", "mlps.0", "self_attn.1", "mlps.1+mlp")),
+    # every sub-block adds its residual inside, after its dense (and its dropout where `use_bottleneck` is off):
+    # attention, each feed-forward network of the list the layer loops over, the output, then the bottleneck,
+    # which adds the layer's own input
+    "mobilebert": Arch(branches=("attention.output.dense", "ffn.*.output.dense", "output.dense",
+                                 "output.bottleneck.dropout")),
     "mpnet": Arch(branches=("attention.dropout", "output.dropout"), rules=((r"MPNetAttention\.dropout", "hidden"),)),
     # the residual is added inside the attention's post_attention and the feed-forward block: the branches end at
     # the attention's output dropout and at the second linear layer (ff.dropout also follows the activation)

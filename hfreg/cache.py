@@ -13,6 +13,19 @@ import torch
 CACHE_ENV = "HFREG_CACHE"  # a folder, or "off"; default: $XDG_CACHE_HOME/hfreg (~/.cache/hfreg)
 
 
+def _source_files() -> list[str]:
+    """hfreg's source files that decide the verdicts, relative to the package: the patcher's, its knobs' included;
+    not the fine-tuning harness (`hfreg.finetune`), which reads them."""
+    import os
+
+    package = os.path.dirname(os.path.abspath(__file__))
+    found = []
+    for root, dirs, files in os.walk(package):
+        dirs[:] = sorted(d for d in dirs if d not in ("finetune", "__pycache__"))
+        found += [os.path.relpath(os.path.join(root, f), package) for f in files if f.endswith(".py")]
+    return sorted(found)
+
+
 @functools.lru_cache(maxsize=1)
 def _code() -> str:
     """What decides the cached verdicts besides the model: hfreg's own source and the library versions."""
@@ -23,10 +36,9 @@ def _code() -> str:
 
     h = hashlib.sha256(f"{transformers.__version__} {torch.__version__}".encode())
     package = os.path.dirname(os.path.abspath(__file__))
-    for name in sorted(os.listdir(package)):
-        if name.endswith(".py"):
-            with open(os.path.join(package, name), "rb") as f:
-                h.update(name.encode() + b"\0" + f.read())
+    for name in _source_files():
+        with open(os.path.join(package, name), "rb") as f:
+            h.update(name.encode() + b"\0" + f.read())
     return h.hexdigest()
 
 

@@ -31,10 +31,22 @@ def sampling(module) -> bool:
     return module.training or module.__dict__.get(SAMPLE_FLAG, False)
 
 
+def called_directly(layer: torch.nn.Module) -> str:
+    """Why a knob acting through hooks on ``layer`` cannot act where its parent calls the layer's ``forward`` itself
+    (`hfreg.sites.Inert.layers`)."""
+    return f"its {type(layer).__name__} layers are run by calling their forward directly, so no hook on a layer runs"
+
+
+def leads_with_tensor(output) -> bool:
+    """Whether ``output`` is a tensor or a tuple or list led by one: what `map_first` can act on."""
+    return isinstance(output, torch.Tensor) or (
+        isinstance(output, (tuple, list)) and bool(output) and isinstance(output[0], torch.Tensor))
+
+
 def map_first(output, fn):
     if isinstance(output, torch.Tensor):
         return fn(output)
-    if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
+    if leads_with_tensor(output):
         first = [fn(output[0]), *output[1:]]
         return first if isinstance(output, list) else tuple(first)  # OpenAI GPT's blocks return lists
     return output

@@ -218,20 +218,35 @@ def _resolve(block: nn.Module, pattern: str, named=None) -> list[tuple[str, nn.M
             and n.count(".") == pattern.count(".")]
 
 
+def _runs_last(hit: tuple[str, nn.Module]) -> tuple[str, nn.Module] | None:
+    """The module whose output ends a branch named ``hit``: itself, or for a `ModuleDict` (whose own forward never
+    runs; its owner calls the entries in order: BridgeTower's CLIP-style MLP) its last entry; None for a
+    `ModuleList`, whose entries may be branches of their own (LongCat-Flash's two attentions) or whole residual
+    blocks (MobileBERT's feed-forward stack): an architecture entry says which."""
+    path, module = hit
+    if isinstance(module, nn.ModuleDict):
+        last = next(reversed(module.keys()), None)
+        return None if last is None else (f"{path}.{last}", module[last])
+    return None if isinstance(module, nn.ModuleList) else hit
+
+
 def _branch_groups(block: nn.Module, model_type: str | None, named=None) -> list[list[tuple[str, nn.Module]]]:
     """Branch-end modules of one layer, in forward order, grouped by branch: a group of several modules is one
     branch summed from their outputs (an architecture's ``"a+b"``). ``named``: the layer's `named_modules`, if
     already at hand."""
     arch = architecture(model_type)
     if arch.branches:
-        groups = [[hit for part in pattern.split("+") for hit in _resolve(block, part, named)]
-                  for pattern in arch.branches]
+        groups = []
+        for pattern in arch.branches:
+            parts = pattern.split("+")
+            hits = [hit for part in parts for hit in _resolve(block, part, named)]
+            groups += [hits] if len(parts) > 1 else [[hit] for hit in hits]  # each match of a "*" its own branch
         return [g for g in groups if g]
     found = []
     for candidates in GENERIC_BRANCHES:
         for name in candidates:
-            hit = _resolve(block, name, named)
-            if hit:
+            hit = [_runs_last(h) for h in _resolve(block, name, named)]
+            if hit and all(h is not None for h in hit):
                 found += hit
                 break
     for pattern in () if found else FALLBACK_BRANCHES:

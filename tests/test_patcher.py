@@ -515,6 +515,11 @@ def test_state_space_blocks_have_their_mixer_as_branch_end_and_an_uncalled_activ
         hfreg.patch_model(model, Reg(activation=0.2))
 
 
+def _alone(**knob):
+    """The all-zero spec with one knob on: whatever varies is that knob."""
+    return Reg(**{**Reg.zero().knob_values(), **knob})
+
+
 def test_layers_whose_forward_is_called_directly_refuse_layerdrop_and_keep_their_branch_hooks():
     # SqueezeBERT's encoder calls `layer.forward(...)`: no hook on a layer runs, while the layer's parts run theirs
     model = _twin("squeezebert")
@@ -522,13 +527,80 @@ def test_layers_whose_forward_is_called_directly_refuse_layerdrop_and_keep_their
     inputs = hfreg.probe_inputs(model)
     with pytest.warns(UserWarning, match=r"`layerdrop`=0.5 cannot apply to squeezebert \(SqueezeBertModel\): its "
                                          r"SqueezeBertModule layers are run by calling their forward directly"):
-        hfreg.patch_model(model, Reg(layerdrop=0.5, embedding=0.0))
+        hfreg.patch_model(model, _alone(layerdrop=0.5))
     assert "layerdrop" in hfreg.patch_state(model).refused
     assert not [s for s in hfreg.inspect_model(model) if s.kind == "layerdrop"]  # no site claimed
-    hfreg.patch_model(model, Reg(drop_path=0.5))  # at the branch ends, which run their hooks
+    hfreg.patch_model(model, _alone(drop_path=0.5))  # at the branch ends, which run their hooks
     assert _train_varies(model, inputs)
+    # both branches of every layer take hidden dropout (the attention module itself returns a dict: the branch ends
+    # at its post-attention dropout, before the residual add)
+    hfreg.patch_model(model, _alone(hidden=0.5))
+    ends = [m for layer in model.encoder.layers for m in (layer.post_attention.dropout, layer.output.dropout)]
+    seen = {m: [] for m in ends}
+    handles = [m.register_forward_hook(lambda mod, a, out: seen[mod].append(out)) for m in ends]
+    model.train()
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        model(**inputs)
+    for h in handles:
+        h.remove()
+    assert all(not torch.equal(*outs) for outs in seen.values())
     # a tower the inputs never reach (LLaVA's vision tower fed text) runs neither its layers nor their parts
     assert hfreg.probing.inert(_twin("llava")).layers == frozenset()
+
+
+def test_knobs_at_a_layers_input_are_refused_where_its_hooks_never_run():
+    from hfreg.inject import apply_spec
+
+    # Llama has no native embedding dropout (injected at the first layer's input) nor LayerDrop
+    with warnings.catch_warnings(record=True):
+        warnings.simplefilter("always")
+        state = apply_spec(_twin("llama"), Reg(embedding=0.3, layerdrop=0.2, hidden=0.1),
+                           hfreg.sites.Inert(layers=frozenset({"layers.*"})))
+    assert sorted(state.refused) == ["embedding", "layerdrop"]
+    assert state.refused["embedding"].endswith("LlamaDecoderLayer layers are run by calling their forward "
+                                               "directly, so no hook on a layer runs")
+    # a speech encoder has no input embeddings: NEFTune would go on its first layer's input
+    with warnings.catch_warnings(record=True):
+        warnings.simplefilter("always")
+        state = apply_spec(_twin("wav2vec2"), Reg(embedding_noise=5.0),
+                           hfreg.sites.Inert(layers=frozenset({"encoder.layers.*"})))
+    assert state.refused["embedding_noise"].startswith("it has no input embeddings (`get_input_embeddings`), and "
+                                                       "its Wav2Vec2EncoderLayer layers are run by calling")
+
+
+@pytest.mark.parametrize("model_type,ends", [
+    # a ModuleDict's own forward never runs: BridgeTower's CLIP-style MLP ends at its last entry
+    ("bridgetower", ["attn", "mlp.c_proj"]),
+    # two attention and two MLP sub-layers per layer, held in lists; the MoE's output joins the last residual add
+    ("longcat_flash", ["self_attn.0", "mlps.0", "self_attn.1", "mlps.1", "mlp"]),
+    # every sub-block adds its residual inside (after a LayerNorm): the branch ends before it
+    ("mobilebert", ["attention.output.dense", "ffn.0.output.dense", "ffn.1.output.dense", "ffn.2.output.dense",
+                    "output.dense", "output.bottleneck.dropout"]),
+])
+def test_every_branch_end_is_a_module_that_runs(model_type, ends):
+    model = _twin(model_type)
+    layer = next(x for x in hfreg.sites.analyze(model).layers if x.branches and not x.path.startswith("text_model")
+                 and "cross_modal" not in x.path)
+    assert [p.removeprefix(layer.path + ".") for p, _ in layer.branches] == ends
+    ran = []
+    handles = [m.register_forward_hook(lambda mod, a, out, p=p: ran.append(p)) for p, m in layer.branches]
+    model.train()(**hfreg.probe_inputs(model))
+    for h in handles:
+        h.remove()
+    assert sorted(set(ran)) == sorted(p for p, _ in layer.branches)
+
+
+def test_a_branch_end_whose_output_is_no_tensor_says_so_at_the_first_forward(monkeypatch):
+    # without its table entry, SqueezeBERT's attention module (which returns a dict) is taken for a branch end
+    monkeypatch.delitem(hfreg.architectures.ARCHITECTURES, "squeezebert")
+    model = _twin("squeezebert")
+    assert "encoder.layers.0.attention" in [p for p, _ in hfreg.sites.analyze(model).layers[0].branches]
+    hfreg.patch_model(model, _alone(hidden=0.5))
+    with pytest.warns(UserWarning, match=r"`hidden` and `drop_path` cannot act at the output of "
+                                         r"SqueezeBertSelfAttention \(a dict, not a tensor\)") as caught:
+        model.train()(**hfreg.probe_inputs(model))
+    assert len([w for w in caught if "SqueezeBertSelfAttention" in str(w.message)]) == 1  # once per class
 
 
 def test_attention_injected_where_no_sdpa_runs_says_so_at_the_first_forward():

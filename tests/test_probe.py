@@ -377,6 +377,14 @@ def test_twin_verdicts_and_provenance_are_cached_on_disk_across_processes(tmp_pa
     assert cold.returncode != 0 and "computed again" in cold.stderr
 
 
+def test_the_cache_key_covers_every_source_the_verdicts_run_and_not_the_harness():
+    from hfreg.cache import _source_files
+
+    files = _source_files()
+    assert {"probing.py", "inject.py", "knobs/stack.py", "knobs/attention.py"} <= set(files)  # the knobs' too
+    assert not [f for f in files if f.startswith("finetune")]
+
+
 @pytest.mark.parametrize("rate", [1.0, -0.1, 1.5, "0.5", True])
 def test_probe_refuses_a_rate_outside_zero_to_one(rate):
     with pytest.raises(ValueError, match=rf"probe's rate must lie in \[0, 1\).*got {rate!r}"):

@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..hooks import Hook, map_first, sampling
+from ..hooks import Hook, called_directly, map_first, sampling
 from ..layers import embedding_noise, packed_lengths
 from ..sites import Site, is_weighted, stack_key
 from ..state import Plan
@@ -71,8 +71,12 @@ def inject(plan: Plan) -> list[Site]:
     found = [(n, m, False) for n, m in model.named_modules()
              if m is emb or (weight is not None and getattr(m, "weight", None) is weight and not is_weighted(m))]
     if not found:
-        found = [(tower[0].path + ".<input>", tower[0].module, True) for tower in struct.towers
-                 if not tower[0].parallel and tower[0].calls == 1 and stack_key(tower[0].path) not in plan.hookless]
+        firsts = [tower[0] for tower in struct.towers if not tower[0].parallel and tower[0].calls == 1]
+        found = [(f.path + ".<input>", f.module, True) for f in firsts if stack_key(f.path) not in plan.hookless]
+        if firsts and not found:
+            plan.refuse("embedding_noise", alpha, "it has no input embeddings (`get_input_embeddings`), and "
+                                                   + called_directly(firsts[0].module))
+            return []
     if not found:
         plan.refuse("embedding_noise", alpha, "it has neither input embeddings (`get_input_embeddings`) nor a "
                                                "layer stack whose input could take it")

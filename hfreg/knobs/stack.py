@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from ..config import KNOB_MODULES
-from ..hooks import Hook, OutputDropout, hidden_arg, map_first, sampling
+from ..hooks import Hook, OutputDropout, called_directly, hidden_arg, leads_with_tensor, map_first, sampling
 from ..layers import drop_path_mask, drop_path_rates
 from ..sites import Site, stack_key
 from ..state import Plan
@@ -100,16 +100,26 @@ class Branch(Hook):
     """Hook at a branch end: hidden dropout and drop-path on its output. One instance serves every part of a
     branch summed from several modules (GraniteMoeHybrid's experts and shared MLP): the first part's call draws the
     drop-path mask, the others' reuse it. Counting calls, not forwards, keeps the draws where they were when
-    gradient checkpointing reruns a layer's forward without its hooks on the layer."""
+    gradient checkpointing reruns a layer's forward without its hooks on the layer. A branch end whose output is
+    not a tensor (nor led by one) cannot take either: said once per class and patch (``told``) at its first forward.
+    """
 
-    def __init__(self, state, parts: int = 1):
+    def __init__(self, state, parts: int = 1, told: set | None = None):
         self.s, self.parts, self.calls, self.mask = state, parts, 0, None
+        self.told = told if told is not None else set()
 
     def __call__(self, module, args, output):
         if not sampling(module):
             return None
         s = self.s
         rate = s.rates[max(s.call, 0)]
+        if not leads_with_tensor(output):
+            if (s.hidden or rate) and type(module) not in self.told:
+                self.told.add(type(module))
+                warnings.warn(f"hfreg: `hidden` and `drop_path` cannot act at the output of {type(module).__name__} "
+                              f"(a {type(output).__name__}, not a tensor): that branch goes unregularized",
+                              UserWarning)
+            return None
 
         def regularize(x):
             if s.hidden:
@@ -211,12 +221,10 @@ def inject(plan: Plan) -> list[Site]:
             emb = embedding if pos == 0 and hooked else 0.0
             skip = layerdrop if layer.skippable and hooked else 0.0
             if not hooked:
-                why = (f"its {type(layer.module).__name__} layers are run by calling their forward directly, "
-                       f"so no hook on a layer runs")
                 for knob, rate in (("embedding", embedding if pos == 0 else 0.0), ("layerdrop", layerdrop)):
                     if rate and knob not in warned:
                         warned.add(knob)
-                        plan.refuse(knob, rate, why)
+                        plan.refuse(knob, rate, called_directly(layer.module))
             whole = 0.0 if layer.parallel else skip  # a parallel layer is skipped through its entries' hooks
             s = LayerState(hidden, own, whole, emb, reg.drop_path_mode)
             states.append(s)
@@ -244,7 +252,7 @@ def inject(plan: Plan) -> list[Site]:
                 state.hook(layer.module, LayerPost(s, told))
             if hidden or any(own):
                 for group in layer.branch_groups():
-                    hook = Branch(s, len(group))  # one per branch: its parts share the drop-path draw
+                    hook = Branch(s, len(group), told)  # one per branch: its parts share the drop-path draw
                     for _, part in group:
                         state.hook(part, hook)
             if activation is not None:
