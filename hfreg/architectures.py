@@ -122,6 +122,10 @@ ARCHITECTURES: dict[str, Arch] = {
     # which adds the layer's own input
     "mobilebert": Arch(branches=("attention.output.dense", "ffn.*.output.dense", "output.dense",
                                  "output.bottleneck.dropout")),
+    # the MLP adds the residual itself (`forward(x, residual)`): its branch ends at the down projection
+    "mpt": Arch(branches=("attn", "ffn.down_proj")),
+    # each sub-block adds its own residual: the branches end at the attention and feed-forward inside them
+    "cpmant": Arch(branches=("self_att.self_attention", "ffn.ffn")),
     "mpnet": Arch(branches=("attention.dropout", "output.dropout"), rules=((r"MPNetAttention\.dropout", "hidden"),)),
     # the residual is added inside the attention's post_attention and the feed-forward block: the branches end at
     # the attention's output dropout and at the second linear layer (ff.dropout also follows the activation)

@@ -591,6 +591,39 @@ def test_every_branch_end_is_a_module_that_runs(model_type, ends):
     assert sorted(set(ran)) == sorted(p for p, _ in layer.branches)
 
 
+@pytest.mark.parametrize("model_type", ["bert", "gpt2", "llama", "t5", "bloom", "mobilebert", "mpt", "cpmant"])
+def test_a_layer_with_every_branch_dropped_still_passes_its_input_on(model_type):
+    """Drop-path's premise: a branch end's output is added to the residual stream afterwards, so a layer whose
+    branches all drop passes its input on (as it is, or normalised). A branch end that adds the residual itself
+    (MPT's MLP takes it as an argument; CPM-Ant's sub-blocks add their own) would zero the stream instead."""
+    model = _twin(model_type).eval()
+    layer = hfreg.sites.analyze(model).layers[0]
+    seen = []
+    handle = layer.module.register_forward_pre_hook(lambda m, a, k: seen.append((a, k)) if not seen else None,
+                                                    with_kwargs=True)
+    with torch.no_grad():
+        model(**hfreg.probe_inputs(model))
+    handle.remove()
+    (args, kwargs), = seen
+    handles = [m.register_forward_hook(lambda mod, a, out: hfreg.hooks.map_first(out, torch.zeros_like))
+               for _, m in layer.branches]
+
+    positional = bool(args) and torch.is_tensor(args[0])
+
+    def run(x):
+        call = ((x, *args[1:]), kwargs) if positional else (args, {**kwargs, "hidden_states": x})
+        with torch.no_grad():
+            out = layer.module(*call[0], **call[1])
+        return out if torch.is_tensor(out) else first_tensor(out)
+
+    x = args[0] if positional else kwargs["hidden_states"]
+    try:
+        assert not torch.allclose(run(x), run(torch.randn_like(x) + 0.5), atol=1e-6)
+    finally:
+        for h in handles:
+            h.remove()
+
+
 def test_a_branch_end_whose_output_is_no_tensor_says_so_at_the_first_forward(monkeypatch):
     # without its table entry, SqueezeBERT's attention module (which returns a dict) is taken for a branch end
     monkeypatch.delitem(hfreg.architectures.ARCHITECTURES, "squeezebert")
