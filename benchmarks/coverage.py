@@ -20,6 +20,9 @@ output that does not depend on the seed. The invariants, each on a fresh twin wh
   keeps:X   knob X alone at 0.5 acts, by `inspect_model`, in every layer (and every site outside layers) where
             the unpatched model's X acted, and where none of X acts after the patch (it warned), every native site
             of X is as it was
+  branches  with every branch end of a layer giving zeros (every branch dropped), the layer still passes its
+            input on (as it is, or normalised): checked in eval mode on each layer the inputs reach whose output
+            depends on its input hidden states, called alone on them and on other ones
 Near-zero initialisations (an `initializer_range` of 1e-10, layer scales of 1e-6) are set to a usual scale by
 `small_twin`, and weights initialised to exactly zero (zero-init residual branches, gates) are drawn from
 N(0, 0.02), as a trained checkpoint has them: dropout on a branch whose output is ~0 cannot be seen; BatchNorm
@@ -46,6 +49,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import hfreg  # noqa: E402
+import hfreg.sites  # noqa: E402
 from hfreg import KNOBS  # noqa: E402
 from hfreg import RegularizationConfig as Reg
 from hfreg.probing import _move_weights, _output_tensors, _switch_off_noise  # nested outputs: feature maps too
@@ -115,6 +119,58 @@ def keeps(before, after, knob) -> bool:
     return places(now) >= places(s for s in before if s.kind == knob)
 
 
+def passes_input_on(model, inputs) -> bool:
+    """The `branches` invariant: drop-path's premise, that each branch end's output joins the residual stream after
+    it (a branch end that adds the residual itself, as MPT's MLP, would zero the stream instead)."""
+    layers = [x for x in hfreg.sites.analyze(model).layers if x.branches and not x.parallel]
+    seen = {}
+    handles = [x.module.register_forward_pre_hook(
+        lambda m, a, k, p=x.path: seen.setdefault(p, (a, k)) and None, with_kwargs=True) for x in layers]
+    try:
+        eval_out(model, inputs)
+    finally:
+        for h in handles:
+            h.remove()
+    g = torch.Generator().manual_seed(0)
+    for layer in layers:
+        if layer.path not in seen:  # a part the inputs never reach
+            continue
+        args, kwargs = seen[layer.path]
+        positional = bool(args) and torch.is_tensor(args[0])
+        x = args[0] if positional else kwargs.get("hidden_states")
+        if not torch.is_tensor(x) or not x.is_floating_point():
+            continue
+        # unit-scale, not the input's own: some encoders' hidden states are ~1e-12 in a small twin
+        other = (torch.randn(x.shape, generator=g) + 0.5).to(x)
+
+        def run(h, zero):
+            call = ((h, *args[1:]), kwargs) if positional else (args, {**kwargs, "hidden_states": h})
+            zeroed = [m.register_forward_hook(lambda mod, a, out: hfreg.hooks.map_first(out, torch.zeros_like))
+                      for _, m in layer.branches] if zero else []
+            try:
+                with torch.no_grad():  # the hidden states: the first tensor (not attention weights beside it)
+                    return [t.detach().clone() for t in _output_tensors(layer.module(*call[0], **call[1]))
+                            if t.is_floating_point()][:1]
+            finally:
+                for h in zeroed:
+                    h.remove()
+
+        try:
+            if close(run(x, False), run(other, False)):  # an output that ignores its input proves nothing
+                continue
+            if close(run(x, True), run(other, True)):
+                return False
+        except Timeout:
+            raise
+        except Exception:  # a layer that cannot be called alone on these arguments: not checked
+            continue
+    return True
+
+
+def close(a, b):
+    return len(a) == len(b) and all(x.shape == y.shape and torch.allclose(x, y, atol=1e-6) for x, y in zip(a, b))
+
+
 def check(model_type) -> tuple[str, list[str], str, list[str]]:
     """(status, failed checks, note, knobs that warned): status is "pass" (every knob acts), "warns" (every
     invariant holds; some knobs cannot act and say so at patch time), "fail" or "unbuildable"."""
@@ -135,6 +191,8 @@ def check(model_type) -> tuple[str, list[str], str, list[str]]:
         full = Reg(**{k: 0.3 for k in KNOBS_CHECKED})
         state = {k: v.clone() for k, v in model.state_dict().items()}
         hooks = [(dict(m._forward_hooks), dict(m._forward_pre_hooks)) for m in model.modules()]
+        if not passes_input_on(model, inputs):
+            failed.append("branches")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             hfreg.patch_model(model, full)

@@ -220,7 +220,8 @@ def _resolve(block: nn.Module, pattern: str, named=None) -> list[tuple[str, nn.M
 
 def _runs_last(hit: tuple[str, nn.Module]) -> tuple[str, nn.Module] | None:
     """The module whose output ends a branch named ``hit``: itself, or for a `ModuleDict` (whose own forward never
-    runs; its owner calls the entries in order: BridgeTower's CLIP-style MLP) its last entry; None for a
+    runs; its owner calls the entries in order: BridgeTower's CLIP-style MLP, the one such candidate in transformers
+    5.24; a dict of experts would not fit) its last entry; None for a
     `ModuleList`, whose entries may be branches of their own (LongCat-Flash's two attentions) or whole residual
     blocks (MobileBERT's feed-forward stack): an architecture entry says which."""
     path, module = hit

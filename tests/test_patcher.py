@@ -515,11 +515,6 @@ def test_state_space_blocks_have_their_mixer_as_branch_end_and_an_uncalled_activ
         hfreg.patch_model(model, Reg(activation=0.2))
 
 
-def _alone(**knob):
-    """The all-zero spec with one knob on: whatever varies is that knob."""
-    return Reg(**{**Reg.zero().knob_values(), **knob})
-
-
 def test_layers_whose_forward_is_called_directly_refuse_layerdrop_and_keep_their_branch_hooks():
     # SqueezeBERT's encoder calls `layer.forward(...)`: no hook on a layer runs, while the layer's parts run theirs
     model = _twin("squeezebert")
@@ -527,14 +522,14 @@ def test_layers_whose_forward_is_called_directly_refuse_layerdrop_and_keep_their
     inputs = hfreg.probe_inputs(model)
     with pytest.warns(UserWarning, match=r"`layerdrop`=0.5 cannot apply to squeezebert \(SqueezeBertModel\): its "
                                          r"SqueezeBertModule layers are run by calling their forward directly"):
-        hfreg.patch_model(model, _alone(layerdrop=0.5))
+        hfreg.patch_model(model, only("layerdrop"))
     assert "layerdrop" in hfreg.patch_state(model).refused
     assert not [s for s in hfreg.inspect_model(model) if s.kind == "layerdrop"]  # no site claimed
-    hfreg.patch_model(model, _alone(drop_path=0.5))  # at the branch ends, which run their hooks
+    hfreg.patch_model(model, only("drop_path"))  # at the branch ends, which run their hooks
     assert _train_varies(model, inputs)
     # both branches of every layer take hidden dropout (the attention module itself returns a dict: the branch ends
     # at its post-attention dropout, before the residual add)
-    hfreg.patch_model(model, _alone(hidden=0.5))
+    hfreg.patch_model(model, only("hidden"))
     ends = [m for layer in model.encoder.layers for m in (layer.post_attention.dropout, layer.output.dropout)]
     seen = {m: [] for m in ends}
     handles = [m.register_forward_hook(lambda mod, a, out: seen[mod].append(out)) for m in ends]
@@ -592,36 +587,16 @@ def test_every_branch_end_is_a_module_that_runs(model_type, ends):
 
 
 @pytest.mark.parametrize("model_type", ["bert", "gpt2", "llama", "t5", "bloom", "mobilebert", "mpt", "cpmant"])
-def test_a_layer_with_every_branch_dropped_still_passes_its_input_on(model_type):
-    """Drop-path's premise: a branch end's output is added to the residual stream afterwards, so a layer whose
-    branches all drop passes its input on (as it is, or normalised). A branch end that adds the residual itself
-    (MPT's MLP takes it as an argument; CPM-Ant's sub-blocks add their own) would zero the stream instead."""
-    model = _twin(model_type).eval()
-    layer = hfreg.sites.analyze(model).layers[0]
-    seen = []
-    handle = layer.module.register_forward_pre_hook(lambda m, a, k: seen.append((a, k)) if not seen else None,
-                                                    with_kwargs=True)
-    with torch.no_grad():
-        model(**hfreg.probe_inputs(model))
-    handle.remove()
-    (args, kwargs), = seen
-    handles = [m.register_forward_hook(lambda mod, a, out: hfreg.hooks.map_first(out, torch.zeros_like))
-               for _, m in layer.branches]
-
-    positional = bool(args) and torch.is_tensor(args[0])
-
-    def run(x):
-        call = ((x, *args[1:]), kwargs) if positional else (args, {**kwargs, "hidden_states": x})
-        with torch.no_grad():
-            out = layer.module(*call[0], **call[1])
-        return out if torch.is_tensor(out) else first_tensor(out)
-
-    x = args[0] if positional else kwargs["hidden_states"]
-    try:
-        assert not torch.allclose(run(x), run(torch.randn_like(x) + 0.5), atol=1e-6)
-    finally:
-        for h in handles:
-            h.remove()
+def test_a_layer_with_every_branch_dropped_still_passes_its_input_on(model_type, monkeypatch):
+    """Drop-path's premise, coverage's `branches` invariant: a branch end's output joins the residual stream after
+    it, so a layer whose branches all drop passes its input on. MPT's MLP takes the residual as an argument and
+    CPM-Ant's sub-blocks add their own: without their table entries, the generic branch ends would zero the stream."""
+    model = _twin(model_type)
+    assert _coverage().passes_input_on(model, hfreg.probe_inputs(model))
+    if model_type in ("mpt", "cpmant"):
+        monkeypatch.delitem(ARCHITECTURES, model_type)
+        model = _twin(model_type)
+        assert not _coverage().passes_input_on(model, hfreg.probe_inputs(model))
 
 
 def test_a_branch_end_whose_output_is_no_tensor_says_so_at_the_first_forward(monkeypatch):
@@ -629,7 +604,7 @@ def test_a_branch_end_whose_output_is_no_tensor_says_so_at_the_first_forward(mon
     monkeypatch.delitem(hfreg.architectures.ARCHITECTURES, "squeezebert")
     model = _twin("squeezebert")
     assert "encoder.layers.0.attention" in [p for p, _ in hfreg.sites.analyze(model).layers[0].branches]
-    hfreg.patch_model(model, _alone(hidden=0.5))
+    hfreg.patch_model(model, only("hidden"))
     with pytest.warns(UserWarning, match=r"`hidden` and `drop_path` cannot act at the output of "
                                          r"SqueezeBertSelfAttention \(a dict, not a tensor\)") as caught:
         model.train()(**hfreg.probe_inputs(model))
