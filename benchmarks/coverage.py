@@ -21,8 +21,9 @@ output that does not depend on the seed. The invariants, each on a fresh twin wh
             the unpatched model's X acted, and where none of X acts after the patch (it warned), every native site
             of X is as it was
   branches  with every branch end of a layer giving zeros (every branch dropped), the layer still passes its
-            input on (as it is, or normalised): checked in eval mode on each layer the inputs reach whose output
-            depends on its input hidden states, called alone on them and on other ones
+            input on (as it is, or normalised): checked in eval mode on the first layer of each stack and class
+            that the inputs reach and whose output depends on its input hidden states, called alone on them and
+            on other ones
 Near-zero initialisations (an `initializer_range` of 1e-10, layer scales of 1e-6) are set to a usual scale by
 `small_twin`, and weights initialised to exactly zero (zero-init residual branches, gates) are drawn from
 N(0, 0.02), as a trained checkpoint has them: dropout on a branch whose output is ~0 cannot be seen; BatchNorm
@@ -122,7 +123,12 @@ def keeps(before, after, knob) -> bool:
 def passes_input_on(model, inputs) -> bool:
     """The `branches` invariant: drop-path's premise, that each branch end's output joins the residual stream after
     it (a branch end that adds the residual itself, as MPT's MLP, would zero the stream instead)."""
-    layers = [x for x in hfreg.sites.analyze(model).layers if x.branches and not x.parallel]
+    # the first layer of each stack and class: its siblings share its code (a 1024-pixel vision tower's are costly)
+    firsts = {}
+    for x in hfreg.sites.analyze(model).layers:
+        if x.branches and not x.parallel:
+            firsts.setdefault((hfreg.sites.stack_key(x.path), type(x.module)), x)
+    layers = list(firsts.values())
     seen = {}
     handles = [x.module.register_forward_pre_hook(
         lambda m, a, k, p=x.path: seen.setdefault(p, (a, k)) and None, with_kwargs=True) for x in layers]

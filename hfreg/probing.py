@@ -373,13 +373,16 @@ class Probe:
     exercised: bool = True
 
 
-def _called(model, inputs) -> set[str]:
-    """Paths of the modules a training-mode forward runs ("" for the model)."""
+def _called(model, inputs, train: bool = True) -> set[str]:
+    """Paths of the modules a training-mode (or, without ``train``, an eval-mode) forward runs ("" for the model)."""
     called: set[str] = set()
     handles = [m.register_forward_pre_hook(lambda mod, args, name=name: called.add(name))
                for name, m in model.named_modules()]
     try:
-        _train_output(model, inputs, 0)
+        if train:
+            _train_output(model, inputs, 0)
+        else:
+            _runs(model, inputs)
     finally:
         for h in handles:
             h.remove()
@@ -487,7 +490,7 @@ def _inert(cls, config) -> Inert:
             twin = cls(with_rates(small_twin(config), lambda i: 0.1)[0])
             inputs = probe_inputs(twin)
             results = probe(twin, inputs, patched=False)  # unpatched: its patches need no twin of their own
-            called = _called(twin, inputs)
+            called = _called(twin, inputs, train=False)  # every layer runs in eval (none skipped), and no dropout
     except Exception:  # no twin to run (a class that needs more than its config, inputs no generic batch fits)
         return Inert()
     acting = {stack_key(r.path) for r in results if r.acts or not r.exercised}
