@@ -166,8 +166,8 @@ class Structure:
 
 @dataclass(frozen=True)
 class Inert:
-    """What a training-mode forward of a small twin shows to change nothing (`hfreg.probing.inert`), as path
-    patterns with layer indices as ``*`` (`stack_key`): native ``sites`` that run without effect (Falcon's attention
+    """What forwards of a small twin show to change nothing (`hfreg.probing.inert`), as path patterns with layer
+    indices as ``*`` (`stack_key`): native ``sites`` that run without effect in training (Falcon's attention
     dropout under ``parallel_attn``) and ``layers`` no hook on which runs, since their parent calls their
     ``forward`` directly while their parts run (SqueezeBERT's encoder). Empty: nothing is claimed."""
 
@@ -221,9 +221,9 @@ def _resolve(block: nn.Module, pattern: str, named=None) -> list[tuple[str, nn.M
 def _runs_last(hit: tuple[str, nn.Module]) -> tuple[str, nn.Module] | None:
     """The module whose output ends a branch named ``hit``: itself, or for a `ModuleDict` (whose own forward never
     runs; its owner calls the entries in order: BridgeTower's CLIP-style MLP, the one such candidate in transformers
-    5.24; a dict of experts would not fit) its last entry; None for a
-    `ModuleList`, whose entries may be branches of their own (LongCat-Flash's two attentions) or whole residual
-    blocks (MobileBERT's feed-forward stack): an architecture entry says which."""
+    5.24; a dict of experts would not fit) its last entry; None for a `ModuleList`, whose entries may be branches
+    of their own (LongCat-Flash's two attentions) or whole residual blocks (MobileBERT's feed-forward stack): an
+    architecture entry says which."""
     path, module = hit
     if isinstance(module, nn.ModuleDict):
         last = next(reversed(module.keys()), None)
