@@ -158,8 +158,8 @@ def passes_input_on(model, inputs) -> bool:
                     return [t.detach().clone() for t in _output_tensors(layer.module(*call[0], **call[1]))
                             if t.is_floating_point()][:1]
             finally:
-                for h in zeroed:
-                    h.remove()
+                for handle in zeroed:
+                    handle.remove()
 
         try:
             if close(run(x, False), run(other, False)):  # an output that ignores its input proves nothing
