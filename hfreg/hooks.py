@@ -59,13 +59,27 @@ def hidden_arg(args, kwargs):
 
 
 class OutputDropout(Hook):
-    """Dropout on a module's output (activations, a LoRA adapter's identity slot)."""
+    """Dropout on a module's output (activation modules, a LoRA adapter's identity slot)."""
 
     def __init__(self, p):
         self.p = p
 
     def __call__(self, module, args, output):
         return F.dropout(output, self.p, True) if sampling(module) else None
+
+
+class InputDropout(Hook):
+    """Pre-hook: dropout on a module's first input (a classification head's Linear, an MLP's output projection)."""
+
+    pre = True  # a pre-hook: it may return new inputs
+
+    def __init__(self, p):
+        self.p = p  # the rate set_rate_factors moves
+
+    def __call__(self, module, args):
+        if not sampling(module) or not args:
+            return None  # eval mode: the identity
+        return (F.dropout(args[0], self.p, True),) + tuple(args[1:])
 
 
 class ModeEnter(Hook):

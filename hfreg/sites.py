@@ -21,6 +21,8 @@ _ATTENTION_NAME = re.compile(r"self_?attn|self_attention|attn|attention|encoder_
                              r"|SelfAttention|EncDecAttention|LocalSelfAttention|TransientGlobalSelfAttention")
 #                              the last four: T5 and its relatives (LongT5's encoder)
 _ATTENTION_PATH = re.compile(rf"(^|\.)({_ATTENTION_NAME.pattern})\b")
+_MLP = re.compile(r".*(MLP|Mlp|FFN|Ffn|FeedForward)")
+_EXPERTS = re.compile(r".*Experts")
 
 
 # a rate read from the module's config inside forward: `self.config.<...drop...>`
@@ -142,6 +144,8 @@ class Layer:
     skippable: bool = True
     groups: tuple[int, ...] = ()  # per branch: the branch it is part of (parts summed into one branch share one)
     norms: list[tuple[str, nn.Module]] = field(default_factory=list)  # a parallel layer's per-index norms
+    # where the layer has no activation module: its MLPs' output projections, whose input is the activation
+    projections: list[tuple[str, nn.Module]] = field(default_factory=list)
 
     def branch_groups(self) -> list[list[tuple[str, nn.Module]]]:
         """The branch ends grouped by branch (each its own group unless the architecture sums several)."""
@@ -278,6 +282,42 @@ def _activations(block: nn.Module, repeated=frozenset(), named=None) -> list[tup
     return acts
 
 
+def _widths(mod: nn.Module) -> tuple[int, int] | None:
+    """A projection's input and output widths: an ``nn.Linear``, or GPT-2's ``Conv1D`` (its weight transposed)."""
+    if isinstance(mod, nn.Linear):
+        return mod.in_features, mod.out_features
+    if type(mod).__name__ == "Conv1D" and isinstance(getattr(mod, "nx", None), int):
+        return mod.nx, mod.nf
+    return None
+
+
+def _projections(block: nn.Module, repeated=frozenset(), named=None) -> list[tuple[str, nn.Module]]:
+    """The output projection of each outermost MLP-named module of a layer (outside attention): the one projection
+    that maps back to the width an earlier-built projection of the same MLP widened from (its input twice as wide
+    for a fused gate-and-up projection). Its input is the MLP's activation, so dropout there is activation dropout
+    where the activation is applied as a function (LFM2, XLM), is one module shared by every layer (OpenAI GPT) or
+    has parameters (Apertus' xIELU). None where no projection, or more than one, fits (experts held as batched
+    weights: GPT-OSS), nor for a shared expert beside routed ones (MiniMax-M3), whose dropout would be partial."""
+    found: list[tuple[str, nn.Module]] = []
+    mlps: list[str] = []
+    for name, mod in named or block.named_modules():
+        # the block itself may be the MLP (XLM's parallel `ffns` entries)
+        if not _MLP.fullmatch(type(mod).__name__) or _ATTENTION_PATH.search(name) \
+                or any(m == "" or name.startswith(m + ".") for m in mlps):
+            continue
+        mlps.append(name)
+        # a shared expert beside routed experts: dropout there would reach a part of the MLP only
+        parent = block.get_submodule(name.rpartition(".")[0]) if name else None
+        if parent is not None and any(_EXPERTS.fullmatch(type(m).__name__) for m in parent.children()):
+            continue
+        linears = [(n, m, w) for n, m in mod.named_children() if (w := _widths(m)) and id(m) not in repeated]
+        downs = [(n, m) for i, (n, m, (into, out)) in enumerate(linears) if into != out and any(
+            up_in == out and up_out in (into, 2 * into) for _, _, (up_in, up_out) in linears[:i])]
+        if len(downs) == 1:
+            found.append((f"{name}.{downs[0][0]}" if name else downs[0][0], downs[0][1]))
+    return found
+
+
 def _attentions(block: nn.Module, named=None) -> list[tuple[str, nn.Module]]:
     """The outermost modules of a layer named like attention (``self_attn``, ``attention``, ``crossattention``…)."""
     found: list[tuple[str, nn.Module]] = []
@@ -380,11 +420,13 @@ def _towers(model: nn.Module, arch: Arch, unused: set[str], tree: _Tree) -> list
                 unused.update(f"{path}.{n}" for g in groups for n, m in g
                               if isinstance(m, nn.modules.dropout._DropoutNd))
                 groups = []
-            layer = Layer(mod, path, i * calls, depth, calls, [hit for g in groups for hit in g],
-                          _activations(mod, repeated, named), skippable=residual,
+            acts = _activations(mod, repeated, named)
+            layer = Layer(mod, path, i * calls, depth, calls, [hit for g in groups for hit in g], acts,
+                          projections=[] if acts else _projections(mod, repeated, named), skippable=residual,
                           groups=tuple(j for j, g in enumerate(groups) for _ in g))
             layer.branches = [(f"{path}.{n}", m) for n, m in layer.branches]
             layer.activations = [(f"{path}.{n}", m) for n, m in layer.activations]
+            layer.projections = [(f"{path}.{n}", m) for n, m in layer.projections]
             layer.attentions = [(f"{path}.{n}", m) for n, m in _attentions(mod, named)]
             tower.append(layer)
         towers.append(tower)
@@ -421,11 +463,12 @@ def _parallel_towers(tree: _Tree, claimed: list[str], repeated) -> list[list[Lay
         for i in range(depth):
             branches = [(f"{prefix}{n}.{i}", m[i]) for n, m in branch_lists]
             acts = [(f"{p}.{a}", am) for p, b in branches for a, am in _activations(b, repeated)]
+            projs = [] if acts else [(f"{p}.{d}", dm) for p, b in branches for d, dm in _projections(b, repeated)]
             attn = [(p, b) for p, b in branches if "Attention" in type(b).__name__]
             norms = [(f"{prefix}{n}.{i}", m[i]) for n, m in norm_lists] if norm_lists is not None else None
             tower.append(Layer(branches[0][1], branches[0][0], i, depth, 1, branches, acts, attn, parallel=True,
                                members=tuple(p for p, _ in branches), skippable=norms is not None,
-                               norms=norms or []))
+                               norms=norms or [], projections=projs))
         claimed += [f"{prefix}{n}" for n, _ in branch_lists]
         towers.append(tower)
     return towers

@@ -25,7 +25,6 @@ FULL = Reg(**{k: 5.0 if k in SCALES else 0.3 for k in KNOBS if k != "adapter"})
 
 # knobs that cannot act on an architecture, and warn so (tested to act everywhere else)
 CANNOT = {
-    "xlm": {"activation"}, "flaubert": {"activation"},  # one module-level `gelu` shared by every model
     # no attention-probability dropout, eager attention without a head projection, Hardswish as a class hfreg's
     # activation names do not match
     "levit": {"attention", "heads", "activation"},
@@ -447,11 +446,60 @@ def test_sites_outside_layers_belong_to_the_tower_of_the_nearest_stack():
 
 
 def test_a_tower_without_activation_modules_warns_by_name():
-    # LFM2-VL: the vision tower has activation modules, the LFM2 language model calls its activation as a function
-    model = AutoModel.from_config(hfreg.small_twin(AutoConfig.for_model("lfm2_vl")))
+    # MiniMax-M3-VL: the vision tower has activation modules; the language model's experts are batched weights with
+    # the activation as a function, and dropout on the shared expert beside them alone would be partial
+    model = AutoModel.from_config(hfreg.small_twin(AutoConfig.for_model("minimax_m3_vl")))
     with pytest.warns(UserWarning, match=r"`activation`=0.2 cannot apply .* layers of language_model\.layers"):
         hfreg.patch_model(model, Reg(activation=0.2))
     assert any(s.kind == "activation" and s.path.startswith("vision_tower.") for s in hfreg.inspect_model(model))
+    assert not any(s.kind == "activation" and s.path.startswith("language_model.") for s in hfreg.inspect_model(model))
+
+
+# where a layer has no activation module of its own, `activation` drops the input of its MLP's output projection
+PROJECTIONS = {
+    "openai-gpt": "h.0.mlp.c_proj",  # GPT-2's Conv1D; its `gelu_new` is one module-level object in every layer
+    "xlm": "ffns.0.lin2",  # parallel per-index lists; its `gelu` is module-level too
+    "lfm2": "layers.0.feed_forward.w2",  # w2(silu(w1 x) * w3 x): the activation as a function
+    "apertus": "layers.0.mlp.down_proj",  # xIELU has parameters
+    "rwkv": "blocks.0.feed_forward.value",  # value(relu(key x) ** 2)
+}
+
+
+@pytest.mark.parametrize("model_type", sorted(PROJECTIONS))
+def test_activation_falls_back_to_the_input_of_the_mlp_output_projection(model_type):
+    model = _twin(model_type)
+    path = PROJECTIONS[model_type]
+    [layer, _] = hfreg.sites.analyze(model).layers
+    assert layer.activations == [] and [p for p, _ in layer.projections] == [path]
+    inputs = hfreg.probe_inputs(model)
+
+    def zeros(reg):
+        """The share of exact zeros in what the output projection takes, in one training pass under ``reg``."""
+        hfreg.patch_model(model, reg)
+        seen = []  # registered after the patch's hooks, so it sees their output
+        handle = model.get_submodule(path).register_forward_pre_hook(lambda m, args: seen.append(args[0]))
+        model.train()
+        torch.manual_seed(0)
+        with torch.no_grad():
+            model(**inputs)
+        handle.remove()
+        return (seen[0] == 0).float().mean().item()
+
+    before, after = zeros(Reg.zero()), zeros(only("activation"))
+    # half of what was not zero already (ReLU's zeros: RWKV) is dropped
+    assert abs(after - (before + 0.5 * (1 - before))) < 0.08, (before, after)
+    assert _train_varies(model, inputs)
+    sites = {s.path: s for s in hfreg.inspect_model(model) if s.kind == "activation"}
+    assert f"{path}.<input>" in sites and sites[f"{path}.<input>"].source == "injected"
+
+
+@pytest.mark.parametrize("model_type", ["gpt_oss", "mamba"])
+def test_activation_warns_where_no_output_projection_fits(model_type):
+    # GPT-OSS: experts as batched weights, the activation a function; Mamba: a mixer, no MLP
+    model = _twin(model_type)
+    assert not any(layer.projections for layer in hfreg.sites.analyze(model).layers)
+    with pytest.warns(UserWarning, match=r"`activation`=0.2 cannot apply .* no activation module, nor an MLP output"):
+        hfreg.patch_model(model, Reg(activation=0.2))
 
 
 def _twin(model_type):

@@ -3,25 +3,9 @@ own (a hard-coded head, or one whose dropout the model's config does not reach).
 
 from __future__ import annotations
 
-import torch.nn.functional as F
-
-from ..hooks import Hook, sampling
+from ..hooks import InputDropout
 from ..sites import Site
 from ..state import Plan
-
-
-class InputDropout(Hook):
-    """Pre-hook: dropout on a module's first input (a classification head's Linear)."""
-
-    pre = True  # a pre-hook: it may return new inputs
-
-    def __init__(self, p):
-        self.p = p  # the rate set_rate_factors moves
-
-    def __call__(self, module, args):
-        if not sampling(module) or not args:
-            return None  # eval mode: the identity
-        return (F.dropout(args[0], self.p, True),) + tuple(args[1:])
 
 
 def inject(plan: Plan) -> list[Site]:

@@ -13,7 +13,16 @@ import torch
 import torch.nn.functional as F
 
 from ..config import KNOB_MODULES
-from ..hooks import Hook, OutputDropout, called_directly, hidden_arg, leads_with_tensor, map_first, sampling
+from ..hooks import (
+    Hook,
+    InputDropout,
+    OutputDropout,
+    called_directly,
+    hidden_arg,
+    leads_with_tensor,
+    map_first,
+    sampling,
+)
 from ..layers import drop_path_mask, drop_path_rates
 from ..sites import Site, stack_key
 from ..state import Plan
@@ -208,9 +217,10 @@ def inject(plan: Plan) -> list[Site]:
                 plan.refuse("layerdrop", layerdrop, "its layers are parallel per-index lists joined in forward, "
                                                      "beside per-index lists that are neither branches nor norms")
             embedding = 0.0
-        if activation is not None and not any(layer.activations for layer in tower):
+        if activation is not None and not any(layer.activations or layer.projections for layer in tower):
             where = f" of {tower[0].path.rsplit('.', 1)[0]}" if len(struct.towers) > 1 else ""
-            plan.refuse("activation", activation, f"no activation module was found in the layers{where}")
+            plan.refuse("activation", activation, "no activation module, nor an MLP output projection to feed, "
+                                                   f"was found in the layers{where}")
         depth = tower[0].depth
         rates = drop_path_rates(knobs.get("drop_path") or 0.0, depth, reg.drop_path_profile)
         for pos, layer in enumerate(tower):
@@ -260,6 +270,10 @@ def inject(plan: Plan) -> list[Site]:
                     injected.append(Site(path, "activation", activation, layer.index, "injected"))
                     if activation:
                         state.hook(act, OutputDropout(activation), knob="activation")
+                for path, proj in layer.projections:  # no activation module: on the MLP's output projection's input
+                    injected.append(Site(path + ".<input>", "activation", activation, layer.index, "injected"))
+                    if activation:
+                        state.hook(proj, InputDropout(activation), knob="activation")
     if any(layer.calls > 1 for layer in struct.layers):
         state.hook(model, ResetCalls(states))
     for knob in ("hidden", "drop_path"):
