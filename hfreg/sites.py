@@ -9,6 +9,7 @@ import fnmatch
 import functools
 import inspect
 import re
+import sys
 from dataclasses import dataclass, field
 
 from torch import nn
@@ -146,6 +147,7 @@ class Layer:
     norms: list[tuple[str, nn.Module]] = field(default_factory=list)  # a parallel layer's per-index norms
     # where the layer has no activation module: its MLPs' output projections, whose input is the activation
     projections: list[tuple[str, nn.Module]] = field(default_factory=list)
+    feeds_forward: bool = True  # it holds an MLP or experts (a state-space or attention-only layer of a hybrid not)
 
     def branch_groups(self) -> list[list[tuple[str, nn.Module]]]:
         """The branch ends grouped by branch (each its own group unless the architecture sums several)."""
@@ -262,10 +264,17 @@ def _branch_groups(block: nn.Module, model_type: str | None, named=None) -> list
     return [[hit] for hit in found]
 
 
+def _module_level(mod: nn.Module, owner: nn.Module) -> bool:
+    """Whether ``mod`` is an object held at the top level of the module that defines ``owner``'s class, as such or
+    in a table (XLM's imported ``gelu``, OpenAI GPT's ``ACT_FNS``): shared with every model of the process."""
+    space = vars(sys.modules[type(owner).__module__]) if type(owner).__module__ in sys.modules else {}
+    return any(v is mod or (isinstance(v, dict) and any(x is mod for x in v.values())) for v in space.values())
+
+
 def _activations(block: nn.Module, repeated=frozenset(), named=None) -> list[tuple[str, nn.Module]]:
-    """Parameter-free activation modules of a layer. Modules found at several paths are left out: one object used
-    in every layer is often a module-level singleton (XLM's ``gelu``), shared with every other model in the
-    process, and a hook on it would act on them too. So are modules their owner never calls (Mamba's mixer builds
+    """Parameter-free activation modules of a layer. Module-level objects (XLM's ``gelu``) and modules found at
+    several paths (one object in every layer often is one) are left out: shared with every other model in the
+    process, a hook on them would act on those too. So are modules their owner never calls (Mamba's mixer builds
     ``self.act`` and applies the activation as a function)."""
     acts, seen = [], set()
     for name, mod in named or block.named_modules():
@@ -276,6 +285,8 @@ def _activations(block: nn.Module, repeated=frozenset(), named=None) -> list[tup
             continue
         parent, _, attr = name.rpartition(".")
         owner = block.get_submodule(parent)
+        if _module_level(mod, owner):
+            continue
         if isinstance(owner, (nn.ModuleList, nn.Sequential, nn.ModuleDict)) or not never_read(type(owner), attr):
             seen.add(id(mod))
             acts.append((name, mod))
@@ -283,7 +294,10 @@ def _activations(block: nn.Module, repeated=frozenset(), named=None) -> list[tup
 
 
 def _widths(mod: nn.Module) -> tuple[int, int] | None:
-    """A projection's input and output widths: an ``nn.Linear``, or GPT-2's ``Conv1D`` (its weight transposed)."""
+    """A projection's input and output widths: an ``nn.Linear``, or GPT-2's ``Conv1D`` (its weight transposed),
+    looked through a PEFT wrapper (whose input both the base layer and the adapter take)."""
+    if callable(getattr(mod, "get_base_layer", None)):
+        mod = mod.get_base_layer()
     if isinstance(mod, nn.Linear):
         return mod.in_features, mod.out_features
     if type(mod).__name__ == "Conv1D" and isinstance(getattr(mod, "nx", None), int):
@@ -293,11 +307,13 @@ def _widths(mod: nn.Module) -> tuple[int, int] | None:
 
 def _projections(block: nn.Module, repeated=frozenset(), named=None) -> list[tuple[str, nn.Module]]:
     """The output projection of each outermost MLP-named module of a layer (outside attention): the one projection
-    that maps back to the width an earlier-built projection of the same MLP widened from (its input twice as wide
-    for a fused gate-and-up projection). Its input is the MLP's activation, so dropout there is activation dropout
-    where the activation is applied as a function (LFM2, XLM), is one module shared by every layer (OpenAI GPT) or
-    has parameters (Apertus' xIELU). None where no projection, or more than one, fits (experts held as batched
-    weights: GPT-OSS), nor for a shared expert beside routed ones (MiniMax-M3), whose dropout would be partial."""
+    that maps back to the width an earlier-built projection of the same MLP widened from (its output twice as wide
+    for a fused gate-and-up projection). Its input is the MLP's activation (times the up projection, for a gated
+    MLP: the same for dropout), so dropout there is activation dropout where the activation is applied as a
+    function (LFM2), is a module-level object shared by every model (XLM, OpenAI GPT) or has parameters (Apertus'
+    xIELU). None where no projection, or more than one, fits (experts held as batched weights: GPT-OSS; an MLP as
+    wide inside as outside), nor for a shared expert in a block with routed experts (MiniMax-M3), whose dropout
+    would be partial."""
     found: list[tuple[str, nn.Module]] = []
     mlps: list[str] = []
     for name, mod in named or block.named_modules():
@@ -306,16 +322,22 @@ def _projections(block: nn.Module, repeated=frozenset(), named=None) -> list[tup
                 or any(m == "" or name.startswith(m + ".") for m in mlps):
             continue
         mlps.append(name)
-        # a shared expert beside routed experts: dropout there would reach a part of the MLP only
+        # a shared expert in a block with routed experts: dropout there would reach a part of the MLP only
         parent = block.get_submodule(name.rpartition(".")[0]) if name else None
-        if parent is not None and any(_EXPERTS.fullmatch(type(m).__name__) for m in parent.children()):
+        if parent is not None and any(_EXPERTS.fullmatch(type(m).__name__) for m in parent.modules()):
             continue
         linears = [(n, m, w) for n, m in mod.named_children() if (w := _widths(m)) and id(m) not in repeated]
         downs = [(n, m) for i, (n, m, (into, out)) in enumerate(linears) if into != out and any(
-            up_in == out and up_out in (into, 2 * into) for _, _, (up_in, up_out) in linears[:i])]
+            up_in == out and up_out > up_in and up_out in (into, 2 * into) for _, _, (up_in, up_out) in linears[:i])]
         if len(downs) == 1:
             found.append((f"{name}.{downs[0][0]}" if name else downs[0][0], downs[0][1]))
     return found
+
+
+def _feeds_forward(block: nn.Module, named=None) -> bool:
+    """Whether a layer holds an MLP-named module or experts outside its attention."""
+    return any((_MLP.fullmatch(type(mod).__name__) or _EXPERTS.fullmatch(type(mod).__name__))
+               and not _ATTENTION_PATH.search(name) for name, mod in (named or block.named_modules()))
 
 
 def _attentions(block: nn.Module, named=None) -> list[tuple[str, nn.Module]]:
@@ -423,7 +445,8 @@ def _towers(model: nn.Module, arch: Arch, unused: set[str], tree: _Tree) -> list
             acts = _activations(mod, repeated, named)
             layer = Layer(mod, path, i * calls, depth, calls, [hit for g in groups for hit in g], acts,
                           projections=[] if acts else _projections(mod, repeated, named), skippable=residual,
-                          groups=tuple(j for j, g in enumerate(groups) for _ in g))
+                          groups=tuple(j for j, g in enumerate(groups) for _ in g),
+                          feeds_forward=bool(acts) or _feeds_forward(mod, named))
             layer.branches = [(f"{path}.{n}", m) for n, m in layer.branches]
             layer.activations = [(f"{path}.{n}", m) for n, m in layer.activations]
             layer.projections = [(f"{path}.{n}", m) for n, m in layer.projections]
@@ -468,7 +491,8 @@ def _parallel_towers(tree: _Tree, claimed: list[str], repeated) -> list[list[Lay
             norms = [(f"{prefix}{n}.{i}", m[i]) for n, m in norm_lists] if norm_lists is not None else None
             tower.append(Layer(branches[0][1], branches[0][0], i, depth, 1, branches, acts, attn, parallel=True,
                                members=tuple(p for p, _ in branches), skippable=norms is not None,
-                               norms=norms or [], projections=projs))
+                               norms=norms or [], projections=projs,
+                               feeds_forward=bool(acts) or any(_feeds_forward(b) for _, b in branches)))
         claimed += [f"{prefix}{n}" for n, _ in branch_lists]
         towers.append(tower)
     return towers

@@ -493,6 +493,62 @@ def test_activation_falls_back_to_the_input_of_the_mlp_output_projection(model_t
     assert f"{path}.<input>" in sites and sites[f"{path}.<input>"].source == "injected"
 
 
+def test_activation_modules_come_before_output_projections():
+    # Llama's `act_fn` is a module of each layer: it takes the knob, and the output projection takes none
+    [layer, _] = hfreg.sites.analyze(_twin("llama")).layers
+    assert [p for p, _ in layer.activations] == ["layers.0.mlp.act_fn"] and layer.projections == []
+    # Phi-3 with xIELU (an activation with parameters): a fused gate-and-up projection, twice as wide, feeds down_proj
+    torch.manual_seed(0)
+    model = AutoModel.from_config(hfreg.small_twin(AutoConfig.for_model("phi3", hidden_act="xielu")))
+    assert [p for layer in hfreg.sites.analyze(model).layers for p, _ in layer.projections] == [
+        "layers.0.mlp.down_proj", "layers.1.mlp.down_proj"]
+
+
+def test_activation_names_the_layers_it_cannot_reach_beside_those_it_can():
+    # LFM2-MoE: dense MLPs in the first layers, then routed experts held as batched weights
+    config = AutoConfig.for_model("lfm2_moe", hidden_size=32, intermediate_size=64, moe_intermediate_size=32,
+                                  num_hidden_layers=4, num_dense_layers=2, num_attention_heads=4,
+                                  num_key_value_heads=2, num_experts=4, num_experts_per_tok=2, vocab_size=100,
+                                  layer_types=["full_attention", "conv", "full_attention", "conv"])
+    model = AutoModel.from_config(config)
+    with pytest.warns(UserWarning, match=r"`activation`=0.2 cannot apply .* was found in 2 of the 4 layers"):
+        hfreg.patch_model(model, Reg(activation=0.2))
+    assert [s.path for s in hfreg.inspect_model(model) if s.kind == "activation"] == [
+        "layers.0.feed_forward.w2.<input>", "layers.1.feed_forward.w2.<input>"]
+
+
+def test_a_module_level_activation_is_never_hooked_even_in_one_layer():
+    # OpenAI GPT's `gelu_new` is one object of its modeling module: with one layer it sits at one path only, and a
+    # hook on it would reach every other model in the process
+    one = AutoModel.from_config(AutoConfig.for_model("openai-gpt", n_layer=1, n_embd=32, n_head=2, vocab_size=100))
+    other = AutoModel.from_config(AutoConfig.for_model("openai-gpt", n_layer=2, n_embd=32, n_head=2, vocab_size=100,
+                                                       resid_pdrop=0.0, attn_pdrop=0.0, embd_pdrop=0.0))
+    [layer] = hfreg.sites.analyze(one).layers
+    assert layer.activations == [] and [p for p, _ in layer.projections] == ["h.0.mlp.c_proj"]
+    hfreg.patch_model(one, only("activation"))
+    inputs = {"input_ids": torch.arange(12).view(2, 6)}
+    assert not _train_varies(other, inputs)  # the unpatched model draws nothing
+
+
+def test_activation_takes_the_peft_wrapper_of_an_output_projection():
+    # patched after `get_peft_model` with LoRA on every MLP projection: the wrapper's input, which both the frozen
+    # base layer and the adapter take, is dropped
+    peft = pytest.importorskip("peft")
+    model = peft.get_peft_model(_twin("lfm2"), peft.LoraConfig(r=4, target_modules=["w1", "w2", "w3"]))
+    hfreg.patch_model(model, only("activation"))
+    wrapper = model.base_model.model.layers[0].feed_forward.w2
+    seen = {}
+    hooks = [m.register_forward_pre_hook(lambda m, args, k=k: seen.setdefault(k, args[0]))
+             for k, m in (("base", wrapper.base_layer), ("adapter", wrapper.lora_A["default"]))]
+    model.train()
+    with torch.no_grad():
+        model(**hfreg.probe_inputs(model))
+    for h in hooks:
+        h.remove()
+    for k in ("base", "adapter"):
+        assert abs((seen[k] == 0).float().mean().item() - 0.5) < 0.08, k
+
+
 @pytest.mark.parametrize("model_type", ["gpt_oss", "mamba"])
 def test_activation_warns_where_no_output_projection_fits(model_type):
     # GPT-OSS: experts as batched weights, the activation a function; Mamba: a mixer, no MLP

@@ -217,10 +217,14 @@ def inject(plan: Plan) -> list[Site]:
                 plan.refuse("layerdrop", layerdrop, "its layers are parallel per-index lists joined in forward, "
                                                      "beside per-index lists that are neither branches nor norms")
             embedding = 0.0
-        if activation is not None and not any(layer.activations or layer.projections for layer in tower):
+        # none in the stack; or some layers with an MLP or experts (MoE layers beside dense ones) but none there
+        reached = [layer for layer in tower if layer.activations or layer.projections]
+        missed = [layer for layer in tower if layer.feeds_forward and not (layer.activations or layer.projections)]
+        if activation is not None and (not reached or missed):
             where = f" of {tower[0].path.rsplit('.', 1)[0]}" if len(struct.towers) > 1 else ""
+            some = f"{len(missed)} of the {len(tower)} " if reached else "the "
             plan.refuse("activation", activation, "no activation module, nor an MLP output projection to feed, "
-                                                   f"was found in the layers{where}")
+                                                   f"was found in {some}layers{where}")
         depth = tower[0].depth
         rates = drop_path_rates(knobs.get("drop_path") or 0.0, depth, reg.drop_path_profile)
         for pos, layer in enumerate(tower):
