@@ -265,10 +265,13 @@ def _branch_groups(block: nn.Module, model_type: str | None, named=None) -> list
 
 
 def _module_level(mod: nn.Module, owner: nn.Module) -> bool:
-    """Whether ``mod`` is an object held at the top level of the module that defines ``owner``'s class, as such or
-    in a table (XLM's imported ``gelu``, OpenAI GPT's ``ACT_FNS``): shared with every model of the process."""
-    space = vars(sys.modules[type(owner).__module__]) if type(owner).__module__ in sys.modules else {}
-    return any(v is mod or (isinstance(v, dict) and any(x is mod for x in v.values())) for v in space.values())
+    """Whether ``mod`` is an object held at the top level of a module that defines ``owner``'s class or one it
+    inherits from, as such or in a table (XLM's imported ``gelu``, OpenAI GPT's ``ACT_FNS``): shared with every
+    model of the process."""
+    names = {k.__module__ for k in _model_classes(type(owner))}
+    spaces = [vars(sys.modules[n]) for n in names if n in sys.modules]
+    return any(v is mod or (isinstance(v, dict) and any(x is mod for x in v.values()))
+               for space in spaces for v in space.values())
 
 
 def _activations(block: nn.Module, repeated=frozenset(), named=None) -> list[tuple[str, nn.Module]]:
@@ -312,8 +315,9 @@ def _projections(block: nn.Module, repeated=frozenset(), named=None) -> list[tup
     MLP: the same for dropout), so dropout there is activation dropout where the activation is applied as a
     function (LFM2), is a module-level object shared by every model (XLM, OpenAI GPT) or has parameters (Apertus'
     xIELU). None where no projection, or more than one, fits (experts held as batched weights: GPT-OSS; an MLP as
-    wide inside as outside), nor for a shared expert in a block with routed experts (MiniMax-M3), whose dropout
-    would be partial."""
+    wide or narrower inside than outside, or one whose output projection is built first: telling its input
+    projection from its output projection would take the order of calls), nor for a shared expert in a block with
+    routed experts (MiniMax-M3), whose dropout would be partial."""
     found: list[tuple[str, nn.Module]] = []
     mlps: list[str] = []
     for name, mod in named or block.named_modules():
@@ -324,7 +328,8 @@ def _projections(block: nn.Module, repeated=frozenset(), named=None) -> list[tup
         mlps.append(name)
         # a shared expert in a block with routed experts: dropout there would reach a part of the MLP only
         parent = block.get_submodule(name.rpartition(".")[0]) if name else None
-        if parent is not None and any(_EXPERTS.fullmatch(type(m).__name__) for m in parent.modules()):
+        if parent is not None and any(_EXPERTS.fullmatch(type(m).__name__)
+                                      for m in parent.modules() if m is not parent):  # not the experts' own list
             continue
         linears = [(n, m, w) for n, m in mod.named_children() if (w := _widths(m)) and id(m) not in repeated]
         downs = [(n, m) for i, (n, m, (into, out)) in enumerate(linears) if into != out and any(

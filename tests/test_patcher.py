@@ -504,6 +504,37 @@ def test_activation_modules_come_before_output_projections():
         "layers.0.mlp.down_proj", "layers.1.mlp.down_proj"]
 
 
+class _Mlp(torch.nn.Module):  # the activation as a function: only the output projection can take `activation`
+    def __init__(self, first="up"):
+        super().__init__()
+        for name in (("up", "down") if first == "up" else ("down", "up")):
+            setattr(self, name, torch.nn.Linear(8, 16) if name == "up" else torch.nn.Linear(16, 8))
+
+    def forward(self, x):
+        return self.down(torch.nn.functional.silu(self.up(x)))
+
+
+class _RoutedExperts(torch.nn.ModuleList):  # experts that are MLPs themselves, in a list named like experts
+    pass
+
+
+def test_output_projections_of_experts_of_shared_ones_and_of_down_first_mlps():
+    block = torch.nn.Module()
+    block.experts = _RoutedExperts([_Mlp(), _Mlp()])  # each expert an MLP: every one takes it
+    assert [p for p, _ in hfreg.sites._projections(block)] == ["experts.0.down", "experts.1.down"]
+    block = torch.nn.Module()
+    block.moe = torch.nn.Module()
+    block.moe.shared_mlp = _Mlp()
+    block.moe.routed = torch.nn.Module()
+    block.moe.routed.experts = _RoutedExperts([torch.nn.Linear(8, 8)])  # routed experts a level deeper
+    assert hfreg.sites._projections(block) == []  # the shared expert alone would be partial
+    block = torch.nn.Module()
+    block.mlp = _Mlp(first="down")  # built output projection first: no guess at which is which
+    assert hfreg.sites._projections(block) == []
+    block.mlp = _Mlp()
+    assert [p for p, _ in hfreg.sites._projections(block)] == ["mlp.down"]
+
+
 def test_activation_names_the_layers_it_cannot_reach_beside_those_it_can():
     # LFM2-MoE: dense MLPs in the first layers, then routed experts held as batched weights
     config = AutoConfig.for_model("lfm2_moe", hidden_size=32, intermediate_size=64, moe_intermediate_size=32,
@@ -528,6 +559,15 @@ def test_a_module_level_activation_is_never_hooked_even_in_one_layer():
     hfreg.patch_model(one, only("activation"))
     inputs = {"input_ids": torch.arange(12).view(2, 6)}
     assert not _train_varies(other, inputs)  # the unpatched model draws nothing
+    # a subclass defined elsewhere holds the same object: the modules of the classes it inherits from are read too
+    from transformers.models.openai import modeling_openai
+
+    class Mlp(modeling_openai.MLP):
+        pass
+
+    layer = one.h[0]
+    layer.mlp = Mlp(4 * 32, one.config)
+    assert hfreg.sites._activations(layer) == []
 
 
 def test_activation_takes_the_peft_wrapper_of_an_output_projection():
