@@ -24,6 +24,9 @@ _ATTENTION_NAME = re.compile(r"self_?attn|self_attention|attn|attention|encoder_
 _ATTENTION_PATH = re.compile(rf"(^|\.)({_ATTENTION_NAME.pattern})\b")
 _MLP = re.compile(r".*(MLP|Mlp|FFN|Ffn|FeedForward)")
 _EXPERTS = re.compile(r".*Experts")
+# modules that weigh a branch rather than compute its features: an activation there is a router's scores (DeepSeek-V4),
+# a gate's (AXK2's gated norm), not an MLP's
+_WEIGHING = re.compile(r".*(Router|Gate|Norm)")
 
 
 # a rate read from the module's config inside forward: `self.config.<...drop...>`
@@ -274,10 +277,21 @@ def _module_level(mod: nn.Module, owner: nn.Module) -> bool:
                for space in spaces for v in space.values())
 
 
+def _weighs(block: nn.Module, name: str, owner: nn.Module, attr: str) -> bool:
+    """Whether the activation at ``name`` weighs a branch: it is held by a router, a gate or a norm (MoE routing
+    scores, a gated norm's gate), or applied to a parameter of its owner (IDEFICS' ``tanh(alpha)`` gates)."""
+    parts = name.split(".")
+    if any(_WEIGHING.fullmatch(type(block.get_submodule(".".join(parts[:i]))).__name__) for i in range(1, len(parts))):
+        return True
+    params = dict(owner.named_parameters(recurse=False))
+    return any(p in params for p in re.findall(rf"self\.{attr}\(\s*self\.(\w+)\s*\)", _method_sources(type(owner))))
+
+
 def _activations(block: nn.Module, repeated=frozenset(), named=None) -> list[tuple[str, nn.Module]]:
     """Parameter-free activation modules of a layer. Module-level objects (XLM's ``gelu``) and modules found at
     several paths (one object in every layer often is one) are left out: shared with every other model in the
-    process, a hook on them would act on those too. So are modules their owner never calls (Mamba's mixer builds
+    process, a hook on them would act on those too. So are a router's or gate's activations (``_weighs``), and
+    modules their owner never calls (Mamba's mixer builds
     ``self.act`` and applies the activation as a function)."""
     acts, seen = [], set()
     for name, mod in named or block.named_modules():
@@ -288,7 +302,7 @@ def _activations(block: nn.Module, repeated=frozenset(), named=None) -> list[tup
             continue
         parent, _, attr = name.rpartition(".")
         owner = block.get_submodule(parent)
-        if _module_level(mod, owner):
+        if _module_level(mod, owner) or _weighs(block, name, owner, attr):
             continue
         if isinstance(owner, (nn.ModuleList, nn.Sequential, nn.ModuleDict)) or not never_read(type(owner), attr):
             seen.add(id(mod))

@@ -589,6 +589,32 @@ def test_activation_takes_the_peft_wrapper_of_an_output_projection():
         assert abs((seen[k] == 0).float().mean().item() - 0.5) < 0.08, k
 
 
+# an activation that weighs a branch rather than computing its features is not the MLP's: routing scores, a gated
+# norm's gate, IDEFICS' tanh(alpha) gate on a residual branch
+WEIGHING = {
+    "deepseek_v4": ("layers.0.mlp.gate.score_fn", "layers.0.mlp.experts.act_fn"),  # a router
+    "axk2": ("layers.0.input_layernorm.mlp.activation_fn", "layers.0.mlp.act_fn"),  # a norm's gate MLP
+    "idefics": ("gated_cross_attn_layers.0.act_dense", "gated_cross_attn_layers.0.mlp.act_fn"),  # on a parameter
+}
+
+
+@pytest.mark.parametrize("model_type", sorted(WEIGHING))
+def test_routers_and_gates_keep_their_activations(model_type):
+    model = _twin(model_type)
+    weighing, mlp = WEIGHING[model_type]
+    assert hfreg.sites._ACTIVATION.fullmatch(type(model.get_submodule(weighing)).__name__)
+    hfreg.patch_model(model, only("activation"))
+    sites = {s.path for s in hfreg.inspect_model(model) if s.kind == "activation"}
+    assert mlp in sites and weighing not in sites
+
+
+def test_a_router_activation_alone_is_not_taken_for_the_mlp():
+    # Inkling 2: the router's sigmoid was the only activation module of its MoE layers; its experts' soft-capped
+    # SwiGLU is a function of batched weights, so nothing is left to take the knob
+    with pytest.warns(UserWarning, match=r"`activation`=0.2 cannot apply"):
+        hfreg.patch_model(_twin("inkling2_text"), Reg(activation=0.2))
+
+
 @pytest.mark.parametrize("model_type", ["gpt_oss", "mamba"])
 def test_activation_warns_where_no_output_projection_fits(model_type):
     # GPT-OSS: experts as batched weights, the activation a function; Mamba: a mixer, no MLP
