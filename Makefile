@@ -28,10 +28,13 @@ finetune: setup
 	$(BIN)/accelerate launch -q --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no \
 		--num_cpu_threads_per_process $(THREADS) scripts/finetune.py $(ARGS)
 
-# ruff first (configured in pyproject.toml): a lint failure fails the suite
+# ruff first (configured in pyproject.toml): a lint failure fails the suite. Two pytest workers, each handed a whole
+# file at a time: most of the suite waits on launched processes, a file's fixtures are built once, and the Ray
+# cluster tests (one file) share ~/.ray. TEST_WORKERS=0 runs it in one process.
+TEST_WORKERS ?= 2
 test: setup
 	$(BIN)/ruff check hfreg scripts benchmarks tests configs
-	$(BIN)/python -m pytest -q -m "slow or not slow" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -m "slow or not slow" -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 # the documentation site (docs/ and the docstrings) into site/; strict: a broken link or reference fails
 docs: setup

@@ -13,6 +13,21 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import tiny_models  # noqa: E402
 from harness import reviews, tiny_decoder  # noqa: E402
 
+
+def pytest_configure(config):
+    """Under `make test`'s workers (pytest-xdist), each takes its own share of the cores, inherited by what it
+    launches: torch's threads spin while they wait, and two workers each running every core would slow both."""
+    worker, count = os.environ.get("PYTEST_XDIST_WORKER"), int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if worker and hasattr(os, "sched_setaffinity"):
+        cores = sorted(os.sched_getaffinity(0))
+        if len(cores) >= count:
+            mine = cores[int(worker.removeprefix("gw")) % count::count]
+            os.sched_setaffinity(0, mine)
+            import torch
+
+            torch.set_num_threads(len(mine))
+
+
 SHARED_DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
 
 

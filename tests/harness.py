@@ -1,6 +1,7 @@
 """Helpers shared by the harness tests: launching the fine-tuning program and building its arguments."""
 
 import os
+import socket
 import subprocess
 import sys
 
@@ -14,10 +15,18 @@ def load_script():
     return sweep
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def launch_cmd(script, *args, num_processes=2, quiet=False):
-    """`accelerate launch` of ``script``; several processes are a `--multi_gpu` launch (gloo on a CPU machine)."""
+    """`accelerate launch` of ``script``; several processes are a `--multi_gpu` launch (gloo on a CPU machine), on a
+    free port of their own: the suite's workers may launch two at once."""
     return [os.path.join(os.path.dirname(sys.executable), "accelerate"), "launch", *(["-q"] if quiet else []),
-            *(["--multi_gpu"] if num_processes > 1 else []), "--num_processes", str(num_processes),
+            *(["--multi_gpu", "--main_process_port", str(free_port())] if num_processes > 1 else []),
+            "--num_processes", str(num_processes),
             "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", script, *args]
 
 

@@ -11,26 +11,19 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 
 import numpy as np
 import pytest
-from harness import args_for, load_script
+from harness import args_for, free_port, load_script
 
 from hfreg.finetune import records, sweep
 
 ray = pytest.importorskip("ray")
 RAY = os.path.join(os.path.dirname(sys.executable), "ray")
 AUTH_VARS = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_ADDRESS")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +42,7 @@ def ray_home(tmp_path_factory):
 def ray_head(temp, num_cpus=2):
     """``ray start --head --block`` in the current environment; its address, then SIGTERM stops it and its workers
     (and only them: no `ray stop`, which would end every Ray cluster of the machine)."""
-    port = _free_port()
+    port = free_port()
     temp.mkdir(parents=True, exist_ok=True)
     log = open(temp / "head.log", "w+")
     proc = subprocess.Popen([RAY, "start", "--head", f"--port={port}", f"--num-cpus={num_cpus}", "--num-gpus=0",
