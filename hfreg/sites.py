@@ -278,21 +278,24 @@ def _module_level(mod: nn.Module, owner: nn.Module) -> bool:
 
 
 def _weighs(block: nn.Module, name: str, owner: nn.Module, attr: str) -> bool:
-    """Whether the activation at ``name`` weighs a branch: it is held by a router, a gate or a norm (MoE routing
-    scores, a gated norm's gate), or applied to a parameter of its owner (IDEFICS' ``tanh(alpha)`` gates)."""
+    """Whether the activation at ``name`` weighs a branch: it is held by a router, a gate or a norm below the layer
+    (MoE routing scores, a gated norm's gate; the layer's own class name is not read: wav2vec2's
+    ``...EncoderLayerStableLayerNorm`` is a whole layer), or applied to a parameter of its owner (IDEFICS'
+    ``tanh(alpha)`` gates)."""
     parts = name.split(".")
     if any(_WEIGHING.fullmatch(type(block.get_submodule(".".join(parts[:i]))).__name__) for i in range(1, len(parts))):
         return True
     params = dict(owner.named_parameters(recurse=False))
-    return any(p in params for p in re.findall(rf"self\.{attr}\(\s*self\.(\w+)\s*\)", _method_sources(type(owner))))
+    applied_to = re.findall(rf"self\.{re.escape(attr)}\(\s*self\.(\w+)\s*\)", _method_sources(type(owner)))
+    return any(p in params for p in applied_to)
 
 
 def _activations(block: nn.Module, repeated=frozenset(), named=None) -> list[tuple[str, nn.Module]]:
     """Parameter-free activation modules of a layer. Module-level objects (XLM's ``gelu``) and modules found at
     several paths (one object in every layer often is one) are left out: shared with every other model in the
-    process, a hook on them would act on those too. So are a router's or gate's activations (``_weighs``), and
-    modules their owner never calls (Mamba's mixer builds
-    ``self.act`` and applies the activation as a function)."""
+    process, a hook on them would act on those too. So are those of a router, a gate or a norm, and one applied to
+    a parameter (``_weighs``), and modules their owner never calls (Mamba's mixer builds ``self.act`` and applies
+    the activation as a function)."""
     acts, seen = [], set()
     for name, mod in named or block.named_modules():
         # the class name first: most modules of a layer are not activations, and the rest costs more

@@ -608,6 +608,16 @@ def test_routers_and_gates_keep_their_activations(model_type):
     assert mlp in sites and weighing not in sites
 
 
+def test_a_layer_named_like_a_norm_keeps_its_mlp_activation():
+    # wav2vec2's stable-layer-norm layers are `Wav2Vec2EncoderLayerStableLayerNorm`: only what sits below the layer
+    # is read for routers, gates and norms
+    torch.manual_seed(0)
+    model = AutoModel.from_config(hfreg.small_twin(AutoConfig.for_model("wav2vec2", do_stable_layer_norm=True)))
+    layer = hfreg.sites.analyze(model).layers[0]
+    assert type(model.get_submodule(layer.path)).__name__.endswith("Norm")
+    assert [p for p, _ in layer.activations] == [f"{layer.path}.feed_forward.intermediate_act_fn"]
+
+
 def test_a_router_activation_alone_is_not_taken_for_the_mlp():
     # Inkling 2: the router's sigmoid was the only activation module of its MoE layers; its experts' soft-capped
     # SwiGLU is a function of batched weights, so nothing is left to take the knob
