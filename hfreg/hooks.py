@@ -82,6 +82,41 @@ class InputDropout(Hook):
         return (F.dropout(args[0], self.p, True),) + tuple(args[1:])
 
 
+def follow_wrappers(model) -> bool:
+    """Move each projection-input hook (`heads`, `activation` on an MLP's output projection) to the module at its
+    projection's place now, where that is a wrapper around the projection or the projection again: PEFT's
+    `get_peft_model` after the patch wraps a LoRA target, whose input both the base layer and the adapter take,
+    and `merge_and_unload` puts the base layer back. Called by the patch's model pre-hook at every forward and by
+    `inspect_model`; a few attribute reads while nothing has moved. Returns whether a hook moved."""
+    from .state import patch_state, unwrap
+
+    state = patch_state(unwrap(model))
+    moved = False
+    for entry in state.follows if state is not None else ():
+        parent, attr, base, holder, hook, handle = entry
+        now = parent._modules.get(attr)
+        if now is holder or now is None:
+            continue
+        if (now.get_base_layer() if callable(getattr(now, "get_base_layer", None)) else now) is not base:
+            continue  # replaced by something else: the hook stays where it was
+        handle.remove()
+        # first among its new module's pre-hooks, as it was first on the projection when the patch put it there
+        new = now.register_forward_pre_hook(hook, with_kwargs=hook.with_kwargs, prepend=True)
+        state.handles = [new if h is handle else h for h in state.handles]
+        entry[3:] = [now, hook, new]
+        moved = True
+    return moved
+
+
+class FollowWrappers(Hook):
+    """Model pre-hook: projection-input hooks follow a wrapper put around their projection (`follow_wrappers`)."""
+
+    pre = True
+
+    def __call__(self, module, args):
+        follow_wrappers(module)
+
+
 class ModeEnter(Hook):
     """Pre-hook that runs its module's forward under the `TorchFunctionMode` that `mode` gives (None: none)."""
 

@@ -21,7 +21,7 @@ from importlib import import_module
 
 from .config import CONFIG_ATTR, KNOB_MODULES, KNOBS, RegularizationConfig
 from .fast_masks import MasksEnter
-from .hooks import ModeExit
+from .hooks import FollowWrappers, ModeExit, follow_wrappers
 from .knobs.mixout import follow_mixout
 from .knobs.stack import OWNED
 from .layers import drop_path_rates
@@ -67,6 +67,8 @@ def apply_spec(model, reg: RegularizationConfig, inert: Inert = Inert(), before:
             for module in [model, *{id(m): m for m in parts}.values()]:
                 enter = state.hook(module, MasksEnter())
                 state.hook(module, ModeExit(enter))
+        if state.follows:
+            state.hook(model, FollowWrappers())
         _set_natives(struct, reg, knobs, natives_by, state)
         state.assign(model.config, CONFIG_ATTR, reg.to_dict())
     except BaseException:
@@ -109,6 +111,7 @@ def native_sites(model, inert: frozenset[str] = frozenset()) -> list[Site]:
     injected, with the rate in force now."""
     model = unwrap(model)
     follow_mixout(model)
+    follow_wrappers(model)
     state = patch_state(model)
     replaced = state.replaced if state else ()
     sites = [Site(n.path, n.kind, n.rate, n.layer, n.source, n.config_key) for n in analyze(model).natives

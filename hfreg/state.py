@@ -93,6 +93,9 @@ class PatchState:
         self.factors = {k: 1.0 for k in KNOBS}
         self.mc_outside: dict[str, float] | None = None  # the factors outside every open `hfreg.mc_dropout`
         self.held: dict[str, object] = {}  # knob -> what its module keeps for the patch's lifetime
+        # pre-hooks on a projection's input that follow a wrapper put around it later: [parent, attribute, the
+        # projection, the module holding the hook now, the hook, its handle] (`hfreg.hooks.follow_wrappers`)
+        self.follows: list[list] = []
 
     def assign(self, owner: object, attr: str, value: object) -> None:
         self.restores.append((owner, attr, getattr(owner, attr) if hasattr(owner, attr) else _MISSING))
@@ -108,6 +111,16 @@ class PatchState:
         self.handles.append(handle)
         if knob is not None:
             self.live.append((hook, "p", knob, hook.p))
+        return hook
+
+    def hook_input(self, model: nn.Module, path: str, hook: Callable, knob: str | None = None) -> Callable:
+        """`hook` a pre-hook on the projection at ``path`` (or a PEFT wrapper around it) of ``model``, to follow a
+        wrapper put around it after the patch, or taken away (`hfreg.hooks.follow_wrappers`)."""
+        module = model.get_submodule(path)
+        parent, _, attr = path.rpartition(".")
+        base = module.get_base_layer() if callable(getattr(module, "get_base_layer", None)) else module
+        self.hook(module, hook, knob)
+        self.follows.append([model.get_submodule(parent), attr, base, module, hook, self.handles[-1]])
         return hook
 
     def refuse(self, knob: str, rate: float | None, why: str, model: nn.Module) -> None:

@@ -589,6 +589,42 @@ def test_activation_takes_the_peft_wrapper_of_an_output_projection():
         assert abs((seen[k] == 0).float().mean().item() - 0.5) < 0.08, k
 
 
+@pytest.mark.parametrize("model_type, knob, target", [("lfm2", "activation", "w2"), ("llama", "heads", "o_proj")])
+def test_a_projection_hook_follows_the_peft_wrapper_put_around_it_after_the_patch(model_type, knob, target):
+    # patched before `get_peft_model`: at the next forward the hook moves to the wrapper, so the adapter takes the
+    # dropped input too and mc_dropout samples it; `merge_and_unload` hands it back to the merged projection
+    peft = pytest.importorskip("peft")
+    inner = _twin(model_type)
+    hfreg.patch_model(inner, only(knob))
+    model = peft.get_peft_model(inner, peft.LoraConfig(r=4, target_modules=[target]))
+    path = next(s.path for s in hfreg.inspect_model(model) if s.kind == knob).removesuffix(".<input>")
+    wrapper = inner.get_submodule(path)
+    inputs = hfreg.probe_inputs(inner)
+
+    def zeros(*modules, sample=False):
+        """The share of exact zeros in what each of ``modules`` takes in one forward of ``model`` (training, or
+        eval under mc_dropout)."""
+        seen = {}
+        hooks = [m.register_forward_pre_hook(lambda m, args, i=i: seen.setdefault(i, args[0]))
+                 for i, m in enumerate(modules)]
+        with torch.no_grad():
+            if sample:
+                with hfreg.mc_dropout(model, [knob]):
+                    model(**inputs)
+            else:
+                model.train()(**inputs)
+        for h in hooks:
+            h.remove()
+        return [(seen[i] == 0).float().mean().item() for i in range(len(modules))]
+
+    base, adapter = wrapper.base_layer, wrapper.lora_A["default"]
+    assert min(zeros(base, adapter)) > 0.2 and min(zeros(base, adapter, sample=True)) > 0.2
+    model = model.merge_and_unload()
+    assert model is inner and inner.get_submodule(path) is base and zeros(base)[0] > 0.2
+    hfreg.unpatch_model(model)
+    assert zeros(base) == [0.0]
+
+
 # an activation that weighs a branch rather than computing its features is not the MLP's: routing scores, a gated
 # norm's gate, IDEFICS' tanh(alpha) gate on a residual branch
 WEIGHING = {

@@ -98,9 +98,9 @@ def inject(plan: Plan) -> list[Site]:
     if missed:
         plan.refuse("heads", rate, f"the attention of {len(missed)} module(s) (first: {missed[0]}) has no output "
                                     f"projection that splits into its heads")
-    for _, module, heads, _ in found:
+    for path, _, heads, _ in found:
         if rate:
-            state.hook(module, DropHead(rate, heads), knob="heads")
+            state.hook_input(model, path, DropHead(rate, heads), knob="heads")
     return [Site(path + ".<input>", "heads", rate, index, "injected") for path, _, _, index in found]
 
 

@@ -274,10 +274,10 @@ def inject(plan: Plan) -> list[Site]:
                     injected.append(Site(path, "activation", activation, layer.index, "injected"))
                     if activation:
                         state.hook(act, OutputDropout(activation), knob="activation")
-                for path, proj in layer.projections:  # no activation module: on the MLP's output projection's input
+                for path, _ in layer.projections:  # no activation module: on the MLP's output projection's input
                     injected.append(Site(path + ".<input>", "activation", activation, layer.index, "injected"))
                     if activation:
-                        state.hook(proj, InputDropout(activation), knob="activation")
+                        state.hook_input(model, path, InputDropout(activation), knob="activation")
     if any(layer.calls > 1 for layer in struct.layers):
         state.hook(model, ResetCalls(states))
     for knob in ("hidden", "drop_path"):
