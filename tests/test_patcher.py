@@ -596,9 +596,9 @@ def test_a_projection_hook_follows_the_peft_wrapper_put_around_it_after_the_patc
     peft = pytest.importorskip("peft")
     inner = _twin(model_type)
     hfreg.patch_model(inner, only(knob))
+    path = next(s.path for s in hfreg.inspect_model(inner) if s.kind == knob).removesuffix(".<input>")
     model = peft.get_peft_model(inner, peft.LoraConfig(r=4, target_modules=[target]))
-    path = next(s.path for s in hfreg.inspect_model(model) if s.kind == knob).removesuffix(".<input>")
-    wrapper = inner.get_submodule(path)
+    wrapper = inner.get_submodule(path)  # the first forward moves the hook, before anything inspects the model
     inputs = hfreg.probe_inputs(inner)
 
     def zeros(*modules, sample=False):
