@@ -78,7 +78,10 @@ class MasksEnter(ModeEnter):
     layer's forward alone, outside the model's)."""
 
     def mode(self, module):
-        if layers.FAST_MASKS and module.training and not getattr(CpuMasks.depth, "n", 0):
+        # not while torch.compile traces: it compiles PyTorch's own dropout, and a mode entered in a hook breaks its
+        # resumption after a graph break (Llama's forward then reads a Size for its inputs' device)
+        if layers.FAST_MASKS and module.training and not getattr(CpuMasks.depth, "n", 0) \
+                and not torch.compiler.is_compiling():
             return CpuMasks()
         return None
 
