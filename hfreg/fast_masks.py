@@ -15,6 +15,12 @@ from torch.overrides import TorchFunctionMode
 from . import layers
 from .hooks import ModeEnter
 
+try:  # what torch.compile's dynamo runs each new frame through, while a compiled call runs: None in eager mode
+    from torch._C._dynamo.eval_frame import get_eval_frame_callback as _dynamo_callback
+except ImportError:  # a torch without dynamo
+    def _dynamo_callback():
+        return None
+
 
 class CpuMasks(TorchFunctionMode):
     """During a patched model's training forward: dropout on CPU tensors with `layers.dropout` masks (16 random
@@ -78,10 +84,10 @@ class MasksEnter(ModeEnter):
     layer's forward alone, outside the model's)."""
 
     def mode(self, module):
-        # not while torch.compile traces: it compiles PyTorch's own dropout, and a mode entered in a hook breaks its
-        # resumption after a graph break (Llama's forward then reads a Size for its inputs' device)
+        # not under torch.compile, traced or run eagerly between its graphs: it compiles PyTorch's own dropout, and a
+        # mode entered in a hook breaks the frames it traces next (Llama's forward reads a Size for its inputs' device)
         if layers.FAST_MASKS and module.training and not getattr(CpuMasks.depth, "n", 0) \
-                and not torch.compiler.is_compiling():
+                and not torch.compiler.is_compiling() and _dynamo_callback() is None:
             return CpuMasks()
         return None
 

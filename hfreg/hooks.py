@@ -7,20 +7,29 @@ passes its input through, unless `hfreg.mc_dropout` marked the module to sample 
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
 
 class Hook:
-    """Base of every forward hook hfreg registers. The class says how `PatchState.hook` registers it: ``pre`` (called
-    before the module's forward, it may return new inputs) or after it (it may return a new output);
+    """Base of every forward hook hfreg registers. The class says how `register` puts it on a module: ``pre``
+    (called before the module's forward, it may return new inputs) or after it (it may return a new output);
     ``with_kwargs`` (the keyword inputs too); ``always_call`` (called even when the forward raises, so a hook that
     leaves a state its pre-hook entered always runs). A hook whose rate `set_rate_factors` moves keeps it in ``p``."""
 
     pre: bool = False
     with_kwargs: bool = False
     always_call: bool = False
+
+    def register(self, module: torch.nn.Module, prepend: bool = False):
+        """Register this hook on ``module`` (first among its hooks with ``prepend``); returns the handle."""
+        if self.pre:
+            return module.register_forward_pre_hook(self, with_kwargs=self.with_kwargs, prepend=prepend)
+        return module.register_forward_hook(self, with_kwargs=self.with_kwargs, always_call=self.always_call,
+                                            prepend=prepend)
 
 
 # set on a hooked module by `hfreg.mc_dropout`: its hooks sample in eval mode, the module itself stays in eval mode
@@ -83,33 +92,49 @@ class InputDropout(Hook):
 
 
 def follow_wrappers(model) -> bool:
-    """Move each projection-input hook (`heads`, `activation` on an MLP's output projection) to the module at its
-    projection's place now, where that is a wrapper around the projection or the projection again: PEFT's
-    `get_peft_model` after the patch wraps a LoRA target, whose input both the base layer and the adapter take,
-    and `merge_and_unload` puts the base layer back. Called by the patch's model pre-hook at every forward and by
-    `inspect_model`; a few attribute reads while nothing has moved. Returns whether a hook moved."""
+    """Move each followed hook (`PatchState.hook_at`: a head's or an MLP's output projection, the input embeddings)
+    to the module at its place now, where that is a PEFT wrapper of the module it hooks or what such a wrapper gave
+    back: `get_peft_model` after the patch wraps a LoRA target, whose input both the base layer and the adapter
+    take, or puts a `modules_to_save` head in a wrapper that trains a deep copy of it (hooks and all: the copy's
+    copy of the hook goes, so the wrapper's input is dropped once); `merge_and_unload` puts the base layer, or the
+    trained copy, back. Called by the patch's model pre-hook at every forward and by `inspect_model`; a few
+    attribute reads while nothing has moved. Something else put in the place keeps no hook of the patch: warned
+    once. Returns whether a hook moved."""
+    from .sites import base_layer
     from .state import patch_state, unwrap
 
     state = patch_state(unwrap(model))
     moved = False
-    for entry in state.follows if state is not None else ():
-        parent, attr, base, holder, hook, handle = entry
-        now = parent._modules.get(attr)
-        if now is holder or now is None:
+    for f in state.follows if state is not None else ():
+        now = f.parent._modules.get(f.attr)
+        if now is f.holder or now is None:
             continue
-        if (now.get_base_layer() if callable(getattr(now, "get_base_layer", None)) else now) is not base:
-            continue  # replaced by something else: the hook stays where it was
-        handle.remove()
-        # first among its new module's pre-hooks, as it was first on the projection when the patch put it there
-        new = now.register_forward_pre_hook(hook, with_kwargs=hook.with_kwargs, prepend=True)
-        state.handles = [new if h is handle else h for h in state.handles]
-        entry[3:] = [now, hook, new]
+        inner = base_layer(now)
+        if inner is not f.module and not any(m is inner for m in f.holder.modules()):
+            if not f.warned:
+                f.warned = True
+                warnings.warn(f"hfreg: {f.attr!r} of {type(f.parent).__name__} was replaced by a "
+                              f"{type(now).__name__} after the patch, which holds none of its hooks: patch the "
+                              f"model again to regularize it", UserWarning, stacklevel=2)
+            continue
+        f.module = inner  # the same module, or what its wrapper gave back (the trained copy)
+        f.handle.remove()
+        for sub in now.modules():  # deep copies made while the hook sat on the module (PEFT's modules_to_save)
+            if any(type(hooks.get(f.handle.id)) is type(f.hook) for hooks in (sub._forward_pre_hooks,
+                                                                              sub._forward_hooks)):
+                for hooks in (sub._forward_pre_hooks, sub._forward_pre_hooks_with_kwargs, sub._forward_hooks,
+                              sub._forward_hooks_with_kwargs, sub._forward_hooks_always_called):
+                    hooks.pop(f.handle.id, None)
+        # first among its new module's hooks, as it was first on the module when the patch put it there
+        new = f.hook.register(now, prepend=True)
+        state.handles = [new if h is f.handle else h for h in state.handles]
+        f.holder, f.handle = now, new
         moved = True
     return moved
 
 
 class FollowWrappers(Hook):
-    """Model pre-hook: projection-input hooks follow a wrapper put around their projection (`follow_wrappers`)."""
+    """Model pre-hook: followed hooks move to a wrapper put around their module (`follow_wrappers`)."""
 
     pre = True
 

@@ -313,11 +313,19 @@ def _activations(block: nn.Module, repeated=frozenset(), named=None) -> list[tup
     return acts
 
 
+def base_layer(module: nn.Module) -> nn.Module:
+    """The module a PEFT wrapper wraps — a tuner layer's ``get_base_layer()``, a `modules_to_save` wrapper's
+    ``original_module`` — or ``module`` itself."""
+    if callable(getattr(module, "get_base_layer", None)):
+        return module.get_base_layer()
+    original = getattr(module, "original_module", None)
+    return original if isinstance(original, nn.Module) else module
+
+
 def _widths(mod: nn.Module) -> tuple[int, int] | None:
     """A projection's input and output widths: an ``nn.Linear``, or GPT-2's ``Conv1D`` (its weight transposed),
     looked through a PEFT wrapper (whose input both the base layer and the adapter take)."""
-    if callable(getattr(mod, "get_base_layer", None)):
-        mod = mod.get_base_layer()
+    mod = base_layer(mod)
     if isinstance(mod, nn.Linear):
         return mod.in_features, mod.out_features
     if type(mod).__name__ == "Conv1D" and isinstance(getattr(mod, "nx", None), int):

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from torch import nn
 
 from .config import KNOBS, RegularizationConfig
-from .sites import Site, Structure
+from .sites import Site, Structure, base_layer
 
 STATE_ATTR = "_hfreg_patch"  # where a patched model keeps its `PatchState`
 _MISSING = object()  # marks an attribute that did not exist before patching
@@ -58,6 +58,19 @@ def unwrap(model, wrapped: bool = False) -> nn.Module:
     return model
 
 
+@dataclass(eq=False)
+class Follow:
+    """A hook that follows a wrapper put around its module after the patch (`PatchState.hook_at`)."""
+
+    parent: nn.Module  # the module holding it, as ``attr``
+    attr: str
+    module: nn.Module  # the module it hooks (PEFT's base layer, or the trained copy handed back)
+    holder: nn.Module  # that module or its wrapper: where the hook sits now
+    hook: Callable
+    handle: object
+    warned: bool = False  # the place holds something else, and the patch said so
+
+
 class PatchState:
     """What `hfreg.patch_state(model)` returns: the spec in force (``reg``) and everything a patch did, recorded as
     it goes so that `unpatch_model` can undo a patch that failed halfway: ``restores`` (owner, attribute, old
@@ -93,9 +106,7 @@ class PatchState:
         self.factors = {k: 1.0 for k in KNOBS}
         self.mc_outside: dict[str, float] | None = None  # the factors outside every open `hfreg.mc_dropout`
         self.held: dict[str, object] = {}  # knob -> what its module keeps for the patch's lifetime
-        # pre-hooks on a projection's input that follow a wrapper put around it later: [parent, attribute, the
-        # projection, the module holding the hook now, the hook, its handle] (`hfreg.hooks.follow_wrappers`)
-        self.follows: list[list] = []
+        self.follows: list[Follow] = []  # hooks that follow a PEFT wrapper put around their module later
 
     def assign(self, owner: object, attr: str, value: object) -> None:
         self.restores.append((owner, attr, getattr(owner, attr) if hasattr(owner, attr) else _MISSING))
@@ -104,23 +115,20 @@ class PatchState:
     def hook(self, module: nn.Module, hook: Callable, knob: str | None = None) -> Callable:
         """Register ``hook`` (a `hfreg.hooks.Hook`, whose class says how) on ``module``; with ``knob``, its rate
         ``hook.p`` is one that `set_rate_factors` moves."""
-        if hook.pre:
-            handle = module.register_forward_pre_hook(hook, with_kwargs=hook.with_kwargs)
-        else:
-            handle = module.register_forward_hook(hook, with_kwargs=hook.with_kwargs, always_call=hook.always_call)
-        self.handles.append(handle)
+        self.handles.append(hook.register(module))
         if knob is not None:
             self.live.append((hook, "p", knob, hook.p))
         return hook
 
-    def hook_input(self, model: nn.Module, path: str, hook: Callable, knob: str | None = None) -> Callable:
-        """`hook` a pre-hook on the projection at ``path`` (or a PEFT wrapper around it) of ``model``, to follow a
-        wrapper put around it after the patch, or taken away (`hfreg.hooks.follow_wrappers`)."""
+    def hook_at(self, model: nn.Module, path: str, hook: Callable, knob: str | None = None) -> Callable:
+        """`hook` the module at ``path`` of ``model`` (or the PEFT wrapper there), where PEFT may wrap it later — a
+        projection LoRA targets, a head or the embeddings `modules_to_save` trains: the hook follows the module
+        into the wrapper and back out (`hfreg.hooks.follow_wrappers`)."""
         module = model.get_submodule(path)
         parent, _, attr = path.rpartition(".")
-        base = module.get_base_layer() if callable(getattr(module, "get_base_layer", None)) else module
         self.hook(module, hook, knob)
-        self.follows.append([model.get_submodule(parent), attr, base, module, hook, self.handles[-1]])
+        self.follows.append(Follow(model.get_submodule(parent), attr, base_layer(module), module, hook,
+                                   self.handles[-1]))
         return hook
 
     def refuse(self, knob: str, rate: float | None, why: str, model: nn.Module) -> None:

@@ -7,7 +7,13 @@ import warnings
 import pytest
 import torch
 from tiny_models import CONVOLUTIONAL, GENERIC, TINY, build, first_tensor, head_class, make_inputs
-from transformers import AutoConfig, AutoModel, AutoModelForImageClassification
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForCausalLM,
+    AutoModelForImageClassification,
+    AutoModelForSequenceClassification,
+)
 
 import hfreg
 import hfreg.probing
@@ -623,6 +629,87 @@ def test_a_projection_hook_follows_the_peft_wrapper_put_around_it_after_the_patc
     assert model is inner and inner.get_submodule(path) is base and zeros(base)[0] > 0.2
     hfreg.unpatch_model(model)
     assert zeros(base) == [0.0]
+
+
+def test_a_head_that_peft_trains_as_a_copy_is_dropped_once_and_the_patch_still_controls_it():
+    # PEFT's sequence-classification task deep-copies the head (`modules_to_save`), hooks and all: the hook moves to
+    # the wrapper and the copy's copy goes, so the head's input is dropped once, at the rate the patch moves, under
+    # mc_dropout too; `merge_and_unload` hands back the trained copy, which keeps it, and `unpatch_model` reaches it
+    peft = pytest.importorskip("peft")
+    torch.manual_seed(0)
+    inner = AutoModelForSequenceClassification.from_config(
+        hfreg.small_twin(AutoConfig.for_model("llama", num_labels=2, pad_token_id=0)))
+    hfreg.patch_model(inner, only("classifier", 0.5))
+    model = peft.get_peft_model(inner, peft.LoraConfig(r=4, target_modules=["o_proj"], task_type="SEQ_CLS"))
+    copy = inner.score.modules_to_save["default"]
+    inputs = hfreg.probe_inputs(inner)
+
+    def zeros(module, sample=False):
+        """The share of exact zeros in the input ``module`` takes in one forward of ``model``."""
+        seen = []
+        hook = module.register_forward_pre_hook(lambda m, args: seen.append(args[0]))
+        with torch.no_grad():
+            if sample:
+                with hfreg.mc_dropout(model, ["classifier"]):
+                    model(**inputs)
+            else:
+                model.train()(**inputs)
+        hook.remove()
+        return (seen[0] == 0).float().mean().item()
+
+    assert 0.35 < zeros(copy) < 0.65 and 0.35 < zeros(copy, sample=True) < 0.65  # twice would zero 3/4
+    hfreg.set_rate_factors(model, {"classifier": 0.0})
+    assert zeros(copy) == 0.0
+    hfreg.set_rate_factors(model, {"classifier": 1.0})
+    model = model.merge_and_unload()
+    assert inner.score is copy and 0.35 < zeros(copy) < 0.65
+    hfreg.unpatch_model(model)
+    assert zeros(copy) == 0.0
+
+
+@pytest.mark.parametrize("wrap", [{"trainable_token_indices": [1, 2, 3]}, {"modules_to_save": ["embed_tokens"]}])
+def test_neftune_follows_peft_wrapping_the_embeddings_after_the_patch(wrap):
+    # the trainable-tokens wrapper looks its embedding up itself, so the noise on the base layer's output never ran
+    peft = pytest.importorskip("peft")
+    torch.manual_seed(0)
+    inner = AutoModelForCausalLM.from_config(hfreg.small_twin(AutoConfig.for_model("llama")))
+    hfreg.patch_model(inner, only("embedding_noise", 5.0))
+    model = peft.get_peft_model(inner, peft.LoraConfig(r=4, target_modules=["q_proj"], **wrap))
+    inputs = hfreg.probe_inputs(inner)
+
+    def noisy():
+        """Whether two training forwards feed the first layer different embeddings."""
+        seen = []
+        hook = inner.model.layers[0].register_forward_pre_hook(
+            lambda m, args, kwargs: seen.append(kwargs.get("hidden_states", args[0] if args else None)),
+            with_kwargs=True)
+        with torch.no_grad():
+            model.train()(**inputs)
+            model(**inputs)
+        hook.remove()
+        return not torch.equal(*seen)
+
+    assert noisy()
+    hfreg.set_rate_factors(model, {"embedding_noise": 0.0})
+    assert not noisy()
+    hfreg.set_rate_factors(model, {"embedding_noise": 1.0})
+    model = model.unload()
+    assert noisy()
+    hfreg.unpatch_model(model)
+    assert not noisy()
+
+
+def test_a_hooked_module_replaced_by_something_else_warns_once():
+    model = _twin("llama")
+    hfreg.patch_model(model, only("heads"))
+    attn = model.layers[0].self_attn
+    attn.o_proj = torch.nn.Linear(attn.o_proj.in_features, attn.o_proj.out_features, bias=False)  # not a wrapper
+    inputs = hfreg.probe_inputs(model)
+    with pytest.warns(UserWarning, match=r"'o_proj' of LlamaAttention was replaced by a Linear after the patch"):
+        model(**inputs)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model(**inputs)
 
 
 # an activation that weighs a branch rather than computing its features is not the MLP's: routing scores, a gated

@@ -16,7 +16,7 @@ def inject(plan: Plan) -> list[Site]:
     if not plan.struct.head_linears:
         plan.refuse("classifier", rate, "it has no classification head")
         return []
-    for _, linear in plan.struct.head_linears:
-        if rate:
-            plan.state.hook(linear, InputDropout(rate), knob="classifier")
+    for path, _ in plan.struct.head_linears:
+        if rate:  # PEFT's sequence-classification task trains a copy of the head (`modules_to_save`): it follows
+            plan.state.hook_at(plan.model, path, InputDropout(rate), knob="classifier")
     return [Site(path + ".<input>", "classifier", rate, None, "injected") for path, _ in plan.struct.head_linears]

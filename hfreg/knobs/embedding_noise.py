@@ -82,7 +82,9 @@ def inject(plan: Plan) -> list[Site]:
                                                "layer stack whose input could take it")
         return []
     packed = state.hook(model, PackedLengths()) if alpha else None  # NEFTune per packed sequence
-    for _, m, pre in found:
-        if alpha:
+    for n, m, pre in found:
+        if alpha and pre:
             state.hook(m, EmbeddingNoise(alpha, pre, packed), knob="embedding_noise")
+        elif alpha:  # embeddings PEFT may wrap later (`modules_to_save`, `trainable_token_indices`): it follows
+            state.hook_at(model, n, EmbeddingNoise(alpha, pre, packed), knob="embedding_noise")
     return [Site(n, "embedding_noise", alpha, None, "injected") for n, _, _ in found]

@@ -100,7 +100,7 @@ def inject(plan: Plan) -> list[Site]:
                                     f"projection that splits into its heads")
     for path, _, heads, _ in found:
         if rate:
-            state.hook_input(model, path, DropHead(rate, heads), knob="heads")
+            state.hook_at(model, path, DropHead(rate, heads), knob="heads")
     return [Site(path + ".<input>", "heads", rate, index, "injected") for path, _, _, index in found]
 
 

@@ -277,7 +277,7 @@ def inject(plan: Plan) -> list[Site]:
                 for path, _ in layer.projections:  # no activation module: on the MLP's output projection's input
                     injected.append(Site(path + ".<input>", "activation", activation, layer.index, "injected"))
                     if activation:
-                        state.hook_input(model, path, InputDropout(activation), knob="activation")
+                        state.hook_at(model, path, InputDropout(activation), knob="activation")
     if any(layer.calls > 1 for layer in struct.layers):
         state.hook(model, ResetCalls(states))
     for knob in ("hidden", "drop_path"):
