@@ -699,6 +699,22 @@ def test_neftune_follows_peft_wrapping_the_embeddings_after_the_patch(wrap):
     assert not noisy()
 
 
+def test_neftune_patched_after_peft_wrapped_the_embeddings_adds_its_noise_once():
+    # the modules_to_save wrapper reads as holding the embeddings' weight, and so does the copy inside it
+    peft = pytest.importorskip("peft")
+    torch.manual_seed(0)
+    inner = AutoModelForCausalLM.from_config(hfreg.small_twin(AutoConfig.for_model("llama")))
+    lora = peft.LoraConfig(r=4, target_modules=["q_proj"], modules_to_save=["embed_tokens"])
+    model = peft.get_peft_model(inner, lora)
+    hfreg.patch_model(model, only("embedding_noise", 5.0))
+    assert [s.path for s in hfreg.inspect_model(model) if s.kind == "embedding_noise"] == ["model.embed_tokens"]
+    inputs = hfreg.probe_inputs(inner)
+    with torch.no_grad():
+        train, clean = (inner.model.embed_tokens.train(mode)(inputs["input_ids"]) for mode in (True, False))
+    bound = 5.0 / (inputs["input_ids"].shape[1] * inner.config.hidden_size) ** 0.5  # NEFTune's, drawn once
+    assert 0 < (train - clean).abs().max() <= bound
+
+
 def test_a_hooked_module_replaced_by_something_else_warns_once():
     model = _twin("llama")
     hfreg.patch_model(model, only("heads"))

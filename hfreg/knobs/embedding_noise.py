@@ -70,6 +70,9 @@ def inject(plan: Plan) -> list[Site]:
     weight = getattr(emb, "weight", None) if isinstance(emb, nn.Module) else None
     found = [(n, m, False) for n, m in model.named_modules()
              if m is emb or (weight is not None and getattr(m, "weight", None) is weight and not is_weighted(m))]
+    # the outermost only: a wrapper PEFT put around the embeddings (`modules_to_save`) reads as holding their weight,
+    # and the copy inside it would add its noise to the wrapper's
+    found = [f for f in found if not any(f[0].startswith(o[0] + ".") for o in found)]
     if not found:
         firsts = [tower[0] for tower in struct.towers if not tower[0].parallel and tower[0].calls == 1]
         found = [(f.path + ".<input>", f.module, True) for f in firsts if stack_key(f.path) not in plan.hookless]
