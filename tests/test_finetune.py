@@ -1,6 +1,7 @@
 """The fine-tuning comparison: data handling, resume, summaries, and the script end to end on a tiny model."""
 
 import json
+import math
 import os
 import shutil
 import statistics
@@ -252,6 +253,13 @@ def test_auto_seeds_run_in_stages_and_stop_decided_cells(tiny_classifier, csv_da
     first = {r["preset"]: r for r in report.summarize([r for r in runs if r["seed"] < 2], margins=margins)}
     assert first["same"]["delta_early_test_accuracy"]["verdict"] == "equivalent"
     assert report.stop_reason([first["same"]], margins) == "decided"
+    # a count between the planned looks (2 and 4) decides nothing: the next look's boundary is computed without it
+    base = [r for r in runs if r["preset"] == "pretrain-zero" and r["seed"] < 2]
+    base += [dict(r, seed=2) for r in base if r["seed"] == 0]
+    twin = {r["preset"]: r for r in report.summarize(base + [dict(r, preset="twin") for r in base],
+                                                     margins=margins)}["twin"]["delta_early_test_accuracy"]
+    assert twin["n"] == 3 and twin["verdict"] == "inconclusive"
+    assert math.isnan(first["same"]["delta_early_test_accuracy"]["p_holm"])  # Holm knows nothing of the looks
     assert seeds["heavy"] == ([0, 1] if report.stop_reason([first["heavy"]], margins) else [0, 1, 2, 3])
     final = {r["preset"]: r for r in report.summarize(runs, margins=margins)}
     d = final["heavy"]["delta_early_test_accuracy"]
@@ -272,12 +280,14 @@ def test_auto_seeds_run_in_stages_and_stop_decided_cells(tiny_classifier, csv_da
         "| size | arm |")
     assert "Not final" not in text
     # and a pool over it says that its answer is not the design's yet; over the finished grid it does not
-    assert "**Not final:** 1 of the sources' 2 staged preset × size cells still plan seeds" in report.report_many(
-        [str(partial)], str(tmp_path / "pooled"), make_plots=False)
+    pooled_now = report.report_many([str(partial)], str(tmp_path / "pooled"), make_plots=False)
+    assert "**Not final:** 1 of the sources' 2 staged preset × size cells still plan seeds" in pooled_now
+    assert "**Answer**" not in pooled_now and "there is no answer" in pooled_now  # no reading at an interim
     # each run records its launch's plan; a planned cell with no runs yet (a size the queue has not reached) holds
     # the reading open too, though every cell that ran has stopped
     assert all(r["plan"] == {"presets": ["pretrain-zero", "same", "heavy"], "train_sizes": [16]} for r in runs)
-    assert "Not final" not in report.report_many([str(out)], str(tmp_path / "done"), make_plots=False)
+    done = report.report_many([str(out)], str(tmp_path / "done"), make_plots=False)
+    assert "Not final" not in done and "**Answer**" in done
     later = tmp_path / "later"
     shutil.copytree(out, later, ignore=shutil.ignore_patterns("*.md", "summary.*"))
     (later / "runs.jsonl").write_text("".join(json.dumps({**r, "plan": {**r["plan"], "train_sizes": [16, 32]}}) + "\n"

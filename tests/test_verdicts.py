@@ -240,6 +240,24 @@ def test_a_harm_at_one_size_is_answered_per_size_not_averaged_away():
            "equivalent at every size, by a Δ that differs with size." in report.answer(same)
 
 
+def test_the_answer_comes_from_each_size_even_where_a_row_over_all_cells_decides():
+    """No size effect found is not sizes shown alike, and a row over all cells leans on the larger size's cells: the
+    answer reads each size's row, and says one verdict once only where every size has it."""
+    def row(comp, scope, verdict):
+        return {"preset": "classic", "against": "pretrain-zero", "comparison": comp, "metric": "test_accuracy",
+                "scope": scope, "verdict": verdict, "margin": 0.02,
+                "moderator": {"depends_on_size": False, "p": 0.7}}
+
+    rows = [row(c, s, v) for c in ("early", "fixed")
+            for s, v in (("n=64", "inconclusive"), ("n=512", "equivalent"), ("all", "equivalent"))]
+    text = report.answer(rows)
+    assert "equivalent within ±0.02: `classic`" not in text
+    assert "`classic`: early-stopped per size: inconclusive at n=64, equivalent at n=512; fixed budget per size: " \
+           "inconclusive at n=64, equivalent at n=512." in text
+    alike = [dict(r, verdict="equivalent") for r in rows]
+    assert "equivalent within ±0.02: `classic`." in report.answer(alike)
+
+
 def test_the_other_judged_metric_names_every_pooled_row_it_shows_better_or_worse():
     """Below the answer, one line per judged metric besides the primary one: every pooled row of it with a better or
     worse verdict, both comparisons, over all cells and per size alike — its rows are over all cells where its own

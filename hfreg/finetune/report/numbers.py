@@ -309,6 +309,12 @@ def _adjust(records: list[dict], margins: dict, design: dict | None) -> None:
                 alpha = stats.nominal_alpha(d["n"], column_alpha(comp, metric, m), **(design or {}))
                 d.update(m=m, p_holm=p_holm, margin=margin, p_tost=stats.tost_p(d["deltas"], margin), alpha=alpha,
                          **stats.judge(d["deltas"], margin, METRICS[metric] > 0, 1, alpha))
+                if design:  # Holm over the column alone knows nothing of the looks: only the verdict's level does
+                    d["p_holm"] = float("nan")
+                if design and d["n"] < design["max_seeds"] and d["n"] not in stats.looks(**design):
+                    # a count between the planned looks (a stage under way, a missing run) decides nothing: the
+                    # next look's boundary is computed without it, so a verdict here would spend error twice
+                    d["verdict"] = "inconclusive"
             for d in family:
                 if d["n"] < 2:
                     d.update(m=m, p_holm=float("nan"), margin=margin, p_tost=float("nan"), alpha=float("nan"),

@@ -56,20 +56,20 @@ def pooled_table(rows: list[dict], scope: str = "all") -> str:
 
 
 def arm_answer(rows: list[dict], preset: str, against: str) -> dict[str, tuple[str | None, str]]:
-    """{comparison: (verdict, text)} for one arm's test accuracy (the primary endpoint): the all-cells verdict where
-    there is one, else the verdict at each size (marked "depends on size" where the moderator test says so and the
-    verdicts differ; one verdict at every size is said once, even where the Δ behind it differs with size). The
-    verdict is None where the verdicts differ between sizes, or where size moderates the effect."""
+    """{comparison: (verdict, text)} for one arm's test accuracy (the primary endpoint), from its rows at each size:
+    one verdict at every size is said once; else the verdict at each size, marked "depends on size" where the
+    moderator test says so (which also marks one verdict whose Δ differs with size). The row over all cells decides
+    nothing: a between-sizes test that finds no size effect does not show the sizes alike, and its weights lean on
+    the larger size's cells, whose seeds vary less. The verdict is None where the answer is not one verdict."""
     primary = tasks.of_rows(rows).primary
     out = {}
     for comp in COMPARISONS:
         mine = [r for r in rows if (r["preset"], r["against"]) == (preset, against) and r["comparison"] == comp
-                and r["metric"] == primary]
+                and r["metric"] == primary and r["scope"] != "all"]
         if not mine:
             continue
-        overall = next((r for r in mine if r["scope"] == "all"), None if len(mine) > 1 else mine[0])
-        if overall:  # the all-cells row, or the one size there is
-            out[comp] = (overall["verdict"], overall["verdict"])
+        if len(mine) == 1:  # the one size there is
+            out[comp] = (mine[0]["verdict"], mine[0]["verdict"])
             continue
         per_size = ", ".join(f"{r['verdict']} at {r['scope']}" for r in mine)
         depends = mine[0]["moderator"]["depends_on_size"]
@@ -84,8 +84,8 @@ def arm_answer(rows: list[dict], preset: str, against: str) -> dict[str, tuple[s
 
 def answer(rows: list[dict]) -> str:
     """One paragraph from the pooled rows of test accuracy (the primary endpoint): per verdict the arms that get it
-    under both comparisons, over all cells or (where no row is over all cells) at every size; then the arms whose
-    answer depends on size or differs between the comparisons, in full."""
+    under both comparisons at every size; then the arms whose answer differs between sizes or between the
+    comparisons, in full."""
     task = tasks.of_rows(rows)
     arms = list(dict.fromkeys((r["preset"], r["against"]) for r in rows if r["metric"] == task.primary))
     if not arms:
@@ -94,7 +94,7 @@ def answer(rows: list[dict]) -> str:
     same, other = defaultdict(list), []
     for arm in arms:
         said = arm_answer(rows, *arm)
-        # one verdict everywhere: over all cells, or at every size where there is no row over all cells
+        # one verdict everywhere: at every size, under both comparisons
         verdicts = {verdict for verdict, _ in said.values()}
         if len(said) == len(COMPARISONS) and len(verdicts) == 1 and None not in verdicts:
             same[verdicts.pop()].append(arm_label(*arm))
@@ -105,8 +105,8 @@ def answer(rows: list[dict]) -> str:
              "better": "better", "worse": "worse", "inconclusive": "inconclusive"}
     parts = [f"{words[v]}: {', '.join(same[v])}" for v in stats.VERDICTS if same[v]]
     text = (f"**Answer** ({names(task)[task.primary]}; `preset` against `{BASELINE}`, `preset` vs `control` against "
-            f"the control it names; over all cells where size does not moderate the effect, else per size; "
-            f"early-stopped and at a fixed budget alike): "
+            f"the control it names; at every size, from each size's pooled row, and early-stopped and at a fixed "
+            f"budget alike): "
             + ("; ".join(parts) if parts else "no arm gets one verdict everywhere, early-stopped and at a fixed "
                                               "budget alike") + ".")
     if other:
@@ -209,8 +209,9 @@ def pooled_text(rows: list[dict], sources: list[str], baseline: str | None = Non
              f"`{BASELINE}`, or the control the preset names) per cell (data set × size). **Per size**, the data "
              f"sets are fixed strata: the equal-weight mean of the cell means, its SE from the cells' variances, "
              f"Welch–Satterthwaite df. **Over all cells** (only with ≥ 3 cells and where size does not moderate the "
-             f"effect: the between-sizes test below, p ≥ {MODERATOR_ALPHA:g}): "
-             f"random effects (DerSimonian–Laird τ², modified Hartung–Knapp interval, t with cells − 1 df) with its "
+             f"effect: the between-sizes test below, p ≥ {MODERATOR_ALPHA:g}; a summary that the answer, read at "
+             f"each size, does not use): random effects (DerSimonian–Laird τ², modified Hartung–Knapp interval, t "
+             f"with cells − 1 df) with its "
              f"prediction interval for a new data set and size (t with cells − 2 df). Each cell's variance adds "
              f"what its test set contributes, from the stored predictions of both arms: the seeds' variance at "
              f"least what the test set resolves per seed (McNemar's variance for accuracy), plus the part of each "
@@ -244,16 +245,17 @@ def pooled_text(rows: list[dict], sources: list[str], baseline: str | None = Non
     if still:
         lines += [f"**Not final:** {len(still)} of the sources' {len(stages)} staged preset × size cells still plan "
                   f"seeds (below the first look, between looks, open, or planned and not compared yet; each source's "
-                  f"findings list them). Each row spends only what its cells' looks allow, but the answer is final "
-                  f"once every cell has stopped or reached the last look; stopped cells' estimates lean towards the "
-                  f"effect that stopped them.", ""]
-    lines += [answer(rows), ""]
-    more = secondary(rows)
-    lines += [more, ""] if more else []
+                  f"findings list them). Each row below spends only what its cells' looks allow, but there is no "
+                  f"answer, and no rate sweep is read, until every cell has stopped or reached the last look; "
+                  f"stopped cells' estimates lean towards the effect that stopped them.", ""]
+    else:
+        lines += [answer(rows), ""]
+        more = secondary(rows)
+        lines += [more, ""] if more else []
     if stages and not still:  # while cells wait, the "Not final" paragraph says it
         lines += ["Each cell of a staged grid stopped at the first look that decided it (or found it futile): a "
                   "stopped cell's estimate leans towards the effect that stopped it.", ""]
-    for family, points in (sweeps or {}).items():  # one source too: the answer's "how much", as the pool reads it
+    for family, points in (sweeps or {}).items() if not still else ():  # one source too: the answer's "how much"
         lines += pooled_sweep_text(family, points, rows, len(sources))
     lines += [baseline, ""] if baseline else []
     for scope in dict.fromkeys(r["scope"] for r in rows if r["scope"] != "all"):
