@@ -590,7 +590,10 @@ def _native_sites(model: nn.Module, arch: Arch, layer_of: dict, head_roots: list
         if "lora_" in path:
             continue  # the rest of an adapter holds no dropout of the model's own
         owner_cls = type(mod).__name__
-        if path and isinstance(mod, nn.Linear) and where(path)[0] == "head":
+        if path and isinstance(base_layer(mod), nn.Linear) and where(path)[0] == "head" \
+                and not any(path.startswith(w + ".") for w, _ in head_linears):
+            # a PEFT wrapper of a head Linear (a LoRA layer, the copy `modules_to_save` trains) is the Linear: what
+            # it holds, a copy made from it later (`add_adapter`) included, takes its input through it
             head_linears.append((path, mod))
         for name, child in mod._modules.items():
             if isinstance(child, nn.modules.dropout._DropoutNd) and "lora_" not in name:

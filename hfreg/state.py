@@ -183,9 +183,12 @@ def unpatch_model(model: nn.Module) -> nn.Module:
     """
     outer = model
     model = unwrap(model, wrapped=True)
-    state = model.__dict__.pop(STATE_ATTR, None)
-    if state is None:
+    if STATE_ATTR not in model.__dict__:
         return outer
+    from .hooks import follow_wrappers
+
+    follow_wrappers(model)  # a wrapper PEFT put in since the last forward may hold a copy of a hook: it goes too
+    state = model.__dict__.pop(STATE_ATTR)
     for handle in state.handles:
         handle.remove()
     for owner, attr, old in reversed(state.restores):

@@ -667,6 +667,45 @@ def test_a_head_that_peft_trains_as_a_copy_is_dropped_once_and_the_patch_still_c
     assert zeros(copy) == 0.0
 
 
+def test_a_head_peft_trains_as_a_copy_patched_after_it_is_the_wrapper_and_unpatching_before_a_forward_clears_it():
+    peft = pytest.importorskip("peft")
+
+    def seq_cls():
+        torch.manual_seed(0)
+        return AutoModelForSequenceClassification.from_config(
+            hfreg.small_twin(AutoConfig.for_model("llama", num_labels=2, pad_token_id=0)))
+
+    def zeros(model, module):
+        seen = []
+        hook = module.register_forward_pre_hook(lambda m, args: seen.append(args[0]))
+        with torch.no_grad():
+            model.train()(**hfreg.probe_inputs(model))
+        hook.remove()
+        return (seen[0] == 0).float().mean().item()
+
+    lora = peft.LoraConfig(r=4, target_modules=["o_proj"], task_type="SEQ_CLS")
+    # patched before, unpatched before any forward moved the hook: the copy PEFT made of it goes too
+    inner = seq_cls()
+    hfreg.patch_model(inner, only("classifier", 0.5))
+    model = peft.get_peft_model(inner, lora)
+    hfreg.unpatch_model(model)
+    assert zeros(model, inner.score.modules_to_save["default"]) == 0.0
+    # patched after: the wrapper is the head's Linear, so an adapter added later trains a copy without the hook
+    inner = seq_cls()
+    model = peft.get_peft_model(inner, lora)
+    hfreg.patch_model(model, only("classifier", 0.5))
+    assert [s.path for s in hfreg.inspect_model(model) if s.kind == "classifier"] == ["score.<input>"]
+    model.add_adapter("second", lora)
+    model.set_adapter("second")
+    second = inner.score.modules_to_save["second"]
+    assert 0.35 < zeros(model, second) < 0.65
+    hfreg.set_rate_factors(model, {"classifier": 0.0})
+    assert zeros(model, second) == 0.0
+    hfreg.set_rate_factors(model, {"classifier": 1.0})
+    hfreg.unpatch_model(model)
+    assert zeros(model, second) == 0.0
+
+
 @pytest.mark.parametrize("wrap", [{"trainable_token_indices": [1, 2, 3]}, {"modules_to_save": ["embed_tokens"]}])
 def test_neftune_follows_peft_wrapping_the_embeddings_after_the_patch(wrap):
     # the trainable-tokens wrapper looks its embedding up itself, so the noise on the base layer's output never ran
