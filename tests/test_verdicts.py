@@ -258,6 +258,19 @@ def test_the_answer_comes_from_each_size_even_where_a_row_over_all_cells_decides
     assert "equivalent within ±0.02: `classic`." in report.answer(alike)
 
 
+def test_the_findings_name_the_cells_whose_seeds_mostly_chose_the_edge_of_the_rate_grid():
+    def record(preset, size, chosen):
+        return {"preset": preset, "against": "pretrain-zero", "train_size": size, "learning_rates_chosen": chosen}
+
+    records = [record("a", 64, {"5e-05": 6, "0.0001": 4}), record("b", 512, {"0.0001": 1, "0.0002": 14}),
+               record("c", 512, {"5e-05": 5, "0.0002": 5}), record("d", 64, {"0.0001": 9, "0.0002": 1})]
+    text = report.rates_text(records, [5e-05, 0.0001, 0.0002])
+    assert "At the grid's edge in over half of a cell's seeds: `a` at 64 (lowest, 5e-05: 6 of 10), `b` at 512 " \
+           "(highest, 0.0002: 14 of 15);" in text
+    assert "`c`" not in text and "`d`" not in text  # half is not over half; the middle rate is no edge
+    assert "edge" not in report.rates_text(records)  # no grid recorded (older records): nothing said
+
+
 def test_the_other_judged_metric_names_every_pooled_row_it_shows_better_or_worse():
     """Below the answer, one line per judged metric besides the primary one: every pooled row of it with a better or
     worse verdict, both comparisons, over all cells and per size alike — its rows are over all cells where its own

@@ -144,21 +144,29 @@ def baseline_text(pretrained: dict | None) -> str:
             f"pretrained with; a model pretrained without dropout (most recent LLMs) is not what they measured.")
 
 
-def rates_text(records: list[dict]) -> str:
+def rates_text(records: list[dict], grid: list | None = None) -> str:
     """With several learning rates: how each seed's rate is chosen, and how often each was chosen per size over the
-    cells' seeds; "" with one rate."""
+    cells' seeds; with the ``grid`` of rates, the cells most of whose seeds chose its lowest or highest rate (their
+    best rate may lie outside it); "" with one rate."""
     counts = defaultdict(lambda: defaultdict(int))
+    edges = []
+    ends = {f"{min(grid):g}": "lowest", f"{max(grid):g}": "highest"} if grid and len(grid) > 1 else {}
     for r in records:
         if r["against"] == BASELINE:
-            for lr, k in (r.get("learning_rates_chosen") or {}).items():
+            chosen = r.get("learning_rates_chosen") or {}
+            for lr, k in chosen.items():
                 counts[r["train_size"]][lr] += k
+            edges += [f"`{r['preset']}` at {r['train_size']} ({ends[lr]}, {lr}: {k} of {sum(chosen.values())})"
+                      for lr, k in chosen.items() if lr in ends and 2 * k > sum(chosen.values())]
     if not counts:
         return ""
     said = " | ".join(f"n={n}: " + ", ".join(f"{lr} ×{k}" for lr, k in sorted(c.items(), key=lambda x: float(x[0])))
                       for n, c in sorted(counts.items()))
+    edge = (f" At the grid's edge in over half of a cell's seeds: {', '.join(edges)}; a better rate may lie beyond "
+            f"it, so these cells' verdicts hold at this grid of rates." if edges else "")
     return (f"Learning rates: each seed's is chosen on its own selection split, as its early-stopping point is (so a "
             f"seed is one whole replicate of tuning and training); the table's lr is the rate most of a cell's seeds "
-            f"chose. Chosen over the cells' seeds: {said}.")
+            f"chose. Chosen over the cells' seeds: {said}.{edge}")
 
 
 def findings(records: list[dict], settings: dict | None = None, codes: list[str] | None = None,
@@ -184,7 +192,7 @@ def findings(records: list[dict], settings: dict | None = None, codes: list[str]
         lines += [f"Note: these runs were made by {len(codes)} versions of the code ({', '.join(codes)}).", ""]
     if machines:
         lines += [machines, ""]
-    rates = rates_text(records)
+    rates = rates_text(records, (settings or {}).get("learning_rates"))
     if rates:
         lines += [rates, ""]
     if not any(d["n"] >= 2 for r in records for k, d in r.items() if k.startswith("delta_")):
