@@ -7,11 +7,11 @@ passes its input through, unless `hfreg.mc_dropout` marked the module to sample 
 
 from __future__ import annotations
 
-import warnings
-
 import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
+
+from .state import follow_wrappers
 
 
 class Hook:
@@ -89,48 +89,6 @@ class InputDropout(Hook):
         if not sampling(module) or not args:
             return None  # eval mode: the identity
         return (F.dropout(args[0], self.p, True),) + tuple(args[1:])
-
-
-def follow_wrappers(model) -> bool:
-    """Move each followed hook (`PatchState.hook_at`: a head's or an MLP's output projection, the input embeddings)
-    to the module at its place now, where that is a PEFT wrapper of the module it hooks or what such a wrapper gave
-    back: `get_peft_model` after the patch wraps a LoRA target, whose input both the base layer and the adapter
-    take, or puts a `modules_to_save` head in a wrapper that trains a deep copy of it (hooks and all: the copy's
-    copy of the hook goes, so the wrapper's input is dropped once); `merge_and_unload` puts the base layer, or the
-    trained copy, back. Called by the patch's model pre-hook at every forward and by `inspect_model`; a few
-    attribute reads while nothing has moved. Something else put in the place keeps no hook of the patch: warned
-    once. Returns whether a hook moved."""
-    from .sites import base_layer
-    from .state import patch_state, unwrap
-
-    state = patch_state(unwrap(model))
-    moved = False
-    for f in state.follows if state is not None else ():
-        now = f.parent._modules.get(f.attr)
-        if now is f.holder or now is None:
-            continue
-        inner = base_layer(now)
-        if inner is not f.module and not any(m is inner for m in f.holder.modules()):
-            if not f.warned:
-                f.warned = True
-                warnings.warn(f"hfreg: {f.attr!r} of {type(f.parent).__name__} was replaced by a "
-                              f"{type(now).__name__} after the patch, which holds none of its hooks: patch the "
-                              f"model again to regularize it", UserWarning, stacklevel=2)
-            continue
-        f.module = inner  # the same module, or what its wrapper gave back (the trained copy)
-        f.handle.remove()
-        for sub in now.modules():  # deep copies made while the hook sat on the module (PEFT's modules_to_save)
-            if any(type(hooks.get(f.handle.id)) is type(f.hook) for hooks in (sub._forward_pre_hooks,
-                                                                              sub._forward_hooks)):
-                for hooks in (sub._forward_pre_hooks, sub._forward_pre_hooks_with_kwargs, sub._forward_hooks,
-                              sub._forward_hooks_with_kwargs, sub._forward_hooks_always_called):
-                    hooks.pop(f.handle.id, None)
-        # first among its new module's hooks, as it was first on the module when the patch put it there
-        new = f.hook.register(now, prepend=True)
-        state.handles = [new if h is f.handle else h for h in state.handles]
-        f.holder, f.handle = now, new
-        moved = True
-    return moved
 
 
 class FollowWrappers(Hook):

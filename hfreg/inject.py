@@ -21,12 +21,12 @@ from importlib import import_module
 
 from .config import CONFIG_ATTR, KNOB_MODULES, KNOBS, RegularizationConfig
 from .fast_masks import MasksEnter
-from .hooks import FollowWrappers, ModeExit, follow_wrappers
+from .hooks import FollowWrappers, ModeExit
 from .knobs.mixout import follow_mixout
 from .knobs.stack import OWNED
 from .layers import drop_path_rates
 from .sites import Inert, Site, Structure, analyze, stack_key
-from .state import STATE_ATTR, PatchState, Plan, patch_state, unpatch_model, unwrap
+from .state import STATE_ATTR, PatchState, Plan, follow_wrappers, patch_state, unpatch_model, unwrap
 
 
 def apply_spec(model, reg: RegularizationConfig, inert: Inert = Inert(), before: dict | None = None) -> PatchState:

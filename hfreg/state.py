@@ -123,7 +123,7 @@ class PatchState:
     def hook_at(self, model: nn.Module, path: str, hook: Callable, knob: str | None = None) -> Callable:
         """`hook` the module at ``path`` of ``model`` (or the PEFT wrapper there), where PEFT may wrap it later — a
         projection LoRA targets, a head or the embeddings `modules_to_save` trains: the hook follows the module
-        into the wrapper and back out (`hfreg.hooks.follow_wrappers`)."""
+        into the wrapper and back out (`follow_wrappers`)."""
         module = model.get_submodule(path)
         parent, _, attr = path.rpartition(".")
         self.hook(module, hook, knob)
@@ -185,8 +185,6 @@ def unpatch_model(model: nn.Module) -> nn.Module:
     model = unwrap(model, wrapped=True)
     if STATE_ATTR not in model.__dict__:
         return outer
-    from .hooks import follow_wrappers
-
     follow_wrappers(model)  # a wrapper PEFT put in since the last forward may hold a copy of a hook: it goes too
     state = model.__dict__.pop(STATE_ATTR)
     for handle in state.handles:
@@ -285,3 +283,42 @@ def set_rate_factors(model: nn.Module, factors: dict[str, float]) -> None:
             f = float(factors[knob])
             setattr(owner, attr, [r * f for r in base] if isinstance(base, tuple) else base * f)
     state.factors.update({k: float(f) for k, f in factors.items()})
+
+
+def follow_wrappers(model) -> bool:
+    """Move each followed hook (`PatchState.hook_at`: a head's or an MLP's output projection, the input embeddings)
+    to the module at its place now, where that is a PEFT wrapper of the module it hooks or what such a wrapper gave
+    back: `get_peft_model` after the patch wraps a LoRA target, whose input both the base layer and the adapter
+    take, or puts a `modules_to_save` head in a wrapper that trains a deep copy of it (hooks and all: the copy's
+    copy of the hook goes, so the wrapper's input is dropped once); `merge_and_unload` puts the base layer, or the
+    trained copy, back. Called by the patch's model pre-hook at every forward and by `inspect_model`; a few
+    attribute reads while nothing has moved. Something else put in the place keeps no hook of the patch: warned
+    once. Returns whether a hook moved."""
+    state = patch_state(unwrap(model))
+    moved = False
+    for f in state.follows if state is not None else ():
+        now = f.parent._modules.get(f.attr)
+        if now is f.holder or now is None:
+            continue
+        inner = base_layer(now)
+        if inner is not f.module and not any(m is inner for m in f.holder.modules()):
+            if not f.warned:
+                f.warned = True
+                warnings.warn(f"hfreg: {f.attr!r} of {type(f.parent).__name__} was replaced by a "
+                              f"{type(now).__name__} after the patch, which holds none of its hooks: patch the "
+                              f"model again to regularize it", UserWarning, stacklevel=2)
+            continue
+        f.module = inner  # the same module, or what its wrapper gave back (the trained copy)
+        f.handle.remove()
+        for sub in now.modules():  # deep copies made while the hook sat on the module (PEFT's modules_to_save)
+            if any(type(hooks.get(f.handle.id)) is type(f.hook) for hooks in (sub._forward_pre_hooks,
+                                                                              sub._forward_hooks)):
+                for hooks in (sub._forward_pre_hooks, sub._forward_pre_hooks_with_kwargs, sub._forward_hooks,
+                              sub._forward_hooks_with_kwargs, sub._forward_hooks_always_called):
+                    hooks.pop(f.handle.id, None)
+        # first among its new module's hooks, as it was first on the module when the patch put it there
+        new = f.hook.register(now, prepend=True)
+        state.handles = [new if h is f.handle else h for h in state.handles]
+        f.holder, f.handle = now, new
+        moved = True
+    return moved
