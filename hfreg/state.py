@@ -62,13 +62,15 @@ def unwrap(model, wrapped: bool = False) -> nn.Module:
 class Follow:
     """A hook that follows a wrapper put around its module after the patch (`PatchState.hook_at`)."""
 
+    path: str
     parent: nn.Module  # the module holding it, as ``attr``
     attr: str
     module: nn.Module  # the module it hooks (PEFT's base layer, or the trained copy handed back)
     holder: nn.Module  # that module or its wrapper: where the hook sits now
     hook: Callable
     handle: object
-    warned: bool = False  # the place holds something else, and the patch said so
+    above: list = field(default_factory=list)  # the links above ``parent`` that are watched (`PatchState.hook_at`)
+    warned: bool = False  # the place, or one above it, holds something else, and the patch said so
 
 
 class PatchState:
@@ -120,15 +122,23 @@ class PatchState:
             self.live.append((hook, "p", knob, hook.p))
         return hook
 
-    def hook_at(self, model: nn.Module, path: str, hook: Callable, knob: str | None = None) -> Callable:
+    def hook_at(self, model: nn.Module, path: str, hook: Callable, knob: str | None = None,
+                above: bool = False) -> Callable:
         """`hook` the module at ``path`` of ``model`` (or the PEFT wrapper there), where PEFT may wrap it later — a
         projection LoRA targets, a head or the embeddings `modules_to_save` trains: the hook follows the module
-        into the wrapper and back out (`follow_wrappers`)."""
+        into the wrapper and back out (`follow_wrappers`). With ``above`` (a head's Linear, the embeddings, which
+        `modules_to_save` may name a module around), a wrapper put around a module above it is watched for too."""
         module = model.get_submodule(path)
         parent, _, attr = path.rpartition(".")
         self.hook(module, hook, knob)
-        self.follows.append(Follow(model.get_submodule(parent), attr, base_layer(module), module, hook,
-                                   self.handles[-1]))
+        links = []
+        if above:  # (holder, attribute, module) from the model down to the hooked module's parent
+            names = parent.split(".") if parent else []
+            for i, name in enumerate(names):
+                holder = model.get_submodule(".".join(names[:i]))
+                links.append((holder, name, holder._modules[name]))
+        self.follows.append(Follow(path, model.get_submodule(parent), attr, base_layer(module), module, hook,
+                                   self.handles[-1], links))
         return hook
 
     def refuse(self, knob: str, rate: float | None, why: str, model: nn.Module) -> None:
@@ -189,6 +199,14 @@ def unpatch_model(model: nn.Module) -> nn.Module:
     state = model.__dict__.pop(STATE_ATTR)
     for handle in state.handles:
         handle.remove()
+    ids = {handle.id for handle in state.handles}  # deep copies of hooked modules keep the hooks' keys (PEFT's)
+    for module in model.modules():
+        for hooks in (module._forward_pre_hooks, module._forward_hooks):
+            for key in ids & hooks.keys():
+                if type(hooks[key]).__module__.startswith("hfreg."):
+                    for table in (hooks, module._forward_pre_hooks_with_kwargs, module._forward_hooks_with_kwargs,
+                                  module._forward_hooks_always_called):
+                        table.pop(key, None)
     for owner, attr, old in reversed(state.restores):
         if old is _MISSING:
             delattr(owner, attr)
@@ -297,6 +315,11 @@ def follow_wrappers(model) -> bool:
     state = patch_state(unwrap(model))
     moved = False
     for f in state.follows if state is not None else ():
+        if not f.warned and any(holder._modules.get(name) is not module for holder, name, module in f.above):
+            f.warned = True  # a module around it was wrapped (`modules_to_save` naming a head's Sequential)
+            warnings.warn(f"hfreg: a module around {f.path!r} was wrapped or replaced after the patch; a copy PEFT "
+                          f"trains there keeps a copy of its hook, which `set_rate_factors` and `mc_dropout` cannot "
+                          f"reach: add the adapters first and patch after them", UserWarning, stacklevel=2)
         now = f.parent._modules.get(f.attr)
         if now is f.holder or now is None:
             continue

@@ -754,6 +754,26 @@ def test_neftune_patched_after_peft_wrapped_the_embeddings_adds_its_noise_once()
     assert 0 < (train - clean).abs().max() <= bound
 
 
+def test_a_head_linear_nested_in_a_module_peft_copies_warns_and_unpatching_clears_the_copy():
+    # ResNet's head is Sequential(Flatten, Linear): `modules_to_save=["classifier"]` copies the Sequential, the hooked
+    # Linear's hook with it, which no rate factor reaches; the patch says so, and unpatching reaches the copy
+    peft = pytest.importorskip("peft")
+    torch.manual_seed(0)
+    inner = AutoModelForImageClassification.from_config(
+        hfreg.small_twin(AutoConfig.for_model("resnet", num_labels=3)))
+    hfreg.patch_model(inner, only("classifier", 0.5))
+    assert [s.path for s in hfreg.inspect_model(inner) if s.kind == "classifier"] == ["classifier.1.<input>"]
+    model = peft.get_peft_model(inner, peft.LoraConfig(r=2, target_modules=["convolution"],
+                                                       modules_to_save=["classifier"]))
+    inputs = hfreg.probe_inputs(inner)
+    with pytest.warns(UserWarning, match=r"a module around 'classifier.1' was wrapped or replaced after the patch"):
+        model.train()(**inputs)
+    copy = inner.classifier.modules_to_save["default"][1]
+    assert copy._forward_pre_hooks
+    hfreg.unpatch_model(model)
+    assert not copy._forward_pre_hooks and not inner.classifier.original_module[1]._forward_pre_hooks
+
+
 def test_a_hooked_module_replaced_by_something_else_warns_once():
     model = _twin("llama")
     hfreg.patch_model(model, only("heads"))

@@ -18,5 +18,5 @@ def inject(plan: Plan) -> list[Site]:
         return []
     for path, _ in plan.struct.head_linears:
         if rate:  # PEFT's sequence-classification task trains a copy of the head (`modules_to_save`): it follows
-            plan.state.hook_at(plan.model, path, InputDropout(rate), knob="classifier")
+            plan.state.hook_at(plan.model, path, InputDropout(rate), knob="classifier", above=True)
     return [Site(path + ".<input>", "classifier", rate, None, "injected") for path, _ in plan.struct.head_linears]

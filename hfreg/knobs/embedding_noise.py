@@ -89,5 +89,5 @@ def inject(plan: Plan) -> list[Site]:
         if alpha and pre:
             state.hook(m, EmbeddingNoise(alpha, pre, packed), knob="embedding_noise")
         elif alpha:  # embeddings PEFT may wrap later (`modules_to_save`, `trainable_token_indices`): it follows
-            state.hook_at(model, n, EmbeddingNoise(alpha, pre, packed), knob="embedding_noise")
+            state.hook_at(model, n, EmbeddingNoise(alpha, pre, packed), knob="embedding_noise", above=True)
     return [Site(n, "embedding_noise", alpha, None, "injected") for n, _, _ in found]
