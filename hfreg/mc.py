@@ -32,18 +32,21 @@ MC_KNOBS = SAMPLING
 def _sampling_modules(model, knobs):
     """The modules to put in training mode (native sites: dropout modules and modules reading a float rate), the
     modules whose hfreg hooks must sample (injected sites: their module itself stays in eval mode, which matters
-    for a branch that ends in a normalization layer), and the sites nothing can turn on."""
+    for a branch that ends in a normalization layer), the sites nothing can turn on (a config rate read in forward:
+    the reader is unknown) and those whose module is no longer at their path."""
     modules = dict(model.named_modules())
-    native, hooked, unreachable = {}, {}, []
+    native, hooked, unreachable, moved = {}, {}, [], []
     for s in inspect_model(model):
         if s.kind not in knobs or not s.rate:
             continue
         path = s.path.split(":")[0].removesuffix(".<input>")
-        if s.source == "config" or path not in modules:  # a config rate read in forward: the reader is unknown
+        if s.source == "config":
             unreachable.append(s.path)
+        elif path not in modules:
+            moved.append(s.path)
         else:
             (hooked if s.source == "injected" else native)[path] = modules[path]
-    return list(native.values()), list(hooked.values()), unreachable
+    return list(native.values()), list(hooked.values()), unreachable, moved
 
 
 def _knob_names(knobs) -> tuple[str, ...]:
@@ -94,11 +97,15 @@ def mc_dropout(model: nn.Module, knobs: tuple[str, ...] | list[str] = MC_KNOBS) 
         state.mc_outside = outside
     flagged = []
     try:
-        native, hooked, unreachable = _sampling_modules(inner, knobs)  # at the rates now in force
+        native, hooked, unreachable, moved = _sampling_modules(inner, knobs)  # at the rates now in force
         if unreachable:
             warnings.warn(f"hfreg: mc_dropout cannot sample {', '.join(unreachable)} (a rate read from the config "
                           f"in forward); patch the model with hfreg so that its own hooks carry that knob",
                           UserWarning, stacklevel=3)
+        if moved:
+            warnings.warn(f"hfreg: mc_dropout cannot sample {', '.join(moved)}: no module is at that path now (a "
+                          f"module around it was wrapped after the patch, as PEFT's `modules_to_save` does); patch "
+                          f"after wrapping", UserWarning, stacklevel=3)
         if not native and not hooked:
             warnings.warn(f"hfreg: {type(inner).__name__} has no dropout site in force for {list(knobs)}: every MC "
                           f"sample equals the eval output", UserWarning, stacklevel=3)

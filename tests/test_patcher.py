@@ -770,6 +770,9 @@ def test_a_head_linear_nested_in_a_module_peft_copies_warns_and_unpatching_clear
         model.train()(**inputs)
     copy = inner.classifier.modules_to_save["default"][1]
     assert copy._forward_pre_hooks
+    with pytest.warns(UserWarning, match=r"cannot sample classifier.1.<input>: no module is at that path now"):
+        with hfreg.mc_dropout(model, ["classifier"]):
+            model(**inputs)
     hfreg.unpatch_model(model)
     assert not copy._forward_pre_hooks and not inner.classifier.original_module[1]._forward_pre_hooks
 
