@@ -196,7 +196,7 @@ def pooled_text(rows: list[dict], sources: list[str], baseline: str | None = Non
     """pooled.md: the answer, the rate sweeps (``sweeps``: `sweep_points`), the table of
     each training size, the all-cells table, and the moderator tests; ``baseline`` says what the baseline means for the
     sources' model (`baseline_text`); ``stages``, the sources' `cell_stages`: while a staged grid's cells still plan
-    seeds, the answer is said not to be final."""
+    seeds, the page says so and writes no answer, rate sweep or secondary line."""
     if not rows:
         return "## Pooled\n\nNo comparison with at least two paired seeds.\n"
     task = tasks.of_rows(rows)
