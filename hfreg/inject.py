@@ -19,6 +19,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from importlib import import_module
 
+from torch import nn
+
 from .config import CONFIG_ATTR, KNOB_MODULES, KNOBS, RegularizationConfig
 from .fast_masks import MasksEnter
 from .hooks import FollowWrappers, ModeExit
@@ -26,7 +28,16 @@ from .knobs.mixout import follow_mixout
 from .knobs.stack import OWNED
 from .layers import drop_path_rates
 from .sites import Inert, Site, Structure, analyze, stack_key
-from .state import STATE_ATTR, PatchState, Plan, follow_wrappers, patch_state, unpatch_model, unwrap
+from .state import (
+    STATE_ATTR,
+    PatchState,
+    Plan,
+    follow_wrappers,
+    patch_state,
+    unpatch_model,
+    unwrap,
+    watch,
+)
 
 
 def apply_spec(model, reg: RegularizationConfig, inert: Inert = Inert(), before: dict | None = None) -> PatchState:
@@ -67,10 +78,11 @@ def apply_spec(model, reg: RegularizationConfig, inert: Inert = Inert(), before:
             for module in [model, *{id(m): m for m in parts}.values()]:
                 enter = state.hook(module, MasksEnter())
                 state.hook(module, ModeExit(enter))
-        if state.follows:
-            state.hook(model, FollowWrappers())
+        # hooks follow PEFT's wrappers, and rates its copies, from the first forward after `get_peft_model`
+        state.hook(model, FollowWrappers())
         _set_natives(struct, reg, knobs, natives_by, state)
         state.assign(model.config, CONFIG_ATTR, reg.to_dict())
+        watch(model, state)
     except BaseException:
         unpatch_model(model)
         raise
@@ -117,5 +129,38 @@ def native_sites(model, inert: frozenset[str] = frozenset()) -> list[Site]:
     sites = [Site(n.path, n.kind, n.rate, n.layer, n.source, n.config_key) for n in analyze(model).natives
              if not n.dead and n.path not in replaced and (not inert or stack_key(n.path) not in inert)]
     if state:
-        sites += [Site(s.path, s.kind, s.rate * state.factors[s.kind], s.layer, s.source) for s in state.injected]
+        # a copy PEFT made of a module hooked in its wrapper as well (patched after `get_peft_model`) is listed once
+        sites += dict.fromkeys(Site(path, s.kind, s.rate * state.factors[s.kind], s.layer, s.source)
+                               for s in state.injected for path in _paths_now(model, s.path))
     return sites
+
+
+def _paths_now(model, path: str) -> list[str]:
+    """Where the module of a site recorded at ``path`` is now: where the path goes through a PEFT wrapper that trains
+    copies of a module (`modules_to_save`: a head whose Linear the patch hooked, wrapped before or after the patch), a
+    path through the wrapper's original and one through each copy, all of which hold the hook
+    (`hfreg.state.follow_wrappers`); else ``path``."""
+    names, suffix = path.partition(":")[0], path[len(path.partition(":")[0]):]
+    if names.endswith(".<input>"):
+        names, suffix = names[:-len(".<input>")], ".<input>" + suffix
+    found = [("", model)]
+    for name in names.split(".") if names else ():
+        step = []
+        for at, module in found:
+            copies = module._modules.get("modules_to_save")
+            wrapper = isinstance(copies, nn.ModuleDict) and isinstance(module._modules.get("original_module"),
+                                                                        nn.Module)
+            if wrapper and name == "original_module":  # each copy holds the original's hooks (`follow_wrappers`)
+                step += [(at + name, module.original_module),
+                         *((f"{at}modules_to_save.{k}", c) for k, c in copies.items())]
+            elif name in module._modules:
+                step.append((at + name, module._modules[name]))
+            elif wrapper:
+                step += [(f"{at}{inner}.{name}", holder._modules[name])
+                         for inner, holder in [("original_module", module.original_module),
+                                               *((f"modules_to_save.{k}", c) for k, c in copies.items())]
+                         if name in holder._modules]
+        if not step:
+            return [path]  # not there now: said where it matters (`mc_dropout`)
+        found = [(at + ".", module) for at, module in step]
+    return [at[:-1] + suffix for at, _ in found] if names else [path]

@@ -5,6 +5,7 @@ other part needs — `unwrap`, `patch_state`, `is_patched`, `unpatch_model`, `se
 
 from __future__ import annotations
 
+import sys
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -16,6 +17,21 @@ from .sites import Site, Structure, base_layer
 
 STATE_ATTR = "_hfreg_patch"  # where a patched model keeps its `PatchState`
 _MISSING = object()  # marks an attribute that did not exist before patching
+# every table torch keeps a module's forward hooks (or their flags) in, under the hook's handle id
+_HOOK_TABLES = ("_forward_pre_hooks", "_forward_pre_hooks_with_kwargs", "_forward_hooks",
+                "_forward_hooks_with_kwargs", "_forward_hooks_always_called")
+
+
+def _hook_under(module: nn.Module, key: int):
+    """The forward (pre-)hook ``module`` holds under handle id ``key``, or None. A deep copy of a hooked module (PEFT's
+    `modules_to_save`) holds a copy of each hook under the same id."""
+    return module._forward_pre_hooks.get(key, module._forward_hooks.get(key))
+
+
+def _pop_hook(module: nn.Module, key: int) -> None:
+    """Remove the hook ``module`` holds under handle id ``key``, with its flags."""
+    for table in _HOOK_TABLES:
+        getattr(module, table).pop(key, None)
 
 
 def _fsdp(model) -> bool:
@@ -109,6 +125,12 @@ class PatchState:
         self.mc_outside: dict[str, float] | None = None  # the factors outside every open `hfreg.mc_dropout`
         self.held: dict[str, object] = {}  # knob -> what its module keeps for the patch's lifetime
         self.follows: list[Follow] = []  # hooks that follow a PEFT wrapper put around their module later
+        self.copies: set[nn.Module] = set()  # PEFT's copies of patched modules the patch reaches (`_follow_copies`)
+        self.hooked: list[nn.Module] = []  # every module a hook of the patch was put on
+        # (holder, name, module) from the model down to every module the patch changed or hooked: PEFT wrapping one,
+        # or a module around one, changes a link (`follow_wrappers`); set by `watch` when the patch is done
+        self.links: list[tuple[nn.Module, str, nn.Module]] = []
+        self.copy_counts: list[tuple[nn.Module, int]] = []  # (a wrapper's ModuleDict of copies, how many it held)
 
     def assign(self, owner: object, attr: str, value: object) -> None:
         self.restores.append((owner, attr, getattr(owner, attr) if hasattr(owner, attr) else _MISSING))
@@ -118,6 +140,7 @@ class PatchState:
         """Register ``hook`` (a `hfreg.hooks.Hook`, whose class says how) on ``module``; with ``knob``, its rate
         ``hook.p`` is one that `set_rate_factors` moves."""
         self.handles.append(hook.register(module))
+        self.hooked.append(module)
         if knob is not None:
             self.live.append((hook, "p", knob, hook.p))
         return hook
@@ -201,12 +224,9 @@ def unpatch_model(model: nn.Module) -> nn.Module:
         handle.remove()
     ids = {handle.id for handle in state.handles}  # deep copies of hooked modules keep the hooks' keys (PEFT's)
     for module in model.modules():
-        for hooks in (module._forward_pre_hooks, module._forward_hooks):
-            for key in ids & hooks.keys():
-                if type(hooks[key]).__module__.startswith("hfreg."):
-                    for table in (hooks, module._forward_pre_hooks_with_kwargs, module._forward_hooks_with_kwargs,
-                                  module._forward_hooks_always_called):
-                        table.pop(key, None)
+        for key in ids & (module._forward_pre_hooks.keys() | module._forward_hooks.keys()):
+            if type(_hook_under(module, key)).__module__.startswith("hfreg."):
+                _pop_hook(module, key)
     for owner, attr, old in reversed(state.restores):
         if old is _MISSING:
             delattr(owner, attr)
@@ -296,6 +316,7 @@ def set_rate_factors(model: nn.Module, factors: dict[str, float]) -> None:
             raise ValueError(f"unknown knob {knob!r}; allowed: {list(KNOBS)}")
         if isinstance(f, bool) or not isinstance(f, (int, float)) or not 0.0 <= f <= 1.0:
             raise ValueError(f"the factor for `{knob}` must be a float in [0, 1], got {f!r}")
+    follow_wrappers(model)  # the copies PEFT made since the patch (`modules_to_save`) take the rates too
     for owner, attr, knob, base in state.live:
         if knob in factors:
             f = float(factors[knob])
@@ -309,17 +330,29 @@ def follow_wrappers(model) -> bool:
     back: `get_peft_model` after the patch wraps a LoRA target, whose input both the base layer and the adapter
     take, or puts a `modules_to_save` head in a wrapper that trains a deep copy of it (hooks and all: the copy's
     copy of the hook goes, so the wrapper's input is dropped once); `merge_and_unload` puts the base layer, or the
-    trained copy, back. Called by the patch's model pre-hook at every forward and by `inspect_model`; a few
-    attribute reads while nothing has moved. Something else put in the place keeps no hook of the patch: warned
-    once. Returns whether a hook moved."""
-    state = patch_state(unwrap(model))
+    trained copy, back. Then the patch reaches every other copy PEFT trains of a module it changed
+    (`_follow_copies`). Called by the patch's model pre-hook at every forward, by `inspect_model`,
+    `set_rate_factors` and `unpatch_model`: one identity check per link down to what the patch changed
+    (`watch`) while nothing has moved, a walk over the modules once something has. Something else put in
+    the place, or around it, keeps no hook of the patch: warned once. Returns whether a hook moved."""
+    root = unwrap(model, wrapped=True)
+    state = patch_state(root)
+    if state is None or (all(holder._modules.get(name) is module for holder, name, module in state.links)
+                         and all(len(copies._modules) == n for copies, n in state.copy_counts)):
+        return False
     moved = False
-    for f in state.follows if state is not None else ():
-        if not f.warned and any(holder._modules.get(name) is not module for holder, name, module in f.above):
-            f.warned = True  # a module around it was wrapped (`modules_to_save` naming a head's Sequential)
-            warnings.warn(f"hfreg: a module around {f.path!r} was wrapped or replaced after the patch; a copy PEFT "
-                          f"trains there keeps a copy of its hook, which `set_rate_factors` and `mc_dropout` cannot "
-                          f"reach: add the adapters first and patch after them", UserWarning, stacklevel=2)
+    for f in state.follows:
+        for i, (holder, name, module) in enumerate(f.above):
+            now = holder._modules.get(name)
+            if now is module or f.warned:
+                continue
+            if now is not None and any(_hook_under(m, f.handle.id) is not None for m in now.modules()):
+                f.above[i] = (holder, name, now)  # PEFT's wrapper of a module around it, or the copy it gave back:
+                continue  # their copies of the hook are the hook again (`_follow_copies`)
+            f.warned = True
+            warnings.warn(f"hfreg: a module around {f.path!r} was replaced after the patch by a "
+                          f"{type(now).__name__}, which holds none of its hooks: patch the model again to "
+                          f"regularize it", UserWarning, stacklevel=2)
         now = f.parent._modules.get(f.attr)
         if now is f.holder or now is None:
             continue
@@ -334,14 +367,71 @@ def follow_wrappers(model) -> bool:
         f.module = inner  # the same module, or what its wrapper gave back (the trained copy)
         f.handle.remove()
         for sub in now.modules():  # deep copies made while the hook sat on the module (PEFT's modules_to_save)
-            if any(type(hooks.get(f.handle.id)) is type(f.hook) for hooks in (sub._forward_pre_hooks,
-                                                                              sub._forward_hooks)):
-                for hooks in (sub._forward_pre_hooks, sub._forward_pre_hooks_with_kwargs, sub._forward_hooks,
-                              sub._forward_hooks_with_kwargs, sub._forward_hooks_always_called):
-                    hooks.pop(f.handle.id, None)
+            if type(_hook_under(sub, f.handle.id)) is type(f.hook):
+                _pop_hook(sub, f.handle.id)
         # first among its new module's hooks, as it was first on the module when the patch put it there
         new = f.hook.register(now, prepend=True)
         state.handles = [new if h is f.handle else h for h in state.handles]
+        state.hooked.append(now)
         f.holder, f.handle = now, new
         moved = True
+    _follow_copies(root, state)
+    watch(root, state)
     return moved
+
+
+def watch(model: nn.Module, state: PatchState) -> None:
+    """Record what `follow_wrappers` checks at each forward: ``state.links``, (holder, name, module) for every link
+    from ``model`` down to a module the patch changed (its rates, as `restores` and `live` hold them) or hooked, and
+    ``state.copy_counts``, how many copies each PEFT wrapper on those paths trains (`add_adapter` adds one)."""
+    ids = {id(m) for m in state.hooked}
+    ids |= {id(owner) for owner, *_ in (*state.restores, *state.live) if isinstance(owner, nn.Module)}
+    links, counts = {}, {}
+    for path, module in model.named_modules():
+        if path and id(module) in ids:
+            holder = model
+            for name in path.split("."):
+                links[id(holder), name] = (holder, name, holder._modules[name])
+                holder = holder._modules[name]
+                copies = holder._modules.get("modules_to_save")
+                if isinstance(copies, nn.ModuleDict):
+                    counts[id(copies)] = (copies, len(copies._modules))
+    state.links, state.copy_counts = list(links.values()), list(counts.values())
+
+
+def _copied(model: nn.Module) -> list[tuple[nn.Module, nn.Module]]:
+    """(module, copy) for each copy of a module that a PEFT wrapper in ``model`` trains in its place
+    (`modules_to_save`: a deep copy made when the wrapper was put in, hooks and rates as they were then)."""
+    if "peft" not in sys.modules:  # only PEFT puts such wrappers in
+        return []
+    pairs = []
+    for wrapper in model.modules():
+        copies = wrapper._modules.get("modules_to_save")
+        if isinstance(copies, nn.ModuleDict) and base_layer(wrapper) is not wrapper:
+            pairs += [(base_layer(wrapper), copy) for copy in copies.values()]
+    return pairs
+
+
+def _follow_copies(model: nn.Module, state: PatchState) -> None:
+    """Extend the patch to each copy PEFT trains of a module it changed (`modules_to_save` names a module, and the
+    patch came first: RoBERTa's classification head with its own dropout, a head Linear inside ResNet's
+    `Sequential` head): the copy's rates move with `set_rate_factors` and go back with `unpatch_model`, and each
+    copy of a hook is the patch's hook again, so what moves its rate moves the copy's. Once per copy."""
+    ids = {handle.id for handle in state.handles}
+    for module, copy in _copied(model):
+        if copy in state.copies:
+            continue
+        state.copies.add(copy)
+        names = {id(m): name for name, m in module.named_modules(remove_duplicate=False)}
+        for owner, attr, old in list(state.restores):
+            if id(owner) in names:
+                state.restores.append((copy.get_submodule(names[id(owner)]), attr, old))
+        for owner, attr, knob, base in list(state.live):
+            if id(owner) in names:
+                state.live.append((copy.get_submodule(names[id(owner)]), attr, knob, base))
+        for name, sub in module.named_modules():
+            twin = copy.get_submodule(name)
+            for mine, theirs in ((sub._forward_pre_hooks, twin._forward_pre_hooks),
+                                 (sub._forward_hooks, twin._forward_hooks)):
+                for key in ids & mine.keys() & theirs.keys():
+                    theirs[key] = mine[key]  # in place: the copy's hooks keep their order

@@ -754,9 +754,10 @@ def test_neftune_patched_after_peft_wrapped_the_embeddings_adds_its_noise_once()
     assert 0 < (train - clean).abs().max() <= bound
 
 
-def test_a_head_linear_nested_in_a_module_peft_copies_warns_and_unpatching_clears_the_copy():
+def test_a_head_linear_nested_in_a_module_peft_copies_is_followed_into_the_copy():
     # ResNet's head is Sequential(Flatten, Linear): `modules_to_save=["classifier"]` copies the Sequential, the hooked
-    # Linear's hook with it, which no rate factor reaches; the patch says so, and unpatching reaches the copy
+    # Linear's hook with it. The copy's hook is the patch's own again: rate factors, mc_dropout and unpatching reach
+    # it, in the copy and in what merge_and_unload hands back
     peft = pytest.importorskip("peft")
     torch.manual_seed(0)
     inner = AutoModelForImageClassification.from_config(
@@ -766,15 +767,101 @@ def test_a_head_linear_nested_in_a_module_peft_copies_warns_and_unpatching_clear
     model = peft.get_peft_model(inner, peft.LoraConfig(r=2, target_modules=["convolution"],
                                                        modules_to_save=["classifier"]))
     inputs = hfreg.probe_inputs(inner)
-    with pytest.warns(UserWarning, match=r"a module around 'classifier.1' was wrapped or replaced after the patch"):
-        model.train()(**inputs)
-    copy = inner.classifier.modules_to_save["default"][1]
-    assert copy._forward_pre_hooks
-    with pytest.warns(UserWarning, match=r"cannot sample classifier.1.<input>: no module is at that path now"):
-        with hfreg.mc_dropout(model, ["classifier"]):
+    copy, original = inner.classifier.modules_to_save["default"][1], inner.classifier.original_module[1]
+
+    def dropped():
+        """Whether an MC-dropout forward drops some of what the trained copy of the head's Linear takes in eval."""
+        seen = []
+        hook = copy.register_forward_pre_hook(lambda m, args: seen.append(args[0]))
+        with torch.no_grad():
+            with hfreg.mc_dropout(model.eval(), ["classifier"]):
+                model(**inputs)
             model(**inputs)
+        hook.remove()
+        sampled, clean = seen
+        return bool(((sampled == 0) & (clean != 0)).any())
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # followed, nothing to warn about
+        assert dropped()
+        assert [s.path for s in hfreg.inspect_model(model) if s.kind == "classifier"] == [
+            "classifier.original_module.1.<input>", "classifier.modules_to_save.default.1.<input>"]
+    assert _hook_of(copy) is _hook_of(original)
+    hfreg.set_rate_factors(model, {"classifier": 0.0})
+    assert not dropped()
+    hfreg.set_rate_factors(model, {"classifier": 1.0})
+    model = model.merge_and_unload()
+    assert inner.classifier[1] is copy and dropped()
     hfreg.unpatch_model(model)
-    assert not copy._forward_pre_hooks and not inner.classifier.original_module[1]._forward_pre_hooks
+    assert not copy._forward_pre_hooks and not original._forward_pre_hooks
+
+
+def test_a_copy_peft_adds_later_of_a_head_hooked_in_its_wrapper_is_followed_too():
+    # patched after `get_peft_model`, the head's Linear is hooked in the original and in the copy; a second adapter
+    # copies the original, hook and all: that copy's hook is the original's, listed, moved and sampled with it
+    peft = pytest.importorskip("peft")
+    torch.manual_seed(0)
+    inner = AutoModelForImageClassification.from_config(
+        hfreg.small_twin(AutoConfig.for_model("resnet", num_labels=3)))
+    lora = peft.LoraConfig(r=2, target_modules=["convolution"], modules_to_save=["classifier"])
+    model = peft.get_peft_model(inner, lora)
+    hfreg.patch_model(model, only("classifier", 0.5))
+    model.add_adapter("second", lora)
+    model.set_adapter("second")
+    second, original = inner.classifier.modules_to_save["second"][1], inner.classifier.original_module[1]
+    assert [s.path for s in hfreg.inspect_model(model) if s.kind == "classifier"] == [
+        "classifier.original_module.1.<input>", "classifier.modules_to_save.default.1.<input>",
+        "classifier.modules_to_save.second.1.<input>"]
+    assert _hook_of(second) is _hook_of(original)
+    hfreg.set_rate_factors(model, {"classifier": 0.0})
+    assert _hook_of(second).p == 0.0
+    hfreg.set_rate_factors(model, {"classifier": 1.0})
+    with hfreg.mc_dropout(model.eval(), ["classifier"]):
+        assert second.__dict__.get(hfreg.hooks.SAMPLE_FLAG)
+    hfreg.unpatch_model(model)
+    assert not second._forward_pre_hooks and not original._forward_pre_hooks
+
+
+def _hook_of(module):
+    """The one hfreg hook ``module`` holds."""
+    (hook,) = [h for h in module._forward_pre_hooks.values() if type(h).__module__.startswith("hfreg.")]
+    return hook
+
+
+def test_a_head_with_its_own_dropout_that_peft_copies_takes_the_rates_and_is_restored():
+    # RoBERTa's head holds its own dropout module: the copy PEFT's SEQ_CLS task trains keeps the patched rate, and
+    # rate factors, mc_dropout and unpatching reach it there too
+    peft = pytest.importorskip("peft")
+    inner = AutoModelForSequenceClassification.from_config(
+        hfreg.small_twin(AutoConfig.for_model("roberta", num_labels=2)))
+    before = inner.classifier.dropout.p
+    hfreg.patch_model(inner, only("classifier", 0.5))
+    model = peft.get_peft_model(inner, peft.LoraConfig(r=4, target_modules=["query"], task_type="SEQ_CLS"))
+    copy = inner.classifier.modules_to_save["default"].dropout
+    assert copy.p == 0.5
+    hfreg.set_rate_factors(model, {"classifier": 0.2})
+    assert copy.p == pytest.approx(0.1) and inner.classifier.original_module.dropout.p == pytest.approx(0.1)
+    hfreg.set_rate_factors(model, {"classifier": 1.0})
+    with hfreg.mc_dropout(model.eval(), ["classifier"]):
+        assert copy.training and copy.p == 0.5
+    assert not copy.training
+    hfreg.unpatch_model(model)
+    assert copy.p == before and inner.classifier.original_module.dropout.p == before
+
+
+def test_a_module_around_a_nested_hooked_head_replaced_by_something_else_warns_once():
+    inner = AutoModelForImageClassification.from_config(
+        hfreg.small_twin(AutoConfig.for_model("resnet", num_labels=3)))
+    hfreg.patch_model(inner, only("classifier", 0.5))
+    linear = inner.classifier[1]
+    inner.classifier = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(linear.in_features, 3))
+    inputs = hfreg.probe_inputs(inner)
+    with pytest.warns(UserWarning, match=r"a module around 'classifier.1' was replaced after the patch by a "
+                                         r"Sequential, which holds none of its hooks"):
+        inner(**inputs)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        inner(**inputs)
 
 
 def test_a_hooked_module_replaced_by_something_else_warns_once():
