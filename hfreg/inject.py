@@ -19,15 +19,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from importlib import import_module
 
-from torch import nn
-
 from .config import CONFIG_ATTR, KNOB_MODULES, KNOBS, RegularizationConfig
 from .fast_masks import MasksEnter
 from .hooks import FollowWrappers, ModeExit
 from .knobs.mixout import follow_mixout
 from .knobs.stack import OWNED
 from .layers import drop_path_rates
-from .sites import Inert, Site, Structure, analyze, stack_key
+from .sites import Inert, Site, Structure, analyze, peft_copies, stack_key
 from .state import (
     STATE_ATTR,
     PatchState,
@@ -140,25 +138,23 @@ def _paths_now(model, path: str) -> list[str]:
     copies of a module (`modules_to_save`: a head whose Linear the patch hooked, wrapped before or after the patch), a
     path through the wrapper's original and one through each copy, all of which hold the hook
     (`hfreg.state.follow_wrappers`); else ``path``."""
-    names, suffix = path.partition(":")[0], path[len(path.partition(":")[0]):]
+    names, colon, rest = path.partition(":")
+    suffix = colon + rest
     if names.endswith(".<input>"):
         names, suffix = names[:-len(".<input>")], ".<input>" + suffix
     found = [("", model)]
     for name in names.split(".") if names else ():
         step = []
         for at, module in found:
-            copies = module._modules.get("modules_to_save")
-            wrapper = isinstance(copies, nn.ModuleDict) and isinstance(module._modules.get("original_module"),
-                                                                        nn.Module)
-            if wrapper and name == "original_module":  # each copy holds the original's hooks (`follow_wrappers`)
-                step += [(at + name, module.original_module),
-                         *((f"{at}modules_to_save.{k}", c) for k, c in copies.items())]
+            copies = peft_copies(module)
+            places = [] if copies is None else [("original_module", module.original_module),
+                                                *((f"modules_to_save.{k}", c) for k, c in copies.items())]
+            if places and name == "original_module":  # each copy holds the original's hooks (`follow_wrappers`)
+                step += [(at + inner, holder) for inner, holder in places]
             elif name in module._modules:
                 step.append((at + name, module._modules[name]))
-            elif wrapper:
-                step += [(f"{at}{inner}.{name}", holder._modules[name])
-                         for inner, holder in [("original_module", module.original_module),
-                                               *((f"modules_to_save.{k}", c) for k, c in copies.items())]
+            else:
+                step += [(f"{at}{inner}.{name}", holder._modules[name]) for inner, holder in places
                          if name in holder._modules]
         if not step:
             return [path]  # not there now: said where it matters (`mc_dropout`)

@@ -322,6 +322,15 @@ def base_layer(module: nn.Module) -> nn.Module:
     return original if isinstance(original, nn.Module) else module
 
 
+def peft_copies(module: nn.Module) -> nn.ModuleDict | None:
+    """The copies a PEFT `modules_to_save` wrapper trains of its ``original_module``, by adapter name (`add_adapter`
+    adds one); None for any other module."""
+    copies = module._modules.get("modules_to_save")
+    if isinstance(copies, nn.ModuleDict) and isinstance(module._modules.get("original_module"), nn.Module):
+        return copies
+    return None
+
+
 def _widths(mod: nn.Module) -> tuple[int, int] | None:
     """A projection's input and output widths: an ``nn.Linear``, or GPT-2's ``Conv1D`` (its weight transposed),
     looked through a PEFT wrapper (whose input both the base layer and the adapter take)."""

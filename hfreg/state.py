@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from torch import nn
 
 from .config import KNOBS, RegularizationConfig
-from .sites import Site, Structure, base_layer
+from .sites import Site, Structure, base_layer, peft_copies
 
 STATE_ATTR = "_hfreg_patch"  # where a patched model keeps its `PatchState`
 _MISSING = object()  # marks an attribute that did not exist before patching
@@ -336,7 +336,7 @@ def follow_wrappers(model) -> bool:
     (`watch`) while nothing has moved, a walk over the modules once something has. Something else put in
     the place, or around it, keeps no hook of the patch: warned once. Returns whether a hook moved."""
     root = unwrap(model, wrapped=True)
-    state = patch_state(root)
+    state = root.__dict__.get(STATE_ATTR)
     if state is None or (all(holder._modules.get(name) is module for holder, name, module in state.links)
                          and all(len(copies._modules) == n for copies, n in state.copy_counts)):
         return False
@@ -393,8 +393,8 @@ def watch(model: nn.Module, state: PatchState) -> None:
             for name in path.split("."):
                 links[id(holder), name] = (holder, name, holder._modules[name])
                 holder = holder._modules[name]
-                copies = holder._modules.get("modules_to_save")
-                if isinstance(copies, nn.ModuleDict):
+                copies = peft_copies(holder)
+                if copies is not None:
                     counts[id(copies)] = (copies, len(copies._modules))
     state.links, state.copy_counts = list(links.values()), list(counts.values())
 
@@ -404,12 +404,8 @@ def _copied(model: nn.Module) -> list[tuple[nn.Module, nn.Module]]:
     (`modules_to_save`: a deep copy made when the wrapper was put in, hooks and rates as they were then)."""
     if "peft" not in sys.modules:  # only PEFT puts such wrappers in
         return []
-    pairs = []
-    for wrapper in model.modules():
-        copies = wrapper._modules.get("modules_to_save")
-        if isinstance(copies, nn.ModuleDict) and base_layer(wrapper) is not wrapper:
-            pairs += [(base_layer(wrapper), copy) for copy in copies.values()]
-    return pairs
+    return [(wrapper.original_module, copy) for wrapper in model.modules()
+            for copy in (peft_copies(wrapper) or {}).values()]
 
 
 def _follow_copies(model: nn.Module, state: PatchState) -> None:
